@@ -1,0 +1,138 @@
+/*
+ * dp_cmds.c - the table of subcommands, and the option tables of the
+ * commands whose bodies land with later issues (serve: ingress, batcher,
+ * egress and supervisor; keys; stat; bench; selftest). Their --help is
+ * complete now so scripts can be written against it; running one that is
+ * not built yet says so plainly and exits 2.
+ */
+#include "dp.h"
+
+#include <stdio.h>
+
+int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv);
+int dp_cmd_tokenize(const struct dp_cmd *cmd, int argc, char **argv);
+int dp_cmd_model(const struct dp_cmd *cmd, int argc, char **argv);
+
+static int not_built(const struct dp_cmd *cmd, struct dp_opt *opts, int argc, char **argv,
+                     const char *what)
+{
+    int npos, rc = dp_opt_parse(cmd, opts, argc, argv, &npos);
+
+    if (rc)
+        return rc > 0 ? 0 : 2;
+    fprintf(stderr, "favo %s: not available in this build yet: %s\n", cmd->name, what);
+    return 2;
+}
+
+static int cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
+{
+    struct dp_opt opts[] = {
+        { "model", 'm', DP_OPT_STR, "FILE", NULL, "GGUF model file. Without it: the default model installed by ./setup.sh (SmolLM2-135M-Instruct Q4_1)." },
+        { "host", 0, DP_OPT_STR, "ADDR", "127.0.0.1", "Address to listen on." },
+        { "port", 'p', DP_OPT_INT, "PORT", "8080", "TCP port to listen on." },
+        { "config", 'c', DP_OPT_STR, "FILE", NULL, "INI config file; every flag is also a key." },
+        { "keys", 0, DP_OPT_STR, "FILE", NULL, "API keys file (see 'favo keys'). Without it the server is open." },
+        { "instance", 0, DP_OPT_STR, "NAME", "default", "Instance name: the stats segment is /favo.NAME." },
+        { "backend", 0, DP_OPT_STR, "cpu|cuda|null", "cpu", "Engine backend. null returns tokens without computing them (data-plane measurement only)." },
+        { "tls-cert", 0, DP_OPT_STR, "FILE", NULL, "PEM certificate chain; enables TLS 1.3." },
+        { "tls-key", 0, DP_OPT_STR, "FILE", NULL, "PEM private key for --tls-cert." },
+        { "cores", 0, DP_OPT_STR, "SPEC", "auto", "Core layout, e.g. ingress=2,batcher=3,engine=4-7,egress=8." },
+        { "poll", 0, DP_OPT_STR, "spin|adaptive|block", "adaptive", "How stages wait for work." },
+        { "threads", 't', DP_OPT_INT, "N", NULL, "Engine threads (default: the engine's cores)." },
+        { "max-batch-tokens", 0, DP_OPT_INT, "N", "2048", "Tokens per engine step." },
+        { "max-seqs", 0, DP_OPT_INT, "N", "256", "Sequences per engine step." },
+        { "drain-timeout", 0, DP_OPT_DOUBLE, "SECONDS", "30", "How long SIGTERM waits for requests in flight." },
+        DP_OPT_END
+    };
+
+    return not_built(cmd, opts, argc, argv,
+                     "the pipeline stages (ingress, batcher, egress, supervisor) are still being built; "
+                     "'favo run' generates in-process");
+}
+
+static int cmd_keys(const struct dp_cmd *cmd, int argc, char **argv)
+{
+    struct dp_opt opts[] = {
+        { "keys", 0, DP_OPT_STR, "FILE", "favo-keys.ini", "API keys file (holds SHA-256 hashes only)." },
+        { "tenant", 0, DP_OPT_STR, "NAME", NULL, "Tenant of a new key." },
+        { "name", 0, DP_OPT_STR, "NAME", NULL, "Name of a new key." },
+        { "rpm", 0, DP_OPT_INT, "N", NULL, "Requests per minute for a new key." },
+        { "tpm", 0, DP_OPT_INT, "N", NULL, "Tokens per minute for a new key." },
+        { "priority", 0, DP_OPT_INT, "N", "0", "Priority class of a new key." },
+        DP_OPT_END
+    };
+
+    return not_built(cmd, opts, argc, argv, "API keys land with the ingress");
+}
+
+static int cmd_stat(const struct dp_cmd *cmd, int argc, char **argv)
+{
+    struct dp_opt opts[] = {
+        { "instance", 0, DP_OPT_STR, "NAME", "default", "Instance to attach to (/favo.NAME)." },
+        { "json", 0, DP_OPT_FLAG, NULL, NULL, "Print one snapshot as JSON." },
+        { "watch", 'w', DP_OPT_DOUBLE, "SECONDS", NULL, "Redraw every SECONDS, like top." },
+        DP_OPT_END
+    };
+
+    return not_built(cmd, opts, argc, argv, "the operator view lands with the stats reader");
+}
+
+static int cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
+{
+    struct dp_opt opts[] = {
+        { "url", 'u', DP_OPT_STR, "URL", "http://127.0.0.1:8080", "Server base URL." },
+        { "rate", 'r', DP_OPT_DOUBLE, "R", NULL, "Open-loop arrivals per second." },
+        { "concurrency", 'c', DP_OPT_INT, "C", NULL, "Closed-loop concurrency instead of --rate." },
+        { "duration", 'd', DP_OPT_DOUBLE, "SECONDS", NULL, "Run length." },
+        { "requests", 'n', DP_OPT_INT, "N", NULL, "Number of requests." },
+        { "profile", 0, DP_OPT_STR, "NAME", "mix", "Workload profile." },
+        { "json", 0, DP_OPT_STR, "FILE", NULL, "Write every figure as JSON." },
+        { "svg", 0, DP_OPT_STR, "FILE", NULL, "Write a latency-percentile chart." },
+        DP_OPT_END
+    };
+
+    return not_built(cmd, opts, argc, argv, "the load generator lands with the operator-view issue");
+}
+
+static int cmd_selftest(const struct dp_cmd *cmd, int argc, char **argv)
+{
+    struct dp_opt opts[] = {
+        { "backend", 0, DP_OPT_STR, "cpu|cuda", "cpu", "Backend whose kernels are checked against the CPU reference." },
+        DP_OPT_END
+    };
+
+    return not_built(cmd, opts, argc, argv, "kernel self-tests land with the engine");
+}
+
+const struct dp_cmd dp_cmds[] = {
+    { "serve", "start the server (supervisor and pipeline stages)", "[OPTIONS]",
+      "Starts the supervisor, which creates the shared-memory segments and spawns, pins "
+      "and restarts the ingress, batcher, engine and egress stages.", cmd_serve },
+    { "run", "one-shot generation in-process, tokens streamed to stdout",
+      "--model FILE [--prompt TEXT] [-n N] [OPTIONS]",
+      "Loads a model in this process and generates from a prompt, streaming text to stdout "
+      "as it is produced. Uses the same engine as the server.", dp_cmd_run },
+    { "tokenize", "token ids of a text, space-separated",
+      "--model FILE [--no-special] TEXT|-|--batch FILE.inp",
+      "Tokenizes TEXT (or standard input with '-') with the model's own tokenizer and prints "
+      "the ids space-separated. --batch reads strings separated by "
+      "'\\n__ggml_vocab_test__\\n' and prints one line of ids per string. A vocab-only GGUF "
+      "file is enough.", dp_cmd_tokenize },
+    { "model", "make test models, inspect model files", "make|info [OPTIONS]",
+      "'favo model info FILE' prints a GGUF file's metadata, tensor table and memory needs. "
+      "'favo model make' writes deterministic random-weight models for tests and benchmarks.",
+      dp_cmd_model },
+    { "keys", "API keys: add, list, revoke (hashes only)", "add|list|revoke [OPTIONS]",
+      "Manages the API keys file. Keys are printed once at creation; only their SHA-256 is "
+      "stored.", cmd_keys },
+    { "stat", "live view of a running instance (stats segment only)", "[OPTIONS]",
+      "Attaches read-only to the stats segment of a running instance. It cannot see request "
+      "content: the segment cannot hold any.", cmd_stat },
+    { "bench", "tail-latency load generator for OpenAI-compatible servers", "[OPTIONS]",
+      "Open-loop (or closed-loop) load with latency measured from the intended send time.",
+      cmd_bench },
+    { "selftest", "check backend kernels against the CPU reference", "[OPTIONS]",
+      "Runs every kernel on the chosen backend and on the scalar reference with the same "
+      "seeded inputs and reports the error of each.", cmd_selftest },
+};
+const unsigned dp_ncmds = sizeof(dp_cmds) / sizeof(dp_cmds[0]);

@@ -1,0 +1,34 @@
+/*
+ * eng_cpu_features.c - which SIMD kernels this CPU can run, read once by
+ * CPUID; kernels are chosen from it at run time. FAVO_CPU=scalar|avx2
+ * caps the choice (for tests and benchmarks of the slower paths).
+ */
+#include "eng_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+unsigned eng_cpu_features(void)
+{
+    static unsigned cached = ~0u;
+    unsigned f = 0;
+    const char *cap;
+
+    if (cached != ~0u)
+        return cached;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        f |= ENG_CPU_AVX2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        f |= ENG_CPU_AVX512;
+    if ((f & ENG_CPU_AVX512) && __builtin_cpu_supports("avx512vnni"))
+        f |= ENG_CPU_AVX512VNNI;
+    cap = getenv("FAVO_CPU");
+    if (cap && !strcmp(cap, "scalar"))
+        f = 0;
+    else if (cap && !strcmp(cap, "avx2"))
+        f &= ENG_CPU_AVX2;
+    cached = f;
+    return f;
+}

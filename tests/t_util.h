@@ -1,0 +1,37 @@
+/*
+ * t_util.h - helpers shared by the test executables (prefix t_).
+ *
+ * Conventions (STYLE.md 11): one executable per feature, exit 0 pass,
+ * 1 fail, 77 skip. Tests that need a path from the build get it from the
+ * environment ctest sets: FAVO_BIN (the favo binary), FAVO_BUILD, FAVO_SRC,
+ * FAVO_SHARED (../shared), FAVO_VENV_PY, FAVO_MODELS.
+ */
+#ifndef T_UTIL_H
+#define T_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define T_SKIP 77
+
+/* Environment variable or a fallback; never NULL for a non-NULL fallback. */
+const char *t_env(const char *name, const char *fallback);
+/* Exit 77 with a message on stderr. */
+_Noreturn void t_skip(const char *why);
+/* Run argv (execvp) with stdout captured into *out (malloc'd, NUL-ended,
+ * may be NULL) and stderr into *err; returns the exit status, or 128+sig. */
+int t_run(char *const argv[], char **out, char **err);
+/* Read a whole file (malloc'd, NUL-ended); NULL on error. */
+char *t_read_file(const char *path, size_t *len);
+/* A fresh temporary directory under $TMPDIR; caller frees the string. */
+char *t_tmpdir(void);
+/* splitmix64: small deterministic PRNG for seeded test inputs. */
+static inline uint64_t t_rand(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+#endif
