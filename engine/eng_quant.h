@@ -1,0 +1,120 @@
+/*
+ * eng_quant.h - weight types: quantize, dequantize, dot products and the
+ * matmul the CPU forward pass runs, with scalar reference kernels and
+ * AVX2 / AVX-512 (VNNI) kernels chosen once at run time by CPUID.
+ *
+ * Types (block layouts byte-for-byte as ggml's, so GGUF tensors are used
+ * straight from the mmap):
+ *
+ *   type  el/blk bytes  layout                                  dot act.
+ *   f32      1     4    float                                   f32
+ *   f16      1     2    IEEE half                               f32
+ *   bf16     1     2    bfloat16                                f32
+ *   q4_0    32    18    f16 d; u8 qs[16] (lo nibble el i,       q8_1
+ *                       hi nibble el i+16); x = d*(q-8)
+ *   q4_1    32    20    f16 d, m; u8 qs[16]; x = d*q + m         q8_1
+ *   q5_0    32    22    f16 d; u8 qh[4] (bit i = 5th bit of     q8_1
+ *                       el i); u8 qs[16]; x = d*(q-16)
+ *   q5_1    32    24    f16 d, m; qh[4]; qs[16]; x = d*q + m     q8_1
+ *   q8_0    32    34    f16 d; i8 qs[32]; x = d*q                q8_0
+ *   q8_1    32    40    f32 d, s = d*sum(qs); i8 qs[32]         (activation)
+ *   q4_k   256   144    f16 d, dmin; u8 scales[12] (8 6-bit     q8_k
+ *                       scales + 8 6-bit mins); u8 qs[128];
+ *                       x = d*sc*q - dmin*m per 32 elements
+ *   q5_k   256   176    as q4_k plus u8 qh[32] (5th bits)       q8_k
+ *   q6_k   256   210    u8 ql[128], qh[64]; i8 scales[16];      q8_k
+ *                       f16 d; x = d*sc*(q-32) per 16 elements
+ *   q8_k   256   292    f32 d; i8 qs[256]; i16 bsums[16]        (activation)
+ *                       (bsums: sum of each 16 qs)
+ *
+ * How the forward pass uses it (per matmul W[rows][k] . X[m][k]):
+ *
+ *   at    = eng_vec_dot_type(W->type);            once, at model load
+ *   for j in 0..m: eng_quant_row(at, X[j], xq + j*x_row_bytes, k);
+ *           (x_row_bytes = eng_type_row_size(at, k))
+ *   each thread: eng_matmul(W->type, W->data, w_row_bytes, k, r0, r1,
+ *                           xq, x_row_bytes, m, y, ldy);
+ *
+ * Quantized weights meet integer activations (maddubs / dpbusd on int8),
+ * the way llama.cpp does it: q8_0 for q8_0 weights, q8_1 (which carries
+ * the block sum, so the weight offsets -8 / -16 / +m cost nothing) for
+ * q4_0 q4_1 q5_0 q5_1, q8_k for the K-quants. Float weights use f32
+ * activations. Callers must always ask eng_vec_dot_type(), never assume.
+ *
+ * Contract:
+ *  1. n / k are element counts and must be a multiple of the type's block
+ *     (eng_types.h); rows are not required to be aligned.
+ *  2. eng_dequant_row is the scalar reference and matches the gguf Python
+ *     package's dequantizers (tests/test-engine-dequant.c: exact for every
+ *     type except where the f32 product order differs, <= 1 ulp).
+ *  3. Every SIMD kernel computes the same integer block sums as the scalar
+ *     reference; they differ only in the order of the f32 accumulation.
+ *     The stated bound per type is tested in tests/test-engine-quant.c.
+ *  4. Non-finite input to eng_quant_row: every block holding a NaN or inf
+ *     gets a NaN scale (so it dequantizes and dots to NaN, a poisoned
+ *     activation is never silently plausible), and the call returns
+ *     -EDOM after writing the whole row. f32/f16/bf16 just convert.
+ *  5. All functions are pure and thread-safe; no allocation, no logging,
+ *     no syscalls (invariant 8, quiet hot path). The kernel table is
+ *     chosen on first use (pthread_once) or by eng_quant_init().
+ *
+ * Errors: -EINVAL for a type without that operation or n not a whole
+ * number of blocks. eng_vec_dot / eng_matmul are hot-path calls with no
+ * return code: an unsupported wtype is a programming error and aborts
+ * (FAVO_ASSERT) - check eng_quant_supported() at model load.
+ */
+#ifndef ENG_QUANT_H
+#define ENG_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "eng_types.h"
+
+/* Pick kernels now (optional; the first call does it anyway). */
+void eng_quant_init(void);
+
+/* True when eng_vec_dot / eng_matmul handle weights of type wtype:
+ * f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k. */
+bool eng_quant_supported(uint32_t wtype);
+
+/* n elements of src (type `type`) to f32. 0, or -EINVAL (unknown type,
+ * n not a multiple of the block). Scalar reference, exact. */
+int eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
+
+/* n f32 values to `type`: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q8_1
+ * q4_k q5_k q6_k q8_k. 0, -EINVAL (no quantizer / bad n), -EDOM (input
+ * not finite; row still written, see contract 4). Round-to-nearest
+ * reference quantizers; q4_k/q5_k/q6_k search their block scales. */
+int eng_quant_row(uint32_t type, const float *src, void *dst, int64_t n);
+
+/* Activation type that weight type wtype is dotted with (ENG_TYPE_F32
+ * for float weights); ENG_TYPE_COUNT when wtype is not supported. */
+uint32_t eng_vec_dot_type(uint32_t wtype);
+
+/* Bytes of one activation row of k elements for wtype
+ * (= eng_type_row_size(eng_vec_dot_type(wtype), k)); 0 if unsupported. */
+size_t eng_quant_act_row_size(uint32_t wtype, int64_t k);
+
+/* One weight row . one activation row already in eng_vec_dot_type(wtype),
+ * n elements. */
+float eng_vec_dot(uint32_t wtype, int64_t n, const void *w, const void *x);
+
+/*
+ * The matmul the forward pass calls, per thread on a row range:
+ *   y[j*ldy + r] = dot(W row r, X row j)  for r in [r0,r1), j in [0,m)
+ * W rows w_row_bytes apart (row 0 at w), X rows (quantized to
+ * eng_vec_dot_type(wtype)) x_row_bytes apart. Kernels take several
+ * weight rows at a time and reuse them across the m activation rows.
+ * Threads splitting [0,rows) into disjoint ranges write disjoint y.
+ */
+void eng_matmul(uint32_t wtype, const void *w, size_t w_row_bytes, int64_t k,
+                int64_t r0, int64_t r1, const void *x, size_t x_row_bytes,
+                int64_t m, float *y, int64_t ldy);
+
+/* Which implementation eng_matmul / eng_vec_dot use for wtype:
+ * "scalar", "avx2", "avx512", "avx512vnni"; "none" if unsupported. */
+const char *eng_quant_impl(uint32_t wtype);
+
+#endif /* ENG_QUANT_H */
