@@ -94,4 +94,25 @@ const struct eng_gguf_tensor *eng_gguf_find_tensor(const eng_gguf_t *g, const ch
 /* Compare a GGUF string with a C string. */
 int eng_gguf_str_eq(struct eng_gguf_str s, const char *c);
 
+/*
+ * Additions for tools that walk every key (favo model info, tests). Index
+ * i is 0..eng_gguf_kv_count()-1; same return conventions as the getters
+ * above (-ENOENT for a bad index, -EINVAL for a wrong type, -ERANGE for an
+ * array index past the end).
+ */
+const char *eng_gguf_vtype_name(enum eng_gguf_vtype t);  /* "u32", "string"... */
+uint64_t eng_gguf_data_offset(const eng_gguf_t *g);      /* start of the data section */
+uint64_t eng_gguf_kv_offset(const eng_gguf_t *g, int64_t i); /* byte offset of key i */
+int eng_gguf_kv_u64(const eng_gguf_t *g, int64_t i, uint64_t *out);
+int eng_gguf_kv_i64(const eng_gguf_t *g, int64_t i, int64_t *out);
+int eng_gguf_kv_f64(const eng_gguf_t *g, int64_t i, double *out);  /* f32 or f64 */
+int eng_gguf_kv_bool(const eng_gguf_t *g, int64_t i, int *out);
+int eng_gguf_kv_str(const eng_gguf_t *g, int64_t i, struct eng_gguf_str *out);
+int eng_gguf_kv_arr(const eng_gguf_t *g, int64_t i, enum eng_gguf_vtype *etype, uint64_t *len);
+/* Raw element data of a numeric (or bool) array; NULL for string arrays. */
+const void *eng_gguf_kv_arr_data(const eng_gguf_t *g, int64_t i);
+int eng_gguf_kv_arr_str(const eng_gguf_t *g, int64_t i, uint64_t j, struct eng_gguf_str *out);
+int eng_gguf_kv_arr_f64(const eng_gguf_t *g, int64_t i, uint64_t j, double *out);
+int eng_gguf_kv_arr_i64(const eng_gguf_t *g, int64_t i, uint64_t j, int64_t *out);
+
 #endif /* ENG_GGUF_H */
