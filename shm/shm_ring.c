@@ -73,8 +73,10 @@ static int ring_check_header(const struct shm_ring *h, size_t len, uint32_t slot
     cap = h->capacity;
     if (shm_ring_region_size(cap, h->slot_size) == 0 || h->slots_off != sizeof(*h) ||
         h->region_bytes != shm_ring_region_size(cap, h->slot_size) ||
-        h->region_bytes > len || h->ck.size != cap || h->ck.mask != cap - 1)
+        h->ck.size != cap || h->ck.mask != cap - 1)
         return -EUCLEAN;
+    if (h->region_bytes > len)
+        return -EINVAL; /* the caller's mapping is smaller than the ring */
     return 0;
 }
 

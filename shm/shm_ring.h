@@ -365,40 +365,43 @@ static inline uint32_t shm_ring_peeked(const shm_ring_t *r) { return r->pending;
  * the compiler inline each copy. Example:
  *     struct ing_req_desc { uint32_t cell; uint32_t flags; uint64_t rid; };
  *     SHM_RING_TYPED(ing_req_ring, struct ing_req_desc)
+ * (marked unused: clang warns about unused static inline functions that a
+ * macro defines in a .c file).
  */
+#define _SHM_RING_TYPED_FN static inline __attribute__((unused))
 #define SHM_RING_TYPED(name, type)                                                       \
-    static inline size_t name##_region_size(uint32_t capacity)                           \
+    _SHM_RING_TYPED_FN size_t name##_region_size(uint32_t capacity)                           \
     {                                                                                    \
         return shm_ring_region_size(capacity, (uint32_t)sizeof(type));                   \
     }                                                                                    \
-    static inline int name##_init(void *mem, size_t len, uint32_t capacity, uint32_t gen) \
+    _SHM_RING_TYPED_FN int name##_init(void *mem, size_t len, uint32_t capacity, uint32_t gen) \
     {                                                                                    \
         return shm_ring_init(mem, len, capacity, (uint32_t)sizeof(type), gen);           \
     }                                                                                    \
-    static inline int name##_attach(shm_ring_t *r, void *mem, size_t len, uint32_t gen,  \
+    _SHM_RING_TYPED_FN int name##_attach(shm_ring_t *r, void *mem, size_t len, uint32_t gen,  \
                                     enum shm_ring_role role)                             \
     {                                                                                    \
         return shm_ring_attach(r, mem, len, (uint32_t)sizeof(type), gen, role);          \
     }                                                                                    \
-    static inline int name##_enqueue_burst(shm_ring_t *r, const type *src, uint32_t n)   \
+    _SHM_RING_TYPED_FN int name##_enqueue_burst(shm_ring_t *r, const type *src, uint32_t n)   \
     {                                                                                    \
         return _shm_ring_enqueue_burst(r, src, n, (uint32_t)sizeof(type));              \
     }                                                                                    \
-    static inline int name##_enqueue(shm_ring_t *r, const type *src)                     \
+    _SHM_RING_TYPED_FN int name##_enqueue(shm_ring_t *r, const type *src)                     \
     {                                                                                    \
         int n_ = _shm_ring_enqueue_burst(r, src, 1, (uint32_t)sizeof(type));             \
         return n_ < 0 ? n_ : 0;                                                          \
     }                                                                                    \
-    static inline int name##_peek_burst(shm_ring_t *r, type *dst, uint32_t n)            \
+    _SHM_RING_TYPED_FN int name##_peek_burst(shm_ring_t *r, type *dst, uint32_t n)            \
     {                                                                                    \
         return _shm_ring_peek_burst(r, dst, n, (uint32_t)sizeof(type));                  \
     }                                                                                    \
-    static inline int name##_peek(shm_ring_t *r, type *dst)                              \
+    _SHM_RING_TYPED_FN int name##_peek(shm_ring_t *r, type *dst)                              \
     {                                                                                    \
         int n_ = _shm_ring_peek_burst(r, dst, 1, (uint32_t)sizeof(type));                \
         return n_ < 0 ? n_ : 0;                                                          \
     }                                                                                    \
-    static inline int name##_dequeue_burst(shm_ring_t *r, type *dst, uint32_t n)         \
+    _SHM_RING_TYPED_FN int name##_dequeue_burst(shm_ring_t *r, type *dst, uint32_t n)         \
     {                                                                                    \
         int n_ = _shm_ring_peek_burst(r, dst, n, (uint32_t)sizeof(type));                \
         if (n_ > 0)                                                                      \
