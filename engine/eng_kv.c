@@ -1,0 +1,78 @@
+/*
+ * eng_kv.c - the paged KV block pool (see eng_kv.h for the lifecycle).
+ */
+#include "eng_kv.h"
+
+#include "favo_base.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+int eng_kv_init(struct eng_kv *kv, const struct eng_hparams *hp, uint32_t n_blocks)
+{
+    memset(kv, 0, sizeof(*kv));
+    if (!n_blocks || n_blocks > (1u << 24))
+        return -EINVAL;
+    kv->n_layer = hp->n_layer;
+    kv->n_head_kv = hp->n_head_kv;
+    kv->head_dim = hp->head_dim;
+    kv->head_dim_v = hp->head_dim_v;
+    kv->n_blocks = n_blocks;
+    kv->layer_floats = (size_t)hp->n_head_kv * ENG_KV_BLOCK * (hp->head_dim + hp->head_dim_v);
+    kv->block_bytes = kv->layer_floats * hp->n_layer * sizeof(float);
+    if (kv->block_bytes > SIZE_MAX / n_blocks)
+        return -EINVAL;
+    kv->mem_bytes = kv->block_bytes * n_blocks;
+    kv->mem = mmap(NULL, kv->mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (kv->mem == MAP_FAILED) {
+        kv->mem = NULL;
+        return -ENOMEM;
+    }
+    (void)madvise(kv->mem, kv->mem_bytes, MADV_DONTDUMP);   /* K3 */
+    (void)madvise(kv->mem, kv->mem_bytes, MADV_HUGEPAGE);
+    kv->free_stack = malloc(sizeof(*kv->free_stack) * n_blocks);
+    kv->in_use = calloc(n_blocks, 1);
+    if (!kv->free_stack || !kv->in_use) {
+        eng_kv_destroy(kv);
+        return -ENOMEM;
+    }
+    /* Lowest ids on top, so a fresh pool hands out 0, 1, 2... */
+    for (uint32_t i = 0; i < n_blocks; i++)
+        kv->free_stack[i] = (int32_t)(n_blocks - 1 - i);
+    kv->n_free = n_blocks;
+    return 0;
+}
+
+void eng_kv_destroy(struct eng_kv *kv)
+{
+    if (kv->mem) {
+        explicit_bzero(kv->mem, kv->mem_bytes);
+        munmap(kv->mem, kv->mem_bytes);
+    }
+    free(kv->free_stack);
+    free(kv->in_use);
+    memset(kv, 0, sizeof(*kv));
+}
+
+int32_t eng_kv_block_alloc(struct eng_kv *kv)
+{
+    int32_t b;
+
+    if (!kv->n_free)
+        return -ENOSPC;
+    b = kv->free_stack[--kv->n_free];
+    FAVO_ASSERT(!kv->in_use[b]);   /* K2 */
+    kv->in_use[b] = 1;
+    return b;
+}
+
+void eng_kv_block_release(struct eng_kv *kv, int32_t b)
+{
+    FAVO_ASSERT(b >= 0 && (uint32_t)b < kv->n_blocks && kv->in_use[b]);   /* K2 */
+    explicit_bzero((char *)kv->mem + (size_t)b * kv->block_bytes, kv->block_bytes); /* K1 */
+    kv->in_use[b] = 0;
+    kv->free_stack[kv->n_free++] = b;
+}

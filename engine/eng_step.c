@@ -1,0 +1,551 @@
+/*
+ * eng_step.c - the CPU forward pass over a mixed prefill/decode batch (see
+ * eng_step.h), for llama, qwen2 and gemma3.
+ *
+ * One eng_pool_run per step; the phases of each layer are separated by
+ * barriers. Work is split three ways, each independent of the batch
+ * composition for a given token (S1):
+ *   - per token  (norms, activation quantization, RoPE, KV writes, residual)
+ *   - per weight row (every matmul: eng_matmul on a row range)
+ *   - per (token, head) (attention over the token's own sequence's blocks)
+ *
+ * Per layer, with x the residual stream [T][n_embd]:
+ *   h = rmsnorm(x) * attn_norm
+ *   q, k, v = h Wq, h Wk, h Wv (+ biases: qwen2)
+ *   q, k = rmsnorm per head (gemma3); rope(q, k) at each token's position
+ *   K/V cache[pos] = k, v
+ *   a = softmax(q.K * scale) V      causal, sliding window on SWA layers
+ *   o = a Wo; o = rmsnorm(o) * post_attn_norm (gemma3); x += o
+ *   h = rmsnorm(x) * ffn_norm
+ *   f = (act(h Wgate) * h Wup) Wdown; f = rmsnorm(f) * post_ffw_norm (gemma3)
+ *   x += f
+ * then logits = (rmsnorm(x_last) * output_norm) Woutput for each sequence
+ * that samples, softcapped when the model says so, and sampling.
+ */
+#include "eng_step.h"
+
+#include "eng_ops.h"
+#include "eng_pool.h"
+#include "eng_quant.h"
+#include "favo_base.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MM_ROW_ALIGN 16   /* matmul row ranges start on multiples of this */
+
+struct eng_ctx {
+    const struct eng_model *m;
+    struct eng_kv *kv;
+    eng_pool_t *pool;
+    const struct eng_ops *ops;
+    uint32_t max_tokens, max_seqs, n_ctx, nth;
+    size_t act_row_max;           /* bytes of the largest quantized activation row */
+    /* per-token buffers, [max_tokens][...] */
+    float *x, *h, *q, *k, *v, *att, *g, *u;
+    void *xq;
+    float *rope_cs;               /* [max_tokens][2 bases][cos rope_dim/2, sin rope_dim/2] */
+    int32_t *tok_seq;             /* token -> index of its sequence in the batch */
+    uint32_t *tok_pos;
+    /* per-sequence: last-token rows and logits, [max_seqs][...] */
+    uint32_t *out_tok;            /* rows of sampling sequences' last tokens */
+    int32_t *out_seq;
+    float *logits;
+    /* per-thread */
+    float *scores;                /* [nth][n_ctx] */
+    char *sample_scratch;         /* [nth][sample_scratch_bytes], zeroed */
+    size_t sample_scratch_bytes;
+    float *inv_freq[2];           /* [rope_dim/2] global and SWA bases */
+    /* the step being run */
+    const struct eng_batch *b;
+    struct eng_sample_out *out;
+    float *logits_out;
+    uint32_t n_tok, n_out;
+};
+
+struct thr {
+    struct eng_ctx *c;
+    unsigned ith, nth;
+    const void *q_src;            /* which rows xq holds, and in which type */
+    uint32_t q_type, q_k;
+};
+
+static void range(uint32_t n, unsigned ith, unsigned nth, uint32_t *lo, uint32_t *hi)
+{
+    *lo = (uint32_t)((uint64_t)n * ith / nth);
+    *hi = (uint32_t)((uint64_t)n * (ith + 1) / nth);
+}
+
+static void barrier(struct thr *t)
+{
+    eng_pool_barrier(t->c->pool);
+}
+
+/*
+ * y[j][r] = W[r] . src[j] for j < m. Quantizes src (m rows of k floats,
+ * ld floats apart) to the weight's activation type first, unless xq
+ * already holds exactly that. Ends with a barrier.
+ */
+static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, uint32_t ld,
+                   uint32_t m, float *y, uint32_t ldy)
+{
+    struct eng_ctx *c = t->c;
+    uint32_t at = eng_vec_dot_type(w->type);
+    size_t xrb = eng_quant_act_row_size(w->type, (int64_t)w->ne0);
+    uint32_t lo, hi, rows = (uint32_t)w->ne1, blocks;
+
+    if (t->q_src != src || t->q_type != at || t->q_k != w->ne0) {
+        range(m, t->ith, t->nth, &lo, &hi);
+        for (uint32_t j = lo; j < hi; j++)
+            (void)eng_quant_row(at, src + (size_t)j * ld, (char *)c->xq + j * xrb,
+                                (int64_t)w->ne0);
+        t->q_src = src;
+        t->q_type = at;
+        t->q_k = (uint32_t)w->ne0;
+        barrier(t);
+    }
+    blocks = (rows + MM_ROW_ALIGN - 1) / MM_ROW_ALIGN;
+    range(blocks, t->ith, t->nth, &lo, &hi);
+    lo *= MM_ROW_ALIGN;
+    hi = FAVO_MIN(hi * MM_ROW_ALIGN, rows);
+    if (lo < hi)
+        eng_matmul(w->type, w->data, w->row_bytes, (int64_t)w->ne0, lo, hi, c->xq, xrb, m, y,
+                   ldy);
+    barrier(t);
+}
+
+/* The residual stream changed under xq's source pointer: forget it. */
+static void xq_forget(struct thr *t)
+{
+    t->q_src = NULL;
+}
+
+static void attention(struct thr *t, uint32_t il)
+{
+    struct eng_ctx *c = t->c;
+    const struct eng_hparams *hp = &c->m->hp;
+    const struct eng_layer *L = &c->m->layers[il];
+    const struct eng_ops *ops = c->ops;
+    uint32_t hd = hp->head_dim, hdv = hp->head_dim_v, grp = hp->n_head / hp->n_head_kv;
+    uint32_t n_work = c->n_tok * hp->n_head, lo, hi;
+    float *scores = c->scores + (size_t)t->ith * c->n_ctx;
+
+    range(n_work, t->ith, t->nth, &lo, &hi);
+    for (uint32_t w = lo; w < hi; w++) {
+        uint32_t ti = w / hp->n_head, h = w % hp->n_head, g = h / grp;
+        const struct eng_seq *s = &c->b->seqs[c->tok_seq[ti]];
+        uint32_t p = c->tok_pos[ti], p0 = 0;
+        const float *q = c->q + (size_t)ti * hp->n_head * hd + (size_t)h * hd;
+        float *o = c->att + (size_t)ti * hp->n_head * hdv + (size_t)h * hdv;
+        float mx = -INFINITY, sum = 0;
+
+        if (L->swa && hp->n_swa && p + 1 > hp->n_swa)
+            p0 = p + 1 - hp->n_swa;
+        for (uint32_t j = p0; j <= p; j++) {
+            const float *kr = eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
+                              (size_t)(j % ENG_KV_BLOCK) * hd;
+            float sc = ops->dot(q, kr, hd) * hp->attn_scale;
+
+            scores[j - p0] = sc;
+            mx = sc > mx ? sc : mx;
+        }
+        for (uint32_t j = 0; j <= p - p0; j++) {
+            scores[j] = expf(scores[j] - mx);
+            sum += scores[j];
+        }
+        memset(o, 0, hdv * sizeof(float));
+        for (uint32_t j = p0; j <= p; j++) {
+            const float *vr = eng_kv_v(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
+                              (size_t)(j % ENG_KV_BLOCK) * hdv;
+
+            ops->axpy(o, scores[j - p0] / sum, vr, hdv);
+        }
+    }
+    barrier(t);
+}
+
+static void add_bias(float *y, const struct eng_tensor *b, uint32_t n)
+{
+    const float *bd = b->data;
+
+    for (uint32_t i = 0; i < n; i++)
+        y[i] += bd[i];
+}
+
+static void layer(struct thr *t, uint32_t il)
+{
+    struct eng_ctx *c = t->c;
+    const struct eng_model *m = c->m;
+    const struct eng_hparams *hp = &m->hp;
+    const struct eng_layer *L = &m->layers[il];
+    const struct eng_ops *ops = c->ops;
+    uint32_t E = hp->n_embd, T = c->n_tok, hd = hp->head_dim, hdv = hp->head_dim_v;
+    uint32_t nq = hp->n_head * hd, nk = hp->n_head_kv * hd, nv = hp->n_head_kv * hdv;
+    uint32_t no = hp->n_head * hdv, F = hp->n_ff, half = hp->rope_dim / 2, lo, hi;
+
+    range(T, t->ith, t->nth, &lo, &hi);
+    for (uint32_t i = lo; i < hi; i++)
+        ops->rmsnorm(c->h + (size_t)i * E, c->x + (size_t)i * E, L->attn_norm.data, E, hp->eps);
+    barrier(t);
+    xq_forget(t);
+    matmul(t, &L->wq, c->h, E, T, c->q, nq);
+    matmul(t, &L->wk, c->h, E, T, c->k, nk);
+    matmul(t, &L->wv, c->h, E, T, c->v, nv);
+
+    /* Per token: biases, Q/K norms, RoPE, KV write. */
+    for (uint32_t i = lo; i < hi; i++) {
+        float *q = c->q + (size_t)i * nq, *k = c->k + (size_t)i * nk, *v = c->v + (size_t)i * nv;
+        const float *cs = c->rope_cs + ((size_t)i * 2 + (L->swa ? 1 : 0)) * 2 * half;
+        const struct eng_seq *s = &c->b->seqs[c->tok_seq[i]];
+        uint32_t p = c->tok_pos[i];
+        int32_t blk = s->block_table[p / ENG_KV_BLOCK];
+
+        if (L->bq.data) {
+            add_bias(q, &L->bq, nq);
+            add_bias(k, &L->bk, nk);
+            add_bias(v, &L->bv, nv);
+        }
+        for (uint32_t h = 0; h < hp->n_head; h++) {
+            if (L->q_norm.data)
+                ops->rmsnorm(q + h * hd, q + h * hd, L->q_norm.data, hd, hp->eps);
+            eng_ops_rope(q + h * hd, cs, cs + half, hp->rope_dim, m->ai->rope_neox);
+        }
+        for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+            if (L->k_norm.data)
+                ops->rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->eps);
+            eng_ops_rope(k + h * hd, cs, cs + half, hp->rope_dim, m->ai->rope_neox);
+            memcpy(eng_kv_k(c->kv, blk, il, h) + (size_t)(p % ENG_KV_BLOCK) * hd, k + h * hd,
+                   hd * sizeof(float));
+            memcpy(eng_kv_v(c->kv, blk, il, h) + (size_t)(p % ENG_KV_BLOCK) * hdv,
+                   v + h * hdv, hdv * sizeof(float));
+        }
+    }
+    barrier(t);
+    attention(t, il);
+    matmul(t, &L->wo, c->att, no, T, c->h, E);
+    for (uint32_t i = lo; i < hi; i++) {
+        float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
+
+        if (L->post_attn_norm.data)
+            ops->rmsnorm(o, o, L->post_attn_norm.data, E, hp->eps);
+        for (uint32_t e = 0; e < E; e++)
+            x[e] += o[e];
+        ops->rmsnorm(o, x, L->ffn_norm.data, E, hp->eps);
+    }
+    barrier(t);
+    xq_forget(t);
+    matmul(t, &L->gate, c->h, E, T, c->g, F);
+    matmul(t, &L->up, c->h, E, T, c->u, F);
+    for (uint32_t i = lo; i < hi; i++) {
+        float *g = c->g + (size_t)i * F, *u = c->u + (size_t)i * F;
+
+        if (m->ai->gelu)
+            eng_ops_gelu_mul(g, g, u, F);
+        else
+            eng_ops_silu_mul(g, g, u, F);
+    }
+    barrier(t);
+    matmul(t, &L->down, c->g, F, T, c->h, E);
+    for (uint32_t i = lo; i < hi; i++) {
+        float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
+
+        if (L->post_ffn_norm.data)
+            ops->rmsnorm(o, o, L->post_ffn_norm.data, E, hp->eps);
+        for (uint32_t e = 0; e < E; e++)
+            x[e] += o[e];
+    }
+    barrier(t);
+}
+
+static void forward(void *arg, unsigned ith, unsigned nth)
+{
+    struct eng_ctx *c = arg;
+    const struct eng_model *m = c->m;
+    const struct eng_hparams *hp = &m->hp;
+    struct thr t = { .c = c, .ith = ith, .nth = nth };
+    uint32_t E = hp->n_embd, half = hp->rope_dim / 2, lo, hi;
+
+    /* Embeddings and each token's RoPE cos/sin for both bases. */
+    range(c->n_tok, ith, nth, &lo, &hi);
+    for (uint32_t i = lo; i < hi; i++) {
+        const struct eng_seq *s = &c->b->seqs[c->tok_seq[i]];
+        int32_t tok = s->tokens[c->tok_pos[i] - s->pos];
+        float *x = c->x + (size_t)i * E;
+
+        (void)eng_dequant_row(m->tok_embd.type,
+                              (const char *)m->tok_embd.data + (size_t)tok * m->tok_embd.row_bytes,
+                              x, E);
+        if (hp->embd_scale != 1.0f)
+            for (uint32_t e = 0; e < E; e++)
+                x[e] *= hp->embd_scale;
+        for (int b = 0; b < 2; b++) {
+            float *cs = c->rope_cs + ((size_t)i * 2 + b) * 2 * half;
+
+            for (uint32_t d = 0; d < half; d++) {
+                double th = (double)c->tok_pos[i] * c->inv_freq[b][d];
+
+                cs[d] = (float)cos(th);
+                cs[half + d] = (float)sin(th);
+            }
+        }
+    }
+    barrier(&t);
+    for (uint32_t il = 0; il < hp->n_layer; il++)
+        layer(&t, il);
+
+    /* Final norm of each sampling sequence's last token, logits, sampling. */
+    range(c->n_out, ith, nth, &lo, &hi);
+    for (uint32_t j = lo; j < hi; j++)
+        c->ops->rmsnorm(c->h + (size_t)j * E, c->x + (size_t)c->out_tok[j] * E,
+                        m->output_norm.data, E, hp->eps);
+    barrier(&t);
+    xq_forget(&t);
+    matmul(&t, &m->output, c->h, E, c->n_out, c->logits, hp->n_vocab);
+    range(c->n_out, ith, nth, &lo, &hi);
+    for (uint32_t j = lo; j < hi; j++) {
+        const struct eng_seq *s = &c->b->seqs[c->out_seq[j]];
+        float *lg = c->logits + (size_t)j * hp->n_vocab;
+
+        if (hp->final_softcap > 0)
+            for (uint32_t v = 0; v < hp->n_vocab; v++)
+                lg[v] = tanhf(lg[v] / hp->final_softcap) * hp->final_softcap;
+        if (c->logits_out)
+            memcpy(c->logits_out + (size_t)c->out_seq[j] * hp->n_vocab, lg,
+                   hp->n_vocab * sizeof(float));
+        eng_sample(lg, hp->n_vocab, &s->sp, s->history, s->n_history, s->pos + s->n_new,
+                   c->sample_scratch + (size_t)ith * c->sample_scratch_bytes,
+                   &c->out[c->out_seq[j]]);
+    }
+}
+
+int eng_step_check(const eng_ctx_t *c, const struct eng_batch *b, char *err, size_t errlen)
+{
+    uint64_t n_tok = 0;
+
+#define BAD(code, ...)                                                     \
+    do {                                                                   \
+        if (err && errlen)                                                 \
+            snprintf(err, errlen, __VA_ARGS__);                            \
+        return code;                                                       \
+    } while (0)
+    if (!b || (b->n_seqs && !b->seqs))
+        BAD(-EINVAL, "batch: no sequences array");
+    if (b->n_seqs > c->max_seqs)
+        BAD(-E2BIG, "batch: %u sequences, at most %u per step", b->n_seqs, c->max_seqs);
+    for (uint32_t i = 0; i < b->n_seqs; i++) {
+        const struct eng_seq *s = &b->seqs[i];
+        uint64_t end = (uint64_t)s->pos + s->n_new;
+
+        if (!s->n_new || !s->tokens || !s->block_table)
+            BAD(-EINVAL, "batch: sequence %u has no tokens or no block table", i);
+        n_tok += s->n_new;
+        if (end > c->n_ctx)
+            BAD(-E2BIG, "batch: sequence %u reaches position %llu, context is %u", i,
+                (unsigned long long)end, c->n_ctx);
+        if (s->n_blocks < eng_kv_blocks_for((uint32_t)end))
+            BAD(-EINVAL, "batch: sequence %u has %u blocks for %llu positions", i,
+                s->n_blocks, (unsigned long long)end);
+        for (uint32_t j = 0; j < eng_kv_blocks_for((uint32_t)end); j++)
+            if (s->block_table[j] < 0 || (uint32_t)s->block_table[j] >= c->kv->n_blocks)
+                BAD(-EINVAL, "batch: sequence %u block_table[%u] = %d is not a block", i, j,
+                    s->block_table[j]);
+        for (uint32_t j = 0; j < s->n_new; j++)
+            if (s->tokens[j] < 0 || (uint32_t)s->tokens[j] >= c->m->hp.n_vocab)
+                BAD(-EINVAL, "batch: sequence %u token %u is outside the vocabulary (%u)", i,
+                    j, c->m->hp.n_vocab);
+        if (s->n_history && !s->history)
+            BAD(-EINVAL, "batch: sequence %u has n_history without history", i);
+    }
+    if (n_tok > c->max_tokens)
+        BAD(-E2BIG, "batch: %llu tokens, at most %u per step", (unsigned long long)n_tok,
+            c->max_tokens);
+#undef BAD
+    return 0;
+}
+
+int eng_step(eng_ctx_t *c, const struct eng_batch *b, struct eng_sample_out *out,
+             float *logits)
+{
+    uint32_t n = 0, n_out = 0;
+    int rc = eng_step_check(c, b, NULL, 0);
+
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < b->n_seqs; i++) {
+        const struct eng_seq *s = &b->seqs[i];
+
+        for (uint32_t j = 0; j < s->n_new; j++, n++) {
+            c->tok_seq[n] = (int32_t)i;
+            c->tok_pos[n] = s->pos + j;
+        }
+        if (!s->no_sample) {
+            c->out_tok[n_out] = n - 1;
+            c->out_seq[n_out++] = (int32_t)i;
+        }
+    }
+    if (!n)
+        return 0;
+    c->b = b;
+    c->out = out;
+    c->logits_out = logits;
+    c->n_tok = n;
+    c->n_out = n_out;
+    eng_pool_run(c->pool, forward, c);
+    c->b = NULL;
+    return 0;
+}
+
+static void *zalloc(size_t n)
+{
+    void *p = NULL;
+
+    if (posix_memalign(&p, FAVO_CACHELINE, n ? n : FAVO_CACHELINE))
+        return NULL;
+    memset(p, 0, n);
+    return p;
+}
+
+int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
+                 const struct eng_ctx_opts *o)
+{
+    const struct eng_hparams *hp = &m->hp;
+    struct eng_ctx *c;
+    uint32_t T, S, half = hp->rope_dim / 2;
+    size_t E = hp->n_embd, nq = (size_t)hp->n_head * hp->head_dim;
+    size_t nk = (size_t)hp->n_head_kv * hp->head_dim, nv = (size_t)hp->n_head_kv * hp->head_dim_v;
+    size_t no = (size_t)hp->n_head * hp->head_dim_v, F = hp->n_ff, hw;
+    const struct eng_tensor *ws[] = { &m->output };
+    int rc;
+
+    *out = NULL;
+    if (kv->n_layer != hp->n_layer || kv->n_head_kv != hp->n_head_kv ||
+        kv->head_dim != hp->head_dim || kv->head_dim_v != hp->head_dim_v)
+        return -EINVAL;
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->m = m;
+    c->kv = kv;
+    c->ops = eng_ops_get();
+    c->nth = o && o->n_threads ? o->n_threads : 1;
+    c->max_tokens = T = o && o->max_tokens ? o->max_tokens : 512;
+    c->max_seqs = S = o && o->max_seqs ? o->max_seqs : 64;
+    S = FAVO_MIN(S, T);
+    c->max_seqs = S;
+    c->n_ctx = o && o->n_ctx ? o->n_ctx : FAVO_MIN(hp->n_ctx_train ? hp->n_ctx_train : 8192, 8192);
+    /* Every weight must be supported by the kernels; the largest
+     * activation row sizes xq. */
+    c->act_row_max = eng_quant_act_row_size(m->output.type, (int64_t)E);
+    if (!eng_quant_supported(m->output.type) || !c->act_row_max) {
+        rc = -ENOTSUP;
+        goto fail;
+    }
+    (void)ws;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const struct eng_layer *L = &m->layers[il];
+        const struct eng_tensor *mw[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up,
+                                          &L->down };
+
+        for (unsigned i = 0; i < FAVO_ARRAY_SIZE(mw); i++) {
+            size_t r = eng_quant_act_row_size(mw[i]->type, (int64_t)mw[i]->ne0);
+
+            if (!eng_quant_supported(mw[i]->type) || !r) {
+                rc = -ENOTSUP;
+                goto fail;
+            }
+            c->act_row_max = FAVO_MAX(c->act_row_max, r);
+        }
+    }
+    hw = FAVO_MAX(E, no);
+    c->x = zalloc(T * E * sizeof(float));
+    c->h = zalloc((size_t)T * hw * sizeof(float));
+    c->q = zalloc(T * nq * sizeof(float));
+    c->k = zalloc(T * nk * sizeof(float));
+    c->v = zalloc(T * nv * sizeof(float));
+    c->att = zalloc(T * no * sizeof(float));
+    c->g = zalloc(T * F * sizeof(float));
+    c->u = zalloc(T * F * sizeof(float));
+    c->xq = zalloc((size_t)T * c->act_row_max);
+    c->rope_cs = zalloc((size_t)T * 4 * FAVO_MAX(half, 1) * sizeof(float));
+    c->tok_seq = zalloc(T * sizeof(int32_t));
+    c->tok_pos = zalloc(T * sizeof(uint32_t));
+    c->out_tok = zalloc(S * sizeof(uint32_t));
+    c->out_seq = zalloc(S * sizeof(int32_t));
+    c->logits = zalloc((size_t)S * hp->n_vocab * sizeof(float));
+    c->scores = zalloc((size_t)c->nth * c->n_ctx * sizeof(float));
+    c->sample_scratch_bytes = (eng_sample_scratch_size(hp->n_vocab) + 63) & ~(size_t)63;
+    c->sample_scratch = zalloc(c->nth * c->sample_scratch_bytes);
+    c->inv_freq[0] = zalloc(FAVO_MAX(half, 1) * sizeof(float));
+    c->inv_freq[1] = zalloc(FAVO_MAX(half, 1) * sizeof(float));
+    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq ||
+        !c->rope_cs || !c->tok_seq || !c->tok_pos || !c->out_tok || !c->out_seq ||
+        !c->logits || !c->scores || !c->sample_scratch || !c->inv_freq[0] || !c->inv_freq[1]) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    /* theta_d = pos * base^(-2d/rope_dim) * freq_scale / rope_freqs[d] */
+    for (int b = 0; b < 2; b++) {
+        double base = b ? hp->rope_base_swa : hp->rope_base;
+
+        for (uint32_t d = 0; d < half; d++) {
+            double f = pow(base, -2.0 * d / hp->rope_dim) * hp->rope_freq_scale;
+
+            if (m->rope_freqs.data)
+                f /= ((const float *)m->rope_freqs.data)[d];
+            c->inv_freq[b][d] = (float)f;
+        }
+    }
+    if ((rc = eng_pool_init(&c->pool, c->nth)))
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    eng_ctx_free(c);
+    return rc;
+}
+
+void eng_ctx_free(eng_ctx_t *c)
+{
+    if (!c)
+        return;
+    eng_pool_free(c->pool);
+    /* Activations held request content: scrub before giving them back. */
+    if (c->x) {
+        const struct eng_hparams *hp = &c->m->hp;
+
+        explicit_bzero(c->x, (size_t)c->max_tokens * hp->n_embd * sizeof(float));
+    }
+    free(c->x);
+    free(c->h);
+    free(c->q);
+    free(c->k);
+    free(c->v);
+    free(c->att);
+    free(c->g);
+    free(c->u);
+    free(c->xq);
+    free(c->rope_cs);
+    free(c->tok_seq);
+    free(c->tok_pos);
+    free(c->out_tok);
+    free(c->out_seq);
+    free(c->logits);
+    free(c->scores);
+    free(c->sample_scratch);
+    free(c->inv_freq[0]);
+    free(c->inv_freq[1]);
+    free(c);
+}
+
+uint32_t eng_ctx_max_tokens(const eng_ctx_t *c)
+{
+    return c->max_tokens;
+}
+
+uint32_t eng_ctx_n_ctx(const eng_ctx_t *c)
+{
+    return c->n_ctx;
+}
