@@ -1,0 +1,332 @@
+/*
+ * eng_quant_avx2.c - AVX2 + FMA + F16C dot products for every weight
+ * type (compiled with those flags; only reached when eng_cpu_features()
+ * reports ENG_CPU_AVX2).
+ *
+ * Quantized types: weight codes expanded to unsigned bytes, multiplied
+ * with the int8 activations by maddubs (u8 x i8 -> i16 pairs), widened
+ * by madd (with ones, or with the sub-block scales for the K-quants),
+ * then scaled in f32. The same integer sums as eng_quant_ref.c; only the
+ * f32 accumulation order differs. maddubs cannot saturate here: codes
+ * are <= 63 and activations within [-127, 127] (2*63*127 < 32767); q8_0
+ * weights use the sign trick (|w| x sign(x, w)), exact unless both are
+ * -128.
+ *
+ * dot_rows takes ENG_QUANT_NR weight rows against one activation row so
+ * the activation loads and the loop overhead are shared and four
+ * independent weight streams are in flight.
+ */
+#include "eng_quant_int.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float h2f(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+
+/* 16 packed nibble bytes -> 32 bytes: low nibbles (elements 0..15) then
+ * high nibbles (elements 16..31). */
+static inline __m256i nib32(const uint8_t *qs)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+
+/* 32 bits -> 32 bytes, byte i = 0x10 when bit i is set. */
+static inline __m256i bits32_x10(const uint8_t *qh)
+{
+    uint32_t b;
+    memcpy(&b, qh, 4);
+    __m256i v = _mm256_set1_epi32((int)b);
+    const __m256i sh = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
+                                         0x0101010101010101LL, 0x0000000000000000LL);
+    v = _mm256_shuffle_epi8(v, sh);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+/* sum of u8 x i8 products as 8 i32 lanes */
+static inline __m256i dot_u8i8(__m256i u, __m256i s)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+/* ---- per-block kernels: add one block's contribution to acc / sacc ---- */
+
+static inline void blk_q8_0(const struct eng_bq8_0 *w, const struct eng_bq8_0 *x,
+                            __m256 *acc, float *sacc)
+{
+    __m256i a = _mm256_loadu_si256((const __m256i *)w->qs);
+    __m256i b = _mm256_loadu_si256((const __m256i *)x->qs);
+    __m256i p = dot_u8i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w->d) * h2f(x->d)), _mm256_cvtepi32_ps(p), *acc);
+    (void)sacc;
+}
+
+static inline void blk_q4_0(const struct eng_bq4_0 *w, const struct eng_bq8_1 *x,
+                            __m256 *acc, float *sacc)
+{
+    __m256i p = dot_u8i8(nib32(w->qs), _mm256_loadu_si256((const __m256i *)x->qs));
+    float d = h2f(w->d);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), _mm256_cvtepi32_ps(p), *acc);
+    *sacc += (-8 * d) * x->s;
+}
+
+static inline void blk_q4_1(const struct eng_bq4_1 *w, const struct eng_bq8_1 *x,
+                            __m256 *acc, float *sacc)
+{
+    __m256i p = dot_u8i8(nib32(w->qs), _mm256_loadu_si256((const __m256i *)x->qs));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w->d) * x->d), _mm256_cvtepi32_ps(p), *acc);
+    *sacc += h2f(w->m) * x->s;
+}
+
+static inline void blk_q5_0(const struct eng_bq5_0 *w, const struct eng_bq8_1 *x,
+                            __m256 *acc, float *sacc)
+{
+    __m256i u = _mm256_or_si256(nib32(w->qs), bits32_x10(w->qh));
+    __m256i p = dot_u8i8(u, _mm256_loadu_si256((const __m256i *)x->qs));
+    float d = h2f(w->d);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), _mm256_cvtepi32_ps(p), *acc);
+    *sacc += (-16 * d) * x->s;
+}
+
+static inline void blk_q5_1(const struct eng_bq5_1 *w, const struct eng_bq8_1 *x,
+                            __m256 *acc, float *sacc)
+{
+    __m256i u = _mm256_or_si256(nib32(w->qs), bits32_x10(w->qh));
+    __m256i p = dot_u8i8(u, _mm256_loadu_si256((const __m256i *)x->qs));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w->d) * x->d), _mm256_cvtepi32_ps(p), *acc);
+    *sacc += h2f(w->m) * x->s;
+}
+
+/* q4_k / q5_k: the 8 scales and the min term of a super-block. */
+static inline int kq_scales(const uint8_t *scales, const int16_t *bsums, int16_t sc[8])
+{
+    int summ = 0;
+
+    for (int s = 0; s < 8; s++) {
+        uint8_t a, m;
+        eng_k_scale_min(s, scales, &a, &m);
+        sc[s] = a;
+        summ += m * (bsums[2 * s] + bsums[2 * s + 1]);
+    }
+    return summ;
+}
+
+static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x,
+                            __m256 *acc, float *sacc)
+{
+    int16_t sc[8];
+    int summ = kq_scales(w->scales, x->bsums, sc);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i sumi = _mm256_setzero_si256();
+
+    for (int c = 0; c < 4; c++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * c));
+        __m256i lo = _mm256_and_si256(q, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c)));
+        __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c + 32)));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * c])));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(x->d * h2f(w->d)), _mm256_cvtepi32_ps(sumi), *acc);
+    *sacc -= x->d * (h2f(w->dmin) * (float)summ);
+}
+
+static inline void blk_q5_k(const struct eng_bq5_k *w, const struct eng_bq8_k *x,
+                            __m256 *acc, float *sacc)
+{
+    int16_t sc[8];
+    int summ = kq_scales(w->scales, x->bsums, sc);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    __m256i qh = _mm256_loadu_si256((const __m256i *)w->qh);
+    __m256i sumi = _mm256_setzero_si256();
+
+    for (int c = 0; c < 4; c++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * c));
+        __m256i h0 = _mm256_and_si256(qh, one);
+        __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(qh, 1), one);
+        qh = _mm256_srli_epi16(qh, 2);
+        __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
+        __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                                     _mm256_slli_epi16(h1, 4));
+        __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c)));
+        __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c + 32)));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * c])));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(x->d * h2f(w->d)), _mm256_cvtepi32_ps(sumi), *acc);
+    *sacc -= x->d * (h2f(w->dmin) * (float)summ);
+}
+
+static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x,
+                            __m256 *acc, float *sacc)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+    __m256i sumi = _mm256_setzero_si256();
+    int off = 0;
+
+    for (int g = 0; g < 16; g++)
+        off += w->scales[g] * x->bsums[g];
+    for (int h = 0; h < 2; h++) {
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h));
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h + 32));
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(w->qh + 32 * h));
+        __m256i v[4];
+        v[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+        v[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+        v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+        v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+        for (int t = 0; t < 4; t++) {
+            int g = h * 8 + t * 2;
+            __m256i p = _mm256_maddubs_epi16(v[t], _mm256_loadu_si256((const __m256i *)(x->qs + 128 * h + 32 * t)));
+            __m256i s = _mm256_set_m128i(_mm_set1_epi16(w->scales[g + 1]), _mm_set1_epi16(w->scales[g]));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+        }
+    }
+    float dd = x->d * h2f(w->d);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), *acc);
+    *sacc -= dd * (float)(32 * off);
+}
+
+/* ---- row loops: one row, and ENG_QUANT_NR rows sharing the activation ---- */
+
+#define GEN_DOTS(T, WT, XT, QB)                                                  \
+    static float vd_##T(int64_t n, const void *w, const void *x)                \
+    {                                                                           \
+        const WT *a = w;                                                        \
+        const XT *b = x;                                                        \
+        __m256 acc = _mm256_setzero_ps();                                       \
+        float s = 0;                                                            \
+        for (int64_t i = 0; i < n / (QB); i++)                                  \
+            blk_##T(&a[i], &b[i], &acc, &s);                                    \
+        return hsum256(acc) + s;                                                \
+    }                                                                           \
+    static void dr_##T(int64_t n, const void *w, size_t ws, int nr,             \
+                       const void *x, float *out)                               \
+    {                                                                           \
+        const uint8_t *wb = w;                                                  \
+        if (nr != 4) {                                                          \
+            for (int r = 0; r < nr; r++)                                        \
+                out[r] = vd_##T(n, wb + (size_t)r * ws, x);                     \
+            return;                                                             \
+        }                                                                       \
+        const WT *a0 = (const WT *)wb, *a1 = (const WT *)(wb + ws);             \
+        const WT *a2 = (const WT *)(wb + 2 * ws), *a3 = (const WT *)(wb + 3 * ws); \
+        const XT *b = x;                                                        \
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;             \
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                   \
+        for (int64_t i = 0; i < n / (QB); i++) {                                \
+            blk_##T(&a0[i], &b[i], &c0, &s0);                                   \
+            blk_##T(&a1[i], &b[i], &c1, &s1);                                   \
+            blk_##T(&a2[i], &b[i], &c2, &s2);                                   \
+            blk_##T(&a3[i], &b[i], &c3, &s3);                                   \
+        }                                                                       \
+        out[0] = hsum256(c0) + s0;                                              \
+        out[1] = hsum256(c1) + s1;                                              \
+        out[2] = hsum256(c2) + s2;                                              \
+        out[3] = hsum256(c3) + s3;                                              \
+    }
+
+GEN_DOTS(q8_0, struct eng_bq8_0, struct eng_bq8_0, ENG_QK)
+GEN_DOTS(q4_0, struct eng_bq4_0, struct eng_bq8_1, ENG_QK)
+GEN_DOTS(q4_1, struct eng_bq4_1, struct eng_bq8_1, ENG_QK)
+GEN_DOTS(q5_0, struct eng_bq5_0, struct eng_bq8_1, ENG_QK)
+GEN_DOTS(q5_1, struct eng_bq5_1, struct eng_bq8_1, ENG_QK)
+GEN_DOTS(q4_k, struct eng_bq4_k, struct eng_bq8_k, ENG_QK_K)
+GEN_DOTS(q5_k, struct eng_bq5_k, struct eng_bq8_k, ENG_QK_K)
+GEN_DOTS(q6_k, struct eng_bq6_k, struct eng_bq8_k, ENG_QK_K)
+
+/* ---- float weights: n is any count; a scalar tail finishes it ---- */
+
+static float vd_f32(int64_t n, const void *w, const void *x)
+{
+    const float *a = w, *b = x;
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    int64_t i = 0;
+    float s = 0;
+
+    for (; i + 32 <= n; i += 32) {
+        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), c0);
+        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), c1);
+        c2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), c2);
+        c3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), c3);
+    }
+    for (; i + 8 <= n; i += 8)
+        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), c0);
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return hsum256(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3))) + s;
+}
+
+static inline __m256 ld_f16(const uint8_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static inline __m256 ld_bf16(const uint8_t *p)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+#define GEN_HALF(T, LD, CVT)                                                     \
+    static float vd_##T(int64_t n, const void *w, const void *x)                \
+    {                                                                           \
+        const uint8_t *a = w;                                                   \
+        const float *b = x;                                                     \
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0;                               \
+        int64_t i = 0;                                                          \
+        float s = 0;                                                            \
+        for (; i + 16 <= n; i += 16) {                                          \
+            c0 = _mm256_fmadd_ps(LD(a + 2 * i), _mm256_loadu_ps(b + i), c0);    \
+            c1 = _mm256_fmadd_ps(LD(a + 2 * i + 16), _mm256_loadu_ps(b + i + 8), c1); \
+        }                                                                       \
+        for (; i < n; i++) {                                                    \
+            uint16_t h;                                                         \
+            memcpy(&h, a + 2 * i, 2);                                           \
+            s += CVT(h) * b[i];                                                 \
+        }                                                                       \
+        return hsum256(_mm256_add_ps(c0, c1)) + s;                              \
+    }
+
+static inline float bf2f(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+GEN_HALF(f16, ld_f16, h2f)
+GEN_HALF(bf16, ld_bf16, bf2f)
+
+const struct eng_quant_kern eng_quant_avx2_kern[ENG_TYPE_COUNT] = {
+    [ENG_TYPE_F32] = { "avx2", vd_f32, NULL },
+    [ENG_TYPE_F16] = { "avx2", vd_f16, NULL },
+    [ENG_TYPE_BF16] = { "avx2", vd_bf16, NULL },
+    [ENG_TYPE_Q4_0] = { "avx2", vd_q4_0, dr_q4_0 },
+    [ENG_TYPE_Q4_1] = { "avx2", vd_q4_1, dr_q4_1 },
+    [ENG_TYPE_Q5_0] = { "avx2", vd_q5_0, dr_q5_0 },
+    [ENG_TYPE_Q5_1] = { "avx2", vd_q5_1, dr_q5_1 },
+    [ENG_TYPE_Q8_0] = { "avx2", vd_q8_0, dr_q8_0 },
+    [ENG_TYPE_Q4_K] = { "avx2", vd_q4_k, dr_q4_k },
+    [ENG_TYPE_Q5_K] = { "avx2", vd_q5_k, dr_q5_k },
+    [ENG_TYPE_Q6_K] = { "avx2", vd_q6_k, dr_q6_k },
+};

@@ -1,0 +1,104 @@
+/*
+ * eng_quant_int.h - internals of eng_quant: block structs (ggml's layouts,
+ * see eng_quant.h), the per-type kernel table and the per-ISA tables.
+ *
+ * One table per implementation (scalar, avx2, avx512); eng_quant.c builds
+ * the live table once from eng_cpu_features(): for every weight type the
+ * best implementation the CPU runs that has a kernel for it. The SIMD
+ * tables may leave a type NULL (then the next slower one is used).
+ * Never call an avx2 / avx512 table without the matching CPUID bit.
+ */
+#ifndef ENG_QUANT_INT_H
+#define ENG_QUANT_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "eng_quant.h"
+
+#define ENG_QK 32      /* elements per block of the 32-block types */
+#define ENG_QK_K 256   /* elements per K-quant super-block */
+#define ENG_K_SCALE_SIZE 12
+#define ENG_QUANT_NR 4 /* weight rows per dot_rows call */
+
+struct eng_bq4_0 { uint16_t d; uint8_t qs[ENG_QK / 2]; };
+struct eng_bq4_1 { uint16_t d, m; uint8_t qs[ENG_QK / 2]; };
+struct eng_bq5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[ENG_QK / 2]; };
+struct eng_bq5_1 { uint16_t d, m; uint8_t qh[4]; uint8_t qs[ENG_QK / 2]; };
+struct eng_bq8_0 { uint16_t d; int8_t qs[ENG_QK]; };
+struct eng_bq8_1 { float d, s; int8_t qs[ENG_QK]; };
+struct eng_bq4_k {
+    uint16_t d, dmin;
+    uint8_t scales[ENG_K_SCALE_SIZE];
+    uint8_t qs[ENG_QK_K / 2];
+};
+struct eng_bq5_k {
+    uint16_t d, dmin;
+    uint8_t scales[ENG_K_SCALE_SIZE];
+    uint8_t qh[ENG_QK_K / 8];
+    uint8_t qs[ENG_QK_K / 2];
+};
+struct eng_bq6_k {
+    uint8_t ql[ENG_QK_K / 2];
+    uint8_t qh[ENG_QK_K / 4];
+    int8_t scales[ENG_QK_K / 16];
+    uint16_t d;
+};
+struct eng_bq8_k { float d; int8_t qs[ENG_QK_K]; int16_t bsums[ENG_QK_K / 16]; };
+
+_Static_assert(sizeof(struct eng_bq4_0) == 18, "q4_0 layout");
+_Static_assert(sizeof(struct eng_bq4_1) == 20, "q4_1 layout");
+_Static_assert(sizeof(struct eng_bq5_0) == 22, "q5_0 layout");
+_Static_assert(sizeof(struct eng_bq5_1) == 24, "q5_1 layout");
+_Static_assert(sizeof(struct eng_bq8_0) == 34, "q8_0 layout");
+_Static_assert(sizeof(struct eng_bq8_1) == 40, "q8_1 layout");
+_Static_assert(sizeof(struct eng_bq4_k) == 144, "q4_k layout");
+_Static_assert(sizeof(struct eng_bq5_k) == 176, "q5_k layout");
+_Static_assert(sizeof(struct eng_bq6_k) == 210, "q6_k layout");
+_Static_assert(sizeof(struct eng_bq8_k) == 292, "q8_k layout");
+
+/* One weight row . one activation row (eng_vec_dot_type), n elements. */
+typedef float (*eng_vec_dot_fn)(int64_t n, const void *w, const void *x);
+/* nr (1..ENG_QUANT_NR) weight rows, ws bytes apart, each . x: out[i]. */
+typedef void (*eng_dot_rows_fn)(int64_t n, const void *w, size_t ws, int nr,
+                                const void *x, float *out);
+
+struct eng_quant_kern {
+    const char *impl;          /* "scalar", "avx2", "avx512", "avx512vnni" */
+    eng_vec_dot_fn vec_dot;    /* NULL: this impl has no kernel for the type */
+    eng_dot_rows_fn dot_rows;  /* optional: NULL loops vec_dot */
+};
+
+/* Per-implementation tables, indexed by weight type. */
+extern const struct eng_quant_kern eng_quant_ref_kern[ENG_TYPE_COUNT];
+extern const struct eng_quant_kern eng_quant_avx2_kern[ENG_TYPE_COUNT];
+extern const struct eng_quant_kern eng_quant_avx512_kern[ENG_TYPE_COUNT];
+
+/* The kernel eng_quant would pick for wtype on a CPU with `features`
+ * (ENG_CPU_* mask, see eng_cpu.h); NULL when wtype is unsupported. Tests
+ * and benchmarks use it to run every implementation the host supports. */
+const struct eng_quant_kern *eng_quant_kern_for(uint32_t wtype, unsigned features);
+
+/* eng_matmul on an explicit kernel (tests, benchmarks). */
+void eng_matmul_kern(const struct eng_quant_kern *kn, uint32_t wtype,
+                     const void *w, size_t w_row_bytes, int64_t k, int64_t r0,
+                     int64_t r1, const void *x, size_t x_row_bytes, int64_t m,
+                     float *y, int64_t ldy);
+
+/* Scalar reference pieces (eng_quant_ref.c). */
+int eng_quant_ref_dequant(uint32_t type, const void *src, float *dst, int64_t n);
+int eng_quant_ref_quant(uint32_t type, const float *src, void *dst, int64_t n);
+
+/* q4_k / q5_k packed 6-bit scale and min of sub-block j (0..7). */
+static inline void eng_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *mn)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *mn = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4));
+        *mn = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+#endif /* ENG_QUANT_INT_H */
