@@ -1,0 +1,340 @@
+/*
+ * shm_stats.h - the stats segment: per-writer counter blocks, latency
+ * histograms, gauges and the stage table, read lock-free by `favo stat` and
+ * /metrics.
+ *
+ * Who writes what (invariant 2, one writer per word):
+ *
+ *   supervisor   creates the segment (shm_stats_create), the meta and names
+ *                regions, and every stage-table row except its heartbeat
+ *   each stage   its own writer block (one per writer THREAD; the supervisor
+ *                hands out slots) and the heartbeat word of its stage row
+ *   readers      nothing: they map the segment read-only
+ *
+ * Layout (regions of the segment, shm_seg.h):
+ *
+ *   "meta"     struct shm_stats_meta: counts and offsets of everything
+ *              below, so a reader of another build can walk it
+ *   "names"    u64 FNV-1a hash per table entry (counters, gauges, hists):
+ *              a reader refuses a segment whose common entries differ
+ *   "writers"  nwriters x struct shm_stats_block, each cache-line aligned:
+ *
+ *      +0      ck_sequence seq | pid | stage kind | stage index | attaches
+ *      +64     counters[SHM_C__COUNT]            u64, monotonic
+ *      +64n    gauges[SHM_G__COUNT]              double bits in a u64
+ *      +64n    hist[SHM_H__COUNT] { count, sum_ns, buckets[SHM_HIST_NBUCKETS] }
+ *
+ *   "stages"   nstages x struct shm_stats_stage, two cache lines each:
+ *              seq, kind, index, state, pid, restarts, cores, started_ns
+ *              (supervisor) | heartbeat_ns (the stage)
+ *
+ * Histograms are log-linear (HDR style) over nanoseconds: every power of two
+ * from 2^9 ns (512 ns) to 2^37 ns (137 s) is split into 128 linear buckets,
+ * so a bucket is at most 1/128 = 0.78% of its lower bound wide: any value
+ * read back from a bucket is within 1% of every value recorded in it, across
+ * the required 1 us .. 100 s. Bucket 0 holds < 512 ns, the last >= 2^37 ns.
+ *
+ * Consistency: every update a writer makes is inside its block's sequence
+ * lock (ck_sequence); shm_stats_begin/end group several updates (a finished
+ * request: counters + histograms) into one. A reader copies each block under
+ * its sequence and retries on a change, so each block is read as of one
+ * instant and e.g. a histogram's count equals the sum of its buckets. Sums
+ * over blocks are of consistent parts; blocks are not read at one instant.
+ *
+ * Invariants (cited by FAVO_ASSERT as "stats inv N"):
+ *   1. A block has one writer at a time (a thread of the stage in its slot);
+ *      a restarted stage takes its slot back (shm_stats_writer_init) and
+ *      continues the counters, so they stay monotonic across restarts.
+ *   2. A writer that died inside begin/end leaves an odd sequence; the next
+ *      writer of that slot makes it even again. Readers never wait forever:
+ *      after SHM_STATS_READ_TRIES changes they take the block as it is and
+ *      count it in snap->torn.
+ *   3. Writers check at attach that the segment's layout is exactly their
+ *      build's (same binary as the supervisor); readers accept appended
+ *      entries (they read the common prefix of every table).
+ *   4. Numbers only: nothing a request supplies is ever stored here.
+ *
+ * Errors: 0 or -errno; the open/create functions leave a message in
+ * st->seg.err (see shm_seg.h for the codes). -ERANGE: a slot out of range.
+ */
+#ifndef SHM_STATS_H
+#define SHM_STATS_H
+
+#include <ck_pr.h>
+#include <ck_sequence.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "favo_base.h"
+#include "shm_seg.h"
+#include "shm_stats_table.h"
+
+/* ---------------------------------------------------------------- table */
+
+#define SHM_X_ENUM_C(id, ...) SHM_C_##id,
+#define SHM_X_ENUM_G(id, ...) SHM_G_##id,
+#define SHM_X_ENUM_H(id, ...) SHM_H_##id,
+enum shm_stats_counter { SHM_STATS_COUNTERS(SHM_X_ENUM_C) SHM_C__COUNT };
+enum shm_stats_gauge { SHM_STATS_GAUGES(SHM_X_ENUM_G) SHM_G__COUNT };
+enum shm_stats_hist_id { SHM_STATS_HISTS(SHM_X_ENUM_H) SHM_H__COUNT };
+
+enum shm_stats_agg { SHM_AGG_SUM, SHM_AGG_MAX };
+
+/* One table entry as data, for formatters (generated from the table). */
+struct shm_stats_desc {
+    const char *prom;    /* Prometheus metric name */
+    const char *labels;  /* 'status="ok"' or "" */
+    const char *column;  /* favo stat column heading */
+    const char *help;
+    enum shm_stats_agg agg; /* gauges only */
+};
+extern const struct shm_stats_desc shm_stats_counter_desc[SHM_C__COUNT];
+extern const struct shm_stats_desc shm_stats_gauge_desc[SHM_G__COUNT];
+extern const struct shm_stats_desc shm_stats_hist_desc[SHM_H__COUNT];
+
+/* ----------------------------------------------------------- histograms */
+
+#define SHM_HIST_SUB_BITS 7
+#define SHM_HIST_SUB (1u << SHM_HIST_SUB_BITS) /* buckets per power of two */
+#define SHM_HIST_MIN_SHIFT 9                   /* first octave: [512 ns, 1024 ns) */
+#define SHM_HIST_MAX_SHIFT 36                  /* last octave: [2^36, 2^37) ns */
+#define SHM_HIST_NBUCKETS (2 + (SHM_HIST_MAX_SHIFT - SHM_HIST_MIN_SHIFT + 1) * SHM_HIST_SUB)
+
+/* Bucket of a value in nanoseconds. */
+static inline unsigned shm_hist_bucket(uint64_t ns)
+{
+    unsigned p;
+
+    if (ns < (1ull << SHM_HIST_MIN_SHIFT))
+        return 0;
+    if (ns >= (1ull << (SHM_HIST_MAX_SHIFT + 1)))
+        return SHM_HIST_NBUCKETS - 1;
+    p = 63u - (unsigned)__builtin_clzll(ns);
+    return 1 + (p - SHM_HIST_MIN_SHIFT) * SHM_HIST_SUB +
+           (unsigned)((ns >> (p - SHM_HIST_SUB_BITS)) & (SHM_HIST_SUB - 1));
+}
+
+/* Bounds of bucket b: [lower, upper) in ns; the last bucket's upper is
+ * UINT64_MAX. */
+uint64_t shm_hist_lower(unsigned b);
+uint64_t shm_hist_upper(unsigned b);
+
+/* ------------------------------------------------------------- the stages */
+
+enum shm_stage_kind {
+    SHM_STAGE_NONE = 0,
+    SHM_STAGE_SUPERVISOR,
+    SHM_STAGE_INGRESS,
+    SHM_STAGE_BATCHER,
+    SHM_STAGE_ENGINE,
+    SHM_STAGE_EGRESS,
+    SHM_STAGE__COUNT
+};
+
+/* Stage process states, written by the supervisor:
+ *
+ *   EMPTY --spawn--> STARTING --ready--> RUNNING --TERM--> DRAINING --> STOPPED
+ *                       ^                   |
+ *                       |  (exit/crash)     v
+ *                       +---- BACKOFF <-----+----(5 fails in 60 s)--> FAILED
+ */
+enum shm_stage_state {
+    SHM_STAGE_EMPTY = 0,
+    SHM_STAGE_STARTING,
+    SHM_STAGE_RUNNING,
+    SHM_STAGE_DRAINING,
+    SHM_STAGE_STOPPED,
+    SHM_STAGE_BACKOFF,
+    SHM_STAGE_FAILED,
+    SHM_STAGE_STATE__COUNT
+};
+
+const char *shm_stage_kind_name(enum shm_stage_kind k);   /* "engine", "?" */
+const char *shm_stage_state_name(enum shm_stage_state s); /* "running", "?" */
+
+#define SHM_STATS_MAX_CORES 256
+
+/* One row of the stage table, as the supervisor describes it. */
+struct shm_stage_info {
+    enum shm_stage_kind kind;
+    uint32_t index;          /* worker or rank number */
+    enum shm_stage_state state;
+    int32_t pid;
+    uint32_t restarts;
+    uint64_t cores[SHM_STATS_MAX_CORES / 64]; /* CPU mask */
+    uint64_t started_ns;     /* CLOCK_MONOTONIC */
+};
+
+/* ------------------------------------------------------ in shared memory */
+
+struct shm_stats_meta {
+    uint32_t nwriters, nstages;
+    uint32_t block_size, stage_size;
+    uint32_t ncounters, counters_off;  /* offsets within a block */
+    uint32_t ngauges, gauges_off;
+    uint32_t nhists, hists_off, hist_size;
+    uint32_t hist_nbuckets, hist_sub_bits, hist_min_shift, hist_max_shift;
+    uint32_t reserved;
+};
+
+struct shm_stats_hist {
+    uint64_t count;
+    uint64_t sum_ns;
+    uint64_t buckets[SHM_HIST_NBUCKETS];
+};
+
+struct shm_stats_block {
+    ck_sequence_t seq;
+    int32_t pid;             /* of the writer; 0: never attached */
+    uint32_t stage_kind;
+    uint32_t stage_index;
+    uint32_t attaches;       /* how many writers have taken this slot */
+    FAVO_ALIGNED_CL uint64_t counters[SHM_C__COUNT];
+    FAVO_ALIGNED_CL uint64_t gauges[SHM_G__COUNT];
+    FAVO_ALIGNED_CL struct shm_stats_hist hist[SHM_H__COUNT];
+} FAVO_ALIGNED_CL;
+
+struct shm_stats_stage {
+    ck_sequence_t seq;       /* supervisor */
+    uint32_t kind, index, state;
+    int32_t pid;
+    uint32_t restarts;
+    uint64_t cores[SHM_STATS_MAX_CORES / 64];
+    uint64_t started_ns;
+    FAVO_ALIGNED_CL uint64_t heartbeat_ns; /* the stage itself, CLOCK_MONOTONIC */
+} FAVO_ALIGNED_CL;
+
+/* ------------------------------------------------------ process handles */
+
+struct shm_stats {
+    struct shm_seg seg;
+    const struct shm_stats_meta *meta;
+    const uint64_t *names;
+    char *blocks;            /* meta->nwriters blocks of meta->block_size */
+    char *stages;            /* meta->nstages rows of meta->stage_size */
+    unsigned nc, ng, nh;     /* entries common to the segment and this build */
+};
+
+struct shm_stats_writer {
+    struct shm_stats_block *b;
+    unsigned depth;          /* begin/end nesting, process-local */
+};
+
+/* Supervisor: create /favo.<instance> with nwriters blocks and nstages rows
+ * and publish it. */
+int shm_stats_create(struct shm_stats *st, const char *instance, unsigned nwriters,
+                     unsigned nstages);
+/* Attach: writable for stages (writer blocks, heartbeats), read-only for
+ * favo stat and /metrics. */
+int shm_stats_open(struct shm_stats *st, const char *instance, bool writable);
+void shm_stats_close(struct shm_stats *st);
+/* Supervisor: mark the segment GONE, unlink its name, unmap. */
+int shm_stats_destroy(struct shm_stats *st);
+
+/* Stage: take writer slot `slot` (stats inv 1, 2, 3). */
+int shm_stats_writer_init(struct shm_stats *st, unsigned slot, enum shm_stage_kind kind,
+                          unsigned index, struct shm_stats_writer *w);
+
+/* Group updates so readers see all or none of them. Nestable. */
+static inline void shm_stats_begin(struct shm_stats_writer *w)
+{
+    if (w->depth++ == 0)
+        ck_sequence_write_begin(&w->b->seq);
+}
+
+static inline void shm_stats_end(struct shm_stats_writer *w)
+{
+    FAVO_ASSERT(w->depth > 0);
+    if (--w->depth == 0)
+        ck_sequence_write_end(&w->b->seq);
+}
+
+/* Single writer (stats inv 1): a plain read of our own word, an atomic
+ * store so readers never see half a word. */
+static inline void shm_stats__add64(uint64_t *p, uint64_t n)
+{
+    ck_pr_store_64(p, *p + n);
+}
+
+static inline void shm_stats_add(struct shm_stats_writer *w, enum shm_stats_counter c,
+                                 uint64_t n)
+{
+    shm_stats_begin(w);
+    shm_stats__add64(&w->b->counters[c], n);
+    shm_stats_end(w);
+}
+
+static inline void shm_stats_gauge_set(struct shm_stats_writer *w, enum shm_stats_gauge g,
+                                       double v)
+{
+    uint64_t bits;
+
+    memcpy(&bits, &v, sizeof(bits));
+    shm_stats_begin(w);
+    ck_pr_store_64(&w->b->gauges[g], bits);
+    shm_stats_end(w);
+}
+
+static inline void shm_stats_observe(struct shm_stats_writer *w, enum shm_stats_hist_id h,
+                                     uint64_t ns)
+{
+    struct shm_stats_hist *hp = &w->b->hist[h];
+
+    shm_stats_begin(w);
+    shm_stats__add64(&hp->buckets[shm_hist_bucket(ns)], 1);
+    shm_stats__add64(&hp->count, 1);
+    shm_stats__add64(&hp->sum_ns, ns);
+    shm_stats_end(w);
+}
+
+/* Supervisor: write row `row` of the stage table (its own sequence lock). */
+int shm_stats_stage_set(struct shm_stats *st, unsigned row, const struct shm_stage_info *info);
+/* Stage: "I am alive" in its row, CLOCK_MONOTONIC now. */
+int shm_stats_heartbeat(struct shm_stats *st, unsigned row);
+
+/* ---------------------------------------------------------------- reader */
+
+#define SHM_STATS_READ_TRIES 1000
+#define SHM_STATS_SNAP_STAGES 64
+
+struct shm_stats_hist_snap {
+    uint64_t count;
+    uint64_t sum_ns;
+    uint64_t buckets[SHM_HIST_NBUCKETS];
+};
+
+struct shm_stage_snap {
+    struct shm_stage_info info;
+    uint64_t heartbeat_ns;   /* 0: never */
+};
+
+/* A consistent (per block) copy of the whole segment, summed over writers.
+ * About 120 KiB: allocate it, do not put it on a small stack. */
+struct shm_stats_snap {
+    uint64_t generation;     /* of the segment; changes when the instance restarts */
+    uint64_t taken_ns;       /* CLOCK_MONOTONIC when the snapshot was taken */
+    unsigned nwriters;       /* blocks that have had a writer */
+    unsigned torn;           /* blocks read without a stable sequence (inv 2) */
+    uint64_t counters[SHM_C__COUNT];
+    double gauges[SHM_G__COUNT];
+    struct shm_stats_hist_snap hist[SHM_H__COUNT];
+    unsigned nstages;        /* rows copied (at most SHM_STATS_SNAP_STAGES) */
+    struct shm_stage_snap stages[SHM_STATS_SNAP_STAGES];
+};
+
+/* Take a snapshot. Lock-free, never blocks a writer; returns 0, or -ESTALE
+ * when the instance has destroyed the segment (re-open it). */
+int shm_stats_snapshot(const struct shm_stats *st, struct shm_stats_snap *snap);
+/* Value (ns) at quantile q (0..1) of a histogram: the midpoint of the bucket
+ * holding it (within 0.4% of every value in that bucket); 0 when empty. */
+uint64_t shm_stats_hist_quantile(const struct shm_stats_hist_snap *h, double q);
+
+/* Prometheus text exposition (format 0.0.4) of a snapshot into buf (NUL
+ * terminated). Returns the length it needs (like snprintf): a result >= len
+ * means buf was too small. Histograms use the fixed bounds below (seconds),
+ * each count summing the fine buckets below the bound. */
+size_t shm_stats_prom(const struct shm_stats_snap *snap, char *buf, size_t len);
+
+#endif /* SHM_STATS_H */
