@@ -1,0 +1,1432 @@
+/*
+ * eng_tok.c - vocabulary loading, special-token partitioning, the SPM and
+ * byte-level BPE algorithms, and pieces for detokenization. The design and
+ * the contract are in eng_tok.h; the pre-tokenizer regexes in
+ * eng_tok_pre.c.
+ *
+ * Data layout (all built once at load, immutable afterwards):
+ *
+ *   arena      one byte buffer: stored token texts, pieces, BPE keys and
+ *              the strings of merge results that are not tokens
+ *   tok[id]    offsets into the arena, score, attributes
+ *   strmap     open addressing, key bytes -> symbol id ("sid"):
+ *                SPM  stored text of every token (sid == token id)
+ *                BPE  decoded raw bytes of every token whose text is made
+ *                     of GPT-2 byte characters (sid == token id), plus
+ *                     every merge operand / result that is not a token
+ *                     (sid >= n_vocab, "extra" symbols)
+ *   mergemap   BPE: (sid left, sid right) -> (rank, sid merged)
+ *   trie       special tokens' stored texts, for the partition pass
+ *
+ * So the BPE hot path never re-encodes bytes: a word's symbols are sids of
+ * single bytes, each merge is one hash probe on two integers.
+ */
+#include "eng_tok.h"
+#include "eng_tok_int.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "favo_base.h"
+
+struct tok_entry {
+    uint32_t text_off, text_len;    /* stored text */
+    uint32_t piece_off, piece_len;  /* bytes it decodes to */
+    float score;
+    uint32_t attr;
+};
+
+struct merge_slot {
+    uint64_t key;   /* left << 32 | right; UINT64_MAX = empty */
+    uint32_t rank, res;
+};
+
+struct trie_node {
+    uint32_t child, sibling;  /* node index, 0 = none (0 is the root) */
+    int32_t tok;              /* token ending here, or -1 */
+    uint8_t byte;
+};
+
+struct eng_tok {
+    enum eng_tok_kind kind;
+    uint32_t n_vocab;
+    struct tok_entry *tok;
+    char *arena;
+    size_t arena_len, arena_cap;
+
+    /* symbols: sid -> key bytes */
+    uint32_t *key_off, *key_len;
+    uint32_t n_sym, cap_sym;
+    uint64_t *smap;           /* (hash32 << 32) | (sid + 1); 0 = empty */
+    uint64_t smap_mask;
+    uint32_t n_smap;
+
+    struct merge_slot *mmap;
+    uint64_t mmap_mask;
+
+    int32_t byte_tok[256];    /* SPM byte fallback, BPE single-byte fallback */
+    uint32_t byte_sid[256];   /* BPE: sid of each single byte */
+
+    struct trie_node *trie;
+    uint32_t n_trie, cap_trie;
+    uint32_t root[256];
+    uint32_t *prio;           /* special partition order, by token id */
+    uint32_t n_special;
+
+    uint8_t *eog;             /* bitmap */
+    struct eng_tok_special sp;
+    struct eng_tok_pre pre;
+    unsigned pre_flags;
+    bool ignore_merges;
+    char pre_name[64];
+    char *chat_template;
+};
+
+/* ------------------------------------------------------------------ */
+/* small helpers                                                        */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static inline uint64_t hash_bytes(const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ (n * 0xff51afd7ed558ccdull);
+
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, s, 8);
+        h = (h ^ (v * 0xbf58476d1ce4e5b9ull)) * 0x94d049bb133111ebull;
+        h ^= h >> 29;
+        s += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t v = 0;
+        memcpy(&v, s, n);
+        h = (h ^ (v * 0xbf58476d1ce4e5b9ull)) * 0x94d049bb133111ebull;
+    }
+    h ^= h >> 32;
+    h *= 0xd6e8feb86659fd93ull;
+    h ^= h >> 32;
+    return h;
+}
+
+static inline uint64_t hash_u64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+static int arena_put(struct eng_tok *t, const void *p, size_t n, uint32_t *off)
+{
+    if (t->arena_len + n + 1 > t->arena_cap) {
+        size_t cap = t->arena_cap ? t->arena_cap : 1 << 16;
+        while (cap < t->arena_len + n + 1)
+            cap *= 2;
+        if (cap > UINT32_MAX)
+            return -ENOMEM;
+        char *a = realloc(t->arena, cap);
+        if (!a)
+            return -ENOMEM;
+        t->arena = a;
+        t->arena_cap = cap;
+    }
+    if (n)
+        memcpy(t->arena + t->arena_len, p, n);
+    *off = (uint32_t)t->arena_len;
+    t->arena_len += n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* symbol map                                                           */
+
+static int64_t smap_find(const struct eng_tok *t, const char *s, size_t n)
+{
+    uint64_t h = hash_bytes(s, n), i = h & t->smap_mask;
+    uint32_t h32 = (uint32_t)(h >> 32);
+
+    for (;;) {
+        uint64_t e = t->smap[i];
+        if (!e)
+            return -1;
+        if ((uint32_t)(e >> 32) == h32) {
+            uint32_t sid = (uint32_t)e - 1;
+            if (t->key_len[sid] == n && !memcmp(t->arena + t->key_off[sid], s, n))
+                return sid;
+        }
+        i = (i + 1) & t->smap_mask;
+    }
+}
+
+static int smap_grow(struct eng_tok *t, uint64_t min_slots)
+{
+    uint64_t nmask = t->smap_mask ? t->smap_mask * 2 + 1 : 4095;
+    while (nmask + 1 < min_slots)
+        nmask = nmask * 2 + 1;
+    uint64_t *n = calloc(nmask + 1, sizeof(*n));
+
+    if (!n)
+        return -ENOMEM;
+    for (uint64_t i = 0; t->smap && i <= t->smap_mask; i++) {
+        uint64_t e = t->smap[i], j;
+        if (!e)
+            continue;
+        uint32_t sid = (uint32_t)e - 1;
+        j = hash_bytes(t->arena + t->key_off[sid], t->key_len[sid]) & nmask;
+        while (n[j])
+            j = (j + 1) & nmask;
+        n[j] = e;
+    }
+    free(t->smap);
+    t->smap = n;
+    t->smap_mask = nmask;
+    return 0;
+}
+
+/* Insert key [off, off+len) of the arena for sid (caller checked absence). */
+static int smap_insert(struct eng_tok *t, uint32_t sid)
+{
+    int rc;
+
+    if ((t->n_smap + 1) * 2 > t->smap_mask + 1 && (rc = smap_grow(t, 0)))
+        return rc;
+    uint64_t h = hash_bytes(t->arena + t->key_off[sid], t->key_len[sid]);
+    uint64_t i = h & t->smap_mask;
+    while (t->smap[i])
+        i = (i + 1) & t->smap_mask;
+    t->smap[i] = (h >> 32 << 32) | ((uint64_t)sid + 1);
+    t->n_smap++;
+    return 0;
+}
+
+static int sym_reserve(struct eng_tok *t, uint32_t n)
+{
+    if (n <= t->cap_sym)
+        return 0;
+    uint32_t cap = t->cap_sym ? t->cap_sym : 1024;
+    while (cap < n)
+        cap *= 2;
+    uint32_t *a = realloc(t->key_off, cap * sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    t->key_off = a;
+    a = realloc(t->key_len, cap * sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    t->key_len = a;
+    t->cap_sym = cap;
+    return 0;
+}
+
+/* sid of the bytes [s, s+n); adds an extra symbol when absent. */
+static int64_t sym_intern(struct eng_tok *t, const char *s, size_t n)
+{
+    int64_t sid = smap_find(t, s, n);
+    uint32_t off;
+    int rc;
+
+    if (sid >= 0)
+        return sid;
+    if ((rc = sym_reserve(t, t->n_sym + 1)) || (rc = arena_put(t, s, n, &off)))
+        return rc;
+    t->key_off[t->n_sym] = off;
+    t->key_len[t->n_sym] = (uint32_t)n;
+    if ((rc = smap_insert(t, t->n_sym)))
+        return rc;
+    return t->n_sym++;
+}
+
+/* ------------------------------------------------------------------ */
+/* merge map                                                            */
+
+static int mmap_init(struct eng_tok *t, uint64_t n)
+{
+    uint64_t cap = 1024;
+
+    while (cap < n * 2)
+        cap *= 2;
+    t->mmap = malloc(cap * sizeof(*t->mmap));
+    if (!t->mmap)
+        return -ENOMEM;
+    for (uint64_t i = 0; i < cap; i++)
+        t->mmap[i].key = UINT64_MAX;
+    t->mmap_mask = cap - 1;
+    return 0;
+}
+
+static inline const struct merge_slot *mmap_find(const struct eng_tok *t, uint32_t a, uint32_t b)
+{
+    uint64_t key = (uint64_t)a << 32 | b, i = hash_u64(key) & t->mmap_mask;
+
+    for (;;) {
+        const struct merge_slot *m = &t->mmap[i];
+        if (m->key == key)
+            return m;
+        if (m->key == UINT64_MAX)
+            return NULL;
+        i = (i + 1) & t->mmap_mask;
+    }
+}
+
+static void mmap_add(struct eng_tok *t, uint32_t a, uint32_t b, uint32_t rank, uint32_t res)
+{
+    uint64_t key = (uint64_t)a << 32 | b, i = hash_u64(key) & t->mmap_mask;
+
+    for (;;) {
+        struct merge_slot *m = &t->mmap[i];
+        if (m->key == key)
+            return;   /* first (lowest) rank wins, as llama.cpp's emplace */
+        if (m->key == UINT64_MAX) {
+            m->key = key;
+            m->rank = rank;
+            m->res = res;
+            return;
+        }
+        i = (i + 1) & t->mmap_mask;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* GPT-2 byte <-> unicode table                                         */
+
+static uint16_t b2u[256];       /* byte -> code point */
+static int16_t u2b[324];        /* code point -> byte, -1 */
+
+static void b2u_init(void)
+{
+    static int done;
+    int n = 0;
+
+    if (done)
+        return;
+    for (int i = 0; i < 324; i++)
+        u2b[i] = -1;
+    for (int b = 0; b < 256; b++) {
+        if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))
+            b2u[b] = (uint16_t)b;
+        else
+            b2u[b] = (uint16_t)(256 + n++);
+        u2b[b2u[b]] = (int16_t)b;
+    }
+    done = 1;
+}
+
+/* Decode GPT-2 byte characters in [s, s+n) into out (>= n bytes).
+ * Returns the decoded length, or -1 if a character is not in the table
+ * (then out holds the text with the decodable characters decoded and the
+ * others copied as they are, which is what the piece shows). */
+static int64_t gpt2_decode(const unsigned char *s, size_t n, unsigned char *out)
+{
+    size_t i = 0, o = 0;
+    int ok = 1;
+
+    while (i < n) {
+        uint32_t cp = 0xFFFFFFFF;
+        size_t l = 1;
+
+        if (s[i] < 0x80) {
+            cp = s[i];
+        } else if ((s[i] & 0xE0) == 0xC0 && i + 1 < n && (s[i + 1] & 0xC0) == 0x80) {
+            cp = (uint32_t)(s[i] & 0x1F) << 6 | (s[i + 1] & 0x3F);
+            l = 2;
+        } else {
+            l = FAVO_MIN(eng_utf8_lead_len(s[i]), n - i);
+        }
+        if (cp < 324 && u2b[cp] >= 0) {
+            out[o++] = (unsigned char)u2b[cp];
+        } else {
+            ok = 0;
+            memcpy(out + o, s + i, l);
+            o += l;
+        }
+        i += l;
+    }
+    return ok ? (int64_t)o : -1 - (int64_t)o;
+}
+
+/* ------------------------------------------------------------------ */
+/* load                                                                 */
+
+static int get_id(const eng_gguf_t *g, const char *key, uint32_t n_vocab, int32_t *id)
+{
+    uint32_t v;
+
+    if (eng_gguf_get_u32(g, key, &v) == 0 && v < n_vocab)
+        *id = (int32_t)v;
+    return 0;
+}
+
+static int trie_add(struct eng_tok *t, const char *s, size_t n, int32_t tok)
+{
+    uint32_t node = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        uint32_t ch = i == 0 ? t->root[c] : t->trie[node].child;
+
+        if (i != 0)
+            while (ch && t->trie[ch].byte != c)
+                ch = t->trie[ch].sibling;
+        if (!ch) {
+            if (t->n_trie == t->cap_trie) {
+                uint32_t cap = t->cap_trie * 2;
+                struct trie_node *a = realloc(t->trie, cap * sizeof(*a));
+                if (!a)
+                    return -ENOMEM;
+                t->trie = a;
+                t->cap_trie = cap;
+            }
+            ch = t->n_trie++;
+            t->trie[ch] = (struct trie_node){ .child = 0, .sibling = 0, .tok = -1, .byte = c };
+            if (i == 0) {
+                t->root[c] = ch;
+            } else {
+                t->trie[ch].sibling = t->trie[node].child;
+                t->trie[node].child = ch;
+            }
+        }
+        node = ch;
+    }
+    if (n && t->trie[node].tok < 0)
+        t->trie[node].tok = tok;
+    return 0;
+}
+
+static const struct eng_tok *g_sort_tok;   /* qsort context, load only */
+static int prio_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    uint32_t lx = g_sort_tok->tok[x].text_len, ly = g_sort_tok->tok[y].text_len;
+
+    if (lx != ly)
+        return lx > ly ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+static bool text_is(const struct eng_tok *t, uint32_t id, const char *s)
+{
+    size_t n = strlen(s);
+    return t->tok[id].text_len == n && !memcmp(t->arena + t->tok[id].text_off, s, n);
+}
+
+static int build_pieces(struct eng_tok *t, unsigned char *buf)
+{
+    for (uint32_t id = 0; id < t->n_vocab; id++) {
+        struct tok_entry *e = &t->tok[id];
+        const unsigned char *s = (const unsigned char *)t->arena + e->text_off;
+        size_t n = e->text_len, o = 0;
+        int rc;
+
+        if (e->attr & ENG_TOK_ATTR_BYTE) {
+            unsigned v;
+            if (n == 6 && sscanf((const char *)s, "<0x%2x>", &v) == 1) {
+                buf[0] = (unsigned char)v;
+                o = 1;
+            }
+        } else if (e->attr & (ENG_TOK_ATTR_UNKNOWN | ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_USER_DEFINED)) {
+            memcpy(buf, s, n);
+            o = n;
+        } else if (e->attr & ENG_TOK_ATTR_NORMAL) {
+            if (t->kind == ENG_TOK_SPM) {
+                for (size_t i = 0; i < n; i++) {
+                    if (i + 2 < n && s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81) {
+                        buf[o++] = ' ';
+                        i += 2;
+                    } else {
+                        buf[o++] = s[i];
+                    }
+                }
+            } else {
+                int64_t d = gpt2_decode(s, n, buf);
+                o = (size_t)(d >= 0 ? d : -1 - d);
+            }
+        }
+        /* re-read the arena pointer: arena_put may move it */
+        uint32_t off;
+        if ((rc = arena_put(t, buf, o, &off)))
+            return rc;
+        t->tok[id].piece_off = off;
+        t->tok[id].piece_len = (uint32_t)o;
+    }
+    return 0;
+}
+
+static int load_merges(struct eng_tok *t, const eng_gguf_t *g, char *err, size_t errlen)
+{
+    int64_t ki = eng_gguf_find(g, "tokenizer.ggml.merges");
+    enum eng_gguf_vtype et;
+    uint64_t n;
+    unsigned char *buf = NULL;
+    size_t cap = 0;
+    int rc = 0;
+
+    if (ki < 0) {
+        set_err(err, errlen, "tokenizer.ggml.merges: missing (required for a gpt2 tokenizer)");
+        return -EINVAL;
+    }
+    if (eng_gguf_kv_arr(g, ki, &et, &n) || et != ENG_GGUF_STRING || n > INT32_MAX) {
+        set_err(err, errlen, "tokenizer.ggml.merges (key at byte %llu): not an array of strings",
+                (unsigned long long)eng_gguf_kv_offset(g, ki));
+        return -EINVAL;
+    }
+    if ((rc = mmap_init(t, n)))
+        return rc;
+    for (uint64_t i = 0; i < n; i++) {
+        struct eng_gguf_str s;
+        int64_t la, lb, sa, sb, sr;
+        const char *sp;
+
+        if (eng_gguf_kv_arr_str(g, ki, i, &s)) {
+            set_err(err, errlen, "tokenizer.ggml.merges[%llu]: unreadable", (unsigned long long)i);
+            rc = -EINVAL;
+            goto out;
+        }
+        if (s.len * 2 + 8 > cap) {
+            cap = s.len * 2 + 64;
+            unsigned char *nb = realloc(buf, cap);
+            if (!nb) {
+                rc = -ENOMEM;
+                goto out;
+            }
+            buf = nb;
+        }
+        sp = s.len > 1 ? memchr(s.p + 1, ' ', s.len - 1) : NULL;
+        if (!sp)
+            continue;   /* malformed merge: can never apply */
+        la = gpt2_decode((const unsigned char *)s.p, (size_t)(sp - s.p), buf);
+        if (la <= 0)
+            continue;   /* not byte characters: no word can reach it */
+        lb = gpt2_decode((const unsigned char *)sp + 1, s.len - (size_t)(sp - s.p) - 1, buf + la);
+        if (lb <= 0)
+            continue;
+        /* buf = a bytes then b bytes, contiguous: intern a, b, a+b */
+        if ((sa = sym_intern(t, (const char *)buf, (size_t)la)) < 0 ||
+            (sb = sym_intern(t, (const char *)buf + la, (size_t)lb)) < 0 ||
+            (sr = sym_intern(t, (const char *)buf, (size_t)(la + lb))) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        mmap_add(t, (uint32_t)sa, (uint32_t)sb, (uint32_t)i, (uint32_t)sr);
+    }
+out:
+    free(buf);
+    return rc;
+}
+
+int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
+{
+    struct eng_tok *t = calloc(1, sizeof(*t));
+    struct eng_gguf_str model, pre = { "", 0 }, s;
+    int64_t ki_tok, ki_sc, ki_ty;
+    enum eng_gguf_vtype et, et_sc = ENG_GGUF_F32, et_ty = ENG_GGUF_I32;
+    uint64_t n, n_sc = 0, n_ty = 0;
+    const unsigned char *scores = NULL, *types = NULL;
+    unsigned char *buf = NULL;
+    size_t maxlen = 0;
+    int rc = -EINVAL, b;
+
+    *out = NULL;
+    if (!t)
+        return -ENOMEM;
+    b2u_init();
+    if (eng_gguf_get_str(g, "tokenizer.ggml.model", &model)) {
+        set_err(err, errlen, "tokenizer.ggml.model: missing or not a string");
+        goto fail;
+    }
+    if (eng_gguf_str_eq(model, "llama")) {
+        t->kind = ENG_TOK_SPM;
+    } else if (eng_gguf_str_eq(model, "gpt2")) {
+        t->kind = ENG_TOK_BPE;
+    } else {
+        set_err(err, errlen, "tokenizer.ggml.model: '%.*s' is not supported (supported: llama, gpt2)",
+                (int)FAVO_MIN(model.len, 64), model.p);
+        rc = -ENOTSUP;
+        goto fail;
+    }
+    ki_tok = eng_gguf_find(g, "tokenizer.ggml.tokens");
+    if (ki_tok < 0 || eng_gguf_kv_arr(g, ki_tok, &et, &n) || et != ENG_GGUF_STRING) {
+        set_err(err, errlen, "tokenizer.ggml.tokens: missing or not an array of strings");
+        goto fail;
+    }
+    if (n == 0 || n > INT32_MAX / 4) {
+        set_err(err, errlen, "tokenizer.ggml.tokens: %llu tokens is out of range",
+                (unsigned long long)n);
+        goto fail;
+    }
+    t->n_vocab = (uint32_t)n;
+    ki_sc = eng_gguf_find(g, "tokenizer.ggml.scores");
+    if (ki_sc >= 0) {
+        if (eng_gguf_kv_arr(g, ki_sc, &et_sc, &n_sc) || (et_sc != ENG_GGUF_F32 && et_sc != ENG_GGUF_I32) ||
+            n_sc < n) {
+            set_err(err, errlen, "tokenizer.ggml.scores (key at byte %llu): must be f32/i32 with one per token",
+                    (unsigned long long)eng_gguf_kv_offset(g, ki_sc));
+            goto fail;
+        }
+        scores = eng_gguf_kv_arr_data(g, ki_sc);
+    }
+    ki_ty = eng_gguf_find(g, "tokenizer.ggml.token_type");
+    if (ki_ty >= 0) {
+        if (eng_gguf_kv_arr(g, ki_ty, &et_ty, &n_ty) || (et_ty != ENG_GGUF_I32 && et_ty != ENG_GGUF_U32) ||
+            n_ty < n) {
+            set_err(err, errlen, "tokenizer.ggml.token_type (key at byte %llu): must be i32 with one per token",
+                    (unsigned long long)eng_gguf_kv_offset(g, ki_ty));
+            goto fail;
+        }
+        types = eng_gguf_kv_arr_data(g, ki_ty);
+    }
+
+    t->tok = calloc(n, sizeof(*t->tok));
+    if (!t->tok || sym_reserve(t, (uint32_t)n + 1024) || smap_grow(t, 4 * n)) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    /* stored texts */
+    for (uint32_t i = 0; i < n; i++) {
+        struct tok_entry *e = &t->tok[i];
+        int32_t ty = 1;
+
+        if (eng_gguf_kv_arr_str(g, ki_tok, i, &s) || s.len > UINT32_MAX / 8) {
+            set_err(err, errlen, "tokenizer.ggml.tokens[%u]: unreadable", i);
+            goto fail;
+        }
+        if ((rc = arena_put(t, s.p, s.len, &e->text_off)))
+            goto fail;
+        e->text_len = (uint32_t)s.len;
+        maxlen = FAVO_MAX(maxlen, s.len);
+        if (scores) {
+            if (et_sc == ENG_GGUF_F32) {
+                memcpy(&e->score, scores + 4 * (size_t)i, 4);
+            } else {
+                int32_t v;
+                memcpy(&v, scores + 4 * (size_t)i, 4);
+                e->score = (float)v;
+            }
+        }
+        if (types)
+            memcpy(&ty, types + 4 * (size_t)i, 4);
+        switch (ty) {
+        case 1: e->attr = ENG_TOK_ATTR_NORMAL; break;
+        case 2: e->attr = ENG_TOK_ATTR_UNKNOWN; break;
+        case 3: e->attr = ENG_TOK_ATTR_CONTROL; break;
+        case 4: e->attr = ENG_TOK_ATTR_USER_DEFINED; break;
+        case 5: e->attr = ENG_TOK_ATTR_UNUSED; break;
+        case 6: e->attr = ENG_TOK_ATTR_BYTE; break;
+        default: e->attr = ENG_TOK_ATTR_UNDEFINED; break;
+        }
+    }
+    rc = -EINVAL;
+    buf = malloc(maxlen * 2 + 64);
+    if (!buf) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    /* symbol keys: SPM the stored text, BPE the decoded bytes */
+    t->n_sym = (uint32_t)n;
+    for (uint32_t i = 0; i < n; i++) {
+        struct tok_entry *e = &t->tok[i];
+        int64_t d;
+        uint32_t off;
+
+        if (t->kind == ENG_TOK_SPM) {
+            t->key_off[i] = e->text_off;
+            t->key_len[i] = e->text_len;
+        } else {
+            d = gpt2_decode((const unsigned char *)t->arena + e->text_off, e->text_len, buf);
+            if (d < 0) {
+                t->key_off[i] = 0;
+                t->key_len[i] = UINT32_MAX;   /* not reachable by BPE */
+                continue;
+            }
+            if ((rc = arena_put(t, buf, (size_t)d, &off)))
+                goto fail;
+            rc = -EINVAL;
+            t->key_off[i] = off;
+            t->key_len[i] = (uint32_t)d;
+        }
+        if (t->key_len[i] == 0)
+            continue;   /* empty tokens can never match */
+        if (smap_find(t, t->arena + t->key_off[i], t->key_len[i]) >= 0) {
+            if (t->kind == ENG_TOK_SPM) {
+                set_err(err, errlen, "tokenizer.ggml.tokens[%u]: duplicate token text", i);
+                goto fail;
+            }
+            t->key_len[i] = UINT32_MAX;
+            continue;
+        }
+        if ((rc = smap_insert(t, i)))
+            goto fail;
+        rc = -EINVAL;
+    }
+
+    /* pre-tokenizer and defaults */
+    t->sp = (struct eng_tok_special){ .bos = ENG_TOK_NULL, .eos = ENG_TOK_NULL, .eot = ENG_TOK_NULL,
+                                      .eom = ENG_TOK_NULL, .unk = ENG_TOK_NULL, .sep = ENG_TOK_NULL,
+                                      .pad = ENG_TOK_NULL, .nl = ENG_TOK_NULL };
+    if (t->kind == ENG_TOK_SPM) {
+        t->sp.bos = 1;
+        t->sp.eos = 2;
+        t->sp.unk = 0;
+        t->sp.add_bos = true;
+        t->sp.add_space_prefix = true;
+    } else {
+        const struct eng_tok_pre_def *def;
+
+        if (eng_gguf_get_str(g, "tokenizer.ggml.pre", &pre) || pre.len == 0) {
+            favo_warn("tokenizer: no tokenizer.ggml.pre in the model; using the 'default' "
+                      "pre-tokenizer (tokenization may not match training)");
+            pre = (struct eng_gguf_str){ "default", 7 };
+        }
+        def = eng_tok_pre_find(pre.p, pre.len);
+        if (!def) {
+            set_err(err, errlen,
+                    "tokenizer.ggml.pre: unknown pre-tokenizer '%.*s'; favo knows gpt-2, llama3, "
+                    "qwen2, smollm, starcoder, falcon, deepseek-llm, deepseek-coder, mpt, refact, "
+                    "tekken, gpt-4o and more (eng_tok_pre_names())",
+                    (int)FAVO_MIN(pre.len, 64), pre.p);
+            rc = -ENOTSUP;
+            goto fail;
+        }
+        if ((rc = eng_tok_pre_compile(&t->pre, def, err, errlen)))
+            goto fail;
+        rc = -EINVAL;
+        t->pre_flags = def->flags;
+        t->ignore_merges = def->flags & PRE_IGNORE_MERGES;
+        snprintf(t->pre_name, sizeof(t->pre_name), "%s", def->name);
+        t->sp.bos = 11;
+        t->sp.eos = 11;
+        t->sp.add_bos = def->flags & PRE_ADD_BOS;
+        if (def->flags & PRE_NO_BOS)
+            t->sp.bos = ENG_TOK_NULL;
+        if ((rc = load_merges(t, g, err, errlen)))
+            goto fail;
+        rc = -EINVAL;
+        for (b = 0; b < 256; b++) {
+            char c = (char)b;
+            int64_t sid = sym_intern(t, &c, 1);
+            if (sid < 0) {
+                rc = -ENOMEM;
+                goto fail;
+            }
+            t->byte_sid[b] = (uint32_t)sid;
+        }
+    }
+    {
+        int v;
+        if (eng_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &v) == 0)
+            t->sp.add_space_prefix = v;
+    }
+    {
+        int32_t *ids[] = { &t->sp.bos, &t->sp.eos, &t->sp.unk };
+        for (unsigned k = 0; k < 3; k++)
+            if (*ids[k] >= (int32_t)n)
+                *ids[k] = ENG_TOK_NULL;
+    }
+    get_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->sp.bos);
+    get_id(g, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->sp.eos);
+    get_id(g, "tokenizer.ggml.eot_token_id", t->n_vocab, &t->sp.eot);
+    get_id(g, "tokenizer.ggml.eom_token_id", t->n_vocab, &t->sp.eom);
+    get_id(g, "tokenizer.ggml.unknown_token_id", t->n_vocab, &t->sp.unk);
+    get_id(g, "tokenizer.ggml.seperator_token_id", t->n_vocab, &t->sp.sep);
+    get_id(g, "tokenizer.ggml.padding_token_id", t->n_vocab, &t->sp.pad);
+    {
+        int v;
+        if (eng_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &v) == 0)
+            t->sp.add_bos = v;
+        if (eng_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &v) == 0)
+            t->sp.add_eos = v;
+    }
+    if (t->sp.add_bos && t->sp.bos == ENG_TOK_NULL) {
+        set_err(err, errlen, "tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set");
+        goto fail;
+    }
+    if (t->sp.add_eos && t->sp.eos == ENG_TOK_NULL) {
+        set_err(err, errlen, "tokenizer.ggml.add_eos_token is true, but tokenizer.ggml.eos_token_id is not set");
+        goto fail;
+    }
+
+    /* end-of-generation tokens, recognised by text as llama.cpp does */
+    t->eog = calloc((n + 7) / 8, 1);
+    if (!t->eog) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    {
+        static const char *const eot_names[] = {
+            "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+            "<|end_of_text|>", "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>", "<end_of_utterance>", NULL
+        };
+        static const char *const eog_names[] = {
+            "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
+            "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>", "<｜end▁of▁sentence｜>", NULL
+        };
+        for (uint32_t i = 0; i < n; i++) {
+            struct tok_entry *e = &t->tok[i];
+            if (t->sp.eot == ENG_TOK_NULL)
+                for (int k = 0; eot_names[k]; k++)
+                    if (text_is(t, i, eot_names[k])) {
+                        t->sp.eot = (int32_t)i;
+                        e->attr |= ENG_TOK_ATTR_CONTROL;
+                    }
+            if (t->sp.eom == ENG_TOK_NULL && text_is(t, i, "<|eom_id|>")) {
+                t->sp.eom = (int32_t)i;
+                e->attr |= ENG_TOK_ATTR_CONTROL;
+            }
+            for (int k = 0; eog_names[k]; k++)
+                if (text_is(t, i, eog_names[k])) {
+                    t->eog[i / 8] |= (uint8_t)(1u << (i % 8));
+                    e->attr |= ENG_TOK_ATTR_CONTROL;
+                }
+            if ((e->attr & ENG_TOK_ATTR_CONTROL) && e->text_len &&
+                memmem(t->arena + e->text_off, e->text_len, "unused", 6))
+                e->attr |= ENG_TOK_ATTR_UNUSED;
+        }
+        if (t->sp.eos != ENG_TOK_NULL)
+            t->eog[t->sp.eos / 8] |= (uint8_t)(1u << (t->sp.eos % 8));
+        if (t->sp.eot != ENG_TOK_NULL)
+            t->eog[t->sp.eot / 8] |= (uint8_t)(1u << (t->sp.eot % 8));
+        if (t->sp.eom != ENG_TOK_NULL)
+            t->eog[t->sp.eom / 8] |= (uint8_t)(1u << (t->sp.eom % 8));
+    }
+    /* Phi-3 strips whitespace right of its special tokens (llama.cpp does
+     * this by model name, as the attributes are missing from GGUF). */
+    if (eng_gguf_get_str(g, "general.name", &s) == 0 && s.len < 256) {
+        char lname[256];
+        for (size_t i = 0; i < s.len; i++)
+            lname[i] = (char)tolower((unsigned char)s.p[i]);
+        lname[s.len] = 0;
+        if (strstr(lname, "phi-3") || strstr(lname, "phi3")) {
+            for (uint32_t i = 0; i < n; i++) {
+                struct tok_entry *e = &t->tok[i];
+                if ((e->attr & (ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_USER_DEFINED | ENG_TOK_ATTR_UNKNOWN)) ||
+                    text_is(t, i, "</s>"))
+                    e->attr |= ENG_TOK_ATTR_RSTRIP;
+                if (text_is(t, i, "<unk>") || text_is(t, i, "<s>") || text_is(t, i, "<|endoftext|>"))
+                    e->attr &= ~(uint32_t)ENG_TOK_ATTR_RSTRIP;
+            }
+        }
+    }
+
+    /* byte fallback table */
+    for (b = 0; b < 256; b++) {
+        char hex[8];
+        int64_t id;
+        t->byte_tok[b] = ENG_TOK_NULL;
+        if (t->kind == ENG_TOK_SPM) {
+            snprintf(hex, sizeof(hex), "<0x%02X>", b);
+            id = smap_find(t, hex, 6);
+            if (id < 0) {
+                char c = (char)b;
+                id = smap_find(t, &c, 1);
+            }
+            t->byte_tok[b] = id >= 0 ? (int32_t)id : t->sp.unk;
+        } else if (b >= 33 && b <= 126) {
+            char c = (char)b;
+            id = smap_find(t, &c, 1);
+            t->byte_tok[b] = id >= 0 && id < (int64_t)n ? (int32_t)id : ENG_TOK_NULL;
+        }
+    }
+
+    /* special-token trie and partition order */
+    t->cap_trie = 1024;
+    t->trie = malloc(t->cap_trie * sizeof(*t->trie));
+    t->prio = malloc(n * sizeof(*t->prio));
+    if (!t->trie || !t->prio) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    t->trie[0] = (struct trie_node){ .tok = -1 };
+    t->n_trie = 1;
+    {
+        uint32_t *order = malloc(n * sizeof(*order)), k = 0;
+        if (!order) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        for (uint32_t i = 0; i < n; i++)
+            if ((t->tok[i].attr & (ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_USER_DEFINED | ENG_TOK_ATTR_UNKNOWN)) &&
+                t->tok[i].text_len)
+                order[k++] = i;
+        g_sort_tok = t;
+        qsort(order, k, sizeof(*order), prio_cmp);
+        for (uint32_t i = 0; i < n; i++)
+            t->prio[i] = UINT32_MAX;
+        for (uint32_t i = 0; i < k; i++) {
+            t->prio[order[i]] = i;
+            if ((rc = trie_add(t, t->arena + t->tok[order[i]].text_off, t->tok[order[i]].text_len,
+                               (int32_t)order[i]))) {
+                free(order);
+                goto fail;
+            }
+        }
+        t->n_special = k;
+        free(order);
+    }
+
+    if ((rc = build_pieces(t, buf)))
+        goto fail;
+    if (eng_gguf_get_str(g, "tokenizer.chat_template", &s) == 0) {
+        t->chat_template = malloc(s.len + 1);
+        if (!t->chat_template) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        memcpy(t->chat_template, s.p, s.len);
+        t->chat_template[s.len] = 0;
+    }
+    /* newline token */
+    if (t->kind == ENG_TOK_SPM) {
+        t->sp.nl = t->byte_tok['\n'];
+    } else {
+        int32_t id;
+        if (eng_tok_encode(t, "\n", 1, 0, &id, 1) >= 1)
+            t->sp.nl = id;
+    }
+    free(buf);
+    *out = t;
+    return 0;
+fail:
+    free(buf);
+    eng_tok_free(t);
+    return rc;
+}
+
+void eng_tok_free(eng_tok_t *t)
+{
+    if (!t)
+        return;
+    eng_tok_pre_free(&t->pre);
+    free(t->tok);
+    free(t->arena);
+    free(t->key_off);
+    free(t->key_len);
+    free(t->smap);
+    free(t->mmap);
+    free(t->trie);
+    free(t->prio);
+    free(t->eog);
+    free(t->chat_template);
+    free(t);
+}
+
+/* ------------------------------------------------------------------ */
+/* accessors                                                            */
+
+enum eng_tok_kind eng_tok_kind(const eng_tok_t *t) { return t->kind; }
+uint32_t eng_tok_n_vocab(const eng_tok_t *t) { return t->n_vocab; }
+const char *eng_tok_pre_name(const eng_tok_t *t) { return t->pre_name; }
+const struct eng_tok_special *eng_tok_special(const eng_tok_t *t) { return &t->sp; }
+const char *eng_tok_chat_template(const eng_tok_t *t) { return t->chat_template; }
+
+uint32_t eng_tok_attr(const eng_tok_t *t, int32_t id)
+{
+    return id >= 0 && (uint32_t)id < t->n_vocab ? t->tok[id].attr : 0;
+}
+
+bool eng_tok_is_eog(const eng_tok_t *t, int32_t id)
+{
+    return id >= 0 && (uint32_t)id < t->n_vocab && (t->eog[id / 8] >> (id % 8) & 1);
+}
+
+int eng_tok_text(const eng_tok_t *t, int32_t id, const char **p, size_t *len)
+{
+    if (id < 0 || (uint32_t)id >= t->n_vocab)
+        return -ERANGE;
+    *p = t->arena + t->tok[id].text_off;
+    *len = t->tok[id].text_len;
+    return 0;
+}
+
+int32_t eng_tok_find(const eng_tok_t *t, const char *s, size_t len)
+{
+    if (t->kind == ENG_TOK_SPM) {
+        int64_t sid = smap_find(t, s, len);
+        return sid >= 0 && sid < t->n_vocab ? (int32_t)sid : ENG_TOK_NULL;
+    }
+    /* stored BPE texts are not keyed; specials are in the trie, others are rare */
+    if (len) {
+        uint32_t node = t->root[(unsigned char)s[0]];
+        for (size_t i = 1; node && i < len; i++) {
+            uint32_t ch = t->trie[node].child;
+            while (ch && t->trie[ch].byte != (unsigned char)s[i])
+                ch = t->trie[ch].sibling;
+            node = ch;
+        }
+        if (node && t->trie[node].tok >= 0)
+            return t->trie[node].tok;
+    }
+    for (uint32_t i = 0; i < t->n_vocab; i++)
+        if (t->tok[i].text_len == len && !memcmp(t->arena + t->tok[i].text_off, s, len))
+            return (int32_t)i;
+    return ENG_TOK_NULL;
+}
+
+int eng_tok_piece(const eng_tok_t *t, int32_t id, unsigned flags, const char **p, size_t *len)
+{
+    if (id < 0 || (uint32_t)id >= t->n_vocab)
+        return -ERANGE;
+    if (!(flags & ENG_TOK_SHOW_SPECIAL) &&
+        (t->tok[id].attr & (ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_UNKNOWN))) {
+        *p = t->arena;
+        *len = 0;
+        return 0;
+    }
+    *p = t->arena + t->tok[id].piece_off;
+    *len = t->tok[id].piece_len;
+    return 0;
+}
+
+int64_t eng_tok_decode(const eng_tok_t *t, const int32_t *ids, size_t n, unsigned flags,
+                       char *buf, size_t cap)
+{
+    size_t total = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        const char *p;
+        size_t l;
+        int rc = eng_tok_piece(t, ids[i], flags, &p, &l);
+        if (rc)
+            return rc;
+        if (i == 0 && (flags & ENG_TOK_STRIP_SPACE) && t->kind == ENG_TOK_SPM &&
+            t->sp.add_space_prefix && l && p[0] == ' ') {
+            p++;
+            l--;
+        }
+        if (total < cap)
+            memcpy(buf + total, p, FAVO_MIN(l, cap - total));
+        total += l;
+    }
+    return (int64_t)total;
+}
+
+/* ------------------------------------------------------------------ */
+/* encode                                                               */
+
+struct enc {
+    const struct eng_tok *t;
+    int32_t *ids;
+    size_t max, n;
+    /* scratch, grown as needed, freed at the end of the call */
+    void *scratch;
+    size_t scratch_cap;
+    void *md;
+    int err;
+};
+
+static inline void emit(struct enc *e, int32_t id)
+{
+    if (e->n < e->max)
+        e->ids[e->n] = id;
+    e->n++;
+}
+
+static void *scratch(struct enc *e, size_t bytes)
+{
+    if (bytes > e->scratch_cap) {
+        size_t cap = FAVO_MAX(bytes, e->scratch_cap * 2);
+        void *p = realloc(e->scratch, cap);
+        if (!p)
+            return NULL;
+        e->scratch = p;
+        e->scratch_cap = cap;
+    }
+    return e->scratch;
+}
+
+/* A min-heap keyed by (k1, k2), where a smaller k1 wins, then smaller left. */
+struct heap_ent {
+    uint64_t key;    /* primary << 32 | left */
+    int32_t right;
+    uint32_t a, b;   /* BPE: sids the pair had when pushed; SPM: size */
+};
+
+static inline void heap_push(struct heap_ent *h, size_t *n, struct heap_ent v)
+{
+    size_t i = (*n)++;
+    while (i) {
+        size_t p = (i - 1) / 2;
+        if (h[p].key <= v.key)
+            break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = v;
+}
+
+static inline struct heap_ent heap_pop(struct heap_ent *h, size_t *n)
+{
+    struct heap_ent top = h[0], v = h[--(*n)];
+    size_t i = 0;
+
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && h[c + 1].key < h[c].key)
+            c++;
+        if (v.key <= h[c].key)
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n)
+        h[i] = v;
+    return top;
+}
+
+struct sym {
+    int32_t prev, next;
+    uint32_t start, len;
+    uint32_t sid;
+};
+
+/* ---- byte-level BPE on one word ---- */
+
+static inline void bpe_add_pair(const struct eng_tok *t, struct sym *sy, struct heap_ent *h,
+                                size_t *nh, int32_t l, int32_t r)
+{
+    const struct merge_slot *m;
+
+    if (l < 0 || r < 0)
+        return;
+    m = mmap_find(t, sy[l].sid, sy[r].sid);
+    if (!m)
+        return;
+    heap_push(h, nh, (struct heap_ent){ .key = (uint64_t)m->rank << 32 | (uint32_t)l, .right = r,
+                                        .a = sy[l].sid, .b = sy[r].sid });
+}
+
+static int bpe_word(void *ctx, const char *w, size_t n)
+{
+    struct enc *e = ctx;
+    const struct eng_tok *t = e->t;
+    struct sym *sy;
+    struct heap_ent *h;
+    size_t nh = 0;
+
+    if (n == 1) {
+        uint32_t sid = t->byte_sid[(unsigned char)w[0]];
+        if (sid < t->n_vocab)
+            emit(e, (int32_t)sid);
+        else if (t->byte_tok[(unsigned char)w[0]] >= 0)
+            emit(e, t->byte_tok[(unsigned char)w[0]]);
+        return 0;
+    }
+    if (t->ignore_merges) {
+        int64_t sid = smap_find(t, w, n);
+        if (sid >= 0 && sid < t->n_vocab) {
+            emit(e, (int32_t)sid);
+            return 0;
+        }
+    }
+    if (n > INT32_MAX / 2)
+        return -E2BIG;
+    sy = scratch(e, n * (sizeof(*sy) + 3 * sizeof(*h)));
+    if (!sy)
+        return -ENOMEM;
+    h = (struct heap_ent *)(sy + n);
+    for (size_t i = 0; i < n; i++)
+        sy[i] = (struct sym){ .prev = (int32_t)i - 1, .next = i + 1 < n ? (int32_t)i + 1 : -1,
+                              .start = (uint32_t)i, .len = 1, .sid = t->byte_sid[(unsigned char)w[i]] };
+    for (size_t i = 1; i < n; i++)
+        bpe_add_pair(t, sy, h, &nh, (int32_t)i - 1, (int32_t)i);
+    while (nh) {
+        struct heap_ent top = heap_pop(h, &nh);
+        int32_t l = (int32_t)(uint32_t)top.key, r = top.right;
+        const struct merge_slot *m;
+
+        if (!sy[l].len || !sy[r].len || sy[l].next != r || sy[l].sid != top.a || sy[r].sid != top.b)
+            continue;
+        m = mmap_find(t, top.a, top.b);
+        sy[l].sid = m->res;
+        sy[l].len += sy[r].len;
+        sy[r].len = 0;
+        sy[l].next = sy[r].next;
+        if (sy[r].next >= 0)
+            sy[sy[r].next].prev = l;
+        bpe_add_pair(t, sy, h, &nh, sy[l].prev, l);
+        bpe_add_pair(t, sy, h, &nh, l, sy[l].next);
+    }
+    for (int32_t i = 0; i >= 0; i = sy[i].next) {
+        if (sy[i].sid < t->n_vocab) {
+            emit(e, (int32_t)sy[i].sid);
+        } else {
+            for (uint32_t k = 0; k < sy[i].len; k++) {
+                int32_t id = t->byte_tok[(unsigned char)w[sy[i].start + k]];
+                if (id >= 0)
+                    emit(e, id);
+            }
+        }
+    }
+    return 0;
+}
+
+static int bpe_text(struct enc *e, const char *s, size_t n)
+{
+    size_t i = 0;
+    int rc;
+
+    while (i < n) {
+        size_t v = eng_utf8_valid_prefix((const unsigned char *)s + i, n - i);
+        if (v && (rc = eng_tok_pre_split(&e->t->pre, e->md, s + i, v, bpe_word, e)))
+            return rc;
+        i += v;
+        if (i < n) {
+            /* an invalid byte: a word of its own */
+            if ((rc = bpe_word(e, s + i, 1)))
+                return rc;
+            i++;
+        }
+    }
+    return 0;
+}
+
+/* ---- SentencePiece BPE on one fragment ---- */
+
+static int spm_text(struct enc *e, const char *s, size_t n, bool prefix)
+{
+    const struct eng_tok *t = e->t;
+    size_t cap = 3 * (n + 1), m = 0, nsy = 0, nh = 0;
+    char *txt;
+    struct sym *sy;
+    struct heap_ent *h;
+
+    if (n > (SIZE_MAX / 64) || cap > INT32_MAX)
+        return -E2BIG;
+    txt = scratch(e, cap + cap * (sizeof(*sy) + 3 * sizeof(*h)) + 16);
+    if (!txt)
+        return -ENOMEM;
+    sy = (struct sym *)(void *)(((uintptr_t)txt + cap + 15) & ~(uintptr_t)15);
+    if (prefix) {
+        memcpy(txt, "\xE2\x96\x81", 3);
+        m = 3;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ') {
+            memcpy(txt + m, "\xE2\x96\x81", 3);
+            m += 3;
+        } else {
+            txt[m++] = s[i];
+        }
+    }
+    for (size_t off = 0; off < m;) {
+        size_t l = FAVO_MIN(eng_utf8_lead_len((unsigned char)txt[off]), m - off);
+        sy[nsy] = (struct sym){ .prev = (int32_t)nsy - 1, .next = off + l < m ? (int32_t)nsy + 1 : -1,
+                                .start = (uint32_t)off, .len = (uint32_t)l };
+        nsy++;
+        off += l;
+    }
+    h = (struct heap_ent *)(sy + nsy);
+#define SPM_PAIR(L, R)                                                                      \
+    do {                                                                                    \
+        int32_t l_ = (L), r_ = (R);                                                         \
+        if (l_ >= 0 && r_ >= 0) {                                                           \
+            uint32_t sz_ = sy[l_].len + sy[r_].len;                                         \
+            int64_t id_ = smap_find(t, txt + sy[l_].start, sz_);                           \
+            if (id_ >= 0) {                                                                 \
+                /* higher score first: map the float to an order-reversed integer */       \
+                float f_ = t->tok[id_].score;                                               \
+                uint32_t u_;                                                                \
+                memcpy(&u_, &f_, 4);                                                        \
+                u_ = (u_ & 0x80000000u) ? ~u_ : (u_ | 0x80000000u);                         \
+                heap_push(h, &nh, (struct heap_ent){ .key = (uint64_t)(~u_) << 32 | (uint32_t)l_, \
+                                                     .right = r_, .a = sz_ });              \
+            }                                                                               \
+        }                                                                                   \
+    } while (0)
+    for (size_t i = 1; i < nsy; i++)
+        SPM_PAIR((int32_t)i - 1, (int32_t)i);
+    while (nh) {
+        struct heap_ent top = heap_pop(h, &nh);
+        int32_t l = (int32_t)(uint32_t)top.key, r = top.right;
+
+        if (!sy[l].len || !sy[r].len || sy[l].len + sy[r].len != top.a || sy[l].next != r)
+            continue;
+        sy[l].len += sy[r].len;
+        sy[r].len = 0;
+        sy[l].next = sy[r].next;
+        if (sy[r].next >= 0)
+            sy[sy[r].next].prev = l;
+        SPM_PAIR(sy[l].prev, l);
+        SPM_PAIR(l, sy[l].next);
+    }
+#undef SPM_PAIR
+    for (int32_t i = nsy ? 0 : -1; i >= 0; i = sy[i].next) {
+        int64_t id = smap_find(t, txt + sy[i].start, sy[i].len);
+        if (id >= 0) {
+            emit(e, (int32_t)id);
+        } else {
+            for (uint32_t k = 0; k < sy[i].len; k++) {
+                int32_t b = t->byte_tok[(unsigned char)txt[sy[i].start + k]];
+                if (b >= 0)
+                    emit(e, b);
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- special-token partition ---- */
+
+struct cand {
+    uint32_t prio, pos;
+    int32_t tok;
+};
+
+static int cand_cmp(const void *a, const void *b)
+{
+    const struct cand *x = a, *y = b;
+    if (x->prio != y->prio)
+        return x->prio < y->prio ? -1 : 1;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static int acc_cmp(const void *a, const void *b)
+{
+    const struct cand *x = a, *y = b;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static int raw_run(struct enc *e, const char *s, size_t n, bool *prev_special)
+{
+    int rc;
+
+    if (e->t->kind == ENG_TOK_SPM) {
+        rc = spm_text(e, s, n, e->t->sp.add_space_prefix && *prev_special);
+    } else {
+        rc = bpe_text(e, s, n);
+    }
+    *prev_special = false;
+    return rc;
+}
+
+static inline bool is_c_space(char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+int64_t eng_tok_encode(const eng_tok_t *t, const char *text, size_t len, unsigned flags,
+                       int32_t *ids, size_t max_ids)
+{
+    struct enc e = { .t = t, .ids = ids, .max = max_ids };
+    struct cand *c = NULL, *acc = NULL;
+    size_t nc = 0, capc = 0, na = 0;
+    uint8_t *cov = NULL;
+    bool prev_special = true;
+    uint32_t mask = ENG_TOK_ATTR_USER_DEFINED;
+    int rc = 0;
+
+    if (flags & ENG_TOK_PARSE_SPECIAL)
+        mask |= ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_UNKNOWN;
+    if (t->kind == ENG_TOK_BPE && !(e.md = eng_tok_pre_md_new()))
+        return -ENOMEM;
+    if ((flags & ENG_TOK_ADD_SPECIAL) && t->sp.add_bos)
+        emit(&e, t->sp.bos);
+
+    /* candidates: every occurrence of every eligible special text */
+    for (size_t p = 0; t->n_special && p < len; p++) {
+        uint32_t node = t->root[(unsigned char)text[p]];
+        size_t q = p;
+        while (node) {
+            int32_t tk = t->trie[node].tok;
+            if (tk >= 0 && (t->tok[tk].attr & mask)) {
+                if (nc == capc) {
+                    capc = capc ? capc * 2 : 64;
+                    struct cand *nb = realloc(c, capc * sizeof(*c));
+                    if (!nb) {
+                        rc = -ENOMEM;
+                        goto out;
+                    }
+                    c = nb;
+                }
+                c[nc++] = (struct cand){ .prio = t->prio[tk], .pos = (uint32_t)p, .tok = tk };
+            }
+            if (++q >= len)
+                break;
+            uint32_t ch = t->trie[node].child;
+            while (ch && t->trie[ch].byte != (unsigned char)text[q])
+                ch = t->trie[ch].sibling;
+            node = ch;
+        }
+    }
+    if (nc && len > UINT32_MAX) {
+        rc = -E2BIG;
+        goto out;
+    }
+    if (nc) {
+        cov = calloc(len, 1);
+        acc = malloc(nc * sizeof(*acc));
+        if (!cov || !acc) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        qsort(c, nc, sizeof(*c), cand_cmp);
+        for (size_t i = 0; i < nc; i++) {
+            const struct tok_entry *te = &t->tok[c[i].tok];
+            size_t p = c[i].pos, l = te->text_len, k;
+            for (k = 0; k < l && !cov[p + k]; k++)
+                ;
+            if (k < l)
+                continue;
+            memset(cov + p, 1, l);
+            acc[na++] = c[i];
+            if (te->attr & ENG_TOK_ATTR_LSTRIP)
+                for (size_t q = p; q > 0 && !cov[q - 1] && is_c_space(text[q - 1]); q--)
+                    cov[q - 1] = 2;
+            if (te->attr & ENG_TOK_ATTR_RSTRIP)
+                for (size_t q = p + l; q < len && !cov[q] && is_c_space(text[q]); q++)
+                    cov[q] = 2;
+        }
+        qsort(acc, na, sizeof(*acc), acc_cmp);
+    }
+    {
+        size_t pos = 0, ai = 0;
+        while (pos < len) {
+            if (!cov || !cov[pos]) {
+                size_t q = pos;
+                while (q < len && (!cov || !cov[q]))
+                    q++;
+                if ((rc = raw_run(&e, text + pos, q - pos, &prev_special)))
+                    goto out;
+                pos = q;
+            } else if (ai < na && acc[ai].pos == pos) {
+                emit(&e, acc[ai].tok);
+                prev_special = true;
+                pos += t->tok[acc[ai].tok].text_len;
+                ai++;
+            } else {
+                pos++;   /* stripped whitespace */
+            }
+        }
+    }
+    if ((flags & ENG_TOK_ADD_SPECIAL) && t->sp.add_eos)
+        emit(&e, t->sp.eos);
+out:
+    free(c);
+    free(acc);
+    free(cov);
+    free(e.scratch);
+    eng_tok_pre_md_free(e.md);
+    if (rc)
+        return rc;
+    return (int64_t)e.n;
+}
