@@ -1,22 +1,340 @@
 /*
- * dp_cmd_run.c - `favo run`.
+ * dp_cmd_run.c - `favo run`: one-shot generation in-process. Loads the
+ * model into the CPU backend, tokenizes the prompt (through the chat
+ * template for instruct models), prefills in chunks, then decodes one
+ * token per step, streaming each token's bytes to stdout as it comes.
+ * Timing goes to stderr.
+ *
+ * stdout carries the generation: that is this command's purpose. Nothing
+ * here logs prompt text, token ids or generated text (invariant 5); the
+ * stderr lines are counts and rates only.
+ *
+ * Test hooks: --tokens "1 2 3" gives the prompt as ids (no tokenizer
+ * needed), --print-ids prints generated ids instead of text, and
+ * --dump-logits FILE writes each sampled step's raw logits (f32, n_vocab
+ * per step) for the numpy reference (tests/test-engine-forward-ref.py).
  */
 #include "dp.h"
 
+#include "eng_backend.h"
+#include "eng_kv.h"
+#include "eng_model.h"
+#include "eng_step.h"
+#include "eng_tok.h"
+#include "favo_base.h"
+
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv);
+
+/* Parse "1 2 3" (spaces or commas) into ids; returns the count or -EINVAL. */
+static long parse_ids(const char *s, int32_t **out)
+{
+    size_t cap = 16, n = 0;
+    int32_t *ids = malloc(cap * sizeof(*ids));
+
+    if (!ids)
+        return -ENOMEM;
+    while (*s) {
+        char *end;
+        long v;
+
+        while (*s == ' ' || *s == ',' || *s == '\t' || *s == '\n')
+            s++;
+        if (!*s)
+            break;
+        errno = 0;
+        v = strtol(s, &end, 10);
+        if (errno || end == s || v < 0 || v > INT32_MAX) {
+            free(ids);
+            return -EINVAL;
+        }
+        if (n == cap) {
+            int32_t *t = realloc(ids, (cap *= 2) * sizeof(*ids));
+
+            if (!t) {
+                free(ids);
+                return -ENOMEM;
+            }
+            ids = t;
+        }
+        ids[n++] = (int32_t)v;
+        s = end;
+    }
+    *out = ids;
+    return (long)n;
+}
+
+/*
+ * Wrap a user prompt in the model's chat template. Only the families the
+ * two real models use are rendered here (ChatML, Gemma); the general
+ * template engine belongs to the tokenizer. Returns a malloc'd string, or
+ * NULL when the template is not one of these (the prompt is used as is).
+ */
+static char *chat_wrap(const char *tmpl, const char *prompt)
+{
+    const char *fmt = NULL;
+    char *s;
+
+    if (!tmpl)
+        return NULL;
+    if (strstr(tmpl, "<|im_start|>"))
+        fmt = "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n";
+    else if (strstr(tmpl, "<start_of_turn>"))
+        fmt = "<start_of_turn>user\n%s<end_of_turn>\n<start_of_turn>model\n";
+    if (!fmt || asprintf(&s, fmt, prompt) < 0)
+        return NULL;
+    return s;
+}
+
+static int tokenize_prompt(eng_tok_t *tok, const char *prompt, int chat, int32_t **ids_out)
+{
+    const char *tmpl = eng_tok_chat_template(tok);
+    char *wrapped = chat ? chat_wrap(tmpl, prompt) : NULL;
+    const char *text = wrapped ? wrapped : prompt;
+    unsigned flags = ENG_TOK_ADD_SPECIAL | (wrapped ? ENG_TOK_PARSE_SPECIAL : 0);
+    int64_t n = eng_tok_encode(tok, text, strlen(text), flags, NULL, 0);
+    int32_t *ids = NULL;
+
+    if (n > 0 && (ids = malloc((size_t)n * sizeof(*ids))))
+        n = eng_tok_encode(tok, text, strlen(text), flags, ids, (size_t)n);
+    else if (n > 0)
+        n = -ENOMEM;
+    free(wrapped);
+    if (n <= 0) {
+        free(ids);
+        return n ? (int)n : -EINVAL;
+    }
+    *ids_out = ids;
+    return (int)n;
+}
 
 int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
 {
     struct dp_opt opts[] = {
-        { "model", 'm', DP_OPT_STR, "FILE", NULL, "GGUF model file." },
+        { "model", 'm', DP_OPT_STR, "FILE", NULL, "GGUF model file. Without it: the default model (SmolLM2-135M-Instruct Q4_1)." },
+        { "prompt", 'p', DP_OPT_STR, "TEXT", NULL, "Prompt text." },
+        { "tokens", 0, DP_OPT_STR, "IDS", NULL, "Prompt as token ids (\"1 2 3\") instead of --prompt; needs no tokenizer." },
+        { "n-predict", 'n', DP_OPT_INT, "N", "64", "Tokens to generate (stops earlier at end of generation)." },
+        { "temperature", 0, DP_OPT_DOUBLE, "T", "0", "Sampling temperature; 0 is greedy." },
+        { "top-k", 0, DP_OPT_INT, "K", "0", "Keep the K most likely tokens (0: off)." },
+        { "top-p", 0, DP_OPT_DOUBLE, "P", "1", "Nucleus sampling threshold (1: off)." },
+        { "min-p", 0, DP_OPT_DOUBLE, "P", "0", "Drop tokens below P times the best one's probability (0: off)." },
+        { "frequency-penalty", 0, DP_OPT_DOUBLE, "F", "0", "Subtracted per earlier occurrence of a token." },
+        { "presence-penalty", 0, DP_OPT_DOUBLE, "F", "0", "Subtracted once from tokens already generated." },
+        { "seed", 's', DP_OPT_INT, "S", "0", "Sampling seed (the draw for position p depends on seed and p only)." },
+        { "threads", 't', DP_OPT_INT, "N", NULL, "Engine threads (default: the CPUs this process may use)." },
+        { "ctx-size", 'c', DP_OPT_INT, "N", "4096", "Context length (prompt + generation)." },
+        { "chat", 0, DP_OPT_FLAG, NULL, NULL, "Wrap the prompt in the model's chat template (ChatML, Gemma)." },
+        { "mmap", 0, DP_OPT_FLAG, NULL, NULL, "Run from the file mapping instead of copying weights to anonymous memory (for measurement)." },
+        { "print-ids", 0, DP_OPT_FLAG, NULL, NULL, "Print generated token ids instead of text." },
+        { "ignore-eos", 0, DP_OPT_FLAG, NULL, NULL, "Keep generating past end-of-generation tokens." },
+        { "dump-logits", 0, DP_OPT_STR, "FILE", NULL, "Write each sampled step's raw logits (f32 x n_vocab) to FILE." },
         DP_OPT_END
     };
-    int npos, rc = dp_opt_parse(cmd, opts, argc, argv, &npos);
+    struct eng_backend_i be = { 0 };
+    struct eng_backend_opts bo = { 0 };
+    struct eng_model *m = NULL;
+    eng_tok_t *tok = NULL;
+    int32_t *ids = NULL, *blocks = NULL, *gen = NULL;
+    float *logits = NULL;
+    FILE *dump = NULL;
+    char err[512] = "";
+    const char *path, *prompt, *tokens, *dump_path;
+    long n_prompt = 0, n_predict, n_ctx, n_gen = 0, threads;
+    uint32_t n_blocks = 0, max_tokens;
+    uint64_t t0, t1, t2;
+    struct eng_sample_params sp = { 0 };
+    int npos, rc = dp_opt_parse(cmd, opts, argc, argv, &npos), ret = 1;
 
     if (rc)
         return rc > 0 ? 0 : 2;
-    fprintf(stderr, "favo %s: not available in this build yet\n", cmd->name);
-    return 2;
+    path = dp_opt_str(opts, "model");
+    if (!path)
+        path = dp_default_model();
+    if (!path) {
+        fprintf(stderr, "favo run: no --model and no default model installed (run ./setup.sh)\n");
+        return 2;
+    }
+    prompt = dp_opt_str(opts, "prompt");
+    tokens = dp_opt_str(opts, "tokens");
+    dump_path = dp_opt_str(opts, "dump-logits");
+    if (!prompt && !tokens && npos >= 2)
+        prompt = argv[1];
+    if (!prompt && !tokens) {
+        fprintf(stderr, "favo run: give --prompt TEXT or --tokens IDS\n");
+        return 2;
+    }
+    n_predict = dp_opt_int(opts, "n-predict");
+    n_ctx = dp_opt_int(opts, "ctx-size");
+    threads = dp_opt_str(opts, "threads") ? dp_opt_int(opts, "threads")
+                                           : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n_predict < 0 || n_ctx < 16 || n_ctx > (1 << 20) || threads < 1 || threads > 1024) {
+        fprintf(stderr, "favo run: --n-predict, --ctx-size or --threads out of range\n");
+        return 2;
+    }
+    sp.temperature = (float)dp_opt_double(opts, "temperature");
+    sp.top_k = (int32_t)dp_opt_int(opts, "top-k");
+    sp.top_p = (float)dp_opt_double(opts, "top-p");
+    sp.min_p = (float)dp_opt_double(opts, "min-p");
+    sp.freq_penalty = (float)dp_opt_double(opts, "frequency-penalty");
+    sp.presence_penalty = (float)dp_opt_double(opts, "presence-penalty");
+    sp.seed = (uint64_t)dp_opt_int(opts, "seed");
+
+    t0 = favo_now_ns();
+    rc = eng_model_load(&m, path, dp_opt_flag(opts, "mmap") ? ENG_MODEL_USE_MMAP : 0, err,
+                        sizeof(err));
+    if (rc) {
+        fprintf(stderr, "favo run: %s: %s\n", path, err[0] ? err : strerror(-rc));
+        return 1;
+    }
+    rc = eng_tok_load(&tok, eng_model_gguf(m), err, sizeof(err));
+    if (rc && !tokens) {
+        fprintf(stderr, "favo run: %s: tokenizer: %s\n", path, err[0] ? err : strerror(-rc));
+        goto out;
+    }
+    if (tokens) {
+        n_prompt = parse_ids(tokens, &ids);
+        if (n_prompt <= 0) {
+            fprintf(stderr, "favo run: --tokens wants space-separated token ids\n");
+            goto out;
+        }
+    } else {
+        int chat = dp_opt_flag(opts, "chat");
+
+        n_prompt = tokenize_prompt(tok, prompt, chat, &ids);
+        if (n_prompt <= 0) {
+            fprintf(stderr, "favo run: the prompt gives no tokens\n");
+            goto out;
+        }
+    }
+    if (n_prompt + n_predict > n_ctx) {
+        fprintf(stderr, "favo run: prompt (%ld tokens) + --n-predict %ld exceed --ctx-size %ld\n",
+                n_prompt, n_predict, n_ctx);
+        goto out;
+    }
+    bo.n_threads = (uint32_t)threads;
+    bo.kv_blocks = eng_kv_blocks_for((uint32_t)n_ctx);
+    bo.ctx.n_ctx = (uint32_t)n_ctx;
+    bo.ctx.max_seqs = 1;
+    bo.ctx.max_tokens = 512;
+    rc = eng_cpu_backend_init(&be, m, &bo);
+    if (rc) {
+        fprintf(stderr, "favo run: engine: %s\n", strerror(-rc));
+        goto out;
+    }
+    max_tokens = bo.ctx.max_tokens;
+    blocks = calloc(bo.kv_blocks, sizeof(*blocks));
+    gen = calloc((size_t)n_predict + 1, sizeof(*gen));
+    logits = dump_path ? malloc((size_t)m->hp.n_vocab * sizeof(float)) : NULL;
+    if (!blocks || !gen || (dump_path && !logits)) {
+        fprintf(stderr, "favo run: out of memory\n");
+        goto out;
+    }
+    if (dump_path && !(dump = fopen(dump_path, "wb"))) {
+        fprintf(stderr, "favo run: %s: %s\n", dump_path, strerror(errno));
+        goto out;
+    }
+    t1 = favo_now_ns();
+    {
+        uint32_t pos = 0;
+        int32_t next = -1;
+        uint64_t t_first = 0;
+
+        while (n_gen < n_predict) {
+            struct eng_seq s = { 0 };
+            struct eng_batch b = { 1, &s };
+            struct eng_sample_out so;
+            int last_chunk;
+
+            s.sp = sp;
+            s.pos = pos;
+            if (pos < (uint32_t)n_prompt) {
+                s.tokens = ids + pos;
+                s.n_new = FAVO_MIN((uint32_t)n_prompt - pos, max_tokens);
+            } else {
+                s.tokens = &next;
+                s.n_new = 1;
+            }
+            last_chunk = pos + s.n_new >= (uint32_t)n_prompt;
+            s.no_sample = !last_chunk;
+            while (n_blocks < eng_kv_blocks_for(pos + s.n_new)) {
+                int32_t blk = be.kv_alloc(be.ctx);
+
+                FAVO_ASSERT(blk >= 0); /* sized for n_ctx above */
+                blocks[n_blocks++] = blk;
+            }
+            s.block_table = blocks;
+            s.n_blocks = n_blocks;
+            s.history = gen;
+            s.n_history = (uint32_t)n_gen;
+            rc = eng_backend_step_sync(&be, &b, &so, logits);
+            if (rc) {
+                fprintf(stderr, "favo run: step failed: %s\n", strerror(-rc));
+                goto out;
+            }
+            pos += s.n_new;
+            if (s.no_sample)
+                continue;
+            if (!t_first)
+                t_first = t2 = favo_now_ns();
+            if (dump && fwrite(logits, sizeof(float), m->hp.n_vocab, dump) != m->hp.n_vocab) {
+                fprintf(stderr, "favo run: %s: write failed\n", dump_path);
+                goto out;
+            }
+            next = so.token;
+            gen[n_gen++] = next;
+            if (dp_opt_flag(opts, "print-ids") || !tok) {
+                printf("%s%d", n_gen > 1 ? " " : "", next);
+            } else {
+                const char *p;
+                size_t len;
+
+                if (!eng_tok_piece(tok, next, 0, &p, &len))
+                    fwrite(p, 1, len, stdout);
+            }
+            fflush(stdout);
+            if (!dp_opt_flag(opts, "ignore-eos") &&
+                ((tok && eng_tok_is_eog(tok, next)) || (!tok && (uint32_t)next == m->hp.eos)))
+                break;
+        }
+        printf("\n");
+        fflush(stdout);
+        t2 = t_first ? t_first : favo_now_ns();
+        {
+            uint64_t t3 = favo_now_ns();
+            double pre_s = (double)(t2 - t1) / 1e9, dec_s = (double)(t3 - t2) / 1e9;
+
+            fprintf(stderr,
+                    "favo run: load %.0f ms; prompt %ld tokens %.1f tok/s; "
+                    "decode %ld tokens %.1f tok/s; %ld threads\n",
+                    (double)(t1 - t0) / 1e6, n_prompt, pre_s > 0 ? n_prompt / pre_s : 0.0,
+                    n_gen - 1, dec_s > 0 && n_gen > 1 ? (n_gen - 1) / dec_s : 0.0, threads);
+        }
+    }
+    ret = 0;
+out:
+    if (dump)
+        fclose(dump);
+    if (be.free) {
+        for (uint32_t i = 0; i < n_blocks; i++)
+            be.kv_release(be.ctx, blocks[i]);
+        be.free(be.ctx);
+    }
+    if (ids)
+        explicit_bzero(ids, (size_t)FAVO_MAX(n_prompt, 0) * sizeof(*ids));
+    if (gen)
+        explicit_bzero(gen, (size_t)(n_predict + 1) * sizeof(*gen));
+    free(ids);
+    free(gen);
+    free(blocks);
+    free(logits);
+    if (tok)
+        eng_tok_free(tok);
+    eng_model_free(m);
+    return ret;
 }

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""
+test-engine-forward-ref.py - favo's forward pass against a plain numpy one.
+
+The oracle: the `gguf` package dequantizes every weight of a real model
+file, and a straightforward numpy implementation of the architecture
+(written from the model papers / llama.cpp's graph, in float64) computes
+the logits of a fixed token sequence. favo runs the same tokens greedily
+(`favo run --tokens ... --print-ids --dump-logits FILE`); the test checks,
+at every sampled step:
+  - favo's greedy token is the reference's argmax (or within a hair of it,
+    when the reference's top two are closer than the quantization noise),
+  - the relative L2 error of favo's logits is below a bound that covers
+    the activation quantization (q8_0 / q8_1 / q8_k, as llama.cpp does).
+
+Models: SmolLM2-135M (llama) and Gemma 3 270M (gemma3) from FAVO_MODELS;
+each is skipped when absent. Exit 0 pass, 1 fail, 77 skip.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+try:
+    import numpy as np
+    import gguf
+    from gguf import quants
+except ImportError as e:  # pragma: no cover
+    print(f"skip: {e}")
+    sys.exit(77)
+
+MODELS = os.environ.get("FAVO_MODELS", os.path.join(os.path.dirname(__file__), "..", "models"))
+FAVO = os.environ.get("FAVO_BIN")
+REL_L2_MAX = float(os.environ.get("FAVO_REF_REL_L2", "0.05"))
+
+CASES = [
+    # (file, prompt token ids, tokens to generate)
+    ("SmolLM2-135M-Instruct.Q4_1.gguf", [504, 3575, 282, 4649, 314], 6),  # "The capital of France is"
+    ("gemma-3-270m-q4_k_m.gguf", [2, 818, 5279, 529, 7001, 563], 6),     # "<bos>The capital of France is"
+]
+
+
+class Model:
+    def __init__(self, path):
+        self.r = gguf.GGUFReader(path)
+        self.kv = {}
+        for k, f in self.r.fields.items():
+            if k.startswith("tokenizer.") or not f.types:
+                continue
+            try:
+                self.kv[k] = f.contents()
+            except Exception:
+                pass
+        self.arch = self.kv["general.architecture"]
+        self.t = {t.name: t for t in self.r.tensors}
+
+    def key(self, suffix, default=None):
+        return self.kv.get(f"{self.arch}.{suffix}", default)
+
+    def w(self, name):
+        """Dequantized tensor as float64, numpy shape (ne1, ne0) (rows first)."""
+        t = self.t.get(name)
+        if t is None:
+            return None
+        a = quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+        ne = [int(x) for x in t.shape]
+        return a.reshape(ne[::-1]) if len(ne) > 1 else a.reshape(ne)
+
+
+def rmsnorm(x, w, eps):
+    y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return y * w if w is not None else y
+
+
+def rope(x, pos, base, rope_dim, neox, freq_factors=None):
+    """x: [T, heads, hd]."""
+    half = rope_dim // 2
+    inv = base ** (-2.0 * np.arange(half) / rope_dim)
+    if freq_factors is not None:
+        inv = inv / freq_factors
+    th = np.outer(pos, inv)[:, None, :]
+    c, s = np.cos(th), np.sin(th)
+    x = x.copy()
+    if neox:
+        a, b = x[..., :half].copy(), x[..., half:rope_dim].copy()
+        x[..., :half] = a * c - b * s
+        x[..., half:rope_dim] = a * s + b * c
+    else:
+        a, b = x[..., 0:rope_dim:2].copy(), x[..., 1:rope_dim:2].copy()
+        x[..., 0:rope_dim:2] = a * c - b * s
+        x[..., 1:rope_dim:2] = a * s + b * c
+    return x
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def forward(m, tokens):
+    """Logits for every position, [T, n_vocab], float64."""
+    arch = m.arch
+    E = m.key("embedding_length")
+    L = m.key("block_count")
+    H = m.key("attention.head_count")
+    HKV = m.key("attention.head_count_kv", H)
+    hd = m.key("attention.key_length", E // H)
+    hdv = m.key("attention.value_length", hd)
+    rope_dim = m.key("rope.dimension_count", hd)
+    eps = m.key("attention.layer_norm_rms_epsilon")
+    base = m.key("rope.freq_base", 10000.0)
+    gemma = arch == "gemma3"
+    neox = arch in ("qwen2", "gemma3")
+    n_swa = m.key("attention.sliding_window", 0) if gemma else 0
+    base_swa = m.key("rope.freq_base_swa", 10000.0)
+    T = len(tokens)
+    pos = np.arange(T)
+    emb = m.w("token_embd.weight")
+    x = emb[tokens].copy()
+    if gemma:
+        x *= np.sqrt(E)
+    ff = m.w("rope_freqs.weight")
+    for il in range(L):
+        p = f"blk.{il}."
+        swa = gemma and n_swa and (il + 1) % 6 != 0
+        h = rmsnorm(x, m.w(p + "attn_norm.weight"), eps)
+        q = h @ m.w(p + "attn_q.weight").T
+        k = h @ m.w(p + "attn_k.weight").T
+        v = h @ m.w(p + "attn_v.weight").T
+        if arch == "qwen2":
+            q += m.w(p + "attn_q.bias")
+            k += m.w(p + "attn_k.bias")
+            v += m.w(p + "attn_v.bias")
+        q = q.reshape(T, H, hd)
+        k = k.reshape(T, HKV, hd)
+        v = v.reshape(T, HKV, hdv)
+        if gemma:
+            q = rmsnorm(q, m.w(p + "attn_q_norm.weight"), eps)
+            k = rmsnorm(k, m.w(p + "attn_k_norm.weight"), eps)
+        b = base_swa if swa else base
+        q = rope(q, pos, b, rope_dim, neox, ff)
+        k = rope(k, pos, b, rope_dim, neox, ff)
+        grp = H // HKV
+        out = np.zeros((T, H, hdv))
+        for hh in range(H):
+            s = q[:, hh, :] @ k[:, hh // grp, :].T / np.sqrt(hd)
+            mask = np.tril(np.ones((T, T), dtype=bool))
+            if swa:
+                mask &= (pos[:, None] - pos[None, :]) < n_swa
+            s = np.where(mask, s, -np.inf)
+            s = np.exp(s - s.max(axis=1, keepdims=True))
+            s /= s.sum(axis=1, keepdims=True)
+            out[:, hh, :] = s @ v[:, hh // grp, :]
+        o = out.reshape(T, H * hdv) @ m.w(p + "attn_output.weight").T
+        if gemma:
+            o = rmsnorm(o, m.w(p + "post_attention_norm.weight"), eps)
+        x = x + o
+        h = rmsnorm(x, m.w(p + "ffn_norm.weight"), eps)
+        g = h @ m.w(p + "ffn_gate.weight").T
+        u = h @ m.w(p + "ffn_up.weight").T
+        a = gelu_tanh(g) if gemma else g / (1 + np.exp(-g))
+        f = (a * u) @ m.w(p + "ffn_down.weight").T
+        if gemma:
+            f = rmsnorm(f, m.w(p + "post_ffw_norm.weight"), eps)
+        x = x + f
+    x = rmsnorm(x, m.w("output_norm.weight"), eps)
+    out_w = m.w("output.weight")
+    logits = x @ (out_w if out_w is not None else emb).T
+    cap = m.key("final_logit_softcapping")
+    if cap:
+        logits = np.tanh(logits / cap) * cap
+    return logits
+
+
+def run_case(fname, prompt, n):
+    path = os.path.join(MODELS, fname)
+    if not os.path.exists(path):
+        print(f"skip {fname}: not in {MODELS}")
+        return None
+    with tempfile.TemporaryDirectory() as td:
+        dump = os.path.join(td, "logits.bin")
+        cmd = [FAVO, "run", "--model", path, "--tokens", " ".join(map(str, prompt)),
+               "-n", str(n), "--print-ids", "--ignore-eos", "--dump-logits", dump]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            print(f"FAIL {fname}: favo run exited {p.returncode}: {p.stderr.strip()}")
+            return False
+        got = [int(t) for t in p.stdout.split()]
+        fl = np.fromfile(dump, dtype=np.float32)
+    m = Model(path)
+    nv = m.t["token_embd.weight"].shape[1]
+    fl = fl.reshape(-1, int(nv))
+    if len(got) != n or fl.shape[0] != n:
+        print(f"FAIL {fname}: expected {n} tokens and logit rows, got {len(got)} / {fl.shape[0]}")
+        return False
+    ref = forward(m, prompt + got[:-1])
+    ok = True
+    for i in range(n):
+        r = ref[len(prompt) - 1 + i]
+        f = fl[i].astype(np.float64)
+        rel = np.linalg.norm(f - r) / np.linalg.norm(r)
+        top = np.argsort(-r)[:2]
+        margin = r[top[0]] - r[top[1]]
+        tok_ok = got[i] == top[0] or (r[top[0]] - r[got[i]]) < 0.05 * max(1.0, abs(r[top[0]]))
+        print(f"{fname} step {i}: rel_l2 {rel:.2e}  ref_top {top[0]} (margin {margin:.3f})  "
+              f"favo {got[i]}  {'ok' if tok_ok and rel < REL_L2_MAX else 'MISMATCH'}")
+        if not tok_ok or rel >= REL_L2_MAX or not np.all(np.isfinite(f)):
+            ok = False
+        if got[i] != top[0]:
+            break  # later steps would continue a different sequence
+    return ok
+
+
+def main():
+    if not FAVO or not os.path.exists(FAVO):
+        print("skip: FAVO_BIN not set")
+        return 77
+    results = [run_case(*c) for c in CASES]
+    if all(r is None for r in results):
+        return 77
+    return 0 if all(r is not False for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
