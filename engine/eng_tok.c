@@ -1229,7 +1229,12 @@ static int spm_text(struct enc *e, const char *s, size_t n, bool prefix)
         }
     }
     for (size_t off = 0; off < m;) {
+        /* one character per symbol; an invalid byte is a symbol of its own
+         * (llama.cpp trusts the lead byte, which can swallow the next
+         * characters of invalid text; valid text is split identically) */
         size_t l = FAVO_MIN(eng_utf8_lead_len((unsigned char)txt[off]), m - off);
+        if (l > 1 && eng_utf8_valid_prefix((const unsigned char *)txt + off, l) != l)
+            l = 1;
         sy[nsy] = (struct sym){ .prev = (int32_t)nsy - 1, .next = off + l < m ? (int32_t)nsy + 1 : -1,
                                 .start = (uint32_t)off, .len = (uint32_t)l };
         nsy++;
