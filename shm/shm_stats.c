@@ -5,6 +5,8 @@
 #include "shm_stats.h"
 
 #include <errno.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -261,12 +263,24 @@ static bool layout_is_mine(const struct shm_stats_meta *m)
     return memcmp(&mine, m, sizeof(mine)) == 0;
 }
 
+static void local_clean(struct shm_stats_local *l)
+{
+    for (unsigned h = 0; h < SHM_H__COUNT; h++) {
+        l->lo[h] = UINT32_MAX;
+        l->hi[h] = 0;
+        l->ndirty[h] = 0;
+    }
+    l->dirty_any = false;
+}
+
 int shm_stats_writer_init(struct shm_stats *st, unsigned slot, enum shm_stage_kind kind,
-                          unsigned index, struct shm_stats_writer *w)
+                          unsigned index, uint64_t flush_ns, struct shm_stats_writer *w)
 {
     struct shm_stats_block *b;
+    struct shm_stats_local *l;
     unsigned seq;
 
+    memset(w, 0, sizeof(*w));
     if (!st->seg.writable)
         return st_fail(st, -EACCES, "stats segment %s: opened read-only, cannot write",
                        st->seg.path);
@@ -277,20 +291,85 @@ int shm_stats_writer_init(struct shm_stats *st, unsigned slot, enum shm_stage_ki
         return st_fail(st, -EPROTO, "stats segment %s: created by another build (its stats "
                        "table differs): a stage must run the supervisor's binary",
                        st->seg.path);
+    l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
     b = (struct shm_stats_block *)(st->blocks + (size_t)slot * st->meta->block_size);
-    /* stats inv 2: our predecessor died between begin and end. */
+    /* stats inv 2: our predecessor died inside a publication. Its partial
+     * copy is kept: every word in it is a value it really had. */
     seq = ck_pr_load_uint(&b->seq.sequence);
     if (seq & 1)
         ck_pr_store_uint(&b->seq.sequence, seq + 1);
+    /* stats inv 1: continue from what the previous writer published. */
+    for (unsigned i = 0; i < SHM_C__COUNT; i++)
+        l->counters[i] = ck_pr_load_64(&b->counters[i]);
+    for (unsigned i = 0; i < SHM_G__COUNT; i++)
+        l->gauges[i] = ck_pr_load_64(&b->gauges[i]);
+    for (unsigned h = 0; h < SHM_H__COUNT; h++) {
+        l->hist[h].count = ck_pr_load_64(&b->hist[h].count);
+        l->hist[h].sum_ns = ck_pr_load_64(&b->hist[h].sum_ns);
+        for (unsigned k = 0; k < SHM_HIST_NBUCKETS; k++)
+            l->hist[h].buckets[k] = ck_pr_load_64(&b->hist[h].buckets[k]);
+    }
+    local_clean(l);
     w->b = b;
-    w->depth = 0;
-    shm_stats_begin(w);
+    w->loc = l;
+    w->flush_ns = flush_ns;
+    w->last_flush_ns = favo_now_ns();
+    ck_sequence_write_begin(&b->seq);
     ck_pr_store_32((uint32_t *)&b->pid, (uint32_t)getpid());
     ck_pr_store_32(&b->stage_kind, (uint32_t)kind);
     ck_pr_store_32(&b->stage_index, index);
     ck_pr_store_32(&b->attaches, b->attaches + 1);
-    shm_stats_end(w);
+    ck_sequence_write_end(&b->seq);
     return 0;
+}
+
+void shm_stats_flush(struct shm_stats_writer *w)
+{
+    struct shm_stats_local *l = w->loc;
+    struct shm_stats_block *b = w->b;
+
+    w->last_flush_ns = favo_now_ns();
+    if (!l->dirty_any)
+        return;
+    /* Odd sequence: readers retry until the matching write_end. ck's
+     * write_begin/end carry the store fences that order the copies. */
+    ck_sequence_write_begin(&b->seq);
+    for (unsigned i = 0; i < SHM_C__COUNT; i++)
+        if (b->counters[i] != l->counters[i])
+            ck_pr_store_64(&b->counters[i], l->counters[i]);
+    for (unsigned i = 0; i < SHM_G__COUNT; i++)
+        ck_pr_store_64(&b->gauges[i], l->gauges[i]);
+    for (unsigned h = 0; h < SHM_H__COUNT; h++) {
+        if (l->lo[h] > l->hi[h])
+            continue;
+        if (l->ndirty[h] <= SHM_STATS_DIRTY) {
+            for (unsigned i = 0; i < l->ndirty[h]; i++) {
+                unsigned k = l->dirty[h][i];
+
+                ck_pr_store_64(&b->hist[h].buckets[k], l->hist[h].buckets[k]);
+            }
+        } else {
+            for (unsigned k = l->lo[h]; k <= l->hi[h]; k++)
+                if (b->hist[h].buckets[k] != l->hist[h].buckets[k])
+                    ck_pr_store_64(&b->hist[h].buckets[k], l->hist[h].buckets[k]);
+        }
+        ck_pr_store_64(&b->hist[h].sum_ns, l->hist[h].sum_ns);
+        ck_pr_store_64(&b->hist[h].count, l->hist[h].count);
+    }
+    ck_sequence_write_end(&b->seq);
+    local_clean(l);
+}
+
+void shm_stats_writer_free(struct shm_stats_writer *w)
+{
+    if (!w->loc)
+        return;
+    shm_stats_flush(w);
+    free(w->loc);
+    w->loc = NULL;
+    w->b = NULL;
 }
 
 static struct shm_stats_stage *stage_row(const struct shm_stats *st, unsigned row)
@@ -332,19 +411,36 @@ int shm_stats_heartbeat(struct shm_stats *st, unsigned row)
 
 /* ---------------------------------------------------------------- reader */
 
-/*
- * Begin a read of a sequence lock without spinning forever on an odd value
- * (stats inv 2). Returns false when the writer seems stuck inside a write.
- */
-static bool seq_begin(const ck_sequence_t *sq, unsigned *v, unsigned *tries)
+static bool pid_dead(int32_t pid)
 {
-    for (;;) {
+    return pid > 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
+/*
+ * Begin a read of a sequence lock without waiting forever on an odd value
+ * (stats inv 2). A writer preempted inside a publication (stages share
+ * cores on small hosts) is waited for, yielding the CPU to it, up to
+ * SHM_STATS_STUCK_NS; a writer whose process is gone is not waited for.
+ * Returns false when the write seems abandoned.
+ */
+static bool seq_begin(const ck_sequence_t *sq, const int32_t *pidp, unsigned *v)
+{
+    uint64_t deadline = 0;
+
+    for (unsigned spins = 0;; spins++) {
         *v = ck_pr_load_uint(&sq->sequence);
         if ((*v & 1) == 0)
             break;
-        if (++*tries >= SHM_STATS_READ_TRIES)
+        if (spins < 128) {
+            favo_cpu_relax();
+            continue;
+        }
+        if (!deadline)
+            deadline = favo_now_ns() + SHM_STATS_STUCK_NS;
+        if (favo_now_ns() > deadline ||
+            (pidp && pid_dead((int32_t)ck_pr_load_32((const uint32_t *)pidp))))
             return false;
-        favo_cpu_relax();
+        sched_yield();
     }
     ck_pr_fence_load(); /* the sequence before the data it guards */
     return true;
@@ -369,11 +465,12 @@ static void block_read(const struct shm_stats *st, const char *b, struct block_c
 {
     const struct shm_stats_meta *m = st->meta;
     const ck_sequence_t *sq = (const ck_sequence_t *)b;
+    const int32_t *pidp = (const int32_t *)(b + offsetof(struct shm_stats_block, pid));
     unsigned tries = 0, v = 0;
 
     *torn = false;
     for (;;) {
-        bool stable = seq_begin(sq, &v, &tries);
+        bool stable = seq_begin(sq, pidp, &v);
 
         c->pid = (int32_t)ck_pr_load_32((const uint32_t *)(b + offsetof(struct shm_stats_block,
                                                                          pid)));
@@ -459,7 +556,7 @@ int shm_stats_snapshot(const struct shm_stats *st, struct shm_stats_snap *snap)
         unsigned tries = 0, v = 0;
 
         for (;;) {
-            bool stable = seq_begin(&s->seq, &v, &tries);
+            bool stable = seq_begin(&s->seq, NULL, &v);
 
             o->info.kind = (enum shm_stage_kind)ck_pr_load_32(&s->kind);
             o->info.index = ck_pr_load_32(&s->index);

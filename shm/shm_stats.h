@@ -34,21 +34,31 @@
  * read back from a bucket is within 1% of every value recorded in it, across
  * the required 1 us .. 100 s. Bucket 0 holds < 512 ns, the last >= 2^37 ns.
  *
- * Consistency: every update a writer makes is inside its block's sequence
- * lock (ck_sequence); shm_stats_begin/end group several updates (a finished
- * request: counters + histograms) into one. A reader copies each block under
- * its sequence and retries on a change, so each block is read as of one
- * instant and e.g. a histogram's count equals the sum of its buckets. Sums
- * over blocks are of consistent parts; blocks are not read at one instant.
+ * Consistency and cost: a writer updates a process-local shadow of its
+ * block (no shared cache line is touched per token, invariant 8) and
+ * publishes it into the segment under the block's sequence lock
+ * (ck_sequence) at the end of an update group once flush_ns have passed
+ * since the last publication (1 ms by default; 0 publishes every group),
+ * and whenever it calls shm_stats_flush() - which a stage does before it
+ * blocks, so an idle stage's numbers are never stale. A publication copies
+ * only what changed (counters, gauges, the touched bucket range), so the
+ * sequence is odd for well under a microsecond. shm_stats_begin/end group
+ * several updates (a finished request: counters + histograms) so that no
+ * publication splits them. A reader copies each block under its sequence
+ * and retries on a change, so each block is read as of one publication and
+ * e.g. a histogram's count equals the sum of its buckets. Sums over blocks
+ * are of consistent parts; blocks are not read at one instant.
  *
  * Invariants (cited by FAVO_ASSERT as "stats inv N"):
  *   1. A block has one writer at a time (a thread of the stage in its slot);
  *      a restarted stage takes its slot back (shm_stats_writer_init) and
  *      continues the counters, so they stay monotonic across restarts.
- *   2. A writer that died inside begin/end leaves an odd sequence; the next
- *      writer of that slot makes it even again. Readers never wait forever:
- *      after SHM_STATS_READ_TRIES changes they take the block as it is and
- *      count it in snap->torn.
+ *   2. A writer that died inside a publication leaves an odd sequence; the
+ *      next writer of that slot makes it even again. Readers never wait
+ *      forever: they yield to a writer preempted inside a publication for
+ *      up to SHM_STATS_STUCK_NS, not at all when its pid is gone, and retry
+ *      a changed sequence SHM_STATS_READ_TRIES times; then they take the
+ *      block as it is and count it in snap->torn.
  *   3. Writers check at attach that the segment's layout is exactly their
  *      build's (same binary as the supervisor); readers accept appended
  *      entries (they read the common prefix of every table).
@@ -217,9 +227,28 @@ struct shm_stats {
     unsigned nc, ng, nh;     /* entries common to the segment and this build */
 };
 
+#define SHM_STATS_FLUSH_NS 1000000ull /* default publication interval */
+#define SHM_STATS_DIRTY 16
+
+/* A writer's process-local shadow of its block (never in shared memory). */
+struct shm_stats_local {
+    uint64_t counters[SHM_C__COUNT];
+    uint64_t gauges[SHM_G__COUNT];
+    struct shm_stats_hist hist[SHM_H__COUNT];
+    /* Buckets touched since the last publication: the first
+     * SHM_STATS_DIRTY of them listed, and their range (lo > hi: none). */
+    uint32_t lo[SHM_H__COUNT], hi[SHM_H__COUNT];
+    uint32_t ndirty[SHM_H__COUNT];
+    uint16_t dirty[SHM_H__COUNT][SHM_STATS_DIRTY];
+    bool dirty_any;
+};
+
 struct shm_stats_writer {
-    struct shm_stats_block *b;
-    unsigned depth;          /* begin/end nesting, process-local */
+    struct shm_stats_block *b;   /* in the segment */
+    struct shm_stats_local *loc; /* malloc'd by shm_stats_writer_init */
+    uint64_t flush_ns;
+    uint64_t last_flush_ns;
+    unsigned depth;              /* begin/end nesting */
 };
 
 /* Supervisor: create /favo.<instance> with nwriters blocks and nstages rows
@@ -233,59 +262,67 @@ void shm_stats_close(struct shm_stats *st);
 /* Supervisor: mark the segment GONE, unlink its name, unmap. */
 int shm_stats_destroy(struct shm_stats *st);
 
-/* Stage: take writer slot `slot` (stats inv 1, 2, 3). */
+/* Stage: take writer slot `slot` (stats inv 1, 2, 3); the shadow starts
+ * from the block's values, so counters continue across a restart. flush_ns:
+ * publication interval (SHM_STATS_FLUSH_NS; 0 = every update group).
+ * Returns 0, -EACCES (read-only), -ERANGE, -EPROTO or -ENOMEM. */
 int shm_stats_writer_init(struct shm_stats *st, unsigned slot, enum shm_stage_kind kind,
-                          unsigned index, struct shm_stats_writer *w);
+                          unsigned index, uint64_t flush_ns, struct shm_stats_writer *w);
+/* Publish now, then free the shadow. */
+void shm_stats_writer_free(struct shm_stats_writer *w);
+/* Publish the shadow into the segment now (cold: call before blocking). */
+void shm_stats_flush(struct shm_stats_writer *w);
 
-/* Group updates so readers see all or none of them. Nestable. */
+/* Group updates so no publication splits them. Nestable. */
 static inline void shm_stats_begin(struct shm_stats_writer *w)
 {
-    if (w->depth++ == 0)
-        ck_sequence_write_begin(&w->b->seq);
+    w->depth++;
 }
 
 static inline void shm_stats_end(struct shm_stats_writer *w)
 {
     FAVO_ASSERT(w->depth > 0);
-    if (--w->depth == 0)
-        ck_sequence_write_end(&w->b->seq);
-}
-
-/* Single writer (stats inv 1): a plain read of our own word, an atomic
- * store so readers never see half a word. */
-static inline void shm_stats__add64(uint64_t *p, uint64_t n)
-{
-    ck_pr_store_64(p, *p + n);
+    if (--w->depth == 0 &&
+        (w->flush_ns == 0 || favo_now_ns() - w->last_flush_ns >= w->flush_ns))
+        shm_stats_flush(w);
 }
 
 static inline void shm_stats_add(struct shm_stats_writer *w, enum shm_stats_counter c,
                                  uint64_t n)
 {
     shm_stats_begin(w);
-    shm_stats__add64(&w->b->counters[c], n);
+    w->loc->counters[c] += n;
+    w->loc->dirty_any = true;
     shm_stats_end(w);
 }
 
 static inline void shm_stats_gauge_set(struct shm_stats_writer *w, enum shm_stats_gauge g,
                                        double v)
 {
-    uint64_t bits;
-
-    memcpy(&bits, &v, sizeof(bits));
     shm_stats_begin(w);
-    ck_pr_store_64(&w->b->gauges[g], bits);
+    memcpy(&w->loc->gauges[g], &v, sizeof(v));
+    w->loc->dirty_any = true;
     shm_stats_end(w);
 }
 
 static inline void shm_stats_observe(struct shm_stats_writer *w, enum shm_stats_hist_id h,
                                      uint64_t ns)
 {
-    struct shm_stats_hist *hp = &w->b->hist[h];
+    struct shm_stats_local *l = w->loc;
+    unsigned b = shm_hist_bucket(ns);
 
     shm_stats_begin(w);
-    shm_stats__add64(&hp->buckets[shm_hist_bucket(ns)], 1);
-    shm_stats__add64(&hp->count, 1);
-    shm_stats__add64(&hp->sum_ns, ns);
+    l->hist[h].buckets[b]++;
+    l->hist[h].count++;
+    l->hist[h].sum_ns += ns;
+    if (l->ndirty[h] < SHM_STATS_DIRTY)
+        l->dirty[h][l->ndirty[h]] = (uint16_t)b;
+    l->ndirty[h]++;
+    if (b < l->lo[h])
+        l->lo[h] = b;
+    if (b > l->hi[h])
+        l->hi[h] = b;
+    l->dirty_any = true;
     shm_stats_end(w);
 }
 
@@ -297,6 +334,7 @@ int shm_stats_heartbeat(struct shm_stats *st, unsigned row);
 /* ---------------------------------------------------------------- reader */
 
 #define SHM_STATS_READ_TRIES 1000
+#define SHM_STATS_STUCK_NS 50000000ull /* 50 ms */
 #define SHM_STATS_SNAP_STAGES 64
 
 struct shm_stats_hist_snap {
