@@ -159,16 +159,20 @@ struct impl {
 
 static void test_dots(const struct impl *impls, int nimpl)
 {
-    const int64_t k = 1024, rows = 37, ldy = 41, mmax = 33;
+    /* k per type: an odd block count for the 32-block types and a ragged
+     * tail for the float ones exercise every kernel's remainder path */
+    const int64_t kmax = 1063, rows = 37, ldy = 41, mmax = 33;
     uint64_t seed = 42;
-    float *wf = xalloc(4 * k * rows), *xf = xalloc(4 * k * mmax);
+    float *wf = xalloc(4 * kmax * rows), *xf = xalloc(4 * kmax * mmax);
     float *y = xalloc(4 * ldy * mmax), *yref = xalloc(4 * ldy * mmax);
     double *mag = xalloc(8 * rows * mmax);
 
-    fill(&seed, wf, k * rows, 0.05f);
-    fill(&seed, xf, k * mmax, 1.0f);
+    fill(&seed, wf, kmax * rows, 0.05f);
+    fill(&seed, xf, kmax * mmax, 1.0f);
     for (size_t t = 0; t < N_WTYPES; t++) {
         uint32_t wt = wtypes[t], at = eng_vec_dot_type(wt);
+        uint32_t blck = eng_type_get(wt)->blck;
+        int64_t k = blck == 1 ? kmax : blck == ENG_QK ? 33 * ENG_QK : 4 * ENG_QK_K;
         size_t wrb = eng_type_row_size(wt, k), xrb = eng_quant_act_row_size(wt, k);
         uint8_t *w = xalloc(wrb * rows), *xq = xalloc(xrb * mmax);
         const struct eng_quant_kern *ref = eng_quant_kern_for(wt, 0);

@@ -23,7 +23,8 @@ const struct eng_quant_kern *eng_quant_kern_for(uint32_t wtype, unsigned feature
 {
     if (!weight_type(wtype))
         return NULL;
-    if ((features & ENG_CPU_AVX512) && eng_quant_avx512_kern[wtype].vec_dot)
+    if ((features & ENG_CPU_AVX512) && (features & ENG_CPU_AVX512VNNI) &&
+        eng_quant_avx512_kern[wtype].vec_dot)
         return &eng_quant_avx512_kern[wtype];
     if ((features & ENG_CPU_AVX2) && eng_quant_avx2_kern[wtype].vec_dot)
         return &eng_quant_avx2_kern[wtype];
