@@ -1140,10 +1140,11 @@ static int bpe_word(void *ctx, const char *w, size_t n)
     }
     if (n > INT32_MAX / 2)
         return -E2BIG;
-    sy = scratch(e, n * (sizeof(*sy) + 3 * sizeof(*h)));
-    if (!sy)
+    /* heap first: its entries need 8-byte alignment, the symbols 4 */
+    h = scratch(e, n * (sizeof(*sy) + 3 * sizeof(*h)));
+    if (!h)
         return -ENOMEM;
-    h = (struct heap_ent *)(sy + n);
+    sy = (struct sym *)(h + 3 * n);
     for (size_t i = 0; i < n; i++)
         sy[i] = (struct sym){ .prev = (int32_t)i - 1, .next = i + 1 < n ? (int32_t)i + 1 : -1,
                               .start = (uint32_t)i, .len = 1, .sid = t->byte_sid[(unsigned char)w[i]] };
@@ -1215,7 +1216,9 @@ static int spm_text(struct enc *e, const char *s, size_t n, bool prefix)
     txt = scratch(e, cap + cap * (sizeof(*sy) + 3 * sizeof(*h)) + 16);
     if (!txt)
         return -ENOMEM;
-    sy = (struct sym *)(void *)(((uintptr_t)txt + cap + 15) & ~(uintptr_t)15);
+    /* text, then the heap (8-byte aligned, 3 entries per symbol), then symbols */
+    h = (struct heap_ent *)(void *)(((uintptr_t)txt + cap + 15) & ~(uintptr_t)15);
+    sy = (struct sym *)(h + 3 * cap);
     if (prefix) {
         memcpy(txt, "\xE2\x96\x81", 3);
         m = 3;
@@ -1240,7 +1243,6 @@ static int spm_text(struct enc *e, const char *s, size_t n, bool prefix)
         nsy++;
         off += l;
     }
-    h = (struct heap_ent *)(sy + nsy);
 #define SPM_PAIR(L, R)                                                                      \
     do {                                                                                    \
         int32_t l_ = (L), r_ = (R);                                                         \
