@@ -192,6 +192,7 @@ struct ctx {
     uint32_t part_i;
     /* prompt array */
     uint32_t prompt_items;
+    bool msgs_given;        /* "messages" was an array (null: not given) */
     bool failed;
 };
 
@@ -571,6 +572,7 @@ static int top_value(struct ctx *c, const struct jv *v)
     case K_MESSAGES:
         if (v->t != J_ARR)
             return type_err(c, v, "an array of messages");
+        c->msgs_given = true;
         return push(c, ST_MSGS);
     case K_MAX_TOKENS:
     case K_MAX_COMPLETION_TOKENS:
@@ -1066,7 +1068,7 @@ static int final_checks(struct ctx *c)
 
     if (c->route == ING_OAI_COMPLETIONS && q->prompt_kind == ING_OAI_PROMPT_NONE)
         return failf(c, "prompt", "missing_required_parameter", "'prompt' is required");
-    if (c->route == ING_OAI_CHAT && !(c->seen_top & (1u << K_MESSAGES)))
+    if (c->route == ING_OAI_CHAT && !c->msgs_given)
         return failf(c, "messages", "missing_required_parameter", "'messages' is required");
     if (c->route == ING_OAI_CHAT && !q->nmsg)
         return failf(c, "messages", "invalid_value",
@@ -1074,7 +1076,7 @@ static int final_checks(struct ctx *c)
     if ((q->set & ING_OAI_SET_STREAM_OPTIONS) && !q->stream)
         return failf(c, "stream_options", "invalid_value",
                      "'stream_options' is only allowed when 'stream' is true");
-    if (c->route == ING_OAI_CHAT && (q->set & ING_OAI_SET_TOP_LOGPROBS) && !q->logprobs)
+    if (c->route == ING_OAI_CHAT && q->top_logprobs && !q->logprobs)
         return failf(c, "top_logprobs", "invalid_value",
                      "'top_logprobs' requires 'logprobs' to be true");
     return 1;
@@ -1111,13 +1113,21 @@ int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_
     c.h = yajl_alloc(&callbacks, &af, &c);
     FAVO_ASSERT(c.h);
 
+    uint32_t ws = 0;
+    while (ws < body.len && (buf[body.off + ws] == ' ' || buf[body.off + ws] == '\t' ||
+                             buf[body.off + ws] == '\r' || buf[body.off + ws] == '\n'))
+        ws++;
+    if (ws == body.len) {
+        failf(&c, NULL, "invalid_json", "the request body is empty: a JSON object is required");
+        goto out;
+    }
     st = yajl_parse(c.h, buf + body.off, body.len);
     if (st == yajl_status_ok)
         st = yajl_complete_parse(c.h);
     if (st == yajl_status_error && !c.failed) {
         unsigned char *m = yajl_get_error(c.h, 0, buf + body.off, body.len);
         char *s = (char *)m, *nl;
-        size_t off = yajl_get_bytes_consumed(c.h);
+        size_t off = FAVO_MIN(yajl_get_bytes_consumed(c.h), (size_t)body.len);
 
         if (s && (nl = strchr(s, '\n')))
             *nl = 0;
@@ -1128,6 +1138,7 @@ int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_
     }
     if (!c.failed)
         final_checks(&c);
+out:
     yajl_free(c.h);
     free(ar);
     return c.failed ? -EINVAL : 0;
