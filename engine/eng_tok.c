@@ -84,6 +84,7 @@ struct eng_tok {
     bool ignore_merges;
     char pre_name[64];
     char *chat_template;
+    size_t max_piece;
 };
 
 /* ------------------------------------------------------------------ */
@@ -467,6 +468,7 @@ static int build_pieces(struct eng_tok *t, unsigned char *buf)
             return rc;
         t->tok[id].piece_off = off;
         t->tok[id].piece_len = (uint32_t)o;
+        t->max_piece = FAVO_MAX(t->max_piece, o);
     }
     return 0;
 }
@@ -936,6 +938,8 @@ uint32_t eng_tok_n_vocab(const eng_tok_t *t) { return t->n_vocab; }
 const char *eng_tok_pre_name(const eng_tok_t *t) { return t->pre_name; }
 const struct eng_tok_special *eng_tok_special(const eng_tok_t *t) { return &t->sp; }
 const char *eng_tok_chat_template(const eng_tok_t *t) { return t->chat_template; }
+
+size_t eng_tok_max_piece(const eng_tok_t *t) { return t->max_piece; }
 
 uint32_t eng_tok_attr(const eng_tok_t *t, int32_t id)
 {

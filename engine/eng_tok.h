@@ -132,6 +132,10 @@ int64_t eng_tok_encode(const eng_tok_t *t, const char *text, size_t len, unsigne
  * give an empty piece unless ENG_TOK_SHOW_SPECIAL. Never allocates. */
 int eng_tok_piece(const eng_tok_t *t, int32_t id, unsigned flags, const char **p, size_t *len);
 
+/* Length of the longest piece (with ENG_TOK_SHOW_SPECIAL); sizes the
+ * streaming detokenizer's output buffer (eng_detok.h). */
+size_t eng_tok_max_piece(const eng_tok_t *t);
+
 /* Concatenated pieces into buf (not NUL-terminated); returns the total
  * length, which may exceed cap (nothing past cap is written). With
  * ENG_TOK_STRIP_SPACE and an SPM model that adds a space prefix, the first
