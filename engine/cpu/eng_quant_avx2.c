@@ -38,9 +38,11 @@ static inline float h2f(uint16_t h)
  * high nibbles (elements 16..31). */
 static inline __m256i nib32(const uint8_t *qs)
 {
-    __m128i v = _mm_loadu_si128((const __m128i *)qs);
-    __m128i m = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+    /* a broadcast load is a plain load (no shuffle port), then the upper
+     * lane takes the high nibbles by a blend */
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    v = _mm256_blend_epi32(v, _mm256_srli_epi16(v, 4), 0xf0);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
 }
 
 /* 32 bits -> 32 bytes, byte i = 0x10 when bit i is set. */
@@ -65,8 +67,33 @@ static inline __m256i dot_u8i8(__m256i u, __m256i s)
 
 /* ---- per-block kernels: add one block's contribution to acc / sacc ---- */
 
+/* Scales of a 32-block and its q8_1 activation as one vector op:
+ * lanes [d*xd, off*xs] where off is the weight's f16 m (q4_1, q5_1; d and
+ * m are adjacent) or k*d (q4_0: k = -8, q5_0: -16). The activation's f32
+ * d and s are adjacent too. Lane 1 is summed into sacc; lane 0 of sacc
+ * collects junk that is never read. */
+static inline __m128 sc_dm(const uint16_t *wdm, const struct eng_bq8_1 *x)
+{
+    uint32_t v;
+    memcpy(&v, wdm, 4);
+    __m128 xs = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)&x->d));
+    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)v)), xs);
+}
+
+static inline __m128 sc_dk(const uint16_t *wd, const struct eng_bq8_1 *x, float k)
+{
+    __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(*wd * 0x10001u)));
+    __m128 xs = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)&x->d));
+    return _mm_mul_ps(_mm_mul_ps(d, xs), _mm_set_ps(0, 0, k, 1));
+}
+
+static inline float sacc_get(__m128 s)
+{
+    return _mm_cvtss_f32(_mm_movehdup_ps(s));
+}
+
 static inline void blk_q8_0(const struct eng_bq8_0 *w, const struct eng_bq8_0 *x,
-                            __m256 *acc, float *sacc)
+                            __m256 *acc, __m128 *sacc)
 {
     __m256i a = _mm256_loadu_si256((const __m256i *)w->qs);
     __m256i b = _mm256_loadu_si256((const __m256i *)x->qs);
@@ -76,39 +103,39 @@ static inline void blk_q8_0(const struct eng_bq8_0 *w, const struct eng_bq8_0 *x
 }
 
 static inline void blk_q4_0(const struct eng_bq4_0 *w, const struct eng_bq8_1 *x,
-                            __m256 *acc, float *sacc)
+                            __m256 *acc, __m128 *sacc)
 {
     __m256i p = dot_u8i8(nib32(w->qs), _mm256_loadu_si256((const __m256i *)x->qs));
-    float d = h2f(w->d);
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), _mm256_cvtepi32_ps(p), *acc);
-    *sacc += (-8 * d) * x->s;
+    __m128 sc = sc_dk(&w->d, x, -8.0f);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), *acc);
+    *sacc = _mm_add_ps(*sacc, sc);
 }
 
 static inline void blk_q4_1(const struct eng_bq4_1 *w, const struct eng_bq8_1 *x,
-                            __m256 *acc, float *sacc)
+                            __m256 *acc, __m128 *sacc)
 {
     __m256i p = dot_u8i8(nib32(w->qs), _mm256_loadu_si256((const __m256i *)x->qs));
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w->d) * x->d), _mm256_cvtepi32_ps(p), *acc);
-    *sacc += h2f(w->m) * x->s;
+    __m128 sc = sc_dm(&w->d, x);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), *acc);
+    *sacc = _mm_add_ps(*sacc, sc);
 }
 
 static inline void blk_q5_0(const struct eng_bq5_0 *w, const struct eng_bq8_1 *x,
-                            __m256 *acc, float *sacc)
+                            __m256 *acc, __m128 *sacc)
 {
-    __m256i u = _mm256_or_si256(nib32(w->qs), bits32_x10(w->qh));
-    __m256i p = dot_u8i8(u, _mm256_loadu_si256((const __m256i *)x->qs));
-    float d = h2f(w->d);
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), _mm256_cvtepi32_ps(p), *acc);
-    *sacc += (-16 * d) * x->s;
+    __m256i p = dot_u8i8(_mm256_or_si256(nib32(w->qs), bits32_x10(w->qh)), _mm256_loadu_si256((const __m256i *)x->qs));
+    __m128 sc = sc_dk(&w->d, x, -16.0f);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), *acc);
+    *sacc = _mm_add_ps(*sacc, sc);
 }
 
 static inline void blk_q5_1(const struct eng_bq5_1 *w, const struct eng_bq8_1 *x,
-                            __m256 *acc, float *sacc)
+                            __m256 *acc, __m128 *sacc)
 {
-    __m256i u = _mm256_or_si256(nib32(w->qs), bits32_x10(w->qh));
-    __m256i p = dot_u8i8(u, _mm256_loadu_si256((const __m256i *)x->qs));
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w->d) * x->d), _mm256_cvtepi32_ps(p), *acc);
-    *sacc += h2f(w->m) * x->s;
+    __m256i p = dot_u8i8(_mm256_or_si256(nib32(w->qs), bits32_x10(w->qh)), _mm256_loadu_si256((const __m256i *)x->qs));
+    __m128 sc = sc_dm(&w->d, x);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), *acc);
+    *sacc = _mm_add_ps(*sacc, sc);
 }
 
 /* q4_k / q5_k: the 8 scales and the min term of a super-block. */
@@ -126,7 +153,7 @@ static inline int kq_scales(const uint8_t *scales, const int16_t *bsums, int16_t
 }
 
 static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x,
-                            __m256 *acc, float *sacc)
+                            __m256 *acc, __m128 *sacc)
 {
     int16_t sc[8];
     int summ = kq_scales(w->scales, x->bsums, sc);
@@ -143,11 +170,11 @@ static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
     }
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(x->d * h2f(w->d)), _mm256_cvtepi32_ps(sumi), *acc);
-    *sacc -= x->d * (h2f(w->dmin) * (float)summ);
+    *sacc = _mm_sub_ps(*sacc, _mm_set1_ps(x->d * (h2f(w->dmin) * (float)summ)));
 }
 
 static inline void blk_q5_k(const struct eng_bq5_k *w, const struct eng_bq8_k *x,
-                            __m256 *acc, float *sacc)
+                            __m256 *acc, __m128 *sacc)
 {
     int16_t sc[8];
     int summ = kq_scales(w->scales, x->bsums, sc);
@@ -169,11 +196,11 @@ static inline void blk_q5_k(const struct eng_bq5_k *w, const struct eng_bq8_k *x
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
     }
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(x->d * h2f(w->d)), _mm256_cvtepi32_ps(sumi), *acc);
-    *sacc -= x->d * (h2f(w->dmin) * (float)summ);
+    *sacc = _mm_sub_ps(*sacc, _mm_set1_ps(x->d * (h2f(w->dmin) * (float)summ)));
 }
 
 static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x,
-                            __m256 *acc, float *sacc)
+                            __m256 *acc, __m128 *sacc)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
     __m256i sumi = _mm256_setzero_si256();
@@ -202,7 +229,7 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
     }
     float dd = x->d * h2f(w->d);
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), *acc);
-    *sacc -= dd * (float)(32 * off);
+    *sacc = _mm_sub_ps(*sacc, _mm_set1_ps(dd * (float)(32 * off)));
 }
 
 /* ---- row loops: one row, and ENG_QUANT_NR rows sharing the activation ---- */
@@ -213,10 +240,10 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
         const WT *a = w;                                                        \
         const XT *b = x;                                                        \
         __m256 acc = _mm256_setzero_ps();                                       \
-        float s = 0;                                                            \
+        __m128 s = _mm_setzero_ps();                                            \
         for (int64_t i = 0; i < n / (QB); i++)                                  \
             blk_##T(&a[i], &b[i], &acc, &s);                                    \
-        return hsum256(acc) + s;                                                \
+        return hsum256(acc) + sacc_get(s);                                                \
     }                                                                           \
     static void dr_##T(int64_t n, const void *w, size_t ws, int nr,             \
                        const void *x, float *out)                               \
@@ -231,17 +258,17 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
         const WT *a2 = (const WT *)(wb + 2 * ws), *a3 = (const WT *)(wb + 3 * ws); \
         const XT *b = x;                                                        \
         __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;             \
-        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                   \
+        __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                \
         for (int64_t i = 0; i < n / (QB); i++) {                                \
             blk_##T(&a0[i], &b[i], &c0, &s0);                                   \
             blk_##T(&a1[i], &b[i], &c1, &s1);                                   \
             blk_##T(&a2[i], &b[i], &c2, &s2);                                   \
             blk_##T(&a3[i], &b[i], &c3, &s3);                                   \
         }                                                                       \
-        out[0] = hsum256(c0) + s0;                                              \
-        out[1] = hsum256(c1) + s1;                                              \
-        out[2] = hsum256(c2) + s2;                                              \
-        out[3] = hsum256(c3) + s3;                                              \
+        out[0] = hsum256(c0) + sacc_get(s0);                                              \
+        out[1] = hsum256(c1) + sacc_get(s1);                                              \
+        out[2] = hsum256(c2) + sacc_get(s2);                                              \
+        out[3] = hsum256(c3) + sacc_get(s3);                                              \
     }
 
 GEN_DOTS(q8_0, struct eng_bq8_0, struct eng_bq8_0, ENG_QK)

@@ -24,181 +24,195 @@ static inline float h2f(uint16_t h)
     return _cvtsh_ss(h);
 }
 
-/* [s0 x 8 | s1 x 8] */
-static inline __m512 scale2(float s0, float s1)
+/* ---- 32-block types, one block at a time in 256-bit registers
+ * (AVX512VL + VNNI: vpdpbusd ymm). Two blocks per 512-bit register was
+ * tried and measured slower: the blocks are not contiguous, and the
+ * gathers cost more port-5 shuffles than the wider multiply saves. ---- */
+
+static inline __m256i nib32(const uint8_t *qs)
 {
-    return _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1);
+    /* a broadcast load is a plain load (no shuffle port), then the upper
+     * lane takes the high nibbles by a blend */
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    v = _mm256_blend_epi32(v, _mm256_srli_epi16(v, 4), 0xf0);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
 }
 
-/* two blocks' 16 nibble bytes -> 64 bytes in element order:
- * [b0 el 0..15 | b0 el 16..31 | b1 el 0..15 | b1 el 16..31] */
-static inline __m512i nib64(const uint8_t *q0, const uint8_t *q1)
+static inline __m256i dp32(__m256i u, const int8_t *x)
 {
-    __m256i ab = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)q1),
-                                  _mm_loadu_si128((const __m128i *)q0));
-    const __m512i idx = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);
-    __m512i z = _mm512_permutexvar_epi64(idx, _mm512_castsi256_si512(ab));
-    z = _mm512_mask_blend_epi64(0xcc, z, _mm512_srli_epi16(z, 4));
-    return _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)x));
 }
 
-static inline __m512i ld2x32(const int8_t *a, const int8_t *b)
+static inline __m256i hb32(__m256i u, const uint8_t *qh)
 {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
-                              _mm256_loadu_si256((const __m256i *)b), 1);
+    uint32_t b;
+    memcpy(&b, qh, 4);
+    return _mm256_mask_add_epi8(u, (__mmask32)b, u, _mm256_set1_epi8(0x10));
 }
 
-static inline __mmask64 qh_mask(const uint8_t *a, const uint8_t *b)
+/* Scales of a 32-block and its q8_1 activation as one vector op:
+ * lanes [d*xd, off*xs] where off is the weight's f16 m (q4_1, q5_1; d and
+ * m are adjacent) or k*d (q4_0: k = -8, q5_0: -16). The activation's f32
+ * d and s are adjacent too. Lane 1 is summed into sacc; lane 0 of sacc
+ * collects junk that is never read. */
+static inline __m128 sc_dm(const uint16_t *wdm, const struct eng_bq8_1 *x)
 {
-    uint32_t x, y;
-    memcpy(&x, a, 4);
-    memcpy(&y, b, 4);
-    return (__mmask64)x | ((__mmask64)y << 32);
+    uint32_t v;
+    memcpy(&v, wdm, 4);
+    __m128 xs = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)&x->d));
+    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)v)), xs);
 }
 
-/* ---- two-block kernels; keep1 = 0 makes the second block count zero
- * (used for an odd last block, with w1 == w0, x1 == x0) ---- */
-
-static inline void blk2_q8_0(const struct eng_bq8_0 *w0, const struct eng_bq8_0 *w1,
-                             const struct eng_bq8_0 *x0, const struct eng_bq8_0 *x1,
-                             float keep1, __m512 *acc, float *sacc)
+static inline __m128 sc_dk(const uint16_t *wd, const struct eng_bq8_1 *x, float k)
 {
-    __m512i w = ld2x32(w0->qs, w1->qs), x = ld2x32(x0->qs, x1->qs);
-    __mmask64 neg = _mm512_movepi8_mask(w);
-    x = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
-    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), x);
-    __m512 s = scale2(h2f(w0->d) * h2f(x0->d), keep1 * (h2f(w1->d) * h2f(x1->d)));
-    *acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), *acc);
+    __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(*wd * 0x10001u)));
+    __m128 xs = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)&x->d));
+    return _mm_mul_ps(_mm_mul_ps(d, xs), _mm_set_ps(0, 0, k, 1));
+}
+
+static inline float sacc_get(__m128 s)
+{
+    return _mm_cvtss_f32(_mm_movehdup_ps(s));
+}
+
+static inline void b1_q8_0(const struct eng_bq8_0 *w, const struct eng_bq8_0 *x,
+                           __m256 *acc, __m128 *sacc)
+{
+    __m256i a = _mm256_loadu_si256((const __m256i *)w->qs);
+    __m256i b = _mm256_loadu_si256((const __m256i *)x->qs);
+    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w->d) * h2f(x->d)), _mm256_cvtepi32_ps(p), *acc);
     (void)sacc;
 }
 
-static inline void blk2_q4_0(const struct eng_bq4_0 *w0, const struct eng_bq4_0 *w1,
-                             const struct eng_bq8_1 *x0, const struct eng_bq8_1 *x1,
-                             float keep1, __m512 *acc, float *sacc)
+static inline void b1_q4_0(const struct eng_bq4_0 *w, const struct eng_bq8_1 *x,
+                            __m256 *acc, __m128 *sacc)
 {
-    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nib64(w0->qs, w1->qs),
-                                    ld2x32(x0->qs, x1->qs));
-    float d0 = h2f(w0->d), d1 = keep1 * h2f(w1->d);
-    *acc = _mm512_fmadd_ps(scale2(d0 * x0->d, d1 * x1->d), _mm512_cvtepi32_ps(p), *acc);
-    *sacc += (-8 * d0) * x0->s + (-8 * d1) * x1->s;
+    __m256i p = dp32(nib32(w->qs), x->qs);
+    __m128 sc = sc_dk(&w->d, x, -8.0f);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), *acc);
+    *sacc = _mm_add_ps(*sacc, sc);
 }
 
-static inline void blk2_q4_1(const struct eng_bq4_1 *w0, const struct eng_bq4_1 *w1,
-                             const struct eng_bq8_1 *x0, const struct eng_bq8_1 *x1,
-                             float keep1, __m512 *acc, float *sacc)
+static inline void b1_q4_1(const struct eng_bq4_1 *w, const struct eng_bq8_1 *x,
+                            __m256 *acc, __m128 *sacc)
 {
-    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nib64(w0->qs, w1->qs),
-                                    ld2x32(x0->qs, x1->qs));
-    *acc = _mm512_fmadd_ps(scale2(h2f(w0->d) * x0->d, keep1 * (h2f(w1->d) * x1->d)),
-                           _mm512_cvtepi32_ps(p), *acc);
-    *sacc += h2f(w0->m) * x0->s + keep1 * (h2f(w1->m) * x1->s);
+    __m256i p = dp32(nib32(w->qs), x->qs);
+    __m128 sc = sc_dm(&w->d, x);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), *acc);
+    *sacc = _mm_add_ps(*sacc, sc);
 }
 
-static inline void blk2_q5_0(const struct eng_bq5_0 *w0, const struct eng_bq5_0 *w1,
-                             const struct eng_bq8_1 *x0, const struct eng_bq8_1 *x1,
-                             float keep1, __m512 *acc, float *sacc)
+static inline void b1_q5_0(const struct eng_bq5_0 *w, const struct eng_bq8_1 *x,
+                            __m256 *acc, __m128 *sacc)
 {
-    __m512i u = nib64(w0->qs, w1->qs);
-    u = _mm512_mask_add_epi8(u, qh_mask(w0->qh, w1->qh), u, _mm512_set1_epi8(0x10));
-    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, ld2x32(x0->qs, x1->qs));
-    float d0 = h2f(w0->d), d1 = keep1 * h2f(w1->d);
-    *acc = _mm512_fmadd_ps(scale2(d0 * x0->d, d1 * x1->d), _mm512_cvtepi32_ps(p), *acc);
-    *sacc += (-16 * d0) * x0->s + (-16 * d1) * x1->s;
+    __m256i p = dp32(hb32(nib32(w->qs), w->qh), x->qs);
+    __m128 sc = sc_dk(&w->d, x, -16.0f);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), *acc);
+    *sacc = _mm_add_ps(*sacc, sc);
 }
 
-static inline void blk2_q5_1(const struct eng_bq5_1 *w0, const struct eng_bq5_1 *w1,
-                             const struct eng_bq8_1 *x0, const struct eng_bq8_1 *x1,
-                             float keep1, __m512 *acc, float *sacc)
+static inline void b1_q5_1(const struct eng_bq5_1 *w, const struct eng_bq8_1 *x,
+                            __m256 *acc, __m128 *sacc)
 {
-    __m512i u = nib64(w0->qs, w1->qs);
-    u = _mm512_mask_add_epi8(u, qh_mask(w0->qh, w1->qh), u, _mm512_set1_epi8(0x10));
-    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, ld2x32(x0->qs, x1->qs));
-    *acc = _mm512_fmadd_ps(scale2(h2f(w0->d) * x0->d, keep1 * (h2f(w1->d) * x1->d)),
-                           _mm512_cvtepi32_ps(p), *acc);
-    *sacc += h2f(w0->m) * x0->s + keep1 * (h2f(w1->m) * x1->s);
+    __m256i p = dp32(hb32(nib32(w->qs), w->qh), x->qs);
+    __m128 sc = sc_dm(&w->d, x);
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p), *acc);
+    *sacc = _mm_add_ps(*sacc, sc);
 }
 
-#define GEN_DOTS32(T, WT, XT)                                                    \
-    static float vd_##T(int64_t n, const void *w, const void *x)                \
+static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#define GEN_DOTS256(T, WT, XT)                                                   \
+    static float v1_##T(int64_t n, const void *w, const void *x)                \
     {                                                                           \
         const WT *a = w;                                                        \
         const XT *b = x;                                                        \
-        int64_t nb = n / ENG_QK, i = 0;                                         \
-        __m512 acc = _mm512_setzero_ps();                                       \
-        float s = 0;                                                            \
-        for (; i + 2 <= nb; i += 2)                                             \
-            blk2_##T(&a[i], &a[i + 1], &b[i], &b[i + 1], 1.0f, &acc, &s);       \
-        if (i < nb)                                                             \
-            blk2_##T(&a[i], &a[i], &b[i], &b[i], 0.0f, &acc, &s);               \
-        return _mm512_reduce_add_ps(acc) + s;                                   \
+        __m256 acc = _mm256_setzero_ps();                                       \
+        __m128 s = _mm_setzero_ps();                                            \
+        for (int64_t i = 0; i < n / ENG_QK; i++)                                \
+            b1_##T(&a[i], &b[i], &acc, &s);                                     \
+        return hsum256(acc) + sacc_get(s);                                                \
     }                                                                           \
-    static void dr_##T(int64_t n, const void *w, size_t ws, int nr,             \
+    static void r1_##T(int64_t n, const void *w, size_t ws, int nr,             \
                        const void *x, float *out)                               \
     {                                                                           \
         const uint8_t *wb = w;                                                  \
         if (nr != 4) {                                                          \
             for (int r = 0; r < nr; r++)                                        \
-                out[r] = vd_##T(n, wb + (size_t)r * ws, x);                     \
+                out[r] = v1_##T(n, wb + (size_t)r * ws, x);                     \
             return;                                                             \
         }                                                                       \
         const WT *a0 = (const WT *)wb, *a1 = (const WT *)(wb + ws);             \
         const WT *a2 = (const WT *)(wb + 2 * ws), *a3 = (const WT *)(wb + 3 * ws); \
         const XT *b = x;                                                        \
-        int64_t nb = n / ENG_QK, i = 0;                                         \
-        __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;             \
-        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                   \
-        for (; i + 2 <= nb; i += 2) {                                           \
-            blk2_##T(&a0[i], &a0[i + 1], &b[i], &b[i + 1], 1.0f, &c0, &s0);     \
-            blk2_##T(&a1[i], &a1[i + 1], &b[i], &b[i + 1], 1.0f, &c1, &s1);     \
-            blk2_##T(&a2[i], &a2[i + 1], &b[i], &b[i + 1], 1.0f, &c2, &s2);     \
-            blk2_##T(&a3[i], &a3[i + 1], &b[i], &b[i + 1], 1.0f, &c3, &s3);     \
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;             \
+        __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                \
+        for (int64_t i = 0; i < n / ENG_QK; i++) {                              \
+            b1_##T(&a0[i], &b[i], &c0, &s0);                                    \
+            b1_##T(&a1[i], &b[i], &c1, &s1);                                    \
+            b1_##T(&a2[i], &b[i], &c2, &s2);                                    \
+            b1_##T(&a3[i], &b[i], &c3, &s3);                                    \
         }                                                                       \
-        if (i < nb) {                                                           \
-            blk2_##T(&a0[i], &a0[i], &b[i], &b[i], 0.0f, &c0, &s0);             \
-            blk2_##T(&a1[i], &a1[i], &b[i], &b[i], 0.0f, &c1, &s1);             \
-            blk2_##T(&a2[i], &a2[i], &b[i], &b[i], 0.0f, &c2, &s2);             \
-            blk2_##T(&a3[i], &a3[i], &b[i], &b[i], 0.0f, &c3, &s3);             \
-        }                                                                       \
-        out[0] = _mm512_reduce_add_ps(c0) + s0;                                 \
-        out[1] = _mm512_reduce_add_ps(c1) + s1;                                 \
-        out[2] = _mm512_reduce_add_ps(c2) + s2;                                 \
-        out[3] = _mm512_reduce_add_ps(c3) + s3;                                 \
+        out[0] = hsum256(c0) + sacc_get(s0);                                              \
+        out[1] = hsum256(c1) + sacc_get(s1);                                              \
+        out[2] = hsum256(c2) + sacc_get(s2);                                              \
+        out[3] = hsum256(c3) + sacc_get(s3);                                              \
     }
 
-GEN_DOTS32(q8_0, struct eng_bq8_0, struct eng_bq8_0)
-GEN_DOTS32(q4_0, struct eng_bq4_0, struct eng_bq8_1)
-GEN_DOTS32(q4_1, struct eng_bq4_1, struct eng_bq8_1)
-GEN_DOTS32(q5_0, struct eng_bq5_0, struct eng_bq8_1)
-GEN_DOTS32(q5_1, struct eng_bq5_1, struct eng_bq8_1)
+GEN_DOTS256(q8_0, struct eng_bq8_0, struct eng_bq8_0)
+GEN_DOTS256(q4_0, struct eng_bq4_0, struct eng_bq8_1)
+GEN_DOTS256(q4_1, struct eng_bq4_1, struct eng_bq8_1)
+GEN_DOTS256(q5_0, struct eng_bq5_0, struct eng_bq8_1)
+GEN_DOTS256(q5_1, struct eng_bq5_1, struct eng_bq8_1)
 
 /* ---- K-quants, one super-block at a time ---- */
 
-/* scales of sub-blocks 2c (lanes 0..15) and 2c+1 (16..31) as i16 */
-static inline __m512i sc_pair(__m512i sc8, int c)
+/*
+ * q4_k / q5_k: the 12 packed scale bytes as three 32-bit words w0 w1 w2
+ * give, four bytes at a time:
+ *   sc[0..3] = w0 & 0x3f..            mn[0..3] = w1 & 0x3f..
+ *   sc[4..7] = (w2 & 0x0f..) | ((w0 >> 2) & 0x30..)
+ *   mn[4..7] = ((w2 >> 4) & 0x0f..) | ((w1 >> 2) & 0x30..)
+ * (eng_k_scale_min() element by element). Returns the 8 scales as i16 in
+ * every 128-bit lane, and the min term sum_s mn_s * (bsum_2s + bsum_2s+1).
+ */
+static inline __m512i kq_scales(const uint8_t *q, const int16_t *bsums, int *summ)
 {
-    const __m512i lo = _mm512_set1_epi16((short)(2 * c)), hi = _mm512_set1_epi16((short)(2 * c + 1));
-    return _mm512_permutexvar_epi16(_mm512_mask_blend_epi16(0xffff0000u, lo, hi), sc8);
+    uint32_t w[3];
+    memcpy(w, q, 12);
+    uint64_t sc = (uint64_t)(w[0] & 0x3f3f3f3fu) |
+                  (uint64_t)((w[2] & 0x0f0f0f0fu) | ((w[0] >> 2) & 0x30303030u)) << 32;
+    uint64_t mn = (uint64_t)(w[1] & 0x3f3f3f3fu) |
+                  (uint64_t)(((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 2) & 0x30303030u)) << 32;
+    __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums),
+                                _mm_loadu_si128((const __m128i *)(bsums + 8)));
+    __m128i m = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn)), bs);
+    m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 0x4e));
+    m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 0xb1));
+    *summ = _mm_cvtsi128_si32(m);
+    return _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
 }
 
-static inline int kq_unpack(const uint8_t *scales, const int16_t *bsums, int16_t sc[32])
+/* from kq_scales' result: scale 2c in lanes 0..15, 2c+1 in lanes 16..31 */
+static inline __m512i sc_pair(__m512i sc, int c)
 {
-    int summ = 0;
-
-    for (int s = 0; s < 8; s++) {
-        uint8_t a, m;
-        eng_k_scale_min(s, scales, &a, &m);
-        sc[s] = a;
-        summ += m * (bsums[2 * s] + bsums[2 * s + 1]);
-    }
-    return summ;
+    const __m512i lo = _mm512_set1_epi16((short)(0x0100 * (4 * c + 1) + 4 * c));
+    const __m512i hi = _mm512_set1_epi16((short)(0x0100 * (4 * c + 3) + 4 * c + 2));
+    return _mm512_shuffle_epi8(sc, _mm512_mask_blend_epi64(0xf0, lo, hi));
 }
 
 static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x,
                             __m512 *acc, float *sacc)
 {
-    int16_t sc[32] = { 0 };
-    int summ = kq_unpack(w->scales, x->bsums, sc);
-    __m512i sc8 = _mm512_loadu_si512((const void *)sc);
+    int summ;
+    __m512i sc8 = kq_scales(w->scales, x->bsums, &summ);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512i sumi = _mm512_setzero_si512();
 
@@ -215,9 +229,8 @@ static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x
 static inline void blk_q5_k(const struct eng_bq5_k *w, const struct eng_bq8_k *x,
                             __m512 *acc, float *sacc)
 {
-    int16_t sc[32] = { 0 };
-    int summ = kq_unpack(w->scales, x->bsums, sc);
-    __m512i sc8 = _mm512_loadu_si512((const void *)sc);
+    int summ;
+    __m512i sc8 = kq_scales(w->scales, x->bsums, &summ);
     const __m512i m4 = _mm512_set1_epi8(0x0f), x10 = _mm512_set1_epi8(0x10);
     __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w->qh));
     __m512i sumi = _mm512_setzero_si512();
@@ -276,7 +289,7 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
 }
 
 #define GEN_DOTSK(T, WT)                                                         \
-    static float vd_##T(int64_t n, const void *w, const void *x)                \
+    static __attribute__((unused)) float vd_##T(int64_t n, const void *w, const void *x) \
     {                                                                           \
         const WT *a = w;                                                        \
         const struct eng_bq8_k *b = x;                                          \
@@ -286,7 +299,7 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
             blk_##T(&a[i], &b[i], &acc, &s);                                    \
         return _mm512_reduce_add_ps(acc) + s;                                   \
     }                                                                           \
-    static void dr_##T(int64_t n, const void *w, size_t ws, int nr,             \
+    static __attribute__((unused)) void dr_##T(int64_t n, const void *w, size_t ws, int nr, \
                        const void *x, float *out)                               \
     {                                                                           \
         const uint8_t *wb = w;                                                  \
@@ -348,7 +361,7 @@ static inline __m512 cvt_bf16(__m256i v)
 }
 
 #define GEN_HALF(T, CVT)                                                         \
-    static float vd_##T(int64_t n, const void *w, const void *x)                \
+    static __attribute__((unused)) float vd_##T(int64_t n, const void *w, const void *x) \
     {                                                                           \
         const uint16_t *a = w;                                                  \
         const float *b = x;                                                     \
@@ -375,11 +388,11 @@ const struct eng_quant_kern eng_quant_avx512_kern[ENG_TYPE_COUNT] = {
     [ENG_TYPE_F32] = { IMPL, vd_f32, NULL },
     [ENG_TYPE_F16] = { IMPL, vd_f16, NULL },
     [ENG_TYPE_BF16] = { IMPL, vd_bf16, NULL },
-    [ENG_TYPE_Q4_0] = { IMPL, vd_q4_0, dr_q4_0 },
-    [ENG_TYPE_Q4_1] = { IMPL, vd_q4_1, dr_q4_1 },
-    [ENG_TYPE_Q5_0] = { IMPL, vd_q5_0, dr_q5_0 },
-    [ENG_TYPE_Q5_1] = { IMPL, vd_q5_1, dr_q5_1 },
-    [ENG_TYPE_Q8_0] = { IMPL, vd_q8_0, dr_q8_0 },
+    [ENG_TYPE_Q4_0] = { IMPL, v1_q4_0, r1_q4_0 },
+    [ENG_TYPE_Q4_1] = { IMPL, v1_q4_1, r1_q4_1 },
+    [ENG_TYPE_Q5_0] = { IMPL, v1_q5_0, r1_q5_0 },
+    [ENG_TYPE_Q5_1] = { IMPL, v1_q5_1, r1_q5_1 },
+    [ENG_TYPE_Q8_0] = { IMPL, v1_q8_0, r1_q8_0 },
     [ENG_TYPE_Q4_K] = { IMPL, vd_q4_k, dr_q4_k },
     [ENG_TYPE_Q5_K] = { IMPL, vd_q5_k, dr_q5_k },
     [ENG_TYPE_Q6_K] = { IMPL, vd_q6_k, dr_q6_k },
