@@ -131,6 +131,7 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
         { "ctx-size", 'c', DP_OPT_INT, "N", "4096", "Context length (prompt + generation)." },
         { "chat", 0, DP_OPT_FLAG, NULL, NULL, "Wrap the prompt in the model's chat template (ChatML, Gemma)." },
         { "mmap", 0, DP_OPT_FLAG, NULL, NULL, "Run from the file mapping instead of copying weights to anonymous memory (for measurement)." },
+        { "exact", 0, DP_OPT_FLAG, NULL, NULL, "Reference mode: f32 activations against dequantized weights (slow; for checking numerics)." },
         { "print-ids", 0, DP_OPT_FLAG, NULL, NULL, "Print generated token ids instead of text." },
         { "ignore-eos", 0, DP_OPT_FLAG, NULL, NULL, "Keep generating past end-of-generation tokens." },
         { "dump-logits", 0, DP_OPT_STR, "FILE", NULL, "Write each sampled step's raw logits (f32 x n_vocab) to FILE." },
@@ -222,6 +223,7 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
     bo.ctx.n_ctx = (uint32_t)n_ctx;
     bo.ctx.max_seqs = 1;
     bo.ctx.max_tokens = 512;
+    bo.ctx.exact = dp_opt_flag(opts, "exact");
     rc = eng_cpu_backend_init(&be, m, &bo);
     if (rc) {
         fprintf(stderr, "favo run: engine: %s\n", strerror(-rc));

@@ -56,6 +56,9 @@ struct eng_ctx {
     float *logits;
     /* per-thread */
     float *scores;                /* [nth][n_ctx] */
+    float *wrow;                  /* [nth][k_max]: exact mode's dequantized weight row */
+    uint32_t k_max;
+    uint8_t exact;
     char *sample_scratch;         /* [nth][sample_scratch_bytes], zeroed */
     size_t sample_scratch_bytes;
     float *inv_freq[2];           /* [rope_dim/2] global and SWA bases */
@@ -97,6 +100,21 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, 
     size_t xrb = eng_quant_act_row_size(w->type, (int64_t)w->ne0);
     uint32_t lo, hi, rows = (uint32_t)w->ne1, blocks;
 
+    if (c->exact) {
+        float *wr = c->wrow + (size_t)t->ith * c->k_max;
+
+        blocks = (rows + MM_ROW_ALIGN - 1) / MM_ROW_ALIGN;
+        range(blocks, t->ith, t->nth, &lo, &hi);
+        hi = FAVO_MIN(hi * MM_ROW_ALIGN, rows);
+        for (uint32_t r = lo * MM_ROW_ALIGN; r < hi; r++) {
+            (void)eng_dequant_row(w->type, (const char *)w->data + (size_t)r * w->row_bytes, wr,
+                                  (int64_t)w->ne0);
+            for (uint32_t j = 0; j < m; j++)
+                y[(size_t)j * ldy + r] = c->ops->dot(wr, src + (size_t)j * ld, (uint32_t)w->ne0);
+        }
+        barrier(t);
+        return;
+    }
     if (t->q_src != src || t->q_type != at || t->q_k != w->ne0) {
         range(m, t->ith, t->nth, &lo, &hi);
         for (uint32_t j = lo; j < hi; j++)
@@ -460,6 +478,9 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
         }
     }
     hw = FAVO_MAX(E, no);
+    c->exact = o && o->exact;
+    c->k_max = (uint32_t)FAVO_MAX(FAVO_MAX(E, no), F);
+    c->wrow = zalloc((size_t)c->nth * c->k_max * sizeof(float));
     c->x = zalloc(T * E * sizeof(float));
     c->h = zalloc((size_t)T * hw * sizeof(float));
     c->q = zalloc(T * nq * sizeof(float));
@@ -482,7 +503,7 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
     c->inv_freq[1] = zalloc(FAVO_MAX(half, 1) * sizeof(float));
     if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq ||
         !c->rope_cs || !c->tok_seq || !c->tok_pos || !c->out_tok || !c->out_seq ||
-        !c->logits || !c->scores || !c->sample_scratch || !c->inv_freq[0] || !c->inv_freq[1]) {
+        !c->logits || !c->scores || !c->wrow || !c->sample_scratch || !c->inv_freq[0] || !c->inv_freq[1]) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -534,6 +555,7 @@ void eng_ctx_free(eng_ctx_t *c)
     free(c->out_seq);
     free(c->logits);
     free(c->scores);
+    free(c->wrow);
     free(c->sample_scratch);
     free(c->inv_freq[0]);
     free(c->inv_freq[1]);

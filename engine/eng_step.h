@@ -66,6 +66,9 @@ struct eng_ctx_opts {
     uint32_t max_tokens;           /* tokens per step; 0: 512 */
     uint32_t max_seqs;             /* sequences per step; 0: 64 */
     uint32_t n_ctx;                /* max positions per sequence; 0: min(train, 8192) */
+    uint8_t exact;                 /* reference mode: dequantize weight rows and dot
+                                      with f32 activations (no activation quantization);
+                                      slower, for checking against an f32/f64 oracle */
 };
 
 typedef struct eng_ctx eng_ctx_t;

@@ -6,12 +6,19 @@ The oracle: the `gguf` package dequantizes every weight of a real model
 file, and a straightforward numpy implementation of the architecture
 (written from the model papers / llama.cpp's graph, in float64) computes
 the logits of a fixed token sequence. favo runs the same tokens greedily
-(`favo run --tokens ... --print-ids --dump-logits FILE`); the test checks,
-at every sampled step:
-  - favo's greedy token is the reference's argmax (or within a hair of it,
-    when the reference's top two are closer than the quantization noise),
-  - the relative L2 error of favo's logits is below a bound that covers
-    the activation quantization (q8_0 / q8_1 / q8_k, as llama.cpp does).
+(`favo run --tokens ... --print-ids --dump-logits FILE`) in two modes:
+
+  --exact   f32 activations against dequantized weights: favo must match
+            the reference to a relative L2 error below 1e-4 at every
+            sampled step, and its greedy tokens must be the argmax.
+  default   the fast path, activations quantized to q8_0 / q8_1 / q8_k as
+            llama.cpp does: on these small 4-bit models that alone moves
+            the logits by 3-11% (relative L2; measured by quantizing the
+            reference's activations the same way), so the bound is 0.2 and
+            a greedy token may differ from the argmax only where the
+            reference's logit for it is within 0.5 of the top.
+
+A long gemma3 case (600 tokens) crosses the 512-token sliding window.
 
 Models: SmolLM2-135M (llama) and Gemma 3 270M (gemma3) from FAVO_MODELS;
 each is skipped when absent. Exit 0 pass, 1 fail, 77 skip.
@@ -31,13 +38,25 @@ except ImportError as e:  # pragma: no cover
 
 MODELS = os.environ.get("FAVO_MODELS", os.path.join(os.path.dirname(__file__), "..", "models"))
 FAVO = os.environ.get("FAVO_BIN")
-REL_L2_MAX = float(os.environ.get("FAVO_REF_REL_L2", "0.05"))
+REL_L2_EXACT = 1e-4
+REL_L2_FAST = 0.2
+LOGIT_SLACK_FAST = 0.5
 
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA = "gemma-3-270m-q4_k_m.gguf"
+_rng = np.random.default_rng(7)
+LONG = [2] + [int(t) for t in _rng.integers(1000, 20000, size=599)]
 CASES = [
-    # (file, prompt token ids, tokens to generate)
-    ("SmolLM2-135M-Instruct.Q4_1.gguf", [504, 3575, 282, 4649, 314], 6),  # "The capital of France is"
-    ("gemma-3-270m-q4_k_m.gguf", [2, 818, 5279, 529, 7001, 563], 6),     # "<bos>The capital of France is"
+    # (file, prompt token ids, tokens to generate, exact)
+    (SMOL, [504, 3575, 282, 4649, 314], 6, True),   # "The capital of France is"
+    (SMOL, [504, 3575, 282, 4649, 314], 6, False),
+    (GEMMA, [2, 818, 5279, 529, 7001, 563], 6, True),  # "<bos>The capital of France is"
+    (GEMMA, [2, 818, 5279, 529, 7001, 563], 6, False),
+    (GEMMA, LONG, 2, True),                          # past the sliding window
 ]
+
+
+REF_CACHE = {}
 
 
 class Model:
@@ -171,7 +190,7 @@ def forward(m, tokens):
     return logits
 
 
-def run_case(fname, prompt, n):
+def run_case(fname, prompt, n, exact):
     path = os.path.join(MODELS, fname)
     if not os.path.exists(path):
         print(f"skip {fname}: not in {MODELS}")
@@ -180,6 +199,8 @@ def run_case(fname, prompt, n):
         dump = os.path.join(td, "logits.bin")
         cmd = [FAVO, "run", "--model", path, "--tokens", " ".join(map(str, prompt)),
                "-n", str(n), "--print-ids", "--ignore-eos", "--dump-logits", dump]
+        if exact:
+            cmd.append("--exact")
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if p.returncode != 0:
             print(f"FAIL {fname}: favo run exited {p.returncode}: {p.stderr.strip()}")
@@ -192,7 +213,12 @@ def run_case(fname, prompt, n):
     if len(got) != n or fl.shape[0] != n:
         print(f"FAIL {fname}: expected {n} tokens and logit rows, got {len(got)} / {fl.shape[0]}")
         return False
-    ref = forward(m, prompt + got[:-1])
+    key = (fname, tuple(prompt + got[:-1]))
+    ref = REF_CACHE.get(key)
+    if ref is None:
+        ref = REF_CACHE[key] = forward(m, prompt + got[:-1])
+    bound = REL_L2_EXACT if exact else REL_L2_FAST
+    mode = "exact" if exact else "fast"
     ok = True
     for i in range(n):
         r = ref[len(prompt) - 1 + i]
@@ -200,10 +226,11 @@ def run_case(fname, prompt, n):
         rel = np.linalg.norm(f - r) / np.linalg.norm(r)
         top = np.argsort(-r)[:2]
         margin = r[top[0]] - r[top[1]]
-        tok_ok = got[i] == top[0] or (r[top[0]] - r[got[i]]) < 0.05 * max(1.0, abs(r[top[0]]))
-        print(f"{fname} step {i}: rel_l2 {rel:.2e}  ref_top {top[0]} (margin {margin:.3f})  "
-              f"favo {got[i]}  {'ok' if tok_ok and rel < REL_L2_MAX else 'MISMATCH'}")
-        if not tok_ok or rel >= REL_L2_MAX or not np.all(np.isfinite(f)):
+        tok_ok = got[i] == top[0] or (not exact and r[top[0]] - r[got[i]] < LOGIT_SLACK_FAST)
+        good = tok_ok and rel < bound and np.all(np.isfinite(f))
+        print(f"{fname} [{mode}, {len(prompt)} tokens] step {i}: rel_l2 {rel:.2e} (bound {bound:g})  "
+              f"ref_top {top[0]} (margin {margin:.3f})  favo {got[i]}  {'ok' if good else 'MISMATCH'}")
+        if not good:
             ok = False
         if got[i] != top[0]:
             break  # later steps would continue a different sequence
