@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -499,32 +500,102 @@ static void fill_random(float *x, uint64_t n, uint64_t *rng)
     }
 }
 
+/*
+ * Tensor data is made a chunk of rows at a time by up to MAKE_THREADS
+ * threads, each taking a contiguous share of the chunk's rows. Row r of a
+ * tensor draws from its own stream, seeded by (seed, name, r), so the bytes
+ * do not depend on how rows are shared between threads.
+ */
+#define MAKE_THREADS 8
+
+struct job {
+    const struct mtensor *t;
+    uint64_t tseed, r0, nr;      /* rows [r0, r0 + nr) of the tensor */
+    float *f;                    /* this job's f32 scratch, nr * ne0 */
+    uint8_t *q;                  /* where its quantized rows go */
+    size_t rb;
+    int rc;
+};
+
+static void *run_job(void *arg)
+{
+    struct job *j = arg;
+    uint64_t n0 = j->t->ne[0];
+
+    j->rc = 0;
+    for (uint64_t r = 0; r < j->nr; r++) {
+        float *x = j->f + r * n0;
+        uint64_t rng = j->tseed ^ ((j->r0 + r) * 0xd1b54a32d192ed03ull);
+        int rc;
+
+        if (j->t->fill == FILL_ONE) {
+            for (uint64_t i = 0; i < n0; i++)
+                x[i] = 1.0f;
+        } else {
+            fill_random(x, n0, &rng);
+        }
+        rc = eng_quant_row(j->t->type, x, j->q + r * j->rb, (int64_t)n0);
+        if (rc && !j->rc)
+            j->rc = rc;
+    }
+    return NULL;
+}
+
 static int write_tensor(eng_gguf_writer_t *w, const struct mtensor *t, uint64_t seed,
-                        float *f, void *q, uint64_t chunk_el)
+                        float *f, void *q, uint64_t chunk_el, unsigned nthreads)
 {
     uint64_t rows = t->ndim > 1 ? t->ne[1] : 1, n0 = t->ne[0];
-    uint64_t per = chunk_el / n0 ? chunk_el / n0 : 1, rng = name_seed(seed, t->name);
+    uint64_t per = chunk_el / n0 ? chunk_el / n0 : 1, tseed = name_seed(seed, t->name);
     size_t rb = eng_type_row_size(t->type, n0);
 
     for (uint64_t r0 = 0; r0 < rows; r0 += per) {
-        uint64_t nr = rows - r0 < per ? rows - r0 : per;
-        int rc;
+        uint64_t nr = rows - r0 < per ? rows - r0 : per, share, done = 0;
+        struct job jobs[MAKE_THREADS];
+        pthread_t tid[MAKE_THREADS];
+        uint8_t joined[MAKE_THREADS] = { 0 };
+        unsigned nj = 0;
+        int rc = 0;
 
-        if (t->fill == FILL_ONE) {
-            for (uint64_t i = 0; i < nr * n0; i++)
-                f[i] = 1.0f;
-        } else {
-            fill_random(f, nr * n0, &rng);
+        /* small chunks are not worth a thread */
+        unsigned nt = nr * n0 < (1u << 15) ? 1 : nthreads;
+
+        share = (nr + nt - 1) / nt;
+        for (; done < nr; nj++) {
+            struct job *j = &jobs[nj];
+
+            j->t = t;
+            j->tseed = tseed;
+            j->r0 = r0 + done;
+            j->nr = nr - done < share ? nr - done : share;
+            j->f = f + done * n0;
+            j->q = (uint8_t *)q + done * rb;
+            j->rb = rb;
+            done += j->nr;
         }
-        for (uint64_t r = 0; r < nr; r++) {
-            rc = eng_quant_row(t->type, f + r * n0, (uint8_t *)q + r * rb, (int64_t)n0);
-            if (rc)
-                return rc;
+        for (unsigned k = 1; k < nj; k++) {
+            if (pthread_create(&tid[k], NULL, run_job, &jobs[k]))
+                run_job(&jobs[k]);       /* no thread: do it here */
+            else
+                joined[k] = 1;
         }
-        if ((rc = eng_gguf_w_data(w, q, nr * rb)))
+        run_job(&jobs[0]);
+        for (unsigned k = 1; k < nj; k++)
+            if (joined[k])
+                pthread_join(tid[k], NULL);
+        for (unsigned k = 0; k < nj; k++)
+            if (jobs[k].rc && !rc)
+                rc = jobs[k].rc;
+        if (rc || (rc = eng_gguf_w_data(w, q, nr * rb)))
             return rc;
     }
     return 0;
+}
+
+static unsigned make_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    return n < 1 ? 1 : n > MAKE_THREADS ? MAKE_THREADS : (unsigned)n;
 }
 
 int eng_model_make(const struct eng_model_make_opts *o, char *err, size_t errlen)
@@ -536,11 +607,12 @@ int eng_model_make(const struct eng_model_make_opts *o, char *err, size_t errlen
     struct vocab v = { 0 };
     struct tlist *l = NULL;
     uint32_t n_vocab;
-    const uint64_t chunk_el = 1u << 18;
+    const uint64_t chunk_el = 1u << 20;
     float *f = NULL;
     void *q = NULL;
     char tmp[4096];
     int fd = -1, created = 0, rc;
+    unsigned nthreads = o->threads ? o->threads : make_threads();
 
     if (err && errlen)
         err[0] = 0;
@@ -559,6 +631,8 @@ int eng_model_make(const struct eng_model_make_opts *o, char *err, size_t errlen
         seterr(err, errlen, "preset '%s': inconsistent shape", p->name);
         return -EINVAL;
     }
+    if (nthreads > MAKE_THREADS)
+        nthreads = MAKE_THREADS;
     if (!o->out || snprintf(tmp, sizeof(tmp), "%s.tmp", o->out) >= (int)sizeof(tmp)) {
         seterr(err, errlen, "bad output path");
         return -EINVAL;
@@ -635,7 +709,7 @@ int eng_model_make(const struct eng_model_make_opts *o, char *err, size_t errlen
     if ((rc = eng_gguf_w_begin(w, fd)))
         goto io;
     for (unsigned i = 0; i < l->n; i++) {
-        if ((rc = write_tensor(w, &l->t[i], o->seed, f, q, chunk_el))) {
+        if ((rc = write_tensor(w, &l->t[i], o->seed, f, q, chunk_el, nthreads))) {
             if (rc == -EDOM || rc == -EINVAL)
                 seterr(err, errlen, "tensor '%s': quantizing to %s failed: %s", l->t[i].name,
                        ti->name, strerror(-rc));

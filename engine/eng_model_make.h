@@ -24,9 +24,10 @@
  *   output.weight                [dim, vocab]         (untied presets only)
  *
  * Determinism: the file is a pure function of (preset, type, vocab file,
- * seed): each tensor's values come from a splitmix64 stream seeded by the
- * seed and the tensor's name, so files are byte-for-byte reproducible and
- * independent of write order. Weights are normal-ish (sum of four uniforms)
+ * seed): each row of each tensor draws from its own splitmix64 stream
+ * seeded by the seed, the tensor's name and the row, so files are
+ * byte-for-byte reproducible whatever the number of threads (one per core,
+ * up to 8, each generating and quantizing a share of every chunk of rows). Weights are normal-ish (sum of four uniforms)
  * with std 0.02, norms are 1.0, so a forward pass stays numerically sane.
  *
  * Streaming: metadata is built in memory, tensor data is generated,
@@ -72,6 +73,7 @@ struct eng_model_make_opts {
     const char *vocab;        /* GGUF to copy tokenizer.* keys from, or NULL */
     uint64_t seed;
     const struct eng_model_preset *custom; /* overrides preset when non-NULL */
+    unsigned threads;         /* 0: one per core (at most 8); output is the same */
 };
 
 /*
