@@ -125,6 +125,25 @@ static void test_round_trip(void)
                 break;
             }
     }
+    /* tiny (subnormal-scale) and large values: finite codes, no NaN from
+     * 0 * (1/subnormal), errors relative to the block's magnitude */
+    static const float mags[] = { 1e-39f, 1e-30f, 1e4f };
+    for (size_t mi = 0; mi < sizeof(mags) / sizeof(mags[0]); mi++) {
+        fill(&seed, x, 512, mags[mi]);
+        for (int64_t i = 0; i < 512; i += 7)
+            x[i] = 0.0f;
+        for (size_t t = 0; t < sizeof(rt_bounds) / sizeof(rt_bounds[0]); t++) {
+            uint32_t ty = rt_bounds[t].type;
+            CHECK(eng_quant_row(ty, x, q, 512) == 0, "quant %s at %g", eng_type_get(ty)->name, mags[mi]);
+            eng_dequant_row(ty, q, y, 512);
+            for (int64_t i = 0; i < 512; i++)
+                if (!isfinite(y[i]) || fabsf(y[i] - x[i]) > 12 * mags[mi]) {
+                    CHECK(0, "%s at magnitude %g: el %lld = %g, want %g", eng_type_get(ty)->name,
+                          mags[mi], (long long)i, y[i], x[i]);
+                    break;
+                }
+        }
+    }
     CHECK(eng_quant_row(ENG_TYPE_Q2_K, x, q, 256) == -EINVAL, "q2_k has no quantizer");
     CHECK(eng_quant_row(ENG_TYPE_Q4_0, x, q, 33) == -EINVAL, "partial block");
     free(x);

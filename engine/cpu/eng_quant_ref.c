@@ -27,6 +27,16 @@ static int nearest_int(float v)
     return (int)lrintf(v);
 }
 
+/* 1/d, or 0 when that is not finite (d zero or subnormal): a block of
+ * all-tiny values then quantizes to zero codes instead of x * inf = NaN
+ * for its zeros (and an undefined NaN-to-int conversion). */
+static float safe_inv(float d)
+{
+    float r = 1.0f / d;
+
+    return isfinite(r) ? r : 0.0f;
+}
+
 /* ---------------------------------------------------------------- dequant */
 
 static void deq_q4_0(const struct eng_bq4_0 *b, float *y, int64_t nb)
@@ -238,7 +248,7 @@ static int q_q4_0(const float *x, struct eng_bq4_0 *b, int64_t nb)
                 amax = fabsf(x[j]);
                 max = x[j];
             }
-        float d = max / -8, id = d ? 1.0f / d : 0.0f;
+        float d = max / -8, id = safe_inv(d);
         b[i].d = F2H(d);
         for (int j = 0; j < 16; j++) {
             int q0 = (int)(x[j] * id + 8.5f), q1 = (int)(x[j + 16] * id + 8.5f);
@@ -266,7 +276,7 @@ static int q_q4_1(const float *x, struct eng_bq4_1 *b, int64_t nb)
             mn = x[j] < mn ? x[j] : mn;
             mx = x[j] > mx ? x[j] : mx;
         }
-        float d = (mx - mn) / 15, id = d ? 1.0f / d : 0.0f;
+        float d = (mx - mn) / 15, id = safe_inv(d);
         b[i].d = F2H(d);
         b[i].m = F2H(mn);
         for (int j = 0; j < 16; j++) {
@@ -297,7 +307,7 @@ static int q_q5_0(const float *x, struct eng_bq5_0 *b, int64_t nb)
                 amax = fabsf(x[j]);
                 max = x[j];
             }
-        float d = max / -16, id = d ? 1.0f / d : 0.0f;
+        float d = max / -16, id = safe_inv(d);
         b[i].d = F2H(d);
         for (int j = 0; j < 16; j++) {
             int q0 = (int)(x[j] * id + 16.5f), q1 = (int)(x[j + 16] * id + 16.5f);
@@ -329,7 +339,7 @@ static int q_q5_1(const float *x, struct eng_bq5_1 *b, int64_t nb)
             mn = x[j] < mn ? x[j] : mn;
             mx = x[j] > mx ? x[j] : mx;
         }
-        float d = (mx - mn) / 31, id = d ? 1.0f / d : 0.0f;
+        float d = (mx - mn) / 31, id = safe_inv(d);
         b[i].d = F2H(d);
         b[i].m = F2H(mn);
         for (int j = 0; j < 16; j++) {
@@ -359,7 +369,7 @@ static int q_q8_0(const float *x, struct eng_bq8_0 *b, int64_t nb)
         }
         for (int j = 0; j < ENG_QK; j++)
             amax = fmaxf(amax, fabsf(x[j]));
-        float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+        float d = amax / 127, id = safe_inv(d);
         b[i].d = F2H(d);
         for (int j = 0; j < ENG_QK; j++)
             b[i].qs[j] = (int8_t)roundf(x[j] * id);
@@ -382,7 +392,7 @@ static int q_q8_1(const float *x, struct eng_bq8_1 *b, int64_t nb)
         }
         for (int j = 0; j < ENG_QK; j++)
             amax = fmaxf(amax, fabsf(x[j]));
-        float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+        float d = amax / 127, id = safe_inv(d);
         for (int j = 0; j < ENG_QK; j++) {
             int q = (int)roundf(x[j] * id);
             b[i].qs[j] = (int8_t)q;
@@ -408,7 +418,7 @@ static int q_q8_k(const float *x, struct eng_bq8_k *b, int64_t nb)
         }
         for (int j = 0; j < ENG_QK_K; j++)
             amax = fmaxf(amax, fabsf(x[j]));
-        float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+        float d = amax / 127, id = safe_inv(d);
         for (int g = 0; g < ENG_QK_K / 16; g++) {
             int sum = 0;
             for (int j = g * 16; j < g * 16 + 16; j++) {
@@ -436,7 +446,7 @@ static int q_q8_k(const float *x, struct eng_bq8_k *b, int64_t nb)
 static float kq_sub_err(const float *x, float d1, float m1, int qmax, uint8_t *q)
 {
     float err = 0;
-    float id = d1 ? 1.0f / d1 : 0.0f;
+    float id = safe_inv(d1);
 
     for (int l = 0; l < 32; l++) {
         int v = nearest_int((x[l] + m1) * id);
@@ -592,7 +602,7 @@ static int q_q6_k(const float *x, struct eng_bq6_k *b, int64_t nb)
             for (int c = c0 - 2; c <= c0 + 2; c++) {
                 if (c < -128 || c > 127)
                     continue;
-                float dl = d * (float)c, id = dl ? 1.0f / dl : 0.0f, err = 0;
+                float dl = d * (float)c, id = safe_inv(dl), err = 0;
                 for (int l = 0; l < 16; l++) {
                     int v = nearest_int(xg[l] * id);
                     v = v < -32 ? -32 : v > 31 ? 31 : v;
@@ -605,7 +615,7 @@ static int q_q6_k(const float *x, struct eng_bq6_k *b, int64_t nb)
                 }
             }
             b[i].scales[g] = (int8_t)best_c;
-            float dl = d * (float)best_c, id = dl ? 1.0f / dl : 0.0f;
+            float dl = d * (float)best_c, id = safe_inv(dl);
             for (int l = 0; l < 16; l++) {
                 int v = nearest_int(xg[l] * id);
                 q[16 * g + l] = (v < -32 ? -32 : v > 31 ? 31 : v) + 32;
