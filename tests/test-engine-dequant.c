@@ -4,6 +4,10 @@
  * wrote (random valid blocks of every weight type, with subnormal, zero and
  * negative scales; f16/bf16 rows of arbitrary bits incl. NaN and inf).
  *
+ * With arguments "--dequant TYPE N IN OUT" it is instead the helper
+ * tests/test-engine-dequant-live.py drives: it reads N elements' worth of
+ * TYPE blocks from IN and writes eng_dequant_row's f32 values to OUT.
+ *
  * Tolerance: none. favo performs the same f32 operations in the same order
  * as the gguf package (d*sc, then *q, then -dmin*m), so every value must be
  * bit-identical; a NaN must meet a NaN (payloads are not compared).
@@ -82,7 +86,43 @@ static int check_type(const char *dir, const char *name)
     return bad ? 1 : 0;
 }
 
-int main(void)
+static int helper(char **argv)
+{
+    int type = eng_type_by_name(argv[2]);
+    long long n = atoll(argv[3]);
+    size_t len = 0, need;
+    char *in;
+    float *out;
+    FILE *f;
+
+    if (type < 0 || n <= 0 || !(need = eng_type_row_size((uint32_t)type, (uint64_t)n))) {
+        fprintf(stderr, "--dequant: bad type '%s' or count %lld\n", argv[2], n);
+        return 2;
+    }
+    in = t_read_file(argv[4], &len);
+    if (!in || len != need) {
+        fprintf(stderr, "--dequant: %s: want %zu bytes, have %zu\n", argv[4], need, len);
+        free(in);
+        return 2;
+    }
+    void *blocks = aligned_alloc(64, (need + 63) / 64 * 64);
+    memcpy(blocks, in, need);
+    out = malloc(4 * (size_t)n);
+    int rc = eng_dequant_row((uint32_t)type, blocks, out, n);
+    f = fopen(argv[5], "wb");
+    if (rc || !f || fwrite(out, 4, (size_t)n, f) != (size_t)n) {
+        fprintf(stderr, "--dequant: rc %d / cannot write %s\n", rc, argv[5]);
+        rc = 2;
+    }
+    if (f && fclose(f))
+        rc = 2;
+    free(blocks);
+    free(out);
+    free(in);
+    return rc ? 2 : 0;
+}
+
+int main(int argc, char **argv)
 {
     static const char *names[] = { "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0",
                                    "q5_1", "q8_0", "q4_k", "q5_k", "q6_k" };
@@ -91,6 +131,8 @@ int main(void)
     uint8_t blk[64] = { 0 };
     int fails = 0;
 
+    if (argc == 6 && !strcmp(argv[1], "--dequant"))
+        return helper(argv);
     snprintf(dir, sizeof(dir), "%s/tests/fixtures/quant", t_env("FAVO_SRC", "."));
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         fails += check_type(dir, names[i]);
