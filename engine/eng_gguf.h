@@ -15,6 +15,23 @@
  *
  * Lifetime: the reader owns the mapping; strings and array data returned
  * point into it and live until eng_gguf_close(). Nothing is copied.
+ *
+ * What open checks (so no getter can fail on a file that opened):
+ *   1. magic "GGUF"; version 2 or 3 (v1 and big-endian files are refused
+ *      with a message saying so);
+ *   2. every string length and array count against the bytes left, before
+ *      any allocation or loop; keys 1..65535 bytes, unique; value and
+ *      element types known; arrays of arrays are refused;
+ *   3. general.alignment (any integer type) a power of two in [1, 2^30];
+ *   4. tensor names unique; ndim 1..4; ne[] products and byte sizes free
+ *      of overflow; a known type whose block size divides ne[0]; offset a
+ *      multiple of the alignment; [data start + offset, + size) inside
+ *      the file.
+ * Memory: O(file size) at worst (tables sized by counts already checked
+ * against the bytes that would hold them); string arrays are indexed at
+ * open (one u64 per element), so a 128k-token vocab opens in ~10 ms.
+ * A file truncated by someone else while mapped can still SIGBUS: open
+ * validates sizes once, it does not lock the file.
  */
 #ifndef ENG_GGUF_H
 #define ENG_GGUF_H
