@@ -138,25 +138,43 @@ static inline void blk_q5_1(const struct eng_bq5_1 *w, const struct eng_bq8_1 *x
     *sacc = _mm_add_ps(*sacc, sc);
 }
 
-/* q4_k / q5_k: the 8 scales and the min term of a super-block. */
-static inline int kq_scales(const uint8_t *scales, const int16_t *bsums, int16_t sc[8])
+/*
+ * q4_k / q5_k scales: the 12 packed bytes as 32-bit words w0 w1 w2 give
+ * four 6-bit values at a time (eng_k_scale_min() element by element):
+ *   sc[0..3] = w0 & 0x3f..            mn[0..3] = w1 & 0x3f..
+ *   sc[4..7] = (w2 & 0x0f..) | ((w0 >> 2) & 0x30..)
+ *   mn[4..7] = ((w2 >> 4) & 0x0f..) | ((w1 >> 2) & 0x30..)
+ * Returns the 8 scales as i16 in both 128-bit lanes, and in *summ the
+ * min term sum_s mn_s * (bsum_2s + bsum_2s+1).
+ */
+static inline __m256i kq_scales(const uint8_t *q, const int16_t *bsums, int *summ)
 {
-    int summ = 0;
+    uint32_t w[3];
+    memcpy(w, q, 12);
+    uint64_t sc = (uint64_t)(w[0] & 0x3f3f3f3fu) |
+                  (uint64_t)((w[2] & 0x0f0f0f0fu) | ((w[0] >> 2) & 0x30303030u)) << 32;
+    uint64_t mn = (uint64_t)(w[1] & 0x3f3f3f3fu) |
+                  (uint64_t)(((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 2) & 0x30303030u)) << 32;
+    __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums),
+                                _mm_loadu_si128((const __m128i *)(bsums + 8)));
+    __m128i m = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn)), bs);
+    m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 0x4e));
+    m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 0xb1));
+    *summ = _mm_cvtsi128_si32(m);
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
+}
 
-    for (int s = 0; s < 8; s++) {
-        uint8_t a, m;
-        eng_k_scale_min(s, scales, &a, &m);
-        sc[s] = a;
-        summ += m * (bsums[2 * s] + bsums[2 * s + 1]);
-    }
-    return summ;
+/* scale j of kq_scales' result in every i16 lane */
+static inline __m256i sc_one(__m256i sc, int j)
+{
+    return _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 * (2 * j + 1) + 2 * j)));
 }
 
 static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x,
                             __m256 *acc, __m128 *sacc)
 {
-    int16_t sc[8];
-    int summ = kq_scales(w->scales, x->bsums, sc);
+    int summ;
+    __m256i sc = kq_scales(w->scales, x->bsums, &summ);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     __m256i sumi = _mm256_setzero_si256();
 
@@ -166,8 +184,8 @@ static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x
         __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
         __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c)));
         __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c + 32)));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * c])));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, sc_one(sc, 2 * c)));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, sc_one(sc, 2 * c + 1)));
     }
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(x->d * h2f(w->d)), _mm256_cvtepi32_ps(sumi), *acc);
     *sacc = _mm_sub_ps(*sacc, _mm_set1_ps(x->d * (h2f(w->dmin) * (float)summ)));
@@ -176,8 +194,8 @@ static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x
 static inline void blk_q5_k(const struct eng_bq5_k *w, const struct eng_bq8_k *x,
                             __m256 *acc, __m128 *sacc)
 {
-    int16_t sc[8];
-    int summ = kq_scales(w->scales, x->bsums, sc);
+    int summ;
+    __m256i sc = kq_scales(w->scales, x->bsums, &summ);
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     __m256i qh = _mm256_loadu_si256((const __m256i *)w->qh);
     __m256i sumi = _mm256_setzero_si256();
@@ -192,8 +210,8 @@ static inline void blk_q5_k(const struct eng_bq5_k *w, const struct eng_bq8_k *x
                                      _mm256_slli_epi16(h1, 4));
         __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c)));
         __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c + 32)));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * c])));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, sc_one(sc, 2 * c)));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, sc_one(sc, 2 * c + 1)));
     }
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(x->d * h2f(w->d)), _mm256_cvtepi32_ps(sumi), *acc);
     *sacc = _mm_sub_ps(*sacc, _mm_set1_ps(x->d * (h2f(w->dmin) * (float)summ)));
@@ -204,10 +222,12 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
     __m256i sumi = _mm256_setzero_si256();
-    int off = 0;
-
-    for (int g = 0; g < 16; g++)
-        off += w->scales[g] * x->bsums[g];
+    __m256i offv = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w->scales)),
+                                     _mm256_loadu_si256((const __m256i *)x->bsums));
+    __m128i o = _mm_add_epi32(_mm256_castsi256_si128(offv), _mm256_extracti128_si256(offv, 1));
+    o = _mm_add_epi32(o, _mm_shuffle_epi32(o, 0x4e));
+    o = _mm_add_epi32(o, _mm_shuffle_epi32(o, 0xb1));
+    int off = _mm_cvtsi128_si32(o);
     for (int h = 0; h < 2; h++) {
         __m256i l0 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h));
         __m256i l1 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h + 32));
