@@ -1335,8 +1335,30 @@ static inline bool is_c_space(char c)
     return c == ' ' || (c >= '\t' && c <= '\r');
 }
 
+/* Does [p, p+l) overlap one of the sorted plain spans? */
+static bool in_plain(const struct eng_tok_span *sp, size_t n, size_t p, size_t l)
+{
+    size_t lo = 0, hi = n;
+
+    while (lo < hi) {   /* first span ending after p */
+        size_t mid = (lo + hi) / 2;
+        if (sp[mid].off + sp[mid].len <= p)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && sp[lo].off < p + l && sp[lo].len;
+}
+
 int64_t eng_tok_encode(const eng_tok_t *t, const char *text, size_t len, unsigned flags,
                        int32_t *ids, size_t max_ids)
+{
+    return eng_tok_encode_ex(t, text, len, flags, NULL, 0, ids, max_ids);
+}
+
+int64_t eng_tok_encode_ex(const eng_tok_t *t, const char *text, size_t len, unsigned flags,
+                          const struct eng_tok_span *plain, size_t n_plain, int32_t *ids,
+                          size_t max_ids)
 {
     struct enc e = { .t = t, .ids = ids, .max = max_ids };
     struct cand *c = NULL, *acc = NULL;
@@ -1359,7 +1381,9 @@ int64_t eng_tok_encode(const eng_tok_t *t, const char *text, size_t len, unsigne
         size_t q = p;
         while (node) {
             int32_t tk = t->trie[node].tok;
-            if (tk >= 0 && (t->tok[tk].attr & mask)) {
+            if (tk >= 0 && (t->tok[tk].attr & mask) &&
+                ((t->tok[tk].attr & ENG_TOK_ATTR_USER_DEFINED) || !n_plain ||
+                 !in_plain(plain, n_plain, p, t->tok[tk].text_len))) {
                 if (nc == capc) {
                     capc = capc ? capc * 2 : 64;
                     struct cand *nb = realloc(c, capc * sizeof(*c));

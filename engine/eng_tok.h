@@ -127,6 +127,17 @@ int32_t eng_tok_find(const eng_tok_t *t, const char *s, size_t len);
 int64_t eng_tok_encode(const eng_tok_t *t, const char *text, size_t len, unsigned flags,
                        int32_t *ids, size_t max_ids);
 
+/* Like eng_tok_encode, but with ENG_TOK_PARSE_SPECIAL control tokens are
+ * recognised only outside the `plain` byte ranges (sorted, disjoint): a
+ * chat prompt is tokenized in one piece, exactly as a whole, while the
+ * user content inside it can never produce a control token. */
+struct eng_tok_span {
+    size_t off, len;
+};
+int64_t eng_tok_encode_ex(const eng_tok_t *t, const char *text, size_t len, unsigned flags,
+                          const struct eng_tok_span *plain, size_t n_plain, int32_t *ids,
+                          size_t max_ids);
+
 /* The bytes one token stands for (SPM '▁' already turned into ' ', BPE
  * bytes decoded, byte tokens as their byte). Control and unknown tokens
  * give an empty piece unless ENG_TOK_SHOW_SPECIAL. Never allocates. */
