@@ -570,9 +570,16 @@ static int parse_tensors(struct rd *r, struct eng_gguf *g)
             goto out;
         }
         {
-            uint64_t row = t->ne[0] / ti->blck * ti->size;   /* < 2^63 / 32 * 210: no overflow */
+            uint64_t blocks = t->ne[0] / ti->blck, row;
 
-            if (rows && row > UINT64_MAX / rows) {
+            if (blocks > (uint64_t)INT64_MAX / ti->size) {
+                seterr(r, "%srow of %llu elements: byte size overflows", ctx,
+                       (unsigned long long)t->ne[0]);
+                rc = -EINVAL;
+                goto out;
+            }
+            row = blocks * ti->size;
+            if (rows && row > (uint64_t)INT64_MAX / rows) {
                 seterr(r, "%stensor size overflows (%llu rows of %llu bytes)", ctx,
                        (unsigned long long)rows, (unsigned long long)row);
                 rc = -EINVAL;

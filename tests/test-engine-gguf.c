@@ -559,6 +559,18 @@ static void test_hostile(void **state)
         expect_bad(&b, "size overflow", "tensor 't' (info at byte 24)", "overflow", NULL);
     }
     {
+        /* 2^62 f32 elements: the element count fits, the bytes (2^64) do not */
+        uint64_t big[1] = { 1ull << 62 };
+
+        tb_hdr(&b, 3, 1, 0);
+        tb_tensor(&b, "t", 1, big, ENG_TYPE_F32, 0);
+        expect_bad(&b, "row bytes overflow", "tensor 't' (info at byte 24)", "overflow", NULL);
+        big[0] = 1ull << 61;       /* 2^63 bytes: fits u64, not the file */
+        tb_hdr(&b, 3, 1, 0);
+        tb_tensor(&b, "t", 1, big, ENG_TYPE_F32, 0);
+        expect_bad(&b, "row bytes 2^63", "tensor 't' (info at byte 24)", "overflow", NULL);
+    }
+    {
         uint64_t neg[1] = { UINT64_MAX };
 
         tb_hdr(&b, 3, 1, 0);
