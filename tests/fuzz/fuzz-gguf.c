@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "eng_gguf.h"
+#include "eng_types.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -74,6 +75,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const struct eng_gguf_tensor *t = eng_gguf_tensor(g, i);
         char name[80];
 
+        const uint8_t *d = t->data;
+        uint64_t want, rows = 1;
+
+        /* the reader's promises, checked independently */
+        if (t->ndim < 1 || t->ndim > ENG_GGUF_MAX_DIMS || !eng_type_get(t->type))
+            abort();
+        if (d < data || (size_t)(d - data) > size || t->size > size - (size_t)(d - data) ||
+            (size_t)(d - data) % eng_gguf_alignment(g))
+            abort();
+        for (uint32_t k = 1; k < ENG_GGUF_MAX_DIMS; k++)
+            if (__builtin_mul_overflow(rows, t->ne[k], &rows))
+                abort();
+        want = eng_type_row_size(t->type, t->ne[0]);
+        if ((!want && t->ne[0]) || __builtin_mul_overflow(want, rows, &want) || want != t->size)
+            abort();
         touch(t->name.p, t->name.len);
         touch(t->data, t->size);
         if (t->name.len < sizeof(name) && !memchr(t->name.p, 0, t->name.len)) {
