@@ -110,12 +110,33 @@ void eng_matmul_kern(const struct eng_quant_kern *kn, uint32_t wtype,
 {
     const uint8_t *wb = w, *xb = x;
     float out[ENG_QUANT_NR];
+    int64_t r, j;
 
     (void)wtype;
-    for (int64_t r = r0; r < r1; r += ENG_QUANT_NR) {
+    /*
+     * m >= ENG_QUANT_NR (prefill): weight row by weight row, each against
+     * the activations ENG_QUANT_NR at a time, so a weight block is unpacked
+     * once per four activations; the row stays in L1 and the activations
+     * (m * x_row_bytes) in L2 while it is used. m < ENG_QUANT_NR (decode):
+     * four weight rows at a time against each activation row, four
+     * independent weight streams in flight.
+     */
+    if (kn->dot_cols && m >= ENG_QUANT_NR) {
+        for (r = r0; r < r1; r++) {
+            const uint8_t *wr = wb + (size_t)r * w_row_bytes;
+            for (j = 0; j < m; j += ENG_QUANT_NR) {
+                int nc = (int)FAVO_MIN((int64_t)ENG_QUANT_NR, m - j);
+                kn->dot_cols(k, wr, xb + (size_t)j * x_row_bytes, x_row_bytes, nc, out);
+                for (int c = 0; c < nc; c++)
+                    y[(j + c) * ldy + r] = out[c];
+            }
+        }
+        return;
+    }
+    for (r = r0; r < r1; r += ENG_QUANT_NR) {
         int nr = (int)FAVO_MIN((int64_t)ENG_QUANT_NR, r1 - r);
         const uint8_t *wr = wb + (size_t)r * w_row_bytes;
-        for (int64_t j = 0; j < m; j++) {
+        for (j = 0; j < m; j++) {
             const uint8_t *xj = xb + (size_t)j * x_row_bytes;
             float *yj = y + j * ldy + r;
             if (kn->dot_rows) {

@@ -289,6 +289,31 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
         out[1] = hsum256(c1) + sacc_get(s1);                                              \
         out[2] = hsum256(c2) + sacc_get(s2);                                              \
         out[3] = hsum256(c3) + sacc_get(s3);                                              \
+    }                                                                        \
+    static void dc_##T(int64_t n, const void *w, const void *x, size_t xs,       \
+                       int nc, float *out)                                       \
+    {                                                                            \
+        const uint8_t *xb = x;                                                   \
+        if (nc != 4) {                                                           \
+            for (int c = 0; c < nc; c++)                                         \
+                out[c] = vd_##T(n, w, xb + (size_t)c * xs);                      \
+            return;                                                              \
+        }                                                                        \
+        const WT *a = w;                                                         \
+        const XT *b0 = (const XT *)xb, *b1 = (const XT *)(xb + xs);              \
+        const XT *b2 = (const XT *)(xb + 2 * xs), *b3 = (const XT *)(xb + 3 * xs); \
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;              \
+        __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                 \
+        for (int64_t i = 0; i < n / (QB); i++) {                                 \
+            blk_##T(&a[i], &b0[i], &c0, &s0);                                    \
+            blk_##T(&a[i], &b1[i], &c1, &s1);                                    \
+            blk_##T(&a[i], &b2[i], &c2, &s2);                                    \
+            blk_##T(&a[i], &b3[i], &c3, &s3);                                    \
+        }                                                                        \
+        out[0] = hsum256(c0) + sacc_get(s0);                                     \
+        out[1] = hsum256(c1) + sacc_get(s1);                                     \
+        out[2] = hsum256(c2) + sacc_get(s2);                                     \
+        out[3] = hsum256(c3) + sacc_get(s3);                                     \
     }
 
 GEN_DOTS(q8_0, struct eng_bq8_0, struct eng_bq8_0, ENG_QK)
@@ -368,12 +393,12 @@ const struct eng_quant_kern eng_quant_avx2_kern[ENG_TYPE_COUNT] = {
     [ENG_TYPE_F32] = { "avx2", vd_f32, NULL },
     [ENG_TYPE_F16] = { "avx2", vd_f16, NULL },
     [ENG_TYPE_BF16] = { "avx2", vd_bf16, NULL },
-    [ENG_TYPE_Q4_0] = { "avx2", vd_q4_0, dr_q4_0 },
-    [ENG_TYPE_Q4_1] = { "avx2", vd_q4_1, dr_q4_1 },
-    [ENG_TYPE_Q5_0] = { "avx2", vd_q5_0, dr_q5_0 },
-    [ENG_TYPE_Q5_1] = { "avx2", vd_q5_1, dr_q5_1 },
-    [ENG_TYPE_Q8_0] = { "avx2", vd_q8_0, dr_q8_0 },
-    [ENG_TYPE_Q4_K] = { "avx2", vd_q4_k, dr_q4_k },
-    [ENG_TYPE_Q5_K] = { "avx2", vd_q5_k, dr_q5_k },
-    [ENG_TYPE_Q6_K] = { "avx2", vd_q6_k, dr_q6_k },
+    [ENG_TYPE_Q4_0] = { "avx2", vd_q4_0, dr_q4_0, dc_q4_0 },
+    [ENG_TYPE_Q4_1] = { "avx2", vd_q4_1, dr_q4_1, dc_q4_1 },
+    [ENG_TYPE_Q5_0] = { "avx2", vd_q5_0, dr_q5_0, dc_q5_0 },
+    [ENG_TYPE_Q5_1] = { "avx2", vd_q5_1, dr_q5_1, dc_q5_1 },
+    [ENG_TYPE_Q8_0] = { "avx2", vd_q8_0, dr_q8_0, dc_q8_0 },
+    [ENG_TYPE_Q4_K] = { "avx2", vd_q4_k, dr_q4_k, dc_q4_k },
+    [ENG_TYPE_Q5_K] = { "avx2", vd_q5_k, dr_q5_k, dc_q5_k },
+    [ENG_TYPE_Q6_K] = { "avx2", vd_q6_k, dr_q6_k, dc_q6_k },
 };

@@ -164,6 +164,31 @@ static inline float hsum256(__m256 v)
         out[1] = hsum256(c1) + sacc_get(s1);                                              \
         out[2] = hsum256(c2) + sacc_get(s2);                                              \
         out[3] = hsum256(c3) + sacc_get(s3);                                              \
+    }                                                                        \
+    static void dc_##T(int64_t n, const void *w, const void *x, size_t xs,       \
+                       int nc, float *out)                                       \
+    {                                                                            \
+        const uint8_t *xb = x;                                                   \
+        if (nc != 4) {                                                           \
+            for (int c = 0; c < nc; c++)                                         \
+                out[c] = v1_##T(n, w, xb + (size_t)c * xs);                      \
+            return;                                                              \
+        }                                                                        \
+        const WT *a = w;                                                         \
+        const XT *b0 = (const XT *)xb, *b1 = (const XT *)(xb + xs);              \
+        const XT *b2 = (const XT *)(xb + 2 * xs), *b3 = (const XT *)(xb + 3 * xs); \
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;              \
+        __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                 \
+        for (int64_t i = 0; i < n / ENG_QK; i++) {                               \
+            b1_##T(&a[i], &b0[i], &c0, &s0);                                     \
+            b1_##T(&a[i], &b1[i], &c1, &s1);                                     \
+            b1_##T(&a[i], &b2[i], &c2, &s2);                                     \
+            b1_##T(&a[i], &b3[i], &c3, &s3);                                     \
+        }                                                                        \
+        out[0] = hsum256(c0) + sacc_get(s0);                                     \
+        out[1] = hsum256(c1) + sacc_get(s1);                                     \
+        out[2] = hsum256(c2) + sacc_get(s2);                                     \
+        out[3] = hsum256(c3) + sacc_get(s3);                                     \
     }
 
 GEN_DOTS256(q8_0, struct eng_bq8_0, struct eng_bq8_0)
@@ -288,7 +313,7 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
     *sacc -= dd * (float)(32 * off);
 }
 
-#define GEN_DOTSK(T, WT)                                                         \
+#define GEN_DOTSK(T, WT, XT)                                                     \
     static __attribute__((unused)) float vd_##T(int64_t n, const void *w, const void *x) \
     {                                                                           \
         const WT *a = w;                                                        \
@@ -323,11 +348,36 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
         out[1] = _mm512_reduce_add_ps(c1) + s1;                                 \
         out[2] = _mm512_reduce_add_ps(c2) + s2;                                 \
         out[3] = _mm512_reduce_add_ps(c3) + s3;                                 \
+    }                                                                        \
+    static void dc_##T(int64_t n, const void *w, const void *x, size_t xs,       \
+                       int nc, float *out)                                       \
+    {                                                                            \
+        const uint8_t *xb = x;                                                   \
+        if (nc != 4) {                                                           \
+            for (int c = 0; c < nc; c++)                                         \
+                out[c] = vd_##T(n, w, xb + (size_t)c * xs);                      \
+            return;                                                              \
+        }                                                                        \
+        const WT *a = w;                                                         \
+        const XT *b0 = (const XT *)xb, *b1 = (const XT *)(xb + xs);              \
+        const XT *b2 = (const XT *)(xb + 2 * xs), *b3 = (const XT *)(xb + 3 * xs); \
+        __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;              \
+        float s0 = 0, s1 = s0, s2 = s0, s3 = s0;                                 \
+        for (int64_t i = 0; i < n / ENG_QK_K; i++) {                             \
+            blk_##T(&a[i], &b0[i], &c0, &s0);                                    \
+            blk_##T(&a[i], &b1[i], &c1, &s1);                                    \
+            blk_##T(&a[i], &b2[i], &c2, &s2);                                    \
+            blk_##T(&a[i], &b3[i], &c3, &s3);                                    \
+        }                                                                        \
+        out[0] = _mm512_reduce_add_ps(c0) + s0;                                  \
+        out[1] = _mm512_reduce_add_ps(c1) + s1;                                  \
+        out[2] = _mm512_reduce_add_ps(c2) + s2;                                  \
+        out[3] = _mm512_reduce_add_ps(c3) + s3;                                  \
     }
 
-GEN_DOTSK(q4_k, struct eng_bq4_k)
-GEN_DOTSK(q5_k, struct eng_bq5_k)
-GEN_DOTSK(q6_k, struct eng_bq6_k)
+GEN_DOTSK(q4_k, struct eng_bq4_k, struct eng_bq8_k)
+GEN_DOTSK(q5_k, struct eng_bq5_k, struct eng_bq8_k)
+GEN_DOTSK(q6_k, struct eng_bq6_k, struct eng_bq8_k)
 
 /* ---- float weights: any n, masked tail ---- */
 
@@ -388,12 +438,12 @@ const struct eng_quant_kern eng_quant_avx512_kern[ENG_TYPE_COUNT] = {
     [ENG_TYPE_F32] = { IMPL, vd_f32, NULL },
     [ENG_TYPE_F16] = { IMPL, vd_f16, NULL },
     [ENG_TYPE_BF16] = { IMPL, vd_bf16, NULL },
-    [ENG_TYPE_Q4_0] = { IMPL, v1_q4_0, r1_q4_0 },
-    [ENG_TYPE_Q4_1] = { IMPL, v1_q4_1, r1_q4_1 },
-    [ENG_TYPE_Q5_0] = { IMPL, v1_q5_0, r1_q5_0 },
-    [ENG_TYPE_Q5_1] = { IMPL, v1_q5_1, r1_q5_1 },
-    [ENG_TYPE_Q8_0] = { IMPL, v1_q8_0, r1_q8_0 },
-    [ENG_TYPE_Q4_K] = { IMPL, vd_q4_k, dr_q4_k },
-    [ENG_TYPE_Q5_K] = { IMPL, vd_q5_k, dr_q5_k },
-    [ENG_TYPE_Q6_K] = { IMPL, vd_q6_k, dr_q6_k },
+    [ENG_TYPE_Q4_0] = { IMPL, v1_q4_0, r1_q4_0, dc_q4_0 },
+    [ENG_TYPE_Q4_1] = { IMPL, v1_q4_1, r1_q4_1, dc_q4_1 },
+    [ENG_TYPE_Q5_0] = { IMPL, v1_q5_0, r1_q5_0, dc_q5_0 },
+    [ENG_TYPE_Q5_1] = { IMPL, v1_q5_1, r1_q5_1, dc_q5_1 },
+    [ENG_TYPE_Q8_0] = { IMPL, v1_q8_0, r1_q8_0, dc_q8_0 },
+    [ENG_TYPE_Q4_K] = { IMPL, vd_q4_k, dr_q4_k, dc_q4_k },
+    [ENG_TYPE_Q5_K] = { IMPL, vd_q5_k, dr_q5_k, dc_q5_k },
+    [ENG_TYPE_Q6_K] = { IMPL, vd_q6_k, dr_q6_k, dc_q6_k },
 };

@@ -63,10 +63,17 @@ typedef float (*eng_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*eng_dot_rows_fn)(int64_t n, const void *w, size_t ws, int nr,
                                 const void *x, float *out);
 
+/* One weight row . nc (1..ENG_QUANT_NR) activation rows, xs bytes apart:
+ * out[c]. Unpacks each weight block once for all nc activations, so it
+ * is what the matmul uses when m >= ENG_QUANT_NR (prefill). */
+typedef void (*eng_dot_cols_fn)(int64_t n, const void *w, const void *x, size_t xs,
+                                int nc, float *out);
+
 struct eng_quant_kern {
     const char *impl;          /* "scalar", "avx2", "avx512", "avx512vnni" */
     eng_vec_dot_fn vec_dot;    /* NULL: this impl has no kernel for the type */
     eng_dot_rows_fn dot_rows;  /* optional: NULL loops vec_dot */
+    eng_dot_cols_fn dot_cols;  /* optional: NULL uses dot_rows / vec_dot */
 };
 
 /* Per-implementation tables, indexed by weight type. */
