@@ -45,11 +45,15 @@
  *  1. n / k are element counts and must be a multiple of the type's block
  *     (eng_types.h); rows are not required to be aligned.
  *  2. eng_dequant_row is the scalar reference and matches the gguf Python
- *     package's dequantizers (tests/test-engine-dequant.c: exact for every
- *     type except where the f32 product order differs, <= 1 ulp).
+ *     package's dequantizers bit for bit, every type (same f32 operations
+ *     in the same order; tests/test-engine-dequant.c on committed fixtures,
+ *     tests/test-engine-dequant-live.py on fresh blocks each run).
  *  3. Every SIMD kernel computes the same integer block sums as the scalar
  *     reference; they differ only in the order of the f32 accumulation.
- *     The stated bound per type is tested in tests/test-engine-quant.c.
+ *     Bound, tested per type and implementation in tests/test-engine-quant.c:
+ *     |simd - scalar| <= 2e-6 * sum_i |w_i x_i| (1e-6 for f32/f16/bf16).
+ *     Implementations: "avx512vnni" needs AVX-512 F/BW/VL/DQ + VNNI (CPUs
+ *     with AVX-512 but no VNNI use "avx2"); FAVO_CPU=scalar|avx2 caps it.
  *  4. Non-finite input to eng_quant_row: every block holding a NaN or inf
  *     gets a NaN scale (so it dequantizes and dots to NaN, a poisoned
  *     activation is never silently plausible), and the call returns
@@ -105,8 +109,10 @@ float eng_vec_dot(uint32_t wtype, int64_t n, const void *w, const void *x);
  * The matmul the forward pass calls, per thread on a row range:
  *   y[j*ldy + r] = dot(W row r, X row j)  for r in [r0,r1), j in [0,m)
  * W rows w_row_bytes apart (row 0 at w), X rows (quantized to
- * eng_vec_dot_type(wtype)) x_row_bytes apart. Kernels take several
- * weight rows at a time and reuse them across the m activation rows.
+ * eng_vec_dot_type(wtype)) x_row_bytes apart. m < 4 (decode): four weight
+ * rows at a time per activation row (four weight streams in flight);
+ * m >= 4 (prefill): each weight row against four activation rows at a
+ * time, so a weight block is unpacked once per four activations.
  * Threads splitting [0,rows) into disjoint ranges write disjoint y.
  */
 void eng_matmul(uint32_t wtype, const void *w, size_t w_row_bytes, int64_t k,
