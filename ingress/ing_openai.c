@@ -388,6 +388,17 @@ static long decode_in_place(struct ctx *c, uint32_t a, uint32_t b)
             w += (uint32_t)put_utf8(s + w, cp);
             continue;
         }
+        if (ch >= 0x20 && ch < 0x80) {   /* a run of plain ASCII moves at once */
+            uint32_t e = p + 1;
+
+            while (e < b && s[e] >= 0x20 && s[e] < 0x80 && s[e] != '\\')
+                e++;
+            if (w != p)
+                memmove(s + w, s + p, e - p);
+            w += e - p;
+            p = e;
+            continue;
+        }
         if (ch < 0x20)
             return failf(c, pname(c, pn, sizeof(pn)), "invalid_value",
                          "control character in a string in '%s' at byte %u", pn,
@@ -729,9 +740,9 @@ static int msg_value(struct ctx *c, const struct jv *v)
 
     if (c->key == K_UNKNOWN || c->key == K_NONE)
         return skip_value(c, v);
-    pname(c, p, sizeof(p));
     if (c->seen_nested & (1u << c->key))
-        return failf(c, p, "invalid_value", "'%s' is given more than once", p);
+        return failf(c, pname(c, p, sizeof(p)), "invalid_value", "'%s' is given more than once",
+                     p);
     c->seen_nested |= 1u << c->key;
     if (c->key == K_ROLE) {
         if (v->t != J_STR)
@@ -742,6 +753,7 @@ static int msg_value(struct ctx *c, const struct jv *v)
                 return 1;
             }
         }
+        pname(c, p, sizeof(p));
         if (str_is(v, "tool") || str_is(v, "function"))
             return failf(c, p, "unsupported_value",
                          "'%s': tool and function messages are not supported", p);
@@ -774,9 +786,9 @@ static int part_value(struct ctx *c, const struct jv *v)
 
     if (c->key == K_UNKNOWN || c->key == K_NONE)
         return skip_value(c, v);
-    pname(c, p, sizeof(p));
     if (c->seen_nested & (1u << c->key))
-        return failf(c, p, "invalid_value", "'%s' is given more than once", p);
+        return failf(c, pname(c, p, sizeof(p)), "invalid_value", "'%s' is given more than once",
+                     p);
     c->seen_nested |= 1u << c->key;
     if (v->t != J_STR)
         return type_err(c, v, "a string");
@@ -874,7 +886,10 @@ static int end_container(struct ctx *c)
             return failf(c, "prompt", "invalid_value", "'prompt' must not be an empty array");
         return 1;
     case ST_PART:
-        snprintf(p, sizeof(p), "messages[%u].content[%u]", q->nmsg, c->part_i);
+        /* the name is only printed on error, but cheap next to yajl */
+        if (!c->part_has_type || !c->part_has_text || c->part_type.len != 4 ||
+            memcmp(c->buf + c->part_type.off, "text", 4))
+            snprintf(p, sizeof(p), "messages[%u].content[%u]", q->nmsg, c->part_i);
         c->part_i++;
         /* back in the message: restore what it had seen */
         c->seen_nested = 1u << K_CONTENT | (c->msg_role >= 0 ? 1u << K_ROLE : 0);
@@ -895,11 +910,12 @@ static int end_container(struct ctx *c)
     case ST_MSG: {
         struct ing_oai_msg *m = &q->msg[q->nmsg];
 
-        snprintf(p, sizeof(p), "messages[%u]", q->nmsg);
-        if (c->msg_role < 0)
-            return failf(c, p, "missing_required_parameter", "'%s.role' is required", p);
-        if (!c->msg_content || (c->msg_content_null && c->msg_role != ING_OAI_ASSISTANT))
-            return failf(c, p, "missing_required_parameter", "'%s.content' is required", p);
+        if (c->msg_role < 0 || !c->msg_content ||
+            (c->msg_content_null && c->msg_role != ING_OAI_ASSISTANT)) {
+            snprintf(p, sizeof(p), "messages[%u]", q->nmsg);
+            return failf(c, p, "missing_required_parameter", "'%s.%s' is required", p,
+                         c->msg_role < 0 ? "role" : "content");
+        }
         m->role = (uint8_t)c->msg_role;
         m->first_part = (uint16_t)c->msg_part0;
         m->nparts = (uint16_t)(q->npart - c->msg_part0);
@@ -1012,20 +1028,20 @@ static int cb_end(void *x)
     return cb_done(c, end_container(c));
 }
 
-static const struct { const char *name; enum key k; uint8_t where; } keys[] = {
-    { "model", K_MODEL, ST_TOP }, { "prompt", K_PROMPT, ST_TOP },
-    { "messages", K_MESSAGES, ST_TOP }, { "max_tokens", K_MAX_TOKENS, ST_TOP },
-    { "max_completion_tokens", K_MAX_COMPLETION_TOKENS, ST_TOP },
-    { "temperature", K_TEMPERATURE, ST_TOP }, { "top_p", K_TOP_P, ST_TOP },
-    { "top_k", K_TOP_K, ST_TOP }, { "min_p", K_MIN_P, ST_TOP }, { "n", K_N, ST_TOP },
-    { "stop", K_STOP, ST_TOP }, { "stream", K_STREAM, ST_TOP },
-    { "stream_options", K_STREAM_OPTIONS, ST_TOP }, { "seed", K_SEED, ST_TOP },
-    { "frequency_penalty", K_FREQUENCY_PENALTY, ST_TOP },
-    { "presence_penalty", K_PRESENCE_PENALTY, ST_TOP }, { "logprobs", K_LOGPROBS, ST_TOP },
-    { "top_logprobs", K_TOP_LOGPROBS, ST_TOP }, { "user", K_USER, ST_TOP },
-    { "role", K_ROLE, ST_MSG }, { "content", K_CONTENT, ST_MSG },
-    { "type", K_TYPE, ST_PART }, { "text", K_TEXT, ST_PART },
-    { "include_usage", K_INCLUDE_USAGE, ST_SOPTS },
+static const struct { const char *name; enum key k; uint8_t where; uint8_t len; } keys[] = {
+    { "model", K_MODEL, ST_TOP, 5 }, { "prompt", K_PROMPT, ST_TOP, 6 },
+    { "messages", K_MESSAGES, ST_TOP, 8 }, { "max_tokens", K_MAX_TOKENS, ST_TOP, 10 },
+    { "max_completion_tokens", K_MAX_COMPLETION_TOKENS, ST_TOP, 21 },
+    { "temperature", K_TEMPERATURE, ST_TOP, 11 }, { "top_p", K_TOP_P, ST_TOP, 5 },
+    { "top_k", K_TOP_K, ST_TOP, 5 }, { "min_p", K_MIN_P, ST_TOP, 5 }, { "n", K_N, ST_TOP, 1 },
+    { "stop", K_STOP, ST_TOP, 4 }, { "stream", K_STREAM, ST_TOP, 6 },
+    { "stream_options", K_STREAM_OPTIONS, ST_TOP, 14 }, { "seed", K_SEED, ST_TOP, 4 },
+    { "frequency_penalty", K_FREQUENCY_PENALTY, ST_TOP, 17 },
+    { "presence_penalty", K_PRESENCE_PENALTY, ST_TOP, 16 }, { "logprobs", K_LOGPROBS, ST_TOP, 8 },
+    { "top_logprobs", K_TOP_LOGPROBS, ST_TOP, 12 }, { "user", K_USER, ST_TOP, 4 },
+    { "role", K_ROLE, ST_MSG, 4 }, { "content", K_CONTENT, ST_MSG, 7 },
+    { "type", K_TYPE, ST_PART, 4 }, { "text", K_TEXT, ST_PART, 4 },
+    { "include_usage", K_INCLUDE_USAGE, ST_SOPTS, 13 },
 };
 
 static int cb_map_key(void *x, const unsigned char *s, size_t n)
@@ -1037,7 +1053,7 @@ static int cb_map_key(void *x, const unsigned char *s, size_t n)
         return cb_done(c, 1);
     c->key = K_UNKNOWN;
     for (size_t i = 0; i < FAVO_ARRAY_SIZE(keys); i++) {
-        if (keys[i].where == where && strlen(keys[i].name) == n && !memcmp(keys[i].name, s, n)) {
+        if (keys[i].len == n && keys[i].where == where && !memcmp(keys[i].name, s, n)) {
             c->key = keys[i].k;
             break;
         }
