@@ -382,4 +382,15 @@ uint64_t shm_stats_hist_quantile(const struct shm_stats_hist_snap *h, double q);
  * each count summing the fine buckets below the bound. */
 size_t shm_stats_prom(const struct shm_stats_snap *snap, char *buf, size_t len);
 
+/* One JSON object for `favo stat --json`, keyed by the table's favo stat
+ * columns (same return convention as shm_stats_prom):
+ *   {"generation":1,"writers":3,"torn":0,
+ *    "counters":{"prompt_tok":120,...},"gauges":{"running":2,...},
+ *    "histograms":{"ttft":{"count":9,"sum_s":0.8,"p50_s":...,"p90_s":...,
+ *                  "p99_s":...},...},
+ *    "stages":[{"stage":"engine","index":0,"state":"running","pid":812,
+ *               "restarts":1,"cores":"2-3","heartbeat_age_s":0.004},...]}
+ * Heartbeat ages are taken against snap->taken_ns; -1 when never. */
+size_t shm_stats_json(const struct shm_stats_snap *snap, char *buf, size_t len);
+
 #endif /* SHM_STATS_H */

@@ -1,6 +1,8 @@
 /*
- * shm_stats_prom.c - Prometheus text exposition (format 0.0.4) of a stats
- * snapshot, for the /metrics handler. Every name, label and HELP line comes
+ * shm_stats_prom.c - text forms of a stats snapshot: Prometheus exposition
+ * (format 0.0.4) for the /metrics handler, and JSON for `favo stat --json`.
+ *
+ * Prometheus: Every name, label and HELP line comes
  * from the table in shm_stats_table.h; the stage table adds
  * favo_stage_restarts_total{stage,index}.
  *
@@ -123,5 +125,91 @@ size_t shm_stats_prom(const struct shm_stats_snap *snap, char *buf, size_t len)
         out_printf(&o, "favo_stage_restarts_total{stage=\"%s\",index=\"%u\"} %u\n",
                    shm_stage_kind_name(s->info.kind), s->info.index, s->info.restarts);
     }
+    return o.need;
+}
+
+/* "0-3,8,10-11" from a CPU mask. */
+static void out_cores(struct out *o, const uint64_t *mask, unsigned nbits)
+{
+    bool first = true;
+
+    for (unsigned c = 0; c < nbits; c++) {
+        unsigned e;
+
+        if (!(mask[c / 64] >> (c % 64) & 1))
+            continue;
+        for (e = c; e + 1 < nbits && (mask[(e + 1) / 64] >> ((e + 1) % 64) & 1); e++)
+            ;
+        if (e == c)
+            out_printf(o, "%s%u", first ? "" : ",", c);
+        else
+            out_printf(o, "%s%u-%u", first ? "" : ",", c, e);
+        first = false;
+        c = e;
+    }
+}
+
+static void out_json_double(struct out *o, double v)
+{
+    if (isnan(v) || isinf(v))
+        out_printf(o, "null"); /* JSON has neither */
+    else
+        out_printf(o, "%.9g", v);
+}
+
+size_t shm_stats_json(const struct shm_stats_snap *snap, char *buf, size_t len)
+{
+    struct out o = { buf, len, 0 };
+    bool first = true;
+
+    if (len)
+        buf[0] = 0;
+    out_printf(&o, "{\"generation\":%llu,\"writers\":%u,\"torn\":%u,\"counters\":{",
+               (unsigned long long)snap->generation, snap->nwriters, snap->torn);
+    for (unsigned i = 0; i < SHM_C__COUNT; i++)
+        out_printf(&o, "%s\"%s\":%llu", i ? "," : "", shm_stats_counter_desc[i].column,
+                   (unsigned long long)snap->counters[i]);
+    out_printf(&o, "},\"gauges\":{");
+    for (unsigned i = 0; i < SHM_G__COUNT; i++) {
+        out_printf(&o, "%s\"%s\":", i ? "," : "", shm_stats_gauge_desc[i].column);
+        out_json_double(&o, snap->gauges[i]);
+    }
+    out_printf(&o, "},\"histograms\":{");
+    for (unsigned h = 0; h < SHM_H__COUNT; h++) {
+        const struct shm_stats_hist_snap *hs = &snap->hist[h];
+        static const double qs[] = { 0.5, 0.9, 0.99 };
+        static const char *const qn[] = { "p50_s", "p90_s", "p99_s" };
+
+        out_printf(&o, "%s\"%s\":{\"count\":%llu,\"sum_s\":", h ? "," : "",
+                   shm_stats_hist_desc[h].column, (unsigned long long)hs->count);
+        out_json_double(&o, (double)hs->sum_ns / 1e9);
+        for (unsigned q = 0; q < FAVO_ARRAY_SIZE(qs); q++) {
+            out_printf(&o, ",\"%s\":", qn[q]);
+            out_json_double(&o, (double)shm_stats_hist_quantile(hs, qs[q]) / 1e9);
+        }
+        out_printf(&o, "}");
+    }
+    out_printf(&o, "},\"stages\":[");
+    for (unsigned r = 0; r < snap->nstages; r++) {
+        const struct shm_stage_snap *s = &snap->stages[r];
+
+        if (s->info.kind == SHM_STAGE_NONE)
+            continue;
+        out_printf(&o, "%s{\"stage\":\"%s\",\"index\":%u,\"state\":\"%s\",\"pid\":%d,"
+                   "\"restarts\":%u,\"cores\":\"", first ? "" : ",",
+                   shm_stage_kind_name(s->info.kind), s->info.index,
+                   shm_stage_state_name(s->info.state), (int)s->info.pid, s->info.restarts);
+        out_cores(&o, s->info.cores, SHM_STATS_MAX_CORES);
+        out_printf(&o, "\",\"heartbeat_age_s\":");
+        if (s->heartbeat_ns == 0)
+            out_printf(&o, "-1");
+        else
+            out_json_double(&o, snap->taken_ns > s->heartbeat_ns
+                                    ? (double)(snap->taken_ns - s->heartbeat_ns) / 1e9
+                                    : 0.0);
+        out_printf(&o, "}");
+        first = false;
+    }
+    out_printf(&o, "]}");
     return o.need;
 }

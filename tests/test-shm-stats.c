@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <yajl/yajl_tree.h>
 
 #include "shm_stats.h"
 
@@ -723,6 +724,85 @@ static void test_prometheus(void **state)
     free(snap);
 }
 
+static yajl_val jget(yajl_val v, const char *a, const char *b, const char *c)
+{
+    const char *path[4] = { a, b, c, NULL };
+
+    return yajl_tree_get(v, path, yajl_t_any);
+}
+
+static void test_json(void **state)
+{
+    struct shm_stats st, rd;
+    struct shm_stats_writer w;
+    struct shm_stats_snap *snap = snap_new();
+    struct shm_stage_info in = { .kind = SHM_STAGE_EGRESS, .index = 1, .state = SHM_STAGE_BACKOFF,
+                                 .pid = 77, .restarts = 4, .cores = { 0x6, 0, 0, 1ull << 63 } };
+    char small[16], *buf, err[256];
+    size_t need, len = 1 << 16;
+    yajl_val root, stages, v;
+
+    name_instance("json");
+    assert_int_equal(shm_stats_create(&st, inst, 1, 3), 0);
+    assert_int_equal(shm_stats_writer_init(&st, 0, SHM_STAGE_EGRESS, 0, 0, &w), 0);
+    shm_stats_add(&w, SHM_C_REQ_OK, 2);
+    shm_stats_gauge_set(&w, SHM_G_KV_CACHE_USAGE, 0.125);
+    shm_stats_observe(&w, SHM_H_E2E, 2000000000ull); /* 2 s */
+    assert_int_equal(shm_stats_stage_set(&st, 0, &in), 0);
+    in.kind = SHM_STAGE_BATCHER;
+    in.cores[0] = 1;
+    in.cores[3] = 0;
+    assert_int_equal(shm_stats_stage_set(&st, 2, &in), 0);
+    assert_int_equal(shm_stats_heartbeat(&st, 2), 0);
+    assert_int_equal(shm_stats_open(&rd, inst, false), 0);
+    assert_int_equal(shm_stats_snapshot(&rd, snap), 0);
+
+    need = shm_stats_json(snap, small, sizeof(small));
+    assert_true(need > sizeof(small));
+    assert_int_equal(strlen(small), sizeof(small) - 1);
+    buf = malloc(len);
+    assert_int_equal(shm_stats_json(snap, buf, len), need);
+    root = yajl_tree_parse(buf, err, sizeof(err));
+    if (!root)
+        fail_msg("JSON does not parse: %s", err);
+    assert_true(YAJL_IS_OBJECT(root));
+    v = jget(root, "counters", "req_ok", NULL);
+    assert_true(v && YAJL_IS_INTEGER(v) && YAJL_GET_INTEGER(v) == 2);
+    v = jget(root, "counters", "prompt_tok", NULL);
+    assert_true(v && YAJL_GET_INTEGER(v) == 0);
+    v = jget(root, "gauges", "kv_use", NULL);
+    assert_true(v && YAJL_IS_NUMBER(v) && YAJL_GET_DOUBLE(v) == 0.125);
+    v = jget(root, "histograms", "e2e", "count");
+    assert_true(v && YAJL_GET_INTEGER(v) == 1);
+    v = jget(root, "histograms", "e2e", "p99_s");
+    assert_true(v && fabs(YAJL_GET_DOUBLE(v) - 2.0) / 2.0 < 0.01);
+    v = jget(root, "generation", NULL, NULL);
+    assert_true(v && YAJL_GET_INTEGER(v) == 1);
+    stages = jget(root, "stages", NULL, NULL);
+    assert_true(stages && YAJL_IS_ARRAY(stages));
+    assert_int_equal(YAJL_GET_ARRAY(stages)->len, 2); /* the empty row is left out */
+    v = YAJL_GET_ARRAY(stages)->values[0];
+    assert_string_equal(YAJL_GET_STRING(jget(v, "stage", NULL, NULL)), "egress");
+    assert_string_equal(YAJL_GET_STRING(jget(v, "state", NULL, NULL)), "backoff");
+    assert_string_equal(YAJL_GET_STRING(jget(v, "cores", NULL, NULL)), "1-2,255");
+    assert_true(YAJL_GET_INTEGER(jget(v, "restarts", NULL, NULL)) == 4);
+    assert_true(YAJL_GET_INTEGER(jget(v, "pid", NULL, NULL)) == 77);
+    assert_true(YAJL_GET_DOUBLE(jget(v, "heartbeat_age_s", NULL, NULL)) == -1);
+    v = YAJL_GET_ARRAY(stages)->values[1];
+    assert_string_equal(YAJL_GET_STRING(jget(v, "cores", NULL, NULL)), "0");
+    {
+        double age = YAJL_GET_DOUBLE(jget(v, "heartbeat_age_s", NULL, NULL));
+
+        assert_true(age >= 0 && age < 10);
+    }
+    yajl_tree_free(root);
+    free(buf);
+    shm_stats_writer_free(&w);
+    shm_stats_close(&rd);
+    shm_stats_destroy(&st);
+    free(snap);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -735,6 +815,7 @@ int main(void)
         cmocka_unit_test(test_stage_table),
         cmocka_unit_test(test_reader_refuses_mismatch),
         cmocka_unit_test(test_prometheus),
+        cmocka_unit_test(test_json),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL) ? 1 : 0;
