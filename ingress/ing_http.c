@@ -12,6 +12,7 @@
 #include "favo_base.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 const struct ing_http_limits ing_http_default_limits = {
@@ -60,6 +61,18 @@ const char *ing_http_strerror(int err)
     if (err < 0 || err >= ING_HTTP_E_COUNT_ || !err_text[err])
         return "unknown error";
     return err_text[err];
+}
+
+int ing_http_error_text(const struct ing_http_req *r, const uint8_t *buf, char *out, size_t cap)
+{
+    int n;
+
+    if (r->err == ING_HTTP_E_METHOD_UNKNOWN)
+        n = snprintf(out, cap, "method '%.*s' not implemented",
+                     (int)FAVO_MIN(r->method_span.len, 32u), (const char *)buf + r->method_span.off);
+    else
+        n = snprintf(out, cap, "%s at byte %u", ing_http_strerror(r->err), r->err_off - r->start);
+    return n < 0 ? 0 : (int)FAVO_MIN((size_t)n, cap ? cap - 1 : 0);
 }
 
 static const char *const method_names[] = {

@@ -211,6 +211,14 @@ int ing_http_full_status(const struct ing_http_req *r);
 
 /* A short sentence for r->err ("bare LF in header line"). Never NULL. */
 const char *ing_http_strerror(int err);
+/*
+ * The sentence for a refused request's response body, naming the problem
+ * and where it is: "invalid character in a header value at byte 57",
+ * "method 'BREW' not implemented". Quotes only the method token (tchar by
+ * then, at most 32 bytes); never header values. Returns the length
+ * written (snprintf semantics, truncated to cap).
+ */
+int ing_http_error_text(const struct ing_http_req *r, const uint8_t *buf, char *out, size_t cap);
 /* "GET", "POST"...; "UNKNOWN" for ING_HTTP_M_UNKNOWN. */
 const char *ing_http_method_name(int method);
 

@@ -1101,7 +1101,7 @@ static int final_checks(struct ctx *c)
 int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_span body,
                    uint32_t *tokens, uint32_t tok_cap, struct ing_oai_err *err)
 {
-    struct arena *ar;
+    struct arena arena, *ar = &arena;   /* 16 KiB of stack: no malloc for typical bodies */
     struct ctx c = { 0 };
     yajl_alloc_funcs af;
     yajl_status st;
@@ -1111,10 +1111,11 @@ int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_
     req->route = (uint8_t)route;
     req->temperature = 1.0;
     req->top_p = 1.0;
-    if (route != ING_OAI_COMPLETIONS && route != ING_OAI_CHAT)
+    if (route != ING_OAI_COMPLETIONS && route != ING_OAI_CHAT) {   /* caller bug */
+        err->status = 500;
+        snprintf(err->message, sizeof(err->message), "internal error: unknown route %d", route);
         return -EINVAL;
-    ar = malloc(sizeof(*ar));   /* one allocation per request, not per token */
-    FAVO_ASSERT(ar);
+    }
     ar->used = ar->last = 0;
     af = (yajl_alloc_funcs){ .malloc = ar_malloc, .realloc = ar_realloc, .free = ar_free,
                              .ctx = ar };
@@ -1156,7 +1157,6 @@ int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_
         final_checks(&c);
 out:
     yajl_free(c.h);
-    free(ar);
     return c.failed ? -EINVAL : 0;
 }
 

@@ -13,10 +13,16 @@
  *   starting at the string's first byte, and the span names them. The body
  *   is therefore modified; decode it once.
  *
- * Memory: yajl allocates through a per-call arena (16 KiB on the stack,
- *   then the heap for long escaped strings, all released before return).
- *   Nothing outlives the call but *req and the token ids written to the
- *   caller's array.
+ * Memory: yajl allocates through a per-call arena: 16 KiB on the caller's
+ *   stack (enough for any body whose escaped strings are shorter than
+ *   about 8 KiB), then the heap for longer escaped strings (yajl decodes
+ *   those into its own buffer too), all released before return. Nothing
+ *   outlives the call but *req and the token ids written to the caller's
+ *   array. An allocation failure aborts (FAVO_ASSERT): yajl cannot take one.
+ *
+ * err->message may quote a number the client sent or up to 32 bytes of an
+ *   unsupported content-part type name: it is for the client's response
+ *   body, never for a log line (invariant 5; log err->param and code).
  *
  * Strictness
  *   - The body is one JSON object (no comments, no trailing data), strings
@@ -117,7 +123,8 @@ struct ing_oai_err {
  * route into *req (spans are offsets into buf, like ing_http's). Token-id
  * prompts are written to tokens[0, tok_cap). Returns 0, or -EINVAL with
  * *err filled (status 400) for anything the client got wrong. The body is
- * modified in place (escaped strings decoded).
+ * modified in place (escaped strings decoded). An unknown route is the
+ * caller's bug: -EINVAL with err->status 500.
  */
 int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_span body,
                    uint32_t *tokens, uint32_t tok_cap, struct ing_oai_err *err);

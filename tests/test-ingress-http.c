@@ -505,8 +505,18 @@ static void test_method_version(void **state)
 {
     struct res w = run("BREW /pot HTTP/1.1" CRLF "Host: x" CRLF CRLF, -EPROTO, 501);
 
+    char msg[128];
+
     assert_int_equal(w.r.err, ING_HTTP_E_METHOD_UNKNOWN);
     assert_true(span_is(&w, w.r.method_span, "BREW"));
+    ing_http_error_text(&w.r, w.buf, msg, sizeof(msg));
+    assert_string_equal(msg, "method 'BREW' not implemented");
+    free(w.buf);
+    w = run("GET / HTTP/1.1" CRLF "Host: x" CRLF "X-A: a\x01" CRLF CRLF, -EPROTO, 400);
+    assert_int_equal(ing_http_error_text(&w.r, w.buf, msg, sizeof(msg)),
+                     (int)strlen("invalid character in a header value at byte 31"));
+    assert_string_equal(msg, "invalid character in a header value at byte 31");
+    assert_int_equal(ing_http_error_text(&w.r, w.buf, msg, 8), 7);
     free(w.buf);
     expect_status("get / HTTP/1.1" CRLF "Host: x" CRLF CRLF, 501);  /* case-sensitive */
     expect_status("GET / HTTP/2.0" CRLF CRLF, 505);
