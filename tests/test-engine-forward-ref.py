@@ -22,12 +22,14 @@ A long gemma3 case (600 tokens, FAVO_LONG=1) crosses the 512-token sliding
 window; test-engine-batch.c checks the window on a generated model in the
 normal suite.
 
-Models: SmolLM2-135M (llama) and Gemma 3 270M (gemma3) from FAVO_MODELS;
-each is skipped when absent. Exit 0 pass, 1 fail, 77 skip.
+Models: SmolLM2-135M (llama) and Gemma 3 270M (gemma3) from FAVO_MODELS
+(each skipped when absent), and f32 models from `favo model make` for
+qwen2 and a gemma3 whose 128-token sliding window the prompt crosses. Exit 0 pass, 1 fail, 77 skip.
 """
 import os
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 
@@ -55,6 +57,14 @@ CASES = [
     (SMOL, [504, 3575, 282, 4649, 314], 6, False),
     (GEMMA, [2, 818, 5279, 529, 7001, 563], 6, True),  # "<bos>The capital of France is"
     (GEMMA, [2, 818, 5279, 529, 7001, 563], 6, False),
+]
+# Generated models (`favo model make`, f32): qwen2 (NEOX RoPE, biases) and
+# gemma3 with a 128-token sliding window crossed by a 160-token prompt.
+_TINY_TOKENS = [int(t) for t in _rng.integers(0, 500, size=160)]
+CASES += [
+    ("make:qwen2-tiny", _TINY_TOKENS[:24], 4, True),
+    ("make:gemma3-tiny", _TINY_TOKENS, 2, True),
+    ("make:tiny", _TINY_TOKENS[:24], 4, True),
 ]
 if os.environ.get("FAVO_LONG"):
     CASES.append((GEMMA, LONG, 2, True))             # past the sliding window (~40 s)
@@ -207,8 +217,21 @@ def forward(m, tokens, rows):
     return logits
 
 
+def make_model(preset, td):
+    path = os.path.join(td, preset + ".gguf")
+    p = subprocess.run([FAVO, "model", "make", "--preset", preset, "--type", "f32", "--out", path],
+                       capture_output=True, text=True, timeout=120)
+    return path if p.returncode == 0 else None
+
+
 def run_case(fname, prompt, n, exact):
-    path = os.path.join(MODELS, fname)
+    if fname.startswith("make:"):
+        path = make_model(fname[5:], TMP)
+        if not path:
+            print(f"FAIL {fname}: favo model make failed")
+            return False
+    else:
+        path = os.path.join(MODELS, fname)
     if not os.path.exists(path):
         print(f"skip {fname}: not in {MODELS}")
         return None
@@ -261,11 +284,14 @@ def main():
     if not FAVO or not os.path.exists(FAVO):
         print("skip: FAVO_BIN not set")
         return 77
+    global TMP
     results = []
+    TMP = tempfile.mkdtemp()
     for c in CASES:
         t0 = time.time()
         results.append(run_case(*c))
         print(f"  ({time.time() - t0:.1f} s)")
+    shutil.rmtree(TMP, ignore_errors=True)
     if all(r is None for r in results):
         return 77
     return 0 if all(r is not False for r in results) else 1
