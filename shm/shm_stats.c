@@ -303,8 +303,7 @@ int shm_stats_writer_init(struct shm_stats *st, unsigned slot, enum shm_stage_ki
     /* stats inv 1: continue from what the previous writer published. */
     for (unsigned i = 0; i < SHM_C__COUNT; i++)
         l->counters[i] = ck_pr_load_64(&b->counters[i]);
-    for (unsigned i = 0; i < SHM_G__COUNT; i++)
-        l->gauges[i] = ck_pr_load_64(&b->gauges[i]);
+    /* Gauges are the state of the live writer: a new one starts at 0. */
     for (unsigned h = 0; h < SHM_H__COUNT; h++) {
         l->hist[h].count = ck_pr_load_64(&b->hist[h].count);
         l->hist[h].sum_ns = ck_pr_load_64(&b->hist[h].sum_ns);
@@ -321,6 +320,8 @@ int shm_stats_writer_init(struct shm_stats *st, unsigned slot, enum shm_stage_ki
     ck_pr_store_32(&b->stage_kind, (uint32_t)kind);
     ck_pr_store_32(&b->stage_index, index);
     ck_pr_store_32(&b->attaches, b->attaches + 1);
+    for (unsigned i = 0; i < SHM_G__COUNT; i++)
+        ck_pr_store_64(&b->gauges[i], 0);
     ck_sequence_write_end(&b->seq);
     return 0;
 }
@@ -508,6 +509,7 @@ int shm_stats_snapshot(const struct shm_stats *st, struct shm_stats_snap *snap)
     const struct shm_stats_meta *m = st->meta;
     struct shm_stats_hist_snap *tmp;
     struct block_copy c;
+    bool gauge_seen = false;
 
     if (shm_seg_stale(&st->seg))
         return -ESTALE;
@@ -517,11 +519,9 @@ int shm_stats_snapshot(const struct shm_stats *st, struct shm_stats_snap *snap)
     memset(snap, 0, sizeof(*snap));
     snap->generation = shm_seg_hdr(&st->seg)->generation;
     snap->taken_ns = favo_now_ns();
-    for (unsigned i = 0; i < SHM_G__COUNT; i++)
-        snap->gauges[i] = 0.0;
     for (unsigned w = 0; w < m->nwriters; w++) {
         const char *b = st->blocks + (size_t)w * m->block_size;
-        bool torn;
+        bool torn, alive;
 
         block_read(st, b, &c, tmp, &torn);
         if (c.pid == 0)
@@ -530,15 +530,17 @@ int shm_stats_snapshot(const struct shm_stats *st, struct shm_stats_snap *snap)
         snap->torn += torn;
         for (unsigned i = 0; i < st->nc; i++)
             snap->counters[i] += c.counters[i];
-        for (unsigned i = 0; i < st->ng; i++) {
+        alive = !pid_dead(c.pid);
+        for (unsigned i = 0; i < st->ng && alive; i++) {
             double v;
 
             memcpy(&v, &c.gauges[i], sizeof(v));
             if (shm_stats_gauge_desc[i].agg == SHM_AGG_MAX)
-                snap->gauges[i] = snap->nwriters == 1 ? v : FAVO_MAX(snap->gauges[i], v);
+                snap->gauges[i] = gauge_seen ? FAVO_MAX(snap->gauges[i], v) : v;
             else
                 snap->gauges[i] += v;
         }
+        gauge_seen = gauge_seen || alive;
         for (unsigned h = 0; h < st->nh; h++) {
             if (c.hcount[h] == 0)
                 continue;

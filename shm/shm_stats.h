@@ -39,16 +39,22 @@
  * publishes it into the segment under the block's sequence lock
  * (ck_sequence) at the end of an update group once flush_ns have passed
  * since the last publication (1 ms by default, the clock read every 8th
- * group; 0 publishes every group),
- * and whenever it calls shm_stats_flush() - which a stage does before it
- * blocks, so an idle stage's numbers are never stale. A publication copies
+ * group; 0 publishes every group), and whenever it calls shm_stats_flush()
+ * - which a stage does before it blocks, so an idle stage's numbers are
+ * never stale. A publication copies
  * only what changed (counters, gauges, the touched bucket range), so the
  * sequence is odd for well under a microsecond. shm_stats_begin/end group
  * several updates (a finished request: counters + histograms) so that no
  * publication splits them. A reader copies each block under its sequence
  * and retries on a change, so each block is read as of one publication and
  * e.g. a histogram's count equals the sum of its buckets. Sums over blocks
- * are of consistent parts; blocks are not read at one instant.
+ * are of consistent parts; blocks are not read at one instant. Counters of
+ * every block that ever had a writer are summed; gauges only of blocks
+ * whose writer process is alive (a dead batcher's "running" must not count).
+ *
+ * Readers: shm_stats_open(read-only) -> shm_stats_snapshot() -> format it
+ * with shm_stats_prom() (/metrics) or shm_stats_json() (favo stat --json);
+ * the table's descriptors (shm_stats_*_desc) name favo stat's columns.
  *
  * Invariants (cited by FAVO_ASSERT as "stats inv N"):
  *   1. A block has one writer at a time (a thread of the stage in its slot);

@@ -417,6 +417,7 @@ static void test_writer_dies_mid_update(void **state)
             shm_stats_writer_init(&s, 1, SHM_STAGE_ENGINE, 0, 0, &cw))
             _exit(10);
         shm_stats_add(&cw, SHM_C_REQ_OK, 10);  /* published */
+        shm_stats_gauge_set(&cw, SHM_G_REQUESTS_RUNNING, 5);
         shm_stats_begin(&cw);
         shm_stats_add(&cw, SHM_C_REQ_OK, 1);   /* shadow only */
         ck_sequence_write_begin(&cw.b->seq);   /* dies inside a publication */
@@ -430,13 +431,15 @@ static void test_writer_dies_mid_update(void **state)
     assert_int_equal(shm_stats_snapshot(&rd, snap), 0);
     assert_true(favo_now_ns() - t0 < 1000000000ull); /* bounded, no hang */
     assert_int_equal(snap->torn, 1);
-    assert_int_equal(snap->counters[SHM_C_REQ_OK], 10);
+    assert_int_equal(snap->counters[SHM_C_REQ_OK], 10); /* counters of the dead stay */
+    assert_true(snap->gauges[SHM_G_REQUESTS_RUNNING] == 0); /* its gauges do not */
     /* The restarted stage takes its slot back. */
     assert_int_equal(shm_stats_writer_init(&st, 1, SHM_STAGE_ENGINE, 0, 0, &w), 0);
     shm_stats_add(&w, SHM_C_REQ_OK, 1);
     assert_int_equal(shm_stats_snapshot(&rd, snap), 0);
     assert_int_equal(snap->torn, 0);
     assert_int_equal(snap->counters[SHM_C_REQ_OK], 11); /* monotonic across the restart */
+    assert_true(snap->gauges[SHM_G_REQUESTS_RUNNING] == 0); /* the new writer's own */
     assert_int_equal(w.b->attaches, 2);
     shm_stats_writer_free(&w);
     shm_stats_close(&rd);
