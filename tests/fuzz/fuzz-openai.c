@@ -5,7 +5,8 @@
  * bytes of "headers" so offsets are not body-relative by accident. Checks:
  * every span lies inside the body, decoded strings are valid UTF-8 (the
  * decoder's promise to the tokenizer), message/part indices are coherent,
- * and an error renders as an error body that yajl parses back.
+ * and an error renders as an error body that yajl parses back. Oracle: the
+ * strings decoded in place equal what yajl's own tree parser decodes.
  */
 #include "ing_openai.h"
 
@@ -42,6 +43,57 @@ static void check_span(const uint8_t *buf, struct ing_span s, struct ing_span bo
 {
     CHECK(s.off >= body.off && (uint64_t)s.off + s.len <= (uint64_t)body.off + body.len);
     check_utf8(buf + s.off, s.len);
+}
+
+/* Our in-place decoding of s must equal yajl's decoding of the same text. */
+static void same_as_tree(yajl_val root, const char **path, const uint8_t *buf,
+                         struct ing_span s)
+{
+    yajl_val v = yajl_tree_get(root, path, yajl_t_any);
+
+    if (v && YAJL_IS_ARRAY(v) && v->u.array.len)
+        v = v->u.array.values[0];
+    if (!v || !YAJL_IS_STRING(v) || memchr(buf + s.off, 0, s.len))
+        return;   /* NUL bytes: the tree's C strings cannot compare */
+    CHECK(strlen(YAJL_GET_STRING(v)) == s.len);
+    CHECK(!memcmp(YAJL_GET_STRING(v), buf + s.off, s.len));
+}
+
+static void oracle(const uint8_t *json, size_t n, const struct ing_oai_req *q,
+                   const uint8_t *buf)
+{
+    static const char *p_prompt[] = { "prompt", NULL }, *p_model[] = { "model", NULL },
+                      *p_user[] = { "user", NULL }, *p_msgs[] = { "messages", NULL };
+    char *txt;
+    yajl_val root;
+
+    if (memchr(json, 0, n))
+        return;
+    txt = malloc(n + 1);
+    memcpy(txt, json, n);
+    txt[n] = 0;
+    root = yajl_tree_parse(txt, NULL, 0);
+    free(txt);
+    if (!root)
+        return;   /* e.g. deeper than the tree parser likes */
+    if (q->prompt_kind == ING_OAI_PROMPT_TEXT)
+        same_as_tree(root, p_prompt, buf, q->prompt);
+    if (q->set & ING_OAI_SET_MODEL)
+        same_as_tree(root, p_model, buf, q->model);
+    if (q->set & ING_OAI_SET_USER)
+        same_as_tree(root, p_user, buf, q->user);
+    yajl_val msgs = yajl_tree_get(root, p_msgs, yajl_t_array);
+    if (msgs && q->route == ING_OAI_CHAT && msgs->u.array.len == q->nmsg) {
+        for (uint32_t i = 0; i < q->nmsg; i++) {
+            static const char *p_content[] = { "content", NULL };
+            yajl_val c = yajl_tree_get(msgs->u.array.values[i], p_content, yajl_t_any);
+
+            if (c && YAJL_IS_STRING(c) && q->msg[i].nparts == 1)
+                same_as_tree(msgs->u.array.values[i], p_content, buf,
+                             q->part[q->msg[i].first_part]);
+        }
+    }
+    yajl_tree_free(root);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -93,6 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(q.nmsg > 0);
         else
             CHECK(q.prompt_kind != ING_OAI_PROMPT_NONE);
+        oracle(data + 1, size - 1, &q, buf);
     } else {
         CHECK(rc == -EINVAL && e.status == 400 && e.message[0]);
         CHECK(e.offset <= body.len);
