@@ -399,4 +399,10 @@ size_t shm_stats_prom(const struct shm_stats_snap *snap, char *buf, size_t len);
  * Heartbeat ages are taken against snap->taken_ns; -1 when never. */
 size_t shm_stats_json(const struct shm_stats_snap *snap, char *buf, size_t len);
 
+/* The human view of `favo stat`: counters (with a per-second rate against
+ * prev when given, for --watch), gauges, latency quantiles in ms, and the
+ * stage table; one column per table entry. Same return convention. */
+size_t shm_stats_text(const struct shm_stats_snap *snap, const struct shm_stats_snap *prev,
+                      char *buf, size_t len);
+
 #endif /* SHM_STATS_H */

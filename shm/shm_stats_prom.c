@@ -1,6 +1,7 @@
 /*
  * shm_stats_prom.c - text forms of a stats snapshot: Prometheus exposition
- * (format 0.0.4) for the /metrics handler, and JSON for `favo stat --json`.
+ * (format 0.0.4) for the /metrics handler, JSON for `favo stat --json` and
+ * the text view of `favo stat`.
  *
  * Prometheus: Every name, label and HELP line comes
  * from the table in shm_stats_table.h; the stage table adds
@@ -211,5 +212,69 @@ size_t shm_stats_json(const struct shm_stats_snap *snap, char *buf, size_t len)
         first = false;
     }
     out_printf(&o, "]}");
+    return o.need;
+}
+
+size_t shm_stats_text(const struct shm_stats_snap *snap, const struct shm_stats_snap *prev,
+                      char *buf, size_t len)
+{
+    struct out o = { buf, len, 0 };
+    double dt = prev && snap->taken_ns > prev->taken_ns && prev->generation == snap->generation
+                    ? (double)(snap->taken_ns - prev->taken_ns) / 1e9
+                    : 0;
+
+    if (len)
+        buf[0] = 0;
+    out_printf(&o, "generation %llu, %u writers%s\n\n", (unsigned long long)snap->generation,
+               snap->nwriters, snap->torn ? ", some read while their writer was stuck" : "");
+    out_printf(&o, "%-12s %16s%s\n", "counter", "total", dt > 0 ? "   per second" : "");
+    for (unsigned i = 0; i < SHM_C__COUNT; i++) {
+        out_printf(&o, "%-12s %16llu", shm_stats_counter_desc[i].column,
+                   (unsigned long long)snap->counters[i]);
+        if (dt > 0)
+            out_printf(&o, " %12.1f",
+                       (double)(snap->counters[i] - FAVO_MIN(prev->counters[i],
+                                                             snap->counters[i])) / dt);
+        out_printf(&o, "\n");
+    }
+    out_printf(&o, "\n%-12s %16s\n", "gauge", "value");
+    for (unsigned i = 0; i < SHM_G__COUNT; i++)
+        out_printf(&o, "%-12s %16.3f\n", shm_stats_gauge_desc[i].column, snap->gauges[i]);
+    out_printf(&o, "\n%-12s %10s %10s %10s %10s %10s\n", "latency ms", "count", "mean", "p50",
+               "p90", "p99");
+    for (unsigned h = 0; h < SHM_H__COUNT; h++) {
+        const struct shm_stats_hist_snap *hs = &snap->hist[h];
+
+        out_printf(&o, "%-12s %10llu %10.3f %10.3f %10.3f %10.3f\n",
+                   shm_stats_hist_desc[h].column, (unsigned long long)hs->count,
+                   hs->count ? (double)hs->sum_ns / (double)hs->count / 1e6 : 0.0,
+                   (double)shm_stats_hist_quantile(hs, 0.5) / 1e6,
+                   (double)shm_stats_hist_quantile(hs, 0.9) / 1e6,
+                   (double)shm_stats_hist_quantile(hs, 0.99) / 1e6);
+    }
+    out_printf(&o, "\n%-10s %5s %-9s %8s %8s %-12s %s\n", "stage", "index", "state", "pid",
+               "restarts", "cores", "heartbeat");
+    for (unsigned r = 0; r < snap->nstages; r++) {
+        const struct shm_stage_snap *st = &snap->stages[r];
+
+        if (st->info.kind == SHM_STAGE_NONE)
+            continue;
+        out_printf(&o, "%-10s %5u %-9s %8d %8u ", shm_stage_kind_name(st->info.kind),
+                   st->info.index, shm_stage_state_name(st->info.state), (int)st->info.pid,
+                   st->info.restarts);
+        {
+            size_t at = o.need;
+
+            out_cores(&o, st->info.cores, SHM_STATS_MAX_CORES);
+            out_printf(&o, "%*s", (int)(12 - FAVO_MIN(o.need - at, (size_t)12)) + 1, "");
+        }
+        if (st->heartbeat_ns == 0)
+            out_printf(&o, "never\n");
+        else
+            out_printf(&o, "%.1f ms ago\n",
+                       snap->taken_ns > st->heartbeat_ns
+                           ? (double)(snap->taken_ns - st->heartbeat_ns) / 1e6
+                           : 0.0);
+    }
     return o.need;
 }

@@ -799,6 +799,45 @@ static void test_json(void **state)
         assert_true(age >= 0 && age < 10);
     }
     yajl_tree_free(root);
+
+    /* The text view: every column of the table, rates against prev. */
+    {
+        struct shm_stats_snap *prev = snap_new();
+        const char *line;
+
+        memcpy(prev, snap, sizeof(*prev));
+        prev->taken_ns -= 2000000000ull; /* 2 s earlier, no requests then */
+        prev->counters[SHM_C_REQ_OK] = 0;
+        need = shm_stats_text(snap, prev, buf, len);
+        assert_true(need < len);
+        assert_int_equal(strlen(buf), need);
+        for (unsigned i = 0; i < SHM_C__COUNT; i++)
+            assert_non_null(strstr(buf, shm_stats_counter_desc[i].column));
+        for (unsigned i = 0; i < SHM_G__COUNT; i++)
+            assert_non_null(strstr(buf, shm_stats_gauge_desc[i].column));
+        for (unsigned i = 0; i < SHM_H__COUNT; i++)
+            assert_non_null(strstr(buf, shm_stats_hist_desc[i].column));
+        line = strstr(buf, "\nreq_ok ");
+        assert_non_null(line);
+        assert_true(sscanf(line, "\nreq_ok %*u %lf", &(double){ 0 }) == 1);
+        {
+            unsigned long long total;
+            double rate;
+
+            assert_int_equal(sscanf(line + 1, "req_ok %llu %lf", &total, &rate), 2);
+            assert_int_equal(total, 2);
+            assert_true(fabs(rate - 1.0) < 1e-9); /* 2 requests in 2 s */
+        }
+        assert_non_null(strstr(buf, "per second"));
+        assert_non_null(strstr(buf, "1-2,255"));
+        assert_non_null(strstr(buf, "backoff"));
+        assert_non_null(strstr(buf, "never"));
+        assert_non_null(strstr(buf, "ms ago"));
+        /* Without prev: no rate column. */
+        shm_stats_text(snap, NULL, buf, len);
+        assert_null(strstr(buf, "per second"));
+        free(prev);
+    }
     free(buf);
     shm_stats_writer_free(&w);
     shm_stats_close(&rd);
