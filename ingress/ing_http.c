@@ -620,7 +620,7 @@ int ing_http_parse(struct ing_http_req *r, uint8_t *buf, size_t len_)
         return 0;
     if (r->state == ING_HTTP_S_ERROR)
         return -EPROTO;
-    if (len_ >= UINT32_MAX || len_ < r->pos)
+    if (len_ >= UINT32_MAX || len_ < r->scan)   /* scan: the most bytes seen so far */
         return -EINVAL;
     len = (uint32_t)len_;
     FAVO_ASSERT(r->start <= r->pos && r->pos <= r->scan && r->scan <= len); /* H2 */

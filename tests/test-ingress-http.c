@@ -668,6 +668,11 @@ static void test_misuse(void **state)
     ing_http_init(&r, NULL, 0);
     assert_int_equal(ing_http_parse(&r, buf, 25), -EAGAIN);
     assert_int_equal(ing_http_parse(&r, buf, 3), -EINVAL);
+    /* shrinking within the line being scanned is refused too */
+    ing_http_init(&r, NULL, 0);
+    assert_int_equal(ing_http_parse(&r, buf, 19), -EAGAIN);
+    assert_int_equal(ing_http_parse(&r, buf, 17), -EINVAL);
+    assert_int_equal(ing_http_parse(&r, buf, 19), -EAGAIN);
     assert_string_equal(ing_http_strerror(-1), "unknown error");
     assert_string_equal(ing_http_strerror(ING_HTTP_E_COUNT_), "unknown error");
     assert_string_equal(ing_http_method_name(99), "UNKNOWN");
