@@ -1167,7 +1167,6 @@ const char *ing_oai_error_type(int status)
     switch (status) {
     case 401: return "authentication_error";
     case 403: return "permission_error";
-    case 404: return "not_found_error";
     case 429: return "requests";
     default: return status >= 500 ? "server_error" : "invalid_request_error";
     }

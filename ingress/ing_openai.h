@@ -129,9 +129,10 @@ struct ing_oai_err {
 int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_span body,
                    uint32_t *tokens, uint32_t tok_cap, struct ing_oai_err *err);
 
-/* OpenAI's error "type" for an HTTP status: "invalid_request_error" (4xx),
- * "authentication_error" (401), "permission_error" (403),
- * "not_found_error" (404), "requests" (429), "server_error" (5xx). */
+/* OpenAI's error "type" for an HTTP status: "invalid_request_error" (4xx,
+ * 404 included, as OpenAI answers an unknown URL), "authentication_error"
+ * (401), "permission_error" (403), "requests" (429; "tokens" is the
+ * caller's to pass for a token limit), "server_error" (5xx). */
 const char *ing_oai_error_type(int status);
 
 /*

@@ -579,7 +579,7 @@ static void test_error_body(void **state)
     assert_string_equal(ing_oai_error_type(400), "invalid_request_error");
     assert_string_equal(ing_oai_error_type(413), "invalid_request_error");
     assert_string_equal(ing_oai_error_type(403), "permission_error");
-    assert_string_equal(ing_oai_error_type(404), "not_found_error");
+    assert_string_equal(ing_oai_error_type(404), "invalid_request_error");
     assert_string_equal(ing_oai_error_type(500), "server_error");
     assert_string_equal(ing_oai_error_type(503), "server_error");
 
