@@ -103,28 +103,35 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+static inline uint64_t fmix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+/* 8 bytes at a time, each block folded through a full 64-bit mix. */
 static inline uint64_t hash_bytes(const void *p, size_t n)
 {
     const unsigned char *s = p;
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ (n * 0xff51afd7ed558ccdull);
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
 
     while (n >= 8) {
         uint64_t v;
         memcpy(&v, s, 8);
-        h = (h ^ (v * 0xbf58476d1ce4e5b9ull)) * 0x94d049bb133111ebull;
-        h ^= h >> 29;
+        h = fmix64(h ^ v) + 0x9e3779b97f4a7c15ull;
         s += 8;
         n -= 8;
     }
     if (n) {
         uint64_t v = 0;
         memcpy(&v, s, n);
-        h = (h ^ (v * 0xbf58476d1ce4e5b9ull)) * 0x94d049bb133111ebull;
+        h ^= v;
     }
-    h ^= h >> 32;
-    h *= 0xd6e8feb86659fd93ull;
-    h ^= h >> 32;
-    return h;
+    return fmix64(h);
 }
 
 static inline uint64_t hash_u64(uint64_t x)
@@ -215,6 +222,30 @@ static int smap_insert(struct eng_tok *t, uint32_t sid)
     uint64_t i = h & t->smap_mask;
     while (t->smap[i])
         i = (i + 1) & t->smap_mask;
+    t->smap[i] = (h >> 32 << 32) | ((uint64_t)sid + 1);
+    t->n_smap++;
+    return 0;
+}
+
+/* Insert sid, whose key hashes to h, unless the key is present (-EEXIST).
+ * The table was sized for every token at once: no growth here. */
+static int smap_insert_hashed(struct eng_tok *t, uint32_t sid, uint64_t h)
+{
+    const char *k = t->arena + t->key_off[sid];
+    uint32_t kl = t->key_len[sid];
+    uint64_t i = h & t->smap_mask;
+    uint32_t h32 = (uint32_t)(h >> 32);
+    for (;;) {
+        uint64_t e = t->smap[i];
+        if (!e)
+            break;
+        if ((uint32_t)(e >> 32) == h32) {
+            uint32_t o = (uint32_t)e - 1;
+            if (t->key_len[o] == kl && !memcmp(t->arena + t->key_off[o], k, kl))
+                return -EEXIST;
+        }
+        i = (i + 1) & t->smap_mask;
+    }
     t->smap[i] = (h >> 32 << 32) | ((uint64_t)sid + 1);
     t->n_smap++;
     return 0;
@@ -430,6 +461,11 @@ static bool text_is(const struct eng_tok *t, uint32_t id, const char *s)
     return t->tok[id].text_len == n && !memcmp(t->arena + t->tok[id].text_off, s, n);
 }
 
+static int hexval(unsigned char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 static int build_pieces(struct eng_tok *t, unsigned char *buf)
 {
     for (uint32_t id = 0; id < t->n_vocab; id++) {
@@ -439,9 +475,11 @@ static int build_pieces(struct eng_tok *t, unsigned char *buf)
         int rc;
 
         if (e->attr & ENG_TOK_ATTR_BYTE) {
-            unsigned v;
-            if (n == 6 && sscanf((const char *)s, "<0x%2x>", &v) == 1) {
-                buf[0] = (unsigned char)v;
+            /* "<0xXX>"; the text is not NUL-terminated, so no sscanf */
+            int hi = n == 6 && s[0] == '<' && s[1] == '0' && s[2] == 'x' && s[5] == '>' ? hexval(s[3]) : -1;
+            int lo = hi >= 0 ? hexval(s[4]) : -1;
+            if (lo >= 0) {
+                buf[0] = (unsigned char)(hi << 4 | lo);
                 o = 1;
             }
         } else if (e->attr & (ENG_TOK_ATTR_UNKNOWN | ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_USER_DEFINED)) {
@@ -598,7 +636,7 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
     }
 
     t->tok = calloc(n, sizeof(*t->tok));
-    if (!t->tok || sym_reserve(t, (uint32_t)n + 1024) || smap_grow(t, 4 * n)) {
+    if (!t->tok || sym_reserve(t, (uint32_t)n + 1024) || smap_grow(t, 2 * n + 1024)) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -665,18 +703,53 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
             t->key_off[i] = off;
             t->key_len[i] = (uint32_t)d;
         }
-        if (t->key_len[i] == 0)
-            continue;   /* empty tokens can never match */
-        if (smap_find(t, t->arena + t->key_off[i], t->key_len[i]) >= 0) {
-            if (t->kind == ENG_TOK_SPM) {
-                set_err(err, errlen, "tokenizer.ggml.tokens[%u]: duplicate token text", i);
-                goto fail;
-            }
-            t->key_len[i] = UINT32_MAX;
-            continue;
-        }
-        if ((rc = smap_insert(t, i)))
+    }
+    /* Insert in the order of their home slots (a counting sort on the top
+     * bits, stable so a lower id wins a duplicate): the table is written
+     * almost sequentially instead of at random, which is most of the load
+     * time of a large vocabulary. */
+    {
+        uint64_t *hs = malloc((size_t)n * sizeof(*hs));
+        uint32_t *ord = malloc((size_t)n * sizeof(*ord)), cnt[4097] = { 0 };
+        unsigned shift = 0;
+        if (!hs || !ord) {
+            free(hs);
+            free(ord);
+            rc = -ENOMEM;
             goto fail;
+        }
+        while ((t->smap_mask >> shift) >= 4096)
+            shift++;
+        for (uint32_t i = 0; i < n; i++) {
+            hs[i] = t->key_len[i] && t->key_len[i] != UINT32_MAX
+                        ? hash_bytes(t->arena + t->key_off[i], t->key_len[i]) : UINT64_MAX;
+            if (hs[i] != UINT64_MAX)
+                cnt[((hs[i] & t->smap_mask) >> shift) + 1]++;
+        }
+        for (unsigned q = 1; q <= 4096; q++)
+            cnt[q] += cnt[q - 1];
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (hs[i] != UINT64_MAX) {
+                ord[cnt[(hs[i] & t->smap_mask) >> shift]++] = i;
+                m++;
+            }
+        for (uint32_t k = 0; k < m; k++) {
+            uint32_t i = ord[k];
+            rc = smap_insert_hashed(t, i, hs[i]);
+            if (rc == -EEXIST) {
+                if (t->kind == ENG_TOK_SPM) {
+                    set_err(err, errlen, "tokenizer.ggml.tokens[%u]: duplicate token text", i);
+                    rc = -EINVAL;
+                    free(hs);
+                    free(ord);
+                    goto fail;
+                }
+                t->key_len[i] = UINT32_MAX;
+            }
+        }
+        free(hs);
+        free(ord);
         rc = -EINVAL;
     }
 
@@ -783,6 +856,9 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
         };
         for (uint32_t i = 0; i < n; i++) {
             struct tok_entry *e = &t->tok[i];
+            char c0 = e->text_len ? t->arena[e->text_off] : 0;
+            if (e->text_len < 5 || (c0 != '<' && c0 != '_'))
+                goto no_name;   /* every name below starts so: skip the compares */
             if (t->sp.eot == ENG_TOK_NULL)
                 for (int k = 0; eot_names[k]; k++)
                     if (text_is(t, i, eot_names[k])) {
@@ -798,6 +874,7 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
                     t->eog[i / 8] |= (uint8_t)(1u << (i % 8));
                     e->attr |= ENG_TOK_ATTR_CONTROL;
                 }
+no_name:
             if ((e->attr & ENG_TOK_ATTR_CONTROL) && e->text_len &&
                 memmem(t->arena + e->text_off, e->text_len, "unused", 6))
                 e->attr |= ENG_TOK_ATTR_UNUSED;
@@ -1025,6 +1102,8 @@ int64_t eng_tok_decode(const eng_tok_t *t, const int32_t *ids, size_t n, unsigne
 /* ------------------------------------------------------------------ */
 /* encode                                                               */
 
+struct wcache;
+
 struct enc {
     const struct eng_tok *t;
     int32_t *ids;
@@ -1033,6 +1112,7 @@ struct enc {
     void *scratch;
     size_t scratch_cap;
     void *md;
+    struct wcache *wc;
     int err;
 };
 
@@ -1061,6 +1141,7 @@ struct heap_ent {
     uint64_t key;    /* primary << 32 | left */
     int32_t right;
     uint32_t a, b;   /* BPE: sids the pair had when pushed; SPM: size */
+    uint32_t res;    /* BPE: sid of the merged pair */
 };
 
 static inline void heap_push(struct heap_ent *h, size_t *n, struct heap_ent v)
@@ -1116,39 +1197,16 @@ static inline void bpe_add_pair(const struct eng_tok *t, struct sym *sy, struct 
     if (!m)
         return;
     heap_push(h, nh, (struct heap_ent){ .key = (uint64_t)m->rank << 32 | (uint32_t)l, .right = r,
-                                        .a = sy[l].sid, .b = sy[r].sid });
+                                        .a = sy[l].sid, .b = sy[r].sid, .res = m->res });
 }
 
-static int bpe_word(void *ctx, const char *w, size_t n)
+/* Merge the bytes of one word; writes its ids to dst (room for n). */
+static size_t bpe_merge(struct enc *e, const char *w, size_t n, int32_t *dst, struct sym *sy,
+                        struct heap_ent *h)
 {
-    struct enc *e = ctx;
     const struct eng_tok *t = e->t;
-    struct sym *sy;
-    struct heap_ent *h;
-    size_t nh = 0;
+    size_t nh = 0, k = 0;
 
-    if (n == 1) {
-        uint32_t sid = t->byte_sid[(unsigned char)w[0]];
-        if (sid < t->n_vocab)
-            emit(e, (int32_t)sid);
-        else if (t->byte_tok[(unsigned char)w[0]] >= 0)
-            emit(e, t->byte_tok[(unsigned char)w[0]]);
-        return 0;
-    }
-    if (t->ignore_merges) {
-        int64_t sid = smap_find(t, w, n);
-        if (sid >= 0 && sid < t->n_vocab) {
-            emit(e, (int32_t)sid);
-            return 0;
-        }
-    }
-    if (n > INT32_MAX / 2)
-        return -E2BIG;
-    /* heap first: its entries need 8-byte alignment, the symbols 4 */
-    h = scratch(e, n * (sizeof(*sy) + 3 * sizeof(*h)));
-    if (!h)
-        return -ENOMEM;
-    sy = (struct sym *)(h + 3 * n);
     for (size_t i = 0; i < n; i++)
         sy[i] = (struct sym){ .prev = (int32_t)i - 1, .next = i + 1 < n ? (int32_t)i + 1 : -1,
                               .start = (uint32_t)i, .len = 1, .sid = t->byte_sid[(unsigned char)w[i]] };
@@ -1157,12 +1215,10 @@ static int bpe_word(void *ctx, const char *w, size_t n)
     while (nh) {
         struct heap_ent top = heap_pop(h, &nh);
         int32_t l = (int32_t)(uint32_t)top.key, r = top.right;
-        const struct merge_slot *m;
 
         if (!sy[l].len || !sy[r].len || sy[l].next != r || sy[l].sid != top.a || sy[r].sid != top.b)
             continue;
-        m = mmap_find(t, top.a, top.b);
-        sy[l].sid = m->res;
+        sy[l].sid = top.res;
         sy[l].len += sy[r].len;
         sy[r].len = 0;
         sy[l].next = sy[r].next;
@@ -1173,15 +1229,131 @@ static int bpe_word(void *ctx, const char *w, size_t n)
     }
     for (int32_t i = 0; i >= 0; i = sy[i].next) {
         if (sy[i].sid < t->n_vocab) {
-            emit(e, (int32_t)sy[i].sid);
+            dst[k++] = (int32_t)sy[i].sid;
         } else {
-            for (uint32_t k = 0; k < sy[i].len; k++) {
-                int32_t id = t->byte_tok[(unsigned char)w[sy[i].start + k]];
+            for (uint32_t j = 0; j < sy[i].len; j++) {
+                int32_t id = t->byte_tok[(unsigned char)w[sy[i].start + j]];
                 if (id >= 0)
-                    emit(e, id);
+                    dst[k++] = id;
             }
         }
     }
+    return k;
+}
+
+/*
+ * Per-call word cache: words repeat (Zipf), and a word always tokenizes
+ * the same way, so a long text merges each distinct word once. Keys point
+ * into the caller's text; the cache lives for one eng_tok_encode call.
+ */
+#define WC_MAX_WORD 48
+
+struct wc_ent {
+    uint32_t off, len, ids_off, n_ids;
+};
+
+struct wcache {
+    const char *base;
+    uint64_t *slot;   /* hash32 << 32 | (entry + 1) */
+    uint32_t mask, n_ent, cap_ent;
+    struct wc_ent *ent;
+    int32_t *ids;
+    size_t n_ids, cap_ids;
+};
+
+static void wc_free(struct wcache *c)
+{
+    if (!c)
+        return;
+    free(c->slot);
+    free(c->ent);
+    free(c->ids);
+    free(c);
+}
+
+static struct wcache *wc_new(const char *base, size_t len)
+{
+    struct wcache *c = calloc(1, sizeof(*c));
+    uint32_t cap = (uint32_t)FAVO_MIN(len / 16 + 64, (size_t)1 << 15), slots = 256;
+
+    if (!c)
+        return NULL;
+    while (slots < 2 * cap)
+        slots *= 2;
+    c->base = base;
+    c->mask = slots - 1;
+    c->cap_ent = cap;
+    c->cap_ids = (size_t)cap * 4;
+    c->slot = calloc(slots, sizeof(*c->slot));
+    c->ent = malloc(cap * sizeof(*c->ent));
+    c->ids = malloc(c->cap_ids * sizeof(*c->ids));
+    if (!c->slot || !c->ent || !c->ids) {
+        wc_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int bpe_word(void *ctx, const char *w, size_t n)
+{
+    struct enc *e = ctx;
+    const struct eng_tok *t = e->t;
+    struct wcache *c = e->wc;
+    struct sym *sy;
+    struct heap_ent *h;
+    int32_t *dst;
+    size_t k;
+    uint64_t hw = 0, si = 0;
+
+    if (n == 1) {
+        uint32_t sid = t->byte_sid[(unsigned char)w[0]];
+        if (sid < t->n_vocab)
+            emit(e, (int32_t)sid);
+        else if (t->byte_tok[(unsigned char)w[0]] >= 0)
+            emit(e, t->byte_tok[(unsigned char)w[0]]);
+        return 0;
+    }
+    if (c && n <= WC_MAX_WORD) {
+        hw = hash_bytes(w, n);
+        for (si = hw & c->mask;; si = (si + 1) & c->mask) {
+            uint64_t v = c->slot[si];
+            if (!v)
+                break;
+            if ((uint32_t)(v >> 32) == (uint32_t)(hw >> 32)) {
+                const struct wc_ent *en = &c->ent[(uint32_t)v - 1];
+                if (en->len == n && !memcmp(c->base + en->off, w, n)) {
+                    for (uint32_t j = 0; j < en->n_ids; j++)
+                        emit(e, c->ids[en->ids_off + j]);
+                    return 0;
+                }
+            }
+        }
+    }
+    if (t->ignore_merges) {
+        int64_t sid = smap_find(t, w, n);
+        if (sid >= 0 && sid < t->n_vocab) {
+            emit(e, (int32_t)sid);
+            return 0;   /* one lookup: not worth caching */
+        }
+    }
+    if (n > INT32_MAX / 2)
+        return -E2BIG;
+    /* heap first: its entries need 8-byte alignment; then symbols, ids */
+    h = scratch(e, n * (sizeof(*sy) + 3 * sizeof(*h) + sizeof(*dst)));
+    if (!h)
+        return -ENOMEM;
+    sy = (struct sym *)(h + 3 * n);
+    dst = (int32_t *)(sy + n);
+    k = bpe_merge(e, w, n, dst, sy, h);
+    if (c && n <= WC_MAX_WORD && c->n_ent < c->cap_ent && c->n_ids + k <= c->cap_ids) {
+        c->ent[c->n_ent] = (struct wc_ent){ .off = (uint32_t)(w - c->base), .len = (uint32_t)n,
+                                            .ids_off = (uint32_t)c->n_ids, .n_ids = (uint32_t)k };
+        memcpy(c->ids + c->n_ids, dst, k * sizeof(*dst));
+        c->n_ids += k;
+        c->slot[si] = (hw >> 32 << 32) | (uint64_t)(++c->n_ent);
+    }
+    for (size_t j = 0; j < k; j++)
+        emit(e, dst[j]);
     return 0;
 }
 
@@ -1372,6 +1544,8 @@ int64_t eng_tok_encode_ex(const eng_tok_t *t, const char *text, size_t len, unsi
         mask |= ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_UNKNOWN;
     if (t->kind == ENG_TOK_BPE && !(e.md = eng_tok_pre_md_new()))
         return -ENOMEM;
+    if (t->kind == ENG_TOK_BPE && len >= 2048)
+        e.wc = wc_new(text, len);   /* optional: without it, every word is merged */
     if ((flags & ENG_TOK_ADD_SPECIAL) && t->sp.add_bos)
         emit(&e, t->sp.bos);
 
@@ -1460,6 +1634,7 @@ out:
     free(acc);
     free(cov);
     free(e.scratch);
+    wc_free(e.wc);
     eng_tok_pre_md_free(e.md);
     if (rc)
         return rc;
