@@ -543,6 +543,8 @@ static int parse_tensors(struct rd *r, struct eng_gguf *g)
 
             if ((rc = rd_u64(r, &t->ne[d], "ne", ctx)))
                 goto out;
+            /* nel: the product with zero dims counted as 1, so a zero dim
+             * cannot hide an overflowing product of the others */
             if (t->ne[d] > (uint64_t)INT64_MAX ||
                 (t->ne[d] && nel > (uint64_t)INT64_MAX / t->ne[d])) {
                 seterr(r, "%sne[%u] = %llu at byte %llu: element count overflows", ctx, d,
@@ -550,7 +552,7 @@ static int parse_tensors(struct rd *r, struct eng_gguf *g)
                 rc = -EINVAL;
                 goto out;
             }
-            nel *= t->ne[d];
+            nel *= t->ne[d] ? t->ne[d] : 1;
             if (d)
                 rows *= t->ne[d];
         }

@@ -571,6 +571,17 @@ static void test_hostile(void **state)
         expect_bad(&b, "row bytes 2^63", "tensor 't' (info at byte 24)", "overflow", NULL);
     }
     {
+        /* a zero dim must not hide an overflowing product of the others
+         * (found by fuzz-gguf) */
+        uint64_t ne3[3] = { 0, 0x500000003ull, 0x21fffffaull };
+
+        tb_hdr(&b, 3, 1, 0);
+        tb_tensor(&b, "t", 3, ne3, ENG_TYPE_F32, 0);
+        tb_pad(&b, 32);
+        expect_bad(&b, "zero dim overflow", "tensor 't' (info at byte 24)", "ne[2]",
+                   "overflow", NULL);
+    }
+    {
         uint64_t neg[1] = { UINT64_MAX };
 
         tb_hdr(&b, 3, 1, 0);
