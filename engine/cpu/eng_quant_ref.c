@@ -849,7 +849,9 @@ static float dot_q5_k(int64_t n, const void *w, const void *x)
     return s;
 }
 
-/* q6_k: dx * d * sum_g sc_g * (sum(u*q) - 32 * bsum_g), u = q6 + 32. */
+/* q6_k: dx * d * sum_g sc_g * (sum(u*q) - 32 * bsum_g), u = q6 + 32.
+ * Walks the layout directly (see q6_k_val) rather than element by
+ * element: half h, quarter t of 32, position l. */
 static float dot_q6_k(int64_t n, const void *w, const void *x)
 {
     const struct eng_bq6_k *a = w;
@@ -857,13 +859,17 @@ static float dot_q6_k(int64_t n, const void *w, const void *x)
     float s = 0;
 
     for (int64_t i = 0; i < n / ENG_QK_K; i++) {
-        int sumi = 0;
-        for (int g = 0; g < 16; g++) {
-            int is = 0;
-            for (int l = 0; l < 16; l++)
-                is += (q6_k_val(&a[i], 16 * g + l) + 32) * b[i].qs[16 * g + l];
-            sumi += a[i].scales[g] * (is - 32 * b[i].bsums[g]);
-        }
+        int gsum[16] = { 0 }, sumi = 0;
+        for (int h = 0; h < 2; h++)
+            for (int t = 0; t < 4; t++)
+                for (int l = 0; l < 32; l++) {
+                    int lo = (a[i].ql[h * 64 + (t & 1) * 32 + l] >> (4 * (t >> 1))) & 0xf;
+                    int hi = (a[i].qh[h * 32 + l] >> (2 * t)) & 3;
+                    int e = h * 128 + t * 32 + l;
+                    gsum[e / 16] += (lo | (hi << 4)) * b[i].qs[e];
+                }
+        for (int g = 0; g < 16; g++)
+            sumi += a[i].scales[g] * (gsum[g] - 32 * b[i].bsums[g]);
         s += b[i].d * (H2F(a[i].d) * (float)sumi);
     }
     return s;
