@@ -356,6 +356,15 @@ void shm_stats_flush(struct shm_stats_writer *w)
                 if (b->hist[h].buckets[k] != l->hist[h].buckets[k])
                     ck_pr_store_64(&b->hist[h].buckets[k], l->hist[h].buckets[k]);
         }
+        {
+            uint64_t r = ck_pr_load_64(&b->hist[h].range), first = r >> 32, last = r & 0xffffffffu;
+
+            if (b->hist[h].count == 0 || l->lo[h] < first)
+                first = l->lo[h];
+            if (b->hist[h].count == 0 || l->hi[h] > last)
+                last = l->hi[h];
+            ck_pr_store_64(&b->hist[h].range, first << 32 | last);
+        }
         ck_pr_store_64(&b->hist[h].sum_ns, l->hist[h].sum_ns);
         ck_pr_store_64(&b->hist[h].count, l->hist[h].count);
     }
@@ -459,6 +468,7 @@ struct block_copy {
     uint64_t counters[SHM_C__COUNT];
     uint64_t gauges[SHM_G__COUNT];
     uint64_t hcount[SHM_H__COUNT], hsum[SHM_H__COUNT];
+    unsigned first[SHM_H__COUNT], last[SHM_H__COUNT];
 };
 
 static void block_read(const struct shm_stats *st, const char *b, struct block_copy *c,
@@ -482,14 +492,21 @@ static void block_read(const struct shm_stats *st, const char *b, struct block_c
         for (unsigned h = 0; h < st->nh; h++) {
             const uint64_t *hp = (const uint64_t *)(b + m->hists_off + (size_t)h * m->hist_size);
 
+            uint64_t range;
+            unsigned first, last;
+
             c->hcount[h] = ck_pr_load_64(&hp[0]);
             c->hsum[h] = ck_pr_load_64(&hp[1]);
-            /* An empty histogram's buckets are all zero, unless a write is
-             * under way, which the sequence check below catches. */
-            if (c->hcount[h] == 0)
+            range = ck_pr_load_64(&hp[2]);
+            /* Buckets outside the range are zero (an update under way is
+             * caught by the sequence check below); the range is untrusted
+             * like everything a reader maps, so clamp it. */
+            c->first[h] = first = (unsigned)FAVO_MIN(range >> 32, SHM_HIST_NBUCKETS - 1ull);
+            c->last[h] = last = (unsigned)FAVO_MIN(range & 0xffffffffu, SHM_HIST_NBUCKETS - 1ull);
+            if (c->hcount[h] == 0 || first > last)
                 continue;
-            for (unsigned k = 0; k < SHM_HIST_NBUCKETS; k++)
-                hist_tmp[h].buckets[k] = ck_pr_load_64(&hp[2 + k]);
+            for (unsigned k = first; k <= last; k++)
+                hist_tmp[h].buckets[k] = ck_pr_load_64(&hp[3 + k]);
         }
         if (!stable) {
             *torn = true;
@@ -542,11 +559,11 @@ int shm_stats_snapshot(const struct shm_stats *st, struct shm_stats_snap *snap)
         }
         gauge_seen = gauge_seen || alive;
         for (unsigned h = 0; h < st->nh; h++) {
-            if (c.hcount[h] == 0)
+            if (c.hcount[h] == 0 || c.first[h] > c.last[h])
                 continue;
             snap->hist[h].count += c.hcount[h];
             snap->hist[h].sum_ns += c.hsum[h];
-            for (unsigned k = 0; k < SHM_HIST_NBUCKETS; k++)
+            for (unsigned k = c.first[h]; k <= c.last[h]; k++)
                 snap->hist[h].buckets[k] += tmp[h].buckets[k];
         }
     }

@@ -22,7 +22,7 @@
  *      +0      ck_sequence seq | pid | stage kind | stage index | attaches
  *      +64     counters[SHM_C__COUNT]            u64, monotonic
  *      +64n    gauges[SHM_G__COUNT]              double bits in a u64
- *      +64n    hist[SHM_H__COUNT] { count, sum_ns, buckets[SHM_HIST_NBUCKETS] }
+ *      +64n    hist[SHM_H__COUNT] { count, sum_ns, range, buckets[SHM_HIST_NBUCKETS] }
  *
  *   "stages"   nstages x struct shm_stats_stage, two cache lines each:
  *              seq, kind, index, state, pid, restarts, cores, started_ns
@@ -199,6 +199,8 @@ struct shm_stats_meta {
 struct shm_stats_hist {
     uint64_t count;
     uint64_t sum_ns;
+    uint64_t range;          /* first << 32 | last bucket ever used: readers copy
+                                only those (0 while count is 0) */
     uint64_t buckets[SHM_HIST_NBUCKETS];
 };
 

@@ -135,6 +135,10 @@ static void test_round_trip(void **state)
         assert_int_equal(shm_stats_hist_quantile(&snap->hist[SHM_H_E2E], 0.5), 0);
     }
     assert_int_equal(snap->generation, 1);
+    /* A scribbled bucket range is clamped by the reader, not followed. */
+    w.b->hist[SHM_H_TTFT].range = UINT64_MAX;
+    assert_int_equal(shm_stats_snapshot(&rd, snap), 0);
+    assert_int_equal(snap->hist[SHM_H_TTFT].count, FAVO_ARRAY_SIZE(vals));
     shm_stats_writer_free(&w);
     shm_stats_writer_free(&w2);
     shm_stats_close(&rd);
