@@ -93,8 +93,8 @@ static struct outcome run(const uint8_t *in, size_t n, uint64_t seed, int split,
         CHECK(r.err_off <= have);
         CHECK(ing_http_strerror(r.err)[0]);
         char msg[96];
-        int n = ing_http_error_text(&r, buf, msg, sizeof(msg));
-        CHECK(n > 0 && (size_t)n < sizeof(msg) && strlen(msg) == (size_t)n);
+        int m = ing_http_error_text(&r, buf, msg, sizeof(msg));
+        CHECK(m > 0 && (size_t)m < sizeof(msg) && strlen(msg) == (size_t)m);
     } else {
         CHECK(o.rc == 0 || o.rc == -EAGAIN);
     }
