@@ -352,6 +352,43 @@ static void test_nonfinite(const struct impl *impls, int nimpl)
     free(w);
 }
 
+/* ---- 6. the SIMD activation quantizers write the reference's bytes ---- */
+
+static void test_act_quant_exact(void)
+{
+    const int64_t n = 1024;
+    uint64_t seed = 99;
+    float *x = xalloc(4 * n);
+    uint8_t *a = xalloc(2 * n), *b = xalloc(2 * n);
+    static const uint32_t at[] = { ENG_TYPE_Q8_0, ENG_TYPE_Q8_1, ENG_TYPE_Q8_K };
+
+    for (int v = 0; v < 5; v++) {
+        fill(&seed, x, n, v == 3 ? 1e-39f : 1.0f);
+        if (v == 1)   /* exact halves: amax 127 makes id 1, so x*id ties */
+            for (int64_t i = 0; i < n; i++)
+                x[i] = (i % 32 == 0) ? 127.0f : (float)((int)(t_rand(&seed) % 255) - 127) + 0.5f;
+        if (v == 2)   /* zeros, a constant block, and a -0 */
+            for (int64_t i = 0; i < 512; i++)
+                x[i] = i < 256 ? (i == 7 ? -0.0f : 0.0f) : 3.0f;
+        if (v == 4) { /* a NaN and an inf block among finite ones */
+            x[40] = NAN;
+            x[700] = -INFINITY;
+        }
+        for (size_t t = 0; t < sizeof(at) / sizeof(at[0]); t++) {
+            size_t bytes = eng_type_row_size(at[t], n);
+            memset(a, 0x55, bytes);
+            memset(b, 0xaa, bytes);
+            int ra = eng_quant_row(at[t], x, a, n);          /* SIMD where the CPU has it */
+            int rb = eng_quant_ref_quant(at[t], x, b, n);    /* reference */
+            CHECK(ra == rb && !memcmp(a, b, bytes), "%s activation quantizer differs from the "
+                  "reference (case %d, rc %d/%d)", eng_type_get(at[t])->name, v, ra, rb);
+        }
+    }
+    free(x);
+    free(a);
+    free(b);
+}
+
 static void test_api(void)
 {
     unsigned f = eng_cpu_features();
@@ -393,6 +430,7 @@ int main(void)
     test_round_trip();
     test_dots(impls, nimpl);
     test_nonfinite(impls, nimpl);
+    test_act_quant_exact();
     printf("%s (%d failure(s))\n", fails ? "FAIL" : "PASS", fails);
     return fails ? 1 : 0;
 }

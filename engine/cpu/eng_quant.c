@@ -63,6 +63,12 @@ int eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
 
 int eng_quant_row(uint32_t type, const float *src, void *dst, int64_t n)
 {
+    const struct eng_type_info *ti = eng_type_get(type);
+
+    /* the activation types go through SIMD (same bytes as the reference) */
+    if ((type == ENG_TYPE_Q8_0 || type == ENG_TYPE_Q8_1 || type == ENG_TYPE_Q8_K) &&
+        n >= 0 && ti && n % ti->blck == 0 && (eng_cpu_features() & ENG_CPU_AVX2))
+        return eng_quant_avx2_act(type, src, dst, n);
     return eng_quant_ref_quant(type, src, dst, n);
 }
 

@@ -18,6 +18,7 @@
  */
 #include "eng_quant_int.h"
 
+#include <errno.h>
 #include <immintrin.h>
 #include <string.h>
 
@@ -402,3 +403,133 @@ const struct eng_quant_kern eng_quant_avx2_kern[ENG_TYPE_COUNT] = {
     [ENG_TYPE_Q5_K] = { "avx2", vd_q5_k, dr_q5_k, dc_q5_k },
     [ENG_TYPE_Q6_K] = { "avx2", vd_q6_k, dr_q6_k, dc_q6_k },
 };
+
+/* ---- activation quantizers (q8_0, q8_1, q8_k), bit-identical to the
+ * reference: the same f32 amax, d = amax / 127, id = 1/d (0 when not
+ * finite), products x*id, and roundf's half-away-from-zero rounding done
+ * exactly as floor(|v|) + (frac >= 0.5). Blocks holding a NaN or inf go
+ * to the reference, which poisons them (eng_quant.h contract 4). ---- */
+
+static inline __m256 absf(__m256 v)
+{
+    return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
+
+/* roundf(v) for |v| < 2^23 (here |v| <= 127) */
+static inline __m256i roundf8(__m256 v)
+{
+    __m256 a = absf(v), t = _mm256_floor_ps(a);
+    __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                              _mm256_set1_ps(1.0f));
+    __m256 r = _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(v, _mm256_set1_ps(-0.0f)));
+    return _mm256_cvtps_epi32(r);
+}
+
+/* amax of n (multiple of 8) floats; -1 when any is NaN or inf */
+static inline float amax_or_bad(const float *x, int n)
+{
+    __m256 m = _mm256_setzero_ps(), e = _mm256_setzero_ps();
+    const __m256 inf = _mm256_set1_ps(__builtin_inff());
+
+    for (int i = 0; i < n; i += 8) {
+        __m256 a = absf(_mm256_loadu_ps(x + i));
+        e = _mm256_or_ps(e, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ)); /* >= inf or NaN */
+        m = _mm256_max_ps(m, a);
+    }
+    if (_mm256_movemask_ps(e))
+        return -1.0f;
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+static inline float inv_or_zero(float d)
+{
+    float r = 1.0f / d;
+
+    return __builtin_isfinite(r) ? r : 0.0f;
+}
+
+/* 32 floats * id -> 32 int8 at q; returns their sum */
+static inline int q8_32(const float *x, float id, int8_t *q)
+{
+    __m256 vid = _mm256_set1_ps(id);
+    __m256i i0 = roundf8(_mm256_mul_ps(_mm256_loadu_ps(x), vid));
+    __m256i i1 = roundf8(_mm256_mul_ps(_mm256_loadu_ps(x + 8), vid));
+    __m256i i2 = roundf8(_mm256_mul_ps(_mm256_loadu_ps(x + 16), vid));
+    __m256i i3 = roundf8(_mm256_mul_ps(_mm256_loadu_ps(x + 24), vid));
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, p);
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    return _mm_cvtsi128_si32(t);
+}
+
+int eng_quant_avx2_act(uint32_t type, const float *x, void *dst, int64_t n)
+{
+    int rc = 0;
+
+    switch (type) {
+    case ENG_TYPE_Q8_0: {
+        struct eng_bq8_0 *b = dst;
+        for (int64_t i = 0; i < n / ENG_QK; i++, x += ENG_QK) {
+            float amax = amax_or_bad(x, ENG_QK);
+            if (amax < 0) {
+                rc = eng_quant_ref_quant(type, x, &b[i], ENG_QK);
+                continue;
+            }
+            float d = amax / 127;
+            b[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+            q8_32(x, inv_or_zero(d), b[i].qs);
+        }
+        return rc;
+    }
+    case ENG_TYPE_Q8_1: {
+        struct eng_bq8_1 *b = dst;
+        for (int64_t i = 0; i < n / ENG_QK; i++, x += ENG_QK) {
+            float amax = amax_or_bad(x, ENG_QK);
+            if (amax < 0) {
+                rc = eng_quant_ref_quant(type, x, &b[i], ENG_QK);
+                continue;
+            }
+            float d = amax / 127;
+            int sum = q8_32(x, inv_or_zero(d), b[i].qs);
+            b[i].d = d;
+            b[i].s = d * (float)sum;
+        }
+        return rc;
+    }
+    case ENG_TYPE_Q8_K: {
+        struct eng_bq8_k *b = dst;
+        for (int64_t i = 0; i < n / ENG_QK_K; i++, x += ENG_QK_K) {
+            float amax = amax_or_bad(x, ENG_QK_K);
+            if (amax < 0) {
+                rc = eng_quant_ref_quant(type, x, &b[i], ENG_QK_K);
+                continue;
+            }
+            float d = amax / 127, id = inv_or_zero(d);
+            for (int c = 0; c < ENG_QK_K / 32; c++) {
+                q8_32(x + 32 * c, id, b[i].qs + 32 * c);
+                /* bsums of the two 16-element groups from the int8 codes */
+                __m256i q = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b[i].qs + 32 * c)));
+                __m256i r = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b[i].qs + 32 * c + 16)));
+                __m256i ones = _mm256_set1_epi16(1);
+                __m256i sq = _mm256_hadd_epi32(_mm256_madd_epi16(q, ones), _mm256_madd_epi16(r, ones));
+                /* sq lanes: [q0+q1, q2+q3, r0+r1, r2+r3 | q4+q5, q6+q7, r4+r5, r6+r7] */
+                __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sq), _mm256_extracti128_si256(sq, 1));
+                t = _mm_hadd_epi32(t, t);
+                b[i].bsums[2 * c] = (int16_t)_mm_cvtsi128_si32(t);
+                b[i].bsums[2 * c + 1] = (int16_t)_mm_extract_epi32(t, 1);
+            }
+            b[i].d = d;
+        }
+        return rc;
+    }
+    default:
+        return -ENOTSUP;
+    }
+}

@@ -92,6 +92,11 @@ void eng_matmul_kern(const struct eng_quant_kern *kn, uint32_t wtype,
                      int64_t r1, const void *x, size_t x_row_bytes, int64_t m,
                      float *y, int64_t ldy);
 
+/* Activation quantizers for q8_0 / q8_1 / q8_k with AVX2 (n a multiple
+ * of the block), bit-identical to eng_quant_ref_quant; -ENOTSUP for other
+ * types. Only with ENG_CPU_AVX2. */
+int eng_quant_avx2_act(uint32_t type, const float *src, void *dst, int64_t n);
+
 /* Scalar reference pieces (eng_quant_ref.c). */
 int eng_quant_ref_dequant(uint32_t type, const void *src, float *dst, int64_t n);
 int eng_quant_ref_quant(uint32_t type, const float *src, void *dst, int64_t n);
