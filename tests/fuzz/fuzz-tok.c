@@ -4,6 +4,9 @@
  * is defined (vocabularies that cover all 256 bytes: ../shared/vocab's
  * gpt-2 (byte-level BPE) and llama-spm (byte fallback)).
  *
+ * (SentencePiece spells spaces as U+2581, so a text holding that character
+ * cannot round-trip through an SPM vocabulary and is not checked there.)
+ *
  * The first input byte picks the tokenizer and the flags; the rest is the
  * text. Tokenizers load once, from $FAVO_SHARED/vocab (set by ctest); the
  * SmolLM2 model in $FAVO_MODELS is used when the fixtures are absent.
@@ -78,7 +81,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FAVO_ASSERT(k0 == k);
     dl = eng_tok_decode(t, ids, (size_t)k, ENG_TOK_SHOW_SPECIAL | ENG_TOK_STRIP_SPACE, dec, sizeof(dec));
     FAVO_ASSERT(dl >= 0);
-    if (roundtrip_ok[which] && flags == 0)
+    /* SPM cannot represent a literal U+2581: it is how spaces are spelled */
+    if (roundtrip_ok[which] && flags == 0 &&
+        !(eng_tok_kind(t) == ENG_TOK_SPM && memmem(text, n, "\xE2\x96\x81", 3)))
         FAVO_ASSERT(dl == (int64_t)n && memcmp(dec, text, n) == 0);
     return 0;
 }
