@@ -201,7 +201,7 @@ _Noreturn static void producer(const struct run *r)
 
 static int ring_ready(void *arg)
 {
-    return shm_ring_count(arg) > 0;
+    return shm_ring_available(arg) > 0;
 }
 
 _Noreturn static void consumer(const struct run *r)
@@ -300,6 +300,22 @@ static double run(enum xport x, uint32_t burst, uint64_t n, int latency)
     return (double)n / ((double)(ctl->t_end - ctl->t_start) / 1e9);
 }
 
+/* Throughput: the best of three runs (the machine may be shared; the best
+ * run is the one least disturbed by others). */
+static double best3(enum xport x, uint32_t burst, uint64_t n)
+{
+    double best = -1;
+
+    for (int i = 0; i < 3; i++) {
+        double v = run(x, burst, n, 0);
+
+        if (v < 0)
+            return -1;
+        best = FAVO_MAX(best, v);
+    }
+    return best;
+}
+
 struct lat {
     double p50, p99;
 };
@@ -313,6 +329,20 @@ static struct lat latency(enum xport x, uint64_t samples)
     /* Skip the first 1% (page faults, first wake of each side). */
     l.p50 = perf_quantile(ctl->samples + samples / 100, samples - samples / 100, 0.50) / 1e3;
     l.p99 = perf_quantile(ctl->samples + samples / 100, samples - samples / 100, 0.99) / 1e3;
+    return l;
+}
+
+/* The 1-minute load average: other work on the machine skews every figure. */
+static double loadavg(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = -1;
+        fclose(f);
+    }
     return l;
 }
 
@@ -349,13 +379,13 @@ int main(int argc, char **argv)
              pinned ? "producer pinned to cpu 0, consumer to cpu 1"
                     : "NOT pinned (fewer than 2 usable cpus)");
 
-    ring_spin = run(X_RING_SPIN, BURST, n_fast, 0);
-    ring_block = run(X_RING_BLOCK, BURST, n_fast, 0);
-    ring_one = run(X_RING_SPIN, 1, n_fast / 4, 0);
-    pipe_b = run(X_PIPE, BURST, n_slow * 4, 0);
-    pipe_one = run(X_PIPE, 1, n_slow, 0);
-    unix_b = run(X_UNIX, BURST, n_slow * 4, 0);
-    unix_one = run(X_UNIX, 1, n_slow, 0);
+    ring_spin = best3(X_RING_SPIN, BURST, n_fast);
+    ring_block = best3(X_RING_BLOCK, BURST, n_fast);
+    ring_one = best3(X_RING_SPIN, 1, n_fast / 4);
+    pipe_b = best3(X_PIPE, BURST, n_slow * 4);
+    pipe_one = best3(X_PIPE, 1, n_slow);
+    unix_b = best3(X_UNIX, BURST, n_slow * 4);
+    unix_one = best3(X_UNIX, 1, n_slow);
     l_spin = latency(X_RING_SPIN, n_lat);
     l_block = latency(X_RING_BLOCK, n_lat);
     l_efd = latency(X_RING_EFD, n_lat);
@@ -396,12 +426,13 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "unix_wake_p50_us", l_unix.p50);
         perf_json_num(stdout, "unix_wake_p99_us", l_unix.p99);
         perf_json_num(stdout, "latency_samples", (double)n_lat);
+        perf_json_num(stdout, "loadavg_1m", loadavg());
         perf_json_end(stdout);
         return 0;
     }
-    printf("bench-ring  %s\n%s\n%s; %zu-byte descriptors\n\n", when, machine, pinline,
-           sizeof(struct desc));
-    printf("%-48s %14s %10s\n", "throughput (cross-process)", "msgs/s", "vs pipe");
+    printf("bench-ring  %s\n%s\n%s; %zu-byte descriptors; load average %.2f\n\n", when,
+           machine, pinline, sizeof(struct desc), loadavg());
+    printf("%-48s %14s %10s\n", "throughput (cross-process, best of 3)", "msgs/s", "vs pipe");
     printf("%-48s %14.0f %9.1fx\n", "ring, spinning consumer, burst 32", ring_spin, ring_spin / pipe_b);
     printf("%-48s %14.0f %9.1fx\n", "ring, blocking consumer (ck_ec), burst 32", ring_block,
            ring_block / pipe_b);

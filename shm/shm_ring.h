@@ -101,6 +101,7 @@
 #ifndef SHM_RING_H
 #define SHM_RING_H
 
+#include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -199,6 +200,7 @@ static inline uint32_t _shm_ring_free(shm_ring_t *r, uint32_t want)
 {
     uint32_t used = r->local + r->pending - r->peer;
 
+    assert(r->role == SHM_RING_PRODUCER);
     if (favo_likely(r->capacity - used >= want))
         return r->capacity - used;
     r->peer = ck_pr_load_uint(&r->hdr->ck.c_head);
@@ -245,6 +247,7 @@ static inline int _shm_ring_peek_burst(shm_ring_t *r, void *dst, uint32_t n, uin
     uint32_t first = r->local + r->pending, avail = r->peer - first, i;
     unsigned char *d = (unsigned char *)dst;
 
+    assert(r->role == SHM_RING_CONSUMER);
     if (avail < n) {
         r->peer = ck_pr_load_uint(&r->hdr->ck.p_tail);
         /* Acquire: slot reads below happen after the p_tail load (R4;
@@ -268,6 +271,7 @@ static inline const void *shm_ring_peek_one(shm_ring_t *r)
 {
     uint32_t first = r->local + r->pending;
 
+    assert(r->role == SHM_RING_CONSUMER);
     if (r->peer == first) {
         r->peer = ck_pr_load_uint(&r->hdr->ck.p_tail);
         /* Acquire: see _shm_ring_peek_burst. */
@@ -283,6 +287,7 @@ static inline const void *shm_ring_peek_one(shm_ring_t *r)
 /* Release the oldest n peeked messages (R5: call after applying them). */
 static inline void shm_ring_release(shm_ring_t *r, uint32_t n)
 {
+    assert(r->role == SHM_RING_CONSUMER);
     FAVO_ASSERT(n <= r->pending); /* R5: only what was peeked */
     r->pending -= n;
     r->local += n;
@@ -315,6 +320,7 @@ static inline uint32_t shm_ring_commit(shm_ring_t *r)
 {
     uint32_t n = r->pending;
 
+    assert(r->role == SHM_RING_PRODUCER);
     r->local += n;
     r->pending = 0;
     /* Release: the in-place slot writes are visible before p_tail (R4). */
@@ -354,6 +360,17 @@ static inline uint32_t shm_ring_count(const shm_ring_t *r)
 {
     uint32_t c = ck_pr_load_uint(&r->hdr->ck.c_head);
     return ck_pr_load_uint(&r->hdr->ck.p_tail) - c;
+}
+/* Consumer: published messages not yet peeked, from a fresh load of p_tail
+ * (the check a consumer makes after announcing it is going to sleep). */
+static inline uint32_t shm_ring_available(shm_ring_t *r)
+{
+    assert(r->role == SHM_RING_CONSUMER);
+    r->peer = ck_pr_load_uint(&r->hdr->ck.p_tail);
+    /* Acquire: a later peek reads slots after this p_tail load (R4). */
+    ck_pr_fence_acquire();
+    FAVO_ASSERT(r->peer - r->local <= r->capacity); /* R2 */
+    return r->peer - (r->local + r->pending);
 }
 /* Messages peeked and not yet released by this consumer handle. */
 static inline uint32_t shm_ring_peeked(const shm_ring_t *r) { return r->pending; }

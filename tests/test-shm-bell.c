@@ -262,7 +262,7 @@ _Noreturn static void producer(enum kind k, int fd, uint64_t n, uint64_t seed, i
 
 static int ring_ready(void *arg)
 {
-    return shm_ring_count(arg) > 0;
+    return shm_ring_available(arg) > 0;
 }
 
 /* Consumer: drain what is there, sometimes spin a while, then sleep on the

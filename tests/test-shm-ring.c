@@ -185,6 +185,7 @@ static void test_peek_release_replay(void **state)
     assert_int_equal(t_u32_ring_peek_burst(&c, out, 2), 2); /* 3 4: peeks continue */
     assert_int_equal(out[0], 3);
     assert_int_equal(shm_ring_peeked(&c), 5);
+    assert_int_equal(shm_ring_available(&c), 5);
     shm_ring_release(&c, 2); /* 0 1 done */
     assert_int_equal(shm_ring_count(&c), 8);
 
