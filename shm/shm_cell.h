@@ -33,7 +33,8 @@
  *   shm_cell_give() is called by the current owner just before it enqueues
  *   the reference for the next stage; the ring's release/acquire orders the
  *   owner word and the cell bytes before the receiver's shm_cell_get().
- *   The engine only reads cells the batcher owns (prompt tokens).
+ *   The engine only reads cells the batcher owns (prompt tokens): it calls
+ *   shm_cell_get() with me = SHM_CELL_BATCHER and never writes the cell.
  *
  * Free cells go back to their allocator over SPSC rings (shm_ring.h), one
  * per freeing stage worker, never through a shared free list: the
