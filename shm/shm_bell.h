@@ -69,6 +69,23 @@
  *    which the consumer looks at its rings and sleeps again. sleep_seq is
  *    64-bit, so "already written for s" can never alias an old sleep.
  *
+ * Usage
+ * -----
+ *   futex (batcher, engine), `--poll adaptive`:
+ *       for (;;) {
+ *           uint32_t seen = shm_bell_ec_value(&bell);   // BEFORE looking
+ *           if (drain_my_rings() > 0) continue;         // peek/apply/release
+ *           if (spun < SPIN_LIMIT) { spun++; favo_cpu_relax(); continue; }
+ *           shm_bell_ec_wait(&bell, seen, timeout_ns);  // sleeps unless rung
+ *       }
+ *   eventfd in an io_uring loop (ingress, egress): keep one read of
+ *   bell.fd armed; before waiting for completions:
+ *       shm_bell_efd_prepare(&bell);
+ *       if (shm_ring_available(&in) > 0) shm_bell_efd_cancel(&bell);
+ *       else io_uring_submit_and_wait(&ring, 1);
+ *     and when the armed read completes: shm_bell_efd_woke(&bell), re-arm.
+ *   Producers: enqueue (one p_tail store per burst), then ring once.
+ *
  * Who writes what (ARCHITECTURE.md invariant 2):
  *
  *   struct shm_bell_ec   magic/generation/flags: shm_bell_ec_init

@@ -179,7 +179,9 @@ bool shm_ring_valid(const void *mem, size_t len, uint32_t slot_size, uint32_t ge
 
 /* For a peer that restarted. Called by the restarted PRODUCER (or by the
  * supervisor while the producer is down): rolls p_head back to p_tail,
- * discarding a reservation the dead producer never committed. With
+ * discarding a reservation the dead producer never committed (a producer's
+ * attach does the same silently; repair says how much it dropped, for the
+ * log). With
  * SHM_RING_REPAIR_RESET and BOTH sides down, a ring whose indices break R2
  * is emptied (c_head = p_head = p_tail). Returns the number of slots
  * discarded (0 = nothing to repair), -EUCLEAN when R2 is broken and RESET was
