@@ -58,8 +58,10 @@ struct eng_tok {
     char *arena;
     size_t arena_len, arena_cap;
 
-    /* symbols: sid -> key bytes */
-    uint32_t *key_off, *key_len;
+    /* symbols: sid -> key bytes (one struct: one cache miss per compare) */
+    struct keyref {
+        uint32_t off, len;
+    } *key;
     uint32_t n_sym, cap_sym;
     uint64_t *smap;           /* (hash32 << 32) | (sid + 1); 0 = empty */
     uint64_t smap_mask;
@@ -179,7 +181,7 @@ static int64_t smap_find(const struct eng_tok *t, const char *s, size_t n)
             return -1;
         if ((uint32_t)(e >> 32) == h32) {
             uint32_t sid = (uint32_t)e - 1;
-            if (t->key_len[sid] == n && !memcmp(t->arena + t->key_off[sid], s, n))
+            if (t->key[sid].len == n && !memcmp(t->arena + t->key[sid].off, s, n))
                 return sid;
         }
         i = (i + 1) & t->smap_mask;
@@ -200,7 +202,7 @@ static int smap_grow(struct eng_tok *t, uint64_t min_slots)
         if (!e)
             continue;
         uint32_t sid = (uint32_t)e - 1;
-        j = hash_bytes(t->arena + t->key_off[sid], t->key_len[sid]) & nmask;
+        j = hash_bytes(t->arena + t->key[sid].off, t->key[sid].len) & nmask;
         while (n[j])
             j = (j + 1) & nmask;
         n[j] = e;
@@ -218,7 +220,7 @@ static int smap_insert(struct eng_tok *t, uint32_t sid)
 
     if ((t->n_smap + 1) * 2 > t->smap_mask + 1 && (rc = smap_grow(t, 0)))
         return rc;
-    uint64_t h = hash_bytes(t->arena + t->key_off[sid], t->key_len[sid]);
+    uint64_t h = hash_bytes(t->arena + t->key[sid].off, t->key[sid].len);
     uint64_t i = h & t->smap_mask;
     while (t->smap[i])
         i = (i + 1) & t->smap_mask;
@@ -231,8 +233,8 @@ static int smap_insert(struct eng_tok *t, uint32_t sid)
  * The table was sized for every token at once: no growth here. */
 static int smap_insert_hashed(struct eng_tok *t, uint32_t sid, uint64_t h)
 {
-    const char *k = t->arena + t->key_off[sid];
-    uint32_t kl = t->key_len[sid];
+    const char *k = t->arena + t->key[sid].off;
+    uint32_t kl = t->key[sid].len;
     uint64_t i = h & t->smap_mask;
     uint32_t h32 = (uint32_t)(h >> 32);
     for (;;) {
@@ -241,7 +243,7 @@ static int smap_insert_hashed(struct eng_tok *t, uint32_t sid, uint64_t h)
             break;
         if ((uint32_t)(e >> 32) == h32) {
             uint32_t o = (uint32_t)e - 1;
-            if (t->key_len[o] == kl && !memcmp(t->arena + t->key_off[o], k, kl))
+            if (t->key[o].len == kl && !memcmp(t->arena + t->key[o].off, k, kl))
                 return -EEXIST;
         }
         i = (i + 1) & t->smap_mask;
@@ -258,14 +260,10 @@ static int sym_reserve(struct eng_tok *t, uint32_t n)
     uint32_t cap = t->cap_sym ? t->cap_sym : 1024;
     while (cap < n)
         cap *= 2;
-    uint32_t *a = realloc(t->key_off, cap * sizeof(*a));
+    struct keyref *a = realloc(t->key, cap * sizeof(*a));
     if (!a)
         return -ENOMEM;
-    t->key_off = a;
-    a = realloc(t->key_len, cap * sizeof(*a));
-    if (!a)
-        return -ENOMEM;
-    t->key_len = a;
+    t->key = a;
     t->cap_sym = cap;
     return 0;
 }
@@ -281,8 +279,8 @@ static int64_t sym_intern(struct eng_tok *t, const char *s, size_t n)
         return sid;
     if ((rc = sym_reserve(t, t->n_sym + 1)) || (rc = arena_put(t, s, n, &off)))
         return rc;
-    t->key_off[t->n_sym] = off;
-    t->key_len[t->n_sym] = (uint32_t)n;
+    t->key[t->n_sym].off = off;
+    t->key[t->n_sym].len = (uint32_t)n;
     if ((rc = smap_insert(t, t->n_sym)))
         return rc;
     return t->n_sym++;
@@ -688,20 +686,20 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
         uint32_t off;
 
         if (t->kind == ENG_TOK_SPM) {
-            t->key_off[i] = e->text_off;
-            t->key_len[i] = e->text_len;
+            t->key[i].off = e->text_off;
+            t->key[i].len = e->text_len;
         } else {
             d = gpt2_decode((const unsigned char *)t->arena + e->text_off, e->text_len, buf);
             if (d < 0) {
-                t->key_off[i] = 0;
-                t->key_len[i] = UINT32_MAX;   /* not reachable by BPE */
+                t->key[i].off = 0;
+                t->key[i].len = UINT32_MAX;   /* not reachable by BPE */
                 continue;
             }
             if ((rc = arena_put(t, buf, (size_t)d, &off)))
                 goto fail;
             rc = -EINVAL;
-            t->key_off[i] = off;
-            t->key_len[i] = (uint32_t)d;
+            t->key[i].off = off;
+            t->key[i].len = (uint32_t)d;
         }
     }
     /* Insert in the order of their home slots (a counting sort on the top
@@ -721,8 +719,8 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
         while ((t->smap_mask >> shift) >= 4096)
             shift++;
         for (uint32_t i = 0; i < n; i++) {
-            hs[i] = t->key_len[i] && t->key_len[i] != UINT32_MAX
-                        ? hash_bytes(t->arena + t->key_off[i], t->key_len[i]) : UINT64_MAX;
+            hs[i] = t->key[i].len && t->key[i].len != UINT32_MAX
+                        ? hash_bytes(t->arena + t->key[i].off, t->key[i].len) : UINT64_MAX;
             if (hs[i] != UINT64_MAX)
                 cnt[((hs[i] & t->smap_mask) >> shift) + 1]++;
         }
@@ -745,7 +743,7 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
                     free(ord);
                     goto fail;
                 }
-                t->key_len[i] = UINT32_MAX;
+                t->key[i].len = UINT32_MAX;
             }
         }
         free(hs);
@@ -996,8 +994,7 @@ void eng_tok_free(eng_tok_t *t)
     eng_tok_pre_free(&t->pre);
     free(t->tok);
     free(t->arena);
-    free(t->key_off);
-    free(t->key_len);
+    free(t->key);
     free(t->smap);
     free(t->mmap);
     free(t->trie);
