@@ -90,7 +90,10 @@ int eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
 /* n f32 values to `type`: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q8_1
  * q4_k q5_k q6_k q8_k. 0, -EINVAL (no quantizer / bad n), -EDOM (input
  * not finite; row still written, see contract 4). Round-to-nearest
- * reference quantizers; q4_k/q5_k/q6_k search their block scales. */
+ * reference quantizers; q4_k/q5_k/q6_k search their block scales
+ * (RMSE / RMS of a normal-ish row: q4_k 0.076, q5_k 0.038, q6_k 0.020).
+ * The activation types q8_0 / q8_1 / q8_k run in AVX2 when the CPU has
+ * it (~8x faster) and write exactly the reference's bytes. */
 int eng_quant_row(uint32_t type, const float *src, void *dst, int64_t n);
 
 /* Activation type that weight type wtype is dotted with (ENG_TYPE_F32
