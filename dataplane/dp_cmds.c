@@ -12,6 +12,7 @@
 int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_tokenize(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_model(const struct dp_cmd *cmd, int argc, char **argv);
+int dp_cmd_stat(const struct dp_cmd *cmd, int argc, char **argv);
 
 static int not_built(const struct dp_cmd *cmd, struct dp_opt *opts, int argc, char **argv,
                      const char *what)
@@ -65,18 +66,6 @@ static int cmd_keys(const struct dp_cmd *cmd, int argc, char **argv)
     return not_built(cmd, opts, argc, argv, "API keys land with the ingress");
 }
 
-static int cmd_stat(const struct dp_cmd *cmd, int argc, char **argv)
-{
-    struct dp_opt opts[] = {
-        { "instance", 0, DP_OPT_STR, "NAME", "default", "Instance to attach to (/favo.NAME)." },
-        { "json", 0, DP_OPT_FLAG, NULL, NULL, "Print one snapshot as JSON." },
-        { "watch", 'w', DP_OPT_DOUBLE, "SECONDS", NULL, "Redraw every SECONDS, like top." },
-        DP_OPT_END
-    };
-
-    return not_built(cmd, opts, argc, argv, "the operator view lands with the stats reader");
-}
-
 static int cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
 {
     struct dp_opt opts[] = {
@@ -127,7 +116,7 @@ const struct dp_cmd dp_cmds[] = {
       "stored.", cmd_keys },
     { "stat", "live view of a running instance (stats segment only)", "[OPTIONS]",
       "Attaches read-only to the stats segment of a running instance. It cannot see request "
-      "content: the segment cannot hold any.", cmd_stat },
+      "content: the segment cannot hold any.", dp_cmd_stat },
     { "bench", "tail-latency load generator for OpenAI-compatible servers", "[OPTIONS]",
       "Open-loop (or closed-loop) load with latency measured from the intended send time.",
       cmd_bench },
