@@ -17,6 +17,8 @@
 #include "dp.h"
 
 #include "eng_backend.h"
+#include "eng_chat.h"
+#include "eng_detok.h"
 #include "eng_kv.h"
 #include "eng_model.h"
 #include "eng_step.h"
@@ -69,42 +71,45 @@ static long parse_ids(const char *s, int32_t **out)
     return (long)n;
 }
 
-/*
- * Wrap a user prompt in the model's chat template. Only the families the
- * two real models use are rendered here (ChatML, Gemma); the general
- * template engine belongs to the tokenizer. Returns a malloc'd string, or
- * NULL when the template is not one of these (the prompt is used as is).
- */
-static char *chat_wrap(const char *tmpl, const char *prompt)
+/* Instruct models get the chat template by default: the model's name or
+ * file name says "instruct", "-it" or "chat". */
+static int is_instruct(const struct eng_model *m, const char *path)
 {
-    const char *fmt = NULL;
-    char *s;
+    static const char *const keys[] = { "general.name", "general.finetune",
+                                        "general.basename" };
+    const char *base = strrchr(path, '/');
 
-    if (!tmpl)
-        return NULL;
-    if (strstr(tmpl, "<|im_start|>"))
-        fmt = "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n";
-    else if (strstr(tmpl, "<start_of_turn>"))
-        fmt = "<start_of_turn>user\n%s<end_of_turn>\n<start_of_turn>model\n";
-    if (!fmt || asprintf(&s, fmt, prompt) < 0)
-        return NULL;
-    return s;
+    base = base ? base + 1 : path;
+    if (strcasestr(base, "instruct") || strcasestr(base, "-it") || strcasestr(base, "chat"))
+        return 1;
+    for (unsigned i = 0; i < FAVO_ARRAY_SIZE(keys); i++) {
+        struct eng_gguf_str v;
+        char buf[256];
+
+        if (eng_gguf_get_str(eng_model_gguf(m), keys[i], &v))
+            continue;
+        snprintf(buf, sizeof(buf), "%.*s", (int)FAVO_MIN(v.len, 255), v.p);
+        if (strcasestr(buf, "instruct") || strcasestr(buf, "-it") || strcasestr(buf, "chat"))
+            return 1;
+    }
+    return 0;
 }
 
-static int tokenize_prompt(eng_tok_t *tok, const char *prompt, int chat, int32_t **ids_out)
+/* Tokenize the prompt: as one user message through the chat template when
+ * chat is set, else as plain text (BOS per the model). */
+static int tokenize_prompt(eng_tok_t *tok, const struct eng_chat *chat, const char *prompt,
+                           int32_t **ids_out)
 {
-    const char *tmpl = eng_tok_chat_template(tok);
-    char *wrapped = chat ? chat_wrap(tmpl, prompt) : NULL;
-    const char *text = wrapped ? wrapped : prompt;
-    unsigned flags = ENG_TOK_ADD_SPECIAL | (wrapped ? ENG_TOK_PARSE_SPECIAL : 0);
-    int64_t n = eng_tok_encode(tok, text, strlen(text), flags, NULL, 0);
+    struct eng_chat_msg msg = { "user", 4, prompt, strlen(prompt) };
+    int64_t n = chat ? eng_chat_encode(chat, tok, &msg, 1, true, NULL, 0)
+                     : eng_tok_encode(tok, prompt, strlen(prompt), ENG_TOK_ADD_SPECIAL, NULL, 0);
     int32_t *ids = NULL;
 
     if (n > 0 && (ids = malloc((size_t)n * sizeof(*ids))))
-        n = eng_tok_encode(tok, text, strlen(text), flags, ids, (size_t)n);
+        n = chat ? eng_chat_encode(chat, tok, &msg, 1, true, ids, (size_t)n)
+                 : eng_tok_encode(tok, prompt, strlen(prompt), ENG_TOK_ADD_SPECIAL, ids, (size_t)n);
     else if (n > 0)
         n = -ENOMEM;
-    free(wrapped);
     if (n <= 0) {
         free(ids);
         return n ? (int)n : -EINVAL;
@@ -129,7 +134,9 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
         { "seed", 's', DP_OPT_INT, "S", "0", "Sampling seed (the draw for position p depends on seed and p only)." },
         { "threads", 't', DP_OPT_INT, "N", NULL, "Engine threads (default: the CPUs this process may use)." },
         { "ctx-size", 'c', DP_OPT_INT, "N", "4096", "Context length (prompt + generation)." },
-        { "chat", 0, DP_OPT_FLAG, NULL, NULL, "Wrap the prompt in the model's chat template (ChatML, Gemma)." },
+        { "chat", 0, DP_OPT_FLAG, NULL, NULL, "Send the prompt as a user message through the model's chat template (default for instruct models)." },
+        { "raw", 0, DP_OPT_FLAG, NULL, NULL, "Plain completion: no chat template, even for instruct models." },
+        { "chat-template", 0, DP_OPT_STR, "NAME", NULL, "Chat format instead of the detected one (chatml, llama3, gemma, ...)." },
         { "mmap", 0, DP_OPT_FLAG, NULL, NULL, "Run from the file mapping instead of copying weights to anonymous memory (for measurement)." },
         { "exact", 0, DP_OPT_FLAG, NULL, NULL, "Reference mode: f32 activations against dequantized weights (slow; for checking numerics)." },
         { "print-ids", 0, DP_OPT_FLAG, NULL, NULL, "Print generated token ids instead of text." },
@@ -150,6 +157,9 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
     uint32_t n_blocks = 0, max_tokens;
     uint64_t t0, t1, t2;
     struct eng_sample_params sp = { 0 };
+    struct eng_detok dt;
+    char *text = NULL;
+    size_t text_cap = 0;
     int npos, rc = dp_opt_parse(cmd, opts, argc, argv, &npos), ret = 1;
 
     if (rc)
@@ -205,9 +215,23 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
             goto out;
         }
     } else {
-        int chat = dp_opt_flag(opts, "chat");
+        struct eng_chat chat;
+        int want = dp_opt_flag(opts, "chat") ||
+                   (!dp_opt_flag(opts, "raw") && is_instruct(m, path));
 
-        n_prompt = tokenize_prompt(tok, prompt, chat, &ids);
+        if (want && dp_opt_flag(opts, "raw")) {
+            fprintf(stderr, "favo run: --chat and --raw contradict each other\n");
+            goto out;
+        }
+        if (want && (rc = eng_chat_from_tok(&chat, tok, dp_opt_str(opts, "chat-template"), err,
+                                            sizeof(err)))) {
+            if (dp_opt_flag(opts, "chat")) {
+                fprintf(stderr, "favo run: %s: chat template: %s\n", path, err);
+                goto out;
+            }
+            want = 0;                 /* instruct by name only: plain completion */
+        }
+        n_prompt = tokenize_prompt(tok, want ? &chat : NULL, prompt, &ids);
         if (n_prompt <= 0) {
             fprintf(stderr, "favo run: the prompt gives no tokens\n");
             goto out;
@@ -236,6 +260,14 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
     if (!blocks || !gen || (dump_path && !logits)) {
         fprintf(stderr, "favo run: out of memory\n");
         goto out;
+    }
+    if (tok) {
+        text_cap = eng_detok_out_max(tok);
+        text = malloc(text_cap);
+        if (!text || eng_detok_init(&dt, 0, NULL, NULL, 0)) {
+            fprintf(stderr, "favo run: out of memory\n");
+            goto out;
+        }
     }
     if (dump_path && !(dump = fopen(dump_path, "wb"))) {
         fprintf(stderr, "favo run: %s: %s\n", dump_path, strerror(errno));
@@ -293,16 +325,21 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
             if (dp_opt_flag(opts, "print-ids") || !tok) {
                 printf("%s%d", n_gen > 1 ? " " : "", next);
             } else {
-                const char *p;
-                size_t len;
+                size_t len = 0;
 
-                if (!eng_tok_piece(tok, next, 0, &p, &len))
-                    fwrite(p, 1, len, stdout);
+                if (eng_detok_push(&dt, tok, next, text, text_cap, &len) >= 0 && len)
+                    fwrite(text, 1, len, stdout);
             }
             fflush(stdout);
             if (!dp_opt_flag(opts, "ignore-eos") &&
                 ((tok && eng_tok_is_eog(tok, next)) || (!tok && (uint32_t)next == m->hp.eos)))
                 break;
+        }
+        if (tok && !dp_opt_flag(opts, "print-ids")) {
+            size_t len = 0;
+
+            if (!eng_detok_flush(&dt, text, text_cap, &len) && len)
+                fwrite(text, 1, len, stdout);
         }
         printf("\n");
         fflush(stdout);
@@ -335,6 +372,9 @@ out:
     free(gen);
     free(blocks);
     free(logits);
+    if (text)
+        explicit_bzero(text, text_cap);
+    free(text);
     if (tok)
         eng_tok_free(tok);
     eng_model_free(m);
