@@ -71,6 +71,8 @@ struct eng_tok {
     uint64_t mmap_mask;
 
     int32_t byte_tok[256];    /* SPM byte fallback, BPE single-byte fallback */
+    uint8_t spm_pair[8192];   /* SPM: bit (x << 8 | y) set when some token holds bytes x, y
+                                 next to each other */
     uint32_t byte_sid[256];   /* BPE: sid of each single byte */
 
     struct trie_node *trie;
@@ -903,6 +905,18 @@ no_name:
         }
     }
 
+    /* SPM segment boundaries: every adjacent byte pair inside some token
+     * (any type: a merge may produce any token). Conservative: a pair inside
+     * a character counts too, which only makes segments longer. */
+    if (t->kind == ENG_TOK_SPM)
+        for (uint32_t i = 0; i < n; i++) {
+            const unsigned char *p = (const unsigned char *)t->arena + t->tok[i].text_off;
+            for (uint32_t j = 1; j < t->tok[i].text_len; j++) {
+                unsigned k = (unsigned)p[j - 1] << 8 | p[j];
+                t->spm_pair[k >> 3] |= (uint8_t)(1u << (k & 7));
+            }
+        }
+
     /* byte fallback table */
     for (b = 0; b < 256; b++) {
         char hex[8];
@@ -1376,6 +1390,12 @@ static int bpe_text(struct enc *e, const char *s, size_t n)
 
 /* ---- SentencePiece BPE on one fragment ---- */
 
+static inline bool spm_pair_possible(const struct eng_tok *t, unsigned x, unsigned y)
+{
+    unsigned k = x << 8 | y;
+    return t->spm_pair[k >> 3] >> (k & 7) & 1;
+}
+
 static int spm_text(struct enc *e, const char *s, size_t n, bool prefix)
 {
     const struct eng_tok *t = e->t;
@@ -1433,35 +1453,53 @@ static int spm_text(struct enc *e, const char *s, size_t n, bool prefix)
             }                                                                               \
         }                                                                                   \
     } while (0)
-    for (size_t i = 1; i < nsy; i++)
-        SPM_PAIR((int32_t)i - 1, (int32_t)i);
-    while (nh) {
-        struct heap_ent top = heap_pop(h, &nh);
-        int32_t l = (int32_t)(uint32_t)top.key, r = top.right;
+    /*
+     * Segments: no vocabulary token holds the byte pair (x, y) at a character
+     * boundary when t->spm_pair says so, so no merge can ever join the
+     * characters on either side of such a boundary. Merging each segment on
+     * its own heap then gives exactly the global highest-score-first result
+     * (merges in different segments never interact), with small heaps
+     * instead of one the size of the text.
+     */
+    for (size_t a = 0; a < nsy;) {
+        size_t b = a + 1;
+        while (b < nsy && spm_pair_possible(t, (unsigned char)txt[sy[b].start - 1],
+                                            (unsigned char)txt[sy[b].start]))
+            b++;
+        sy[a].prev = -1;
+        sy[b - 1].next = -1;
+        nh = 0;
+        for (size_t i = a + 1; i < b; i++)
+            SPM_PAIR((int32_t)i - 1, (int32_t)i);
+        while (nh) {
+            struct heap_ent top = heap_pop(h, &nh);
+            int32_t l = (int32_t)(uint32_t)top.key, r = top.right;
 
-        if (!sy[l].len || !sy[r].len || sy[l].len + sy[r].len != top.a || sy[l].next != r)
-            continue;
-        sy[l].len += sy[r].len;
-        sy[r].len = 0;
-        sy[l].next = sy[r].next;
-        if (sy[r].next >= 0)
-            sy[sy[r].next].prev = l;
-        SPM_PAIR(sy[l].prev, l);
-        SPM_PAIR(l, sy[l].next);
-    }
-#undef SPM_PAIR
-    for (int32_t i = nsy ? 0 : -1; i >= 0; i = sy[i].next) {
-        int64_t id = smap_find(t, txt + sy[i].start, sy[i].len);
-        if (id >= 0) {
-            emit(e, (int32_t)id);
-        } else {
-            for (uint32_t k = 0; k < sy[i].len; k++) {
-                int32_t b = t->byte_tok[(unsigned char)txt[sy[i].start + k]];
-                if (b >= 0)
-                    emit(e, b);
+            if (!sy[l].len || !sy[r].len || sy[l].len + sy[r].len != top.a || sy[l].next != r)
+                continue;
+            sy[l].len += sy[r].len;
+            sy[r].len = 0;
+            sy[l].next = sy[r].next;
+            if (sy[r].next >= 0)
+                sy[sy[r].next].prev = l;
+            SPM_PAIR(sy[l].prev, l);
+            SPM_PAIR(l, sy[l].next);
+        }
+        for (int32_t i = (int32_t)a; i >= 0; i = sy[i].next) {
+            int64_t id = smap_find(t, txt + sy[i].start, sy[i].len);
+            if (id >= 0) {
+                emit(e, (int32_t)id);
+            } else {
+                for (uint32_t k = 0; k < sy[i].len; k++) {
+                    int32_t bt = t->byte_tok[(unsigned char)txt[sy[i].start + k]];
+                    if (bt >= 0)
+                        emit(e, bt);
+                }
             }
         }
+        a = b;
     }
+#undef SPM_PAIR
     return 0;
 }
 
