@@ -25,6 +25,7 @@
 #include "eng_tok_int.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -344,13 +345,10 @@ static void mmap_add(struct eng_tok *t, uint32_t a, uint32_t b, uint32_t rank, u
 static uint16_t b2u[256];       /* byte -> code point */
 static int16_t u2b[324];        /* code point -> byte, -1 */
 
-static void b2u_init(void)
+static void b2u_build(void)
 {
-    static int done;
     int n = 0;
 
-    if (done)
-        return;
     for (int i = 0; i < 324; i++)
         u2b[i] = -1;
     for (int b = 0; b < 256; b++) {
@@ -360,7 +358,12 @@ static void b2u_init(void)
             b2u[b] = (uint16_t)(256 + n++);
         u2b[b2u[b]] = (int16_t)b;
     }
-    done = 1;
+}
+
+static void b2u_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, b2u_build);
 }
 
 /* Decode GPT-2 byte characters in [s, s+n) into out (>= n bytes).
@@ -444,11 +447,11 @@ static int trie_add(struct eng_tok *t, const char *s, size_t n, int32_t tok)
     return 0;
 }
 
-static const struct eng_tok *g_sort_tok;   /* qsort context, load only */
-static int prio_cmp(const void *a, const void *b)
+static int prio_cmp(const void *a, const void *b, void *ctx)
 {
+    const struct eng_tok *t = ctx;
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    uint32_t lx = g_sort_tok->tok[x].text_len, ly = g_sort_tok->tok[y].text_len;
+    uint32_t lx = t->tok[x].text_len, ly = t->tok[y].text_len;
 
     if (lx != ly)
         return lx > ly ? -1 : 1;
@@ -957,8 +960,7 @@ no_name:
             if ((t->tok[i].attr & (ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_USER_DEFINED | ENG_TOK_ATTR_UNKNOWN)) &&
                 t->tok[i].text_len)
                 order[k++] = i;
-        g_sort_tok = t;
-        qsort(order, k, sizeof(*order), prio_cmp);
+        qsort_r(order, k, sizeof(*order), prio_cmp, t);
         for (uint32_t i = 0; i < n; i++)
             t->prio[i] = UINT32_MAX;
         for (uint32_t i = 0; i < k; i++) {

@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,14 +205,20 @@ const struct eng_tok_pre_def *eng_tok_pre_find(const char *name, size_t len)
     return NULL;
 }
 
+static const char *pre_names[sizeof(pre_defs) / sizeof(pre_defs[0]) + 1];
+
+static void pre_names_build(void)
+{
+    for (size_t i = 0; i < sizeof(pre_defs) / sizeof(pre_defs[0]); i++)
+        pre_names[i] = pre_defs[i].name;
+}
+
 const char *const *eng_tok_pre_names(void)
 {
-    static const char *names[sizeof(pre_defs) / sizeof(pre_defs[0]) + 1];
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-    if (!names[0])
-        for (size_t i = 0; i < sizeof(pre_defs) / sizeof(pre_defs[0]); i++)
-            names[i] = pre_defs[i].name;
-    return names;
+    pthread_once(&once, pre_names_build);
+    return pre_names;
 }
 
 /* Unicode White_Space, as the contents of a character class. */

@@ -11,6 +11,7 @@
  * Skips (77) when neither model is present.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,41 @@ static void roundtrip(const eng_tok_t *tok, const char *name, const char *s, siz
     dl = eng_tok_decode(tok, ids, (size_t)k, ENG_TOK_STRIP_SPACE, dec, sizeof(dec));
     CHECK(dl == (int64_t)n && !memcmp(dec, s, n), "%s: round trip of '%.*s' gives '%.*s'", name,
           (int)n, s, (int)(dl > 0 && dl < (int64_t)sizeof(dec) ? dl : 0), dec);
+}
+
+/* Invariant 2: one tokenizer, many threads, no locks, same results. */
+struct thr {
+    const eng_tok_t *tok;
+    int mismatches;
+};
+
+static void *thr_main(void *arg)
+{
+    struct thr *th = arg;
+    int32_t ids[4096], ref[4096];
+
+    for (int rep = 0; rep < 20; rep++)
+        for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+            int64_t k = eng_tok_encode(th->tok, texts[i], strlen(texts[i]), ENG_TOK_ADD_SPECIAL, ids, 4096);
+            int64_t r = eng_tok_encode(th->tok, texts[i], strlen(texts[i]), ENG_TOK_ADD_SPECIAL, ref, 4096);
+            th->mismatches += k != r || memcmp(ids, ref, (size_t)(k > 0 ? k : 0) * sizeof(*ids));
+        }
+    return NULL;
+}
+
+static void check_threads(const eng_tok_t *tok, const char *name)
+{
+    pthread_t th[4];
+    struct thr st[4];
+
+    for (int i = 0; i < 4; i++) {
+        st[i] = (struct thr){ .tok = tok };
+        pthread_create(&th[i], NULL, thr_main, &st[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(st[i].mismatches == 0, "%s: thread %d saw %d different results", name, i, st[i].mismatches);
+    }
 }
 
 static void check_model(const char *path, const char *name, const char *ctl, bool want_bos)
@@ -129,6 +165,7 @@ static void check_model(const char *path, const char *name, const char *ctl, boo
     CHECK(sp->add_bos == want_bos, "%s: add_bos %d, want %d", name, sp->add_bos, want_bos);
     /* empty text */
     CHECK(eng_tok_encode(tok, "", 0, 0, ids, 64) == 0, "%s: empty text gives tokens", name);
+    check_threads(tok, name);
     eng_tok_free(tok);
 }
 
