@@ -20,6 +20,13 @@
  *
  * So the BPE hot path never re-encodes bytes: a word's symbols are sids of
  * single bytes, each merge is one hash probe on two integers.
+ *
+ * Per call (eng_tok_encode_ex): one scratch buffer grown as needed, a PCRE2
+ * match block, and for texts of 2 KiB or more a word cache (words repeat;
+ * each distinct word is merged once per call). SPM runs its merge heap per
+ * segment, cut where no vocabulary token holds the two bytes that meet
+ * (exactly the global result, with small heaps). Nothing is shared between
+ * calls, so any number of threads may encode at once (eng_tok.h inv. 2).
  */
 #include "eng_tok.h"
 #include "eng_tok_int.h"
