@@ -1138,6 +1138,8 @@ struct enc {
 
 static inline void emit(struct enc *e, int32_t id)
 {
+    /* ids land in the request's shared-memory cell, read by the engine */
+    FAVO_ASSERT(id >= 0 && (uint32_t)id < e->t->n_vocab);   /* eng_tok.h invariant 1 */
     if (e->n < e->max)
         e->ids[e->n] = id;
     e->n++;
