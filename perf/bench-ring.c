@@ -359,9 +359,9 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--quick"))
             quick = true;
-    n_fast = quick ? 2000000 : 50000000;
-    n_slow = quick ? 200000 : 4000000;
-    n_lat = quick ? 2000 : 20000;
+    n_fast = quick ? 2000000 : 20000000;
+    n_slow = quick ? 200000 : 1000000;
+    n_lat = quick ? 2000 : 10000;
 
     if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) >= 2 &&
         CPU_ISSET(0, &set) && CPU_ISSET(1, &set))
