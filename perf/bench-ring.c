@@ -17,7 +17,10 @@
  * of moving a cache line between cores.
  *
  * Producer and consumer are pinned to different cores (sched_setaffinity)
- * when the process may use two; the output says whether they were.
+ * when the process may use two; the output says whether they were. All
+ * configurations run in 5 interleaved rounds, so on a shared machine each
+ * sees the same disturbance: throughput is the best round, latency pools
+ * every round's samples. The load average is printed with the results.
  *
  * usage: bench-ring [--json] [--quick]
  */
@@ -300,36 +303,58 @@ static double run(enum xport x, uint32_t burst, uint64_t n, int latency)
     return (double)n / ((double)(ctl->t_end - ctl->t_start) / 1e9);
 }
 
-/* Throughput: the best of three runs (the machine may be shared; the best
- * run is the one least disturbed by others). */
-static double best3(enum xport x, uint32_t burst, uint64_t n)
-{
-    double best = -1;
+/* The machine may be shared (2 cores, other work): every configuration is
+ * measured in ROUNDS interleaved rounds, so each sees the same mix of
+ * disturbance. Throughput keeps the best round (the least disturbed);
+ * latency pools the samples of all rounds. */
+#define ROUNDS 5
+#define LAT_SKIP 10 /* first samples of a run: page faults, first wakes */
 
-    for (int i = 0; i < 3; i++) {
-        double v = run(x, burst, n, 0);
-
-        if (v < 0)
-            return -1;
-        best = FAVO_MAX(best, v);
-    }
-    return best;
-}
+struct tput {
+    enum xport x;
+    uint32_t burst;
+    uint64_t n;
+    double best;
+};
 
 struct lat {
+    enum xport x;
+    double *v;
+    size_t nv;
     double p50, p99;
 };
 
-static struct lat latency(enum xport x, uint64_t samples)
+static int measure(struct tput *t, size_t nt, struct lat *l, size_t nl, uint64_t n_lat)
 {
-    struct lat l = { -1, -1 };
+    uint64_t per = n_lat / ROUNDS + LAT_SKIP;
 
-    if (run(x, 1, samples, 1) < 0)
-        return l;
-    /* Skip the first 1% (page faults, first wake of each side). */
-    l.p50 = perf_quantile(ctl->samples + samples / 100, samples - samples / 100, 0.50) / 1e3;
-    l.p99 = perf_quantile(ctl->samples + samples / 100, samples - samples / 100, 0.99) / 1e3;
-    return l;
+    for (size_t i = 0; i < nl; i++) {
+        l[i].v = calloc(per * ROUNDS, sizeof(double));
+        l[i].nv = 0;
+        if (!l[i].v)
+            return -1;
+    }
+    for (int round = 0; round < ROUNDS; round++) {
+        for (size_t i = 0; i < nt; i++) {
+            double v = run(t[i].x, t[i].burst, t[i].n, 0);
+
+            if (v < 0)
+                return -1;
+            t[i].best = FAVO_MAX(t[i].best, v);
+        }
+        for (size_t i = 0; i < nl; i++) {
+            if (run(l[i].x, 1, per, 1) < 0)
+                return -1;
+            memcpy(l[i].v + l[i].nv, ctl->samples + LAT_SKIP, (per - LAT_SKIP) * sizeof(double));
+            l[i].nv += per - LAT_SKIP;
+        }
+    }
+    for (size_t i = 0; i < nl; i++) {
+        l[i].p50 = perf_quantile(l[i].v, l[i].nv, 0.50) / 1e3;
+        l[i].p99 = perf_quantile(l[i].v, l[i].nv, 0.99) / 1e3;
+        free(l[i].v);
+    }
+    return 0;
 }
 
 /* The 1-minute load average: other work on the machine skews every figure. */
@@ -354,13 +379,15 @@ int main(int argc, char **argv)
     time_t now = time(NULL);
     uint64_t n_fast, n_slow, n_lat;
     double ring_spin, ring_block, ring_one, pipe_b, pipe_one, unix_b, unix_one;
+    struct tput t[7];
+    struct lat lat[5];
     struct lat l_spin, l_block, l_efd, l_pipe, l_unix;
 
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--quick"))
             quick = true;
-    n_fast = quick ? 2000000 : 20000000;
-    n_slow = quick ? 200000 : 1000000;
+    n_fast = quick ? 1000000 : 10000000;
+    n_slow = quick ? 100000 : 500000;
     n_lat = quick ? 2000 : 10000;
 
     if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) >= 2 &&
@@ -379,22 +406,29 @@ int main(int argc, char **argv)
              pinned ? "producer pinned to cpu 0, consumer to cpu 1"
                     : "NOT pinned (fewer than 2 usable cpus)");
 
-    ring_spin = best3(X_RING_SPIN, BURST, n_fast);
-    ring_block = best3(X_RING_BLOCK, BURST, n_fast);
-    ring_one = best3(X_RING_SPIN, 1, n_fast / 4);
-    pipe_b = best3(X_PIPE, BURST, n_slow * 4);
-    pipe_one = best3(X_PIPE, 1, n_slow);
-    unix_b = best3(X_UNIX, BURST, n_slow * 4);
-    unix_one = best3(X_UNIX, 1, n_slow);
-    l_spin = latency(X_RING_SPIN, n_lat);
-    l_block = latency(X_RING_BLOCK, n_lat);
-    l_efd = latency(X_RING_EFD, n_lat);
-    l_pipe = latency(X_PIPE, n_lat);
-    l_unix = latency(X_UNIX, n_lat);
-    if (ring_spin < 0 || ring_block < 0 || ring_one < 0 || pipe_b < 0 || pipe_one < 0 ||
-        unix_b < 0 || unix_one < 0 || l_spin.p50 < 0 || l_block.p50 < 0 || l_efd.p50 < 0 ||
-        l_pipe.p50 < 0 || l_unix.p50 < 0)
+    t[0] = (struct tput){ X_RING_SPIN, BURST, n_fast, -1 };
+    t[1] = (struct tput){ X_RING_BLOCK, BURST, n_fast, -1 };
+    t[2] = (struct tput){ X_RING_SPIN, 1, n_fast / 4, -1 };
+    t[3] = (struct tput){ X_PIPE, BURST, n_slow * 4, -1 };
+    t[4] = (struct tput){ X_PIPE, 1, n_slow, -1 };
+    t[5] = (struct tput){ X_UNIX, BURST, n_slow * 4, -1 };
+    t[6] = (struct tput){ X_UNIX, 1, n_slow, -1 };
+    for (int i = 0; i < 5; i++)
+        lat[i] = (struct lat){ .x = (enum xport)i };
+    if (measure(t, 7, lat, 5, n_lat))
         return 1;
+    ring_spin = t[0].best;
+    ring_block = t[1].best;
+    ring_one = t[2].best;
+    pipe_b = t[3].best;
+    pipe_one = t[4].best;
+    unix_b = t[5].best;
+    unix_one = t[6].best;
+    l_spin = lat[X_RING_SPIN];
+    l_block = lat[X_RING_BLOCK];
+    l_efd = lat[X_RING_EFD];
+    l_pipe = lat[X_PIPE];
+    l_unix = lat[X_UNIX];
 
     if (json) {
         perf_json_begin(stdout);
@@ -425,14 +459,15 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "pipe_wake_p99_us", l_pipe.p99);
         perf_json_num(stdout, "unix_wake_p50_us", l_unix.p50);
         perf_json_num(stdout, "unix_wake_p99_us", l_unix.p99);
-        perf_json_num(stdout, "latency_samples", (double)n_lat);
+        perf_json_num(stdout, "latency_samples", (double)l_spin.nv);
+        perf_json_num(stdout, "rounds", ROUNDS);
         perf_json_num(stdout, "loadavg_1m", loadavg());
         perf_json_end(stdout);
         return 0;
     }
     printf("bench-ring  %s\n%s\n%s; %zu-byte descriptors; load average %.2f\n\n", when,
            machine, pinline, sizeof(struct desc), loadavg());
-    printf("%-48s %14s %10s\n", "throughput (cross-process, best of 3)", "msgs/s", "vs pipe");
+    printf("%-48s %14s %10s\n", "throughput (cross-process, best of 5 rounds)", "msgs/s", "vs pipe");
     printf("%-48s %14.0f %9.1fx\n", "ring, spinning consumer, burst 32", ring_spin, ring_spin / pipe_b);
     printf("%-48s %14.0f %9.1fx\n", "ring, blocking consumer (ck_ec), burst 32", ring_block,
            ring_block / pipe_b);
@@ -441,8 +476,8 @@ int main(int argc, char **argv)
     printf("%-48s %14.0f %9.1fx\n", "pipe, burst 1", pipe_one, pipe_one / pipe_b);
     printf("%-48s %14.0f %9.1fx\n", "unix socket, burst 32", unix_b, unix_b / pipe_b);
     printf("%-48s %14.0f %9.1fx\n", "unix socket, burst 1", unix_one, unix_one / pipe_b);
-    printf("\n%-48s %10s %10s   (%llu samples, one at a time)\n", "one-way hop latency", "p50 us",
-           "p99 us", (unsigned long long)n_lat);
+    printf("\n%-48s %10s %10s   (%llu samples in %d rounds, one at a time)\n",
+           "one-way hop latency", "p50 us", "p99 us", (unsigned long long)l_spin.nv, ROUNDS);
     printf("%-48s %10.2f %10.2f\n", xname[X_RING_SPIN], l_spin.p50, l_spin.p99);
     printf("%-48s %10.2f %10.2f\n", xname[X_RING_BLOCK], l_block.p50, l_block.p99);
     printf("%-48s %10.2f %10.2f\n", xname[X_RING_EFD], l_efd.p50, l_efd.p99);
