@@ -315,6 +315,8 @@ struct tput {
     uint32_t burst;
     uint64_t n;
     double best;
+    double all[ROUNDS];
+    double median;
 };
 
 struct lat {
@@ -341,6 +343,7 @@ static int measure(struct tput *t, size_t nt, struct lat *l, size_t nl, uint64_t
             if (v < 0)
                 return -1;
             t[i].best = FAVO_MAX(t[i].best, v);
+            t[i].all[round] = v;
         }
         for (size_t i = 0; i < nl; i++) {
             if (run(l[i].x, 1, per, 1) < 0)
@@ -349,6 +352,8 @@ static int measure(struct tput *t, size_t nt, struct lat *l, size_t nl, uint64_t
             l[i].nv += per - LAT_SKIP;
         }
     }
+    for (size_t i = 0; i < nt; i++)
+        t[i].median = perf_quantile(t[i].all, ROUNDS, 0.5);
     for (size_t i = 0; i < nl; i++) {
         l[i].p50 = perf_quantile(l[i].v, l[i].nv, 0.50) / 1e3;
         l[i].p99 = perf_quantile(l[i].v, l[i].nv, 0.99) / 1e3;
@@ -386,7 +391,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--quick"))
             quick = true;
-    n_fast = quick ? 1000000 : 10000000;
+    n_fast = quick ? 1000000 : 4000000;
     n_slow = quick ? 100000 : 500000;
     n_lat = quick ? 2000 : 10000;
 
@@ -406,13 +411,13 @@ int main(int argc, char **argv)
              pinned ? "producer pinned to cpu 0, consumer to cpu 1"
                     : "NOT pinned (fewer than 2 usable cpus)");
 
-    t[0] = (struct tput){ X_RING_SPIN, BURST, n_fast, -1 };
-    t[1] = (struct tput){ X_RING_BLOCK, BURST, n_fast, -1 };
-    t[2] = (struct tput){ X_RING_SPIN, 1, n_fast / 4, -1 };
-    t[3] = (struct tput){ X_PIPE, BURST, n_slow * 4, -1 };
-    t[4] = (struct tput){ X_PIPE, 1, n_slow, -1 };
-    t[5] = (struct tput){ X_UNIX, BURST, n_slow * 4, -1 };
-    t[6] = (struct tput){ X_UNIX, 1, n_slow, -1 };
+    t[0] = (struct tput){ .x = X_RING_SPIN, .burst = BURST, .n = n_fast, .best = -1 };
+    t[1] = (struct tput){ .x = X_RING_BLOCK, .burst = BURST, .n = n_fast, .best = -1 };
+    t[2] = (struct tput){ .x = X_RING_SPIN, .burst = 1, .n = n_fast / 4, .best = -1 };
+    t[3] = (struct tput){ .x = X_PIPE, .burst = BURST, .n = n_slow * 4, .best = -1 };
+    t[4] = (struct tput){ .x = X_PIPE, .burst = 1, .n = n_slow, .best = -1 };
+    t[5] = (struct tput){ .x = X_UNIX, .burst = BURST, .n = n_slow * 4, .best = -1 };
+    t[6] = (struct tput){ .x = X_UNIX, .burst = 1, .n = n_slow, .best = -1 };
     for (int i = 0; i < 5; i++)
         lat[i] = (struct lat){ .x = (enum xport)i };
     if (measure(t, 7, lat, 5, n_lat))
@@ -439,6 +444,8 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "desc_bytes", sizeof(struct desc));
         perf_json_num(stdout, "burst", BURST);
         perf_json_num(stdout, "ring_msgs_per_s", ring_spin);
+        perf_json_num(stdout, "ring_msgs_per_s_median", t[0].median);
+        perf_json_num(stdout, "pipe_msgs_per_s_median", t[3].median);
         perf_json_num(stdout, "ring_block_msgs_per_s", ring_block);
         perf_json_num(stdout, "ring_burst1_msgs_per_s", ring_one);
         perf_json_num(stdout, "pipe_msgs_per_s", pipe_b);
@@ -467,15 +474,18 @@ int main(int argc, char **argv)
     }
     printf("bench-ring  %s\n%s\n%s; %zu-byte descriptors; load average %.2f\n\n", when,
            machine, pinline, sizeof(struct desc), loadavg());
-    printf("%-48s %14s %10s\n", "throughput (cross-process, best of 5 rounds)", "msgs/s", "vs pipe");
-    printf("%-48s %14.0f %9.1fx\n", "ring, spinning consumer, burst 32", ring_spin, ring_spin / pipe_b);
-    printf("%-48s %14.0f %9.1fx\n", "ring, blocking consumer (ck_ec), burst 32", ring_block,
-           ring_block / pipe_b);
-    printf("%-48s %14.0f %9.1fx\n", "ring, spinning consumer, burst 1", ring_one, ring_one / pipe_b);
-    printf("%-48s %14.0f %9.1fx\n", "pipe, burst 32 (one write per burst)", pipe_b, 1.0);
-    printf("%-48s %14.0f %9.1fx\n", "pipe, burst 1", pipe_one, pipe_one / pipe_b);
-    printf("%-48s %14.0f %9.1fx\n", "unix socket, burst 32", unix_b, unix_b / pipe_b);
-    printf("%-48s %14.0f %9.1fx\n", "unix socket, burst 1", unix_one, unix_one / pipe_b);
+    printf("%-44s %13s %13s %8s\n", "throughput (cross-process, 5 rounds)", "best msgs/s",
+           "median", "vs pipe");
+    {
+        static const char *const label[] = {
+            "ring, spinning consumer, burst 32", "ring, blocking consumer (ck_ec), burst 32",
+            "ring, spinning consumer, burst 1", "pipe, burst 32 (one write per burst)",
+            "pipe, burst 1", "unix socket, burst 32", "unix socket, burst 1",
+        };
+        for (int i = 0; i < 7; i++)
+            printf("%-44s %13.0f %13.0f %7.1fx\n", label[i], t[i].best, t[i].median,
+                   t[i].best / pipe_b);
+    }
     printf("\n%-48s %10s %10s   (%llu samples in %d rounds, one at a time)\n",
            "one-way hop latency", "p50 us", "p99 us", (unsigned long long)l_spin.nv, ROUNDS);
     printf("%-48s %10.2f %10.2f\n", xname[X_RING_SPIN], l_spin.p50, l_spin.p99);
