@@ -1,7 +1,7 @@
 /*
  * dp_cmds.c - the table of subcommands, and the option tables of the
  * commands whose bodies land with later issues (serve: ingress, batcher,
- * egress and supervisor; keys; stat; bench; selftest). Their --help is
+ * egress and supervisor; bench; selftest). Their --help is
  * complete now so scripts can be written against it; running one that is
  * not built yet says so plainly and exits 2.
  */
@@ -13,6 +13,7 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_tokenize(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_model(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_stat(const struct dp_cmd *cmd, int argc, char **argv);
+int dp_cmd_keys(const struct dp_cmd *cmd, int argc, char **argv);
 
 static int not_built(const struct dp_cmd *cmd, struct dp_opt *opts, int argc, char **argv,
                      const char *what)
@@ -49,21 +50,6 @@ static int cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
     return not_built(cmd, opts, argc, argv,
                      "the pipeline stages (ingress, batcher, egress, supervisor) are still being built; "
                      "'favo run' generates in-process");
-}
-
-static int cmd_keys(const struct dp_cmd *cmd, int argc, char **argv)
-{
-    struct dp_opt opts[] = {
-        { "keys", 0, DP_OPT_STR, "FILE", "favo-keys.ini", "API keys file (holds SHA-256 hashes only)." },
-        { "tenant", 0, DP_OPT_STR, "NAME", NULL, "Tenant of a new key." },
-        { "name", 0, DP_OPT_STR, "NAME", NULL, "Name of a new key." },
-        { "rpm", 0, DP_OPT_INT, "N", NULL, "Requests per minute for a new key." },
-        { "tpm", 0, DP_OPT_INT, "N", NULL, "Tokens per minute for a new key." },
-        { "priority", 0, DP_OPT_INT, "N", "0", "Priority class of a new key." },
-        DP_OPT_END
-    };
-
-    return not_built(cmd, opts, argc, argv, "API keys land with the ingress");
 }
 
 static int cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
@@ -113,7 +99,7 @@ const struct dp_cmd dp_cmds[] = {
       dp_cmd_model },
     { "keys", "API keys: add, list, revoke (hashes only)", "add|list|revoke [OPTIONS]",
       "Manages the API keys file. Keys are printed once at creation; only their SHA-256 is "
-      "stored.", cmd_keys },
+      "stored.", dp_cmd_keys },
     { "stat", "live view of a running instance (stats segment only)", "[OPTIONS]",
       "Attaches read-only to the stats segment of a running instance. It cannot see request "
       "content: the segment cannot hold any.", dp_cmd_stat },

@@ -517,7 +517,7 @@ int ing_keys_parse(struct ing_keys *ks, const char *path, const char *text, size
     size_t off = 0;
     int rc = 0;
 
-    ing_keys_free(ks);
+    ing_keys_init(ks);
     while (off < len) {
         const char *s = text + off, *nl = memchr(s, '\n', len - off);
         size_t n = nl ? (size_t)(nl - s) : len - off;
@@ -574,7 +574,7 @@ int ing_keys_load(struct ing_keys *ks, const char *path)
     size_t got = 0;
     int fd, rc;
 
-    ing_keys_free(ks);
+    ing_keys_init(ks);
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return seterr(ks, -errno, "%.250s: %s", path, strerror(errno));

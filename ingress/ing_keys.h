@@ -107,7 +107,8 @@ void ing_keys_free(struct ing_keys *ks);
 
 /*
  * Parse a keys file held in memory (text, len; need not be NUL-ended);
- * path is only used in messages. On error ks is left empty and ks->err
+ * path is only used in messages. ks is overwritten, not freed (free an old
+ * set first). On error ks is left empty and ks->err
  * names path:line:column and the field. Returns 0 or -EINVAL / -EEXIST /
  * -ENOMEM.
  */
