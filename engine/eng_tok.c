@@ -856,18 +856,43 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
         goto fail;
     }
     {
+        /* The lists and workarounds of llama.cpp's vocab loader: converters do
+         * not mark these tokens, so they are recognised by their text, made
+         * control tokens (so user text never produces them) and, for EOG,
+         * end generation. */
         static const char *const eot_names[] = {
             "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-            "<|end_of_text|>", "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>", "<end_of_utterance>", NULL
+            "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>",
+            "<end_of_utterance>", NULL
+        };
+        static const char *const fim_names[6][9] = {
+            { "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+              "<|code_prefix|>", "<|prefix|>", NULL },
+            { "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+              "<|code_suffix|>", "<|suffix|>", NULL },
+            { "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+              "<|code_middle|>", "<|middle|>", NULL },
+            { "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL },
+            { "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", NULL },
+            { "<|file_sep|>", NULL },
         };
         static const char *const eog_names[] = {
-            "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
-            "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>", "<｜end▁of▁sentence｜>", NULL
+            "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
+            "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>",
+            "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
+            "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[", NULL
         };
+        static const char *const always_user[] = {
+            "<|channel|>", "<|message|>", "<|start|>", "<|constrain|>", NULL
+        };
+        int32_t fim[6] = { -1, -1, -1, -1, -1, -1 };
+        int32_t id_end = -1, id_s = -1;
+        bool has_return = false, has_call = false, has_flush = false, has_tool_resp = false;
+
         for (uint32_t i = 0; i < n; i++) {
             struct tok_entry *e = &t->tok[i];
-            char c0 = e->text_len ? t->arena[e->text_off] : 0;
-            if (e->text_len < 5 || (c0 != '<' && c0 != '_'))
+            unsigned char c0 = e->text_len ? (unsigned char)t->arena[e->text_off] : 0;
+            if (e->text_len < 4 || (c0 != '<' && c0 != '_' && c0 != '[' && c0 != 0xE2))
                 goto no_name;   /* every name below starts so: skip the compares */
             if (t->sp.eot == ENG_TOK_NULL)
                 for (int k = 0; eot_names[k]; k++)
@@ -879,15 +904,33 @@ int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
                 t->sp.eom = (int32_t)i;
                 e->attr |= ENG_TOK_ATTR_CONTROL;
             }
+            for (int f = 0; f < 6; f++)
+                for (int k = 0; fim[f] < 0 && fim_names[f][k]; k++)
+                    if (text_is(t, i, fim_names[f][k])) {
+                        fim[f] = (int32_t)i;
+                        e->attr |= ENG_TOK_ATTR_CONTROL;
+                    }
+no_name:
+            if ((e->attr & ENG_TOK_ATTR_CONTROL) && e->text_len &&
+                memmem(t->arena + e->text_off, e->text_len, "unused", 6))
+                e->attr |= ENG_TOK_ATTR_UNUSED;
+        }
+        for (int f = 3; f < 6; f++)   /* FIM pad, repo, file separator end generation */
+            if (fim[f] >= 0)
+                t->eog[fim[f] / 8] |= (uint8_t)(1u << (fim[f] % 8));
+        for (uint32_t i = 0; i < n; i++) {
+            struct tok_entry *e = &t->tok[i];
+            unsigned char c0 = e->text_len ? (unsigned char)t->arena[e->text_off] : 0;
+            if (e->text_len < 4 || (c0 != '<' && c0 != '_' && c0 != '[' && c0 != 0xE2))
+                continue;
             for (int k = 0; eog_names[k]; k++)
                 if (text_is(t, i, eog_names[k])) {
                     t->eog[i / 8] |= (uint8_t)(1u << (i % 8));
                     e->attr |= ENG_TOK_ATTR_CONTROL;
                 }
-no_name:
-            if ((e->attr & ENG_TOK_ATTR_CONTROL) && e->text_len &&
-                memmem(t->arena + e->text_off, e->text_len, "unused", 6))
-                e->attr |= ENG_TOK_ATTR_UNUSED;
+            for (int k = 0; always_user[k]; k++)   /* gpt-oss: always rendered */
+                if (text_is(t, i, always_user[k]))
+                    e->attr = ENG_TOK_ATTR_USER_DEFINED;
         }
         if (t->sp.eos != ENG_TOK_NULL)
             t->eog[t->sp.eos / 8] |= (uint8_t)(1u << (t->sp.eos % 8));
@@ -895,6 +938,28 @@ no_name:
             t->eog[t->sp.eot / 8] |= (uint8_t)(1u << (t->sp.eot % 8));
         if (t->sp.eom != ENG_TOK_NULL)
             t->eog[t->sp.eom / 8] |= (uint8_t)(1u << (t->sp.eom % 8));
+        /* o200k_harmony / solar-open: <|end|> is not the end there; gemma4 /
+         * paddleocr with <|tool_response>: </s> is not either */
+        for (uint32_t i = 0; i < n; i++) {
+            if (!(t->eog[i / 8] >> (i % 8) & 1))
+                continue;
+            has_return |= text_is(t, i, "<|return|>");
+            has_call |= text_is(t, i, "<|call|>") || text_is(t, i, "<|calls|>");
+            has_flush |= text_is(t, i, "<|flush|>");
+            has_tool_resp |= text_is(t, i, "<|tool_response>");
+            if (text_is(t, i, "<|end|>"))
+                id_end = (int32_t)i;
+            if (text_is(t, i, "</s>"))
+                id_s = (int32_t)i;
+        }
+        if (id_end >= 0 && ((has_return && has_call) || (has_call && has_flush))) {
+            t->eog[id_end / 8] &= (uint8_t)~(1u << (id_end % 8));
+            t->tok[id_end].attr = ENG_TOK_ATTR_USER_DEFINED;
+        }
+        if (id_s >= 0 && has_tool_resp) {
+            t->eog[id_s / 8] &= (uint8_t)~(1u << (id_s % 8));
+            t->tok[id_s].attr = ENG_TOK_ATTR_NORMAL;
+        }
     }
     /* Phi-3 strips whitespace right of its special tokens (llama.cpp does
      * this by model name, as the attributes are missing from GGUF). */
@@ -1586,7 +1651,9 @@ int64_t eng_tok_encode_ex(const eng_tok_t *t, const char *text, size_t len, unsi
     uint32_t mask = ENG_TOK_ATTR_USER_DEFINED;
     int rc = 0;
 
-    if (flags & ENG_TOK_PARSE_SPECIAL)
+    bool parse = flags & ENG_TOK_PARSE_SPECIAL;
+
+    if (parse)
         mask |= ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_UNKNOWN;
     if (t->kind == ENG_TOK_BPE && !(e.md = eng_tok_pre_md_new()))
         return -ENOMEM;
@@ -1601,9 +1668,13 @@ int64_t eng_tok_encode_ex(const eng_tok_t *t, const char *text, size_t len, unsi
         size_t q = p;
         while (node) {
             int32_t tk = t->trie[node].tok;
-            if (tk >= 0 && (t->tok[tk].attr & mask) &&
-                ((t->tok[tk].attr & ENG_TOK_ATTR_USER_DEFINED) || !n_plain ||
-                 !in_plain(plain, n_plain, p, t->tok[tk].text_len))) {
+            /* as llama.cpp: user-defined tokens always split the text; a
+             * token that is also control or unknown only with PARSE_SPECIAL,
+             * and never inside a plain span */
+            uint32_t at = tk >= 0 ? t->tok[tk].attr : 0;
+            bool ctl = at & (ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_UNKNOWN);
+            if (tk >= 0 && (at & mask) && (!ctl || (parse && (!n_plain ||
+                !in_plain(plain, n_plain, p, t->tok[tk].text_len))))) {
                 if (nc == capc) {
                     capc = capc ? capc * 2 : 64;
                     struct cand *nb = realloc(c, capc * sizeof(*c));

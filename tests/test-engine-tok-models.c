@@ -103,6 +103,14 @@ static void check_threads(const eng_tok_t *tok, const char *name)
     }
 }
 
+static int count_id(const int32_t *ids, int64_t n, int32_t id)
+{
+    int c = 0;
+    for (int64_t i = 0; i < n && i < 64; i++)
+        c += ids[i] == id;
+    return c;
+}
+
 static void check_model(const char *path, const char *name, const char *ctl, bool want_bos)
 {
     char err[512] = "";
@@ -158,6 +166,16 @@ static void check_model(const char *path, const char *name, const char *ctl, boo
               !memcmp(p, ctl, pl), "%s: control piece with SHOW_SPECIAL is not its text", name);
     CHECK(eng_tok_piece(tok, -1, 0, &p, &pl) == -ERANGE, "%s: id -1 accepted", name);
     CHECK(eng_tok_is_eog(tok, sp->eos), "%s: EOS is not end-of-generation", name);
+
+    /* regression: Gemma's "</s>" is user-defined in the file but an EOG
+     * token by name (llama.cpp makes it control), so user text keeps it as text */
+    int32_t eos_s = eng_tok_find(tok, "</s>", 4);
+    if (eos_s >= 0 && eng_tok_is_eog(tok, eos_s)) {
+        k = eng_tok_encode(tok, "x </s> y", 8, 0, ids, 64);
+        CHECK(k > 0 && count_id(ids, k, eos_s) == 0, "%s: user text produced </s>", name);
+        k = eng_tok_encode(tok, "x </s> y", 8, ENG_TOK_PARSE_SPECIAL, ids, 64);
+        CHECK(k > 0 && count_id(ids, k, eos_s) == 1, "%s: template text lost </s>", name);
+    }
 
     /* BOS */
     k = eng_tok_encode(tok, "hi", 2, ENG_TOK_ADD_SPECIAL, ids, 64);
