@@ -485,8 +485,8 @@ static int parse_line(struct ing_keys *ks, const char *path, uint32_t lineno, co
                     return seterr(ks, -EINVAL, "%s1: field '%s' is missing from this %s line",
                                   where, f[r].name, user ? "user" : "org");
             } else if (f[r].val) {
-                return seterr(ks, -EINVAL, "%s%zu: field '%s' does not belong on a %s line",
-                              where, f[r].col, f[r].name, user ? "user" : "org");
+                return seterr(ks, -EINVAL, "%s%zu: field '%s' does not belong on %s line",
+                              where, f[r].col, f[r].name, user ? "a user" : "an org");
             }
         }
         if ((rc = parse_name(ks, where, &f[F_NAME], name)) ||

@@ -183,10 +183,14 @@ int ing_rl_set_limits(struct ing_rl *rl, uint32_t b, uint64_t rpm, uint64_t tpm,
         uint64_t S = sum_used(rl, b, d), full = S + lim[d] * ING_RL_UNIT;
         uint64_t old = ld(&k->limit[d]), lvl = ld(&k->level[d]);
 
+        /* A new limit starts full; a changed one keeps what is used: the
+         * level moves by the change of capacity, never above the ceiling. */
+        lvl = old ? lvl + (lim[d] - old) * ING_RL_UNIT : full;
+        if ((int64_t)(lvl - full) > 0)
+            lvl = full;
         st(&k->limit[d], lim[d]);
         st(&k->full[d], full);
-        if (!old || (int64_t)(lvl - full) > 0)
-            st(&k->level[d], full); /* new limit starts full; never above it */
+        st(&k->level[d], lvl);
     }
     st(&k->t_ns, now_ns);
     wr_end(k);

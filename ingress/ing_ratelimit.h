@@ -150,7 +150,9 @@ int ing_rl_init(void *mem, size_t size, uint32_t nbuckets, uint32_t nworkers, ui
 int ing_rl_attach(struct ing_rl *rl, void *mem, size_t size, uint32_t worker);
 
 /* Worker 0 only: set bucket b's limits (per minute; 0 none). A bucket that
- * had no limit starts full; a changed limit keeps what is used. */
+ * had no limit starts full; a changed limit keeps what is used (60 rpm
+ * with 50 used, lowered to 40: nothing left until refill; raised to 80:
+ * 30 left). */
 int ing_rl_set_limits(struct ing_rl *rl, uint32_t b, uint64_t rpm, uint64_t tpm,
                       uint64_t now_ns);
 /* Worker 0 only: credit refill to every bucket (see the design above). */
