@@ -140,30 +140,34 @@ static void credit(struct ing_rl_bucket *k, int d, uint64_t S, uint64_t t, uint6
     FAVO_ASSERT((int64_t)(full - lvl) >= 0); /* invariant 3 */
 }
 
+static void tick_one(struct ing_rl *rl, uint32_t b, uint64_t now_ns)
+{
+    struct ing_rl_bucket *k = &rl->bkt[b];
+    uint64_t t = ld(&k->t_ns), S0, S1;
+
+    if (!ld(&k->limit[0]) && !ld(&k->limit[1]))
+        return;
+    /* B3: at most one credit per TICK_MIN_NS per bucket, so the sub-unit
+     * remainder each one drops stays negligible however often we are
+     * called. */
+    if ((int64_t)(now_ns - t) < (int64_t)TICK_MIN_NS)
+        return;
+    /* Sum before the write section: counters read later are larger, so
+     * the ceiling is conservative (B2). */
+    S0 = sum_used(rl, b, 0);
+    S1 = sum_used(rl, b, 1);
+    wr_begin(k);
+    credit(k, 0, S0, t, now_ns);
+    credit(k, 1, S1, t, now_ns);
+    st(&k->t_ns, now_ns);
+    wr_end(k);
+}
+
 void ing_rl_tick(struct ing_rl *rl, uint64_t now_ns)
 {
     FAVO_ASSERT(rl->worker == 0); /* invariant 1 */
-    for (uint32_t b = 0; b < rl->nbuckets; b++) {
-        struct ing_rl_bucket *k = &rl->bkt[b];
-        uint64_t t = ld(&k->t_ns), S0, S1;
-
-        if (!ld(&k->limit[0]) && !ld(&k->limit[1]))
-            continue;
-        /* B3: at most one tick per TICK_MIN_NS per bucket, so the sub-unit
-         * remainder each tick drops stays negligible however often the
-         * loop calls. */
-        if ((int64_t)(now_ns - t) < (int64_t)TICK_MIN_NS)
-            continue;
-        /* Sum before the write section: counters read later are larger, so
-         * the ceiling is conservative (B2). */
-        S0 = sum_used(rl, b, 0);
-        S1 = sum_used(rl, b, 1);
-        wr_begin(k);
-        credit(k, 0, S0, t, now_ns);
-        credit(k, 1, S1, t, now_ns);
-        st(&k->t_ns, now_ns);
-        wr_end(k);
-    }
+    for (uint32_t b = 0; b < rl->nbuckets; b++)
+        tick_one(rl, b, now_ns);
 }
 
 int ing_rl_set_limits(struct ing_rl *rl, uint32_t b, uint64_t rpm, uint64_t tpm,
@@ -256,8 +260,9 @@ int ing_rl_check(struct ing_rl *rl, const uint32_t *buckets, unsigned n, uint64_
     for (unsigned i = 0; i < n; i++)
         if (buckets[i] >= rl->nbuckets)
             return -ERANGE;
-    if (rl->worker == 0)
-        ing_rl_tick(rl, now_ns);
+    if (rl->worker == 0) /* the tick owner credits what it is about to read */
+        for (unsigned i = 0; i < n; i++)
+            tick_one(rl, buckets[i], now_ns);
     if (tokens > 1000000000ull)
         need[1] = 1000000000ull * ING_RL_UNIT + 1;
 

@@ -39,8 +39,11 @@
  *
  *     worker w: ing_rl_check ---- reads bkt[b] (seqlock), sums use[*][b]
  *                  |  admitted: use[w][b].used[d] += need   (own word)
- *     worker 0: ing_rl_tick (every ~10-100 ms from its loop, and on its own
- *               checks): level = min(level + refill, S + cap); full = S + cap
+ *     worker 0: ing_rl_tick (every ~10-100 ms from its loop; its own checks
+ *               also credit the buckets they touch):
+ *               level = min(level + refill, S + cap); full = S + cap
+ *               A full tick costs nbuckets x nworkers loads (1M buckets,
+ *               4 workers: about 10 ms), which sets how often to call it.
  *
  * Bounds (tested in test-ingress-ratelimit.c)
  *   B1. Races between checks: a check reads S, then charges; N workers may
@@ -155,7 +158,9 @@ int ing_rl_attach(struct ing_rl *rl, void *mem, size_t size, uint32_t worker);
  * 30 left). */
 int ing_rl_set_limits(struct ing_rl *rl, uint32_t b, uint64_t rpm, uint64_t tpm,
                       uint64_t now_ns);
-/* Worker 0 only: credit refill to every bucket (see the design above). */
+/* Worker 0 only: credit refill to every bucket (see the design above).
+ * Call it from the event loop every 10..100 ms; the interval is how long a
+ * bucket drained through other workers may wait for its refill (B2). */
 void ing_rl_tick(struct ing_rl *rl, uint64_t now_ns);
 
 /*
