@@ -393,8 +393,9 @@ static int hexval(int c)
 static int parse_line(struct ing_keys *ks, const char *path, uint32_t lineno, const char *s,
                       size_t n)
 {
-    struct field f[F_N] = { { "sha256" }, { "name" }, { "tenant" }, { "user" },
-                            { "org" }, { "rpm" }, { "tpm" }, { "priority" } };
+    struct field f[F_N] = { { .name = "sha256" }, { .name = "name" }, { .name = "tenant" },
+                            { .name = "user" }, { .name = "org" }, { .name = "rpm" },
+                            { .name = "tpm" }, { .name = "priority" } };
     char where[300];
     size_t i = 0, kind_len;
     const char *kind;
