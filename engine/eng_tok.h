@@ -36,15 +36,23 @@
  * without the flag) gets plain text tokens. ENG_TOK_ADD_SPECIAL adds BOS /
  * EOS where the model's add_bos_token / add_eos_token ask for them.
  *
+ * Exactness: ids match llama.cpp's tokenizer (checked: ../shared/vocab
+ * fixtures; tests/test-engine-tok-llamacpp.py against llama-cpp-python),
+ * including its load-time rules: control-looking tokens recognised by text
+ * (<|im_end|>, </s>, FIM tokens...) become control and end-of-generation.
+ * One deliberate difference: invalid UTF-8 keeps its bytes (byte tokens)
+ * where llama.cpp turns them into U+FFFD, so such input still round-trips.
+ *
  * Invariants:
  *   1. Every id written by eng_tok_encode is < eng_tok_n_vocab().
  *   2. An eng_tok_t is immutable after eng_tok_load: any number of threads
  *      may encode / decode with it at once, without locks.
  *   3. Pieces returned by eng_tok_piece point into the tokenizer's arena
  *      and live until eng_tok_free; producing one never allocates.
- *   4. Round trip: for valid UTF-8 text s without special-token texts,
- *      decode(encode(s, 0), 0) == s whenever every byte of s is reachable
- *      (byte tokens, or the vocabulary covers it).
+ *   4. Round trip: for text s without special-token texts (and, for SPM,
+ *      without a literal U+2581), decode(encode(s, 0), STRIP_SPACE) == s
+ *      whenever every byte of s is reachable (byte tokens, or the
+ *      vocabulary covers it).
  *   5. No token text or id is ever logged (ARCHITECTURE.md invariant 5);
  *      load errors name keys, indices and offsets only.
  *
