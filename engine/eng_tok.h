@@ -40,8 +40,9 @@
  * fixtures; tests/test-engine-tok-llamacpp.py against llama-cpp-python),
  * including its load-time rules: control-looking tokens recognised by text
  * (<|im_end|>, </s>, FIM tokens...) become control and end-of-generation.
- * One deliberate difference: invalid UTF-8 keeps its bytes (byte tokens)
- * where llama.cpp turns them into U+FFFD, so such input still round-trips.
+ * One deliberate difference: invalid UTF-8 keeps its bytes, each its own
+ * symbol, where llama.cpp's BPE turns them into U+FFFD and its SPM lets a
+ * bad lead byte swallow the next bytes; so such input still round-trips.
  *
  * Invariants:
  *   1. Every id written by eng_tok_encode is < eng_tok_n_vocab().
