@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,11 +48,23 @@ static int seterr(struct ing_keys *ks, int rc, const char *fmt, ...)
     return rc;
 }
 
+/* The digest implementation, fetched once: EVP_sha256() makes EVP_Digest
+ * look the provider up on every call, which costs more than hashing a key. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 int ing_keys_sha256(const void *data, size_t len, uint8_t out[32])
 {
     unsigned int n = 0;
 
-    if (!EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) || n != 32)
+    pthread_once(&sha256_once, sha256_fetch);
+    if (!EVP_Digest(data, len, out, &n, sha256_md ? sha256_md : EVP_sha256(), NULL) ||
+        n != 32)
         return -EIO;
     return 0;
 }
