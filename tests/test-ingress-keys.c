@@ -4,7 +4,8 @@
  * wrong and missing keys, the constant-time compare (CRYPTO_memcmp is
  * interposed here and counted), format/parse round trip, and `favo keys
  * add/list/revoke` end to end through FAVO_BIN in a temporary folder: the
- * printed key authenticates, list and the file never show it, mode 0600.
+ * printed key authenticates, list, stderr and the file never show it, mode
+ * 0600, concurrent adds lose nothing.
  */
 #include "t_util.h"
 
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <dirent.h>
 #include <cmocka.h>
@@ -396,15 +398,26 @@ static void test_cli(void **state)
     assert_non_null(dir);
     snprintf(path, sizeof(path), "%s/keys.conf", dir);
 
-    out = run_favo(favo, 0, "add", "--keys", path, "--tenant", "acme", "--name", "ci",
-                   "--user", "bob", "--org", "acme-org", "--rpm", "60", "--tpm", "9000",
-                   "--priority", "2", NULL);
-    assert_non_null(out);
-    /* exactly one line: the key */
-    assert_int_equal(strlen(out), ING_KEYS_KEY_LEN + 1);
-    assert_int_equal(out[ING_KEYS_KEY_LEN], '\n');
-    memcpy(key, out, ING_KEYS_KEY_LEN);
-    key[ING_KEYS_KEY_LEN] = 0;
+    {
+        char *argv[] = { (char *)favo, (char *)"keys", (char *)"add", (char *)"--keys", path,
+                         (char *)"--tenant", (char *)"acme", (char *)"--name", (char *)"ci",
+                         (char *)"--user", (char *)"bob", (char *)"--org", (char *)"acme-org",
+                         (char *)"--rpm", (char *)"60", (char *)"--tpm", (char *)"9000",
+                         (char *)"--priority", (char *)"2", NULL };
+        char *err = NULL;
+
+        assert_int_equal(t_run(argv, &out, &err), 0);
+        assert_non_null(out);
+        assert_non_null(err);
+        assert_non_null(strstr(err, "added 'ci'"));
+        /* exactly one line on stdout: the key; never on stderr */
+        assert_int_equal(strlen(out), ING_KEYS_KEY_LEN + 1);
+        assert_int_equal(out[ING_KEYS_KEY_LEN], '\n');
+        memcpy(key, out, ING_KEYS_KEY_LEN);
+        key[ING_KEYS_KEY_LEN] = 0;
+        assert_null(strstr(err, key + 5));
+        free(err);
+    }
     assert_memory_equal(key, "favo-", 5);
     free(out);
 
@@ -479,6 +492,35 @@ static void test_cli(void **state)
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
 
+    {   /* concurrent adds serialize on the lock file: none is lost */
+        enum { P = 4 };
+        pid_t pids[P];
+
+        for (int i = 0; i < P; i++) {
+            pids[i] = fork();
+            assert_true(pids[i] >= 0);
+            if (!pids[i]) {
+                char nm[16];
+                char *argv[] = { (char *)favo, (char *)"keys", (char *)"add", (char *)"--keys",
+                                 path, (char *)"--tenant", (char *)"t", (char *)"--name", nm,
+                                 (char *)"--rpm", (char *)"1", (char *)"--tpm", (char *)"1",
+                                 NULL };
+                char *po = NULL, *pe = NULL;
+
+                snprintf(nm, sizeof(nm), "par%d", i);
+                _exit(t_run(argv, &po, &pe) == 0 ? 0 : 1);
+            }
+        }
+        for (int i = 0; i < P; i++) {
+            int ws;
+
+            assert_int_equal(waitpid(pids[i], &ws, 0), pids[i]);
+            assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+        }
+        assert_int_equal(ing_keys_load(&ks, path), 0);
+        assert_int_equal(ks.nkeys, P);
+        ing_keys_free(&ks);
+    }
     out = run_favo(favo, 2, "frobnicate", "--keys", path, NULL);
     free(out);
     {   /* list of a broken file: the error names file and line */
