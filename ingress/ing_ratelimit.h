@@ -60,6 +60,14 @@
  *       credits a bucket at most once per millisecond: the loss is below
  *       0.06 requests or tokens per minute.
  *
+ * Reload (SIGHUP)
+ *   Bucket numbers come from the keys file's order (ing_keys.h invariant 3),
+ *   so a reloaded file maps them afresh: the owner of the data segment
+ *   lays out a NEW region with ing_rl_init (generation + 1), worker 0 sets
+ *   its limits, and each worker attaches to it with the new key set, then
+ *   drops the old one. Usage is not carried over: every bucket starts full
+ *   after a reload (at most one extra minute's burst per reload).
+ *
  * Region layout (offsets, never pointers; magic + version + generation)
  *
  *     +----------------------------+ 0
