@@ -97,9 +97,14 @@ const struct dp_cmd dp_cmds[] = {
       "'favo model info FILE' prints a GGUF file's metadata, tensor table and memory needs. "
       "'favo model make' writes deterministic random-weight models for tests and benchmarks.",
       dp_cmd_model },
-    { "keys", "API keys: add, list, revoke (hashes only)", "add|list|revoke [OPTIONS]",
-      "Manages the API keys file. Keys are printed once at creation; only their SHA-256 is "
-      "stored.", dp_cmd_keys },
+    { "keys", "API keys: add, list, revoke (hashes only)",
+      "add --tenant T --rpm N --tpm N [OPTIONS] | list | revoke NAME|HASHPREFIX",
+      "Manages the API keys file. 'add' prints a new key once on stdout; only its SHA-256 is "
+      "stored, with its name, tenant, user, org, limits and priority. 'list' shows entries "
+      "(never a key), 'revoke' drops one by name or digest prefix. Limits shared by all keys "
+      "of a user or org are 'user name=U rpm=N tpm=N' / 'org name=O rpm=N tpm=N' lines in "
+      "the file. Changes are atomic (mode 0600); a running server reloads on SIGHUP.",
+      dp_cmd_keys },
     { "stat", "live view of a running instance (stats segment only)", "[OPTIONS]",
       "Attaches read-only to the stats segment of a running instance. It cannot see request "
       "content: the segment cannot hold any.", dp_cmd_stat },
