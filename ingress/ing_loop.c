@@ -1,0 +1,815 @@
+/*
+ * ing_loop.c - the ingress io_uring loop: listen socket, multishot accept,
+ * recv into cells, the per-connection parse/route/answer cycle, timers.
+ * The design and the connection lifecycle are at the top of ing_loop.h;
+ * what each route answers is in ing_route.c.
+ *
+ * user_data of every SQE: op (8 bits) | slot (24 bits) | generation (32),
+ * so a completion that arrives after its slot was reused is recognised
+ * and dropped (loop inv 2).
+ */
+
+#include "ing_loop_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ing_fdpass.h"
+#include "../shm/favo_base.h"
+
+enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_TICK };
+
+#define TICK_MS 100u
+
+static volatile sig_atomic_t ing_sig_stop;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    ing_sig_stop = 1;
+}
+
+static inline uint64_t ud_make(unsigned op, uint32_t slot, uint32_t gen)
+{
+    return ((uint64_t)op << 56) | ((uint64_t)(slot & 0xffffffu) << 32) | gen;
+}
+
+/* ------------------------------------------------------------ the pool */
+
+int ing_loop_private_pool(struct shm_cell_pool *p, void **mem, unsigned max_conns)
+{
+    struct shm_cell_cfg cc = { .nclasses = 3, .nreturn = 1, .flags = 0 };
+    size_t len;
+    void *m;
+    int rc;
+
+    cc.classes[0].cell_size = 64u << 10;
+    cc.classes[0].ncells = max_conns + 16;
+    cc.classes[1].cell_size = 1u << 20;
+    cc.classes[1].ncells = 16;
+    cc.classes[2].cell_size = 9u << 20;
+    cc.classes[2].ncells = 2;
+    len = shm_cell_pool_size(&cc);
+    if (!len)
+        return -EINVAL;
+    m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return -errno;
+    (void)madvise(m, len, MADV_DONTDUMP); /* invariant 5: no request bytes in a core */
+    rc = shm_cell_pool_init(m, len, &cc, 1);
+    if (!rc)
+        rc = shm_cell_pool_attach(p, m, len, 1, SHM_CELL_ROLE_ALLOCATOR, -1);
+    if (rc) {
+        munmap(m, len);
+        return rc;
+    }
+    *mem = m;
+    return 0;
+}
+
+/* ---------------------------------------------------- response helpers */
+
+static const char *status_text(int s)
+{
+    switch (s) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Status";
+    }
+}
+
+static int out_reserve(struct ing_conn *c, size_t more)
+{
+    size_t need = c->out_len + more, cap = c->out_cap ? c->out_cap : 4096;
+    char *p;
+
+    if (need <= c->out_cap)
+        return 0;
+    while (cap < need)
+        cap *= 2;
+    p = malloc(cap);
+    if (!p)
+        return -ENOMEM;
+    if (c->out) {
+        memcpy(p, c->out, c->out_len);
+        explicit_bzero(c->out, c->out_cap); /* may hold tokens or text */
+        free(c->out);
+    }
+    c->out = p;
+    c->out_cap = cap;
+    return 0;
+}
+
+int ing_conn_respond(struct ing_loop *L, struct ing_conn *c, int status, const char *ctype,
+                     const char *extra, const void *body, size_t len)
+{
+    char hdr[512];
+    int n;
+
+    n = snprintf(hdr, sizeof(hdr), "HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %zu\r\n%s%.*s%s%s%s\r\n",
+                 status, status_text(status), ctype ? "Content-Type: " : "", ctype ? ctype : "",
+                 ctype ? "\r\n" : "", len, L->reqid_len ? "X-Request-Id: " : "",
+                 (int)L->reqid_len, L->reqid, L->reqid_len ? "\r\n" : "",
+                 c->closing ? "Connection: close\r\n" : "", extra ? extra : "");
+    if (n < 0 || (size_t)n >= sizeof(hdr) || out_reserve(c, (size_t)n + len)) {
+        c->closing = true;
+        return -ENOMEM;
+    }
+    memcpy(c->out + c->out_len, hdr, (size_t)n);
+    if (len)
+        memcpy(c->out + c->out_len + n, body, len);
+    c->out_len += (size_t)n + len;
+    favo_debug("ingress: conn %u req %.*s -> %d (%zu bytes)", (unsigned)(c - L->conns),
+               (int)L->reqid_len, L->reqid, status, len);
+    return 0;
+}
+
+int ing_conn_error(struct ing_loop *L, struct ing_conn *c, int status, const char *message,
+                   const char *param, const char *code, const char *extra)
+{
+    char body[1024];
+    int n = ing_oai_error_body(body, sizeof(body), status, NULL, message, param, code);
+
+    if (n < 0)
+        n = ing_oai_error_body(body, sizeof(body), status, NULL, "error", NULL, NULL);
+    if (L->cfg.stats_w) {
+        enum shm_stats_counter k = status == 401 ? SHM_C_REJ_UNAUTHORIZED
+                                 : status == 404 ? SHM_C_REJ_NOT_FOUND
+                                 : status == 413 ? SHM_C_REJ_TOO_LARGE
+                                 : status == 429 ? SHM_C_REJ_RATE_LIMIT
+                                 : status == 503 ? SHM_C_REJ_QUEUE_FULL
+                                                 : SHM_C_REJ_BAD_REQUEST;
+        shm_stats_add(L->cfg.stats_w, k, 1);
+    }
+    return ing_conn_respond(L, c, status, "application/json", extra, body, n < 0 ? 0 : (size_t)n);
+}
+
+/* --------------------------------------------------------- body scratch */
+
+int ing_body_add(struct ing_loop *L, const void *p, size_t n)
+{
+    if (L->scratch_len + n + 1 > L->scratch_cap) {
+        size_t cap = L->scratch_cap ? L->scratch_cap : 4096;
+        char *q;
+        while (cap < L->scratch_len + n + 1)
+            cap *= 2;
+        q = malloc(cap);
+        if (!q)
+            return -ENOMEM;
+        if (L->scratch) {
+            memcpy(q, L->scratch, L->scratch_len);
+            explicit_bzero(L->scratch, L->scratch_cap);
+            free(L->scratch);
+        }
+        L->scratch = q;
+        L->scratch_cap = cap;
+    }
+    memcpy(L->scratch + L->scratch_len, p, n);
+    L->scratch_len += n;
+    L->scratch[L->scratch_len] = 0;
+    return 0;
+}
+
+int ing_body_printf(struct ing_loop *L, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp))
+        return -EINVAL;
+    return ing_body_add(L, tmp, (size_t)n);
+}
+
+/* JSON string with quotes; invalid UTF-8 becomes U+FFFD so the body is
+ * always valid JSON. */
+int ing_body_json_str(struct ing_loop *L, const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    int rc = ing_body_add(L, "\"", 1);
+    size_t i = 0;
+
+    while (!rc && i < n) {
+        unsigned char b = u[i];
+        size_t k = 0;
+        if (b == '"' || b == '\\') {
+            char e[2] = { '\\', (char)b };
+            rc = ing_body_add(L, e, 2);
+            i++;
+            continue;
+        }
+        if (b < 0x20) {
+            rc = b == '\n' ? ing_body_add(L, "\\n", 2)
+               : b == '\t' ? ing_body_add(L, "\\t", 2)
+               : b == '\r' ? ing_body_add(L, "\\r", 2)
+                           : ing_body_printf(L, "\\u%04x", b);
+            i++;
+            continue;
+        }
+        if (b < 0x80) {
+            rc = ing_body_add(L, &u[i], 1);
+            i++;
+            continue;
+        }
+        /* multi-byte: validate the sequence (no overlongs, no surrogates) */
+        uint32_t cp = 0;
+        if (b >= 0xc2 && b <= 0xdf) { k = 2; cp = b & 0x1f; }
+        else if (b >= 0xe0 && b <= 0xef) { k = 3; cp = b & 0x0f; }
+        else if (b >= 0xf0 && b <= 0xf4) { k = 4; cp = b & 0x07; }
+        if (k && i + k <= n) {
+            size_t j;
+            for (j = 1; j < k && (u[i + j] & 0xc0) == 0x80; j++)
+                cp = (cp << 6) | (u[i + j] & 0x3f);
+            if (j == k && !(k == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
+                !(k == 4 && (cp < 0x10000 || cp > 0x10ffff))) {
+                rc = ing_body_add(L, &u[i], k);
+                i += k;
+                continue;
+            }
+        }
+        rc = ing_body_add(L, "\xef\xbf\xbd", 3);
+        i++;
+    }
+    return rc ? rc : ing_body_add(L, "\"", 1);
+}
+
+void ing_body_reset(struct ing_loop *L)
+{
+    if (L->scratch)
+        explicit_bzero(L->scratch, L->scratch_len + 1);
+    L->scratch_len = 0;
+}
+
+/* ---------------------------------------------------------- connections */
+
+uint64_t ing_conn_key(const struct ing_loop *L, const struct ing_conn *c)
+{
+    return ((uint64_t)L->cfg.worker << 48) | ((uint64_t)(c - L->conns) << 24) |
+           (c->gen & 0xffffffu);
+}
+
+static int conn_cell(struct ing_loop *L, size_t need, shm_cell_ref_t *ref, uint8_t **buf,
+                     uint32_t *cap)
+{
+    void *p;
+    size_t sz;
+    int rc;
+
+    rc = shm_cell_alloc(L->pool, need, ref);
+    if (rc == -EAGAIN && shm_cell_drain(L->pool) > 0)
+        rc = shm_cell_alloc(L->pool, need, ref);
+    if (rc)
+        return rc;
+    rc = shm_cell_get(L->pool, *ref, SHM_CELL_INGRESS, &p, &sz);
+    FAVO_ASSERT(rc == 0);
+    *buf = p;
+    *cap = sz > UINT32_MAX ? UINT32_MAX : (uint32_t)sz;
+    return 0;
+}
+
+int ing_conn_detach(struct ing_loop *L, struct ing_conn *c, shm_cell_ref_t *old, uint8_t **buf,
+                    size_t *size)
+{
+    shm_cell_ref_t nref;
+    uint8_t *nbuf;
+    uint32_t ncap, rest = c->len - c->req.next;
+    int rc;
+
+    FAVO_ASSERT(c->req.next <= c->len); /* http inv H3 */
+    rc = conn_cell(L, FAVO_MAX(rest, 1u), &nref, &nbuf, &ncap);
+    if (rc)
+        return rc;
+    memcpy(nbuf, c->buf + c->req.next, rest);
+    explicit_bzero(c->buf + c->req.next, rest); /* loop inv 4 */
+    *old = c->cell;
+    *buf = c->buf;
+    *size = c->cap;
+    c->len = c->req.next;
+    shm_cell_set_len(L->pool, c->cell, SHM_CELL_INGRESS, c->len);
+    c->cell = nref;
+    c->buf = nbuf;
+    c->cap = ncap;
+    c->len = rest;
+    c->first_ns = rest ? favo_now_ns() : 0;
+    ing_http_init(&c->req, &L->cfg.lim, 0);
+    c->req.next = 0;
+    return 0;
+}
+
+static struct io_uring_sqe *get_sqe(struct ing_loop *L)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&L->ring);
+
+    if (!sqe) {
+        io_uring_submit(&L->ring);
+        sqe = io_uring_get_sqe(&L->ring);
+    }
+    FAVO_ASSERT(sqe != NULL); /* the SQ was just flushed */
+    return sqe;
+}
+
+static void arm_accept(struct ing_loop *L)
+{
+    struct io_uring_sqe *sqe;
+
+    if (L->accept_armed || L->draining)
+        return;
+    sqe = get_sqe(L);
+    if (L->multishot)
+        io_uring_prep_multishot_accept(sqe, L->lfd, NULL, NULL, SOCK_CLOEXEC);
+    else
+        io_uring_prep_accept(sqe, L->lfd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_ACCEPT, 0, 0));
+    L->accept_armed = true;
+}
+
+static void arm_tick(struct ing_loop *L)
+{
+    static struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = TICK_MS * 1000000ll };
+    struct io_uring_sqe *sqe = get_sqe(L);
+
+    io_uring_prep_timeout(sqe, &ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_TICK, 0, 0));
+}
+
+static void conn_free(struct ing_loop *L, struct ing_conn *c)
+{
+    close(c->fd);
+    c->fd = -1;
+    if (c->cell != SHM_CELL_REF_NONE)
+        shm_cell_free(L->pool, c->cell, SHM_CELL_INGRESS); /* scrubs (cell inv 2) */
+    c->cell = SHM_CELL_REF_NONE;
+    c->buf = NULL;
+    if (c->out) {
+        explicit_bzero(c->out, c->out_cap);
+        free(c->out);
+    }
+    c->out = NULL;
+    c->out_len = c->out_cap = c->out_sent = 0;
+    L->nconns--;
+}
+
+/* Submit what the connection needs next, or free it when it is done. */
+static void conn_kick(struct ing_loop *L, struct ing_conn *c)
+{
+    uint32_t slot = (uint32_t)(c - L->conns);
+
+    if (c->out_len > c->out_sent && !c->send_inflight) {
+        struct io_uring_sqe *sqe = get_sqe(L);
+        io_uring_prep_send(sqe, c->fd, c->out + c->out_sent, c->out_len - c->out_sent,
+                           MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, slot, c->gen));
+        c->send_inflight = 1;
+    }
+    if (c->closing) {
+        if (c->send_inflight)
+            return;
+        if (c->recv_inflight) {
+            if (!c->shut) {
+                shutdown(c->fd, SHUT_RDWR); /* completes the pending recv */
+                c->shut = true;
+            }
+            return;
+        }
+        conn_free(L, c);
+        return;
+    }
+    if (!c->recv_inflight && c->len < c->cap) {
+        struct io_uring_sqe *sqe = get_sqe(L);
+        io_uring_prep_recv(sqe, c->fd, c->buf + c->len, c->cap - c->len, 0);
+        io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, slot, c->gen));
+        c->recv_inflight = 1;
+    }
+}
+
+static void conn_open(struct ing_loop *L, int fd)
+{
+    struct ing_conn *c = NULL;
+    int one = 1;
+
+    if (L->nconns < L->max_conns)
+        for (unsigned i = 0; i < L->max_conns; i++)
+            if (L->conns[i].fd < 0 && !L->conns[i].recv_inflight && !L->conns[i].send_inflight) {
+                c = &L->conns[i];
+                break;
+            }
+    if (!c) {
+        /* Beyond max_conns (invariant 7): a short answer written directly
+         * (a fresh socket's buffer always holds it), then close. */
+        char body[256], msg[512];
+        int n = ing_oai_error_body(body, sizeof(body), 503, NULL,
+                                   "too many connections; retry later", NULL, NULL);
+        int m = snprintf(msg, sizeof(msg),
+                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
+                         n, body);
+        if (write(fd, msg, (size_t)m) < 0)
+            favo_debug("ingress: 503 to an extra connection: %s", strerror(errno));
+        close(fd);
+        if (L->cfg.stats_w)
+            shm_stats_add(L->cfg.stats_w, SHM_C_REJ_QUEUE_FULL, 1);
+        return;
+    }
+    memset(c, 0, offsetof(struct ing_conn, req));
+    c->fd = fd;
+    c->gen = (uint32_t)(++L->reqid_seq) | 1u;
+    if (conn_cell(L, 1, &c->cell, &c->buf, &c->cap)) {
+        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                   "Retry-After: 1\r\nConnection: close\r\n\r\n";
+        if (write(fd, busy, sizeof(busy) - 1) < 0)
+            favo_debug("ingress: 503 (no cell): %s", strerror(errno));
+        close(fd);
+        c->fd = -1;
+        return;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->out = NULL;
+    c->out_len = c->out_cap = c->out_sent = 0;
+    c->last_ns = favo_now_ns();
+    ing_http_init(&c->req, &L->cfg.lim, 0);
+    L->nconns++;
+    conn_kick(L, c);
+}
+
+/* A cell of a larger class for a request that outgrew its cell; the bytes
+ * move once (offsets in c->req stay valid). */
+static int conn_grow(struct ing_loop *L, struct ing_conn *c, size_t need)
+{
+    shm_cell_ref_t nref;
+    uint8_t *nbuf;
+    uint32_t ncap;
+
+    if (need <= c->cap)
+        return 0;
+    if (conn_cell(L, need, &nref, &nbuf, &ncap) || ncap < need)
+        return -EMSGSIZE;
+    memcpy(nbuf, c->buf, c->len);
+    shm_cell_free(L->pool, c->cell, SHM_CELL_INGRESS);
+    c->cell = nref;
+    c->buf = nbuf;
+    c->cap = ncap;
+    return 0;
+}
+
+static void set_reqid_none(struct ing_loop *L)
+{
+    L->reqid_len = 0;
+    L->reqid[0] = 0;
+}
+
+/* Parse and answer every complete request in the buffer, in order. */
+static void conn_process(struct ing_loop *L, struct ing_conn *c)
+{
+    while (!c->closing && !c->parked) {
+        int rc = ing_http_parse(&c->req, c->buf, c->len);
+
+        if (rc == -EAGAIN) {
+            if (c->len > c->req.start && !c->first_ns)
+                c->first_ns = favo_now_ns();
+            if (ing_http_want_continue(&c->req) && !c->cont_sent) {
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                if (!out_reserve(c, sizeof(cont) - 1)) {
+                    memcpy(c->out + c->out_len, cont, sizeof(cont) - 1);
+                    c->out_len += sizeof(cont) - 1;
+                }
+                c->cont_sent = true;
+            }
+            if (ing_http_headers_done(&c->req) && c->req.has_cl &&
+                c->req.hdr_end + c->req.content_length > c->cap &&
+                c->req.content_length <= c->req.lim.max_body)
+                (void)conn_grow(L, c, c->req.hdr_end + c->req.content_length);
+            if (c->len == c->cap && conn_grow(L, c, (size_t)c->cap + 1)) {
+                int st = ing_http_full_status(&c->req);
+                set_reqid_none(L);
+                c->closing = true;
+                ing_conn_error(L, c, st,
+                               st == 431 ? "the request headers are too large"
+                                         : "the request body is too large",
+                               NULL, NULL, NULL);
+            }
+            break;
+        }
+        if (rc < 0) {
+            char msg[200];
+            int st = c->req.status ? c->req.status : 400;
+            ing_http_error_text(&c->req, c->buf, msg, sizeof(msg));
+            set_reqid_none(L);
+            c->closing = true;
+            favo_info("ingress: refused request on conn %u: status %d (%s)",
+                      (unsigned)(c - L->conns), st, ing_http_strerror(c->req.err));
+            ing_conn_error(L, c, st, msg, NULL, NULL, NULL);
+            break;
+        }
+        c->nreq++;
+        if (!c->req.keep_alive || L->draining)
+            c->closing = true;
+        ing_route(L, c);
+        if (c->closing || c->parked)
+            break;
+        /* Next pipelined request: move its bytes down to the start and
+         * scrub what the answered one left (invariant 5). */
+        uint32_t next = c->req.next, rest = c->len - next;
+        memmove(c->buf, c->buf + next, rest);
+        explicit_bzero(c->buf + rest, next);
+        c->len = rest;
+        c->cont_sent = false;
+        c->first_ns = rest ? favo_now_ns() : 0;
+        ing_http_init(&c->req, &L->cfg.lim, 0);
+    }
+}
+
+static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
+{
+    c->recv_inflight = 0;
+    if (res <= 0 || c->closing) {
+        /* EOF, reset, or the shutdown() of a closing connection. */
+        c->closing = true;
+        if (res <= 0)
+            c->out_sent = c->out_len; /* nobody left to read it */
+        conn_kick(L, c);
+        return;
+    }
+    c->len += (uint32_t)res;
+    c->last_ns = favo_now_ns();
+    conn_process(L, c);
+    conn_kick(L, c);
+}
+
+static void on_send(struct ing_loop *L, struct ing_conn *c, int res)
+{
+    c->send_inflight = 0;
+    if (res <= 0) {
+        c->closing = true;
+        c->out_sent = c->out_len;
+    } else {
+        c->out_sent += (size_t)res;
+        if (c->out_sent == c->out_len) {
+            explicit_bzero(c->out, c->out_len);
+            c->out_len = c->out_sent = 0;
+            c->last_ns = favo_now_ns();
+        }
+    }
+    conn_kick(L, c);
+}
+
+static void on_tick(struct ing_loop *L)
+{
+    uint64_t now = favo_now_ns();
+    uint64_t hdr = (uint64_t)L->cfg.header_timeout_ms * 1000000ull;
+    uint64_t idle = (uint64_t)L->cfg.idle_timeout_ms * 1000000ull;
+
+    for (unsigned i = 0; i < L->max_conns; i++) {
+        struct ing_conn *c = &L->conns[i];
+        if (c->fd < 0 || c->closing || c->parked)
+            continue;
+        if (c->out_len > c->out_sent)
+            continue; /* still answering */
+        bool started = c->len > c->req.start || c->first_ns;
+        if (!ing_http_headers_done(&c->req) && (started || c->nreq == 0)) {
+            uint64_t since = started && c->first_ns ? c->first_ns : c->last_ns;
+            if (now - since > hdr) {
+                set_reqid_none(L);
+                c->closing = true;
+                ing_conn_error(L, c, 408, "the request headers were not received in time",
+                               NULL, NULL, NULL);
+                conn_kick(L, c);
+            }
+        } else if (now - c->last_ns > (ing_http_headers_done(&c->req) ? hdr : idle)) {
+            /* idle keep-alive, or a body that stopped arriving */
+            if (ing_http_headers_done(&c->req)) {
+                set_reqid_none(L);
+                ing_conn_error(L, c, 408, "the request body was not received in time", NULL,
+                               NULL, NULL);
+            } else {
+                c->out_sent = c->out_len;
+            }
+            c->closing = true;
+            conn_kick(L, c);
+        }
+    }
+    if (L->cfg.stats && L->cfg.stats_w)
+        shm_stats_flush(L->cfg.stats_w);
+    arm_tick(L);
+}
+
+static void on_accept(struct ing_loop *L, struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        L->accept_armed = false;
+    if (cqe->res >= 0) {
+        conn_open(L, cqe->res);
+    } else if (cqe->res == -EINVAL && L->multishot) {
+        favo_warn("ingress: multishot accept refused by the kernel; using single accept");
+        L->multishot = false;
+    } else if (cqe->res != -EINTR && cqe->res != -ECONNABORTED && cqe->res != -EAGAIN) {
+        favo_warn("ingress: accept: %s", strerror(-cqe->res));
+    }
+    arm_accept(L);
+}
+
+/* ----------------------------------------------------------------- setup */
+
+static int ring_init(struct ing_loop *L)
+{
+    static const unsigned tries[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int rc = -EINVAL;
+
+    for (size_t i = 0; i < FAVO_ARRAY_SIZE(tries); i++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof(p));
+        p.flags = tries[i];
+        rc = io_uring_queue_init_params(256, &L->ring, &p);
+        if (rc == 0) {
+            if (i)
+                favo_warn("ingress: io_uring setup flags 0x%x refused; using 0x%x", tries[0],
+                          tries[i]);
+            return 0;
+        }
+        if (rc != -EINVAL)
+            break;
+    }
+    favo_err("ingress: io_uring_queue_init: %s", strerror(-rc));
+    return rc;
+}
+
+static int listen_open(struct ing_loop *L)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(L->cfg.port) };
+    socklen_t alen = sizeof(a);
+    const char *host = L->cfg.host ? L->cfg.host : "127.0.0.1";
+    int one = 1, fd;
+
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1) {
+        favo_err("ingress: --host '%s' is not an IPv4 address", host);
+        return -EINVAL;
+    }
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* N workers bind the same port; the kernel spreads connections. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 1024) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &alen) < 0) {
+        int e = -errno;
+        favo_err("ingress: listen on %s:%u: %s", host, L->cfg.port, strerror(-e));
+        close(fd);
+        return e;
+    }
+    L->lfd = fd;
+    L->port = ntohs(a.sin_port);
+    return 0;
+}
+
+int ing_loop_run(const struct ing_cfg *cfg)
+{
+    struct ing_loop *L = calloc(1, sizeof(*L));
+    struct sigaction sa;
+    int rc;
+
+    if (!L)
+        return -ENOMEM;
+    L->cfg = *cfg;
+    L->lfd = -1;
+    if (!L->cfg.lim.max_header)
+        L->cfg.lim = ing_http_default_limits;
+    L->max_conns = cfg->max_conns ? cfg->max_conns : 1024;
+    if (!L->cfg.header_timeout_ms)
+        L->cfg.header_timeout_ms = 10000;
+    if (!L->cfg.idle_timeout_ms)
+        L->cfg.idle_timeout_ms = 60000;
+    L->multishot = true;
+    L->created = favo_wall_ns() / 1000000000ull;
+    if (getrandom(&L->reqid_salt, sizeof(L->reqid_salt), 0) != sizeof(L->reqid_salt))
+        L->reqid_salt = favo_now_ns() ^ (uint64_t)getpid() << 32;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal; /* no SA_RESTART: the wait returns -EINTR */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    L->conns = calloc(L->max_conns, sizeof(*L->conns));
+    L->snap = malloc(sizeof(*L->snap));
+    if (!L->conns || !L->snap) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (unsigned i = 0; i < L->max_conns; i++)
+        L->conns[i].fd = -1;
+    if (cfg->cells) {
+        L->pool = cfg->cells;
+    } else {
+        rc = ing_loop_private_pool(&L->own_pool, &L->own_pool_mem, L->max_conns);
+        if (rc) {
+            favo_err("ingress: private cell pool: %s", strerror(-rc));
+            goto out;
+        }
+        L->pool = &L->own_pool;
+    }
+    if (cfg->model_path && (rc = ing_route_model_load(L)) != 0)
+        goto out;
+    if ((rc = listen_open(L)) != 0)
+        goto out;
+    if ((rc = ring_init(L)) != 0)
+        goto out_listen;
+    favo_info("ingress: worker %u listening on %s:%u (max %u connections, model %s)",
+              cfg->worker, cfg->host ? cfg->host : "127.0.0.1", L->port, L->max_conns,
+              L->tok ? L->model_id : "none");
+    if (cfg->port_fd >= 0) {
+        char s[16];
+        int n = snprintf(s, sizeof(s), "%u\n", L->port);
+        if (write(cfg->port_fd, s, (size_t)n) != n)
+            favo_warn("ingress: writing the port: %s", strerror(errno));
+        close(cfg->port_fd);
+    }
+
+    arm_accept(L);
+    arm_tick(L);
+    rc = 0;
+    while (!ing_sig_stop && !(cfg->stop && *cfg->stop)) {
+        struct io_uring_cqe *cqe;
+        unsigned head, n = 0;
+        int w = io_uring_submit_and_wait(&L->ring, 1);
+
+        if (w < 0 && w != -EINTR && w != -EAGAIN && w != -EBUSY) {
+            favo_err("ingress: io_uring_submit_and_wait: %s", strerror(-w));
+            rc = w;
+            break;
+        }
+        io_uring_for_each_cqe(&L->ring, head, cqe) {
+            uint64_t ud = io_uring_cqe_get_data64(cqe);
+            unsigned op = (unsigned)(ud >> 56);
+            uint32_t slot = (uint32_t)(ud >> 32) & 0xffffffu, gen = (uint32_t)ud;
+            n++;
+            if (op == OP_ACCEPT) {
+                on_accept(L, cqe);
+            } else if (op == OP_TICK) {
+                on_tick(L);
+            } else if (op == OP_RECV || op == OP_SEND) {
+                struct ing_conn *c = &L->conns[slot];
+                FAVO_ASSERT(slot < L->max_conns);
+                if (c->fd < 0 || c->gen != gen)
+                    continue; /* loop inv 2: stale, never applied */
+                if (op == OP_RECV)
+                    on_recv(L, c, cqe->res);
+                else
+                    on_send(L, c, cqe->res);
+            }
+        }
+        io_uring_cq_advance(&L->ring, n);
+    }
+    favo_info("ingress: worker %u stopping (%u connections open)", cfg->worker, L->nconns);
+    io_uring_queue_exit(&L->ring);
+    for (unsigned i = 0; i < L->max_conns; i++)
+        if (L->conns[i].fd >= 0)
+            conn_free(L, &L->conns[i]);
+out_listen:
+    close(L->lfd);
+out:
+    ing_route_model_free(L);
+    if (L->scratch) {
+        explicit_bzero(L->scratch, L->scratch_cap);
+        free(L->scratch);
+    }
+    free(L->snap);
+    free(L->conns);
+    /* the private pool stays mapped: freed cells were scrubbed already */
+    free(L);
+    return rc;
+}

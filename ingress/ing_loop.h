@@ -1,0 +1,151 @@
+/*
+ * ing_loop.h - the ingress worker: one io_uring event loop that accepts
+ * client connections, receives each request into a cell of the data
+ * segment, parses and routes it, answers early errors and the small
+ * routes itself, and hands generation requests to the batcher as a
+ * descriptor (cell reference + metadata, never content) over the
+ * ingress->batcher ring.
+ *
+ * One loop per ingress worker process; N workers share the port with
+ * SO_REUSEPORT (each calls ing_loop_run with the same host/port; the
+ * kernel spreads connections). The ring is set up with
+ * IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN; a kernel that
+ * refuses those gets COOP_TASKRUN, then no flags (logged once). Accept is
+ * multishot (re-armed when the kernel ends it, single-shot accept when the
+ * kernel has no multishot).
+ *
+ * Receive buffers: plain recv into the connection's cell at its fill
+ * offset, not a provided-buffer ring over the segment. A provided buffer
+ * is picked by the kernel per recv, so one request would be scattered
+ * over several buffers and have to be copied together before the in-place
+ * parser (ing_http.h) and the batcher could see it as one cell, breaking
+ * "write once" (invariant 4) on the common path. The price: an open
+ * connection holds a cell of the smallest class from accept to close
+ * (size the pool for max_conns). A request whose body does not fit is
+ * moved once into a cell of a larger class (ing_http_full_status when
+ * none is larger).
+ *
+ * Connection lifecycle (struct ing_conn in ing_loop_int.h; function making
+ * each transition in ing_loop.c):
+ *
+ *   accept CQE ---conn_open---> READING <------------------------------+
+ *   (no slot: 503 + close)        | bytes parsed into requests          |
+ *                                 v                                    |
+ *                     route each complete request in order (pipelined) |
+ *                       |                         |                    |
+ *                       | answered here           | handed to batcher  |
+ *                       v                         v                    |
+ *                   WRITING --send done-------> (egress answers; the  |
+ *                       |       keep-alive -------connection waits) ---+
+ *                       | error / Connection: close / drain
+ *                       v
+ *                   CLOSING (shutdown; close when no op is in flight) --> slot free
+ *
+ *   timers (one tick per tick_ms): header bytes not complete within
+ *   header_timeout_ms -> 408 + close; no byte of a next request within
+ *   idle_timeout_ms -> close without a response.
+ *
+ * Invariants (cited by FAVO_ASSERT as "loop inv N"):
+ *   1. A connection's responses leave in request order: everything is
+ *      appended to one output buffer, sent by one SEND at a time.
+ *   2. A connection's slot is reused only when no io_uring operation of it
+ *      is in flight (user_data carries the slot's generation; a stale
+ *      completion is ignored, never applied to a new connection).
+ *   3. Only metadata is logged: request id, method, route, status, sizes.
+ *   4. A cell handed to the batcher holds that request only: pipelined
+ *      bytes after it move to the connection's next cell and are scrubbed
+ *      from the handed one first.
+ *
+ * Errors: ing_loop_run returns 0 after a stop (SIGTERM / SIGINT / stop
+ * word), or -errno when setup fails (with a log line naming the step).
+ */
+#ifndef ING_LOOP_H
+#define ING_LOOP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ing_http.h"
+#include "../shm/shm_cell.h"
+#include "../shm/shm_ring.h"
+#include "../shm/shm_stats.h"
+
+/* ------------------------------------------------------- the descriptor */
+
+enum ing_desc_route { ING_DESC_COMPLETIONS = 1, ING_DESC_CHAT = 2 };
+enum { ING_DESC_F_STREAM = 1u << 0, ING_DESC_F_USAGE = 1u << 1, ING_DESC_F_SEED = 1u << 2 };
+
+#define ING_DESC_MAGIC 0x31515244u /* "DRQ1" */
+#define ING_DESC_REQID_MAX 128
+
+/*
+ * One message on the ingress->batcher ring (slot size = sizeof). The cell
+ * is owned by the batcher once this is enqueued (shm_cell_give before the
+ * enqueue). Prompt tokens: int32 ids at cell bytes [tok_off, tok_off +
+ * 4 * ntok). Request id: metadata (it is echoed and logged anyway).
+ */
+struct ing_desc {
+    uint32_t magic;
+    uint8_t route;           /* enum ing_desc_route */
+    uint8_t flags;           /* ING_DESC_F_* */
+    uint8_t worker;          /* ingress worker index */
+    uint8_t reqid_len;
+    uint64_t cell;           /* shm_cell_ref_t */
+    uint64_t conn;           /* worker << 48 | slot << 24 | generation: egress's key */
+    uint64_t recv_ns;        /* CLOCK_MONOTONIC, request complete */
+    uint32_t tok_off;        /* prompt ids in the cell */
+    uint32_t ntok;
+    uint32_t max_tokens;     /* resolved: never 0, ntok + max_tokens <= n_ctx */
+    int32_t top_k;
+    int64_t seed;
+    float temperature, top_p, min_p, frequency_penalty, presence_penalty;
+    uint8_t logprobs, top_logprobs, nstop, pad_;
+    struct ing_span stop[4]; /* in the cell */
+    char reqid[ING_DESC_REQID_MAX];
+};
+
+/* ------------------------------------------------------------- config */
+
+struct ing_cfg {
+    const char *host;            /* "127.0.0.1" when NULL */
+    uint16_t port;               /* 0: the kernel picks; see port_fd */
+    unsigned worker;             /* index, 0..255 */
+    int port_fd;                 /* >= 0: the bound port is written here as
+                                    "PORT\n" once listening, then closed */
+    const char *model_path;      /* GGUF; NULL: no model (/ready 503, 503 on
+                                    tokenizing routes) */
+    const char *model_id;        /* /v1/models id; NULL: file name sans .gguf */
+    struct ing_http_limits lim;  /* zero: ing_http_default_limits */
+    unsigned max_conns;          /* 0: 1024 */
+    unsigned header_timeout_ms;  /* 0: 10000 */
+    unsigned idle_timeout_ms;    /* 0: 60000 */
+    unsigned max_tokens_default; /* 0: up to the context */
+
+    /* Data segment (all may be NULL: a private pool, no batcher). */
+    struct shm_cell_pool *cells; /* attached as ALLOCATOR */
+    shm_ring_t *to_batcher;      /* PRODUCER of struct ing_desc */
+    const uint32_t *batcher_up;  /* non-zero: a batcher consumes to_batcher */
+    int egress_sock;             /* ing_fdpass socket to egress; -1: none */
+
+    /* Stats segment (NULL: none; /metrics then answers an empty body). */
+    const struct shm_stats *stats;
+    struct shm_stats_writer *stats_w;
+
+    /* Auth hook: NULL = open server. Returns 0 to admit, else the HTTP
+     * status (401/403/429) with msg filled (no key material in it). */
+    int (*auth)(void *arg, const uint8_t *buf, const struct ing_http_req *r, char *msg,
+                size_t cap);
+    void *auth_arg;
+
+    const volatile uint32_t *stop; /* non-zero: leave the loop */
+};
+
+/* Run one ingress worker until stopped (see the top of this file).
+ * Installs SIGTERM/SIGINT handlers that stop it; ignores SIGPIPE. */
+int ing_loop_run(const struct ing_cfg *cfg);
+
+/* Pool geometry ing_loop_run uses when cfg->cells is NULL: 64 KiB cells
+ * (max_conns + 16 of them), 1 MiB x 16, 9 MiB x 2. */
+int ing_loop_private_pool(struct shm_cell_pool *p, void **mem, unsigned max_conns);
+
+#endif /* ING_LOOP_H */

@@ -1,0 +1,112 @@
+/*
+ * ing_loop_int.h - internals shared by ing_loop.c (the io_uring loop and
+ * connection handling) and ing_route.c (what each route answers). Not for
+ * other modules: their contract is ing_loop.h.
+ */
+#ifndef ING_LOOP_INT_H
+#define ING_LOOP_INT_H
+
+#include <liburing.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ing_http.h"
+#include "ing_loop.h"
+#include "ing_openai.h"
+#include "../engine/eng_chat.h"
+#include "../engine/eng_gguf.h"
+#include "../engine/eng_tok.h"
+
+struct ing_conn {
+    int fd;                  /* -1: slot free */
+    uint32_t gen;            /* loop inv 2: in every user_data of this slot */
+    uint8_t recv_inflight, send_inflight;
+    bool closing;            /* answer what is queued, then close */
+    bool parked;             /* a request went to the batcher; egress answers */
+    bool fd_sent;            /* socket handed to egress already */
+    bool cont_sent;          /* "100 Continue" sent for the current request */
+    bool shut;               /* shutdown() issued */
+    uint32_t nreq;           /* requests completed on this connection */
+    shm_cell_ref_t cell;
+    uint8_t *buf;            /* the cell's bytes */
+    uint32_t cap, len;
+    uint64_t first_ns;       /* first byte of the current request; 0: none yet */
+    uint64_t last_ns;        /* last activity (accept, recv, response sent) */
+    struct ing_http_req req;
+    char *out;               /* responses queued, in request order (loop inv 1) */
+    size_t out_len, out_cap, out_sent;
+};
+
+struct ing_loop {
+    struct ing_cfg cfg;
+    struct io_uring ring;
+    int lfd;
+    uint16_t port;
+    unsigned nconns, max_conns;
+    struct ing_conn *conns;
+    struct shm_cell_pool own_pool;
+    void *own_pool_mem;
+    struct shm_cell_pool *pool;
+    bool multishot;
+    bool accept_armed;
+    bool draining;
+    uint64_t reqid_seq;
+    uint64_t reqid_salt;
+
+    /* the model (tokenizer only; ingress never runs it) */
+    eng_gguf_t *gguf;
+    eng_tok_t *tok;
+    struct eng_chat chat;
+    bool chat_ok;
+    uint32_t n_ctx;
+    char model_id[128];
+    uint64_t created;        /* wall-clock seconds, for /v1/models */
+
+    struct ing_oai_req oai;  /* decode scratch, reused */
+    char *scratch;           /* response body being built */
+    size_t scratch_len, scratch_cap;
+    struct shm_stats_snap *snap;
+
+    /* the current request's id (from X-Request-Id, or generated) */
+    char reqid[ING_DESC_REQID_MAX + 1];
+    unsigned reqid_len;
+};
+
+/* ---- ing_loop.c, for the routes */
+
+/* Queue a response on c: status line, Content-Type (NULL: none),
+ * Content-Length, X-Request-Id (when one is set), extra header lines
+ * (each ending in CRLF, may be NULL), Connection: close when c is
+ * closing, then the body. -ENOMEM closes the connection. */
+int ing_conn_respond(struct ing_loop *L, struct ing_conn *c, int status, const char *ctype,
+                     const char *extra, const void *body, size_t len);
+/* An error in OpenAI's shape (ing_oai_error_body). */
+int ing_conn_error(struct ing_loop *L, struct ing_conn *c, int status, const char *message,
+                   const char *param, const char *code, const char *extra);
+/* The connection's next cell: move the bytes after the current request
+ * into a fresh cell, scrub them from the old one, and return the old
+ * cell (which holds this request only: loop inv 4). -EAGAIN: no cell. */
+int ing_conn_detach(struct ing_loop *L, struct ing_conn *c, shm_cell_ref_t *old,
+                    uint8_t **buf, size_t *size);
+uint64_t ing_conn_key(const struct ing_loop *L, const struct ing_conn *c);
+
+/* Response-body scratch: printf-append, reset (scrubbed: it may hold
+ * token ids or text). Return 0 or -ENOMEM. */
+int ing_body_printf(struct ing_loop *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int ing_body_add(struct ing_loop *L, const void *p, size_t n);
+int ing_body_json_str(struct ing_loop *L, const char *s, size_t n);
+void ing_body_reset(struct ing_loop *L);
+
+/* ---- ing_route.c */
+
+/* Handle the complete request c->req (buffer c->buf): answer it on c, or
+ * hand it to the batcher (c->parked). Sets c->closing when the
+ * connection must close after the answer. */
+void ing_route(struct ing_loop *L, struct ing_conn *c);
+/* Load the tokenizer and chat template from cfg->model_path. */
+int ing_route_model_load(struct ing_loop *L);
+void ing_route_model_free(struct ing_loop *L);
+bool ing_route_ready(struct ing_loop *L);
+
+#endif /* ING_LOOP_INT_H */

@@ -1,0 +1,645 @@
+/*
+ * ing_route.c - what ingress answers on each route, and the handoff of
+ * generation requests to the batcher (contract: ing_loop.h).
+ *
+ *   route                   method  answered by
+ *   /health                 GET     here: 200 {"status":"ok"} while the loop runs
+ *   /ready                  GET     here: 200 when the model is loaded, a batcher
+ *                                   is attached (cfg.batcher_up), every stage in
+ *                                   the stats segment's stage table is RUNNING,
+ *                                   and the worker is not draining; else 503
+ *   /metrics                GET     here: Prometheus text of a stats snapshot
+ *   /v1/models              GET     here
+ *   /tokenize, /detokenize  POST    here (vLLM's bodies)
+ *   /v1/completions         POST    decoded, validated, tokenized into the
+ *   /v1/chat/completions    POST    cell, then the batcher (503 without one)
+ *
+ *   Unknown path: 404. Known path, other method: 405 with Allow. Every
+ *   error body is OpenAI's shape (ing_oai_error_body).
+ */
+
+#include "ing_loop_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_tree.h>
+
+#include "ing_fdpass.h"
+#include "../shm/favo_base.h"
+
+enum route_id {
+    R_HEALTH, R_READY, R_METRICS, R_MODELS, R_TOKENIZE, R_DETOKENIZE, R_COMPL, R_CHAT,
+};
+
+static const struct {
+    const char *path;
+    int method;
+    const char *allow;
+} routes[] = {
+    [R_HEALTH] = { "/health", ING_HTTP_GET, "GET, HEAD" },
+    [R_READY] = { "/ready", ING_HTTP_GET, "GET, HEAD" },
+    [R_METRICS] = { "/metrics", ING_HTTP_GET, "GET, HEAD" },
+    [R_MODELS] = { "/v1/models", ING_HTTP_GET, "GET, HEAD" },
+    [R_TOKENIZE] = { "/tokenize", ING_HTTP_POST, "POST" },
+    [R_DETOKENIZE] = { "/detokenize", ING_HTTP_POST, "POST" },
+    [R_COMPL] = { "/v1/completions", ING_HTTP_POST, "POST" },
+    [R_CHAT] = { "/v1/chat/completions", ING_HTTP_POST, "POST" },
+};
+
+/* ------------------------------------------------------------- the model */
+
+int ing_route_model_load(struct ing_loop *L)
+{
+    const char *path = L->cfg.model_path, *base;
+    struct eng_gguf_str arch;
+    char err[256], key[96];
+    uint32_t n_ctx = 0;
+    int rc;
+
+    rc = eng_gguf_open(&L->gguf, path, err, sizeof(err));
+    if (rc) {
+        favo_err("ingress: model %s: %s", path, err);
+        return rc;
+    }
+    rc = eng_tok_load(&L->tok, L->gguf, err, sizeof(err));
+    if (rc) {
+        favo_err("ingress: tokenizer of %s: %s", path, err);
+        return rc;
+    }
+    if (eng_gguf_get_str(L->gguf, "general.architecture", &arch) == 0 && arch.len < 64) {
+        snprintf(key, sizeof(key), "%.*s.context_length", (int)arch.len, arch.p);
+        (void)eng_gguf_get_u32(L->gguf, key, &n_ctx);
+    }
+    L->n_ctx = n_ctx ? FAVO_MIN(n_ctx, 8192u) : 2048u; /* the engine's default cap */
+    L->chat_ok = eng_chat_from_tok(&L->chat, L->tok, NULL, err, sizeof(err)) == 0;
+    if (!L->chat_ok)
+        favo_warn("ingress: %s: no chat template (%s); /v1/chat/completions answers 400",
+                  path, err);
+    if (L->cfg.model_id) {
+        snprintf(L->model_id, sizeof(L->model_id), "%s", L->cfg.model_id);
+    } else {
+        base = strrchr(path, '/');
+        base = base ? base + 1 : path;
+        size_t n = strlen(base);
+        if (n > 5 && !strcmp(base + n - 5, ".gguf"))
+            n -= 5;
+        snprintf(L->model_id, sizeof(L->model_id), "%.*s", (int)FAVO_MIN(n, 127), base);
+    }
+    return 0;
+}
+
+void ing_route_model_free(struct ing_loop *L)
+{
+    if (L->tok)
+        eng_tok_free(L->tok);
+    if (L->gguf)
+        eng_gguf_close(L->gguf);
+    L->tok = NULL;
+    L->gguf = NULL;
+}
+
+/* ------------------------------------------------------------ request id */
+
+static void take_reqid(struct ing_loop *L, struct ing_conn *c)
+{
+    struct ing_span s;
+
+    if (ing_http_request_id(&c->req, c->buf, &s) == 0) {
+        memcpy(L->reqid, c->buf + s.off, s.len);
+        L->reqid_len = s.len;
+    } else {
+        /* Generated: not guessable across restarts, unique per worker. */
+        uint64_t x = (++L->reqid_seq) * 0x9e3779b97f4a7c15ull ^ L->reqid_salt;
+        x ^= x >> 31;
+        L->reqid_len = (unsigned)snprintf(L->reqid, sizeof(L->reqid), "req-%02x%016llx",
+                                          L->cfg.worker & 0xff, (unsigned long long)x);
+    }
+    L->reqid[L->reqid_len] = 0;
+}
+
+/* ------------------------------------------------------------ small routes */
+
+static void respond_scratch(struct ing_loop *L, struct ing_conn *c, int status, const char *ctype)
+{
+    ing_conn_respond(L, c, status, ctype, NULL, L->scratch, L->scratch_len);
+    ing_body_reset(L);
+}
+
+bool ing_route_ready(struct ing_loop *L)
+{
+    if (!L->tok || L->draining || !L->cfg.batcher_up || !*L->cfg.batcher_up)
+        return false;
+    if (L->cfg.stats) {
+        if (shm_stats_snapshot(L->cfg.stats, L->snap))
+            return false;
+        for (unsigned i = 0; i < L->snap->nstages; i++) {
+            const struct shm_stage_info *s = &L->snap->stages[i].info;
+            if (s->kind != SHM_STAGE_NONE && s->state != SHM_STAGE_RUNNING)
+                return false;
+        }
+    }
+    return true;
+}
+
+static void route_metrics(struct ing_loop *L, struct ing_conn *c)
+{
+    size_t need;
+
+    if (L->cfg.stats && shm_stats_snapshot(L->cfg.stats, L->snap) == 0) {
+        need = shm_stats_prom(L->snap, NULL, 0);
+        if (ing_body_add(L, "", 0) == 0 && L->scratch_cap < need + 1) {
+            /* grow the scratch once to the size the exposition needs */
+            char *tmp = malloc(need + 1);
+            if (!tmp) {
+                ing_conn_error(L, c, 500, "out of memory", NULL, NULL, NULL);
+                return;
+            }
+            free(L->scratch);
+            L->scratch = tmp;
+            L->scratch_cap = need + 1;
+        }
+        L->scratch_len = shm_stats_prom(L->snap, L->scratch, L->scratch_cap);
+        FAVO_ASSERT(L->scratch_len < L->scratch_cap);
+    }
+    respond_scratch(L, c, 200, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+static void route_models(struct ing_loop *L, struct ing_conn *c)
+{
+    ing_body_printf(L, "{\"object\":\"list\",\"data\":[");
+    if (L->tok) {
+        ing_body_printf(L, "{\"id\":");
+        ing_body_json_str(L, L->model_id, strlen(L->model_id));
+        ing_body_printf(L, ",\"object\":\"model\",\"created\":%llu,\"owned_by\":\"favo\","
+                           "\"max_model_len\":%u}",
+                        (unsigned long long)L->created, L->n_ctx);
+    }
+    ing_body_printf(L, "]}");
+    respond_scratch(L, c, 200, "application/json");
+}
+
+/* ----------------------------------------------------------- JSON helpers */
+
+static bool need_json(struct ing_loop *L, struct ing_conn *c)
+{
+    if (ing_http_is_json(&c->req, c->buf))
+        return true;
+    ing_conn_error(L, c, 415, "Content-Type must be application/json", NULL, NULL, NULL);
+    return false;
+}
+
+static bool need_model(struct ing_loop *L, struct ing_conn *c)
+{
+    if (L->tok)
+        return true;
+    ing_conn_error(L, c, 503, "no model is loaded", NULL, NULL, "Retry-After: 5\r\n");
+    return false;
+}
+
+/* A NUL-ended copy of the body for yajl_tree (small routes only). */
+static yajl_val body_tree(struct ing_loop *L, struct ing_conn *c)
+{
+    char err[128];
+    char *s = malloc((size_t)c->req.body.len + 1);
+    yajl_val v;
+
+    if (!s) {
+        ing_conn_error(L, c, 500, "out of memory", NULL, NULL, NULL);
+        return NULL;
+    }
+    memcpy(s, c->buf + c->req.body.off, c->req.body.len);
+    s[c->req.body.len] = 0;
+    v = yajl_tree_parse(s, err, sizeof(err));
+    explicit_bzero(s, c->req.body.len);
+    free(s);
+    if (!v || !YAJL_IS_OBJECT(v)) {
+        ing_conn_error(L, c, 400, "the request body is not a JSON object", NULL, "invalid_json",
+                       NULL);
+        if (v)
+            yajl_tree_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+static yajl_val obj_get(yajl_val o, const char *key)
+{
+    for (size_t i = 0; i < o->u.object.len; i++)
+        if (!strcmp(o->u.object.keys[i], key))
+            return o->u.object.values[i];
+    return NULL;
+}
+
+/* Messages of a decoded chat request as eng_chat_msg; contents of several
+ * parts are joined into *joined (freed and scrubbed by the caller). */
+static int chat_msgs(struct ing_loop *L, const uint8_t *buf, struct eng_chat_msg *m,
+                     char **joined, size_t *joined_len)
+{
+    static const char *const role[] = { "system", "user", "assistant" };
+    const struct ing_oai_req *o = &L->oai;
+    size_t total = 0, at = 0;
+
+    *joined = NULL;
+    *joined_len = 0;
+    for (uint32_t i = 0; i < o->nmsg; i++)
+        if (o->msg[i].nparts > 1)
+            for (uint32_t k = 0; k < o->msg[i].nparts; k++)
+                total += o->part[o->msg[i].first_part + k].len;
+    if (total && !(*joined = malloc(total)))
+        return -ENOMEM;
+    *joined_len = total;
+    for (uint32_t i = 0; i < o->nmsg; i++) {
+        const struct ing_oai_msg *g = &o->msg[i];
+        m[i].role = role[g->role <= ING_OAI_ASSISTANT ? g->role : ING_OAI_USER];
+        m[i].role_len = strlen(m[i].role);
+        if (g->nparts == 1) {
+            m[i].content = (const char *)buf + o->part[g->first_part].off;
+            m[i].content_len = o->part[g->first_part].len;
+        } else {
+            m[i].content = *joined ? *joined + at : "";
+            for (uint32_t k = 0; k < g->nparts; k++) {
+                struct ing_span p = o->part[g->first_part + k];
+                memcpy(*joined + at, buf + p.off, p.len);
+                at += p.len;
+            }
+            m[i].content_len = (size_t)(*joined + at - m[i].content);
+            if (!*joined)
+                m[i].content_len = 0;
+        }
+    }
+    return 0;
+}
+
+/* Tokenize the decoded request into ids[0, cap): chat through the
+ * template, text prompts with BOS/EOS as the model asks. Returns the
+ * count (may exceed cap) or -errno. */
+static int64_t encode_prompt(struct ing_loop *L, const uint8_t *buf, int route, bool add_special,
+                             bool add_gen, int32_t *ids, size_t cap)
+{
+    if (route == ING_OAI_CHAT) {
+        struct eng_chat_msg *m = calloc(L->oai.nmsg ? L->oai.nmsg : 1, sizeof(*m));
+        char *joined;
+        size_t jl;
+        int64_t n;
+        if (!m || chat_msgs(L, buf, m, &joined, &jl)) {
+            free(m);
+            return -ENOMEM;
+        }
+        n = eng_chat_encode(&L->chat, L->tok, m, L->oai.nmsg, add_gen, ids, cap);
+        if (joined) {
+            explicit_bzero(joined, jl);
+            free(joined);
+        }
+        free(m);
+        return n;
+    }
+    return eng_tok_encode(L->tok, (const char *)buf + L->oai.prompt.off, L->oai.prompt.len,
+                          add_special ? ENG_TOK_ADD_SPECIAL : 0, ids, cap);
+}
+
+static void oai_err(struct ing_loop *L, struct ing_conn *c, const struct ing_oai_err *e)
+{
+    char body[1024];
+    int n = ing_oai_err_body(body, sizeof(body), e);
+
+    favo_info("ingress: req %s: 400 param '%s' code '%s'", L->reqid, e->param, e->code);
+    if (L->cfg.stats_w)
+        shm_stats_add(L->cfg.stats_w, SHM_C_REJ_BAD_REQUEST, 1);
+    ing_conn_respond(L, c, e->status ? e->status : 400, "application/json", NULL, body,
+                     n < 0 ? 0 : (size_t)n);
+}
+
+/* ------------------------------------------------------- /tokenize (vLLM) */
+
+static void route_tokenize(struct ing_loop *L, struct ing_conn *c)
+{
+    struct ing_oai_err e;
+    bool add_special = true, add_gen = true;
+    int route;
+    yajl_val v, x;
+    int32_t *ids = NULL;
+    int64_t n;
+
+    if (!need_json(L, c) || !need_model(L, c) || !(v = body_tree(L, c)))
+        return;
+    route = obj_get(v, "messages") ? ING_OAI_CHAT : ING_OAI_COMPLETIONS;
+    if ((x = obj_get(v, "add_special_tokens")) && YAJL_IS_FALSE(x))
+        add_special = false;
+    if ((x = obj_get(v, "add_generation_prompt")) && YAJL_IS_FALSE(x))
+        add_gen = false;
+    yajl_tree_free(v);
+    if (route == ING_OAI_CHAT && !L->chat_ok) {
+        ing_conn_error(L, c, 400, "this model has no chat template", "messages", NULL, NULL);
+        return;
+    }
+    /* token-id prompts are written after the body, inside the cell */
+    uint32_t toff = (c->req.next + 63u) & ~63u;
+    uint32_t tcap = toff < c->cap ? (c->cap - toff) / 4 : 0;
+    if (ing_oai_decode(&L->oai, route, c->buf, c->req.body, (uint32_t *)(c->buf + toff), tcap,
+                       &e)) {
+        oai_err(L, c, &e);
+        goto scrub;
+    }
+    if (route == ING_OAI_COMPLETIONS && L->oai.prompt_kind == ING_OAI_PROMPT_TOKENS) {
+        ids = malloc(((size_t)L->oai.prompt_ntok + 1) * 4);
+        if (ids)
+            memcpy(ids, c->buf + toff, (size_t)L->oai.prompt_ntok * 4);
+        n = L->oai.prompt_ntok;
+    } else {
+        n = encode_prompt(L, c->buf, route, add_special, add_gen, NULL, 0);
+        if (n >= 0 && (ids = malloc(((size_t)n + 1) * 4)) != NULL)
+            n = encode_prompt(L, c->buf, route, add_special, add_gen, ids, (size_t)n);
+    }
+    if (n < 0 || !ids) {
+        ing_conn_error(L, c, 500, "tokenization failed", NULL, NULL, NULL);
+        goto scrub;
+    }
+    ing_body_printf(L, "{\"tokens\":[");
+    for (int64_t i = 0; i < n; i++)
+        ing_body_printf(L, i ? ",%d" : "%d", ids[i]);
+    ing_body_printf(L, "],\"count\":%lld,\"max_model_len\":%u}", (long long)n, L->n_ctx);
+    respond_scratch(L, c, 200, "application/json");
+    explicit_bzero(ids, (size_t)n * 4);
+scrub:
+    free(ids);
+    if (toff < c->cap && c->len <= toff) /* never the pipelined bytes */
+        explicit_bzero(c->buf + toff, (size_t)tcap * 4);
+}
+
+static void route_detokenize(struct ing_loop *L, struct ing_conn *c)
+{
+    yajl_val v, t;
+    int32_t *ids;
+    char *text;
+    int64_t len;
+    size_t n;
+
+    if (!need_json(L, c) || !need_model(L, c) || !(v = body_tree(L, c)))
+        return;
+    t = obj_get(v, "tokens");
+    if (!t || !YAJL_IS_ARRAY(t)) {
+        yajl_tree_free(v);
+        ing_conn_error(L, c, 400, "'tokens' is required: an array of token ids", "tokens",
+                       t ? "invalid_type" : "missing_required_parameter", NULL);
+        return;
+    }
+    n = t->u.array.len;
+    ids = malloc((n + 1) * 4);
+    if (!ids) {
+        yajl_tree_free(v);
+        ing_conn_error(L, c, 500, "out of memory", NULL, NULL, NULL);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        yajl_val e = t->u.array.values[i];
+        if (!YAJL_IS_INTEGER(e) || YAJL_GET_INTEGER(e) < 0 ||
+            YAJL_GET_INTEGER(e) >= (long long)eng_tok_n_vocab(L->tok)) {
+            char msg[128], param[48];
+            snprintf(msg, sizeof(msg), "'tokens[%zu]' must be a token id between 0 and %u", i,
+                     eng_tok_n_vocab(L->tok) - 1);
+            snprintf(param, sizeof(param), "tokens[%zu]", i);
+            yajl_tree_free(v);
+            free(ids);
+            ing_conn_error(L, c, 400, msg, param, "invalid_value", NULL);
+            return;
+        }
+        ids[i] = (int32_t)YAJL_GET_INTEGER(e);
+    }
+    yajl_tree_free(v);
+    unsigned fl = ENG_TOK_SHOW_SPECIAL | ENG_TOK_STRIP_SPACE;
+    len = eng_tok_decode(L->tok, ids, n, fl, NULL, 0);
+    text = len >= 0 ? malloc((size_t)len + 1) : NULL;
+    if (text && eng_tok_decode(L->tok, ids, n, fl, text, (size_t)len) == len) {
+        ing_body_printf(L, "{\"prompt\":");
+        ing_body_json_str(L, text, (size_t)len);
+        ing_body_printf(L, "}");
+        respond_scratch(L, c, 200, "application/json");
+    } else {
+        ing_conn_error(L, c, 500, "detokenization failed", NULL, NULL, NULL);
+    }
+    if (text) {
+        explicit_bzero(text, (size_t)len);
+        free(text);
+    }
+    explicit_bzero(ids, n * 4);
+    free(ids);
+}
+
+/* ------------------------------------------------ completions -> batcher */
+
+static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
+{
+    struct ing_span body = c->req.body;
+    uint32_t end = c->req.next;
+    struct ing_oai_err e;
+    shm_cell_ref_t cell;
+    uint8_t *buf;
+    size_t size;
+    int64_t n;
+    struct ing_desc d;
+    const char *what = route == ING_OAI_CHAT ? "messages" : "prompt";
+
+    if (!need_json(L, c) || !need_model(L, c))
+        return;
+    if (route == ING_OAI_CHAT && !L->chat_ok) {
+        ing_conn_error(L, c, 400, "this model has no chat template", "messages", NULL, NULL);
+        return;
+    }
+    /* From here the request has its own cell, buf[0, end) (loop inv 4);
+     * the connection reads on in a fresh one. */
+    if (ing_conn_detach(L, c, &cell, &buf, &size)) {
+        ing_conn_error(L, c, 503, "no free request buffer; retry later", NULL, NULL,
+                       "Retry-After: 1\r\n");
+        return;
+    }
+    uint32_t toff = (end + 63u) & ~63u;
+    size_t tcap = toff < size ? (size - toff) / 4 : 0;
+    int32_t *ids = (int32_t *)(buf + toff);
+
+    if (ing_oai_decode(&L->oai, route, buf, body, (uint32_t *)ids, (uint32_t)tcap, &e)) {
+        oai_err(L, c, &e);
+        goto fail;
+    }
+    if (L->oai.set & ING_OAI_SET_MODEL) {
+        struct ing_span m = L->oai.model;
+        if (m.len != strlen(L->model_id) || memcmp(buf + m.off, L->model_id, m.len)) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "The model does not exist; this server serves '%s'",
+                     L->model_id);
+            ing_conn_error(L, c, 404, msg, "model", "model_not_found", NULL);
+            goto fail;
+        }
+    }
+    if (route == ING_OAI_COMPLETIONS && L->oai.prompt_kind == ING_OAI_PROMPT_TOKENS) {
+        n = L->oai.prompt_ntok;
+        for (int64_t i = 0; i < n; i++)
+            if ((uint32_t)ids[i] >= eng_tok_n_vocab(L->tok)) {
+                char msg[128], param[40];
+                snprintf(msg, sizeof(msg), "'prompt[%lld]' is not a token id of this model "
+                         "(0..%u)", (long long)i, eng_tok_n_vocab(L->tok) - 1);
+                snprintf(param, sizeof(param), "prompt[%lld]", (long long)i);
+                ing_conn_error(L, c, 400, msg, param, "invalid_value", NULL);
+                goto fail;
+            }
+    } else {
+        n = encode_prompt(L, buf, route, true, true, ids, tcap);
+        if (n < 0) {
+            ing_conn_error(L, c, 500, "tokenization failed", NULL, NULL, NULL);
+            goto fail;
+        }
+    }
+    uint32_t max_tokens = L->oai.max_tokens;
+    if ((uint64_t)n + (max_tokens ? max_tokens : 1) > L->n_ctx) {
+        char msg[320];
+        snprintf(msg, sizeof(msg),
+                 "This model's maximum context length is %u tokens. However, you requested "
+                 "%llu tokens (%lld in the %s, %u in the completion). Please reduce the "
+                 "length of the %s or completion.",
+                 L->n_ctx, (unsigned long long)n + max_tokens, (long long)n, what,
+                 max_tokens, what);
+        ing_conn_error(L, c, 400, msg, what, "context_length_exceeded", NULL);
+        goto fail;
+    }
+    if ((uint64_t)n > tcap) {
+        ing_conn_error(L, c, 413, "the prompt's tokens do not fit the request buffer", what,
+                       NULL, NULL);
+        goto fail;
+    }
+    if (!max_tokens) {
+        max_tokens = L->n_ctx - (uint32_t)n;
+        if (L->cfg.max_tokens_default)
+            max_tokens = FAVO_MIN(max_tokens, L->cfg.max_tokens_default);
+    }
+    if (!L->cfg.batcher_up || !*L->cfg.batcher_up || !L->cfg.to_batcher) {
+        ing_conn_error(L, c, 503, "the generation pipeline is not running", NULL, NULL,
+                       "Retry-After: 1\r\n");
+        goto fail;
+    }
+    if (shm_ring_available(L->cfg.to_batcher) == 0) {
+        ing_conn_error(L, c, 503, "the server is busy; retry later", NULL, NULL,
+                       "Retry-After: 1\r\n");
+        goto fail;
+    }
+
+    memset(&d, 0, sizeof(d));
+    d.magic = ING_DESC_MAGIC;
+    d.route = route == ING_OAI_CHAT ? ING_DESC_CHAT : ING_DESC_COMPLETIONS;
+    d.flags = (L->oai.stream ? ING_DESC_F_STREAM : 0) |
+              (L->oai.include_usage ? ING_DESC_F_USAGE : 0) |
+              ((L->oai.set & ING_OAI_SET_SEED) ? ING_DESC_F_SEED : 0);
+    d.worker = (uint8_t)L->cfg.worker;
+    d.cell = cell;
+    d.conn = ing_conn_key(L, c);
+    d.recv_ns = favo_now_ns();
+    d.tok_off = toff;
+    d.ntok = (uint32_t)n;
+    d.max_tokens = max_tokens;
+    d.top_k = L->oai.top_k;
+    d.seed = L->oai.seed;
+    d.temperature = (float)L->oai.temperature;
+    d.top_p = (float)L->oai.top_p;
+    d.min_p = (float)L->oai.min_p;
+    d.frequency_penalty = (float)L->oai.frequency_penalty;
+    d.presence_penalty = (float)L->oai.presence_penalty;
+    d.logprobs = L->oai.logprobs;
+    d.top_logprobs = L->oai.top_logprobs;
+    d.nstop = L->oai.nstop;
+    memcpy(d.stop, L->oai.stop, sizeof(d.stop));
+    d.reqid_len = (uint8_t)L->reqid_len;
+    memcpy(d.reqid, L->reqid, L->reqid_len);
+
+    /* The socket goes to egress once per connection (invariant 6). */
+    if (L->cfg.egress_sock >= 0 && !c->fd_sent) {
+        int rc = ing_fdpass_send(L->cfg.egress_sock, c->fd, &d.conn, sizeof(d.conn));
+        if (rc) {
+            favo_warn("ingress: handing conn to egress: %s", strerror(-rc));
+            ing_conn_error(L, c, 503, "the generation pipeline is not running", NULL, NULL,
+                           "Retry-After: 1\r\n");
+            goto fail;
+        }
+        c->fd_sent = true;
+    }
+    shm_cell_set_len(L->pool, cell, SHM_CELL_INGRESS, toff + (uint32_t)n * 4);
+    FAVO_ASSERT(shm_cell_give(L->pool, cell, SHM_CELL_INGRESS, SHM_CELL_BATCHER) == 0);
+    /* the ring's release orders the cell bytes and owner before the batcher's get */
+    FAVO_ASSERT(shm_ring_enqueue(L->cfg.to_batcher, &d) == 0); /* room checked above */
+    if (L->cfg.stats_w)
+        shm_stats_add(L->cfg.stats_w, SHM_C_PROMPT_TOKENS, 0); /* batcher counts prefill */
+    favo_info("ingress: req %s: %s %lld prompt tokens, max_tokens %u -> batcher", L->reqid,
+              route == ING_OAI_CHAT ? "chat" : "completion", (long long)n, max_tokens);
+    c->parked = true;
+    return;
+fail:
+    shm_cell_free(L->pool, cell, SHM_CELL_INGRESS); /* scrubs: cell inv 2 */
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+void ing_route(struct ing_loop *L, struct ing_conn *c)
+{
+    const struct ing_http_req *r = &c->req;
+    int id = -1;
+
+    take_reqid(L, c);
+    for (size_t i = 0; i < FAVO_ARRAY_SIZE(routes); i++)
+        if (r->path.len == strlen(routes[i].path) &&
+            !memcmp(c->buf + r->path.off, routes[i].path, r->path.len))
+            id = (int)i;
+    if (id < 0) {
+        ing_conn_error(L, c, 404, "Unknown request URL. Please check the URL for typos.", NULL,
+                       "unknown_url", NULL);
+        return;
+    }
+    if (r->method != routes[id].method &&
+        !(r->method == ING_HTTP_HEAD && routes[id].method == ING_HTTP_GET)) {
+        char allow[64], msg[128];
+        snprintf(allow, sizeof(allow), "Allow: %s\r\n", routes[id].allow);
+        snprintf(msg, sizeof(msg), "Method %s is not allowed on %s; use %s",
+                 ing_http_method_name(r->method), routes[id].path,
+                 ing_http_method_name(routes[id].method));
+        ing_conn_error(L, c, 405, msg, NULL, "method_not_allowed", allow);
+        return;
+    }
+    if (L->cfg.auth && id >= R_MODELS) {
+        char msg[200] = "";
+        int st = L->cfg.auth(L->cfg.auth_arg, c->buf, r, msg, sizeof(msg));
+        if (st) {
+            ing_conn_error(L, c, st, msg[0] ? msg : "invalid API key", NULL,
+                           st == 401 ? "invalid_api_key" : NULL,
+                           st == 401 ? "WWW-Authenticate: Bearer\r\n" : NULL);
+            return;
+        }
+    }
+    switch (id) {
+    case R_HEALTH:
+        ing_body_printf(L, "{\"status\":\"ok\"}");
+        respond_scratch(L, c, 200, "application/json");
+        break;
+    case R_READY: {
+        bool ok = ing_route_ready(L);
+        ing_body_printf(L, "{\"status\":\"%s\"}", ok ? "ready" : "not ready");
+        respond_scratch(L, c, ok ? 200 : 503, "application/json");
+        break;
+    }
+    case R_METRICS:
+        route_metrics(L, c);
+        break;
+    case R_MODELS:
+        route_models(L, c);
+        break;
+    case R_TOKENIZE:
+        route_tokenize(L, c);
+        break;
+    case R_DETOKENIZE:
+        route_detokenize(L, c);
+        break;
+    case R_COMPL:
+        route_generate(L, c, ING_OAI_COMPLETIONS);
+        break;
+    case R_CHAT:
+        route_generate(L, c, ING_OAI_CHAT);
+        break;
+    }
+}
