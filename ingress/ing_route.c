@@ -296,7 +296,7 @@ static int64_t encode_prompt(struct ing_loop *L, const uint8_t *buf, int route, 
         return n;
     }
     return eng_tok_encode(L->tok, (const char *)buf + L->oai.prompt.off, L->oai.prompt.len,
-                          add_special ? ENG_TOK_ADD_SPECIAL : 0, ids, cap);
+                          add_special ? ENG_TOK_ADD_SPECIAL | ENG_TOK_PARSE_SPECIAL : 0, ids, cap);
 }
 
 static void oai_err(struct ing_loop *L, struct ing_conn *c, const struct ing_oai_err *e)
