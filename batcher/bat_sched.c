@@ -1,0 +1,905 @@
+/*
+ * bat_sched.c - the scheduler (design in bat_sched.h).
+ *
+ * Arena layout (offsets from the arena base, each 64-aligned):
+ *
+ *   struct bat_arena      header, counters, per-class DRR cursors and
+ *                         resume queues, cancel list length
+ *   slots[n_slots]        struct bat_slot, one per request (max_queue +
+ *                         max_seqs); free ones chained through .next
+ *   flows[max_flows]      (tenant, class) FIFO queues; the first
+ *                         BAT_PRIO_N are shared overflow flows used when
+ *                         the table is full
+ *   hash[hcap]            open addressing (tenant, class) -> flow, never
+ *                         deleted (flows persist, bounded by max_flows)
+ *   running[max_seqs]     running slot ids, ordered by (class, admission)
+ *   tables[max_seqs][mb]  block table of each running sequence
+ *   tfree[max_seqs]       free table indices (stack)
+ *   cancels[n_slots]      slots flagged by bat_sched_cancel
+ *   pending[n_blocks]     blocks freed since the last plan (to zero)
+ *   kv                    struct bat_kv
+ */
+#include "bat_sched.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "favo_base.h"
+#include "shm_stats.h"
+
+enum { ST_FREE = 0, ST_WAITING = 1, ST_RUNNING = 2 };
+
+struct bat_slot {
+    uint32_t gen;
+    uint8_t state, prio, cancel, started;
+    uint8_t in_resume, pad_[3];
+    uint32_t tenant, flow, cell;
+    uint32_t prev, next;           /* queue links (free list: next) */
+    uint32_t n_prompt, n_gen, n_computed, max_tokens;
+    uint32_t table, n_blocks;      /* running: table index, blocks held */
+    uint64_t enq_ns, admit_seq, plan_step;
+    struct eng_sample_params sp;
+};
+
+struct bat_flow {
+    uint32_t tenant;
+    uint8_t prio, used, active, pad_;
+    uint32_t head, tail, n;
+    uint32_t rr_prev, rr_next;
+    int64_t deficit;
+};
+
+struct bat_arena {
+    uint32_t magic, version;
+    uint64_t generation;
+    uint64_t size;
+    struct bat_sched_cfg cfg;
+    uint32_t n_slots, mbps, hcap, busy;
+    uint32_t off_slots, off_flows, off_hash, off_running, off_tables, off_tfree;
+    uint32_t off_cancels, off_pending, off_kv, pad_;
+    uint32_t free_head, n_free_slots, n_tfree, n_flows;
+    uint32_t n_waiting, n_waiting_tokens, n_running, n_cancels, n_pending;
+    uint32_t rr_cur[BAT_PRIO_N];
+    uint32_t res_head[BAT_PRIO_N], res_tail[BAT_PRIO_N];
+    uint64_t step, admit_seq, n_preempt, n_admitted, n_finished;
+    uint64_t last_complete_ns;
+    double drain_tok_per_s;
+};
+
+#define A_ARR(a, T, off) ((T *)((char *)(a) + (a)->off))
+
+static inline struct bat_slot *slots(struct bat_arena *a) { return A_ARR(a, struct bat_slot, off_slots); }
+static inline struct bat_flow *flows(struct bat_arena *a) { return A_ARR(a, struct bat_flow, off_flows); }
+static inline uint32_t *hasht(struct bat_arena *a) { return A_ARR(a, uint32_t, off_hash); }
+static inline uint32_t *running(struct bat_arena *a) { return A_ARR(a, uint32_t, off_running); }
+static inline uint32_t *tfree(struct bat_arena *a) { return A_ARR(a, uint32_t, off_tfree); }
+static inline uint32_t *cancels(struct bat_arena *a) { return A_ARR(a, uint32_t, off_cancels); }
+static inline int32_t *pending(struct bat_arena *a) { return A_ARR(a, int32_t, off_pending); }
+static inline struct bat_kv *kvm(struct bat_arena *a) { return A_ARR(a, struct bat_kv, off_kv); }
+static inline int32_t *table(struct bat_arena *a, uint32_t t)
+{
+    return A_ARR(a, int32_t, off_tables) + (size_t)t * a->mbps;
+}
+
+static size_t al64(size_t x) { return (x + 63) & ~(size_t)63; }
+
+int bat_sched_cfg_defaults(struct bat_sched_cfg *c)
+{
+    if (!c || c->n_blocks == 0)
+        return -EINVAL;
+    if (!c->max_batch_tokens) c->max_batch_tokens = 2048;
+    if (!c->max_seqs) c->max_seqs = 256;
+    if (!c->max_queue) c->max_queue = 1024;
+    if (!c->max_queue_tokens) c->max_queue_tokens = 1u << 20;
+    if (!c->max_ctx) c->max_ctx = 8192;
+    if (!c->max_flows) c->max_flows = 256;
+    if (!c->quantum) c->quantum = 512;
+    if (!c->kv_watermark) c->kv_watermark = c->n_blocks / 100;
+    if (!c->max_queue_tenant) c->max_queue_tenant = c->max_queue / 4 ? c->max_queue / 4 : 1;
+    if (!c->queue_timeout_ns) c->queue_timeout_ns = 30ull * 1000000000ull;
+    if (c->max_flows < BAT_PRIO_N + 1)
+        c->max_flows = BAT_PRIO_N + 1;
+    if (c->max_seqs > 65536 || c->max_queue > (1u << 22) || c->max_ctx > (1u << 20) ||
+        c->max_flows > (1u << 20) || c->n_blocks > (1u << 26))
+        return -EINVAL;
+    return 0;
+}
+
+static uint32_t hcap_for(uint32_t flows)
+{
+    uint32_t h = 16;
+    while (h < 2 * flows)
+        h <<= 1;
+    return h;
+}
+
+/* Offsets of every array; returns the total size. */
+static size_t layout(const struct bat_sched_cfg *c, struct bat_arena *o)
+{
+    uint32_t n_slots = c->max_queue + c->max_seqs;
+    uint32_t mbps = bat_kv_blocks_for(c->max_ctx);
+    uint32_t hcap = hcap_for(c->max_flows);
+    size_t off = al64(sizeof(struct bat_arena));
+
+    o->n_slots = n_slots;
+    o->mbps = mbps;
+    o->hcap = hcap;
+    o->off_slots = (uint32_t)off; off = al64(off + (size_t)n_slots * sizeof(struct bat_slot));
+    o->off_flows = (uint32_t)off; off = al64(off + (size_t)c->max_flows * sizeof(struct bat_flow));
+    o->off_hash = (uint32_t)off; off = al64(off + (size_t)hcap * 4);
+    o->off_running = (uint32_t)off; off = al64(off + (size_t)c->max_seqs * 4);
+    o->off_tables = (uint32_t)off; off = al64(off + (size_t)c->max_seqs * mbps * 4);
+    o->off_tfree = (uint32_t)off; off = al64(off + (size_t)c->max_seqs * 4);
+    o->off_cancels = (uint32_t)off; off = al64(off + (size_t)n_slots * 4);
+    o->off_pending = (uint32_t)off; off = al64(off + (size_t)c->n_blocks * 4);
+    o->off_kv = (uint32_t)off; off = al64(off + bat_kv_size(c->n_blocks));
+    return off;
+}
+
+size_t bat_sched_size(const struct bat_sched_cfg *cfg)
+{
+    struct bat_sched_cfg c = *cfg;
+    struct bat_arena o;
+
+    if (bat_sched_cfg_defaults(&c))
+        return 0;
+    size_t sz = layout(&c, &o);
+    return sz > UINT32_MAX ? 0 : sz;
+}
+
+size_t bat_sched_plan_size(const struct bat_sched_cfg *cfg)
+{
+    struct bat_sched_cfg c = *cfg;
+
+    if (bat_sched_cfg_defaults(&c))
+        return 0;
+    return bat_plan_size(c.max_seqs, bat_kv_blocks_for(c.max_ctx), c.n_blocks);
+}
+
+uint32_t bat_sched_ev_cap(const struct bat_sched *s)
+{
+    return s->a->n_slots + 2 * s->a->cfg.max_seqs;
+}
+
+int bat_sched_init(struct bat_sched *s, void *mem, size_t size, const struct bat_sched_cfg *cfg,
+                   uint64_t generation)
+{
+    struct bat_sched_cfg c;
+    struct bat_arena *a = mem;
+    size_t need;
+
+    if (!s || !mem || !cfg || ((uintptr_t)mem & 63))
+        return -EINVAL;
+    c = *cfg;
+    if (bat_sched_cfg_defaults(&c))
+        return -EINVAL;
+    need = bat_sched_size(&c);
+    if (!need || size < need)
+        return -EINVAL;
+    memset(a, 0, sizeof(*a));
+    layout(&c, a);
+    a->cfg = c;
+    a->size = need;
+    a->generation = generation;
+    memset(slots(a), 0, (size_t)a->n_slots * sizeof(struct bat_slot));
+    for (uint32_t i = 0; i < a->n_slots; i++) {
+        slots(a)[i].next = i + 1 < a->n_slots ? i + 1 : BAT_NIL;
+        slots(a)[i].gen = 1;
+    }
+    a->free_head = 0;
+    a->n_free_slots = a->n_slots;
+    memset(flows(a), 0, (size_t)c.max_flows * sizeof(struct bat_flow));
+    for (uint32_t p = 0; p < BAT_PRIO_N; p++) { /* overflow flows */
+        struct bat_flow *f = &flows(a)[p];
+        f->used = 1;
+        f->prio = (uint8_t)p;
+        f->tenant = UINT32_MAX;
+        f->head = f->tail = BAT_NIL;
+        a->rr_cur[p] = a->res_head[p] = a->res_tail[p] = BAT_NIL;
+    }
+    a->n_flows = BAT_PRIO_N;
+    memset(hasht(a), 0xff, (size_t)a->hcap * 4);
+    for (uint32_t i = 0; i < c.max_seqs; i++)
+        tfree(a)[i] = c.max_seqs - 1 - i;
+    a->n_tfree = c.max_seqs;
+    if (bat_kv_init(kvm(a), bat_kv_size(c.n_blocks), c.n_blocks))
+        return -EINVAL;
+    a->version = BAT_SCHED_VERSION;
+    a->magic = BAT_SCHED_MAGIC;
+    s->a = a;
+    s->stats = NULL;
+    return 0;
+}
+
+int bat_sched_attach(struct bat_sched *s, void *mem, size_t size)
+{
+    struct bat_arena *a = mem;
+    struct bat_arena o;
+    struct bat_sched_cfg c;
+
+    if (!s || !mem || size < sizeof(*a))
+        return -EINVAL;
+    if (a->magic != BAT_SCHED_MAGIC || a->version != BAT_SCHED_VERSION)
+        return -EPROTO;
+    c = a->cfg;
+    if (bat_sched_cfg_defaults(&c) || memcmp(&c, &a->cfg, sizeof(c)) || a->size > size ||
+        layout(&c, &o) != a->size || o.off_kv != a->off_kv || o.off_slots != a->off_slots)
+        return -EBADMSG;
+    if (a->busy)
+        return -ESTALE;
+    s->a = a;
+    s->stats = NULL;
+    return bat_sched_check(s);
+}
+
+/* ---- queues ---------------------------------------------------------- */
+
+static uint32_t flow_get(struct bat_arena *a, uint32_t tenant, uint32_t prio)
+{
+    uint32_t key = tenant * 0x9e3779b1u ^ (prio * 0x85ebca6bu);
+    uint32_t m = a->hcap - 1;
+
+    for (uint32_t i = key & m, n = 0; n < a->hcap; i = (i + 1) & m, n++) {
+        uint32_t fi = hasht(a)[i];
+        if (fi == BAT_NIL) {
+            if (a->n_flows >= a->cfg.max_flows)
+                return prio; /* table full: the class's shared overflow flow */
+            fi = a->n_flows++;
+            struct bat_flow *f = &flows(a)[fi];
+            memset(f, 0, sizeof(*f));
+            f->tenant = tenant;
+            f->prio = (uint8_t)prio;
+            f->used = 1;
+            f->head = f->tail = BAT_NIL;
+            hasht(a)[i] = fi;
+            return fi;
+        }
+        if (flows(a)[fi].tenant == tenant && flows(a)[fi].prio == prio)
+            return fi;
+    }
+    return prio;
+}
+
+static void rr_insert(struct bat_arena *a, uint32_t fi)
+{
+    struct bat_flow *f = &flows(a)[fi];
+    uint32_t *cur = &a->rr_cur[f->prio];
+
+    /* A flow that becomes active starts with one quantum of credit, so a
+     * light tenant's request is served at its first visit (DRR as in
+     * Shreedhar & Varghese, credit granted on entry). */
+    f->active = 1;
+    f->deficit = a->cfg.quantum;
+    if (*cur == BAT_NIL) {
+        f->rr_next = f->rr_prev = fi;
+        *cur = fi;
+        return;
+    }
+    /* Insert just before the cursor: served last in this round. */
+    struct bat_flow *c = &flows(a)[*cur];
+    f->rr_next = *cur;
+    f->rr_prev = c->rr_prev;
+    flows(a)[c->rr_prev].rr_next = fi;
+    c->rr_prev = fi;
+}
+
+static void rr_remove(struct bat_arena *a, uint32_t fi)
+{
+    struct bat_flow *f = &flows(a)[fi];
+    uint32_t *cur = &a->rr_cur[f->prio];
+
+    if (f->rr_next == fi) {
+        *cur = BAT_NIL;
+    } else {
+        flows(a)[f->rr_prev].rr_next = f->rr_next;
+        flows(a)[f->rr_next].rr_prev = f->rr_prev;
+        if (*cur == fi)
+            *cur = f->rr_next;
+    }
+    f->active = 0;
+    f->deficit = 0;
+}
+
+/* Unlink a WAITING slot from its flow FIFO or its class's resume queue. */
+static void wait_unlink(struct bat_arena *a, uint32_t si)
+{
+    struct bat_slot *q = &slots(a)[si];
+    uint32_t *head, *tail;
+
+    if (q->in_resume) {
+        head = &a->res_head[q->prio];
+        tail = &a->res_tail[q->prio];
+    } else {
+        struct bat_flow *f = &flows(a)[q->flow];
+        head = &f->head;
+        tail = &f->tail;
+        f->n--;
+    }
+    if (q->prev != BAT_NIL) slots(a)[q->prev].next = q->next; else *head = q->next;
+    if (q->next != BAT_NIL) slots(a)[q->next].prev = q->prev; else *tail = q->prev;
+    if (!q->in_resume && flows(a)[q->flow].n == 0)
+        rr_remove(a, q->flow);
+    a->n_waiting--;
+    a->n_waiting_tokens -= q->n_prompt;
+    q->prev = q->next = BAT_NIL;
+    q->in_resume = 0;
+}
+
+static void link_tail(struct bat_arena *a, uint32_t *head, uint32_t *tail, uint32_t si)
+{
+    struct bat_slot *q = &slots(a)[si];
+    q->next = BAT_NIL;
+    q->prev = *tail;
+    if (*tail != BAT_NIL) slots(a)[*tail].next = si; else *head = si;
+    *tail = si;
+}
+
+static void link_head(struct bat_arena *a, uint32_t *head, uint32_t *tail, uint32_t si)
+{
+    struct bat_slot *q = &slots(a)[si];
+    q->prev = BAT_NIL;
+    q->next = *head;
+    if (*head != BAT_NIL) slots(a)[*head].prev = si; else *tail = si;
+    *head = si;
+}
+
+/* ---- slots ----------------------------------------------------------- */
+
+static uint64_t handle(struct bat_arena *a, uint32_t si)
+{
+    return (uint64_t)slots(a)[si].gen << 32 | si;
+}
+
+static void slot_free(struct bat_arena *a, uint32_t si)
+{
+    struct bat_slot *q = &slots(a)[si];
+    uint32_t gen = q->gen + 1;
+
+    FAVO_ASSERT(q->n_blocks == 0); /* sched inv 2 */
+    memset(q, 0, sizeof(*q));
+    q->gen = gen ? gen : 1;
+    q->next = a->free_head;
+    a->free_head = si;
+    a->n_free_slots++;
+}
+
+/* Release every block of a running sequence (listed for zeroing). */
+static void seq_release_blocks(struct bat_arena *a, struct bat_slot *q)
+{
+    int32_t *t = table(a, q->table);
+
+    for (uint32_t i = 0; i < q->n_blocks; i++) {
+        bat_kv_free(kvm(a), t[i]);
+        FAVO_ASSERT(a->n_pending < a->cfg.n_blocks); /* kv inv 1 */
+        pending(a)[a->n_pending++] = t[i];
+    }
+    q->n_blocks = 0;
+    q->n_computed = 0;
+}
+
+static uint32_t run_find(struct bat_arena *a, uint32_t si)
+{
+    for (uint32_t i = 0; i < a->n_running; i++)
+        if (running(a)[i] == si)
+            return i;
+    FAVO_ASSERT(!"running slot not in running[]");
+    return BAT_NIL;
+}
+
+static void run_remove_at(struct bat_arena *a, uint32_t i)
+{
+    struct bat_slot *q = &slots(a)[running(a)[i]];
+
+    seq_release_blocks(a, q);
+    tfree(a)[a->n_tfree++] = q->table;
+    q->table = BAT_NIL;
+    memmove(&running(a)[i], &running(a)[i + 1], (a->n_running - i - 1) * 4);
+    a->n_running--;
+}
+
+static bool rank_before(const struct bat_slot *x, const struct bat_slot *y)
+{
+    return x->prio < y->prio || (x->prio == y->prio && x->admit_seq < y->admit_seq);
+}
+
+/* Insert into running[] at its rank; returns the index. */
+static uint32_t run_insert(struct bat_arena *a, uint32_t si)
+{
+    struct bat_slot *q = &slots(a)[si];
+    uint32_t i = a->n_running;
+
+    FAVO_ASSERT(a->n_tfree > 0 && a->n_running < a->cfg.max_seqs);
+    q->table = tfree(a)[--a->n_tfree];
+    q->n_blocks = 0;
+    q->n_computed = 0;
+    while (i > 0 && rank_before(q, &slots(a)[running(a)[i - 1]]))
+        i--;
+    memmove(&running(a)[i + 1], &running(a)[i], (a->n_running - i) * 4);
+    running(a)[i] = si;
+    a->n_running++;
+    q->state = ST_RUNNING;
+    return i;
+}
+
+static uint32_t emit(struct bat_event *ev, uint32_t *n, uint32_t cap, struct bat_arena *a,
+                     uint32_t si, uint16_t kind, uint16_t reason, int32_t token)
+{
+    struct bat_slot *q = &slots(a)[si];
+
+    FAVO_ASSERT(*n < cap);
+    ev[*n] = (struct bat_event){ .id = handle(a, si), .cell = q->cell, .kind = kind,
+                                 .reason = reason, .token = token, .n_gen = q->n_gen };
+    return (*n)++;
+}
+
+static void stat_finish(struct bat_sched *s, enum bat_finish why)
+{
+    if (!s->stats)
+        return;
+    switch (why) {
+    case BAT_FIN_STOP:
+    case BAT_FIN_LENGTH: shm_stats_add(s->stats, SHM_C_REQ_OK, 1); break;
+    case BAT_FIN_CANCELLED: shm_stats_add(s->stats, SHM_C_REQ_CANCELLED, 1); break;
+    case BAT_FIN_TIMEOUT: shm_stats_add(s->stats, SHM_C_REQ_TIMEOUT, 1); break;
+    default: shm_stats_add(s->stats, SHM_C_REQ_ERROR, 1); break;
+    }
+}
+
+/* Finish a slot in any live state: events, blocks, slot back to FREE. */
+static void finish(struct bat_sched *s, uint32_t si, enum bat_finish why, struct bat_event *ev,
+                   uint32_t *n, uint32_t cap)
+{
+    struct bat_arena *a = s->a;
+    struct bat_slot *q = &slots(a)[si];
+
+    if (q->state == ST_WAITING)
+        wait_unlink(a, si);
+    else if (q->state == ST_RUNNING)
+        run_remove_at(a, run_find(a, si));
+    emit(ev, n, cap, a, si, BAT_EV_FINISH, (uint16_t)why, -1);
+    stat_finish(s, why);
+    a->n_finished++;
+    slot_free(a, si);
+}
+
+/* ---- admission ------------------------------------------------------- */
+
+static uint32_t retry_after(const struct bat_arena *a, uint32_t extra_tokens)
+{
+    double rate = a->drain_tok_per_s;
+    double backlog = (double)a->n_waiting_tokens + extra_tokens;
+    double sec;
+
+    if (rate <= 0)
+        return 1;
+    sec = ceil(backlog / rate);
+    return sec < 1 ? 1 : sec > 60 ? 60 : (uint32_t)sec;
+}
+
+int bat_sched_submit(struct bat_sched *s, const struct bat_req *r, uint64_t now, uint64_t *id,
+                     uint32_t *retry_after_s)
+{
+    struct bat_arena *a = s->a;
+    struct bat_slot *q;
+    uint32_t si, fi;
+
+    if (!r || !id || r->n_prompt == 0 || r->max_tokens == 0 || r->prio >= BAT_PRIO_N)
+        return -EINVAL;
+    if ((uint64_t)r->n_prompt + r->max_tokens > a->cfg.max_ctx ||
+        bat_kv_blocks_for(r->n_prompt + r->max_tokens) > a->cfg.n_blocks)
+        return -E2BIG;
+    fi = flow_get(a, r->tenant, r->prio);
+    if (a->n_waiting >= a->cfg.max_queue || a->n_free_slots == 0 ||
+        (uint64_t)a->n_waiting_tokens + r->n_prompt > a->cfg.max_queue_tokens ||
+        (fi >= BAT_PRIO_N && flows(a)[fi].n >= a->cfg.max_queue_tenant)) {
+        if (retry_after_s)
+            *retry_after_s = retry_after(a, r->n_prompt);
+        if (s->stats)
+            shm_stats_add(s->stats, SHM_C_REJ_QUEUE_FULL, 1);
+        return -EBUSY;
+    }
+    si = a->free_head;
+    q = &slots(a)[si];
+    a->free_head = q->next;
+    a->n_free_slots--;
+    q->state = ST_WAITING;
+    q->prio = (uint8_t)r->prio;
+    q->tenant = r->tenant;
+    q->cell = r->cell;
+    q->n_prompt = r->n_prompt;
+    q->max_tokens = r->max_tokens;
+    q->sp = r->sp;
+    q->enq_ns = now;
+    q->table = BAT_NIL;
+    q->flow = fi;
+    struct bat_flow *f = &flows(a)[fi];
+    link_tail(a, &f->head, &f->tail, si);
+    f->n++;
+    if (!f->active)
+        rr_insert(a, fi);
+    a->n_waiting++;
+    a->n_waiting_tokens += r->n_prompt;
+    *id = handle(a, si);
+    return 0;
+}
+
+int bat_sched_cancel(struct bat_sched *s, uint64_t id)
+{
+    struct bat_arena *a = s->a;
+    uint32_t si = (uint32_t)id;
+    struct bat_slot *q;
+
+    if (si >= a->n_slots)
+        return -ENOENT;
+    q = &slots(a)[si];
+    if (q->gen != (uint32_t)(id >> 32) || q->state == ST_FREE) /* sched inv 4 */
+        return -ENOENT;
+    if (!q->cancel) {
+        q->cancel = 1;
+        cancels(a)[a->n_cancels++] = si;
+    }
+    return 0;
+}
+
+/* ---- the step -------------------------------------------------------- */
+
+struct step_ctx {
+    struct bat_plan *p;
+    struct bat_plan_seq *ps;
+    uint32_t tok_left, seq_left;
+};
+
+/* Add sequence si (n_new tokens from n_computed) to the plan. Its blocks
+ * already cover the positions. */
+static void plan_add(struct bat_arena *a, struct step_ctx *c, uint32_t si, uint32_t n_new)
+{
+    struct bat_slot *q = &slots(a)[si];
+    struct bat_plan *p = c->p;
+    struct bat_plan_seq *e = &c->ps[p->n_seqs];
+    uint32_t known = q->n_prompt + q->n_gen;
+
+    FAVO_ASSERT(n_new >= 1 && n_new <= c->tok_left && c->seq_left > 0); /* sched inv 1 */
+    FAVO_ASSERT(q->n_blocks == bat_kv_blocks_for(q->n_computed + n_new));
+    FAVO_ASSERT(q->plan_step != a->step + 1); /* plan inv 3 */
+    FAVO_ASSERT(p->n_tables + q->n_blocks <= p->cap_tables);
+    e->id = handle(a, si);
+    e->slot = si;
+    e->cell = q->cell;
+    e->pos = q->n_computed;
+    e->n_new = n_new;
+    e->table_off = p->n_tables;
+    e->n_blocks = q->n_blocks;
+    e->n_prompt = q->n_prompt;
+    e->n_history = q->n_gen;
+    e->no_sample = q->n_computed + n_new < known;
+    e->sp = q->sp;
+    memcpy(bat_plan_tables(p) + p->n_tables, table(a, q->table), (size_t)q->n_blocks * 4);
+    p->n_tables += q->n_blocks;
+    p->n_seqs++;
+    p->n_tokens += n_new;
+    if (n_new == 1 && !e->no_sample)
+        p->n_decode++;
+    c->tok_left -= n_new;
+    c->seq_left--;
+    q->plan_step = a->step + 1;
+}
+
+/* Preempt by recompute: running[i] loses its blocks and waits at the head
+ * of its class's resume queue. */
+static void preempt_at(struct bat_arena *a, uint32_t i)
+{
+    uint32_t si = running(a)[i];
+    struct bat_slot *q = &slots(a)[si];
+
+    run_remove_at(a, i);
+    q->state = ST_WAITING;
+    q->in_resume = 1;
+    link_head(a, &a->res_head[q->prio], &a->res_tail[q->prio], si);
+    a->n_waiting++;
+    a->n_waiting_tokens += q->n_prompt;
+    a->n_preempt++;
+}
+
+/* The last-ranked running sequence after index i not in this plan, or NIL. */
+static uint32_t victim_after(struct bat_arena *a, uint32_t i)
+{
+    for (uint32_t j = a->n_running; j-- > i + 1;)
+        if (slots(a)[running(a)[j]].plan_step != a->step + 1)
+            return j;
+    return BAT_NIL;
+}
+
+/* Grow running[*i]'s table to cover `upto` positions, preempting later
+ * sequences as needed. Returns the positions covered (may be less), or
+ * BAT_NIL if running[*i] itself was preempted. */
+static uint32_t grow(struct bat_arena *a, uint32_t i, uint32_t upto, bool may_self)
+{
+    struct bat_slot *q = &slots(a)[running(a)[i]];
+    uint32_t need = bat_kv_blocks_for(upto);
+    int32_t *t = table(a, q->table);
+
+    FAVO_ASSERT(need <= a->mbps);
+    while (q->n_blocks < need) {
+        int32_t b = bat_kv_alloc(kvm(a));
+        if (b >= 0) {
+            t[q->n_blocks++] = b;
+            continue;
+        }
+        uint32_t v = victim_after(a, i);
+        if (v != BAT_NIL) {
+            preempt_at(a, v);
+            continue;
+        }
+        if (may_self && q->n_blocks * BAT_KV_BLOCK <= q->n_computed) {
+            preempt_at(a, i);
+            return BAT_NIL;
+        }
+        break;
+    }
+    return FAVO_MIN(upto, q->n_blocks * BAT_KV_BLOCK);
+}
+
+static bool can_start(struct bat_arena *a, const struct bat_slot *q)
+{
+    uint32_t need = bat_kv_blocks_for(q->n_prompt + q->n_gen + 1);
+    uint32_t wm = a->n_running ? a->cfg.kv_watermark : 0;
+
+    return a->n_tfree > 0 && kvm(a)->n_free >= need + wm;
+}
+
+/* Start waiting slot si and put its first chunk into the plan. */
+static void start(struct bat_sched *s, struct step_ctx *c, uint32_t si, uint64_t now)
+{
+    struct bat_arena *a = s->a;
+    struct bat_slot *q = &slots(a)[si];
+    uint32_t known, i, upto;
+
+    wait_unlink(a, si);
+    if (!q->started) {
+        q->started = 1;
+        q->admit_seq = ++a->admit_seq;
+        a->n_admitted++;
+        if (s->stats)
+            shm_stats_observe(s->stats, SHM_H_QUEUE, now - q->enq_ns);
+    }
+    i = run_insert(a, si);
+    known = q->n_prompt + q->n_gen;
+    upto = FAVO_MIN(known, c->tok_left);
+    upto = grow(a, i, upto, false);
+    FAVO_ASSERT(upto >= 1); /* can_start checked the blocks */
+    plan_add(a, c, si, upto);
+}
+
+static void admit(struct bat_sched *s, struct step_ctx *c, uint64_t now)
+{
+    struct bat_arena *a = s->a;
+
+    for (uint32_t p = 0; p < BAT_PRIO_N; p++) {
+        /* Preempted sequences of this class first, oldest rank first. */
+        while (a->res_head[p] != BAT_NIL) {
+            uint32_t si = a->res_head[p];
+            if (!c->tok_left || !c->seq_left || !can_start(a, &slots(a)[si]))
+                return;
+            start(s, c, si, now);
+        }
+        /* Then new requests, DRR over the class's tenants. */
+        uint32_t spins = 0;
+        while (a->rr_cur[p] != BAT_NIL) {
+            uint32_t fi = a->rr_cur[p];
+            struct bat_flow *f = &flows(a)[fi];
+            uint32_t si = f->head;
+            struct bat_slot *q = &slots(a)[si];
+
+            if (!c->tok_left || !c->seq_left)
+                return;
+            if (f->deficit < (int64_t)q->n_prompt) {
+                /* Not enough credit: top up and move on. When every flow
+                 * is short, one pass adds a quantum to each; bounded by
+                 * max_ctx / quantum passes. */
+                f->deficit += a->cfg.quantum;
+                a->rr_cur[p] = f->rr_next;
+                FAVO_ASSERT(++spins < (1u << 30));
+                continue;
+            }
+            if (!can_start(a, q))
+                return; /* strict classes: nothing below passes */
+            f->deficit -= q->n_prompt;
+            start(s, c, si, now); /* may remove the flow from the ring */
+        }
+    }
+}
+
+static void drop_cancels_timeouts(struct bat_sched *s, uint64_t now, struct bat_event *ev,
+                                  uint32_t *n, uint32_t cap)
+{
+    struct bat_arena *a = s->a;
+
+    for (uint32_t k = 0; k < a->n_cancels; k++) {
+        uint32_t si = cancels(a)[k];
+        if (slots(a)[si].state != ST_FREE && slots(a)[si].cancel)
+            finish(s, si, BAT_FIN_CANCELLED, ev, n, cap);
+    }
+    a->n_cancels = 0;
+    /* Queue timeouts: each flow FIFO is in enqueue order, so only heads
+     * need looking at (O(flows)). Preempted sequences (resume queues) have
+     * started and never time out. */
+    for (uint32_t fi = 0; fi < a->n_flows; fi++) {
+        struct bat_flow *f = &flows(a)[fi];
+        while (f->head != BAT_NIL && now >= slots(a)[f->head].enq_ns &&
+               now - slots(a)[f->head].enq_ns >= a->cfg.queue_timeout_ns)
+            finish(s, f->head, BAT_FIN_TIMEOUT, ev, n, cap);
+    }
+}
+
+int bat_sched_step(struct bat_sched *s, uint64_t now, struct bat_plan *p, struct bat_event *ev,
+                   uint32_t ev_cap)
+{
+    struct bat_arena *a = s->a;
+    struct step_ctx c;
+    uint32_t n = 0;
+
+    if (!p || p->magic != BAT_PLAN_MAGIC || ev_cap < bat_sched_ev_cap(s) ||
+        p->cap_seqs < a->cfg.max_seqs || p->cap_freed < a->cfg.n_blocks ||
+        p->cap_tables < a->cfg.max_seqs * a->mbps)
+        return -EINVAL;
+    a->busy = 1;
+    drop_cancels_timeouts(s, now, ev, &n, ev_cap);
+
+    p->n_seqs = p->n_tokens = p->n_tables = p->n_freed = p->n_decode = 0;
+    p->generation = a->generation;
+    c.p = p;
+    c.ps = bat_plan_seqs(p);
+    c.tok_left = a->cfg.max_batch_tokens;
+    c.seq_left = a->cfg.max_seqs;
+
+    /* Pass 1: decodes, in rank order. */
+    for (uint32_t i = 0; i < a->n_running && c.tok_left && c.seq_left;) {
+        uint32_t si = running(a)[i];
+        struct bat_slot *q = &slots(a)[si];
+        if (q->n_prompt + q->n_gen - q->n_computed != 1) {
+            i++;
+            continue;
+        }
+        uint32_t got = grow(a, i, q->n_computed + 1, true);
+        if (got == BAT_NIL)
+            continue; /* preempted itself: running[i] is the next one */
+        if (got > q->n_computed)
+            plan_add(a, &c, si, 1);
+        i++;
+    }
+    /* Pass 2: prefill chunks of running sequences, in rank order. */
+    for (uint32_t i = 0; i < a->n_running && c.tok_left && c.seq_left; i++) {
+        uint32_t si = running(a)[i];
+        struct bat_slot *q = &slots(a)[si];
+        uint32_t known = q->n_prompt + q->n_gen;
+        if (q->plan_step == a->step + 1 || known - q->n_computed <= 1)
+            continue;
+        uint32_t upto = q->n_computed + FAVO_MIN(known - q->n_computed, c.tok_left);
+        uint32_t got = grow(a, i, upto, false);
+        if (got > q->n_computed)
+            plan_add(a, &c, si, got - q->n_computed);
+    }
+    /* Pass 3: admission. */
+    admit(s, &c, now);
+
+    FAVO_ASSERT(p->n_tokens <= a->cfg.max_batch_tokens && p->n_seqs <= a->cfg.max_seqs);
+    FAVO_ASSERT(a->n_pending <= p->cap_freed);
+    memcpy(bat_plan_freed(p), pending(a), (size_t)a->n_pending * 4);
+    p->n_freed = a->n_pending;
+    a->n_pending = 0;
+    a->step++;
+    p->step = a->step;
+    if (s->stats) {
+        shm_stats_begin(s->stats);
+        shm_stats_gauge_set(s->stats, SHM_G_REQUESTS_RUNNING, a->n_running);
+        shm_stats_gauge_set(s->stats, SHM_G_REQUESTS_WAITING, a->n_waiting);
+        shm_stats_gauge_set(s->stats, SHM_G_KV_CACHE_USAGE,
+                            (double)bat_kv_used(kvm(a)) / a->cfg.n_blocks);
+        shm_stats_end(s->stats);
+    }
+    a->busy = 0;
+    return (int)n;
+}
+
+int bat_sched_complete(struct bat_sched *s, const struct bat_plan *p, const struct bat_result *res,
+                       uint64_t now, struct bat_event *ev, uint32_t ev_cap)
+{
+    struct bat_arena *a = s->a;
+    const struct bat_plan_seq *ps;
+    uint32_t n = 0;
+    uint64_t prompt_tok = 0, gen_tok = 0;
+
+    if (!p || p->magic != BAT_PLAN_MAGIC || p->step != a->step ||
+        p->generation != a->generation || ev_cap < bat_sched_ev_cap(s) || (p->n_seqs && !res))
+        return -EINVAL;
+    a->busy = 1;
+    ps = (const struct bat_plan_seq *)((const char *)p + p->off_seqs);
+    for (uint32_t k = 0; k < p->n_seqs; k++) {
+        uint32_t si = ps[k].slot;
+        struct bat_slot *q = &slots(a)[si];
+
+        if (handle(a, si) != ps[k].id || q->state != ST_RUNNING || q->cancel)
+            continue; /* cancelled meanwhile: dropped at the next step */
+        FAVO_ASSERT(q->n_computed == ps[k].pos); /* sched inv 2 */
+        q->n_computed += ps[k].n_new;
+        if (ps[k].n_new > 1 || ps[k].no_sample)
+            prompt_tok += ps[k].n_new;
+        if (ps[k].no_sample)
+            continue;
+        q->n_gen++;
+        gen_tok++;
+        emit(ev, &n, ev_cap, a, si, BAT_EV_TOKEN, 0, res[k].token);
+        if (res[k].eos)
+            finish(s, si, BAT_FIN_STOP, ev, &n, ev_cap);
+        else if (q->n_gen >= q->max_tokens || q->n_prompt + q->n_gen >= a->cfg.max_ctx)
+            finish(s, si, BAT_FIN_LENGTH, ev, &n, ev_cap);
+    }
+    /* Drain rate: tokens per second over steps, EWMA (alpha 1/8). */
+    if (a->last_complete_ns && now > a->last_complete_ns) {
+        double r = (double)p->n_tokens * 1e9 / (double)(now - a->last_complete_ns);
+        a->drain_tok_per_s = a->drain_tok_per_s > 0 ? a->drain_tok_per_s * 0.875 + r * 0.125 : r;
+    }
+    a->last_complete_ns = now;
+    if (s->stats) {
+        shm_stats_begin(s->stats);
+        shm_stats_add(s->stats, SHM_C_PROMPT_TOKENS, prompt_tok);
+        shm_stats_add(s->stats, SHM_C_GENERATION_TOKENS, gen_tok);
+        shm_stats_end(s->stats);
+    }
+    a->busy = 0;
+    return (int)n;
+}
+
+void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *o)
+{
+    struct bat_arena *a = s->a;
+
+    o->n_waiting = a->n_waiting;
+    o->n_running = a->n_running;
+    o->n_waiting_tokens = a->n_waiting_tokens;
+    o->kv_used = bat_kv_used(kvm(a));
+    o->kv_total = a->cfg.n_blocks;
+    o->step = a->step;
+    o->n_preempt = a->n_preempt;
+    o->n_admitted = a->n_admitted;
+    o->n_finished = a->n_finished;
+    o->drain_tok_per_s = a->drain_tok_per_s;
+}
+
+int bat_sched_check(const struct bat_sched *s)
+{
+    struct bat_arena *a = s->a;
+    uint32_t nw = 0, nwt = 0, nr = 0, nfree = 0, blocks = 0;
+
+    if (bat_kv_check(kvm(a)))
+        return -EBADMSG;
+    for (uint32_t i = 0; i < a->n_slots; i++) {
+        struct bat_slot *q = &slots(a)[i];
+        if (q->state == ST_FREE) {
+            nfree++;
+            if (q->n_blocks)
+                return -EBADMSG;
+        } else if (q->state == ST_WAITING) {
+            nw++;
+            nwt += q->n_prompt;
+            if (q->n_blocks)
+                return -EBADMSG;
+        } else if (q->state == ST_RUNNING) {
+            nr++;
+            blocks += q->n_blocks;
+            if (q->n_blocks < bat_kv_blocks_for(q->n_computed))
+                return -EBADMSG;
+        } else {
+            return -EBADMSG;
+        }
+    }
+    if (nw != a->n_waiting || nwt != a->n_waiting_tokens || nr != a->n_running ||
+        nfree != a->n_free_slots || blocks != bat_kv_used(kvm(a)) ||
+        a->n_tfree + a->n_running != a->cfg.max_seqs)
+        return -EBADMSG;
+    for (uint32_t i = 1; i < a->n_running; i++)
+        if (rank_before(&slots(a)[running(a)[i]], &slots(a)[running(a)[i - 1]]))
+            return -EBADMSG;
+    return 0;
+}

@@ -1,0 +1,201 @@
+/*
+ * bat_sched.h - the batcher's scheduler core: continuous (iteration-level)
+ * batching over a paged KV pool, admission control, per-tenant fairness,
+ * priorities, queue timeouts and cancellation.
+ *
+ * Every engine step the scheduler writes one plan (bat_plan.h):
+ *
+ *   1. cancels and queue timeouts are applied (blocks freed);
+ *   2. DECODES first: every running sequence whose prompt is fully in the
+ *      KV cache gets its next token, highest priority and oldest first;
+ *   3. PREFILL CHUNKS next: running sequences still prefilling get a chunk
+ *      of what is left of max_batch_tokens;
+ *   4. ADMISSION last: waiting requests start (their first prefill chunk
+ *      goes into this plan) - preempted ones of a class before new ones,
+ *      new ones by deficit round robin (DRR) on prompt tokens across the
+ *      tenants' queues of that class. Priority classes are strict: class
+ *      0 before 1 before 2 before 3; a class that cannot start its next
+ *      request (no blocks) blocks the classes below it this step.
+ *
+ * so a long prompt never delays anyone's next token, and no tenant's burst
+ * starves another tenant of the same class.
+ *
+ * KV blocks (bat_kv.h) are allocated as positions are computed. A request
+ * starts only when the pool has blocks for its whole known length plus a
+ * watermark (so decodes rarely preempt). When a decode or prefill still
+ * finds no free block, a victim is PREEMPTED BY RECOMPUTE: the running
+ * sequence ranked last (lowest class, newest admission) that is not yet in
+ * this plan loses its blocks and goes back to the head of its class's
+ * resume queue; it later re-prefills prompt + generated tokens and goes on
+ * where it stopped (the engine's counter-based sampling reproduces nothing
+ * twice: the next token is new). It keeps its admission rank, so it is not
+ * the next victim again. Deadlock freedom: submit rejects a request whose
+ * prompt + max_tokens cannot fit in the whole pool (or in max_ctx), the
+ * first-ranked running sequence can always preempt every other one, and
+ * the scheduler never waits for a block held outside the running set.
+ *
+ * Request lifecycle (slot states; functions that make each transition):
+ *
+ *                bat_sched_submit()            bat_sched_step()
+ *   FREE ------------------------> WAITING ---------------------> RUNNING
+ *    ^      (-EBUSY: queue full,      |   ^   (admitted; blocks as    |
+ *    |       503 + Retry-After)       |   |    positions computed)    |
+ *    |                                |   +---------------------------+
+ *    |                                |       step(): preempted by
+ *    |                                |       recompute (blocks freed)
+ *    |     step(): FINISH event       |                               |
+ *    +---------- TIMEOUT (never ran) -+                               |
+ *    +---------- CANCELLED (bat_sched_cancel, applied at next step) --+
+ *    +---------- STOP / LENGTH (bat_sched_complete) ------------------+
+ *
+ * Shared memory: the whole state lives in one arena the caller places
+ * (the data segment), holding offsets and indices only (invariant 1), with
+ * magic, version and generation, so a restarted batcher re-attaches with
+ * bat_sched_attach() and carries on between steps. The process-local
+ * handle (struct bat_sched) holds the arena pointer and the stats writer.
+ * No malloc, no logging and no syscall (beyond the vDSO clock read by the
+ * caller) on the per-step path (invariant 8).
+ *
+ * Call order, one engine step at a time:
+ *
+ *   bat_sched_submit()*, bat_sched_cancel()*       (any time)
+ *   bat_sched_step(now, plan, events)  -> plan to the engine(s)
+ *   ... engine runs the plan ...
+ *   bat_sched_complete(plan, results, events)
+ *
+ * Invariants (cited by FAVO_ASSERT as "sched inv N"):
+ *   1. Every plan respects max_batch_tokens and max_seqs (plan inv 1).
+ *   2. A RUNNING sequence holds exactly bat_kv_blocks_for(n_computed)
+ *      blocks after complete(), and the sum over RUNNING sequences equals
+ *      bat_kv_used(); WAITING and FREE slots hold none.
+ *   3. n_waiting / n_waiting_tokens / n_running equal the numbers of slots
+ *      in those states (checked by bat_sched_check).
+ *   4. A request handle (slot | generation << 32) names a slot only while
+ *      that generation lives; stale handles are ignored.
+ *
+ * Errors: -EINVAL (bad config or request), -E2BIG (request can never fit:
+ * prompt + max_tokens over max_ctx or over the KV pool; answer 413),
+ * -EBUSY (queue full by requests or tokens, or the tenant's own share
+ * max_queue_tenant full: answer 503 with Retry-After),
+ * -ENOENT (stale handle), -EPROTO/-EBADMSG/-ESTALE (attach: not an arena,
+ * inconsistent, or left inside a step by a crash).
+ */
+#ifndef BAT_SCHED_H
+#define BAT_SCHED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bat_kv.h"
+#include "bat_plan.h"
+#include "eng_sample.h"
+
+#define BAT_PRIO_N 4            /* priority classes, 0 = highest */
+#define BAT_SCHED_MAGIC 0x44484353u /* "SCHD" */
+#define BAT_SCHED_VERSION 1u
+#define BAT_NIL UINT32_MAX
+
+struct shm_stats_writer;
+
+struct bat_sched_cfg {
+    uint32_t max_batch_tokens;   /* tokens per step; 0: 2048 */
+    uint32_t max_seqs;           /* sequences per step (= running max); 0: 256 */
+    uint32_t max_queue;          /* waiting requests; 0: 1024 */
+    uint32_t max_queue_tokens;   /* waiting prompt tokens; 0: 1 << 20 */
+    uint32_t n_blocks;           /* KV pool blocks (required) */
+    uint32_t max_ctx;            /* positions per sequence; 0: 8192 */
+    uint32_t max_flows;          /* (tenant, class) queues; 0: 256 */
+    uint32_t quantum;            /* DRR quantum in tokens; 0: 512 */
+    uint32_t kv_watermark;       /* blocks kept free when admitting; 0: n_blocks / 100 */
+    uint32_t max_queue_tenant;   /* waiting requests of one (tenant, class) queue, so
+                                    one tenant's flood cannot fill the shared queue;
+                                    0: max_queue / 4 */
+    uint64_t queue_timeout_ns;   /* 0: 30 s */
+};
+
+struct bat_req {
+    uint32_t tenant;
+    uint32_t prio;               /* < BAT_PRIO_N */
+    uint32_t cell;               /* where the tokens live; echoed in plan and events */
+    uint32_t n_prompt;           /* >= 1 */
+    uint32_t max_tokens;         /* >= 1 */
+    uint32_t pad_;
+    struct eng_sample_params sp;
+};
+
+enum bat_ev_kind { BAT_EV_TOKEN = 1, BAT_EV_FINISH = 2 };
+
+enum bat_finish {
+    BAT_FIN_NONE = 0,
+    BAT_FIN_STOP,        /* end-of-generation token */
+    BAT_FIN_LENGTH,      /* max_tokens or max_ctx reached */
+    BAT_FIN_CANCELLED,   /* bat_sched_cancel: client gone or stop string */
+    BAT_FIN_TIMEOUT,     /* waited past queue_timeout: answer 503 */
+    BAT_FIN_NO_KV,       /* cannot fit in the pool even alone: answer 413 */
+};
+
+struct bat_event {
+    uint64_t id;
+    uint32_t cell;
+    uint16_t kind;       /* enum bat_ev_kind */
+    uint16_t reason;     /* enum bat_finish, for FINISH */
+    int32_t token;       /* for TOKEN */
+    uint32_t n_gen;      /* tokens generated so far */
+};
+
+struct bat_arena;
+
+/* Process-local handle. */
+struct bat_sched {
+    struct bat_arena *a;
+    struct shm_stats_writer *stats;  /* may be NULL */
+};
+
+/* Fill zero fields of cfg with the defaults. -EINVAL if n_blocks is 0. */
+int bat_sched_cfg_defaults(struct bat_sched_cfg *cfg);
+/* Arena bytes for cfg (defaults applied). */
+size_t bat_sched_size(const struct bat_sched_cfg *cfg);
+/* Plan bytes for cfg (bat_plan_size of its bounds). */
+size_t bat_sched_plan_size(const struct bat_sched_cfg *cfg);
+/* Events one step() or complete() may write: size ev arrays with this. */
+uint32_t bat_sched_ev_cap(const struct bat_sched *s);
+
+/* Lay out a fresh arena in mem (size bytes, 64-aligned); generation is
+ * stamped into it and into every plan. */
+int bat_sched_init(struct bat_sched *s, void *mem, size_t size,
+                   const struct bat_sched_cfg *cfg, uint64_t generation);
+/* Re-attach to an arena a previous batcher left between steps. */
+int bat_sched_attach(struct bat_sched *s, void *mem, size_t size);
+
+/* Admit a request (now: monotonic ns). 0 and *id, or -EINVAL, -E2BIG,
+ * or -EBUSY with *retry_after_s (1..60, from the current drain rate). */
+int bat_sched_submit(struct bat_sched *s, const struct bat_req *r, uint64_t now,
+                     uint64_t *id, uint32_t *retry_after_s);
+/* Cancel: the sequence leaves at the next step() (a FINISH CANCELLED
+ * event), its blocks freed then. 0 or -ENOENT (finished or stale). */
+int bat_sched_cancel(struct bat_sched *s, uint64_t id);
+
+/* Build the next plan into p (from bat_plan_init with this cfg's bounds).
+ * Writes FINISH events (cancels, timeouts) to ev; returns their count,
+ * or -EINVAL (ev_cap < bat_sched_ev_cap). */
+int bat_sched_step(struct bat_sched *s, uint64_t now, struct bat_plan *p,
+                   struct bat_event *ev, uint32_t ev_cap);
+/* Apply the engine's results for plan p (one per plan sequence). Writes
+ * TOKEN and FINISH events; returns their count, or -EINVAL. */
+int bat_sched_complete(struct bat_sched *s, const struct bat_plan *p,
+                       const struct bat_result *res, uint64_t now,
+                       struct bat_event *ev, uint32_t ev_cap);
+
+struct bat_sched_info {
+    uint32_t n_waiting, n_running, n_waiting_tokens;
+    uint32_t kv_used, kv_total;
+    uint64_t step, n_preempt, n_admitted, n_finished;
+    double drain_tok_per_s;
+};
+void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *out);
+/* Full consistency check (sched inv 2, 3; kv inv 1), O(slots + blocks):
+ * 0 or -EBADMSG. For tests and attach. */
+int bat_sched_check(const struct bat_sched *s);
+
+#endif /* BAT_SCHED_H */
