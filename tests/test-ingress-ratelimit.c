@@ -2,7 +2,8 @@
  * test-ingress-ratelimit.c - shared token buckets (ingress/ing_ratelimit.h):
  * refill math with an injected clock, key/user/org levels, Retry-After and
  * reset values, OpenAI header rendering and Go-style durations, the late-
- * tick bound (B2), seqlock repair, and several forked workers sharing the
+ * tick bound (B2), seqlock repair, exact agreement with a textbook token
+ * bucket (seeded random schedule), and several forked workers sharing the
  * buckets in a MAP_SHARED region without exceeding the limit by more than
  * bound B1.
  */
@@ -248,6 +249,70 @@ static void test_attach_repair(void **state)
     region_free(&r);
 }
 
+/*
+ * Metamorphic: sequential checks through three workers' handles, worker 0
+ * ticking before each, must decide exactly like a textbook single-variable
+ * token bucket (min(cap, level + rate * dt)). Limits are multiples of 60
+ * and times whole milliseconds, so both sides are exact in integer units.
+ */
+static void test_matches_reference(void **state)
+{
+    struct region r;
+    struct ing_rl w[3];
+    uint64_t seed = 42, now = T0;
+    uint32_t b = 0;
+
+    region_new(&r, 1, 3, 0);
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(ing_rl_attach(&w[i], r.mem, r.size, i), 0);
+    for (int round = 0; round < 20; round++) {
+        uint64_t L[2] = { 60 * (1 + t_rand(&seed) % 50), 60 * (1 + t_rand(&seed) % 5000) };
+        uint64_t lvl[2] = { L[0] * ING_RL_UNIT, L[1] * ING_RL_UNIT };
+        unsigned admitted = 0, refused = 0;
+
+        now += 3600 * S_NS; /* previous round's usage fully refilled */
+        ing_rl_tick(&w[0], now);
+        assert_int_equal(ing_rl_set_limits(&w[0], 0, L[0], L[1], now), 0);
+        for (int step = 0; step < 2000; step++) {
+            uint64_t dt_ms = t_rand(&seed) % 4 ? t_rand(&seed) % 1500 : 0;
+            uint64_t cost = t_rand(&seed) % (L[1] / 8 + 2);
+            uint64_t need[2] = { ING_RL_UNIT, cost * ING_RL_UNIT };
+            struct ing_rl_decision d;
+            struct ing_rl *me = &w[t_rand(&seed) % 3];
+            int rc, want = 0;
+
+            now += dt_ms * 1000000;
+            for (int dm = 0; dm < 2; dm++) {
+                lvl[dm] += L[dm] * dt_ms * 1000000 / 60000;
+                if (lvl[dm] > L[dm] * ING_RL_UNIT)
+                    lvl[dm] = L[dm] * ING_RL_UNIT;
+            }
+            if (need[1] > L[1] * ING_RL_UNIT)
+                want = -E2BIG;
+            else if (lvl[0] < need[0] || lvl[1] < need[1])
+                want = -EAGAIN;
+            ing_rl_tick(&w[0], now);
+            rc = ing_rl_check(me, &b, 1, cost, now, &d);
+            if (rc != want)
+                fail_msg("round %d step %d: rc %d, reference %d (levels %llu %llu, cost %llu)",
+                         round, step, rc, want, (unsigned long long)lvl[0],
+                         (unsigned long long)lvl[1], (unsigned long long)cost);
+            if (!want) {
+                lvl[0] -= need[0];
+                lvl[1] -= need[1];
+                assert_int_equal(d.remaining_req, lvl[0] / ING_RL_UNIT);
+                assert_int_equal(d.remaining_tok, lvl[1] / ING_RL_UNIT);
+                admitted++;
+            } else {
+                refused++;
+            }
+        }
+        /* both outcomes exercised in every round */
+        assert_true(admitted > 0 && refused > 0);
+    }
+    region_free(&r);
+}
+
 static void test_durations_and_headers(void **state)
 {
     static const struct {
@@ -405,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_levels),
         cmocka_unit_test(test_late_tick),
         cmocka_unit_test(test_attach_repair),
+        cmocka_unit_test(test_matches_reference),
         cmocka_unit_test(test_durations_and_headers),
         cmocka_unit_test(test_forked_workers),
     };
