@@ -465,6 +465,7 @@ static uint64_t ttft_p99_b(bool flood)
     c.max_ctx = 1024;
     c.max_queue = 512;
     sim_init(&m, c, 30000, 7);
+    uint32_t full = 0;
     for (uint32_t st = 0; st < steps; st++) {
         if (flood) /* capacity ~ 2048 / (200 + 16) = 9.5 req/step; A sends 30 */
             for (int k = 0; k < 30; k++)
@@ -472,7 +473,10 @@ static uint64_t ttft_p99_b(bool flood)
         if (st % 5 == 0)
             assert_true(sim_submit(&m, 2, 1, 100, 16, NULL) >= 0);
         sim_step(&m);
+        full += m.plan->n_tokens >= 2048 * 9 / 10;
     }
+    if (flood) /* A really saturates the engine */
+        assert_true(full >= steps * 8 / 10);
     for (uint32_t i = 0; i < m.n_req && nb < 1000; i++)
         if (m.tenant[i] == 2) {
             assert_true(m.t_first[i] > 0 || m.t_submit[i] + 5 >= steps); /* none starved */
