@@ -600,6 +600,11 @@ int ing_keys_load(struct ing_keys *ks, const char *path)
         rc = seterr(ks, -EINVAL, "%.250s: not a regular file of sane size", path);
         goto out;
     }
+    if (st.st_mode & 022) { /* like sshd's authorized_keys: others could add keys */
+        rc = seterr(ks, -EPERM, "%.250s: mode %04o lets group or others write it (add "
+                    "keys): chmod 600 it", path, (unsigned)(st.st_mode & 07777));
+        goto out;
+    }
     buf = malloc((size_t)st.st_size + 1);
     if (!buf) {
         rc = seterr(ks, -ENOMEM, "%.250s: out of memory", path);

@@ -113,7 +113,8 @@ void ing_keys_free(struct ing_keys *ks);
  * -ENOMEM.
  */
 int ing_keys_parse(struct ing_keys *ks, const char *path, const char *text, size_t len);
-/* Read and parse a file; -ENOENT (message in ks->err) when it is missing. */
+/* Read and parse a file; -ENOENT (message in ks->err) when it is missing,
+ * -EPERM when group or others may write it (they could add keys). */
 int ing_keys_load(struct ing_keys *ks, const char *path);
 
 /*

@@ -521,6 +521,15 @@ static void test_cli(void **state)
         assert_int_equal(ks.nkeys, P);
         ing_keys_free(&ks);
     }
+    /* a file others may write is refused: they could add keys */
+    assert_int_equal(chmod(path, 0620), 0);
+    assert_int_equal(ing_keys_load(&ks, path), -EPERM);
+    assert_non_null(strstr(ks.err, "mode 0620"));
+    out = run_favo(favo, 1, "list", "--keys", path, NULL);
+    free(out);
+    assert_int_equal(chmod(path, 0640), 0);  /* group-readable is fine: digests only */
+    assert_int_equal(ing_keys_load(&ks, path), 0);
+    ing_keys_free(&ks);
     out = run_favo(favo, 2, "frobnicate", "--keys", path, NULL);
     free(out);
     {   /* list of a broken file: the error names file and line */
