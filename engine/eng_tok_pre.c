@@ -188,6 +188,12 @@ static const struct eng_tok_pre_def pre_defs[] = {
     { "tiny_aya", 0, { "\\d{1,3}(?=(?:\\d{3})*\\b)", R_GPT4O } },
     { "cohere2moe", 0, { "\\d{1,3}(?=(?:\\d{3})*\\b)", R_GPT4O } },
     { "superbpe", 0, { "\\p{N}+", "(?=(\\d{3})+(?!\\d))" } },
+    { "youtu", IM,
+      { "[\\x{AC00}-\\x{D7A3}\\x{3131}-\\x{318E}]+|[\\x{FF01}\\x{2026}\\x{201C}\\x{201D}\\x{2018}"
+        "\\x{2019}\\x{2014}\\x{FF1A}\\x{FF1B}\\x{FF0C}\\x{3001}-\\x{303F}\\x{FE30}-\\x{FE4F}]+|"
+        "[\\x{3105}-\\x{312F}]+|[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+",
+        "[^\\r\\n\\p{L}\\p{N}]?" R_UPPER "*" R_LOWER "+" R_CONTR "?|[^\\r\\n\\p{L}\\p{N}]?" R_UPPER "+"
+        R_LOWER "*" R_CONTR "?|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+" } },
     { "chameleon", AB,
       { "<sentinel:[0-9]+>", "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z", "([\\t\\n]|    |  )",
         "\\p{N}", "[\\p{P}!-/:-@\\[-`{-~]", R_GPT2 } },
