@@ -1,0 +1,340 @@
+/*
+ * bench-engine.c - the CPU engine's throughput: prefill (512 tokens in one
+ * step) and decode (batch 1, 8, 32) tokens/s per model, the machine's
+ * memory read bandwidth measured in the same run, and the batch-1 decode
+ * roofline it implies (bandwidth / weight bytes read per token).
+ *
+ *   bench-engine [--json] [--threads N] [--decode N] [--llama-1b] [--mmap]
+ *
+ * Models: `tiny` (q8_0, generated), the real models in FAVO_MODELS (or
+ * ./models) when present, and with --llama-1b the llama-1b preset in q8_0,
+ * q4_0 and q4_k (generated into $TMPDIR; ~1.3 GB each, slow on 2 cores).
+ * --mmap adds batch-1 decode with the weights read through the file
+ * mapping (ENG_MODEL_USE_MMAP) beside the anonymous copy.
+ *
+ * JSON keys: mem_bw_gbs, threads, and per model M (e.g. smollm2_q4_1):
+ * M_prefill_tps, M_decode_b1_tps, M_decode_b8_tps, M_decode_b32_tps,
+ * M_roofline_tps, M_roofline_fraction, M_weight_mb [, M_decode_b1_mmap_tps].
+ * llamacpp_* keys are absent: llama-cpp-python is not installed here.
+ */
+#include "perf_util.h"
+
+#include "eng_kv.h"
+#include "eng_model.h"
+#include "eng_model_make.h"
+#include "eng_step.h"
+#include "eng_types.h"
+#include "favo_base.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define PREFILL 512
+#define CTX_PROMPT 16
+
+struct bw_arg {
+    const uint64_t *p;
+    size_t n;
+    uint64_t sum;
+};
+
+static void *bw_thread(void *v)
+{
+    struct bw_arg *a = v;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+
+    for (size_t i = 0; i + 4 <= a->n; i += 4) {
+        s0 += a->p[i];
+        s1 += a->p[i + 1];
+        s2 += a->p[i + 2];
+        s3 += a->p[i + 3];
+    }
+    a->sum = s0 + s1 + s2 + s3;
+    return NULL;
+}
+
+/* Read bandwidth in GB/s: nth threads summing disjoint parts of 1 GiB,
+ * best of 5 passes. */
+static double mem_bw(unsigned nth)
+{
+    size_t bytes = 1ull << 30, n = bytes / 8;
+    uint64_t *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    double best = 0;
+    volatile uint64_t sink = 0;
+
+    if (buf == MAP_FAILED)
+        return 0;
+    (void)madvise(buf, bytes, MADV_HUGEPAGE);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = i;
+    for (int pass = 0; pass < 5; pass++) {
+        pthread_t t[64];
+        struct bw_arg a[64];
+        uint64_t t0 = favo_now_ns();
+        double s;
+
+        for (unsigned i = 0; i < nth; i++) {
+            a[i] = (struct bw_arg){ buf + n / nth * i, n / nth, 0 };
+            pthread_create(&t[i], NULL, bw_thread, &a[i]);
+        }
+        for (unsigned i = 0; i < nth; i++) {
+            pthread_join(t[i], NULL);
+            sink += a[i].sum;
+        }
+        s = (double)(favo_now_ns() - t0) / 1e9;
+        if (bytes / s / 1e9 > best)
+            best = bytes / s / 1e9;
+    }
+    (void)sink;
+    munmap(buf, bytes);
+    return best;
+}
+
+struct result {
+    char name[64];
+    double prefill, b1, b8, b32, b1_mmap, roof, weight_mb;
+};
+
+/* Decode tokens/s with nseq sequences, each after a CTX_PROMPT prefill. */
+static double decode_tps(eng_ctx_t *c, struct eng_kv *kv, uint32_t nv, uint32_t nseq,
+                         uint32_t steps)
+{
+    struct eng_seq s[32];
+    struct eng_sample_out out[32];
+    int32_t blocks[32][16], toks[32][CTX_PROMPT], last[32];
+    uint32_t nb = eng_kv_blocks_for(CTX_PROMPT + steps);
+    struct eng_batch b = { nseq, s };
+    uint64_t t0;
+    double tps;
+
+    for (uint32_t i = 0; i < nseq; i++) {
+        for (uint32_t j = 0; j < nb; j++)
+            blocks[i][j] = eng_kv_block_alloc(kv);
+        for (uint32_t j = 0; j < CTX_PROMPT; j++)
+            toks[i][j] = (int32_t)((i * 131 + j * 17 + 5) % nv);
+        s[i] = (struct eng_seq){ .n_new = CTX_PROMPT, .pos = 0, .tokens = toks[i],
+                                 .block_table = blocks[i], .n_blocks = nb };
+    }
+    if (eng_step(c, &b, out, NULL))
+        return 0;
+    t0 = favo_now_ns();
+    for (uint32_t st = 0; st < steps; st++) {
+        for (uint32_t i = 0; i < nseq; i++) {
+            last[i] = out[i].token;
+            s[i].pos = CTX_PROMPT + st;
+            s[i].n_new = 1;
+            s[i].tokens = &last[i];
+        }
+        if (eng_step(c, &b, out, NULL))
+            return 0;
+    }
+    tps = (double)nseq * steps / ((double)(favo_now_ns() - t0) / 1e9);
+    for (uint32_t i = 0; i < nseq; i++)
+        for (uint32_t j = 0; j < nb; j++)
+            eng_kv_block_release(kv, blocks[i][j]);
+    return tps;
+}
+
+static double prefill_tps(eng_ctx_t *c, struct eng_kv *kv, uint32_t nv)
+{
+    static int32_t toks[PREFILL];
+    int32_t blocks[PREFILL / ENG_KV_BLOCK];
+    struct eng_seq s = { .n_new = PREFILL, .tokens = toks, .block_table = blocks,
+                         .n_blocks = PREFILL / ENG_KV_BLOCK };
+    struct eng_batch b = { 1, &s };
+    struct eng_sample_out out;
+    uint64_t t0;
+    int rc;
+
+    for (uint32_t j = 0; j < PREFILL; j++)
+        toks[j] = (int32_t)((j * 7919 + 3) % nv);
+    for (uint32_t j = 0; j < PREFILL / ENG_KV_BLOCK; j++)
+        blocks[j] = eng_kv_block_alloc(kv);
+    t0 = favo_now_ns();
+    rc = eng_step(c, &b, &out, NULL);
+    for (uint32_t j = 0; j < PREFILL / ENG_KV_BLOCK; j++)
+        eng_kv_block_release(kv, blocks[j]);
+    return rc ? 0 : PREFILL / ((double)(favo_now_ns() - t0) / 1e9);
+}
+
+static double run_decode_b1(const char *path, unsigned flags, unsigned nth, uint32_t steps)
+{
+    char err[256];
+    struct eng_model *m;
+    struct eng_kv kv;
+    eng_ctx_t *c;
+    struct eng_ctx_opts o = { .n_threads = nth, .max_tokens = PREFILL, .max_seqs = 32,
+                              .n_ctx = 1024 };
+    double r = 0;
+
+    if (eng_model_load(&m, path, flags, err, sizeof(err)))
+        return 0;
+    if (!eng_kv_init(&kv, &m->hp, 64)) {
+        if (!eng_ctx_init(&c, m, &kv, &o)) {
+            r = decode_tps(c, &kv, m->hp.n_vocab, 1, steps);
+            eng_ctx_free(c);
+        }
+        eng_kv_destroy(&kv);
+    }
+    eng_model_free(m);
+    return r;
+}
+
+static int bench_model(const char *name, const char *path, unsigned nth, uint32_t steps,
+                       double bw, int with_mmap, struct result *r)
+{
+    char err[256] = "";
+    struct eng_model *m;
+    struct eng_kv kv;
+    eng_ctx_t *c;
+    struct eng_ctx_opts o = { .n_threads = nth, .max_tokens = PREFILL, .max_seqs = 32,
+                              .n_ctx = 1024 };
+    size_t read_bytes;
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    snprintf(r->name, sizeof(r->name), "%s", name);
+    if ((rc = eng_model_load(&m, path, 0, err, sizeof(err)))) {
+        fprintf(stderr, "bench-engine: %s: %s\n", path, err);
+        return rc;
+    }
+    /* Bytes a decode step reads: every weight except the embedding table,
+     * of which it reads one row (unless it doubles as the output). */
+    read_bytes = m->weight_bytes;
+    if (m->output.data != m->tok_embd.data)
+        read_bytes -= m->tok_embd.row_bytes * m->tok_embd.ne1;
+    r->weight_mb = (double)read_bytes / 1e6;
+    if ((rc = eng_kv_init(&kv, &m->hp, 32 * eng_kv_blocks_for(CTX_PROMPT + steps) + 64)) ||
+        (rc = eng_ctx_init(&c, m, &kv, &o))) {
+        fprintf(stderr, "bench-engine: %s: engine init: %d\n", path, rc);
+        eng_model_free(m);
+        return rc;
+    }
+    r->prefill = prefill_tps(c, &kv, m->hp.n_vocab);
+    r->b1 = decode_tps(c, &kv, m->hp.n_vocab, 1, steps);
+    r->b8 = decode_tps(c, &kv, m->hp.n_vocab, 8, steps);
+    r->b32 = decode_tps(c, &kv, m->hp.n_vocab, 32, steps);
+    r->roof = bw * 1e9 / (double)read_bytes;
+    eng_ctx_free(c);
+    eng_kv_destroy(&kv);
+    eng_model_free(m);
+    if (with_mmap)
+        r->b1_mmap = run_decode_b1(path, ENG_MODEL_USE_MMAP, nth, steps);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    bool json = perf_want_json(argc, argv);
+    unsigned nth = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+    uint32_t steps = 128;
+    int llama1b = 0, with_mmap = 0, n = 0;
+    struct result res[16];
+    char machine[256], *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    const char *models = getenv("FAVO_MODELS") ? getenv("FAVO_MODELS") : "models";
+    char path[1024], err[256];
+    double bw;
+
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            nth = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--decode") && i + 1 < argc)
+            steps = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--llama-1b"))
+            llama1b = 1;
+        else if (!strcmp(argv[i], "--mmap"))
+            with_mmap = 1;
+        else if (strcmp(argv[i], "--json")) {
+            fprintf(stderr, "usage: bench-engine [--json] [--threads N] [--decode N] "
+                            "[--llama-1b] [--mmap]\n");
+            return 2;
+        }
+    }
+    if (!nth || nth > 64 || !steps || steps > 240)   /* block tables hold 16 blocks */
+        return 2;
+    bw = mem_bw(nth);
+    {
+        struct { const char *preset; uint32_t type; const char *name; } gen[] = {
+            { "tiny", ENG_TYPE_Q8_0, "tiny_q8_0" },
+            { "llama-1b", ENG_TYPE_Q8_0, "llama1b_q8_0" },
+            { "llama-1b", ENG_TYPE_Q4_0, "llama1b_q4_0" },
+            { "llama-1b", ENG_TYPE_Q4_K, "llama1b_q4_k" },
+        };
+        struct { const char *file, *name; } real[] = {
+            { "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2_q4_1" },
+            { "gemma-3-270m-q4_k_m.gguf", "gemma3_270m_q4_k_m" },
+        };
+
+        for (unsigned i = 0; i < sizeof(gen) / sizeof(gen[0]); i++) {
+            struct eng_model_make_opts mo = { .preset = gen[i].preset, .type = gen[i].type,
+                                              .seed = 1 };
+
+            if (i > 0 && !llama1b)
+                break;
+            snprintf(path, sizeof(path), "%s/favo-bench-%s.gguf", tmp, gen[i].name);
+            mo.out = path;
+            if (access(path, R_OK) && eng_model_make(&mo, err, sizeof(err))) {
+                fprintf(stderr, "bench-engine: make %s: %s\n", gen[i].name, err);
+                continue;
+            }
+            if (!bench_model(gen[i].name, path, nth, steps, bw, with_mmap, &res[n]))
+                n++;
+        }
+        for (unsigned i = 0; i < sizeof(real) / sizeof(real[0]); i++) {
+            snprintf(path, sizeof(path), "%s/%s", models, real[i].file);
+            if (access(path, R_OK))
+                continue;
+            if (!bench_model(real[i].name, path, nth, steps, bw, with_mmap, &res[n]))
+                n++;
+        }
+    }
+    perf_machine(machine, sizeof(machine));
+    if (json) {
+        char key[160];
+
+        perf_json_begin(stdout);
+        perf_json_str(stdout, "machine", machine);
+        perf_json_num(stdout, "threads", nth);
+        perf_json_num(stdout, "mem_bw_gbs", bw);
+        for (int i = 0; i < n; i++) {
+#define K(suffix, v)                                                    \
+    do {                                                                \
+        snprintf(key, sizeof(key), "%.63s_%s", res[i].name, suffix);       \
+        perf_json_num(stdout, key, v);                                  \
+    } while (0)
+            K("prefill_tps", res[i].prefill);
+            K("decode_b1_tps", res[i].b1);
+            K("decode_b8_tps", res[i].b8);
+            K("decode_b32_tps", res[i].b32);
+            K("roofline_tps", res[i].roof);
+            K("roofline_fraction", res[i].b1 / res[i].roof);
+            K("weight_mb", res[i].weight_mb);
+            if (with_mmap)
+                K("decode_b1_mmap_tps", res[i].b1_mmap);
+#undef K
+        }
+        perf_json_end(stdout);
+        return 0;
+    }
+    printf("bench-engine: %s, %u threads, decode %u steps\n", machine, nth, steps);
+    printf("memory read bandwidth: %.1f GB/s\n\n", bw);
+    printf("%-20s %9s %10s %10s %10s %10s %9s %9s%s\n", "model", "weights", "prefill",
+           "decode b1", "decode b8", "decode b32", "roofline", "fraction",
+           with_mmap ? "  b1 (mmap)" : "");
+    printf("%-20s %9s %10s %10s %10s %10s %9s %9s%s\n", "", "MB", "tok/s", "tok/s", "tok/s",
+           "tok/s", "tok/s", "", with_mmap ? "      tok/s" : "");
+    for (int i = 0; i < n; i++) {
+        printf("%-20s %9.1f %10.1f %10.1f %10.1f %10.1f %9.1f %9.2f", res[i].name,
+               res[i].weight_mb, res[i].prefill, res[i].b1, res[i].b8, res[i].b32, res[i].roof,
+               res[i].b1 / res[i].roof);
+        if (with_mmap)
+            printf(" %11.1f", res[i].b1_mmap);
+        printf("\n");
+    }
+    printf("\nllama.cpp columns: not measured (llama-cpp-python is not installed).\n");
+    return 0;
+}
