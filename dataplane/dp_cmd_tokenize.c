@@ -7,7 +7,9 @@
  *   favo tokenize --model FILE [--no-special] --batch FILE.inp
  *       FILE.inp holds strings separated by "\n__ggml_vocab_test__\n" (the
  *       format of llama.cpp's vocab fixtures; the file ends with the
- *       separator); one line of ids per string, in order.
+ *       separator); one line of ids per string, in order, each id preceded
+ *       by a space exactly as in the .out files (an empty string gives an
+ *       empty line). TEXT and '-' print plain "id id id".
  *
  * Without --no-special, BOS/EOS are added as the model's metadata asks and
  * control tokens written in the text are recognised (as for a prompt that
@@ -17,6 +19,7 @@
 #include "dp.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +53,9 @@ static char *read_stream(FILE *f, size_t *len)
     return buf;
 }
 
-static int print_ids(const eng_tok_t *tok, const char *s, size_t n, unsigned flags)
+/* out_format: the .out files' form, a space before every id (--batch);
+ * otherwise plain "1 2 3". */
+static int print_ids(const eng_tok_t *tok, const char *s, size_t n, unsigned flags, bool out_format)
 {
     size_t cap = n + 16;
     int32_t *ids = malloc(cap * sizeof(*ids));
@@ -73,7 +78,7 @@ static int print_ids(const eng_tok_t *tok, const char *s, size_t n, unsigned fla
         return (int)k;
     }
     for (int64_t i = 0; i < k; i++)
-        printf(" %d", ids[i]);  /* the .out format: a space before every id */
+        printf(out_format || i ? " %d" : "%d", ids[i]);
     putchar('\n');
     free(ids);
     return 0;
@@ -139,7 +144,7 @@ int dp_cmd_tokenize(const struct dp_cmd *cmd, int argc, char **argv)
         while (pos < len && rc == 0) {
             char *hit = memmem(buf + pos, len - pos, sep, sizeof(sep) - 1);
             size_t end = hit ? (size_t)(hit - buf) : len;
-            rc = print_ids(tok, buf + pos, end - pos, flags);
+            rc = print_ids(tok, buf + pos, end - pos, flags, true);
             pos = hit ? end + sizeof(sep) - 1 : len;
         }
     } else if (!strcmp(argv[1], "-")) {
@@ -148,9 +153,9 @@ int dp_cmd_tokenize(const struct dp_cmd *cmd, int argc, char **argv)
             eng_tok_free(tok);
             return 1;
         }
-        rc = print_ids(tok, buf, len, flags);
+        rc = print_ids(tok, buf, len, flags, false);
     } else {
-        rc = print_ids(tok, argv[1], strlen(argv[1]), flags);
+        rc = print_ids(tok, argv[1], strlen(argv[1]), flags, false);
     }
     if (rc)
         fprintf(stderr, "favo tokenize: %s\n", strerror(-rc));
