@@ -517,7 +517,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
                        "Retry-After: 1\r\n");
         goto fail;
     }
-    if (shm_ring_available(L->cfg.to_batcher) == 0) {
+    if (shm_ring_count(L->cfg.to_batcher) >= L->cfg.to_batcher->capacity) {
         ing_conn_error(L, c, 503, "the server is busy; retry later", NULL, NULL,
                        "Retry-After: 1\r\n");
         goto fail;
