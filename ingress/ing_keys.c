@@ -174,6 +174,59 @@ const struct ing_key *ing_keys_lookup(const struct ing_keys *ks, const char *tok
     return hit;
 }
 
+static bool token68_char(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '=';
+}
+
+int ing_keys_auth(const struct ing_keys *ks, const char *val, size_t len,
+                  const struct ing_key **out, const char **why)
+{
+    static const char scheme[] = "bearer";
+    const struct ing_key *k;
+    size_t i = 0;
+    int rc = 0;
+
+    *out = NULL;
+    if (!val || !len) {
+        *why = "Missing API key: send it as 'Authorization: Bearer YOUR_KEY'.";
+        return -ENOENT;
+    }
+    for (; i < sizeof(scheme) - 1; i++)
+        if (i >= len || (val[i] | 0x20) != scheme[i])
+            break;
+    if (i < sizeof(scheme) - 1 || i == len || val[i] != ' ') {
+        *why = "The Authorization header must use the Bearer scheme: "
+               "'Authorization: Bearer YOUR_KEY'.";
+        rc = -EINVAL;
+        i = 0; /* still hash something of the same length below */
+    } else {
+        while (i < len && val[i] == ' ')
+            i++;
+        if (i == len) {
+            *why = "Missing API key: send it as 'Authorization: Bearer YOUR_KEY'.";
+            return -ENOENT;
+        }
+        for (size_t j = i; j < len; j++)
+            if (!token68_char((unsigned char)val[j]) && !rc) {
+                *why = "The API key in the Authorization header holds characters no key "
+                       "can hold.";
+                rc = -EINVAL;
+            }
+    }
+    k = ing_keys_lookup(ks, val + i, len - i);
+    if (rc)
+        return rc;
+    if (!k) {
+        *why = "Incorrect API key provided.";
+        return -EACCES;
+    }
+    *out = k;
+    *why = NULL;
+    return 0;
+}
+
 /* ---- entries ------------------------------------------------------------ */
 
 static bool name_char(int c)

@@ -125,6 +125,20 @@ int ing_keys_load(struct ing_keys *ks, const char *path);
 const struct ing_key *ing_keys_lookup(const struct ing_keys *ks, const char *token,
                                       size_t len);
 
+/*
+ * Authenticate an `Authorization` header value (val, len; NULL when the
+ * header is absent): the scheme "Bearer" (any case), one or more spaces,
+ * then a token of token68 bytes (RFC 7235) up to the end. On success *out
+ * is the key's entry and 0 is returned; otherwise *why is a sentence for
+ * the 401 body (OpenAI's shape, code "invalid_api_key") that never repeats
+ * any part of the presented token, and the return is -ENOENT (no header or
+ * empty token), -EINVAL (another scheme or malformed) or -EACCES (no such
+ * key). A malformed header is still hashed and looked up, so all three
+ * failures take about as long as a wrong key.
+ */
+int ing_keys_auth(const struct ing_keys *ks, const char *val, size_t len,
+                  const struct ing_key **out, const char **why);
+
 /* SHA-256 through OpenSSL EVP. Returns 0 or -EIO. */
 int ing_keys_sha256(const void *data, size_t len, uint8_t out[32]);
 

@@ -279,6 +279,53 @@ static void test_lookup(void **state)
     free(txt);
 }
 
+static void test_auth_header(void **state)
+{
+    struct ing_keys ks;
+    char *txt = good_file();
+    const struct ing_key *k;
+    const char *why;
+    static const struct {
+        const char *h;
+        int rc;
+    } cases[] = {
+        { "Bearer favo-one", 0 },
+        { "bearer favo-one", 0 },
+        { "BEARER   favo-two", 0 },
+        { "Bearer favo-onE", -EACCES },
+        { "Bearer favo-one ", -EINVAL },   /* trailing space: not token68 */
+        { "Bearer favo\"one", -EINVAL },
+        { "Bearer", -EINVAL },
+        { "Bearer ", -ENOENT },
+        { "Bearer    ", -ENOENT },
+        { "Basic Zm9vOmJhcg==", -EINVAL },
+        { "Bearerfavo-one", -EINVAL },
+        { "", -ENOENT },
+    };
+
+    assert_int_equal(ing_keys_parse(&ks, "k.conf", txt, strlen(txt)), 0);
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int rc = ing_keys_auth(&ks, cases[i].h, strlen(cases[i].h), &k, &why);
+
+        if (rc != cases[i].rc)
+            fail_msg("'%s': %d, want %d", cases[i].h, rc, cases[i].rc);
+        if (rc) {
+            assert_null(k);
+            assert_non_null(why);
+            assert_null(strstr(why, "favo-")); /* never echoes the token */
+        } else {
+            assert_non_null(k);
+            assert_null(why);
+        }
+    }
+    assert_int_equal(ing_keys_auth(&ks, NULL, 0, &k, &why), -ENOENT);
+    assert_non_null(strstr(why, "Missing API key"));
+    assert_int_equal(ing_keys_auth(&ks, "Bearer favo-three", 17, &k, &why), 0);
+    assert_string_equal(k->name, "three");
+    ing_keys_free(&ks);
+    free(txt);
+}
+
 /* Many keys: the table finds every one, misses none, and add/revoke keep it
  * right; format -> parse round-trips. */
 static void test_many_and_roundtrip(void **state)
@@ -558,6 +605,7 @@ int main(void)
         cmocka_unit_test(test_parse_good),
         cmocka_unit_test(test_parse_bad),
         cmocka_unit_test(test_lookup),
+        cmocka_unit_test(test_auth_header),
         cmocka_unit_test(test_many_and_roundtrip),
         cmocka_unit_test(test_cli),
     };
