@@ -501,6 +501,46 @@ static void test_fairness_flood(void **state)
     assert_true(loaded <= 2 * alone);
 }
 
+/* DRR is on tokens, not requests: a tenant of 1000-token prompts and one
+ * of 10-token prompts, both always backlogged, get prompt tokens admitted
+ * at about the same rate, and neither starves. */
+static void test_drr_tokens_no_starvation(void **state)
+{
+    struct bat_sched_cfg c = { 0 };
+    struct sim m;
+    uint64_t tok[2] = { 0, 0 };
+    uint32_t started[2] = { 0, 0 };
+
+    (void)state;
+    c.n_blocks = 16384;
+    c.max_ctx = 2048;
+    c.max_batch_tokens = 1024;
+    c.quantum = 256;
+    c.max_queue = 256;
+    sim_init(&m, c, 40000, 8);
+    for (int st = 0; st < 400; st++) {
+        for (int k = 0; k < 4; k++) {
+            (void)sim_submit(&m, 1, 2, 1000, 4, NULL);
+            for (int j = 0; j < 25; j++)
+                (void)sim_submit(&m, 2, 2, 10, 4, NULL);
+        }
+        sim_step(&m);
+        for (uint32_t i = 0; i < m.plan->n_seqs; i++) {
+            struct bat_plan_seq *e = &bat_plan_seqs(m.plan)[i];
+            if (e->pos == 0) { /* a request's first chunk: it was admitted */
+                uint32_t t = m.tenant[e->cell] == 1 ? 0 : 1;
+                tok[t] += e->n_prompt;
+                started[t]++;
+            }
+        }
+    }
+    printf("# admitted prompt tokens: big %llu (%u req), small %llu (%u req)\n",
+           (unsigned long long)tok[0], started[0], (unsigned long long)tok[1], started[1]);
+    assert_true(started[0] > 10 && started[1] > 100);
+    assert_true(tok[0] <= 2 * tok[1] && tok[1] <= 2 * tok[0]);
+    sim_free(&m);
+}
+
 /* Property test: random arrivals, sizes, tenants, classes, cancels and
  * timeouts over a pool that forces preemption. */
 static void prop_run(uint64_t seed, uint32_t n_total)
@@ -584,6 +624,7 @@ int main(void)
         cmocka_unit_test(test_tiny_pool_deadlock_free),
         cmocka_unit_test(test_attach_resume),
         cmocka_unit_test(test_fairness_flood),
+        cmocka_unit_test(test_drr_tokens_no_starvation),
         cmocka_unit_test(test_property_traces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
