@@ -16,6 +16,7 @@
 #include "t_util.h"
 
 #include "bat_sched.h"
+#include "shm_stats.h"
 
 #include <errno.h>
 #include <setjmp.h>
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #define MS 1000000ull
@@ -541,6 +543,61 @@ static void test_drr_tokens_no_starvation(void **state)
     sim_free(&m);
 }
 
+/* The scheduler feeds the stats segment: requests by status, 503s,
+ * tokens, running/waiting/KV gauges, queue-time histogram. */
+static void test_stats(void **state)
+{
+    struct shm_stats st;
+    struct shm_stats_writer w;
+    struct shm_stats_snap *snap = calloc(1, sizeof(*snap));
+    char inst[64];
+    struct bat_sched_cfg c = cfg_small();
+    struct sim m;
+    uint32_t retry;
+
+    (void)state;
+    assert_non_null(snap);
+    snprintf(inst, sizeof(inst), "t-bat-%d", (int)getpid());
+    if (shm_stats_create(&st, inst, 2, 0) != 0) {
+        free(snap);
+        skip();
+    }
+    assert_int_equal(shm_stats_writer_init(&st, 0, SHM_STAGE_BATCHER, 0, 0, &w), 0);
+    c.max_queue = 3;
+    c.max_queue_tenant = 3;
+    sim_init(&m, c, 16, 9);
+    m.s.stats = &w;
+    for (int i = 0; i < 3; i++)
+        assert_true(sim_submit(&m, 1, 0, 20, 5, NULL) >= 0);
+    assert_int_equal(sim_submit(&m, 1, 0, 20, 5, &retry), -EBUSY);
+    sim_step(&m);
+    assert_int_equal(bat_sched_cancel(&m.s, m.id[2]), 0);
+    sim_step(&m);
+    shm_stats_flush(&w);
+    assert_int_equal(shm_stats_snapshot(&st, snap), 0);
+    assert_int_equal(snap->counters[SHM_C_REJ_QUEUE_FULL], 1);
+    assert_int_equal(snap->counters[SHM_C_REQ_CANCELLED], 1);
+    assert_int_equal(snap->counters[SHM_C_PROMPT_TOKENS], 60);
+    assert_int_equal(snap->counters[SHM_C_GENERATION_TOKENS], 3 + 2);
+    assert_true(snap->gauges[SHM_G_REQUESTS_RUNNING] == 2);
+    assert_true(snap->gauges[SHM_G_KV_CACHE_USAGE] > 0);
+    assert_int_equal(snap->hist[SHM_H_QUEUE].count, 3);
+    while (!m.fin[0] || !m.fin[1])
+        sim_step(&m);
+    shm_stats_flush(&w);
+    assert_int_equal(shm_stats_snapshot(&st, snap), 0);
+    assert_int_equal(snap->counters[SHM_C_REQ_OK], 2);
+    sim_step(&m);
+    shm_stats_flush(&w);
+    assert_int_equal(shm_stats_snapshot(&st, snap), 0);
+    assert_true(snap->gauges[SHM_G_REQUESTS_RUNNING] == 0);
+    assert_true(snap->gauges[SHM_G_KV_CACHE_USAGE] == 0);
+    shm_stats_writer_free(&w);
+    shm_stats_destroy(&st);
+    sim_free(&m);
+    free(snap);
+}
+
 /* Property test: random arrivals, sizes, tenants, classes, cancels and
  * timeouts over a pool that forces preemption. */
 static void prop_run(uint64_t seed, uint32_t n_total)
@@ -625,6 +682,7 @@ int main(void)
         cmocka_unit_test(test_attach_resume),
         cmocka_unit_test(test_fairness_flood),
         cmocka_unit_test(test_drr_tokens_no_starvation),
+        cmocka_unit_test(test_stats),
         cmocka_unit_test(test_property_traces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
