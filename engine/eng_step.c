@@ -93,7 +93,7 @@ static void barrier(struct thr *t)
  * already holds exactly that. Ends with a barrier.
  */
 static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, uint32_t ld,
-                   uint32_t m, float *y, uint32_t ldy)
+                   uint32_t m, float *y, uint32_t ldy, int sync)
 {
     struct eng_ctx *c = t->c;
     uint32_t at = eng_vec_dot_type(w->type);
@@ -112,7 +112,8 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, 
             for (uint32_t j = 0; j < m; j++)
                 y[(size_t)j * ldy + r] = c->ops->dot(wr, src + (size_t)j * ld, (uint32_t)w->ne0);
         }
-        barrier(t);
+        if (sync)
+            barrier(t);
         return;
     }
     if (t->q_src != src || t->q_type != at || t->q_k != w->ne0) {
@@ -132,13 +133,40 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, 
     if (lo < hi)
         eng_matmul(w->type, w->data, w->row_bytes, (int64_t)w->ne0, lo, hi, c->xq, xrb, m, y,
                    ldy);
-    barrier(t);
+    if (sync)
+        barrier(t);
 }
 
-/* The residual stream changed under xq's source pointer: forget it. */
-static void xq_forget(struct thr *t)
+/* Whether b can reuse the activations quantized for a: then a's matmul
+ * needs no barrier before b's (both only read xq; they write disjoint y). */
+static int same_act(const struct eng_tensor *a, const struct eng_tensor *b)
 {
-    t->q_src = NULL;
+    return eng_vec_dot_type(a->type) == eng_vec_dot_type(b->type) && a->ne0 == b->ne0;
+}
+
+/*
+ * Per-token phases quantize the rows they produce for the matmul that
+ * follows (prequant), and record it (prequant_done, identically on every
+ * thread) so that matmul skips its own quantization pass and barrier. The
+ * rows a thread quantizes are the same token range matmul would give it.
+ */
+static void prequant(struct thr *t, const struct eng_tensor *w, const float *row, uint32_t j)
+{
+    struct eng_ctx *c = t->c;
+    size_t xrb;
+
+    if (c->exact)
+        return;
+    xrb = eng_quant_act_row_size(w->type, (int64_t)w->ne0);
+    (void)eng_quant_row(eng_vec_dot_type(w->type), row, (char *)c->xq + j * xrb,
+                        (int64_t)w->ne0);
+}
+
+static void prequant_done(struct thr *t, const struct eng_tensor *w, const float *src)
+{
+    t->q_src = src;
+    t->q_type = eng_vec_dot_type(w->type);
+    t->q_k = (uint32_t)w->ne0;
 }
 
 static void attention(struct thr *t, uint32_t il)
@@ -205,13 +233,15 @@ static void layer(struct thr *t, uint32_t il)
     uint32_t no = hp->n_head * hdv, F = hp->n_ff, half = hp->rope_dim / 2, lo, hi;
 
     range(T, t->ith, t->nth, &lo, &hi);
-    for (uint32_t i = lo; i < hi; i++)
+    for (uint32_t i = lo; i < hi; i++) {
         ops->rmsnorm(c->h + (size_t)i * E, c->x + (size_t)i * E, L->attn_norm.data, E, hp->eps);
+        prequant(t, &L->wq, c->h + (size_t)i * E, i);
+    }
+    prequant_done(t, &L->wq, c->h);
     barrier(t);
-    xq_forget(t);
-    matmul(t, &L->wq, c->h, E, T, c->q, nq);
-    matmul(t, &L->wk, c->h, E, T, c->k, nk);
-    matmul(t, &L->wv, c->h, E, T, c->v, nv);
+    matmul(t, &L->wq, c->h, E, T, c->q, nq, !same_act(&L->wq, &L->wk));
+    matmul(t, &L->wk, c->h, E, T, c->k, nk, !same_act(&L->wk, &L->wv));
+    matmul(t, &L->wv, c->h, E, T, c->v, nv, 1);
 
     /* Per token: biases, Q/K norms, RoPE, KV write. */
     for (uint32_t i = lo; i < hi; i++) {
@@ -243,7 +273,7 @@ static void layer(struct thr *t, uint32_t il)
     }
     barrier(t);
     attention(t, il);
-    matmul(t, &L->wo, c->att, no, T, c->h, E);
+    matmul(t, &L->wo, c->att, no, T, c->h, E, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
 
@@ -252,11 +282,12 @@ static void layer(struct thr *t, uint32_t il)
         for (uint32_t e = 0; e < E; e++)
             x[e] += o[e];
         ops->rmsnorm(o, x, L->ffn_norm.data, E, hp->eps);
+        prequant(t, &L->gate, o, i);
     }
+    prequant_done(t, &L->gate, c->h);
     barrier(t);
-    xq_forget(t);
-    matmul(t, &L->gate, c->h, E, T, c->g, F);
-    matmul(t, &L->up, c->h, E, T, c->u, F);
+    matmul(t, &L->gate, c->h, E, T, c->g, F, !same_act(&L->gate, &L->up));
+    matmul(t, &L->up, c->h, E, T, c->u, F, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *g = c->g + (size_t)i * F, *u = c->u + (size_t)i * F;
 
@@ -264,9 +295,11 @@ static void layer(struct thr *t, uint32_t il)
             eng_ops_gelu_mul(g, g, u, F);
         else
             eng_ops_silu_mul(g, g, u, F);
+        prequant(t, &L->down, g, i);
     }
+    prequant_done(t, &L->down, c->g);
     barrier(t);
-    matmul(t, &L->down, c->g, F, T, c->h, E);
+    matmul(t, &L->down, c->g, F, T, c->h, E, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
 
@@ -316,12 +349,14 @@ static void forward(void *arg, unsigned ith, unsigned nth)
 
     /* Final norm of each sampling sequence's last token, logits, sampling. */
     range(c->n_out, ith, nth, &lo, &hi);
-    for (uint32_t j = lo; j < hi; j++)
+    for (uint32_t j = lo; j < hi; j++) {
         c->ops->rmsnorm(c->h + (size_t)j * E, c->x + (size_t)c->out_tok[j] * E,
                         m->output_norm.data, E, hp->eps);
+        prequant(&t, &m->output, c->h + (size_t)j * E, j);
+    }
+    prequant_done(&t, &m->output, c->h);
     barrier(&t);
-    xq_forget(&t);
-    matmul(&t, &m->output, c->h, E, c->n_out, c->logits, hp->n_vocab);
+    matmul(&t, &m->output, c->h, E, c->n_out, c->logits, hp->n_vocab, 1);
     range(c->n_out, ith, nth, &lo, &hi);
     for (uint32_t j = lo; j < hi; j++) {
         const struct eng_seq *s = &c->b->seqs[c->out_seq[j]];
