@@ -144,6 +144,8 @@ int ing_conn_respond(struct ing_loop *L, struct ing_conn *c, int status, const c
         return -ENOMEM;
     }
     memcpy(c->out + c->out_len, hdr, (size_t)n);
+    if (c->req.method == ING_HTTP_HEAD && c->req.state == ING_HTTP_S_DONE)
+        len = 0; /* HEAD: the headers of the GET, no body (Content-Length kept) */
     if (len)
         memcpy(c->out + c->out_len + n, body, len);
     c->out_len += (size_t)n + len;
@@ -555,8 +557,10 @@ static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
     if (res <= 0 || c->closing) {
         /* EOF, reset, or the shutdown() of a closing connection. */
         c->closing = true;
-        if (res <= 0)
-            c->out_sent = c->out_len; /* nobody left to read it */
+        /* EOF may be a half-close after the last request: its answers
+         * still go out. An error means nobody reads them. */
+        if (res < 0 && !c->send_inflight)
+            c->out_sent = c->out_len;
         conn_kick(L, c);
         return;
     }
@@ -632,10 +636,57 @@ static void on_accept(struct ing_loop *L, struct io_uring_cqe *cqe)
     } else if (cqe->res == -EINVAL && L->multishot) {
         favo_warn("ingress: multishot accept refused by the kernel; using single accept");
         L->multishot = false;
-    } else if (cqe->res != -EINTR && cqe->res != -ECONNABORTED && cqe->res != -EAGAIN) {
+    } else if (cqe->res != -EINTR && cqe->res != -ECONNABORTED && cqe->res != -EAGAIN &&
+               cqe->res != -ECANCELED) {
         favo_warn("ingress: accept: %s", strerror(-cqe->res));
     }
     arm_accept(L);
+}
+
+/* ----------------------------------------------------------------- drain */
+
+static void drain_begin(struct ing_loop *L, uint64_t *end)
+{
+    struct io_uring_sqe *sqe;
+
+    L->draining = true;
+    *end = favo_now_ns() + (uint64_t)(L->cfg.drain_ms ? L->cfg.drain_ms : 30000) * 1000000ull;
+    favo_info("ingress: worker %u draining (%u connections open)", L->cfg.worker, L->nconns);
+    if (L->accept_armed) {
+        sqe = get_sqe(L);
+        io_uring_prep_cancel64(sqe, ud_make(OP_ACCEPT, 0, 0), 0);
+        io_uring_sqe_set_data64(sqe, 0);
+    }
+    close(L->lfd); /* the supervisor's copy keeps the port (invariant 6) */
+    L->lfd = -1;
+    for (unsigned i = 0; i < L->max_conns; i++) {
+        struct ing_conn *c = &L->conns[i];
+        if (c->fd < 0 || c->closing)
+            continue;
+        /* idle (between requests) or handed to egress: close now */
+        if (c->parked || (c->len == 0 && c->out_len == c->out_sent)) {
+            c->closing = true;
+            conn_kick(L, c);
+        }
+    }
+}
+
+/* Connections that still have a request to read or an answer to send. */
+static unsigned drain_busy(struct ing_loop *L)
+{
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < L->max_conns; i++) {
+        struct ing_conn *c = &L->conns[i];
+        if (c->fd < 0)
+            continue;
+        if (!c->closing && !c->parked && c->len == 0 && c->out_len == c->out_sent) {
+            c->closing = true; /* became idle while draining */
+            conn_kick(L, c);
+        }
+        n++;
+    }
+    return n;
 }
 
 /* ----------------------------------------------------------------- setup */
@@ -759,10 +810,18 @@ int ing_loop_run(const struct ing_cfg *cfg)
         close(cfg->port_fd);
     }
 
+    if (!cfg->keys && !cfg->auth)
+        favo_warn("ingress: no API keys: the server is open to anyone who can reach %s:%u",
+                  cfg->host ? cfg->host : "127.0.0.1", L->port);
     arm_accept(L);
     arm_tick(L);
     rc = 0;
-    while (!ing_sig_stop && !(cfg->stop && *cfg->stop)) {
+    uint64_t drain_end = 0;
+    for (;;) {
+        if (!L->draining && (ing_sig_stop || (cfg->stop && *cfg->stop)))
+            drain_begin(L, &drain_end);
+        if (L->draining && (drain_busy(L) == 0 || favo_now_ns() > drain_end))
+            break;
         struct io_uring_cqe *cqe;
         unsigned head, n = 0;
         int w = io_uring_submit_and_wait(&L->ring, 1);
@@ -800,7 +859,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
         if (L->conns[i].fd >= 0)
             conn_free(L, &L->conns[i]);
 out_listen:
-    close(L->lfd);
+    if (L->lfd >= 0)
+        close(L->lfd);
 out:
     ing_route_model_free(L);
     if (L->scratch) {

@@ -56,6 +56,12 @@
  *      bytes after it move to the connection's next cell and are scrubbed
  *      from the handed one first.
  *
+ * Drain (SIGTERM / SIGINT / *cfg->stop): /ready answers 503 at once, the
+ * listener closes (new connections wait in the supervisor's backlog for
+ * the next worker), idle connections close, requests being read and
+ * answers being sent finish (each answered "Connection: close"), for at
+ * most drain_ms; connections handed to egress are egress's to finish.
+ *
  * Errors: ing_loop_run returns 0 after a stop (SIGTERM / SIGINT / stop
  * word), or -errno when setup fails (with a log line naming the step).
  */
@@ -66,6 +72,7 @@
 #include <stdint.h>
 
 #include "ing_http.h"
+#include "ing_keys.h"
 #include "../shm/shm_cell.h"
 #include "../shm/shm_ring.h"
 #include "../shm/shm_stats.h"
@@ -131,13 +138,18 @@ struct ing_cfg {
     const struct shm_stats *stats;
     struct shm_stats_writer *stats_w;
 
-    /* Auth hook: NULL = open server. Returns 0 to admit, else the HTTP
+    /* API keys (ing_keys.h): Authorization: Bearer checked on every route
+     * but /health, /ready and /metrics; 401 in OpenAI's shape. NULL and
+     * no auth hook: an open server (said at start). */
+    const struct ing_keys *keys;
+    /* Extra auth hook, after the keys: NULL = none. Returns 0 to admit, else the HTTP
      * status (401/403/429) with msg filled (no key material in it). */
     int (*auth)(void *arg, const uint8_t *buf, const struct ing_http_req *r, char *msg,
                 size_t cap);
     void *auth_arg;
 
-    const volatile uint32_t *stop; /* non-zero: leave the loop */
+    const volatile uint32_t *stop; /* non-zero: drain, then leave the loop */
+    unsigned drain_ms;           /* 0: 30000; answers in progress finish within it */
 };
 
 /* Run one ingress worker until stopped (see the top of this file).

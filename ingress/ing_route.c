@@ -602,6 +602,19 @@ void ing_route(struct ing_loop *L, struct ing_conn *c)
         ing_conn_error(L, c, 405, msg, NULL, "method_not_allowed", allow);
         return;
     }
+    if (L->cfg.keys && id >= R_MODELS) {
+        struct ing_span v;
+        const struct ing_key *k = NULL;
+        const char *why = NULL;
+        bool has = ing_http_header_find(r, c->buf, "Authorization", &v) == 0;
+        if (ing_keys_auth(L->cfg.keys, has ? (const char *)c->buf + v.off : NULL,
+                          has ? v.len : 0, &k, &why)) {
+            ing_conn_error(L, c, 401, why ? why : "invalid API key", NULL, "invalid_api_key",
+                           "WWW-Authenticate: Bearer\r\n");
+            return;
+        }
+        favo_debug("ingress: req %s: key '%s' tenant '%s'", L->reqid, k->name, k->tenant);
+    }
     if (L->cfg.auth && id >= R_MODELS) {
         char msg[200] = "";
         int st = L->cfg.auth(L->cfg.auth_arg, c->buf, r, msg, sizeof(msg));

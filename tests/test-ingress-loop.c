@@ -727,7 +727,10 @@ int main(void)
         cfg.egress_sock = eg[0];
         cfg.stats = &cst;
         cfg.stats_w = &w;
-        _exit(ing_loop_run(&cfg) ? 2 : 0);
+        int rc = ing_loop_run(&cfg);
+        shm_stats_writer_free(&w);
+        shm_stats_close(&cst);
+        exit(rc ? 2 : 0); /* exit, not _exit: LeakSanitizer checks the loop */
     }
     close(pfd[1]);
     close(eg[0]);
