@@ -65,34 +65,39 @@ static bool has(const char *t, const char *s)
 static void chatml_default_system(struct eng_chat *c, const char *tmpl)
 {
     static const char mark[] = "<|im_start|>system";
-    const char *p = strstr(tmpl, mark), *e;
+    const char *p, *e, *q;
     size_t o = 0;
 
-    if (!p)
-        return;
-    p += sizeof(mark) - 1;
-    if (*p == '\n')
-        p++;
-    else if (p[0] == '\\' && p[1] == 'n')
-        p += 2;
-    else
-        return;
-    e = strstr(p, "<|im_end|>");
-    if (!e || e == p)
-        return;
-    for (const char *q = p; q < e; q++)
-        if (*q == '\'' || *q == '"' || *q == '{' || *q == '}' || *q == '+')
-            return;   /* an expression, not a literal */
-    for (const char *q = p; q < e && o < ENG_CHAT_SYSTEM_MAX; q++) {
-        if (q[0] == '\\' && q + 1 < e && q[1] == 'n') {
-            c->default_system[o++] = '\n';
-            q++;
-        } else {
-            c->default_system[o++] = *q;
+    /* the first occurrence that is a literal (Qwen2.5 writes the system turn
+     * built from the message first, then its default) */
+    for (const char *at = strstr(tmpl, mark); at; at = strstr(at + 1, mark)) {
+        p = at + sizeof(mark) - 1;
+        if (*p == '\n')
+            p++;
+        else if (p[0] == '\\' && p[1] == 'n')
+            p += 2;
+        else
+            continue;
+        e = strstr(p, "<|im_end|>");
+        if (!e || e == p)
+            continue;
+        for (q = p; q < e; q++)
+            if (*q == '\'' || *q == '"' || *q == '{' || *q == '}' || *q == '+')
+                break;   /* an expression, not a literal */
+        if (q < e)
+            continue;
+        for (q = p; q < e && o < ENG_CHAT_SYSTEM_MAX; q++) {
+            if (q[0] == '\\' && q + 1 < e && q[1] == 'n') {
+                c->default_system[o++] = '\n';
+                q++;
+            } else {
+                c->default_system[o++] = *q;
+            }
         }
+        if (o < ENG_CHAT_SYSTEM_MAX)
+            c->default_system_len = o;
+        return;
     }
-    if (o < ENG_CHAT_SYSTEM_MAX)
-        c->default_system_len = o;
 }
 
 static int detect_text(const char *t, enum eng_chat_fmt *f)

@@ -214,6 +214,20 @@ int main(void)
         CHECK(rc == 0 && !strcmp(eng_chat_fmt_name(c.fmt), det[i].want), "detect %zu: got %s, want %s", i,
               rc ? err : eng_chat_fmt_name(c.fmt), det[i].want);
     }
+    /* a Qwen2.5-style template: its default system text comes with an escaped \n */
+    {
+        static const char qwen[] =
+            "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+            "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}";
+        static const char want[] =
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n";
+        CHECK(eng_chat_detect(&c, qwen, NULL, err, sizeof(err)) == 0 && c.fmt == ENG_CHAT_CHATML, "qwen detect");
+        check_render(&c, conv0, 1, true, want, "qwen2.5 default system");
+        /* a template whose system turn is built from the message has no default */
+        CHECK(eng_chat_detect(&c, "{{'<|im_start|>' + m['role'] + '\n'}}", NULL, err, sizeof(err)) == 0 &&
+                  c.default_system_len == 0, "chatml without default system");
+    }
     /* Gemma 3's published template renders our Jinja2 goldens */
     CHECK(eng_chat_detect(&c, gemma3_template, NULL, err, sizeof(err)) == 0, "gemma3 template");
     for (size_t i = 0; i < sizeof(convs) / sizeof(convs[0]); i++)
