@@ -10,8 +10,8 @@
  *   flows[max_flows]      (tenant, class) FIFO queues; the first
  *                         BAT_PRIO_N are shared overflow flows used when
  *                         the table is full
- *   hash[hcap]            open addressing (tenant, class) -> flow, never
- *                         deleted (flows persist, bounded by max_flows)
+ *   hash[hcap]            linear probing (tenant, class) -> flow; an idle
+ *                         flow is reclaimed when the table is full
  *   running[max_seqs]     running slot ids, ordered by (class, admission)
  *   tables[max_seqs][mb]  block table of each running sequence
  *   tfree[max_seqs]       free table indices (stack)
@@ -65,6 +65,9 @@ struct bat_arena {
     uint64_t step, admit_seq, n_preempt, n_admitted, n_finished;
     uint64_t last_complete_ns;
     double drain_tok_per_s;
+    uint32_t flow_scan;            /* where flow_reclaim looks next */
+    uint32_t pad2_;
+    uint64_t n_overflow;           /* submits that found every flow busy */
 };
 
 #define A_ARR(a, T, off) ((T *)((char *)(a) + (a)->off))
@@ -235,17 +238,71 @@ int bat_sched_attach(struct bat_sched *s, void *mem, size_t size)
 
 /* ---- queues ---------------------------------------------------------- */
 
-static uint32_t flow_get(struct bat_arena *a, uint32_t tenant, uint32_t prio)
+static uint32_t flow_home(const struct bat_arena *a, uint32_t tenant, uint32_t prio)
 {
     uint32_t key = tenant * 0x9e3779b1u ^ (prio * 0x85ebca6bu);
-    uint32_t m = a->hcap - 1;
+    return (key ^ (key >> 15)) & (a->hcap - 1);
+}
 
-    for (uint32_t i = key & m, n = 0; n < a->hcap; i = (i + 1) & m, n++) {
+/* Remove flow fi from the hash (backward-shift deletion: linear probing
+ * stays tombstone-free, so lookups never slow down with churn). */
+static void flow_unhash(struct bat_arena *a, uint32_t fi)
+{
+    uint32_t m = a->hcap - 1, i = flow_home(a, flows(a)[fi].tenant, flows(a)[fi].prio);
+
+    while (hasht(a)[i] != fi) {
+        FAVO_ASSERT(hasht(a)[i] != BAT_NIL);
+        i = (i + 1) & m;
+    }
+    for (uint32_t j = i;;) {
+        j = (j + 1) & m;
+        uint32_t fj = hasht(a)[j];
+        if (fj == BAT_NIL)
+            break;
+        uint32_t k = flow_home(a, flows(a)[fj].tenant, flows(a)[fj].prio);
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+            continue; /* fj's home lies after the hole: it stays */
+        hasht(a)[i] = fj;
+        i = j;
+    }
+    hasht(a)[i] = BAT_NIL;
+}
+
+/* An idle flow (nothing waiting) to reuse when the table is full, or NIL.
+ * Cold path: only when max_flows distinct (tenant, class) pairs were seen. */
+static uint32_t flow_reclaim(struct bat_arena *a)
+{
+    uint32_t n = a->cfg.max_flows - BAT_PRIO_N;
+
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t fi = BAT_PRIO_N + (a->flow_scan + k) % n;
+        struct bat_flow *f = &flows(a)[fi];
+        if (!f->active && f->n == 0) {
+            a->flow_scan = (fi - BAT_PRIO_N + 1) % n;
+            flow_unhash(a, fi);
+            return fi;
+        }
+    }
+    return BAT_NIL;
+}
+
+static uint32_t flow_get(struct bat_arena *a, uint32_t tenant, uint32_t prio)
+{
+    uint32_t m = a->hcap - 1, reuse = BAT_NIL;
+
+again:
+    for (uint32_t i = flow_home(a, tenant, prio), n = 0; n < a->hcap; i = (i + 1) & m, n++) {
         uint32_t fi = hasht(a)[i];
         if (fi == BAT_NIL) {
-            if (a->n_flows >= a->cfg.max_flows)
-                return prio; /* table full: the class's shared overflow flow */
-            fi = a->n_flows++;
+            if (reuse == BAT_NIL && a->n_flows >= a->cfg.max_flows) {
+                reuse = flow_reclaim(a);
+                if (reuse == BAT_NIL) {
+                    a->n_overflow++;
+                    return prio; /* all busy: the class's shared overflow flow */
+                }
+                goto again; /* the deletion may have moved entries */
+            }
+            fi = reuse != BAT_NIL ? reuse : a->n_flows++;
             struct bat_flow *f = &flows(a)[fi];
             memset(f, 0, sizeof(*f));
             f->tenant = tenant;
@@ -255,9 +312,12 @@ static uint32_t flow_get(struct bat_arena *a, uint32_t tenant, uint32_t prio)
             hasht(a)[i] = fi;
             return fi;
         }
-        if (flows(a)[fi].tenant == tenant && flows(a)[fi].prio == prio)
+        if (flows(a)[fi].tenant == tenant && flows(a)[fi].prio == prio) {
+            FAVO_ASSERT(reuse == BAT_NIL); /* it was not in the table a moment ago */
             return fi;
+        }
     }
+    FAVO_ASSERT(!"flow hash full"); /* hcap >= 2 * max_flows */
     return prio;
 }
 
@@ -865,6 +925,7 @@ void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *o)
     o->n_admitted = a->n_admitted;
     o->n_finished = a->n_finished;
     o->drain_tok_per_s = a->drain_tok_per_s;
+    o->n_overflow = a->n_overflow;
 }
 
 int bat_sched_check(const struct bat_sched *s)
@@ -898,6 +959,22 @@ int bat_sched_check(const struct bat_sched *s)
         nfree != a->n_free_slots || blocks != bat_kv_used(kvm(a)) ||
         a->n_tfree + a->n_running != a->cfg.max_seqs)
         return -EBADMSG;
+    /* Every named flow is reachable from its home slot; waiting counts agree. */
+    for (uint32_t fi = BAT_PRIO_N; fi < a->n_flows; fi++) {
+        uint32_t i = flow_home(a, flows(a)[fi].tenant, flows(a)[fi].prio), n = 0;
+        while (hasht(a)[i] != fi && hasht(a)[i] != BAT_NIL && n++ < a->hcap)
+            i = (i + 1) & (a->hcap - 1);
+        if (hasht(a)[i] != fi)
+            return -EBADMSG;
+    }
+    for (uint32_t fi = 0; fi < a->n_flows; fi++) {
+        uint32_t n = 0;
+        for (uint32_t si = flows(a)[fi].head; si != BAT_NIL && n <= a->n_slots;
+             si = slots(a)[si].next)
+            n++;
+        if (n != flows(a)[fi].n || (n > 0) != (flows(a)[fi].active != 0))
+            return -EBADMSG;
+    }
     for (uint32_t i = 1; i < a->n_running; i++)
         if (rank_before(&slots(a)[running(a)[i]], &slots(a)[running(a)[i - 1]]))
             return -EBADMSG;

@@ -105,7 +105,9 @@ struct bat_sched_cfg {
     uint32_t max_queue_tokens;   /* waiting prompt tokens; 0: 1 << 20 */
     uint32_t n_blocks;           /* KV pool blocks (required) */
     uint32_t max_ctx;            /* positions per sequence; 0: 8192 */
-    uint32_t max_flows;          /* (tenant, class) queues; 0: 256 */
+    uint32_t max_flows;          /* (tenant, class) queues; 0: 256. An idle one is
+                                    reused for a new pair; when all are busy the
+                                    class's shared overflow queue takes it */
     uint32_t quantum;            /* DRR quantum in tokens; 0: 512 */
     uint32_t kv_watermark;       /* blocks kept free when admitting; 0: n_blocks / 100 */
     uint32_t max_queue_tenant;   /* waiting requests of one (tenant, class) queue, so
@@ -191,6 +193,8 @@ struct bat_sched_info {
     uint32_t n_waiting, n_running, n_waiting_tokens;
     uint32_t kv_used, kv_total;
     uint64_t step, n_preempt, n_admitted, n_finished;
+    uint64_t n_overflow;   /* submits queued in a class's shared overflow flow
+                              because max_flows tenants were all waiting */
     double drain_tok_per_s;
 };
 void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *out);

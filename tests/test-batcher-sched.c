@@ -598,6 +598,43 @@ static void test_stats(void **state)
     free(snap);
 }
 
+/* Flow table churn: many tenants over time reuse idle queues (no
+ * overflow); only more concurrently waiting tenants than queues overflow. */
+static void test_flow_reclaim(void **state)
+{
+    struct bat_sched_cfg c = cfg_small();
+    struct sim m;
+    struct bat_sched_info in;
+
+    (void)state;
+    c.max_flows = BAT_PRIO_N + 4;
+    c.max_seqs = 1;
+    sim_init(&m, c, 512, 10);
+    for (uint32_t t = 0; t < 200; t++) {
+        int r = sim_submit(&m, 1000 + t, t % BAT_PRIO_N, 5, 2, NULL);
+        assert_true(r >= 0);
+        while (!m.fin[r])
+            sim_step(&m);
+        assert_int_equal(bat_sched_check(&m.s), 0);
+    }
+    bat_sched_info(&m.s, &in);
+    assert_int_equal(in.n_overflow, 0);
+    /* 10 tenants waiting at once, 4 queues: overflow, yet all finish. */
+    for (uint32_t t = 0; t < 10; t++)
+        assert_true(sim_submit(&m, 5000 + t, 1, 5, 2, NULL) >= 0);
+    bat_sched_info(&m.s, &in);
+    assert_true(in.n_overflow >= 5);
+    while (1) {
+        bat_sched_info(&m.s, &in);
+        if (!in.n_waiting && !in.n_running)
+            break;
+        sim_step(&m);
+    }
+    for (uint32_t i = 0; i < m.n_req; i++)
+        assert_int_equal(m.fin[i], BAT_FIN_LENGTH);
+    sim_free(&m);
+}
+
 /* Property test: random arrivals, sizes, tenants, classes, cancels and
  * timeouts over a pool that forces preemption. */
 static void prop_run(uint64_t seed, uint32_t n_total)
@@ -683,6 +720,7 @@ int main(void)
         cmocka_unit_test(test_fairness_flood),
         cmocka_unit_test(test_drr_tokens_no_starvation),
         cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_flow_reclaim),
         cmocka_unit_test(test_property_traces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
