@@ -5,7 +5,9 @@
  *     published template (the 270m GGUF carries none; favo then detects the
  *     format from its vocabulary), rendered by Jinja2 for the goldens below
  *     (default system message, system folded into the first user turn, trim);
- *   every format: llama.cpp's reference conversation and renderings;
+ *   every format: llama.cpp's reference conversation, rendered exactly as
+ *     llama.cpp's llama_chat_apply_template does (checked with
+ *     llama-cpp-python 0.3.36 for all 13 formats);
  *   detection by markers, override by name, refusal of unknown templates;
  *   tokens: the whole prompt tokenizes exactly as the rendered text would,
  *     except that control-token text inside message content stays text.
@@ -110,6 +112,7 @@ static const struct {
     { "mistral-v3", "[INST] You are a helpful assistant\n\nHello[/INST] Hi there</s>[INST] Who are you[/INST] I am an assistant</s>[INST] Another question[/INST]" },
     { "mistral-v3-tekken", "[INST]You are a helpful assistant\n\nHello[/INST]Hi there</s>[INST]Who are you[/INST]   I am an assistant   </s>[INST]Another question[/INST]" },
     { "mistral-v7", "[SYSTEM_PROMPT] You are a helpful assistant[/SYSTEM_PROMPT][INST] Hello[/INST] Hi there</s>[INST] Who are you[/INST]    I am an assistant   </s>[INST] Another question[/INST]" },
+    { "mistral-v7-tekken", "[SYSTEM_PROMPT]You are a helpful assistant[/SYSTEM_PROMPT][INST]Hello[/INST]Hi there</s>[INST]Who are you[/INST]   I am an assistant   </s>[INST]Another question[/INST]" },
     { "gemma", "<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>\n<start_of_turn>model\nHi there<end_of_turn>\n<start_of_turn>user\nWho are you<end_of_turn>\n<start_of_turn>model\nI am an assistant<end_of_turn>\n<start_of_turn>user\nAnother question<end_of_turn>\n<start_of_turn>model\n" },
     { "phi3", "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n<|assistant|>\nHi there<|end|>\n<|user|>\nWho are you<|end|>\n<|assistant|>\n   I am an assistant   <|end|>\n<|user|>\nAnother question<|end|>\n<|assistant|>\n" },
 };
