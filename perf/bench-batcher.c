@@ -15,6 +15,10 @@
  *   sched_us_p50 / sched_us_p99   step + complete, per step
  *   step_us_p50 / step_us_p99     bat_sched_step alone
  *   decodes_avg, prefill_tokens_avg, running_avg   what the steps held
+ *   cache_hit_us_p50 / p99        response cache hit: SHA-256 key over a
+ *                                 500-token prompt + lookup + copy of a
+ *                                 2 KiB response (32 MiB cache, full)
+ *   cache_put_us_p50              insert with LRU eviction
  *
  * Usage: bench-batcher [--json] [--steps N]
  */
@@ -25,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bat_cache.h"
 #include "bat_sched.h"
 #include "favo_base.h"
 
@@ -34,6 +39,51 @@ static uint64_t rnd(uint64_t *s)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+/* Cache hit and put cost; figures in us into out[0..2]. */
+static int bench_cache(double out[3])
+{
+    const size_t region = 32u << 20; /* ~15k entries: every timed put evicts */
+    const uint32_t n = 20000, val = 2048;
+    struct bat_cache c;
+    void *mem = aligned_alloc(64, region);
+    double *th = calloc(n, sizeof(double)), *tp = calloc(n, sizeof(double));
+    int32_t tok[500];
+    uint8_t key[BAT_CACHE_KEY], v[2048], o[2048];
+    struct eng_sample_params sp = { .temperature = 0, .top_p = 1 };
+    struct bat_cache_key_in in = { .tenant = 1, .model = "chat", .tokens = tok, .n_tokens = 500,
+                                   .sp = &sp, .max_tokens = 256 };
+    uint64_t now = 1000000000ull;
+
+    if (!mem || !th || !tp || bat_cache_init(&c, mem, region, val))
+        return -1;
+    memset(v, 0x5a, sizeof(v));
+    for (uint32_t i = 0; i < 500; i++)
+        tok[i] = (int32_t)(i * 7919 % 32000);
+    for (uint32_t i = 0; i < 2 * n; i++) { /* fill past capacity: puts evict */
+        tok[0] = (int32_t)i;
+        uint64_t t0 = favo_now_ns();
+        if (bat_cache_key(&c, &in, key) || bat_cache_put(&c, key, now, 3600, v, sizeof(v)))
+            return -1;
+        if (i >= n)
+            tp[i - n] = (double)(favo_now_ns() - t0) / 1e3;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        tok[0] = (int32_t)(2 * n - 1 - (i % 1000));
+        uint64_t t0 = favo_now_ns();
+        if (bat_cache_key(&c, &in, key) || bat_cache_get(&c, key, now, o, sizeof(o)) != 2048)
+            return -1;
+        th[i] = (double)(favo_now_ns() - t0) / 1e3;
+    }
+    out[0] = perf_quantile(th, n, 0.5);
+    out[1] = perf_quantile(th, n, 0.99);
+    out[2] = perf_quantile(tp, n, 0.5);
+    bat_cache_close(&c);
+    free(th);
+    free(tp);
+    free(mem);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -122,7 +172,12 @@ int main(int argc, char **argv)
     double p50 = perf_quantile(t_all, steps, 0.5), p99 = perf_quantile(t_all, steps, 0.99);
     double sp50 = perf_quantile(t_step, steps, 0.5), sp99 = perf_quantile(t_step, steps, 0.99);
     char mach[256];
+    double cache[3];
     perf_machine(mach, sizeof(mach));
+    if (bench_cache(cache)) {
+        fprintf(stderr, "bench-batcher: cache bench failed\n");
+        return 1;
+    }
     if (json) {
         perf_json_begin(stdout);
         perf_json_num(stdout, "sched_us_p50", p50);
@@ -133,6 +188,9 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "prefill_tokens_avg", pre_sum / steps);
         perf_json_num(stdout, "running_avg", run_sum / steps);
         perf_json_num(stdout, "steps", steps);
+        perf_json_num(stdout, "cache_hit_us_p50", cache[0]);
+        perf_json_num(stdout, "cache_hit_us_p99", cache[1]);
+        perf_json_num(stdout, "cache_put_us_p50", cache[2]);
         perf_json_str(stdout, "machine", mach);
         perf_json_end(stdout);
     } else {
@@ -142,6 +200,8 @@ int main(int argc, char **argv)
         printf("  %-28s %10s %10s\n", "", "p50 us", "p99 us");
         printf("  %-28s %10.2f %10.2f\n", "step + complete (sched)", p50, p99);
         printf("  %-28s %10.2f %10.2f\n", "step alone", sp50, sp99);
+        printf("  %-28s %10.2f %10.2f\n", "cache hit (key+get, 2 KiB)", cache[0], cache[1]);
+        printf("  %-28s %10.2f %10s\n", "cache put (evicting)", cache[2], "");
     }
     free(ev); free(ids); free(res); free(t_all); free(t_step); free(plan); free(mem);
     return 0;
