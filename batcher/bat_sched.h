@@ -63,6 +63,12 @@
  *   ... engine runs the plan ...
  *   bat_sched_complete(plan, results, events)
  *
+ * Not yet (issue #7): preparing plan N+1 while step N runs (the engine
+ * feeding step N's tokens into N+1's decodes). The API is strictly
+ * step -> engine -> complete; complete() refuses a plan that is not the
+ * latest. Priority classes are strict: a lower class waiting behind a
+ * constant higher-class load ends with a queue TIMEOUT (503), not a hang.
+ *
  * Invariants (cited by FAVO_ASSERT as "sched inv N"):
  *   1. Every plan respects max_batch_tokens and max_seqs (plan inv 1).
  *   2. A RUNNING sequence holds exactly bat_kv_blocks_for(n_computed)
@@ -134,7 +140,8 @@ enum bat_finish {
     BAT_FIN_LENGTH,      /* max_tokens or max_ctx reached */
     BAT_FIN_CANCELLED,   /* bat_sched_cancel: client gone or stop string */
     BAT_FIN_TIMEOUT,     /* waited past queue_timeout: answer 503 */
-    BAT_FIN_NO_KV,       /* cannot fit in the pool even alone: answer 413 */
+    BAT_FIN_NO_KV,       /* reserved: a request that cannot fit in the pool even
+                            alone is refused by submit (-E2BIG, answer 413) */
 };
 
 struct bat_event {
