@@ -44,6 +44,7 @@ static int cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
         { "max-batch-tokens", 0, DP_OPT_INT, "N", "2048", "Tokens per engine step." },
         { "max-seqs", 0, DP_OPT_INT, "N", "256", "Sequences per engine step." },
         { "drain-timeout", 0, DP_OPT_DOUBLE, "SECONDS", "30", "How long SIGTERM waits for requests in flight." },
+        { "chat-template", 0, DP_OPT_STR, "NAME", NULL, "Chat format (chatml, llama2, llama3, mistral-v1/v3/v7, gemma, phi3); default: detected from the model's tokenizer.chat_template." },
         DP_OPT_END
     };
 
