@@ -68,6 +68,7 @@ struct bat_arena {
     uint32_t flow_scan;            /* where flow_reclaim looks next */
     uint32_t pad2_;
     uint64_t n_overflow;           /* submits that found every flow busy */
+    uint64_t n_aged;               /* requests started by aging */
 };
 
 #define A_ARR(a, T, off) ((T *)((char *)(a) + (a)->off))
@@ -101,6 +102,7 @@ int bat_sched_cfg_defaults(struct bat_sched_cfg *c)
     if (!c->kv_watermark) c->kv_watermark = c->n_blocks / 100;
     if (!c->max_queue_tenant) c->max_queue_tenant = c->max_queue / 4 ? c->max_queue / 4 : 1;
     if (!c->queue_timeout_ns) c->queue_timeout_ns = 30ull * 1000000000ull;
+    if (!c->aging_ns) c->aging_ns = c->queue_timeout_ns / 3;
     if (c->max_flows < BAT_PRIO_N + 1)
         c->max_flows = BAT_PRIO_N + 1;
     if (c->max_seqs > 65536 || c->max_queue > (1u << 22) || c->max_ctx > (1u << 20) ||
@@ -731,10 +733,40 @@ static void start(struct bat_sched *s, struct step_ctx *c, uint32_t si, uint64_t
     plan_add(a, c, si, upto);
 }
 
+/* Aging: the oldest head request of a class > 0 that has waited aging_ns
+ * starts first (one per step), so strict classes cannot starve the lower
+ * ones. It pays its tokens from its flow's DRR credit like any other. */
+static void admit_aged(struct bat_sched *s, struct step_ctx *c, uint64_t now)
+{
+    struct bat_arena *a = s->a;
+    uint32_t best = BAT_NIL;
+    uint64_t best_enq = UINT64_MAX;
+
+    for (uint32_t fi = 0; fi < a->n_flows; fi++) {
+        struct bat_flow *f = &flows(a)[fi];
+        if (!f->active || f->prio == 0)
+            continue;
+        uint64_t enq = slots(a)[f->head].enq_ns;
+        if (now >= enq && now - enq >= a->cfg.aging_ns && enq < best_enq) {
+            best = fi;
+            best_enq = enq;
+        }
+    }
+    if (best == BAT_NIL || !c->tok_left || !c->seq_left)
+        return;
+    uint32_t si = flows(a)[best].head;
+    if (!can_start(a, &slots(a)[si]))
+        return;
+    flows(a)[best].deficit -= slots(a)[si].n_prompt;
+    a->n_aged++;
+    start(s, c, si, now);
+}
+
 static void admit(struct bat_sched *s, struct step_ctx *c, uint64_t now)
 {
     struct bat_arena *a = s->a;
 
+    admit_aged(s, c, now);
     for (uint32_t p = 0; p < BAT_PRIO_N; p++) {
         /* Preempted sequences of this class first, oldest rank first. */
         while (a->res_head[p] != BAT_NIL) {
@@ -926,6 +958,7 @@ void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *o)
     o->n_finished = a->n_finished;
     o->drain_tok_per_s = a->drain_tok_per_s;
     o->n_overflow = a->n_overflow;
+    o->n_aged = a->n_aged;
 }
 
 int bat_sched_check(const struct bat_sched *s)

@@ -15,7 +15,9 @@
  *      new ones by deficit round robin (DRR) on prompt tokens across the
  *      tenants' queues of that class. Priority classes are strict: class
  *      0 before 1 before 2 before 3; a class that cannot start its next
- *      request (no blocks) blocks the classes below it this step.
+ *      request (no blocks) blocks the classes below it this step. Aging
+ *      keeps the lower classes from starving: once per step, the oldest
+ *      request of a lower class that has waited aging_ns goes first.
  *
  * so a long prompt never delays anyone's next token, and no tenant's burst
  * starves another tenant of the same class.
@@ -66,8 +68,7 @@
  * Not yet (issue #7): preparing plan N+1 while step N runs (the engine
  * feeding step N's tokens into N+1's decodes). The API is strictly
  * step -> engine -> complete; complete() refuses a plan that is not the
- * latest. Priority classes are strict: a lower class waiting behind a
- * constant higher-class load ends with a queue TIMEOUT (503), not a hang.
+ * latest.
  *
  * Invariants (cited by FAVO_ASSERT as "sched inv N"):
  *   1. Every plan respects max_batch_tokens and max_seqs (plan inv 1).
@@ -120,6 +121,9 @@ struct bat_sched_cfg {
                                     one tenant's flood cannot fill the shared queue;
                                     0: max_queue / 4 */
     uint64_t queue_timeout_ns;   /* 0: 30 s */
+    uint64_t aging_ns;           /* a request of class > 0 waiting this long is
+                                    admitted ahead of the classes above it (one
+                                    per step); 0: queue_timeout_ns / 3 */
 };
 
 struct bat_req {
@@ -202,6 +206,7 @@ struct bat_sched_info {
     uint64_t step, n_preempt, n_admitted, n_finished;
     uint64_t n_overflow;   /* submits queued in a class's shared overflow flow
                               because max_flows tenants were all waiting */
+    uint64_t n_aged;       /* requests started ahead of higher classes by aging */
     double drain_tok_per_s;
 };
 void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *out);

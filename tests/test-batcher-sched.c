@@ -598,6 +598,40 @@ static void test_stats(void **state)
     free(snap);
 }
 
+/* Strict classes with aging: a class-3 request behind a saturating
+ * class-0 flood starts once it has waited aging_ns, long before its
+ * queue timeout. */
+static void test_aging_no_class_starvation(void **state)
+{
+    struct bat_sched_cfg c = { 0 };
+    struct sim m;
+
+    (void)state;
+    c.n_blocks = 8192;
+    c.max_ctx = 1024;
+    c.max_queue = 1024;
+    c.max_queue_tenant = 1024;
+    c.aging_ns = 1000 * MS;          /* 100 steps of 10 ms */
+    sim_init(&m, c, 20000, 11);
+    int low = -1;
+    for (uint32_t st = 0; st < 400; st++) {
+        for (int k = 0; k < 30; k++)
+            (void)sim_submit(&m, 1, 0, 200, 16, NULL);
+        if (st == 20)
+            low = sim_submit(&m, 2, 3, 50, 4, NULL);
+        sim_step(&m);
+    }
+    assert_true(low >= 0);
+    assert_int_equal(m.fin[low], BAT_FIN_LENGTH);
+    uint64_t waited = m.t_first[low] - m.t_submit[low];
+    printf("# class-3 request started after %llu steps (aging 100)\n", (unsigned long long)waited);
+    assert_true(waited >= 100 && waited <= 102);
+    struct bat_sched_info in;
+    bat_sched_info(&m.s, &in);
+    assert_true(in.n_aged >= 1);
+    sim_free(&m);
+}
+
 /* Flow table churn: many tenants over time reuse idle queues (no
  * overflow); only more concurrently waiting tenants than queues overflow. */
 static void test_flow_reclaim(void **state)
@@ -721,6 +755,7 @@ int main(void)
         cmocka_unit_test(test_drr_tokens_no_starvation),
         cmocka_unit_test(test_stats),
         cmocka_unit_test(test_flow_reclaim),
+        cmocka_unit_test(test_aging_no_class_starvation),
         cmocka_unit_test(test_property_traces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
