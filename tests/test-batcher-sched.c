@@ -19,6 +19,7 @@
 #include "shm_stats.h"
 
 #include <errno.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -338,6 +339,12 @@ static void test_admission_limits_timeout(void **state)
     struct bat_sched_info in;
     bat_sched_info(&m.s, &in);
     assert_true(in.drain_tok_per_s > 0);
+    {   /* Retry-After = backlog / drain rate, in 1..60 s */
+        double want = ceil((in.n_waiting_tokens + 800) / in.drain_tok_per_s);
+        want = want < 1 ? 1 : want > 60 ? 60 : want;
+        assert_int_equal(retry, (uint32_t)want);
+        assert_true(want > 1); /* 300+800 tokens at 1 step (10 ms) of ~100 tokens */
+    }
     /* Queue timeout: the three waiting requests time out after 30 s. */
     m.now += 31000 * MS;
     sim_step(&m);
