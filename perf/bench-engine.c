@@ -15,7 +15,8 @@
  * JSON keys: mem_bw_gbs, threads, and per model M (e.g. smollm2_q4_1):
  * M_prefill_tps, M_decode_b1_tps, M_decode_b8_tps, M_decode_b32_tps,
  * M_roofline_tps, M_roofline_fraction, M_weight_mb [, M_decode_b1_mmap_tps].
- * llamacpp_* keys are absent: llama-cpp-python is not installed here.
+ * llamacpp_* keys are absent: this binary does not drive llama.cpp; measure
+ * it beside this run with llama-cpp-python (perf/RESULTS.md has the recipe).
  */
 #include "perf_util.h"
 
@@ -335,6 +336,6 @@ int main(int argc, char **argv)
             printf(" %11.1f", res[i].b1_mmap);
         printf("\n");
     }
-    printf("\nllama.cpp columns: not measured (llama-cpp-python is not installed).\n");
+    printf("\nllama.cpp columns: not measured by this binary (run llama-cpp-python beside it).\n");
     return 0;
 }
