@@ -59,7 +59,11 @@
     C(REJ_DRAINING, "favo_requests_rejected_total", "reason=\"draining\"", "rej_drain",    \
       "Requests answered with an early error, by reason.")                                \
     C(RESPONSE_CACHE_HITS, "favo_response_cache_hits_total", "", "cache_hit",             \
-      "Requests answered from the response cache.")
+      "Requests answered from the response cache.")                                       \
+    C(RESPONSE_CACHE_MISSES, "favo_response_cache_misses_total", "", "cache_miss",        \
+      "Cacheable requests not found in the response cache.")                              \
+    C(PREEMPTIONS, "favo_preemptions_total", "", "preempt",                                \
+      "Sequences preempted by recompute (KV blocks exhausted).")
 
 #define SHM_STATS_GAUGES(G)                                                                \
     G(REQUESTS_RUNNING, "favo_requests_running", "", "running", SUM,                       \
