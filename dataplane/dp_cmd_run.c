@@ -26,6 +26,7 @@
 #include "favo_base.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,8 +183,14 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
     }
     n_predict = dp_opt_int(opts, "n-predict");
     n_ctx = dp_opt_int(opts, "ctx-size");
-    threads = dp_opt_str(opts, "threads") ? dp_opt_int(opts, "threads")
-                                           : sysconf(_SC_NPROCESSORS_ONLN);
+    if (dp_opt_str(opts, "threads")) {
+        threads = dp_opt_int(opts, "threads");
+    } else {
+        cpu_set_t cs;   /* the cores this process was given (taskset, cgroup cpuset) */
+
+        threads = sched_getaffinity(0, sizeof(cs), &cs) ? sysconf(_SC_NPROCESSORS_ONLN)
+                                                        : CPU_COUNT(&cs);
+    }
     if (n_predict < 0 || n_ctx < 16 || n_ctx > (1 << 20) || threads < 1 || threads > 1024) {
         fprintf(stderr, "favo run: --n-predict, --ctx-size or --threads out of range\n");
         return 2;
