@@ -41,13 +41,46 @@ double eng_sample_uniform(uint64_t seed, uint64_t pos)
     return (double)(h >> 11) * (1.0 / 9007199254740992.0);
 }
 
-static int cand_cmp(const void *a, const void *b)
+/* "a goes after b" in best-first order; ties: lower id first, so the
+ * order is total and the result deterministic. */
+static inline int cand_after(const struct cand *a, const struct cand *b)
 {
-    const struct cand *x = a, *y = b;
+    return a->logit != b->logit ? a->logit < b->logit : a->id > b->id;
+}
 
-    if (x->logit != y->logit)
-        return x->logit > y->logit ? -1 : 1;
-    return x->id - y->id;                /* ties: lower id first, deterministic */
+static void sift(struct cand *c, size_t i, size_t n)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, big = i;
+        struct cand t;
+
+        /* max-heap of "after": the root is the candidate that sorts last */
+        if (l < n && cand_after(&c[l], &c[big]))
+            big = l;
+        if (l + 1 < n && cand_after(&c[l + 1], &c[big]))
+            big = l + 1;
+        if (big == i)
+            return;
+        t = c[i];
+        c[i] = c[big];
+        c[big] = t;
+        i = big;
+    }
+}
+
+/* In-place heapsort, best first. Not qsort: glibc's may malloc for large
+ * arrays, and this runs per token (invariant 8). */
+static void cand_sort(struct cand *c, size_t n)
+{
+    for (size_t i = n / 2; i-- > 0;)
+        sift(c, i, n);
+    for (size_t e = n; e > 1; e--) {
+        struct cand t = c[0];
+
+        c[0] = c[e - 1];
+        c[e - 1] = t;
+        sift(c, 0, e - 1);
+    }
 }
 
 static void top_logprobs(const float *logits, uint32_t n_vocab, float lse, uint32_t n,
@@ -116,7 +149,7 @@ int32_t eng_sample(float *logits, uint32_t n_vocab, const struct eng_sample_para
             if (logits[i] >= floor_l)
                 c[nc++] = (struct cand){ logits[i], (int32_t)i };
     }
-    qsort(c, nc, sizeof(*c), cand_cmp);
+    cand_sort(c, nc);
     keep = nc;
     if (sp->top_k > 0 && (uint32_t)sp->top_k < keep)
         keep = (uint32_t)sp->top_k;
