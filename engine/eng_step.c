@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define MM_ROW_ALIGN 16   /* matmul row ranges start on multiples of this */
 
@@ -67,6 +68,11 @@ struct eng_ctx {
     struct eng_sample_out *out;
     float *logits_out;
     uint32_t n_tok, n_out;
+    struct {
+        void *p;
+        size_t len;
+    } bufs[24];
+    unsigned n_bufs;
 };
 
 struct thr {
@@ -451,13 +457,24 @@ int eng_step(eng_ctx_t *c, const struct eng_batch *b, struct eng_sample_out *out
     return 0;
 }
 
-static void *zalloc(size_t n)
+/*
+ * Step buffers are anonymous mappings marked MADV_DONTDUMP: activations,
+ * logits and sampler scratch are request content and must never reach a
+ * core dump (invariant 5). munmap hands the pages back to the kernel,
+ * which zeroes them before anyone else sees them.
+ */
+static void *ctx_alloc(struct eng_ctx *c, size_t n)
 {
-    void *p = NULL;
+    size_t len = (FAVO_MAX(n, 1) + 4095) & ~(size_t)4095;
+    void *p;
 
-    if (posix_memalign(&p, FAVO_CACHELINE, n ? n : FAVO_CACHELINE))
+    FAVO_ASSERT(c->n_bufs < FAVO_ARRAY_SIZE(c->bufs));
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
         return NULL;
-    memset(p, 0, n);
+    (void)madvise(p, len, MADV_DONTDUMP);
+    c->bufs[c->n_bufs].p = p;
+    c->bufs[c->n_bufs++].len = len;
     return p;
 }
 
@@ -515,27 +532,27 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
     hw = FAVO_MAX(E, no);
     c->exact = o && o->exact;
     c->k_max = (uint32_t)FAVO_MAX(FAVO_MAX(E, no), F);
-    c->wrow = zalloc((size_t)c->nth * c->k_max * sizeof(float));
-    c->x = zalloc(T * E * sizeof(float));
-    c->h = zalloc((size_t)T * hw * sizeof(float));
-    c->q = zalloc(T * nq * sizeof(float));
-    c->k = zalloc(T * nk * sizeof(float));
-    c->v = zalloc(T * nv * sizeof(float));
-    c->att = zalloc(T * no * sizeof(float));
-    c->g = zalloc(T * F * sizeof(float));
-    c->u = zalloc(T * F * sizeof(float));
-    c->xq = zalloc((size_t)T * c->act_row_max);
-    c->rope_cs = zalloc((size_t)T * 4 * FAVO_MAX(half, 1) * sizeof(float));
-    c->tok_seq = zalloc(T * sizeof(int32_t));
-    c->tok_pos = zalloc(T * sizeof(uint32_t));
-    c->out_tok = zalloc(S * sizeof(uint32_t));
-    c->out_seq = zalloc(S * sizeof(int32_t));
-    c->logits = zalloc((size_t)S * hp->n_vocab * sizeof(float));
-    c->scores = zalloc((size_t)c->nth * c->n_ctx * sizeof(float));
+    c->wrow = ctx_alloc(c, (size_t)c->nth * c->k_max * sizeof(float));
+    c->x = ctx_alloc(c, T * E * sizeof(float));
+    c->h = ctx_alloc(c, (size_t)T * hw * sizeof(float));
+    c->q = ctx_alloc(c, T * nq * sizeof(float));
+    c->k = ctx_alloc(c, T * nk * sizeof(float));
+    c->v = ctx_alloc(c, T * nv * sizeof(float));
+    c->att = ctx_alloc(c, T * no * sizeof(float));
+    c->g = ctx_alloc(c, T * F * sizeof(float));
+    c->u = ctx_alloc(c, T * F * sizeof(float));
+    c->xq = ctx_alloc(c, (size_t)T * c->act_row_max);
+    c->rope_cs = ctx_alloc(c, (size_t)T * 4 * FAVO_MAX(half, 1) * sizeof(float));
+    c->tok_seq = ctx_alloc(c, T * sizeof(int32_t));
+    c->tok_pos = ctx_alloc(c, T * sizeof(uint32_t));
+    c->out_tok = ctx_alloc(c, S * sizeof(uint32_t));
+    c->out_seq = ctx_alloc(c, S * sizeof(int32_t));
+    c->logits = ctx_alloc(c, (size_t)S * hp->n_vocab * sizeof(float));
+    c->scores = ctx_alloc(c, (size_t)c->nth * c->n_ctx * sizeof(float));
     c->sample_scratch_bytes = (eng_sample_scratch_size(hp->n_vocab) + 63) & ~(size_t)63;
-    c->sample_scratch = zalloc(c->nth * c->sample_scratch_bytes);
-    c->inv_freq[0] = zalloc(FAVO_MAX(half, 1) * sizeof(float));
-    c->inv_freq[1] = zalloc(FAVO_MAX(half, 1) * sizeof(float));
+    c->sample_scratch = ctx_alloc(c, c->nth * c->sample_scratch_bytes);
+    c->inv_freq[0] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
+    c->inv_freq[1] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
     if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq ||
         !c->rope_cs || !c->tok_seq || !c->tok_pos || !c->out_tok || !c->out_seq ||
         !c->logits || !c->scores || !c->wrow || !c->sample_scratch || !c->inv_freq[0] || !c->inv_freq[1]) {
@@ -568,32 +585,8 @@ void eng_ctx_free(eng_ctx_t *c)
     if (!c)
         return;
     eng_pool_free(c->pool);
-    /* Activations held request content: scrub before giving them back. */
-    if (c->x) {
-        const struct eng_hparams *hp = &c->m->hp;
-
-        explicit_bzero(c->x, (size_t)c->max_tokens * hp->n_embd * sizeof(float));
-    }
-    free(c->x);
-    free(c->h);
-    free(c->q);
-    free(c->k);
-    free(c->v);
-    free(c->att);
-    free(c->g);
-    free(c->u);
-    free(c->xq);
-    free(c->rope_cs);
-    free(c->tok_seq);
-    free(c->tok_pos);
-    free(c->out_tok);
-    free(c->out_seq);
-    free(c->logits);
-    free(c->scores);
-    free(c->wrow);
-    free(c->sample_scratch);
-    free(c->inv_freq[0]);
-    free(c->inv_freq[1]);
+    for (unsigned i = 0; i < c->n_bufs; i++)
+        munmap(c->bufs[i].p, c->bufs[i].len);
     free(c);
 }
 

@@ -20,7 +20,10 @@
  *
  * The context (eng_ctx) owns every buffer the step uses, sized once at
  * eng_ctx_init for max_tokens tokens and max_seqs sequences per step, and
- * a thread pool: no malloc, no logging per step (invariant 8).
+ * a thread pool: no malloc, no logging per step (invariant 8). Those
+ * buffers hold request content (activations, logits), so they are
+ * anonymous mappings marked MADV_DONTDUMP, unmapped at eng_ctx_free
+ * (invariant 5).
  *
  * Invariants:
  *   S1. A sequence's output depends only on its own tokens, positions and
