@@ -334,8 +334,9 @@ static void route_tokenize(struct ing_loop *L, struct ing_conn *c)
         ing_conn_error(L, c, 400, "this model has no chat template", "messages", NULL, NULL);
         return;
     }
-    /* token-id prompts are written after the body, inside the cell */
-    uint32_t toff = (c->req.next + 63u) & ~63u;
+    /* token-id prompts are written inside the cell after everything
+     * received so far (pipelined requests included), scrubbed below */
+    uint32_t toff = (c->len + 63u) & ~63u;
     uint32_t tcap = toff < c->cap ? (c->cap - toff) / 4 : 0;
     if (ing_oai_decode(&L->oai, route, c->buf, c->req.body, (uint32_t *)(c->buf + toff), tcap,
                        &e)) {
@@ -364,7 +365,7 @@ static void route_tokenize(struct ing_loop *L, struct ing_conn *c)
     explicit_bzero(ids, (size_t)n * 4);
 scrub:
     free(ids);
-    if (toff < c->cap && c->len <= toff) /* never the pipelined bytes */
+    if (tcap)
         explicit_bzero(c->buf + toff, (size_t)tcap * 4);
 }
 

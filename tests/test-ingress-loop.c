@@ -294,6 +294,15 @@ static void t_limits(void)
     free(r);
     close(fd);
 
+    /* a body that stops arriving -> 408 and close */
+    fd = conn_new();
+    send_str(fd, "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 20\r\n\r\n{\"pr");
+    r = read_resp(fd, 1, 3000, &eof);
+    CHECK(status_of(r) == 408);
+    free(r);
+    close(fd);
+
     /* idle keep-alive (1000 ms) -> closed without a response */
     fd = conn_new();
     send_str(fd, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -325,6 +334,35 @@ static void t_limits(void)
     for (int i = 0; i < 4; i++)
         close(k[i]);
     usleep(200000);
+}
+
+/* Seeded garbage on a few connections: each gets an answer or a close,
+ * and the worker stays up. */
+static void t_garbage(void)
+{
+    uint64_t seed = 42;
+    char buf[2048];
+
+    for (int round = 0; round < 12; round++) {
+        int fd = conn_new();
+        size_t n = 1 + t_rand(&seed) % sizeof(buf);
+        for (size_t i = 0; i < n; i++) {
+            uint64_t x = t_rand(&seed);
+            /* mostly HTTP-looking bytes, some control bytes and high ones */
+            buf[i] = (char)(x % 4 == 0 ? "GET /POST HTTP/1.1\r\n:Content-Length: 9chunked"[x % 47]
+                                       : (char)(x >> 8));
+        }
+        if (round % 3 == 0)
+            memcpy(buf, "POST /v1/completions HTTP/1.1\r\n", FAVO_MIN(n, 31u));
+        send_all(fd, buf, n);
+        shutdown(fd, SHUT_WR);
+        char *r = read_resp(fd, 4, 1500, NULL);
+        free(r);
+        close(fd);
+    }
+    char *r = req1("GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    CHECK(status_of(r) == 200);
+    free(r);
 }
 
 static void t_metrics_ready(volatile uint32_t *batcher_up, struct shm_stats *st)
@@ -748,6 +786,7 @@ int main(void)
     t_limits();
     t_metrics_ready(batcher_up, &st);
     t_chunked_continue();
+    t_garbage();
     if (have_model) {
         eng_gguf_t *g;
         eng_tok_t *tok;
@@ -775,6 +814,13 @@ int main(void)
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     shm_stats_destroy(&st);
+    /* no cell leaked: a fresh allocator finds every cell free */
+    {
+        struct shm_cell_pool again;
+        CHECK(shm_cell_pool_attach(&again, shared, plen, 1, SHM_CELL_ROLE_ALLOCATOR, -1) == 0);
+        shm_cell_drain(&again);
+        CHECK(shm_cell_free_count(&again, 0) == 16 && shm_cell_free_count(&again, 1) == 2);
+    }
     if (fails) {
         fprintf(stderr, "%d checks failed\n", fails);
         return 1;
