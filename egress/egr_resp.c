@@ -1,0 +1,398 @@
+/*
+ * egr_resp.c - the per-response state machine: token events -> eng_detok
+ * -> OpenAI SSE events or one JSON body, in the caller's area (egr.h).
+ *
+ * Streaming events are formatted in place EGR_CHUNK_PAD bytes past the
+ * pending bytes and then framed by egr_chunk, so each event is written
+ * once and moved once. Non-streaming text is kept escaped at the front of
+ * the area; at the end the head and the JSON around it are put in place
+ * with one memmove (only then is Content-Length known).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "egr.h"
+#include "favo_base.h"
+
+enum { ST_BODY = 1, ST_DONE = 2 };
+
+/* Bytes of JSON around one event's text, beyond id/model/fingerprint. */
+#define EV_OVERHEAD 320
+/* Non-stream: the largest head + JSON around the text. */
+#define FIN_RESERVE 2048
+/* Raw text of one detok call. */
+#define RAW_MAX 2048
+
+/* A bounded appender; err latches -ENOSPC. */
+struct w {
+    char *p;
+    size_t cap, n;
+    int err;
+};
+
+static void put(struct w *w, const char *s, size_t len)
+{
+    if (w->err || w->cap - w->n < len) {
+        w->err = -ENOSPC;
+        return;
+    }
+    memcpy(w->p + w->n, s, len);
+    w->n += len;
+}
+
+static void puts_(struct w *w, const char *s) { put(w, s, strlen(s)); }
+
+static void putu(struct w *w, uint64_t v)
+{
+    char b[24];
+    int n = snprintf(b, sizeof(b), "%" PRIu64, v);
+
+    put(w, b, (size_t)n);
+}
+
+static void putjs(struct w *w, const char *s, size_t len)
+{
+    int n;
+
+    if (w->err)
+        return;
+    n = egr_json_str(w->p + w->n, w->cap - w->n, s, len);
+    if (n < 0)
+        w->err = n;
+    else
+        w->n += (size_t)n;
+}
+
+static const char *fin_name(int f) { return f == EGR_FIN_LENGTH ? "\"length\"" : "\"stop\""; }
+
+/* {"id":..,"object":..,"created":..,"model":..,"system_fingerprint":.., */
+static void put_prefix(struct w *w, const struct egr_resp *r, const char *object)
+{
+    puts_(w, "{\"id\":\"");
+    puts_(w, r->id);
+    puts_(w, "\",\"object\":\"");
+    puts_(w, object);
+    puts_(w, "\",\"created\":");
+    putu(w, r->created);
+    puts_(w, ",\"model\":\"");
+    puts_(w, r->model);
+    puts_(w, "\",\"system_fingerprint\":\"");
+    puts_(w, r->fp);
+    puts_(w, "\",");
+}
+
+static void put_usage(struct w *w, const struct egr_resp *r)
+{
+    puts_(w, "\"usage\":{\"prompt_tokens\":");
+    putu(w, r->prompt_tokens);
+    puts_(w, ",\"completion_tokens\":");
+    putu(w, r->completion_tokens);
+    puts_(w, ",\"total_tokens\":");
+    putu(w, (uint64_t)r->prompt_tokens + r->completion_tokens);
+    puts_(w, "}");
+}
+
+enum ev_kind { EV_ROLE, EV_TEXT, EV_FINAL, EV_USAGE, EV_DONE };
+
+/* Write one SSE event, chunk-framed, at area[pending). */
+static int emit(struct egr_resp *r, char *area, size_t cap, enum ev_kind k, const char *text,
+                size_t len)
+{
+    size_t base = r->pending;
+    struct w w;
+    int n;
+
+    if (cap - base < EGR_CHUNK_PAD + 8)
+        return -EAGAIN;
+    w = (struct w){area + base + EGR_CHUNK_PAD, cap - base - EGR_CHUNK_PAD, 0, 0};
+    puts_(&w, "data: ");
+    if (k == EV_DONE) {
+        puts_(&w, "[DONE]");
+    } else {
+        bool chat = r->route == EGR_CHAT;
+
+        put_prefix(&w, r, chat ? "chat.completion.chunk" : "text_completion");
+        if (k == EV_USAGE) {
+            puts_(&w, "\"choices\":[],");
+            put_usage(&w, r);
+        } else {
+            if (chat) {
+                puts_(&w, "\"choices\":[{\"index\":0,\"delta\":");
+                if (k == EV_ROLE)
+                    puts_(&w, "{\"role\":\"assistant\",\"content\":\"\"}");
+                else if (k == EV_TEXT) {
+                    puts_(&w, "{\"content\":\"");
+                    putjs(&w, text, len);
+                    puts_(&w, "\"}");
+                } else
+                    puts_(&w, "{}");
+                puts_(&w, ",\"logprobs\":null,\"finish_reason\":");
+            } else {
+                puts_(&w, "\"choices\":[{\"text\":\"");
+                putjs(&w, text, len);
+                puts_(&w, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":");
+            }
+            puts_(&w, k == EV_FINAL ? fin_name(r->finish) : "null");
+            puts_(&w, "}]");
+            if (r->include_usage)
+                puts_(&w, ",\"usage\":null");
+        }
+        puts_(&w, "}");
+    }
+    puts_(&w, "\n\n");
+    if (w.err)
+        return -EAGAIN;
+    n = egr_chunk(area + base, cap - base, w.p, w.n);
+    if (n < 0)
+        return -EAGAIN;
+    r->pending += (uint32_t)n;
+    return 0;
+}
+
+static int copy_str(char *dst, size_t cap, const char *s, bool escape)
+{
+    int n;
+
+    if (!s)
+        s = "";
+    if (escape) {
+        n = egr_json_str(dst, cap - 1, s, strlen(s));
+        if (n < 0)
+            return -EINVAL;
+    } else {
+        n = (int)strlen(s);
+        if ((size_t)n >= cap)
+            return -EINVAL;
+        memcpy(dst, s, (size_t)n);
+    }
+    dst[n] = '\0';
+    return n;
+}
+
+int egr_resp_init(struct egr_resp *r, const struct egr_resp_cfg *cfg, char *area, size_t cap)
+{
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    if (cfg->route != EGR_CHAT && cfg->route != EGR_COMPLETIONS)
+        return -EINVAL;
+    if (cap > UINT32_MAX)
+        cap = UINT32_MAX;
+    r->route = cfg->route;
+    r->stream = !!cfg->stream;
+    r->include_usage = cfg->stream && cfg->include_usage;
+    r->keep_alive = !!cfg->keep_alive;
+    r->max_tokens = cfg->max_tokens;
+    r->prompt_tokens = cfg->prompt_tokens;
+    r->created = cfg->created;
+    if (copy_str(r->id, sizeof(r->id), cfg->id, true) < 0 ||
+        copy_str(r->model, sizeof(r->model), cfg->model, true) < 0 ||
+        copy_str(r->fp, sizeof(r->fp), cfg->fingerprint, true) < 0 ||
+        copy_str(r->request_id, sizeof(r->request_id), cfg->request_id, false) < 0 ||
+        strpbrk(r->request_id, "\r\n"))
+        return -EINVAL;
+    rc = copy_str(r->head_extra, sizeof(r->head_extra), cfg->extra_head, false);
+    if (rc < 0)
+        return -EINVAL;
+    r->head_extra_len = (uint32_t)rc;
+    rc = eng_detok_init(&r->detok, cfg->detok_flags, cfg->stops, cfg->stop_lens, cfg->n_stops);
+    if (rc < 0)
+        return rc;
+    r->state = ST_BODY;
+    r->magic = EGR_RESP_MAGIC;
+    if (!r->stream)
+        return 0;
+
+    struct egr_head h = {.status = 200, .stream = 1, .keep_alive = r->keep_alive,
+                         .request_id = r->request_id, .extra = r->head_extra};
+    rc = egr_head(area, cap, &h);
+    if (rc < 0)
+        return rc;
+    r->pending = (uint32_t)rc;
+    if (r->route == EGR_CHAT && emit(r, area, cap, EV_ROLE, NULL, 0) < 0)
+        return -ENOSPC;
+    return (int)r->pending;
+}
+
+size_t egr_resp_need(const struct egr_resp *r, size_t text_max)
+{
+    size_t ev = EV_OVERHEAD + EGR_CHUNK_PAD + strlen(r->id) + strlen(r->model) + strlen(r->fp);
+
+    /* text (escaped: at most 6 bytes per input byte) + final text, final,
+     * usage, [DONE] events and the last chunk. */
+    return 6 * (text_max + ENG_DETOK_STOP_MAX + 8) + 4 * ev + 16;
+}
+
+/* Non-stream: append escaped text at area[text_len). */
+static int keep_text(struct egr_resp *r, char *area, size_t cap, const char *s, size_t len)
+{
+    int n;
+
+    if (cap < FIN_RESERVE || r->text_len > cap - FIN_RESERVE)
+        return -ENOBUFS;
+    n = egr_json_str(area + r->text_len, cap - FIN_RESERVE - r->text_len, s, len);
+    if (n < 0)
+        return -ENOBUFS;
+    r->text_len += (uint32_t)n;
+    return 0;
+}
+
+static int put_text(struct egr_resp *r, char *area, size_t cap, const char *s, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (!r->stream)
+        return keep_text(r, area, cap, s, len);
+    return emit(r, area, cap, EV_TEXT, s, len);
+}
+
+/* Non-stream end: head + {.. "content":" + text + "} ..} in place. */
+static int finish_body(struct egr_resp *r, char *area, size_t cap)
+{
+    char pre[1024], suf[512], head[512];
+    struct w wp = {pre, sizeof(pre), 0, 0}, ws = {suf, sizeof(suf), 0, 0};
+    bool chat = r->route == EGR_CHAT;
+    int hn;
+
+    put_prefix(&wp, r, chat ? "chat.completion" : "text_completion");
+    if (chat) {
+        puts_(&wp, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
+        puts_(&ws, "\"},\"logprobs\":null,\"finish_reason\":");
+    } else {
+        puts_(&wp, "\"choices\":[{\"text\":\"");
+        puts_(&ws, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":");
+    }
+    puts_(&ws, fin_name(r->finish));
+    puts_(&ws, "}],");
+    put_usage(&ws, r);
+    puts_(&ws, "}");
+    FAVO_ASSERT(!wp.err && !ws.err);   /* sizes bounded by EGR_*_MAX */
+
+    struct egr_head h = {.status = 200, .stream = 0, .keep_alive = r->keep_alive,
+                         .content_length = wp.n + r->text_len + ws.n,
+                         .request_id = r->request_id, .extra = r->head_extra};
+    hn = egr_head(head, sizeof(head), &h);
+    FAVO_ASSERT(hn > 0);
+    if ((size_t)hn + wp.n + r->text_len + ws.n > cap)
+        return -ENOBUFS;
+    memmove(area + hn + wp.n, area, r->text_len);
+    memcpy(area, head, (size_t)hn);
+    memcpy(area + hn, pre, wp.n);
+    memcpy(area + hn + wp.n + r->text_len, suf, ws.n);
+    r->pending = (uint32_t)((size_t)hn + wp.n + r->text_len + ws.n);
+    return 0;
+}
+
+/* Flushes what detok holds (unless a stop ended it) and writes the end. */
+static int finish(struct egr_resp *r, char *area, size_t cap, int reason, bool stopped)
+{
+    char raw[ENG_DETOK_STOP_MAX + 8];
+    size_t n = 0;
+    int rc;
+
+    r->finish = (uint8_t)reason;
+    if (!stopped) {
+        rc = eng_detok_flush(&r->detok, raw, sizeof(raw), &n);
+        if (rc < 0)
+            return rc;
+        if ((rc = put_text(r, area, cap, raw, n)) < 0)
+            return rc;
+    }
+    r->state = ST_DONE;
+    if (!r->stream)
+        return finish_body(r, area, cap);
+    if ((rc = emit(r, area, cap, EV_FINAL, NULL, 0)) < 0)
+        return rc;
+    if (r->include_usage && (rc = emit(r, area, cap, EV_USAGE, NULL, 0)) < 0)
+        return rc;
+    if ((rc = emit(r, area, cap, EV_DONE, NULL, 0)) < 0)
+        return rc;
+    if (cap - r->pending < 5)
+        return -EAGAIN;
+    r->pending += (uint32_t)egr_chunk_end(area + r->pending, cap - r->pending);
+    return 0;
+}
+
+/* Common path; push is either a token id (tok != NULL) or raw bytes. */
+static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const char *p, size_t len,
+                bool eog, char *area, size_t cap)
+{
+    char raw[RAW_MAX];
+    size_t text_max, n = 0;
+    int rc, out = 0;
+    bool stopped = false;
+
+    FAVO_ASSERT(r->magic == EGR_RESP_MAGIC);
+    if (r->state == ST_DONE)
+        return EGR_DONE;                        /* invariant 3 */
+    if (tok) {
+        if (id < 0 || (uint32_t)id >= eng_tok_n_vocab(tok))
+            return -ERANGE;
+        eog = eng_tok_is_eog(tok, id);
+        text_max = eng_detok_out_max(tok);
+    } else {
+        text_max = 3 * len + ENG_DETOK_STOP_MAX + 8;
+    }
+    if (text_max > sizeof(raw))
+        return -E2BIG;
+    /* invariant 1: refuse before any state changes */
+    if (r->stream && cap - r->pending < egr_resp_need(r, text_max))
+        return -EAGAIN;
+
+    r->completion_tokens++;
+    if (!eog) {
+        rc = tok ? eng_detok_push(&r->detok, tok, id, raw, sizeof(raw), &n)
+                 : eng_detok_push_bytes(&r->detok, p, len, raw, sizeof(raw), &n);
+        if (rc < 0)
+            return rc;
+        stopped = rc == ENG_DETOK_STOP;
+        if ((rc = put_text(r, area, cap, raw, n)) < 0)
+            return rc;
+    }
+    if (stopped) {
+        out = EGR_CANCEL;
+        rc = finish(r, area, cap, EGR_FIN_STOP, true);
+    } else if (eog) {
+        rc = finish(r, area, cap, EGR_FIN_STOP, false);
+    } else if (r->max_tokens && r->completion_tokens >= r->max_tokens) {
+        rc = finish(r, area, cap, EGR_FIN_LENGTH, false);
+    } else {
+        return 0;
+    }
+    return rc < 0 ? rc : out | EGR_DONE;
+}
+
+int egr_resp_token(struct egr_resp *r, const eng_tok_t *tok, int32_t id, char *area, size_t cap)
+{
+    return step(r, tok, id, NULL, 0, false, area, cap);
+}
+
+int egr_resp_bytes(struct egr_resp *r, const char *p, size_t len, bool eog, char *area,
+                   size_t cap)
+{
+    return step(r, NULL, 0, p, len, eog, area, cap);
+}
+
+int egr_resp_finish(struct egr_resp *r, int reason, char *area, size_t cap)
+{
+    int rc;
+
+    FAVO_ASSERT(r->magic == EGR_RESP_MAGIC);
+    if (r->state == ST_DONE)
+        return EGR_DONE;
+    if (reason != EGR_FIN_STOP && reason != EGR_FIN_LENGTH)
+        return -EINVAL;
+    if (r->stream && cap - r->pending < egr_resp_need(r, 0))
+        return -EAGAIN;
+    rc = finish(r, area, cap, reason, false);
+    return rc < 0 ? rc : EGR_DONE;
+}
+
+void egr_resp_consume(struct egr_resp *r, char *area, size_t n)
+{
+    FAVO_ASSERT(n <= r->pending);
+    memmove(area, area + n, r->pending - n);
+    r->pending -= (uint32_t)n;
+}
