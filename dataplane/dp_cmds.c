@@ -14,6 +14,7 @@ int dp_cmd_tokenize(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_model(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_stat(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_keys(const struct dp_cmd *cmd, int argc, char **argv);
+int dp_cmd_stage(const struct dp_cmd *cmd, int argc, char **argv);
 
 static int not_built(const struct dp_cmd *cmd, struct dp_opt *opts, int argc, char **argv,
                      const char *what)
@@ -115,5 +116,8 @@ const struct dp_cmd dp_cmds[] = {
     { "selftest", "check backend kernels against the CPU reference", "[OPTIONS]",
       "Runs every kernel on the chosen backend and on the scalar reference with the same "
       "seeded inputs and reports the error of each.", cmd_selftest },
+    { "stage", "(internal) one pipeline stage process, started by the supervisor",
+      "NAME [ARGS]", "Started by 'favo serve' for each stage; not for direct use.",
+      dp_cmd_stage },
 };
 const unsigned dp_ncmds = sizeof(dp_cmds) / sizeof(dp_cmds[0]);

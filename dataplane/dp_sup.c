@@ -1,0 +1,472 @@
+/*
+ * dp_sup.c - the supervisor event loop; the design is in dp_sup.h.
+ */
+#include "dp_sup.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dp_notify.h"
+#include "favo_base.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+enum { ST_RUNNING, ST_BACKOFF, ST_DONE };
+
+struct sup_stage {
+    const struct dp_sup_stage_cfg *cfg;
+    int state;
+    pid_t pid;
+    int pidfd;                 /* invariant 1: >= 0 iff pid is live */
+    uint64_t restart_at;       /* ST_BACKOFF: when to spawn again */
+    uint64_t exit_seen;        /* when the last exit was noticed */
+    uint64_t fails[16];        /* ring of failure times for the breaker */
+    unsigned nfails;
+};
+
+struct sup {
+    const struct dp_sup_cfg *cfg;
+    struct sup_stage st[DP_SUP_MAX_STAGES];
+    int ep, sfd, tfd;
+    bool draining;
+    uint64_t drain_deadline;
+    uint64_t wd_interval, wd_next;
+    unsigned breaker_fails;
+    uint64_t breaker_window, backoff_base, backoff_max;
+};
+
+/* Tag values for epoll: stage index, or these. */
+#define TAG_SIG 100u
+#define TAG_TIMER 101u
+
+void dp_sup_cfg_init(struct dp_sup_cfg *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->data_fd = -1;
+    cfg->event_fd = -1;
+}
+
+int dp_sup_add(struct dp_sup_cfg *cfg, const char *name, const char *const *args)
+{
+    struct dp_sup_stage_cfg *s;
+    unsigned n = 0;
+
+    if (cfg->nstages >= DP_SUP_MAX_STAGES)
+        return -E2BIG;
+    s = &cfg->stages[cfg->nstages];
+    memset(s, 0, sizeof(*s));
+    s->name = name;
+    for (; args && args[n]; n++) {
+        if (n + 1 >= DP_SUP_MAX_ARGS)
+            return -E2BIG;
+        s->args[n] = args[n];
+    }
+    return (int)cfg->nstages++;
+}
+
+static void sup_event(struct sup *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sup_event(struct sup *s, const char *fmt, ...)
+{
+    char buf[160];
+    va_list ap;
+    int n;
+
+    if (s->cfg->event_fd < 0)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof(buf) - 2)
+        n = (int)sizeof(buf) - 2;
+    buf[n++] = '\n';
+    /* One write per line so readers never see half a line (pipe < PIPE_BUF). */
+    if (write(s->cfg->event_fd, buf, (size_t)n) < 0)
+        favo_debug("supervisor event pipe: %s", strerror(errno));
+}
+
+/* Child side of fork: never returns. Async-signal-safe calls only. */
+static _Noreturn void sup_child(const struct sup *s, const struct dp_sup_stage_cfg *c,
+                                const char *exe)
+{
+    const char *argv[DP_SUP_MAX_ARGS + 4];
+    unsigned n = 0;
+    sigset_t none;
+
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (getppid() == 1)
+        _exit(127); /* the supervisor already died */
+    if (c->pin)
+        sched_setaffinity(0, sizeof(c->cpus), &c->cpus);
+    if (s->cfg->data_fd >= 0) {
+        if (s->cfg->data_fd == DP_SUP_DATA_FD)
+            fcntl(DP_SUP_DATA_FD, F_SETFD, 0);
+        else if (dup2(s->cfg->data_fd, DP_SUP_DATA_FD) < 0)
+            _exit(127);
+    }
+    argv[n++] = exe;
+    argv[n++] = "stage";
+    argv[n++] = c->name;
+    for (unsigned i = 0; c->args[i]; i++)
+        argv[n++] = c->args[i];
+    argv[n] = NULL;
+    execv(exe, (char *const *)argv);
+    _exit(127);
+}
+
+static int sup_spawn(struct sup *s, unsigned i)
+{
+    struct sup_stage *st = &s->st[i];
+    const char *exe = s->cfg->exe ? s->cfg->exe : "/proc/self/exe";
+    struct epoll_event ev = { .events = EPOLLIN, .data.u32 = i };
+    pid_t pid;
+    int fd;
+
+    FAVO_ASSERT(st->pidfd < 0); /* invariant 1 */
+    pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0)
+        sup_child(s, st->cfg, exe);
+    /* Race-free: the child cannot be reaped (and its pid reused) before we
+     * wait on it, and only we wait. */
+    fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd < 0) {
+        int e = errno;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -e;
+    }
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(fd);
+        return -e;
+    }
+    st->pid = pid;
+    st->pidfd = fd;
+    st->state = ST_RUNNING;
+    sup_event(s, "spawn %s %d", st->cfg->name, (int)pid);
+    return 0;
+}
+
+static void sup_kill_all(struct sup *s, int sig)
+{
+    for (unsigned i = 0; i < s->cfg->nstages; i++)
+        if (s->st[i].pidfd >= 0)
+            syscall(SYS_pidfd_send_signal, s->st[i].pidfd, sig, NULL, 0);
+}
+
+static void sup_reap_all(struct sup *s)
+{
+    for (unsigned i = 0; i < s->cfg->nstages; i++) {
+        struct sup_stage *st = &s->st[i];
+
+        if (st->pidfd < 0)
+            continue;
+        siginfo_t si;
+        memset(&si, 0, sizeof(si));
+        waitid((idtype_t)P_PIDFD, (id_t)st->pidfd, &si, WEXITED);
+        close(st->pidfd);
+        st->pidfd = -1;
+        st->pid = 0;
+        st->state = ST_DONE;
+    }
+}
+
+static bool sup_none_running(const struct sup *s)
+{
+    for (unsigned i = 0; i < s->cfg->nstages; i++)
+        if (s->st[i].pidfd >= 0)
+            return false;
+    return true;
+}
+
+/* Count failures of stage st inside the breaker window, after adding now. */
+static unsigned sup_fail(struct sup *s, struct sup_stage *st, uint64_t now)
+{
+    unsigned cap = sizeof(st->fails) / sizeof(st->fails[0]), n = 0;
+
+    st->fails[st->nfails++ % cap] = now;
+    for (unsigned k = 0; k < cap && k < st->nfails; k++)
+        if (now - st->fails[k] <= s->breaker_window)
+            n++;
+    return n; /* invariant 3: each failure stored once, counted by time */
+}
+
+static void sup_arm_timer(struct sup *s)
+{
+    uint64_t next = UINT64_MAX;
+    struct itimerspec its;
+
+    memset(&its, 0, sizeof(its));
+    for (unsigned i = 0; i < s->cfg->nstages; i++)
+        if (s->st[i].state == ST_BACKOFF && s->st[i].restart_at < next)
+            next = s->st[i].restart_at;
+    if (s->draining && s->drain_deadline < next)
+        next = s->drain_deadline;
+    if (s->wd_interval && s->wd_next < next)
+        next = s->wd_next;
+    if (next != UINT64_MAX) {
+        if (next == 0)
+            next = 1;
+        its.it_value.tv_sec = (time_t)(next / 1000000000ull);
+        its.it_value.tv_nsec = (long)(next % 1000000000ull);
+    }
+    timerfd_settime(s->tfd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+static const char *sup_describe(const siginfo_t *si, char *buf, size_t len)
+{
+    if (si->si_code == CLD_EXITED)
+        snprintf(buf, len, "exit=%d", si->si_status);
+    else
+        snprintf(buf, len, "signal=%s", sigabbrev_np(si->si_status) ? sigabbrev_np(si->si_status) : "?");
+    return buf;
+}
+
+/* A stage's pidfd is readable: reap it, then restart, back off or trip. */
+static int sup_on_exit(struct sup *s, unsigned i)
+{
+    struct sup_stage *st = &s->st[i];
+    uint64_t now = favo_now_ns();
+    siginfo_t si;
+    char how[32];
+
+    memset(&si, 0, sizeof(si));
+    if (waitid((idtype_t)P_PIDFD, (id_t)st->pidfd, &si, WEXITED | WNOHANG) < 0 ||
+        si.si_pid == 0)
+        return 0; /* spurious */
+    epoll_ctl(s->ep, EPOLL_CTL_DEL, st->pidfd, NULL);
+    close(st->pidfd);
+    st->pidfd = -1;
+    sup_describe(&si, how, sizeof(how));
+    sup_event(s, "exit %s %d %s", st->cfg->name, (int)st->pid, how);
+    st->pid = 0;
+    st->exit_seen = now;
+    if (s->draining) { /* invariant 2 */
+        st->state = ST_DONE;
+        favo_info("stage %s ended during drain (%s)", st->cfg->name, how);
+        return 0;
+    }
+    unsigned n = sup_fail(s, st, now);
+    if (n >= s->breaker_fails) {
+        favo_err("stage %s failed %u times in %.0f s (%s): circuit breaker open, not ready, "
+                 "exiting", st->cfg->name, n, (double)s->breaker_window / 1e9, how);
+        dp_notify_status("breaker open: stage %s failed %u times", st->cfg->name, n);
+        sup_event(s, "breaker %s", st->cfg->name);
+        return -1;
+    }
+    uint64_t delay = 0;
+    if (n >= 2) {
+        unsigned sh = n - 2 > 30 ? 30 : n - 2;
+        delay = s->backoff_base << sh;
+        if (delay > s->backoff_max)
+            delay = s->backoff_max;
+    }
+    favo_warn("stage %s died (%s), failure %u/%u in window; restart in %.1f ms",
+              st->cfg->name, how, n, s->breaker_fails, (double)delay / 1e6);
+    st->state = ST_BACKOFF;
+    st->restart_at = now + delay;
+    return 0;
+}
+
+static int sup_restart_due(struct sup *s)
+{
+    uint64_t now = favo_now_ns();
+
+    for (unsigned i = 0; i < s->cfg->nstages; i++) {
+        struct sup_stage *st = &s->st[i];
+
+        if (st->state != ST_BACKOFF || st->restart_at > now)
+            continue;
+        int rc = sup_spawn(s, i);
+        if (rc < 0) {
+            favo_err("restart of stage %s: %s", st->cfg->name, strerror(-rc));
+            return -1;
+        }
+        uint64_t lat = favo_now_ns() - st->exit_seen;
+        sup_event(s, "restart %s %d %llu", st->cfg->name, (int)st->pid,
+                  (unsigned long long)lat);
+    }
+    return 0;
+}
+
+static void sup_start_drain(struct sup *s)
+{
+    uint64_t t = (uint64_t)((s->cfg->drain_timeout_s > 0 ? s->cfg->drain_timeout_s : 30.0) * 1e9);
+
+    s->draining = true;
+    s->drain_deadline = favo_now_ns() + t;
+    dp_notify_stopping();
+    dp_notify_status("draining (up to %.1f s)", (double)t / 1e9);
+    favo_info("draining: telling stages to finish, up to %.1f s", (double)t / 1e9);
+    for (unsigned i = 0; i < s->cfg->nstages; i++)
+        if (s->st[i].state == ST_BACKOFF)
+            s->st[i].state = ST_DONE; /* invariant 2 */
+    sup_kill_all(s, SIGTERM);
+}
+
+static int sup_setup(struct sup *s, const struct dp_sup_cfg *cfg, sigset_t *old)
+{
+    sigset_t set;
+    struct epoll_event ev = { .events = EPOLLIN };
+
+    memset(s, 0, sizeof(*s));
+    s->cfg = cfg;
+    s->ep = s->sfd = s->tfd = -1;
+    for (unsigned i = 0; i < DP_SUP_MAX_STAGES; i++)
+        s->st[i].pidfd = -1;
+    s->breaker_fails = cfg->breaker_fails ? cfg->breaker_fails : 5;
+    s->breaker_window = cfg->breaker_window_ns ? cfg->breaker_window_ns : 60000000000ull;
+    s->backoff_base = cfg->backoff_base_ns ? cfg->backoff_base_ns : 10000000ull;
+    s->backoff_max = cfg->backoff_max_ns ? cfg->backoff_max_ns : 5000000000ull;
+    if (cfg->nstages == 0 || cfg->nstages > DP_SUP_MAX_STAGES)
+        return -EINVAL;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGPIPE);
+    if (sigprocmask(SIG_BLOCK, &set, old) < 0)
+        return -errno;
+    sigdelset(&set, SIGCHLD); /* pidfds tell us; SIGCHLD stays blocked */
+    sigdelset(&set, SIGPIPE);
+    s->sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    s->ep = epoll_create1(EPOLL_CLOEXEC);
+    s->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (s->sfd < 0 || s->ep < 0 || s->tfd < 0)
+        return -errno;
+    ev.data.u32 = TAG_SIG;
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->sfd, &ev) < 0)
+        return -errno;
+    ev.data.u32 = TAG_TIMER;
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->tfd, &ev) < 0)
+        return -errno;
+    s->wd_interval = dp_notify_watchdog_interval_ns();
+    /* Stages must not ping systemd's watchdog as if they were us. */
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("WATCHDOG_PID");
+    unsetenv("NOTIFY_SOCKET");
+    return 0;
+}
+
+int dp_sup_run(const struct dp_sup_cfg *cfg)
+{
+    struct sup s;
+    sigset_t old;
+    int rc, ret = 1;
+
+    sigprocmask(SIG_BLOCK, NULL, &old);
+    rc = sup_setup(&s, cfg, &old);
+    if (rc < 0) {
+        favo_err("supervisor setup: %s", strerror(-rc));
+        goto out;
+    }
+    for (unsigned i = 0; i < cfg->nstages; i++) {
+        s.st[i].cfg = &cfg->stages[i];
+        rc = sup_spawn(&s, i);
+        if (rc < 0) {
+            favo_err("spawn of stage %s: %s", cfg->stages[i].name, strerror(-rc));
+            goto kill;
+        }
+    }
+    dp_notify_ready();
+    dp_notify_status("running %u stages", cfg->nstages);
+    favo_info("supervisor: %u stages running", cfg->nstages);
+    if (s.wd_interval) {
+        dp_notify_watchdog();
+        s.wd_next = favo_now_ns() + s.wd_interval;
+    }
+    for (;;) {
+        struct epoll_event evs[DP_SUP_MAX_STAGES + 2];
+
+        sup_arm_timer(&s);
+        int n = epoll_wait(s.ep, evs, (int)(sizeof(evs) / sizeof(evs[0])), -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            favo_err("supervisor epoll_wait: %s", strerror(errno));
+            goto kill;
+        }
+        for (int k = 0; k < n; k++) {
+            uint32_t tag = evs[k].data.u32;
+
+            if (tag == TAG_SIG) {
+                struct signalfd_siginfo ssi;
+                while (read(s.sfd, &ssi, sizeof(ssi)) == (ssize_t)sizeof(ssi)) {
+                    if (ssi.ssi_signo == SIGHUP) {
+                        favo_info("SIGHUP: forwarding reload to the stages");
+                        sup_kill_all(&s, SIGHUP);
+                    } else if (s.draining) {
+                        favo_warn("second stop signal: killing the stages, exiting now");
+                        goto kill;
+                    } else {
+                        sup_start_drain(&s);
+                    }
+                }
+            } else if (tag == TAG_TIMER) {
+                uint64_t exp;
+                if (read(s.tfd, &exp, sizeof(exp)) < 0 && errno != EAGAIN)
+                    favo_debug("timerfd read: %s", strerror(errno));
+            } else if (tag < DP_SUP_MAX_STAGES && s.st[tag].pidfd >= 0) {
+                if (sup_on_exit(&s, tag) < 0)
+                    goto kill;
+            }
+        }
+        uint64_t now = favo_now_ns();
+        if (s.wd_interval && now >= s.wd_next) {
+            dp_notify_watchdog();
+            s.wd_next = now + s.wd_interval;
+        }
+        if (s.draining) {
+            if (sup_none_running(&s)) {
+                favo_info("drained: every stage has exited");
+                sup_event(&s, "drained");
+                ret = 0;
+                goto out;
+            }
+            if (now >= s.drain_deadline) {
+                favo_warn("drain timeout: killing the stages still running");
+                sup_kill_all(&s, SIGKILL);
+                sup_reap_all(&s);
+                sup_event(&s, "drained");
+                ret = 0;
+                goto out;
+            }
+        } else if (sup_restart_due(&s) < 0) {
+            goto kill;
+        }
+    }
+kill:
+    sup_kill_all(&s, SIGKILL); /* invariant 3: no orphans after we give up */
+    sup_reap_all(&s);
+out:
+    if (s.ep >= 0)
+        close(s.ep);
+    if (s.sfd >= 0)
+        close(s.sfd);
+    if (s.tfd >= 0)
+        close(s.tfd);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return ret;
+}

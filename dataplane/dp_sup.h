@@ -1,0 +1,83 @@
+/*
+ * dp_sup.h - the supervisor: spawns the pipeline stages as child processes
+ * of the same binary, watches them through pidfds, restarts them, drains
+ * them on SIGTERM, and gives up (circuit breaker) when a stage keeps dying.
+ *
+ * Who does what
+ *   The supervisor process owns every field of struct dp_sup (single
+ *   threaded, one epoll loop over: a signalfd for SIGTERM/SIGINT/SIGHUP,
+ *   one pidfd per running stage, one timerfd for backoff, drain deadline
+ *   and watchdog pings). Stages are `EXE stage NAME ARGS...` (dp_cmd_stage.c),
+ *   started with fork+exec; the child unblocks signals, asks for SIGKILL
+ *   when the supervisor dies (PR_SET_PDEATHSIG), pins itself to its cores
+ *   and finds the data-segment fd at DP_SUP_DATA_FD.
+ *
+ * Stage lifecycle (one row per stage)
+ *
+ *     spawn() --> RUNNING --exit/kill--> (failure recorded)
+ *        ^                                   |
+ *        |   delay 0 for the first failure,  v
+ *        +---- base*2^(n-2) after more --- BACKOFF
+ *                                            |
+ *          >= breaker_fails in breaker_window: BROKEN -> kill all, exit 1
+ *
+ *     SIGTERM/SIGINT: DRAINING - SIGTERM to every stage, no restarts, wait
+ *     for all to exit or drain_timeout (then SIGKILL); exit 0. A second
+ *     SIGTERM/SIGINT: SIGKILL every stage and exit 1 at once.
+ *     SIGHUP: forwarded to every running stage (reload).
+ *
+ * Invariants
+ *   1. A stage has a pidfd iff it has a live (unreaped) child pid.
+ *   2. Restarts never happen while draining.
+ *   3. Every failure inside the breaker window is counted once; the
+ *      supervisor never outlives a breaker trip with children alive.
+ *
+ * Events: when cfg.event_fd >= 0 the supervisor writes one metadata line
+ * per event ("spawn NAME PID", "exit NAME PID STATUS", "restart NAME PID
+ * LATENCY_NS", "breaker NAME", "drained"): tests and `favo stat` style
+ * tools read it; it never carries request content (invariant 5).
+ */
+#ifndef DP_SUP_H
+#define DP_SUP_H
+
+#include <sched.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define DP_SUP_MAX_STAGES 8
+#define DP_SUP_MAX_ARGS 16
+#define DP_SUP_DATA_FD 3  /* the data segment fd number inside a stage */
+
+struct dp_sup_stage_cfg {
+    const char *name;                   /* registered stage: "sleeper", ... */
+    const char *args[DP_SUP_MAX_ARGS];  /* extra argv after NAME, NULL-ended */
+    bool pin;                           /* apply cpus with sched_setaffinity */
+    cpu_set_t cpus;
+};
+
+struct dp_sup_cfg {
+    const char *exe;          /* NULL: /proc/self/exe */
+    unsigned nstages;
+    struct dp_sup_stage_cfg stages[DP_SUP_MAX_STAGES];
+    double drain_timeout_s;   /* 0: default 30 */
+    unsigned breaker_fails;   /* 0: default 5 */
+    uint64_t breaker_window_ns; /* 0: default 60 s */
+    uint64_t backoff_base_ns; /* 0: default 10 ms */
+    uint64_t backoff_max_ns;  /* 0: default 5 s */
+    int data_fd;              /* -1: none; else dup2'd to DP_SUP_DATA_FD */
+    int event_fd;             /* -1: none; see "Events" above */
+};
+
+void dp_sup_cfg_init(struct dp_sup_cfg *cfg);
+/* Add a stage; args is NULL-ended or NULL. Returns its index or -E2BIG. */
+int dp_sup_add(struct dp_sup_cfg *cfg, const char *name, const char *const *args);
+
+/*
+ * Run the supervisor until drained (returns 0), a breaker trip or a setup
+ * error (returns 1), or a second stop signal (returns 1). Blocks SIGTERM,
+ * SIGINT, SIGHUP and SIGCHLD in the calling thread; call it from a single-
+ * threaded process.
+ */
+int dp_sup_run(const struct dp_sup_cfg *cfg);
+
+#endif /* DP_SUP_H */
