@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -92,6 +93,7 @@ static pid_t start_worker(unsigned idx, const struct ing_keys *ks, int port_fd)
 
     if (pid == 0) {
         struct ing_cfg cfg = { 0 };
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive a test that died */
         cfg.port = port;
         cfg.worker = idx;
         cfg.port_fd = port_fd;
