@@ -1,0 +1,121 @@
+/*
+ * dp_bench.h - the engine of `favo bench`: an io_uring load generator for
+ * OpenAI-compatible servers (favo, llama.cpp's server, vLLM), written for
+ * tail-latency work. Prefix dp_bench_.
+ *
+ * What it measures, per request:
+ *   TTFT  first SSE "data:" event (not [DONE]) minus the INTENDED send time
+ *   ITL   gap between consecutive data events of one request (events that
+ *         arrive in one recv() get a gap of 0: that is what a client saw)
+ *   E2E   end of the response body minus the INTENDED send time
+ * Non-streaming requests give E2E only.
+ *
+ * Arrivals:
+ *   open loop   --rate R, Poisson (exponential gaps) or constant. Request i
+ *               has an intended time t_i fixed by the schedule alone. When
+ *               all --max-connections are busy it waits in a FIFO; the wait
+ *               counts, because latency starts at t_i (no coordinated
+ *               omission: a stalled server shows its stall in the tail).
+ *   closed loop --concurrency C: C requests in flight; a request's intended
+ *               time is the moment the previous one finished.
+ *
+ * Connections: one TCP connection per request, "Connection: close"; the
+ * connect time is part of every latency (on loopback it is ~20 us). The
+ * body ends at the terminal chunk, at Content-Length, or at EOF.
+ *
+ *   FREE --start--> CONNECT --ok--> SEND --all sent--> RECV --body end/EOF--> FREE
+ *                      |              |                  |
+ *                      +--error-------+------------------+--> FREE (counted)
+ *
+ * Statistics: every sample is kept (double, milliseconds). Percentile p of
+ * n sorted samples is the nearest rank: x[ceil(p/100 * n) - 1] (p=0: x[0]).
+ *
+ * Output tokens: the count of data events (one token per event, as favo,
+ * llama.cpp and vLLM stream) or, non-streaming, usage.completion_tokens.
+ *
+ * Invariants:
+ *   1. a connection slot has at most one io_uring operation in flight; its
+ *      user_data is the slot index.
+ *   2. every request that was scheduled ends in exactly one of: ok, an HTTP
+ *      status error, a connection/protocol error, a timeout.
+ *   3. no prompt or generated text is logged or written anywhere: the report
+ *      holds numbers only (ARCHITECTURE invariant 5).
+ */
+#ifndef DP_BENCH_H
+#define DP_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct dp_bench_work {
+    int in_tokens;       /* prompt length (synthesized text) */
+    int out_tokens;      /* max_tokens */
+    double weight;       /* relative frequency */
+    char *prompt;        /* NULL: synthesize in_tokens words */
+};
+
+/* Built-in profile "mix": the product brief's specialist mix, equal weights. */
+extern const struct dp_bench_work dp_bench_mix[6];
+extern const char *const dp_bench_mix_names[6];
+
+struct dp_bench_cfg {
+    char host[256];
+    int port;
+    char path[512];      /* full request path, e.g. /v1/chat/completions */
+    const char *model;   /* NULL: no "model" field */
+    const char *api_key; /* NULL: no Authorization header */
+    bool chat, stream, poisson, progress;
+    double rate;         /* open loop when > 0 */
+    int concurrency;     /* closed loop when > 0 */
+    double duration;     /* seconds of arrivals; 0: use requests */
+    long requests;       /* 0: use duration */
+    int max_conns;
+    double timeout_s;    /* per request */
+    uint64_t seed;
+    const struct dp_bench_work *work;
+    int nwork;
+};
+
+struct dp_bench_samples {
+    double *v;
+    size_t n, cap;
+};
+
+struct dp_bench_res {
+    struct dp_bench_samples ttft, itl, e2e;
+    long scheduled, ok, http_err, conn_err, proto_err, timeouts;
+    long by_status[600];
+    long out_tokens;
+    double wall_s;       /* first intended send to last completion */
+    double rate;         /* offered rate, 0 for closed loop */
+};
+
+/* Parse http://host[:port][/prefix] and set cfg->host, port and path
+ * (prefix + /v1/completions or /v1/chat/completions). -EINVAL with a message
+ * in err for anything else (https is not supported). */
+int dp_bench_set_url(struct dp_bench_cfg *cfg, const char *url, char *err, size_t errn);
+/* Read FILE.jsonl ({"prompt":...,"max_tokens":...} per line). Returns the
+ * count, or -errno / -EINVAL with err naming the line and field. */
+int dp_bench_load_prompts(const char *file, struct dp_bench_work **out, char *err,
+                          size_t errn);
+void dp_bench_free_prompts(struct dp_bench_work *w, int n);
+
+/* Run one load test. Returns 0, or -errno when it could not run at all. */
+int dp_bench_run(const struct dp_bench_cfg *cfg, struct dp_bench_res *res);
+void dp_bench_res_free(struct dp_bench_res *res);
+
+/* Nearest-rank percentile of s (sorts it). NAN when empty. */
+double dp_bench_pct(struct dp_bench_samples *s, double p);
+/* Look up "ttft_p99_ms" style metric names; -EINVAL when unknown. */
+int dp_bench_metric(struct dp_bench_res *res, const char *name, double *v);
+
+void dp_bench_table(FILE *f, struct dp_bench_res *res);
+/* One JSON object for one run (no trailing newline). */
+void dp_bench_json_run(FILE *f, struct dp_bench_res *res);
+/* Latency-percentile chart: x = percentile on a "nines" scale
+ * (-log10(1 - p/100), 0..99.99), y = ms, one line per metric. */
+int dp_bench_svg(FILE *f, struct dp_bench_res *res, const char *title);
+
+#endif /* DP_BENCH_H */
