@@ -145,8 +145,10 @@ int egr_resp_init(struct egr_resp *r, const struct egr_resp_cfg *cfg, char *area
  * contributes no text), and writes the resulting events. Returns EGR_*
  * bits (0: more to come), -EAGAIN when the area has no room for the worst
  * case of this call (nothing changed: drain and repeat), -ENOBUFS for a
- * non-streaming body that outgrew the area (the response is lost: answer
- * 500), -ERANGE for a bad id. */
+ * non-streaming body that outgrew the area, or a stream whose EMPTY area
+ * is smaller than egr_resp_need (the response is lost: answer 500 or
+ * close), -ERANGE for a bad id, -E2BIG for a tokenizer whose pieces
+ * exceed the internal 2 KiB text buffer. */
 int egr_resp_token(struct egr_resp *r, const eng_tok_t *tok, int32_t id, char *area, size_t cap);
 
 /* The same for a token already turned into bytes (eog: it was an EOG). */

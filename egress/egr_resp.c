@@ -339,7 +339,7 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const char
         return -E2BIG;
     /* invariant 1: refuse before any state changes */
     if (r->stream && cap - r->pending < egr_resp_need(r, text_max))
-        return -EAGAIN;
+        return r->pending ? -EAGAIN : -ENOBUFS;
 
     r->completion_tokens++;
     if (!eog) {
@@ -385,7 +385,7 @@ int egr_resp_finish(struct egr_resp *r, int reason, char *area, size_t cap)
     if (reason != EGR_FIN_STOP && reason != EGR_FIN_LENGTH)
         return -EINVAL;
     if (r->stream && cap - r->pending < egr_resp_need(r, 0))
-        return -EAGAIN;
+        return r->pending ? -EAGAIN : -ENOBUFS;
     rc = finish(r, area, cap, reason, false);
     return rc < 0 ? rc : EGR_DONE;
 }

@@ -1,0 +1,589 @@
+/*
+ * test-egress-fmt.c - egress formatting (egress/egr.h).
+ *
+ *   json:     egr_json_str escapes exactly, never splits UTF-8 at -ENOSPC.
+ *   head:     exact response heads; CR/LF in X-Request-Id refused.
+ *   streams:  exact bytes of scripted chat and completions streams (with
+ *             usage, stops split across tokens and UTF-8 characters,
+ *             max_tokens, EOG); chunked framing parsed back strictly;
+ *             every SSE event is JSON that yajl accepts.
+ *   bodies:   exact non-streaming bodies; Content-Length is the body's.
+ *   pressure: a small area and a slow reader give -EAGAIN, never an
+ *             overflow, and the same bytes as a large area.
+ *   log:      the access line is JSON with the fields named; a marker in
+ *             the prompt/output cannot reach it.
+ *   tokens:   real token ids through a GGUF tokenizer (skipped without
+ *             $FAVO_MODELS).
+ *
+ * `test-egress-fmt --emit <case>` writes one case's raw response to
+ * stdout for test-egress-sdk.py (the OpenAI SDK's models).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_tree.h>
+
+#include "egr.h"
+#include "eng_gguf.h"
+#include "favo_base.h"
+#include "t_util.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
+            fprintf(stderr, __VA_ARGS__);                                       \
+            fputc('\n', stderr);                                                \
+            failures++;                                                         \
+        }                                                                       \
+    } while (0)
+
+/* ---- helpers ---------------------------------------------------------- */
+
+struct piece {
+    const char *p;
+    int eog;
+};
+
+struct out {
+    char buf[1 << 16];
+    size_t len;
+    int rc;          /* last return of the script */
+    int eagain;      /* -EAGAIN seen */
+};
+
+static void drain(struct egr_resp *r, char *area, struct out *o, size_t max)
+{
+    size_t n = egr_resp_pending(r);
+
+    if (n > max)
+        n = max;
+    FAVO_ASSERT(o->len + n <= sizeof(o->buf));
+    memcpy(o->buf + o->len, area, n);
+    o->len += n;
+    egr_resp_consume(r, area, n);
+}
+
+/* Runs a script; the reader takes at most `step` bytes when the area is
+ * full (SIZE_MAX: everything after every call). The area is malloc'd with
+ * exactly cap bytes so ASan sees any overflow. */
+static void run(const struct egr_resp_cfg *cfg, const struct piece *ps, size_t n, size_t cap,
+                size_t step, int finish_reason, struct out *o)
+{
+    char *area = malloc(cap);
+    struct egr_resp r;
+    int rc;
+
+    memset(o, 0, sizeof(*o));
+    rc = egr_resp_init(&r, cfg, area, cap);
+    CHECK(rc >= 0, "init: %d", rc);
+    if (rc < 0)
+        goto out;
+    for (size_t i = 0; i < n || finish_reason; i++) {
+        for (;;) {
+            if (i < n)
+                rc = egr_resp_bytes(&r, ps[i].p, strlen(ps[i].p), ps[i].eog, area, cap);
+            else
+                rc = egr_resp_finish(&r, finish_reason, area, cap);
+            if (rc != -EAGAIN)
+                break;
+            o->eagain++;
+            CHECK(egr_resp_pending(&r) > 0, "-EAGAIN with nothing pending");
+            if (!egr_resp_pending(&r))
+                goto out;
+            drain(&r, area, o, step);
+        }
+        o->rc = rc;
+        if (rc < 0 || (rc & EGR_DONE))
+            break;
+        if (step == SIZE_MAX)
+            drain(&r, area, o, SIZE_MAX);
+    }
+    drain(&r, area, o, SIZE_MAX);
+out:
+    egr_scrub(&r, area, cap);
+    free(area);
+}
+
+/* Strict HTTP/1.1 chunked decoding of o's body into body; returns its
+ * length or -1. head_len gets the head's length. */
+static long dechunk(const char *s, size_t len, char *body, size_t *head_len)
+{
+    const char *e = NULL;
+    size_t i, bl = 0;
+
+    for (i = 0; i + 4 <= len; i++)
+        if (!memcmp(s + i, "\r\n\r\n", 4)) {
+            e = s + i + 4;
+            break;
+        }
+    if (!e)
+        return -1;
+    *head_len = (size_t)(e - s);
+    i = *head_len;
+    for (;;) {
+        size_t sz = 0, d = 0;
+        while (i < len && strchr("0123456789abcdef", s[i]) && s[i]) {
+            sz = sz * 16 + (size_t)(s[i] <= '9' ? s[i] - '0' : s[i] - 'a' + 10);
+            i++, d++;
+        }
+        if (!d || i + 2 > len || memcmp(s + i, "\r\n", 2))
+            return -1;
+        i += 2;
+        if (sz == 0)
+            return i + 2 == len && !memcmp(s + i, "\r\n", 2) ? (long)bl : -1;
+        if (i + sz + 2 > len || memcmp(s + i + sz, "\r\n", 2))
+            return -1;
+        memcpy(body + bl, s + i, sz);
+        bl += sz;
+        i += sz + 2;
+    }
+}
+
+/* Independent framing of the expected events. */
+static size_t frame(char *dst, const char *const *ev, size_t n)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)sprintf(dst + o, "%zx\r\n%s\r\n", strlen(ev[i]), ev[i]);
+    memcpy(dst + o, "0\r\n\r\n", 5);
+    return o + 5;
+}
+
+/* Each SSE event must be "data: <json>\n\n" with JSON yajl accepts, or
+ * "data: [DONE]\n\n" last. Appends the text deltas to text. Returns the
+ * number of events, -1 on a malformed stream. */
+static int sse_check(const char *body, size_t len, int chat, char *text, size_t *tl,
+                     char *finish, size_t fcap)
+{
+    size_t i = 0;
+    int n = 0, done = 0;
+
+    *tl = 0;
+    finish[0] = 0;
+    while (i < len) {
+        const char *end = NULL;
+        char ev[8192], eb[256];
+        for (size_t j = i; j + 1 < len; j++)
+            if (body[j] == '\n' && body[j + 1] == '\n') {
+                end = body + j;
+                break;
+            }
+        if (!end || done || strncmp(body + i, "data: ", 6))
+            return -1;
+        size_t el = (size_t)(end - body) - i - 6;
+        memcpy(ev, body + i + 6, el);
+        ev[el] = 0;
+        i = (size_t)(end - body) + 2;
+        n++;
+        if (!strcmp(ev, "[DONE]")) {
+            done = 1;
+            continue;
+        }
+        yajl_val v = yajl_tree_parse(ev, eb, sizeof(eb));
+        if (!v) {
+            fprintf(stderr, "event %d: yajl: %s\n", n, eb);
+            return -1;
+        }
+        const char *obj_p[] = {"object", NULL}, *ch_p[] = {"choices", NULL};
+        yajl_val obj = yajl_tree_get(v, obj_p, yajl_t_string);
+        yajl_val ch = yajl_tree_get(v, ch_p, yajl_t_array);
+        if (!obj || strcmp(obj->u.string, chat ? "chat.completion.chunk" : "text_completion") ||
+            !ch) {
+            yajl_tree_free(v);
+            return -1;
+        }
+        if (YAJL_GET_ARRAY(ch)->len == 1) {
+            yajl_val c = YAJL_GET_ARRAY(ch)->values[0];
+            const char *tp[] = {"delta", "content", NULL}, *tp2[] = {"text", NULL},
+                       *fp[] = {"finish_reason", NULL};
+            yajl_val t = yajl_tree_get(c, chat ? tp : tp2, yajl_t_string);
+            yajl_val f = yajl_tree_get(c, fp, yajl_t_string);
+            if (t) {
+                size_t l = strlen(t->u.string);
+                memcpy(text + *tl, t->u.string, l);
+                *tl += l;
+            }
+            if (f)
+                snprintf(finish, fcap, "%s", f->u.string);
+        }
+        yajl_tree_free(v);
+    }
+    return done ? n : -1;
+}
+
+#define HEAD_SSE                                                                                   \
+    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: "         \
+    "no-cache\r\nTransfer-Encoding: chunked\r\nX-Request-Id: req-1\r\nConnection: keep-alive\r\n"  \
+    "x-ratelimit-remaining-requests: 9\r\n\r\n"
+#define PRE_CHAT                                                                                   \
+    "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,"  \
+    "\"model\":\"smollm\",\"system_fingerprint\":\"fp_favo\","
+#define PRE_CMPL                                                                                   \
+    "data: {\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,"            \
+    "\"model\":\"smollm\",\"system_fingerprint\":\"fp_favo\","
+#define CHAT_DELTA(d, f) "\"choices\":[{\"index\":0,\"delta\":" d ",\"logprobs\":null,\"finish_reason\":" f "}]"
+#define CMPL_TEXT(t, f) "\"choices\":[{\"text\":\"" t "\",\"index\":0,\"logprobs\":null,\"finish_reason\":" f "}]"
+
+static struct egr_resp_cfg base_cfg(int route, int stream, int usage)
+{
+    return (struct egr_resp_cfg){
+        .route = (uint8_t)route, .stream = (uint8_t)stream, .include_usage = (uint8_t)usage,
+        .keep_alive = 1, .prompt_tokens = 5, .created = 1700000000,
+        .id = route == EGR_CHAT ? "chatcmpl-abc" : "cmpl-abc", .model = "smollm",
+        .fingerprint = "fp_favo", .request_id = "req-1",
+        .extra_head = "x-ratelimit-remaining-requests: 9\r\n"};
+}
+
+static void expect_stream(const char *what, const struct out *o, const char *head,
+                          const char *const *ev, size_t n)
+{
+    static char want[1 << 16];
+    size_t hl = strlen(head);
+
+    memcpy(want, head, hl);
+    size_t wl = hl + frame(want + hl, ev, n);
+    CHECK(o->len == wl && !memcmp(o->buf, want, wl), "%s: bytes differ\n got: %.*s\nwant: %.*s", what,
+          (int)o->len, o->buf, (int)wl, want);
+}
+
+/* ---- tests ------------------------------------------------------------ */
+
+static void test_json(void)
+{
+    char out[64];
+    int n = egr_json_str(out, sizeof(out), "a\"b\\c\n\t\x01\x1f\x7f", 10);
+    CHECK(n == 24 && !memcmp(out, "a\\\"b\\\\c\\n\\t\\u0001\\u001f\x7f", 24), "escape: %.*s", n, out);
+    n = egr_json_str(out, sizeof(out), "é✓𝔘", 9);
+    CHECK(n == 9 && !memcmp(out, "é✓𝔘", 9), "utf-8 passes");
+    n = egr_json_str(out, sizeof(out), "a\xc3(\xed\xa0\x80\xc0\xaf", 8);
+    CHECK(n == 2 + 6 * 6 && !memcmp(out, "a\\ufffd(\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd", 38),
+          "invalid: %.*s", n, out);
+    memset(out, 'X', sizeof(out));
+    n = egr_json_str(out, 4, "ab✓", 5);
+    CHECK(n == -ENOSPC && out[1] == 'b' && out[2] == 'X', "no split on -ENOSPC");
+    CHECK(egr_json_str(out, 0, "", 0) == 0, "empty");
+}
+
+static void test_head(void)
+{
+    char out[512];
+    struct egr_head h = {.status = 200, .content_length = 42, .request_id = "r1"};
+    int n = egr_head(out, sizeof(out), &h);
+    const char *want = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
+                       "Content-Length: 42\r\nX-Request-Id: r1\r\nConnection: close\r\n\r\n";
+    CHECK(n == (int)strlen(want) && !strcmp(out, want), "json head: %s", out);
+    h.request_id = "r1\r\nSet-Cookie: x";
+    CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "CRLF in request id");
+    h.request_id = NULL;
+    h.extra = "x-a: 1";
+    CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "extra without CRLF");
+    h.extra = NULL;
+    CHECK(egr_head(out, 20, &h) == -ENOSPC, "small");
+    char c[32];
+    memcpy(c + EGR_CHUNK_PAD, "hello", 5);
+    n = egr_chunk(c, sizeof(c), c + EGR_CHUNK_PAD, 5);
+    CHECK(n == 10 && !memcmp(c, "5\r\nhello\r\n", 10), "chunk in place");
+    CHECK(egr_chunk(c, 9, "hello", 5) == -ENOSPC, "chunk small");
+}
+
+static const struct piece chat_script[] = {{"Hel", 0}, {"lo \"x\"\n", 0}, {"", 1}};
+
+static void test_chat_stream(void)
+{
+    static struct out o;
+    struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 1, 1);
+    const char *ev[] = {
+        PRE_CHAT CHAT_DELTA("{\"role\":\"assistant\",\"content\":\"\"}", "null") ",\"usage\":null}\n\n",
+        PRE_CHAT CHAT_DELTA("{\"content\":\"Hel\"}", "null") ",\"usage\":null}\n\n",
+        PRE_CHAT CHAT_DELTA("{\"content\":\"lo \\\"x\\\"\\n\"}", "null") ",\"usage\":null}\n\n",
+        PRE_CHAT CHAT_DELTA("{}", "\"stop\"") ",\"usage\":null}\n\n",
+        PRE_CHAT "\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}}\n\n",
+        "data: [DONE]\n\n"};
+
+    run(&cfg, chat_script, 3, 1 << 15, SIZE_MAX, 0, &o);
+    CHECK(o.rc == EGR_DONE, "chat rc %d", o.rc);
+    expect_stream("chat stream", &o, HEAD_SSE, ev, 6);
+
+    static char body[1 << 16];
+    char text[256], fin[16];
+    size_t hl, tl;
+    long bl = dechunk(o.buf, o.len, body, &hl);
+    CHECK(bl > 0, "chat dechunk");
+    CHECK(sse_check(body, (size_t)bl, 1, text, &tl, fin, sizeof(fin)) == 6, "chat sse");
+    CHECK(tl == 10 && !memcmp(text, "Hello \"x\"\n", 10) && !strcmp(fin, "stop"), "chat text");
+}
+
+static void test_cmpl_stream_stop(void)
+{
+    static struct out o;
+    /* stop "END" split over three tokens; nothing of it, nor after it. */
+    const char *stops[] = {"END", "é!"};
+    size_t sl[] = {3, 3};
+    struct egr_resp_cfg cfg = base_cfg(EGR_COMPLETIONS, 1, 0);
+    cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 2;
+    const struct piece ps[] = {{"one E", 0}, {"N", 0}, {"Dtwo", 0}, {"never", 0}};
+    const char *ev[] = {PRE_CMPL CMPL_TEXT("one ", "null") "}\n\n",
+                        PRE_CMPL CMPL_TEXT("", "\"stop\"") "}\n\n", "data: [DONE]\n\n"};
+    const char *head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: "
+                       "no-cache\r\nTransfer-Encoding: chunked\r\nX-Request-Id: req-1\r\nConnection: "
+                       "keep-alive\r\nx-ratelimit-remaining-requests: 9\r\n\r\n";
+
+    run(&cfg, ps, 4, 1 << 15, SIZE_MAX, 0, &o);
+    CHECK(o.rc == (EGR_DONE | EGR_CANCEL), "stop rc %d", o.rc);
+    expect_stream("cmpl stop", &o, head, ev, 3);
+
+    /* "é!" with é split across byte tokens, then a near miss "éa" first:
+     * the held "é" is released whole once "a" shows it is no stop. */
+    const struct piece p2[] = {{"x\xc3", 0}, {"\xa9", 0}, {"a\xc3", 0}, {"\xa9", 0}, {"!", 0}};
+    const char *ev2[] = {PRE_CMPL CMPL_TEXT("x", "null") "}\n\n", PRE_CMPL CMPL_TEXT("éa", "null") "}\n\n",
+                         PRE_CMPL CMPL_TEXT("", "\"stop\"") "}\n\n", "data: [DONE]\n\n"};
+    run(&cfg, p2, 5, 1 << 15, SIZE_MAX, 0, &o);
+    CHECK(o.rc == (EGR_DONE | EGR_CANCEL), "utf8 stop rc %d", o.rc);
+    expect_stream("cmpl utf8 stop", &o, head, ev2, 4);
+}
+
+static void test_max_tokens(void)
+{
+    static struct out o;
+    struct egr_resp_cfg cfg = base_cfg(EGR_COMPLETIONS, 1, 1);
+    cfg.max_tokens = 2;
+    /* the second token ends mid-character: flushed as U+FFFD at "length" */
+    const struct piece ps[] = {{"ab", 0}, {"c\xe2\x9c", 0}, {"never", 0}};
+    const char *ev[] = {PRE_CMPL CMPL_TEXT("ab", "null") ",\"usage\":null}\n\n",
+                        PRE_CMPL CMPL_TEXT("c", "null") ",\"usage\":null}\n\n",
+                        PRE_CMPL CMPL_TEXT("\xef\xbf\xbd", "null") ",\"usage\":null}\n\n",
+                        PRE_CMPL CMPL_TEXT("", "\"length\"") ",\"usage\":null}\n\n",
+                        PRE_CMPL "\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,"
+                                 "\"total_tokens\":7}}\n\n",
+                        "data: [DONE]\n\n"};
+    const char *head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: "
+                       "no-cache\r\nTransfer-Encoding: chunked\r\nX-Request-Id: req-1\r\nConnection: "
+                       "keep-alive\r\nx-ratelimit-remaining-requests: 9\r\n\r\n";
+    run(&cfg, ps, 3, 1 << 15, SIZE_MAX, 0, &o);
+    CHECK(o.rc == EGR_DONE, "length rc %d", o.rc);
+    expect_stream("max_tokens", &o, head, ev, 6);
+}
+
+static void expect_body(const char *what, const struct out *o, const char *body)
+{
+    char head[512];
+    struct egr_head h = {.status = 200, .keep_alive = 1, .content_length = strlen(body),
+                         .request_id = "req-1", .extra = "x-ratelimit-remaining-requests: 9\r\n"};
+    int hl = egr_head(head, sizeof(head), &h);
+    size_t bl = strlen(body);
+
+    CHECK(o->len == (size_t)hl + bl && !memcmp(o->buf, head, (size_t)hl) &&
+              !memcmp(o->buf + hl, body, bl),
+          "%s:\n got: %.*s\nwant: %s%s", what, (int)o->len, o->buf, head, body);
+    char eb[256], tmp[8192];
+    memcpy(tmp, body, bl + 1);
+    yajl_val v = yajl_tree_parse(tmp, eb, sizeof(eb));
+    CHECK(v, "%s: yajl: %s", what, eb);
+    yajl_tree_free(v);
+}
+
+static void test_bodies(void)
+{
+    static struct out o;
+    struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 0, 0);
+
+    run(&cfg, chat_script, 3, 1 << 15, SIZE_MAX, 0, &o);
+    CHECK(o.rc == EGR_DONE, "chat body rc %d", o.rc);
+    expect_body("chat body", &o,
+                "{\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":"
+                "\"smollm\",\"system_fingerprint\":\"fp_favo\",\"choices\":[{\"index\":0,\"message\":{"
+                "\"role\":\"assistant\",\"content\":\"Hello \\\"x\\\"\\n\"},\"logprobs\":null,"
+                "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,"
+                "\"total_tokens\":8}}");
+
+    cfg = base_cfg(EGR_COMPLETIONS, 0, 1);   /* include_usage: stream only */
+    const struct piece ps[] = {{"a\tb", 0}, {"c", 0}};
+    run(&cfg, ps, 2, 1 << 15, SIZE_MAX, EGR_FIN_LENGTH, &o);
+    CHECK(o.rc == EGR_DONE, "cmpl body rc %d", o.rc);
+    expect_body("cmpl body", &o,
+                "{\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":"
+                "\"smollm\",\"system_fingerprint\":\"fp_favo\",\"choices\":[{\"text\":\"a\\tbc\","
+                "\"index\":0,\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{"
+                "\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}");
+
+    /* a body that outgrows the area: -ENOBUFS, no overflow */
+    static struct piece big[200];
+    for (int i = 0; i < 200; i++)
+        big[i] = (struct piece){"\x01\x02\x03\x04\x05\x06\x07\x08", 0};
+    run(&cfg, big, 200, 4096, SIZE_MAX, 0, &o);
+    CHECK(o.rc == -ENOBUFS, "body overflow rc %d", o.rc);
+}
+
+static void test_pressure(void)
+{
+    static struct out ref, o;
+    static struct piece ps[300];
+    const char *words[] = {"tok ", "\"q\" ", "\x01", "é", "\xe2\x9c", "\x93", "\n", "abcdefgh"};
+    const char *stops[] = {"STOPHERE"};
+    size_t sl[] = {8};
+    uint64_t seed = 7;
+
+    for (size_t i = 0; i < 299; i++)
+        ps[i] = (struct piece){words[t_rand(&seed) % 8], 0};
+    ps[299] = (struct piece){"", 1};
+    for (int route = 1; route <= 2; route++) {
+        struct egr_resp_cfg cfg = base_cfg(route, 1, 1);
+        cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 1;
+        run(&cfg, ps, 300, 1 << 16, SIZE_MAX, 0, &ref);
+        CHECK(ref.rc == EGR_DONE && ref.eagain == 0, "ref rc %d", ref.rc);
+        size_t caps[] = {3500, 4096, 6000};
+        size_t steps[] = {1, 7, 100, 1000};
+        for (size_t c = 0; c < 3; c++)
+            for (size_t s = 0; s < 4; s++) {
+                run(&cfg, ps, 300, caps[c], steps[s], 0, &o);
+                CHECK(o.rc == EGR_DONE && o.eagain > 0, "cap %zu step %zu: rc %d eagain %d", caps[c],
+                      steps[s], o.rc, o.eagain);
+                CHECK(o.len == ref.len && !memcmp(o.buf, ref.buf, o.len),
+                      "cap %zu step %zu: bytes differ from the large area", caps[c], steps[s]);
+            }
+        static char body[1 << 16];
+        char text[8192], fin[16];
+        size_t hl, tl;
+        long bl = dechunk(ref.buf, ref.len, body, &hl);
+        CHECK(bl > 0 && sse_check(body, (size_t)bl, route == EGR_CHAT, text, &tl, fin, sizeof(fin)) > 0,
+              "pressure stream parses");
+    }
+    /* an area too small for the head */
+    struct egr_resp r;
+    char small[64];
+    struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 1, 0);
+    CHECK(egr_resp_init(&r, &cfg, small, sizeof(small)) == -ENOSPC, "tiny area");
+    /* an area that can never hold one event's worst case: -ENOBUFS, not
+     * an -EAGAIN the loop would wait on forever */
+    static char mid[1500];
+    CHECK(egr_resp_init(&r, &cfg, mid, sizeof(mid)) > 0, "mid init");
+    egr_resp_consume(&r, mid, egr_resp_pending(&r));
+    CHECK(egr_resp_bytes(&r, "x", 1, false, mid, sizeof(mid)) == -ENOBUFS, "never fits");
+}
+
+static void test_log(void)
+{
+    static struct out o;
+    const char *marker = "ZQXMARKER1234";
+    struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 0, 0);
+    const struct piece ps[] = {{"prompt said ZQXMARKER1234 and ", 0}, {"", 1}};
+    char line[1024], eb[256];
+
+    run(&cfg, ps, 2, 1 << 14, SIZE_MAX, 0, &o);
+    CHECK(memmem(o.buf, o.len, marker, strlen(marker)), "marker is in the response");
+    /* The record is built from metadata only: the struct has no field
+     * that can hold the marker; fill every field we have. */
+    struct egr_access a = {.wall_ns = 1763893583123456789ull, .status = 200,
+                           .finish = EGR_FIN_STOP, .prompt_tokens = 5, .completion_tokens = 2,
+                           .queue_ns = 1500000, .ttft_ns = 20000000, .total_ns = 123456789};
+    snprintf(a.request_id, sizeof(a.request_id), "req-\"1\"");
+    snprintf(a.tenant, sizeof(a.tenant), "acme");
+    snprintf(a.model, sizeof(a.model), "smollm");
+    int n = egr_log_line(line, sizeof(line), &a);
+    CHECK(n > 0 && line[n - 1] == '\n' && !memchr(line, '\n', (size_t)n - 1), "one line");
+    CHECK(!strstr(line, marker), "marker reached the access line");
+    const char *want = "{\"time\":\"2025-11-23T10:26:23.123Z\",\"request_id\":\"req-\\\"1\\\"\","
+                       "\"tenant\":\"acme\",\"model\":\"smollm\",\"status\":200,\"finish_reason\":"
+                       "\"stop\",\"prompt_tokens\":5,\"completion_tokens\":2,\"queue_ms\":1.500,"
+                       "\"ttft_ms\":20.000,\"total_ms\":123.457}\n";
+    CHECK(n == (int)strlen(want) && !strcmp(line, want), "log line:\n got: %s want: %s", line, want);
+    line[n - 1] = 0;
+    yajl_val v = yajl_tree_parse(line, eb, sizeof(eb));
+    CHECK(v, "log yajl: %s", eb);
+    yajl_tree_free(v);
+    CHECK(egr_log_line(line, 40, &a) == -ENOSPC, "log small");
+}
+
+static void test_tokens(void)
+{
+    char path[1024], err[256];
+    eng_gguf_t *g = NULL;
+    eng_tok_t *tok = NULL;
+
+    snprintf(path, sizeof(path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", t_env("FAVO_MODELS", "models"));
+    if (eng_gguf_open(&g, path, err, sizeof(err))) {
+        printf("tokens: skipped (%s)\n", err);
+        return;
+    }
+    int rc = eng_tok_load(&tok, g, err, sizeof(err));
+    eng_gguf_close(g);
+    CHECK(rc == 0, "tok load: %s", err);
+    if (rc)
+        return;
+    const char *text = "Hello, wörld ✓ 𝔘 \"quoted\"\tEND of it";
+    int32_t ids[256];
+    int64_t k = eng_tok_encode(tok, text, strlen(text), 0, ids, 256);
+    CHECK(k > 0, "encode");
+    const char *stops[] = {"END"};
+    size_t sl[] = {3};
+    struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 1, 0);
+    cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 1;
+    struct egr_resp r;
+    static char area[1 << 15], body[1 << 15];
+    CHECK(egr_resp_init(&r, &cfg, area, sizeof(area)) > 0, "init");
+    CHECK(egr_resp_token(&r, tok, (int32_t)eng_tok_n_vocab(tok), area, sizeof(area)) == -ERANGE,
+          "bad id");
+    rc = 0;
+    for (int64_t j = 0; j < k && !(rc & EGR_DONE); j++) {
+        rc = egr_resp_token(&r, tok, ids[j], area, sizeof(area));
+        CHECK(rc >= 0, "token %lld: %d", (long long)j, rc);
+    }
+    CHECK(rc == (EGR_DONE | EGR_CANCEL), "stopped: %d", rc);
+    char text_out[256], fin[16];
+    size_t hl, tl;
+    long bl = dechunk(area, egr_resp_pending(&r), body, &hl);
+    CHECK(bl > 0 && sse_check(body, (size_t)bl, 1, text_out, &tl, fin, sizeof(fin)) > 0, "parses");
+    size_t want = (size_t)(strstr(text, "END") - text);
+    CHECK(tl == want && !memcmp(text_out, text, want) && !strcmp(fin, "stop"), "text '%.*s'", (int)tl,
+          text_out);
+    egr_scrub(&r, area, sizeof(area));
+    eng_tok_free(tok);
+}
+
+/* Raw responses for test-egress-sdk.py. */
+static int emit_case(const char *name)
+{
+    static struct out o;
+    struct egr_resp_cfg cfg;
+    const char *stops[] = {"END"};
+    size_t sl[] = {3};
+    const struct piece ps[] = {{"Hel", 0}, {"lo, \"wörld\" ✓\n\x01", 0}, {" E", 0}, {"ND", 0}};
+    int chat = strstr(name, "chat") != NULL, stream = strstr(name, "stream") != NULL;
+
+    cfg = base_cfg(chat ? EGR_CHAT : EGR_COMPLETIONS, stream, 1);
+    if (strstr(name, "stop"))
+        cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 1;
+    else
+        cfg.max_tokens = 4;
+    run(&cfg, ps, 4, 1 << 15, SIZE_MAX, 0, &o);
+    if (!(o.rc & EGR_DONE))
+        return 1;
+    fwrite(o.buf, 1, o.len, stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && !strcmp(argv[1], "--emit"))
+        return emit_case(argv[2]);
+    test_json();
+    test_head();
+    test_chat_stream();
+    test_cmpl_stream_stop();
+    test_max_tokens();
+    test_bodies();
+    test_pressure();
+    test_log();
+    test_tokens();
+    if (failures) {
+        fprintf(stderr, "%d failure(s)\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
