@@ -545,6 +545,86 @@ static void test_tokens(void)
     eng_tok_free(tok);
 }
 
+/* Random bytes (invalid UTF-8, control chars, quotes), random stops and
+ * areas: every stream dechunks and every event is JSON; the streamed text
+ * equals the non-streamed body's (metamorphic), both equal to the text
+ * before the first stop, and CANCEL comes exactly with a stop. */
+static void test_random(void)
+{
+    static struct out so, bo;
+    static char body[1 << 16], text[1 << 14], pieces_buf[64][16];
+    static struct piece ps[64];
+    const char alpha[] = "ab\"\\\n\x01\xc3\xa9\xe2\x9c\x93\xff XY";
+    uint64_t seed = 12345;
+    int n_stopped = 0;
+
+    for (int it = 0; it < 300; it++) {
+        size_t n = 1 + t_rand(&seed) % 40, all_len = 0;
+        static char all[64 * 16];
+        for (size_t i = 0; i < n; i++) {
+            size_t l = t_rand(&seed) % 6;
+            for (size_t j = 0; j < l; j++)
+                pieces_buf[i][j] = alpha[t_rand(&seed) % (sizeof(alpha) - 1)];
+            pieces_buf[i][l] = 0;   /* NUL is not in alpha: strlen is l */
+            ps[i] = (struct piece){pieces_buf[i], 0};
+            memcpy(all + all_len, pieces_buf[i], l);
+            all_len += l;
+        }
+        char stop[3] = {alpha[t_rand(&seed) % 6], alpha[t_rand(&seed) % 6], 0};
+        const char *stops[] = {stop};
+        size_t sl[] = {2};
+        int route = 1 + (int)(t_rand(&seed) % 2);
+        struct egr_resp_cfg cfg = base_cfg(route, 1, 1);
+        cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 1;
+        size_t cap = 3500 + t_rand(&seed) % 4000, step = 1 + t_rand(&seed) % 300;
+        run(&cfg, ps, n, cap, step, EGR_FIN_LENGTH, &so);
+        CHECK(so.rc > 0 && (so.rc & EGR_DONE), "random %d: stream rc %d", it, so.rc);
+        size_t hl, tl;
+        char fin[16];
+        long bl = dechunk(so.buf, so.len, body, &hl);
+        CHECK(bl > 0 && sse_check(body, (size_t)bl, route == EGR_CHAT, text, &tl, fin, sizeof(fin)) > 0,
+              "random %d: stream does not parse", it);
+        /* the reference: the raw text up to the first stop */
+        char *hit = memmem(all, all_len, stop, 2);
+        int stopped = hit != NULL;
+        n_stopped += stopped;
+        CHECK(!!(so.rc & EGR_CANCEL) == stopped, "random %d: cancel %d, stop %d", it, so.rc, stopped);
+        CHECK(!strcmp(fin, stopped ? "stop" : "length"), "random %d: finish %s", it, fin);
+        cfg.stream = 0;
+        run(&cfg, ps, n, 1 << 15, SIZE_MAX, EGR_FIN_LENGTH, &bo);
+        CHECK(bo.rc == so.rc, "random %d: body rc %d vs %d", it, bo.rc, so.rc);
+        char *js = memmem(bo.buf, bo.len, "\r\n\r\n", 4), eb[128];
+        if (!js) {
+            CHECK(0, "random %d: no head", it);
+            continue;
+        }
+        size_t jl = bo.len - (size_t)(js + 4 - bo.buf);
+        memmove(body, js + 4, jl);
+        body[jl] = 0;
+        yajl_val v = yajl_tree_parse(body, eb, sizeof(eb));
+        const char *cp[] = {"choices", NULL};
+        yajl_val ch = v ? yajl_tree_get(v, cp, yajl_t_array) : NULL;
+        CHECK(ch && YAJL_GET_ARRAY(ch)->len == 1, "random %d: body: %s", it, eb);
+        if (ch && YAJL_GET_ARRAY(ch)->len == 1) {
+            const char *tp[] = {"message", "content", NULL}, *tp2[] = {"text", NULL};
+            yajl_val t = yajl_tree_get(YAJL_GET_ARRAY(ch)->values[0], route == EGR_CHAT ? tp : tp2,
+                                       yajl_t_string);
+            CHECK(t && strlen(t->u.string) == tl && !memcmp(t->u.string, text, tl),
+                  "random %d: streamed text differs from the body's", it);
+            /* without invalid bytes the text is exactly the raw prefix */
+            size_t want = stopped ? (size_t)(hit - all) : all_len;
+            int clean = !memchr(all, '\xff', all_len) && !memchr(all, '\xc3', all_len) &&
+                        !memchr(all, '\xe2', all_len) && !memchr(all, '\xa9', all_len) &&
+                        !memchr(all, '\x9c', all_len) && !memchr(all, '\x93', all_len);
+            if (clean)
+                CHECK(tl == want && !memcmp(text, all, want), "random %d: text is not the prefix", it);
+        }
+        yajl_tree_free(v);
+    }
+    printf("random: %d of 300 scripts ended on a stop\n", n_stopped);
+    CHECK(n_stopped > 30 && n_stopped < 270, "random scripts should mix stops and lengths");
+}
+
 /* Raw responses for test-egress-sdk.py. */
 static int emit_case(const char *name)
 {
@@ -579,6 +659,7 @@ int main(int argc, char **argv)
     test_bodies();
     test_pressure();
     test_log();
+    test_random();
     test_tokens();
     if (failures) {
         fprintf(stderr, "%d failure(s)\n", failures);
