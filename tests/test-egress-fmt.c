@@ -310,8 +310,8 @@ static void test_chat_stream(void)
     expect_stream("chat stream", &o, HEAD_SSE, ev, 6);
 
     static char body[1 << 16];
-    char text[256], fin[16];
-    size_t hl, tl;
+    char text[256], fin[16] = "";
+    size_t hl = 0, tl = 0;
     long bl = dechunk(o.buf, o.len, body, &hl);
     CHECK(bl > 0, "chat dechunk");
     CHECK(sse_check(body, (size_t)bl, 1, text, &tl, fin, sizeof(fin)) == 6, "chat sse");
@@ -447,8 +447,8 @@ static void test_pressure(void)
                       "cap %zu step %zu: bytes differ from the large area", caps[c], steps[s]);
             }
         static char body[1 << 16];
-        char text[8192], fin[16];
-        size_t hl, tl;
+        char text[8192], fin[16] = "";
+        size_t hl = 0, tl = 0;
         long bl = dechunk(ref.buf, ref.len, body, &hl);
         CHECK(bl > 0 && sse_check(body, (size_t)bl, route == EGR_CHAT, text, &tl, fin, sizeof(fin)) > 0,
               "pressure stream parses");
@@ -534,8 +534,8 @@ static void test_tokens(void)
         CHECK(rc >= 0, "token %lld: %d", (long long)j, rc);
     }
     CHECK(rc == (EGR_DONE | EGR_CANCEL), "stopped: %d", rc);
-    char text_out[256], fin[16];
-    size_t hl, tl;
+    char text_out[256], fin[16] = "";
+    size_t hl = 0, tl = 0;
     long bl = dechunk(area, egr_resp_pending(&r), body, &hl);
     CHECK(bl > 0 && sse_check(body, (size_t)bl, 1, text_out, &tl, fin, sizeof(fin)) > 0, "parses");
     size_t want = (size_t)(strstr(text, "END") - text);
@@ -579,8 +579,8 @@ static void test_random(void)
         size_t cap = 3500 + t_rand(&seed) % 4000, step = 1 + t_rand(&seed) % 300;
         run(&cfg, ps, n, cap, step, EGR_FIN_LENGTH, &so);
         CHECK(so.rc > 0 && (so.rc & EGR_DONE), "random %d: stream rc %d", it, so.rc);
-        size_t hl, tl;
-        char fin[16];
+        size_t hl = 0, tl = 0;
+        char fin[16] = "";
         long bl = dechunk(so.buf, so.len, body, &hl);
         CHECK(bl > 0 && sse_check(body, (size_t)bl, route == EGR_CHAT, text, &tl, fin, sizeof(fin)) > 0,
               "random %d: stream does not parse", it);
