@@ -676,7 +676,7 @@ static int parse_headers(struct conn *c)
                 c->mode = B_CHUNKED;
         } else if (!strncasecmp(p, "content-length:", 15) && c->mode != B_CHUNKED) {
             c->mode = B_LENGTH;
-            c->remain = atoll(p + 15);
+            c->remain = strtoll(p + 15, NULL, 10);
             if (c->remain < 0)
                 return -EPROTO;
         }
@@ -735,17 +735,60 @@ static int on_data(struct run *r, struct conn *c, char *p, size_t n, uint64_t t)
     return 0;
 }
 
-static void response_done(struct run *r, struct conn *c)
+static void response_tokens(struct run *r, struct conn *c)
 {
     if (!r->cfg->stream && c->status == 200 && c->line) {
         char *u = strstr(c->line, "\"completion_tokens\"");
 
         if (u && (u = strchr(u, ':')))
             c->ntok = strtol(u + 1, NULL, 10);
+        if (c->ntok < 0)
+            c->ntok = 0;
     } else if (r->cfg->stream && c->line && c->line_len) {
         sse_line(r, c, c->line, c->line_len, now_ns()); /* last line without \n */
     }
+}
+
+static void response_done(struct run *r, struct conn *c)
+{
+    response_tokens(r, c);
     conn_finish(r, c, 0);
+}
+
+int dp_bench_parse_response(bool stream, const char *buf, size_t n, size_t piece,
+                            struct dp_bench_parsed *out)
+{
+    struct dp_bench_cfg cfg = { .stream = stream };
+    struct dp_bench_res res = { 0 };
+    struct run r = { .cfg = &cfg, .res = &res };
+    struct conn *c = calloc(1, sizeof(*c));
+    int rc = 0;
+
+    memset(out, 0, sizeof(*out));
+    if (!c)
+        return -ENOMEM;
+    if (!piece)
+        piece = 1;
+    if (piece > sizeof(c->rbuf))
+        piece = sizeof(c->rbuf);
+    for (size_t off = 0; off < n && rc == 0; off += piece) {
+        size_t k = n - off < piece ? n - off : piece;
+
+        memcpy(c->rbuf, buf + off, k);
+        rc = on_data(&r, c, c->rbuf, k, 0);
+    }
+    if (rc >= 0) {
+        out->complete = rc > 0 || (c->hdr_done && c->mode == B_EOF); /* EOF ends the body */
+        if (out->complete)
+            response_tokens(&r, c);
+        rc = 0;
+    }
+    out->status = c->status;
+    out->tokens = c->ntok;
+    free(c->line);
+    free(c);
+    dp_bench_res_free(&res);
+    return rc;
 }
 
 static void on_cqe(struct run *r, struct io_uring_cqe *cqe)

@@ -118,4 +118,17 @@ void dp_bench_json_run(FILE *f, struct dp_bench_res *res);
  * (-log10(1 - p/100), 0..99.99), y = ms, one line per metric. */
 int dp_bench_svg(FILE *f, struct dp_bench_res *res, const char *title);
 
+/* The response parser on its own, for tests and fuzzing: feed buf[0..n) in
+ * pieces of `piece` bytes as recv() would, then EOF. tokens: SSE data events
+ * (stream) or usage.completion_tokens; complete: the body ended (terminal
+ * chunk, Content-Length or EOF). Returns 0, or -EPROTO for malformed
+ * framing (bad status line, headers over 16 KiB, bad chunk sizes). */
+struct dp_bench_parsed {
+    int status;
+    long tokens;
+    bool complete;
+};
+int dp_bench_parse_response(bool stream, const char *buf, size_t n, size_t piece,
+                            struct dp_bench_parsed *out);
+
 #endif /* DP_BENCH_H */
