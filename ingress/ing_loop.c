@@ -120,8 +120,15 @@ static int out_reserve(struct ing_conn *c, size_t more)
         return -ENOMEM;
     if (c->out) {
         memcpy(p, c->out, c->out_len);
-        explicit_bzero(c->out, c->out_cap); /* may hold tokens or text */
-        free(c->out);
+        if (c->send_inflight && !c->out_old) {
+            /* the kernel may still read the old buffer (a SEND that had
+             * to wait for socket space): keep it until the SEND completes */
+            c->out_old = c->out;
+            c->out_old_cap = c->out_cap;
+        } else {
+            explicit_bzero(c->out, c->out_cap); /* may hold tokens or text */
+            free(c->out);
+        }
     }
     c->out = p;
     c->out_cap = cap;
@@ -379,6 +386,11 @@ static void conn_free(struct ing_loop *L, struct ing_conn *c)
     }
     c->out = NULL;
     c->out_len = c->out_cap = c->out_sent = 0;
+    if (c->out_old) {
+        explicit_bzero(c->out_old, c->out_old_cap);
+        free(c->out_old);
+        c->out_old = NULL;
+    }
     L->nconns--;
 }
 
@@ -570,9 +582,19 @@ static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
     conn_kick(L, c);
 }
 
+static void out_old_free(struct ing_conn *c)
+{
+    if (c->out_old) {
+        explicit_bzero(c->out_old, c->out_old_cap);
+        free(c->out_old);
+        c->out_old = NULL;
+    }
+}
+
 static void on_send(struct ing_loop *L, struct ing_conn *c, int res)
 {
     c->send_inflight = 0;
+    out_old_free(c);
     if (res <= 0) {
         c->closing = true;
         c->out_sent = c->out_len;

@@ -36,6 +36,9 @@ struct ing_conn {
     struct ing_http_req req;
     char *out;               /* responses queued, in request order (loop inv 1) */
     size_t out_len, out_cap, out_sent;
+    char *out_old;           /* the buffer an in-flight SEND reads, when out
+                                grew under it; freed when that SEND completes */
+    size_t out_old_cap;
 };
 
 struct ing_loop {
