@@ -43,8 +43,20 @@
  *   4. No content (text, token ids) ever reaches struct egr_access or a log
  *      line: egr_access has no field that could hold it.
  *
- * Left out here: logprobs are always JSON null (the field is present in
- * every choice, as OpenAI sends it when not requested); n > 1.
+ * Logprobs (cfg.logprobs, through egr_resp_token_lp only: pieces need the
+ * tokenizer). Not requested: "logprobs":null in every choice, as OpenAI
+ * sends it. Requested, OpenAI's shapes:
+ *   chat:        {"content":[{"token","logprob","bytes","top_logprobs":
+ *                [{"token","logprob","bytes"}..]}]}; streaming: one chunk
+ *                per token (content "" while text is held back), carrying
+ *                that token's entry; non-streaming: all entries.
+ *   completions: {"tokens","token_logprobs","top_logprobs","text_offset"},
+ *                streaming only (one token per chunk); text_offset is the
+ *                byte offset of the completion text released before the
+ *                token's chunk. Non-streaming completions with logprobs
+ *                are refused at init (-EOPNOTSUPP): not built yet.
+ *   A logprob that is not finite is written as -9999.0 (JSON has no -inf).
+ * Left out: n > 1.
  */
 #ifndef EGR_H
 #define EGR_H
@@ -117,6 +129,18 @@ struct egr_resp_cfg {
     const size_t *stop_lens;
     unsigned n_stops;
     unsigned detok_flags;       /* ENG_DETOK_* */
+    uint8_t logprobs;           /* requested (completions: also with 0 alternatives) */
+    uint8_t top_logprobs;       /* alternatives per token, <= EGR_TOP_MAX */
+};
+
+#define EGR_TOP_MAX 20
+
+/* The sampler's logprob data for one sampled token. */
+struct egr_lp {
+    float logprob;              /* of the sampled token */
+    uint8_t n_top;              /* alternatives given (clipped to top_logprobs) */
+    int32_t top_id[EGR_TOP_MAX];
+    float top_lp[EGR_TOP_MAX];
 };
 
 struct egr_resp {
@@ -130,6 +154,9 @@ struct egr_resp {
     uint32_t pending;           /* bytes ready in area[0, pending) */
     uint32_t text_len;          /* non-stream: escaped text at area[0, text_len) */
     uint32_t head_extra_len;
+    uint8_t logprobs, top_logprobs;
+    uint32_t text_off;          /* bytes of completion text released so far */
+    uint32_t lp_len;            /* non-stream chat: entries at area[cap/2, +lp_len) */
     char id[EGR_ID_MAX], model[EGR_MODEL_MAX], fp[EGR_FP_MAX], request_id[EGR_ID_MAX];
     char head_extra[256];
     struct eng_detok detok;
@@ -150,6 +177,12 @@ int egr_resp_init(struct egr_resp *r, const struct egr_resp_cfg *cfg, char *area
  * close), -ERANGE for a bad id, -E2BIG for a tokenizer whose pieces
  * exceed the internal 2 KiB text buffer. */
 int egr_resp_token(struct egr_resp *r, const eng_tok_t *tok, int32_t id, char *area, size_t cap);
+
+/* The same with the token's logprob data (lp NULL: none; with logprobs
+ * requested, a NULL lp writes logprob 0 and no alternatives). -EINVAL for
+ * an alternative id out of range. */
+int egr_resp_token_lp(struct egr_resp *r, const eng_tok_t *tok, int32_t id,
+                      const struct egr_lp *lp, char *area, size_t cap);
 
 /* The same for a token already turned into bytes (eog: it was an EOG). */
 int egr_resp_bytes(struct egr_resp *r, const char *p, size_t len, bool eog, char *area,

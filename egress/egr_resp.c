@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,6 +25,8 @@ enum { ST_BODY = 1, ST_DONE = 2 };
 #define FIN_RESERVE 2048
 /* Raw text of one detok call. */
 #define RAW_MAX 2048
+/* One token's rendered logprobs (the sampled token and 20 alternatives). */
+#define LP_MAX 32768
 
 /* A bounded appender; err latches -ENOSPC. */
 struct w {
@@ -98,7 +101,7 @@ enum ev_kind { EV_ROLE, EV_TEXT, EV_FINAL, EV_USAGE, EV_DONE };
 
 /* Write one SSE event, chunk-framed, at area[pending). */
 static int emit(struct egr_resp *r, char *area, size_t cap, enum ev_kind k, const char *text,
-                size_t len)
+                size_t len, const char *lpjs, size_t lplen)
 {
     size_t base = r->pending;
     struct w w;
@@ -128,12 +131,17 @@ static int emit(struct egr_resp *r, char *area, size_t cap, enum ev_kind k, cons
                     puts_(&w, "\"}");
                 } else
                     puts_(&w, "{}");
-                puts_(&w, ",\"logprobs\":null,\"finish_reason\":");
+                puts_(&w, ",\"logprobs\":");
             } else {
                 puts_(&w, "\"choices\":[{\"text\":\"");
                 putjs(&w, text, len);
-                puts_(&w, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":");
+                puts_(&w, "\",\"index\":0,\"logprobs\":");
             }
+            if (lpjs)
+                put(&w, lpjs, lplen);
+            else
+                puts_(&w, "null");
+            puts_(&w, ",\"finish_reason\":");
             puts_(&w, k == EV_FINAL ? fin_name(r->finish) : "null");
             puts_(&w, "}]");
             if (r->include_usage)
@@ -187,6 +195,12 @@ int egr_resp_init(struct egr_resp *r, const struct egr_resp_cfg *cfg, char *area
     r->max_tokens = cfg->max_tokens;
     r->prompt_tokens = cfg->prompt_tokens;
     r->created = cfg->created;
+    r->logprobs = !!cfg->logprobs;
+    r->top_logprobs = cfg->logprobs ? cfg->top_logprobs : 0;
+    if (r->top_logprobs > EGR_TOP_MAX)
+        return -EINVAL;
+    if (r->logprobs && !r->stream && r->route == EGR_COMPLETIONS)
+        return -EOPNOTSUPP;
     if (copy_str(r->id, sizeof(r->id), cfg->id, true) < 0 ||
         copy_str(r->model, sizeof(r->model), cfg->model, true) < 0 ||
         copy_str(r->fp, sizeof(r->fp), cfg->fingerprint, true) < 0 ||
@@ -211,7 +225,7 @@ int egr_resp_init(struct egr_resp *r, const struct egr_resp_cfg *cfg, char *area
     if (rc < 0)
         return rc;
     r->pending = (uint32_t)rc;
-    if (r->route == EGR_CHAT && emit(r, area, cap, EV_ROLE, NULL, 0) < 0)
+    if (r->route == EGR_CHAT && emit(r, area, cap, EV_ROLE, NULL, 0, NULL, 0) < 0)
         return -ENOSPC;
     return (int)r->pending;
 }
@@ -222,17 +236,18 @@ size_t egr_resp_need(const struct egr_resp *r, size_t text_max)
 
     /* text (escaped: at most 6 bytes per input byte) + final text, final,
      * usage, [DONE] events and the last chunk. */
-    return 6 * (text_max + ENG_DETOK_STOP_MAX + 8) + 4 * ev + 16;
+    return 6 * (text_max + ENG_DETOK_STOP_MAX + 8) + 4 * ev + 16 + (r->logprobs ? LP_MAX : 0);
 }
 
 /* Non-stream: append escaped text at area[text_len). */
 static int keep_text(struct egr_resp *r, char *area, size_t cap, const char *s, size_t len)
 {
+    size_t lim = r->logprobs ? cap / 2 : cap - FIN_RESERVE;
     int n;
 
-    if (cap < FIN_RESERVE || r->text_len > cap - FIN_RESERVE)
+    if (cap < 2 * FIN_RESERVE || r->text_len > lim)
         return -ENOBUFS;
-    n = egr_json_str(area + r->text_len, cap - FIN_RESERVE - r->text_len, s, len);
+    n = egr_json_str(area + r->text_len, lim - r->text_len, s, len);
     if (n < 0)
         return -ENOBUFS;
     r->text_len += (uint32_t)n;
@@ -243,45 +258,58 @@ static int put_text(struct egr_resp *r, char *area, size_t cap, const char *s, s
 {
     if (len == 0)
         return 0;
+    r->text_off += (uint32_t)len;
     if (!r->stream)
         return keep_text(r, area, cap, s, len);
-    return emit(r, area, cap, EV_TEXT, s, len);
+    return emit(r, area, cap, EV_TEXT, s, len, NULL, 0);
 }
 
-/* Non-stream end: head + {.. "content":" + text + "} ..} in place. */
+/* Non-stream end: head + {.. "content":" + text + "}, "logprobs":
+ * {"content":[ + entries + ]} ..} in place. */
 static int finish_body(struct egr_resp *r, char *area, size_t cap)
 {
-    char pre[1024], suf[512], head[512];
-    struct w wp = {pre, sizeof(pre), 0, 0}, ws = {suf, sizeof(suf), 0, 0};
-    bool chat = r->route == EGR_CHAT;
+    char pre[1024], mid[128], suf[512], head[512];
+    struct w wp = {pre, sizeof(pre), 0, 0}, wm = {mid, sizeof(mid), 0, 0},
+             ws = {suf, sizeof(suf), 0, 0};
+    bool chat = r->route == EGR_CHAT, lp = r->logprobs && chat;
+    size_t t = r->text_len, l = lp ? r->lp_len : 0, lp_at = cap / 2;
     int hn;
 
     put_prefix(&wp, r, chat ? "chat.completion" : "text_completion");
     if (chat) {
         puts_(&wp, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
-        puts_(&ws, "\"},\"logprobs\":null,\"finish_reason\":");
+        puts_(&wm, lp ? "\"},\"logprobs\":{\"content\":[" : "\"},\"logprobs\":null");
     } else {
         puts_(&wp, "\"choices\":[{\"text\":\"");
-        puts_(&ws, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":");
+        puts_(&wm, "\",\"index\":0,\"logprobs\":null");
     }
+    if (lp)
+        puts_(&ws, "]}");
+    puts_(&ws, ",\"finish_reason\":");
     puts_(&ws, fin_name(r->finish));
     puts_(&ws, "}],");
     put_usage(&ws, r);
     puts_(&ws, "}");
-    FAVO_ASSERT(!wp.err && !ws.err);   /* sizes bounded by EGR_*_MAX */
+    FAVO_ASSERT(!wp.err && !wm.err && !ws.err);   /* sizes bounded by EGR_*_MAX */
 
+    size_t body = wp.n + t + wm.n + l + ws.n;
     struct egr_head h = {.status = 200, .stream = 0, .keep_alive = r->keep_alive,
-                         .content_length = wp.n + r->text_len + ws.n,
-                         .request_id = r->request_id, .extra = r->head_extra};
+                         .content_length = body, .request_id = r->request_id,
+                         .extra = r->head_extra};
     hn = egr_head(head, sizeof(head), &h);
     FAVO_ASSERT(hn > 0);
-    if ((size_t)hn + wp.n + r->text_len + ws.n > cap)
+    size_t hp = (size_t)hn + wp.n;
+    if (hp + body - wp.n > cap)
         return -ENOBUFS;
-    memmove(area + hn + wp.n, area, r->text_len);
+    /* entries first: their place is past the text's, and the text's
+     * source [0, t) lies before both destinations */
+    memmove(area + hp + t + wm.n, area + lp_at, l);
+    memmove(area + hp, area, t);
     memcpy(area, head, (size_t)hn);
     memcpy(area + hn, pre, wp.n);
-    memcpy(area + hn + wp.n + r->text_len, suf, ws.n);
-    r->pending = (uint32_t)((size_t)hn + wp.n + r->text_len + ws.n);
+    memcpy(area + hp + t, mid, wm.n);
+    memcpy(area + hp + t + wm.n + l, suf, ws.n);
+    r->pending = (uint32_t)(hp + t + wm.n + l + ws.n);
     return 0;
 }
 
@@ -303,11 +331,11 @@ static int finish(struct egr_resp *r, char *area, size_t cap, int reason, bool s
     r->state = ST_DONE;
     if (!r->stream)
         return finish_body(r, area, cap);
-    if ((rc = emit(r, area, cap, EV_FINAL, NULL, 0)) < 0)
+    if ((rc = emit(r, area, cap, EV_FINAL, NULL, 0, NULL, 0)) < 0)
         return rc;
-    if (r->include_usage && (rc = emit(r, area, cap, EV_USAGE, NULL, 0)) < 0)
+    if (r->include_usage && (rc = emit(r, area, cap, EV_USAGE, NULL, 0, NULL, 0)) < 0)
         return rc;
-    if ((rc = emit(r, area, cap, EV_DONE, NULL, 0)) < 0)
+    if ((rc = emit(r, area, cap, EV_DONE, NULL, 0, NULL, 0)) < 0)
         return rc;
     if (cap - r->pending < 5)
         return -EAGAIN;
@@ -315,14 +343,108 @@ static int finish(struct egr_resp *r, char *area, size_t cap, int reason, bool s
     return 0;
 }
 
-/* Common path; push is either a token id (tok != NULL) or raw bytes. */
-static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const char *p, size_t len,
-                bool eog, char *area, size_t cap)
+static void put_num(struct w *w, float v)
 {
-    char raw[RAW_MAX];
+    char b[32];
+    int n = snprintf(b, sizeof(b), "%.9g", isfinite(v) ? (double)v : -9999.0);
+
+    put(w, b, (size_t)n);
+}
+
+static void put_bytes(struct w *w, const char *p, size_t n)
+{
+    puts_(w, "[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            puts_(w, ",");
+        putu(w, (unsigned char)p[i]);
+    }
+    puts_(w, "]");
+}
+
+/* {"token":..,"logprob":..,"bytes":[..]} without the closing brace. */
+static int put_tok(struct w *w, const eng_tok_t *tok, int32_t id, float lp)
+{
+    const char *p;
+    size_t n;
+
+    if (id < 0 || (uint32_t)id >= eng_tok_n_vocab(tok) ||
+        eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &n) < 0)
+        return -EINVAL;
+    puts_(w, "{\"token\":\"");
+    putjs(w, p, n);
+    puts_(w, "\",\"logprob\":");
+    put_num(w, lp);
+    puts_(w, ",\"bytes\":");
+    put_bytes(w, p, n);
+    return 0;
+}
+
+/* One token's logprobs: a chat "content" entry, or a completions
+ * fragment {"tokens":[..],"token_logprobs":[..],"top_logprobs":[..],
+ * "text_offset":[..]}. */
+static int render_lp(const struct egr_resp *r, const eng_tok_t *tok, int32_t id,
+                     const struct egr_lp *lp, struct w *w)
+{
+    static const struct egr_lp none;
+    unsigned ntop;
+    const char *p;
+    size_t n;
+
+    if (!lp)
+        lp = &none;
+    ntop = FAVO_MIN(lp->n_top, r->top_logprobs);
+    if (r->route == EGR_CHAT) {
+        if (put_tok(w, tok, id, lp->logprob) < 0)
+            return -EINVAL;
+        puts_(w, ",\"top_logprobs\":[");
+        for (unsigned i = 0; i < ntop; i++) {
+            if (i)
+                puts_(w, ",");
+            if (put_tok(w, tok, lp->top_id[i], lp->top_lp[i]) < 0)
+                return -EINVAL;
+            puts_(w, "}");
+        }
+        puts_(w, "]}");
+        return w->err ? -E2BIG : 0;
+    }
+    if (eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &n) < 0)
+        return -EINVAL;
+    puts_(w, "{\"tokens\":[\"");
+    putjs(w, p, n);
+    puts_(w, "\"],\"token_logprobs\":[");
+    put_num(w, lp->logprob);
+    puts_(w, "],\"top_logprobs\":");
+    if (r->top_logprobs) {
+        puts_(w, "[{");
+        for (unsigned i = 0; i < ntop; i++) {
+            if (lp->top_id[i] < 0 || (uint32_t)lp->top_id[i] >= eng_tok_n_vocab(tok) ||
+                eng_tok_piece(tok, lp->top_id[i], ENG_TOK_SHOW_SPECIAL, &p, &n) < 0)
+                return -EINVAL;
+            puts_(w, i ? ",\"" : "\"");
+            putjs(w, p, n);
+            puts_(w, "\":");
+            put_num(w, lp->top_lp[i]);
+        }
+        puts_(w, "}]");
+    } else {
+        puts_(w, "null");
+    }
+    puts_(w, ",\"text_offset\":[");
+    putu(w, r->text_off);
+    puts_(w, "]}");
+    return w->err ? -E2BIG : 0;
+}
+
+/* Common path; push is either a token id (tok != NULL) or raw bytes. */
+static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const struct egr_lp *lp,
+                const char *p, size_t len, bool eog, char *area, size_t cap)
+{
+    char raw[RAW_MAX], lpbuf[LP_MAX];
+    struct w lw = {lpbuf, sizeof(lpbuf), 0, 0};
     size_t text_max, n = 0;
     int rc, out = 0;
-    bool stopped = false;
+    bool stopped = false, with_lp;
 
     FAVO_ASSERT(r->magic == EGR_RESP_MAGIC);
     if (r->state == ST_DONE)
@@ -340,6 +462,9 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const char
     /* invariant 1: refuse before any state changes */
     if (r->stream && cap - r->pending < egr_resp_need(r, text_max))
         return r->pending ? -EAGAIN : -ENOBUFS;
+    with_lp = r->logprobs && tok && !eog;
+    if (with_lp && (rc = render_lp(r, tok, id, lp, &lw)) < 0)
+        return rc;
 
     r->completion_tokens++;
     if (!eog) {
@@ -348,7 +473,23 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const char
         if (rc < 0)
             return rc;
         stopped = rc == ENG_DETOK_STOP;
-        if ((rc = put_text(r, area, cap, raw, n)) < 0)
+        if (with_lp && r->stream) {
+            /* one chunk per token, even with no text released yet */
+            r->text_off += (uint32_t)n;
+            rc = emit(r, area, cap, EV_TEXT, raw, n, lpbuf, lw.n);
+        } else {
+            rc = put_text(r, area, cap, raw, n);
+            if (rc == 0 && with_lp && r->route == EGR_CHAT) {
+                size_t at = cap / 2 + r->lp_len;
+                if (at + lw.n + 1 > cap - FIN_RESERVE)
+                    return -ENOBUFS;
+                if (r->lp_len)
+                    area[at++] = ',', r->lp_len++;
+                memcpy(area + at, lpbuf, lw.n);
+                r->lp_len += (uint32_t)lw.n;
+            }
+        }
+        if (rc < 0)
             return rc;
     }
     if (stopped) {
@@ -366,13 +507,19 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const char
 
 int egr_resp_token(struct egr_resp *r, const eng_tok_t *tok, int32_t id, char *area, size_t cap)
 {
-    return step(r, tok, id, NULL, 0, false, area, cap);
+    return step(r, tok, id, NULL, NULL, 0, false, area, cap);
+}
+
+int egr_resp_token_lp(struct egr_resp *r, const eng_tok_t *tok, int32_t id,
+                      const struct egr_lp *lp, char *area, size_t cap)
+{
+    return step(r, tok, id, lp, NULL, 0, false, area, cap);
 }
 
 int egr_resp_bytes(struct egr_resp *r, const char *p, size_t len, bool eog, char *area,
                    size_t cap)
 {
-    return step(r, NULL, 0, p, len, eog, area, cap);
+    return step(r, NULL, 0, NULL, p, len, eog, area, cap);
 }
 
 int egr_resp_finish(struct egr_resp *r, int reason, char *area, size_t cap)
