@@ -127,12 +127,15 @@ class Server:
         await wr.drain()
 
 
-def bench(srv, *args, expect_rc=0):
+def bench(srv, *args, expect_rc=0, quiet=True, stderr=None):
     with tempfile.TemporaryDirectory() as d:
         jpath = os.path.join(d, "r.json")
-        cmd = [FAVO, "bench", "--url", f"http://127.0.0.1:{srv.port}", "--json", jpath, "-q", *args]
+        cmd = [FAVO, "bench", "--url", f"http://127.0.0.1:{srv.port}", "--json", jpath,
+               *(["-q"] if quiet else []), *args]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         sys.stdout.write(p.stdout)
+        if stderr is not None:
+            stderr.append(p.stderr)
         check(p.returncode == expect_rc, f"rc {p.returncode} for {' '.join(args)}: {p.stderr.strip()[-300:]}")
         return json.load(open(jpath)) if p.returncode == 0 else None
 
@@ -172,9 +175,11 @@ def main():
     # t in [1, 2) waits 2 - t, so the top third of TTFTs spreads over 0..1000 ms:
     # the 8th largest (p95 of 150) ~ 1000 - 7*20 = 860 ms, 16th (p90) ~ 700 ms.
     s = Server(ttft=0.02, itl=0.01, freeze_at=1.0, freeze_len=1.0)
+    err = []
     j = bench(s, "--rate", "50", "--arrivals", "constant", "--requests", "150",
-              "--input-tokens", "10", "--output-tokens", "2")
+              "--input-tokens", "10", "--output-tokens", "2", quiet=False, stderr=err)
     s.stop()
+    check(err[0].count("scheduled") >= 2, "B progress line once a second on stderr")
     r = j["run"]
     check(r["ok"] == 150, f"B ok {r['ok']}")
     near(r["ttft_ms"]["p50"], 20, "B ttft p50 (outside the freeze)")
@@ -216,6 +221,22 @@ def main():
               "--api-key", "nope")
     s.stop()
     check(j["run"]["errors_by_status"] == {"401": 3}, f"401 counted {j['run']['errors_by_status']}")
+
+    # E: open loop with --max-connections 1: 50/s arrivals, 30 ms service. The
+    # queue grows by 10 ms per request, and that wait counts: request i (0-based)
+    # sees >= 30 + 10 i ms, so the largest of 20 is >= 220 ms.
+    s = Server(ttft=0.03, itl=0.0)
+    j = bench(s, "--rate", "50", "--arrivals", "constant", "--requests", "20", "--max-connections", "1",
+              "--input-tokens", "5", "--output-tokens", "1")
+    s.stop()
+    check(j["run"]["ok"] == 20 and j["run"]["e2e_ms"]["max"] >= 220 - LO,
+          f"E waiting for a connection counts: e2e max {j['run']['e2e_ms']['max']} >= 220")
+    # F: a server that never answers: per-request --timeout
+    s = Server(ttft=30.0)
+    j = bench(s, "--concurrency", "1", "--requests", "2", "--timeout", "0.3",
+              "--input-tokens", "5", "--output-tokens", "1")
+    s.stop()
+    check(j["run"]["timeouts"] == 2 and j["run"]["ok"] == 0, f"F timeouts {j['run']['timeouts']}")
 
     # D: sweep with an SLO: TTFT 10 ms meets ttft_p99_ms=500 at both rates;
     # ttft_p99_ms=1 is met by none.
