@@ -346,7 +346,7 @@ static int finish(struct egr_resp *r, char *area, size_t cap, int reason, bool s
 static void put_num(struct w *w, float v)
 {
     char b[32];
-    int n = snprintf(b, sizeof(b), "%.9g", isfinite(v) ? (double)v : -9999.0);
+    int n = snprintf(b, sizeof(b), "%.9g", !isfinite(v) ? -9999.0 : v == 0 ? 0.0 : (double)v);
 
     put(w, b, (size_t)n);
 }
@@ -395,6 +395,8 @@ static int render_lp(const struct egr_resp *r, const eng_tok_t *tok, int32_t id,
         lp = &none;
     ntop = FAVO_MIN(lp->n_top, r->top_logprobs);
     if (r->route == EGR_CHAT) {
+        if (r->stream)
+            puts_(w, "{\"content\":[");     /* a body's entries are wrapped at the end */
         if (put_tok(w, tok, id, lp->logprob) < 0)
             return -EINVAL;
         puts_(w, ",\"top_logprobs\":[");
@@ -406,6 +408,8 @@ static int render_lp(const struct egr_resp *r, const eng_tok_t *tok, int32_t id,
             puts_(w, "}");
         }
         puts_(w, "]}");
+        if (r->stream)
+            puts_(w, "]}");
         return w->err ? -E2BIG : 0;
     }
     if (eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &n) < 0)

@@ -19,6 +19,7 @@
  * stdout for test-egress-sdk.py (the OpenAI SDK's models).
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -499,7 +500,7 @@ static void test_log(void)
     CHECK(egr_log_line(line, 40, &a) == -ENOSPC, "log small");
 }
 
-static void test_tokens(void)
+static eng_tok_t *load_tok(void)
 {
     char path[1024], err[256];
     eng_gguf_t *g = NULL;
@@ -507,13 +508,156 @@ static void test_tokens(void)
 
     snprintf(path, sizeof(path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", t_env("FAVO_MODELS", "models"));
     if (eng_gguf_open(&g, path, err, sizeof(err))) {
-        printf("tokens: skipped (%s)\n", err);
-        return;
+        fprintf(stderr, "tokens: skipped (%s)\n", err);
+        return NULL;
     }
     int rc = eng_tok_load(&tok, g, err, sizeof(err));
     eng_gguf_close(g);
     CHECK(rc == 0, "tok load: %s", err);
-    if (rc)
+    return rc ? NULL : tok;
+}
+
+/* A scripted logprobs response through real token ids: token i has
+ * logprob -0.25 i (token 3: -inf), alternatives id+1.. with lower ones. */
+static const char lp_text[] = "Hello wörld ✓ \"q\"";
+
+static int lp_script(eng_tok_t *tok, int route, int stream, int top, char *area, size_t cap,
+                     struct out *o, int32_t *ids, int64_t *nids)
+{
+    struct egr_resp_cfg cfg = base_cfg(route, stream, 0);
+    struct egr_resp r;
+    int rc;
+
+    cfg.logprobs = 1, cfg.top_logprobs = (uint8_t)top;
+    *nids = eng_tok_encode(tok, lp_text, strlen(lp_text), 0, ids, 64);
+    memset(o, 0, sizeof(*o));
+    rc = egr_resp_init(&r, &cfg, area, cap);
+    if (rc < 0)
+        return rc;
+    for (int64_t j = 0; j <= *nids; j++) {
+        struct egr_lp lp = {.logprob = j == 3 ? -INFINITY : -0.25f * (float)j, .n_top = 3};
+        for (int k = 0; k < 3; k++)
+            lp.top_id[k] = (ids[j % *nids] + k) % (int32_t)eng_tok_n_vocab(tok),
+            lp.top_lp[k] = lp.logprob - (float)k;
+        int32_t id = j < *nids ? ids[j] : eng_tok_special(tok)->eos;
+        rc = egr_resp_token_lp(&r, tok, id, &lp, area, cap);
+        if (rc < 0 || (rc & EGR_DONE))
+            break;
+    }
+    o->rc = rc;
+    memcpy(o->buf, area, egr_resp_pending(&r));
+    o->len = egr_resp_pending(&r);
+    return rc;
+}
+
+static yajl_val jget(yajl_val v, const char *a, const char *b, const char *c)
+{
+    const char *p[] = {a, b, c, NULL};
+    return yajl_tree_get(v, p, yajl_t_any);
+}
+
+static void test_logprobs(void)
+{
+    eng_tok_t *tok = load_tok();
+    static char area[1 << 17], body[1 << 17];
+    static struct out o;
+    int32_t ids[64];
+    int64_t n;
+    char eb[256];
+
+    if (!tok)
+        return;
+    /* chat, streaming: one chunk per token carrying its entry; the
+     * entries' bytes spell the text */
+    int rc = lp_script(tok, EGR_CHAT, 1, 2, area, sizeof(area), &o, ids, &n);
+    CHECK(rc == EGR_DONE, "lp chat stream rc %d", rc);
+    size_t hl = 0, bl;
+    long l = dechunk(o.buf, o.len, body, &hl);
+    CHECK(l > 0, "lp dechunk");
+    bl = l > 0 ? (size_t)l : 0;
+    char bytes[256];
+    size_t nb = 0, i = 0;
+    int entries = 0;
+    while (i < bl) {
+        char *e = memmem(body + i, bl - i, "\n\n", 2), ev[16384];
+        if (!e)
+            break;
+        size_t el = (size_t)(e - body) - i - 6;
+        memcpy(ev, body + i + 6, el);
+        ev[el] = 0;
+        i = (size_t)(e - body) + 2;
+        if (!strcmp(ev, "[DONE]"))
+            break;
+        yajl_val v = yajl_tree_parse(ev, eb, sizeof(eb));
+        CHECK(v, "lp event: %s", eb);
+        if (!v)
+            break;
+        yajl_val ch = jget(v, "choices", NULL, NULL);
+        if (ch && YAJL_IS_ARRAY(ch) && YAJL_GET_ARRAY(ch)->len) {
+            yajl_val c0 = YAJL_GET_ARRAY(ch)->values[0];
+            yajl_val cont = jget(c0, "logprobs", "content", NULL);
+            if (cont && YAJL_IS_ARRAY(cont)) {
+                yajl_val en = YAJL_GET_ARRAY(cont)->values[0];
+                yajl_val by = jget(en, "bytes", NULL, NULL), lpv = jget(en, "logprob", NULL, NULL),
+                         top = jget(en, "top_logprobs", NULL, NULL);
+                for (size_t k = 0; by && k < YAJL_GET_ARRAY(by)->len; k++)
+                    bytes[nb++] = (char)YAJL_GET_INTEGER(YAJL_GET_ARRAY(by)->values[k]);
+                double want = entries == 3 ? -9999.0 : -0.25 * entries;
+                CHECK(lpv && YAJL_IS_NUMBER(lpv) && YAJL_GET_DOUBLE(lpv) == want, "logprob %d", entries);
+                CHECK(top && YAJL_GET_ARRAY(top)->len == 2, "top_logprobs length");
+                entries++;
+            }
+        }
+        yajl_tree_free(v);
+    }
+    if (entries != n)
+        fprintf(stderr, "%.*s\n", (int)FAVO_MIN(bl, 1500), body);
+    CHECK(entries == n, "lp chunks %d, tokens %lld", entries, (long long)n);
+    CHECK(nb == strlen(lp_text) && !memcmp(bytes, lp_text, nb), "lp bytes spell the text: %.*s", (int)nb,
+          bytes);
+
+    /* chat body: all entries in one array */
+    rc = lp_script(tok, EGR_CHAT, 0, 3, area, sizeof(area), &o, ids, &n);
+    CHECK(rc == EGR_DONE, "lp chat body rc %d", rc);
+    char *js = memmem(o.buf, o.len, "\r\n\r\n", 4);
+    if (js) {
+        size_t jl = o.len - (size_t)(js + 4 - o.buf);
+        memmove(body, js + 4, jl);
+        body[jl] = 0;
+        yajl_val v = yajl_tree_parse(body, eb, sizeof(eb));
+        CHECK(v, "lp body: %s", eb);
+        yajl_val ch = v ? jget(v, "choices", NULL, NULL) : NULL;
+        yajl_val cont = ch ? jget(YAJL_GET_ARRAY(ch)->values[0], "logprobs", "content", NULL) : NULL;
+        CHECK(cont && YAJL_IS_ARRAY(cont) && (int64_t)YAJL_GET_ARRAY(cont)->len == n, "lp body entries");
+        if (cont && YAJL_GET_ARRAY(cont)->len)
+            CHECK(YAJL_GET_ARRAY(jget(YAJL_GET_ARRAY(cont)->values[0], "top_logprobs", NULL, NULL))->len == 3,
+                  "lp body top 3");
+        yajl_tree_free(v);
+    }
+
+    /* completions stream: the four arrays, text_offset growing */
+    rc = lp_script(tok, EGR_COMPLETIONS, 1, 2, area, sizeof(area), &o, ids, &n);
+    CHECK(rc == EGR_DONE, "lp cmpl stream rc %d", rc);
+    CHECK(memmem(o.buf, o.len, "\"token_logprobs\":[-9999]", 24) != NULL, "-inf as -9999");
+    CHECK(memmem(o.buf, o.len, "\"text_offset\":[0]", 17) != NULL, "text_offset 0");
+    l = dechunk(o.buf, o.len, body, &hl);
+    char text[256], fin[16] = "";
+    size_t tl = 0;
+    CHECK(l > 0 && sse_check(body, (size_t)l, 0, text, &tl, fin, sizeof(fin)) == (int)n + 2,
+          "lp cmpl: one chunk per token + final + [DONE]");
+
+    /* not built: completions body with logprobs */
+    CHECK(lp_script(tok, EGR_COMPLETIONS, 0, 0, area, sizeof(area), &o, ids, &n) == -EOPNOTSUPP,
+          "completions body logprobs refused");
+    eng_tok_free(tok);
+}
+
+static void test_tokens(void)
+{
+    eng_tok_t *tok = load_tok();
+    int rc;
+
+    if (!tok)
         return;
     const char *text = "Hello, wörld ✓ 𝔘 \"quoted\"\tEND of it";
     int32_t ids[256];
@@ -661,6 +805,7 @@ int main(int argc, char **argv)
     test_log();
     test_random();
     test_tokens();
+    test_logprobs();
     if (failures) {
         fprintf(stderr, "%d failure(s)\n", failures);
         return 1;
