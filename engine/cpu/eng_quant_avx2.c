@@ -255,6 +255,16 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
 
 /* ---- row loops: one row, and ENG_QUANT_NR rows sharing the activation ---- */
 
+/* Prefetch the part of the next four-row group (which starts right after
+ * row 3) that matches block i of this one: rows of a few KiB are too
+ * short for the hardware prefetcher to ramp up on by itself. */
+#define PF_NEXT(a0, ws, i, sz)                                                   \
+    do {                                                                        \
+        const char *nx_ = (const char *)(a0) + 4 * (ws) + (size_t)(i) * 4 * (sz); \
+        for (size_t o_ = 0; o_ < 4 * (sz); o_ += 64)                            \
+            _mm_prefetch(nx_ + o_, _MM_HINT_T0);                                \
+    } while (0)
+
 #define GEN_DOTS(T, WT, XT, QB)                                                  \
     static float vd_##T(int64_t n, const void *w, const void *x)                \
     {                                                                           \
@@ -281,6 +291,7 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
         __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;             \
         __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                \
         for (int64_t i = 0; i < n / (QB); i++) {                                \
+            PF_NEXT(a0, ws, i, sizeof(WT));                                      \
             blk_##T(&a0[i], &b[i], &c0, &s0);                                   \
             blk_##T(&a1[i], &b[i], &c1, &s1);                                   \
             blk_##T(&a2[i], &b[i], &c2, &s2);                                   \
