@@ -779,6 +779,21 @@ static int emit_case(const char *name)
     const struct piece ps[] = {{"Hel", 0}, {"lo, \"wörld\" ✓\n\x01", 0}, {" E", 0}, {"ND", 0}};
     int chat = strstr(name, "chat") != NULL, stream = strstr(name, "stream") != NULL;
 
+    if (strstr(name, "-lp")) {
+        static char area[1 << 17];
+        int32_t ids[64];
+        int64_t nids;
+        eng_tok_t *tok = load_tok();
+        if (!tok)
+            return T_SKIP;
+        int rc = lp_script(tok, chat ? EGR_CHAT : EGR_COMPLETIONS, stream, 2, area, sizeof(area), &o,
+                           ids, &nids);
+        eng_tok_free(tok);
+        if (rc < 0 || !(rc & EGR_DONE))
+            return 1;
+        fwrite(o.buf, 1, o.len, stdout);
+        return 0;
+    }
     cfg = base_cfg(chat ? EGR_CHAT : EGR_COMPLETIONS, stream, 1);
     if (strstr(name, "stop"))
         cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 1;

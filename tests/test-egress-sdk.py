@@ -55,7 +55,18 @@ def emit(case):
     if not os.path.exists(exe):
         print(f"skip: {exe} not built")
         sys.exit(77)
-    return subprocess.run([exe, "--emit", case], check=True, capture_output=True).stdout
+    p = subprocess.run([exe, "--emit", case], capture_output=True)
+    if p.returncode == 77:
+        return None
+    check(p.returncode == 0, f"{case}: emit exit {p.returncode}: {p.stderr[-300:]!r}")
+    return p.stdout
+
+
+def sdk_stream(body, cls):
+    client = openai.OpenAI(api_key="test", base_url="http://127.0.0.1:1/v1")
+    resp = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body,
+                          request=httpx.Request("POST", "http://127.0.0.1:1/v1/x"))
+    return list(Stream(cast_to=cls, response=resp, client=client))
 
 
 def split_head(raw):
@@ -95,11 +106,8 @@ def stream_case(case, chat, want_text, want_finish, want_usage):
     check(hdr.get("x-request-id") == "req-1", f"{case}: request id")
     body = dechunk(rest)
     check(body.endswith(b"data: [DONE]\n\n"), f"{case}: [DONE] last")
-    client = openai.OpenAI(api_key="test", base_url="http://127.0.0.1:1/v1")
-    resp = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body,
-                          request=httpx.Request("POST", "http://127.0.0.1:1/v1/x"))
     cls = ChatCompletionChunk if chat else Completion
-    chunks = list(Stream(cast_to=cls, response=resp, client=client))
+    chunks = sdk_stream(body, cls)
     check(len(chunks) >= 3, f"{case}: {len(chunks)} chunks")
     text, finish, usage = "", None, None
     for i, c in enumerate(chunks):
@@ -153,6 +161,46 @@ stream_case("chat-stream-len", True, STOPPED + " END", "length", 4)
 stream_case("cmpl-stream-len", False, STOPPED + " END", "length", 4)
 body_case("chat-body-stop", True, STOPPED + " ", "stop", 4)
 body_case("cmpl-body-len", False, STOPPED + " END", "length", 4)
+
+# logprobs through real token ids (skipped without $FAVO_MODELS): the
+# text is "Hello wörld ✓ \"q\"", token i has logprob -0.25 i (-9999 for
+# token 3, which was -inf), two alternatives each.
+LP_TEXT = 'Hello wörld ✓ "q"'
+raw = emit("chat-stream-lp")
+if raw is not None:
+    _, rest = split_head(raw)
+    chunks = sdk_stream(dechunk(rest), ChatCompletionChunk)
+    ents = []
+    for i, c in enumerate(chunks):
+        no_extra(c, f"chat-stream-lp[{i}]")
+        for ch in c.choices:
+            if ch.logprobs is not None:
+                ents += ch.logprobs.content
+    check(b"".join(bytes(e.bytes) for e in ents) == LP_TEXT.encode(), "chat-stream-lp: bytes")
+    check([e.logprob for e in ents][:5] == [0, -0.25, -0.5, -9999.0, -1.0], "chat-stream-lp: logprobs")
+    check(all(len(e.top_logprobs) == 2 for e in ents), "chat-stream-lp: 2 alternatives")
+    _, body = split_head(emit("chat-body-lp"))
+    m = ChatCompletion.model_validate_json(body)
+    no_extra(m, "chat-body-lp")
+    lp = m.choices[0].logprobs.content
+    check(b"".join(bytes(e.bytes) for e in lp) == LP_TEXT.encode(), "chat-body-lp: bytes")
+    check(m.choices[0].message.content == LP_TEXT, "chat-body-lp: text")
+    _, rest = split_head(emit("cmpl-stream-lp"))
+    chunks = sdk_stream(dechunk(rest), Completion)
+    toks, offs = [], []
+    for i, c in enumerate(chunks):
+        no_extra(c, f"cmpl-stream-lp[{i}]")
+        lpc = c.choices[0].logprobs
+        if lpc is not None:
+            check(len(lpc.top_logprobs[0]) <= 2, "cmpl-stream-lp: alternatives")
+            toks += lpc.tokens
+            offs += lpc.text_offset
+    # "✓" comes as three byte tokens: each piece alone is invalid UTF-8,
+    # so its "tokens" string is U+FFFD (chat carries the exact "bytes")
+    check("".join(toks).replace("\ufffd", "") == LP_TEXT.replace("✓", ""), f"cmpl-stream-lp: tokens {toks}")
+    check(offs == sorted(offs) and offs[0] == 0, "cmpl-stream-lp: text_offset")
+else:
+    print("logprobs cases skipped: no tokenizer in $FAVO_MODELS")
 
 print(f"openai {openai.__version__}: {'FAIL' if failures else 'ok'}")
 sys.exit(1 if failures else 0)
