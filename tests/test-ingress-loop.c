@@ -244,7 +244,7 @@ static void t_keepalive_pipeline(void)
      * the client reads nothing yet, so the output buffer grows while
      * SENDs are in flight: every byte arrives intact and in order */
     fd = conn_new();
-    int rcv = 4096;
+    int rcv = 65536;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
     char batch[64 * 48];
     size_t bl = 0;
