@@ -325,20 +325,22 @@ static int finish(struct egr_resp *r, char *area, size_t cap, int reason, bool s
         rc = eng_detok_flush(&r->detok, raw, sizeof(raw), &n);
         if (rc < 0)
             return rc;
-        if ((rc = put_text(r, area, cap, raw, n)) < 0)
+        rc = put_text(r, area, cap, raw, n);
+        FAVO_ASSERT(!r->stream || rc != -EAGAIN);   /* invariant 1 */
+        if (rc < 0)
             return rc;
     }
     r->state = ST_DONE;
     if (!r->stream)
         return finish_body(r, area, cap);
-    if ((rc = emit(r, area, cap, EV_FINAL, NULL, 0, NULL, 0)) < 0)
-        return rc;
-    if (r->include_usage && (rc = emit(r, area, cap, EV_USAGE, NULL, 0, NULL, 0)) < 0)
-        return rc;
-    if ((rc = emit(r, area, cap, EV_DONE, NULL, 0, NULL, 0)) < 0)
-        return rc;
-    if (cap - r->pending < 5)
-        return -EAGAIN;
+    /* invariant 1: the caller checked egr_resp_need before any state
+     * changed, which covers every event below; a failure here is a bug in
+     * that bound, and going on would send a truncated stream */
+    FAVO_ASSERT(emit(r, area, cap, EV_FINAL, NULL, 0, NULL, 0) == 0);
+    if (r->include_usage)
+        FAVO_ASSERT(emit(r, area, cap, EV_USAGE, NULL, 0, NULL, 0) == 0);
+    FAVO_ASSERT(emit(r, area, cap, EV_DONE, NULL, 0, NULL, 0) == 0);
+    FAVO_ASSERT(cap - r->pending >= 5);
     r->pending += (uint32_t)egr_chunk_end(area + r->pending, cap - r->pending);
     return 0;
 }
@@ -493,6 +495,7 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const stru
                 r->lp_len += (uint32_t)lw.n;
             }
         }
+        FAVO_ASSERT(!r->stream || rc != -EAGAIN);   /* invariant 1: covered by the need check */
         if (rc < 0)
             return rc;
     }
