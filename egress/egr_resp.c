@@ -47,12 +47,17 @@ static void put(struct w *w, const char *s, size_t len)
 
 static void puts_(struct w *w, const char *s) { put(w, s, strlen(s)); }
 
+/* Decimal by hand: snprintf costs ~50 ns a call, and logprobs write one
+ * number per byte of every piece ("bytes":[..]). */
 static void putu(struct w *w, uint64_t v)
 {
     char b[24];
-    int n = snprintf(b, sizeof(b), "%" PRIu64, v);
+    size_t i = sizeof(b);
 
-    put(w, b, (size_t)n);
+    do
+        b[--i] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    put(w, b + i, sizeof(b) - i);
 }
 
 static void putjs(struct w *w, const char *s, size_t len)

@@ -11,6 +11,7 @@
  *                        the body assembled once at the end), per token
  *   token_chat_ns        stream_chat with real token ids through the
  *                        SmolLM2 tokenizer ($FAVO_MODELS; -1 without it)
+ *   token_chat_lp_ns     the same with logprobs and 5 alternatives per token
  *   bytes_per_event      SSE bytes per streamed token (chat)
  *
  * Each figure is the median of 7 runs of 512-token responses.
@@ -31,7 +32,7 @@
 
 static const char *words[] = {" the", " model", " said", ",", " égal", " \"x\"", "\n", " token"};
 
-static double run(int route, int stream, const eng_tok_t *tok, const int32_t *ids, double *bpe)
+static double run(int route, int stream, const eng_tok_t *tok, const int32_t *ids, int top, double *bpe)
 {
     static char area[1 << 18];
     const char *stops[] = {"<|END|>", "\n\nUser:"};
@@ -44,14 +45,17 @@ static double run(int route, int stream, const eng_tok_t *tok, const int32_t *id
             .keep_alive = 1, .max_tokens = NTOK, .prompt_tokens = 100, .created = 1700000000,
             .id = "chatcmpl-0123456789abcdef01234567", .model = "SmolLM2-135M-Instruct",
             .fingerprint = "fp_favo", .request_id = "req-0123456789", .stops = stops,
-            .stop_lens = sl, .n_stops = 2};
+            .stop_lens = sl, .n_stops = 2, .logprobs = top > 0, .top_logprobs = (uint8_t)top};
+        struct egr_lp lp = {.logprob = -0.5f, .n_top = (uint8_t)top};
         struct egr_resp r;
         uint64_t bytes = 0, t0 = favo_now_ns();
 
         if (egr_resp_init(&r, &cfg, area, sizeof(area)) < 0)
             return -1;
         for (int i = 0; i < NTOK; i++) {
-            int rc = tok ? egr_resp_token(&r, tok, ids[i], area, sizeof(area))
+            for (int j = 0; j < top; j++)
+                lp.top_id[j] = ids[(i + j) % NTOK], lp.top_lp[j] = -0.5f - (float)j;
+            int rc = tok ? egr_resp_token_lp(&r, tok, ids[i], top ? &lp : NULL, area, sizeof(area))
                          : egr_resp_bytes(&r, words[i & 7], strlen(words[i & 7]), false, area,
                                           sizeof(area));
             if (rc < 0)
@@ -70,7 +74,7 @@ static double run(int route, int stream, const eng_tok_t *tok, const int32_t *id
     return perf_quantile(v, RUNS, 0.5);
 }
 
-static double run_tokens(void)
+static double run_tokens(int top)
 {
     char path[1024], err[256];
     eng_gguf_t *g = NULL;
@@ -91,7 +95,7 @@ static double run_tokens(void)
     for (int i = 0; tl + 16 < sizeof(text); i++)
         tl += (size_t)snprintf(text + tl, sizeof(text) - tl, "%s", words[i & 7]);
     int64_t k = eng_tok_encode(tok, text, tl, 0, ids, NTOK * 8);
-    ns = k >= NTOK ? run(EGR_CHAT, 1, tok, ids, NULL) : -1;
+    ns = k >= NTOK ? run(EGR_CHAT, 1, tok, ids, top, NULL) : -1;
     eng_tok_free(tok);
     return ns;
 }
@@ -99,10 +103,10 @@ static double run_tokens(void)
 int main(int argc, char **argv)
 {
     double bpe = 0;
-    double sc = run(EGR_CHAT, 1, NULL, NULL, &bpe);
-    double sp = run(EGR_COMPLETIONS, 1, NULL, NULL, NULL);
-    double bc = run(EGR_CHAT, 0, NULL, NULL, NULL);
-    double tc = run_tokens();
+    double sc = run(EGR_CHAT, 1, NULL, NULL, 0, &bpe);
+    double sp = run(EGR_COMPLETIONS, 1, NULL, NULL, 0, NULL);
+    double bc = run(EGR_CHAT, 0, NULL, NULL, 0, NULL);
+    double tc = run_tokens(0), tl = run_tokens(5);
     char mach[256];
 
     perf_machine(mach, sizeof(mach));
@@ -113,6 +117,7 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "stream_cmpl_ns", sp);
         perf_json_num(stdout, "body_chat_ns", bc);
         perf_json_num(stdout, "token_chat_ns", tc);
+        perf_json_num(stdout, "token_chat_lp_ns", tl);
         perf_json_num(stdout, "bytes_per_event", bpe);
         perf_json_end(stdout);
         return 0;
@@ -122,6 +127,7 @@ int main(int argc, char **argv)
     printf("  %-22s %10.1f ns\n", "stream completions", sp);
     printf("  %-22s %10.1f ns\n", "non-stream chat", bc);
     printf("  %-22s %10.1f ns%s\n", "stream chat, token ids", tc, tc < 0 ? " (no model)" : "");
+    printf("  %-22s %10.1f ns%s\n", "  + logprobs, top 5", tl, tl < 0 ? " (no model)" : "");
     printf("  %-22s %10.1f B\n", "SSE bytes per event", bpe);
     return 0;
 }
