@@ -86,7 +86,8 @@ struct egr_head {
 };
 
 /* The response head, ending with the empty line. Returns its length or
- * -ENOSPC; -EINVAL when request_id holds CR/LF or extra does not end CRLF. */
+ * -ENOSPC; -EINVAL when request_id holds a control character (CR/LF:
+ * response splitting) or extra does not end CRLF. */
 int egr_head(char *out, size_t cap, const struct egr_head *h);
 
 /* Wrap data[0, len) in one chunk: hex size CRLF data CRLF. data may be

@@ -111,8 +111,10 @@ int egr_head(char *out, size_t cap, const struct egr_head *h)
     char len_line[48] = "";
     int n;
 
-    if (rid && strpbrk(rid, "\r\n"))
-        return -EINVAL;
+    /* a header value: no CR/LF (response splitting) nor other controls */
+    for (const char *c = rid; c && *c; c++)
+        if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f)
+            return -EINVAL;
     if (el && (el < 2 || memcmp(extra + el - 2, "\r\n", 2) != 0))
         return -EINVAL;
     if (!h->stream)

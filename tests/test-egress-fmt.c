@@ -280,6 +280,8 @@ static void test_head(void)
     CHECK(n == (int)strlen(want) && !strcmp(out, want), "json head: %s", out);
     h.request_id = "r1\r\nSet-Cookie: x";
     CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "CRLF in request id");
+    h.request_id = "r1\x01";
+    CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "control char in request id");
     h.request_id = NULL;
     h.extra = "x-a: 1";
     CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "extra without CRLF");
