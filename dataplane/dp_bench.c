@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -890,6 +891,15 @@ int dp_bench_run(const struct dp_bench_cfg *cfg, struct dp_bench_res *res)
     if ((rc = resolve(&r)))
         return rc;
     r.nconns = open ? cfg->max_conns : cfg->concurrency;
+    {   /* one descriptor per connection: lift the soft limit to the hard one */
+        struct rlimit rl;
+
+        if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < (rlim_t)r.nconns + 64 &&
+            rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+    }
     r.conns = calloc((size_t)r.nconns, sizeof(*r.conns));
     if (!r.conns)
         return -ENOMEM;
@@ -1015,7 +1025,10 @@ void dp_bench_table(FILE *f, struct dp_bench_res *res)
     for (int i = 0; i < 3; i++) {
         fprintf(f, "%-8s %8zu", nm[i], s[i]->n);
         for (unsigned j = 0; j < sizeof(pcts) / sizeof(*pcts); j++)
-            fprintf(f, " %9.2f", dp_bench_pct(s[i], pcts[j]));
+            if (s[i]->n)
+                fprintf(f, " %9.2f", dp_bench_pct(s[i], pcts[j]));
+            else
+                fprintf(f, " %9s", "-");
         fputc('\n', f);
     }
     fprintf(f, "requests %ld scheduled, %ld ok, %ld errors in %.2f s", res->scheduled, res->ok,
