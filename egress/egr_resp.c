@@ -221,11 +221,19 @@ int egr_resp_init(struct egr_resp *r, const struct egr_resp_cfg *cfg, char *area
         return rc;
     r->state = ST_BODY;
     r->magic = EGR_RESP_MAGIC;
+
+    /* check the head now: finish_body asserts that it renders */
+    char scratch[512];
+    struct egr_head h = {.status = 200, .stream = r->stream, .keep_alive = r->keep_alive,
+                         .content_length = UINT32_MAX, .request_id = r->request_id,
+                         .extra = r->head_extra};
+    rc = egr_head(scratch, sizeof(scratch), &h);
+    if (rc < 0) {
+        r->magic = 0;
+        return -EINVAL;
+    }
     if (!r->stream)
         return 0;
-
-    struct egr_head h = {.status = 200, .stream = 1, .keep_alive = r->keep_alive,
-                         .request_id = r->request_id, .extra = r->head_extra};
     rc = egr_head(area, cap, &h);
     if (rc < 0)
         return rc;

@@ -461,6 +461,15 @@ static void test_pressure(void)
     char small[64];
     struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 1, 0);
     CHECK(egr_resp_init(&r, &cfg, small, sizeof(small)) == -ENOSPC, "tiny area");
+    /* a bad head is refused at init, also for a body (whose head comes last) */
+    for (int st = 0; st < 2; st++) {
+        struct egr_resp_cfg bad = base_cfg(EGR_CHAT, st, 0);
+        bad.extra_head = "x-a: 1";
+        CHECK(egr_resp_init(&r, &bad, small, sizeof(small)) == -EINVAL, "extra without CRLF");
+        bad = base_cfg(EGR_CHAT, st, 0);
+        bad.request_id = "a\rb";
+        CHECK(egr_resp_init(&r, &bad, small, sizeof(small)) == -EINVAL, "CR in request id");
+    }
     /* an area that can never hold one event's worst case: -ENOBUFS, not
      * an -EAGAIN the loop would wait on forever */
     static char mid[1500];
