@@ -138,14 +138,14 @@ static int out_reserve(struct ing_conn *c, size_t more)
 int ing_conn_respond(struct ing_loop *L, struct ing_conn *c, int status, const char *ctype,
                      const char *extra, const void *body, size_t len)
 {
-    char hdr[512];
+    char hdr[1280];
     int n;
 
-    n = snprintf(hdr, sizeof(hdr), "HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %zu\r\n%s%.*s%s%s%s\r\n",
+    n = snprintf(hdr, sizeof(hdr), "HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %zu\r\n%s%.*s%s%s%s%s\r\n",
                  status, status_text(status), ctype ? "Content-Type: " : "", ctype ? ctype : "",
                  ctype ? "\r\n" : "", len, L->reqid_len ? "X-Request-Id: " : "",
                  (int)L->reqid_len, L->reqid, L->reqid_len ? "\r\n" : "",
-                 c->closing ? "Connection: close\r\n" : "", extra ? extra : "");
+                 c->closing ? "Connection: close\r\n" : "", extra ? extra : "", L->rl_hdr);
     if (n < 0 || (size_t)n >= sizeof(hdr) || out_reserve(c, (size_t)n + len)) {
         c->closing = true;
         return -ENOMEM;
@@ -500,6 +500,8 @@ static void set_reqid_none(struct ing_loop *L)
 {
     L->reqid_len = 0;
     L->reqid[0] = 0;
+    L->rl_hdr[0] = 0;
+    L->rl_n = 0;
 }
 
 /* Parse and answer every complete request in the buffer, in order. */
@@ -546,6 +548,8 @@ static void conn_process(struct ing_loop *L, struct ing_conn *c)
             break;
         }
         c->nreq++;
+        L->rl_n = 0;
+        L->rl_hdr[0] = 0;
         if (!c->req.keep_alive || L->draining)
             c->closing = true;
         ing_route(L, c);
@@ -646,6 +650,8 @@ static void on_tick(struct ing_loop *L)
     }
     if (L->cfg.stats && L->cfg.stats_w)
         shm_stats_flush(L->cfg.stats_w);
+    if (L->cfg.rl && L->cfg.worker == 0)
+        ing_rl_tick(L->cfg.rl, now); /* refill: the tick owner only */
     arm_tick(L);
 }
 
@@ -817,6 +823,14 @@ int ing_loop_run(const struct ing_cfg *cfg)
     }
     if (cfg->model_path && (rc = ing_route_model_load(L)) != 0)
         goto out;
+    if (cfg->rl && cfg->keys && cfg->worker == 0) {
+        uint64_t now = favo_now_ns();
+        for (uint32_t b = 0; b < ing_keys_nbuckets(cfg->keys); b++) {
+            uint32_t rpm, tpm;
+            if (ing_keys_bucket_limits(cfg->keys, b, &rpm, &tpm) == 0)
+                ing_rl_set_limits(cfg->rl, b, rpm, tpm, now);
+        }
+    }
     if ((rc = listen_open(L)) != 0)
         goto out;
     if ((rc = ring_init(L)) != 0)

@@ -73,6 +73,7 @@
 
 #include "ing_http.h"
 #include "ing_keys.h"
+#include "ing_ratelimit.h"
 #include "../shm/shm_cell.h"
 #include "../shm/shm_ring.h"
 #include "../shm/shm_stats.h"
@@ -142,6 +143,12 @@ struct ing_cfg {
      * but /health, /ready and /metrics; 401 in OpenAI's shape. NULL and
      * no auth hook: an open server (said at start). */
     const struct ing_keys *keys;
+    /* Rate limits (ing_ratelimit.h), with keys only: every authenticated
+     * request is checked against its key/user/org buckets (tokens: the
+     * prompt plus max_tokens on the generation routes, 0 elsewhere); 429
+     * with Retry-After when refused; x-ratelimit-* on every answer. Worker
+     * 0 sets the limits from the keys at start and ticks the refill. */
+    struct ing_rl *rl;
     /* Extra auth hook, after the keys: NULL = none. Returns 0 to admit, else the HTTP
      * status (401/403/429) with msg filled (no key material in it). */
     int (*auth)(void *arg, const uint8_t *buf, const struct ing_http_req *r, char *msg,

@@ -71,6 +71,10 @@ struct ing_loop {
     size_t scratch_len, scratch_cap;
     struct shm_stats_snap *snap;
 
+    /* the current request's key buckets and x-ratelimit-* lines */
+    uint32_t rl_buckets[3];
+    unsigned rl_n;            /* 0: no rate limit applies */
+    char rl_hdr[512];
     /* the current request's id (from X-Request-Id, or generated) */
     char reqid[ING_DESC_REQID_MAX + 1];
     unsigned reqid_len;
@@ -111,5 +115,8 @@ void ing_route(struct ing_loop *L, struct ing_conn *c);
 int ing_route_model_load(struct ing_loop *L);
 void ing_route_model_free(struct ing_loop *L);
 bool ing_route_ready(struct ing_loop *L);
+/* Rate limit the current request (L->rl_buckets) for `tokens`: 0 admitted,
+ * else a 429 was answered. Fills L->rl_hdr either way. */
+int ing_route_ratelimit(struct ing_loop *L, struct ing_conn *c, uint64_t tokens);
 
 #endif /* ING_LOOP_INT_H */

@@ -513,6 +513,8 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         if (L->cfg.max_tokens_default)
             max_tokens = FAVO_MIN(max_tokens, L->cfg.max_tokens_default);
     }
+    if (L->rl_n && ing_route_ratelimit(L, c, (uint64_t)n + max_tokens))
+        goto fail;
     if (!L->cfg.batcher_up || !*L->cfg.batcher_up || !L->cfg.to_batcher) {
         ing_conn_error(L, c, 503, "the generation pipeline is not running", NULL, NULL,
                        "Retry-After: 1\r\n");
@@ -576,6 +578,28 @@ fail:
     shm_cell_free(L->pool, cell, SHM_CELL_INGRESS); /* scrubs: cell inv 2 */
 }
 
+/* ---------------------------------------------------------- rate limits */
+
+int ing_route_ratelimit(struct ing_loop *L, struct ing_conn *c, uint64_t tokens)
+{
+    struct ing_rl_decision d;
+    int rc;
+
+    if (!L->cfg.rl || !L->rl_n)
+        return 0;
+    rc = ing_rl_check(L->cfg.rl, L->rl_buckets, L->rl_n, tokens, favo_now_ns(), &d);
+    if (ing_rl_headers(&d, L->rl_hdr, sizeof(L->rl_hdr)) < 0)
+        L->rl_hdr[0] = 0;
+    if (rc == 0)
+        return 0;
+    favo_info("ingress: req %s: 429 (%s)", L->reqid, rc == -E2BIG ? "request over tpm" : "rate");
+    ing_conn_error(L, c, 429,
+                   rc == -E2BIG ? "this request alone exceeds your tokens-per-minute limit"
+                                : "rate limit reached; retry after the time in Retry-After",
+                   NULL, rc == -E2BIG ? "tokens_exceeded" : "rate_limit_exceeded", NULL);
+    return -EAGAIN;
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 void ing_route(struct ing_loop *L, struct ing_conn *c)
@@ -615,6 +639,12 @@ void ing_route(struct ing_loop *L, struct ing_conn *c)
             return;
         }
         favo_debug("ingress: req %s: key '%s' tenant '%s'", L->reqid, k->name, k->tenant);
+        if (L->cfg.rl) {
+            L->rl_n = ing_keys_buckets(L->cfg.keys, k, L->rl_buckets);
+            /* generation routes are checked once their token count is known */
+            if (id != R_COMPL && id != R_CHAT && ing_route_ratelimit(L, c, 0))
+                return;
+        }
     }
     if (L->cfg.auth && id >= R_MODELS) {
         char msg[200] = "";

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -31,6 +32,8 @@ static int fails;
     } while (0)
 
 static uint16_t port;
+static void *rl_mem;
+static size_t rl_len;
 
 static int conn_new(int *err)
 {
@@ -99,6 +102,10 @@ static pid_t start_worker(unsigned idx, const struct ing_keys *ks, int port_fd)
         cfg.port_fd = port_fd;
         cfg.max_conns = 32;
         cfg.keys = ks;
+        static struct ing_rl rl;
+        if (ing_rl_attach(&rl, rl_mem, rl_len, idx))
+            exit(3);
+        cfg.rl = &rl;
         cfg.drain_ms = 2000;
         cfg.egress_sock = -1;
         exit(ing_loop_run(&cfg) ? 2 : 0);
@@ -134,6 +141,23 @@ int main(void)
         fprintf(stderr, "keys: %s\n", ks.err);
         return 1;
     }
+    /* a second key limited to 2 requests per minute */
+    struct ing_key k2;
+    char key2[ING_KEYS_KEY_LEN + 1];
+    memset(&k2, 0, sizeof(k2));
+    if (ing_keys_generate(key2, k2.sha256))
+        return 1;
+    strcpy(k2.name, "slow");
+    strcpy(k2.tenant, "t2");
+    k2.rpm = 2;
+    if (ing_keys_add(&ks, &k2)) {
+        fprintf(stderr, "keys: %s\n", ks.err);
+        return 1;
+    }
+    rl_len = ing_rl_size(ing_keys_nbuckets(&ks), 2);
+    rl_mem = mmap(NULL, rl_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (rl_mem == MAP_FAILED || ing_rl_init(rl_mem, rl_len, ing_keys_nbuckets(&ks), 2, 0))
+        return 1;
     if (pipe(p1) || pipe(p2))
         return 1;
     port = 0;
@@ -164,6 +188,23 @@ int main(void)
     r = ask(req);
     CHECK(strstr(r, "HTTP/1.1 200 ") == r);
     free(r);
+
+    /* rate limit: 2 requests a minute for key2, over both workers */
+    snprintf(req, sizeof(req), "GET /v1/models HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n",
+             key2);
+    for (int i = 0; i < 3; i++) {
+        r = ask(req);
+        if (i < 2) {
+            CHECK(strstr(r, "HTTP/1.1 200 ") == r);
+            CHECK(strstr(r, "x-ratelimit-limit-requests: 2\r\n") != NULL);
+        } else {
+            CHECK(strstr(r, "HTTP/1.1 429 ") == r);
+            CHECK(strstr(r, "retry-after: ") && strstr(r, "x-ratelimit-remaining-requests: 0\r\n"));
+            CHECK(strstr(r, "\"code\":\"rate_limit_exceeded\"") && strstr(r, "\"type\":\"requests\""));
+        }
+        free(r);
+    }
+    explicit_bzero(key2, sizeof(key2));
 
     /* HEAD: the GET's headers, no body */
     r = ask("HEAD /health HTTP/1.1\r\nHost: t\r\n\r\n");
