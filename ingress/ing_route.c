@@ -16,6 +16,17 @@
  *
  *   Unknown path: 404. Known path, other method: 405 with Allow. Every
  *   error body is OpenAI's shape (ing_oai_error_body).
+ *
+ *   Order of checks on a request: route (404) -> method (405) -> API key
+ *   (401; all but /health, /ready, /metrics) -> rate limit (429; the
+ *   generation routes after tokenization, when the token cost is known)
+ *   -> the route's own validation (400/413/415) -> batcher (503).
+ *
+ *   Left for the stages that do not exist yet: a connection whose request
+ *   went to the batcher stops parsing (pipelined bytes wait in its next
+ *   cell) until egress says the response is done, and a client that
+ *   disconnects meanwhile is closed here but not yet cancelled in the
+ *   batcher (no ingress->batcher cancel message yet).
  */
 
 #include "ing_loop_int.h"
