@@ -534,6 +534,38 @@ static void submit_recv(struct run *r, struct conn *c)
     io_uring_sqe_set_data64(sqe, (uint64_t)(c - r->conns));
 }
 
+/* Does a data event carry generated text? OpenAI-style servers also send
+ * events without any: the role-only first chat delta, a last chunk with only
+ * finish_reason, a usage chunk. Counting those would make TTFT early and add
+ * phantom tokens. Rule: an OpenAI-shaped event (one with a "choices",
+ * "text" or "content" key) counts only when a "text" or "content" value is a
+ * non-empty string; any other event (not OpenAI-shaped) counts. */
+static bool event_has_text(const char *l, size_t n)
+{
+    static const char *const keys[] = { "\"text\"", "\"content\"" };
+    bool seen = false;
+
+    for (unsigned k = 0; k < 2; k++) {
+        size_t kl = strlen(keys[k]);
+
+        for (const char *p = l; (p = memmem(p, n - (size_t)(p - l), keys[k], kl)); p += kl) {
+            const char *q = p + kl, *e = l + n;
+
+            seen = true;
+            while (q < e && (*q == ' ' || *q == '\t'))
+                q++;
+            if (q >= e || *q != ':')
+                continue;
+            q++;
+            while (q < e && (*q == ' ' || *q == '\t'))
+                q++;
+            if (q + 1 < e && *q == '"' && q[1] != '"')
+                return true;
+        }
+    }
+    return !seen && !memmem(l, n, "\"choices\"", 9);
+}
+
 /* An SSE line (without the newline). */
 static void sse_line(struct run *r, struct conn *c, char *l, size_t n, uint64_t t)
 {
@@ -546,6 +578,8 @@ static void sse_line(struct run *r, struct conn *c, char *l, size_t n, uint64_t 
     while (n && *l == ' ')
         l++, n--;
     if (n == 6 && !strncmp(l, "[DONE]", 6))
+        return;
+    if (!event_has_text(l, n))
         return;
     if (!c->got_tok) {
         c->got_tok = true;

@@ -69,6 +69,23 @@ static void t_sse_eof_body(void **state)
            0, 200, 3, true);
 }
 
+/* Events without text (role-only delta, finish_reason-only, usage) are not
+ * tokens; events with neither "text" nor "content" are. */
+static void t_sse_textless(void **state)
+{
+    (void)state;
+    expect(true, "HTTP/1.1 200 OK" CRLF CRLF
+                 "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"
+                 "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n"
+                 "data: {\"choices\":[{\"delta\":{\"content\": \"Hi\"}}]}\n\n"
+                 "data: {\"choices\":[{\"text\":\"\\\"\",\"finish_reason\":null}]}\n\n"
+                 "data: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"length\"}]}\n\n"
+                 "data: {\"choices\":[{\"delta\":{\"content\":null}}]}\n\n"
+                 "data: {\"choices\":[],\"usage\":{\"completion_tokens\":2}}\n\n"
+                 "data: [DONE]\n\n",
+           0, 200, 2, true); /* "Hi" and "\"" */
+}
+
 static void t_plain_length(void **state)
 {
     (void)state;
@@ -104,7 +121,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_sse_chunked),  cmocka_unit_test(t_sse_incomplete),
-        cmocka_unit_test(t_sse_eof_body), cmocka_unit_test(t_plain_length),
+        cmocka_unit_test(t_sse_eof_body), cmocka_unit_test(t_sse_textless),
+        cmocka_unit_test(t_plain_length),
         cmocka_unit_test(t_malformed),
     };
 
