@@ -30,8 +30,15 @@
  * Statistics: every sample is kept (double, milliseconds). Percentile p of
  * n sorted samples is the nearest rank: x[ceil(p/100 * n) - 1] (p=0: x[0]).
  *
- * Output tokens: the count of data events (one token per event, as favo,
- * llama.cpp and vLLM stream) or, non-streaming, usage.completion_tokens.
+ * Output tokens: the count of data events that carry text (one token per
+ * event, as favo, llama.cpp and vLLM stream; role-only, finish-only and
+ * usage events are skipped, see event_has_text) or, non-streaming,
+ * usage.completion_tokens.
+ *
+ * Prompts: synthesized from common English words that are one token each in
+ * GPT-2/Llama/SmolLM BPE vocabularies, so N words ~ N tokens (a request
+ * number leads, so prompts never share a cached prefix). --prompts files
+ * are sent as given; their length is estimated as whitespace words.
  *
  * Invariants:
  *   1. a connection slot has at most one io_uring operation in flight; its
