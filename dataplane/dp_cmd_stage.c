@@ -53,7 +53,7 @@ static int stage_sleeper(int argc, char **argv)
     sigset_t set;
     uint64_t t0;
 
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every flag takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--crash-after"))
             crash = sleeper_ms(a, v);
@@ -67,7 +67,6 @@ static int stage_sleeper(int argc, char **argv)
             fprintf(stderr, "favo stage sleeper: unknown argument '%s'\n", a);
             return 2;
         }
-        i++;
     }
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
