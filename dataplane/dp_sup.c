@@ -121,6 +121,11 @@ static _Noreturn void sup_child(const struct sup *s, const struct dp_sup_stage_c
         else if (dup2(s->cfg->data_fd, DP_SUP_DATA_FD) < 0)
             _exit(127);
     }
+    /* Stages must not talk to systemd as if they were the main process. The
+     * supervisor is single-threaded, so unsetenv after fork is safe here. */
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("WATCHDOG_PID");
+    unsetenv("NOTIFY_SOCKET");
     argv[n++] = exe;
     argv[n++] = "stage";
     argv[n++] = c->name;
@@ -363,10 +368,6 @@ static int sup_setup(struct sup *s, const struct dp_sup_cfg *cfg, sigset_t *old)
     if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->tfd, &ev) < 0)
         return -errno;
     s->wd_interval = dp_notify_watchdog_interval_ns();
-    /* Stages must not ping systemd's watchdog as if they were us. */
-    unsetenv("WATCHDOG_USEC");
-    unsetenv("WATCHDOG_PID");
-    unsetenv("NOTIFY_SOCKET");
     return 0;
 }
 
