@@ -36,6 +36,7 @@ struct sup_stage {
     uint64_t exit_seen;        /* when the last exit was noticed */
     uint64_t fails[16];        /* ring of failure times for the breaker */
     unsigned nfails;
+    unsigned restarts;
 };
 
 struct sup {
@@ -76,6 +77,27 @@ int dp_sup_add(struct dp_sup_cfg *cfg, const char *name, const char *const *args
         s->args[n] = args[n];
     }
     return (int)cfg->nstages++;
+}
+
+/* Publish stage i's row in the stats segment (metadata only). */
+static void sup_row(struct sup *s, unsigned i, enum shm_stage_state state)
+{
+    const struct sup_stage *st = &s->st[i];
+    struct shm_stage_info info;
+
+    if (!s->cfg->stats)
+        return;
+    memset(&info, 0, sizeof(info));
+    info.kind = st->cfg->kind;
+    info.index = st->cfg->index;
+    info.state = state;
+    info.pid = st->pid;
+    info.restarts = st->restarts;
+    for (int c = 0; c < CPU_SETSIZE && c < SHM_STATS_MAX_CORES; c++)
+        if (st->cfg->pin ? CPU_ISSET(c, &st->cfg->cpus) : false)
+            info.cores[c / 64] |= 1ull << (c % 64);
+    info.started_ns = favo_now_ns();
+    shm_stats_stage_set(s->cfg->stats, i, &info);
 }
 
 static void sup_event(struct sup *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -169,6 +191,7 @@ static int sup_spawn(struct sup *s, unsigned i)
     st->pid = pid;
     st->pidfd = fd;
     st->state = ST_RUNNING;
+    sup_row(s, i, SHM_STAGE_RUNNING);
     sup_event(s, "spawn %s %d", st->cfg->name, (int)pid);
     return 0;
 }
@@ -269,6 +292,7 @@ static int sup_on_exit(struct sup *s, unsigned i)
     st->exit_seen = now;
     if (s->draining) { /* invariant 2 */
         st->state = ST_DONE;
+        sup_row(s, i, SHM_STAGE_STOPPED);
         favo_info("stage %s ended during drain (%s)", st->cfg->name, how);
         return 0;
     }
@@ -277,6 +301,7 @@ static int sup_on_exit(struct sup *s, unsigned i)
         favo_err("stage %s failed %u times in %.0f s (%s): circuit breaker open, not ready, "
                  "exiting", st->cfg->name, n, (double)s->breaker_window / 1e9, how);
         dp_notify_status("breaker open: stage %s failed %u times", st->cfg->name, n);
+        sup_row(s, i, SHM_STAGE_FAILED);
         sup_event(s, "breaker %s", st->cfg->name);
         return -1;
     }
@@ -291,6 +316,7 @@ static int sup_on_exit(struct sup *s, unsigned i)
               st->cfg->name, how, n, s->breaker_fails, (double)delay / 1e6);
     st->state = ST_BACKOFF;
     st->restart_at = now + delay;
+    sup_row(s, i, SHM_STAGE_BACKOFF);
     return 0;
 }
 
@@ -303,6 +329,7 @@ static int sup_restart_due(struct sup *s)
 
         if (st->state != ST_BACKOFF || st->restart_at > now)
             continue;
+        st->restarts++;
         int rc = sup_spawn(s, i);
         if (rc < 0) {
             favo_err("restart of stage %s: %s", st->cfg->name, strerror(-rc));
@@ -327,6 +354,9 @@ static void sup_start_drain(struct sup *s)
     for (unsigned i = 0; i < s->cfg->nstages; i++)
         if (s->st[i].state == ST_BACKOFF)
             s->st[i].state = ST_DONE; /* invariant 2 */
+    for (unsigned i = 0; i < s->cfg->nstages; i++)
+        if (s->st[i].pidfd >= 0)
+            sup_row(s, i, SHM_STAGE_DRAINING);
     sup_kill_all(s, SIGTERM);
 }
 

@@ -44,6 +44,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "shm_stats.h"
+
 #define DP_SUP_MAX_STAGES 8
 #define DP_SUP_MAX_ARGS 16
 #define DP_SUP_DATA_FD 3  /* the data segment fd number inside a stage */
@@ -53,6 +55,8 @@ struct dp_sup_stage_cfg {
     const char *args[DP_SUP_MAX_ARGS];  /* extra argv after NAME, NULL-ended */
     bool pin;                           /* apply cpus with sched_setaffinity */
     cpu_set_t cpus;
+    enum shm_stage_kind kind;           /* its row in the stats stage table */
+    unsigned index;                     /* worker number within the kind */
 };
 
 struct dp_sup_cfg {
@@ -66,6 +70,8 @@ struct dp_sup_cfg {
     uint64_t backoff_max_ns;  /* 0: default 5 s */
     int data_fd;              /* -1: none; else dup2'd to DP_SUP_DATA_FD */
     int event_fd;             /* -1: none; see "Events" above */
+    struct shm_stats *stats;  /* NULL: none; else row i = stage i (state,
+                               * pid, restarts, cores, started_ns) */
 };
 
 void dp_sup_cfg_init(struct dp_sup_cfg *cfg);

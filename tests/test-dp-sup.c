@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -152,8 +154,26 @@ static void test_restart(void)
     uint64_t ext[KILLS], in[KILLS];
     int pid;
 
+    struct shm_stats stats;
+    char inst[64];
+    snprintf(inst, sizeof(inst), "t-dp-sup-%d", (int)getpid());
+    CHECK(shm_stats_create(&stats, inst, 1, 1) == 0);
+    int mfd = memfd_create("favo-data-test", MFD_CLOEXEC);
+    CHECK(mfd >= 0);
     dp_sup_cfg_init(&cfg);
     CHECK(dp_sup_add(&cfg, "sleeper", NULL) == 0);
+    cfg.stats = &stats;
+    cfg.data_fd = mfd;
+    cfg.stages[0].kind = SHM_STAGE_ENGINE;
+    cfg.stages[0].pin = true;
+    CPU_ZERO(&cfg.stages[0].cpus);
+    CHECK(sched_getaffinity(0, sizeof(cpu_set_t), &cfg.stages[0].cpus) == 0);
+    int pinned = -1;
+    for (int c = CPU_SETSIZE - 1; c >= 0; c--)
+        if (CPU_ISSET(c, &cfg.stages[0].cpus) && pinned < 0)
+            pinned = c;
+    CPU_ZERO(&cfg.stages[0].cpus);
+    CPU_SET(pinned, &cfg.stages[0].cpus);
     cfg.breaker_fails = 100;   /* this test kills on purpose */
     cfg.backoff_base_ns = 1000; /* measure the restart path, not the backoff */
     r.nfd = -1;
@@ -174,6 +194,14 @@ static void test_restart(void)
             char *cl = t_read_file(path, NULL);
             CHECK(cl && !strcmp(cl, "favo: sleeper"));
             free(cl);
+            /* the data segment fd arrived at its known number */
+            char lnk[128] = "";
+            snprintf(path, sizeof(path), "/proc/%d/fd/%d", pid, DP_SUP_DATA_FD);
+            CHECK(readlink(path, lnk, sizeof(lnk) - 1) > 0 && strstr(lnk, "favo-data-test"));
+            /* pinned to the core we chose */
+            cpu_set_t got;
+            CHECK(sched_getaffinity(pid, sizeof(got), &got) == 0);
+            CHECK(CPU_COUNT(&got) == 1 && CPU_ISSET(pinned, &got));
         }
         uint64_t t0 = favo_now_ns();
         CHECK(kill(pid, SIGKILL) == 0);
@@ -186,6 +214,14 @@ static void test_restart(void)
     }
     CHECK(kill(r.pid, SIGTERM) == 0);
     CHECK(sup_exit(&r, 5000) == 0);
+    struct shm_stats_snap *snap = calloc(1, sizeof(*snap));
+    CHECK(snap && shm_stats_snapshot(&stats, snap) == 0 && snap->nstages >= 1);
+    CHECK(snap->stages[0].info.restarts == KILLS);
+    CHECK(snap->stages[0].info.state == SHM_STAGE_STOPPED);
+    CHECK(snap->stages[0].info.kind == SHM_STAGE_ENGINE);
+    free(snap);
+    shm_stats_destroy(&stats);
+    close(mfd);
     qsort(ext, KILLS, sizeof(ext[0]), cmp_u64);
     qsort(in, KILLS, sizeof(in[0]), cmp_u64);
     printf("restart after kill -9 (%d kills): kill->respawned p50 %.2f ms max %.2f ms; "
