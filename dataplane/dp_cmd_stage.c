@@ -126,7 +126,13 @@ int dp_cmd_stage(const struct dp_cmd *cmd, int argc, char **argv)
 {
     char title[64];
 
-    (void)cmd;
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("Usage: favo %s %s\n\n%s\nStages:", cmd->name, cmd->usage, cmd->description);
+        for (size_t i = 0; i < sizeof(stages) / sizeof(stages[0]); i++)
+            printf(" %s", stages[i].name);
+        printf("\n");
+        return 0;
+    }
     if (argc < 2) {
         fprintf(stderr, "favo stage: which stage? (this command is started by 'favo serve')\n");
         return 2;

@@ -124,7 +124,7 @@ static void sup_event(struct sup *s, const char *fmt, ...)
 
 /* Child side of fork: never returns. Async-signal-safe calls only. */
 static _Noreturn void sup_child(const struct sup *s, const struct dp_sup_stage_cfg *c,
-                                const char *exe)
+                                const char *exe, pid_t parent)
 {
     const char *argv[DP_SUP_MAX_ARGS + 4];
     unsigned n = 0;
@@ -133,8 +133,8 @@ static _Noreturn void sup_child(const struct sup *s, const struct dp_sup_stage_c
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    if (getppid() == 1)
-        _exit(127); /* the supervisor already died */
+    if (getppid() != parent)
+        _exit(127); /* the supervisor died before PDEATHSIG was armed */
     if (c->pin)
         sched_setaffinity(0, sizeof(c->cpus), &c->cpus);
     if (s->cfg->data_fd >= 0) {
@@ -163,7 +163,7 @@ static int sup_spawn(struct sup *s, unsigned i)
     struct sup_stage *st = &s->st[i];
     const char *exe = s->cfg->exe ? s->cfg->exe : "/proc/self/exe";
     struct epoll_event ev = { .events = EPOLLIN, .data.u32 = i };
-    pid_t pid;
+    pid_t pid, parent = getpid();
     int fd;
 
     FAVO_ASSERT(st->pidfd < 0); /* invariant 1 */
@@ -171,7 +171,7 @@ static int sup_spawn(struct sup *s, unsigned i)
     if (pid < 0)
         return -errno;
     if (pid == 0)
-        sup_child(s, st->cfg, exe);
+        sup_child(s, st->cfg, exe, parent);
     /* Race-free: the child cannot be reaped (and its pid reused) before we
      * wait on it, and only we wait. */
     fd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -371,6 +371,9 @@ static int sup_setup(struct sup *s, const struct dp_sup_cfg *cfg, sigset_t *old)
     for (unsigned i = 0; i < DP_SUP_MAX_STAGES; i++)
         s->st[i].pidfd = -1;
     s->breaker_fails = cfg->breaker_fails ? cfg->breaker_fails : 5;
+    /* The failure ring holds 16 times: a larger threshold could never trip. */
+    if (s->breaker_fails > 16 && s->breaker_fails != DP_SUP_NO_BREAKER)
+        s->breaker_fails = 16;
     s->breaker_window = cfg->breaker_window_ns ? cfg->breaker_window_ns : 60000000000ull;
     s->backoff_base = cfg->backoff_base_ns ? cfg->backoff_base_ns : 10000000ull;
     s->backoff_max = cfg->backoff_max_ns ? cfg->backoff_max_ns : 5000000000ull;

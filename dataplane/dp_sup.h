@@ -48,6 +48,7 @@
 
 #define DP_SUP_MAX_STAGES 8
 #define DP_SUP_MAX_ARGS 16
+#define DP_SUP_NO_BREAKER 0xffffffffu /* tests that kill stages on purpose */
 #define DP_SUP_DATA_FD 3  /* the data segment fd number inside a stage */
 
 struct dp_sup_stage_cfg {
@@ -64,7 +65,7 @@ struct dp_sup_cfg {
     unsigned nstages;
     struct dp_sup_stage_cfg stages[DP_SUP_MAX_STAGES];
     double drain_timeout_s;   /* 0: default 30 */
-    unsigned breaker_fails;   /* 0: default 5 */
+    unsigned breaker_fails;   /* 0: default 5; at most 16; DP_SUP_NO_BREAKER: off */
     uint64_t breaker_window_ns; /* 0: default 60 s */
     uint64_t backoff_base_ns; /* 0: default 10 ms */
     uint64_t backoff_max_ns;  /* 0: default 5 s */

@@ -46,7 +46,7 @@ static char *supervise(const char *bin, const char *const *args, int ms)
         dp_sup_cfg_init(&cfg);
         cfg.exe = bin;
         cfg.event_fd = p[1];
-        cfg.breaker_fails = 100;
+        cfg.breaker_fails = DP_SUP_NO_BREAKER;
         if (dp_sup_add(&cfg, "sleeper", args) < 0)
             _exit(98);
         _exit(dp_sup_run(&cfg));

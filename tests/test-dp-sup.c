@@ -174,7 +174,7 @@ static void test_restart(void)
             pinned = c;
     CPU_ZERO(&cfg.stages[0].cpus);
     CPU_SET(pinned, &cfg.stages[0].cpus);
-    cfg.breaker_fails = 100;   /* this test kills on purpose */
+    cfg.breaker_fails = DP_SUP_NO_BREAKER;   /* this test kills on purpose */
     cfg.backoff_base_ns = 1000; /* measure the restart path, not the backoff */
     r.nfd = -1;
     sup_start(&r, &cfg, NULL);
