@@ -15,10 +15,13 @@
  *   --sandbox PROFILE  harden and install that seccomp profile after start-up
  *   --drain-ms MS      on SIGTERM take MS to "finish in-flight work", then
  *                      exit 0 (default 0)
- * SIGHUP logs a reload line. It heartbeats every 50 ms (a wake-up) and
+ *   --stats INSTANCE --row N
+ *                      attach to the stats segment and heartbeat row N
+ * SIGHUP logs a reload line. It wakes every 50 ms (heartbeat) and
  * holds no request content.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +34,7 @@
 #include "dp.h"
 #include "dp_sandbox.h"
 #include "favo_base.h"
+#include "shm_stats.h"
 
 int dp_cmd_stage(const struct dp_cmd *cmd, int argc, char **argv);
 
@@ -49,7 +53,10 @@ static long sleeper_ms(const char *flag, const char *v)
 static int stage_sleeper(int argc, char **argv)
 {
     long crash = -1, forbid = -1, drain = 0;
-    const char *profile = NULL;
+    const char *profile = NULL, *inst = NULL;
+    long row = 0;
+    struct shm_stats stats;
+    bool have_stats = false;
     sigset_t set;
     uint64_t t0;
 
@@ -63,6 +70,10 @@ static int stage_sleeper(int argc, char **argv)
             drain = sleeper_ms(a, v);
         else if (!strcmp(a, "--sandbox") && v)
             profile = v;
+        else if (!strcmp(a, "--stats") && v)
+            inst = v;
+        else if (!strcmp(a, "--row"))
+            row = sleeper_ms(a, v);
         else {
             fprintf(stderr, "favo stage sleeper: unknown argument '%s'\n", a);
             return 2;
@@ -73,6 +84,14 @@ static int stage_sleeper(int argc, char **argv)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     sigprocmask(SIG_BLOCK, &set, NULL);
+    if (inst) { /* before the sandbox: shm_open needs openat */
+        int rc = shm_stats_open(&stats, inst, true);
+        if (rc < 0) {
+            favo_err("stats segment of instance %s: %s", inst, strerror(-rc));
+            return 1;
+        }
+        have_stats = true;
+    }
     if (profile) {
         if (dp_sandbox_harden() < 0 || dp_sandbox_install(profile) < 0)
             return 1;
@@ -80,6 +99,8 @@ static int stage_sleeper(int argc, char **argv)
     t0 = favo_now_ns();
     for (;;) {
         struct timespec to = { 0, 50 * 1000000L };
+        if (have_stats)
+            shm_stats_heartbeat(&stats, (unsigned)row);
         int sig = sigtimedwait(&set, NULL, &to);
         uint64_t ms = (favo_now_ns() - t0) / 1000000u;
 

@@ -161,7 +161,8 @@ static void test_restart(void)
     int mfd = memfd_create("favo-data-test", MFD_CLOEXEC);
     CHECK(mfd >= 0);
     dp_sup_cfg_init(&cfg);
-    CHECK(dp_sup_add(&cfg, "sleeper", NULL) == 0);
+    const char *sargs[] = { "--stats", inst, "--row", "0", NULL };
+    CHECK(dp_sup_add(&cfg, "sleeper", sargs) == 0);
     cfg.stats = &stats;
     cfg.data_fd = mfd;
     cfg.stages[0].kind = SHM_STAGE_ENGINE;
@@ -219,6 +220,7 @@ static void test_restart(void)
     CHECK(snap->stages[0].info.restarts == KILLS);
     CHECK(snap->stages[0].info.state == SHM_STAGE_STOPPED);
     CHECK(snap->stages[0].info.kind == SHM_STAGE_ENGINE);
+    CHECK(snap->stages[0].heartbeat_ns != 0); /* the stage heartbeats its row */
     free(snap);
     shm_stats_destroy(&stats);
     close(mfd);
