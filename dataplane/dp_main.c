@@ -17,8 +17,11 @@ static void usage(FILE *f)
                "favo is a bare-metal LLM inference server: an OpenAI-compatible HTTP API\n"
                "served by a pipeline of pinned processes joined by shared-memory rings.\n\n"
                "commands:\n");
-    for (unsigned i = 0; i < dp_ncmds; i++)
+    for (unsigned i = 0; i < dp_ncmds; i++) {
+        if (dp_cmds[i].summary[0] == '(') /* "(internal) ...": supervisor use only */
+            continue;
         fprintf(f, "  %-10s %s\n", dp_cmds[i].name, dp_cmds[i].summary);
+    }
     fprintf(f, "\n'favo COMMAND --help' documents every option of a command.\n"
                "'favo --version' prints the version, the allocator and the CPU features.\n");
 }
