@@ -12,6 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+int t_failures;
+
 const char *t_env(const char *name, const char *fallback)
 {
     const char *v = getenv(name);

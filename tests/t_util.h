@@ -11,8 +11,25 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define T_SKIP 77
+
+/*
+ * Soft check for table-driven tests: on failure print file, line and a
+ * formatted reason, count it in t_failures, and carry on, so one run lists
+ * every mismatching case. main() returns t_failures ? 1 : 0.
+ */
+extern int t_failures;
+#define T_CHECK(cond, ...)                                                    \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
+            fprintf(stderr, __VA_ARGS__);                                     \
+            fputc('\n', stderr);                                              \
+            t_failures++;                                                     \
+        }                                                                     \
+    } while (0)
 
 /* Environment variable or a fallback; never NULL for a non-NULL fallback. */
 const char *t_env(const char *name, const char *fallback);

@@ -30,18 +30,6 @@
 #include "favo_base.h"
 #include "t_util.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
-
 /* ---- helpers ---------------------------------------------------------- */
 
 struct piece {
@@ -80,7 +68,7 @@ static void run(const struct egr_resp_cfg *cfg, const struct piece *ps, size_t n
 
     memset(o, 0, sizeof(*o));
     rc = egr_resp_init(&r, cfg, area, cap);
-    CHECK(rc >= 0, "init: %d", rc);
+    T_CHECK(rc >= 0, "init: %d", rc);
     if (rc < 0)
         goto out;
     for (size_t i = 0; i < n || finish_reason; i++) {
@@ -92,7 +80,7 @@ static void run(const struct egr_resp_cfg *cfg, const struct piece *ps, size_t n
             if (rc != -EAGAIN)
                 break;
             o->eagain++;
-            CHECK(egr_resp_pending(&r) > 0, "-EAGAIN with nothing pending");
+            T_CHECK(egr_resp_pending(&r) > 0, "-EAGAIN with nothing pending");
             if (!egr_resp_pending(&r))
                 goto out;
             drain(&r, area, o, step);
@@ -248,7 +236,7 @@ static void expect_stream(const char *what, const struct out *o, const char *hea
 
     memcpy(want, head, hl);
     size_t wl = hl + frame(want + hl, ev, n);
-    CHECK(o->len == wl && !memcmp(o->buf, want, wl), "%s: bytes differ\n got: %.*s\nwant: %.*s", what,
+    T_CHECK(o->len == wl && !memcmp(o->buf, want, wl), "%s: bytes differ\n got: %.*s\nwant: %.*s", what,
           (int)o->len, o->buf, (int)wl, want);
 }
 
@@ -258,16 +246,16 @@ static void test_json(void)
 {
     char out[64];
     int n = egr_json_str(out, sizeof(out), "a\"b\\c\n\t\x01\x1f\x7f", 10);
-    CHECK(n == 24 && !memcmp(out, "a\\\"b\\\\c\\n\\t\\u0001\\u001f\x7f", 24), "escape: %.*s", n, out);
+    T_CHECK(n == 24 && !memcmp(out, "a\\\"b\\\\c\\n\\t\\u0001\\u001f\x7f", 24), "escape: %.*s", n, out);
     n = egr_json_str(out, sizeof(out), "é✓𝔘", 9);
-    CHECK(n == 9 && !memcmp(out, "é✓𝔘", 9), "utf-8 passes");
+    T_CHECK(n == 9 && !memcmp(out, "é✓𝔘", 9), "utf-8 passes");
     n = egr_json_str(out, sizeof(out), "a\xc3(\xed\xa0\x80\xc0\xaf", 8);
-    CHECK(n == 2 + 6 * 6 && !memcmp(out, "a\\ufffd(\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd", 38),
+    T_CHECK(n == 2 + 6 * 6 && !memcmp(out, "a\\ufffd(\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd", 38),
           "invalid: %.*s", n, out);
     memset(out, 'X', sizeof(out));
     n = egr_json_str(out, 4, "ab✓", 5);
-    CHECK(n == -ENOSPC && out[1] == 'b' && out[2] == 'X', "no split on -ENOSPC");
-    CHECK(egr_json_str(out, 0, "", 0) == 0, "empty");
+    T_CHECK(n == -ENOSPC && out[1] == 'b' && out[2] == 'X', "no split on -ENOSPC");
+    T_CHECK(egr_json_str(out, 0, "", 0) == 0, "empty");
 }
 
 static void test_head(void)
@@ -277,21 +265,21 @@ static void test_head(void)
     int n = egr_head(out, sizeof(out), &h);
     const char *want = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
                        "Content-Length: 42\r\nX-Request-Id: r1\r\nConnection: close\r\n\r\n";
-    CHECK(n == (int)strlen(want) && !strcmp(out, want), "json head: %s", out);
+    T_CHECK(n == (int)strlen(want) && !strcmp(out, want), "json head: %s", out);
     h.request_id = "r1\r\nSet-Cookie: x";
-    CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "CRLF in request id");
+    T_CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "CRLF in request id");
     h.request_id = "r1\x01";
-    CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "control char in request id");
+    T_CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "control char in request id");
     h.request_id = NULL;
     h.extra = "x-a: 1";
-    CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "extra without CRLF");
+    T_CHECK(egr_head(out, sizeof(out), &h) == -EINVAL, "extra without CRLF");
     h.extra = NULL;
-    CHECK(egr_head(out, 20, &h) == -ENOSPC, "small");
+    T_CHECK(egr_head(out, 20, &h) == -ENOSPC, "small");
     char c[32];
     memcpy(c + EGR_CHUNK_PAD, "hello", 5);
     n = egr_chunk(c, sizeof(c), c + EGR_CHUNK_PAD, 5);
-    CHECK(n == 10 && !memcmp(c, "5\r\nhello\r\n", 10), "chunk in place");
-    CHECK(egr_chunk(c, 9, "hello", 5) == -ENOSPC, "chunk small");
+    T_CHECK(n == 10 && !memcmp(c, "5\r\nhello\r\n", 10), "chunk in place");
+    T_CHECK(egr_chunk(c, 9, "hello", 5) == -ENOSPC, "chunk small");
 }
 
 static const struct piece chat_script[] = {{"Hel", 0}, {"lo \"x\"\n", 0}, {"", 1}};
@@ -309,16 +297,16 @@ static void test_chat_stream(void)
         "data: [DONE]\n\n"};
 
     run(&cfg, chat_script, 3, 1 << 15, SIZE_MAX, 0, &o);
-    CHECK(o.rc == EGR_DONE, "chat rc %d", o.rc);
+    T_CHECK(o.rc == EGR_DONE, "chat rc %d", o.rc);
     expect_stream("chat stream", &o, HEAD_SSE, ev, 6);
 
     static char body[1 << 16];
     char text[256], fin[16] = "";
     size_t hl = 0, tl = 0;
     long bl = dechunk(o.buf, o.len, body, &hl);
-    CHECK(bl > 0, "chat dechunk");
-    CHECK(sse_check(body, (size_t)bl, 1, text, &tl, fin, sizeof(fin)) == 6, "chat sse");
-    CHECK(tl == 10 && !memcmp(text, "Hello \"x\"\n", 10) && !strcmp(fin, "stop"), "chat text");
+    T_CHECK(bl > 0, "chat dechunk");
+    T_CHECK(sse_check(body, (size_t)bl, 1, text, &tl, fin, sizeof(fin)) == 6, "chat sse");
+    T_CHECK(tl == 10 && !memcmp(text, "Hello \"x\"\n", 10) && !strcmp(fin, "stop"), "chat text");
 }
 
 static void test_cmpl_stream_stop(void)
@@ -337,7 +325,7 @@ static void test_cmpl_stream_stop(void)
                        "keep-alive\r\nx-ratelimit-remaining-requests: 9\r\n\r\n";
 
     run(&cfg, ps, 4, 1 << 15, SIZE_MAX, 0, &o);
-    CHECK(o.rc == (EGR_DONE | EGR_CANCEL), "stop rc %d", o.rc);
+    T_CHECK(o.rc == (EGR_DONE | EGR_CANCEL), "stop rc %d", o.rc);
     expect_stream("cmpl stop", &o, head, ev, 3);
 
     /* "é!" with é split across byte tokens, then a near miss "éa" first:
@@ -346,7 +334,7 @@ static void test_cmpl_stream_stop(void)
     const char *ev2[] = {PRE_CMPL CMPL_TEXT("x", "null") "}\n\n", PRE_CMPL CMPL_TEXT("éa", "null") "}\n\n",
                          PRE_CMPL CMPL_TEXT("", "\"stop\"") "}\n\n", "data: [DONE]\n\n"};
     run(&cfg, p2, 5, 1 << 15, SIZE_MAX, 0, &o);
-    CHECK(o.rc == (EGR_DONE | EGR_CANCEL), "utf8 stop rc %d", o.rc);
+    T_CHECK(o.rc == (EGR_DONE | EGR_CANCEL), "utf8 stop rc %d", o.rc);
     expect_stream("cmpl utf8 stop", &o, head, ev2, 4);
 }
 
@@ -368,7 +356,7 @@ static void test_max_tokens(void)
                        "no-cache\r\nTransfer-Encoding: chunked\r\nX-Request-Id: req-1\r\nConnection: "
                        "keep-alive\r\nx-ratelimit-remaining-requests: 9\r\n\r\n";
     run(&cfg, ps, 3, 1 << 15, SIZE_MAX, 0, &o);
-    CHECK(o.rc == EGR_DONE, "length rc %d", o.rc);
+    T_CHECK(o.rc == EGR_DONE, "length rc %d", o.rc);
     expect_stream("max_tokens", &o, head, ev, 6);
 }
 
@@ -380,13 +368,13 @@ static void expect_body(const char *what, const struct out *o, const char *body)
     int hl = egr_head(head, sizeof(head), &h);
     size_t bl = strlen(body);
 
-    CHECK(o->len == (size_t)hl + bl && !memcmp(o->buf, head, (size_t)hl) &&
+    T_CHECK(o->len == (size_t)hl + bl && !memcmp(o->buf, head, (size_t)hl) &&
               !memcmp(o->buf + hl, body, bl),
           "%s:\n got: %.*s\nwant: %s%s", what, (int)o->len, o->buf, head, body);
     char eb[256], tmp[8192];
     memcpy(tmp, body, bl + 1);
     yajl_val v = yajl_tree_parse(tmp, eb, sizeof(eb));
-    CHECK(v, "%s: yajl: %s", what, eb);
+    T_CHECK(v, "%s: yajl: %s", what, eb);
     yajl_tree_free(v);
 }
 
@@ -396,7 +384,7 @@ static void test_bodies(void)
     struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 0, 0);
 
     run(&cfg, chat_script, 3, 1 << 15, SIZE_MAX, 0, &o);
-    CHECK(o.rc == EGR_DONE, "chat body rc %d", o.rc);
+    T_CHECK(o.rc == EGR_DONE, "chat body rc %d", o.rc);
     expect_body("chat body", &o,
                 "{\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":"
                 "\"smollm\",\"system_fingerprint\":\"fp_favo\",\"choices\":[{\"index\":0,\"message\":{"
@@ -407,7 +395,7 @@ static void test_bodies(void)
     cfg = base_cfg(EGR_COMPLETIONS, 0, 1);   /* include_usage: stream only */
     const struct piece ps[] = {{"a\tb", 0}, {"c", 0}};
     run(&cfg, ps, 2, 1 << 15, SIZE_MAX, EGR_FIN_LENGTH, &o);
-    CHECK(o.rc == EGR_DONE, "cmpl body rc %d", o.rc);
+    T_CHECK(o.rc == EGR_DONE, "cmpl body rc %d", o.rc);
     expect_body("cmpl body", &o,
                 "{\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":"
                 "\"smollm\",\"system_fingerprint\":\"fp_favo\",\"choices\":[{\"text\":\"a\\tbc\","
@@ -419,7 +407,7 @@ static void test_bodies(void)
     for (int i = 0; i < 200; i++)
         big[i] = (struct piece){"\x01\x02\x03\x04\x05\x06\x07\x08", 0};
     run(&cfg, big, 200, 4096, SIZE_MAX, 0, &o);
-    CHECK(o.rc == -ENOBUFS, "body overflow rc %d", o.rc);
+    T_CHECK(o.rc == -ENOBUFS, "body overflow rc %d", o.rc);
 }
 
 static void test_pressure(void)
@@ -438,44 +426,44 @@ static void test_pressure(void)
         struct egr_resp_cfg cfg = base_cfg(route, 1, 1);
         cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 1;
         run(&cfg, ps, 300, 1 << 16, SIZE_MAX, 0, &ref);
-        CHECK(ref.rc == EGR_DONE && ref.eagain == 0, "ref rc %d", ref.rc);
+        T_CHECK(ref.rc == EGR_DONE && ref.eagain == 0, "ref rc %d", ref.rc);
         size_t caps[] = {3500, 4096, 6000};
         size_t steps[] = {1, 7, 100, 1000};
         for (size_t c = 0; c < 3; c++)
             for (size_t s = 0; s < 4; s++) {
                 run(&cfg, ps, 300, caps[c], steps[s], 0, &o);
-                CHECK(o.rc == EGR_DONE && o.eagain > 0, "cap %zu step %zu: rc %d eagain %d", caps[c],
+                T_CHECK(o.rc == EGR_DONE && o.eagain > 0, "cap %zu step %zu: rc %d eagain %d", caps[c],
                       steps[s], o.rc, o.eagain);
-                CHECK(o.len == ref.len && !memcmp(o.buf, ref.buf, o.len),
+                T_CHECK(o.len == ref.len && !memcmp(o.buf, ref.buf, o.len),
                       "cap %zu step %zu: bytes differ from the large area", caps[c], steps[s]);
             }
         static char body[1 << 16];
         char text[8192], fin[16] = "";
         size_t hl = 0, tl = 0;
         long bl = dechunk(ref.buf, ref.len, body, &hl);
-        CHECK(bl > 0 && sse_check(body, (size_t)bl, route == EGR_CHAT, text, &tl, fin, sizeof(fin)) > 0,
+        T_CHECK(bl > 0 && sse_check(body, (size_t)bl, route == EGR_CHAT, text, &tl, fin, sizeof(fin)) > 0,
               "pressure stream parses");
     }
     /* an area too small for the head */
     struct egr_resp r;
     char small[64];
     struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 1, 0);
-    CHECK(egr_resp_init(&r, &cfg, small, sizeof(small)) == -ENOSPC, "tiny area");
+    T_CHECK(egr_resp_init(&r, &cfg, small, sizeof(small)) == -ENOSPC, "tiny area");
     /* a bad head is refused at init, also for a body (whose head comes last) */
     for (int st = 0; st < 2; st++) {
         struct egr_resp_cfg bad = base_cfg(EGR_CHAT, st, 0);
         bad.extra_head = "x-a: 1";
-        CHECK(egr_resp_init(&r, &bad, small, sizeof(small)) == -EINVAL, "extra without CRLF");
+        T_CHECK(egr_resp_init(&r, &bad, small, sizeof(small)) == -EINVAL, "extra without CRLF");
         bad = base_cfg(EGR_CHAT, st, 0);
         bad.request_id = "a\rb";
-        CHECK(egr_resp_init(&r, &bad, small, sizeof(small)) == -EINVAL, "CR in request id");
+        T_CHECK(egr_resp_init(&r, &bad, small, sizeof(small)) == -EINVAL, "CR in request id");
     }
     /* an area that can never hold one event's worst case: -ENOBUFS, not
      * an -EAGAIN the loop would wait on forever */
     static char mid[1500];
-    CHECK(egr_resp_init(&r, &cfg, mid, sizeof(mid)) > 0, "mid init");
+    T_CHECK(egr_resp_init(&r, &cfg, mid, sizeof(mid)) > 0, "mid init");
     egr_resp_consume(&r, mid, egr_resp_pending(&r));
-    CHECK(egr_resp_bytes(&r, "x", 1, false, mid, sizeof(mid)) == -ENOBUFS, "never fits");
+    T_CHECK(egr_resp_bytes(&r, "x", 1, false, mid, sizeof(mid)) == -ENOBUFS, "never fits");
 }
 
 static void test_log(void)
@@ -487,7 +475,7 @@ static void test_log(void)
     char line[1024], eb[256];
 
     run(&cfg, ps, 2, 1 << 14, SIZE_MAX, 0, &o);
-    CHECK(memmem(o.buf, o.len, marker, strlen(marker)), "marker is in the response");
+    T_CHECK(memmem(o.buf, o.len, marker, strlen(marker)), "marker is in the response");
     /* The record is built from metadata only: the struct has no field
      * that can hold the marker; fill every field we have. */
     struct egr_access a = {.wall_ns = 1763893583123456789ull, .status = 200,
@@ -497,18 +485,18 @@ static void test_log(void)
     snprintf(a.tenant, sizeof(a.tenant), "acme");
     snprintf(a.model, sizeof(a.model), "smollm");
     int n = egr_log_line(line, sizeof(line), &a);
-    CHECK(n > 0 && line[n - 1] == '\n' && !memchr(line, '\n', (size_t)n - 1), "one line");
-    CHECK(!strstr(line, marker), "marker reached the access line");
+    T_CHECK(n > 0 && line[n - 1] == '\n' && !memchr(line, '\n', (size_t)n - 1), "one line");
+    T_CHECK(!strstr(line, marker), "marker reached the access line");
     const char *want = "{\"time\":\"2025-11-23T10:26:23.123Z\",\"request_id\":\"req-\\\"1\\\"\","
                        "\"tenant\":\"acme\",\"model\":\"smollm\",\"status\":200,\"finish_reason\":"
                        "\"stop\",\"prompt_tokens\":5,\"completion_tokens\":2,\"queue_ms\":1.500,"
                        "\"ttft_ms\":20.000,\"total_ms\":123.457}\n";
-    CHECK(n == (int)strlen(want) && !strcmp(line, want), "log line:\n got: %s want: %s", line, want);
+    T_CHECK(n == (int)strlen(want) && !strcmp(line, want), "log line:\n got: %s want: %s", line, want);
     line[n - 1] = 0;
     yajl_val v = yajl_tree_parse(line, eb, sizeof(eb));
-    CHECK(v, "log yajl: %s", eb);
+    T_CHECK(v, "log yajl: %s", eb);
     yajl_tree_free(v);
-    CHECK(egr_log_line(line, 40, &a) == -ENOSPC, "log small");
+    T_CHECK(egr_log_line(line, 40, &a) == -ENOSPC, "log small");
 }
 
 static eng_tok_t *load_tok(void)
@@ -524,7 +512,7 @@ static eng_tok_t *load_tok(void)
     }
     int rc = eng_tok_load(&tok, g, err, sizeof(err));
     eng_gguf_close(g);
-    CHECK(rc == 0, "tok load: %s", err);
+    T_CHECK(rc == 0, "tok load: %s", err);
     return rc ? NULL : tok;
 }
 
@@ -581,10 +569,10 @@ static void test_logprobs(void)
     /* chat, streaming: one chunk per token carrying its entry; the
      * entries' bytes spell the text */
     int rc = lp_script(tok, EGR_CHAT, 1, 2, area, sizeof(area), &o, ids, &n);
-    CHECK(rc == EGR_DONE, "lp chat stream rc %d", rc);
+    T_CHECK(rc == EGR_DONE, "lp chat stream rc %d", rc);
     size_t hl = 0, bl;
     long l = dechunk(o.buf, o.len, body, &hl);
-    CHECK(l > 0, "lp dechunk");
+    T_CHECK(l > 0, "lp dechunk");
     bl = l > 0 ? (size_t)l : 0;
     char bytes[256];
     size_t nb = 0, i = 0;
@@ -600,7 +588,7 @@ static void test_logprobs(void)
         if (!strcmp(ev, "[DONE]"))
             break;
         yajl_val v = yajl_tree_parse(ev, eb, sizeof(eb));
-        CHECK(v, "lp event: %s", eb);
+        T_CHECK(v, "lp event: %s", eb);
         if (!v)
             break;
         yajl_val ch = jget(v, "choices", NULL, NULL);
@@ -614,8 +602,8 @@ static void test_logprobs(void)
                 for (size_t k = 0; by && k < YAJL_GET_ARRAY(by)->len; k++)
                     bytes[nb++] = (char)YAJL_GET_INTEGER(YAJL_GET_ARRAY(by)->values[k]);
                 double want = entries == 3 ? -9999.0 : -0.25 * entries;
-                CHECK(lpv && YAJL_IS_NUMBER(lpv) && YAJL_GET_DOUBLE(lpv) == want, "logprob %d", entries);
-                CHECK(top && YAJL_GET_ARRAY(top)->len == 2, "top_logprobs length");
+                T_CHECK(lpv && YAJL_IS_NUMBER(lpv) && YAJL_GET_DOUBLE(lpv) == want, "logprob %d", entries);
+                T_CHECK(top && YAJL_GET_ARRAY(top)->len == 2, "top_logprobs length");
                 entries++;
             }
         }
@@ -623,42 +611,42 @@ static void test_logprobs(void)
     }
     if (entries != n)
         fprintf(stderr, "%.*s\n", (int)FAVO_MIN(bl, 1500), body);
-    CHECK(entries == n, "lp chunks %d, tokens %lld", entries, (long long)n);
-    CHECK(nb == strlen(lp_text) && !memcmp(bytes, lp_text, nb), "lp bytes spell the text: %.*s", (int)nb,
+    T_CHECK(entries == n, "lp chunks %d, tokens %lld", entries, (long long)n);
+    T_CHECK(nb == strlen(lp_text) && !memcmp(bytes, lp_text, nb), "lp bytes spell the text: %.*s", (int)nb,
           bytes);
 
     /* chat body: all entries in one array */
     rc = lp_script(tok, EGR_CHAT, 0, 3, area, sizeof(area), &o, ids, &n);
-    CHECK(rc == EGR_DONE, "lp chat body rc %d", rc);
+    T_CHECK(rc == EGR_DONE, "lp chat body rc %d", rc);
     char *js = memmem(o.buf, o.len, "\r\n\r\n", 4);
     if (js) {
         size_t jl = o.len - (size_t)(js + 4 - o.buf);
         memmove(body, js + 4, jl);
         body[jl] = 0;
         yajl_val v = yajl_tree_parse(body, eb, sizeof(eb));
-        CHECK(v, "lp body: %s", eb);
+        T_CHECK(v, "lp body: %s", eb);
         yajl_val ch = v ? jget(v, "choices", NULL, NULL) : NULL;
         yajl_val cont = ch ? jget(YAJL_GET_ARRAY(ch)->values[0], "logprobs", "content", NULL) : NULL;
-        CHECK(cont && YAJL_IS_ARRAY(cont) && (int64_t)YAJL_GET_ARRAY(cont)->len == n, "lp body entries");
+        T_CHECK(cont && YAJL_IS_ARRAY(cont) && (int64_t)YAJL_GET_ARRAY(cont)->len == n, "lp body entries");
         if (cont && YAJL_GET_ARRAY(cont)->len)
-            CHECK(YAJL_GET_ARRAY(jget(YAJL_GET_ARRAY(cont)->values[0], "top_logprobs", NULL, NULL))->len == 3,
+            T_CHECK(YAJL_GET_ARRAY(jget(YAJL_GET_ARRAY(cont)->values[0], "top_logprobs", NULL, NULL))->len == 3,
                   "lp body top 3");
         yajl_tree_free(v);
     }
 
     /* completions stream: the four arrays, text_offset growing */
     rc = lp_script(tok, EGR_COMPLETIONS, 1, 2, area, sizeof(area), &o, ids, &n);
-    CHECK(rc == EGR_DONE, "lp cmpl stream rc %d", rc);
-    CHECK(memmem(o.buf, o.len, "\"token_logprobs\":[-9999]", 24) != NULL, "-inf as -9999");
-    CHECK(memmem(o.buf, o.len, "\"text_offset\":[0]", 17) != NULL, "text_offset 0");
+    T_CHECK(rc == EGR_DONE, "lp cmpl stream rc %d", rc);
+    T_CHECK(memmem(o.buf, o.len, "\"token_logprobs\":[-9999]", 24) != NULL, "-inf as -9999");
+    T_CHECK(memmem(o.buf, o.len, "\"text_offset\":[0]", 17) != NULL, "text_offset 0");
     l = dechunk(o.buf, o.len, body, &hl);
     char text[256], fin[16] = "";
     size_t tl = 0;
-    CHECK(l > 0 && sse_check(body, (size_t)l, 0, text, &tl, fin, sizeof(fin)) == (int)n + 2,
+    T_CHECK(l > 0 && sse_check(body, (size_t)l, 0, text, &tl, fin, sizeof(fin)) == (int)n + 2,
           "lp cmpl: one chunk per token + final + [DONE]");
 
     /* not built: completions body with logprobs */
-    CHECK(lp_script(tok, EGR_COMPLETIONS, 0, 0, area, sizeof(area), &o, ids, &n) == -EOPNOTSUPP,
+    T_CHECK(lp_script(tok, EGR_COMPLETIONS, 0, 0, area, sizeof(area), &o, ids, &n) == -EOPNOTSUPP,
           "completions body logprobs refused");
     eng_tok_free(tok);
 }
@@ -673,28 +661,28 @@ static void test_tokens(void)
     const char *text = "Hello, wörld ✓ 𝔘 \"quoted\"\tEND of it";
     int32_t ids[256];
     int64_t k = eng_tok_encode(tok, text, strlen(text), 0, ids, 256);
-    CHECK(k > 0, "encode");
+    T_CHECK(k > 0, "encode");
     const char *stops[] = {"END"};
     size_t sl[] = {3};
     struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 1, 0);
     cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 1;
     struct egr_resp r;
     static char area[1 << 15], body[1 << 15];
-    CHECK(egr_resp_init(&r, &cfg, area, sizeof(area)) > 0, "init");
-    CHECK(egr_resp_token(&r, tok, (int32_t)eng_tok_n_vocab(tok), area, sizeof(area)) == -ERANGE,
+    T_CHECK(egr_resp_init(&r, &cfg, area, sizeof(area)) > 0, "init");
+    T_CHECK(egr_resp_token(&r, tok, (int32_t)eng_tok_n_vocab(tok), area, sizeof(area)) == -ERANGE,
           "bad id");
     rc = 0;
     for (int64_t j = 0; j < k && !(rc & EGR_DONE); j++) {
         rc = egr_resp_token(&r, tok, ids[j], area, sizeof(area));
-        CHECK(rc >= 0, "token %lld: %d", (long long)j, rc);
+        T_CHECK(rc >= 0, "token %lld: %d", (long long)j, rc);
     }
-    CHECK(rc == (EGR_DONE | EGR_CANCEL), "stopped: %d", rc);
+    T_CHECK(rc == (EGR_DONE | EGR_CANCEL), "stopped: %d", rc);
     char text_out[256], fin[16] = "";
     size_t hl = 0, tl = 0;
     long bl = dechunk(area, egr_resp_pending(&r), body, &hl);
-    CHECK(bl > 0 && sse_check(body, (size_t)bl, 1, text_out, &tl, fin, sizeof(fin)) > 0, "parses");
+    T_CHECK(bl > 0 && sse_check(body, (size_t)bl, 1, text_out, &tl, fin, sizeof(fin)) > 0, "parses");
     size_t want = (size_t)(strstr(text, "END") - text);
-    CHECK(tl == want && !memcmp(text_out, text, want) && !strcmp(fin, "stop"), "text '%.*s'", (int)tl,
+    T_CHECK(tl == want && !memcmp(text_out, text, want) && !strcmp(fin, "stop"), "text '%.*s'", (int)tl,
           text_out);
     egr_scrub(&r, area, sizeof(area));
     eng_tok_free(tok);
@@ -733,24 +721,24 @@ static void test_random(void)
         cfg.stops = stops, cfg.stop_lens = sl, cfg.n_stops = 1;
         size_t cap = 3500 + t_rand(&seed) % 4000, step = 1 + t_rand(&seed) % 300;
         run(&cfg, ps, n, cap, step, EGR_FIN_LENGTH, &so);
-        CHECK(so.rc > 0 && (so.rc & EGR_DONE), "random %d: stream rc %d", it, so.rc);
+        T_CHECK(so.rc > 0 && (so.rc & EGR_DONE), "random %d: stream rc %d", it, so.rc);
         size_t hl = 0, tl = 0;
         char fin[16] = "";
         long bl = dechunk(so.buf, so.len, body, &hl);
-        CHECK(bl > 0 && sse_check(body, (size_t)bl, route == EGR_CHAT, text, &tl, fin, sizeof(fin)) > 0,
+        T_CHECK(bl > 0 && sse_check(body, (size_t)bl, route == EGR_CHAT, text, &tl, fin, sizeof(fin)) > 0,
               "random %d: stream does not parse", it);
         /* the reference: the raw text up to the first stop */
         char *hit = memmem(all, all_len, stop, 2);
         int stopped = hit != NULL;
         n_stopped += stopped;
-        CHECK(!!(so.rc & EGR_CANCEL) == stopped, "random %d: cancel %d, stop %d", it, so.rc, stopped);
-        CHECK(!strcmp(fin, stopped ? "stop" : "length"), "random %d: finish %s", it, fin);
+        T_CHECK(!!(so.rc & EGR_CANCEL) == stopped, "random %d: cancel %d, stop %d", it, so.rc, stopped);
+        T_CHECK(!strcmp(fin, stopped ? "stop" : "length"), "random %d: finish %s", it, fin);
         cfg.stream = 0;
         run(&cfg, ps, n, 1 << 15, SIZE_MAX, EGR_FIN_LENGTH, &bo);
-        CHECK(bo.rc == so.rc, "random %d: body rc %d vs %d", it, bo.rc, so.rc);
+        T_CHECK(bo.rc == so.rc, "random %d: body rc %d vs %d", it, bo.rc, so.rc);
         char *js = memmem(bo.buf, bo.len, "\r\n\r\n", 4), eb[128];
         if (!js) {
-            CHECK(0, "random %d: no head", it);
+            T_CHECK(0, "random %d: no head", it);
             continue;
         }
         size_t jl = bo.len - (size_t)(js + 4 - bo.buf);
@@ -759,12 +747,12 @@ static void test_random(void)
         yajl_val v = yajl_tree_parse(body, eb, sizeof(eb));
         const char *cp[] = {"choices", NULL};
         yajl_val ch = v ? yajl_tree_get(v, cp, yajl_t_array) : NULL;
-        CHECK(ch && YAJL_GET_ARRAY(ch)->len == 1, "random %d: body: %s", it, eb);
+        T_CHECK(ch && YAJL_GET_ARRAY(ch)->len == 1, "random %d: body: %s", it, eb);
         if (ch && YAJL_GET_ARRAY(ch)->len == 1) {
             const char *tp[] = {"message", "content", NULL}, *tp2[] = {"text", NULL};
             yajl_val t = yajl_tree_get(YAJL_GET_ARRAY(ch)->values[0], route == EGR_CHAT ? tp : tp2,
                                        yajl_t_string);
-            CHECK(t && strlen(t->u.string) == tl && !memcmp(t->u.string, text, tl),
+            T_CHECK(t && strlen(t->u.string) == tl && !memcmp(t->u.string, text, tl),
                   "random %d: streamed text differs from the body's", it);
             /* without invalid bytes the text is exactly the raw prefix */
             size_t want = stopped ? (size_t)(hit - all) : all_len;
@@ -772,12 +760,12 @@ static void test_random(void)
                         !memchr(all, '\xe2', all_len) && !memchr(all, '\xa9', all_len) &&
                         !memchr(all, '\x9c', all_len) && !memchr(all, '\x93', all_len);
             if (clean)
-                CHECK(tl == want && !memcmp(text, all, want), "random %d: text is not the prefix", it);
+                T_CHECK(tl == want && !memcmp(text, all, want), "random %d: text is not the prefix", it);
         }
         yajl_tree_free(v);
     }
     printf("random: %d of 300 scripts ended on a stop\n", n_stopped);
-    CHECK(n_stopped > 30 && n_stopped < 270, "random scripts should mix stops and lengths");
+    T_CHECK(n_stopped > 30 && n_stopped < 270, "random scripts should mix stops and lengths");
 }
 
 /* Raw responses for test-egress-sdk.py. */
@@ -832,8 +820,8 @@ int main(int argc, char **argv)
     test_random();
     test_tokens();
     test_logprobs();
-    if (failures) {
-        fprintf(stderr, "%d failure(s)\n", failures);
+    if (t_failures) {
+        fprintf(stderr, "%d failure(s)\n", t_failures);
         return 1;
     }
     printf("ok\n");

@@ -22,18 +22,6 @@
 #include "eng_tok.h"
 #include "t_util.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
-
 #define MSG(r, c) { r, sizeof(r) - 1, c, sizeof(c) - 1 }
 
 static const char gemma3_template[] =
@@ -125,16 +113,16 @@ static void check_render(const struct eng_chat *c, const struct eng_chat_msg *m,
     size_t ns = 0;
     int64_t len = eng_chat_render(c, m, n, gen, buf, sizeof(buf), sp, 64, &ns);
 
-    CHECK(len == (int64_t)strlen(want) && !memcmp(buf, want, strlen(want)),
+    T_CHECK(len == (int64_t)strlen(want) && !memcmp(buf, want, strlen(want)),
           "%s: rendered\n  '%.*s'\n want\n  '%s'", what, (int)(len > 0 && len < 4096 ? len : 0), buf, want);
     /* spans lie inside the text, in order, and cover message contents only */
     for (size_t i = 0; i < ns && i < 64; i++) {
-        CHECK(sp[i].off + sp[i].len <= (size_t)len, "%s: span %zu out of the text", what, i);
-        CHECK(i == 0 || sp[i].off >= sp[i - 1].off + sp[i - 1].len, "%s: spans overlap", what);
+        T_CHECK(sp[i].off + sp[i].len <= (size_t)len, "%s: span %zu out of the text", what, i);
+        T_CHECK(i == 0 || sp[i].off >= sp[i - 1].off + sp[i - 1].len, "%s: spans overlap", what);
     }
     /* a too-small buffer reports the full length and does not overflow */
     char tiny[8];
-    CHECK(eng_chat_render(c, m, n, gen, tiny, sizeof(tiny), sp, 64, &ns) == len, "%s: short buffer", what);
+    T_CHECK(eng_chat_render(c, m, n, gen, tiny, sizeof(tiny), sp, 64, &ns) == len, "%s: short buffer", what);
 }
 
 static eng_tok_t *load(const char *path)
@@ -168,7 +156,7 @@ static void check_model(const char *path, const char *name, const char *const *g
 
     if (!t)
         return;
-    CHECK(eng_chat_from_tok(&c, t, NULL, err, sizeof(err)) == 0, "%s: detect: %s", name, err);
+    T_CHECK(eng_chat_from_tok(&c, t, NULL, err, sizeof(err)) == 0, "%s: detect: %s", name, err);
     printf("%s: format %s, default system %zu bytes\n", name, eng_chat_fmt_name(c.fmt), c.default_system_len);
     for (size_t i = 0; i < sizeof(convs) / sizeof(convs[0]); i++) {
         char what[64];
@@ -180,11 +168,11 @@ static void check_model(const char *path, const char *name, const char *const *g
         int32_t fake = eng_tok_find(t, "<|im_end|>", 10);
         if (i == 2 && fake != ENG_TOK_NULL) {
             /* the user typed <|im_end|>: one control token fewer than a naive tokenization */
-            CHECK(count(a, ka, fake) + 1 == count(b, kb, fake), "%s: content produced a control token", what);
+            T_CHECK(count(a, ka, fake) + 1 == count(b, kb, fake), "%s: content produced a control token", what);
         } else {
-            CHECK(ka == kb && !memcmp(a, b, (size_t)ka * sizeof(*a)), "%s: tokens differ from the whole-text tokenization", what);
+            T_CHECK(ka == kb && !memcmp(a, b, (size_t)ka * sizeof(*a)), "%s: tokens differ from the whole-text tokenization", what);
         }
-        CHECK(ka > 0 && (!eng_tok_special(t)->add_bos || a[0] == eng_tok_special(t)->bos), "%s: BOS", what);
+        T_CHECK(ka > 0 && (!eng_tok_special(t)->add_bos || a[0] == eng_tok_special(t)->bos), "%s: BOS", what);
     }
     eng_tok_free(t);
 }
@@ -197,7 +185,7 @@ int main(void)
 
     /* every format renders llama.cpp's reference conversation */
     for (size_t i = 0; i < sizeof(ref_gold) / sizeof(ref_gold[0]); i++) {
-        CHECK(eng_chat_detect(&c, NULL, ref_gold[i].fmt, err, sizeof(err)) == 0, "name %s: %s", ref_gold[i].fmt, err);
+        T_CHECK(eng_chat_detect(&c, NULL, ref_gold[i].fmt, err, sizeof(err)) == 0, "name %s: %s", ref_gold[i].fmt, err);
         check_render(&c, ref_conv, 6, true, ref_gold[i].want, ref_gold[i].fmt);
     }
     /* detection by markers */
@@ -214,7 +202,7 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof(det) / sizeof(det[0]); i++) {
         int rc = eng_chat_detect(&c, det[i].tmpl, NULL, err, sizeof(err));
-        CHECK(rc == 0 && !strcmp(eng_chat_fmt_name(c.fmt), det[i].want), "detect %zu: got %s, want %s", i,
+        T_CHECK(rc == 0 && !strcmp(eng_chat_fmt_name(c.fmt), det[i].want), "detect %zu: got %s, want %s", i,
               rc ? err : eng_chat_fmt_name(c.fmt), det[i].want);
     }
     /* a Qwen2.5-style template: its default system text comes with an escaped \n */
@@ -225,27 +213,27 @@ int main(void)
         static const char want[] =
             "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
             "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n";
-        CHECK(eng_chat_detect(&c, qwen, NULL, err, sizeof(err)) == 0 && c.fmt == ENG_CHAT_CHATML, "qwen detect");
+        T_CHECK(eng_chat_detect(&c, qwen, NULL, err, sizeof(err)) == 0 && c.fmt == ENG_CHAT_CHATML, "qwen detect");
         check_render(&c, conv0, 1, true, want, "qwen2.5 default system");
         /* a template whose system turn is built from the message has no default */
-        CHECK(eng_chat_detect(&c, "{{'<|im_start|>' + m['role'] + '\n'}}", NULL, err, sizeof(err)) == 0 &&
+        T_CHECK(eng_chat_detect(&c, "{{'<|im_start|>' + m['role'] + '\n'}}", NULL, err, sizeof(err)) == 0 &&
                   c.default_system_len == 0, "chatml without default system");
     }
     /* Gemma 3's published template renders our Jinja2 goldens */
-    CHECK(eng_chat_detect(&c, gemma3_template, NULL, err, sizeof(err)) == 0, "gemma3 template");
+    T_CHECK(eng_chat_detect(&c, gemma3_template, NULL, err, sizeof(err)) == 0, "gemma3 template");
     for (size_t i = 0; i < sizeof(convs) / sizeof(convs[0]); i++)
         check_render(&c, convs[i].m, convs[i].n, convs[i].gen, gold_gemma3[i], "gemma3 template");
     /* unknown template: refused, saying how to pick one */
-    CHECK(eng_chat_detect(&c, "{{ messages | tojson }}", NULL, err, sizeof(err)) == -ENOTSUP &&
+    T_CHECK(eng_chat_detect(&c, "{{ messages | tojson }}", NULL, err, sizeof(err)) == -ENOTSUP &&
               strstr(err, "--chat-template") && strstr(err, "chatml"), "unknown template not refused clearly: %s", err);
-    CHECK(eng_chat_detect(&c, "{{ messages | tojson }}", "llama3", err, sizeof(err)) == 0 && c.fmt == ENG_CHAT_LLAMA3,
+    T_CHECK(eng_chat_detect(&c, "{{ messages | tojson }}", "llama3", err, sizeof(err)) == 0 && c.fmt == ENG_CHAT_LLAMA3,
           "override by name");
-    CHECK(eng_chat_detect(&c, NULL, "no-such-format", err, sizeof(err)) == -ENOENT, "bad override name accepted");
+    T_CHECK(eng_chat_detect(&c, NULL, "no-such-format", err, sizeof(err)) == -ENOENT, "bad override name accepted");
 
     snprintf(p, sizeof(p), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", mo);
     check_model(p, "SmolLM2", gold_smollm2);
     snprintf(p, sizeof(p), "%s/gemma-3-270m-q4_k_m.gguf", mo);
     check_model(p, "Gemma3", gold_gemma3);
-    printf("%d failures\n", failures);
-    return failures ? 1 : 0;
+    printf("%d t_failures\n", t_failures);
+    return t_failures ? 1 : 0;
 }

@@ -19,18 +19,6 @@
 #include "eng_tok.h"
 #include "t_util.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
-
 static int utf8_valid(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -75,8 +63,8 @@ static void test_utf8(void)
     eng_detok_init(&d, 0, NULL, NULL, 0);
     for (size_t i = 0; i < sizeof(chunks) / sizeof(chunks[0]); i++) {
         int rc = eng_detok_push_bytes(&d, chunks[i], strlen(chunks[i]), out, sizeof(out), &n);
-        CHECK(rc == 0, "utf8 push %zu rc %d", i, rc);
-        CHECK(utf8_valid(out, n), "utf8 chunk %zu is not valid UTF-8", i);
+        T_CHECK(rc == 0, "utf8 push %zu rc %d", i, rc);
+        T_CHECK(utf8_valid(out, n), "utf8 chunk %zu is not valid UTF-8", i);
         memcpy(all + an, out, n);
         an += n;
     }
@@ -84,16 +72,16 @@ static void test_utf8(void)
     memcpy(all + an, out, n);
     an += n;
     static const char want[] = "a\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x99\x82!\xef\xbf\xbd\xef\xbf\xbd(\xef\xbf\xbd";
-    CHECK(an == sizeof(want) - 1 && !memcmp(all, want, an), "utf8 stream gives '%.*s'", (int)an, all);
+    T_CHECK(an == sizeof(want) - 1 && !memcmp(all, want, an), "utf8 stream gives '%.*s'", (int)an, all);
 
     /* a space-prefixed first piece can be stripped (SPM's first token) */
     eng_detok_init(&d, ENG_DETOK_STRIP_FIRST, NULL, NULL, 0);
     eng_detok_push_bytes(&d, "", 0, out, sizeof(out), &n);
     eng_detok_push_bytes(&d, " Hi", 3, out, sizeof(out), &n);
-    CHECK(n == 2 && !memcmp(out, "Hi", 2), "STRIP_FIRST");
+    T_CHECK(n == 2 && !memcmp(out, "Hi", 2), "STRIP_FIRST");
     eng_detok_push_bytes(&d, " there", 6, out, sizeof(out), &n);
-    CHECK(n == 6, "STRIP_FIRST strips only the first piece");
-    CHECK(sizeof(struct eng_detok) < 2048, "state is not small: %zu", sizeof(struct eng_detok));
+    T_CHECK(n == 6, "STRIP_FIRST strips only the first piece");
+    T_CHECK(sizeof(struct eng_detok) < 2048, "state is not small: %zu", sizeof(struct eng_detok));
 }
 
 /* Longest suffix of s[0..n) that is a proper prefix of some stop. */
@@ -130,7 +118,7 @@ static void test_stops(void)
                 stops[k][i] = "abc "[t_rand(&seed) % 4];
             sp[k] = stops[k];
         }
-        CHECK(eng_detok_init(&d, 0, sp, sl, ns) == 0, "init");
+        T_CHECK(eng_detok_init(&d, 0, sp, sl, ns) == 0, "init");
         /* reference: after each chunk, the earliest occurrence of any stop in
          * the text so far; the first chunk that completes one ends the stream
          * (stops are checked per push, as generation checks them per token) */
@@ -140,7 +128,7 @@ static void test_stops(void)
             if (c > tl - pos)
                 c = tl - pos;
             rc = eng_detok_push_bytes(&d, text + pos, c, out, sizeof(out), &n);
-            CHECK(rc == 0 || rc == 1, "push rc %d", rc);
+            T_CHECK(rc == 0 || rc == 1, "push rc %d", rc);
             memcpy(got + gl, out, n);
             gl += n;
             pos += c;
@@ -150,11 +138,11 @@ static void test_stops(void)
                 if (hit && (size_t)(hit - text) < want)
                     want = (size_t)(hit - text);
             }
-            CHECK(stopped == (want != SIZE_MAX), "iter %d: stop flag %d at %zu", iter, stopped, pos);
+            T_CHECK(stopped == (want != SIZE_MAX), "iter %d: stop flag %d at %zu", iter, stopped, pos);
             if (!stopped) {
                 /* held back exactly the longest possible stop prefix */
                 size_t h = ref_hold(text, pos, stops, sl, ns);
-                CHECK(gl + h == pos, "iter %d: released %zu of %zu, hold %zu", iter, gl, pos, h);
+                T_CHECK(gl + h == pos, "iter %d: released %zu of %zu, hold %zu", iter, gl, pos, h);
             }
             if (want != SIZE_MAX)
                 break;
@@ -166,8 +154,8 @@ static void test_stops(void)
         }
         if (want == SIZE_MAX)
             want = tl;
-        CHECK(gl == want && !memcmp(got, text, gl), "iter %d: released %zu bytes, want %zu", iter, gl, want);
-        if (failures > 10)
+        T_CHECK(gl == want && !memcmp(got, text, gl), "iter %d: released %zu bytes, want %zu", iter, gl, want);
+        if (t_failures > 10)
             return;
     }
     /* after a stop nothing more comes out */
@@ -177,10 +165,10 @@ static void test_stops(void)
         size_t sl[] = { 3 }, n;
         char out[512];
         eng_detok_init(&d, 0, sp, sl, 1);
-        CHECK(eng_detok_push_bytes(&d, "abcEN", 5, out, sizeof(out), &n) == 0 && n == 3, "pre-stop");
-        CHECK(eng_detok_push_bytes(&d, "Dxyz", 4, out, sizeof(out), &n) == ENG_DETOK_STOP && n == 0, "stop");
-        CHECK(eng_detok_push_bytes(&d, "more", 4, out, sizeof(out), &n) == ENG_DETOK_STOP && n == 0, "after stop");
-        CHECK(eng_detok_init(&d, 0, sp, (size_t[]){ 0 }, 1) == -22, "empty stop accepted");
+        T_CHECK(eng_detok_push_bytes(&d, "abcEN", 5, out, sizeof(out), &n) == 0 && n == 3, "pre-stop");
+        T_CHECK(eng_detok_push_bytes(&d, "Dxyz", 4, out, sizeof(out), &n) == ENG_DETOK_STOP && n == 0, "stop");
+        T_CHECK(eng_detok_push_bytes(&d, "more", 4, out, sizeof(out), &n) == ENG_DETOK_STOP && n == 0, "after stop");
+        T_CHECK(eng_detok_init(&d, 0, sp, (size_t[]){ 0 }, 1) == -22, "empty stop accepted");
     }
 }
 
@@ -200,7 +188,7 @@ static void test_tokens(const char *path, const char *name)
     if (eng_gguf_open(&g, path, err, sizeof(err)))
         return;
     if (eng_tok_load(&tok, g, err, sizeof(err))) {
-        CHECK(0, "%s: %s", name, err);
+        T_CHECK(0, "%s: %s", name, err);
         eng_gguf_close(g);
         return;
     }
@@ -220,15 +208,15 @@ static void test_tokens(const char *path, const char *name)
             size_t pl;
             eng_tok_piece(tok, ids[j], 0, &p, &pl);
             split += !utf8_valid(p, pl);
-            CHECK(eng_detok_push(&d, tok, ids[j], out, cap, &n) == 0, "%s: push", name);
-            CHECK(utf8_valid(out, n), "%s: text %zu token %lld: chunk not valid UTF-8", name, i, (long long)j);
+            T_CHECK(eng_detok_push(&d, tok, ids[j], out, cap, &n) == 0, "%s: push", name);
+            T_CHECK(utf8_valid(out, n), "%s: text %zu token %lld: chunk not valid UTF-8", name, i, (long long)j);
             memcpy(got + gl, out, n);
             gl += n;
         }
         eng_detok_flush(&d, out, cap, &n);
         memcpy(got + gl, out, n);
         gl += n;
-        CHECK(gl == strlen(texts[i]) && !memcmp(got, texts[i], gl), "%s: text %zu streams as '%.*s'", name,
+        T_CHECK(gl == strlen(texts[i]) && !memcmp(got, texts[i], gl), "%s: text %zu streams as '%.*s'", name,
               i, (int)gl, got);
         if (i == 3)
             printf("%s: %d pieces of the rare-script text split a character\n", name, split);
@@ -252,6 +240,6 @@ int main(void)
     test_tokens(p, "gemma3");
     snprintf(p, sizeof(p), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", mo);
     test_tokens(p, "smollm2");
-    printf("%d failures\n", failures);
-    return failures ? 1 : 0;
+    printf("%d t_failures\n", t_failures);
+    return t_failures ? 1 : 0;
 }

@@ -26,18 +26,6 @@
 #include "eng_quant_int.h"
 #include "t_util.h"
 
-static int fails;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, "\n");                                              \
-            fails++;                                                            \
-        }                                                                       \
-    } while (0)
-
 static const uint32_t wtypes[] = {
     ENG_TYPE_F32, ENG_TYPE_F16, ENG_TYPE_BF16, ENG_TYPE_Q4_0, ENG_TYPE_Q4_1,
     ENG_TYPE_Q5_0, ENG_TYPE_Q5_1, ENG_TYPE_Q8_0, ENG_TYPE_Q4_K, ENG_TYPE_Q5_K,
@@ -98,9 +86,9 @@ static void test_round_trip(void)
         uint32_t ty = rt_bounds[t].type;
         double se = 0, sx = 0;
         int rc = eng_quant_row(ty, x, q, n);
-        CHECK(rc == 0, "quant %s rc %d", eng_type_get(ty)->name, rc);
+        T_CHECK(rc == 0, "quant %s rc %d", eng_type_get(ty)->name, rc);
         rc = eng_dequant_row(ty, q, y, n);
-        CHECK(rc == 0, "dequant %s rc %d", eng_type_get(ty)->name, rc);
+        T_CHECK(rc == 0, "dequant %s rc %d", eng_type_get(ty)->name, rc);
         for (int64_t i = 0; i < n; i++) {
             se += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
             sx += (double)x[i] * x[i];
@@ -108,7 +96,7 @@ static void test_round_trip(void)
         double rel = sqrt(se / sx);
         printf("round trip %-5s rmse/rms %.5f (bound %.4f)\n", eng_type_get(ty)->name,
                rel, rt_bounds[t].rel_rmse);
-        CHECK(rel <= rt_bounds[t].rel_rmse, "%s round trip error %.5f > %.5f",
+        T_CHECK(rel <= rt_bounds[t].rel_rmse, "%s round trip error %.5f > %.5f",
               eng_type_get(ty)->name, rel, rt_bounds[t].rel_rmse);
     }
     /* constant and all-zero blocks quantize exactly-ish, never NaN */
@@ -116,11 +104,11 @@ static void test_round_trip(void)
         x[i] = i < 256 ? 0.0f : 0.25f;
     for (size_t t = 0; t < sizeof(rt_bounds) / sizeof(rt_bounds[0]); t++) {
         uint32_t ty = rt_bounds[t].type;
-        CHECK(eng_quant_row(ty, x, q, 512) == 0, "quant const %s", eng_type_get(ty)->name);
+        T_CHECK(eng_quant_row(ty, x, q, 512) == 0, "quant const %s", eng_type_get(ty)->name);
         eng_dequant_row(ty, q, y, 512);
         for (int64_t i = 0; i < 512; i++)
             if (fabsf(y[i] - x[i]) > 0.25f * 0.02f || !isfinite(y[i])) {
-                CHECK(0, "%s constant block: el %lld = %g, want %g", eng_type_get(ty)->name,
+                T_CHECK(0, "%s constant block: el %lld = %g, want %g", eng_type_get(ty)->name,
                       (long long)i, y[i], x[i]);
                 break;
             }
@@ -134,18 +122,18 @@ static void test_round_trip(void)
             x[i] = 0.0f;
         for (size_t t = 0; t < sizeof(rt_bounds) / sizeof(rt_bounds[0]); t++) {
             uint32_t ty = rt_bounds[t].type;
-            CHECK(eng_quant_row(ty, x, q, 512) == 0, "quant %s at %g", eng_type_get(ty)->name, mags[mi]);
+            T_CHECK(eng_quant_row(ty, x, q, 512) == 0, "quant %s at %g", eng_type_get(ty)->name, mags[mi]);
             eng_dequant_row(ty, q, y, 512);
             for (int64_t i = 0; i < 512; i++)
                 if (!isfinite(y[i]) || fabsf(y[i] - x[i]) > 12 * mags[mi]) {
-                    CHECK(0, "%s at magnitude %g: el %lld = %g, want %g", eng_type_get(ty)->name,
+                    T_CHECK(0, "%s at magnitude %g: el %lld = %g, want %g", eng_type_get(ty)->name,
                           mags[mi], (long long)i, y[i], x[i]);
                     break;
                 }
         }
     }
-    CHECK(eng_quant_row(ENG_TYPE_Q2_K, x, q, 256) == -EINVAL, "q2_k has no quantizer");
-    CHECK(eng_quant_row(ENG_TYPE_Q4_0, x, q, 33) == -EINVAL, "partial block");
+    T_CHECK(eng_quant_row(ENG_TYPE_Q2_K, x, q, 256) == -EINVAL, "q2_k has no quantizer");
+    T_CHECK(eng_quant_row(ENG_TYPE_Q4_0, x, q, 33) == -EINVAL, "partial block");
     free(x);
     free(y);
     free(q);
@@ -198,8 +186,8 @@ static void test_dots(const struct impl *impls, int nimpl)
         double tol = wt == ENG_TYPE_F32 || wt == ENG_TYPE_F16 || wt == ENG_TYPE_BF16 ? 1e-6 : 2e-6;
         double worst = 0;
 
-        CHECK(at != ENG_TYPE_COUNT && xrb == eng_type_row_size(at, k), "act type of %u", wt);
-        CHECK(ref && !strcmp(ref->impl, "scalar"), "scalar kernel for %u", wt);
+        T_CHECK(at != ENG_TYPE_COUNT && xrb == eng_type_row_size(at, k), "act type of %u", wt);
+        T_CHECK(ref && !strcmp(ref->impl, "scalar"), "scalar kernel for %u", wt);
         for (int64_t r = 0; r < rows; r++)
             eng_quant_row(wt, wf + r * k, w + r * wrb, k);
         for (int64_t j = 0; j < mmax; j++)
@@ -225,7 +213,7 @@ static void test_dots(const struct impl *impls, int nimpl)
             }
             printf("act %-5s as %-4s dot vs f32 activations: rms %.2e worst %.2e (bound 3e-3)\n",
                    eng_type_get(wt)->name, eng_type_get(at)->name, sqrt(sq / rows), worst_act);
-            CHECK(worst_act <= 3e-3, "%s activation quantization error %.3e", eng_type_get(wt)->name,
+            T_CHECK(worst_act <= 3e-3, "%s activation quantization error %.3e", eng_type_get(wt)->name,
                   worst_act);
             free(wd);
         }
@@ -238,7 +226,7 @@ static void test_dots(const struct impl *impls, int nimpl)
                 float got = ref->vec_dot(k, w + r * wrb, xq + j * xrb);
                 mag[r * mmax + j] = s;
                 if (fabs(got - exact) > 2e-6 * s + 1e-30)
-                    CHECK(0, "%s scalar dot r%lld j%lld: %g vs dequant %g (|.| %g)",
+                    T_CHECK(0, "%s scalar dot r%lld j%lld: %g vs dequant %g (|.| %g)",
                           eng_type_get(wt)->name, (long long)r, (long long)j, got, exact, s);
                 yref[j * ldy + r] = got;
             }
@@ -251,7 +239,7 @@ static void test_dots(const struct impl *impls, int nimpl)
                 float want = yref[(r % mmax) * ldy + r];
                 double err = fabs((double)got - want) / mag[r * mmax + r % mmax];
                 worst = err > worst ? err : worst;
-                CHECK(isfinite(got) && err <= tol, "%s %s vec_dot row %lld: %.9g vs %.9g",
+                T_CHECK(isfinite(got) && err <= tol, "%s %s vec_dot row %lld: %.9g vs %.9g",
                       kn->impl, eng_type_get(wt)->name, (long long)r, got, want);
             }
             static const int64_t ranges[][2] = { { 0, 37 }, { 3, 22 }, { 5, 6 }, { 33, 37 }, { 0, 4 } };
@@ -266,7 +254,7 @@ static void test_dots(const struct impl *impls, int nimpl)
                             float got = y[j * ldy + r];
                             if (j >= m || r < r0 || r >= r1) {
                                 if (got != -12345.0f) {
-                                    CHECK(0, "%s %s matmul wrote outside [%lld,%lld) m %lld: j%lld r%lld",
+                                    T_CHECK(0, "%s %s matmul wrote outside [%lld,%lld) m %lld: j%lld r%lld",
                                           kn->impl, eng_type_get(wt)->name, (long long)r0,
                                           (long long)r1, (long long)m, (long long)j, (long long)r);
                                     goto next_impl;
@@ -276,7 +264,7 @@ static void test_dots(const struct impl *impls, int nimpl)
                             double err = fabs((double)got - yref[j * ldy + r]) / mag[r * mmax + j];
                             worst = err > worst ? err : worst;
                             if (!isfinite(got) || err > tol) {
-                                CHECK(0, "%s %s matmul r%lld j%lld m%lld: %.9g vs %.9g", kn->impl,
+                                T_CHECK(0, "%s %s matmul r%lld j%lld m%lld: %.9g vs %.9g", kn->impl,
                                       eng_type_get(wt)->name, (long long)r, (long long)j,
                                       (long long)m, got, yref[j * ldy + r]);
                                 goto next_impl;
@@ -290,7 +278,7 @@ static void test_dots(const struct impl *impls, int nimpl)
         }
         /* the public entry points agree with the live kernel */
         float pub = eng_vec_dot(wt, k, w, xq);
-        CHECK(fabs((double)pub - yref[0]) <= tol * mag[0], "eng_vec_dot %s", eng_type_get(wt)->name);
+        T_CHECK(fabs((double)pub - yref[0]) <= tol * mag[0], "eng_vec_dot %s", eng_type_get(wt)->name);
         free(w);
         free(xq);
     }
@@ -318,7 +306,7 @@ static void test_nonfinite(const struct impl *impls, int nimpl)
         for (int v = 0; v < 2; v++) {
             fill(&seed, x, k, 1.0f);
             x[blck + 3] = v ? INFINITY : NAN;   /* poisons block 1 only */
-            CHECK(eng_quant_row(ty, x, q, k) == -EDOM, "%s non-finite not reported",
+            T_CHECK(eng_quant_row(ty, x, q, k) == -EDOM, "%s non-finite not reported",
                   eng_type_get(ty)->name);
             eng_dequant_row(ty, q, y, k);
             int nan_in = 0, nan_out = 0;
@@ -328,7 +316,7 @@ static void test_nonfinite(const struct impl *impls, int nimpl)
                 else
                     nan_out += !isfinite(y[i]);
             }
-            CHECK(nan_in == (int)blck && nan_out == 0, "%s poisoned block: %d NaN inside, %d bad outside",
+            T_CHECK(nan_in == (int)blck && nan_out == 0, "%s poisoned block: %d NaN inside, %d bad outside",
                   eng_type_get(ty)->name, nan_in, nan_out);
         }
     }
@@ -343,7 +331,7 @@ static void test_nonfinite(const struct impl *impls, int nimpl)
         for (int im = 0; im < nimpl; im++) {
             const struct eng_quant_kern *kn = eng_quant_kern_for(wt, impls[im].mask);
             float d = kn->vec_dot(k, w, q);
-            CHECK(isnan(d), "%s %s: NaN activation gave %g", kn->impl, eng_type_get(wt)->name, d);
+            T_CHECK(isnan(d), "%s %s: NaN activation gave %g", kn->impl, eng_type_get(wt)->name, d);
         }
     }
     free(x);
@@ -380,7 +368,7 @@ static void test_act_quant_exact(void)
             memset(b, 0xaa, bytes);
             int ra = eng_quant_row(at[t], x, a, n);          /* SIMD where the CPU has it */
             int rb = eng_quant_ref_quant(at[t], x, b, n);    /* reference */
-            CHECK(ra == rb && !memcmp(a, b, bytes), "%s activation quantizer differs from the "
+            T_CHECK(ra == rb && !memcmp(a, b, bytes), "%s activation quantizer differs from the "
                   "reference (case %d, rc %d/%d)", eng_type_get(at[t])->name, v, ra, rb);
         }
     }
@@ -396,21 +384,21 @@ static void test_api(void)
 
     for (size_t t = 0; t < N_WTYPES; t++) {
         const char *impl = eng_quant_impl(wtypes[t]);
-        CHECK(eng_quant_supported(wtypes[t]), "supported %u", wtypes[t]);
+        T_CHECK(eng_quant_supported(wtypes[t]), "supported %u", wtypes[t]);
         printf("impl %-5s %s\n", eng_type_get(wtypes[t])->name, impl);
         /* the best the CPU runs, or a slower one where no kernel exists */
-        CHECK(!strncmp(impl, want, strlen(want)) || !strcmp(impl, "avx2") || !strcmp(impl, "scalar"),
+        T_CHECK(!strncmp(impl, want, strlen(want)) || !strcmp(impl, "avx2") || !strcmp(impl, "scalar"),
               "impl %s on a %s CPU", impl, want);
     }
-    CHECK(!eng_quant_supported(ENG_TYPE_Q2_K) && !eng_quant_supported(ENG_TYPE_COUNT) &&
+    T_CHECK(!eng_quant_supported(ENG_TYPE_Q2_K) && !eng_quant_supported(ENG_TYPE_COUNT) &&
           !eng_quant_supported(ENG_TYPE_Q8_K), "unsupported weight types");
-    CHECK(!strcmp(eng_quant_impl(ENG_TYPE_Q2_K), "none"), "impl of unsupported");
-    CHECK(eng_vec_dot_type(ENG_TYPE_Q4_1) == ENG_TYPE_Q8_1 &&
+    T_CHECK(!strcmp(eng_quant_impl(ENG_TYPE_Q2_K), "none"), "impl of unsupported");
+    T_CHECK(eng_vec_dot_type(ENG_TYPE_Q4_1) == ENG_TYPE_Q8_1 &&
           eng_vec_dot_type(ENG_TYPE_Q8_0) == ENG_TYPE_Q8_0 &&
           eng_vec_dot_type(ENG_TYPE_Q6_K) == ENG_TYPE_Q8_K &&
           eng_vec_dot_type(ENG_TYPE_F16) == ENG_TYPE_F32 &&
           eng_vec_dot_type(ENG_TYPE_Q2_K) == ENG_TYPE_COUNT, "vec_dot types");
-    CHECK(eng_quant_act_row_size(ENG_TYPE_Q4_K, 512) == 2 * 292 &&
+    T_CHECK(eng_quant_act_row_size(ENG_TYPE_Q4_K, 512) == 2 * 292 &&
           eng_quant_act_row_size(ENG_TYPE_Q2_K, 512) == 0, "act row size");
 }
 
@@ -431,6 +419,6 @@ int main(void)
     test_dots(impls, nimpl);
     test_nonfinite(impls, nimpl);
     test_act_quant_exact();
-    printf("%s (%d failure(s))\n", fails ? "FAIL" : "PASS", fails);
-    return fails ? 1 : 0;
+    printf("%s (%d failure(s))\n", t_failures ? "FAIL" : "PASS", t_failures);
+    return t_failures ? 1 : 0;
 }

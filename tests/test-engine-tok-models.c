@@ -20,18 +20,6 @@
 #include "eng_tok.h"
 #include "t_util.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
-
 static const char *const texts[] = {
     "Hello world! This is a test.",
     "  leading spaces, trailing spaces   ",
@@ -56,15 +44,15 @@ static void roundtrip(const eng_tok_t *tok, const char *name, const char *s, siz
     char dec[16384];
     int64_t k = eng_tok_encode(tok, s, n, 0, ids, 4096), k0, dl;
 
-    CHECK(k >= 0 && k <= 4096, "%s: encode failed (%lld)", name, (long long)k);
+    T_CHECK(k >= 0 && k <= 4096, "%s: encode failed (%lld)", name, (long long)k);
     if (k < 0 || k > 4096)
         return;
     k0 = eng_tok_encode(tok, s, n, 0, NULL, 0);
-    CHECK(k0 == k, "%s: count-only call gives %lld, full call %lld", name, (long long)k0, (long long)k);
+    T_CHECK(k0 == k, "%s: count-only call gives %lld, full call %lld", name, (long long)k0, (long long)k);
     for (int64_t i = 0; i < k; i++)
-        CHECK(ids[i] >= 0 && (uint32_t)ids[i] < eng_tok_n_vocab(tok), "%s: id out of range", name);
+        T_CHECK(ids[i] >= 0 && (uint32_t)ids[i] < eng_tok_n_vocab(tok), "%s: id out of range", name);
     dl = eng_tok_decode(tok, ids, (size_t)k, ENG_TOK_STRIP_SPACE, dec, sizeof(dec));
-    CHECK(dl == (int64_t)n && !memcmp(dec, s, n), "%s: round trip of '%.*s' gives '%.*s'", name,
+    T_CHECK(dl == (int64_t)n && !memcmp(dec, s, n), "%s: round trip of '%.*s' gives '%.*s'", name,
           (int)n, s, (int)(dl > 0 && dl < (int64_t)sizeof(dec) ? dl : 0), dec);
 }
 
@@ -99,7 +87,7 @@ static void check_threads(const eng_tok_t *tok, const char *name)
     }
     for (int i = 0; i < 4; i++) {
         pthread_join(th[i], NULL);
-        CHECK(st[i].mismatches == 0, "%s: thread %d saw %d different results", name, i, st[i].mismatches);
+        T_CHECK(st[i].mismatches == 0, "%s: thread %d saw %d different results", name, i, st[i].mismatches);
     }
 }
 
@@ -121,11 +109,11 @@ static void check_model(const char *path, const char *name, const char *ctl, boo
     char buf[256];
 
     if (eng_gguf_open(&g, path, err, sizeof(err))) {
-        CHECK(0, "%s: open: %s", name, err);
+        T_CHECK(0, "%s: open: %s", name, err);
         return;
     }
     if (eng_tok_load(&tok, g, err, sizeof(err))) {
-        CHECK(0, "%s: load: %s", name, err);
+        T_CHECK(0, "%s: load: %s", name, err);
         eng_gguf_close(g);
         return;
     }
@@ -146,43 +134,43 @@ static void check_model(const char *path, const char *name, const char *ctl, boo
 
     /* control text typed by a user is plain text... */
     ctl_id = eng_tok_find(tok, ctl, strlen(ctl));
-    CHECK(ctl_id >= 0, "%s: control token %s not found", name, ctl);
-    CHECK(eng_tok_attr(tok, ctl_id) & ENG_TOK_ATTR_CONTROL, "%s: %s is not a control token", name, ctl);
+    T_CHECK(ctl_id >= 0, "%s: control token %s not found", name, ctl);
+    T_CHECK(eng_tok_attr(tok, ctl_id) & ENG_TOK_ATTR_CONTROL, "%s: %s is not a control token", name, ctl);
     snprintf(buf, sizeof(buf), "say %s now", ctl);
     k = eng_tok_encode(tok, buf, strlen(buf), 0, ids, 64);
     for (int64_t i = 0; i < k && i < 64; i++)
-        CHECK(ids[i] != ctl_id, "%s: user text produced the control token %s", name, ctl);
+        T_CHECK(ids[i] != ctl_id, "%s: user text produced the control token %s", name, ctl);
     /* ...but one token from a template */
     k = eng_tok_encode(tok, buf, strlen(buf), ENG_TOK_PARSE_SPECIAL, ids, 64);
     int found = 0;
     for (int64_t i = 0; i < k && i < 64; i++)
         found += ids[i] == ctl_id;
-    CHECK(found == 1, "%s: template text did not give %s once", name, ctl);
+    T_CHECK(found == 1, "%s: template text did not give %s once", name, ctl);
     /* the control token's piece is hidden unless asked for */
     const char *p;
     size_t pl;
-    CHECK(eng_tok_piece(tok, ctl_id, 0, &p, &pl) == 0 && pl == 0, "%s: control piece not hidden", name);
-    CHECK(eng_tok_piece(tok, ctl_id, ENG_TOK_SHOW_SPECIAL, &p, &pl) == 0 && pl == strlen(ctl) &&
+    T_CHECK(eng_tok_piece(tok, ctl_id, 0, &p, &pl) == 0 && pl == 0, "%s: control piece not hidden", name);
+    T_CHECK(eng_tok_piece(tok, ctl_id, ENG_TOK_SHOW_SPECIAL, &p, &pl) == 0 && pl == strlen(ctl) &&
               !memcmp(p, ctl, pl), "%s: control piece with SHOW_SPECIAL is not its text", name);
-    CHECK(eng_tok_piece(tok, -1, 0, &p, &pl) == -ERANGE, "%s: id -1 accepted", name);
-    CHECK(eng_tok_is_eog(tok, sp->eos), "%s: EOS is not end-of-generation", name);
+    T_CHECK(eng_tok_piece(tok, -1, 0, &p, &pl) == -ERANGE, "%s: id -1 accepted", name);
+    T_CHECK(eng_tok_is_eog(tok, sp->eos), "%s: EOS is not end-of-generation", name);
 
     /* regression: Gemma's "</s>" is user-defined in the file but an EOG
      * token by name (llama.cpp makes it control), so user text keeps it as text */
     int32_t eos_s = eng_tok_find(tok, "</s>", 4);
     if (eos_s >= 0 && eng_tok_is_eog(tok, eos_s)) {
         k = eng_tok_encode(tok, "x </s> y", 8, 0, ids, 64);
-        CHECK(k > 0 && count_id(ids, k, eos_s) == 0, "%s: user text produced </s>", name);
+        T_CHECK(k > 0 && count_id(ids, k, eos_s) == 0, "%s: user text produced </s>", name);
         k = eng_tok_encode(tok, "x </s> y", 8, ENG_TOK_PARSE_SPECIAL, ids, 64);
-        CHECK(k > 0 && count_id(ids, k, eos_s) == 1, "%s: template text lost </s>", name);
+        T_CHECK(k > 0 && count_id(ids, k, eos_s) == 1, "%s: template text lost </s>", name);
     }
 
     /* BOS */
     k = eng_tok_encode(tok, "hi", 2, ENG_TOK_ADD_SPECIAL, ids, 64);
-    CHECK(want_bos == (k > 0 && ids[0] == sp->bos), "%s: ADD_SPECIAL BOS presence wrong", name);
-    CHECK(sp->add_bos == want_bos, "%s: add_bos %d, want %d", name, sp->add_bos, want_bos);
+    T_CHECK(want_bos == (k > 0 && ids[0] == sp->bos), "%s: ADD_SPECIAL BOS presence wrong", name);
+    T_CHECK(sp->add_bos == want_bos, "%s: add_bos %d, want %d", name, sp->add_bos, want_bos);
     /* empty text */
-    CHECK(eng_tok_encode(tok, "", 0, 0, ids, 64) == 0, "%s: empty text gives tokens", name);
+    T_CHECK(eng_tok_encode(tok, "", 0, 0, ids, 64) == 0, "%s: empty text gives tokens", name);
     check_threads(tok, name);
     eng_tok_free(tok);
 }
@@ -208,6 +196,6 @@ int main(void)
     }
     if (!n)
         t_skip("no models in $FAVO_MODELS (run ./setup.sh)");
-    printf("%d models, %d failures\n", n, failures);
-    return failures ? 1 : 0;
+    printf("%d models, %d t_failures\n", n, t_failures);
+    return t_failures ? 1 : 0;
 }

@@ -13,18 +13,6 @@
 #include "eng_tok_int.h"
 #include "t_util.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
-
 struct tile {
     const char *base;
     size_t at, n;
@@ -70,7 +58,7 @@ static void split_check(const struct eng_tok_pre *p, const char *name, const cha
     size_t n = strlen(s);
     int rc = eng_tok_pre_split(p, md, s, n, on_word, &t);
 
-    CHECK(rc == 0 && !t.bad && t.at == n, "%s: pieces of '%s' do not tile it (%zu of %zu)", name, s, t.at, n);
+    T_CHECK(rc == 0 && !t.bad && t.at == n, "%s: pieces of '%s' do not tile it (%zu of %zu)", name, s, t.at, n);
     eng_tok_pre_md_free(md);
 }
 
@@ -82,12 +70,12 @@ static void pin(const char *pre, const char *s, const char *want)
     void *md = eng_tok_pre_md_new();
     struct tile t = { .base = s };
 
-    CHECK(d && eng_tok_pre_compile(&p, d, err, sizeof(err)) == 0, "%s: compile", pre);
+    T_CHECK(d && eng_tok_pre_compile(&p, d, err, sizeof(err)) == 0, "%s: compile", pre);
     if (!d)
         return;
     eng_tok_pre_split(&p, md, s, strlen(s), on_word, &t);
     t.out[t.ol] = 0;
-    CHECK(!strcmp(t.out, want), "%s: '%s' splits as '%s', want '%s'", pre, s, t.out, want);
+    T_CHECK(!strcmp(t.out, want), "%s: '%s' splits as '%s', want '%s'", pre, s, t.out, want);
     eng_tok_pre_free(&p);
     eng_tok_pre_md_free(md);
 }
@@ -103,14 +91,14 @@ int main(void)
         char err[256] = "";
         int rc = eng_tok_pre_compile(&p, d, err, sizeof(err));
 
-        CHECK(rc == 0, "%s: %s", names[n], err);
+        T_CHECK(rc == 0, "%s: %s", names[n], err);
         if (rc)
             continue;
         for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
             split_check(&p, names[n], texts[i]);
         eng_tok_pre_free(&p);
     }
-    CHECK(eng_tok_pre_find("no-such", 7) == NULL, "unknown name found");
+    T_CHECK(eng_tok_pre_find("no-such", 7) == NULL, "unknown name found");
 
     /* known splits (the regexes' documented behaviour) */
     pin("gpt-2", "Hello world's  end", "Hello| world|'s| | end|");
@@ -121,6 +109,6 @@ int main(void)
     pin("superbpe", "1234567", "1|234|567|");
     pin("gpt-4o", "HelloWorld's", "Hello|World's|");
     pin("deepseek-llm", "ab\ncd", "ab|\n|cd|");
-    printf("%d pre-tokenizers, %d failures\n", n, failures);
-    return failures ? 1 : 0;
+    printf("%d pre-tokenizers, %d t_failures\n", n, t_failures);
+    return t_failures ? 1 : 0;
 }

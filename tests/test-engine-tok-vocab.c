@@ -19,18 +19,6 @@
 #include "eng_tok.h"
 #include "t_util.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
-
 static const char SEP[] = "\n__ggml_vocab_test__\n";
 
 /* Split buf into strings at SEP (each string is followed by one). */
@@ -74,11 +62,11 @@ static void check_vocab(const char *dir, const char *name)
 
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     rc = eng_gguf_open(&g, path, err, sizeof(err));
-    CHECK(rc == 0, "%s: open: %s", name, err);
+    T_CHECK(rc == 0, "%s: open: %s", name, err);
     if (rc)
         return;
     rc = eng_tok_load(&tok, g, err, sizeof(err));
-    CHECK(rc == 0, "%s: load: %s", name, err);
+    T_CHECK(rc == 0, "%s: load: %s", name, err);
     eng_gguf_close(g);   /* the tokenizer must not depend on the mapping */
     if (rc)
         return;
@@ -86,7 +74,7 @@ static void check_vocab(const char *dir, const char *name)
     inp = t_read_file(path, &inl);
     snprintf(path, sizeof(path), "%s/%s.out", dir, name);
     out = t_read_file(path, &outl);
-    CHECK(inp && out, "%s: .inp/.out missing", name);
+    T_CHECK(inp && out, "%s: .inp/.out missing", name);
     if (!inp || !out) {
         free(inp);
         free(out);
@@ -103,16 +91,16 @@ static void check_vocab(const char *dir, const char *name)
         char want[8192], got[8192];
         size_t wl = 0, gl = 0;
 
-        CHECK(nl != NULL, "%s: .out has fewer lines than .inp has strings (%zu)", name, ns);
+        T_CHECK(nl != NULL, "%s: .out has fewer lines than .inp has strings (%zu)", name, ns);
         if (!nl)
             break;
         *nl = 0;
         snprintf(want, sizeof(want), "%s", line);
         line = nl + 1;
         ids = encode_all(tok, s[i], sl[i], 0, &k);
-        CHECK(k >= 0, "%s: string %zu: encode failed %lld", name, i, (long long)k);
+        T_CHECK(k >= 0, "%s: string %zu: encode failed %lld", name, i, (long long)k);
         for (int64_t j = 0; j < k && gl < sizeof(got) - 16; j++) {
-            CHECK(ids[j] >= 0 && (uint32_t)ids[j] < eng_tok_n_vocab(tok), "%s: id out of range", name);
+            T_CHECK(ids[j] >= 0 && (uint32_t)ids[j] < eng_tok_n_vocab(tok), "%s: id out of range", name);
             gl += (size_t)snprintf(got + gl, sizeof(got) - gl, " %d", ids[j]);
         }
         got[gl] = 0;
@@ -120,7 +108,7 @@ static void check_vocab(const char *dir, const char *name)
         if (wl == gl && !memcmp(want, got, gl))
             nok++;
         else
-            CHECK(0, "%s: string %zu ('%.*s'):\n  want%s\n  got %s", name, i, (int)sl[i], s[i], want, got);
+            T_CHECK(0, "%s: string %zu ('%.*s'):\n  want%s\n  got %s", name, i, (int)sl[i], s[i], want, got);
 
         /* round trip: every fixture string is representable in these vocabularies */
         char dec[8192];
@@ -128,11 +116,11 @@ static void check_vocab(const char *dir, const char *name)
         if (dl == (int64_t)sl[i] && !memcmp(dec, s[i], sl[i]))
             nrt++;
         else
-            CHECK(0, "%s: string %zu: round trip gives '%.*s'", name, i,
+            T_CHECK(0, "%s: string %zu: round trip gives '%.*s'", name, i,
                   (int)(dl > 0 && dl < (int64_t)sizeof(dec) ? dl : 0), dec);
         free(ids);
     }
-    CHECK(*line == 0, "%s: .out has more lines than .inp has strings (%zu)", name, ns);
+    T_CHECK(*line == 0, "%s: .out has more lines than .inp has strings (%zu)", name, ns);
     printf("%-32s %3zu/%zu strings exact, %3zu round trips\n", name, nok, ns, nrt);
     free(inp);
     free(out);
@@ -153,8 +141,8 @@ static void check_cli(const char *dir, const char *name)
     char *argv[] = { (char *)bin, "tokenize", "--model", model, "--no-special", "--batch", inp, NULL };
     int rc = t_run(argv, &got, &err);
     want = t_read_file(outp, &wl);
-    CHECK(rc == 0, "favo tokenize --batch %s: exit %d: %s", name, rc, err ? err : "");
-    CHECK(got && want && !strcmp(got, want), "favo tokenize --batch %s: output differs from .out", name);
+    T_CHECK(rc == 0, "favo tokenize --batch %s: exit %d: %s", name, rc, err ? err : "");
+    T_CHECK(got && want && !strcmp(got, want), "favo tokenize --batch %s: output differs from .out", name);
     free(got);
     free(err);
     free(want);
@@ -254,21 +242,21 @@ static void check_refusals(void)
         if (cases[i].with_merges)
             gb_kv_strarr(&kv, "tokenizer.ggml.merges", merges, 1);
         rc = gb_open(&kv, &g, file, err, sizeof(err));
-        CHECK(rc == 0, "refusal case %zu: gguf: %s", i, err);
+        T_CHECK(rc == 0, "refusal case %zu: gguf: %s", i, err);
         if (rc)
             continue;
         rc = eng_tok_load(&tok, g, err, sizeof(err));
-        CHECK(rc == cases[i].want, "refusal case %zu: load gave %d, want %d (%s)", i, rc, cases[i].want, err);
+        T_CHECK(rc == cases[i].want, "refusal case %zu: load gave %d, want %d (%s)", i, rc, cases[i].want, err);
         if (cases[i].needle)
-            CHECK(strstr(err, cases[i].needle), "refusal case %zu: message '%s' does not name '%s'", i,
+            T_CHECK(strstr(err, cases[i].needle), "refusal case %zu: message '%s' does not name '%s'", i,
                   err, cases[i].needle);
         if (rc == 0 && !strcmp(cases[i].model, "gpt2")) {
             int32_t ids[8];
             int64_t k = eng_tok_encode(tok, "ab a", 4, 0, ids, 8);
             /* "ab" merges; " a": 'Ġ' then 'a' (no merge for them) */
-            CHECK(k == 3 && ids[0] == 2 && ids[1] == 3 && ids[2] == 0, "tiny gpt2 encode: k=%lld", (long long)k);
+            T_CHECK(k == 3 && ids[0] == 2 && ids[1] == 3 && ids[2] == 0, "tiny gpt2 encode: k=%lld", (long long)k);
             /* <|end|> is an EOG token recognised by its text */
-            CHECK(eng_tok_is_eog(tok, 4), "tiny gpt2: <|end|> is not EOG");
+            T_CHECK(eng_tok_is_eog(tok, 4), "tiny gpt2: <|end|> is not EOG");
         }
         eng_tok_free(tok);
         eng_gguf_close(g);
@@ -288,7 +276,7 @@ int main(void)
     snprintf(dir, sizeof(dir), "%s/vocab", shared);
     d = opendir(dir);
     if (!d) {
-        if (failures)
+        if (t_failures)
             return 1;
         t_skip("no ../shared/vocab: vocab fixtures absent");
     }
@@ -304,6 +292,6 @@ int main(void)
     closedir(d);
     if (first[0])
         check_cli(dir, first);
-    printf("%d vocabularies, %d failures\n", nv, failures);
-    return failures ? 1 : 0;
+    printf("%d vocabularies, %d t_failures\n", nv, t_failures);
+    return t_failures ? 1 : 0;
 }
