@@ -72,7 +72,7 @@ if [ "$MODE" = test ] && ! .venv/bin/python3 -c 'import llama_cpp' 2>/dev/null; 
     grep -qw avx512f /proc/cpuinfo && ggml="$ggml -DGGML_AVX512=ON"
     grep -qw avx512_vnni /proc/cpuinfo && ggml="$ggml -DGGML_AVX512_VNNI=ON"
     say "installing llama-cpp-python (compiles llama.cpp: a few minutes) as a test oracle"
-    CMAKE_ARGS="$ggml" .venv/bin/pip install -q --disable-pip-version-check llama-cpp-python==0.3.36 \
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="$ggml" .venv/bin/pip install -q --disable-pip-version-check llama-cpp-python==0.3.36 \
         || say "WARNING: llama-cpp-python could not be installed; llama.cpp comparisons will skip"
 fi
 
