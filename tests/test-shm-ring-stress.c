@@ -55,6 +55,8 @@ struct ctl {
     uint64_t restarts;     /* consumer: incarnations that saw a message */
     uint64_t prod_done;    /* producer: 1 when all n are published */
     uint64_t work_ns;      /* parent: time the consumer spends applying one */
+    uint64_t park;         /* parent: 1 = stop right after the next apply */
+    uint64_t parked;       /* consumer: 1 = applied, not released, waiting */
     char err[192] FAVO_ALIGNED_CL; /* consumer/producer: first failure */
 };
 
@@ -184,6 +186,15 @@ _Noreturn static void consumer(uint64_t seed, int per_message)
                  * release as often as a real handler would make them. */
                 while (g_ctl->work_ns && favo_now_ns() < until)
                     favo_cpu_relax();
+                /* Asked to: wait here, applied but unreleased, for the
+                 * parent's kill -9, so the replay path is exercised on
+                 * every run rather than when a random kill happens to
+                 * land in this window. */
+                if (ck_pr_load_64(&g_ctl->park)) {
+                    ck_pr_store_64(&g_ctl->parked, 1);
+                    for (;;)
+                        favo_cpu_relax();
+                }
             }
             if (per_message) {
                 shm_ring_release(&c, 1);
@@ -298,10 +309,19 @@ static int phase_kill(uint64_t n, int kills)
                         ck_pr_load_64(&g_ctl->applied) < n; w++)
             sleep_us(50);
         sleep_us(t_rand(&seed) % 2000);
+        if (k % 3 == 0) {
+            /* Every third kill lands between apply and release for sure. */
+            ck_pr_store_64(&g_ctl->park, 1);
+            for (int w = 0; w < 100000 && !ck_pr_load_64(&g_ctl->parked) &&
+                            ck_pr_load_64(&g_ctl->applied) < n; w++)
+                sleep_us(50);
+        }
         if (ck_pr_load_64(&g_ctl->applied) < n)
             mid_stream++;
         kill(c, SIGKILL);
         rc |= reap(c, "consumer", 1);
+        ck_pr_store_64(&g_ctl->park, 0);
+        ck_pr_store_64(&g_ctl->parked, 0);
         if (k % 4 == 2 && prod_kills < 2) { /* now and then the producer too */
             kill(p, SIGKILL);
             rc |= reap(p, "producer", 1);
