@@ -583,6 +583,18 @@ out:
     return rc;
 }
 
+int eng_tok_load_file(eng_tok_t **out, const char *path, char *err, size_t errlen)
+{
+    eng_gguf_t *g = NULL;
+    int rc = eng_gguf_open(&g, path, err, errlen);
+
+    if (rc)
+        return rc;
+    rc = eng_tok_load(out, g, err, errlen);
+    eng_gguf_close(g); /* the tokenizer keeps nothing of the mapping */
+    return rc;
+}
+
 int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen)
 {
     struct eng_tok *t = calloc(1, sizeof(*t));

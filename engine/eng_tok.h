@@ -111,6 +111,10 @@ struct eng_tok_special {
  * tokenizer keeps pointers into g's mapping only during load; it may
  * outlive g. */
 int eng_tok_load(eng_tok_t **out, const eng_gguf_t *g, char *err, size_t errlen);
+/* Open a GGUF file, load its tokenizer and close the file again: for
+ * callers that need nothing else from it. Same errors as eng_gguf_open and
+ * eng_tok_load, with the message in err. */
+int eng_tok_load_file(eng_tok_t **out, const char *path, char *err, size_t errlen);
 void eng_tok_free(eng_tok_t *t);
 
 enum eng_tok_kind eng_tok_kind(const eng_tok_t *t);

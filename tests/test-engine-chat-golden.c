@@ -18,7 +18,6 @@
 #include <string.h>
 
 #include "eng_chat.h"
-#include "eng_gguf.h"
 #include "eng_tok.h"
 #include "t_util.h"
 
@@ -128,15 +127,9 @@ static void check_render(const struct eng_chat *c, const struct eng_chat_msg *m,
 static eng_tok_t *load(const char *path)
 {
     char err[256];
-    eng_gguf_t *g = NULL;
     eng_tok_t *t = NULL;
 
-    if (eng_gguf_open(&g, path, err, sizeof(err)))
-        return NULL;
-    if (eng_tok_load(&t, g, err, sizeof(err)))
-        t = NULL;
-    eng_gguf_close(g);
-    return t;
+    return eng_tok_load_file(&t, path, err, sizeof(err)) ? NULL : t;
 }
 
 static int count(const int32_t *ids, int64_t n, int32_t id)
