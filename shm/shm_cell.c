@@ -376,6 +376,31 @@ int shm_cell_get(const struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cel
     return 0;
 }
 
+int shm_cell_bytes(const struct shm_cell_pool *p, shm_cell_ref_t ref, void **data, size_t *size)
+{
+    unsigned cls = shm_cell_ref_class(ref);
+    uint32_t idx = shm_cell_ref_index(ref);
+    const struct shm_cell_class *k;
+    const struct shm_cell_desc *d;
+    uint32_t owner;
+
+    if (!p->hdr || cls >= p->hdr->nclasses)
+        return -EINVAL;
+    k = &p->hdr->classes[cls];
+    if (idx >= k->ncells)
+        return -EINVAL;
+    d = desc_of(p->base, k, idx);
+    if (ck_pr_load_32(&d->gen) != shm_cell_ref_gen(ref))
+        return -ESTALE; /* cell inv 3 */
+    owner = ck_pr_load_32(&d->owner);
+    if (owner == SHM_CELL_FREE || owner == SHM_CELL_RETURNING)
+        return -ESTALE;
+    *data = data_of(p->base, k, idx);
+    if (size)
+        *size = k->cell_size;
+    return 0;
+}
+
 int shm_cell_set_len(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me,
                      uint32_t len)
 {

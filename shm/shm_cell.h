@@ -189,6 +189,11 @@ int shm_cell_alloc(struct shm_cell_pool *p, size_t need, shm_cell_ref_t *ref);
  * otherwise. *size: the class's cell size. */
 int shm_cell_get(const struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me,
                  void **data, size_t *size);
+/* The bytes of a live cell WITHOUT the owner check, for the byte ranges
+ * a protocol gives a non-owner (shm_pipe.h: egress's response area and
+ * the batcher's generated ids while the other owns the cell; the engine's
+ * reads). Generation-checked: -ESTALE for a freed or reused cell. */
+int shm_cell_bytes(const struct shm_cell_pool *p, shm_cell_ref_t ref, void **data, size_t *size);
 /* Owner: record how many bytes are in use (informative, <= cell size). */
 int shm_cell_set_len(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me,
                      uint32_t len);
