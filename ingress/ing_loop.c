@@ -26,7 +26,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "ing_fdpass.h"
+#include "shm_fdpass.h"
 #include "../shm/favo_base.h"
 
 enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_TICK };

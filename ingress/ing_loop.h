@@ -75,42 +75,12 @@
 #include "ing_keys.h"
 #include "ing_ratelimit.h"
 #include "../shm/shm_cell.h"
+#include "../shm/shm_pipe.h"
 #include "../shm/shm_ring.h"
 #include "../shm/shm_stats.h"
 
-/* ------------------------------------------------------- the descriptor */
-
-enum ing_desc_route { ING_DESC_COMPLETIONS = 1, ING_DESC_CHAT = 2 };
-enum { ING_DESC_F_STREAM = 1u << 0, ING_DESC_F_USAGE = 1u << 1, ING_DESC_F_SEED = 1u << 2 };
-
-#define ING_DESC_MAGIC 0x31515244u /* "DRQ1" */
-#define ING_DESC_REQID_MAX 128
-
-/*
- * One message on the ingress->batcher ring (slot size = sizeof). The cell
- * is owned by the batcher once this is enqueued (shm_cell_give before the
- * enqueue). Prompt tokens: int32 ids at cell bytes [tok_off, tok_off +
- * 4 * ntok). Request id: metadata (it is echoed and logged anyway).
- */
-struct ing_desc {
-    uint32_t magic;
-    uint8_t route;           /* enum ing_desc_route */
-    uint8_t flags;           /* ING_DESC_F_* */
-    uint8_t worker;          /* ingress worker index */
-    uint8_t reqid_len;
-    uint64_t cell;           /* shm_cell_ref_t */
-    uint64_t conn;           /* worker << 48 | slot << 24 | generation: egress's key */
-    uint64_t recv_ns;        /* CLOCK_MONOTONIC, request complete */
-    uint32_t tok_off;        /* prompt ids in the cell */
-    uint32_t ntok;
-    uint32_t max_tokens;     /* resolved: never 0, ntok + max_tokens <= n_ctx */
-    int32_t top_k;
-    int64_t seed;
-    float temperature, top_p, min_p, frequency_penalty, presence_penalty;
-    uint8_t logprobs, top_logprobs, nstop, pad_;
-    struct ing_span stop[4]; /* in the cell */
-    char reqid[ING_DESC_REQID_MAX];
-};
+/* The descriptor ingress hands to the batcher is struct shm_req
+ * (shm/shm_pipe.h, the pipeline's message formats). */
 
 /* ------------------------------------------------------------- config */
 
@@ -133,7 +103,7 @@ struct ing_cfg {
     struct shm_cell_pool *cells; /* attached as ALLOCATOR */
     shm_ring_t *to_batcher;      /* PRODUCER of struct ing_desc */
     const uint32_t *batcher_up;  /* non-zero: a batcher consumes to_batcher */
-    int egress_sock;             /* ing_fdpass socket to egress; -1: none */
+    int egress_sock;             /* shm_fdpass socket to egress; -1: none */
 
     /* Stats segment (NULL: none; /metrics then answers an empty body). */
     const struct shm_stats *stats;

@@ -76,7 +76,7 @@ struct ing_loop {
     unsigned rl_n;            /* 0: no rate limit applies */
     char rl_hdr[512];
     /* the current request's id (from X-Request-Id, or generated) */
-    char reqid[ING_DESC_REQID_MAX + 1];
+    char reqid[SHM_REQ_ID_MAX + 1];
     unsigned reqid_len;
 };
 

@@ -37,7 +37,7 @@
 #include <string.h>
 #include <yajl/yajl_tree.h>
 
-#include "ing_fdpass.h"
+#include "shm_fdpass.h"
 #include "../shm/favo_base.h"
 
 enum route_id {
@@ -450,7 +450,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     uint8_t *buf;
     size_t size;
     int64_t n;
-    struct ing_desc d;
+    struct shm_req d;
     const char *what = route == ING_OAI_CHAT ? "messages" : "prompt";
 
     if (!need_json(L, c) || !need_model(L, c))
@@ -538,11 +538,13 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     }
 
     memset(&d, 0, sizeof(d));
-    d.magic = ING_DESC_MAGIC;
-    d.route = route == ING_OAI_CHAT ? ING_DESC_CHAT : ING_DESC_COMPLETIONS;
-    d.flags = (L->oai.stream ? ING_DESC_F_STREAM : 0) |
-              (L->oai.include_usage ? ING_DESC_F_USAGE : 0) |
-              ((L->oai.set & ING_OAI_SET_SEED) ? ING_DESC_F_SEED : 0);
+    d.magic = SHM_REQ_MAGIC;
+    d.kind = SHM_REQ_SUBMIT;
+    d.created = (uint64_t)(favo_wall_ns() / 1000000000ull);
+    d.route = route == ING_OAI_CHAT ? SHM_REQ_CHAT : SHM_REQ_COMPLETIONS;
+    d.flags = (L->oai.stream ? SHM_REQ_F_STREAM : 0) |
+              (L->oai.include_usage ? SHM_REQ_F_USAGE : 0) |
+              ((L->oai.set & ING_OAI_SET_SEED) ? SHM_REQ_F_SEED : 0);
     d.worker = (uint8_t)L->cfg.worker;
     d.cell = cell;
     d.conn = ing_conn_key(L, c);
@@ -560,13 +562,14 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     d.logprobs = L->oai.logprobs;
     d.top_logprobs = L->oai.top_logprobs;
     d.nstop = L->oai.nstop;
+    _Static_assert(sizeof(d.stop) == sizeof(L->oai.stop), "stop spans");
     memcpy(d.stop, L->oai.stop, sizeof(d.stop));
     d.reqid_len = (uint8_t)L->reqid_len;
     memcpy(d.reqid, L->reqid, L->reqid_len);
 
     /* The socket goes to egress once per connection (invariant 6). */
     if (L->cfg.egress_sock >= 0 && !c->fd_sent) {
-        int rc = ing_fdpass_send(L->cfg.egress_sock, c->fd, &d.conn, sizeof(d.conn));
+        int rc = shm_fdpass_send(L->cfg.egress_sock, c->fd, &d.conn, sizeof(d.conn));
         if (rc) {
             favo_warn("ingress: handing conn to egress: %s", strerror(-rc));
             ing_conn_error(L, c, 503, "the generation pipeline is not running", NULL, NULL,

@@ -30,7 +30,7 @@
 #include "eng_chat.h"
 #include "eng_gguf.h"
 #include "eng_tok.h"
-#include "ing_fdpass.h"
+#include "shm_fdpass.h"
 #include "ing_loop.h"
 #include "shm_cell.h"
 #include "shm_ring.h"
@@ -457,7 +457,7 @@ static int egress_recv(int egress, int *fd, uint64_t *key)
     struct pollfd p = { .fd = egress, .events = POLLIN };
     if (poll(&p, 1, 3000) <= 0)
         return -ETIMEDOUT;
-    return ing_fdpass_recv(egress, fd, key, sizeof(*key));
+    return shm_fdpass_recv(egress, fd, key, sizeof(*key));
 }
 
 static const char *favo_bin(void)
@@ -656,19 +656,19 @@ static void t_handoff(volatile uint32_t *batcher_up, shm_ring_t *ring,
     /* egress: the socket arrives once, with the connection key */
     CHECK(egress_recv(egress, &cfd, &key) == 0);
     /* batcher: the descriptor */
-    const struct ing_desc *d = NULL;
+    const struct shm_req *d = NULL;
     for (int i = 0; i < 300 && !(d = shm_ring_peek_one(ring)); i++)
         usleep(10000);
     CHECK(d != NULL);
     if (d) {
         void *cell;
         size_t size;
-        CHECK(d->magic == ING_DESC_MAGIC);
-        CHECK(d->route == ING_DESC_CHAT);
+        CHECK(d->magic == SHM_REQ_MAGIC);
+        CHECK(d->route == SHM_REQ_CHAT);
         CHECK(d->conn == key);
         CHECK(d->reqid_len == 6 && !memcmp(d->reqid, "hand-1", 6));
-        CHECK(d->max_tokens == 16 && d->seed == 7 && (d->flags & ING_DESC_F_STREAM) &&
-              (d->flags & ING_DESC_F_SEED));
+        CHECK(d->max_tokens == 16 && d->seed == 7 && (d->flags & SHM_REQ_F_STREAM) &&
+              (d->flags & SHM_REQ_F_SEED));
         CHECK(d->temperature == 0.5f);
         CHECK(d->ntok == (uint32_t)nwant);
         CHECK(shm_cell_get(pool, d->cell, SHM_CELL_BATCHER, &cell, &size) == 0);
@@ -708,7 +708,7 @@ static void t_handoff(volatile uint32_t *batcher_up, shm_ring_t *ring,
         void *cell;
         size_t size;
         int32_t ids[4] = { 1, 2, 3, 400 };
-        CHECK(d->route == ING_DESC_COMPLETIONS && d->ntok == 4);
+        CHECK(d->route == SHM_REQ_COMPLETIONS && d->ntok == 4);
         CHECK(d->reqid_len > 4 && !memcmp(d->reqid, "req-", 4));
         CHECK(shm_cell_get(pool, d->cell, SHM_CELL_BATCHER, &cell, &size) == 0);
         CHECK(!memcmp((char *)cell + d->tok_off, ids, sizeof(ids)));
@@ -736,7 +736,7 @@ int main(void)
     cc.classes[1].cell_size = 1u << 20;
     cc.classes[1].ncells = 2;
     plen = (shm_cell_pool_size(&cc) + 4095) & ~(size_t)4095;
-    rlen = shm_ring_region_size(64, sizeof(struct ing_desc));
+    rlen = shm_ring_region_size(64, sizeof(struct shm_req));
     shared = mmap(NULL, plen + rlen + 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                   -1, 0);
     if (shared == MAP_FAILED)
@@ -744,7 +744,7 @@ int main(void)
     char *ring_mem = (char *)shared + plen;
     volatile uint32_t *batcher_up = (uint32_t *)((char *)shared + plen + rlen);
     if (shm_cell_pool_init(shared, plen, &cc, 1) || shm_ring_init(ring_mem, rlen, 64,
-                                                                  sizeof(struct ing_desc), 1))
+                                                                  sizeof(struct shm_req), 1))
         return 1;
 
     snprintf(instance, sizeof(instance), "t-ingress-loop-%d", (int)getpid());
@@ -759,7 +759,7 @@ int main(void)
     if (!have_model)
         fprintf(stderr, "note: %s absent; model routes checked for 503 only\n", model);
 
-    if (pipe(pfd) || ing_fdpass_pair(eg))
+    if (pipe(pfd) || shm_fdpass_pair(eg))
         return 1;
     pid = fork();
     if (pid == 0) {
@@ -773,7 +773,7 @@ int main(void)
         close(eg[1]);
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive a test that died */
         if (shm_cell_pool_attach(&pool, shared, plen, 1, SHM_CELL_ROLE_ALLOCATOR, -1) ||
-            shm_ring_attach(&ring, ring_mem, rlen, sizeof(struct ing_desc), 1,
+            shm_ring_attach(&ring, ring_mem, rlen, sizeof(struct shm_req), 1,
                             SHM_RING_PRODUCER) ||
             shm_stats_open(&cst, instance, true) ||
             shm_stats_writer_init(&cst, 0, SHM_STAGE_INGRESS, 0, 0, &w))
@@ -827,7 +827,7 @@ int main(void)
         t_generate_no_batcher();
         if (eng_gguf_open(&g, model, err, sizeof(err)) || eng_tok_load(&tok, g, err, sizeof(err)) ||
             shm_cell_pool_attach(&pool, shared, plen, 1, SHM_CELL_ROLE_USER, 0) ||
-            shm_ring_attach(&ring, ring_mem, rlen, sizeof(struct ing_desc), 1,
+            shm_ring_attach(&ring, ring_mem, rlen, sizeof(struct shm_req), 1,
                             SHM_RING_CONSUMER)) {
             fprintf(stderr, "setup for the handoff: %s\n", err);
             fails++;

@@ -1,8 +1,8 @@
 /*
- * ing_fdpass.c - SCM_RIGHTS send/receive of one client socket with its
- * metadata record (contract in ing_fdpass.h).
+ * shm_fdpass.c - SCM_RIGHTS send/receive of one client socket with its
+ * metadata record (contract in shm_fdpass.h).
  */
-#include "ing_fdpass.h"
+#include "shm_fdpass.h"
 
 #include <errno.h>
 #include <string.h>
@@ -10,16 +10,16 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define ING_FDPASS_MAX_META 256
+#define SHM_FDPASS_MAX_META 256
 
-int ing_fdpass_pair(int sv[2])
+int shm_fdpass_pair(int sv[2])
 {
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         return -errno;
     return 0;
 }
 
-int ing_fdpass_send(int sock, int fd, const void *meta, size_t len)
+int shm_fdpass_send(int sock, int fd, const void *meta, size_t len)
 {
     union {
         char buf[CMSG_SPACE(sizeof(int))];
@@ -31,7 +31,7 @@ int ing_fdpass_send(int sock, int fd, const void *meta, size_t len)
     struct cmsghdr *c;
     ssize_t n;
 
-    if (sock < 0 || fd < 0 || !meta || len == 0 || len > ING_FDPASS_MAX_META)
+    if (sock < 0 || fd < 0 || !meta || len == 0 || len > SHM_FDPASS_MAX_META)
         return -EINVAL;
     memset(&u, 0, sizeof(u));
     c = CMSG_FIRSTHDR(&msg);
@@ -47,7 +47,7 @@ int ing_fdpass_send(int sock, int fd, const void *meta, size_t len)
     return (size_t)n == len ? 0 : -EMSGSIZE;
 }
 
-int ing_fdpass_recv(int sock, int *fd, void *meta, size_t len)
+int shm_fdpass_recv(int sock, int *fd, void *meta, size_t len)
 {
     union {
         char buf[CMSG_SPACE(sizeof(int) * 4)];
@@ -60,7 +60,7 @@ int ing_fdpass_recv(int sock, int *fd, void *meta, size_t len)
     int got = -1, extra = 0;
     ssize_t n;
 
-    if (sock < 0 || !fd || !meta || len == 0 || len > ING_FDPASS_MAX_META)
+    if (sock < 0 || !fd || !meta || len == 0 || len > SHM_FDPASS_MAX_META)
         return -EINVAL;
     *fd = -1;
     do

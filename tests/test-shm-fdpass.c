@@ -1,5 +1,5 @@
 /*
- * test-ingress-fdpass.c - ing_fdpass: a socket handed from one process to
+ * test-ingress-fdpass.c - shm_fdpass: a socket handed from one process to
  * another with SCM_RIGHTS arrives usable with its metadata; malformed
  * records (no fd, wrong size, a closed peer) give their errors and leak
  * no fd.
@@ -13,7 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "ing_fdpass.h"
+#include "shm_fdpass.h"
 
 #define CHECK(x)                                                                   \
     do {                                                                           \
@@ -42,7 +42,7 @@ static int across_processes(void)
     int status;
     uint64_t meta = 0x1122334455667788ull;
 
-    CHECK(ing_fdpass_pair(sv) == 0);
+    CHECK(shm_fdpass_pair(sv) == 0);
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, data) == 0);
     pid = fork();
     CHECK(pid >= 0);
@@ -52,7 +52,7 @@ static int across_processes(void)
         close(sv[0]);
         close(data[0]);
         close(data[1]);
-        if (ing_fdpass_recv(sv[1], &fd, &m, sizeof(m)) != 0 || m != 0x1122334455667788ull)
+        if (shm_fdpass_recv(sv[1], &fd, &m, sizeof(m)) != 0 || m != 0x1122334455667788ull)
             _exit(2);
         if ((fcntl(fd, F_GETFD) & FD_CLOEXEC) == 0)
             _exit(3);
@@ -61,7 +61,7 @@ static int across_processes(void)
         _exit(0);
     }
     close(sv[1]);
-    CHECK(ing_fdpass_send(sv[0], data[1], &meta, sizeof(meta)) == 0);
+    CHECK(shm_fdpass_send(sv[0], data[1], &meta, sizeof(meta)) == 0);
     close(data[1]); /* the child holds the only other copy now */
     CHECK(waitpid(pid, &status, 0) == pid);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -79,24 +79,24 @@ static int malformed(void)
     uint64_t m = 0;
     int before = open_fds();
 
-    CHECK(ing_fdpass_pair(sv) == 0);
+    CHECK(shm_fdpass_pair(sv) == 0);
     /* no fd with the record */
     CHECK(send(sv[0], &m, sizeof(m), 0) == sizeof(m));
-    CHECK(ing_fdpass_recv(sv[1], &fd, &m, sizeof(m)) == -EBADMSG);
+    CHECK(shm_fdpass_recv(sv[1], &fd, &m, sizeof(m)) == -EBADMSG);
     CHECK(fd == -1);
     /* a record of the wrong size: the fd that came with it is closed */
     CHECK(pipe(p) == 0);
     uint32_t small = 7;
-    CHECK(ing_fdpass_send(sv[0], p[0], &small, sizeof(small)) == 0);
-    CHECK(ing_fdpass_recv(sv[1], &fd, &m, sizeof(m)) == -EBADMSG);
+    CHECK(shm_fdpass_send(sv[0], p[0], &small, sizeof(small)) == 0);
+    CHECK(shm_fdpass_recv(sv[1], &fd, &m, sizeof(m)) == -EBADMSG);
     close(p[0]);
     close(p[1]);
     /* bad arguments */
-    CHECK(ing_fdpass_send(sv[0], -1, &m, sizeof(m)) == -EINVAL);
-    CHECK(ing_fdpass_send(sv[0], 0, &m, 0) == -EINVAL);
+    CHECK(shm_fdpass_send(sv[0], -1, &m, sizeof(m)) == -EINVAL);
+    CHECK(shm_fdpass_send(sv[0], 0, &m, 0) == -EINVAL);
     /* peer gone */
     close(sv[0]);
-    CHECK(ing_fdpass_recv(sv[1], &fd, &m, sizeof(m)) == -EPIPE);
+    CHECK(shm_fdpass_recv(sv[1], &fd, &m, sizeof(m)) == -EPIPE);
     close(sv[1]);
     CHECK(open_fds() == before); /* nothing leaked */
     return 0;

@@ -1,5 +1,5 @@
 /*
- * ing_fdpass.h - handing a client socket from ingress to egress with
+ * shm_fdpass.h - handing a client socket from ingress to egress with
  * SCM_RIGHTS (ARCHITECTURE.md "Request lifecycle" step 3, invariant 6: the
  * client socket is held by two parties, ingress and egress).
  *
@@ -14,21 +14,21 @@
  * wrong size, no fd, more than one fd, or a truncated control message (any
  * fd that did arrive is closed, never leaked); -EINVAL: bad arguments.
  */
-#ifndef ING_FDPASS_H
-#define ING_FDPASS_H
+#ifndef SHM_FDPASS_H
+#define SHM_FDPASS_H
 
 #include <stddef.h>
 
 /* A connected SOCK_SEQPACKET pair, close-on-exec (for tests and the
  * supervisor, which gives one end to ingress and the other to egress). */
-int ing_fdpass_pair(int sv[2]);
+int shm_fdpass_pair(int sv[2]);
 
 /* Send fd with meta[0, len) (1..256 bytes). The caller keeps its fd. */
-int ing_fdpass_send(int sock, int fd, const void *meta, size_t len);
+int shm_fdpass_send(int sock, int fd, const void *meta, size_t len);
 
 /* Receive one fd (close-on-exec) and exactly len bytes of metadata into
  * meta. Returns 0 with *fd set, or -errno (see above; 0 bytes read, peer
  * closed: -EPIPE). */
-int ing_fdpass_recv(int sock, int *fd, void *meta, size_t len);
+int shm_fdpass_recv(int sock, int *fd, void *meta, size_t len);
 
-#endif /* ING_FDPASS_H */
+#endif /* SHM_FDPASS_H */
