@@ -6,9 +6,10 @@
  *
  *   struct bat_plan (header)          eng_batch / eng_seq
  *     seqs[i].slot                ->  eng_seq.slot
- *     seqs[i].cell                ->  where the sequence's tokens live: the
+ *     seqs[i].cell, tok_off       ->  where the sequence's tokens live: the
  *                                     prompt ids followed by the generated
- *                                     ids, in the request cell (invariant 4)
+ *                                     ids, int32 from byte tok_off of the
+ *                                     request cell (invariant 4, shm_pipe.h)
  *     seqs[i].pos, n_new          ->  eng_seq.pos, n_new; tokens = cell
  *                                     tokens [pos, pos + n_new)
  *     seqs[i].n_history           ->  generated ids so far (cell tokens
@@ -43,8 +44,9 @@
 
 struct bat_plan_seq {
     uint64_t id;          /* request handle (bat_sched.h) */
+    uint64_t cell;        /* where the ids live (bat_req.cell: a shm_cell_ref_t) */
     uint32_t slot;        /* request slot in the scheduler */
-    uint32_t cell;        /* caller's token-location cookie (cell index) */
+    uint32_t tok_off;     /* byte offset of id 0 (the first prompt id) in the cell */
     uint32_t pos;         /* position of the first new token */
     uint32_t n_new;       /* >= 1 */
     uint32_t table_off;   /* index of the first block id in tables[] */

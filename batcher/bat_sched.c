@@ -34,7 +34,8 @@ struct bat_slot {
     uint32_t gen;
     uint8_t state, prio, cancel, started;
     uint8_t in_resume, pad_[3];
-    uint32_t tenant, flow, cell;
+    uint32_t tenant, flow, tok_off;
+    uint64_t cell;
     uint32_t prev, next;           /* queue links (free list: next) */
     uint32_t n_prompt, n_gen, n_computed, max_tokens;
     uint32_t table, n_blocks;      /* running: table index, blocks held */
@@ -569,6 +570,7 @@ int bat_sched_submit(struct bat_sched *s, const struct bat_req *r, uint64_t now,
     q->prio = (uint8_t)r->prio;
     q->tenant = r->tenant;
     q->cell = r->cell;
+    q->tok_off = r->tok_off;
     q->n_prompt = r->n_prompt;
     q->max_tokens = r->max_tokens;
     q->sp = r->sp;
@@ -628,6 +630,7 @@ static void plan_add(struct bat_arena *a, struct step_ctx *c, uint32_t si, uint3
     e->id = handle(a, si);
     e->slot = si;
     e->cell = q->cell;
+    e->tok_off = q->tok_off;
     e->pos = q->n_computed;
     e->n_new = n_new;
     e->table_off = p->n_tables;

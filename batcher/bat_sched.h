@@ -129,9 +129,11 @@ struct bat_sched_cfg {
 struct bat_req {
     uint32_t tenant;
     uint32_t prio;               /* < BAT_PRIO_N */
-    uint32_t cell;               /* where the tokens live; echoed in plan and events */
     uint32_t n_prompt;           /* >= 1 */
     uint32_t max_tokens;         /* >= 1 */
+    uint64_t cell;               /* where the tokens live (shm_cell_ref_t); echoed in
+                                    plan and events */
+    uint32_t tok_off;            /* the ids' byte offset in the cell; echoed in the plan */
     uint32_t pad_;
     struct eng_sample_params sp;
 };
@@ -150,11 +152,12 @@ enum bat_finish {
 
 struct bat_event {
     uint64_t id;
-    uint32_t cell;
+    uint64_t cell;
     uint16_t kind;       /* enum bat_ev_kind */
     uint16_t reason;     /* enum bat_finish, for FINISH */
     int32_t token;       /* for TOKEN */
     uint32_t n_gen;      /* tokens generated so far */
+    uint32_t pad_;
 };
 
 struct bat_arena;
