@@ -29,7 +29,7 @@
 #include "shm_fdpass.h"
 #include "../shm/favo_base.h"
 
-enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_TICK };
+enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_TICK, OP_BELL };
 
 #define TICK_MS 100u
 
@@ -372,8 +372,34 @@ static void arm_tick(struct ing_loop *L)
     io_uring_sqe_set_data64(sqe, ud_make(OP_TICK, 0, 0));
 }
 
+/* The client left while egress was answering: stop its generation
+ * (egress notices too, on its next write; cancels are idempotent). */
+static void conn_cancel(struct ing_loop *L, struct ing_conn *c)
+{
+    struct shm_req m;
+
+    if (!L->cfg.pipe || !c->parked || c->cancel_sent)
+        return;
+    memset(&m, 0, sizeof(m));
+    m.magic = SHM_REQ_MAGIC;
+    m.kind = SHM_REQ_CANCEL;
+    m.worker = (uint8_t)L->cfg.worker;
+    m.conn = ing_conn_key(L, c);
+    m.cell = c->parked_cell;
+    if (shm_ring_enqueue(&L->req_ring, &m) == 0) {
+        shm_bell_ec_ring(&L->bat_bell);
+        c->cancel_sent = true;
+    }
+}
+
 static void conn_free(struct ing_loop *L, struct ing_conn *c)
 {
+    if (c->fd_sent) {
+        /* egress holds a copy of the socket: shutdown() ends the
+         * connection for both, close() alone would not */
+        conn_cancel(L, c);
+        shutdown(c->fd, SHUT_RDWR);
+    }
     close(c->fd);
     c->fd = -1;
     if (c->cell != SHM_CELL_REF_NONE)
@@ -548,6 +574,7 @@ static void conn_process(struct ing_loop *L, struct ing_conn *c)
             break;
         }
         c->nreq++;
+        L->key = NULL;
         L->rl_n = 0;
         L->rl_hdr[0] = 0;
         if (!c->req.keep_alive || L->draining)
@@ -570,6 +597,8 @@ static void conn_process(struct ing_loop *L, struct ing_conn *c)
 static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
 {
     c->recv_inflight = 0;
+    if (res <= 0 && c->parked)
+        conn_cancel(L, c);
     if (res <= 0 || c->closing) {
         /* EOF, reset, or the shutdown() of a closing connection. */
         c->closing = true;
@@ -691,8 +720,9 @@ static void drain_begin(struct ing_loop *L, uint64_t *end)
         struct ing_conn *c = &L->conns[i];
         if (c->fd < 0 || c->closing)
             continue;
-        /* idle (between requests) or handed to egress: close now */
-        if (c->parked || (c->len == 0 && c->out_len == c->out_sent)) {
+        /* idle (between requests): close now; a request egress is
+         * answering finishes first (its KEEP message closes it) */
+        if (!c->parked && c->len == 0 && c->out_len == c->out_sent) {
             c->closing = true;
             conn_kick(L, c);
         }
@@ -718,6 +748,70 @@ static unsigned drain_busy(struct ing_loop *L)
 }
 
 /* ----------------------------------------------------------------- setup */
+
+/* ------------------------------------------------------------ pipeline */
+
+static int pipe_attach(struct ing_loop *L)
+{
+    const struct shm_pipe *p = L->cfg.pipe;
+    size_t len;
+    void *cells = shm_pipe_cells(p, &len);
+    int rc;
+
+    if ((rc = shm_cell_pool_attach(&L->pipe_pool, cells, len, p->hdr->generation,
+                                   SHM_CELL_ROLE_ALLOCATOR, -1)) ||
+        (rc = shm_pipe_ring_req(p, L->cfg.worker, SHM_RING_PRODUCER, &L->req_ring)) ||
+        (rc = shm_pipe_ring_conn(p, L->cfg.worker, SHM_RING_CONSUMER, &L->conn_ring)) ||
+        (rc = shm_pipe_bell_bat(p, &L->bat_bell)) ||
+        (rc = shm_pipe_bell_ing(p, L->cfg.worker, L->cfg.bell_efd, true, &L->bell))) {
+        favo_err("ingress: attaching the pipeline: %s", strerror(-rc));
+        return rc;
+    }
+    L->pool = &L->pipe_pool;
+    return 0;
+}
+
+static void bell_arm(struct ing_loop *L)
+{
+    struct io_uring_sqe *sqe;
+
+    if (L->bell_armed)
+        return;
+    sqe = get_sqe(L);
+    io_uring_prep_read(sqe, L->cfg.bell_efd, &L->bell_buf, sizeof(L->bell_buf), 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_BELL, 0, 0));
+    L->bell_armed = true;
+}
+
+/* egress finished a response on one of our connections. */
+static void conn_msgs(struct ing_loop *L)
+{
+    const struct shm_conn_msg *m;
+
+    while ((m = shm_ring_peek_one(&L->conn_ring)) != NULL) {
+        uint32_t slot = (uint32_t)(m->conn >> 24) & 0xffffffu;
+        uint32_t gen = (uint32_t)m->conn & 0xffffffu;
+        struct ing_conn *c = slot < L->max_conns ? &L->conns[slot] : NULL;
+
+        /* a message for a connection that is gone, or replayed after a
+         * restart, finds no parked connection: ignored (invariant 3) */
+        if (c && c->fd >= 0 && (c->gen & 0xffffffu) == gen && c->parked) {
+            c->parked = false;
+            c->parked_cell = SHM_CELL_REF_NONE;
+            c->last_ns = favo_now_ns();
+            if (m->what != SHM_CONN_KEEP || L->draining) {
+                c->closing = true;
+                c->out_sent = c->out_len;
+            } else {
+                /* the next pipelined request may already be here */
+                c->first_ns = c->len ? c->last_ns : 0;
+                conn_process(L, c);
+            }
+            conn_kick(L, c);
+        }
+        shm_ring_release(&L->conn_ring, 1);
+    }
+}
 
 static int ring_init(struct ing_loop *L)
 {
@@ -831,8 +925,17 @@ int ing_loop_run(const struct ing_cfg *cfg)
                 ing_rl_set_limits(cfg->rl, b, rpm, tpm, now);
         }
     }
-    if ((rc = listen_open(L)) != 0)
+    if (cfg->pipe && (rc = pipe_attach(L)) != 0)
         goto out;
+    if (cfg->listen_fd > 0) {
+        struct sockaddr_in a;
+        socklen_t alen = sizeof(a);
+        L->lfd = cfg->listen_fd;
+        if (getsockname(L->lfd, (struct sockaddr *)&a, &alen) == 0 && a.sin_family == AF_INET)
+            L->port = ntohs(a.sin_port);
+    } else if ((rc = listen_open(L)) != 0) {
+        goto out;
+    }
     if ((rc = ring_init(L)) != 0)
         goto out_listen;
     favo_info("ingress: worker %u listening on %s:%u (max %u connections, model %s)",
@@ -851,6 +954,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
                   cfg->host ? cfg->host : "127.0.0.1", L->port);
     arm_accept(L);
     arm_tick(L);
+    if (cfg->pipe)
+        shm_pipe_set_up(cfg->pipe, SHM_PIPE_INGRESS, cfg->worker, getpid());
     rc = 0;
     uint64_t drain_end = 0;
     for (;;) {
@@ -860,7 +965,22 @@ int ing_loop_run(const struct ing_cfg *cfg)
             break;
         struct io_uring_cqe *cqe;
         unsigned head, n = 0;
-        int w = io_uring_submit_and_wait(&L->ring, 1);
+        int w;
+
+        if (cfg->pipe) {
+            /* egress's messages first; sleep on the bell only when there
+             * are none (shm_bell.h: prepare, look again, then wait) */
+            conn_msgs(L);
+            bell_arm(L);
+            shm_bell_efd_prepare(&L->bell);
+            if (shm_ring_available(&L->conn_ring)) {
+                shm_bell_efd_cancel(&L->bell);
+                continue;
+            }
+        }
+        w = io_uring_submit_and_wait(&L->ring, 1);
+        if (cfg->pipe)
+            shm_bell_efd_woke(&L->bell);
 
         if (w < 0 && w != -EINTR && w != -EAGAIN && w != -EBUSY) {
             favo_err("ingress: io_uring_submit_and_wait: %s", strerror(-w));
@@ -876,6 +996,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
                 on_accept(L, cqe);
             } else if (op == OP_TICK) {
                 on_tick(L);
+            } else if (op == OP_BELL) {
+                L->bell_armed = false;
             } else if (op == OP_RECV || op == OP_SEND) {
                 struct ing_conn *c = &L->conns[slot];
                 FAVO_ASSERT(slot < L->max_conns);
@@ -890,6 +1012,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
         io_uring_cq_advance(&L->ring, n);
     }
     favo_info("ingress: worker %u stopping (%u connections open)", cfg->worker, L->nconns);
+    if (cfg->pipe)
+        shm_pipe_set_up(cfg->pipe, SHM_PIPE_INGRESS, cfg->worker, 0);
     io_uring_queue_exit(&L->ring);
     for (unsigned i = 0; i < L->max_conns; i++)
         if (L->conns[i].fd >= 0)

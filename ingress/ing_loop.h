@@ -99,6 +99,16 @@ struct ing_cfg {
     unsigned idle_timeout_ms;    /* 0: 60000 */
     unsigned max_tokens_default; /* 0: up to the context */
 
+    /* The serving pipeline (favo serve): when set, ingress attaches its
+     * part of it itself - the cell pool as ALLOCATOR, req[worker] as
+     * producer, conn[worker] as consumer, the batcher bell, its own
+     * eventfd bell (bell_efd) - and /ready is shm_pipe_ready(). The
+     * fields below (cells, to_batcher, batcher_up) are then ignored. */
+    const struct shm_pipe *pipe;
+    int bell_efd;                /* with pipe: this worker's eventfd */
+    int listen_fd;               /* > 0: an inherited listening socket (the
+                                    supervisor keeps its copy: invariant 6) */
+
     /* Data segment (all may be NULL: a private pool, no batcher). */
     struct shm_cell_pool *cells; /* attached as ALLOCATOR */
     shm_ring_t *to_batcher;      /* PRODUCER of struct ing_desc */

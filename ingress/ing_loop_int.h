@@ -14,6 +14,7 @@
 #include "ing_http.h"
 #include "ing_loop.h"
 #include "ing_openai.h"
+#include "../shm/shm_bell.h"
 #include "../engine/eng_chat.h"
 #include "../engine/eng_gguf.h"
 #include "../engine/eng_tok.h"
@@ -27,6 +28,8 @@ struct ing_conn {
     bool fd_sent;            /* socket handed to egress already */
     bool cont_sent;          /* "100 Continue" sent for the current request */
     bool shut;               /* shutdown() issued */
+    bool cancel_sent;        /* a CANCEL for the parked request went to the batcher */
+    shm_cell_ref_t parked_cell; /* the request egress is answering */
     uint32_t nreq;           /* requests completed on this connection */
     shm_cell_ref_t cell;
     uint8_t *buf;            /* the cell's bytes */
@@ -43,6 +46,14 @@ struct ing_conn {
 
 struct ing_loop {
     struct ing_cfg cfg;
+    /* the pipeline (cfg.pipe): attached at start */
+    struct shm_cell_pool pipe_pool;
+    shm_ring_t req_ring, conn_ring;
+    shm_bell_ec_t bat_bell;
+    shm_bell_efd_t bell;
+    bool bell_armed;
+    uint64_t bell_buf;
+    const struct ing_key *key; /* the current request's API key, NULL when open */
     struct io_uring ring;
     int lfd;
     uint16_t port;

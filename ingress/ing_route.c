@@ -140,7 +140,9 @@ static void respond_scratch(struct ing_loop *L, struct ing_conn *c, int status, 
 
 bool ing_route_ready(struct ing_loop *L)
 {
-    if (!L->tok || L->draining || !L->cfg.batcher_up || !*L->cfg.batcher_up)
+    if (!L->tok || L->draining)
+        return false;
+    if (L->cfg.pipe ? !shm_pipe_ready(L->cfg.pipe) : !L->cfg.batcher_up || !*L->cfg.batcher_up)
         return false;
     if (L->cfg.stats) {
         if (shm_stats_snapshot(L->cfg.stats, L->snap))
@@ -441,6 +443,20 @@ static void route_detokenize(struct ing_loop *L, struct ing_conn *c)
 
 /* ------------------------------------------------ completions -> batcher */
 
+/* Can a generation request be handed on now? (Not /ready: a request read
+ * while draining still completes.) */
+static bool pipeline_running(struct ing_loop *L)
+{
+    const struct shm_pipe *p = L->cfg.pipe;
+
+    if (!p)
+        return L->cfg.batcher_up && *L->cfg.batcher_up;
+    for (unsigned k = 0; k < p->hdr->cfg.n_ranks; k++)
+        if (!shm_pipe_stage_up(p, SHM_PIPE_ENGINE, k))
+            return false;
+    return shm_pipe_stage_up(p, SHM_PIPE_BATCHER, 0) && shm_pipe_stage_up(p, SHM_PIPE_EGRESS, 0);
+}
+
 static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
 {
     struct ing_span body = c->req.body;
@@ -526,16 +542,43 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     }
     if (L->rl_n && ing_route_ratelimit(L, c, (uint64_t)n + max_tokens))
         goto fail;
-    if (!L->cfg.batcher_up || !*L->cfg.batcher_up || !L->cfg.to_batcher) {
+    shm_ring_t *to = L->cfg.pipe ? &L->req_ring : L->cfg.to_batcher;
+    if (!pipeline_running(L) || !to) {
         ing_conn_error(L, c, 503, "the generation pipeline is not running", NULL, NULL,
                        "Retry-After: 1\r\n");
         goto fail;
     }
-    if (shm_ring_count(L->cfg.to_batcher) >= L->cfg.to_batcher->capacity) {
+    if (shm_ring_count(to) >= to->capacity) {
         ing_conn_error(L, c, 503, "the server is busy; retry later", NULL, NULL,
                        "Retry-After: 1\r\n");
         goto fail;
     }
+    /* The cell must hold the ids to come and egress's response area
+     * (shm_pipe.h): a request that needs more moves once into a cell of a
+     * larger class. */
+    uint64_t need = shm_pipe_cell_need(toff, (uint32_t)n, max_tokens, L->oai.stream);
+    if (need > size) {
+        shm_cell_ref_t big;
+        void *nb;
+        size_t nsize;
+        int arc = need > UINT32_MAX ? -EMSGSIZE : shm_cell_alloc(L->pool, need, &big);
+        if (arc) {
+            if (arc == -EMSGSIZE)
+                ing_conn_error(L, c, 400, "max_tokens is too large for this server's response "
+                               "buffers; lower max_tokens", "max_tokens", "invalid_value", NULL);
+            else
+                ing_conn_error(L, c, 503, "no free response buffer; retry later", NULL, NULL,
+                               "Retry-After: 1\r\n");
+            goto fail;
+        }
+        FAVO_ASSERT(shm_cell_get(L->pool, big, SHM_CELL_INGRESS, &nb, &nsize) == 0);
+        memcpy(nb, buf, toff + (size_t)n * 4);
+        shm_cell_free(L->pool, cell, SHM_CELL_INGRESS); /* scrubs the old copy */
+        cell = big;
+        buf = nb;
+        size = nsize;
+    }
+    uint32_t resp_off = (uint32_t)shm_pipe_resp_off(toff, (uint32_t)n, max_tokens);
 
     memset(&d, 0, sizeof(d));
     d.magic = SHM_REQ_MAGIC;
@@ -544,7 +587,8 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     d.route = route == ING_OAI_CHAT ? SHM_REQ_CHAT : SHM_REQ_COMPLETIONS;
     d.flags = (L->oai.stream ? SHM_REQ_F_STREAM : 0) |
               (L->oai.include_usage ? SHM_REQ_F_USAGE : 0) |
-              ((L->oai.set & ING_OAI_SET_SEED) ? SHM_REQ_F_SEED : 0);
+              ((L->oai.set & ING_OAI_SET_SEED) ? SHM_REQ_F_SEED : 0) |
+              (c->closing ? SHM_REQ_F_CLOSE : 0);
     d.worker = (uint8_t)L->cfg.worker;
     d.cell = cell;
     d.conn = ing_conn_key(L, c);
@@ -552,6 +596,18 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     d.tok_off = toff;
     d.ntok = (uint32_t)n;
     d.max_tokens = max_tokens;
+    d.resp_off = resp_off;
+    if (L->key) {
+        /* fairness key: the tenant's name hashed (FNV-1a), never 0 */
+        uint32_t h = 2166136261u;
+        for (const char *t = L->key->tenant; *t; t++)
+            h = (h ^ (uint8_t)*t) * 16777619u;
+        d.tenant = h ? h : 1;
+        d.prio = (uint8_t)(3 - FAVO_MIN(L->key->priority, 3u)); /* larger serves first */
+        snprintf(d.tenant_name, sizeof(d.tenant_name), "%s", L->key->tenant);
+    } else {
+        d.prio = 3;
+    }
     d.top_k = L->oai.top_k;
     d.seed = L->oai.seed;
     d.temperature = (float)L->oai.temperature;
@@ -566,6 +622,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     memcpy(d.stop, L->oai.stop, sizeof(d.stop));
     d.reqid_len = (uint8_t)L->reqid_len;
     memcpy(d.reqid, L->reqid, L->reqid_len);
+    memcpy(buf + resp_off, &d, sizeof(d)); /* egress's copy (shm_pipe.h) */
 
     /* The socket goes to egress once per connection (invariant 6). */
     if (L->cfg.egress_sock >= 0 && !c->fd_sent) {
@@ -578,15 +635,19 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         }
         c->fd_sent = true;
     }
-    shm_cell_set_len(L->pool, cell, SHM_CELL_INGRESS, toff + (uint32_t)n * 4);
+    shm_cell_set_len(L->pool, cell, SHM_CELL_INGRESS, resp_off + SHM_PIPE_REQ_COPY);
     FAVO_ASSERT(shm_cell_give(L->pool, cell, SHM_CELL_INGRESS, SHM_CELL_BATCHER) == 0);
     /* the ring's release orders the cell bytes and owner before the batcher's get */
-    FAVO_ASSERT(shm_ring_enqueue(L->cfg.to_batcher, &d) == 0); /* room checked above */
+    FAVO_ASSERT(shm_ring_enqueue(to, &d) == 0); /* room checked above */
+    if (L->cfg.pipe)
+        shm_bell_ec_ring(&L->bat_bell);
     if (L->cfg.stats_w)
         shm_stats_add(L->cfg.stats_w, SHM_C_PROMPT_TOKENS, 0); /* batcher counts prefill */
     favo_info("ingress: req %s: %s %lld prompt tokens, max_tokens %u -> batcher", L->reqid,
               route == ING_OAI_CHAT ? "chat" : "completion", (long long)n, max_tokens);
     c->parked = true;
+    c->parked_cell = cell;
+    c->cancel_sent = false;
     return;
 fail:
     shm_cell_free(L->pool, cell, SHM_CELL_INGRESS); /* scrubs: cell inv 2 */
@@ -653,6 +714,7 @@ void ing_route(struct ing_loop *L, struct ing_conn *c)
             return;
         }
         favo_debug("ingress: req %s: key '%s' tenant '%s'", L->reqid, k->name, k->tenant);
+        L->key = k;
         if (L->cfg.rl) {
             L->rl_n = ing_keys_buckets(L->cfg.keys, k, L->rl_buckets);
             /* generation routes are checked once their token count is known */
