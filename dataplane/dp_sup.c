@@ -46,6 +46,8 @@ struct sup {
     bool draining;
     uint64_t drain_deadline;
     uint64_t wd_interval, wd_next;
+    uint64_t tick_next;        /* 0: no tick hook */
+    bool ready_sent;
     unsigned breaker_fails;
     uint64_t breaker_window, backoff_base, backoff_max;
 };
@@ -143,6 +145,9 @@ static _Noreturn void sup_child(const struct sup *s, const struct dp_sup_stage_c
         else if (dup2(s->cfg->data_fd, DP_SUP_DATA_FD) < 0)
             _exit(127);
     }
+    for (unsigned k = 0; k < c->nkeep; k++)
+        if (c->keep_fds[k] >= 0 && fcntl(c->keep_fds[k], F_SETFD, 0) < 0)
+            _exit(127);
     /* Stages must not talk to systemd as if they were the main process. The
      * supervisor is single-threaded, so unsetenv after fork is safe here. */
     unsetenv("WATCHDOG_USEC");
@@ -191,6 +196,8 @@ static int sup_spawn(struct sup *s, unsigned i)
     st->pid = pid;
     st->pidfd = fd;
     st->state = ST_RUNNING;
+    if (s->cfg->hooks.pid)
+        s->cfg->hooks.pid(s->cfg->hooks.arg, i, pid);
     sup_row(s, i, SHM_STAGE_RUNNING);
     sup_event(s, "spawn %s %d", st->cfg->name, (int)pid);
     return 0;
@@ -213,6 +220,8 @@ static void sup_reap_all(struct sup *s)
         siginfo_t si;
         memset(&si, 0, sizeof(si));
         waitid((idtype_t)P_PIDFD, (id_t)st->pidfd, &si, WEXITED);
+        if (s->cfg->hooks.pid)
+            s->cfg->hooks.pid(s->cfg->hooks.arg, i, 0);
         close(st->pidfd);
         st->pidfd = -1;
         st->pid = 0;
@@ -253,6 +262,8 @@ static void sup_arm_timer(struct sup *s)
         next = s->drain_deadline;
     if (s->wd_interval && s->wd_next < next)
         next = s->wd_next;
+    if (s->tick_next && s->tick_next < next)
+        next = s->tick_next;
     if (next != UINT64_MAX) {
         if (next == 0)
             next = 1;
@@ -284,6 +295,8 @@ static int sup_on_exit(struct sup *s, unsigned i)
         si.si_pid == 0)
         return 0; /* spurious */
     epoll_ctl(s->ep, EPOLL_CTL_DEL, st->pidfd, NULL);
+    if (s->cfg->hooks.pid)
+        s->cfg->hooks.pid(s->cfg->hooks.arg, i, 0);
     close(st->pidfd);
     st->pidfd = -1;
     sup_describe(&si, how, sizeof(how));
@@ -357,6 +370,8 @@ static void sup_start_drain(struct sup *s)
     for (unsigned i = 0; i < s->cfg->nstages; i++)
         if (s->st[i].pidfd >= 0)
             sup_row(s, i, SHM_STAGE_DRAINING);
+    if (s->cfg->hooks.drain)
+        s->cfg->hooks.drain(s->cfg->hooks.arg);
     sup_kill_all(s, SIGTERM);
 }
 
@@ -424,7 +439,12 @@ int dp_sup_run(const struct dp_sup_cfg *cfg)
             goto kill;
         }
     }
-    dp_notify_ready();
+    if (cfg->hooks.tick) {
+        s.tick_next = favo_now_ns() + cfg->hooks.tick_ns;
+    } else {
+        dp_notify_ready();
+        s.ready_sent = true;
+    }
     dp_notify_status("running %u stages", cfg->nstages);
     favo_info("supervisor: %u stages running", cfg->nstages);
     if (s.wd_interval) {
@@ -468,6 +488,13 @@ int dp_sup_run(const struct dp_sup_cfg *cfg)
             }
         }
         uint64_t now = favo_now_ns();
+        if (s.tick_next && now >= s.tick_next) {
+            if (cfg->hooks.tick(cfg->hooks.arg) == 1 && !s.ready_sent && !s.draining) {
+                dp_notify_ready();
+                s.ready_sent = true;
+            }
+            s.tick_next = now + (cfg->hooks.tick_ns ? cfg->hooks.tick_ns : 50000000ull);
+        }
         if (s.wd_interval && now >= s.wd_next) {
             dp_notify_watchdog();
             s.wd_next = now + s.wd_interval;

@@ -50,6 +50,7 @@
 #define DP_SUP_MAX_ARGS 16
 #define DP_SUP_NO_BREAKER 0xffffffffu /* tests that kill stages on purpose */
 #define DP_SUP_DATA_FD 3  /* the data segment fd number inside a stage */
+#define DP_SUP_MAX_FDS 8
 
 struct dp_sup_stage_cfg {
     const char *name;                   /* registered stage: "sleeper", ... */
@@ -58,6 +59,22 @@ struct dp_sup_stage_cfg {
     cpu_set_t cpus;
     enum shm_stage_kind kind;           /* its row in the stats stage table */
     unsigned index;                     /* worker number within the kind */
+    int keep_fds[DP_SUP_MAX_FDS];       /* inherited at the same numbers (their
+                                           close-on-exec flag cleared in the child) */
+    unsigned nkeep;
+};
+
+/* What `favo serve` hooks into the loop (all optional). */
+struct dp_sup_hooks {
+    void *arg;
+    /* a stage got a pid (spawn) or lost it (pid 0: reaped) */
+    void (*pid)(void *arg, unsigned stage, pid_t pid);
+    /* a drain begins, before the stages get SIGTERM */
+    void (*drain)(void *arg);
+    /* every tick_ns while running: return 1 once the instance is ready
+     * (sd_notify READY=1 is sent then, not at spawn) */
+    int (*tick)(void *arg);
+    uint64_t tick_ns;
 };
 
 struct dp_sup_cfg {
@@ -73,6 +90,7 @@ struct dp_sup_cfg {
     int event_fd;             /* -1: none; see "Events" above */
     struct shm_stats *stats;  /* NULL: none; else row i = stage i (state,
                                * pid, restarts, cores, started_ns) */
+    struct dp_sup_hooks hooks;
 };
 
 void dp_sup_cfg_init(struct dp_sup_cfg *cfg);

@@ -76,3 +76,9 @@ void eng_kv_block_release(struct eng_kv *kv, int32_t b)
     kv->in_use[b] = 0;
     kv->free_stack[kv->n_free++] = b;
 }
+
+void eng_kv_block_zero(struct eng_kv *kv, int32_t b)
+{
+    FAVO_ASSERT(b >= 0 && (uint32_t)b < kv->n_blocks);
+    explicit_bzero((char *)kv->mem + (size_t)b * kv->block_bytes, kv->block_bytes); /* K1 */
+}

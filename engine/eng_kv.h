@@ -63,6 +63,10 @@ static inline uint32_t eng_kv_blocks_for(uint32_t n)
 int32_t eng_kv_block_alloc(struct eng_kv *kv);
 /* Zero the block (K1) and return it to the pool. */
 void eng_kv_block_release(struct eng_kv *kv, int32_t b);
+/* Zero the block (explicit_bzero) without touching the free list: for a
+ * caller whose allocator lives elsewhere (the engine stage, whose blocks the
+ * batcher allocates in shared memory, bat_kv.h) and for scratch blocks. */
+void eng_kv_block_zero(struct eng_kv *kv, int32_t b);
 
 /* Keys of (block, layer, kv head): ENG_KV_BLOCK rows of head_dim floats. */
 static inline float *eng_kv_k(const struct eng_kv *kv, int32_t b, uint32_t layer, uint32_t h)
