@@ -18,6 +18,9 @@
  *   cancels[n_slots]      slots flagged by bat_sched_cancel
  *   pending[n_blocks]     blocks freed since the last plan (to zero)
  *   kv                    struct bat_kv
+ *   outbox[ob_cap]        struct bat_event: the events of the last
+ *                         step/complete (the _ob variants) and the stage's
+ *                         pushed ERRORs, until the stage has published them
  */
 #include "bat_sched.h"
 
@@ -70,6 +73,9 @@ struct bat_arena {
     uint32_t pad2_;
     uint64_t n_overflow;           /* submits that found every flow busy */
     uint64_t n_aged;               /* requests started by aging */
+    uint64_t done_step;            /* last step complete() applied: a replay is a no-op */
+    uint32_t ob_n, ob_next;        /* outbox: [ob_next, ob_n) not yet published */
+    uint32_t ob_cap, off_outbox;
 };
 
 #define A_ARR(a, T, off) ((T *)((char *)(a) + (a)->off))
@@ -82,6 +88,7 @@ static inline uint32_t *tfree(struct bat_arena *a) { return A_ARR(a, uint32_t, o
 static inline uint32_t *cancels(struct bat_arena *a) { return A_ARR(a, uint32_t, off_cancels); }
 static inline int32_t *pending(struct bat_arena *a) { return A_ARR(a, int32_t, off_pending); }
 static inline struct bat_kv *kvm(struct bat_arena *a) { return A_ARR(a, struct bat_kv, off_kv); }
+static inline struct bat_event *outbox(struct bat_arena *a) { return A_ARR(a, struct bat_event, off_outbox); }
 static inline int32_t *table(struct bat_arena *a, uint32_t t)
 {
     return A_ARR(a, int32_t, off_tables) + (size_t)t * a->mbps;
@@ -140,6 +147,8 @@ static size_t layout(const struct bat_sched_cfg *c, struct bat_arena *o)
     o->off_cancels = (uint32_t)off; off = al64(off + (size_t)n_slots * 4);
     o->off_pending = (uint32_t)off; off = al64(off + (size_t)c->n_blocks * 4);
     o->off_kv = (uint32_t)off; off = al64(off + bat_kv_size(c->n_blocks));
+    o->ob_cap = n_slots + 2 * c->max_seqs + BAT_OB_EXTRA;
+    o->off_outbox = (uint32_t)off; off = al64(off + (size_t)o->ob_cap * sizeof(struct bat_event));
     return off;
 }
 
@@ -230,10 +239,16 @@ int bat_sched_attach(struct bat_sched *s, void *mem, size_t size)
         return -EPROTO;
     c = a->cfg;
     if (bat_sched_cfg_defaults(&c) || memcmp(&c, &a->cfg, sizeof(c)) || a->size > size ||
-        layout(&c, &o) != a->size || o.off_kv != a->off_kv || o.off_slots != a->off_slots)
+        layout(&c, &o) != a->size || o.off_kv != a->off_kv || o.off_slots != a->off_slots ||
+        o.off_outbox != a->off_outbox || o.ob_cap != a->ob_cap || a->ob_n > a->ob_cap ||
+        a->done_step > a->step)
         return -EBADMSG;
     if (a->busy)
         return -ESTALE;
+    /* An outbox reset cut between its two stores (ob_n first, then
+     * ob_next): nothing is pending. */
+    if (a->ob_next > a->ob_n)
+        a->ob_next = a->ob_n;
     s->a = a;
     s->stats = NULL;
     return bat_sched_check(s);
@@ -493,6 +508,8 @@ static uint32_t emit(struct bat_event *ev, uint32_t *n, uint32_t cap, struct bat
     FAVO_ASSERT(*n < cap);
     ev[*n] = (struct bat_event){ .id = handle(a, si), .cell = q->cell, .kind = kind,
                                  .reason = reason, .token = token, .n_gen = q->n_gen };
+    if (kind == BAT_EV_TOKEN) /* where id n_gen - 1 goes (shm_pipe.h cell layout) */
+        ev[*n].at = q->tok_off + 4u * (q->n_prompt + q->n_gen - 1);
     return (*n)++;
 }
 
@@ -604,6 +621,24 @@ int bat_sched_cancel(struct bat_sched *s, uint64_t id)
         cancels(a)[a->n_cancels++] = si;
     }
     return 0;
+}
+
+/* ---- outbox ---------------------------------------------------------- */
+
+/* Empty the outbox: ob_n first, so a crash between the two stores leaves
+ * ob_next > ob_n, which attach reads as empty (never as a replay). */
+static void ob_reset(struct bat_arena *a)
+{
+    __atomic_store_n(&a->ob_n, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&a->ob_next, 0, __ATOMIC_RELEASE);
+}
+
+/* Publish n events to the stage: the entries were written before (release
+ * store; only program order matters, the reader is a later process). */
+static void ob_commit(struct bat_arena *a, uint32_t n)
+{
+    FAVO_ASSERT(n <= a->ob_cap);
+    __atomic_store_n(&a->ob_n, n, __ATOMIC_RELEASE);
 }
 
 /* ---- the step -------------------------------------------------------- */
@@ -827,12 +862,13 @@ static void drop_cancels_timeouts(struct bat_sched *s, uint64_t now, struct bat_
     }
 }
 
-int bat_sched_step(struct bat_sched *s, uint64_t now, struct bat_plan *p, struct bat_event *ev,
-                   uint32_t ev_cap)
+static int step_impl(struct bat_sched *s, uint64_t now, struct bat_plan *p, struct bat_event *ev,
+                     uint32_t ev_cap, bool ob)
 {
     struct bat_arena *a = s->a;
     struct step_ctx c;
     uint32_t n = 0;
+    uint64_t seq0 = a->admit_seq;
 
     if (!p || p->magic != BAT_PLAN_MAGIC || ev_cap < bat_sched_ev_cap(s) ||
         p->cap_seqs < a->cfg.max_seqs || p->cap_freed < a->cfg.n_blocks ||
@@ -877,6 +913,12 @@ int bat_sched_step(struct bat_sched *s, uint64_t now, struct bat_plan *p, struct
     }
     /* Pass 3: admission. */
     admit(s, &c, now);
+    /* START events (outbox only): sequences admitted for the first time in
+     * this step; a resumed (preempted) one keeps its old admit_seq. */
+    if (ob)
+        for (uint32_t k = 0; k < p->n_seqs; k++)
+            if (slots(a)[c.ps[k].slot].admit_seq > seq0)
+                emit(ev, &n, ev_cap, a, c.ps[k].slot, BAT_EV_START, 0, -1);
 
     FAVO_ASSERT(p->n_tokens <= a->cfg.max_batch_tokens && p->n_seqs <= a->cfg.max_seqs);
     FAVO_ASSERT(a->n_pending <= p->cap_freed);
@@ -893,18 +935,45 @@ int bat_sched_step(struct bat_sched *s, uint64_t now, struct bat_plan *p, struct
                             (double)bat_kv_used(kvm(a)) / a->cfg.n_blocks);
         shm_stats_end(s->stats);
     }
+    if (ob)
+        ob_commit(a, n);
     a->busy = 0;
     return (int)n;
 }
 
-int bat_sched_complete(struct bat_sched *s, const struct bat_plan *p, const struct bat_result *res,
-                       uint64_t now, struct bat_event *ev, uint32_t ev_cap)
+int bat_sched_step(struct bat_sched *s, uint64_t now, struct bat_plan *p, struct bat_event *ev,
+                   uint32_t ev_cap)
+{
+    return step_impl(s, now, p, ev, ev_cap, false);
+}
+
+int bat_sched_step_ob(struct bat_sched *s, uint64_t now, struct bat_plan *p)
+{
+    struct bat_arena *a = s->a;
+
+    if (a->ob_next != a->ob_n)
+        return -EAGAIN;
+    ob_reset(a);
+    return step_impl(s, now, p, outbox(a), a->ob_cap, true);
+}
+
+static bool completed_already(const struct bat_arena *a, const struct bat_plan *p)
+{
+    return p && p->magic == BAT_PLAN_MAGIC && p->generation == a->generation &&
+           p->step == a->step && a->done_step == a->step;
+}
+
+static int complete_impl(struct bat_sched *s, const struct bat_plan *p,
+                         const struct bat_result *res, uint64_t now, struct bat_event *ev,
+                         uint32_t ev_cap, bool ob)
 {
     struct bat_arena *a = s->a;
     const struct bat_plan_seq *ps;
     uint32_t n = 0;
     uint64_t prompt_tok = 0, gen_tok = 0;
 
+    if (completed_already(a, p))
+        return 0; /* a replayed done message (restart): applied once */
     if (!p || p->magic != BAT_PLAN_MAGIC || p->step != a->step ||
         p->generation != a->generation || ev_cap < bat_sched_ev_cap(s) || (p->n_seqs && !res))
         return -EINVAL;
@@ -942,8 +1011,86 @@ int bat_sched_complete(struct bat_sched *s, const struct bat_plan *p, const stru
         shm_stats_add(s->stats, SHM_C_GENERATION_TOKENS, gen_tok);
         shm_stats_end(s->stats);
     }
+    if (ob)
+        ob_commit(a, n);
+    a->done_step = a->step;
     a->busy = 0;
     return (int)n;
+}
+
+int bat_sched_complete(struct bat_sched *s, const struct bat_plan *p, const struct bat_result *res,
+                       uint64_t now, struct bat_event *ev, uint32_t ev_cap)
+{
+    return complete_impl(s, p, res, now, ev, ev_cap, false);
+}
+
+int bat_sched_complete_ob(struct bat_sched *s, const struct bat_plan *p,
+                          const struct bat_result *res, uint64_t now)
+{
+    struct bat_arena *a = s->a;
+
+    if (completed_already(a, p))
+        return 0;
+    if (a->ob_next != a->ob_n)
+        return -EAGAIN;
+    ob_reset(a);
+    return complete_impl(s, p, res, now, outbox(a), a->ob_cap, true);
+}
+
+/* ---- outbox and lookups ---------------------------------------------- */
+
+int bat_sched_ob_push(struct bat_sched *s, const struct bat_event *e)
+{
+    struct bat_arena *a = s->a;
+
+    if (a->ob_next == a->ob_n)
+        ob_reset(a);
+    if (a->ob_n >= a->ob_cap)
+        return -ENOSPC;
+    outbox(a)[a->ob_n] = *e;
+    ob_commit(a, a->ob_n + 1);
+    return 0;
+}
+
+const struct bat_event *bat_sched_ob_peek(const struct bat_sched *s, uint32_t *n)
+{
+    struct bat_arena *a = s->a;
+
+    *n = a->ob_n - a->ob_next;
+    return outbox(a) + a->ob_next;
+}
+
+void bat_sched_ob_pop(struct bat_sched *s, uint32_t n)
+{
+    struct bat_arena *a = s->a;
+
+    FAVO_ASSERT(n <= a->ob_n - a->ob_next); /* only what is pending */
+    __atomic_store_n(&a->ob_next, a->ob_next + n, __ATOMIC_RELEASE);
+}
+
+int bat_sched_find(const struct bat_sched *s, uint64_t cell, uint64_t *id)
+{
+    struct bat_arena *a = s->a;
+
+    if (!cell)
+        return -ENOENT;
+    for (uint32_t i = 0; i < a->n_slots; i++)
+        if (slots(a)[i].state != ST_FREE && slots(a)[i].cell == cell) {
+            if (id)
+                *id = handle(a, i);
+            return 0;
+        }
+    return -ENOENT;
+}
+
+uint32_t bat_sched_retry_after(const struct bat_sched *s)
+{
+    return retry_after(s->a, 0);
+}
+
+void bat_sched_cfg_get(const struct bat_sched *s, struct bat_sched_cfg *out)
+{
+    *out = s->a->cfg;
 }
 
 void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *o)
@@ -962,6 +1109,8 @@ void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *o)
     o->drain_tok_per_s = a->drain_tok_per_s;
     o->n_overflow = a->n_overflow;
     o->n_aged = a->n_aged;
+    o->done_step = a->done_step;
+    o->n_outbox = a->ob_n - a->ob_next;
 }
 
 int bat_sched_check(const struct bat_sched *s)

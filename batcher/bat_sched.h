@@ -102,6 +102,7 @@
 #define BAT_SCHED_MAGIC 0x44484353u /* "SCHD" */
 #define BAT_SCHED_VERSION 1u
 #define BAT_NIL UINT32_MAX
+#define BAT_OB_EXTRA 256        /* outbox room for the stage's pushed ERRORs */
 
 struct shm_stats_writer;
 
@@ -138,7 +139,13 @@ struct bat_req {
     struct eng_sample_params sp;
 };
 
-enum bat_ev_kind { BAT_EV_TOKEN = 1, BAT_EV_FINISH = 2 };
+enum bat_ev_kind {
+    BAT_EV_TOKEN = 1,
+    BAT_EV_FINISH = 2,
+    BAT_EV_START = 3,    /* outbox only: first time in a plan (bat_sched_step_ob) */
+    BAT_EV_ERROR = 4,    /* outbox only: pushed by the stage (bat_sched_ob_push);
+                            reason = HTTP status, token = Retry-After seconds */
+};
 
 enum bat_finish {
     BAT_FIN_NONE = 0,
@@ -157,7 +164,8 @@ struct bat_event {
     uint16_t reason;     /* enum bat_finish, for FINISH */
     int32_t token;       /* for TOKEN */
     uint32_t n_gen;      /* tokens generated so far */
-    uint32_t pad_;
+    uint32_t at;         /* TOKEN: byte offset in the cell of id n_gen - 1
+                            (tok_off + 4 * (n_prompt + n_gen - 1)) */
 };
 
 struct bat_arena;
@@ -211,8 +219,45 @@ struct bat_sched_info {
                               because max_flows tenants were all waiting */
     uint64_t n_aged;       /* requests started ahead of higher classes by aging */
     double drain_tok_per_s;
+    uint64_t done_step;    /* last step complete() applied; step > done_step:
+                              a plan is in flight */
+    uint32_t n_outbox;     /* outbox events not yet published */
 };
 void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *out);
+/*
+ * The outbox: events that must reach egress even if the batcher dies
+ * between computing them and publishing them. The _ob variants of step()
+ * and complete() write their events into the arena itself (START events
+ * too, for sequences in a plan for the first time), inside the same
+ * critical section as the state change; the stage publishes them in order
+ * and pops them. A restarted batcher finds the unpublished rest there.
+ *
+ *   step_ob / complete_ob / ob_push           ob_peek ... publish ... ob_pop
+ *   (write [ob_n ..), then move ob_n)  ---->  (move ob_next when published)
+ *
+ * step_ob and complete_ob need an empty outbox (-EAGAIN otherwise: publish
+ * first - this is how a full event ring stops the scheduler). complete
+ * (both forms) of the plan it already applied returns 0 and does nothing:
+ * a done message replayed after a restart is harmless.
+ */
+int bat_sched_step_ob(struct bat_sched *s, uint64_t now, struct bat_plan *p);
+int bat_sched_complete_ob(struct bat_sched *s, const struct bat_plan *p,
+                          const struct bat_result *res, uint64_t now);
+/* Append an event (the stage's ERRORs): 0 or -ENOSPC. */
+int bat_sched_ob_push(struct bat_sched *s, const struct bat_event *e);
+/* The pending events, oldest first; *n of them. */
+const struct bat_event *bat_sched_ob_peek(const struct bat_sched *s, uint32_t *n);
+/* The oldest n pending events are published. */
+void bat_sched_ob_pop(struct bat_sched *s, uint32_t n);
+
+/* The live request (waiting or running) whose cell is `cell`: 0 and *id,
+ * or -ENOENT. O(slots): for cancels by cell and for replayed submits. */
+int bat_sched_find(const struct bat_sched *s, uint64_t cell, uint64_t *id);
+/* Retry-After seconds (1..60) for a 503 now, from the drain rate. */
+uint32_t bat_sched_retry_after(const struct bat_sched *s);
+/* The arena's configuration (defaults applied). */
+void bat_sched_cfg_get(const struct bat_sched *s, struct bat_sched_cfg *out);
+
 /* Full consistency check (sched inv 2, 3; kv inv 1), O(slots + blocks):
  * 0 or -EBADMSG. For tests and attach. */
 int bat_sched_check(const struct bat_sched *s);
