@@ -1,0 +1,600 @@
+/*
+ * bat_stage.c - the batcher stage loop (design in bat_stage.h).
+ */
+#include "bat_stage.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "favo_base.h"
+#include "shm_stats.h"
+
+#define BST_SLEEP_MS 50
+#define BST_SPIN_NS 50000ull
+#define BST_HB_NS 100000000ull
+#define BST_OB_ROOM 8u      /* outbox slots kept free before taking a request */
+
+struct bst {
+    const struct bat_stage_cfg *cfg;
+    const struct shm_pipe *pipe;
+    struct bat_sched s;
+    struct bat_sched_cfg sc;
+    struct shm_cell_pool pool;
+    shm_ring_t req[SHM_PIPE_MAX_INGRESS], ctl, done, ev, plan[SHM_PIPE_MAX_RANKS];
+    shm_bell_ec_t bell, eng[SHM_PIPE_MAX_RANKS];
+    shm_bell_efd_t egr;
+    unsigned n_ingress, n_ranks;
+    uint64_t sent[SHM_PIPE_MAX_RANKS]; /* last step enqueued on plan[r] */
+    uint64_t last_preempt, last_hb;
+    bool stalled;                      /* last step produced nothing to run */
+};
+
+static uint64_t mix64(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static bool stopping(const struct bst *b)
+{
+    return (b->cfg->stop && *b->cfg->stop) ||
+           __atomic_load_n(&b->pipe->hdr->draining, __ATOMIC_ACQUIRE);
+}
+
+/* ------------------------------------------------------------ outbox -> ev */
+
+/* What a bat_event becomes on the ev ring (no side effects). */
+static void ev_of(const struct bat_sched *s, const struct bat_event *e, struct shm_ev *o,
+                  uint64_t now)
+{
+    memset(o, 0, sizeof(*o));
+    o->cell = e->cell;
+    o->id = e->id;
+    o->n_gen = e->n_gen;
+    switch (e->kind) {
+    case BAT_EV_START:
+        o->kind = SHM_EV_START;
+        o->t_ns = now;
+        break;
+    case BAT_EV_TOKEN:
+        o->kind = SHM_EV_TOKENS;
+        break;
+    case BAT_EV_FINISH:
+        if (e->reason == BAT_FIN_STOP || e->reason == BAT_FIN_LENGTH ||
+            e->reason == BAT_FIN_CANCELLED) {
+            o->kind = SHM_EV_FINISH;
+            o->reason = e->reason == BAT_FIN_STOP     ? SHM_FIN_STOP
+                        : e->reason == BAT_FIN_LENGTH ? SHM_FIN_LENGTH
+                                                      : SHM_FIN_CANCELLED;
+        } else { /* TIMEOUT (queue), NO_KV: busy, come back */
+            o->kind = SHM_EV_ERROR;
+            o->status = 503;
+            o->retry_after = bat_sched_retry_after(s);
+        }
+        break;
+    default: /* BAT_EV_ERROR, pushed by us */
+        o->kind = SHM_EV_ERROR;
+        o->status = e->reason;
+        o->retry_after = e->token > 0 ? (uint32_t)e->token : 0;
+        break;
+    }
+}
+
+/* The side effect an event needs before egress may see it: the id into
+ * the cell (TOKEN), the cell to egress (FINISH, ERROR). Idempotent, so a
+ * retry after a full ring or a restart repeats it harmlessly. Returns
+ * false when the event must be dropped (the cell is gone). */
+static bool ev_prepare(struct bst *b, const struct bat_event *e)
+{
+    void *data;
+    size_t size;
+    int rc;
+
+    switch (e->kind) {
+    case BAT_EV_TOKEN:
+        rc = shm_cell_bytes(&b->pool, e->cell, &data, &size);
+        if (rc)
+            return false; /* freed: cannot happen before our FINISH; drop */
+        FAVO_ASSERT((uint64_t)e->at + 4 <= size); /* checked at submit */
+        /* Plain store: the ev ring's release orders it before the event
+         * (pipe inv 2). */
+        memcpy((char *)data + e->at, &e->token, 4);
+        return true;
+    case BAT_EV_FINISH:
+    case BAT_EV_ERROR:
+        rc = shm_cell_give(&b->pool, e->cell, SHM_CELL_BATCHER, SHM_CELL_EGRESS);
+        if (rc == 0 || rc == -EPERM)
+            return true; /* -EPERM: given before a restart, event not sent */
+        return false;    /* -ESTALE: egress got it and freed it already */
+    default:
+        return true;
+    }
+}
+
+/* Publish what the outbox holds, in order, as far as the ev ring allows.
+ * Returns the number of events handled. */
+static int publish(struct bst *b, uint64_t now)
+{
+    uint32_t n, k = 0, sent = 0;
+    const struct bat_event *pend = bat_sched_ob_peek(&b->s, &n);
+
+    while (k < n) {
+        const struct bat_event *e = &pend[k];
+        struct shm_ev *slot;
+
+        if (!ev_prepare(b, e)) {
+            k++;
+            continue;
+        }
+        slot = shm_ring_reserve(&b->ev);
+        if (!slot)
+            break; /* ring full: egress drains it; the rest waits */
+        ev_of(&b->s, e, slot, now);
+        k++;
+        sent++;
+    }
+    if (sent)
+        shm_ring_commit(&b->ev);
+    if (k)
+        bat_sched_ob_pop(&b->s, k);
+    if (sent)
+        shm_bell_efd_ring(&b->egr);
+    return (int)k;
+}
+
+/* Restart: the last slot the dead batcher enqueued on ev may be one of the
+ * outbox's pending events (it died between commit and pop); pop up to it. */
+static void ob_dedupe(struct bst *b)
+{
+    uint32_t n;
+    const struct bat_event *pend = bat_sched_ob_peek(&b->s, &n);
+    const struct shm_ev *last;
+    struct shm_ev want;
+
+    if (!n)
+        return;
+    /* The producer handle's index is p_tail; the slot before it keeps the
+     * last message ever enqueued until the next enqueue overwrites it. */
+    last = (const struct shm_ev *)(b->ev.slots +
+                                   (size_t)((b->ev.local - 1) & b->ev.mask) * b->ev.slot_size);
+    for (uint32_t x = 0; x < n; x++) {
+        ev_of(&b->s, &pend[x], &want, 0);
+        if (last->cell == want.cell && last->kind == want.kind && last->n_gen == want.n_gen) {
+            favo_info("batcher: %u outbox events were published before the restart", x + 1);
+            bat_sched_ob_pop(&b->s, x + 1);
+            return;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ requests */
+
+static void push_error(struct bst *b, uint64_t cell, uint16_t status, uint32_t retry)
+{
+    struct bat_event e = { .cell = cell, .kind = BAT_EV_ERROR, .reason = status,
+                           .token = (int32_t)retry };
+
+    /* Room was checked before the message was taken (BST_OB_ROOM). */
+    FAVO_ASSERT(bat_sched_ob_push(&b->s, &e) == 0);
+    if (b->cfg->stats_w) {
+        if (status == 413)
+            shm_stats_add(b->cfg->stats_w, SHM_C_REJ_TOO_LARGE, 1);
+        else if (status == 400)
+            shm_stats_add(b->cfg->stats_w, SHM_C_REJ_BAD_REQUEST, 1);
+        /* 503 queue full is counted by bat_sched_submit */
+    }
+}
+
+static bool error_pending(const struct bst *b, uint64_t cell)
+{
+    uint32_t n;
+    const struct bat_event *pend = bat_sched_ob_peek(&b->s, &n);
+
+    for (uint32_t i = 0; i < n; i++)
+        if (pend[i].kind == BAT_EV_ERROR && pend[i].cell == cell)
+            return true;
+    return false;
+}
+
+static void cancel_cell(struct bst *b, uint64_t id, uint64_t cell)
+{
+    uint64_t h;
+
+    if (id && bat_sched_cancel(&b->s, id) == 0)
+        return;
+    if (bat_sched_find(&b->s, cell, &h) == 0)
+        bat_sched_cancel(&b->s, h);
+    /* unknown (finished, refused, stale): nothing to do */
+}
+
+static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t now)
+{
+    struct bat_req q;
+    void *data;
+    size_t size;
+    uint64_t id, ids_end;
+    uint32_t retry = 0;
+    int rc;
+
+    rc = shm_cell_get(&b->pool, r->cell, SHM_CELL_BATCHER, &data, &size);
+    if (rc) {
+        /* Not ours (or gone): a replayed SUBMIT we already answered, or a
+         * broken ingress. Nothing we may touch. */
+        favo_debug("batcher: req[%u] submit for a cell we do not own (%d)", w, rc);
+        return;
+    }
+    if (bat_sched_find(&b->s, r->cell, NULL) == 0 || error_pending(b, r->cell))
+        return; /* replay of one already taken */
+    if ((r->resp_off & 63u) || (uint64_t)r->resp_off + SHM_PIPE_REQ_COPY > size) {
+        favo_warn("batcher: req[%u] resp_off %u outside the cell (%zu bytes): cell freed "
+                  "unanswered", w, r->resp_off, size);
+        shm_cell_free(&b->pool, r->cell, SHM_CELL_BATCHER);
+        return;
+    }
+    ids_end = (uint64_t)r->tok_off + 4ull * ((uint64_t)r->ntok + r->max_tokens);
+    if ((r->tok_off & 3u) || r->ntok == 0 || r->max_tokens == 0 || ids_end > r->resp_off ||
+        r->worker != w || r->prio >= BAT_PRIO_N) {
+        favo_warn("batcher: req[%u] bad descriptor (tok_off %u ntok %u max_tokens %u "
+                  "resp_off %u worker %u prio %u): 400", w, r->tok_off, r->ntok, r->max_tokens,
+                  r->resp_off, r->worker, r->prio);
+        push_error(b, r->cell, 400, 0);
+        return;
+    }
+    memset(&q, 0, sizeof(q));
+    q.tenant = r->tenant;
+    q.prio = r->prio;
+    q.n_prompt = r->ntok;
+    q.max_tokens = r->max_tokens;
+    q.cell = r->cell;
+    q.tok_off = r->tok_off;
+    q.sp.temperature = r->temperature;
+    q.sp.top_k = r->top_k;
+    q.sp.top_p = r->top_p;
+    q.sp.min_p = r->min_p;
+    q.sp.freq_penalty = r->frequency_penalty;
+    q.sp.presence_penalty = r->presence_penalty;
+    q.sp.seed = (r->flags & SHM_REQ_F_SEED) ? (uint64_t)r->seed : mix64(r->recv_ns ^ r->cell);
+    q.sp.n_logprobs = r->logprobs ? FAVO_MIN(r->top_logprobs, 20u) : 0;
+    rc = bat_sched_submit(&b->s, &q, now, &id, &retry);
+    if (rc == 0)
+        return;
+    if (rc == -EBUSY)
+        push_error(b, r->cell, 503, retry ? retry : 1);
+    else if (rc == -E2BIG)
+        push_error(b, r->cell, 413, 0);
+    else
+        push_error(b, r->cell, 400, 0);
+}
+
+static bool ob_room(const struct bst *b)
+{
+    uint32_t n;
+
+    bat_sched_ob_peek(&b->s, &n);
+    return n + BST_OB_ROOM <= BAT_OB_EXTRA;
+}
+
+static int drain_req(struct bst *b, uint64_t now)
+{
+    int got = 0;
+
+    for (unsigned w = 0; w < b->n_ingress; w++) {
+        const struct shm_req *m;
+
+        while (ob_room(b) && (m = shm_ring_peek_one(&b->req[w]))) {
+            struct shm_req r;
+
+            memcpy(&r, m, sizeof(r));
+            if (r.magic != SHM_REQ_MAGIC)
+                favo_warn("batcher: req[%u] bad magic 0x%08x: ignored", w, r.magic);
+            else if (r.kind == SHM_REQ_SUBMIT)
+                submit(b, w, &r, now);
+            else if (r.kind == SHM_REQ_CANCEL)
+                cancel_cell(b, 0, r.cell);
+            else
+                favo_warn("batcher: req[%u] unknown kind %u: ignored", w, r.kind);
+            shm_ring_release(&b->req[w], 1); /* consume, then release */
+            got++;
+        }
+    }
+    return got;
+}
+
+static int drain_ctl(struct bst *b)
+{
+    const struct shm_ctl *m;
+    int got = 0;
+
+    while ((m = shm_ring_peek_one(&b->ctl))) {
+        if (m->kind == 1)
+            cancel_cell(b, m->id, m->cell);
+        shm_ring_release(&b->ctl, 1);
+        got++;
+    }
+    return got;
+}
+
+/* ------------------------------------------------------------ plans */
+
+static void stats_after_step(struct bst *b, const struct bat_sched_info *in)
+{
+    if (b->cfg->stats_w && in->n_preempt > b->last_preempt)
+        shm_stats_add(b->cfg->stats_w, SHM_C_PREEMPTIONS, in->n_preempt - b->last_preempt);
+    b->last_preempt = in->n_preempt;
+}
+
+/* Send the plan in flight to every rank that has not got it. */
+static void send_plan(struct bst *b, uint64_t step)
+{
+    unsigned slot = (unsigned)(step % SHM_PIPE_PLAN_SLOTS);
+    struct bat_plan *p = shm_pipe_plan(b->pipe, 0, slot);
+    struct shm_plan_msg m = { .slot = slot, .n_seqs = p->n_seqs, .step = step };
+
+    for (unsigned r = 0; r < b->n_ranks; r++) {
+        if (b->sent[r] == step)
+            continue;
+        if (shm_ring_enqueue(&b->plan[r], &m) == 0) {
+            b->sent[r] = step;
+            shm_bell_ec_ring(&b->eng[r]);
+        }
+    }
+}
+
+static void copy_plan(struct bat_plan *dst, const struct bat_plan *src)
+{
+    const char *s = (const char *)src;
+    char *d = (char *)dst;
+
+    FAVO_ASSERT(dst->off_seqs == src->off_seqs && dst->off_tables == src->off_tables &&
+                dst->off_freed == src->off_freed); /* same bat_plan_init */
+    memcpy(d + src->off_seqs, s + src->off_seqs,
+           (size_t)src->n_seqs * sizeof(struct bat_plan_seq));
+    memcpy(d + src->off_tables, s + src->off_tables, (size_t)src->n_tables * 4);
+    memcpy(d + src->off_freed, s + src->off_freed, (size_t)src->n_freed * 4);
+    memcpy(d, s, sizeof(*src)); /* header last */
+}
+
+static int do_step(struct bst *b, uint64_t now)
+{
+    struct bat_sched_info in;
+    unsigned slot;
+    struct bat_plan *p;
+    int rc;
+
+    bat_sched_info(&b->s, &in);
+    slot = (unsigned)((in.step + 1) % SHM_PIPE_PLAN_SLOTS);
+    p = shm_pipe_plan(b->pipe, 0, slot);
+    rc = bat_sched_step_ob(&b->s, now, p);
+    if (rc < 0) {
+        FAVO_ASSERT(rc == -EAGAIN); /* cfg checked at start */
+        return 0;
+    }
+    bat_sched_info(&b->s, &in);
+    stats_after_step(b, &in);
+    if (p->n_seqs == 0) {
+        /* Only cancels/timeouts (or nothing could start): no engine work. */
+        b->stalled = true;
+        rc = bat_sched_complete_ob(&b->s, p, NULL, now);
+        FAVO_ASSERT(rc >= 0 || rc == -EAGAIN);
+        return 1;
+    }
+    b->stalled = false;
+    for (unsigned r = 1; r < b->n_ranks; r++)
+        copy_plan(shm_pipe_plan(b->pipe, r, slot), p);
+    send_plan(b, p->step);
+    return 1;
+}
+
+static int drain_done(struct bst *b, uint64_t now)
+{
+    const struct shm_plan_msg *m;
+    struct bat_sched_info in;
+    uint32_t n;
+    int got = 0;
+
+    for (;;) {
+        bat_sched_ob_peek(&b->s, &n);
+        if (n)
+            return got; /* complete needs an empty outbox: publish first */
+        m = shm_ring_peek_one(&b->done);
+        if (!m)
+            return got;
+        bat_sched_info(&b->s, &in);
+        if (m->slot < SHM_PIPE_PLAN_SLOTS && m->step == in.step && in.step > in.done_step &&
+            m->step % SHM_PIPE_PLAN_SLOTS == m->slot) {
+            int rc = bat_sched_complete_ob(&b->s, shm_pipe_plan(b->pipe, 0, m->slot),
+                                           shm_pipe_results(b->pipe, m->slot), now);
+            if (rc < 0)
+                favo_err("batcher: complete of step %llu failed (%d)",
+                         (unsigned long long)m->step, rc);
+        } else if (m->step > in.step) {
+            favo_warn("batcher: done for step %llu, never planned (at %llu): ignored",
+                      (unsigned long long)m->step, (unsigned long long)in.step);
+        } /* else: a replay of a step already completed */
+        shm_ring_release(&b->done, 1);
+        got++;
+    }
+}
+
+/* ------------------------------------------------------------ start */
+
+static int attach_all(struct bst *b)
+{
+    const struct shm_pipe *p = b->pipe;
+    const struct shm_pipe_hdr *h = p->hdr;
+    struct bat_sched_info in;
+    void *mem;
+    size_t len;
+    uint32_t mbps;
+    int rc;
+
+    mem = shm_pipe_sched(p, &len);
+    rc = bat_sched_attach(&b->s, mem, len);
+    if (rc == -EPROTO) {
+        rc = bat_sched_init(&b->s, mem, len, &b->cfg->sched, h->generation);
+        if (rc) {
+            favo_err("batcher: scheduler arena: %zu bytes do not fit the config (%d)", len, rc);
+            return rc;
+        }
+    } else if (rc) {
+        favo_err("batcher: cannot re-attach the scheduler arena (%d)", rc);
+        return rc;
+    }
+    b->s.stats = b->cfg->stats_w;
+    bat_sched_cfg_get(&b->s, &b->sc);
+    if (bat_sched_plan_size(&b->sc) > h->cfg.plan_bytes || b->sc.max_seqs > h->cfg.max_seqs ||
+        h->cfg.result_size != sizeof(struct bat_result)) {
+        favo_err("batcher: pipe plan slots (%llu bytes, %u results of %u) too small for the "
+                 "scheduler (%zu bytes, %u seqs)", (unsigned long long)h->cfg.plan_bytes,
+                 h->cfg.max_seqs, h->cfg.result_size, bat_sched_plan_size(&b->sc),
+                 b->sc.max_seqs);
+        return -EINVAL;
+    }
+    b->n_ingress = h->cfg.n_ingress;
+    b->n_ranks = h->cfg.n_ranks;
+    bat_sched_info(&b->s, &in);
+    mbps = bat_kv_blocks_for(b->sc.max_ctx);
+    for (unsigned r = 0; r < b->n_ranks; r++)
+        for (unsigned sl = 0; sl < SHM_PIPE_PLAN_SLOTS; sl++) {
+            if (in.step > in.done_step && sl == in.step % SHM_PIPE_PLAN_SLOTS)
+                continue; /* the plan in flight stays */
+            rc = bat_plan_init(shm_pipe_plan(p, r, sl), h->cfg.plan_bytes, b->sc.max_seqs, mbps,
+                               b->sc.n_blocks);
+            if (rc)
+                return rc;
+        }
+    for (unsigned w = 0; w < b->n_ingress; w++)
+        if ((rc = shm_pipe_ring_req(p, w, SHM_RING_CONSUMER, &b->req[w])))
+            return rc;
+    for (unsigned r = 0; r < b->n_ranks; r++) {
+        if ((rc = shm_pipe_ring_plan(p, r, SHM_RING_PRODUCER, &b->plan[r])) ||
+            (rc = shm_pipe_bell_eng(p, r, &b->eng[r])))
+            return rc;
+        /* What the last message on this ring was (restart: was the plan
+         * in flight sent?). A fresh ring reads zeros: step 0, never real. */
+        const struct shm_plan_msg *last =
+            (const struct shm_plan_msg *)(b->plan[r].slots +
+                                          (size_t)((b->plan[r].local - 1) & b->plan[r].mask) *
+                                              b->plan[r].slot_size);
+        b->sent[r] = last->step;
+    }
+    if ((rc = shm_pipe_ring_ctl(p, SHM_RING_CONSUMER, &b->ctl)) ||
+        (rc = shm_pipe_ring_done(p, SHM_RING_CONSUMER, &b->done)) ||
+        (rc = shm_pipe_ring_ev(p, SHM_RING_PRODUCER, &b->ev)) ||
+        (rc = shm_pipe_bell_bat(p, &b->bell)) ||
+        (rc = shm_pipe_bell_egr(p, b->cfg->egr_bell_efd, false, &b->egr)))
+        return rc;
+    mem = shm_pipe_cells(p, &len);
+    if ((rc = shm_cell_pool_attach(&b->pool, mem, len, h->generation, SHM_CELL_ROLE_USER,
+                                   SHM_PIPE_RET_BATCHER)))
+        return rc;
+    ob_dedupe(b);
+    b->last_preempt = in.n_preempt;
+    favo_info("batcher: %s at step %llu: %u waiting, %u running, %u events unpublished, "
+              "plan in flight: %s", in.step ? "resumed" : "started",
+              (unsigned long long)in.step, in.n_waiting, in.n_running, in.n_outbox,
+              in.step > in.done_step ? "yes" : "no");
+    return 0;
+}
+
+/* Anything a neighbour left for us (after the bell snapshot). */
+static bool rings_have_work(struct bst *b)
+{
+    for (unsigned w = 0; w < b->n_ingress; w++)
+        if (shm_ring_available(&b->req[w]))
+            return true;
+    return shm_ring_available(&b->ctl) || shm_ring_available(&b->done);
+}
+
+static bool drained(struct bst *b, const struct bat_sched_info *in)
+{
+    if (in->n_waiting || in->n_running || in->step > in->done_step || in->n_outbox)
+        return false;
+    for (unsigned w = 0; w < b->n_ingress; w++)
+        if (shm_pipe_stage_up(b->pipe, SHM_PIPE_INGRESS, w) || shm_ring_available(&b->req[w]))
+            return false;
+    return true;
+}
+
+static void heartbeat(struct bst *b, uint64_t now)
+{
+    b->last_hb = now;
+    if (b->cfg->stats)
+        shm_stats_heartbeat(b->cfg->stats, b->cfg->stats_row);
+    if (b->cfg->stats_w)
+        shm_stats_flush(b->cfg->stats_w);
+}
+
+int bat_stage_run(const struct bat_stage_cfg *cfg)
+{
+    struct bst b;
+    uint64_t idle_since = 0;
+    int rc;
+
+    if (!cfg || !cfg->pipe || !cfg->pipe->hdr || cfg->poll < 0 || cfg->poll > 2)
+        return -EINVAL;
+    memset(&b, 0, sizeof(b));
+    b.cfg = cfg;
+    b.pipe = cfg->pipe;
+    if ((rc = attach_all(&b)))
+        return rc;
+    shm_pipe_set_up(b.pipe, SHM_PIPE_BATCHER, 0, (int32_t)getpid());
+
+    for (;;) {
+        uint32_t seen = shm_bell_ec_value(&b.bell);
+        uint64_t now = favo_now_ns();
+        struct bat_sched_info in;
+        int work = 0;
+
+        work += publish(&b, now);
+        work += drain_done(&b, now);
+        work += drain_req(&b, now);
+        work += drain_ctl(&b);
+        bat_sched_info(&b.s, &in);
+        if (in.step > in.done_step) {
+            send_plan(&b, in.step); /* a rank whose ring was full, or a restart */
+        } else if (!in.n_outbox && (in.n_waiting || in.n_running) && (work || !b.stalled)) {
+            work += do_step(&b, now);
+        }
+        work += publish(&b, now);
+        if (now - b.last_hb >= BST_HB_NS)
+            heartbeat(&b, now);
+        if (work) {
+            idle_since = 0;
+            continue;
+        }
+
+        bat_sched_info(&b.s, &in);
+        if (stopping(&b) && drained(&b, &in))
+            break;
+        b.stalled = false; /* retry an empty step after one idle round */
+        if (cfg->poll == 2) {
+            favo_cpu_relax();
+            continue;
+        }
+        if (cfg->poll == 1) {
+            if (!idle_since)
+                idle_since = now;
+            if (now - idle_since < BST_SPIN_NS) {
+                favo_cpu_relax();
+                continue;
+            }
+        }
+        heartbeat(&b, now);
+        if (rings_have_work(&b))
+            continue;
+        /* A full ev ring is not signalled by egress: look again soon. So
+         * are queue timeouts and requests waiting for KV (1 ms). */
+        shm_bell_ec_wait(&b.bell, seen,
+                         (in.n_outbox || (in.n_waiting && !in.n_running) ? 1 : BST_SLEEP_MS) *
+                             1000000ll);
+        idle_since = 0;
+    }
+    shm_pipe_set_up(b.pipe, SHM_PIPE_BATCHER, 0, 0);
+    heartbeat(&b, favo_now_ns());
+    favo_info("batcher: drained, exiting");
+    return 0;
+}

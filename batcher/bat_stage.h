@@ -1,0 +1,100 @@
+/*
+ * bat_stage.h - the batcher stage process: `favo stage batcher` runs
+ * bat_stage_run() after the wrapper attached the data segment and the pipe
+ * (shm_pipe.h). It is the only writer of the scheduler arena (bat_sched.h),
+ * the plan slots, the generated ids in request cells and the event ring.
+ *
+ *   ingress w --req[w]--> +---------------------+ --plan[r]--> engine r
+ *   (SUBMIT, CANCEL)      |  drain req, ctl     |  (slot = step % 2, the
+ *   egress ----ctl------> |  step -> plan slots | <--done----  same plan
+ *   (cancel)              |  complete -> outbox |  (rank 0)    for every r)
+ *                         |  outbox -> ev ring  | --ev--> egress
+ *                         +---------------------+  (START, TOKENS, FINISH, ERROR)
+ *
+ * One loop, one plan in flight at a time (plan N+1 while N runs is issue
+ * #7; both slots are laid out for it):
+ *
+ *   1. publish the outbox (below): write each TOKEN's id into its cell, give
+ *      the cell to egress for FINISH/ERROR, enqueue shm_ev; ring egress's
+ *      eventfd bell once per burst. A full ev ring stops here: nothing is
+ *      dropped, and step/complete wait until the outbox is empty.
+ *   2. done ring (only with an empty outbox): bat_sched_complete_ob with the
+ *      results of the plan's slot, then release the message.
+ *   3. req rings: SUBMIT is validated (magic, cell live and owned by the
+ *      batcher, tok_off/ntok/max_tokens inside the cell before resp_off,
+ *      resp_off 64-aligned with room for the shm_req copy) and submitted;
+ *      refusals become ERROR events in the outbox (400 -EINVAL, 413 -E2BIG,
+ *      503 + Retry-After -EBUSY). A descriptor whose cell is ours but whose
+ *      resp_off is unusable cannot be answered by egress: the cell is freed
+ *      (scrubbed, return ring SHM_PIPE_RET_BATCHER) and a warning logged.
+ *      CANCEL finds the request by cell and cancels it (unknown: ignored).
+ *   4. ctl ring: egress's cancels, by handle (by cell when stale).
+ *   5. no plan in flight and work: bat_sched_step_ob into rank 0's slot,
+ *      copied to the other ranks, shm_plan_msg on each plan ring, engine
+ *      bells rung. An empty plan (only cancels/timeouts) is completed at
+ *      once without the engines.
+ *
+ * Event mapping (bat_event -> shm_ev): START -> START (t_ns = publication
+ * time); TOKEN -> TOKENS (n_gen = total; the id is written first, pipe
+ * inv 2); FINISH STOP/LENGTH/CANCELLED -> FINISH; FINISH TIMEOUT -> ERROR
+ * 503 + Retry-After; ERROR (pushed) -> ERROR. STOP's id (the EOG token) is
+ * the last id counted in n_gen.
+ *
+ * Waiting (cfg.poll): 0 sleeps on the batcher bell (50 ms timeout, 1 ms
+ * while the outbox waits for room in the ev ring, which egress does not
+ * signal); 1 spins ~50 us first; 2 never sleeps. Before sleeping: stats
+ * heartbeat and flush.
+ *
+ * Drain: after *stop or pipe draining, keep serving until every ingress
+ * worker is down (shm_pipe_stage_up false) and its req ring is empty, the
+ * scheduler holds no request, no plan is in flight and the outbox is
+ * empty; then clear the up word and return 0.
+ *
+ * Crash and restart (everything needed lives in the data segment):
+ *   - The arena is re-attached (bat_sched_attach) and the loop carries on.
+ *   - Events computed but not published are in the outbox; the last ev
+ *     ring slot tells which of them the dead batcher already enqueued, so
+ *     none is sent twice. A FINISH whose cell was given but whose event was
+ *     not enqueued is sent (give says -EPERM: egress owns it already); a
+ *     FINISH whose cell egress already freed (-ESTALE) is dropped.
+ *   - A plan in flight (arena step > done_step) stays in its slot; the last
+ *     message on each plan ring says whether it reached that rank; it is
+ *     sent to the ranks that lack it, and its done message is awaited.
+ *   - done messages are released after complete_ob; a replayed one (the
+ *     step already applied) is a no-op.
+ *   - A replayed SUBMIT (dead between submit and release) is recognised:
+ *     its cell is already in the scheduler, has an ERROR pending in the
+ *     outbox, or is no longer owned by the batcher.
+ *   - Cost today: re-attach and a scan of the arena (bat_sched_check,
+ *     O(slots + blocks)); no request is lost. NOT handled: a crash inside
+ *     bat_sched_step/complete itself (arena busy): attach fails with
+ *     -ESTALE and the stage refuses to start (the requests in it are
+ *     lost; the supervisor's breaker then stops the instance).
+ *
+ * Errors: bat_stage_run returns 0 after a drain, -EINVAL for a bad cfg or
+ * a pipe whose sizes do not fit the scheduler, or the attach errors.
+ * Metadata only in logs (invariant 5): counts, steps, errno values.
+ */
+#ifndef BAT_STAGE_H
+#define BAT_STAGE_H
+
+#include "bat_sched.h"
+#include "shm_pipe.h"
+
+struct shm_stats;
+struct shm_stats_writer;
+
+struct bat_stage_cfg {
+    const struct shm_pipe *pipe;     /* attached by the caller */
+    struct bat_sched_cfg sched;      /* used when the arena is fresh */
+    int egr_bell_efd;                /* egress's eventfd: we ring it */
+    int poll;                        /* 0 block, 1 adaptive, 2 spin */
+    const volatile int *stop;        /* non-zero: drain (may be NULL) */
+    struct shm_stats *stats;         /* may be NULL (tests) */
+    struct shm_stats_writer *stats_w;/* may be NULL */
+    unsigned stats_row;              /* our row in the stage table */
+};
+
+int bat_stage_run(const struct bat_stage_cfg *cfg);
+
+#endif /* BAT_STAGE_H */
