@@ -126,4 +126,65 @@ void eng_matmul(uint32_t wtype, const void *w, size_t w_row_bytes, int64_t k,
  * "scalar", "avx2", "avx512", "avx512vnni"; "none" if unsupported. */
 const char *eng_quant_impl(uint32_t wtype);
 
+/*
+ * Packed weights: the GEMM path (issue #4's batched decode and prefill).
+ *
+ * eng_pack rearranges a row-major matrix, once at context set-up, into
+ * panels of ENG_PACK_ROWS (16) rows: for each block of k, the 16 rows'
+ * scales side by side, then their codes interleaved four bytes at a time,
+ *
+ *   panel g, block b:  d[16] (f16) [m[16]] [5th bits] codes[step][row][4]
+ *
+ * so that one 512-bit register holds 4 consecutive codes of each of the
+ * 16 rows and a VNNI dpbusd against one broadcast 4-byte group of an
+ * activation row adds to all 16 dot products at once. A panel block is
+ * unpacked once and dotted with up to ENG_PACK_COLS activation rows
+ * (register-blocked 16 rows x ENG_PACK_COLS columns), so a decode step
+ * streams each weight once for all its sequences. Sizes are the original
+ * row size (32-block types) or within 3% of it (K-quants: scales stored
+ * unpacked); rows are padded to a multiple of 16 with zero scales.
+ *
+ * Activations for the packed path have their own block formats
+ * (eng_pack_act_row; eng_quant_int.h), carrying the integer block sums
+ * that fold the weights' offsets (-8, -16, -128, -32) into the integer
+ * dot product's starting value.
+ *
+ * Batch invariance (eng_step.h S1): each output is computed by the same
+ * sequence of per-lane operations whatever the number of activation rows
+ * m, the row range or the thread: exact integer block sums, then per
+ * block (and per K-quant super-block) one f32 multiply and fused
+ * multiply-adds in block order. Bound against the f64 value of the same
+ * quantized operands: tests/test-engine-pack.c.
+ *
+ * Only on CPUs with AVX-512 VNNI (eng_pack_supported is false elsewhere,
+ * and the caller keeps using eng_matmul on the row-major weights).
+ */
+#define ENG_PACK_ROWS 16
+#define ENG_PACK_COLS 4
+
+/* True when wtype has a packed kernel on this CPU (FAVO_CPU caps it). */
+bool eng_pack_supported(uint32_t wtype);
+/* Bytes of the packed form of a rows x k matrix; 0 if unsupported. */
+size_t eng_pack_size(uint32_t wtype, int64_t k, int64_t rows);
+/* Pack rows x k (row-major, w_row_bytes apart) into dst (eng_pack_size
+ * bytes, any alignment). 0, or -EINVAL (type, k not whole blocks). */
+int eng_pack(uint32_t wtype, const void *w, size_t w_row_bytes, int64_t k, int64_t rows,
+             void *dst);
+/* Activation format id for wtype's packed kernel (compare ids to know
+ * whether two packed weights can share quantized activations). */
+uint32_t eng_pack_act_type(uint32_t wtype);
+/* Bytes of one packed-path activation row of k elements. */
+size_t eng_pack_act_row_size(uint32_t wtype, int64_t k);
+/* Quantize one activation row for wtype's packed kernel. 0, -EINVAL,
+ * or -EDOM (non-finite input: the row's poisoned blocks get NaN scales). */
+int eng_pack_act_row(uint32_t wtype, const float *src, void *dst, int64_t k);
+/*
+ * y[j*ldy + r] = dot(W row r, X row j) for r in [r0, r1), j in [0, m):
+ * wp from eng_pack (rows x k), r0 a multiple of ENG_PACK_ROWS, r1 <=
+ * rows; X rows from eng_pack_act_row, x_row_bytes apart.
+ */
+void eng_matmul_packed(uint32_t wtype, const void *wp, int64_t k, int64_t rows, int64_t r0,
+                       int64_t r1, const void *x, size_t x_row_bytes, int64_t m, float *y,
+                       int64_t ldy);
+
 #endif /* ENG_QUANT_H */

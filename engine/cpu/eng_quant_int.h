@@ -113,4 +113,34 @@ static inline void eng_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t
     }
 }
 
+/* ---- the packed path (eng_pack*, see eng_quant.h) ---- */
+
+/* Activation block for the packed 32-block kernels: q8_1's d, s and
+ * codes, plus nsum = -sum(qs), which the kernels shift into the starting
+ * value of the integer dot (-8, -16, -128 times the sum: the weights'
+ * code offsets). */
+struct eng_bq8_p { float d, s; int32_t nsum, pad; int8_t qs[ENG_QK]; };
+_Static_assert(sizeof(struct eng_bq8_p) == 48, "q8_p layout");
+
+/* Activation super-block for the packed K-quant kernels: q8_k's d and
+ * codes; off6[j] = -32 * (sum of the 16 codes of group j) (q6_k's code
+ * offset); bs32[j] = sum of the 32 codes of sub-block j (q4_k mins). */
+struct eng_bq8_kp {
+    float d;
+    int32_t off6[ENG_QK_K / 16];
+    int16_t bs32[ENG_QK_K / 32];
+    int8_t qs[ENG_QK_K];
+    uint8_t pad[12];
+};
+_Static_assert(sizeof(struct eng_bq8_kp) == 352, "q8_kp layout");
+
+/* Packed-path activation format ids (eng_pack_act_type). */
+#define ENG_PACK_ACT_32 0x100u
+#define ENG_PACK_ACT_K 0x101u
+
+/* One panel of ENG_PACK_ROWS rows: y[c*ldy + i] for i < nvalid, c < m. */
+void eng_pack_avx512_panels(uint32_t wtype, const uint8_t *wp, size_t panel_bytes,
+                            int64_t nb, int64_t g0, int64_t g1, int64_t rows,
+                            const uint8_t *x, size_t xs, int64_t m, float *y, int64_t ldy);
+
 #endif /* ENG_QUANT_INT_H */
