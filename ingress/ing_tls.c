@@ -355,7 +355,8 @@ static int q_append(struct ing_tls_conn *c, const void *src, size_t n)
             nq = malloc(ncap);
             if (!nq)
                 return -ENOMEM;
-            memcpy(nq, c->q + c->q_head, live);
+            if (live)
+                memcpy(nq, c->q + c->q_head, live);
             if (c->handed && !c->q_old) {
                 /* tls inv 1: the handed region must stay where it is until
                  * ing_tls_conn_sent; the old buffer lives until then. */
@@ -431,7 +432,8 @@ static bool q_flush_sync(struct ing_tls_conn *c)
             return false;
         c->q_head += (size_t)r;
     }
-    explicit_bzero(c->q, c->q_tail);
+    if (c->q_tail)
+        explicit_bzero(c->q, c->q_tail);
     c->q_head = c->q_tail = 0;
     return true;
 }
