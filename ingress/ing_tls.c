@@ -700,7 +700,9 @@ ssize_t ing_tls_conn_write(ing_tls_conn_t *c, const void *src, size_t n)
 
     if (c->st == ING_TLS_HANDSHAKE)
         return -EAGAIN;
-    if (c->st != ING_TLS_OPEN)
+    /* A client's close_notify closes its direction only (TLS 1.3): the
+     * answer to what it sent before still goes out. */
+    if (c->st == ING_TLS_FAILED || (SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN))
         return -EPIPE;
     if (!n)
         return 0;

@@ -211,8 +211,10 @@ int ing_tls_conn_handshake(ing_tls_conn_t *c);
 ssize_t ing_tls_conn_read(ing_tls_conn_t *c, void *dst, size_t cap);
 
 /* Encrypt n response bytes into the queue (kTLS TX: queue the plaintext).
- * Returns n, -EAGAIN before the handshake is done, -EPIPE after CLOSED
- * or FAILED, -ENOMEM. With kTLS TX the caller may instead send plaintext
+ * Returns n, -EAGAIN before the handshake is done, -EPIPE after our
+ * close_notify (ing_tls_conn_shutdown) or FAILED, -ENOMEM. A client's
+ * close_notify alone (CLOSED by read -> 0) is a half-close in TLS 1.3:
+ * the answers to what it sent before may still be written. With kTLS TX the caller may instead send plaintext
  * on the socket itself, in order with what the queue holds. */
 ssize_t ing_tls_conn_write(ing_tls_conn_t *c, const void *src, size_t n);
 

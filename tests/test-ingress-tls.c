@@ -333,6 +333,18 @@ static void test_mem_basic(size_t chunk)
         r = ing_tls_conn_read(s, cell, 100);
     }
     T_CHECK(r == 0 && ing_tls_conn_state(s) == ING_TLS_CLOSED, "close_notify: read %zd", r);
+    /* a half-close: the answer still goes out, before our close_notify */
+    T_CHECK(ing_tls_conn_write(s, "bye", 3) == 3, "write after the client's close_notify");
+    {
+        char bye[8] = "";
+        size_t k = 0;
+        for (int i = 0; i < 100 && !k; i++) {
+            pump(&c, s, chunk == 1 ? 4096 : chunk);
+            if (SSL_read_ex(c.ssl, bye, sizeof(bye), &k) != 1)
+                k = 0;
+        }
+        T_CHECK(k == 3 && !memcmp(bye, "bye", 3), "half-close answer: %zu bytes", k);
+    }
     T_CHECK(ing_tls_conn_shutdown(s) == 0, "shutdown");
     pump(&c, s, chunk);
     T_CHECK(SSL_shutdown(c.ssl) == 1, "client did not get our close_notify");
