@@ -56,6 +56,7 @@ struct ing_tls_conn {
     int fd;
     enum ing_tls_state st;
     bool ktls_tx;
+    const char *ktls_note;   /* why kTLS TX is on or off (ing_tls_info) */
     bool rekey_refused;      /* OpenSSL asked to re-key kTLS TX */
     bool eof;                /* TCP EOF fed */
     bool handed;             /* handed_p/_n are out with the loop (tls inv 1);
@@ -303,7 +304,8 @@ int ing_tls_ctx_new(ing_tls_ctx_t **out, const char *cert, const char *key, unsi
     SSL_CTX_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_alpn_select_cb(t->ssl, alpn_select, NULL);
     SSL_CTX_set_info_callback(t->ssl, info_cb);
-    t->ktls = !(flags & ING_TLS_NO_KTLS) && ing_tls_ktls_available();
+    t->ktls = !(flags & ING_TLS_NO_KTLS) &&
+              ((flags & ING_TLS_KTLS_ALWAYS) || ing_tls_ktls_available());
     if (t->ktls)
         SSL_CTX_set_options(t->ssl, SSL_OP_ENABLE_KTLS);
     favo_info("tls: TLS 1.3 only, ALPN http/1.1, tickets off, kernel TLS transmit %s",
@@ -452,13 +454,22 @@ static long q_set_ktls(struct ing_tls_conn *c, long is_tx, void *crypto_info)
         c->rekey_refused = true;
         return 0;
     }
-    if (getsockopt(c->fd, IPPROTO_TCP, TCP_ULP, ulp, &len) || strcmp(ulp, "tls"))
-        return 0; /* no tls ULP on this socket: userspace path */
-    if (c->handed || !q_flush_sync(c))
+    if (getsockopt(c->fd, IPPROTO_TCP, TCP_ULP, ulp, &len) || strcmp(ulp, "tls")) {
+        c->ktls_note = "off: no tls ULP on the socket";
+        return 0; /* userspace path */
+    }
+    if (c->handed || !q_flush_sync(c)) {
+        c->ktls_note = "off: the handshake flight could not be sent at once";
         return 0; /* tls inv 2: bytes still to go out; stay in userspace */
+    }
+    FAVO_ASSERT(c->q_head == c->q_tail && !c->handed); /* tls inv 2 */
     r = BIO_ctrl(c->sock, ING_BIO_CTRL_SET_KTLS, is_tx, crypto_info);
-    if (r > 0)
+    if (r > 0) {
         c->ktls_tx = true;
+        c->ktls_note = "on";
+    } else {
+        c->ktls_note = "off: the kernel refused TLS_TX";
+    }
     return r;
 }
 
@@ -569,6 +580,7 @@ int ing_tls_conn_new(ing_tls_ctx_t *t, int fd, ing_tls_conn_t **out)
          * never reads or writes fd before kTLS TX is on (tls inv 2). */
         c->sock = BIO_new_socket(fd, BIO_NOCLOSE);
     }
+    c->ktls_note = c->sock ? "off: not asked by OpenSSL (suite or build)" : "off: not offered";
     if (!c->sock)
         SSL_clear_options(c->ssl, SSL_OP_ENABLE_KTLS);
     SSL_set_bio(c->ssl, c->rbio, c->wbio); /* ssl owns both now */
@@ -779,5 +791,6 @@ int ing_tls_conn_info(const ing_tls_conn_t *c, struct ing_tls_info *info)
     if (alen)
         memcpy(info->alpn, alpn, alen);
     info->ktls_tx = c->ktls_tx;
+    info->ktls_note = c->ktls_note;
     return 0;
 }

@@ -149,7 +149,9 @@ typedef struct ing_tls_ctx ing_tls_ctx_t;
 typedef struct ing_tls_conn ing_tls_conn_t;
 
 enum ing_tls_flags {
-    ING_TLS_NO_KTLS = 1u << 0, /* never offer kernel TLS (tests, --tls-no-ktls) */
+    ING_TLS_NO_KTLS = 1u << 0,     /* never offer kernel TLS (tests, --tls-no-ktls) */
+    ING_TLS_KTLS_ALWAYS = 1u << 1, /* offer it even when the host probe says no
+                                      (tests: walks the decline path) */
 };
 
 enum ing_tls_state {
@@ -249,6 +251,11 @@ struct ing_tls_info {
     const char *version, *cipher;
     char alpn[16];
     bool ktls_tx;
+    /* "on", or "off: " and why: not offered (flag, no ULP on the host, no
+     * fd), not asked by OpenSSL (suite or build), no tls ULP on the
+     * socket, the handshake flight could not be sent at once, the kernel
+     * refused TLS_TX. */
+    const char *ktls_note;
 };
 int ing_tls_conn_info(const ing_tls_conn_t *c, struct ing_tls_info *info);
 

@@ -503,6 +503,7 @@ struct result {
     int hs_rc;               /* 0: handshake done; else the failure */
     int alert;
     bool ktls;
+    const char *ktls_note;
     char alpn[16];
     size_t body_len;
     bool body_ok;
@@ -624,6 +625,7 @@ static void serve_conn(int fd)
             res.hs_rc = ing_tls_conn_info(s, &info) ? -EPROTO : 0;
             if (!res.hs_rc) {
                 res.ktls = info.ktls_tx;
+                res.ktls_note = info.ktls_note;
                 memcpy(res.alpn, info.alpn, sizeof(res.alpn));
             }
         }
@@ -711,7 +713,10 @@ static int run_cmd(const char *cmd, char **out)
     return st;
 }
 
-static void socket_cases(ing_tls_ctx_t *ctx, bool ktls_case)
+/* ktls_case: 0 userspace path (ING_TLS_NO_KTLS), 1 kTLS TX expected on,
+ * 2 kTLS offered on a host without the tls ULP: OpenSSL must ask for it
+ * through the queue BIO, and the module must decline and carry on. */
+static void socket_cases(ing_tls_ctx_t *ctx, int ktls_case)
 {
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t al = sizeof(a);
@@ -745,13 +750,21 @@ static void socket_cases(ing_tls_ctx_t *ctx, bool ktls_case)
     out = NULL;
     T_CHECK(result_wait(k, &res) && res.hs_rc == 0 && !strcmp(res.alpn, "http/1.1"),
             "curl GET: server side hs %d alpn '%s'", res.hs_rc, res.alpn);
-    if (ktls_case) {
-        T_CHECK(res.ktls, "kernel TLS transmit was not switched on with the tls ULP present");
+    if (ktls_case == 1) {
+        T_CHECK(res.ktls, "kernel TLS transmit was not switched on with the tls ULP present: %s",
+                res.ktls_note ? res.ktls_note : "?");
         fprintf(stderr, "ktls: curl answered over kernel TLS transmit: %s\n",
-                res.ktls ? "yes" : "no");
+                res.ktls_note ? res.ktls_note : "?");
         goto stop;
     }
-    T_CHECK(!res.ktls, "kTLS on with ING_TLS_NO_KTLS");
+    if (ktls_case == 2) {
+        T_CHECK(!res.ktls && res.ktls_note && !strcmp(res.ktls_note, "off: no tls ULP on the socket"),
+                "kTLS decline path: '%s' (OpenSSL must ask through the queue BIO)",
+                res.ktls_note ? res.ktls_note : "?");
+        goto stop;
+    }
+    T_CHECK(!res.ktls && res.ktls_note && !strcmp(res.ktls_note, "off: not offered"),
+            "kTLS with ING_TLS_NO_KTLS: '%s'", res.ktls_note ? res.ktls_note : "?");
     k++;
 
     /* 2. curl limited to TLS 1.2: refused with protocol_version */
@@ -819,7 +832,8 @@ static void socket_cases(ing_tls_ctx_t *ctx, bool ktls_case)
 
 stop:
     fprintf(stderr, "socket cases%s: %u connections served, %d failures so far\n",
-            ktls_case ? " (kTLS)" : "", srv.nres, t_failures);
+            ktls_case == 1 ? " (kTLS)" : ktls_case == 2 ? " (kTLS declined)" : "", srv.nres,
+            t_failures);
     if (write(srv.stop_pipe[1], "x", 1) != 1)
         T_CHECK(0, "stop pipe");
     pthread_join(th, NULL);
@@ -861,7 +875,7 @@ int main(void)
         test_mem_refusals();
         test_mem_bad_input();
         if (have("curl")) {
-            socket_cases(mem_ctx, false);
+            socket_cases(mem_ctx, 0);
         } else {
             fprintf(stderr, "SKIP socket cases: curl is not installed (Debian package curl)\n");
         }
@@ -875,11 +889,18 @@ int main(void)
         T_CHECK(ing_tls_ctx_new(&kctx, p_chain, p_key, 0, err, sizeof(err)) == 0, "ctx: %s",
                 err);
         if (kctx)
-            socket_cases(kctx, true);
+            socket_cases(kctx, 1);
         ing_tls_ctx_free(kctx);
-    } else {
+    } else if (have("curl")) {
+        ing_tls_ctx_t *kctx = NULL;
         fprintf(stderr, "SKIP ktls case: this kernel has no tls ULP "
-                        "(/proc/sys/net/ipv4/tcp_available_ulp lacks 'tls'; modprobe tls)\n");
+                        "(/proc/sys/net/ipv4/tcp_available_ulp lacks 'tls'; modprobe tls); "
+                        "checking the decline path instead\n");
+        T_CHECK(ing_tls_ctx_new(&kctx, p_chain, p_key, ING_TLS_KTLS_ALWAYS, err, sizeof(err)) == 0,
+                "ctx: %s", err);
+        if (kctx)
+            socket_cases(kctx, 2);
+        ing_tls_ctx_free(kctx);
     }
 
     ing_tls_ctx_free(mem_ctx);
