@@ -35,8 +35,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #define MM_ROW_ALIGN 16   /* matmul row ranges start on multiples of this */
+#define PK_PER_LAYER 7    /* wq wk wv wo gate up down */
+
+_Static_assert(MM_ROW_ALIGN % ENG_PACK_ROWS == 0, "row ranges on whole panels");
 
 struct eng_ctx {
     const struct eng_model *m;
@@ -63,6 +67,11 @@ struct eng_ctx {
     char *sample_scratch;         /* [nth][sample_scratch_bytes], zeroed */
     size_t sample_scratch_bytes;
     float *inv_freq[2];           /* [rope_dim/2] global and SWA bases */
+    /* packed weights (eng_pack, eng_quant.h), [n_layer * PK_PER_LAYER + 1]
+     * (the output last); NULL where a type has no packed kernel */
+    const void **pk;
+    void *pkmem;
+    size_t pksize;
     /* the step being run */
     const struct eng_batch *b;
     struct eng_sample_out *out;
@@ -98,12 +107,33 @@ static void barrier(struct thr *t)
  * ld floats apart) to the weight's activation type first, unless xq
  * already holds exactly that. Ends with a barrier.
  */
-static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, uint32_t ld,
-                   uint32_t m, float *y, uint32_t ldy, int sync)
+/* The activation format and row size w's kernel wants: the packed path's
+ * (wp: w's panels) or eng_quant's. */
+static uint32_t act_type(const struct eng_tensor *w, const void *wp)
+{
+    return wp ? eng_pack_act_type(w->type) : eng_vec_dot_type(w->type);
+}
+
+static size_t act_rsize(const struct eng_tensor *w, const void *wp)
+{
+    return wp ? eng_pack_act_row_size(w->type, (int64_t)w->ne0)
+              : eng_quant_act_row_size(w->type, (int64_t)w->ne0);
+}
+
+static void act_quant(const struct eng_tensor *w, const void *wp, const float *row, void *dst)
+{
+    if (wp)
+        (void)eng_pack_act_row(w->type, row, dst, (int64_t)w->ne0);
+    else
+        (void)eng_quant_row(eng_vec_dot_type(w->type), row, dst, (int64_t)w->ne0);
+}
+
+static void matmul(struct thr *t, const struct eng_tensor *w, const void *wp, const float *src,
+                   uint32_t ld, uint32_t m, float *y, uint32_t ldy, int sync)
 {
     struct eng_ctx *c = t->c;
-    uint32_t at = eng_vec_dot_type(w->type);
-    size_t xrb = eng_quant_act_row_size(w->type, (int64_t)w->ne0);
+    uint32_t at = act_type(w, wp);
+    size_t xrb = act_rsize(w, wp);
     uint32_t lo, hi, rows = (uint32_t)w->ne1, blocks;
 
     if (c->exact) {
@@ -125,8 +155,7 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, 
     if (t->q_src != src || t->q_type != at || t->q_k != w->ne0) {
         range(m, t->ith, t->nth, &lo, &hi);
         for (uint32_t j = lo; j < hi; j++)
-            (void)eng_quant_row(at, src + (size_t)j * ld, (char *)c->xq + j * xrb,
-                                (int64_t)w->ne0);
+            act_quant(w, wp, src + (size_t)j * ld, (char *)c->xq + j * xrb);
         t->q_src = src;
         t->q_type = at;
         t->q_k = (uint32_t)w->ne0;
@@ -136,7 +165,9 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, 
     range(blocks, t->ith, t->nth, &lo, &hi);
     lo *= MM_ROW_ALIGN;
     hi = FAVO_MIN(hi * MM_ROW_ALIGN, rows);
-    if (lo < hi)
+    if (lo < hi && wp)
+        eng_matmul_packed(w->type, wp, (int64_t)w->ne0, rows, lo, hi, c->xq, xrb, m, y, ldy);
+    else if (lo < hi)
         eng_matmul(w->type, w->data, w->row_bytes, (int64_t)w->ne0, lo, hi, c->xq, xrb, m, y,
                    ldy);
     if (sync)
@@ -145,9 +176,10 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const float *src, 
 
 /* Whether b can reuse the activations quantized for a: then a's matmul
  * needs no barrier before b's (both only read xq; they write disjoint y). */
-static int same_act(const struct eng_tensor *a, const struct eng_tensor *b)
+static int same_act(const struct eng_tensor *a, const void *ap, const struct eng_tensor *b,
+                    const void *bp)
 {
-    return eng_vec_dot_type(a->type) == eng_vec_dot_type(b->type) && a->ne0 == b->ne0;
+    return act_type(a, ap) == act_type(b, bp) && a->ne0 == b->ne0;
 }
 
 /*
@@ -156,22 +188,21 @@ static int same_act(const struct eng_tensor *a, const struct eng_tensor *b)
  * thread) so that matmul skips its own quantization pass and barrier. The
  * rows a thread quantizes are the same token range matmul would give it.
  */
-static void prequant(struct thr *t, const struct eng_tensor *w, const float *row, uint32_t j)
+static void prequant(struct thr *t, const struct eng_tensor *w, const void *wp, const float *row,
+                     uint32_t j)
 {
     struct eng_ctx *c = t->c;
-    size_t xrb;
 
     if (c->exact)
         return;
-    xrb = eng_quant_act_row_size(w->type, (int64_t)w->ne0);
-    (void)eng_quant_row(eng_vec_dot_type(w->type), row, (char *)c->xq + j * xrb,
-                        (int64_t)w->ne0);
+    act_quant(w, wp, row, (char *)c->xq + j * act_rsize(w, wp));
 }
 
-static void prequant_done(struct thr *t, const struct eng_tensor *w, const float *src)
+static void prequant_done(struct thr *t, const struct eng_tensor *w, const void *wp,
+                          const float *src)
 {
     t->q_src = src;
-    t->q_type = eng_vec_dot_type(w->type);
+    t->q_type = act_type(w, wp);
     t->q_k = (uint32_t)w->ne0;
 }
 
@@ -237,17 +268,18 @@ static void layer(struct thr *t, uint32_t il)
     uint32_t E = hp->n_embd, T = c->n_tok, hd = hp->head_dim, hdv = hp->head_dim_v;
     uint32_t nq = hp->n_head * hd, nk = hp->n_head_kv * hd, nv = hp->n_head_kv * hdv;
     uint32_t no = hp->n_head * hdv, F = hp->n_ff, half = hp->rope_dim / 2, lo, hi;
+    const void *const *pk = c->pk + (size_t)il * PK_PER_LAYER;
 
     range(T, t->ith, t->nth, &lo, &hi);
     for (uint32_t i = lo; i < hi; i++) {
         ops->rmsnorm(c->h + (size_t)i * E, c->x + (size_t)i * E, L->attn_norm.data, E, hp->eps);
-        prequant(t, &L->wq, c->h + (size_t)i * E, i);
+        prequant(t, &L->wq, pk[0], c->h + (size_t)i * E, i);
     }
-    prequant_done(t, &L->wq, c->h);
+    prequant_done(t, &L->wq, pk[0], c->h);
     barrier(t);
-    matmul(t, &L->wq, c->h, E, T, c->q, nq, !same_act(&L->wq, &L->wk));
-    matmul(t, &L->wk, c->h, E, T, c->k, nk, !same_act(&L->wk, &L->wv));
-    matmul(t, &L->wv, c->h, E, T, c->v, nv, 1);
+    matmul(t, &L->wq, pk[0], c->h, E, T, c->q, nq, !same_act(&L->wq, pk[0], &L->wk, pk[1]));
+    matmul(t, &L->wk, pk[1], c->h, E, T, c->k, nk, !same_act(&L->wk, pk[1], &L->wv, pk[2]));
+    matmul(t, &L->wv, pk[2], c->h, E, T, c->v, nv, 1);
 
     /* Per token: biases, Q/K norms, RoPE, KV write. */
     for (uint32_t i = lo; i < hi; i++) {
@@ -279,7 +311,7 @@ static void layer(struct thr *t, uint32_t il)
     }
     barrier(t);
     attention(t, il);
-    matmul(t, &L->wo, c->att, no, T, c->h, E, 1);
+    matmul(t, &L->wo, pk[3], c->att, no, T, c->h, E, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
 
@@ -288,12 +320,12 @@ static void layer(struct thr *t, uint32_t il)
         for (uint32_t e = 0; e < E; e++)
             x[e] += o[e];
         ops->rmsnorm(o, x, L->ffn_norm.data, E, hp->eps);
-        prequant(t, &L->gate, o, i);
+        prequant(t, &L->gate, pk[4], o, i);
     }
-    prequant_done(t, &L->gate, c->h);
+    prequant_done(t, &L->gate, pk[4], c->h);
     barrier(t);
-    matmul(t, &L->gate, c->h, E, T, c->g, F, !same_act(&L->gate, &L->up));
-    matmul(t, &L->up, c->h, E, T, c->u, F, 1);
+    matmul(t, &L->gate, pk[4], c->h, E, T, c->g, F, !same_act(&L->gate, pk[4], &L->up, pk[5]));
+    matmul(t, &L->up, pk[5], c->h, E, T, c->u, F, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *g = c->g + (size_t)i * F, *u = c->u + (size_t)i * F;
 
@@ -301,11 +333,11 @@ static void layer(struct thr *t, uint32_t il)
             eng_ops_gelu_mul(g, g, u, F);
         else
             eng_ops_silu_mul(g, g, u, F);
-        prequant(t, &L->down, g, i);
+        prequant(t, &L->down, pk[6], g, i);
     }
-    prequant_done(t, &L->down, c->g);
+    prequant_done(t, &L->down, pk[6], c->g);
     barrier(t);
-    matmul(t, &L->down, c->g, F, T, c->h, E, 1);
+    matmul(t, &L->down, pk[6], c->g, F, T, c->h, E, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
 
@@ -324,6 +356,7 @@ static void forward(void *arg, unsigned ith, unsigned nth)
     const struct eng_hparams *hp = &m->hp;
     struct thr t = { .c = c, .ith = ith, .nth = nth };
     uint32_t E = hp->n_embd, half = hp->rope_dim / 2, lo, hi;
+    const void *pko = c->pk[(size_t)hp->n_layer * PK_PER_LAYER];
 
     /* Embeddings and each token's RoPE cos/sin for both bases. */
     range(c->n_tok, ith, nth, &lo, &hi);
@@ -358,11 +391,11 @@ static void forward(void *arg, unsigned ith, unsigned nth)
     for (uint32_t j = lo; j < hi; j++) {
         c->ops->rmsnorm(c->h + (size_t)j * E, c->x + (size_t)c->out_tok[j] * E,
                         m->output_norm.data, E, hp->eps);
-        prequant(&t, &m->output, c->h + (size_t)j * E, j);
+        prequant(&t, &m->output, pko, c->h + (size_t)j * E, j);
     }
-    prequant_done(&t, &m->output, c->h);
+    prequant_done(&t, &m->output, pko, c->h);
     barrier(&t);
-    matmul(&t, &m->output, c->h, E, c->n_out, c->logits, hp->n_vocab, 1);
+    matmul(&t, &m->output, pko, c->h, E, c->n_out, c->logits, hp->n_vocab, 1);
     range(c->n_out, ith, nth, &lo, &hi);
     for (uint32_t j = lo; j < hi; j++) {
         const struct eng_seq *s = &c->b->seqs[c->out_seq[j]];
@@ -478,6 +511,77 @@ static void *ctx_alloc(struct eng_ctx *c, size_t n)
     return p;
 }
 
+/* The matmul tensors in pk order. */
+static const struct eng_tensor *pk_tensor(const struct eng_model *m, size_t i)
+{
+    const struct eng_layer *L;
+
+    if (i == (size_t)m->hp.n_layer * PK_PER_LAYER)
+        return &m->output;
+    L = &m->layers[i / PK_PER_LAYER];
+    switch (i % PK_PER_LAYER) {
+    case 0: return &L->wq;
+    case 1: return &L->wk;
+    case 2: return &L->wv;
+    case 3: return &L->wo;
+    case 4: return &L->gate;
+    case 5: return &L->up;
+    default: return &L->down;
+    }
+}
+
+/*
+ * Pack every matmul weight whose type has a packed kernel on this CPU
+ * into panels (eng_quant.h "Packed weights"), in one anonymous region of
+ * their own (huge pages, locked where the limit allows, like the model's
+ * weights). The row-major weights stay in the model: the embedding
+ * lookup, exact mode and the other kernels read them. Not in exact mode.
+ */
+static int pack_weights(struct eng_ctx *c)
+{
+    const struct eng_model *m = c->m;
+    size_t n = (size_t)m->hp.n_layer * PK_PER_LAYER + 1, total = 0, off = 0;
+    struct rlimit rl;
+    char *base;
+
+    c->pk = calloc(n, sizeof(*c->pk));
+    if (!c->pk)
+        return -ENOMEM;
+    if (c->exact)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct eng_tensor *w = pk_tensor(m, i);
+
+        total += (eng_pack_size(w->type, (int64_t)w->ne0, (int64_t)w->ne1) + 63) & ~(size_t)63;
+    }
+    if (!total)
+        return 0;
+    total = (total + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        return -ENOMEM;
+    (void)madvise(base, total, MADV_HUGEPAGE);
+    c->pkmem = base;
+    c->pksize = total;
+    for (size_t i = 0; i < n; i++) {
+        const struct eng_tensor *w = pk_tensor(m, i);
+        size_t sz = eng_pack_size(w->type, (int64_t)w->ne0, (int64_t)w->ne1);
+
+        if (!sz)
+            continue;
+        if (eng_pack(w->type, w->data, w->row_bytes, (int64_t)w->ne0, (int64_t)w->ne1,
+                     base + off))
+            return -EINVAL;
+        c->pk[i] = base + off;
+        off += (sz + 63) & ~(size_t)63;
+    }
+    (void)madvise(base, total, MADV_DONTDUMP);
+    if (!(m->flags & ENG_MODEL_NO_MLOCK) && !getrlimit(RLIMIT_MEMLOCK, &rl) &&
+        (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= total))
+        (void)mlock(base, total);
+    return 0;
+}
+
 int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
                  const struct eng_ctx_opts *o)
 {
@@ -527,8 +631,12 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
                 goto fail;
             }
             c->act_row_max = FAVO_MAX(c->act_row_max, r);
+            c->act_row_max = FAVO_MAX(c->act_row_max,
+                                      eng_pack_act_row_size(mw[i]->type, (int64_t)mw[i]->ne0));
         }
     }
+    c->act_row_max = FAVO_MAX(c->act_row_max,
+                              eng_pack_act_row_size(m->output.type, (int64_t)E));
     hw = FAVO_MAX(E, no);
     c->exact = o && o->exact;
     c->k_max = (uint32_t)FAVO_MAX(FAVO_MAX(E, no), F);
@@ -571,6 +679,8 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
             c->inv_freq[b][d] = (float)f;
         }
     }
+    if ((rc = pack_weights(c)))
+        goto fail;
     if ((rc = eng_pool_init(&c->pool, c->nth)))
         goto fail;
     *out = c;
@@ -585,8 +695,11 @@ void eng_ctx_free(eng_ctx_t *c)
     if (!c)
         return;
     eng_pool_free(c->pool);
+    if (c->pkmem)
+        munmap(c->pkmem, c->pksize);
     for (unsigned i = 0; i < c->n_bufs; i++)
         munmap(c->bufs[i].p, c->bufs[i].len);
+    free(c->pk);
     free(c);
 }
 
