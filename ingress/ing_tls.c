@@ -39,6 +39,10 @@
 #define ING_BIO_CTRL_SET_KTLS_TX_SEND_CTRL_MSG 74
 #define ING_BIO_CTRL_CLEAR_KTLS_TX_CTRL_MSG 75
 
+/* An empty write queue larger than this is freed (per-connection memory
+ * of idle keep-alive connections stays small). */
+#define ING_TLS_QUEUE_KEEP (64u * 1024u)
+
 /* Largest certificate or key file read (a chain of a few certificates is
  * a few KiB). */
 #define ING_TLS_PEM_MAX (1u << 20)
@@ -416,6 +420,13 @@ void ing_tls_conn_sent(ing_tls_conn_t *c, size_t n)
     if (c->q_head == c->q_tail && c->q_tail) {
         explicit_bzero(c->q, c->q_tail); /* may be plaintext (kTLS mode) */
         c->q_head = c->q_tail = 0;
+        if (c->q_cap > ING_TLS_QUEUE_KEEP) {
+            /* a large answer went out: an idle connection keeps no more
+             * than a handshake's worth */
+            free(c->q);
+            c->q = NULL;
+            c->q_cap = 0;
+        }
     }
 }
 
