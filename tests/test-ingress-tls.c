@@ -740,7 +740,7 @@ static void socket_cases(ing_tls_ctx_t *ctx, int ktls_case)
 
     /* 1. curl, TLS 1.3, verifying the chain, GET */
     snprintf(cmd, sizeof(cmd),
-             "curl -sS --max-time 20 --tlsv1.3 --cacert '%s' -w '\\nhttp=%%{http_version}\\n' "
+             "curl -sS --noproxy '*' --max-time 20 --tlsv1.3 --cacert '%s' -w '\\nhttp=%%{http_version}\\n' "
              "https://127.0.0.1:%u/",
              p_ca, srv.port);
     st = run_cmd(cmd, &out);
@@ -769,7 +769,7 @@ static void socket_cases(ing_tls_ctx_t *ctx, int ktls_case)
 
     /* 2. curl limited to TLS 1.2: refused with protocol_version */
     snprintf(cmd, sizeof(cmd),
-             "curl -sS --max-time 20 --tlsv1.2 --tls-max 1.2 --cacert '%s' "
+             "curl -sS --noproxy '*' --max-time 20 --tlsv1.2 --tls-max 1.2 --cacert '%s' "
              "https://127.0.0.1:%u/ 2>&1",
              p_ca, srv.port);
     st = run_cmd(cmd, &out);
@@ -812,7 +812,7 @@ static void socket_cases(ing_tls_ctx_t *ctx, int ktls_case)
 
     /* 5. a 6 MiB body, decrypted into one contiguous buffer */
     snprintf(cmd, sizeof(cmd),
-             "curl -sS --max-time 60 --tlsv1.3 --cacert '%s' -H 'Expect:' "
+             "curl -sS --noproxy '*' --max-time 60 --tlsv1.3 --cacert '%s' -H 'Expect:' "
              "-H 'Content-Type: application/octet-stream' --data-binary @'%s' "
              "https://127.0.0.1:%u/",
              p_ca, p_big, srv.port);
