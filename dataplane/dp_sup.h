@@ -47,7 +47,7 @@
 #include "shm_stats.h"
 
 #define DP_SUP_MAX_STAGES 8
-#define DP_SUP_MAX_ARGS 16
+#define DP_SUP_MAX_ARGS 48
 #define DP_SUP_NO_BREAKER 0xffffffffu /* tests that kill stages on purpose */
 #define DP_SUP_DATA_FD 3  /* the data segment fd number inside a stage */
 #define DP_SUP_MAX_FDS 8
