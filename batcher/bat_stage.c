@@ -375,16 +375,34 @@ static int do_step(struct bst *b, uint64_t now)
     bat_sched_info(&b->s, &in);
     stats_after_step(b, &in);
     if (p->n_seqs == 0) {
-        /* Only cancels/timeouts (or nothing could start): no engine work. */
+        /* Only cancels/timeouts (or nothing could start): no engine work;
+         * the loop completes it once its events are out (in_flight). */
         b->stalled = true;
-        rc = bat_sched_complete_ob(&b->s, p, NULL, now);
-        FAVO_ASSERT(rc >= 0 || rc == -EAGAIN);
         return 1;
     }
     b->stalled = false;
     for (unsigned r = 1; r < b->n_ranks; r++)
         copy_plan(shm_pipe_plan(b->pipe, r, slot), p);
     send_plan(b, p->step);
+    return 1;
+}
+
+/* The plan in flight: an empty one is completed here, without the
+ * engines, once the outbox is out; any other goes to every rank that has
+ * not got it (its ring was full, or we restarted). */
+static int in_flight(struct bst *b, const struct bat_sched_info *in, uint64_t now)
+{
+    unsigned slot = (unsigned)(in->step % SHM_PIPE_PLAN_SLOTS);
+    struct bat_plan *p = shm_pipe_plan(b->pipe, 0, slot);
+
+    if (p->n_seqs) {
+        send_plan(b, in->step);
+        return 0;
+    }
+    if (in->n_outbox)
+        return 0;
+    int rc = bat_sched_complete_ob(&b->s, p, NULL, now);
+    FAVO_ASSERT(rc >= 0); /* the outbox is empty and p is the latest */
     return 1;
 }
 
@@ -555,7 +573,7 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
         work += drain_ctl(&b);
         bat_sched_info(&b.s, &in);
         if (in.step > in.done_step) {
-            send_plan(&b, in.step); /* a rank whose ring was full, or a restart */
+            work += in_flight(&b, &in, now);
         } else if (!in.n_outbox && (in.n_waiting || in.n_running) && (work || !b.stalled)) {
             work += do_step(&b, now);
         }
