@@ -1,0 +1,1295 @@
+/*
+ * egr_stage.c - the egress stage loop (design, lifecycle and invariants in
+ * egr_stage.h).
+ *
+ * Process-local tables, allocated once at start (invariant 8):
+ *   rs[]    one slot per response this process is working on, found by
+ *           cell reference through a chained hash; it only caches pointers
+ *           into the cell, where the state itself lives.
+ *   conns[] the client sockets ingress handed over, found by (worker, slot)
+ *           of the conn key; each has a FIFO of its responses (HTTP/1.1
+ *           without pipelining: one at a time, but a late FINISH of the
+ *           previous one may overlap the next START) and at most one send
+ *           in flight.
+ *
+ * user_data of every SQE: op (8 bits) | index (24 bits) | generation (32),
+ * so a completion for a connection slot that was reused is dropped.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <liburing.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "egr_stage.h"
+#include "favo_base.h"
+#include "shm_fdpass.h"
+
+enum { OP_BELL = 1, OP_FDPASS, OP_SEND, OP_TICK };
+
+#define TICK_MS 50u
+#define MAX_CONNS 16384u
+#define NONE UINT32_MAX
+#define EV_BURST 64u
+#define RESP_DONE 2 /* struct egr_resp.state: 1 BODY, 2 DONE (egr.h) */
+#define SPIN_NS 50000ull
+
+struct rs {
+    shm_cell_ref_t cell;           /* SHM_CELL_REF_NONE: free slot */
+    struct egr_stage_state *st;    /* in the cell */
+    const struct shm_req *req;     /* ingress's copy, in the cell */
+    char *cellp;
+    const int32_t *ids;            /* generated ids */
+    char *area;
+    size_t cap;
+    uint32_t conn;                 /* conns[] index, NONE: no socket */
+    uint32_t cnext;                /* next response on the same connection */
+    uint32_t hnext;                /* hash chain / free list */
+    uint8_t first_pending;         /* text released, not yet handed to the socket */
+    uint8_t retry;                 /* a ctl or conn message waits for ring room */
+};
+
+struct conn {
+    uint64_t key;                  /* ingress's conn key; 0: free */
+    int fd;
+    uint32_t gen;                  /* this slot's generation, for user_data */
+    uint32_t head, tail;           /* responses, FIFO */
+    uint32_t hnext;                /* hash chain / free list */
+    uint32_t sending;              /* bytes of the send in flight; 0: none */
+    uint64_t send_ns;
+    uint8_t shut;                  /* shutdown() done */
+    uint8_t timed_out;
+    uint8_t mapped;                /* in the (worker, slot) map */
+};
+
+struct egr {
+    const struct egr_stage_cfg *cfg;
+    const struct shm_pipe *pipe;
+    eng_tok_t *tok;
+    size_t text_max;
+    struct shm_cell_pool pool;
+    shm_ring_t ev, ctl, conn_ring[SHM_PIPE_MAX_INGRESS];
+    unsigned n_ingress;
+    shm_bell_efd_t bell, ing_bell[SHM_PIPE_MAX_INGRESS];
+    bool ing_bell_ok[SHM_PIPE_MAX_INGRESS], ring_ing[SHM_PIPE_MAX_INGRESS];
+    shm_bell_ec_t bat_bell;
+    bool ring_bat;
+    struct io_uring ring;
+    uint64_t bell_buf;
+    bool bell_armed, fdpass_armed, fdpass_dead;
+    struct __kernel_timespec tick_ts;
+
+    struct rs *rs;
+    uint32_t n_rs, rs_free, rs_active, *rs_hash, rs_mask;
+    struct conn *conns;
+    uint32_t conn_free, n_conns, *conn_hash, conn_mask;
+    bool retry_pending;
+
+    const char *model_id, *fp;
+    uint64_t write_timeout_ns;
+    uint64_t now;
+    uint64_t id_seq, id_salt;
+    char logbuf[1024];
+};
+
+static inline uint64_t ud_make(unsigned op, uint32_t idx, uint32_t gen)
+{
+    return ((uint64_t)op << 56) | ((uint64_t)(idx & 0xffffffu) << 32) | gen;
+}
+
+static inline uint32_t hash64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+static struct io_uring_sqe *sqe_get(struct egr *E)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&E->ring);
+
+    if (!sqe) {
+        io_uring_submit(&E->ring);
+        sqe = io_uring_get_sqe(&E->ring);
+    }
+    FAVO_ASSERT(sqe != NULL); /* a submit frees every SQ entry */
+    return sqe;
+}
+
+/* ------------------------------------------------------------- stats */
+
+static void st_add(struct egr *E, enum shm_stats_counter c)
+{
+    if (E->cfg->stats_w)
+        shm_stats_add(E->cfg->stats_w, c, 1);
+}
+
+static void st_obs(struct egr *E, enum shm_stats_hist_id h, uint64_t ns)
+{
+    if (E->cfg->stats_w)
+        shm_stats_observe(E->cfg->stats_w, h, ns);
+}
+
+/* ----------------------------------------------------------- connections */
+
+static struct conn *conn_find(struct egr *E, uint64_t key)
+{
+    uint32_t i = E->conn_hash[hash64(key >> 24) & E->conn_mask];
+
+    for (; i != NONE; i = E->conns[i].hnext)
+        if ((E->conns[i].key >> 24) == (key >> 24))
+            return &E->conns[i];
+    return NULL;
+}
+
+static void conn_unmap(struct egr *E, struct conn *c)
+{
+    uint32_t *p = &E->conn_hash[hash64(c->key >> 24) & E->conn_mask], idx = (uint32_t)(c - E->conns);
+
+    if (!c->mapped)
+        return;
+    while (*p != idx) {
+        FAVO_ASSERT(*p != NONE);
+        p = &E->conns[*p].hnext;
+    }
+    *p = c->hnext;
+    c->mapped = 0;
+}
+
+static void conn_shut(struct conn *c)
+{
+    if (!c->shut && c->fd >= 0) {
+        /* Ends the connection for ingress too (same socket): a send in
+         * flight completes with an error, a parked recv sees EOF. */
+        shutdown(c->fd, SHUT_RDWR);
+        c->shut = 1;
+    }
+}
+
+/* Close and free a slot with no responses and no send in flight. */
+static void conn_release(struct egr *E, struct conn *c)
+{
+    FAVO_ASSERT(c->head == NONE && c->sending == 0); /* egr stage inv 1, 2 */
+    conn_unmap(E, c);
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->key = 0;
+    c->gen++;
+    c->hnext = E->conn_free;
+    E->conn_free = (uint32_t)(c - E->conns);
+    E->n_conns--;
+}
+
+static void rs_gone(struct egr *E, struct rs *r, bool timeout);
+static void conn_fail(struct egr *E, struct conn *c, bool timeout);
+
+/* A connection slot of ingress was reused, or the same key came again. */
+static void conn_add(struct egr *E, uint64_t key, int fd)
+{
+    struct conn *c = conn_find(E, key);
+    uint32_t i;
+
+    if (c && c->key == key) {
+        close(fd); /* the same socket again (a re-send): keep ours */
+        return;
+    }
+    if (c) {
+        /* ingress closed that connection and reused its slot: whatever is
+         * still queued on the old one has no client */
+        conn_unmap(E, c);
+        if (c->head == NONE && !c->sending) {
+            conn_release(E, c);
+        } else {
+            conn_fail(E, c, false);
+        }
+    }
+    if (E->conn_free == NONE) {
+        favo_warn("egress: connection table full (%u): refusing a socket", MAX_CONNS);
+        close(fd);
+        return;
+    }
+    i = E->conn_free;
+    c = &E->conns[i];
+    E->conn_free = c->hnext;
+    E->n_conns++;
+    c->key = key;
+    c->fd = fd;
+    c->head = c->tail = NONE;
+    c->sending = 0;
+    c->shut = c->timed_out = 0;
+    c->hnext = E->conn_hash[hash64(key >> 24) & E->conn_mask];
+    E->conn_hash[hash64(key >> 24) & E->conn_mask] = i;
+    c->mapped = 1;
+}
+
+/* Take every socket waiting on the fdpass socket (non-blocking). */
+static void fdpass_drain(struct egr *E)
+{
+    int fd, rc;
+    uint64_t key;
+
+    if (E->fdpass_dead || E->cfg->fdpass_sock < 0)
+        return;
+    for (;;) {
+        rc = shm_fdpass_recv(E->cfg->fdpass_sock, &fd, &key, sizeof(key));
+        if (rc == -EAGAIN || rc == -EWOULDBLOCK)
+            return;
+        if (rc == -EPIPE || rc == -ECONNRESET) {
+            favo_warn("egress: the socket handoff from ingress closed; no new connections "
+                      "until a new one is given");
+            E->fdpass_dead = true;
+            return;
+        }
+        if (rc == -EBADMSG) {
+            favo_warn("egress: malformed socket handoff record dropped");
+            continue;
+        }
+        if (rc < 0) {
+            favo_warn("egress: socket handoff: %s; no longer watched", strerror(-rc));
+            E->fdpass_dead = true;
+            return;
+        }
+        if (key == 0) {
+            favo_warn("egress: socket handoff with conn key 0 dropped");
+            close(fd);
+            continue;
+        }
+        conn_add(E, key, fd);
+    }
+}
+
+static void arm_fdpass(struct egr *E)
+{
+    struct io_uring_sqe *sqe;
+
+    if (E->fdpass_armed || E->fdpass_dead || E->cfg->fdpass_sock < 0)
+        return;
+    sqe = sqe_get(E);
+    io_uring_prep_poll_add(sqe, E->cfg->fdpass_sock, POLLIN);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_FDPASS, 0, 0));
+    E->fdpass_armed = true;
+}
+
+static void arm_bell(struct egr *E)
+{
+    struct io_uring_sqe *sqe;
+
+    if (E->bell_armed)
+        return;
+    sqe = sqe_get(E);
+    io_uring_prep_read(sqe, E->cfg->bell_efd, &E->bell_buf, sizeof(E->bell_buf), 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_BELL, 0, 0));
+    E->bell_armed = true;
+}
+
+static void arm_tick(struct egr *E)
+{
+    struct io_uring_sqe *sqe = sqe_get(E);
+
+    E->tick_ts.tv_sec = 0;
+    E->tick_ts.tv_nsec = (long long)TICK_MS * 1000000;
+    io_uring_prep_timeout(sqe, &E->tick_ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_TICK, 0, 0));
+}
+
+/* ------------------------------------------------------------- responses */
+
+static uint32_t rs_find(struct egr *E, shm_cell_ref_t cell)
+{
+    uint32_t i = E->rs_hash[hash64(cell) & E->rs_mask];
+
+    for (; i != NONE; i = E->rs[i].hnext)
+        if (E->rs[i].cell == cell)
+            return i;
+    return NONE;
+}
+
+static void rs_retry_later(struct egr *E, struct rs *r)
+{
+    r->retry = 1;
+    E->retry_pending = true;
+}
+
+/* Ask the batcher to stop generating (egr stage inv 3: once). */
+static void rs_cancel(struct egr *E, struct rs *r)
+{
+    struct egr_stage_state *st = r->st;
+    struct shm_ctl m = { .cell = r->cell, .id = st->ev_id, .kind = 1 };
+
+    if (st->flags & (EGR_SF_CANCEL_SENT | EGR_SF_FINAL))
+        return;
+    if (shm_ring_enqueue(&E->ctl, &m) < 0) {
+        st->flags |= EGR_SF_CANCEL_WANT;
+        rs_retry_later(E, r);
+        return;
+    }
+    st->flags = (uint16_t)((st->flags & ~EGR_SF_CANCEL_WANT) | EGR_SF_CANCEL_SENT);
+    E->ring_bat = true;
+}
+
+/* The client is gone (send error, write timeout, no socket): no more
+ * bytes; cancel once; keep the state until FINISH/ERROR (inv 1). */
+static void rs_gone(struct egr *E, struct rs *r, bool timeout)
+{
+    struct egr_stage_state *st = r->st;
+
+    if (st->flags & EGR_SF_GONE)
+        return;
+    st->flags |= EGR_SF_GONE | EGR_SF_CLOSE | (timeout ? EGR_SF_TIMEOUT : 0);
+    rs_cancel(E, r);
+    if (r->conn != NONE)
+        conn_fail(E, &E->conns[r->conn], timeout);
+}
+
+/* The connection is unusable: shut it down; every response queued on it
+ * has lost its client. */
+static void conn_fail(struct egr *E, struct conn *c, bool timeout)
+{
+    if (c->shut)
+        return;
+    conn_shut(c);
+    for (uint32_t i = c->head; i != NONE; i = E->rs[i].cnext)
+        rs_gone(E, &E->rs[i], timeout);
+}
+
+static bool rs_sending(const struct egr *E, const struct rs *r)
+{
+    const struct conn *c;
+
+    if (r->conn == NONE)
+        return false;
+    c = &E->conns[r->conn];
+    return c->sending && c->head == (uint32_t)(r - E->rs);
+}
+
+/* Replace whatever the area holds with an error response, if nothing of
+ * the response has left yet; otherwise the connection must be closed. */
+static void rs_error(struct egr *E, struct rs *r, unsigned status, uint32_t retry_after)
+{
+    struct egr_stage_state *st = r->st;
+    const struct shm_req *q = r->req;
+    char rid[SHM_REQ_ID_MAX + 1], extra[SHM_REQ_ID_MAX + 20];
+    struct egr_error e = { 0 };
+    bool rid_ok = q->reqid_len > 0 && q->reqid_len <= SHM_REQ_ID_MAX;
+    int n;
+
+    if (st->flags & (EGR_SF_ERROR | EGR_SF_GONE))
+        return;
+    st->flags |= EGR_SF_ERROR;
+    st->status = (uint16_t)status;
+    if (st->sent || rs_sending(E, r)) {
+        rs_gone(E, r, false);
+        return;
+    }
+    if (rid_ok) {
+        memcpy(rid, q->reqid, q->reqid_len);
+        rid[q->reqid_len] = '\0';
+        rid_ok = strlen(rid) == q->reqid_len;
+    }
+    e.status = (uint16_t)status;
+    e.keep_alive = !(q->flags & SHM_REQ_F_CLOSE);
+    e.retry_after = status == 503 ? (retry_after ? retry_after : 1) : 0;
+    if (rid_ok && q->reqid_len < EGR_ID_MAX) {
+        e.request_id = rid;
+    } else if (rid_ok) {
+        snprintf(extra, sizeof(extra), "X-Request-Id: %s\r\n", rid);
+        e.extra = extra;
+    }
+    n = egr_error_response(r->area, r->cap, &e);
+    if (n == -EINVAL) { /* a request id egr_head refuses: answer without it */
+        e.request_id = NULL;
+        e.extra = NULL;
+        n = egr_error_response(r->area, r->cap, &e);
+    }
+    if (n < 0) {
+        favo_warn("egress: cannot write a %u response: %s", status, strerror(-n));
+        rs_gone(E, r, false);
+        return;
+    }
+    /* the area now holds the error instead of whatever was pending (the
+     * resp struct is only used for its pending count from here on) */
+    st->resp.pending = (uint32_t)n;
+    if (!e.keep_alive)
+        st->flags |= EGR_SF_CLOSE;
+    rs_cancel(E, r);
+}
+
+/* A response egr cannot produce (-ENOBUFS, -E2BIG, ...). */
+static void rs_lost(struct egr *E, struct rs *r, int rc)
+{
+    favo_warn("egress: response for cell %#" PRIx64 " lost: %s", (uint64_t)r->cell,
+              strerror(-rc));
+    rs_error(E, r, 500, 0);
+}
+
+static void id_for(struct egr *E, const struct shm_req *q, char *out, size_t cap)
+{
+    const char *pre = q->route == SHM_REQ_CHAT ? "chatcmpl-" : "cmpl-";
+    size_t pl = strlen(pre), n = q->reqid_len;
+    bool ok = n > 0 && n <= SHM_REQ_ID_MAX && pl + n < cap;
+
+    for (size_t i = 0; ok && i < n; i++) {
+        char ch = q->reqid[i];
+        ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+             ch == '-' || ch == '_' || ch == '.';
+    }
+    if (ok) {
+        memcpy(out, pre, pl);
+        memcpy(out + pl, q->reqid, n);
+        out[pl + n] = '\0';
+    } else {
+        uint64_t x = (++E->id_seq) * 0x9e3779b97f4a7c15ull ^ E->id_salt;
+        snprintf(out, cap, "%s%016" PRIx64, pre, x ^ (x >> 29));
+    }
+}
+
+/* egr_resp_init from the shm_req copy (START, or adopting a cell). */
+static void rs_start(struct egr *E, struct rs *r)
+{
+    struct egr_stage_state *st = r->st;
+    const struct shm_req *q = r->req;
+    struct egr_resp_cfg rc = { 0 };
+    const char *stops[SHM_REQ_NSTOP];
+    size_t stop_lens[SHM_REQ_NSTOP];
+    char id[EGR_ID_MAX], rid[SHM_REQ_ID_MAX + 1], extra[SHM_REQ_ID_MAX + 20];
+    unsigned ns = 0;
+    int n;
+
+    if (st->flags & (EGR_SF_STARTED | EGR_SF_ERROR | EGR_SF_GONE))
+        return;
+    for (unsigned i = 0; i < q->nstop && i < SHM_REQ_NSTOP; i++) {
+        /* spans lie in the request bytes, before the ids */
+        if (q->stop[i].len == 0 || q->stop[i].off > q->tok_off ||
+            q->stop[i].len > q->tok_off - q->stop[i].off) {
+            favo_warn("egress: stop span %u of cell %#" PRIx64 " outside the request bytes",
+                      i, (uint64_t)r->cell);
+            rs_error(E, r, 500, 0);
+            return;
+        }
+        stops[ns] = r->cellp + q->stop[i].off;
+        stop_lens[ns++] = q->stop[i].len;
+    }
+    id_for(E, q, id, sizeof(id));
+    rc.route = q->route == SHM_REQ_CHAT ? EGR_CHAT : EGR_COMPLETIONS;
+    rc.stream = !!(q->flags & SHM_REQ_F_STREAM);
+    rc.include_usage = !!(q->flags & SHM_REQ_F_USAGE);
+    rc.keep_alive = !(q->flags & SHM_REQ_F_CLOSE);
+    rc.max_tokens = q->max_tokens;
+    rc.prompt_tokens = q->ntok;
+    rc.created = q->created;
+    rc.id = id;
+    rc.model = E->model_id;
+    rc.fingerprint = E->fp;
+    if (q->reqid_len > 0 && q->reqid_len <= SHM_REQ_ID_MAX) {
+        memcpy(rid, q->reqid, q->reqid_len);
+        rid[q->reqid_len] = '\0';
+        if (strlen(rid) == q->reqid_len && !strpbrk(rid, "\r\n")) {
+            if (q->reqid_len < EGR_ID_MAX) {
+                rc.request_id = rid;
+            } else {
+                snprintf(extra, sizeof(extra), "X-Request-Id: %s\r\n", rid);
+                rc.extra_head = extra;
+            }
+        }
+    }
+    rc.stops = stops;
+    rc.stop_lens = stop_lens;
+    rc.n_stops = ns;
+    rc.logprobs = q->logprobs;
+    rc.top_logprobs = (uint8_t)FAVO_MIN(q->top_logprobs, EGR_TOP_MAX);
+    n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
+    if (n == -EINVAL && (rc.request_id || rc.extra_head)) {
+        rc.request_id = NULL; /* an id egr_head refuses: answer without the echo */
+        rc.extra_head = NULL;
+        n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
+    }
+    if (n >= 0 && rc.logprobs && rc.stream &&
+        r->cap < egr_resp_need(&st->resp, E->text_max)) {
+        rc.logprobs = 0; /* the area cannot hold logprob events: see the header */
+        rc.top_logprobs = 0;
+        n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
+    }
+    if (n == -EOPNOTSUPP && rc.logprobs) {
+        rc.logprobs = 0; /* non-stream completions with logprobs: null */
+        rc.top_logprobs = 0;
+        n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
+    }
+    if (n < 0) {
+        favo_warn("egress: starting the response for cell %#" PRIx64 ": %s",
+                  (uint64_t)r->cell, strerror(-n));
+        memset(&st->resp, 0, sizeof(st->resp));
+        rs_error(E, r, 500, 0);
+        return;
+    }
+    st->flags |= EGR_SF_STARTED;
+    st->status = 200;
+    if (!rc.keep_alive)
+        st->flags |= EGR_SF_CLOSE;
+}
+
+/* Feed ids [consumed, n_gen) while the area has room; end the response
+ * once FINISH said so and every id is in. */
+static void rs_feed(struct egr *E, struct rs *r)
+{
+    struct egr_stage_state *st = r->st;
+    struct egr_resp *p = &st->resp;
+    int rc;
+
+    if (!(st->flags & EGR_SF_STARTED) || (st->flags & (EGR_SF_ERROR | EGR_SF_GONE)))
+        return;
+    while (st->consumed < st->n_gen && p->state != RESP_DONE) {
+        uint32_t before = p->text_off;
+
+        rc = egr_resp_token_lp(p, E->tok, r->ids[st->consumed], NULL, r->area, r->cap);
+        if (rc == -EAGAIN)
+            return; /* the send completion comes back here */
+        if (rc < 0) {
+            rs_lost(E, r, rc);
+            return;
+        }
+        st->consumed++;
+        if (!before && p->text_off && !st->first_ns)
+            r->first_pending = 1;
+        if (rc & EGR_CANCEL)
+            rs_cancel(E, r);
+    }
+    if ((st->flags & EGR_SF_FINAL) && p->state != RESP_DONE && st->consumed >= st->n_gen) {
+        if (st->fin_reason == SHM_FIN_CANCELLED) {
+            /* cancelled, and not by our stop string: the client left
+             * (ingress saw it) or the batcher gave up; either way the
+             * response cannot be completed honestly */
+            rs_gone(E, r, false);
+            return;
+        }
+        rc = egr_resp_finish(p, st->fin_reason == SHM_FIN_LENGTH ? EGR_FIN_LENGTH : EGR_FIN_STOP,
+                             r->area, r->cap);
+        if (rc == -EAGAIN)
+            return;
+        if (rc < 0)
+            rs_lost(E, r, rc);
+        else if (!st->first_ns && p->text_off)
+            r->first_pending = 1;
+    }
+}
+
+static void conn_kick(struct egr *E, struct conn *c);
+static void rs_complete(struct egr *E, uint32_t i);
+
+static bool rs_finished(const struct egr *E, const struct rs *r)
+{
+    const struct egr_stage_state *st = r->st;
+
+    if (!(st->flags & EGR_SF_FINAL) || rs_sending(E, r)) /* egr stage inv 1 */
+        return false;
+    if (st->flags & EGR_SF_GONE)
+        return true;
+    if (st->flags & EGR_SF_ERROR)
+        return st->resp.pending == 0;
+    return st->resp.state == RESP_DONE && st->resp.pending == 0;
+}
+
+/* Move one response forward as far as it goes now. */
+static void rs_progress(struct egr *E, uint32_t i)
+{
+    struct rs *r = &E->rs[i];
+
+    rs_feed(E, r);
+    if (r->conn != NONE && !(r->st->flags & EGR_SF_GONE))
+        conn_kick(E, &E->conns[r->conn]);
+    if (rs_finished(E, r))
+        rs_complete(E, i);
+}
+
+
+/* Is there a valid request copy of `cell` at off? Every field used to
+ * find things in the cell is checked against the cell's size. */
+static const struct shm_req *req_at(const char *data, size_t size, uint64_t off,
+                                    shm_cell_ref_t cell)
+{
+    const struct shm_req *q;
+
+    if (off % 64 || off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES + 4096 > size)
+        return NULL;
+    q = (const struct shm_req *)(data + off);
+    if (q->magic != SHM_REQ_MAGIC || q->cell != cell || q->resp_off != off ||
+        shm_pipe_resp_off(q->tok_off, q->ntok, q->max_tokens) != off ||
+        (q->route != SHM_REQ_CHAT && q->route != SHM_REQ_COMPLETIONS) ||
+        q->worker >= SHM_PIPE_MAX_INGRESS)
+        return NULL;
+    return q;
+}
+
+/*
+ * Where the request copy is. shm_ev names only the cell, so egress reads
+ * resp_off from the cell descriptor's len, which ingress sets to resp_off
+ * + SHM_PIPE_REQ_COPY just before the handoff (ing_route.c). The copy is
+ * verified (magic, its own cell reference, resp_off consistent with the
+ * ids) before anything in it is followed; if len does not lead to it, the
+ * 64-aligned offsets are scanned from the top (the copy is the highest
+ * match: everything above it is egress's own area).
+ */
+static const struct shm_req *req_find(struct egr *E, shm_cell_ref_t cell, const char *data,
+                                      size_t size)
+{
+    const struct shm_cell_class *k = &E->pool.hdr->classes[shm_cell_ref_class(cell)];
+    const struct shm_cell_desc *d =
+        (const struct shm_cell_desc *)(E->pool.base + k->desc_off) + shm_cell_ref_index(cell);
+    uint32_t len = ck_pr_load_32(&d->len);
+    const struct shm_req *q = NULL;
+
+    if (len >= SHM_PIPE_REQ_COPY)
+        q = req_at(data, size, len - SHM_PIPE_REQ_COPY, cell);
+    for (uint64_t off = size & ~63ull; !q && off >= 64; off -= 64)
+        q = req_at(data, size, off, cell);
+    return q;
+}
+
+static void rs_link_conn(struct egr *E, uint32_t i)
+{
+    struct rs *r = &E->rs[i];
+    struct conn *c = conn_find(E, r->req->conn);
+
+    if (!c || c->key != r->req->conn) {
+        /* the fd is sent before the request is enqueued: take what waits */
+        fdpass_drain(E);
+        c = conn_find(E, r->req->conn);
+    }
+    if (!c || c->key != r->req->conn || c->shut) {
+        r->conn = NONE;
+        return;
+    }
+    r->conn = (uint32_t)(c - E->conns);
+    r->cnext = NONE;
+    if (c->tail == NONE)
+        c->head = i;
+    else
+        E->rs[c->tail].cnext = i;
+    c->tail = i;
+}
+
+/* Map a cell this process has no slot for (START, or any event after a
+ * restart: a valid state in the cell is resumed). NONE when the cell is
+ * stale (a replayed event, inv 4) or its request copy is unusable. */
+static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
+{
+    const struct shm_req *q;
+    struct egr_stage_state *st;
+    struct rs *r;
+    size_t size;
+    void *data;
+    uint32_t i, h;
+
+    if (shm_cell_bytes(&E->pool, cell, &data, &size) < 0)
+        return NONE;
+    q = req_find(E, cell, data, size);
+    if (!q) {
+        favo_warn("egress: event %u for cell %#" PRIx64 " without a valid request copy",
+                  kind, (uint64_t)cell);
+        return NONE;
+    }
+    if (E->rs_free == NONE) {
+        favo_err("egress: response table full (%u)", E->n_rs); /* sized to the pool */
+        return NONE;
+    }
+    i = E->rs_free;
+    r = &E->rs[i];
+    E->rs_free = r->hnext;
+    memset(r, 0, sizeof(*r));
+    r->cell = cell;
+    r->cellp = data;
+    r->req = q;
+    r->ids = (const int32_t *)(r->cellp + q->tok_off) + q->ntok;
+    r->st = st = (struct egr_stage_state *)(r->cellp + q->resp_off + SHM_PIPE_REQ_COPY);
+    r->area = r->cellp + q->resp_off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES;
+    r->cap = size - (q->resp_off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES);
+    h = hash64(cell) & E->rs_mask;
+    r->hnext = E->rs_hash[h];
+    E->rs_hash[h] = i;
+    E->rs_active++;
+    if (st->magic != EGR_STAGE_MAGIC) {
+        memset(st, 0, sizeof(*st));
+        st->magic = EGR_STAGE_MAGIC;
+    } else {
+        favo_info("egress: resuming the response of cell %#" PRIx64 " (%u ids sent)",
+                  (uint64_t)cell, st->consumed);
+    }
+    rs_link_conn(E, i);
+    if (r->conn == NONE && !(st->flags & EGR_SF_GONE)) {
+        favo_info("egress: no socket for conn %#" PRIx64 ": treating the client as gone",
+                  (uint64_t)q->conn);
+        /* after START the id is known; before, FINISH/ERROR end it anyway */
+        st->flags |= EGR_SF_GONE | EGR_SF_CLOSE;
+    }
+    return i;
+}
+
+static void rs_unlink(struct egr *E, uint32_t i)
+{
+    struct rs *r = &E->rs[i];
+    uint32_t *p = &E->rs_hash[hash64(r->cell) & E->rs_mask];
+
+    while (*p != i) {
+        FAVO_ASSERT(*p != NONE);
+        p = &E->rs[*p].hnext;
+    }
+    *p = r->hnext;
+    if (r->conn != NONE) {
+        struct conn *c = &E->conns[r->conn];
+        uint32_t prev = NONE, j = c->head;
+
+        while (j != i) {
+            FAVO_ASSERT(j != NONE);
+            prev = j;
+            j = E->rs[j].cnext;
+        }
+        if (prev == NONE)
+            c->head = r->cnext;
+        else
+            E->rs[prev].cnext = r->cnext;
+        if (c->tail == i)
+            c->tail = prev;
+    }
+    r->cell = SHM_CELL_REF_NONE;
+    r->hnext = E->rs_free;
+    E->rs_free = i;
+    E->rs_active--;
+}
+
+/* Send what the first response of the connection has ready (inv 2). */
+static void conn_kick(struct egr *E, struct conn *c)
+{
+    struct io_uring_sqe *sqe;
+    struct rs *r;
+    uint32_t n;
+
+    if (c->sending || c->shut || c->head == NONE)
+        return;
+    r = &E->rs[c->head];
+    if (r->st->flags & EGR_SF_GONE)
+        return;
+    n = r->st->resp.pending;
+    if (!n)
+        return;
+    sqe = sqe_get(E);
+    io_uring_prep_send(sqe, c->fd, r->area, n, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, (uint32_t)(c - E->conns), c->gen));
+    c->sending = n;
+    c->send_ns = E->now;
+    if (r->first_pending) {
+        r->st->first_ns = E->now;
+        r->first_pending = 0;
+    }
+}
+
+static void on_send(struct egr *E, struct conn *c, int res)
+{
+    uint32_t i = c->head, n = c->sending;
+    struct rs *r;
+
+    FAVO_ASSERT(n && i != NONE); /* inv 2: a send is always the head's */
+    c->sending = 0;
+    r = &E->rs[i];
+    if (c->shut || res == 0 || (res < 0 && res != -EAGAIN && res != -EINTR)) {
+        if (res < 0 && res != -EPIPE && res != -ECONNRESET && !c->shut)
+            favo_info("egress: send on conn %#" PRIx64 ": %s", (uint64_t)c->key,
+                      strerror(-res));
+        rs_gone(E, r, c->timed_out);
+    } else if (res > 0) {
+        FAVO_ASSERT((uint32_t)res <= n);
+        egr_resp_consume(&r->st->resp, r->area, (size_t)res);
+        r->st->sent += (uint64_t)res;
+    }
+    rs_progress(E, i);
+}
+
+/* ---------------------------------------------------------- completion */
+
+static void access_log(struct egr *E, const struct rs *r, unsigned status)
+{
+    const struct egr_stage_state *st = r->st;
+    const struct shm_req *q = r->req;
+    struct egr_access a = { 0 };
+    int n;
+
+    if (E->cfg->log_fd < 0)
+        return;
+    a.wall_ns = favo_wall_ns();
+    memcpy(a.request_id, q->reqid, FAVO_MIN(q->reqid_len, (uint32_t)sizeof(a.request_id) - 1));
+    snprintf(a.tenant, sizeof(a.tenant), "%.*s", (int)sizeof(q->tenant_name), q->tenant_name);
+    snprintf(a.model, sizeof(a.model), "%s", E->model_id);
+    a.status = (uint16_t)status;
+    a.finish = (st->flags & EGR_SF_STARTED) ? st->resp.finish : EGR_FIN_NONE;
+    a.prompt_tokens = q->ntok;
+    a.completion_tokens = (st->flags & EGR_SF_STARTED) ? st->resp.completion_tokens : 0;
+    a.queue_ns = st->start_ns > q->recv_ns ? st->start_ns - q->recv_ns : 0;
+    a.ttft_ns = st->first_ns > q->recv_ns ? st->first_ns - q->recv_ns : 0;
+    a.total_ns = E->now > q->recv_ns ? E->now - q->recv_ns : 0;
+    n = egr_log_line(E->logbuf, sizeof(E->logbuf), &a);
+    if (n > 0 && write(E->cfg->log_fd, E->logbuf, (size_t)n) != n)
+        favo_warn("egress: access log write failed");
+}
+
+/* Done: the response is complete or its client is gone, and the cell is
+ * ours (inv 1). A slot on ingress's conn ring is reserved first (full:
+ * nothing happens yet, the tick retries); then scrub, free, log, count,
+ * and publish the conn message. */
+static void rs_complete(struct egr *E, uint32_t i)
+{
+    struct rs *r = &E->rs[i];
+    struct egr_stage_state *st = r->st;
+    const struct shm_req *q = r->req;
+    bool gone = st->flags & EGR_SF_GONE;
+    bool close_it = gone || (st->flags & EGR_SF_CLOSE);
+    struct shm_conn_msg m = { .conn = q->conn, .what = close_it ? SHM_CONN_CLOSED : SHM_CONN_KEEP };
+    unsigned w = q->worker, status;
+    struct conn *c = r->conn != NONE ? &E->conns[r->conn] : NULL;
+    shm_cell_ref_t cell = r->cell;
+    struct shm_conn_msg *slot = NULL;
+    int rc;
+
+    FAVO_ASSERT((st->flags & EGR_SF_FINAL) && !rs_sending(E, r)); /* egr stage inv 1 */
+    if (w >= E->n_ingress) {
+        favo_warn("egress: request of cell %#" PRIx64 " names ingress worker %u of %u",
+                  (uint64_t)cell, w, E->n_ingress);
+    } else if (!(slot = shm_ring_reserve(&E->conn_ring[w]))) {
+        rs_retry_later(E, r);
+        return;
+    }
+    if (close_it && c)
+        conn_fail(E, c, false); /* nobody writes to it again */
+
+    status = gone ? 499 : st->status ? st->status : 500;
+    access_log(E, r, status);
+    if (E->cfg->stats_w) {
+        shm_stats_begin(E->cfg->stats_w);
+        if (st->flags & EGR_SF_TIMEOUT)
+            st_add(E, SHM_C_REQ_TIMEOUT);
+        else if (gone)
+            st_add(E, SHM_C_REQ_CANCELLED);
+        else if (st->flags & EGR_SF_ERROR)
+            st_add(E, SHM_C_REQ_ERROR);
+        else
+            st_add(E, SHM_C_REQ_OK);
+        if (!gone && !(st->flags & EGR_SF_ERROR)) {
+            st_obs(E, SHM_H_E2E, E->now - q->recv_ns);
+            if (st->first_ns > q->recv_ns)
+                st_obs(E, SHM_H_TTFT, st->first_ns - q->recv_ns);
+        }
+        shm_stats_end(E->cfg->stats_w);
+    }
+
+    rs_unlink(E, i);
+    egr_scrub(&st->resp, r->area, r->cap);
+    rc = shm_cell_free(&E->pool, cell, SHM_CELL_EGRESS);
+    if (rc < 0)
+        favo_warn("egress: freeing cell %#" PRIx64 ": %s", (uint64_t)cell, strerror(-rc));
+    if (slot) {
+        memcpy(slot, &m, sizeof(m));
+        shm_ring_commit(&E->conn_ring[w]);
+        E->ring_ing[w] = true;
+    }
+    if (c) {
+        if (close_it && c->head == NONE && !c->sending)
+            conn_release(E, c);
+        else if (c->head != NONE)
+            rs_progress(E, c->head);
+    }
+}
+
+/* ---------------------------------------------------------------- events */
+
+static void on_event(struct egr *E, const struct shm_ev *ev)
+{
+    uint32_t i = rs_find(E, ev->cell);
+    struct egr_stage_state *st;
+    struct rs *r;
+
+    if (i == NONE) {
+        i = rs_adopt(E, ev->cell, ev->kind);
+        if (i == NONE) {
+            /* a cell we cannot answer for: if it is ours now, give it back */
+            if ((ev->kind == SHM_EV_FINISH || ev->kind == SHM_EV_ERROR) &&
+                shm_cell_free(&E->pool, ev->cell, SHM_CELL_EGRESS) == 0)
+                favo_warn("egress: freed cell %#" PRIx64 " without a response",
+                          (uint64_t)ev->cell);
+            else if (ev->kind == SHM_EV_START) {
+                struct shm_ctl m = { .cell = ev->cell, .id = ev->id, .kind = 1 };
+                if (shm_ring_enqueue(&E->ctl, &m) == 0)
+                    E->ring_bat = true;
+            }
+            return;
+        }
+    }
+    r = &E->rs[i];
+    st = r->st;
+    if (ev->id)
+        st->ev_id = ev->id;
+    switch (ev->kind) {
+    case SHM_EV_START:
+        if (!st->start_ns)
+            st->start_ns = ev->t_ns ? ev->t_ns : E->now;
+        if (st->start_ns > r->req->recv_ns && E->cfg->stats_w && !(st->flags & EGR_SF_STARTED))
+            st_obs(E, SHM_H_QUEUE, st->start_ns - r->req->recv_ns);
+        rs_start(E, r);
+        break;
+    case SHM_EV_TOKENS:
+    case SHM_EV_FINISH: {
+        uint32_t n = FAVO_MIN(ev->n_gen, r->req->max_tokens);
+
+        if (!(st->flags & (EGR_SF_STARTED | EGR_SF_ERROR | EGR_SF_GONE)))
+            rs_start(E, r); /* adopted without START (restart) */
+        if (n > st->n_gen) {
+            uint32_t k = n - st->n_gen;
+            if (st->last_ns && E->cfg->stats_w && E->now > st->last_ns)
+                for (uint32_t j = 0; j < k; j++)
+                    st_obs(E, SHM_H_ITL, (E->now - st->last_ns) / k);
+            st->last_ns = E->now;
+            st->n_gen = n;
+        }
+        if (ev->kind == SHM_EV_FINISH && !(st->flags & EGR_SF_FINAL)) {
+            st->fin_reason = ev->reason;
+            st->flags |= EGR_SF_FINAL;
+            st->flags &= (uint16_t)~EGR_SF_CANCEL_WANT; /* nothing left to cancel */
+        }
+        break;
+    }
+    case SHM_EV_ERROR:
+        if (!(st->flags & EGR_SF_FINAL)) {
+            st->err_status = ev->status;
+            st->retry_after = ev->retry_after;
+            st->flags |= EGR_SF_FINAL;
+            st->flags &= (uint16_t)~EGR_SF_CANCEL_WANT;
+            rs_error(E, r, ev->status ? ev->status : 500, ev->retry_after);
+        }
+        break;
+    default:
+        favo_warn("egress: unknown event kind %u dropped", ev->kind);
+        break;
+    }
+    if ((st->flags & EGR_SF_GONE) && !(st->flags & EGR_SF_FINAL))
+        rs_cancel(E, r); /* e.g. no socket to answer on */
+    rs_progress(E, i);
+}
+
+/* Apply up to EV_BURST events, each released after it is applied
+ * (invariant 3: consume, then release). Returns how many. */
+static unsigned drain_events(struct egr *E)
+{
+    const struct shm_ev *ev;
+    unsigned n = 0;
+
+    while (n < EV_BURST && (ev = shm_ring_peek_one(&E->ev)) != NULL) {
+        struct shm_ev copy = *ev;
+        on_event(E, &copy);
+        shm_ring_release(&E->ev, 1);
+        n++;
+    }
+    return n;
+}
+
+static void ring_bells(struct egr *E)
+{
+    if (E->ring_bat) {
+        shm_bell_ec_ring(&E->bat_bell);
+        E->ring_bat = false;
+    }
+    for (unsigned w = 0; w < E->n_ingress; w++) {
+        if (E->ring_ing[w] && E->ing_bell_ok[w])
+            shm_bell_efd_ring(&E->ing_bell[w]);
+        E->ring_ing[w] = false;
+    }
+}
+
+/* ------------------------------------------------------------------ tick */
+
+static void on_tick(struct egr *E)
+{
+    const struct egr_stage_cfg *cfg = E->cfg;
+
+    for (uint32_t i = 0; i < MAX_CONNS && E->n_conns; i++) {
+        struct conn *c = &E->conns[i];
+        if (c->key && c->sending && !c->shut && E->now - c->send_ns > E->write_timeout_ns) {
+            favo_info("egress: write timeout on conn %#" PRIx64, (uint64_t)c->key);
+            c->timed_out = 1;
+            conn_fail(E, c, true); /* the send in flight completes with an error */
+        }
+    }
+    if (E->retry_pending) {
+        E->retry_pending = false;
+        for (uint32_t i = 0; i < E->n_rs; i++) {
+            struct rs *r = &E->rs[i];
+            if (r->cell == SHM_CELL_REF_NONE || !r->retry)
+                continue;
+            r->retry = 0;
+            if (r->st->flags & EGR_SF_CANCEL_WANT)
+                rs_cancel(E, r);
+            rs_progress(E, i);
+        }
+    }
+    if (cfg->stats && cfg->stats_w) {
+        shm_stats_heartbeat(cfg->stats, cfg->stats_row);
+        shm_stats_flush(cfg->stats_w);
+    }
+    arm_tick(E);
+}
+
+/* ------------------------------------------------------------------ setup */
+
+static int ring_init(struct egr *E)
+{
+    static const unsigned tries[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int rc = -EINVAL;
+
+    for (size_t i = 0; i < FAVO_ARRAY_SIZE(tries); i++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof(p));
+        p.flags = tries[i];
+        rc = io_uring_queue_init_params(512, &E->ring, &p);
+        if (rc == 0) {
+            if (i)
+                favo_warn("egress: io_uring setup flags 0x%x refused; using 0x%x", tries[0],
+                          tries[i]);
+            return 0;
+        }
+        if (rc != -EINVAL)
+            break;
+    }
+    favo_err("egress: io_uring_queue_init: %s", strerror(-rc));
+    return rc;
+}
+
+static int setup(struct egr *E, const struct egr_stage_cfg *cfg)
+{
+    const struct shm_pipe *p = cfg->pipe;
+    const struct shm_pipe_hdr *h = p->hdr;
+    uint32_t gen = h->generation, n;
+    char err[256];
+    size_t len;
+    void *cm;
+    int rc;
+
+    E->cfg = cfg;
+    E->pipe = p;
+    E->n_ingress = h->cfg.n_ingress;
+    E->write_timeout_ns = (uint64_t)(cfg->write_timeout_ms ? cfg->write_timeout_ms : 30000) *
+                          1000000ull;
+    E->model_id = cfg->model_id && *cfg->model_id ? cfg->model_id
+                  : h->model_id[0]                ? h->model_id
+                                                  : "favo";
+    E->fp = cfg->fingerprint && *cfg->fingerprint ? cfg->fingerprint : "fp_favo";
+    E->id_salt = favo_wall_ns() ^ ((uint64_t)getpid() << 40);
+    E->now = favo_now_ns();
+
+    rc = eng_tok_load_file(&E->tok, cfg->model_path, err, sizeof(err));
+    if (rc < 0) {
+        favo_err("egress: tokenizer from %s: %s", cfg->model_path, err);
+        return rc;
+    }
+    E->text_max = eng_detok_out_max(E->tok);
+    cm = shm_pipe_cells(p, &len);
+    if ((rc = shm_cell_pool_attach(&E->pool, cm, len, gen, SHM_CELL_ROLE_USER,
+                                   SHM_PIPE_RET_EGRESS)) ||
+        (rc = shm_pipe_ring_ev(p, SHM_RING_CONSUMER, &E->ev)) ||
+        (rc = shm_pipe_ring_ctl(p, SHM_RING_PRODUCER, &E->ctl)) ||
+        (rc = shm_pipe_bell_bat(p, &E->bat_bell)) ||
+        (rc = shm_pipe_bell_egr(p, cfg->bell_efd, true, &E->bell))) {
+        favo_err("egress: attaching the pipe: %s", strerror(-rc));
+        return rc;
+    }
+    for (unsigned w = 0; w < E->n_ingress; w++) {
+        if ((rc = shm_pipe_ring_conn(p, w, SHM_RING_PRODUCER, &E->conn_ring[w]))) {
+            favo_err("egress: conn ring %u: %s", w, strerror(-rc));
+            return rc;
+        }
+        if (cfg->ing_bell_efd[w] >= 0 &&
+            shm_pipe_bell_ing(p, w, cfg->ing_bell_efd[w], false, &E->ing_bell[w]) == 0)
+            E->ing_bell_ok[w] = true;
+    }
+    if (cfg->fdpass_sock >= 0) {
+        int fl = fcntl(cfg->fdpass_sock, F_GETFL);
+        if (fl < 0 || fcntl(cfg->fdpass_sock, F_SETFL, fl | O_NONBLOCK) < 0)
+            return -errno;
+    }
+
+    /* tables: a response per cell at most, MAX_CONNS sockets */
+    n = 0;
+    for (unsigned k = 0; k < E->pool.hdr->nclasses; k++)
+        n += E->pool.hdr->classes[k].ncells;
+    E->n_rs = n;
+    for (E->rs_mask = 1; E->rs_mask < 2 * n; E->rs_mask <<= 1)
+        ;
+    for (E->conn_mask = 1; E->conn_mask < 2 * MAX_CONNS; E->conn_mask <<= 1)
+        ;
+    E->rs = calloc(n, sizeof(*E->rs));
+    E->rs_hash = malloc(E->rs_mask * sizeof(uint32_t));
+    E->conns = calloc(MAX_CONNS, sizeof(*E->conns));
+    E->conn_hash = malloc(E->conn_mask * sizeof(uint32_t));
+    if (!E->rs || !E->rs_hash || !E->conns || !E->conn_hash)
+        return -ENOMEM;
+    memset(E->rs_hash, 0xff, E->rs_mask * sizeof(uint32_t));
+    memset(E->conn_hash, 0xff, E->conn_mask * sizeof(uint32_t));
+    E->rs_mask--;
+    E->conn_mask--;
+    for (uint32_t i = 0; i < n; i++)
+        E->rs[i].hnext = i + 1 < n ? i + 1 : NONE;
+    E->rs_free = n ? 0 : NONE;
+    for (uint32_t i = 0; i < MAX_CONNS; i++) {
+        E->conns[i].fd = -1;
+        E->conns[i].hnext = i + 1 < MAX_CONNS ? i + 1 : NONE;
+    }
+    E->conn_free = 0;
+    return ring_init(E);
+}
+
+static void teardown(struct egr *E)
+{
+    if (E->conns)
+        for (uint32_t i = 0; i < MAX_CONNS; i++)
+            if (E->conns[i].fd >= 0)
+                close(E->conns[i].fd);
+    if (E->tok)
+        eng_tok_free(E->tok);
+    free(E->rs);
+    free(E->rs_hash);
+    free(E->conns);
+    free(E->conn_hash);
+}
+
+/* ------------------------------------------------------------------ loop */
+
+static void reap(struct egr *E)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+
+    E->now = favo_now_ns();
+    io_uring_for_each_cqe(&E->ring, head, cqe) {
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        unsigned op = (unsigned)(ud >> 56);
+        uint32_t idx = (uint32_t)(ud >> 32) & 0xffffffu, gen = (uint32_t)ud;
+        int res = cqe->res;
+
+        n++;
+        if (op == OP_BELL) {
+            E->bell_armed = false;
+            shm_bell_efd_woke(&E->bell);
+            if (res < 0 && res != -EAGAIN && res != -EINTR)
+                favo_warn("egress: bell read: %s", strerror(-res));
+            arm_bell(E);
+        } else if (op == OP_FDPASS) {
+            E->fdpass_armed = false;
+            fdpass_drain(E);
+            arm_fdpass(E);
+        } else if (op == OP_TICK) {
+            on_tick(E);
+        } else if (op == OP_SEND) {
+            struct conn *c = &E->conns[idx];
+            FAVO_ASSERT(idx < MAX_CONNS);
+            if (c->gen != gen || !c->sending)
+                continue; /* stale: the slot was reused */
+            on_send(E, c, res);
+            if (!c->key || c->fd < 0)
+                continue;
+            if (c->shut && c->head == NONE && !c->sending)
+                conn_release(E, c); /* closed and no response left */
+        }
+    }
+    io_uring_cq_advance(&E->ring, n);
+}
+
+static bool want_exit(struct egr *E)
+{
+    const struct egr_stage_cfg *cfg = E->cfg;
+    bool stop = (cfg->stop && *cfg->stop) || ck_pr_load_32(&E->pipe->hdr->draining);
+
+    return stop && !shm_pipe_stage_up(E->pipe, SHM_PIPE_BATCHER, 0) && E->rs_active == 0 &&
+           shm_ring_available(&E->ev) == 0;
+}
+
+int egr_stage_run(const struct egr_stage_cfg *cfg)
+{
+    struct egr *E;
+    int rc;
+
+    if (!cfg || !cfg->pipe || !cfg->pipe->hdr || !cfg->model_path || cfg->bell_efd < 0)
+        return -EINVAL;
+    E = calloc(1, sizeof(*E));
+    if (!E)
+        return -ENOMEM;
+    rc = setup(E, cfg);
+    if (rc < 0) {
+        teardown(E);
+        free(E);
+        return rc;
+    }
+    arm_bell(E);
+    arm_fdpass(E);
+    arm_tick(E);
+    fdpass_drain(E);
+    shm_pipe_set_up(cfg->pipe, SHM_PIPE_EGRESS, 0, getpid());
+    favo_info("egress: up (model %s, %u response slots)", E->model_id, E->n_rs);
+
+    uint64_t idle_since = 0;
+    for (;;) {
+        unsigned got;
+
+        E->now = favo_now_ns();
+        got = drain_events(E);
+        ring_bells(E);
+        if (want_exit(E))
+            break;
+        if (got) {
+            io_uring_submit(&E->ring);
+            reap(E);
+            ring_bells(E);
+            idle_since = 0;
+            continue;
+        }
+        if (cfg->poll == 2 || (cfg->poll == 1 && (!idle_since || E->now - idle_since < SPIN_NS))) {
+            if (!idle_since)
+                idle_since = E->now;
+            io_uring_submit(&E->ring);
+            reap(E);
+            ring_bells(E);
+            favo_cpu_relax();
+            continue;
+        }
+        idle_since = 0;
+        /* sleep: announce it, look at the ring again, then wait (the tick
+         * bounds the wait; shm_bell.h "eventfd in an io_uring loop") */
+        shm_bell_efd_prepare(&E->bell);
+        if (shm_ring_available(&E->ev) > 0) {
+            shm_bell_efd_cancel(&E->bell);
+            continue;
+        }
+        if (cfg->stats_w)
+            shm_stats_flush(cfg->stats_w);
+        rc = io_uring_submit_and_wait(&E->ring, 1);
+        shm_bell_efd_woke(&E->bell);
+        if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {
+            favo_err("egress: io_uring_submit_and_wait: %s", strerror(-rc));
+            break;
+        }
+        reap(E);
+        ring_bells(E);
+    }
+    favo_info("egress: stopping (%u connections open)", E->n_conns);
+    shm_pipe_set_up(cfg->pipe, SHM_PIPE_EGRESS, 0, 0);
+    if (cfg->stats_w)
+        shm_stats_flush(cfg->stats_w);
+    io_uring_queue_exit(&E->ring);
+    teardown(E);
+    free(E);
+    return rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME ? rc : 0;
+}

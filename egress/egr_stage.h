@@ -1,0 +1,214 @@
+/*
+ * egr_stage.h - the egress stage process: batcher events in, HTTP bytes
+ * out. One io_uring loop turns the token ids the batcher writes into each
+ * request's cell into OpenAI responses (egr.h) and sends them on the
+ * client sockets ingress handed over (shm_fdpass.h), then frees the cell
+ * and tells ingress the connection is free again (shm_pipe.h, step 5 of
+ * the flow in /work/briefs/pipe.md and ARCHITECTURE.md "Request lifecycle").
+ *
+ *   batcher --ev (START/TOKENS/FINISH/ERROR)--> egress --send--> client
+ *      ^                  (egress eventfd bell)   |  ^
+ *      +--- ctl (cancel) + batcher futex bell ----+  | fdpass socket
+ *   ingress w <--- conn[w] {conn, KEEP|CLOSED} ---+  | (SCM_RIGHTS, once
+ *             <--- ingress w's eventfd bell           per connection)
+ *
+ * The loop (egr_stage.c): one io_uring (SINGLE_ISSUER|DEFER_TASKRUN, then
+ * COOP_TASKRUN, then plain, as ingress does) with
+ *   - a read armed on the egress eventfd (shm_bell.h "eventfd in an
+ *     io_uring loop": prepare, look at ev again, cancel or wait, woke);
+ *   - a poll on the fdpass socket (sockets ingress sends, drained
+ *     synchronously: it is non-blocking);
+ *   - at most ONE send in flight per connection, from the response area
+ *     of the cell (invariant 4: formatted in the cell, sent from it);
+ *   - a 50 ms tick: write timeouts, retries of a full ctl/conn ring, stats
+ *     heartbeat and flush, drain checks. The tick is also what bounds
+ *     every sleep (pipe.md: always sleep with a timeout).
+ *
+ * Per response, the state lives in the cell (pointer-free, invariant 1):
+ *
+ *   cell + resp_off                      struct shm_req (ingress's copy, read-only)
+ *        + SHM_PIPE_REQ_COPY             struct egr_stage_state (egress only)
+ *        + EGR_STAGE_STATE_BYTES         the bytes area, to the end of the cell:
+ *                                        area[0, resp.pending) is what to send
+ *
+ * Lifecycle of one response (keyed by the cell reference; the function
+ * doing each transition in egr_stage.c):
+ *
+ *     START ──rs_start──► BODY ──TOKENS: rs_feed (egr_resp_token while it does
+ *       │  egr_resp_init     │   not say -EAGAIN; one send in flight; on its
+ *       │  (head sent now    │   completion egr_resp_consume and feed more)
+ *       │   for a stream)    │
+ *       │                    ├─ EGR_CANCEL (stop string): rs_cancel (ctl) ─┐
+ *       │                    ├─ EOG / max_tokens: resp DONE ───────────────┤
+ *       │                    └─ FINISH STOP|LENGTH: egr_resp_finish ───────┤
+ *       │                                                                  v
+ *       ├─ ERROR (before any byte left): rs_error writes the         DONE, all
+ *       │   OpenAI error response into the area ───────────────────► bytes sent,
+ *       │                                                            FINISH/ERROR
+ *       └─ send error / write timeout / no socket: rs_gone ──► GONE    seen
+ *            (ctl cancel once, shutdown; wait for FINISH)       │        │
+ *                                                               v        v
+ *                               rs_complete: egr_scrub, shm_cell_free (return ring
+ *                               SHM_PIPE_RET_EGRESS), access log line, stats,
+ *                               shm_conn_msg {conn, KEEP | CLOSED} on conn[worker],
+ *                               ring that worker's bell
+ *
+ * Invariants (cited by FAVO_ASSERT as "egr stage inv N"):
+ *   1. The cell is freed only after FINISH or ERROR named it (then egress
+ *      is its owner, pipe inv 3) AND no send referencing its area is in
+ *      flight.
+ *   2. One send in flight per connection, always for the first response
+ *      queued on it; bytes are consumed from the area only on that send's
+ *      completion (egr_resp_consume), so the kernel never reads bytes that
+ *      are being moved.
+ *   3. At most one ctl cancel per response (SF_CANCEL_SENT in the cell).
+ *   4. Events are idempotent: n_gen only grows, a replayed START / FINISH
+ *      / ERROR changes nothing, an event for a freed cell is dropped by its
+ *      stale generation (shm_cell_bytes -ESTALE).
+ *   5. Metadata only leaves the cell: the access log and stats carry ids,
+ *      counts, status and times, never text or token ids.
+ *
+ * Decisions worth knowing:
+ *   - ERROR before any byte of the response was sent: a complete OpenAI
+ *     error response ({"error":{"message","type","param","code"}}, status,
+ *     Content-Length, Retry-After for 503), keep-alive as the request asked,
+ *     then KEEP. ERROR after bytes left (a stream's head is sent at START):
+ *     the response cannot be repaired, the socket is shut down and ingress
+ *     gets CLOSED.
+ *   - FINISH CANCELLED that we did not cause (ingress saw the client go) is
+ *     handled as a client gone: shutdown, CLOSED.
+ *   - logprobs: the batcher sends no logprob data yet, so tokens go through
+ *     egr_resp_token_lp with a NULL lp (logprob 0, no alternatives). Two
+ *     cases fall back to "logprobs":null instead of refusing: non-stream
+ *     completions (egr refuses them, -EOPNOTSUPP) and a stream whose area
+ *     (SHM_PIPE_AREA_STREAM) is smaller than egr_resp_need with logprobs
+ *     (it adds 32 KiB; shm_pipe.h would need SHM_PIPE_AREA_STREAM + 32 KiB
+ *     for such requests).
+ *   - A response egr cannot hold (-ENOBUFS: a body that outgrew its area)
+ *     is answered 500 when nothing was sent yet, otherwise closed.
+ *   - The access log status is the one sent in the head (200 or the
+ *     error's); 499 when the client was gone before the end.
+ *
+ * Crash-restart (what a new egress needs; not finished):
+ *   - Kept: every response's progress is in its cell (egr_resp with the
+ *     detokenizer, ids consumed, n_gen, flags, times); the ev ring replays
+ *     the events the dead egress had not released (one at a time: it
+ *     releases each event after applying it). An event for a cell this
+ *     process does not know is "adopted": a valid EGR_STAGE_MAGIC in the
+ *     cell resumes the response, otherwise it starts fresh.
+ *   - Missing: (a) the sockets. The new egress must get them again:
+ *     ingress has to re-send every connection it handed over on a NEW
+ *     fdpass socket (the old pair's egress end died with us), and the
+ *     supervisor has to make that pair and pass egress's end in cfg; until
+ *     the fd arrives the response waits (today: it is treated as gone when
+ *     the fd is still unknown after draining the socket). (b) a send that
+ *     was in flight when egress died: the kernel may have taken some of
+ *     area[0, pending); resuming would repeat or skip bytes, so such a
+ *     connection has to be closed (needs a "send in flight" mark in the
+ *     cell, written before each submit, costing one store per send).
+ *     (c) a conn message the dead egress enqueued but a cell it had not
+ *     freed yet (or the reverse) is replayed by FINISH: shm_cell_free of a
+ *     freed cell is refused (-ESTALE) and the message is sent once more
+ *     (ingress must ignore a KEEP for a connection that is not parked).
+ *     So a restart today costs the in-flight responses (their clients see
+ *     a closed connection), not the cells: every cell still comes back.
+ *
+ * Errors: egr_stage_run returns 0 after a drain, -errno when setup fails
+ * (bad cfg -EINVAL, tokenizer, rings, io_uring).
+ */
+#ifndef EGR_STAGE_H
+#define EGR_STAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "egr.h"
+#include "shm_pipe.h"
+#include "shm_stats.h"
+
+struct egr_stage_cfg {
+    const struct shm_pipe *pipe;             /* attached by the caller */
+    int fdpass_sock;                         /* receiving end of the ingress socket handoff */
+    int bell_efd;                            /* egress's eventfd (this stage consumes it) */
+    int ing_bell_efd[SHM_PIPE_MAX_INGRESS];  /* ingress workers' eventfds (rung here); -1: none */
+    const char *model_path;                  /* tokenizer: eng_tok_load_file */
+    const char *model_id;                    /* "model" in responses; NULL: the pipe's */
+    const char *fingerprint;                 /* system_fingerprint; NULL: "fp_favo" */
+    unsigned write_timeout_ms;               /* 0: 30000 */
+    int log_fd;                              /* access log (JSON lines); -1: none */
+    int poll;                                /* 0 block, 1 adaptive, 2 spin */
+    const volatile int *stop;                /* non-zero: drain and return */
+    struct shm_stats *stats;                 /* NULL: no stats */
+    struct shm_stats_writer *stats_w;
+    unsigned stats_row;
+};
+
+/* Run the stage until *stop (or the pipe's draining word) and then the
+ * batcher is down and no response is active. 0 or -errno (setup). */
+int egr_stage_run(const struct egr_stage_cfg *cfg);
+
+/* ---- the per-response state in the cell ------------------------------ */
+
+#define EGR_STAGE_MAGIC 0x31475453u /* "STG1" */
+
+enum egr_stage_flag {
+    EGR_SF_STARTED = 1u << 0,     /* resp initialised (egr_resp_init) */
+    EGR_SF_CANCEL_SENT = 1u << 1, /* our ctl cancel is on the ring (inv 3) */
+    EGR_SF_CANCEL_WANT = 1u << 2, /* ...wanted, the ring was full: retried on ticks */
+    EGR_SF_GONE = 1u << 3,        /* the client is gone: no more bytes */
+    EGR_SF_FINAL = 1u << 4,       /* FINISH or ERROR seen: the cell is egress's */
+    EGR_SF_ERROR = 1u << 5,       /* an error response replaced the 200 */
+    EGR_SF_TIMEOUT = 1u << 6,     /* gone because a write timed out */
+    EGR_SF_CLOSE = 1u << 7,       /* close the connection after this response */
+};
+
+/* Written by egress only, at cell + resp_off + SHM_PIPE_REQ_COPY. */
+struct egr_stage_state {
+    uint32_t magic;               /* EGR_STAGE_MAGIC once the state is set up */
+    uint16_t flags;               /* enum egr_stage_flag */
+    uint16_t status;              /* status sent in the head (200 or the error's) */
+    uint16_t fin_reason;          /* FINISH: enum shm_ev_reason */
+    uint16_t err_status;          /* ERROR event's status */
+    uint32_t retry_after;
+    uint32_t consumed;            /* ids fed to resp */
+    uint32_t n_gen;               /* the highest n_gen seen (clipped to max_tokens) */
+    uint64_t ev_id;               /* the batcher's handle (START), for cancels */
+    uint64_t start_ns;            /* START's t_ns (admission) */
+    uint64_t first_ns;            /* first text byte handed to the socket */
+    uint64_t last_ns;             /* last TOKENS event (inter-token latency) */
+    uint64_t sent;                /* bytes the socket took */
+    struct egr_resp resp;
+};
+
+#define EGR_STAGE_STATE_BYTES ((uint32_t)((sizeof(struct egr_stage_state) + 63u) & ~(size_t)63u))
+
+/* ---- egr_err: OpenAI-shaped error responses -------------------------- */
+
+struct egr_error {
+    uint16_t status;              /* 400, 413, 500, 503 ... */
+    uint8_t keep_alive;
+    uint32_t retry_after;         /* seconds; 0: no Retry-After header */
+    const char *message;          /* NULL: a default for the status */
+    const char *type;             /* NULL: egr_error_type(status) */
+    const char *param;            /* NULL: null */
+    const char *code;             /* NULL: a default for the status (or null) */
+    const char *request_id;       /* X-Request-Id echo; NULL: none */
+    const char *extra;            /* more header lines (CRLF each); NULL: none */
+};
+
+/* "invalid_request_error" (4xx), "authentication_error" (401),
+ * "permission_error" (403), "requests" (429), "server_error" (5xx): the
+ * same table ingress answers its early errors with. */
+const char *egr_error_type(unsigned status);
+
+/* {"error":{"message":..,"type":..,"param":..,"code":..}}. Returns its
+ * length or -ENOSPC. */
+int egr_error_body(char *out, size_t cap, const struct egr_error *e);
+
+/* Head (Content-Length, Connection, Retry-After for a non-zero
+ * retry_after, X-Request-Id) and body. Returns the length, -ENOSPC, or
+ * -EINVAL for a request id or extra egr_head refuses. */
+int egr_error_response(char *out, size_t cap, const struct egr_error *e);
+
+#endif /* EGR_STAGE_H */

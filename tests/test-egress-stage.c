@@ -1,0 +1,643 @@
+/*
+ * test-egress-stage.c - the egress stage (egress/egr_stage.h) in a forked
+ * child, with the test playing its neighbours through the real pipe in a
+ * memfd data segment:
+ *   ingress  real TCP connections (listen, connect, accept), the accepted
+ *            socket handed over with shm_fdpass_send, request cells with the
+ *            shm_req copy; reads conn[0] (KEEP / CLOSED)
+ *   batcher  START / TOKENS / FINISH / ERROR events with real SmolLM2 ids
+ *            written into the cells; reads ctl (cancels)
+ *   client   reads the HTTP response and checks it: chunked framing, SSE
+ *            events in order with the right text (the same ids detokenized
+ *            here), [DONE], JSON bodies with usage, error bodies.
+ * Skips (77) without the model.
+ */
+#include "t_util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "egr_stage.h"
+#include "eng_tok.h"
+#include "shm_fdpass.h"
+#include "shm_pipe.h"
+#include "shm_seg.h"
+
+#define GEN 7u
+#define FAIL(...)                                                              \
+    do {                                                                       \
+        fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                   \
+        fprintf(stderr, __VA_ARGS__);                                          \
+        fputc('\n', stderr);                                                   \
+        t_failures++;                                                          \
+        return -1;                                                             \
+    } while (0)
+#define CHECK(c, ...)                                                          \
+    do {                                                                       \
+        if (!(c))                                                              \
+            FAIL(__VA_ARGS__);                                                 \
+    } while (0)
+
+static struct {
+    struct shm_seg seg;
+    struct shm_pipe p;
+    struct shm_cell_pool pool;     /* the test is the allocator (ingress) */
+    shm_ring_t ev, ctl, conn;
+    shm_bell_efd_t egr_bell;
+    int egr_efd, ing_efd, sv[2], lfd, log_fd;
+    uint16_t port;
+    pid_t pid;
+    volatile int *stop;
+    eng_tok_t *tok;
+    int32_t eog;
+    uint32_t next_slot;
+    uint64_t next_id;
+} H;
+
+struct req {
+    shm_cell_ref_t cell;
+    char *data;
+    struct shm_req *q;
+    uint64_t id;
+};
+
+static uint64_t now_ms(void) { return favo_now_ns() / 1000000ull; }
+
+/* ------------------------------------------------------------- ingress */
+
+/* A connected client and its conn key (the accepted end goes to egress). */
+static int client_open(uint64_t *key)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(H.port) };
+    struct timeval tv = { 5, 0 };
+    int c, s, rc;
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof(a)) < 0)
+        return -1;
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    s = accept4(H.lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (s < 0)
+        return -1;
+    H.next_slot++;
+    *key = (0ull << 48) | ((uint64_t)H.next_slot << 24) | ((H.next_slot * 7u + 1u) & 0xffffffu);
+    rc = shm_fdpass_send(H.sv[0], s, key, sizeof(*key));
+    close(s); /* egress holds it now (ingress would keep its own) */
+    if (rc) {
+        close(c);
+        return -1;
+    }
+    return c;
+}
+
+/* A request cell as ingress leaves it: request bytes (with the stop
+ * strings in them), prompt ids, the shm_req copy. */
+static int req_make(struct req *r, uint64_t key, int route, unsigned flags, uint32_t max_tokens,
+                    const char *stop)
+{
+    char body[512];
+    int n = snprintf(body, sizeof(body),
+                     "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n{\"stop\":[\"%s\"]}",
+                     stop ? stop : "");
+    uint32_t tok_off = ((uint32_t)n + 63u) & ~63u, ntok = 5;
+    size_t need = shm_pipe_cell_need(tok_off, ntok, max_tokens, flags & SHM_REQ_F_STREAM);
+    struct shm_req d;
+    size_t size;
+    void *data;
+
+    memset(r, 0, sizeof(*r));
+    if (need < 64 << 10)
+        need = 60 << 10; /* leave room for a slow reader's backlog */
+    CHECK(shm_cell_alloc(&H.pool, need, &r->cell) == 0, "cell alloc");
+    CHECK(shm_cell_get(&H.pool, r->cell, SHM_CELL_INGRESS, &data, &size) == 0, "cell get");
+    r->data = data;
+    memcpy(r->data, body, (size_t)n);
+    for (uint32_t i = 0; i < ntok; i++)
+        ((int32_t *)(r->data + tok_off))[i] = 100 + (int32_t)i;
+    memset(&d, 0, sizeof(d));
+    d.magic = SHM_REQ_MAGIC;
+    d.kind = SHM_REQ_SUBMIT;
+    d.route = (uint8_t)route;
+    d.flags = (uint8_t)flags;
+    d.worker = 0;
+    d.cell = r->cell;
+    d.conn = key;
+    d.recv_ns = favo_now_ns();
+    d.created = 1700000000;
+    d.tok_off = tok_off;
+    d.ntok = ntok;
+    d.max_tokens = max_tokens;
+    d.resp_off = (uint32_t)shm_pipe_resp_off(tok_off, ntok, max_tokens);
+    if (stop) {
+        const char *at = strstr(body, "[\"") + 2;
+        d.nstop = 1;
+        d.stop[0].off = (uint32_t)(at - body);
+        d.stop[0].len = (uint32_t)strlen(stop);
+    }
+    d.reqid_len = (uint32_t)snprintf(d.reqid, sizeof(d.reqid), "req-test%04u", H.next_slot);
+    snprintf(d.tenant_name, sizeof(d.tenant_name), "acme");
+    memcpy(r->data + d.resp_off, &d, sizeof(d));
+    r->q = (struct shm_req *)(r->data + d.resp_off);
+    CHECK(shm_cell_set_len(&H.pool, r->cell, SHM_CELL_INGRESS, d.resp_off + SHM_PIPE_REQ_COPY) == 0,
+          "set_len");
+    CHECK(shm_cell_give(&H.pool, r->cell, SHM_CELL_INGRESS, SHM_CELL_BATCHER) == 0, "give");
+    r->id = ++H.next_id;
+    return 0;
+}
+
+/* ------------------------------------------------------------- batcher */
+
+static int ev_send(const struct req *r, unsigned kind, uint32_t n_gen, unsigned reason,
+                   unsigned status, uint32_t retry)
+{
+    struct shm_ev e = { .cell = r->cell, .id = r->id, .kind = kind, .n_gen = n_gen,
+                        .reason = (uint16_t)reason, .status = (uint16_t)status,
+                        .retry_after = retry, .t_ns = favo_now_ns() };
+    uint64_t t0 = now_ms();
+
+    if (kind == SHM_EV_FINISH || kind == SHM_EV_ERROR)
+        CHECK(shm_cell_give(&H.pool, r->cell, SHM_CELL_BATCHER, SHM_CELL_EGRESS) == 0, "give egress");
+    while (shm_ring_enqueue(&H.ev, &e) < 0) {
+        shm_bell_efd_ring(&H.egr_bell);
+        CHECK(now_ms() - t0 < 5000, "ev ring stays full");
+        usleep(200);
+    }
+    shm_bell_efd_ring(&H.egr_bell);
+    return 0;
+}
+
+/* Write ids [from, to) into the cell, then TOKENS n_gen = to (pipe inv 2). */
+static int tokens(const struct req *r, const int32_t *ids, uint32_t from, uint32_t to)
+{
+    int32_t *gen = (int32_t *)(r->data + r->q->tok_off) + r->q->ntok;
+
+    for (uint32_t k = from; k < to; k++)
+        gen[k] = ids[k];
+    return ev_send(r, SHM_EV_TOKENS, to, 0, 0, 0);
+}
+
+static int conn_msg(struct shm_conn_msg *m)
+{
+    uint64_t t0 = now_ms();
+
+    while (shm_ring_dequeue_burst(&H.conn, m, 1) != 1) {
+        CHECK(now_ms() - t0 < 5000, "no conn message");
+        usleep(200);
+    }
+    return 0;
+}
+
+static __attribute__((unused)) int ctl_msg(struct shm_ctl *m, unsigned ms)
+{
+    uint64_t t0 = now_ms();
+
+    while (shm_ring_dequeue_burst(&H.ctl, m, 1) != 1) {
+        if (now_ms() - t0 >= ms)
+            return 1;
+        usleep(200);
+    }
+    return 0;
+}
+
+static int cell_freed(const struct req *r)
+{
+    uint64_t t0 = now_ms();
+    void *d;
+
+    while (shm_cell_bytes(&H.pool, r->cell, &d, NULL) == 0) {
+        CHECK(now_ms() - t0 < 5000, "cell not freed");
+        usleep(200);
+    }
+    shm_cell_drain(&H.pool);
+    return 0;
+}
+
+/* -------------------------------------------------------------- client */
+
+struct resp {
+    int status;
+    bool chunked, keep_alive;
+    long content_length;
+    char head[2048];
+    char *body;
+    size_t body_len;
+    size_t len;
+    size_t off; /* bytes of buf belonging to later responses start here */
+    char buf[1 << 18];
+    char bodyz[1 << 18]; /* the body, de-chunked, NUL-terminated */
+};
+
+static const char *hdr(const struct resp *r, const char *name)
+{
+    static char val[256];
+    size_t nl = strlen(name);
+
+    for (const char *p = strstr(r->head, "\r\n"); p && p[2]; p = strstr(p + 2, "\r\n")) {
+        if (!strncasecmp(p + 2, name, nl) && p[2 + nl] == ':') {
+            const char *v = p + 3 + nl, *e = strstr(v, "\r\n");
+            while (*v == ' ')
+                v++;
+            snprintf(val, sizeof(val), "%.*s", (int)(e - v), v);
+            return val;
+        }
+    }
+    return NULL;
+}
+
+static int fill(int fd, struct resp *r)
+{
+    ssize_t n;
+
+    if (r->len == sizeof(r->buf))
+        return -1;
+    n = recv(fd, r->buf + r->len, sizeof(r->buf) - r->len, 0);
+    if (n <= 0)
+        return -1;
+    r->len += (size_t)n;
+    return 0;
+}
+
+/* Read one response; bytes after it stay in r->buf (keep-alive). The body
+ * is de-chunked into r->body (NUL-terminated). */
+static int read_resp(int fd, struct resp *r)
+{
+    char *e;
+    size_t h, at;
+    const char *v;
+
+    if (r->off) { /* keep what followed the previous response */
+        memmove(r->buf, r->buf + r->off, r->len - r->off);
+        r->len -= r->off;
+        r->off = 0;
+    }
+    while (!(e = memmem(r->buf, r->len, "\r\n\r\n", 4)))
+        CHECK(fill(fd, r) == 0, "EOF/timeout before the head end");
+    h = (size_t)(e - r->buf) + 4;
+    CHECK(h < sizeof(r->head), "head too long");
+    memcpy(r->head, r->buf, h);
+    r->head[h] = 0;
+    CHECK(sscanf(r->head, "HTTP/1.1 %d", &r->status) == 1, "status line: %.40s", r->head);
+    v = hdr(r, "Transfer-Encoding");
+    r->chunked = v && !strcmp(v, "chunked");
+    v = hdr(r, "Connection");
+    r->keep_alive = v && !strcmp(v, "keep-alive");
+    v = hdr(r, "Content-Length");
+    r->content_length = v ? atol(v) : -1;
+    r->body = r->bodyz;
+    r->body_len = 0;
+    if (!r->chunked) {
+        CHECK(r->content_length >= 0, "neither chunked nor Content-Length");
+        while (r->len - h < (size_t)r->content_length)
+            CHECK(fill(fd, r) == 0, "EOF in the body");
+        r->body_len = (size_t)r->content_length;
+        memcpy(r->body, r->buf + h, r->body_len);
+        r->body[r->body_len] = 0;
+        r->off = h + r->body_len;
+        return 0;
+    }
+    /* chunks: "hex\r\n data \r\n" ... "0\r\n\r\n" */
+    at = h;
+    for (;;) {
+        char *crlf;
+        unsigned long sz;
+        while (!(crlf = memmem(r->buf + at, r->len - at, "\r\n", 2)))
+            CHECK(fill(fd, r) == 0, "EOF in a chunk size");
+        sz = strtoul(r->buf + at, NULL, 16);
+        CHECK(crlf > r->buf + at, "empty chunk size line");
+        at = (size_t)(crlf - r->buf) + 2;
+        while (r->len - at < sz + 2)
+            CHECK(fill(fd, r) == 0, "EOF in chunk data");
+        CHECK(!memcmp(r->buf + at + sz, "\r\n", 2), "chunk data not followed by CRLF");
+        if (sz == 0)
+            break;
+        CHECK(sz > 0, "bad size");
+        CHECK(r->body_len + sz < sizeof(r->bodyz), "body too long");
+        memcpy(r->body + r->body_len, r->buf + at, sz);
+        r->body_len += sz;
+        at += sz + 2;
+    }
+    r->off = at + 2;
+    r->body[r->body_len] = 0;
+    return 0;
+}
+
+/* The JSON string value after each `"key":"` in s, concatenated (still
+ * escaped). Returns the count of occurrences. */
+static int collect(const char *s, size_t len, const char *key, char *out, size_t cap)
+{
+    char pat[64];
+    size_t o = 0, pl;
+    int n = 0;
+    const char *p = s, *end = s + len;
+
+    pl = (size_t)snprintf(pat, sizeof(pat), "\"%s\":\"", key);
+    while ((p = memmem(p, (size_t)(end - p), pat, pl)) != NULL) {
+        p += pl;
+        while (p < end && *p != '"') {
+            if (*p == '\\' && o + 1 < cap)
+                out[o++] = *p++;
+            if (o + 1 < cap)
+                out[o++] = *p;
+            p++;
+        }
+        n++;
+    }
+    out[o] = 0;
+    return n;
+}
+
+/* The text the ids stand for, JSON-escaped (escaping is per character,
+ * so the escaped fragments of the stream concatenate to this). */
+static int expect_text(const int32_t *ids, size_t n, size_t cut, char *out, size_t cap)
+{
+    char raw[8192];
+    int64_t len = eng_tok_decode(H.tok, ids, n, 0, raw, sizeof(raw));
+    int e;
+
+    if (len < 0 || (size_t)len > sizeof(raw))
+        return -1;
+    if (cut < (size_t)len)
+        len = (int64_t)cut;
+    e = egr_json_str(out, cap - 1, raw, (size_t)len);
+    if (e < 0)
+        return -1;
+    out[e] = 0;
+    return 0;
+}
+
+static size_t encode(const char *text, int32_t *ids, size_t cap)
+{
+    int64_t n = eng_tok_encode(H.tok, text, strlen(text), 0, ids, cap);
+    return n < 0 || (size_t)n > cap ? 0 : (size_t)n;
+}
+
+static const char *TEXT = "Hello world! The quick brown fox jumps over the lazy dog. "
+                          "Ünïcödé ✓ \"quoted\" \\ back\nslash and a tab\there.";
+
+/* --------------------------------------------------------------- cases */
+
+static struct resp R; /* large: static */
+
+/* A stream: the role chunk, then the content, finish "stop", usage,
+ * [DONE], chunk end; KEEP; the cell freed. */
+static int t_stream_chat(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    char want[4096], got[4096];
+    struct shm_conn_msg m;
+    struct req rq;
+    uint64_t key;
+    int fd;
+
+    CHECK(n > 10, "encode");
+    ids[n++] = H.eog;
+    CHECK((fd = client_open(&key)) >= 0, "client");
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM | SHM_REQ_F_USAGE, 512, NULL))
+        return -1;
+    if (ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, 3) ||
+        tokens(&rq, ids, 3, 3) /* a replay: harmless */ || tokens(&rq, ids, 3, n / 2) ||
+        tokens(&rq, ids, n / 2, n) || ev_send(&rq, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_STOP, 0, 0))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(fd, &R))
+        return -1;
+    CHECK(R.status == 200 && R.chunked && R.keep_alive, "head: %s", R.head);
+    CHECK(!strcmp(hdr(&R, "Content-Type"), "text/event-stream; charset=utf-8"), "ctype");
+    CHECK(hdr(&R, "X-Request-Id") && !strncmp(hdr(&R, "X-Request-Id"), "req-test", 8), "rid");
+    CHECK(!strncmp(R.body, "data: {\"id\":\"chatcmpl-req-test", 30), "first event: %.80s", R.body);
+    CHECK(strstr(R.body, "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}") != NULL, "role chunk");
+    CHECK(expect_text(ids, n - 1, SIZE_MAX, want, sizeof(want)) == 0, "expect");
+    CHECK(collect(R.body, R.body_len, "content", got, sizeof(got)) >= 2, "content events");
+    CHECK(!strcmp(got, want), "text\n got: %s\nwant: %s", got, want);
+    CHECK(strstr(R.body, "\"finish_reason\":\"stop\"") != NULL, "finish stop");
+    CHECK(strstr(R.body, "\"model\":\"test-model\"") && strstr(R.body, "\"system_fingerprint\":\"fp_test\""),
+          "model / fingerprint");
+    {
+        char u[128];
+        snprintf(u, sizeof(u), "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":%zu,", n);
+        CHECK(strstr(R.body, u) != NULL, "usage %s in %s", u, R.body + R.body_len - 300);
+    }
+    CHECK(R.body_len > 16 && !strcmp(R.body + R.body_len - 14, "data: [DONE]\n\n"), "[DONE] last");
+    if (conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "conn msg %#llx %u", (unsigned long long)m.conn,
+          m.what);
+    if (cell_freed(&rq))
+        return -1;
+    close(fd);
+    return 0;
+}
+
+/* Non-stream completions: one JSON body with Content-Length, the text,
+ * finish "length" (max_tokens reached), usage. */
+static int t_body_completion(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    char want[4096], got[4096], u[160];
+    struct shm_conn_msg m;
+    struct req rq;
+    uint64_t key;
+    int fd;
+
+    CHECK((fd = client_open(&key)) >= 0, "client");
+    if (req_make(&rq, key, SHM_REQ_COMPLETIONS, 0, (uint32_t)n, NULL))
+        return -1;
+    if (ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, 7) ||
+        tokens(&rq, ids, 7, n) || ev_send(&rq, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(fd, &R))
+        return -1;
+    CHECK(R.status == 200 && !R.chunked && R.keep_alive && R.content_length > 0, "head: %s", R.head);
+    CHECK(!strcmp(hdr(&R, "Content-Type"), "application/json"), "ctype");
+    CHECK(!strncmp(R.body, "{\"id\":\"cmpl-req-test", 20) &&
+              strstr(R.body, "\"object\":\"text_completion\"") != NULL,
+          "body: %.80s", R.body);
+    CHECK(expect_text(ids, n, SIZE_MAX, want, sizeof(want)) == 0, "expect");
+    CHECK(collect(R.body, R.body_len, "text", got, sizeof(got)) == 1, "one text");
+    CHECK(!strcmp(got, want), "text\n got: %s\nwant: %s", got, want);
+    CHECK(strstr(R.body, "\"finish_reason\":\"length\"") != NULL, "finish length");
+    snprintf(u, sizeof(u),
+             "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":%zu,\"total_tokens\":%zu}}", n,
+             n + 5);
+    CHECK(R.body_len > strlen(u) && !strcmp(R.body + R.body_len - strlen(u), u), "usage: %s",
+          R.body);
+    if (conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "conn msg");
+    if (cell_freed(&rq))
+        return -1;
+    close(fd);
+    return 0;
+}
+
+/* ------------------------------------------------------------- harness */
+
+static int setup(const char *model)
+{
+    struct shm_pipe_cfg c = { 0 };
+    struct shm_seg_spec spec = { "pipe", 0, 4096 };
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    socklen_t al = sizeof(a);
+    char err[256], path[] = "/tmp/egr-stage-log-XXXXXX";
+    size_t len, cl;
+    void *mem, *cm;
+
+    if (eng_tok_load_file(&H.tok, model, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tokenizer: %s\n", err);
+        return -1;
+    }
+    H.eog = eng_tok_special(H.tok)->eos;
+    if (!eng_tok_is_eog(H.tok, H.eog))
+        return -1;
+    c.n_ingress = 1;
+    c.n_ranks = 1;
+    c.sched_bytes = 4096;
+    c.plan_bytes = 4096;
+    c.max_seqs = 8;
+    c.result_size = 8;
+    c.cells.nclasses = 2;
+    c.cells.classes[0].cell_size = 64 << 10;
+    c.cells.classes[0].ncells = 96;
+    c.cells.classes[1].cell_size = 1 << 20;
+    c.cells.classes[1].ncells = 4;
+    spec.size = shm_pipe_size(&c);
+    if (shm_seg_create_data(&H.seg, &spec, 1) || !(mem = shm_seg_region(&H.seg, "pipe", &len)) ||
+        shm_pipe_init(&H.p, mem, len, &c, GEN))
+        return -1;
+    shm_seg_publish(&H.seg);
+    snprintf(H.p.hdr->model_id, sizeof(H.p.hdr->model_id), "pipe-model");
+    H.egr_efd = shm_bell_efd_open();
+    H.ing_efd = shm_bell_efd_open();
+    if (H.egr_efd < 0 || H.ing_efd < 0 || shm_fdpass_pair(H.sv))
+        return -1;
+    H.stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (H.stop == MAP_FAILED)
+        return -1;
+    H.log_fd = mkstemp(path);
+    if (H.log_fd < 0)
+        return -1;
+    unlink(path);
+
+    H.pid = fork();
+    if (H.pid < 0)
+        return -1;
+    if (H.pid == 0) {
+        struct egr_stage_cfg ec = { 0 };
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
+        close(H.sv[0]);
+        ec.pipe = &H.p;
+        ec.fdpass_sock = H.sv[1];
+        ec.bell_efd = H.egr_efd;
+        for (unsigned w = 0; w < SHM_PIPE_MAX_INGRESS; w++)
+            ec.ing_bell_efd[w] = -1;
+        ec.ing_bell_efd[0] = H.ing_efd;
+        ec.model_path = model;
+        ec.model_id = "test-model";
+        ec.fingerprint = "fp_test";
+        ec.write_timeout_ms = 1500;
+        ec.log_fd = H.log_fd;
+        ec.poll = 0;
+        ec.stop = H.stop;
+        _exit(egr_stage_run(&ec) == 0 ? 0 : 3);
+    }
+    close(H.sv[1]);
+    shm_pipe_set_sup(&H.p, SHM_PIPE_EGRESS, 0, H.pid);
+    cm = shm_pipe_cells(&H.p, &cl);
+    if (shm_cell_pool_attach(&H.pool, cm, cl, GEN, SHM_CELL_ROLE_ALLOCATOR, -1) ||
+        shm_pipe_ring_ev(&H.p, SHM_RING_PRODUCER, &H.ev) ||
+        shm_pipe_ring_ctl(&H.p, SHM_RING_CONSUMER, &H.ctl) ||
+        shm_pipe_ring_conn(&H.p, 0, SHM_RING_CONSUMER, &H.conn) ||
+        shm_pipe_bell_egr(&H.p, H.egr_efd, false, &H.egr_bell))
+        return -1;
+    H.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (H.lfd < 0 || bind(H.lfd, (struct sockaddr *)&a, sizeof(a)) || listen(H.lfd, 128) ||
+        getsockname(H.lfd, (struct sockaddr *)&a, &al))
+        return -1;
+    H.port = ntohs(a.sin_port);
+    for (uint64_t t0 = now_ms(); !shm_pipe_stage_up(&H.p, SHM_PIPE_EGRESS, 0);) {
+        if (now_ms() - t0 > 10000 || waitpid(H.pid, NULL, WNOHANG) == H.pid) {
+            fprintf(stderr, "egress did not come up\n");
+            return -1;
+        }
+        usleep(1000);
+    }
+    return 0;
+}
+
+/* Stop the child: it drains (no batcher is up) and exits 0. */
+static int finish(void)
+{
+    int st;
+    uint64_t t0 = now_ms();
+
+    *H.stop = 1;
+    shm_bell_efd_ring(&H.egr_bell);
+    while (waitpid(H.pid, &st, WNOHANG) != H.pid) {
+        if (now_ms() - t0 > 5000) {
+            kill(H.pid, SIGKILL);
+            waitpid(H.pid, &st, 0);
+            FAIL("egress did not drain within 5 s");
+        }
+        usleep(1000);
+    }
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "egress exit status %#x", st);
+    CHECK(!shm_pipe_stage_up(&H.p, SHM_PIPE_EGRESS, 0), "up word cleared");
+    return 0;
+}
+
+int main(void)
+{
+    const char *models = t_env("FAVO_MODELS", "models");
+    char model[1024];
+    struct {
+        const char *name;
+        int (*fn)(void);
+    } cases[] = {
+        { "stream_chat", t_stream_chat },
+        { "body_completion", t_body_completion },
+    };
+
+    snprintf(model, sizeof(model), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", models);
+    if (access(model, R_OK) != 0)
+        t_skip("SmolLM2 model not found (FAVO_MODELS)");
+    signal(SIGPIPE, SIG_IGN);
+    if (setup(model)) {
+        fprintf(stderr, "FAIL: setup\n");
+        if (H.pid > 0)
+            kill(H.pid, SIGKILL);
+        return 1;
+    }
+    for (size_t i = 0; i < FAVO_ARRAY_SIZE(cases); i++) {
+        int before = t_failures;
+        uint64_t t0 = now_ms();
+        cases[i].fn();
+        fprintf(stderr, "%s %s (%llu ms)\n", t_failures == before ? "ok  " : "FAIL", cases[i].name,
+                (unsigned long long)(now_ms() - t0));
+        if (t_failures != before)
+            break; /* later cases build on a healthy stage */
+    }
+    if (finish() && H.pid > 0)
+        kill(H.pid, SIGKILL);
+    eng_tok_free(H.tok);
+    shm_seg_destroy(&H.seg);
+    return t_failures ? 1 : 0;
+}
