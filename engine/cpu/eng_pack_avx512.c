@@ -80,9 +80,15 @@ AI void panel32(const uint32_t T, const int NC, const uint8_t *p, int64_t nb, co
             const struct eng_bq8_p *xa = (const struct eng_bq8_p *)(x + (size_t)c * xs) + b;
             __m512i s = has_m ? _mm512_setzero_si512()
                               : _mm512_slli_epi32(_mm512_set1_epi32(xa->nsum), sh);
+            __m512i s2 = _mm512_setzero_si512();
 
-            for (int j = 0; j < 8; j++)
+            /* two dependency chains: dpbusd's latency, not its
+             * throughput, bounds a single column (decode) */
+            for (int j = 0; j < 4; j++) {
                 s = _mm512_dpbusd_epi32(s, U[j], bc4(xa->qs + 4 * j));
+                s2 = _mm512_dpbusd_epi32(s2, U[j + 4], bc4(xa->qs + 4 * j + 16));
+            }
+            s = _mm512_add_epi32(s, s2);
             acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xa->d)),
                                      _mm512_cvtepi32_ps(s), acc[c]);
             if (has_m)
@@ -119,10 +125,13 @@ AI void panel_q4_k(const int NC, const uint8_t *p, int64_t nb, const uint8_t *x,
             }
             for (int c = 0; c < NC; c++) {
                 const struct eng_bq8_kp *xa = (const struct eng_bq8_kp *)(x + (size_t)c * xs) + b;
-                __m512i s = _mm512_setzero_si512();
+                __m512i s = _mm512_setzero_si512(), s2 = s;
 
-                for (int k = 0; k < 8; k++)
+                for (int k = 0; k < 4; k++) {
                     s = _mm512_dpbusd_epi32(s, U[k], bc4(xa->qs + 32 * j + 4 * k));
+                    s2 = _mm512_dpbusd_epi32(s2, U[k + 4], bc4(xa->qs + 32 * j + 4 * k + 16));
+                }
+                s = _mm512_add_epi32(s, s2);
                 tot[c] = _mm512_add_epi32(tot[c], _mm512_mullo_epi32(s, scj));
             }
         }

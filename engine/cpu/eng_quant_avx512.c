@@ -15,6 +15,7 @@
 #include "eng_quant_int.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define IMPL "avx512vnni"
@@ -259,7 +260,7 @@ static inline void blk_q4_k(const struct eng_bq4_k *w, const struct eng_bq8_k *x
         sumi = _mm512_dpwssd_epi32(sumi, p, sc_pair(sc8, c));
     }
     *acc = _mm512_fmadd_ps(_mm512_set1_ps(x->d * h2f(w->d)), _mm512_cvtepi32_ps(sumi), *acc);
-    *sacc -= x->d * (h2f(w->dmin) * (float)summ);
+    *sacc = fmaf(-x->d, h2f(w->dmin) * (float)summ, *sacc); /* fused always: see blk_q6_k */
 }
 
 static inline void blk_q5_k(const struct eng_bq5_k *w, const struct eng_bq8_k *x,
@@ -281,7 +282,7 @@ static inline void blk_q5_k(const struct eng_bq5_k *w, const struct eng_bq8_k *x
         sumi = _mm512_dpwssd_epi32(sumi, p, sc_pair(sc8, c));
     }
     *acc = _mm512_fmadd_ps(_mm512_set1_ps(x->d * h2f(w->d)), _mm512_cvtepi32_ps(sumi), *acc);
-    *sacc -= x->d * (h2f(w->dmin) * (float)summ);
+    *sacc = fmaf(-x->d, h2f(w->dmin) * (float)summ, *sacc); /* fused always: see blk_q6_k */
 }
 
 static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x,
@@ -321,7 +322,10 @@ static inline void blk_q6_k(const struct eng_bq6_k *w, const struct eng_bq8_k *x
     int off = _mm_cvtsi128_si32(o);
     float dd = x->d * h2f(w->d);
     *acc = _mm512_fmadd_ps(_mm512_set1_ps(dd), _mm512_cvtepi32_ps(sumi), *acc);
-    *sacc -= dd * (float)(32 * off);
+    /* An explicit fma: written as `*sacc -= dd * ...`, the compiler fused
+     * it in some inlined copies (dot_rows) and not in others (vec_dot),
+     * so a row's value depended on the batch size by an ulp (S1). */
+    *sacc = fmaf(-dd, (float)(32 * off), *sacc);
 }
 
 #define GEN_DOTSK(T, WT, XT)                                                     \
