@@ -36,6 +36,7 @@
 #include "shm_fdpass.h"
 #include "shm_pipe.h"
 #include "shm_seg.h"
+#include "shm_stats.h"
 
 #define GEN 7u
 #define FAIL(...)                                                              \
@@ -66,6 +67,9 @@ static struct {
     int32_t eog;
     uint32_t next_slot;
     uint64_t next_id;
+    struct shm_stats stats;
+    bool stats_ok;
+    char stats_name[64];
 } H;
 
 struct req {
@@ -80,7 +84,12 @@ static uint64_t now_ms(void) { return favo_now_ns() / 1000000ull; }
 /* ------------------------------------------------------------- ingress */
 
 /* A connected client and its conn key (the accepted end goes to egress). */
-static int client_open(uint64_t *key)
+static int client_open_buf(uint64_t *key, int sndbuf);
+static int client_open(uint64_t *key) { return client_open_buf(key, 0); }
+
+/* sndbuf > 0: a small send buffer on the accepted end (a stalled reader
+ * then stalls egress's sends quickly). */
+static int client_open_buf(uint64_t *key, int sndbuf)
 {
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(H.port) };
     struct timeval tv = { 5, 0 };
@@ -94,6 +103,8 @@ static int client_open(uint64_t *key)
     s = accept4(H.lfd, NULL, NULL, SOCK_CLOEXEC);
     if (s < 0)
         return -1;
+    if (sndbuf > 0)
+        setsockopt(s, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     H.next_slot++;
     *key = (0ull << 48) | ((uint64_t)H.next_slot << 24) | ((H.next_slot * 7u + 1u) & 0xffffffu);
     rc = shm_fdpass_send(H.sv[0], s, key, sizeof(*key));
@@ -202,7 +213,7 @@ static int conn_msg(struct shm_conn_msg *m)
     return 0;
 }
 
-static __attribute__((unused)) int ctl_msg(struct shm_ctl *m, unsigned ms)
+static int ctl_msg(struct shm_ctl *m, unsigned ms)
 {
     uint64_t t0 = now_ms();
 
@@ -373,6 +384,17 @@ static int expect_text(const int32_t *ids, size_t n, size_t cut, char *out, size
         return -1;
     if (cut < (size_t)len)
         len = (int64_t)cut;
+    /* a text ended by length inside a character: detok flushes U+FFFD */
+    for (int64_t i = len - 1; i >= 0 && i >= len - 4; i--) {
+        unsigned char ch = (unsigned char)raw[i];
+        if ((ch & 0xc0) == 0x80)
+            continue;
+        if (ch >= 0xc0 && len - i < (ch >= 0xf0 ? 4 : ch >= 0xe0 ? 3 : 2)) {
+            memcpy(raw + i, "\xef\xbf\xbd", 3);
+            len = i + 3;
+        }
+        break;
+    }
     e = egr_json_str(out, cap - 1, raw, (size_t)len);
     if (e < 0)
         return -1;
@@ -488,6 +510,356 @@ static int t_body_completion(void)
     return 0;
 }
 
+/* A stop string: the text before it, finish "stop", ONE ctl cancel for
+ * the request; the batcher's FINISH CANCELLED then ends it with KEEP. */
+static int t_stop_string(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    char raw[4096], want[4096], got[4096];
+    struct shm_conn_msg m;
+    struct shm_ctl c;
+    struct req rq;
+    uint64_t key;
+    int64_t rl;
+    int fd;
+
+    rl = eng_tok_decode(H.tok, ids, n, 0, raw, sizeof(raw) - 1);
+    CHECK(rl > 0 && (size_t)rl < sizeof(raw), "decode");
+    raw[rl] = 0;
+    CHECK(strstr(raw, "brown fox"), "stop in text");
+    CHECK((fd = client_open(&key)) >= 0, "client");
+    if (req_make(&rq, key, SHM_REQ_COMPLETIONS, SHM_REQ_F_STREAM, 512, "brown fox"))
+        return -1;
+    if (ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, 4) || tokens(&rq, ids, 4, n))
+        return -1;
+    CHECK(ctl_msg(&c, 5000) == 0, "no ctl cancel for the stop string");
+    CHECK(c.cell == rq.cell && c.id == rq.id && c.kind == 1, "ctl names the request");
+    if (ev_send(&rq, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_CANCELLED, 0, 0))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(fd, &R))
+        return -1;
+    CHECK(R.status == 200 && R.chunked, "head");
+    CHECK(expect_text(ids, n, (size_t)(strstr(raw, "brown fox") - raw), want, sizeof(want)) == 0,
+          "expect");
+    CHECK(collect(R.body, R.body_len, "text", got, sizeof(got)) >= 2, "text events");
+    CHECK(!strcmp(got, want), "text\n got: %s\nwant: %s", got, want);
+    CHECK(strstr(R.body, "\"finish_reason\":\"stop\"") && !strstr(R.body, "\"usage\""),
+          "finish stop, no usage");
+    if (conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "conn msg");
+    if (cell_freed(&rq))
+        return -1;
+    CHECK(ctl_msg(&c, 100) == 1, "a second cancel");
+    close(fd);
+    return 0;
+}
+
+/* ERROR before START: 503 with Retry-After, an OpenAI error body,
+ * keep-alive, KEEP. */
+static int t_error_503(void)
+{
+    struct shm_conn_msg m;
+    struct req rq;
+    uint64_t key;
+    int fd;
+
+    CHECK((fd = client_open(&key)) >= 0, "client");
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM, 64, NULL) ||
+        ev_send(&rq, SHM_EV_ERROR, 0, 0, 503, 7))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(fd, &R))
+        return -1;
+    CHECK(R.status == 503 && !R.chunked && R.keep_alive, "head: %s", R.head);
+    CHECK(hdr(&R, "Retry-After") && !strcmp(hdr(&R, "Retry-After"), "7"), "Retry-After");
+    CHECK(!strcmp(hdr(&R, "Content-Type"), "application/json"), "ctype");
+    CHECK(hdr(&R, "X-Request-Id") != NULL, "request id echoed");
+    CHECK(!strncmp(R.body, "{\"error\":{\"message\":\"", 21) &&
+              strstr(R.body, "\"type\":\"server_error\",\"param\":null,\"code\":\"server_overloaded\"}}"),
+          "body: %s", R.body);
+    if (conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "conn msg");
+    if (cell_freed(&rq))
+        return -1;
+    close(fd);
+    return 0;
+}
+
+/* Keep-alive: three requests on one connection (a body, a stream, a 413
+ * with Connection: close), one socket handoff, three responses in order,
+ * KEEP, KEEP, CLOSED; then the connection is closed by egress. */
+static int t_keepalive(void)
+{
+    int32_t ids[256];
+    size_t n = encode("One two three four five six.", ids, 250);
+    char want[1024], got[1024];
+    struct shm_conn_msg m;
+    struct req a, b, c;
+    uint64_t key;
+    int fd;
+
+    CHECK((fd = client_open(&key)) >= 0, "client");
+    /* 1: non-stream chat */
+    if (req_make(&a, key, SHM_REQ_CHAT, 0, 64, NULL) || ev_send(&a, SHM_EV_START, 0, 0, 0, 0) ||
+        tokens(&a, ids, 0, n) || ev_send(&a, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(fd, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 200 && !R.chunked && R.keep_alive, "1: head");
+    CHECK(strstr(R.body, "\"object\":\"chat.completion\"") &&
+              strstr(R.body, "\"message\":{\"role\":\"assistant\",\"content\":\""),
+          "1: body %s", R.body);
+    CHECK(expect_text(ids, n, SIZE_MAX, want, sizeof(want)) == 0 &&
+              collect(R.body, R.body_len, "content", got, sizeof(got)) == 1 && !strcmp(got, want),
+          "1: text %s", got);
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "1: KEEP");
+    if (cell_freed(&a))
+        return -1;
+    /* 2: stream chat on the same connection (no new handoff) */
+    ids[n] = H.eog;
+    if (req_make(&b, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM, 64, NULL) ||
+        ev_send(&b, SHM_EV_START, 0, 0, 0, 0) || tokens(&b, ids, 0, (uint32_t)n + 1) ||
+        ev_send(&b, SHM_EV_FINISH, (uint32_t)n + 1, SHM_FIN_STOP, 0, 0))
+        return -1;
+    if (read_resp(fd, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 200 && R.chunked && R.keep_alive, "2: head");
+    CHECK(collect(R.body, R.body_len, "content", got, sizeof(got)) >= 2 && !strcmp(got, want),
+          "2: text %s", got);
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "2: KEEP");
+    if (cell_freed(&b))
+        return -1;
+    /* 3: refused 413, the request asked to close */
+    if (req_make(&c, key, SHM_REQ_CHAT, SHM_REQ_F_CLOSE, 64, NULL) ||
+        ev_send(&c, SHM_EV_ERROR, 0, 0, 413, 0))
+        return -1;
+    if (read_resp(fd, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 413 && !R.keep_alive && !hdr(&R, "Retry-After"), "3: head %s", R.head);
+    CHECK(strstr(R.body, "\"type\":\"invalid_request_error\"") &&
+              strstr(R.body, "\"code\":\"context_length_exceeded\""),
+          "3: body %s", R.body);
+    CHECK(m.conn == key && m.what == SHM_CONN_CLOSED, "3: CLOSED");
+    if (cell_freed(&c))
+        return -1;
+    CHECK(R.off == R.len && recv(fd, got, 1, 0) == 0, "3: EOF after the last response");
+    close(fd);
+    return 0;
+}
+
+/* The client resets the connection mid-stream: egress's send fails, it
+ * cancels once through ctl, keeps the cell until FINISH, then frees it and
+ * says CLOSED. */
+static int t_client_gone(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    struct linger lg = { 1, 0 };
+    struct shm_conn_msg m;
+    struct shm_ctl c;
+    struct req rq;
+    uint32_t sent = 0;
+    uint64_t key, t0;
+    int fd, got = 1;
+
+    CHECK((fd = client_open(&key)) >= 0, "client");
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM, 4000, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    while (!memmem(R.buf, R.len, "\r\n\r\n", 4))
+        CHECK(fill(fd, &R) == 0, "head");
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd); /* RST */
+    for (t0 = now_ms(); got && sent + 20 <= 4000 && now_ms() - t0 < 5000;) {
+        int32_t chunk[20];
+        for (unsigned k = 0; k < 20; k++)
+            chunk[k] = ids[(sent + k) % n];
+        int32_t *gen = (int32_t *)(rq.data + rq.q->tok_off) + rq.q->ntok;
+        memcpy(gen + sent, chunk, sizeof(chunk));
+        sent += 20;
+        if (ev_send(&rq, SHM_EV_TOKENS, sent, 0, 0, 0))
+            return -1;
+        got = ctl_msg(&c, 20);
+    }
+    CHECK(got == 0, "no ctl cancel after the client left (%u ids sent)", sent);
+    CHECK(c.cell == rq.cell && c.id == rq.id, "ctl names the request");
+    if (ev_send(&rq, SHM_EV_TOKENS, sent, 0, 0, 0)) /* more events: still held */
+        return -1;
+    usleep(20000);
+    {
+        void *d;
+        CHECK(shm_cell_bytes(&H.pool, rq.cell, &d, NULL) == 0, "cell freed before FINISH");
+    }
+    if (ev_send(&rq, SHM_EV_FINISH, sent, SHM_FIN_CANCELLED, 0, 0) || conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_CLOSED, "conn msg %u", m.what);
+    if (cell_freed(&rq))
+        return -1;
+    CHECK(ctl_msg(&c, 50) == 1, "a second cancel");
+    return 0;
+}
+
+/* A client that does not read: the send stalls, the write timeout (1.5 s
+ * here) cancels and closes. */
+static int t_write_timeout(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    struct shm_conn_msg m;
+    struct shm_ctl c;
+    struct req rq;
+    uint64_t key;
+    int fd, small = 4096;
+    int32_t *gen;
+
+    CHECK((fd = client_open_buf(&key, small)) >= 0, "client");
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    if (req_make(&rq, key, SHM_REQ_COMPLETIONS, SHM_REQ_F_STREAM, 3000, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0))
+        return -1;
+    gen = (int32_t *)(rq.data + rq.q->tok_off) + rq.q->ntok;
+    for (uint32_t k = 0; k < 3000; k++)
+        gen[k] = ids[k % n];
+    for (uint32_t k = 100; k <= 3000; k += 100)
+        if (ev_send(&rq, SHM_EV_TOKENS, k, 0, 0, 0))
+            return -1;
+    CHECK(ctl_msg(&c, 6000) == 0, "no cancel after the write timeout");
+    CHECK(c.cell == rq.cell, "ctl names the request");
+    if (ev_send(&rq, SHM_EV_FINISH, 3000, SHM_FIN_CANCELLED, 0, 0) || conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_CLOSED, "conn msg");
+    if (cell_freed(&rq))
+        return -1;
+    close(fd);
+    return 0;
+}
+
+/* Many streams at once, their events interleaved; every client gets its
+ * own text, every cell comes back, one KEEP each. */
+#define NMANY 24
+static int t_many(void)
+{
+    static struct resp rr; /* one at a time, after all events */
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    struct req rq[NMANY];
+    uint64_t key[NMANY];
+    int fd[NMANY], keeps = 0;
+    uint32_t len[NMANY], done[NMANY] = { 0 };
+    char want[4096], got[4096];
+    struct shm_conn_msg m;
+    bool left = true;
+
+    for (int i = 0; i < NMANY; i++) {
+        len[i] = 5 + (uint32_t)(i * 7) % (uint32_t)(n - 5);
+        CHECK((fd[i] = client_open(&key[i])) >= 0, "client %d", i);
+        if (req_make(&rq[i], key[i], i % 2 ? SHM_REQ_CHAT : SHM_REQ_COMPLETIONS,
+                     SHM_REQ_F_STREAM | (i % 3 ? SHM_REQ_F_USAGE : 0), len[i], NULL) ||
+            ev_send(&rq[i], SHM_EV_START, 0, 0, 0, 0))
+            return -1;
+    }
+    while (left) { /* round robin, 3 ids a step */
+        left = false;
+        for (int i = 0; i < NMANY; i++) {
+            uint32_t to = FAVO_MIN(done[i] + 3, len[i]);
+            if (done[i] == len[i])
+                continue;
+            if (tokens(&rq[i], ids, done[i], to))
+                return -1;
+            done[i] = to;
+            if (to == len[i] && ev_send(&rq[i], SHM_EV_FINISH, to, SHM_FIN_LENGTH, 0, 0))
+                return -1;
+            left = true;
+        }
+    }
+    for (int i = 0; i < NMANY; i++) {
+        memset(&rr, 0, offsetof(struct resp, buf));
+        if (read_resp(fd[i], &rr))
+            return -1;
+        CHECK(rr.status == 200 && rr.chunked, "%d: head", i);
+        CHECK(expect_text(ids, len[i], SIZE_MAX, want, sizeof(want)) == 0, "expect");
+        collect(rr.body, rr.body_len, i % 2 ? "content" : "text", got, sizeof(got));
+        CHECK(!strcmp(got, want), "%d: text\n got: %s\nwant: %s", i, got, want);
+        CHECK(strstr(rr.body, "\"finish_reason\":\"length\"") != NULL, "%d: length", i);
+        CHECK(!(i % 3) == !strstr(rr.body, "\"usage\":{"), "%d: usage as asked", i);
+        close(fd[i]);
+    }
+    for (int i = 0; i < NMANY; i++) {
+        if (conn_msg(&m))
+            return -1;
+        keeps += m.what == SHM_CONN_KEEP;
+    }
+    CHECK(keeps == NMANY, "KEEP x %d", keeps);
+    for (int i = 0; i < NMANY; i++)
+        if (cell_freed(&rq[i]))
+            return -1;
+    return 0;
+}
+
+/* The access log: one JSON line per response, metadata only. */
+static int t_access_log(void)
+{
+    static char buf[65536];
+    ssize_t n = pread(H.log_fd, buf, sizeof(buf) - 1, 0);
+    int lines = 0, s200 = 0, s503 = 0, s413 = 0, s499 = 0;
+
+    CHECK(n > 0, "empty log");
+    buf[n] = 0;
+    for (char *p = buf; (p = strchr(p, '\n')) != NULL; p++)
+        lines++;
+    for (char *p = buf; (p = strstr(p, "\"status\":")) != NULL; p++) {
+        int st = atoi(p + 9);
+        s200 += st == 200, s503 += st == 503, s413 += st == 413, s499 += st == 499;
+    }
+    /* 2 + 1 + 1 + 3 + 1 + 1 + NMANY */
+    CHECK(lines == 9 + NMANY, "%d lines", lines);
+    CHECK(s200 == 5 + NMANY && s503 == 1 && s413 == 1 && s499 == 2, "statuses %d %d %d %d", s200,
+          s503, s413, s499);
+    CHECK(strstr(buf, "\"tenant\":\"acme\"") && strstr(buf, "\"model\":\"test-model\""), "fields");
+    CHECK(!strstr(buf, "quick") && !strstr(buf, "brown") && !strstr(buf, "Hello"),
+          "generated text in the access log");
+    return 0;
+}
+
+/* The stats the stage published: requests by status, latencies. */
+static int t_stats(void)
+{
+    struct shm_stats_snap *snap = calloc(1, sizeof(*snap));
+    int rc = 0;
+
+    if (!H.stats_ok) {
+        free(snap);
+        return 0;
+    }
+    usleep(120000); /* a tick flushes */
+    if (!snap || shm_stats_snapshot(&H.stats, snap)) {
+        free(snap);
+        FAIL("snapshot");
+    }
+    if (snap->counters[SHM_C_REQ_OK] != 5 + NMANY || snap->counters[SHM_C_REQ_ERROR] != 2 ||
+        snap->counters[SHM_C_REQ_CANCELLED] != 1 || snap->counters[SHM_C_REQ_TIMEOUT] != 1 ||
+        snap->hist[SHM_H_TTFT].count != 5 + NMANY || snap->hist[SHM_H_E2E].count != 5 + NMANY ||
+        snap->hist[SHM_H_ITL].count == 0 || snap->hist[SHM_H_QUEUE].count == 0) {
+        fprintf(stderr, "FAIL %s:%d: stats ok %llu err %llu cancel %llu tmo %llu ttft %llu e2e %llu\n",
+                __FILE__, __LINE__, (unsigned long long)snap->counters[SHM_C_REQ_OK],
+                (unsigned long long)snap->counters[SHM_C_REQ_ERROR],
+                (unsigned long long)snap->counters[SHM_C_REQ_CANCELLED],
+                (unsigned long long)snap->counters[SHM_C_REQ_TIMEOUT],
+                (unsigned long long)snap->hist[SHM_H_TTFT].count,
+                (unsigned long long)snap->hist[SHM_H_E2E].count);
+        t_failures++;
+        rc = -1;
+    }
+    free(snap);
+    return rc;
+}
+
 /* ------------------------------------------------------------- harness */
 
 static int setup(const char *model)
@@ -536,6 +908,11 @@ static int setup(const char *model)
         return -1;
     unlink(path);
 
+    snprintf(H.stats_name, sizeof(H.stats_name), "egrtest%d", (int)getpid());
+    H.stats_ok = shm_stats_create(&H.stats, H.stats_name, 2, 2) == 0;
+    if (!H.stats_ok)
+        fprintf(stderr, "note: no stats segment (%s): stats not checked\n", H.stats.seg.err);
+
     H.pid = fork();
     if (H.pid < 0)
         return -1;
@@ -556,6 +933,12 @@ static int setup(const char *model)
         ec.log_fd = H.log_fd;
         ec.poll = 0;
         ec.stop = H.stop;
+        struct shm_stats_writer w;
+        if (H.stats_ok && shm_stats_writer_init(&H.stats, 0, SHM_STAGE_EGRESS, 0, 0, &w) == 0) {
+            ec.stats = &H.stats;
+            ec.stats_w = &w;
+            ec.stats_row = 0;
+        }
         _exit(egr_stage_run(&ec) == 0 ? 0 : 3);
     }
     close(H.sv[1]);
@@ -614,6 +997,14 @@ int main(void)
     } cases[] = {
         { "stream_chat", t_stream_chat },
         { "body_completion", t_body_completion },
+        { "stop_string", t_stop_string },
+        { "error_503", t_error_503 },
+        { "keepalive", t_keepalive },
+        { "client_gone", t_client_gone },
+        { "write_timeout", t_write_timeout },
+        { "many", t_many },
+        { "access_log", t_access_log },
+        { "stats", t_stats },
     };
 
     snprintf(model, sizeof(model), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", models);
@@ -638,6 +1029,8 @@ int main(void)
     if (finish() && H.pid > 0)
         kill(H.pid, SIGKILL);
     eng_tok_free(H.tok);
+    if (H.stats_ok)
+        shm_stats_destroy(&H.stats);
     shm_seg_destroy(&H.seg);
     return t_failures ? 1 : 0;
 }
