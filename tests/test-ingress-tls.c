@@ -92,13 +92,19 @@ static void make_certs(void)
              "set -e; cd '%s';"
              "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key"
              " -out ca.pem -days 2 -subj /CN=favo-test-ca 2>/dev/null;"
+             "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout int.key"
+             " -out int.csr -subj /CN=favo-test-intermediate 2>/dev/null;"
+             "printf 'basicConstraints=critical,CA:TRUE,pathlen:0\\n"
+             "keyUsage=critical,keyCertSign,cRLSign\\n' > int.cnf;"
+             "openssl x509 -req -in int.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+             " -extfile int.cnf -out int.pem 2>/dev/null;"
              "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key"
              " -out leaf.csr -subj /CN=127.0.0.1 2>/dev/null;"
              "printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n"
              "extendedKeyUsage=serverAuth\\n' > ext.cnf;"
-             "openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+             "openssl x509 -req -in leaf.csr -CA int.pem -CAkey int.key -CAcreateserial -days 2"
              " -extfile ext.cnf -out leaf.pem 2>/dev/null;"
-             "cat leaf.pem ca.pem > chain.pem;"
+             "cat leaf.pem int.pem > chain.pem;"
              "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.key;"
              "openssl pkey -in leaf.key -aes256 -passout pass:secret -out enc.key;"
              "openssl x509 -in leaf.pem -outform DER -out leaf.der;"
@@ -171,6 +177,14 @@ static void cli_info(const SSL *s, int where, int ret)
         c->alert_rcvd = ret & 0xff;
 }
 
+static int tickets_seen; /* NewSessionTicket messages the clients got */
+
+static int cli_new_session(SSL *s, SSL_SESSION *sess)
+{
+    tickets_seen++;
+    return 0; /* not kept */
+}
+
 static void cli_init(struct cli *c, int max_ver, const char *alpn, size_t alpn_len)
 {
     memset(c, 0, sizeof(*c));
@@ -180,6 +194,8 @@ static void cli_init(struct cli *c, int max_ver, const char *alpn, size_t alpn_l
     SSL_CTX_set_max_proto_version(c->ctx, max_ver);
     SSL_CTX_load_verify_locations(c->ctx, p_ca, NULL);
     SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_session_cache_mode(c->ctx, SSL_SESS_CACHE_CLIENT);
+    SSL_CTX_sess_set_new_cb(c->ctx, cli_new_session);
     c->ssl = SSL_new(c->ctx);
     X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), "127.0.0.1");
     if (alpn)
@@ -324,6 +340,8 @@ static void test_mem_basic(size_t chunk)
             glen += k;
     }
     T_CHECK(glen == (1u << 20) && !memcmp(got, resp, glen), "response: %zu bytes", glen);
+    /* session tickets are off (ing_tls.h): none came with the response */
+    T_CHECK(tickets_seen == 0, "the client got %d session tickets", tickets_seen);
 
     /* client close_notify -> read 0, CLOSED; our close_notify goes out */
     SSL_shutdown(c.ssl);
@@ -715,7 +733,9 @@ static int run_cmd(const char *cmd, char **out)
 
 /* ktls_case: 0 userspace path (ING_TLS_NO_KTLS), 1 kTLS TX expected on,
  * 2 kTLS offered on a host without the tls ULP: OpenSSL must ask for it
- * through the queue BIO, and the module must decline and carry on. */
+ * through the queue BIO, and the module must decline and carry on;
+ * 3 a context loaded with the leaf alone (no intermediate): curl, which
+ * trusts only the root, must fail verification - the chain file counts. */
 static void socket_cases(ing_tls_ctx_t *ctx, int ktls_case)
 {
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -744,6 +764,12 @@ static void socket_cases(ing_tls_ctx_t *ctx, int ktls_case)
              "https://127.0.0.1:%u/",
              p_ca, srv.port);
     st = run_cmd(cmd, &out);
+    if (ktls_case == 3) {
+        T_CHECK(st == 60, "curl trusting the root accepted a server without its intermediate: "
+                          "status %d", st);
+        free(out);
+        goto stop;
+    }
     T_CHECK(st == 0 && out && strstr(out, "favo tls ok body=0 ") && strstr(out, "http=1.1"),
             "curl GET: status %d, output '%s'", st, out ? out : "");
     free(out);
@@ -832,7 +858,11 @@ static void socket_cases(ing_tls_ctx_t *ctx, int ktls_case)
 
 stop:
     fprintf(stderr, "socket cases%s: %u connections served, %d failures so far\n",
-            ktls_case == 1 ? " (kTLS)" : ktls_case == 2 ? " (kTLS declined)" : "", srv.nres,
+            ktls_case == 1   ? " (kTLS)"
+            : ktls_case == 2 ? " (kTLS declined)"
+            : ktls_case == 3 ? " (leaf without chain)"
+                             : "",
+            srv.nres,
             t_failures);
     if (write(srv.stop_pipe[1], "x", 1) != 1)
         T_CHECK(0, "stop pipe");
@@ -875,7 +905,14 @@ int main(void)
         test_mem_refusals();
         test_mem_bad_input();
         if (have("curl")) {
+            ing_tls_ctx_t *leaf_ctx = NULL;
             socket_cases(mem_ctx, 0);
+            T_CHECK(ing_tls_ctx_new(&leaf_ctx, p_leaf, p_key, ING_TLS_NO_KTLS, err,
+                                    sizeof(err)) == 0,
+                    "leaf-only ctx: %s", err);
+            if (leaf_ctx)
+                socket_cases(leaf_ctx, 3);
+            ing_tls_ctx_free(leaf_ctx);
         } else {
             fprintf(stderr, "SKIP socket cases: curl is not installed (Debian package curl)\n");
         }
