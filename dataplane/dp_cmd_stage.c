@@ -33,6 +33,7 @@
 
 #include "dp.h"
 #include "dp_sandbox.h"
+#include "dp_stages.h"
 #include "favo_base.h"
 #include "shm_stats.h"
 
@@ -126,6 +127,10 @@ static const struct {
     const char *name;
     int (*main)(int argc, char **argv);
 } stages[] = {
+    { "ingress", dp_stage_ingress },
+    { "batcher", dp_stage_batcher },
+    { "engine", dp_stage_engine },
+    { "egress", dp_stage_egress },
     { "sleeper", stage_sleeper },
 };
 

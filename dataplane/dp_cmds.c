@@ -16,6 +16,7 @@ int dp_cmd_stat(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_keys(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv);
 int dp_cmd_stage(const struct dp_cmd *cmd, int argc, char **argv);
+int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv);
 
 static int not_built(const struct dp_cmd *cmd, struct dp_opt *opts, int argc, char **argv,
                      const char *what)
@@ -26,33 +27,6 @@ static int not_built(const struct dp_cmd *cmd, struct dp_opt *opts, int argc, ch
         return rc > 0 ? 0 : 2;
     fprintf(stderr, "favo %s: not available in this build yet: %s\n", cmd->name, what);
     return 2;
-}
-
-static int cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
-{
-    struct dp_opt opts[] = {
-        { "model", 'm', DP_OPT_STR, "FILE", NULL, "GGUF model file. Without it: the default model installed by ./setup.sh (SmolLM2-135M-Instruct Q4_1)." },
-        { "host", 0, DP_OPT_STR, "ADDR", "127.0.0.1", "Address to listen on." },
-        { "port", 'p', DP_OPT_INT, "PORT", "8080", "TCP port to listen on." },
-        { "config", 'c', DP_OPT_STR, "FILE", NULL, "INI config file; every flag is also a key." },
-        { "keys", 0, DP_OPT_STR, "FILE", NULL, "API keys file (see 'favo keys'). Without it the server is open." },
-        { "instance", 0, DP_OPT_STR, "NAME", "default", "Instance name: the stats segment is /favo.NAME." },
-        { "backend", 0, DP_OPT_STR, "cpu|cuda|null", "cpu", "Engine backend. null returns tokens without computing them (data-plane measurement only)." },
-        { "tls-cert", 0, DP_OPT_STR, "FILE", NULL, "PEM certificate chain; enables TLS 1.3." },
-        { "tls-key", 0, DP_OPT_STR, "FILE", NULL, "PEM private key for --tls-cert." },
-        { "cores", 0, DP_OPT_STR, "SPEC", "auto", "Core layout, e.g. ingress=2,batcher=3,engine=4-7,egress=8." },
-        { "poll", 0, DP_OPT_STR, "spin|adaptive|block", "adaptive", "How stages wait for work." },
-        { "threads", 't', DP_OPT_INT, "N", NULL, "Engine threads (default: the engine's cores)." },
-        { "max-batch-tokens", 0, DP_OPT_INT, "N", "2048", "Tokens per engine step." },
-        { "max-seqs", 0, DP_OPT_INT, "N", "256", "Sequences per engine step." },
-        { "drain-timeout", 0, DP_OPT_DOUBLE, "SECONDS", "30", "How long SIGTERM waits for requests in flight." },
-        { "chat-template", 0, DP_OPT_STR, "NAME", NULL, "Chat format (chatml, llama2, llama3, mistral-v1/v3/v7, gemma, phi3); default: detected from the model's tokenizer.chat_template." },
-        DP_OPT_END
-    };
-
-    return not_built(cmd, opts, argc, argv,
-                     "the pipeline stages (ingress, batcher, egress, supervisor) are still being built; "
-                     "'favo run' generates in-process");
 }
 
 static int cmd_selftest(const struct dp_cmd *cmd, int argc, char **argv)
@@ -68,7 +42,7 @@ static int cmd_selftest(const struct dp_cmd *cmd, int argc, char **argv)
 const struct dp_cmd dp_cmds[] = {
     { "serve", "start the server (supervisor and pipeline stages)", "[OPTIONS]",
       "Starts the supervisor, which creates the shared-memory segments and spawns, pins "
-      "and restarts the ingress, batcher, engine and egress stages.", cmd_serve },
+      "and restarts the ingress, batcher, engine and egress stages.", dp_cmd_serve },
     { "run", "one-shot generation in-process, tokens streamed to stdout",
       "--model FILE [--prompt TEXT] [-n N] [OPTIONS]",
       "Loads a model in this process and generates from a prompt, streaming text to stdout "

@@ -597,6 +597,14 @@ static void conn_process(struct ing_loop *L, struct ing_conn *c)
 static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
 {
     c->recv_inflight = 0;
+    if (c->recv_cancel) {
+        c->recv_cancel = false;
+        if (res == -ECANCELED) { /* taken back after an unpark: parse what is here */
+            conn_process(L, c);
+            conn_kick(L, c);
+            return;
+        }
+    }
     if (res <= 0 && c->parked)
         conn_cancel(L, c);
     if (res <= 0 || c->closing) {
@@ -802,6 +810,15 @@ static void conn_msgs(struct ing_loop *L)
             if (m->what != SHM_CONN_KEEP || L->draining) {
                 c->closing = true;
                 c->out_sent = c->out_len;
+            } else if (c->recv_inflight) {
+                /* The armed recv writes into the current cell, which the
+                 * next request's detach would hand on: take it back first;
+                 * on_recv parses once it returns (data or -ECANCELED). */
+                struct io_uring_sqe *sqe = get_sqe(L);
+                io_uring_prep_cancel64(sqe, ud_make(OP_RECV, slot, c->gen), 0);
+                io_uring_sqe_set_data64(sqe, 0);
+                c->recv_cancel = true;
+                c->first_ns = c->len ? c->last_ns : 0;
             } else {
                 /* the next pipelined request may already be here */
                 c->first_ns = c->len ? c->last_ns : 0;

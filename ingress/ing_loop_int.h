@@ -29,6 +29,7 @@ struct ing_conn {
     bool cont_sent;          /* "100 Continue" sent for the current request */
     bool shut;               /* shutdown() issued */
     bool cancel_sent;        /* a CANCEL for the parked request went to the batcher */
+    bool recv_cancel;        /* the armed recv is being cancelled (unparked) */
     shm_cell_ref_t parked_cell; /* the request egress is answering */
     uint32_t nreq;           /* requests completed on this connection */
     shm_cell_ref_t cell;
