@@ -87,7 +87,7 @@ struct egr {
     struct rs *rs;
     uint32_t n_rs, rs_free, rs_active, *rs_hash, rs_mask;
     struct conn *conns;
-    uint32_t conn_free, n_conns, *conn_hash, conn_mask;
+    uint32_t conn_free, n_conns, n_sending, *conn_hash, conn_mask;
     bool retry_pending;
 
     const char *model_id, *fp;
@@ -782,6 +782,7 @@ static void conn_kick(struct egr *E, struct conn *c)
     io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, (uint32_t)(c - E->conns), c->gen));
     c->sending = n;
     c->send_ns = E->now;
+    E->n_sending++;
     if (r->first_pending) {
         r->st->first_ns = E->now;
         r->first_pending = 0;
@@ -795,6 +796,7 @@ static void on_send(struct egr *E, struct conn *c, int res)
 
     FAVO_ASSERT(n && i != NONE); /* inv 2: a send is always the head's */
     c->sending = 0;
+    E->n_sending--;
     r = &E->rs[i];
     if (c->shut || res == 0 || (res < 0 && res != -EAGAIN && res != -EINTR)) {
         if (res < 0 && res != -EPIPE && res != -ECONNRESET && !c->shut)
@@ -1013,7 +1015,7 @@ static void on_tick(struct egr *E)
 {
     const struct egr_stage_cfg *cfg = E->cfg;
 
-    for (uint32_t i = 0; i < MAX_CONNS && E->n_conns; i++) {
+    for (uint32_t i = 0; i < MAX_CONNS && E->n_sending; i++) {
         struct conn *c = &E->conns[i];
         if (c->key && c->sending && !c->shut && E->now - c->send_ns > E->write_timeout_ns) {
             favo_info("egress: write timeout on conn %#" PRIx64, (uint64_t)c->key);
@@ -1250,7 +1252,9 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
         if (want_exit(E))
             break;
         if (got) {
-            io_uring_submit(&E->ring);
+            /* submit and run completions without waiting (DEFER_TASKRUN
+             * runs task work only inside a GETEVENTS enter) */
+            io_uring_submit_and_get_events(&E->ring);
             reap(E);
             ring_bells(E);
             idle_since = 0;
@@ -1259,7 +1263,7 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
         if (cfg->poll == 2 || (cfg->poll == 1 && (!idle_since || E->now - idle_since < SPIN_NS))) {
             if (!idle_since)
                 idle_since = E->now;
-            io_uring_submit(&E->ring);
+            io_uring_submit_and_get_events(&E->ring);
             reap(E);
             ring_bells(E);
             favo_cpu_relax();

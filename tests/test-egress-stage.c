@@ -931,7 +931,7 @@ static int setup(const char *model)
         ec.fingerprint = "fp_test";
         ec.write_timeout_ms = 1500;
         ec.log_fd = H.log_fd;
-        ec.poll = 0;
+        ec.poll = atoi(t_env("T_EGR_POLL", "0")); /* 1, 2: adaptive, spin (by hand) */
         ec.stop = H.stop;
         struct shm_stats_writer w;
         if (H.stats_ok && shm_stats_writer_init(&H.stats, 0, SHM_STAGE_EGRESS, 0, 0, &w) == 0) {
