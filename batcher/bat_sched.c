@@ -1037,6 +1037,24 @@ int bat_sched_complete_ob(struct bat_sched *s, const struct bat_plan *p,
     return complete_impl(s, p, res, now, outbox(a), a->ob_cap, true);
 }
 
+int bat_sched_reset_kv(struct bat_sched *s)
+{
+    struct bat_arena *a = s->a;
+    uint32_t n = a->n_running;
+
+    a->busy = 1;
+    /* The plan in flight is void: a done message for it is a replay now.
+     * Its sequences' state is what it was before the plan (complete() was
+     * not applied), so they lose nothing but the KV. */
+    a->done_step = a->step;
+    /* Last-ranked first, each to the head of its class's resume queue: the
+     * queues end up in rank order. */
+    while (a->n_running)
+        preempt_at(a, a->n_running - 1);
+    a->busy = 0;
+    return (int)n;
+}
+
 /* ---- outbox and lookups ---------------------------------------------- */
 
 int bat_sched_ob_push(struct bat_sched *s, const struct bat_event *e)

@@ -250,6 +250,14 @@ const struct bat_event *bat_sched_ob_peek(const struct bat_sched *s, uint32_t *n
 /* The oldest n pending events are published. */
 void bat_sched_ob_pop(struct bat_sched *s, uint32_t n);
 
+/* The engines lost their KV cache (an engine rank restarted): the plan in
+ * flight, if any, is void (complete() of it becomes a no-op, so a result
+ * computed without the KV is never applied), and every running sequence is
+ * preempted by recompute - blocks freed and listed in the next plan's
+ * freed[], back to its class's resume queue in rank order, to re-prefill
+ * prompt + generated ids. Returns how many were preempted. */
+int bat_sched_reset_kv(struct bat_sched *s);
+
 /* The live request (waiting or running) whose cell is `cell`: 0 and *id,
  * or -ENOENT. O(slots): for cancels by cell and for replayed submits. */
 int bat_sched_find(const struct bat_sched *s, uint64_t cell, uint64_t *id);

@@ -26,6 +26,7 @@ struct bst {
     shm_bell_efd_t egr;
     unsigned n_ingress, n_ranks;
     uint64_t sent[SHM_PIPE_MAX_RANKS]; /* last step enqueued on plan[r] */
+    int32_t eng_pid[SHM_PIPE_MAX_RANKS]; /* engine incarnation whose KV we plan for */
     uint64_t last_preempt, last_hb;
     bool stalled;                      /* last step produced nothing to run */
 };
@@ -406,6 +407,31 @@ static int in_flight(struct bst *b, const struct bat_sched_info *in, uint64_t no
     return 1;
 }
 
+/* An engine rank that went down or came back as another process lost the
+ * KV cache every running sequence depends on: void the plan in flight and
+ * re-prefill everyone (bat_sched_reset_kv). Runs before the done ring is
+ * read, and an engine sets its up word before it takes a plan, so a done
+ * message from a new incarnation is never applied to the old one's KV. */
+static void check_engines(struct bst *b)
+{
+    bool lost = false;
+
+    for (unsigned r = 0; r < b->n_ranks; r++) {
+        int32_t cur = shm_pipe_stage_up(b->pipe, SHM_PIPE_ENGINE, r)
+                          ? __atomic_load_n(&b->pipe->hdr->up_pid[SHM_PIPE_ENGINE][r],
+                                            __ATOMIC_ACQUIRE)
+                          : 0;
+        if (b->eng_pid[r] && cur != b->eng_pid[r])
+            lost = true;
+        b->eng_pid[r] = cur;
+    }
+    if (lost) {
+        int n = bat_sched_reset_kv(&b->s);
+        favo_warn("batcher: an engine rank restarted: plan in flight voided, %d sequences "
+                  "re-prefill", n);
+    }
+}
+
 static int drain_done(struct bst *b, uint64_t now)
 {
     const struct shm_plan_msg *m;
@@ -511,6 +537,10 @@ static int attach_all(struct bst *b)
         return rc;
     ob_dedupe(b);
     b->last_preempt = in.n_preempt;
+    /* The engines up now are taken to hold the KV the arena describes (an
+     * engine that restarted while we were down is not noticed: bat_stage.h). */
+    for (unsigned r = 0; r < b->n_ranks; r++)
+        b->eng_pid[r] = shm_pipe_stage_up(p, SHM_PIPE_ENGINE, r) ? h->up_pid[SHM_PIPE_ENGINE][r] : 0;
     favo_info("batcher: %s at step %llu: %u waiting, %u running, %u events unpublished, "
               "plan in flight: %s", in.step ? "resumed" : "started",
               (unsigned long long)in.step, in.n_waiting, in.n_running, in.n_outbox,
@@ -568,6 +598,7 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
         int work = 0;
 
         work += publish(&b, now);
+        check_engines(&b);
         work += drain_done(&b, now);
         work += drain_req(&b, now);
         work += drain_ctl(&b);

@@ -65,6 +65,13 @@
  *   - A replayed SUBMIT (dead between submit and release) is recognised:
  *     its cell is already in the scheduler, has an ERROR pending in the
  *     outbox, or is no longer owned by the batcher.
+ *   - An ENGINE restart (a rank's up word goes down or names another pid)
+ *     loses the KV cache: bat_sched_reset_kv voids the plan in flight (its
+ *     done message, from either incarnation, is then a replay) and every
+ *     running sequence re-prefills prompt + generated ids. This needs the
+ *     engine to set its up word before it takes its first plan. Not noticed:
+ *     an engine that restarted while the batcher itself was down (the
+ *     engine pid is not kept in shared memory yet).
  *   - Cost today: re-attach and a scan of the arena (bat_sched_check,
  *     O(slots + blocks)); no request is lost. NOT handled: a crash inside
  *     bat_sched_step/complete itself (arena busy): attach fails with

@@ -57,6 +57,12 @@ struct h {
     uint64_t steps, events, last_step;
     struct rq rq[MAXR];
     unsigned nrq;
+    /* KV the fake engine holds: positions computed per request since its
+     * (re)start. kv_lax: a plan built for a previous engine's KV may come
+     * (answered with wrong tokens, which the batcher must never apply). */
+    int kv_check, kv_lax;
+    uint32_t kv_pos[MAXR];
+    unsigned stale_plans;
 };
 
 static pid_t g_pid; /* the batcher child, killed by teardown after a failure */
@@ -287,6 +293,19 @@ static int h_engine(struct h *h)
         assert_int_equal(p->n_seqs, msg.n_seqs);
         assert_true(msg.step > h->last_step); /* each step once, in order */
         h->last_step = msg.step;
+        bool stale = false;
+        for (uint32_t k = 0; k < p->n_seqs && h->kv_check; k++) {
+            struct rq *q = h_find(h, ps[k].cell);
+            assert_non_null(q);
+            /* the engine has positions [0, pos) of this sequence, or the
+             * batcher starts it over (preempted: recompute) */
+            if (ps[k].pos != 0 && ps[k].pos != h->kv_pos[q - h->rq])
+                stale = true;
+        }
+        if (stale) {
+            assert_true(h->kv_lax); /* only right after an engine restart */
+            h->stale_plans++;
+        }
         for (uint32_t k = 0; k < p->n_seqs; k++) {
             struct rq *q = h_find(h, ps[k].cell);
             void *data;
@@ -302,7 +321,11 @@ static int h_engine(struct h *h)
                 assert_int_equal(ps[k].pos + ps[k].n_new, q->ntok + ps[k].n_history);
                 res[k].token = (int32_t)gtok((unsigned)(q - h->rq), ps[k].n_history);
                 res[k].eos = (uint8_t)(q->eos_at && ps[k].n_history + 1 == q->eos_at);
+                if (stale) /* computed without the KV: garbage */
+                    res[k].token += 5;
             }
+            if (!stale)
+                h->kv_pos[q - h->rq] = ps[k].pos + ps[k].n_new;
         }
         assert_int_equal(shm_ring_enqueue(&h->done, &msg), 0);
         shm_bell_ec_ring(&h->bat_bell);
@@ -606,6 +629,65 @@ static void h_kill9(struct h *h)
     shm_pipe_set_sup(&h->p, SHM_PIPE_BATCHER, 0, 0); /* reaped */
 }
 
+static void h_engine_up(struct h *h, int32_t pid)
+{
+    for (unsigned r = 0; r < NRANKS; r++) {
+        shm_pipe_set_sup(&h->p, SHM_PIPE_ENGINE, r, pid);
+        shm_pipe_set_up(&h->p, SHM_PIPE_ENGINE, r, pid);
+    }
+}
+
+/* The engine ranks die (mid_plan: rank 0 had taken the next plan and
+ * never answered) and come back as pid, with an empty KV cache. */
+static void h_engine_restart(struct h *h, int32_t pid, bool mid_plan, bool pause)
+{
+    if (mid_plan)
+        (void)shm_ring_peek_one(&h->plan[0]);
+    for (unsigned r = 0; r < NRANKS; r++)
+        shm_pipe_set_sup(&h->p, SHM_PIPE_ENGINE, r, 0); /* reaped */
+    if (pause) {
+        shm_bell_ec_ring(&h->bat_bell);
+        usleep(60000); /* the batcher sees it down */
+    }
+    for (unsigned r = 0; r < NRANKS; r++) /* a new consumer: unreleased plans again */
+        assert_int_equal(shm_pipe_ring_plan(&h->p, r, SHM_RING_CONSUMER, &h->plan[r]), 0);
+    memset(h->kv_pos, 0, sizeof(h->kv_pos));
+    h->last_step = 0;
+    h->kv_lax = 1;
+    h_engine_up(h, pid);
+    shm_bell_ec_ring(&h->bat_bell);
+}
+
+/* An engine restart loses the KV: the batcher voids the plan in flight
+ * (never applies results computed without the KV) and re-prefills every
+ * running sequence; no token is lost, repeated or wrong. */
+static void t_engine_restart(void **state)
+{
+    (void)state;
+    struct bat_sched_cfg sc = sc_default();
+    struct h *h = calloc(1, sizeof(*h));
+    uint64_t rng = 11;
+
+    h_init(h, &sc, 0);
+    h_engine_up(h, 5001);
+    h_spawn(h, 0);
+    h->kv_check = 1;
+    for (unsigned i = 0; i < 40; i++)
+        h_submit(h, 1 + (uint32_t)(t_rand(&rng) % 80), 20 + (uint32_t)(t_rand(&rng) % 30), 0,
+                 i % 3, 0);
+    for (int k = 0; k < 6; k++) {
+        uint64_t want = h->events + 30;
+        h_run(h, events_at_least, &want, 5000);
+        h_engine_restart(h, 5002 + k, k % 2, k % 3 == 0);
+    }
+    h_run(h, all_done, NULL, 10000);
+    for (unsigned i = 0; i < h->nrq; i++)
+        assert_int_equal(h->rq[i].seen, h->rq[i].max_tokens);
+    h_drain(h);
+    h_free(h);
+    free(h);
+}
+
 static void t_restart(void **state)
 {
     (void)state;
@@ -658,6 +740,7 @@ int main(void)
         cmocka_unit_test_teardown(t_errors, teardown),
         cmocka_unit_test_teardown(t_drain, teardown),
         cmocka_unit_test_teardown(t_restart, teardown),
+        cmocka_unit_test_teardown(t_engine_restart, teardown),
     };
     favo_log_init("test");
     return cmocka_run_group_tests(tests, NULL, NULL);
