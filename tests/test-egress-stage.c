@@ -939,7 +939,10 @@ static int setup(const char *model)
             ec.stats_w = &w;
             ec.stats_row = 0;
         }
-        _exit(egr_stage_run(&ec) == 0 ? 0 : 3);
+        int rc = egr_stage_run(&ec);
+        if (ec.stats_w)
+            shm_stats_writer_free(ec.stats_w);
+        exit(rc == 0 ? 0 : 3); /* exit, not _exit: LSan checks the stage too */
     }
     close(H.sv[1]);
     shm_pipe_set_sup(&H.p, SHM_PIPE_EGRESS, 0, H.pid);
