@@ -61,7 +61,7 @@ struct ing_tls_conn {
     enum ing_tls_state st;
     bool ktls_tx;
     const char *ktls_note;   /* why kTLS TX is on or off (ing_tls_info) */
-    bool rekey_refused;      /* OpenSSL asked to re-key kTLS TX */
+    bool rekey_refused;      /* OpenSSL re-keyed its write side under kTLS TX */
     bool eof;                /* TCP EOF fed */
     bool handed;             /* handed_p/_n are out with the loop (tls inv 1);
                                 they are the first handed_n unsent bytes */
@@ -171,6 +171,21 @@ static int alpn_select(SSL *s, const unsigned char **out, unsigned char *outlen,
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
+}
+
+/* Under kTLS TX, an outgoing KeyUpdate means OpenSSL moved its own write
+ * key while the kernel keeps the old one (OpenSSL 3.0's tls13_update_key
+ * has no kTLS step): everything after it would go out under a key the
+ * client no longer expects. Mark the connection to fail at the next read.
+ * Installed only when kTLS is offered. */
+static void msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                   SSL *s, void *arg)
+{
+    struct ing_tls_conn *c = SSL_get_app_data(s);
+
+    if (c && c->ktls_tx && write_p && content_type == SSL3_RT_HANDSHAKE && len >= 1 &&
+        ((const uint8_t *)buf)[0] == SSL3_MT_KEY_UPDATE)
+        c->rekey_refused = true;
 }
 
 static void info_cb(const SSL *s, int where, int ret)
@@ -310,8 +325,10 @@ int ing_tls_ctx_new(ing_tls_ctx_t **out, const char *cert, const char *key, unsi
     SSL_CTX_set_info_callback(t->ssl, info_cb);
     t->ktls = !(flags & ING_TLS_NO_KTLS) &&
               ((flags & ING_TLS_KTLS_ALWAYS) || ing_tls_ktls_available());
-    if (t->ktls)
+    if (t->ktls) {
         SSL_CTX_set_options(t->ssl, SSL_OP_ENABLE_KTLS);
+        SSL_CTX_set_msg_callback(t->ssl, msg_cb);
+    }
     favo_info("tls: TLS 1.3 only, ALPN http/1.1, tickets off, kernel TLS transmit %s",
               t->ktls ? "available" : (flags & ING_TLS_NO_KTLS) ? "off (by flag)"
                                                                 : "unavailable (no tls ULP)");
@@ -460,8 +477,9 @@ static long q_set_ktls(struct ing_tls_conn *c, long is_tx, void *crypto_info)
     if (!is_tx || !c->sock)
         return 0; /* receive stays in userspace (OpenSSL 3.0: TX only for 1.3) */
     if (c->ktls_tx) {
-        /* A re-key (KeyUpdate): OpenSSL 3.0 cannot move the kernel to the
-         * new key. Decline and fail the connection at the next read. */
+        /* A second TX switch would be a re-key; OpenSSL 3.0 never asks
+         * (see msg_cb), a later version might: decline, fail the
+         * connection at the next read. */
         c->rekey_refused = true;
         return 0;
     }
@@ -710,7 +728,8 @@ ssize_t ing_tls_conn_read(ing_tls_conn_t *c, void *dst, size_t cap)
         if (r == 1)
             explicit_bzero(dst, n);
         return conn_fail(c, -EPROTO,
-                         "the client asked for a KeyUpdate, which kernel TLS transmit cannot do");
+                         "the client asked for a KeyUpdate, which kernel TLS transmit cannot "
+                         "follow in OpenSSL 3.0");
     }
     if (r == 1)
         return (ssize_t)n;

@@ -71,14 +71,19 @@
  * encrypted by the kernel, and (c) only when all of it went out, lets the
  * socket BIO set TLS_TX. Any failure declines the offload and the
  * connection stays on the userspace path (queue + loop SEND), which is
- * always correct. That one send() per handshake, on kTLS hosts only, is
- * the one syscall the module makes; never on the per-token path.
+ * always correct. That send() and a getsockopt (once per handshake, kTLS
+ * hosts only) and close_notify as a kernel control message are the only
+ * syscalls the module makes; none is on the per-token path.
  * After the switch, OpenSSL writes only control records (alerts,
  * post-handshake messages): they go through the socket BIO as kernel
  * control messages (sendmsg, TLS_SET_RECORD_TYPE). A client KeyUpdate
- * that requests ours cannot be served under kTLS TX (OpenSSL 3.0 cannot
- * re-key the kernel): the connection fails (-EPROTO) instead of sending
- * records under a key the client no longer expects.
+ * that requests ours cannot be served under kTLS TX: OpenSSL 3.0 answers
+ * it and moves its own write key, never the kernel's (tls13_update_key
+ * has no kTLS step). The module sees that KeyUpdate leave (message
+ * callback) and fails the connection (-EPROTO at that read), so the loop
+ * sends nothing more; bytes egress writes concurrently would be rejected
+ * by the client (bad_record_mac). Clients do not request KeyUpdate on
+ * HTTP/1.1 connections in practice; the userspace path serves it.
  *
  * What an ingress crash costs a TLS connection (invariant 6 as far as
  * TLS allows). The SSL object - read keys and sequence numbers, and the

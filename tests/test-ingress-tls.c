@@ -177,7 +177,16 @@ static void cli_info(const SSL *s, int where, int ret)
         c->alert_rcvd = ret & 0xff;
 }
 
-static int tickets_seen; /* NewSessionTicket messages the clients got */
+static int tickets_seen;     /* NewSessionTicket messages the clients got */
+static int key_updates_seen; /* KeyUpdate messages the clients got */
+
+static void cli_msg(int write_p, int version, int content_type, const void *buf, size_t len,
+                    SSL *s, void *arg)
+{
+    if (!write_p && content_type == SSL3_RT_HANDSHAKE && len >= 1 &&
+        ((const uint8_t *)buf)[0] == SSL3_MT_KEY_UPDATE)
+        key_updates_seen++;
+}
 
 static int cli_new_session(SSL *s, SSL_SESSION *sess)
 {
@@ -206,6 +215,7 @@ static void cli_init(struct cli *c, int max_ver, const char *alpn, size_t alpn_l
     SSL_set_bio(c->ssl, c->rb, c->wb);
     SSL_set_app_data(c->ssl, c);
     SSL_set_info_callback(c->ssl, cli_info);
+    SSL_set_msg_callback(c->ssl, cli_msg);
     SSL_set_connect_state(c->ssl);
 }
 
@@ -342,6 +352,34 @@ static void test_mem_basic(size_t chunk)
     T_CHECK(glen == (1u << 20) && !memcmp(got, resp, glen), "response: %zu bytes", glen);
     /* session tickets are off (ing_tls.h): none came with the response */
     T_CHECK(tickets_seen == 0, "the client got %d session tickets", tickets_seen);
+
+    /* the client asks for a KeyUpdate (and ours): the userspace path
+     * answers it and carries on under the new keys */
+    {
+        char buf[8] = "";
+        size_t k = 0;
+        int before = key_updates_seen;
+
+        T_CHECK(SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED) == 1, "client key update");
+        T_CHECK(SSL_write_ex(c.ssl, "ping", 4, &k) == 1, "client write after key update");
+        r = -EAGAIN;
+        for (int i = 0; i < 1000 && r == -EAGAIN; i++) {
+            pump(&c, s, chunk);
+            r = ing_tls_conn_read(s, buf, sizeof(buf));
+        }
+        T_CHECK(r == 4 && !memcmp(buf, "ping", 4), "read after key update: %zd (%s)", r,
+                ing_tls_conn_error(s));
+        T_CHECK(ing_tls_conn_write(s, "pong", 4) == 4, "write after key update");
+        k = 0;
+        for (int i = 0; i < 100 && !k; i++) {
+            pump(&c, s, chunk == 1 ? 4096 : chunk);
+            if (SSL_read_ex(c.ssl, buf, sizeof(buf), &k) != 1)
+                k = 0;
+        }
+        T_CHECK(k == 4 && !memcmp(buf, "pong", 4), "client read after key update: %zu", k);
+        T_CHECK(key_updates_seen == before + 1, "the server sent %d KeyUpdates, want 1",
+                key_updates_seen - before);
+    }
 
     /* client close_notify -> read 0, CLOSED; our close_notify goes out */
     SSL_shutdown(c.ssl);
