@@ -300,6 +300,11 @@ static void zero_all(struct stage *s)
         zero_block(s, (int32_t)b);
 }
 
+/* plan_load's verdict for a message replayed after a crash (the engine died
+ * after its done message, before releasing the plan message): the batcher
+ * completed that step and has reused the slot since. */
+static const char STALE[] = "stale";
+
 static bool range_ok(uint64_t off, uint64_t count, uint64_t size, uint64_t len)
 {
     return off <= len && count <= (len - off) / size;
@@ -339,6 +344,8 @@ static const char *plan_load(struct stage *s, const struct shm_plan_msg *msg,
     } else {
         return "freed bounds";
     }
+    if (h->step > msg->step)
+        return STALE; /* the slot holds a newer plan: msg is a replay */
     if (h->step != msg->step)
         return "step";
     if (h->n_seqs != msg->n_seqs)
@@ -523,6 +530,13 @@ static void plan_handle(struct stage *s, const struct shm_plan_msg *msg)
         }
         s->gen = h.generation;
         s->have_gen = true;
+    }
+    if (bad == STALE) {
+        /* No results (the slot's results belong to the newer plan), no
+         * done: the batcher is past this step. */
+        favo_info("engine stage: rank %u: replayed plan message (step %llu) is stale; "
+                  "dropped", s->cfg->rank, (unsigned long long)msg->step);
+        return;
     }
     if (bad) {
         s->n_refused++;
