@@ -320,6 +320,23 @@ static int drain_ctl(struct bst *b)
 
 /* ------------------------------------------------------------ plans */
 
+/* The gauges as they are now (step() sets them before the engines run;
+ * after complete() the finished requests are gone). */
+static void stats_gauges(struct bst *b)
+{
+    struct shm_stats_writer *w = b->cfg->stats_w;
+    struct bat_sched_info in;
+
+    if (!w)
+        return;
+    bat_sched_info(&b->s, &in);
+    shm_stats_begin(w);
+    shm_stats_gauge_set(w, SHM_G_REQUESTS_RUNNING, in.n_running);
+    shm_stats_gauge_set(w, SHM_G_REQUESTS_WAITING, in.n_waiting);
+    shm_stats_gauge_set(w, SHM_G_KV_CACHE_USAGE, in.kv_total ? (double)in.kv_used / in.kv_total : 0);
+    shm_stats_end(w);
+}
+
 static void stats_after_step(struct bst *b, const struct bat_sched_info *in)
 {
     if (b->cfg->stats_w && in->n_preempt > b->last_preempt)
@@ -404,6 +421,7 @@ static int in_flight(struct bst *b, const struct bat_sched_info *in, uint64_t no
         return 0;
     int rc = bat_sched_complete_ob(&b->s, p, NULL, now);
     FAVO_ASSERT(rc >= 0); /* the outbox is empty and p is the latest */
+    stats_gauges(b);
     return 1;
 }
 
@@ -429,6 +447,9 @@ static void check_engines(struct bst *b)
         int n = bat_sched_reset_kv(&b->s);
         favo_warn("batcher: an engine rank restarted: plan in flight voided, %d sequences "
                   "re-prefill", n);
+        if (b->cfg->stats_w && n > 0)
+            shm_stats_add(b->cfg->stats_w, SHM_C_PREEMPTIONS, (uint64_t)n);
+        b->last_preempt += (uint64_t)n;
     }
 }
 
@@ -454,6 +475,7 @@ static int drain_done(struct bst *b, uint64_t now)
             if (rc < 0)
                 favo_err("batcher: complete of step %llu failed (%d)",
                          (unsigned long long)m->step, rc);
+            stats_gauges(b);
         } else if (m->step > in.step) {
             favo_warn("batcher: done for step %llu, never planned (at %llu): ignored",
                       (unsigned long long)m->step, (unsigned long long)in.step);

@@ -18,6 +18,7 @@
 #include "t_util.h"
 #include "bat_stage.h"
 #include "shm_seg.h"
+#include "shm_stats.h"
 
 #include <setjmp.h>
 #include <signal.h>
@@ -61,6 +62,9 @@ struct h {
      * (re)start. kv_lax: a plan built for a previous engine's KV may come
      * (answered with wrong tokens, which the batcher must never apply). */
     int kv_check, kv_lax;
+    int stats_on;                      /* the child writes a stats segment */
+    char stats_inst[32];
+    struct shm_stats stats;
     uint32_t kv_pos[MAXR];
     unsigned stale_plans;
 };
@@ -152,7 +156,20 @@ static void h_spawn(struct h *h, int poll)
         c.sched = h->sc;
         c.egr_bell_efd = h->egr_efd;
         c.poll = poll;
-        _exit(bat_stage_run(&c) == 0 ? 0 : 3);
+        struct shm_stats st;
+        struct shm_stats_writer w;
+        if (h->stats_on) {
+            if (shm_stats_open(&st, h->stats_inst, true) ||
+                shm_stats_writer_init(&st, 0, SHM_STAGE_BATCHER, 0, 0, &w))
+                _exit(4);
+            c.stats = &st;
+            c.stats_w = &w;
+            c.stats_row = 0;
+        }
+        int rc = bat_stage_run(&c);
+        if (h->stats_on)
+            shm_stats_writer_free(&w);
+        _exit(rc == 0 ? 0 : 3);
     }
     h->pid = pid;
     g_pid = pid;
@@ -447,8 +464,30 @@ static void h_drain(struct h *h)
     fail_msg("batcher did not exit after the drain");
 }
 
+static void h_stats_on(struct h *h)
+{
+    snprintf(h->stats_inst, sizeof(h->stats_inst), "h15bst%d", (int)getpid());
+    shm_seg_unlink_stats(h->stats_inst);
+    assert_int_equal(shm_stats_create(&h->stats, h->stats_inst, 2, 2), 0);
+    h->stats_on = 1;
+}
+
+/* After the drain: the child flushed everything. Caller frees. */
+static struct shm_stats_snap *h_snap(struct h *h)
+{
+    struct shm_stats_snap *s = calloc(1, sizeof(*s));
+
+    assert_non_null(s);
+    assert_int_equal(shm_stats_snapshot(&h->stats, s), 0);
+    assert_true(s->nstages >= 1);
+    assert_true(s->stages[0].heartbeat_ns > 0); /* the batcher heartbeats its row */
+    return s;
+}
+
 static void h_free(struct h *h)
 {
+    if (h->stats_on)
+        shm_stats_destroy(&h->stats);
     close(h->egr_efd);
     shm_seg_destroy(&h->seg);
 }
@@ -464,6 +503,7 @@ static void t_many(void **state)
 
     /* a small ev ring: the batcher must hold events back, never drop them */
     h_init(h, &sc, 16);
+    h_stats_on(h);
     h_spawn(h, 0);
     for (unsigned i = 0; i < 120; i++) {
         uint32_t ntok = 1 + (uint32_t)(t_rand(&rng) % (i % 10 == 0 ? 400 : 40));
@@ -488,6 +528,19 @@ static void t_many(void **state)
         }
     }
     h_drain(h);
+    struct shm_stats_snap *st = h_snap(h);
+    uint64_t gen = 0, prompt = 0;
+    for (unsigned i = 0; i < h->nrq; i++) {
+        gen += h->rq[i].seen;
+        prompt += h->rq[i].ntok - 1; /* a last prefill chunk of 1 counts as a decode */
+    }
+    assert_int_equal(st->counters[SHM_C_GENERATION_TOKENS], gen);
+    assert_true(st->counters[SHM_C_PROMPT_TOKENS] >= prompt);
+    assert_int_equal(st->counters[SHM_C_REQ_OK], h->nrq);
+    assert_int_equal(st->hist[SHM_H_QUEUE].count, h->nrq);
+    assert_true(st->gauges[SHM_G_REQUESTS_RUNNING] == 0 && st->gauges[SHM_G_REQUESTS_WAITING] == 0);
+    assert_true(st->gauges[SHM_G_KV_CACHE_USAGE] == 0);
+    free(st);
     h_free(h);
     free(h);
 }
@@ -536,6 +589,7 @@ static void t_errors(void **state)
     sc.max_queue = 4;
     sc.max_queue_tenant = 4;
     h_init(h, &sc, 0);
+    h_stats_on(h);
     h->engine_on = 0; /* hold the first plan: everything else queues */
     /* all submitted before the batcher starts, so it sees them in one go */
     unsigned big = h_submit(h, 600, 600, 0, 1, 0); /* over max_ctx: 413 */
@@ -571,6 +625,12 @@ static void t_errors(void **state)
         if (!h->rq[i].status)
             assert_int_equal(h->rq[i].reason, SHM_FIN_LENGTH);
     h_drain(h);
+    struct shm_stats_snap *st = h_snap(h);
+    assert_int_equal(st->counters[SHM_C_REJ_TOO_LARGE], 1);
+    assert_int_equal(st->counters[SHM_C_REJ_BAD_REQUEST], 1);
+    assert_int_equal(st->counters[SHM_C_REJ_QUEUE_FULL], 8);
+    assert_int_equal(st->counters[SHM_C_REQ_OK], 4);
+    free(st);
     h_free(h);
     free(h);
 }
