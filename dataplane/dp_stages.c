@@ -6,6 +6,12 @@
  * in the stats segment, turn SIGTERM/SIGINT into the stop word, and call
  * the stage's run function. A stage that cannot attach exits 1 with one
  * line naming what failed; the supervisor restarts it with backoff.
+ *
+ * Every stage is hardened first (dp_sandbox_harden: RLIMIT_CORE 0, not
+ * dumpable). The seccomp profiles (dp_sandbox.h) are not installed yet:
+ * they must go in after each stage's start-up (model and tokenizer files
+ * opened, io_uring set up), which needs a hook in the stages' run
+ * functions; until then a stage can make any system call.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +23,7 @@
 #include <unistd.h>
 
 #include "bat_stage.h"
+#include "dp_sandbox.h"
 #include "dp_stages.h"
 #include "dp_sup.h"
 #include "egr_stage.h"
@@ -108,6 +115,12 @@ static int env_open(struct stage_env *E, const char *stage, const struct kv *kv,
     struct sigaction sa;
 
     memset(E, 0, sizeof(*E));
+    /* every stage holds request content: no core dumps, not dumpable
+     * (invariant 5), before the segment is even mapped */
+    if ((rc = dp_sandbox_harden()) != 0) {
+        favo_err("%s: hardening: %s", stage, strerror(-rc));
+        return rc;
+    }
     E->row = (unsigned)kv_int(kv, "--row", 0);
     E->poll = !poll || !strcmp(poll, "block") ? 0 : !strcmp(poll, "spin") ? 2 : 1;
     if ((rc = shm_seg_attach_data(&E->data, DP_SUP_DATA_FD)) != 0) {
