@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "favo_base.h"
@@ -623,6 +624,15 @@ int bat_sched_cancel(struct bat_sched *s, uint64_t id)
     return 0;
 }
 
+/* ---- test seam -------------------------------------------------------- */
+
+static uint64_t g_abort_step; /* process-local: 0 = off */
+
+void bat_sched_test_abort_in_step(uint64_t step)
+{
+    g_abort_step = step;
+}
+
 /* ---- outbox ---------------------------------------------------------- */
 
 /* Empty the outbox: ob_n first, so a crash between the two stores leaves
@@ -913,6 +923,8 @@ static int step_impl(struct bat_sched *s, uint64_t now, struct bat_plan *p, stru
     }
     /* Pass 3: admission. */
     admit(s, &c, now);
+    if (favo_unlikely(g_abort_step) && a->step + 1 == g_abort_step)
+        abort(); /* test seam: die with the arena half-way through a step */
     /* START events (outbox only): sequences admitted for the first time in
      * this step; a resumed (preempted) one keeps its old admit_seq. */
     if (ob)
@@ -1035,6 +1047,33 @@ int bat_sched_complete_ob(struct bat_sched *s, const struct bat_plan *p,
         return -EAGAIN;
     ob_reset(a);
     return complete_impl(s, p, res, now, outbox(a), a->ob_cap, true);
+}
+
+int bat_sched_salvage(struct bat_sched *s, void *mem, size_t size,
+                      const struct bat_sched_cfg *cfg, uint64_t generation)
+{
+    struct bat_arena *a = mem;
+    uint64_t base;
+    int rc;
+
+    if (!s || !mem || size < sizeof(*a))
+        return -EINVAL;
+    if (a->magic != BAT_SCHED_MAGIC || a->version != BAT_SCHED_VERSION)
+        return -EPROTO;
+    /* Past every step the dead batcher may have planned (the one it was
+     * writing is a->step + 1), so none of its done messages is taken for a
+     * new plan's. */
+    base = a->step + 2;
+    if ((rc = bat_sched_init(s, mem, size, cfg, generation)))
+        return rc;
+    a->step = a->done_step = base;
+    /* The lost sequences' blocks are free now but hold their KV: the first
+     * plan's freed[] names every block, so the engines zero the whole pool
+     * before running it (invariant 5). */
+    for (uint32_t b = 0; b < a->cfg.n_blocks; b++)
+        pending(a)[b] = (int32_t)b;
+    a->n_pending = a->cfg.n_blocks;
+    return 0;
 }
 
 int bat_sched_reset_kv(struct bat_sched *s)

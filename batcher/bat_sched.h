@@ -250,6 +250,20 @@ const struct bat_event *bat_sched_ob_peek(const struct bat_sched *s, uint32_t *n
 /* The oldest n pending events are published. */
 void bat_sched_ob_pop(struct bat_sched *s, uint32_t n);
 
+/* Start over from an arena that a crash left inside step() or complete()
+ * (bat_sched_attach said -ESTALE): its requests cannot be trusted, so the
+ * caller answers them itself (the batcher stage finds them by their cells)
+ * and the arena is laid out afresh with cfg. The step counter goes on past
+ * the dead one's (a done message for its last plan is a replay, never a new
+ * plan's), and the first plan lists every KV block in freed[], so the
+ * engines zero the whole pool (invariant 5). 0, -EPROTO (not an arena: use
+ * bat_sched_init) or bat_sched_init's errors. */
+int bat_sched_salvage(struct bat_sched *s, void *mem, size_t size,
+                      const struct bat_sched_cfg *cfg, uint64_t generation);
+/* Test seam (STYLE.md 12): abort() inside the step() that would write plan
+ * `step`, after admission, with the arena marked busy. 0: off. */
+void bat_sched_test_abort_in_step(uint64_t step);
+
 /* The engines lost their KV cache (an engine rank restarted): the plan in
  * flight, if any, is void (complete() of it becomes a no-op, so a result
  * computed without the KV is never applied), and every running sequence is

@@ -487,6 +487,64 @@ static int drain_done(struct bst *b, uint64_t now)
 
 /* ------------------------------------------------------------ start */
 
+/* Is there, at a 64-aligned offset of this cell, the shm_req copy ingress
+ * wrote for it (magic, SUBMIT, naming this very cell at that resp_off)? */
+static bool req_copy_in(const char *data, size_t size, uint64_t ref)
+{
+    for (size_t off = 0; off + sizeof(struct shm_req) <= size; off += 64) {
+        struct shm_req r;
+        uint32_t magic;
+
+        memcpy(&magic, data + off, 4);
+        if (magic != SHM_REQ_MAGIC)
+            continue;
+        memcpy(&r, data + off, sizeof(r));
+        if (r.kind == SHM_REQ_SUBMIT && r.cell == ref && r.resp_off == off)
+            return true;
+    }
+    return false;
+}
+
+/* The arena was left inside a step by a crash: start a fresh one, answer
+ * every request we held (a cell owned by the batcher with its shm_req copy
+ * in it) with 503 + Retry-After, and free any other cell we held. */
+static int salvage(struct bst *b, void *mem, size_t len)
+{
+    const struct shm_cell_pool_hdr *ph = b->pool.hdr;
+    unsigned n503 = 0, nfree = 0;
+    int rc;
+
+    rc = bat_sched_salvage(&b->s, mem, len, &b->cfg->sched, b->pipe->hdr->generation);
+    if (rc) {
+        favo_err("batcher: cannot lay out a fresh scheduler arena (%d)", rc);
+        return rc;
+    }
+    for (unsigned c = 0; c < ph->nclasses; c++)
+        for (uint32_t i = 0; i < ph->classes[c].ncells; i++) {
+            const struct shm_cell_desc *d =
+                (const struct shm_cell_desc *)(b->pool.base + ph->classes[c].desc_off) + i;
+            uint32_t gen = __atomic_load_n(&d->gen, __ATOMIC_ACQUIRE);
+            uint64_t ref = shm_cell_ref(gen, c, i);
+            struct bat_event e = { .cell = ref, .kind = BAT_EV_ERROR, .reason = 503,
+                                   .token = 1 };
+            void *data;
+            size_t size;
+
+            if (__atomic_load_n(&d->owner, __ATOMIC_ACQUIRE) != SHM_CELL_BATCHER ||
+                shm_cell_get(&b->pool, ref, SHM_CELL_BATCHER, &data, &size))
+                continue;
+            if (req_copy_in(data, size, ref) && bat_sched_ob_push(&b->s, &e) == 0) {
+                n503++;
+                continue;
+            }
+            shm_cell_free(&b->pool, ref, SHM_CELL_BATCHER);
+            nfree++;
+        }
+    favo_warn("batcher: the scheduler arena was left inside a step by a crash: started "
+              "afresh, %u requests answered 503, %u cells freed", n503, nfree);
+    return 0;
+}
+
 static int attach_all(struct bst *b)
 {
     const struct shm_pipe *p = b->pipe;
@@ -497,8 +555,14 @@ static int attach_all(struct bst *b)
     uint32_t mbps;
     int rc;
 
+    mem = shm_pipe_cells(p, &len);
+    if ((rc = shm_cell_pool_attach(&b->pool, mem, len, h->generation, SHM_CELL_ROLE_USER,
+                                   SHM_PIPE_RET_BATCHER)))
+        return rc;
     mem = shm_pipe_sched(p, &len);
     rc = bat_sched_attach(&b->s, mem, len);
+    if (rc == -ESTALE)
+        rc = salvage(b, mem, len);
     if (rc == -EPROTO) {
         rc = bat_sched_init(&b->s, mem, len, &b->cfg->sched, h->generation);
         if (rc) {
@@ -552,10 +616,6 @@ static int attach_all(struct bst *b)
         (rc = shm_pipe_ring_ev(p, SHM_RING_PRODUCER, &b->ev)) ||
         (rc = shm_pipe_bell_bat(p, &b->bell)) ||
         (rc = shm_pipe_bell_egr(p, b->cfg->egr_bell_efd, false, &b->egr)))
-        return rc;
-    mem = shm_pipe_cells(p, &len);
-    if ((rc = shm_cell_pool_attach(&b->pool, mem, len, h->generation, SHM_CELL_ROLE_USER,
-                                   SHM_PIPE_RET_BATCHER)))
         return rc;
     ob_dedupe(b);
     b->last_preempt = in.n_preempt;

@@ -73,10 +73,14 @@
  *     an engine that restarted while the batcher itself was down (the
  *     engine pid is not kept in shared memory yet).
  *   - Cost today: re-attach and a scan of the arena (bat_sched_check,
- *     O(slots + blocks)); no request is lost. NOT handled: a crash inside
- *     bat_sched_step/complete itself (arena busy): attach fails with
- *     -ESTALE and the stage refuses to start (the requests in it are
- *     lost; the supervisor's breaker then stops the instance).
+ *     O(slots + blocks)); no request is lost.
+ *   - A crash INSIDE bat_sched_step/complete (arena marked busy: attach
+ *     says -ESTALE) is survived, not repaired: bat_sched_salvage lays out a
+ *     fresh arena (step counter continued, every KV block zeroed by the
+ *     first plan), and every cell the batcher owns that holds its shm_req
+ *     copy gets ERROR 503 + Retry-After (n_gen 0: egress ends a stream it
+ *     had started with that error); other cells we own are freed. Cost: a
+ *     scan of the cell descriptors and of each held cell (64-byte steps).
  *
  * Errors: bat_stage_run returns 0 after a drain, -EINVAL for a bad cfg or
  * a pipe whose sizes do not fit the scheduler, or the attach errors.

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -63,6 +64,8 @@ struct h {
      * (answered with wrong tokens, which the batcher must never apply). */
     int kv_check, kv_lax;
     int stats_on;                      /* the child writes a stats segment */
+    uint64_t abort_step;               /* the child aborts inside this step */
+    int expect_zero_all;               /* the next plan must zero the whole KV pool */
     char stats_inst[32];
     struct shm_stats stats;
     uint32_t kv_pos[MAXR];
@@ -144,7 +147,17 @@ static void h_init(struct h *h, const struct bat_sched_cfg *sc, uint32_t ev_ring
     h->engine_on = 1;
 }
 
+static void h_spawn_nowait(struct h *h, int poll);
+
 static void h_spawn(struct h *h, int poll)
+{
+    h_spawn_nowait(h, poll);
+    for (int i = 0; i < 5000 && !shm_pipe_stage_up(&h->p, SHM_PIPE_BATCHER, 0); i++)
+        usleep(1000);
+    assert_true(shm_pipe_stage_up(&h->p, SHM_PIPE_BATCHER, 0));
+}
+
+static void h_spawn_nowait(struct h *h, int poll)
 {
     pid_t pid = fork();
 
@@ -152,6 +165,8 @@ static void h_spawn(struct h *h, int poll)
     if (pid == 0) {
         struct bat_stage_cfg c = { 0 };
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        struct rlimit nocore = { 0, 0 }; /* t_salvage aborts: no core file */
+        setrlimit(RLIMIT_CORE, &nocore);
         c.pipe = &h->p;
         c.sched = h->sc;
         c.egr_bell_efd = h->egr_efd;
@@ -166,6 +181,7 @@ static void h_spawn(struct h *h, int poll)
             c.stats_w = &w;
             c.stats_row = 0;
         }
+        bat_sched_test_abort_in_step(h->abort_step);
         int rc = bat_stage_run(&c);
         if (h->stats_on)
             shm_stats_writer_free(&w);
@@ -174,9 +190,6 @@ static void h_spawn(struct h *h, int poll)
     h->pid = pid;
     g_pid = pid;
     shm_pipe_set_sup(&h->p, SHM_PIPE_BATCHER, 0, pid);
-    for (int i = 0; i < 5000 && !shm_pipe_stage_up(&h->p, SHM_PIPE_BATCHER, 0); i++)
-        usleep(1000);
-    assert_true(shm_pipe_stage_up(&h->p, SHM_PIPE_BATCHER, 0));
 }
 
 static struct rq *h_find(struct h *h, shm_cell_ref_t cell)
@@ -310,6 +323,13 @@ static int h_engine(struct h *h)
         assert_int_equal(p->n_seqs, msg.n_seqs);
         assert_true(msg.step > h->last_step); /* each step once, in order */
         h->last_step = msg.step;
+        if (h->expect_zero_all) {
+            int32_t *fr = bat_plan_freed(p);
+            assert_int_equal(p->n_freed, h->sc.n_blocks);
+            for (uint32_t k = 0; k < p->n_freed; k++)
+                assert_int_equal(fr[k], (int32_t)k);
+            h->expect_zero_all = 0;
+        }
         bool stale = false;
         for (uint32_t k = 0; k < p->n_seqs && h->kv_check; k++) {
             struct rq *q = h_find(h, ps[k].cell);
@@ -387,7 +407,10 @@ static int h_egress(struct h *h)
         case SHM_EV_ERROR:
             /* the cell is egress's now (pipe inv 3) */
             assert_int_equal(shm_cell_get(&h->egr, e.cell, SHM_CELL_EGRESS, &data, &size), 0);
-            assert_int_equal(e.n_gen, q->seen); /* every id was announced */
+            if (e.kind == SHM_EV_FINISH)
+                assert_int_equal(e.n_gen, q->seen); /* every id was announced */
+            else /* 503 after a salvage: n_gen 0, ids seen stay */
+                assert_true(e.n_gen == q->seen || e.n_gen == 0);
             check_ids(h, q, data, 0, q->ntok + q->seen);
             q->finished = 1;
             q->reason = e.kind == SHM_EV_FINISH ? e.reason : 0;
@@ -748,6 +771,53 @@ static void t_engine_restart(void **state)
     free(h);
 }
 
+/* The batcher dies INSIDE a step (arena busy): the next one starts a
+ * fresh arena, answers every request it held with 503 + Retry-After, has
+ * the engines zero the whole KV pool, and serves new requests. */
+static void t_salvage(void **state)
+{
+    (void)state;
+    struct bat_sched_cfg sc = sc_default();
+    struct h *h = calloc(1, sizeof(*h));
+    unsigned n503 = 0;
+    int st;
+
+    h_init(h, &sc, 0);
+    h->abort_step = 6;
+    h_spawn(h, 0);
+    for (unsigned i = 0; i < 30; i++)
+        h_submit(h, 4 + i, 40, 0, i % 4, 0);
+    for (int i = 0; i < 5000; i++) {
+        h_engine(h);
+        h_egress(h);
+        if (waitpid(h->pid, &st, WNOHANG) == h->pid)
+            break;
+        usleep(1000);
+    }
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    shm_pipe_set_sup(&h->p, SHM_PIPE_BATCHER, 0, 0);
+    h->abort_step = 0;
+    h->expect_zero_all = 1;
+    h_spawn(h, 0);
+    h_run(h, all_done, NULL, 5000);
+    for (unsigned i = 0; i < h->nrq; i++) {
+        assert_int_equal(h->rq[i].status, 503);
+        assert_true(h->rq[i].retry >= 1);
+        n503++;
+    }
+    assert_int_equal(n503, 30);
+    unsigned first = h->nrq;
+    for (unsigned i = 0; i < 10; i++)
+        h_submit(h, 4 + i, 5, 0, i % 4, 0);
+    h_run(h, all_done, NULL, 5000);
+    assert_false(h->expect_zero_all); /* the first new plan zeroed the pool */
+    for (unsigned i = first; i < h->nrq; i++)
+        assert_int_equal(h->rq[i].reason, SHM_FIN_LENGTH);
+    h_drain(h);
+    h_free(h);
+    free(h);
+}
+
 static void t_restart(void **state)
 {
     (void)state;
@@ -801,6 +871,7 @@ int main(void)
         cmocka_unit_test_teardown(t_drain, teardown),
         cmocka_unit_test_teardown(t_restart, teardown),
         cmocka_unit_test_teardown(t_engine_restart, teardown),
+        cmocka_unit_test_teardown(t_salvage, teardown),
     };
     favo_log_init("test");
     return cmocka_run_group_tests(tests, NULL, NULL);
