@@ -118,6 +118,37 @@
  *   FAILED / CLOSED: send what ing_tls_conn_pending still holds (the
  *   alert or close_notify), then close the socket and ing_tls_conn_free.
  *
+ * Use from the ingress loop (ing_loop.c; one ing_tls_conn per ing_conn):
+ *   start     ing_tls_ctx_new(cfg->tls_cert, cfg->tls_key); failure stops
+ *             the worker with the message (it names the file and fault).
+ *   accept    ing_tls_conn_new(ctx, fd) and a small staging buffer
+ *             (16 KiB: one record plus header).
+ *   RECV      into the staging buffer, not the cell. On completion:
+ *             res <= 0: ing_tls_conn_feed_eof. Then loop { off +=
+ *             feed(stage + off, res - off); while ((n = read(cell + len,
+ *             cap - len)) > 0) len += n; } while (n == -EAGAIN && off <
+ *             res). n == 0: the client's close_notify (answer what is
+ *             queued, then close). n == -EPROTO / -ECONNRESET: log
+ *             ing_tls_conn_error and the alert (metadata), close after
+ *             sending the queue. The cell filled (len == cap): grow the
+ *             cell as for plaintext, keep stage[off..res) for the next
+ *             round. Then parse the cell exactly as today.
+ *   SEND      before each SEND: responses queued in the connection's
+ *             output go through ing_tls_conn_write (userspace path) or
+ *             straight from the output buffer (ing_tls_conn_ktls_tx);
+ *             then ing_tls_conn_pending -> io_uring SEND of that region;
+ *             its completion -> ing_tls_conn_sent(res > 0 ? res : 0).
+ *             Check pending after every feed/read too: handshake
+ *             flights and alerts appear there without any response.
+ *   timers    the header timeout covers the handshake (start it at the
+ *             first ciphertext byte: the cell stays empty meanwhile).
+ *   close     when the last answer is out: ing_tls_conn_shutdown, send
+ *             the queue (close_notify), shutdown(2), close;
+ *             ing_tls_conn_free with the slot.
+ *   egress    hand the socket over only when ing_tls_conn_ktls_tx; a
+ *             userspace-path connection needs its answers back through
+ *             ingress (ARCHITECTURE.md "TLS"), per token for streams.
+ *
  * Invariants (cited by FAVO_ASSERT as "tls inv N"):
  *   1. Queue order is wire order: bytes leave in the order OpenSSL wrote
  *      them; a region handed out by ing_tls_conn_pending is never moved
