@@ -24,6 +24,7 @@
 #include "eng_types.h"
 #include "shm_pipe.h"
 #include "shm_seg.h"
+#include "shm_stats.h"
 
 #include <errno.h>
 #include <setjmp.h>
@@ -212,7 +213,7 @@ static void env_free(struct env *e)
 }
 
 /* Fork an engine stage; returns once its up word is set. */
-static pid_t engine_start(struct env *e, const char *backend)
+static pid_t engine_start_ex(struct env *e, const char *backend, int poll, struct shm_stats *st)
 {
     pid_t parent = getpid(), pid;
 
@@ -224,24 +225,42 @@ static pid_t engine_start(struct env *e, const char *backend)
         struct eng_stage_cfg cfg = {
             .pipe = &e->p, .rank = 0, .model_path = g_path, .backend = backend,
             .n_threads = 2, .n_blocks = e->sc.n_blocks, .max_tokens = e->sc.max_batch_tokens,
-            .max_seqs = e->sc.max_seqs, .n_ctx = MAXTOK, .poll = 0, .stop = &g_stop,
+            .max_seqs = e->sc.max_seqs, .n_ctx = MAXTOK, .poll = poll, .stop = &g_stop,
         };
+        struct shm_stats_writer w;
+        int rc;
+
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a failed test */
         if (getppid() != parent)
             _exit(4);
         signal(SIGTERM, on_term);
+        if (st) {
+            if (shm_stats_writer_init(st, 0, SHM_STAGE_ENGINE, 0, SHM_STATS_FLUSH_NS, &w))
+                _exit(5);
+            cfg.stats = st;
+            cfg.stats_w = &w;
+            cfg.stats_row = 0;
+        }
+        rc = eng_stage_run(&cfg);
+        if (st)
+            shm_stats_writer_free(&w);
         /* exit(), not _exit(): LeakSanitizer checks the stage freed all */
-        exit(eng_stage_run(&cfg) == 0 ? 0 : 3);
+        exit(rc == 0 ? 0 : 3);
     }
     shm_pipe_set_sup(&e->p, SHM_PIPE_ENGINE, 0, pid);
     uint64_t t0 = favo_now_ns();
     while (!shm_pipe_stage_up(&e->p, SHM_PIPE_ENGINE, 0)) {
-        int st;
-        assert_int_equal(waitpid(pid, &st, WNOHANG), 0); /* still alive */
+        int ws;
+        assert_int_equal(waitpid(pid, &ws, WNOHANG), 0); /* still alive */
         assert_true(favo_now_ns() - t0 < WAIT_NS);
         usleep(1000);
     }
     return pid;
+}
+
+static pid_t engine_start(struct env *e, const char *backend)
+{
+    return engine_start_ex(e, backend, 0, NULL);
 }
 
 static void engine_kill(struct env *e, pid_t pid)
@@ -396,13 +415,16 @@ static void t_plans_through_stage(void **state)
     make_reqs(rq, NREQ, 77, true);
     for (int i = 0; i < NREQ; i++)
         reference(&rq[i]);
-    pid_t pid = engine_start(&e, "cpu");
+    pid_t pid = engine_start_ex(&e, "cpu", 1, NULL); /* adaptive waiting */
     for (int i = 0; i < NREQ; i++)
         submit(&e, &rq[i], now);
     while (done < NREQ) {
         uint32_t slot;
         struct bat_plan *pl = next_plan(&e, now, &slot);
         const struct bat_result *res = pl->n_seqs ? send_plan(&e, pl, slot) : NULL;
+        for (uint32_t i = 0; i < pl->n_seqs; i++)
+            if (!bat_plan_seqs(pl)[i].no_sample)
+                assert_int_equal(res[i].eos, eng_tok_is_eog(g_tok, res[i].token));
         now += 1000000;
         done += complete(&e, rq, NREQ, pl, res, now);
         assert_true(++steps < 5000);
@@ -556,7 +578,7 @@ static void t_null_backend(void **state)
     (void)state;
     env_init(&e, 40, 64, 8);
     make_reqs(rq, 4, 3, false);
-    pid_t pid = engine_start(&e, "null");
+    pid_t pid = engine_start_ex(&e, "null", 2, NULL); /* spinning */
     for (int i = 0; i < 4; i++)
         submit(&e, &rq[i], now);
     while (done < 4) {
@@ -581,6 +603,31 @@ static void t_null_backend(void **state)
     assert_true(memcmp(rq[0].all + rq[0].n_prompt, rq[0].all + rq[0].n_prompt + 1, 4 * 5));
     engine_stop(&e, pid);
     env_free(&e);
+}
+
+/* The stage heartbeats its stage-table row while idle. */
+static void t_stats_heartbeat(void **state)
+{
+    struct env e;
+    struct shm_stats st;
+    struct shm_stage_info info = { .kind = SHM_STAGE_ENGINE, .state = SHM_STAGE_STARTING };
+    char inst[64];
+
+    (void)state;
+    snprintf(inst, sizeof(inst), "t-eng-stage-%d", (int)getpid());
+    assert_int_equal(shm_stats_create(&st, inst, 1, 1), 0);
+    assert_int_equal(shm_stats_stage_set(&st, 0, &info), 0);
+    env_init(&e, 14, 48, 8);
+    pid_t pid = engine_start_ex(&e, "cpu", 0, &st);
+    const volatile uint64_t *hb = &((struct shm_stats_stage *)st.stages)->heartbeat_ns;
+    uint64_t t0 = favo_now_ns();
+    while (*hb < t0) {
+        assert_true(favo_now_ns() - t0 < WAIT_NS);
+        usleep(10 * 1000);
+    }
+    engine_stop(&e, pid);
+    env_free(&e);
+    shm_stats_destroy(&st);
 }
 
 /* Model metadata without the weights. */
@@ -609,6 +656,7 @@ int main(void)
         cmocka_unit_test(t_restart_kv_missing),
         cmocka_unit_test(t_drain),
         cmocka_unit_test(t_null_backend),
+        cmocka_unit_test(t_stats_heartbeat),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
