@@ -38,6 +38,7 @@ enum { OP_BELL = 1, OP_FDPASS, OP_SEND, OP_TICK };
 #define EV_BURST 64u
 #define RESP_DONE 2 /* struct egr_resp.state: 1 BODY, 2 DONE (egr.h) */
 #define SPIN_NS 50000ull
+#define RESUME_GRACE_NS 5000000000ull /* a resumed response waits this long for its socket */
 
 struct rs {
     shm_cell_ref_t cell;           /* SHM_CELL_REF_NONE: free slot */
@@ -52,6 +53,7 @@ struct rs {
     uint32_t hnext;                /* hash chain / free list */
     uint8_t first_pending;         /* text released, not yet handed to the socket */
     uint8_t retry;                 /* a ctl or conn message waits for ring room */
+    uint64_t wait_since;           /* resumed, waiting for ingress to re-send its socket */
 };
 
 struct conn {
@@ -85,7 +87,7 @@ struct egr {
     struct __kernel_timespec tick_ts;
 
     struct rs *rs;
-    uint32_t n_rs, rs_free, rs_active, *rs_hash, rs_mask;
+    uint32_t n_rs, rs_free, rs_active, n_waiting, *rs_hash, rs_mask;
     struct conn *conns;
     uint32_t conn_free, n_conns, n_sending, *conn_hash, conn_mask;
     bool retry_pending;
@@ -189,6 +191,7 @@ static void conn_release(struct egr *E, struct conn *c)
 
 static void rs_gone(struct egr *E, struct rs *r, bool timeout);
 static void conn_fail(struct egr *E, struct conn *c, bool timeout);
+static void rs_resume_conn(struct egr *E, uint64_t key);
 
 /* A connection slot of ingress was reused, or the same key came again. */
 static void conn_add(struct egr *E, uint64_t key, int fd)
@@ -227,6 +230,8 @@ static void conn_add(struct egr *E, uint64_t key, int fd)
     c->hnext = E->conn_hash[hash64(key >> 24) & E->conn_mask];
     E->conn_hash[hash64(key >> 24) & E->conn_mask] = i;
     c->mapped = 1;
+    if (E->n_waiting)
+        rs_resume_conn(E, key);
 }
 
 /* Take every socket waiting on the fdpass socket (non-blocking). */
@@ -681,6 +686,7 @@ static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
 {
     const struct shm_req *q;
     struct egr_stage_state *st;
+    bool resume;
     struct rs *r;
     size_t size;
     void *data;
@@ -713,15 +719,29 @@ static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
     r->hnext = E->rs_hash[h];
     E->rs_hash[h] = i;
     E->rs_active++;
-    if (st->magic != EGR_STAGE_MAGIC) {
+    resume = st->magic == EGR_STAGE_MAGIC;
+    if (!resume) {
         memset(st, 0, sizeof(*st));
         st->magic = EGR_STAGE_MAGIC;
     } else {
-        favo_info("egress: resuming the response of cell %#" PRIx64 " (%u ids sent)",
-                  (uint64_t)cell, st->consumed);
+        favo_info("egress: resuming the response of cell %#" PRIx64 " (%u ids in, %" PRIu64
+                  " bytes sent)", (uint64_t)cell, st->consumed, st->sent);
+        if (st->flags & EGR_SF_CANCEL_WANT)
+            rs_retry_later(E, r);
     }
     rs_link_conn(E, i);
-    if (r->conn == NONE && !(st->flags & EGR_SF_GONE)) {
+    if (resume && st->inflight) {
+        /* the previous egress died with a send in flight: how much of it
+         * reached the client is unknown, so the stream cannot go on */
+        st->inflight = 0;
+        favo_info("egress: cell %#" PRIx64 " had a send in flight: closing its connection",
+                  (uint64_t)cell);
+        rs_gone(E, r, false);
+    }
+    if (resume && r->conn == NONE && !(st->flags & EGR_SF_GONE)) {
+        r->wait_since = E->now; /* ingress re-sends the socket (header: restart) */
+        E->n_waiting++;
+    } else if (r->conn == NONE && !(st->flags & EGR_SF_GONE)) {
         favo_info("egress: no socket for conn %#" PRIx64 ": treating the client as gone",
                   (uint64_t)q->conn);
         /* after START the id is known; before, FINISH/ERROR end it anyway */
@@ -740,6 +760,8 @@ static void rs_unlink(struct egr *E, uint32_t i)
         p = &E->rs[*p].hnext;
     }
     *p = r->hnext;
+    if (r->wait_since)
+        E->n_waiting--;
     if (r->conn != NONE) {
         struct conn *c = &E->conns[r->conn];
         uint32_t prev = NONE, j = c->head;
@@ -762,6 +784,56 @@ static void rs_unlink(struct egr *E, uint32_t i)
     E->rs_active--;
 }
 
+/* A socket arrived: responses resumed after a restart that wait for it
+ * go on. */
+static void rs_resume_conn(struct egr *E, uint64_t key)
+{
+    for (uint32_t i = 0; i < E->n_rs && E->n_waiting; i++) {
+        struct rs *r = &E->rs[i];
+        if (r->cell == SHM_CELL_REF_NONE || !r->wait_since || r->req->conn != key)
+            continue;
+        r->wait_since = 0;
+        E->n_waiting--;
+        rs_link_conn(E, i);
+        if (r->conn != NONE)
+            rs_progress(E, i);
+    }
+}
+
+/* Startup: take over the responses a previous egress left in the cells
+ * (a valid EGR_STAGE_MAGIC in a cell the batcher or egress owns). Their
+ * events that the dead egress had not released are replayed by the ev
+ * ring; those it had released are already applied in the cell. */
+static unsigned rs_scan_cells(struct egr *E)
+{
+    const struct shm_cell_pool_hdr *ph = E->pool.hdr;
+    unsigned n = 0;
+
+    for (unsigned k = 0; k < ph->nclasses; k++) {
+        const struct shm_cell_class *cl = &ph->classes[k];
+        for (uint32_t idx = 0; idx < cl->ncells; idx++) {
+            const struct shm_cell_desc *d =
+                (const struct shm_cell_desc *)(E->pool.base + cl->desc_off) + idx;
+            uint32_t owner = ck_pr_load_32(&d->owner);
+            shm_cell_ref_t ref = shm_cell_ref(ck_pr_load_32(&d->gen), k, idx);
+            const struct shm_req *q;
+            size_t size;
+            void *data;
+
+            if ((owner != SHM_CELL_BATCHER && owner != SHM_CELL_EGRESS) ||
+                shm_cell_bytes(&E->pool, ref, &data, &size) < 0 ||
+                !(q = req_find(E, ref, data, size)))
+                continue;
+            if (((const struct egr_stage_state *)((const char *)data + q->resp_off +
+                                                  SHM_PIPE_REQ_COPY))->magic != EGR_STAGE_MAGIC)
+                continue; /* not started here yet: its events will come */
+            if (rs_find(E, ref) == NONE && rs_adopt(E, ref, 0) != NONE)
+                n++;
+        }
+    }
+    return n;
+}
+
 /* Send what the first response of the connection has ready (inv 2). */
 static void conn_kick(struct egr *E, struct conn *c)
 {
@@ -780,6 +852,7 @@ static void conn_kick(struct egr *E, struct conn *c)
     sqe = sqe_get(E);
     io_uring_prep_send(sqe, c->fd, r->area, n, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, (uint32_t)(c - E->conns), c->gen));
+    r->st->inflight = n; /* for a restarted egress (rs_adopt) */
     c->sending = n;
     c->send_ns = E->now;
     E->n_sending++;
@@ -798,6 +871,7 @@ static void on_send(struct egr *E, struct conn *c, int res)
     c->sending = 0;
     E->n_sending--;
     r = &E->rs[i];
+    r->st->inflight = 0;
     if (c->shut || res == 0 || (res < 0 && res != -EAGAIN && res != -EINTR)) {
         if (res < 0 && res != -EPIPE && res != -ECONNRESET && !c->shut)
             favo_info("egress: send on conn %#" PRIx64 ": %s", (uint64_t)c->key,
@@ -989,6 +1063,9 @@ static unsigned drain_events(struct egr *E)
 
     while (n < EV_BURST && (ev = shm_ring_peek_one(&E->ev)) != NULL) {
         struct shm_ev copy = *ev;
+        /* the clock after the peek: an event is never older than "now"
+         * (vDSO, no syscall; once per event, not per token) */
+        E->now = favo_now_ns();
         on_event(E, &copy);
         shm_ring_release(&E->ev, 1);
         n++;
@@ -1022,6 +1099,17 @@ static void on_tick(struct egr *E)
             c->timed_out = 1;
             conn_fail(E, c, true); /* the send in flight completes with an error */
         }
+    }
+    for (uint32_t i = 0; i < E->n_rs && E->n_waiting; i++) {
+        struct rs *r = &E->rs[i];
+        if (r->cell == SHM_CELL_REF_NONE || !r->wait_since ||
+            E->now - r->wait_since < RESUME_GRACE_NS)
+            continue;
+        r->wait_since = 0;
+        E->n_waiting--;
+        favo_info("egress: the socket of a resumed response did not come back: dropping it");
+        rs_gone(E, r, false);
+        rs_progress(E, i);
     }
     if (E->retry_pending) {
         E->retry_pending = false;
@@ -1239,6 +1327,9 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
     arm_fdpass(E);
     arm_tick(E);
     fdpass_drain(E);
+    if ((rc = (int)rs_scan_cells(E)) > 0)
+        favo_info("egress: took over %d responses from the cells", rc);
+    rc = 0;
     shm_pipe_set_up(cfg->pipe, SHM_PIPE_EGRESS, 0, getpid());
     favo_info("egress: up (model %s, %u response slots)", E->model_id, E->n_rs);
 

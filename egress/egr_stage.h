@@ -173,6 +173,10 @@ struct egr_stage_state {
     uint32_t retry_after;
     uint32_t consumed;            /* ids fed to resp */
     uint32_t n_gen;               /* the highest n_gen seen (clipped to max_tokens) */
+    uint32_t inflight;            /* bytes of the send in flight (0: none); a
+                                     restarted egress that finds it non-zero
+                                     cannot know how much left: it closes */
+    uint32_t pad_;
     uint64_t ev_id;               /* the batcher's handle (START), for cancels */
     uint64_t start_ns;            /* START's t_ns (admission) */
     uint64_t first_ns;            /* first text byte handed to the socket */

@@ -70,6 +70,7 @@ static struct {
     struct shm_stats stats;
     bool stats_ok;
     char stats_name[64];
+    const char *model;
 } H;
 
 struct req {
@@ -84,12 +85,13 @@ static uint64_t now_ms(void) { return favo_now_ns() / 1000000ull; }
 /* ------------------------------------------------------------- ingress */
 
 /* A connected client and its conn key (the accepted end goes to egress). */
-static int client_open_buf(uint64_t *key, int sndbuf);
-static int client_open(uint64_t *key) { return client_open_buf(key, 0); }
+static int client_open_ex(uint64_t *key, int sndbuf, int *keep);
+static int client_open(uint64_t *key) { return client_open_ex(key, 0, NULL); }
+static int client_open_buf(uint64_t *key, int sndbuf) { return client_open_ex(key, sndbuf, NULL); }
 
 /* sndbuf > 0: a small send buffer on the accepted end (a stalled reader
  * then stalls egress's sends quickly). */
-static int client_open_buf(uint64_t *key, int sndbuf)
+static int client_open_ex(uint64_t *key, int sndbuf, int *keep)
 {
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(H.port) };
     struct timeval tv = { 5, 0 };
@@ -108,7 +110,10 @@ static int client_open_buf(uint64_t *key, int sndbuf)
     H.next_slot++;
     *key = (0ull << 48) | ((uint64_t)H.next_slot << 24) | ((H.next_slot * 7u + 1u) & 0xffffffu);
     rc = shm_fdpass_send(H.sv[0], s, key, sizeof(*key));
-    close(s); /* egress holds it now (ingress would keep its own) */
+    if (keep) /* ingress's copy, as ingress keeps it */
+        *keep = s;
+    else
+        close(s); /* egress holds it now */
     if (rc) {
         close(c);
         return -1;
@@ -414,6 +419,8 @@ static const char *TEXT = "Hello world! The quick brown fox jumps over the lazy 
 /* --------------------------------------------------------------- cases */
 
 static struct resp R; /* large: static */
+static int spawn(void);
+static int wait_up(void);
 
 /* A stream: the role chunk, then the content, finish "stop", usage,
  * [DONE], chunk end; KEEP; the cell freed. */
@@ -860,7 +867,115 @@ static int t_stats(void)
     return rc;
 }
 
+/* kill -9 egress mid-stream, with events arriving while it is down; a new
+ * egress takes the response over from the cell, gets the socket again on a
+ * new handoff socket, and the client sees one complete stream. */
+static int t_restart(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    char want[4096], got[4096];
+    struct shm_conn_msg m;
+    struct req rq;
+    uint64_t key;
+    int fd, srv, st;
+
+    ids[n++] = H.eog;
+    CHECK((fd = client_open_ex(&key, 0, &srv)) >= 0, "client");
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM, 512, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, (uint32_t)n / 2))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    while (!memmem(R.buf, R.len, "\r\n\r\n", 4))
+        CHECK(fill(fd, &R) == 0, "head");
+    usleep(100000); /* egress idle: nothing in flight */
+    kill(H.pid, SIGKILL);
+    CHECK(waitpid(H.pid, &st, 0) == H.pid && WIFSIGNALED(st), "kill");
+    shm_pipe_set_sup(&H.p, SHM_PIPE_EGRESS, 0, 0);
+    if (tokens(&rq, ids, (uint32_t)n / 2, (uint32_t)n - 3)) /* queued while down */
+        return -1;
+    close(H.sv[0]);
+    CHECK(shm_fdpass_pair(H.sv) == 0, "new handoff socket");
+    if (spawn() || wait_up())
+        FAIL("restart");
+    CHECK(shm_fdpass_send(H.sv[0], srv, &key, sizeof(key)) == 0, "re-send");
+    close(srv);
+    if (tokens(&rq, ids, (uint32_t)n - 3, (uint32_t)n) ||
+        ev_send(&rq, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_STOP, 0, 0))
+        return -1;
+    if (read_resp(fd, &R))
+        return -1;
+    CHECK(R.status == 200 && R.chunked, "head");
+    CHECK(expect_text(ids, n - 1, SIZE_MAX, want, sizeof(want)) == 0, "expect");
+    collect(R.body, R.body_len, "content", got, sizeof(got));
+    CHECK(!strcmp(got, want), "text\n got: %s\nwant: %s", got, want);
+    CHECK(strstr(R.body, "data: [DONE]") == strrchr(R.body, '[') - 6, "one [DONE], last");
+    {
+        const char *r1 = strstr(R.body, "\"role\":\"assistant\"");
+        CHECK(r1 && !strstr(r1 + 1, "\"role\""), "one role chunk");
+    }
+    if (conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "conn msg");
+    if (cell_freed(&rq))
+        return -1;
+    close(fd);
+    return 0;
+}
+
 /* ------------------------------------------------------------- harness */
+
+/* Fork an egress on H.sv[1] (closed here afterwards) and name it in the
+ * supervisor's up word. */
+static int spawn(void)
+{
+    H.pid = fork();
+    if (H.pid < 0)
+        return -1;
+    if (H.pid == 0) {
+        struct egr_stage_cfg ec = { 0 };
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
+        close(H.sv[0]);
+        ec.pipe = &H.p;
+        ec.fdpass_sock = H.sv[1];
+        ec.bell_efd = H.egr_efd;
+        for (unsigned w = 0; w < SHM_PIPE_MAX_INGRESS; w++)
+            ec.ing_bell_efd[w] = -1;
+        ec.ing_bell_efd[0] = H.ing_efd;
+        ec.model_path = H.model;
+        ec.model_id = "test-model";
+        ec.fingerprint = "fp_test";
+        ec.write_timeout_ms = 1500;
+        ec.log_fd = H.log_fd;
+        ec.poll = atoi(t_env("T_EGR_POLL", "0")); /* 1, 2: adaptive, spin (by hand) */
+        ec.stop = H.stop;
+        struct shm_stats_writer w;
+        if (H.stats_ok && shm_stats_writer_init(&H.stats, 0, SHM_STAGE_EGRESS, 0, 0, &w) == 0) {
+            ec.stats = &H.stats;
+            ec.stats_w = &w;
+            ec.stats_row = 0;
+        }
+        int rc = egr_stage_run(&ec);
+        if (ec.stats_w)
+            shm_stats_writer_free(ec.stats_w);
+        exit(rc == 0 ? 0 : 3); /* exit, not _exit: LSan checks the stage too */
+    }
+    close(H.sv[1]);
+    shm_pipe_set_sup(&H.p, SHM_PIPE_EGRESS, 0, H.pid);
+    return 0;
+}
+
+static int wait_up(void)
+{
+    for (uint64_t t0 = now_ms(); !shm_pipe_stage_up(&H.p, SHM_PIPE_EGRESS, 0);) {
+        if (now_ms() - t0 > 10000 || waitpid(H.pid, NULL, WNOHANG) == H.pid) {
+            fprintf(stderr, "egress did not come up\n");
+            return -1;
+        }
+        usleep(1000);
+    }
+    return 0;
+}
 
 static int setup(const char *model)
 {
@@ -872,6 +987,7 @@ static int setup(const char *model)
     size_t len, cl;
     void *mem, *cm;
 
+    H.model = model;
     if (eng_tok_load_file(&H.tok, model, err, sizeof(err)) < 0) {
         fprintf(stderr, "tokenizer: %s\n", err);
         return -1;
@@ -913,39 +1029,8 @@ static int setup(const char *model)
     if (!H.stats_ok)
         fprintf(stderr, "note: no stats segment (%s): stats not checked\n", H.stats.seg.err);
 
-    H.pid = fork();
-    if (H.pid < 0)
+    if (spawn())
         return -1;
-    if (H.pid == 0) {
-        struct egr_stage_cfg ec = { 0 };
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-        close(H.sv[0]);
-        ec.pipe = &H.p;
-        ec.fdpass_sock = H.sv[1];
-        ec.bell_efd = H.egr_efd;
-        for (unsigned w = 0; w < SHM_PIPE_MAX_INGRESS; w++)
-            ec.ing_bell_efd[w] = -1;
-        ec.ing_bell_efd[0] = H.ing_efd;
-        ec.model_path = model;
-        ec.model_id = "test-model";
-        ec.fingerprint = "fp_test";
-        ec.write_timeout_ms = 1500;
-        ec.log_fd = H.log_fd;
-        ec.poll = atoi(t_env("T_EGR_POLL", "0")); /* 1, 2: adaptive, spin (by hand) */
-        ec.stop = H.stop;
-        struct shm_stats_writer w;
-        if (H.stats_ok && shm_stats_writer_init(&H.stats, 0, SHM_STAGE_EGRESS, 0, 0, &w) == 0) {
-            ec.stats = &H.stats;
-            ec.stats_w = &w;
-            ec.stats_row = 0;
-        }
-        int rc = egr_stage_run(&ec);
-        if (ec.stats_w)
-            shm_stats_writer_free(ec.stats_w);
-        exit(rc == 0 ? 0 : 3); /* exit, not _exit: LSan checks the stage too */
-    }
-    close(H.sv[1]);
-    shm_pipe_set_sup(&H.p, SHM_PIPE_EGRESS, 0, H.pid);
     cm = shm_pipe_cells(&H.p, &cl);
     if (shm_cell_pool_attach(&H.pool, cm, cl, GEN, SHM_CELL_ROLE_ALLOCATOR, -1) ||
         shm_pipe_ring_ev(&H.p, SHM_RING_PRODUCER, &H.ev) ||
@@ -959,14 +1044,7 @@ static int setup(const char *model)
         getsockname(H.lfd, (struct sockaddr *)&a, &al))
         return -1;
     H.port = ntohs(a.sin_port);
-    for (uint64_t t0 = now_ms(); !shm_pipe_stage_up(&H.p, SHM_PIPE_EGRESS, 0);) {
-        if (now_ms() - t0 > 10000 || waitpid(H.pid, NULL, WNOHANG) == H.pid) {
-            fprintf(stderr, "egress did not come up\n");
-            return -1;
-        }
-        usleep(1000);
-    }
-    return 0;
+    return wait_up();
 }
 
 /* Stop the child: it drains (no batcher is up) and exits 0. */
@@ -1008,6 +1086,7 @@ int main(void)
         { "many", t_many },
         { "access_log", t_access_log },
         { "stats", t_stats },
+        { "restart", t_restart },
     };
 
     snprintf(model, sizeof(model), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", models);
