@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -269,6 +270,19 @@ def run_main(S):
               "curl gets a completion")
     except (ValueError, KeyError):
         check(False, f"curl gets a completion: {out.stdout[:200]!r} {out.stderr[:200]!r}")
+
+    # /metrics from the same stats segment: promtool accepts it, and it
+    # counts what this test did
+    st, body = S.get("/metrics")
+    text = body.decode(errors="replace")
+    m = re.search(r'^favo_requests_total\{status="ok"\} (\d+)', text, re.M)
+    check(st == 200 and m and int(m.group(1)) >= 10, "/metrics counts the finished requests")
+    m = re.search(r"^favo_generation_tokens_total (\d+)", text, re.M)
+    check(m and int(m.group(1)) >= 100, "/metrics counts generated tokens")
+    check("favo_time_to_first_token_seconds_bucket" in text, "/metrics has the TTFT histogram")
+    if shutil.which("promtool"):
+        pr = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+        check(pr.returncode == 0, f"promtool check metrics: {pr.stdout[:300]!r} {pr.stderr[:300]!r}")
 
     # errors the SDK maps
     try:
