@@ -160,7 +160,7 @@ const char *eng_quant_impl(uint32_t wtype);
  * and the caller keeps using eng_matmul on the row-major weights).
  */
 #define ENG_PACK_ROWS 16
-#define ENG_PACK_COLS 4
+#define ENG_PACK_COLS 8
 
 /* True when wtype has a packed kernel on this CPU (FAVO_CPU caps it). */
 bool eng_pack_supported(uint32_t wtype);

@@ -221,10 +221,12 @@ typedef void (*panel_fn)(const uint8_t *p, int64_t nb, const uint8_t *x, size_t 
     {                                                                                     \
         panel_##name(NC, p, nb, x, xs, y, ldy, vm);                                       \
     }
-#define GEN32_ALL(T, name) GEN32(T, name, 1) GEN32(T, name, 2) GEN32(T, name, 3) GEN32(T, name, 4)
-#define GENK_ALL(name) GENK(name, 1) GENK(name, 2) GENK(name, 3) GENK(name, 4)
+#define GEN32_ALL(T, name) GEN32(T, name, 1) GEN32(T, name, 2) GEN32(T, name, 3) GEN32(T, name, 4) \
+    GEN32(T, name, 5) GEN32(T, name, 6) GEN32(T, name, 7) GEN32(T, name, 8)
+#define GENK_ALL(name) GENK(name, 1) GENK(name, 2) GENK(name, 3) GENK(name, 4) \
+    GENK(name, 5) GENK(name, 6) GENK(name, 7) GENK(name, 8)
 
-_Static_assert(ENG_PACK_COLS == 4, "one kernel per column count 1..4");
+_Static_assert(ENG_PACK_COLS == 8, "one kernel per column count 1..8");
 GEN32_ALL(ENG_TYPE_Q4_0, q4_0)
 GEN32_ALL(ENG_TYPE_Q4_1, q4_1)
 GEN32_ALL(ENG_TYPE_Q5_0, q5_0)
@@ -233,7 +235,7 @@ GEN32_ALL(ENG_TYPE_Q8_0, q8_0)
 GENK_ALL(q4_k)
 GENK_ALL(q6_k)
 
-#define ROW(name) { name##_1, name##_2, name##_3, name##_4 }
+#define ROW(name) { name##_1, name##_2, name##_3, name##_4, name##_5, name##_6, name##_7, name##_8 }
 static const panel_fn fns[ENG_TYPE_COUNT][ENG_PACK_COLS] = {
     [ENG_TYPE_Q4_0] = ROW(q4_0), [ENG_TYPE_Q4_1] = ROW(q4_1), [ENG_TYPE_Q5_0] = ROW(q5_0),
     [ENG_TYPE_Q5_1] = ROW(q5_1), [ENG_TYPE_Q8_0] = ROW(q8_0), [ENG_TYPE_Q4_K] = ROW(q4_k),
