@@ -21,6 +21,7 @@
 #include "../batcher/bat_plan.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -382,6 +383,10 @@ static const char *plan_load(struct stage *s, const struct shm_plan_msg *msg,
                 return "block id used twice";
             s->stamp[b] = s->plans;
         }
+        if (!isfinite(q->sp.temperature) || !isfinite(q->sp.top_p) || !isfinite(q->sp.min_p) ||
+            !isfinite(q->sp.freq_penalty) || !isfinite(q->sp.presence_penalty) ||
+            q->sp.n_logprobs > ENG_SAMPLE_MAX_LOGPROBS)
+            return "sampling parameters";
         if (shm_cell_bytes(&s->pool, q->cell, &cell, &csize))
             return "cell not live";
         known = FAVO_MAX(end, (uint64_t)q->n_prompt + q->n_history);

@@ -28,7 +28,8 @@
  * table inside tables[n_tables], every block id < n_blocks and used once
  * in the plan (plan inv 2), the cell live (shm_cell_bytes), tok_off 4-aligned
  * and the ids [tok_off, tok_off + 4 * max(pos + n_new, n_prompt + n_history))
- * inside the cell, and (cpu) eng_step_check (ids inside the vocabulary).
+ * inside the cell, finite sampling parameters and n_logprobs <= 20, and
+ * (cpu) eng_step_check (ids inside the vocabulary).
  * freed[] ids < n_blocks are zeroed even in a plan refused otherwise.
  *
  * Plan generation: the first plan fixes the generation the stage expects.

@@ -224,7 +224,7 @@ static pid_t engine_start_ex(struct env *e, const char *backend, int poll, struc
     if (pid == 0) {
         struct eng_stage_cfg cfg = {
             .pipe = &e->p, .rank = 0, .model_path = g_path, .backend = backend,
-            .n_threads = 2, .n_blocks = e->sc.n_blocks, .max_tokens = e->sc.max_batch_tokens,
+            .n_threads = 1, .n_blocks = e->sc.n_blocks, .max_tokens = e->sc.max_batch_tokens,
             .max_seqs = e->sc.max_seqs, .n_ctx = MAXTOK, .poll = poll, .stop = &g_stop,
         };
         struct shm_stats_writer w;
@@ -502,6 +502,59 @@ static void t_malformed_plan(void **state)
     env_free(&e);
 }
 
+/* Random corruption of a valid plan (header, sequences, block tables):
+ * every version is answered (-1 or a token), the stage never crashes,
+ * and the pristine plan still computes the reference tokens afterwards. */
+static void t_corrupt_plans(void **state)
+{
+    struct env e;
+    static struct req rq[2];
+    uint64_t now = 1000000000ull, rng = 99;
+    uint32_t slot, refused = 0;
+    int st, iters = getenv("FAVO_LONG") ? 3000 : 200;
+    static char pristine[1 << 16];
+
+    (void)state;
+    env_init(&e, 40, 200, 8);
+    make_reqs(rq, 2, 5, false);
+    for (int i = 0; i < 2; i++) {
+        rq[i].n_prompt = 10; /* short steps: many iterations */
+        reference(&rq[i]);
+    }
+    pid_t pid = engine_start(&e, "cpu");
+    for (int i = 0; i < 2; i++)
+        submit(&e, &rq[i], now);
+    struct bat_plan *pl = next_plan(&e, now, &slot);
+    size_t used = pl->off_tables + pl->cap_tables * sizeof(int32_t);
+    assert_true(pl->off_seqs < pl->off_tables && used <= sizeof(pristine));
+    memcpy(pristine, pl, used);
+    for (int it = 0; it < iters; it++) {
+        unsigned nflip = 1 + (unsigned)(t_rand(&rng) % 4);
+        memcpy(pl, pristine, used);
+        for (unsigned f = 0; f < nflip; f++) {
+            size_t at = (size_t)(t_rand(&rng) % used);
+            if (at >= offsetof(struct bat_plan, step) &&
+                at < offsetof(struct bat_plan, step) + sizeof(pl->step))
+                continue; /* a newer step reads as a stale replay: no answer */
+            ((unsigned char *)pl)[at] ^= (unsigned char)(1u << (t_rand(&rng) % 8));
+        }
+        const struct bat_result *res = send_plan(&e, pl, slot);
+        for (uint32_t i = 0; i < FAVO_MIN(pl->n_seqs, e.sc.max_seqs); i++)
+            refused += res[i].token == -1;
+    }
+    memcpy(pl, pristine, used);
+    printf("# %d corrupted plans, %u answers -1\n", iters, refused);
+    assert_true(refused > 0);
+    const struct bat_result *res = send_plan(&e, pl, slot);
+    for (int i = 0; i < 2; i++) {
+        struct req *r = by_cell(rq, 2, bat_plan_seqs(pl)[i].cell);
+        assert_int_equal(res[i].token, r->ref[0]);
+    }
+    assert_int_equal(waitpid(pid, &st, WNOHANG), 0);
+    engine_stop(&e, pid);
+    env_free(&e);
+}
+
 /* kill -9 of the engine between steps; a new engine starts with an empty
  * KV pool: the running sequences' decodes are answered -1 (the batcher
  * must recompute them), while a new request's prefill in the same plan is
@@ -653,6 +706,7 @@ int main(void)
         cmocka_unit_test(t_model_info),
         cmocka_unit_test(t_plans_through_stage),
         cmocka_unit_test(t_malformed_plan),
+        cmocka_unit_test(t_corrupt_plans),
         cmocka_unit_test(t_restart_kv_missing),
         cmocka_unit_test(t_drain),
         cmocka_unit_test(t_null_backend),
