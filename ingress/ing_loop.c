@@ -791,6 +791,40 @@ static void bell_arm(struct ing_loop *L)
     L->bell_armed = true;
 }
 
+/* A new egress process holds none of the sockets the old one was given:
+ * send every handed-over connection again (the answers in flight are
+ * resumed by the new egress from their cells), and the others on their
+ * next request. The fdpass socket pair itself is the supervisor's and
+ * outlives egress, so nothing queued in it is lost. */
+static void egress_check(struct ing_loop *L)
+{
+    int32_t pid = (int32_t)ck_pr_load_32(
+        (const uint32_t *)&L->cfg.pipe->hdr->up_pid[SHM_PIPE_EGRESS][0]);
+
+    if (pid == L->egress_pid || pid == 0)
+        return;
+    if (L->egress_pid != 0) {
+        unsigned again = 0;
+        favo_warn("ingress: egress restarted (pid %d): handing its connections over again",
+                  (int)pid);
+        for (unsigned i = 0; i < L->max_conns; i++) {
+            struct ing_conn *c = &L->conns[i];
+            if (c->fd < 0 || !c->fd_sent)
+                continue;
+            c->fd_sent = false;
+            if (!c->parked || c->closing)
+                continue;
+            uint64_t key = ing_conn_key(L, c);
+            if (shm_fdpass_send(L->cfg.egress_sock, c->fd, &key, sizeof(key)) == 0) {
+                c->fd_sent = true;
+                again++;
+            }
+        }
+        favo_info("ingress: %u connections handed to the new egress", again);
+    }
+    L->egress_pid = pid;
+}
+
 /* egress finished a response on one of our connections. */
 static void conn_msgs(struct ing_loop *L)
 {
@@ -987,6 +1021,7 @@ int ing_loop_run(const struct ing_cfg *cfg)
         if (cfg->pipe) {
             /* egress's messages first; sleep on the bell only when there
              * are none (shm_bell.h: prepare, look again, then wait) */
+            egress_check(L);
             conn_msgs(L);
             bell_arm(L);
             shm_bell_efd_prepare(&L->bell);

@@ -54,6 +54,7 @@ struct ing_loop {
     shm_bell_efd_t bell;
     bool bell_armed;
     uint64_t bell_buf;
+    int32_t egress_pid;        /* the egress process our sockets went to */
     const struct ing_key *key; /* the current request's API key, NULL when open */
     struct io_uring ring;
     int lfd;
