@@ -351,6 +351,8 @@ static int sup_restart_due(struct sup *s)
         uint64_t lat = favo_now_ns() - st->exit_seen;
         sup_event(s, "restart %s %d %llu", st->cfg->name, (int)st->pid,
                   (unsigned long long)lat);
+        favo_info("stage %s restarted as pid %d, %.3f ms after its exit (restart %u)",
+                  st->cfg->name, (int)st->pid, (double)lat / 1e6, st->restarts);
     }
     return 0;
 }
