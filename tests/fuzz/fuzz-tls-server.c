@@ -3,14 +3,19 @@
  * (ingress/ing_tls.h): never crashes, never returns a value outside the
  * documented set, and a failed session stays failed.
  *
- * Input: byte 0 picks the mode, the rest is what the "client" sends.
- *   even: the bytes from the first byte on (ClientHello parsing, record
- *         framing, alerts before any key exists);
- *   odd:  a real TLS 1.3 handshake with an in-process OpenSSL client
- *         first, then the bytes as the client's next records (record
- *         layer under application keys: bad MACs, bad lengths, forged
- *         content types).
- * Byte 1 sets the feed chunk size, so record boundaries split anywhere.
+ * Input: byte 0 picks the mode (byte 0 % 3), byte 1 the feed chunk size
+ * (record boundaries split anywhere), the rest is:
+ *   0: what the "client" sends, from the first byte on (ClientHello
+ *      parsing, record framing, alerts before any key exists);
+ *   1: after a real TLS 1.3 handshake with an in-process OpenSSL client,
+ *      the client's next records (record layer under application keys:
+ *      bad MACs, bad lengths, forged content types);
+ *   2: after a handshake, a program for the write queue (tls inv 1):
+ *      each byte < 128 writes a response of a length it picks, a byte
+ *      >= 192 hands the pending region out and keeps it out (writes may
+ *      grow the queue meanwhile), 128..191 says part of it was sent;
+ *      at the end everything is sent and the client must decrypt exactly
+ *      the bytes written, in order (metamorphic check).
  * The certificate and key are made once, in memory, written to a
  * temporary directory for ing_tls_ctx_new.
  */
@@ -103,6 +108,62 @@ static void out(ing_tls_conn_t *s, BIO *to)
     }
 }
 
+/* Mode 2: the queue program. */
+static void queue_program(ing_tls_conn_t *s, SSL *c, BIO *c_rb, const uint8_t *ops, size_t n)
+{
+    static uint8_t src[1 << 14], got[1 << 20];
+    static bool init;
+    size_t wrote = 0, read = 0, k;
+    const uint8_t *p, *hp = NULL;
+    size_t m, hn = 0;
+    bool out = false;
+
+    for (size_t i = 0; !init && i < sizeof(src); i++)
+        src[i] = (uint8_t)(i * 131 + (i >> 8));
+    init = true;
+    for (size_t i = 0; i < n && wrote < sizeof(got) - sizeof(src); i++) {
+        if (ops[i] < 128) {
+            size_t len = ((size_t)ops[i] * 977u) % (sizeof(src) - 4096) + 1;
+            FAVO_ASSERT(ing_tls_conn_write(s, src + wrote % 4096, len) == (ssize_t)len);
+            wrote += len;
+        } else if (ops[i] >= 192) {
+            /* hand the region out and keep it out: later writes may grow
+             * the queue meanwhile, the region must stay valid (ASan) */
+            if (!out)
+                out = ing_tls_conn_pending(s, &hp, &hn) > 0;
+        } else {
+            if (!out)
+                out = ing_tls_conn_pending(s, &hp, &hn) > 0;
+            if (out) {
+                size_t part = hn * (size_t)(ops[i] - 128) / 63;
+                FAVO_ASSERT(ing_tls_conn_pending(s, &p, &m) == hn && p == hp);
+                BIO_write(c_rb, hp, (int)part);
+                ing_tls_conn_sent(s, part);
+                out = false;
+            }
+        }
+    }
+    if (out) {
+        BIO_write(c_rb, hp, (int)hn);
+        ing_tls_conn_sent(s, hn);
+    }
+    while (ing_tls_conn_pending(s, &p, &m)) {
+        BIO_write(c_rb, p, (int)m);
+        ing_tls_conn_sent(s, m);
+    }
+    while (read < wrote && SSL_read_ex(c, got + read, sizeof(got) - read, &k) == 1)
+        read += k;
+    FAVO_ASSERT(read == wrote); /* every byte, once */
+    /* the same bytes in the same order: rebuild the expected stream */
+    for (size_t off = 0, i = 0; i < n && off < wrote; i++) {
+        if (ops[i] >= 128)
+            continue;
+        size_t len = ((size_t)ops[i] * 977u) % (sizeof(src) - 4096) + 1;
+        FAVO_ASSERT(!memcmp(got + off, src + off % 4096, len));
+        off += len;
+    }
+}
+
 static bool handshake(ing_tls_conn_t *s, SSL *c, BIO *c_rb, BIO *c_wb)
 {
     uint8_t buf[8192];
@@ -137,7 +198,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!ctx)
         make_ctx();
     FAVO_ASSERT(ing_tls_conn_new(ctx, -1, &s) == 0);
-    if (data[0] & 1) {
+    if (data[0] % 3) {
         c = SSL_new(cli_ctx);
         c_rb = BIO_new(BIO_s_mem());
         c_wb = BIO_new(BIO_s_mem());
@@ -148,6 +209,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FAVO_ASSERT(ing_tls_conn_state(s) == ING_TLS_OPEN);
     }
     chunk = (size_t)data[1] * 64 + 1;
+    if (data[0] % 3 == 2) {
+        queue_program(s, c, c_rb, data + 2, size - 2);
+        ing_tls_conn_free(s);
+        SSL_free(c);
+        ERR_clear_error();
+        return 0;
+    }
     data += 2;
     size -= 2;
     for (off = 0; off < size;) {
