@@ -288,6 +288,28 @@ static int fill(int fd, struct resp *r)
     return 0;
 }
 
+/* T_EGR_DUMP=DIR: every response read is also written raw to
+ * DIR/<case>-<n>.http, for test-egress-stage-sdk.py (the OpenAI SDK's
+ * parsers on the stage's real bytes). */
+static const char *dump_case = "setup";
+static unsigned dump_n;
+
+static void dump(const struct resp *r, size_t len)
+{
+    const char *dir = getenv("T_EGR_DUMP");
+    char path[1024];
+    FILE *f;
+
+    if (!dir || !*dir)
+        return;
+    snprintf(path, sizeof(path), "%s/%s-%u.http", dir, dump_case, dump_n++);
+    f = fopen(path, "wb");
+    if (!f || fwrite(r->buf, 1, len, f) != len)
+        fprintf(stderr, "note: dump %s failed\n", path);
+    if (f)
+        fclose(f);
+}
+
 /* Read one response; bytes after it stay in r->buf (keep-alive). The body
  * is de-chunked into r->body (NUL-terminated). */
 static int read_resp(int fd, struct resp *r)
@@ -324,6 +346,7 @@ static int read_resp(int fd, struct resp *r)
         memcpy(r->body, r->buf + h, r->body_len);
         r->body[r->body_len] = 0;
         r->off = h + r->body_len;
+        dump(r, r->off);
         return 0;
     }
     /* chunks: "hex\r\n data \r\n" ... "0\r\n\r\n" */
@@ -349,6 +372,7 @@ static int read_resp(int fd, struct resp *r)
     }
     r->off = at + 2;
     r->body[r->body_len] = 0;
+    dump(r, r->off);
     return 0;
 }
 
@@ -1102,6 +1126,8 @@ int main(void)
     for (size_t i = 0; i < FAVO_ARRAY_SIZE(cases); i++) {
         int before = t_failures;
         uint64_t t0 = now_ms();
+        dump_case = cases[i].name;
+        dump_n = 0;
         cases[i].fn();
         fprintf(stderr, "%s %s (%llu ms)\n", t_failures == before ? "ok  " : "FAIL", cases[i].name,
                 (unsigned long long)(now_ms() - t0));
