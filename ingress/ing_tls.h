@@ -144,7 +144,9 @@
  *             first ciphertext byte: the cell stays empty meanwhile).
  *   close     when the last answer is out: ing_tls_conn_shutdown, send
  *             the queue (close_notify), shutdown(2), close;
- *             ing_tls_conn_free with the slot.
+ *             ing_tls_conn_free with the slot. A kTLS connection whose
+ *             answer egress writes is ended by egress (close_notify as a
+ *             control message, above), never by ingress mid-answer.
  *   egress    hand the socket over only when ing_tls_conn_ktls_tx; a
  *             userspace-path connection needs its answers back through
  *             ingress (ARCHITECTURE.md "TLS"), per token for streams.
