@@ -956,9 +956,8 @@ int main(void)
         }
     }
 
-    if (!ing_tls_ktls_available() && system("modprobe tls >/dev/null 2>&1") != 0) {
-        /* no module to load: the case below skips */
-    }
+    /* ing_tls_ktls_available asks the kernel to autoload the tls module
+     * (as modprobe would) before it answers */
     if (ing_tls_ktls_available() && have("curl")) {
         ing_tls_ctx_t *kctx = NULL;
         T_CHECK(ing_tls_ctx_new(&kctx, p_chain, p_key, 0, err, sizeof(err)) == 0, "ctx: %s",
