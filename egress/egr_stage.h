@@ -69,6 +69,12 @@
  *      counts, status and times, never text or token ids.
  *
  * Decisions worth knowing:
+ *   - shm_ev names only the cell, not where its request copy is: egress
+ *     reads resp_off from the cell descriptor's len (ingress sets it to
+ *     resp_off + SHM_PIPE_REQ_COPY before the handoff), verifies the copy
+ *     (magic, its own cell reference, resp_off consistent with tok_off,
+ *     ntok, max_tokens) and otherwise scans the cell's 64-aligned offsets
+ *     from the top (req_find). A resp_off in shm_ev would make this exact.
  *   - ERROR before any byte of the response was sent: a complete OpenAI
  *     error response ({"error":{"message","type","param","code"}}, status,
  *     Content-Length, Retry-After for 503), keep-alive as the request asked,
@@ -89,29 +95,30 @@
  *   - The access log status is the one sent in the head (200 or the
  *     error's); 499 when the client was gone before the end.
  *
- * Crash-restart (what a new egress needs; not finished):
- *   - Kept: every response's progress is in its cell (egr_resp with the
- *     detokenizer, ids consumed, n_gen, flags, times); the ev ring replays
- *     the events the dead egress had not released (one at a time: it
- *     releases each event after applying it). An event for a cell this
- *     process does not know is "adopted": a valid EGR_STAGE_MAGIC in the
- *     cell resumes the response, otherwise it starts fresh.
- *   - Missing: (a) the sockets. The new egress must get them again:
- *     ingress has to re-send every connection it handed over on a NEW
- *     fdpass socket (the old pair's egress end died with us), and the
- *     supervisor has to make that pair and pass egress's end in cfg; until
- *     the fd arrives the response waits (today: it is treated as gone when
- *     the fd is still unknown after draining the socket). (b) a send that
- *     was in flight when egress died: the kernel may have taken some of
- *     area[0, pending); resuming would repeat or skip bytes, so such a
- *     connection has to be closed (needs a "send in flight" mark in the
- *     cell, written before each submit, costing one store per send).
- *     (c) a conn message the dead egress enqueued but a cell it had not
- *     freed yet (or the reverse) is replayed by FINISH: shm_cell_free of a
- *     freed cell is refused (-ESTALE) and the message is sent once more
- *     (ingress must ignore a KEEP for a connection that is not parked).
- *     So a restart today costs the in-flight responses (their clients see
- *     a closed connection), not the cells: every cell still comes back.
+ * Crash-restart (tested: test-egress-stage "restart", kill -9 mid-stream):
+ *   - Kept in the cells: every response's progress (egr_resp with the
+ *     detokenizer, ids consumed, n_gen, bytes sent, flags, times). At start
+ *     egress scans the cell descriptors and takes over every cell the
+ *     batcher or egress owns that holds a valid EGR_STAGE_MAGIC
+ *     (rs_scan_cells); the ev ring replays what the dead egress had not
+ *     released (it releases each event right after applying it), and an
+ *     event for a cell not yet known is "adopted" the same way.
+ *   - A resumed response waits up to 5 s (RESUME_GRACE_NS) for its socket,
+ *     then counts as gone. A send that was in flight when egress died
+ *     (state.inflight, stored before each submit) makes the stream
+ *     unrecoverable (how much the kernel took is unknown): that connection
+ *     is closed, its cell still comes back.
+ *   - Missing outside egress: (a) the sockets. Ingress has to re-send every
+ *     connection it had handed over, on a NEW fdpass socket (the old pair's
+ *     egress end died with it): the supervisor must make a new pair for the
+ *     new egress (cfg.fdpass_sock) and give ingress the other end; today
+ *     ingress sends each socket once per connection and never again.
+ *     (b) a conn message the dead egress published for a cell it had then
+ *     not yet freed is not repeated (the cell is freed before the message
+ *     is committed, so the reverse cannot happen); a FINISH replayed for a
+ *     freed cell is dropped as stale.
+ *   - Cost today: responses whose socket is not re-sent within 5 s are
+ *     cancelled (their clients see a closed connection); no cell is lost.
  *
  * Errors: egr_stage_run returns 0 after a drain, -errno when setup fails
  * (bad cfg -EINVAL, tokenizer, rings, io_uring).

@@ -891,6 +891,60 @@ static int t_stats(void)
     return rc;
 }
 
+/* ERROR after a stream's head left (e.g. a queue timeout after START):
+ * the response cannot be repaired: the client sees the connection close,
+ * ingress gets CLOSED, nothing is cancelled (the batcher ended it). */
+static int t_error_mid_stream(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    struct shm_conn_msg m;
+    struct shm_ctl c;
+    struct req rq;
+    uint64_t key;
+    int fd;
+
+    CHECK((fd = client_open(&key)) >= 0, "client");
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM, 64, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, FAVO_MIN(n, 4)))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    while (!memmem(R.buf, R.len, "\r\n\r\n", 4))
+        CHECK(fill(fd, &R) == 0, "head");
+    CHECK(!strncmp(R.buf, "HTTP/1.1 200", 12), "200 first");
+    if (ev_send(&rq, SHM_EV_ERROR, 4, 0, 503, 1) || conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_CLOSED, "conn msg %u", m.what);
+    while (fill(fd, &R) == 0)
+        ; /* drains to EOF */
+    CHECK(!memmem(R.buf, R.len, "[DONE]", 6) && !memmem(R.buf, R.len, "HTTP/1.1 503", 12),
+          "no end, no second head");
+    if (cell_freed(&rq))
+        return -1;
+    CHECK(ctl_msg(&c, 50) == 1, "no cancel for an ended request");
+    close(fd);
+    return 0;
+}
+
+/* A request whose socket never came: cancelled at START, freed at FINISH,
+ * CLOSED to ingress. */
+static int t_no_socket(void)
+{
+    struct shm_conn_msg m;
+    struct shm_ctl c;
+    struct req rq;
+    uint64_t key = (0ull << 48) | (4000ull << 24) | 99;
+
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM, 64, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0))
+        return -1;
+    CHECK(ctl_msg(&c, 5000) == 0 && c.cell == rq.cell && c.id == rq.id, "cancel");
+    if (ev_send(&rq, SHM_EV_FINISH, 0, SHM_FIN_CANCELLED, 0, 0) || conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_CLOSED, "conn msg");
+    return cell_freed(&rq);
+}
+
 /* kill -9 egress mid-stream, with events arriving while it is down; a new
  * egress takes the response over from the cell, gets the socket again on a
  * new handoff socket, and the client sees one complete stream. */
@@ -1110,6 +1164,8 @@ int main(void)
         { "many", t_many },
         { "access_log", t_access_log },
         { "stats", t_stats },
+        { "error_mid_stream", t_error_mid_stream },
+        { "no_socket", t_no_socket },
         { "restart", t_restart },
     };
 
