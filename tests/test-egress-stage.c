@@ -945,6 +945,106 @@ static int t_no_socket(void)
     return cell_freed(&rq);
 }
 
+/* T_EGR_BENCH=N (by hand, not in the suite): 16 streams of N tokens, one
+ * TOKENS event per token per stream (the worst case: a 1-token decode
+ * step), clients reading as they go. Prints tokens/s and the egress
+ * process's CPU per token (utime + stime from /proc). */
+static uint64_t child_cpu_ns(void)
+{
+    char path[64], buf[1024], *p;
+    unsigned long ut = 0, st = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)H.pid);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    if (!fgets(buf, sizeof(buf), f))
+        buf[0] = 0;
+    fclose(f);
+    p = strrchr(buf, ')');
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (uint64_t)(ut + st) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
+}
+
+static int t_bench(void)
+{
+    enum { NS = 16 };
+    const char *env = getenv("T_EGR_BENCH");
+    uint32_t ntok = env ? (uint32_t)atoi(env) : 0;
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    struct req rq[NS];
+    uint64_t key[NS], t0, c0, wall, cpu;
+    int fd[NS], open_n = NS;
+    char sink[65536], tail[NS][5];
+    struct shm_conn_msg m;
+
+    memset(tail, 0, sizeof(tail));
+    if (!ntok)
+        return 0;
+    for (int i = 0; i < NS; i++) {
+        CHECK((fd[i] = client_open(&key[i])) >= 0, "client");
+        if (req_make(&rq[i], key[i], SHM_REQ_CHAT, SHM_REQ_F_STREAM, ntok, NULL) ||
+            ev_send(&rq[i], SHM_EV_START, 0, 0, 0, 0))
+            return -1;
+        int32_t *gen = (int32_t *)(rq[i].data + rq[i].q->tok_off) + rq[i].q->ntok;
+        for (uint32_t k = 0; k < ntok; k++)
+            gen[k] = ids[k % n];
+    }
+    t0 = now_ms();
+    c0 = child_cpu_ns();
+    for (uint32_t k = 1; k <= ntok; k++) {
+        for (int i = 0; i < NS; i++)
+            if (ev_send(&rq[i], k == ntok ? SHM_EV_FINISH : SHM_EV_TOKENS, k,
+                        k == ntok ? SHM_FIN_LENGTH : 0, 0, 0))
+                return -1;
+        for (int i = 0; i < NS; i++) {
+            ssize_t r;
+            while ((r = recv(fd[i], sink, sizeof(sink), MSG_DONTWAIT)) > 0) {
+                size_t keep = r >= 5 ? 0 : 5 - (size_t)r;
+                memmove(tail[i], tail[i] + 5 - keep, keep);
+                memcpy(tail[i] + keep, sink + (size_t)r - (5 - keep), 5 - keep);
+            }
+        }
+    }
+    while (open_n) { /* read every stream to its end */
+        open_n = 0;
+        for (int i = 0; i < NS; i++) {
+            ssize_t r;
+            if (fd[i] < 0)
+                continue;
+            r = recv(fd[i], sink, sizeof(sink), MSG_DONTWAIT);
+            CHECK(r != 0, "EOF before the end");
+            if (r > 0) { /* the last 5 bytes seen, across reads */
+                size_t keep = r >= 5 ? 0 : 5 - (size_t)r;
+                memmove(tail[i], tail[i] + 5 - keep, keep);
+                memcpy(tail[i] + keep, sink + (size_t)r - (5 - keep), 5 - keep);
+            }
+            if (!memcmp(tail[i], "0\r\n\r\n", 5)) {
+                close(fd[i]);
+                fd[i] = -1;
+                continue;
+            }
+            open_n++;
+        }
+        CHECK(now_ms() - t0 < 60000, "bench stuck");
+    }
+    for (int i = 0; i < NS; i++)
+        if (conn_msg(&m))
+            return -1;
+    wall = now_ms() - t0;
+    cpu = child_cpu_ns() - c0;
+    fprintf(stderr, "bench: %d streams x %u tokens in %llu ms: %.0f tokens/s, egress CPU %.2f us/token\n",
+            NS, ntok, (unsigned long long)wall, (double)NS * ntok * 1000.0 / (double)(wall ? wall : 1),
+            (double)cpu / 1000.0 / ((double)NS * ntok));
+    for (int i = 0; i < NS; i++)
+        if (cell_freed(&rq[i]))
+            return -1;
+    return 0;
+}
+
 /* kill -9 egress mid-stream, with events arriving while it is down; a new
  * egress takes the response over from the cell, gets the socket again on a
  * new handoff socket, and the client sees one complete stream. */
@@ -1166,6 +1266,7 @@ int main(void)
         { "stats", t_stats },
         { "error_mid_stream", t_error_mid_stream },
         { "no_socket", t_no_socket },
+        { "bench", t_bench },
         { "restart", t_restart },
     };
 
