@@ -22,7 +22,7 @@
  *
  * usage: bench-ingress [--json] [--duration S] [--connections N]
  *                      [--threads N] [--max-tokens N] [--warmup S]
- *                      [--favo PATH] [--keep-dir]
+ *                      [--favo PATH] [--model GGUF] [--keep-dir]
  * favo: --favo, else $FAVO_BIN, else ../favo next to this executable.
  * Exits 77 when wrk or nginx is missing (Debian: wrk, nginx-light).
  */
@@ -53,7 +53,7 @@ static const char prompt[] = "Say hello to the benchmark.";
 struct opts {
     int duration, connections, threads, max_tokens, warmup;
     bool json, keep_dir;
-    char favo[PATH_MAX];
+    char favo[PATH_MAX], model[PATH_MAX];
 };
 
 /* One server's figures from one wrk run. */
@@ -268,7 +268,12 @@ static int start_favo(const struct opts *o, struct server *s)
     snprintf(log, sizeof(log), "%s/favo.log", tmpdir);
     snprintf(acc, sizeof(acc), "%s/favo-access.log", tmpdir);
     char *argv[] = { (char *)o->favo, "serve", "--backend", "null", "--port", "0",
-                     "--instance", inst, "--access-log", acc, NULL };
+                     "--instance", inst, "--access-log", acc, NULL, NULL, NULL };
+
+    if (o->model[0]) { /* the null backend still reads the tokenizer from it */
+        argv[10] = "--model";
+        argv[11] = (char *)o->model;
+    }
     s->pid = spawn(argv, log);
     while (now_s() - t0 < 60) {
         int st;
@@ -462,14 +467,21 @@ static void cpu_diff(const struct cpu_snap *a, const struct cpu_snap *b, struct 
         for (int j = 0; j < a->n; j++)
             if (a->pid[j] == b->pid[i])
                 before = a->cpu_s[j];
-        /* the same name twice (nginx workers): sum them */
+        /* "favo: ingress" -> "ingress", the supervisor "favo" ->
+         * "supervisor"; the same name twice (nginx workers): summed */
+        const char *nm = b->name[i];
         int k;
 
+        if (!strncmp(nm, "favo: ", 6))
+            nm += 6;
+        else if (!strcmp(nm, "favo"))
+            nm = "supervisor";
+
         for (k = 0; k < r->nproc; k++)
-            if (!strcmp(r->pname[k], b->name[i]))
+            if (!strcmp(r->pname[k], nm))
                 break;
         if (k == r->nproc) {
-            snprintf(r->pname[k], sizeof(r->pname[k]), "%s", b->name[i]);
+            snprintf(r->pname[k], sizeof(r->pname[k]), "%s", nm);
             r->cpu_s[k] = 0;
             r->nproc++;
         }
@@ -603,7 +615,8 @@ static void measure(const char *who, pid_t root, const char *wrk, const char *lu
 static void usage(void)
 {
     fputs("usage: bench-ingress [--json] [--duration S] [--connections N] [--threads N]\n"
-          "                     [--max-tokens N] [--warmup S] [--favo PATH] [--keep-dir]\n",
+          "                     [--max-tokens N] [--warmup S] [--favo PATH] [--model GGUF]\n"
+          "                     [--keep-dir]\n",
           stderr);
     exit(2);
 }
@@ -642,7 +655,7 @@ int main(int argc, char **argv)
                       .warmup = 1 };
     char wrk[PATH_MAX], nginx[PATH_MAX], lua[PATH_MAX], body[256], script[1024], machine[256];
     struct run rf, rn;
-    long body_len = 0, head_len = 0;
+    long body_len = 0, head_len = 0, nginx_body = 0, nginx_head = 0;
     int status;
 
     for (int i = 1; i < argc; i++) {
@@ -664,6 +677,8 @@ int main(int argc, char **argv)
             o.warmup = atoi(argv[++i]);
         else if (!strcmp(a, "--favo") && v)
             snprintf(o.favo, sizeof(o.favo), "%s", argv[++i]);
+        else if (!strcmp(a, "--model") && v)
+            snprintf(o.model, sizeof(o.model), "%s", argv[++i]);
         else
             usage();
     }
@@ -711,18 +726,24 @@ int main(int argc, char **argv)
     write_file(lua, script);
 
     start_favo(&o, &favo_srv);
-    status = probe(favo_srv.port, o.max_tokens, &body_len, &head_len);
-    if (status != 200)
-        die("favo answered the probe request with status %d", status);
-    start_nginx(nginx, body_len, &nginx_srv);
+    /* The null backend's tokens differ per request, so favo's answer
+     * varies by a few bytes: nginx gets the mean of 16 answers. */
     {
-        long nb = 0, nh = 0;
+        long sum = 0;
 
-        status = probe(nginx_srv.port, o.max_tokens, &nb, &nh);
-        if (status != 200 || nb != body_len)
-            die("nginx answered the probe with status %d, %ld bytes (want 200, %ld)", status, nb,
-                body_len);
+        for (int i = 0; i < 16; i++) {
+            status = probe(favo_srv.port, o.max_tokens, &body_len, &head_len);
+            if (status != 200)
+                die("favo answered probe request %d with status %d", i, status);
+            sum += body_len;
+        }
+        body_len = (sum + 8) / 16;
     }
+    start_nginx(nginx, body_len, &nginx_srv);
+    status = probe(nginx_srv.port, o.max_tokens, &nginx_body, &nginx_head);
+    if (status != 200 || nginx_body != body_len)
+        die("nginx answered the probe with status %d, %ld bytes (want 200, %ld)", status,
+            nginx_body, body_len);
 
     measure("favo", favo_srv.pid, wrk, lua, &o, favo_srv.port, &rf);
     measure("nginx", nginx_srv.pid, wrk, lua, &o, nginx_srv.port, &rn);
@@ -764,12 +785,15 @@ int main(int argc, char **argv)
             char key[64], *p;
 
             snprintf(key, sizeof(key), "favo_cpu_us_%s", rf.pname[i]);
+            /* keys stay [a-z0-9_] */
             for (p = key; *p; p++)
                 if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
                     *p = '_';
             perf_json_num(stdout, key, rf.cpu_s[i] * 1e6 / (double)rf.requests);
         }
         perf_json_num(stdout, "body_bytes", (double)body_len);
+        perf_json_num(stdout, "favo_header_bytes", (double)head_len);
+        perf_json_num(stdout, "nginx_header_bytes", (double)nginx_head);
         perf_json_num(stdout, "duration_s", o.duration);
         perf_json_num(stdout, "connections", o.connections);
         perf_json_num(stdout, "threads", o.threads);
@@ -778,9 +802,9 @@ int main(int argc, char **argv)
         perf_json_str(stdout, "machine", machine);
         perf_json_end(stdout);
     } else {
-        printf("bench-ingress: POST /v1/completions (max_tokens %d, %ld-byte JSON answer), "
-               "keep-alive\n",
-               o.max_tokens, body_len);
+        printf("bench-ingress: POST /v1/completions (max_tokens %d, %ld-byte JSON answer; "
+               "headers: favo %ld, nginx %ld bytes), keep-alive\n",
+               o.max_tokens, body_len, head_len, nginx_head);
         printf("wrk -t%d -c%d -d%ds --latency; favo --backend null, nginx `return 200` "
                "(worker_processes auto)\n",
                o.threads, o.connections, o.duration);
