@@ -69,6 +69,7 @@ struct env {
 };
 
 static char *g_dir, *g_path;
+static const char *g_stage_model; /* what engine_start's stage loads: g_path by default */
 static struct eng_model *g_m;
 static eng_tok_t *g_tok;
 static struct eng_kv g_kv;
@@ -122,7 +123,13 @@ static int group_teardown(void **state)
 
 /* Reference: the request alone, whole prompt, own blocks; stops after an
  * end-of-generation token as the batcher does. */
+static void reference_with(eng_ctx_t *ctx, struct eng_kv *kv, const eng_tok_t *tok, struct req *r);
 static void reference(struct req *r)
+{
+    reference_with(g_ctx, &g_kv, g_tok, r);
+}
+
+static void reference_with(eng_ctx_t *ctx, struct eng_kv *kv, const eng_tok_t *tok, struct req *r)
 {
     int32_t blocks[MAXTOK / 16 + 1];
     uint32_t nb = 0, pos = 0;
@@ -134,7 +141,7 @@ static void reference(struct req *r)
         struct eng_batch b = { 1, &s };
         uint32_t n_new = g == 0 ? r->n_prompt : 1;
         while (nb < eng_kv_blocks_for(pos + n_new)) {
-            blocks[nb] = eng_kv_block_alloc(&g_kv);
+            blocks[nb] = eng_kv_block_alloc(kv);
             assert_true(blocks[nb] >= 0);
             nb++;
         }
@@ -146,14 +153,14 @@ static void reference(struct req *r)
         s.history = r->ref;
         s.n_history = g;
         s.sp = r->sp;
-        assert_int_equal(eng_step(g_ctx, &b, &out, NULL), 0);
+        assert_int_equal(eng_step(ctx, &b, &out, NULL), 0);
         r->ref[r->n_ref++] = out.token;
         pos += n_new;
-        if (eng_tok_is_eog(g_tok, out.token))
+        if (eng_tok_is_eog(tok, out.token))
             break;
     }
     for (uint32_t i = 0; i < nb; i++)
-        eng_kv_block_release(&g_kv, blocks[i]);
+        eng_kv_block_release(kv, blocks[i]);
 }
 
 static void env_init(struct env *e, uint32_t n_blocks, uint32_t max_tokens, uint32_t max_seqs)
@@ -223,7 +230,7 @@ static pid_t engine_start_ex(struct env *e, const char *backend, int poll, struc
     assert_true(pid >= 0);
     if (pid == 0) {
         struct eng_stage_cfg cfg = {
-            .pipe = &e->p, .rank = 0, .model_path = g_path, .backend = backend,
+            .pipe = &e->p, .rank = 0, .model_path = g_stage_model ? g_stage_model : g_path, .backend = backend,
             .n_threads = 1, .n_blocks = e->sc.n_blocks, .max_tokens = e->sc.max_batch_tokens,
             .max_seqs = e->sc.max_seqs, .n_ctx = MAXTOK, .poll = poll, .stop = &g_stop,
         };
@@ -683,6 +690,95 @@ static void t_stats_heartbeat(void **state)
     shm_stats_destroy(&st);
 }
 
+/* A real model (SmolLM2 from FAVO_MODELS) through the stage: chat prompts
+ * tokenized by its own tokenizer, greedy; tokens equal eng_step alone and
+ * the answers that end with <|im_end|> come back eos = 1 (FINISH STOP). */
+static void t_real_model(void **state)
+{
+    static const char *const prompts[] = {
+        "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nWhat is 2+2? Answer with a number.<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\n",
+    };
+    enum { N = 3 };
+    char path[1024], err[256] = "";
+    struct eng_model *m;
+    eng_tok_t *tok;
+    struct eng_kv kv;
+    eng_ctx_t *ctx;
+    struct env e;
+    static struct req rq[N];
+    uint64_t now = 1000000000ull;
+    int done = 0, steps = 0, stops = 0;
+
+    (void)state;
+    snprintf(path, sizeof(path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf",
+             t_env("FAVO_MODELS", "models"));
+    if (access(path, R_OK)) {
+        printf("# no %s: skipped\n", path);
+        skip();
+    }
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define T_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define T_SANITIZED 1
+#endif
+#endif
+#ifdef T_SANITIZED
+    if (!getenv("FAVO_LONG")) { /* a real model under a sanitizer: soak runs only */
+        printf("# sanitizer build without FAVO_LONG: skipped\n");
+        skip();
+    }
+#endif
+    assert_int_equal(eng_model_load(&m, path, 0, err, sizeof(err)), 0);
+    assert_int_equal(eng_tok_load(&tok, eng_model_gguf(m), err, sizeof(err)), 0);
+    assert_int_equal(eng_kv_init(&kv, &m->hp, MAXTOK / 16 + 1), 0);
+    struct eng_ctx_opts o = { .n_threads = 1, .max_tokens = MAXTOK, .max_seqs = 1,
+                              .n_ctx = MAXTOK };
+    assert_int_equal(eng_ctx_init(&ctx, m, &kv, &o), 0);
+    memset(rq, 0, sizeof(rq));
+    for (int i = 0; i < N; i++) {
+        int64_t n = eng_tok_encode(tok, prompts[i], strlen(prompts[i]),
+                                   ENG_TOK_PARSE_SPECIAL, rq[i].all, MAXTOK);
+        assert_true(n > 0 && n < 64);
+        rq[i].n_prompt = (uint32_t)n;
+        rq[i].max_tokens = 48;
+        reference_with(ctx, &kv, tok, &rq[i]);
+    }
+    env_init(&e, 40, 64, 4);
+    g_stage_model = path;
+    pid_t pid = engine_start(&e, "cpu");
+    g_stage_model = NULL;
+    for (int i = 0; i < N; i++)
+        submit(&e, &rq[i], now);
+    while (done < N) {
+        uint32_t slot;
+        struct bat_plan *pl = next_plan(&e, now, &slot);
+        const struct bat_result *res = pl->n_seqs ? send_plan(&e, pl, slot) : NULL;
+        for (uint32_t i = 0; i < pl->n_seqs; i++)
+            if (!bat_plan_seqs(pl)[i].no_sample) {
+                assert_int_equal(res[i].eos, eng_tok_is_eog(tok, res[i].token));
+                stops += res[i].eos;
+            }
+        now += 1000000;
+        done += complete(&e, rq, N, pl, res, now);
+        assert_true(++steps < 1000);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(rq[i].n_gen, rq[i].n_ref);
+        assert_memory_equal(rq[i].all + rq[i].n_prompt, rq[i].ref, rq[i].n_ref * 4);
+    }
+    printf("# %d steps, %d answers ended by the model (eos)\n", steps, stops);
+    assert_true(stops > 0);
+    engine_stop(&e, pid);
+    env_free(&e);
+    eng_ctx_free(ctx);
+    eng_kv_destroy(&kv);
+    eng_tok_free(tok);
+    eng_model_free(m);
+}
+
 /* Model metadata without the weights. */
 static void t_model_info(void **state)
 {
@@ -711,6 +807,7 @@ int main(void)
         cmocka_unit_test(t_drain),
         cmocka_unit_test(t_null_backend),
         cmocka_unit_test(t_stats_heartbeat),
+        cmocka_unit_test(t_real_model),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
