@@ -344,7 +344,12 @@ static void stats_after_step(struct bst *b, const struct bat_sched_info *in)
     b->last_preempt = in->n_preempt;
 }
 
-/* Send the plan in flight to every rank that has not got it. */
+static void copy_plan(struct bat_plan *dst, const struct bat_plan *src);
+
+/* Send the plan in flight to every rank that has not got it: rank 0's slot
+ * holds it (step() wrote it there); the others get a copy first - again
+ * after a restart, which may have cut the first copy short. A rank that has
+ * not been sent the step does not read that slot, so the copy is safe. */
 static void send_plan(struct bst *b, uint64_t step)
 {
     unsigned slot = (unsigned)(step % SHM_PIPE_PLAN_SLOTS);
@@ -354,6 +359,8 @@ static void send_plan(struct bst *b, uint64_t step)
     for (unsigned r = 0; r < b->n_ranks; r++) {
         if (b->sent[r] == step)
             continue;
+        if (r > 0)
+            copy_plan(shm_pipe_plan(b->pipe, r, slot), p);
         if (shm_ring_enqueue(&b->plan[r], &m) == 0) {
             b->sent[r] = step;
             shm_bell_ec_ring(&b->eng[r]);
@@ -399,8 +406,6 @@ static int do_step(struct bst *b, uint64_t now)
         return 1;
     }
     b->stalled = false;
-    for (unsigned r = 1; r < b->n_ranks; r++)
-        copy_plan(shm_pipe_plan(b->pipe, r, slot), p);
     send_plan(b, p->step);
     return 1;
 }
@@ -451,6 +456,23 @@ static void check_engines(struct bst *b)
             shm_stats_add(b->cfg->stats_w, SHM_C_PREEMPTIONS, (uint64_t)n);
         b->last_preempt += (uint64_t)n;
     }
+}
+
+/* A non-empty plan `step` that some rank has not been sent: one voided by
+ * an engine restart before it reached every rank. It is sent anyway (the
+ * results are ignored), so every rank sees the same plans in the same
+ * order and tensor-parallel ranks never wait for each other on a plan only
+ * some of them got. */
+static bool plan_unsent(struct bst *b, uint64_t step)
+{
+    const struct bat_plan *p = shm_pipe_plan(b->pipe, 0, (unsigned)(step % SHM_PIPE_PLAN_SLOTS));
+
+    if (!step || p->step != step || !p->n_seqs)
+        return false;
+    for (unsigned r = 0; r < b->n_ranks; r++)
+        if (b->sent[r] != step)
+            return true;
+    return false;
 }
 
 static int drain_done(struct bst *b, uint64_t now)
@@ -687,6 +709,8 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
         bat_sched_info(&b.s, &in);
         if (in.step > in.done_step) {
             work += in_flight(&b, &in, now);
+        } else if (plan_unsent(&b, in.step)) {
+            send_plan(&b, in.step);
         } else if (!in.n_outbox && (in.n_waiting || in.n_running) && (work || !b.stalled)) {
             work += do_step(&b, now);
         }
