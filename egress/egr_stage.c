@@ -374,6 +374,16 @@ static bool rs_sending(const struct egr *E, const struct rs *r)
     return c->sending && c->head == (uint32_t)(r - E->rs);
 }
 
+/* A request id we may echo in a header: no control characters (no
+ * response splitting, whatever ingress let through). */
+static bool rid_safe(const char *s)
+{
+    for (; *s; s++)
+        if (((unsigned char)*s < 0x20 && *s != '\t') || *s == 0x7f)
+            return false;
+    return true;
+}
+
 /* Replace whatever the area holds with an error response, if nothing of
  * the response has left yet; otherwise the connection must be closed. */
 static void rs_error(struct egr *E, struct rs *r, unsigned status, uint32_t retry_after)
@@ -396,7 +406,7 @@ static void rs_error(struct egr *E, struct rs *r, unsigned status, uint32_t retr
     if (rid_ok) {
         memcpy(rid, q->reqid, q->reqid_len);
         rid[q->reqid_len] = '\0';
-        rid_ok = strlen(rid) == q->reqid_len;
+        rid_ok = strlen(rid) == q->reqid_len && rid_safe(rid);
     }
     e.status = (uint16_t)status;
     e.keep_alive = !(q->flags & SHM_REQ_F_CLOSE);
@@ -495,7 +505,7 @@ static void rs_start(struct egr *E, struct rs *r)
     if (q->reqid_len > 0 && q->reqid_len <= SHM_REQ_ID_MAX) {
         memcpy(rid, q->reqid, q->reqid_len);
         rid[q->reqid_len] = '\0';
-        if (strlen(rid) == q->reqid_len && !strpbrk(rid, "\r\n")) {
+        if (strlen(rid) == q->reqid_len && rid_safe(rid)) {
             if (q->reqid_len < EGR_ID_MAX) {
                 rc.request_id = rid;
             } else {

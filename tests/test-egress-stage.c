@@ -1045,6 +1045,66 @@ static int t_bench(void)
     return 0;
 }
 
+/* logprobs requested: the batcher sends no logprob data yet, so a body
+ * carries entries with logprob 0 and no alternatives; a stream (whose area
+ * cannot hold logprob events) answers "logprobs":null. Nothing refused. */
+static int t_logprobs(void)
+{
+    int32_t ids[256];
+    size_t n = encode("Tiny text.", ids, 250);
+    struct shm_conn_msg m;
+    struct req a, b;
+    uint64_t key;
+    int fd;
+
+    CHECK((fd = client_open(&key)) >= 0, "client");
+    if (req_make(&a, key, SHM_REQ_CHAT, 0, (uint32_t)n, NULL))
+        return -1;
+    a.q->logprobs = 1;
+    a.q->top_logprobs = 2;
+    if (ev_send(&a, SHM_EV_START, 0, 0, 0, 0) || tokens(&a, ids, 0, n) ||
+        ev_send(&a, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(fd, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 200 && strstr(R.body, "\"logprobs\":{\"content\":[{\"token\":") &&
+              strstr(R.body, "\"logprob\":0,") && strstr(R.body, "\"top_logprobs\":[]"),
+          "body logprobs: %s", R.body);
+    if (cell_freed(&a))
+        return -1;
+    /* a stream in a cell with room for logprob events (64 KiB class) */
+    if (req_make(&b, key, SHM_REQ_COMPLETIONS, SHM_REQ_F_STREAM, (uint32_t)n, NULL))
+        return -1;
+    b.q->logprobs = 1;
+    if (ev_send(&b, SHM_EV_START, 0, 0, 0, 0) || tokens(&b, ids, 0, n) ||
+        ev_send(&b, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
+        return -1;
+    if (read_resp(fd, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 200 && R.chunked && strstr(R.body, "\"token_logprobs\":[0]"),
+          "stream logprobs");
+    if (cell_freed(&b))
+        return -1;
+    /* ...and one whose area is just SHM_PIPE_AREA_STREAM (ids fill the rest) */
+    if (req_make(&b, key, SHM_REQ_COMPLETIONS, SHM_REQ_F_STREAM, 9000, NULL))
+        return -1;
+    CHECK(65536 - (b.q->resp_off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES) < 32768, "tight area");
+    b.q->logprobs = 1;
+    if (ev_send(&b, SHM_EV_START, 0, 0, 0, 0) || tokens(&b, ids, 0, n) ||
+        ev_send(&b, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
+        return -1;
+    if (read_resp(fd, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 200 && R.chunked && strstr(R.body, "\"logprobs\":null") &&
+              !strstr(R.body, "token_logprobs") && strstr(R.body, "\"finish_reason\":\"length\""),
+          "stream logprobs fallback");
+    if (cell_freed(&b))
+        return -1;
+    close(fd);
+    return 0;
+}
+
 /* kill -9 egress mid-stream, with events arriving while it is down; a new
  * egress takes the response over from the cell, gets the socket again on a
  * new handoff socket, and the client sees one complete stream. */
@@ -1266,6 +1326,7 @@ int main(void)
         { "stats", t_stats },
         { "error_mid_stream", t_error_mid_stream },
         { "no_socket", t_no_socket },
+        { "logprobs", t_logprobs },
         { "bench", t_bench },
         { "restart", t_restart },
     };
