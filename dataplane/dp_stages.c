@@ -37,11 +37,18 @@
 #include "shm_stats.h"
 
 static volatile int stage_stop;
+static volatile uint32_t stage_reload;
 
 static void on_stop(int sig)
 {
     (void)sig;
     stage_stop = 1;
+}
+
+static void on_hup(int sig)
+{
+    (void)sig;
+    stage_reload++;
 }
 
 struct stage_env {
@@ -151,9 +158,10 @@ static int env_open(struct stage_env *E, const char *stage, const struct kv *kv,
     sa.sa_handler = on_stop;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_hup; /* reload: ingress reads its keys file again */
+    sigaction(SIGHUP, &sa, NULL);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL); /* reload: not wired yet */
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -219,6 +227,8 @@ int dp_stage_ingress(int argc, char **argv)
             return 1;
         }
         c.keys = &keys;
+        c.keys_path = kv_str(&kv, "--keys");
+        c.reload = &stage_reload;
         /* one worker: its buckets live in its own memory (lost on restart) */
         size_t n = ing_rl_size(ing_keys_nbuckets(&keys), 1);
         rl_mem = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

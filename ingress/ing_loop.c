@@ -825,6 +825,58 @@ static void egress_check(struct ing_loop *L)
     L->egress_pid = pid;
 }
 
+/* SIGHUP: read the keys file again (see ing_cfg.reload). */
+static void keys_reload(struct ing_loop *L)
+{
+    struct ing_keys *nk = malloc(sizeof(*nk));
+    uint64_t now = favo_now_ns();
+    void *mem = MAP_FAILED;
+    size_t len = 0;
+    int rc = -ENOMEM;
+
+    if (!nk)
+        goto fail;
+    ing_keys_init(nk);
+    if ((rc = ing_keys_load(nk, L->cfg.keys_path)) != 0) {
+        favo_err("ingress: reload: %s; keeping the %u keys in use", nk->err[0] ? nk->err :
+                 strerror(-rc), L->cfg.keys ? L->cfg.keys->nkeys : 0);
+        ing_keys_free(nk);
+        free(nk);
+        return;
+    }
+    len = ing_rl_size(ing_keys_nbuckets(nk), 1);
+    mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED || ing_rl_init(mem, len, ing_keys_nbuckets(nk), 1, now) ||
+        ing_rl_attach(&L->own_rl, mem, len, 0))
+        goto fail;
+    for (uint32_t b = 0; b < ing_keys_nbuckets(nk); b++) {
+        uint32_t rpm, tpm;
+        if (ing_keys_bucket_limits(nk, b, &rpm, &tpm) == 0)
+            ing_rl_set_limits(&L->own_rl, b, rpm, tpm, now);
+    }
+    if (L->own_keys) {
+        ing_keys_free(L->own_keys);
+        free(L->own_keys);
+    }
+    if (L->own_rl_mem)
+        munmap(L->own_rl_mem, L->own_rl_len);
+    L->own_keys = nk;
+    L->own_rl_mem = mem;
+    L->own_rl_len = len;
+    L->cfg.keys = nk;
+    L->cfg.rl = &L->own_rl;
+    favo_info("ingress: reloaded %s: %u keys", L->cfg.keys_path, nk->nkeys);
+    return;
+fail:
+    favo_err("ingress: reload of %s: %s", L->cfg.keys_path, strerror(rc < 0 ? -rc : ENOMEM));
+    if (mem != MAP_FAILED)
+        munmap(mem, len);
+    if (nk) {
+        ing_keys_free(nk);
+        free(nk);
+    }
+}
+
 /* egress finished a response on one of our connections. */
 static void conn_msgs(struct ing_loop *L)
 {
@@ -939,6 +991,7 @@ int ing_loop_run(const struct ing_cfg *cfg)
         L->cfg.idle_timeout_ms = 60000;
     L->multishot = true;
     L->created = favo_wall_ns() / 1000000000ull;
+    L->reload_seen = cfg->reload ? *cfg->reload : 0;
     if (getrandom(&L->reqid_salt, sizeof(L->reqid_salt), 0) != sizeof(L->reqid_salt))
         L->reqid_salt = favo_now_ns() ^ (uint64_t)getpid() << 32;
 
@@ -1018,6 +1071,11 @@ int ing_loop_run(const struct ing_cfg *cfg)
         unsigned head, n = 0;
         int w;
 
+        if (cfg->reload && *cfg->reload != L->reload_seen) {
+            L->reload_seen = *cfg->reload;
+            if (cfg->keys_path)
+                keys_reload(L);
+        }
         if (cfg->pipe) {
             /* egress's messages first; sleep on the bell only when there
              * are none (shm_bell.h: prepare, look again, then wait) */
@@ -1074,6 +1132,12 @@ out_listen:
     if (L->lfd >= 0)
         close(L->lfd);
 out:
+    if (L->own_keys) {
+        ing_keys_free(L->own_keys);
+        free(L->own_keys);
+    }
+    if (L->own_rl_mem)
+        munmap(L->own_rl_mem, L->own_rl_len);
     ing_route_model_free(L);
     if (L->scratch) {
         explicit_bzero(L->scratch, L->scratch_cap);

@@ -129,6 +129,13 @@ struct ing_cfg {
      * with Retry-After when refused; x-ratelimit-* on every answer. Worker
      * 0 sets the limits from the keys at start and ticks the refill. */
     struct ing_rl *rl;
+    /* Reload (SIGHUP, through the stage wrapper): when *reload changes,
+     * keys_path is read again; a file that fails to parse keeps the old
+     * set (one error line). The new set takes effect between requests;
+     * the rate-limit windows start afresh (single worker: the buckets are
+     * this process's own memory). */
+    const char *keys_path;
+    const volatile uint32_t *reload;
     /* Extra auth hook, after the keys: NULL = none. Returns 0 to admit, else the HTTP
      * status (401/403/429) with msg filled (no key material in it). */
     int (*auth)(void *arg, const uint8_t *buf, const struct ing_http_req *r, char *msg,

@@ -55,6 +55,11 @@ struct ing_loop {
     bool bell_armed;
     uint64_t bell_buf;
     int32_t egress_pid;        /* the egress process our sockets went to */
+    uint32_t reload_seen;
+    struct ing_keys *own_keys; /* a reloaded key set (ours to free) */
+    struct ing_rl own_rl;
+    void *own_rl_mem;
+    size_t own_rl_len;
     const struct ing_key *key; /* the current request's API key, NULL when open */
     struct io_uring ring;
     int lfd;

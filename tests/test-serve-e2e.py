@@ -346,6 +346,28 @@ def keyed():
             check(False, "the third request in a minute at rpm 2 raises RateLimitError")
         except openai.RateLimitError:
             check(True, "the third request in a minute at rpm 2 raises RateLimitError")
+        # SIGHUP reloads the keys file: a new key works, a revoked one is refused
+        out = subprocess.run([FAVO, "keys", "add", "--keys", kf, "--name", "k2", "--tenant", "b",
+                              "--rpm", "0", "--tpm", "0"], capture_output=True, text=True)
+        key2 = out.stdout.strip().split()[-1]
+        subprocess.run([FAVO, "keys", "revoke", "--keys", kf, "k1"], capture_output=True)
+        S.p.send_signal(signal.SIGHUP)
+        ok2 = False
+        for _ in range(50):
+            time.sleep(0.1)
+            try:
+                S.client(key=key2).completions.create(model=model, prompt="x", max_tokens=2)
+                ok2 = True
+                break
+            except openai.AuthenticationError:
+                pass
+        check(ok2, "after SIGHUP a key added to the file is accepted")
+        try:
+            cl.completions.create(model=model, prompt="x", max_tokens=2)
+            check(False, "after SIGHUP a revoked key raises AuthenticationError")
+        except openai.AuthenticationError:
+            check(True, "after SIGHUP a revoked key raises AuthenticationError")
+        check("reloaded" in S.logtext(), "the reload is logged")
     finally:
         check(S.stop() == 0, "keyed server exits 0")
     # 503: one running, one waiting, the rest refused at once
