@@ -26,6 +26,8 @@ struct bst {
     shm_bell_efd_t egr;
     unsigned n_ingress, n_ranks;
     uint64_t sent[SHM_PIPE_MAX_RANKS]; /* last step enqueued on plan[r] */
+    bool replay[SHM_PIPE_MAX_INGRESS]; /* the next req[w] message may be one the
+                                          dead batcher handled but did not release */
     int32_t eng_pid[SHM_PIPE_MAX_RANKS]; /* engine incarnation whose KV we plan for */
     uint64_t last_preempt, last_hb;
     bool stalled;                      /* last step produced nothing to run */
@@ -211,7 +213,8 @@ static void cancel_cell(struct bst *b, uint64_t id, uint64_t cell)
     /* unknown (finished, refused, stale): nothing to do */
 }
 
-static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t now)
+static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t now,
+                   bool replay)
 {
     struct bat_req q;
     void *data;
@@ -227,8 +230,10 @@ static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t 
         favo_debug("batcher: req[%u] submit for a cell we do not own (%d)", w, rc);
         return;
     }
-    if (bat_sched_find(&b->s, r->cell, NULL) == 0 || error_pending(b, r->cell))
-        return; /* replay of one already taken */
+    /* Messages are released one by one after handling, so only the first
+     * one after a restart can be a replay: look it up (O(slots)) then only. */
+    if (replay && (bat_sched_find(&b->s, r->cell, NULL) == 0 || error_pending(b, r->cell)))
+        return; /* taken before the restart */
     if ((r->resp_off & 63u) || (uint64_t)r->resp_off + SHM_PIPE_REQ_COPY > size) {
         favo_warn("batcher: req[%u] resp_off %u outside the cell (%zu bytes): cell freed "
                   "unanswered", w, r->resp_off, size);
@@ -288,11 +293,14 @@ static int drain_req(struct bst *b, uint64_t now)
         while (ob_room(b) && (m = shm_ring_peek_one(&b->req[w]))) {
             struct shm_req r;
 
+            bool replay = b->replay[w];
+
+            b->replay[w] = false;
             memcpy(&r, m, sizeof(r));
             if (r.magic != SHM_REQ_MAGIC)
                 favo_warn("batcher: req[%u] bad magic 0x%08x: ignored", w, r.magic);
             else if (r.kind == SHM_REQ_SUBMIT)
-                submit(b, w, &r, now);
+                submit(b, w, &r, now, replay);
             else if (r.kind == SHM_REQ_CANCEL)
                 cancel_cell(b, 0, r.cell);
             else
@@ -618,9 +626,11 @@ static int attach_all(struct bst *b)
             if (rc)
                 return rc;
         }
-    for (unsigned w = 0; w < b->n_ingress; w++)
+    for (unsigned w = 0; w < b->n_ingress; w++) {
         if ((rc = shm_pipe_ring_req(p, w, SHM_RING_CONSUMER, &b->req[w])))
             return rc;
+        b->replay[w] = true;
+    }
     for (unsigned r = 0; r < b->n_ranks; r++) {
         if ((rc = shm_pipe_ring_plan(p, r, SHM_RING_PRODUCER, &b->plan[r])) ||
             (rc = shm_pipe_bell_eng(p, r, &b->eng[r])))

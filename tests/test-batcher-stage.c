@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -70,6 +71,7 @@ struct h {
     struct shm_stats stats;
     uint32_t kv_pos[MAXR];
     unsigned stale_plans;
+    volatile int *stop;                /* shared with the child: the wrapper's stop word */
 };
 
 static pid_t g_pid; /* the batcher child, killed by teardown after a failure */
@@ -145,6 +147,9 @@ static void h_init(struct h *h, const struct bat_sched_cfg *sc, uint32_t ev_ring
     shm_pipe_set_sup(&h->p, SHM_PIPE_INGRESS, 0, getpid());
     shm_pipe_set_up(&h->p, SHM_PIPE_INGRESS, 0, getpid());
     h->engine_on = 1;
+    h->stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(h->stop != MAP_FAILED);
+    *h->stop = 0;
 }
 
 static void h_spawn_nowait(struct h *h, int poll);
@@ -171,6 +176,7 @@ static void h_spawn_nowait(struct h *h, int poll)
         c.sched = h->sc;
         c.egr_bell_efd = h->egr_efd;
         c.poll = poll;
+        c.stop = h->stop;
         struct shm_stats st;
         struct shm_stats_writer w;
         if (h->stats_on) {
@@ -234,8 +240,19 @@ static unsigned h_submit(struct h *h, uint32_t ntok, uint32_t max_tokens, uint32
     r.max_tokens = max_tokens;
     r.resp_off = (uint32_t)shm_pipe_resp_off(tok_off, ntok, max_tokens);
     r.tenant = tenant;
-    r.temperature = 0.7f;
-    r.top_p = 1.0f;
+    /* sampling parameters the engine must find in the plan */
+    r.temperature = 0.1f * (float)(i % 10);
+    r.top_k = (int32_t)(i % 50);
+    r.top_p = 0.5f + 0.01f * (float)(i % 50);
+    r.min_p = 0.001f * (float)(i % 7);
+    r.frequency_penalty = 0.1f * (float)(i % 3);
+    r.presence_penalty = 0.2f * (float)(i % 4);
+    r.logprobs = (uint8_t)(i % 2);
+    r.top_logprobs = (uint8_t)(i % 5);
+    if (i % 2) {
+        r.flags |= SHM_REQ_F_SEED;
+        r.seed = 1000 + (int64_t)i;
+    }
     memcpy((char *)data + r.resp_off, &r, sizeof(r));
     if (flags & 2)
         r.resp_off = (uint32_t)size - 64;
@@ -352,6 +369,21 @@ static int h_engine(struct h *h)
             assert_int_equal(shm_cell_get(&h->alloc, ps[k].cell, SHM_CELL_BATCHER, &data, &size), 0);
             assert_int_equal(ps[k].tok_off, q->tok_off);
             assert_int_equal(ps[k].n_prompt, q->ntok);
+            {
+                unsigned i = (unsigned)(q - h->rq);
+                const struct eng_sample_params *sp = &ps[k].sp;
+                assert_true(sp->temperature == 0.1f * (float)(i % 10));
+                assert_int_equal(sp->top_k, i % 50);
+                assert_true(sp->top_p == 0.5f + 0.01f * (float)(i % 50));
+                assert_true(sp->min_p == 0.001f * (float)(i % 7));
+                assert_true(sp->freq_penalty == 0.1f * (float)(i % 3));
+                assert_true(sp->presence_penalty == 0.2f * (float)(i % 4));
+                assert_int_equal(sp->n_logprobs, (i % 2) ? i % 5 : 0);
+                if (i % 2)
+                    assert_int_equal(sp->seed, 1000 + i);
+                else
+                    assert_true(sp->seed != 0); /* picked by the batcher */
+            }
             assert_true(ps[k].pos + ps[k].n_new <= q->ntok + ps[k].n_history);
             check_ids(h, q, data, 0, q->ntok + ps[k].n_history);
             if (!ps[k].no_sample) {
@@ -475,7 +507,8 @@ static void h_drain(struct h *h)
 {
     int st;
 
-    h->p.hdr->draining = 1;
+    if (!*h->stop) /* the stop word alone must do too (t_drain) */
+        h->p.hdr->draining = 1;
     shm_pipe_set_up(&h->p, SHM_PIPE_INGRESS, 0, 0);
     shm_bell_ec_ring(&h->bat_bell);
     for (int i = 0; i < 5000; i++) {
@@ -517,6 +550,7 @@ static void h_free(struct h *h)
     if (h->stats_on)
         shm_stats_destroy(&h->stats);
     close(h->egr_efd);
+    munmap((void *)h->stop, 4096);
     shm_seg_destroy(&h->seg);
 }
 
@@ -672,11 +706,11 @@ static void t_drain(void **state)
     int st;
 
     h_init(h, &sc, 0);
-    h_spawn(h, 0);
+    h_spawn(h, 2); /* spin */
     h->engine_on = 0;
     for (unsigned i = 0; i < 8; i++)
         h_submit(h, 10, 20, 0, i, 0);
-    h->p.hdr->draining = 1;
+    *h->stop = 1; /* SIGTERM, as the wrapper reports it */
     shm_bell_ec_ring(&h->bat_bell);
     usleep(100000);
     assert_int_equal(waitpid(h->pid, &st, WNOHANG), 0); /* work held */
