@@ -46,13 +46,28 @@
  * (re-prefill prompt + generated ids), never as a token.
  *
  * Restart (what a new engine costs today): the new process loads the model
- * (seconds for a real one), runs its warm-up, then consumes the plan the
- * dead one had peeked but not released (the ring replays it). Its KV pool
- * is empty, so every running sequence must be re-prefilled: the batcher
- * preempts all running sequences when it sees a new engine (today it can
- * tell only by the -1 answers above; a pipe word `kv_epoch`, written by
- * engine rank 0 before its up word, would let it preempt at once - see the
- * report). The replayed plan's decodes come back as -1 and are recomputed.
+ * (SmolLM2-135M: well under a second; the tiny test model: milliseconds),
+ * runs its warm-up, sets its up word, then consumes the plan message the
+ * dead one had peeked but not released (the ring replays it):
+ *   - the slot still holds that step (the dead engine had not answered, or
+ *     answered without releasing): it is run again and answered again on
+ *     done; the batcher must ignore a done message for a step it already
+ *     completed (bat_sched done_step);
+ *   - the slot holds a newer step (the batcher completed the replayed one
+ *     and reused the slot): the message is stale and dropped without an
+ *     answer (its results area belongs to the newer plan).
+ * The new KV pool is empty, so every running sequence must be re-prefilled
+ * from prompt + generated ids. WHAT THE BATCHER MUST DO: treat a -1 answer
+ * (eos 0) as "not computed" and preempt that sequence by recompute (free
+ * its blocks, put it back at the head of its class), never as a token.
+ * Today the -1 answers are its only signal that the engine restarted; a
+ * per-rank KV epoch word in shm_pipe (written by the engine before its up
+ * word) would let it preempt every running sequence at once instead of
+ * losing one step to -1 answers.
+ *
+ * Re-running a plan in the same process (a batcher that resends a step)
+ * is harmless: eng_step writes the KV of exactly the positions it computes
+ * (eng_step.h S2), with the same values.
  *
  * Backends: "cpu" (eng_step) or "null" (tokenizer only, no weights read):
  * each sampled sequence gets an ordinary token (ENG_TOK_ATTR_NORMAL, not
