@@ -71,6 +71,7 @@ static struct {
     bool stats_ok;
     char stats_name[64];
     const char *model;
+    uint64_t force_key;
 } H;
 
 struct req {
@@ -109,6 +110,10 @@ static int client_open_ex(uint64_t *key, int sndbuf, int *keep)
         setsockopt(s, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     H.next_slot++;
     *key = (0ull << 48) | ((uint64_t)H.next_slot << 24) | ((H.next_slot * 7u + 1u) & 0xffffffu);
+    if (H.force_key) { /* a chosen (worker, slot, generation) */
+        *key = H.force_key;
+        H.force_key = 0;
+    }
     rc = shm_fdpass_send(H.sv[0], s, key, sizeof(*key));
     if (keep) /* ingress's copy, as ingress keeps it */
         *keep = s;
@@ -1105,6 +1110,45 @@ static int t_logprobs(void)
     return 0;
 }
 
+/* Ingress reuses a connection slot (same worker and slot, another
+ * generation): egress closes the old socket it still held after KEEP, and
+ * serves the new one. */
+static int t_slot_reuse(void)
+{
+    int32_t ids[256];
+    size_t n = encode("Slot reuse.", ids, 250);
+    struct shm_conn_msg m;
+    struct req a, b;
+    uint64_t k1 = (0ull << 48) | (3000ull << 24) | 1, k2 = (0ull << 48) | (3000ull << 24) | 2, key;
+    char c;
+    int f1, f2;
+
+    H.force_key = k1;
+    CHECK((f1 = client_open(&key)) >= 0 && key == k1, "client 1");
+    if (req_make(&a, k1, SHM_REQ_CHAT, 0, (uint32_t)n, NULL) || ev_send(&a, SHM_EV_START, 0, 0, 0, 0) ||
+        tokens(&a, ids, 0, n) || ev_send(&a, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(f1, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 200 && m.conn == k1 && m.what == SHM_CONN_KEEP, "1: KEEP");
+    H.force_key = k2;
+    CHECK((f2 = client_open(&key)) >= 0 && key == k2, "client 2");
+    if (req_make(&b, k2, SHM_REQ_CHAT, 0, (uint32_t)n, NULL) || ev_send(&b, SHM_EV_START, 0, 0, 0, 0) ||
+        tokens(&b, ids, 0, n) || ev_send(&b, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(f2, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 200 && m.conn == k2 && m.what == SHM_CONN_KEEP, "2: KEEP");
+    CHECK(recv(f1, &c, 1, 0) == 0, "the old connection is closed");
+    if (cell_freed(&a) || cell_freed(&b))
+        return -1;
+    close(f1);
+    close(f2);
+    return 0;
+}
+
 /* kill -9 egress mid-stream, with events arriving while it is down; a new
  * egress takes the response over from the cell, gets the socket again on a
  * new handoff socket, and the client sees one complete stream. */
@@ -1327,6 +1371,7 @@ int main(void)
         { "error_mid_stream", t_error_mid_stream },
         { "no_socket", t_no_socket },
         { "logprobs", t_logprobs },
+        { "slot_reuse", t_slot_reuse },
         { "bench", t_bench },
         { "restart", t_restart },
     };
