@@ -44,7 +44,6 @@ struct stage {
     struct shm_cell_pool pool;
     shm_ring_t plan, done;
     shm_bell_ec_t bell, bat_bell;
-    bool rings_ok;
 
     /* Per-plan buffers, sized once (invariant 8). */
     struct bat_plan_seq *seqs;   /* max_seqs: the plan's sequences, copied */
@@ -246,7 +245,6 @@ static int stage_attach(struct stage *s)
         favo_err("engine stage: rank %u bells: %d", s->cfg->rank, rc);
         return rc;
     }
-    s->rings_ok = true;
     return 0;
 }
 
@@ -333,7 +331,12 @@ static const char *plan_load(struct stage *s, const struct shm_plan_msg *msg,
         return "magic";
     /* The batcher's complete() reads the plan's n_seqs results. */
     *n_seqs = FAVO_MIN(FAVO_MAX(msg->n_seqs, h->n_seqs), s->res_cap);
-    /* freed[] first: its blocks are zeroed even when the rest is refused. */
+    /* Before freed[]: a stale message must not act on the newer plan. */
+    if (h->step > msg->step)
+        return STALE; /* the slot holds a newer plan: msg is a replay */
+    if (h->step != msg->step)
+        return "step";
+    /* freed[] next: its blocks are zeroed even when the rest is refused. */
     if (h->n_freed <= h->cap_freed && h->n_freed <= s->n_blocks &&
         range_ok(h->off_freed, h->cap_freed, sizeof(int32_t), plan_bytes)) {
         memcpy(s->freed, base + h->off_freed, (size_t)h->n_freed * sizeof(int32_t));
@@ -345,10 +348,6 @@ static const char *plan_load(struct stage *s, const struct shm_plan_msg *msg,
     } else {
         return "freed bounds";
     }
-    if (h->step > msg->step)
-        return STALE; /* the slot holds a newer plan: msg is a replay */
-    if (h->step != msg->step)
-        return "step";
     if (h->n_seqs != msg->n_seqs)
         return "n_seqs differs from the message";
     if (h->n_seqs > h->cap_seqs || h->n_seqs > s->max_seqs || h->n_seqs > s->res_cap)
