@@ -534,6 +534,11 @@ static void plan_handle(struct stage *s, const struct shm_plan_msg *msg)
         }
         s->gen = h.generation;
         s->have_gen = true;
+        /* freed[] holds up to the scheduler's pool size (bat_plan_init):
+         * a pool larger than ours means plans this stage must refuse. */
+        if (h.cap_freed != s->n_blocks)
+            favo_err("engine stage: rank %u: the scheduler's KV pool has %u blocks, this "
+                     "engine %u (cfg n_blocks differs)", s->cfg->rank, h.cap_freed, s->n_blocks);
     }
     if (bad == STALE) {
         /* No results (the slot's results belong to the newer plan), no

@@ -230,7 +230,8 @@ static pid_t engine_start_ex(struct env *e, const char *backend, int poll, struc
     assert_true(pid >= 0);
     if (pid == 0) {
         struct eng_stage_cfg cfg = {
-            .pipe = &e->p, .rank = 0, .model_path = g_stage_model ? g_stage_model : g_path, .backend = backend,
+            .pipe = &e->p, .rank = 0, .backend = backend,
+            .model_path = g_stage_model ? g_stage_model : g_path,
             .n_threads = 1, .n_blocks = e->sc.n_blocks, .max_tokens = e->sc.max_batch_tokens,
             .max_seqs = e->sc.max_seqs, .n_ctx = MAXTOK, .poll = poll, .stop = &g_stop,
         };
@@ -652,8 +653,9 @@ static void t_null_backend(void **state)
     }
     /* A figure, not a check: scheduler step + plan ring + engine + done
      * ring + complete, per step, with a spinning engine. */
-    printf("# null backend: %d steps in %.1f us, %.1f us per step (batcher loop included)\n", steps, (double)(favo_now_ns() - t0) / 1e3,
-           (double)(favo_now_ns() - t0) / 1e3 / steps);
+    double us = (double)(favo_now_ns() - t0) / 1e3;
+    printf("# null backend: %d steps in %.1f us, %.1f us per step (batcher loop included)\n",
+           steps, us, us / steps);
     for (int i = 0; i < 4; i++) {
         assert_int_equal(rq[i].fin, BAT_FIN_LENGTH);
         for (uint32_t k = 0; k < rq[i].n_gen; k++) {
