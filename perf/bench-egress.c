@@ -469,6 +469,18 @@ static unsigned client_collect(unsigned ns, const char *end, unsigned timeout_ms
 
 /* ---------------------------------------------------------------- main */
 
+static void loadavg(char *buf, size_t n)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+
+    snprintf(buf, n, "?");
+    if (f) {
+        if (fgets(buf, (int)n, f))
+            buf[strcspn(buf, "\n")] = 0;
+        fclose(f);
+    }
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -498,7 +510,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     struct opts o = { .streams = 64, .tokens = 64, .step_us = 1000, .duration = 10 };
-    char err[256], machine[256];
+    char err[256], machine[256], load[128];
     eng_tok_t *tok = NULL;
     int32_t ids[512];
     int64_t nids;
@@ -650,6 +662,7 @@ int main(int argc, char **argv)
     double cpu_us_tok = nlat ? (double)(cpu1 - cpu0) / 1000.0 / (double)nlat : 0;
 
     perf_machine(machine, sizeof(machine));
+    loadavg(load, sizeof(load));
     if (o.json) {
         perf_json_begin(stdout);
         perf_json_num(stdout, "egress_us_p50", q_us(lat, nlat, 0.50));
@@ -670,6 +683,7 @@ int main(int argc, char **argv)
         perf_json_str(stdout, "poll", o.poll == 0 ? "block" : o.poll == 1 ? "adaptive" : "spin");
         perf_json_str(stdout, "source", "bench as batcher (no engine)");
         perf_json_str(stdout, "machine", machine);
+        perf_json_str(stdout, "loadavg_after", load);
         perf_json_end(stdout);
     } else {
         printf("bench-egress: %u concurrent streams x %u tokens, %u rounds, a step every "
@@ -678,7 +692,7 @@ int main(int argc, char **argv)
                o.poll == 0 ? "block" : o.poll == 1 ? "adaptive" : "spin");
         printf("token source: this program as the batcher (TOKENS published, bell rung); "
                "t_sock: kernel receive stamp\n");
-        printf("machine: %s\n\n", machine);
+        printf("machine: %s; load average after: %s\n\n", machine, load);
         printf("%-44s %9s %9s %9s %9s\n", "per token (us)", "p50", "p90", "p99", "max");
         printf("%-44s %9.1f %9.1f %9.1f %9.1f\n", "publish -> bytes on the socket (egress_us)",
                q_us(lat, nlat, 0.5), q_us(lat, nlat, 0.9), q_us(lat, nlat, 0.99),

@@ -64,8 +64,8 @@ struct run {
     /* CPU per process during the run */
     int nproc;
     char pname[MAX_PROCS][32];
-    double cpu_s[MAX_PROCS];
-    double cpu_total_s;
+    double cpu_s[MAX_PROCS], csw[MAX_PROCS]; /* CPU seconds, context switches */
+    double cpu_total_s, csw_total;
 };
 
 /* A started server: its pid and the pids whose CPU we account. */
@@ -389,8 +389,29 @@ struct cpu_snap {
     int n;
     pid_t pid[MAX_PROCS];
     char name[MAX_PROCS][32];
-    double cpu_s[MAX_PROCS];
+    double cpu_s[MAX_PROCS], csw[MAX_PROCS];
 };
+
+/* voluntary + involuntary context switches of pid (0 when gone) */
+static double proc_csw(pid_t pid)
+{
+    char path[64], line[256];
+    double n = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f)) {
+        const char *c = strchr(line, ':');
+
+        if (c && strstr(line, "ctxt_switches"))
+            n += strtod(c + 1, NULL);
+    }
+    fclose(f);
+    return n;
+}
 
 /* utime + stime of pid in seconds; comm into name. -1 when gone. */
 static double proc_cpu(pid_t pid, pid_t *ppid, char *name, size_t n)
@@ -439,6 +460,7 @@ static void cpu_take(pid_t root, struct cpu_snap *s)
     s->n = 0;
     s->pid[0] = root;
     s->cpu_s[0] = proc_cpu(root, NULL, s->name[0], sizeof(s->name[0]));
+    s->csw[0] = proc_csw(root);
     s->n = 1;
     while (d && (e = readdir(d)) != NULL && s->n < MAX_PROCS) {
         pid_t pid = (pid_t)atoi(e->d_name), pp = 0;
@@ -450,6 +472,7 @@ static void cpu_take(pid_t root, struct cpu_snap *s)
         if (c < 0 || pp != root)
             continue;
         s->pid[s->n] = pid;
+        s->csw[s->n] = proc_csw(pid);
         s->cpu_s[s->n++] = c;
     }
     if (d)
@@ -460,13 +483,15 @@ static void cpu_take(pid_t root, struct cpu_snap *s)
 static void cpu_diff(const struct cpu_snap *a, const struct cpu_snap *b, struct run *r)
 {
     r->nproc = 0;
-    r->cpu_total_s = 0;
+    r->cpu_total_s = r->csw_total = 0;
     for (int i = 0; i < b->n; i++) {
-        double before = 0;
+        double before = 0, csw_before = 0;
 
         for (int j = 0; j < a->n; j++)
-            if (a->pid[j] == b->pid[i])
+            if (a->pid[j] == b->pid[i]) {
                 before = a->cpu_s[j];
+                csw_before = a->csw[j];
+            }
         /* "favo: ingress" -> "ingress", the supervisor "favo" ->
          * "supervisor"; the same name twice (nginx workers): summed */
         const char *nm = b->name[i];
@@ -482,11 +507,13 @@ static void cpu_diff(const struct cpu_snap *a, const struct cpu_snap *b, struct 
                 break;
         if (k == r->nproc) {
             snprintf(r->pname[k], sizeof(r->pname[k]), "%s", nm);
-            r->cpu_s[k] = 0;
+            r->cpu_s[k] = r->csw[k] = 0;
             r->nproc++;
         }
         r->cpu_s[k] += b->cpu_s[i] - before;
         r->cpu_total_s += b->cpu_s[i] - before;
+        r->csw[k] += b->csw[i] - csw_before;
+        r->csw_total += b->csw[i] - csw_before;
     }
 }
 
@@ -647,13 +674,31 @@ static void print_procs(const char *who, const struct run *r)
         printf(" %s %.1f us%s", r->pname[i], r->cpu_s[i] * 1e6 / (double)r->requests,
                i + 1 < r->nproc ? "," : "");
     printf(" | total %.1f us\n", r->cpu_total_s * 1e6 / (double)r->requests);
+    printf("  %-6s context switches per request:", who);
+    for (int i = 0; i < r->nproc; i++)
+        printf(" %s %.2f%s", r->pname[i], r->csw[i] / (double)r->requests,
+               i + 1 < r->nproc ? "," : "");
+    printf(" | total %.2f\n", r->csw_total / (double)r->requests);
+}
+
+static void loadavg(char *buf, size_t n)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+
+    snprintf(buf, n, "?");
+    if (f) {
+        if (fgets(buf, (int)n, f))
+            buf[strcspn(buf, "\n")] = 0;
+        fclose(f);
+    }
 }
 
 int main(int argc, char **argv)
 {
     struct opts o = { .duration = 10, .connections = 32, .threads = 2, .max_tokens = 4,
                       .warmup = 1 };
-    char wrk[PATH_MAX], nginx[PATH_MAX], lua[PATH_MAX], body[256], script[1024], machine[256];
+    char wrk[PATH_MAX], nginx[PATH_MAX], lua[PATH_MAX], body[256], script[1024], machine[256],
+        load[128];
     struct run rf, rn;
     long body_len = 0, head_len = 0, nginx_body = 0, nginx_head = 0;
     int status;
@@ -764,6 +809,7 @@ int main(int argc, char **argv)
                 rf.non2xx, rf.sock_err, rn.non2xx, rn.sock_err);
 
     perf_machine(machine, sizeof(machine));
+    loadavg(load, sizeof(load));
     if (o.json) {
         perf_json_begin(stdout);
         perf_json_num(stdout, "favo_rps", rf.rps);
@@ -781,6 +827,8 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "nginx_errors", (double)(rn.non2xx + rn.sock_err));
         perf_json_num(stdout, "favo_cpu_us_per_req", rf.cpu_total_s * 1e6 / (double)rf.requests);
         perf_json_num(stdout, "nginx_cpu_us_per_req", rn.cpu_total_s * 1e6 / (double)rn.requests);
+        perf_json_num(stdout, "favo_csw_per_req", rf.csw_total / (double)rf.requests);
+        perf_json_num(stdout, "nginx_csw_per_req", rn.csw_total / (double)rn.requests);
         for (int i = 0; i < rf.nproc; i++) {
             char key[64], *p;
 
@@ -800,6 +848,7 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "max_tokens", o.max_tokens);
         perf_json_str(stdout, "backend", "null");
         perf_json_str(stdout, "machine", machine);
+        perf_json_str(stdout, "loadavg_after", load);
         perf_json_end(stdout);
     } else {
         printf("bench-ingress: POST /v1/completions (max_tokens %d, %ld-byte JSON answer; "
@@ -808,7 +857,7 @@ int main(int argc, char **argv)
         printf("wrk -t%d -c%d -d%ds --latency; favo --backend null, nginx `return 200` "
                "(worker_processes auto)\n",
                o.threads, o.connections, o.duration);
-        printf("machine: %s\n\n", machine);
+        printf("machine: %s; load average after: %s\n\n", machine, load);
         printf("%-6s %12s %9s %9s %9s %9s %10s %7s\n", "server", "requests/s", "p50 ms",
                "p90 ms", "p99 ms", "avg ms", "requests", "errors");
         printf("%-6s %12.0f %9.3f %9.3f %9.3f %9.3f %10ld %7ld\n", "favo", rf.rps, rf.p50_ms,
