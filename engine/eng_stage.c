@@ -62,7 +62,7 @@ struct stage {
     bool have_gen;
 
     /* Metadata counters, logged at exit (no stats table entry yet). */
-    uint64_t n_steps, n_tokens, n_refused, n_missing, step_ns;
+    uint64_t n_steps, n_tokens, n_refused, n_missing, step_ns, max_ns;
     uint64_t last_beat;
 };
 
@@ -563,7 +563,9 @@ static void plan_handle(struct stage *s, const struct shm_plan_msg *msg)
         s->n_tokens += h.n_tokens;
     }
     plan_answer(s, msg, n_seqs);
-    s->step_ns += favo_now_ns() - t0;
+    t0 = favo_now_ns() - t0;
+    s->step_ns += t0;
+    s->max_ns = FAVO_MAX(s->max_ns, t0);
 }
 
 /* ------------------------------------------------------------ the loop */
@@ -655,10 +657,11 @@ int eng_stage_run(const struct eng_stage_cfg *cfg)
     rc = stage_loop(&s);
     shm_pipe_set_up(s.pipe, SHM_PIPE_ENGINE, cfg->rank, 0);
     favo_info("engine stage: rank %u drained: %llu steps, %llu tokens, %llu plans refused, "
-              "%llu sequences without KV, %.3f ms per plan", cfg->rank,
+              "%llu sequences without KV, %.3f ms per plan, %.3f ms the longest", cfg->rank,
               (unsigned long long)s.n_steps, (unsigned long long)s.n_tokens,
               (unsigned long long)s.n_refused, (unsigned long long)s.n_missing,
-              s.n_steps ? (double)s.step_ns / 1e6 / (double)s.n_steps : 0.0);
+              s.n_steps ? (double)s.step_ns / 1e6 / (double)s.n_steps : 0.0,
+              (double)s.max_ns / 1e6);
 out:
     if (s.cfg->stats_w)
         shm_stats_flush(s.cfg->stats_w);

@@ -62,6 +62,9 @@ struct env {
     struct shm_cell_pool pool;
     shm_ring_t plan, done;
     shm_bell_ec_t eng_bell, bat_bell;
+    uint32_t n_ranks;      /* rank 1 (when 2): its own plan ring, slots and bell */
+    shm_ring_t plan1;
+    shm_bell_ec_t eng_bell1;
     uint32_t ev_cap;
     struct bat_event *ev;
     uint32_t nslot;        /* plans sent: slot = nslot % SHM_PIPE_PLAN_SLOTS */
@@ -75,6 +78,7 @@ static eng_tok_t *g_tok;
 static struct eng_kv g_kv;
 static eng_ctx_t *g_ctx;
 static volatile int g_stop;
+static uint32_t g_ranks = 1;     /* engine ranks of the next env_init */
 
 static void on_term(int sig)
 {
@@ -177,7 +181,8 @@ static void env_init(struct env *e, uint32_t n_blocks, uint32_t max_tokens, uint
     e->sc.kv_watermark = 0;
     assert_int_equal(bat_sched_cfg_defaults(&e->sc), 0);
     c.n_ingress = 1;
-    c.n_ranks = 1;
+    c.n_ranks = g_ranks;
+    e->n_ranks = g_ranks;
     c.sched_bytes = bat_sched_size(&e->sc);
     c.plan_bytes = bat_sched_plan_size(&e->sc);
     c.max_seqs = e->sc.max_seqs;
@@ -195,15 +200,21 @@ static void env_init(struct env *e, uint32_t n_blocks, uint32_t max_tokens, uint
 
     void *arena = shm_pipe_sched(&e->p, &len);
     assert_int_equal(bat_sched_init(&e->s, arena, len, &e->sc, 1), 0);
-    for (unsigned k = 0; k < SHM_PIPE_PLAN_SLOTS; k++)
-        assert_int_equal(bat_plan_init(shm_pipe_plan(&e->p, 0, k), c.plan_bytes, e->sc.max_seqs,
-                                       bat_kv_blocks_for(e->sc.max_ctx), e->sc.n_blocks), 0);
+    for (unsigned r = 0; r < e->n_ranks; r++)
+        for (unsigned k = 0; k < SHM_PIPE_PLAN_SLOTS; k++)
+            assert_int_equal(bat_plan_init(shm_pipe_plan(&e->p, r, k), c.plan_bytes,
+                                           e->sc.max_seqs, bat_kv_blocks_for(e->sc.max_ctx),
+                                           e->sc.n_blocks), 0);
     mem = shm_pipe_cells(&e->p, &cl);
     assert_int_equal(shm_cell_pool_attach(&e->pool, mem, cl, GEN, SHM_CELL_ROLE_ALLOCATOR, -1),
                      0);
     assert_int_equal(shm_pipe_ring_plan(&e->p, 0, SHM_RING_PRODUCER, &e->plan), 0);
     assert_int_equal(shm_pipe_ring_done(&e->p, SHM_RING_CONSUMER, &e->done), 0);
     assert_int_equal(shm_pipe_bell_eng(&e->p, 0, &e->eng_bell), 0);
+    if (e->n_ranks > 1) {
+        assert_int_equal(shm_pipe_ring_plan(&e->p, 1, SHM_RING_PRODUCER, &e->plan1), 0);
+        assert_int_equal(shm_pipe_bell_eng(&e->p, 1, &e->eng_bell1), 0);
+    }
     assert_int_equal(shm_pipe_bell_bat(&e->p, &e->bat_bell), 0);
     /* The test is the batcher: up. */
     shm_pipe_set_sup(&e->p, SHM_PIPE_BATCHER, 0, getpid());
@@ -220,7 +231,8 @@ static void env_free(struct env *e)
 }
 
 /* Fork an engine stage; returns once its up word is set. */
-static pid_t engine_start_ex(struct env *e, const char *backend, int poll, struct shm_stats *st)
+static pid_t engine_spawn(struct env *e, const char *backend, int poll, struct shm_stats *st,
+                          unsigned rank)
 {
     pid_t parent = getpid(), pid;
 
@@ -230,7 +242,7 @@ static pid_t engine_start_ex(struct env *e, const char *backend, int poll, struc
     assert_true(pid >= 0);
     if (pid == 0) {
         struct eng_stage_cfg cfg = {
-            .pipe = &e->p, .rank = 0, .backend = backend,
+            .pipe = &e->p, .rank = rank, .backend = backend,
             .model_path = g_stage_model ? g_stage_model : g_path,
             .n_threads = 1, .n_blocks = e->sc.n_blocks, .max_tokens = e->sc.max_batch_tokens,
             .max_seqs = e->sc.max_seqs, .n_ctx = MAXTOK, .poll = poll, .stop = &g_stop,
@@ -255,15 +267,20 @@ static pid_t engine_start_ex(struct env *e, const char *backend, int poll, struc
         /* exit(), not _exit(): LeakSanitizer checks the stage freed all */
         exit(rc == 0 ? 0 : 3);
     }
-    shm_pipe_set_sup(&e->p, SHM_PIPE_ENGINE, 0, pid);
+    shm_pipe_set_sup(&e->p, SHM_PIPE_ENGINE, rank, pid);
     uint64_t t0 = favo_now_ns();
-    while (!shm_pipe_stage_up(&e->p, SHM_PIPE_ENGINE, 0)) {
+    while (!shm_pipe_stage_up(&e->p, SHM_PIPE_ENGINE, rank)) {
         int ws;
         assert_int_equal(waitpid(pid, &ws, WNOHANG), 0); /* still alive */
         assert_true(favo_now_ns() - t0 < WAIT_NS);
         usleep(1000);
     }
     return pid;
+}
+
+static pid_t engine_start_ex(struct env *e, const char *backend, int poll, struct shm_stats *st)
+{
+    return engine_spawn(e, backend, poll, st, 0);
 }
 
 static pid_t engine_start(struct env *e, const char *backend)
@@ -330,6 +347,11 @@ static const struct bat_result *send_plan(struct env *e, const struct bat_plan *
 
     assert_int_equal(shm_ring_enqueue(&e->plan, &m), 0);
     shm_bell_ec_ring(&e->eng_bell);
+    if (e->n_ranks > 1) { /* the same plan for rank 1, which answers nothing */
+        memcpy(shm_pipe_plan(&e->p, 1, slot), pl, e->p.hdr->cfg.plan_bytes);
+        assert_int_equal(shm_ring_enqueue(&e->plan1, &m), 0);
+        shm_bell_ec_ring(&e->eng_bell1);
+    }
     for (;;) {
         uint32_t v = shm_bell_ec_value(&e->bat_bell);
         if (shm_ring_peek_burst(&e->done, &d, 1) == 1) {
@@ -786,6 +808,51 @@ static void t_real_model(void **state)
     eng_model_free(m);
 }
 
+/* Two ranks: rank 1 consumes the same plans and answers nothing (rank 0
+ * alone writes results and done); both drain. */
+static void t_two_ranks(void **state)
+{
+    struct env e;
+    static struct req rq[3];
+    uint64_t now = 1000000000ull;
+    int done = 0, steps = 0, st;
+
+    (void)state;
+    g_ranks = 2;
+    env_init(&e, 40, 64, 8);
+    g_ranks = 1;
+    make_reqs(rq, 3, 11, false);
+    pid_t p0 = engine_spawn(&e, "null", 0, NULL, 0), p1 = engine_spawn(&e, "null", 0, NULL, 1);
+    for (int i = 0; i < 3; i++)
+        submit(&e, &rq[i], now);
+    while (done < 3) {
+        uint32_t slot;
+        struct bat_plan *pl = next_plan(&e, now, &slot);
+        const struct bat_result *res = pl->n_seqs ? send_plan(&e, pl, slot) : NULL;
+        now += 1000000;
+        done += complete(&e, rq, 3, pl, res, now);
+        assert_true(++steps < 5000);
+        /* one plan in flight per rank: rank 1 has read it before the next */
+        uint64_t t0 = favo_now_ns();
+        while (shm_ring_count(&e.plan1)) {
+            assert_true(favo_now_ns() - t0 < WAIT_NS);
+            usleep(100);
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        for (uint32_t k = 0; k < rq[i].n_gen; k++)
+            assert_int_equal(rq[i].all[rq[i].n_prompt + k],
+                             eng_stage_null_token(g_tok, rq[i].sp.seed, rq[i].n_prompt + k));
+    assert_int_equal(shm_ring_count(&e.done), 0); /* rank 1 wrote nothing there */
+    shm_pipe_set_up(&e.p, SHM_PIPE_BATCHER, 0, 0);
+    kill(p1, SIGTERM);
+    assert_int_equal(waitpid(p1, &st, 0), p1);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_false(shm_pipe_stage_up(&e.p, SHM_PIPE_ENGINE, 1));
+    engine_stop(&e, p0);
+    env_free(&e);
+}
+
 /* Model metadata without the weights. */
 static void t_model_info(void **state)
 {
@@ -815,6 +882,7 @@ int main(void)
         cmocka_unit_test(t_null_backend),
         cmocka_unit_test(t_stats_heartbeat),
         cmocka_unit_test(t_real_model),
+        cmocka_unit_test(t_two_ranks),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
