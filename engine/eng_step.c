@@ -6,7 +6,10 @@
  * barriers. Work is split three ways, each independent of the batch
  * composition for a given token (S1):
  *   - per token  (norms, activation quantization, RoPE, KV writes, residual)
- *   - per weight row (every matmul: eng_matmul on a row range)
+ *   - per weight row (every matmul on a row range: eng_matmul_packed on
+ *     the context's packed copy of the weight where its type has a packed
+ *     kernel on this CPU - one pass over the weight for all the step's
+ *     tokens - else eng_matmul on the model's row-major weight)
  *   - per (token, head) (attention over the token's own sequence's blocks)
  *
  * Per layer, with x the residual stream [T][n_embd]:
@@ -346,7 +349,10 @@ static void layer(struct thr *t, uint32_t il)
         for (uint32_t e = 0; e < E; e++)
             x[e] += o[e];
     }
-    barrier(t);
+    /* No barrier: the next layer starts with the same per-token split, so
+     * each thread reads only the rows of x it has just written, and every
+     * other thread is past the down matmul (the last reader of xq and h
+     * rows it does not own). forward() puts one after the last layer. */
 }
 
 static void forward(void *arg, unsigned ith, unsigned nth)
@@ -385,6 +391,7 @@ static void forward(void *arg, unsigned ith, unsigned nth)
     barrier(&t);
     for (uint32_t il = 0; il < hp->n_layer; il++)
         layer(&t, il);
+    barrier(&t);
 
     /* Final norm of each sampling sequence's last token, logits, sampling. */
     range(c->n_out, ith, nth, &lo, &hi);
