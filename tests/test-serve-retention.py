@@ -1,0 +1,542 @@
+#!/usr/bin/env python3
+"""Proof of no retention (issue 8, ARCHITECTURE.md invariant 5).
+
+favo serve runs the real pipeline on the default model. Every request below
+carries its own random marker (16 lowercase letters, always after a space
+so the tokenizer gives it the same ids as ` marker` alone):
+
+  chat            /v1/chat/completions, not streamed
+  chat_stream     /v1/chat/completions, streamed with include_usage
+  compl           /v1/completions, not streamed
+  compl_stream    /v1/completions, streamed
+  stop            /v1/completions with stop strings (one holds the marker)
+  disconnect      a long stream whose client closes the socket mid-stream
+  early400        a request refused at once with 400 (temperature -3) whose
+                  body carries the marker
+  badjson         a body that is not JSON (400) carrying the marker
+  tokenize        /tokenize and /detokenize of a text with the marker
+  keepalive       two completions on one keep-alive connection
+
+Each marker is searched as text AND as its token ids (int32 little-endian,
+from `favo tokenize`), since cells, rings and engine buffers hold ids. Also
+searched: the middle 10 letters of each marker (a fragment of a marker
+split over stream chunks) and every window of 3 consecutive ids.
+
+Where we look, once every response is read and the running and waiting
+gauges (favo stat --json) are back to 0:
+  - the whole data segment: the memfd "favo-data", read through the
+    supervisor's /proc/PID/fd/N (the stages' mappings of it are the same
+    pages and are not read again);
+  - the stats segment /dev/shm/favo.<instance>;
+  - the writable memory of every favo process (supervisor and the four
+    stages): every rw mapping of /proc/PID/maps read through /proc/PID/mem:
+    heap, anonymous mappings (jemalloc arenas, ingress's private cell
+    pool, io_uring rings), thread stacks, .data/.bss;
+  - all log output (the supervisor's and stages' stdout and stderr, where
+    the access log goes by default).
+
+Self-check (the test can fail): while the `disconnect` stream is still
+generating, the same scan must find its marker in the data segment, as text
+and as ids; after the client left and the sequence is cancelled it must be
+gone.
+
+What this test cannot see:
+  - kernel memory: socket send/receive buffers, pipe and io_uring buffers
+    inside the kernel, the page cache. They are not process memory and are
+    freed by the kernel when the socket closes; nothing favo does can
+    scrub them.
+  - CPU registers and caches, and pages that the kernel has already
+    reclaimed (swap is the operator's business: mlock of the data segment).
+  - floating-point activations, logits and KV entries: derived from the
+    prompt but not searchable for a marker (the KV blocks are zeroed when
+    freed by the batcher, which test-batcher-* checks).
+  - reserved mappings larger than 4 GiB (ASan's shadow and allocator
+    reservations): they are skipped and listed; the ASan heap itself is
+    in smaller rw mappings and is read.
+Needs /proc/PID/mem of the stages, which are not dumpable
+(PR_SET_DUMPABLE 0): root or CAP_SYS_PTRACE. Without it: skip (77).
+"""
+import ctypes
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import socket
+import string
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import numpy as np
+except ImportError:
+    print("SKIP: numpy is not installed in the project venv")
+    sys.exit(77)
+
+FAVO = os.path.join(os.environ.get("FAVO_BUILD", "build"), "favo")
+MODELS = os.environ.get("FAVO_MODELS", "models")
+MODEL = os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
+MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+if not os.path.exists(MODEL):
+    print(f"SKIP: {MODEL} is missing (./setup.sh installs it)")
+    sys.exit(77)
+if not os.path.exists(FAVO):
+    print(f"SKIP: {FAVO} is not built")
+    sys.exit(77)
+
+
+def die_with_parent():
+    """The server gets SIGTERM when this test dies (a ctest timeout)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Serve:
+    """favo serve on a free port with its own instance name (copied from
+    test-serve-e2e.py)."""
+
+    def __init__(self, *extra, env=None):
+        self.inst = f"r{os.getpid()}x{int(time.time() * 1000) % 100000}"
+        self.log = tempfile.NamedTemporaryFile(prefix="favo-retention-", suffix=".log",
+                                               delete=False)
+        args = [FAVO, "serve", "--model", MODEL, "--port", "0", "--instance", self.inst,
+                "--kv-cache-mb", "128", "--ctx-size", "2048", "--max-seqs", "16", "--max-batch-tokens", "256",
+                "--threads", "2", "--drain-timeout", "20", *extra]
+        e = dict(os.environ)
+        e.update(env or {})
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e,
+                                  preexec_fn=die_with_parent)
+        self.port = None
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            text = open(self.log.name, errors="replace").read()
+            m = re.search(r"on http://127\.0\.0\.1:(\d+) .*ready in", text)
+            if m:
+                self.port = int(m.group(1))
+                break
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not self.port:
+            print(open(self.log.name, errors="replace").read()[-4000:])
+            self.stop()
+            raise SystemExit("FAIL: favo serve did not become ready")
+
+    def request(self, method, path, body=None, headers=None, conn=None):
+        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        h = {"Content-Type": "application/json"}
+        h.update(headers or {})
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        if conn is None:
+            c.close()
+        return r.status, data
+
+    def post(self, path, obj, **kw):
+        return self.request("POST", path, obj, **kw)
+
+    def stat(self):
+        out = subprocess.run([FAVO, "stat", "--instance", self.inst, "--json"],
+                             capture_output=True, text=True, timeout=30)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        return self.p.returncode
+
+    def logtext(self):
+        return open(self.log.name, "rb").read()
+
+
+def gauge(snap, name):
+    if snap is None:
+        return None
+    for sect in ("gauges", "gauge"):
+        if isinstance(snap.get(sect), dict) and name in snap[sect]:
+            v = snap[sect][name]
+            return v.get("value") if isinstance(v, dict) else v
+    return None
+
+
+def wait_idle(S, secs=30):
+    """Wait for running == 0 and waiting == 0; returns the last values."""
+    t0 = time.time()
+    r = w = None
+    while time.time() - t0 < secs:
+        snap = S.stat()
+        r, w = gauge(snap, "running"), gauge(snap, "waiting")
+        if r == 0 and (w in (0, None)):
+            return r, w
+        time.sleep(0.05)
+    return r, w
+
+
+# ------------------------------------------------------------ the markers
+
+def new_marker(rng):
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(16))
+
+
+def token_ids(text):
+    out = subprocess.run([FAVO, "tokenize", "--model", MODEL, "--no-special", text],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise SystemExit(f"FAIL: favo tokenize: {out.stderr}")
+    return [int(x) for x in out.stdout.split()]
+
+
+class Marker:
+    def __init__(self, case, rng):
+        self.case = case
+        self.text = new_marker(rng)
+        self.ids = token_ids(" " + self.text)
+        self.idbytes = struct.pack(f"<{len(self.ids)}i", *self.ids)
+
+
+# ------------------------------------------------------------ the scanner
+
+BIG = 4 << 30
+CHUNK = 32 << 20
+OVERLAP = 64
+GRAM = 10   # letters of a marker fragment
+WIN = 3     # ids of a marker fragment
+
+
+class Needles:
+    """Every GRAM-letter piece of every marker's text and every WIN-id
+    window of its ids. A scan finds candidates with numpy (runs of >= GRAM
+    lowercase letters; WIN consecutive int32 that are all marker ids, at
+    each of the 4 byte alignments) and looks each candidate up here, so the
+    cost does not grow with the number of markers."""
+
+    def __init__(self, markers):
+        self.grams = {}
+        self.wins = {}
+        self.table = np.zeros(65537, dtype=bool)
+        for m in markers:
+            t = m.text.encode()
+            for i in range(len(t) - GRAM + 1):
+                self.grams.setdefault(t[i:i + GRAM], m)
+            for i in range(len(m.ids) - WIN + 1):
+                self.wins.setdefault(m.idbytes[4 * i:4 * i + 4 * WIN], (m, i))
+            for x in m.ids:
+                if 0 <= x < 65536:
+                    self.table[x] = True
+
+    def scan(self, buf, where, base, hits):
+        a = np.frombuffer(buf, dtype=np.uint8)
+        low = ((a >= 97) & (a <= 122)).view(np.int8)
+        d = np.diff(low, prepend=np.int8(0), append=np.int8(0))
+        starts = np.flatnonzero(d == 1)
+        ends = np.flatnonzero(d == -1)
+        keep = (ends - starts) >= GRAM
+        for s, e in zip(starts[keep].tolist(), ends[keep].tolist()):
+            run = buf[s:e]
+            seen = set()
+            for i in range(len(run) - GRAM + 1):
+                m = self.grams.get(run[i:i + GRAM])
+                if m is not None and m.case not in seen:
+                    seen.add(m.case)
+                    desc = "text" if m.text.encode() in run else "text fragment"
+                    hits.add((m.case, desc, where, base + s + i))
+        del a, low, d
+        for al in range(4):
+            n = (len(buf) - al) // 4
+            if n < WIN:
+                continue
+            v = np.frombuffer(buf, dtype="<u4", count=n, offset=al)
+            t = self.table[np.minimum(v, 65536)]
+            c = t[:-2] & t[1:-1] & t[2:]
+            for i in np.flatnonzero(c).tolist():
+                off = al + 4 * i
+                hit = self.wins.get(buf[off:off + 4 * WIN])
+                if hit is None:
+                    continue
+                m, k = hit
+                s = off - 4 * k
+                full = s >= 0 and buf[s:s + len(m.idbytes)] == m.idbytes
+                hits.add((m.case, f"ids({len(m.ids)})" if full else "ids fragment", where,
+                          base + s))
+
+
+def scan_stream(read_at, size, needles, where, hits):
+    """Search a region read in chunks that overlap, so nothing is missed at
+    a chunk's edge; returns the bytes read."""
+    off = 0
+    seen = 0
+    while off < size:
+        n = min(CHUNK, size - off)
+        try:
+            buf = read_at(off, n)
+        except OSError:
+            break
+        if not buf:
+            break
+        needles.scan(buf, where, off, hits)
+        seen += len(buf)
+        if off + len(buf) >= size or len(buf) <= OVERLAP:
+            break
+        off += len(buf) - OVERLAP
+    return seen
+
+
+def favo_pids(sup):
+    """The supervisor and all its descendants."""
+    pids, todo = [], [sup]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return pids
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def data_fd(sup):
+    for fd in os.listdir(f"/proc/{sup}/fd"):
+        try:
+            if "memfd:favo-data" in os.readlink(f"/proc/{sup}/fd/{fd}"):
+                return f"/proc/{sup}/fd/{fd}"
+        except OSError:
+            pass
+    return None
+
+
+class Scan:
+    def __init__(self, S, markers):
+        self.needles = Needles(markers)
+        self.hits = set()
+        self.bytes = {}
+        self.skipped = []
+        self.errors = []
+        self.pids = favo_pids(S.p.pid)
+        # 1. the data segment through the supervisor's memfd
+        path = data_fd(S.p.pid)
+        self.data_size = 0
+        if path:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self.data_size = size
+
+                def rd(off, n):
+                    f.seek(off)
+                    return f.read(n)
+                self.bytes["data"] = scan_stream(rd, size, self.needles, "data segment",
+                                                 self.hits)
+        # 2. the stats segment
+        sp = f"/dev/shm/favo.{S.inst}"
+        if os.path.exists(sp):
+            b = open(sp, "rb").read()
+            self.bytes["stats"] = len(b)
+            self.needles.scan(b, "stats segment", 0, self.hits)
+        # 3. the writable memory of every favo process
+        for pid in self.pids:
+            name = f"{pid}:{comm(pid)}"
+            self.bytes[name] = 0
+            try:
+                maps = open(f"/proc/{pid}/maps").read().splitlines()
+                mem = open(f"/proc/{pid}/mem", "rb", buffering=0)
+            except OSError as e:
+                self.errors.append(f"{name}: {e}")
+                continue
+            with mem:
+                for line in maps:
+                    parts = line.split(None, 5)
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    perms = parts[1]
+                    label = parts[5] if len(parts) > 5 else "[anon]"
+                    if "r" not in perms or "w" not in perms:
+                        continue
+                    if "memfd:favo-data" in label or "/dev/shm/favo." in label:
+                        continue  # read once above
+                    if label in ("[vvar]", "[vsyscall]"):
+                        continue
+                    if hi - lo > BIG:
+                        self.skipped.append(f"{name} {parts[0]} {label} ({(hi - lo) >> 30} GiB)")
+                        continue
+
+                    def rd(off, n, lo=lo):
+                        mem.seek(lo + off)
+                        return mem.read(n)
+                    self.bytes[name] += scan_stream(rd, hi - lo, self.needles,
+                                                    f"{name} {label} {parts[0]}", self.hits)
+        # 4. the log output
+        lg = S.logtext()
+        self.bytes["log"] = len(lg)
+        self.needles.scan(lg, "log output", 0, self.hits)
+
+    def of(self, marker):
+        return sorted(h for h in self.hits if h[0] == marker.case)
+
+    def report(self, hits, limit=20):
+        for case, desc, where, off in hits[:limit]:
+            print(f"     {case:<12} {desc:<10} in {where} +0x{off:x}", flush=True)
+        if len(hits) > limit:
+            print(f"     ... {len(hits) - limit} more", flush=True)
+
+
+# ------------------------------------------------------------ the requests
+
+def chat(S, m, stream):
+    body = {"model": MODEL_ID, "max_tokens": 12, "temperature": 0, "stream": stream,
+            "messages": [{"role": "system", "content": "You repeat words. Code word " + m.text},
+                         {"role": "user", "content": "Repeat this word: " + m.text}]}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return S.post("/v1/chat/completions", body)
+
+
+def compl(S, m, stream, **kw):
+    body = {"model": MODEL_ID, "prompt": "The secret word is " + m.text + ". Again: the secret "
+            "word is", "max_tokens": 12, "temperature": 0, "stream": stream}
+    body.update(kw)
+    return S.post("/v1/completions", body)
+
+
+def start_stream(S, m):
+    s = socket.create_connection(("127.0.0.1", S.port))
+    body = json.dumps({"model": MODEL_ID, "prompt": "Tell me a very long story about " + m.text,
+                       "max_tokens": 1500, "temperature": 0.8, "seed": 7, "stream": True,
+                       "ignore_eos": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = s.recv(4096)
+    return s, got
+
+
+def main():
+    rng = random.Random(os.urandom(16))
+    cases = ["chat", "chat_stream", "compl", "compl_stream", "stop", "disconnect",
+             "early400", "badjson", "tokenize", "keepalive"]
+    M = {c: Marker(c, rng) for c in cases}
+    for m in M.values():
+        print(f"     marker {m.case:<12} {len(m.text)} letters, {len(m.ids)} ids", flush=True)
+    S = Serve()
+    try:
+        run(S, M)
+    finally:
+        rc = S.stop()
+        check(rc == 0, f"favo serve exits 0 after SIGTERM (got {rc})")
+        lg = S.logtext()
+        leaked = [m.case for m in M.values() if m.text.encode() in lg]
+        check(not leaked, f"no marker in the log after shutdown ({leaked})")
+        os.unlink(S.log.name)
+
+
+def run(S, M):
+    # the self-check: a request still generating IS found
+    s, got = start_stream(S, M["disconnect"])
+    check(got.startswith(b"HTTP/1.1 200"), "long stream starts")
+    running = None
+    for _ in range(100):
+        running = gauge(S.stat(), "running")
+        if running == 1:
+            break
+        time.sleep(0.05)
+    check(running == 1, f"the stats see the long stream running ({running})")
+    live = Scan(S, [M["disconnect"]])
+    if live.errors and not any(v for k, v in live.bytes.items() if ":" in k):
+        print("SKIP: cannot read /proc/PID/mem of the stages: " + "; ".join(live.errors))
+        s.close()
+        raise SystemExit(77)
+    hm = live.of(M["disconnect"])
+    check(any(h[2] == "data segment" and h[1] == "text" for h in hm),
+          "self-check: the live request's marker text is found in the data segment")
+    check(any(h[2] == "data segment" and h[1].startswith("ids(") for h in hm),
+          "self-check: the live request's marker ids are found in the data segment")
+    procs = [k for k in live.bytes if ":" in k]
+    check(len(procs) >= 5 and all(live.bytes[k] > 0 for k in procs),
+          f"self-check: memory of all {len(procs)} favo processes read "
+          f"({', '.join(f'{k} {live.bytes[k] >> 20} MiB' for k in procs)})")
+    check(live.data_size > 0, f"self-check: data segment read ({live.data_size >> 20} MiB)")
+    check("stats" in live.bytes, "self-check: stats segment read")
+    print(f"     live scan: {len(hm)} hits", flush=True)
+    live.report(hm, 8)
+    # the client leaves mid-stream
+    s.recv(4096)
+    s.close()
+
+    st, b = chat(S, M["chat"], False)
+    check(st == 200, f"chat 200 ({st})")
+    st, b = chat(S, M["chat_stream"], True)
+    check(st == 200 and b.rstrip().endswith(b"[DONE]"), f"chat stream 200 to [DONE] ({st})")
+    st, b = compl(S, M["compl"], False)
+    check(st == 200, f"completion 200 ({st})")
+    st, b = compl(S, M["compl_stream"], True)
+    check(st == 200 and b.rstrip().endswith(b"[DONE]"), f"completion stream 200 ({st})")
+    st, b = compl(S, M["stop"], True, stop=[" " + M["stop"].text, ".", "\n"])
+    check(st == 200 and b'"finish_reason":"stop"' in b.replace(b" ", b""),
+          f"stop-string stream 200, finish_reason stop ({st})")
+    st, b = compl(S, M["early400"], False, temperature=-3)
+    check(st == 400, f"early 400 for temperature -3 ({st})")
+    bad = ('{"model":"' + MODEL_ID + '","prompt":"x ' + M["badjson"].text + ' ,,,').encode()
+    st, b = S.request("POST", "/v1/completions", bad)
+    check(st == 400, f"early 400 for a body that is not JSON ({st})")
+    st, b = S.post("/tokenize", {"model": MODEL_ID, "prompt": "Say " + M["tokenize"].text})
+    ok = st == 200
+    toks = json.loads(b).get("tokens") if ok else None
+    if toks:
+        st, b = S.post("/detokenize", {"model": MODEL_ID, "tokens": toks})
+        ok = st == 200 and M["tokenize"].text.encode() in b
+    check(ok, f"/tokenize and /detokenize answer ({st})")
+    conn = http.client.HTTPConnection("127.0.0.1", S.port, timeout=60)
+    for _ in range(2):
+        st, b = S.post("/v1/completions", {"model": MODEL_ID, "prompt": "Word " +
+                                           M["keepalive"].text, "max_tokens": 4}, conn=conn)
+        check(st == 200, f"keep-alive completion 200 ({st})")
+    conn.close()
+
+    r, w = wait_idle(S)
+    check(r == 0 and w in (0, None), f"running and waiting gauges back to 0 ({r}, {w})")
+    time.sleep(0.3)  # egress writes its access line and returns the cell
+
+    t0 = time.time()
+    final = Scan(S, list(M.values()))
+    print(f"     final scan: {sum(final.bytes.values()) >> 20} MiB read in "
+          f"{time.time() - t0:.1f} s; skipped: "
+          f"{final.skipped or 'none'}", flush=True)
+    for m in M.values():
+        hm = final.of(m)
+        check(not hm, f"marker of '{m.case}' found nowhere ({len(hm)} hits)")
+        final.report(hm)
+
+
+if __name__ == "__main__":
+    main()
+    print(f"{len(failures)} failures")
+    sys.exit(1 if failures else 0)
