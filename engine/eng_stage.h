@@ -78,6 +78,9 @@
  * Waiting: cfg->poll 0 sleeps on the engine bell (50 ms timeout), 1 spins
  * ~50 us first, 2 spins. The stats stage row is heartbeated and the stats
  * writer flushed before every sleep (and every ~100 ms while busy).
+ * Stats: shm_stats_table.h has no engine entries yet, so the stage keeps
+ * its steps, tokens, refused plans, sequences without KV and plan times
+ * in process memory and logs them (metadata) when it drains.
  * Drain: after *stop or the pipe's draining word, the stage keeps serving
  * until the batcher is down (shm_pipe_stage_up false) and its plan ring is
  * empty, then clears its up word and returns 0.
