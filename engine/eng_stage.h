@@ -60,10 +60,12 @@
  * from prompt + generated ids. WHAT THE BATCHER MUST DO: treat a -1 answer
  * (eos 0) as "not computed" and preempt that sequence by recompute (free
  * its blocks, put it back at the head of its class), never as a token.
- * Today the -1 answers are its only signal that the engine restarted; a
- * per-rank KV epoch word in shm_pipe (written by the engine before its up
- * word) would let it preempt every running sequence at once instead of
- * losing one step to -1 answers.
+ * The batcher can also see the restart before any answer: a new engine
+ * process writes its own pid into up_pid[ENGINE][rank] before it consumes
+ * anything, so a batcher that compares that word with the one it saw when
+ * it sent the plan in flight, BEFORE applying a done message, knows the KV
+ * is gone (bat_sched_reset_kv: void the plan in flight, preempt every
+ * running sequence). The -1 answers are the second line of defence.
  *
  * Re-running a plan in the same process (a batcher that resends a step)
  * is harmless: eng_step writes the KV of exactly the positions it computes
