@@ -111,6 +111,13 @@ static void hook_drain(void *arg)
     struct serve *S = arg;
 
     ck_pr_store_32(&S->pipe.hdr->draining, 1);
+    /* No ingress will accept again: close the port now, so a load
+     * balancer's new connections are refused at once (and go to another
+     * replica) instead of waiting in a backlog nobody reads. */
+    if (S->lfd >= 0) {
+        close(S->lfd);
+        S->lfd = -1;
+    }
 }
 
 static int hook_tick(void *arg)

@@ -213,6 +213,7 @@ int dp_stage_ingress(int argc, char **argv)
     c.port_fd = -1;
     c.model_path = kv_str(&kv, "--model");
     c.model_id = kv_str(&kv, "--model-id");
+    c.chat_template = kv_str(&kv, "--chat-template");
     c.max_conns = (unsigned)kv_int(&kv, "--max-conns", 1024);
     c.drain_ms = (unsigned)kv_int(&kv, "--drain-ms", 30000);
     c.stop = (const volatile uint32_t *)&stage_stop;

@@ -93,6 +93,7 @@ struct ing_cfg {
     const char *model_path;      /* GGUF; NULL: no model (/ready 503, 503 on
                                     tokenizing routes) */
     const char *model_id;        /* /v1/models id; NULL: file name sans .gguf */
+    const char *chat_template;   /* chat format name (eng_chat.h); NULL: detected */
     struct ing_http_limits lim;  /* zero: ing_http_default_limits */
     unsigned max_conns;          /* 0: 1024 */
     unsigned header_timeout_ms;  /* 0: 10000 */

@@ -84,7 +84,13 @@ int ing_route_model_load(struct ing_loop *L)
         (void)eng_gguf_get_u32(L->gguf, key, &n_ctx);
     }
     L->n_ctx = n_ctx ? FAVO_MIN(n_ctx, 8192u) : 2048u; /* the engine's default cap */
-    L->chat_ok = eng_chat_from_tok(&L->chat, L->tok, NULL, err, sizeof(err)) == 0;
+    if (L->cfg.pipe && L->cfg.pipe->hdr->n_ctx) /* serve's --ctx-size, as the engine runs it */
+        L->n_ctx = L->cfg.pipe->hdr->n_ctx;
+    L->chat_ok = eng_chat_from_tok(&L->chat, L->tok, L->cfg.chat_template, err, sizeof(err)) == 0;
+    if (!L->chat_ok && L->cfg.chat_template) {
+        favo_err("ingress: --chat-template %s: %s", L->cfg.chat_template, err);
+        return -EINVAL;
+    }
     if (!L->chat_ok)
         favo_warn("ingress: %s: no chat template (%s); /v1/chat/completions answers 400",
                   path, err);
