@@ -22,7 +22,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 DEB_PKGS=(build-essential cmake ninja-build pkg-config clang lld libclang-rt-14-dev
           liburing-dev libck-dev libssl-dev libjemalloc-dev libyajl-dev libpcre2-dev
           libseccomp-dev libsystemd-dev libcmocka-dev libinih-dev
-          python3 python3-venv python3-pip curl ca-certificates prometheus)
+          python3 python3-venv python3-pip curl openssl ca-certificates prometheus
+          nginx-light wrk)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do
