@@ -617,13 +617,22 @@ static int attach_all(struct bst *b)
     b->n_ranks = h->cfg.n_ranks;
     bat_sched_info(&b->s, &in);
     mbps = bat_kv_blocks_for(b->sc.max_ctx);
+    /* Lay out the plan slots, but leave one already laid out for this
+     * scheduler alone: after a restart it may hold the plan in flight, or
+     * one a slower rank is still reading. */
+    struct bat_plan tmpl;
+    if ((rc = bat_plan_init(&tmpl, h->cfg.plan_bytes, b->sc.max_seqs, mbps, b->sc.n_blocks)))
+        return rc; /* writes the header only */
     for (unsigned r = 0; r < b->n_ranks; r++)
         for (unsigned sl = 0; sl < SHM_PIPE_PLAN_SLOTS; sl++) {
-            if (in.step > in.done_step && sl == in.step % SHM_PIPE_PLAN_SLOTS)
-                continue; /* the plan in flight stays */
-            rc = bat_plan_init(shm_pipe_plan(p, r, sl), h->cfg.plan_bytes, b->sc.max_seqs, mbps,
-                               b->sc.n_blocks);
-            if (rc)
+            struct bat_plan *pl = shm_pipe_plan(p, r, sl);
+            if (pl->magic == BAT_PLAN_MAGIC && pl->cap_seqs == tmpl.cap_seqs &&
+                pl->cap_tables == tmpl.cap_tables && pl->cap_freed == tmpl.cap_freed &&
+                pl->off_seqs == tmpl.off_seqs && pl->off_tables == tmpl.off_tables &&
+                pl->off_freed == tmpl.off_freed && pl->n_seqs <= pl->cap_seqs &&
+                pl->n_tables <= pl->cap_tables && pl->n_freed <= pl->cap_freed)
+                continue;
+            if ((rc = bat_plan_init(pl, h->cfg.plan_bytes, b->sc.max_seqs, mbps, b->sc.n_blocks)))
                 return rc;
         }
     for (unsigned w = 0; w < b->n_ingress; w++) {
