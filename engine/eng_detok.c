@@ -102,6 +102,12 @@ static int stops_apply(struct eng_detok *d, char *out, size_t m, int final, size
         d->done = 1;
         d->n_hold = 0;
         *n = first;
+        /* the stop and what followed it are never sent: scrub them here,
+         * the caller scrubs out[0, *n) once sent (ARCHITECTURE.md inv. 5) */
+        explicit_bzero(out + first, m - first);
+        explicit_bzero(d->hold, sizeof(d->hold));
+        explicit_bzero(d->utf8, sizeof(d->utf8));
+        d->n_utf8 = 0;
         return ENG_DETOK_STOP;
     }
     if (!final) {
@@ -117,6 +123,10 @@ static int stops_apply(struct eng_detok *d, char *out, size_t m, int final, size
     }
     FAVO_ASSERT(keep < ENG_DETOK_STOP_MAX);
     memcpy(d->hold, out + m - keep, keep);
+    /* the held bytes now live in d->hold only; nothing of an older hold
+     * stays behind it */
+    explicit_bzero(out + m - keep, keep);
+    explicit_bzero(d->hold + keep, sizeof(d->hold) - keep);
     d->n_hold = (uint16_t)keep;
     *n = m - keep;
     return 0;

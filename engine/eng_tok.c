@@ -1222,17 +1222,35 @@ static inline void emit(struct enc *e, int32_t id)
     e->n++;
 }
 
+/* Every user fills the scratch afresh, so growing it keeps nothing: the old
+ * block (a word's bytes, symbols and ids) is scrubbed and freed, never
+ * realloc'd, which would leave a copy in freed memory (invariant 5 of
+ * ARCHITECTURE.md). */
 static void *scratch(struct enc *e, size_t bytes)
 {
     if (bytes > e->scratch_cap) {
         size_t cap = FAVO_MAX(bytes, e->scratch_cap * 2);
-        void *p = realloc(e->scratch, cap);
+        void *p = malloc(cap);
         if (!p)
             return NULL;
+        if (e->scratch) {
+            explicit_bzero(e->scratch, e->scratch_cap);
+            free(e->scratch);
+        }
         e->scratch = p;
         e->scratch_cap = cap;
     }
     return e->scratch;
+}
+
+/* Zero the stack below the caller's frame: the frames of the calls it made
+ * (the BPE merge, PCRE2's JIT machine stack of 32 KiB) held the text. */
+static __attribute__((noinline)) void stack_scrub(void)
+{
+    unsigned char pad[64 * 1024];
+
+    explicit_bzero(pad, sizeof(pad));
+    __asm__ volatile("" : : "r"(pad) : "memory");
 }
 
 /* A min-heap keyed by (k1, k2), where a smaller k1 wins, then smaller left. */
@@ -1364,6 +1382,13 @@ static void wc_free(struct wcache *c)
 {
     if (!c)
         return;
+    /* ids of the text's words, their hashes and places: scrubbed */
+    if (c->slot)
+        explicit_bzero(c->slot, ((size_t)c->mask + 1) * sizeof(*c->slot));
+    if (c->ent)
+        explicit_bzero(c->ent, c->cap_ent * sizeof(*c->ent));
+    if (c->ids)
+        explicit_bzero(c->ids, c->cap_ids * sizeof(*c->ids));
     free(c->slot);
     free(c->ent);
     free(c->ids);
@@ -1688,13 +1713,19 @@ int64_t eng_tok_encode_ex(const eng_tok_t *t, const char *text, size_t len, unsi
             if (tk >= 0 && (at & mask) && (!ctl || (parse && (!n_plain ||
                 !in_plain(plain, n_plain, p, t->tok[tk].text_len))))) {
                 if (nc == capc) {
-                    capc = capc ? capc * 2 : 64;
-                    struct cand *nb = realloc(c, capc * sizeof(*c));
+                    size_t ncap = capc ? capc * 2 : 64;
+                    struct cand *nb = malloc(ncap * sizeof(*c));
                     if (!nb) {
                         rc = -ENOMEM;
                         goto out;
                     }
+                    if (c) {
+                        memcpy(nb, c, nc * sizeof(*c));
+                        explicit_bzero(c, capc * sizeof(*c));
+                        free(c);
+                    }
                     c = nb;
+                    capc = ncap;
                 }
                 c[nc++] = (struct cand){ .prio = t->prio[tk], .pos = (uint32_t)p, .tok = tk };
             }
@@ -1759,12 +1790,23 @@ int64_t eng_tok_encode_ex(const eng_tok_t *t, const char *text, size_t len, unsi
     if ((flags & ENG_TOK_ADD_SPECIAL) && t->sp.add_eos)
         emit(&e, t->sp.eos);
 out:
+    /* invariant 5 of ARCHITECTURE.md: nothing derived from the text
+     * outlives the call, in freed heap or on the stack */
+    if (c)
+        explicit_bzero(c, capc * sizeof(*c));
+    if (acc)
+        explicit_bzero(acc, nc * sizeof(*acc));
+    if (cov)
+        explicit_bzero(cov, len);
+    if (e.scratch)
+        explicit_bzero(e.scratch, e.scratch_cap);
     free(c);
     free(acc);
     free(cov);
     free(e.scratch);
     wc_free(e.wc);
     eng_tok_pre_md_free(e.md);
+    stack_scrub();
     if (rc)
         return rc;
     return (int64_t)e.n;

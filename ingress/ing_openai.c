@@ -36,6 +36,7 @@
 struct arena {
     size_t used;
     size_t last;        /* offset of the last inline block's header */
+    size_t high;        /* most of mem ever used: scrubbed at the end */
     _Alignas(16) uint8_t mem[ARENA_INLINE];
 };
 
@@ -60,6 +61,7 @@ static void *ar_malloc(void *ctx, size_t sz)
         b->heap = 0;
         a->last = a->used;
         a->used += need;
+        a->high = FAVO_MAX(a->high, a->used);
     } else {
         b = malloc(sizeof(*b) + sz);
         FAVO_ASSERT(b);   /* yajl does not check its allocations */
@@ -78,6 +80,8 @@ static void ar_free(void *ctx, void *p)
         return;
     b = blk_of(p);
     if (b->heap) {
+        /* yajl's lexer and decode buffers hold request text (invariant 5) */
+        explicit_bzero(b, sizeof(*b) + b->size);
         free(b);
     } else if ((uint8_t *)b == a->mem + a->last && a->used) {
         a->used = a->last;   /* the last inline block gives its room back */
@@ -94,16 +98,23 @@ static void *ar_realloc(void *ctx, void *p, size_t sz)
         return ar_malloc(ctx, sz);
     b = blk_of(p);
     if (b->heap) {
-        b = realloc(b, sizeof(*b) + sz);
-        FAVO_ASSERT(b);
-        b->size = sz;
-        return b + 1;
+        /* not realloc: the old block must be scrubbed before it is freed */
+        struct blk *nb = malloc(sizeof(*nb) + sz);
+
+        FAVO_ASSERT(nb);
+        nb->heap = 1;
+        nb->size = sz;
+        memcpy(nb + 1, b + 1, FAVO_MIN(b->size, sz));
+        explicit_bzero(b, sizeof(*b) + b->size);
+        free(b);
+        return nb + 1;
     }
     if ((uint8_t *)b == a->mem + a->last) {   /* grow the last block in place */
         size_t need = sizeof(struct blk) + ((sz + 15) & ~(size_t)15);
 
         if (need <= ARENA_INLINE - a->last) {
             a->used = a->last + need;
+            a->high = FAVO_MAX(a->high, a->used);
             b->size = sz;
             return p;
         }
@@ -112,6 +123,16 @@ static void *ar_realloc(void *ctx, void *p, size_t sz)
     memcpy(n, p, FAVO_MIN(b->size, sz));
     ar_free(ctx, p);
     return n;
+}
+
+/* Zero the stack just below the caller's frame, where the frames of the
+ * calls it made (yajl and the callbacks below) lay. */
+static __attribute__((noinline)) void stack_scrub(void)
+{
+    unsigned char pad[16 * 1024];
+
+    explicit_bzero(pad, sizeof(pad));
+    __asm__ volatile("" : : "r"(pad) : "memory");
 }
 
 /* ---- decoder state ---- */
@@ -1116,7 +1137,7 @@ int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_
         snprintf(err->message, sizeof(err->message), "internal error: unknown route %d", route);
         return -EINVAL;
     }
-    ar->used = ar->last = 0;
+    ar->used = ar->last = ar->high = 0;
     af = (yajl_alloc_funcs){ .malloc = ar_malloc, .realloc = ar_realloc, .free = ar_free,
                              .ctx = ar };
     c.buf = buf;
@@ -1157,6 +1178,12 @@ int ing_oai_decode(struct ing_oai_req *req, int route, uint8_t *buf, struct ing_
         final_checks(&c);
 out:
     yajl_free(c.h);
+    /* invariant 5: the arena (yajl's lexer buffer: a string cut by the end
+     * of the body, a string with escapes) and the frames of the callbacks
+     * (a number's text) hold request bytes; nothing of them may outlive
+     * the call */
+    explicit_bzero(ar->mem, ar->high);
+    stack_scrub();
     return c.failed ? -EINVAL : 0;
 }
 
