@@ -65,6 +65,10 @@
  *   ... engine runs the plan ...
  *   bat_sched_complete(plan, results, events)
  *
+ * The batcher stage uses the _ob forms (bat_sched_step_ob, _complete_ob),
+ * which keep their events in the arena until published (see "outbox"
+ * below), and bat_sched_reset_kv / bat_sched_salvage for restarts.
+ *
  * Not yet (issue #7): preparing plan N+1 while step N runs (the engine
  * feeding step N's tokens into N+1's decodes). The API is strictly
  * step -> engine -> complete; complete() refuses a plan that is not the

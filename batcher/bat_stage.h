@@ -57,9 +57,11 @@
  *     none is sent twice. A FINISH whose cell was given but whose event was
  *     not enqueued is sent (give says -EPERM: egress owns it already); a
  *     FINISH whose cell egress already freed (-ESTALE) is dropped.
- *   - A plan in flight (arena step > done_step) stays in its slot; the last
- *     message on each plan ring says whether it reached that rank; it is
- *     sent to the ranks that lack it, and its done message is awaited.
+ *   - A plan in flight (arena step > done_step) stays in its slot (slots
+ *     already laid out are never re-formatted); the last message on each
+ *     plan ring says whether it reached that rank; the ranks that lack it
+ *     get a fresh copy of rank 0's slot and the message, and its done
+ *     message is awaited.
  *   - done messages are released after complete_ob; a replayed one (the
  *     step already applied) is a no-op.
  *   - A replayed SUBMIT (dead between submit and release) is recognised:
@@ -68,7 +70,9 @@
  *   - An ENGINE restart (a rank's up word goes down or names another pid)
  *     loses the KV cache: bat_sched_reset_kv voids the plan in flight (its
  *     done message, from either incarnation, is then a replay) and every
- *     running sequence re-prefills prompt + generated ids. This needs the
+ *     running sequence re-prefills prompt + generated ids. A voided plan
+ *     that had not reached every rank is still sent to the rest (results
+ *     ignored), so all ranks see the same plans in order. This needs the
  *     engine to set its up word before it takes its first plan. Not noticed:
  *     an engine that restarted while the batcher itself was down (the
  *     engine pid is not kept in shared memory yet).
