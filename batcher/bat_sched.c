@@ -37,7 +37,7 @@ enum { ST_FREE = 0, ST_WAITING = 1, ST_RUNNING = 2 };
 struct bat_slot {
     uint32_t gen;
     uint8_t state, prio, cancel, started;
-    uint8_t in_resume, pad_[3];
+    uint8_t in_resume, n_lost, pad_[2]; /* n_lost: results in a row not computed */
     uint32_t tenant, flow, tok_off;
     uint64_t cell;
     uint32_t prev, next;           /* queue links (free list: next) */
@@ -998,12 +998,24 @@ static int complete_impl(struct bat_sched *s, const struct bat_plan *p,
         if (handle(a, si) != ps[k].id || q->state != ST_RUNNING || q->cancel)
             continue; /* cancelled meanwhile: dropped at the next step */
         FAVO_ASSERT(q->n_computed == ps[k].pos); /* sched inv 2 */
+        if (!ps[k].no_sample && res[k].token < 0) {
+            /* Not computed (eng_stage.h: the engine lacks this sequence's
+             * KV - it restarted - or refused the plan): preempt by
+             * recompute. An engine that keeps refusing it ends it. */
+            if (++q->n_lost >= BAT_MAX_LOST) {
+                finish(s, si, BAT_FIN_ENGINE, ev, &n, ev_cap);
+                continue;
+            }
+            preempt_at(a, run_find(a, si));
+            continue;
+        }
         q->n_computed += ps[k].n_new;
         if (ps[k].n_new > 1 || ps[k].no_sample)
             prompt_tok += ps[k].n_new;
         if (ps[k].no_sample)
             continue;
         q->n_gen++;
+        q->n_lost = 0;
         gen_tok++;
         emit(ev, &n, ev_cap, a, si, BAT_EV_TOKEN, 0, res[k].token);
         if (res[k].eos)

@@ -159,7 +159,13 @@ enum bat_finish {
     BAT_FIN_TIMEOUT,     /* waited past queue_timeout: answer 503 */
     BAT_FIN_NO_KV,       /* reserved: a request that cannot fit in the pool even
                             alone is refused by submit (-E2BIG, answer 413) */
+    BAT_FIN_ENGINE,      /* the engine answered "not computed" (token < 0)
+                            BAT_MAX_LOST times in a row: answer 500 */
 };
+
+/* A sampled result with token < 0 means "not computed" (eng_stage.h): the
+ * sequence is preempted by recompute; after this many in a row, it ends. */
+#define BAT_MAX_LOST 4
 
 struct bat_event {
     uint64_t id;

@@ -72,6 +72,9 @@ static void ev_of(const struct bat_sched *s, const struct bat_event *e, struct s
             o->reason = e->reason == BAT_FIN_STOP     ? SHM_FIN_STOP
                         : e->reason == BAT_FIN_LENGTH ? SHM_FIN_LENGTH
                                                       : SHM_FIN_CANCELLED;
+        } else if (e->reason == BAT_FIN_ENGINE) { /* the engine kept failing it */
+            o->kind = SHM_EV_ERROR;
+            o->status = 500;
         } else { /* TIMEOUT (queue), NO_KV: busy, come back */
             o->kind = SHM_EV_ERROR;
             o->status = 503;

@@ -73,6 +73,10 @@ struct h {
     unsigned stale_plans;
     volatile int *stop;                /* shared with the child: the wrapper's stop word */
     int light;                         /* bench: the engine skips re-reading every id */
+    unsigned lose_per_mille;           /* sampled results answered -1 ("not computed") */
+    int refuse_rq;                     /* this request is always answered -1 (-1: none) */
+    uint64_t rng;
+    unsigned n_lost;
 };
 
 static pid_t g_pid; /* the batcher child, killed by teardown after a failure */
@@ -148,6 +152,8 @@ static void h_init(struct h *h, const struct bat_sched_cfg *sc, uint32_t ev_ring
     shm_pipe_set_sup(&h->p, SHM_PIPE_INGRESS, 0, getpid());
     shm_pipe_set_up(&h->p, SHM_PIPE_INGRESS, 0, getpid());
     h->engine_on = 1;
+    h->refuse_rq = -1;
+    h->rng = 99;
     h->stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     assert_true(h->stop != MAP_FAILED);
     *h->stop = 0;
@@ -395,6 +401,12 @@ static int h_engine(struct h *h)
                 res[k].eos = (uint8_t)(q->eos_at && ps[k].n_history + 1 == q->eos_at);
                 if (stale) /* computed without the KV: garbage */
                     res[k].token += 5;
+                if ((int)(q - h->rq) == h->refuse_rq ||
+                    (h->lose_per_mille && t_rand(&h->rng) % 1000 < h->lose_per_mille)) {
+                    res[k].token = -1; /* not computed: the batcher recomputes it */
+                    res[k].eos = 0;
+                    h->n_lost++;
+                }
             }
             if (!stale)
                 h->kv_pos[q - h->rq] = ps[k].pos + ps[k].n_new;
@@ -569,6 +581,7 @@ static void t_many(void **state)
     /* a small ev ring: the batcher must hold events back, never drop them */
     h_init(h, &sc, 16);
     h_stats_on(h);
+    h->lose_per_mille = 20; /* now and then "not computed": recomputed, never a token */
     h_spawn(h, 0);
     for (unsigned i = 0; i < 120; i++) {
         uint32_t ntok = 1 + (uint32_t)(t_rand(&rng) % (i % 10 == 0 ? 400 : 40));
@@ -581,6 +594,7 @@ static void t_many(void **state)
         }
     }
     h_run(h, all_done, NULL, 15000);
+    assert_true(h->n_lost > 0);
     for (unsigned i = 0; i < h->nrq; i++) {
         struct rq *q = &h->rq[i];
         assert_true(q->started);
@@ -638,6 +652,30 @@ static void t_cancel(void **state)
     unsigned d = h_submit(h, 3, 2, 0, 1, 0);
     h_run(h, all_done, NULL, 5000);
     assert_int_equal(h->rq[d].reason, SHM_FIN_LENGTH);
+    h_drain(h);
+    h_free(h);
+    free(h);
+}
+
+/* An engine that keeps answering "not computed" for one request: it ends
+ * with 500 after BAT_MAX_LOST tries; the others are served. */
+static void t_engine_refuses(void **state)
+{
+    (void)state;
+    struct bat_sched_cfg sc = sc_default();
+    struct h *h = calloc(1, sizeof(*h));
+
+    h_init(h, &sc, 0);
+    h_spawn(h, 0);
+    h_submit(h, 6, 5, 0, 1, 0);
+    h->refuse_rq = (int)h_submit(h, 7, 5, 0, 2, 0);
+    h_submit(h, 8, 5, 0, 3, 0);
+    h_run(h, all_done, NULL, 5000);
+    assert_int_equal(h->rq[h->refuse_rq].status, 500);
+    assert_int_equal(h->rq[h->refuse_rq].seen, 0);
+    assert_int_equal(h->n_lost, BAT_MAX_LOST);
+    assert_int_equal(h->rq[0].reason, SHM_FIN_LENGTH);
+    assert_int_equal(h->rq[2].reason, SHM_FIN_LENGTH);
     h_drain(h);
     h_free(h);
     free(h);
@@ -973,6 +1011,7 @@ int main(void)
         cmocka_unit_test_teardown(t_many, teardown),
         cmocka_unit_test_teardown(t_cancel, teardown),
         cmocka_unit_test_teardown(t_errors, teardown),
+        cmocka_unit_test_teardown(t_engine_refuses, teardown),
         cmocka_unit_test_teardown(t_drain, teardown),
         cmocka_unit_test_teardown(t_restart, teardown),
         cmocka_unit_test_teardown(t_engine_restart, teardown),
