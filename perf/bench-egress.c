@@ -37,6 +37,16 @@
  * usage: bench-egress [--json] [--streams S] [--tokens T] [--duration S]
  *                     [--step-us US] [--poll block|adaptive|spin]
  *                     [--model GGUF]
+ *        bench-egress --pipeline [--backend cpu|null] [--favo PATH] [--json]
+ *                     [--streams S] [--tokens T] [--duration S] [--model GGUF]
+ *
+ * --pipeline: the whole `favo serve` with the CPU engine (default; null
+ * with --backend null), S concurrent streaming completions of T tokens in
+ * rounds for --duration seconds, and the figure read back from the
+ * server's own "egress" histogram (`favo stat --json`: the batcher stamps
+ * TOKENS events with their publication time, egress observes send
+ * completion - stamp). Bucketed (the stats segment's histogram), so
+ * coarser than the default mode. A favo without that histogram: exit 77.
  * model: --model, else $FAVO_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf, else
  * the default model; exits 77 when none is found.
  */
@@ -52,6 +62,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -73,8 +85,9 @@
 struct opts {
     unsigned streams, tokens, step_us, duration;
     int poll;
-    bool json;
-    char model[1024];
+    bool json, pipeline;
+    const char *backend;
+    char model[1024], favo[1024];
 };
 
 struct stream {
@@ -469,18 +482,6 @@ static unsigned client_collect(unsigned ns, const char *end, unsigned timeout_ms
 
 /* ---------------------------------------------------------------- main */
 
-static void loadavg(char *buf, size_t n)
-{
-    FILE *f = fopen("/proc/loadavg", "r");
-
-    snprintf(buf, n, "?");
-    if (f) {
-        if (fgets(buf, (int)n, f))
-            buf[strcspn(buf, "\n")] = 0;
-        fclose(f);
-    }
-}
-
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -499,17 +500,259 @@ static double q_us(uint64_t *v, size_t n, double q)
     return (double)v[i] / 1000.0;
 }
 
+
+static void loadavg(char *buf, size_t n)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+
+    snprintf(buf, n, "?");
+    if (f) {
+        if (fgets(buf, (int)n, f))
+            buf[strcspn(buf, "\n")] = 0;
+        fclose(f);
+    }
+}
+
+/* ------------------------------------------------- --pipeline: favo serve */
+
+static pid_t serve_pid;
+
+static void serve_stop(void)
+{
+    int st;
+
+    if (serve_pid <= 0)
+        return;
+    kill(serve_pid, SIGTERM);
+    for (int i = 0; i < 1500 && waitpid(serve_pid, &st, WNOHANG) != serve_pid; i++)
+        usleep(20000);
+    if (waitpid(serve_pid, &st, WNOHANG) == 0) {
+        kill(serve_pid, SIGKILL);
+        waitpid(serve_pid, &st, 0);
+    }
+    serve_pid = 0;
+}
+
+static char *slurp(FILE *f)
+{
+    size_t cap = 1 << 16, n = 0, r;
+    char *buf = malloc(cap);
+
+    while (buf && (r = fread(buf + n, 1, cap - 1 - n, f)) > 0) {
+        n += r;
+        if (n + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+        }
+    }
+    if (buf)
+        buf[n] = 0;
+    return buf;
+}
+
+/* "key":number inside the object that follows `"name":{` in json. */
+static double json_hist(const char *json, const char *name, const char *key)
+{
+    char pat[64];
+    const char *h, *e, *k;
+
+    snprintf(pat, sizeof(pat), "\"%s\":{", name);
+    h = strstr(json, pat);
+    if (!h)
+        return -1;
+    e = strchr(h, '}');
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    k = strstr(h, pat);
+    if (!k || (e && k > e))
+        return -1;
+    return strtod(k + strlen(pat), NULL);
+}
+
+static int stream_open(uint16_t port, unsigned i, unsigned tokens)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+    char body[256], req[1024];
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), n, b;
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)))
+        die("connect to favo: %s", strerror(errno));
+    b = snprintf(body, sizeof(body),
+                 "{\"prompt\":\"Write a long story about the number %u.\",\"max_tokens\":%u,"
+                 "\"stream\":true,\"temperature\":0.9,\"seed\":%u}",
+                 i, tokens, i + 1);
+    n = snprintf(req, sizeof(req),
+                 "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+                 b, body);
+    if (write(fd, req, (size_t)n) != n)
+        die("write to favo: %s", strerror(errno));
+    return fd;
+}
+
+static int run_pipeline(const struct opts *o)
+{
+    char dir[] = "/tmp/favo-bench-egress-XXXXXX", log[1200], acc[1200], inst[64], cmd[2600];
+    char *text = NULL, *m, *json, machine[256], load[128];
+    uint16_t port = 0;
+    uint64_t t0;
+    unsigned rounds = 0;
+    double count, p50, p90, p99, sum;
+    FILE *f;
+
+    if (!mkdtemp(dir))
+        die("mkdtemp: %s", strerror(errno));
+    snprintf(log, sizeof(log), "%s/favo.log", dir);
+    snprintf(acc, sizeof(acc), "%s/access.log", dir);
+    snprintf(inst, sizeof(inst), "bench-egress-%d", (int)getpid());
+    serve_pid = fork();
+    if (serve_pid < 0)
+        die("fork: %s", strerror(errno));
+    if (serve_pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+        if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+            _exit(127);
+        execl(o->favo, o->favo, "serve", "--backend", o->backend, "--port", "0", "--instance",
+              inst, "--access-log", acc, "--model", o->model, (char *)NULL);
+        _exit(127);
+    }
+    atexit(serve_stop);
+    for (t0 = favo_now_ns(); favo_now_ns() - t0 < 120000000000ull; usleep(50000)) {
+        FILE *lf = fopen(log, "r");
+
+        free(text);
+        text = lf ? slurp(lf) : NULL;
+        if (lf)
+            fclose(lf);
+        if (text && strstr(text, "ready in") && (m = strstr(text, "on http://127.0.0.1:"))) {
+            port = (uint16_t)atoi(m + 20);
+            break;
+        }
+        if (waitpid(serve_pid, NULL, WNOHANG) == serve_pid) {
+            serve_pid = 0;
+            die("favo serve exited:\n%s", text ? text : "");
+        }
+    }
+    free(text);
+    if (!port)
+        die("favo serve was not ready in 120 s");
+
+    t0 = favo_now_ns();
+    do {
+        struct pollfd pf[MAX_STREAMS];
+        char tail[MAX_STREAMS][5], buf[65536];
+        unsigned left = o->streams;
+
+        memset(tail, 0, sizeof(tail));
+        for (unsigned i = 0; i < o->streams; i++) {
+            pf[i].fd = stream_open(port, rounds * o->streams + i, o->tokens);
+            pf[i].events = POLLIN;
+        }
+        while (left) {
+            if (poll(pf, o->streams, 60000) <= 0)
+                die("streams stalled for 60 s");
+            for (unsigned i = 0; i < o->streams; i++) {
+                ssize_t n;
+
+                if (pf[i].fd < 0 || !(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                    continue;
+                n = read(pf[i].fd, buf, sizeof(buf));
+                if (n <= 0)
+                    die("stream %u ended early", i);
+                if (n >= 5) {
+                    memcpy(tail[i], buf + n - 5, 5);
+                } else {
+                    memmove(tail[i], tail[i] + n, (size_t)(5 - n));
+                    memcpy(tail[i] + 5 - n, buf, (size_t)n);
+                }
+                if (!memcmp(tail[i], "0\r\n\r\n", 5)) {
+                    close(pf[i].fd);
+                    pf[i].fd = -1;
+                    left--;
+                }
+            }
+        }
+        rounds++;
+    } while (favo_now_ns() - t0 < (uint64_t)o->duration * 1000000000ull);
+
+    snprintf(cmd, sizeof(cmd), "'%s' stat --instance '%s' --json", o->favo, inst);
+    f = popen(cmd, "r");
+    json = f ? slurp(f) : NULL;
+    if (f)
+        pclose(f);
+    serve_stop();
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench-egress: could not remove %s\n", dir);
+    if (!json)
+        die("favo stat failed");
+    count = json_hist(json, "egress", "count");
+    if (count < 0) {
+        fprintf(stderr, "bench-egress: SKIP: this favo's stats have no \"egress\" histogram "
+                        "(the batcher/egress timestamps are not in this build)\n");
+        free(json);
+        return 77;
+    }
+    sum = json_hist(json, "egress", "sum_s");
+    p50 = json_hist(json, "egress", "p50_s") * 1e6;
+    p90 = json_hist(json, "egress", "p90_s") * 1e6;
+    p99 = json_hist(json, "egress", "p99_s") * 1e6;
+    perf_machine(machine, sizeof(machine));
+    loadavg(load, sizeof(load));
+    if (o->json) {
+        perf_json_begin(stdout);
+        perf_json_num(stdout, "egress_us_p50", p50);
+        perf_json_num(stdout, "egress_us_p90", p90);
+        perf_json_num(stdout, "egress_us_p99", p99);
+        perf_json_num(stdout, "egress_us_mean", count > 0 ? sum * 1e6 / count : 0);
+        perf_json_num(stdout, "samples", count);
+        perf_json_num(stdout, "itl_ms_p50", json_hist(json, "itl", "p50_s") * 1e3);
+        perf_json_num(stdout, "streams", o->streams);
+        perf_json_num(stdout, "tokens", o->tokens);
+        perf_json_num(stdout, "rounds", rounds);
+        perf_json_str(stdout, "source", "favo serve, stats histogram");
+        perf_json_str(stdout, "backend", o->backend);
+        perf_json_str(stdout, "machine", machine);
+        perf_json_str(stdout, "loadavg_after", load);
+        perf_json_end(stdout);
+    } else {
+        printf("bench-egress --pipeline: favo serve --backend %s, %u concurrent streams x "
+               "max %u tokens, %u rounds\n",
+               o->backend, o->streams, o->tokens, rounds);
+        printf("figure: favo's own \"egress\" histogram (batcher publishes TOKENS -> send "
+               "completes), bucketed\n");
+        printf("machine: %s; load average after: %s\n\n", machine, load);
+        printf("%-44s %9s %9s %9s %9s\n", "per token (us)", "p50", "p90", "p99", "mean");
+        printf("%-44s %9.1f %9.1f %9.1f %9.1f\n", "batcher publish -> send completed", p50, p90,
+               p99, count > 0 ? sum * 1e6 / count : 0);
+        printf("\n%.0f tokens; inter-token latency p50 %.2f ms\n", count,
+               json_hist(json, "itl", "p50_s") * 1e3);
+    }
+    free(json);
+    return 0;
+}
+
 static void usage(void)
 {
     fputs("usage: bench-egress [--json] [--streams S] [--tokens T] [--duration S]\n"
-          "                    [--step-us US] [--poll block|adaptive|spin] [--model GGUF]\n",
+          "                    [--step-us US] [--poll block|adaptive|spin] [--model GGUF]\n"
+          "       bench-egress --pipeline [--backend cpu|null] [--favo PATH] [--json]\n"
+          "                    [--streams S] [--tokens T] [--duration S] [--model GGUF]\n",
           stderr);
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
-    struct opts o = { .streams = 64, .tokens = 64, .step_us = 1000, .duration = 10 };
+    struct opts o = { .streams = 64, .tokens = 64, .step_us = 1000, .duration = 10,
+                      .backend = "cpu" };
+    bool set_streams = false, set_duration = false;
     char err[256], machine[256], load[128];
     eng_tok_t *tok = NULL;
     int32_t ids[512];
@@ -528,12 +771,22 @@ int main(int argc, char **argv)
 
         if (!strcmp(a, "--json"))
             o.json = true;
-        else if (!strcmp(a, "--streams") && v)
+        else if (!strcmp(a, "--pipeline"))
+            o.pipeline = true;
+        else if (!strcmp(a, "--backend") && v)
+            o.backend = argv[++i];
+        else if (!strcmp(a, "--favo") && v)
+            snprintf(o.favo, sizeof(o.favo), "%s", argv[++i]);
+        else if (!strcmp(a, "--streams") && v) {
             o.streams = (unsigned)atoi(argv[++i]);
+            set_streams = true;
+        }
         else if (!strcmp(a, "--tokens") && v)
             o.tokens = (unsigned)atoi(argv[++i]);
-        else if (!strcmp(a, "--duration") && v)
+        else if (!strcmp(a, "--duration") && v) {
             o.duration = (unsigned)atoi(argv[++i]);
+            set_duration = true;
+        }
         else if (!strcmp(a, "--step-us") && v)
             o.step_us = (unsigned)atoi(argv[++i]);
         else if (!strcmp(a, "--model") && v)
@@ -563,6 +816,31 @@ int main(int argc, char **argv)
     if (!o.model[0] || access(o.model, R_OK)) {
         fprintf(stderr, "bench-egress: SKIP: no model (--model, FAVO_MODELS or ./setup.sh)\n");
         return 77;
+    }
+    if (o.pipeline) {
+        /* a CPU engine step for many sequences takes long on small hosts */
+        if (!set_streams)
+            o.streams = 32;
+        if (!set_duration)
+            o.duration = 20;
+        if (strcmp(o.backend, "cpu") && strcmp(o.backend, "null"))
+            usage();
+        if (!o.favo[0]) {
+            const char *env = getenv("FAVO_BIN");
+            char self[900];
+            ssize_t n;
+
+            if (env && *env) {
+                snprintf(o.favo, sizeof(o.favo), "%s", env);
+            } else if ((n = readlink("/proc/self/exe", self, sizeof(self) - 1)) > 0) {
+                self[n] = 0;
+                snprintf(o.favo, sizeof(o.favo), "%s/../favo", dirname(self));
+            }
+        }
+        if (access(o.favo, X_OK))
+            die("favo binary not found at '%s' (--favo PATH or FAVO_BIN)", o.favo);
+        signal(SIGPIPE, SIG_IGN);
+        return run_pipeline(&o);
     }
     if (eng_tok_load_file(&tok, o.model, err, sizeof(err)) < 0)
         die("tokenizer: %s", err);
