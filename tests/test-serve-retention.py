@@ -413,7 +413,7 @@ class Scan:
 # ------------------------------------------------------------ the requests
 
 def chat(S, m, stream):
-    body = {"model": MODEL_ID, "max_tokens": 12, "temperature": 0, "stream": stream,
+    body = {"model": MODEL_ID, "max_tokens": 24, "temperature": 0, "stream": stream,
             "messages": [{"role": "system", "content": "You repeat words. Code word " + m.text},
                          {"role": "user", "content": "Repeat this word: " + m.text}]}
     if stream:
@@ -422,10 +422,29 @@ def chat(S, m, stream):
 
 
 def compl(S, m, stream, **kw):
-    body = {"model": MODEL_ID, "prompt": "The secret word is " + m.text + ". Again: the secret "
-            "word is", "max_tokens": 12, "temperature": 0, "stream": stream}
+    # a repeated word: the model (greedy) goes on repeating it, so the
+    # generated text carries the marker too
+    body = {"model": MODEL_ID, "prompt": f"{m.text} {m.text} {m.text} {m.text}",
+            "max_tokens": 24, "temperature": 0, "stream": stream}
     body.update(kw)
     return S.post("/v1/completions", body)
+
+
+def sse_text(b):
+    """The generated text of an SSE body (chunked or not), concatenated."""
+    out = []
+    for line in b.split(b"\n"):
+        line = line.strip()
+        if not line.startswith(b"data: {"):
+            continue
+        try:
+            j = json.loads(line[6:])
+        except ValueError:
+            continue
+        for c in j.get("choices", []):
+            t = c.get("text") or (c.get("delta") or {}).get("content") or ""
+            out.append(t)
+    return "".join(out).encode()
 
 
 def start_stream(S, m):
@@ -491,17 +510,28 @@ def run(S, M):
     s.recv(4096)
     s.close()
 
+    echoed = []
     st, b = chat(S, M["chat"], False)
     check(st == 200, f"chat 200 ({st})")
+    echoed += ["chat"] if M["chat"].text.encode() in b else []
     st, b = chat(S, M["chat_stream"], True)
     check(st == 200 and b.rstrip().endswith(b"[DONE]"), f"chat stream 200 to [DONE] ({st})")
+    echoed += ["chat_stream"] if M["chat_stream"].text.encode() in sse_text(b) else []
     st, b = compl(S, M["compl"], False)
     check(st == 200, f"completion 200 ({st})")
+    echoed += ["compl"] if M["compl"].text.encode() in b else []
     st, b = compl(S, M["compl_stream"], True)
     check(st == 200 and b.rstrip().endswith(b"[DONE]"), f"completion stream 200 ({st})")
-    st, b = compl(S, M["stop"], True, stop=[" " + M["stop"].text, ".", "\n"])
+    echoed += ["compl_stream"] if M["compl_stream"].text.encode() in sse_text(b) else []
+    # the model echoes the marker, so the stop string matches in the
+    # generated text: egress held a growing prefix of it, then cut it
+    st, b = compl(S, M["stop"], True, stop=[M["stop"].text, "\n"])
     check(st == 200 and b'"finish_reason":"stop"' in b.replace(b" ", b""),
           f"stop-string stream 200, finish_reason stop ({st})")
+    check(M["stop"].text.encode() not in sse_text(b), "the stop string is not sent")
+    print(f"     generated text carried its marker in: {echoed}", flush=True)
+    check(len(echoed) >= 2, "at least two responses echo their marker (generated text "
+          "carries markers through engine, batcher and egress)")
     st, b = compl(S, M["early400"], False, temperature=-3)
     check(st == 400, f"early 400 for temperature -3 ({st})")
     bad = ('{"model":"' + MODEL_ID + '","prompt":"x ' + M["badjson"].text + ' ,,,').encode()
@@ -517,7 +547,7 @@ def run(S, M):
     conn = http.client.HTTPConnection("127.0.0.1", S.port, timeout=60)
     for _ in range(2):
         st, b = S.post("/v1/completions", {"model": MODEL_ID, "prompt": "Word " +
-                                           M["keepalive"].text, "max_tokens": 4}, conn=conn)
+                                           M["keepalive"].text, "max_tokens": 8}, conn=conn)
         check(st == 200, f"keep-alive completion 200 ({st})")
     conn.close()
 
