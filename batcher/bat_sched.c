@@ -77,6 +77,7 @@ struct bat_arena {
     uint64_t done_step;            /* last step complete() applied: a replay is a no-op */
     uint32_t ob_n, ob_next;        /* outbox: [ob_next, ob_n) not yet published */
     uint32_t ob_cap, off_outbox;
+    uint64_t user[BAT_SCHED_USER_WORDS]; /* the caller's restart state (bat_sched_user) */
 };
 
 #define A_ARR(a, T, off) ((T *)((char *)(a) + (a)->off))
@@ -1150,6 +1151,11 @@ int bat_sched_find(const struct bat_sched *s, uint64_t cell, uint64_t *id)
             return 0;
         }
     return -ENOENT;
+}
+
+uint64_t *bat_sched_user(struct bat_sched *s)
+{
+    return s->a->user;
 }
 
 uint32_t bat_sched_retry_after(const struct bat_sched *s)

@@ -285,6 +285,11 @@ int bat_sched_reset_kv(struct bat_sched *s);
 /* The live request (waiting or running) whose cell is `cell`: 0 and *id,
  * or -ENOENT. O(slots): for cancels by cell and for replayed submits. */
 int bat_sched_find(const struct bat_sched *s, uint64_t cell, uint64_t *id);
+/* Words in the arena for the caller's own state that must survive its
+ * restart with the arena (zero in a fresh or salvaged one). The batcher
+ * stage keeps there the engine incarnation (pid) each rank's KV belongs to. */
+#define BAT_SCHED_USER_WORDS 16
+uint64_t *bat_sched_user(struct bat_sched *s);
 /* Retry-After seconds (1..60) for a 503 now, from the drain rate. */
 uint32_t bat_sched_retry_after(const struct bat_sched *s);
 /* The arena's configuration (defaults applied). */

@@ -14,6 +14,7 @@
 #define BST_SPIN_NS 50000ull
 #define BST_HB_NS 100000000ull
 #define BST_OB_ROOM 8u      /* outbox slots kept free before taking a request */
+#define BST_USER_ENG 0      /* bat_sched_user words [0, n_ranks): engine pids */
 
 struct bst {
     const struct bat_stage_cfg *cfg;
@@ -448,17 +449,21 @@ static int in_flight(struct bst *b, const struct bat_sched_info *in, uint64_t no
  * message from a new incarnation is never applied to the old one's KV. */
 static void check_engines(struct bst *b)
 {
-    bool lost = false;
+    uint64_t *user = bat_sched_user(&b->s) + BST_USER_ENG;
+    int32_t cur[SHM_PIPE_MAX_RANKS];
+    bool lost = false, changed = false;
 
     for (unsigned r = 0; r < b->n_ranks; r++) {
-        int32_t cur = shm_pipe_stage_up(b->pipe, SHM_PIPE_ENGINE, r)
-                          ? __atomic_load_n(&b->pipe->hdr->up_pid[SHM_PIPE_ENGINE][r],
-                                            __ATOMIC_ACQUIRE)
-                          : 0;
-        if (b->eng_pid[r] && cur != b->eng_pid[r])
-            lost = true;
-        b->eng_pid[r] = cur;
+        cur[r] = shm_pipe_stage_up(b->pipe, SHM_PIPE_ENGINE, r)
+                     ? __atomic_load_n(&b->pipe->hdr->up_pid[SHM_PIPE_ENGINE][r], __ATOMIC_ACQUIRE)
+                     : 0;
+        if (cur[r] != b->eng_pid[r]) {
+            changed = true;
+            lost |= b->eng_pid[r] != 0; /* 0 -> pid: a first start, no KV lost */
+        }
     }
+    if (!changed)
+        return;
     if (lost) {
         int n = bat_sched_reset_kv(&b->s);
         favo_warn("batcher: an engine rank restarted: plan in flight voided, %d sequences "
@@ -466,6 +471,12 @@ static void check_engines(struct bst *b)
         if (b->cfg->stats_w && n > 0)
             shm_stats_add(b->cfg->stats_w, SHM_C_PREEMPTIONS, (uint64_t)n);
         b->last_preempt += (uint64_t)n;
+    }
+    /* Remembered in the arena after the reset: a crash in between makes
+     * the next batcher reset again, which is harmless. */
+    for (unsigned r = 0; r < b->n_ranks; r++) {
+        b->eng_pid[r] = cur[r];
+        user[r] = (uint64_t)(uint32_t)cur[r];
     }
 }
 
@@ -663,10 +674,11 @@ static int attach_all(struct bst *b)
         return rc;
     ob_dedupe(b);
     b->last_preempt = in.n_preempt;
-    /* The engines up now are taken to hold the KV the arena describes (an
-     * engine that restarted while we were down is not noticed: bat_stage.h). */
+    /* The engine incarnations the arena's KV state belongs to, as the
+     * previous batcher recorded them: one that restarted while we were
+     * down is noticed by the first check_engines. */
     for (unsigned r = 0; r < b->n_ranks; r++)
-        b->eng_pid[r] = shm_pipe_stage_up(p, SHM_PIPE_ENGINE, r) ? h->up_pid[SHM_PIPE_ENGINE][r] : 0;
+        b->eng_pid[r] = (int32_t)bat_sched_user(&b->s)[BST_USER_ENG + r];
     favo_info("batcher: %s at step %llu: %u waiting, %u running, %u events unpublished, "
               "plan in flight: %s", in.step ? "resumed" : "started",
               (unsigned long long)in.step, in.n_waiting, in.n_running, in.n_outbox,

@@ -73,9 +73,11 @@
  *     running sequence re-prefills prompt + generated ids. A voided plan
  *     that had not reached every rank is still sent to the rest (results
  *     ignored), so all ranks see the same plans in order. This needs the
- *     engine to set its up word before it takes its first plan. Not noticed:
- *     an engine that restarted while the batcher itself was down (the
- *     engine pid is not kept in shared memory yet).
+ *     engine to set its up word before it takes its first plan. The pid
+ *     each rank's KV belongs to is kept in the arena (bat_sched_user), so
+ *     an engine that restarted while the batcher was down is noticed too.
+ *     A sampled result with token -1 ("not computed", eng_stage.h) is
+ *     preempted by recompute (bat_sched_complete).
  *   - Cost today: re-attach and a scan of the arena (bat_sched_check,
  *     O(slots + blocks)); no request is lost.
  *   - A crash INSIDE bat_sched_step/complete (arena marked busy: attach

@@ -841,6 +841,16 @@ static void t_engine_restart(void **state)
     for (int k = 0; k < 6 && h_unfinished(h); k++) {
         uint64_t want = h->events + 30;
         h_run(h, events_or_done, &want, 5000);
+        if (k == 2) {
+            /* the engine restarts while the batcher is down too: the new
+             * batcher finds the old engine pid in the arena */
+            h_kill9(h);
+            h_engine_restart(h, 5002 + k, true, false);
+            h_spawn(h, 0);
+            want = h->events + 150; /* long enough for a stale plan to be applied */
+            h_run(h, events_or_done, &want, 5000);
+            continue;
+        }
         h_engine_restart(h, 5002 + k, k % 2, k % 3 == 0);
     }
     h_run(h, all_done, NULL, 10000);
