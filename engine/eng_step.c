@@ -67,6 +67,7 @@ struct eng_ctx {
     float *wrow;                  /* [nth][k_max]: exact mode's dequantized weight row */
     uint32_t k_max;
     uint8_t exact;
+    uint8_t attn_fast;            /* eng_attn_fast for both head sizes */
     char *sample_scratch;         /* [nth][sample_scratch_bytes], zeroed */
     size_t sample_scratch_bytes;
     float *inv_freq[2];           /* [rope_dim/2] global and SWA bases */
@@ -209,6 +210,44 @@ static void prequant_done(struct thr *t, const struct eng_tensor *w, const void 
     t->q_k = (uint32_t)w->ne0;
 }
 
+/*
+ * One (token, head) of attention with the AVX-512 loops (eng_attn_*), a
+ * KV block at a time: the same scores, softmax and weights as the loop
+ * in attention() below, summed in another (fixed) order.
+ */
+static void attention_fast(struct eng_ctx *c, uint32_t il, const struct eng_seq *s,
+                           uint32_t g, const float *q, float *o, uint32_t p0, uint32_t p,
+                           float *scores)
+{
+    const struct eng_hparams *hp = &c->m->hp;
+    uint32_t hd = hp->head_dim, hdv = hp->head_dim_v, j, n;
+    float mx = -INFINITY, sum = 0;
+
+    for (j = p0; j <= p; j += n) {
+        n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
+        eng_attn_avx512_scores(scores + (j - p0),
+                               q, eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
+                                      (size_t)(j % ENG_KV_BLOCK) * hd,
+                               n, hd, hp->attn_scale);
+    }
+    for (j = 0; j <= p - p0; j++)
+        mx = scores[j] > mx ? scores[j] : mx;
+    for (j = 0; j <= p - p0; j++) {
+        scores[j] = expf(scores[j] - mx);
+        sum += scores[j];
+    }
+    for (j = 0; j <= p - p0; j++)
+        scores[j] = scores[j] / sum;
+    memset(o, 0, hdv * sizeof(float));
+    for (j = p0; j <= p; j += n) {
+        n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
+        eng_attn_avx512_accum(o, scores + (j - p0),
+                              eng_kv_v(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
+                                  (size_t)(j % ENG_KV_BLOCK) * hdv,
+                              n, hdv);
+    }
+}
+
 static void attention(struct thr *t, uint32_t il)
 {
     struct eng_ctx *c = t->c;
@@ -230,6 +269,10 @@ static void attention(struct thr *t, uint32_t il)
 
         if (L->swa && hp->n_swa && p + 1 > hp->n_swa)
             p0 = p + 1 - hp->n_swa;
+        if (c->attn_fast) {
+            attention_fast(c, il, s, g, q, o, p0, p, scores);
+            continue;
+        }
         for (uint32_t j = p0; j <= p; j++) {
             const float *kr = eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
                               (size_t)(j % ENG_KV_BLOCK) * hd;
@@ -646,6 +689,7 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
                               eng_pack_act_row_size(m->output.type, (int64_t)E));
     hw = FAVO_MAX(E, no);
     c->exact = o && o->exact;
+    c->attn_fast = !c->exact && eng_attn_fast(hp->head_dim) && eng_attn_fast(hp->head_dim_v);
     c->k_max = (uint32_t)FAVO_MAX(FAVO_MAX(E, no), F);
     c->wrow = ctx_alloc(c, (size_t)c->nth * c->k_max * sizeof(float));
     c->x = ctx_alloc(c, T * E * sizeof(float));

@@ -73,6 +73,12 @@ const struct eng_ops *eng_ops_get(void)
     return __atomic_load_n(&chosen, __ATOMIC_ACQUIRE);
 }
 
+int eng_attn_fast(uint32_t hd)
+{
+    return (eng_cpu_features() & ENG_CPU_AVX512) &&
+           (hd == 32 || hd == 64 || hd == 128 || hd == 256);
+}
+
 void eng_ops_silu_mul(float *y, const float *g, const float *u, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)

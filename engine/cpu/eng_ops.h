@@ -38,4 +38,15 @@ void eng_ops_gelu_mul(float *y, const float *g, const float *u, uint32_t n);
  */
 void eng_ops_rope(float *x, const float *cs, const float *sn, uint32_t rope_dim, int neox);
 
+/*
+ * Attention inner loops over the rows of one KV block (n rows, hd floats
+ * apart): scores[i] = (q . k_i) * scale, and o[0..hd) += sum_i p[i] * v_i.
+ * Only where eng_attn_fast(hd) (AVX-512 F, hd 32/64/128/256); callers use
+ * dot / axpy otherwise. Sums in an order fixed by hd and n alone.
+ */
+int eng_attn_fast(uint32_t hd);
+void eng_attn_avx512_scores(float *scores, const float *q, const float *k, uint32_t n,
+                            uint32_t hd, float scale);
+void eng_attn_avx512_accum(float *o, const float *p, const float *v, uint32_t n, uint32_t hd);
+
 #endif /* ENG_OPS_H */
