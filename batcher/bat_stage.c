@@ -444,34 +444,38 @@ static int in_flight(struct bst *b, const struct bat_sched_info *in, uint64_t no
 
 /* An engine rank that went down or came back as another process lost the
  * KV cache every running sequence depends on: void the plan in flight and
- * re-prefill everyone (bat_sched_reset_kv). Runs before the done ring is
- * read, and an engine sets its up word before it takes a plan, so a done
- * message from a new incarnation is never applied to the old one's KV. */
+ * re-prefill everyone (bat_sched_reset_kv). Runs every loop and after each
+ * done message is peeked, before it is applied (drain_done). */
 static void check_engines(struct bst *b)
 {
     uint64_t *user = bat_sched_user(&b->s) + BST_USER_ENG;
     int32_t cur[SHM_PIPE_MAX_RANKS];
-    bool lost = false, changed = false;
+    bool changed = false;
 
     for (unsigned r = 0; r < b->n_ranks; r++) {
         cur[r] = shm_pipe_stage_up(b->pipe, SHM_PIPE_ENGINE, r)
                      ? __atomic_load_n(&b->pipe->hdr->up_pid[SHM_PIPE_ENGINE][r], __ATOMIC_ACQUIRE)
                      : 0;
-        if (cur[r] != b->eng_pid[r]) {
-            changed = true;
-            lost |= b->eng_pid[r] != 0; /* 0 -> pid: a first start, no KV lost */
-        }
+        changed |= cur[r] != b->eng_pid[r];
     }
     if (!changed)
         return;
-    if (lost) {
-        int n = bat_sched_reset_kv(&b->s);
-        favo_warn("batcher: an engine rank restarted: plan in flight voided, %d sequences "
-                  "re-prefill", n);
-        if (b->cfg->stats_w && n > 0)
-            shm_stats_add(b->cfg->stats_w, SHM_C_PREEMPTIONS, (uint64_t)n);
-        b->last_preempt += (uint64_t)n;
-    }
+    /* Every change counts, 0 -> pid too: an engine we never saw up may
+     * have run plans (and died) while we looked elsewhere, so the KV state
+     * the arena describes cannot be credited to the one up now. At a first
+     * start nothing has run: the reset is then a no-op. */
+    struct bat_sched_info in;
+    bat_sched_info(&b->s, &in);
+    bool in_flight = in.step > in.done_step;
+    int n = bat_sched_reset_kv(&b->s);
+    if (n > 0 || in_flight)
+        favo_warn("batcher: engine ranks changed (restart): plan in flight %s, %d sequences "
+                  "re-prefill", in_flight ? "voided" : "none", n);
+    else
+        favo_info("batcher: engine ranks changed (up or down), nothing to recompute");
+    if (b->cfg->stats_w && n > 0)
+        shm_stats_add(b->cfg->stats_w, SHM_C_PREEMPTIONS, (uint64_t)n);
+    b->last_preempt += (uint64_t)n;
     /* Remembered in the arena after the reset: a crash in between makes
      * the next batcher reset again, which is harmless. */
     for (unsigned r = 0; r < b->n_ranks; r++) {
@@ -511,6 +515,11 @@ static int drain_done(struct bst *b, uint64_t now)
         m = shm_ring_peek_one(&b->done);
         if (!m)
             return got;
+        /* The up words are read AFTER the message: an engine sets its word
+         * before it takes a plan, and the ring's acquire orders its done
+         * after that, so a new incarnation's answer is always seen as one
+         * (checking only before the peek races with the restart). */
+        check_engines(b);
         bat_sched_info(&b->s, &in);
         if (m->slot < SHM_PIPE_PLAN_SLOTS && m->step == in.step && in.step > in.done_step &&
             m->step % SHM_PIPE_PLAN_SLOTS == m->slot) {

@@ -67,8 +67,10 @@
  *   - A replayed SUBMIT (dead between submit and release) is recognised:
  *     its cell is already in the scheduler, has an ERROR pending in the
  *     outbox, or is no longer owned by the batcher.
- *   - An ENGINE restart (a rank's up word goes down or names another pid)
- *     loses the KV cache: bat_sched_reset_kv voids the plan in flight (its
+ *   - An ENGINE restart (any change of a rank's up word: down, another
+ *     pid, or up after down - an incarnation we never saw may have run our
+ *     plans) loses the KV cache; checked every loop and again after each
+ *     done message is peeked, before it is applied: bat_sched_reset_kv voids the plan in flight (its
  *     done message, from either incarnation, is then a replay) and every
  *     running sequence re-prefills prompt + generated ids. A voided plan
  *     that had not reached every rank is still sent to the rest (results
