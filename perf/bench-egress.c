@@ -136,6 +136,8 @@ static void die(const char *fmt, ...)
     va_end(ap);
     if (H.pid > 0)
         kill(H.pid, SIGKILL);
+    if (H.stats_ok) /* no stale /favo.bench-egress-PID left behind */
+        shm_stats_destroy(&H.stats);
     exit(1);
 }
 
@@ -303,6 +305,7 @@ static void finish(void)
     H.pid = 0;
     if (H.stats_ok)
         shm_stats_destroy(&H.stats);
+    H.stats_ok = false;
     shm_seg_destroy(&H.seg);
 }
 
