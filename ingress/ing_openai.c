@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_parse.h>
+#include <yajl/yajl_tree.h>
 
 /* ---- per-call arena for yajl ---- */
 
@@ -1279,4 +1280,46 @@ int ing_oai_err_body(char *out, size_t cap, const struct ing_oai_err *e)
 {
     return ing_oai_error_body(out, cap, e->status ? e->status : 400, NULL, e->message, e->param,
                               e->code);
+}
+
+/* ---- scrubbing yajl_tree_free ---- */
+
+/* Recursive as yajl_tree_free itself is: no deeper than it goes next. */
+static void tree_scrub(yajl_val v)
+{
+    if (!v)
+        return;
+    switch (v->type) {
+    case yajl_t_string:
+        if (v->u.string)
+            explicit_bzero(v->u.string, strlen(v->u.string));
+        break;
+    case yajl_t_number:
+        if (v->u.number.r)
+            explicit_bzero(v->u.number.r, strlen(v->u.number.r));
+        v->u.number.i = 0;
+        v->u.number.d = 0;
+        break;
+    case yajl_t_object:
+        for (size_t i = 0; i < v->u.object.len; i++) {
+            if (v->u.object.keys[i])
+                explicit_bzero((char *)v->u.object.keys[i], strlen(v->u.object.keys[i]));
+            tree_scrub(v->u.object.values[i]);
+        }
+        break;
+    case yajl_t_array:
+        for (size_t i = 0; i < v->u.array.len; i++)
+            tree_scrub(v->u.array.values[i]);
+        break;
+    default:
+        break;
+    }
+}
+
+void ing_oai_tree_free(struct yajl_val_s *v)
+{
+    if (!v)
+        return;
+    tree_scrub(v);
+    yajl_tree_free(v);
 }

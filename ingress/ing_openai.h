@@ -147,4 +147,15 @@ int ing_oai_error_body(char *out, size_t cap, int status, const char *type, cons
 /* The same for a decode error. */
 int ing_oai_err_body(char *out, size_t cap, const struct ing_oai_err *e);
 
+/*
+ * yajl_tree_free that scrubs first: every string value, object key and
+ * number text of the tree is zeroed (explicit_bzero) before the tree is
+ * freed, so a request body parsed with yajl_tree_parse leaves no copy in
+ * freed heap (ARCHITECTURE.md invariant 5). NULL is a no-op. yajl_tree_parse
+ * also decodes strings with escapes into a buffer of its own that it frees
+ * unscrubbed; bodies with content should go through ing_oai_decode.
+ */
+struct yajl_val_s;
+void ing_oai_tree_free(struct yajl_val_s *v);
+
 #endif /* ING_OPENAI_H */

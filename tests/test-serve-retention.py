@@ -16,6 +16,10 @@ so the tokenizer gives it the same ids as ` marker` alone):
   badjson         a body that is not JSON (400) carrying the marker
   tokenize        /tokenize and /detokenize of a text with the marker
   keepalive       two completions on one keep-alive connection
+  big             a 20 KiB body with escapes (yajl's heap buffers, the
+                  tokenizer's word cache)
+  parts           chat content given as several text parts (joined)
+  ids             a completion whose prompt is the marker's token ids
 
 Each marker is searched as text AND as its token ids (int32 little-endian,
 from `favo tokenize`), since cells, rings and engine buffers hold ids. Also
@@ -237,15 +241,20 @@ class Needles:
         self.grams = {}
         self.wins = {}
         self.table = np.zeros(65537, dtype=bool)
+        keys = set()
         for m in markers:
             t = m.text.encode()
             for i in range(len(t) - GRAM + 1):
                 self.grams.setdefault(t[i:i + GRAM], m)
             for i in range(len(m.ids) - WIN + 1):
                 self.wins.setdefault(m.idbytes[4 * i:4 * i + 4 * WIN], (m, i))
+                w = m.ids[i:i + WIN]
+                if all(0 <= x < 65536 for x in w):
+                    keys.add(w[0] << 32 | w[1] << 16 | w[2])
             for x in m.ids:
                 if 0 <= x < 65536:
                     self.table[x] = True
+        self.keys = np.array(sorted(keys), dtype=np.uint64)
 
     def scan(self, buf, where, base, hits):
         a = np.frombuffer(buf, dtype=np.uint8)
@@ -270,8 +279,14 @@ class Needles:
                 continue
             v = np.frombuffer(buf, dtype="<u4", count=n, offset=al)
             t = self.table[np.minimum(v, 65536)]
-            c = t[:-2] & t[1:-1] & t[2:]
-            for i in np.flatnonzero(c).tolist():
+            c = np.flatnonzero(t[:-2] & t[1:-1] & t[2:])
+            if not c.size:
+                continue
+            # WIN ids that are all marker ids: keep the windows that are
+            # some marker's (ids < 2^16, so the key is exact)
+            key = (v[c].astype(np.uint64) << np.uint64(32) |
+                   v[c + 1].astype(np.uint64) << np.uint64(16) | v[c + 2].astype(np.uint64))
+            for i in c[np.isin(key, self.keys)].tolist():
                 off = al + 4 * i
                 hit = self.wins.get(buf[off:off + 4 * WIN])
                 if hit is None:
@@ -461,7 +476,7 @@ def start_stream(S, m):
 def main():
     rng = random.Random(os.urandom(16))
     cases = ["chat", "chat_stream", "compl", "compl_stream", "stop", "disconnect",
-             "early400", "badjson", "tokenize", "keepalive"]
+             "early400", "badjson", "tokenize", "keepalive", "big", "parts", "ids"]
     M = {c: Marker(c, rng) for c in cases}
     for m in M.values():
         print(f"     marker {m.case:<12} {len(m.text)} letters, {len(m.ids)} ids", flush=True)
@@ -550,6 +565,29 @@ def run(S, M):
                                            M["keepalive"].text, "max_tokens": 8}, conn=conn)
         check(st == 200, f"keep-alive completion 200 ({st})")
     conn.close()
+
+    # a body over yajl's 16 KiB stack arena and a prompt over the
+    # tokenizer's 2 KiB word-cache threshold, with escapes (yajl decodes
+    # those strings into its own buffer)
+    mb = M["big"].text
+    big = "Notes:\n" + "\n".join(f"{mb} \"caf\u00e9\"" for i in range(90))
+    pad = " ".join(f"{mb}\t\"{i}\"" for i in range(600))
+    body = json.dumps({"model": MODEL_ID, "prompt": big, "max_tokens": 4, "temperature": 0,
+                       "user": pad})
+    check(len(body) > 17000, f"big body ({len(body)} bytes)")
+    st, b = S.request("POST", "/v1/completions", body)
+    check(st == 200, f"big completion 200 ({st} {b[:200]!r})")
+    # chat content given as parts (ingress joins them in a heap buffer)
+    mp = M["parts"].text
+    st, b = S.post("/v1/chat/completions", {
+        "model": MODEL_ID, "max_tokens": 6, "temperature": 0,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Say " + mp},
+                                                  {"type": "text", "text": " and " + mp}]}]})
+    check(st == 200, f"chat with content parts 200 ({st})")
+    # a prompt given as token ids (its numbers pass through the JSON decoder)
+    st, b = S.post("/v1/completions", {"model": MODEL_ID, "prompt": M["ids"].ids * 3,
+                                       "max_tokens": 6, "temperature": 0})
+    check(st == 200, f"completion from token ids 200 ({st})")
 
     r, w = wait_idle(S)
     check(r == 0 and w in (0, None), f"running and waiting gauges back to 0 ({r}, {w})")
