@@ -23,6 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,6 +71,9 @@ struct conn {
     uint8_t shut;                  /* shutdown() done */
     uint8_t timed_out;
     uint8_t mapped;                /* in the (worker, slot) map */
+    uint8_t orphan;                /* its slot went to a newer connection (an
+                                      ingress restart reuses slots of live
+                                      connections): finish its answers, close */
 };
 
 struct egr {
@@ -204,14 +211,15 @@ static void conn_add(struct egr *E, uint64_t key, int fd)
         return;
     }
     if (c) {
-        /* ingress closed that connection and reused its slot: whatever is
-         * still queued on the old one has no client */
+        /* ingress reused that connection's slot: it closed the old one
+         * (then its answers fail on their own), or it is a restarted
+         * ingress that never knew it (then they still have a client):
+         * either way the old one finishes what it has and closes */
         conn_unmap(E, c);
-        if (c->head == NONE && !c->sending) {
+        if (c->head == NONE && !c->sending)
             conn_release(E, c);
-        } else {
-            conn_fail(E, c, false);
-        }
+        else
+            c->orphan = 1;
     }
     if (E->conn_free == NONE) {
         favo_warn("egress: connection table full (%u): refusing a socket", MAX_CONNS);
@@ -226,7 +234,7 @@ static void conn_add(struct egr *E, uint64_t key, int fd)
     c->fd = fd;
     c->head = c->tail = NONE;
     c->sending = 0;
-    c->shut = c->timed_out = 0;
+    c->shut = c->timed_out = c->orphan = 0;
     c->hnext = E->conn_hash[hash64(key >> 24) & E->conn_mask];
     E->conn_hash[hash64(key >> 24) & E->conn_mask] = i;
     c->mapped = 1;
@@ -666,6 +674,24 @@ static const struct shm_req *req_find(struct egr *E, shm_cell_ref_t cell, const 
     return q;
 }
 
+/* Bytes the application has written on a TCP socket since it opened:
+ * acknowledged by the peer plus still queued (unacknowledged or unsent).
+ * Two syscalls, once per response (never per token). */
+static int k_written(int fd, uint64_t *out)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    int q = 0;
+
+    memset(&ti, 0, sizeof(ti));
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+        len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked) ||
+        ioctl(fd, SIOCOUTQ, &q) < 0 || q < 0)
+        return -errno ? -errno : -EINVAL;
+    *out = ti.tcpi_bytes_acked + (uint64_t)q;
+    return 0;
+}
+
 static void rs_link_conn(struct egr *E, uint32_t i)
 {
     struct rs *r = &E->rs[i];
@@ -687,6 +713,34 @@ static void rs_link_conn(struct egr *E, uint32_t i)
     else
         E->rs[c->tail].cnext = i;
     c->tail = i;
+}
+
+/* A resumed response whose previous egress died with a send in flight:
+ * the kernel's count of bytes written on the connection, minus the count
+ * before this response (kbase) and what was confirmed sent, is exactly how
+ * much of that send left; consume it and go on. Otherwise the client is
+ * treated as gone. */
+static void rs_fix_inflight(struct egr *E, struct rs *r)
+{
+    struct egr_stage_state *st = r->st;
+    uint64_t now, took;
+
+    if (!st->inflight)
+        return;
+    if (k_written(E->conns[r->conn].fd, &now) == 0 && now >= st->kbase + st->sent &&
+        (took = now - st->kbase - st->sent) <= st->inflight) {
+        favo_info("egress: cell %#" PRIx64 ": %" PRIu64 " of the %u bytes in flight at the "
+                  "restart had left; resuming after them", (uint64_t)r->cell, took,
+                  st->inflight);
+        egr_resp_consume(&st->resp, r->area, (size_t)took);
+        st->sent += took;
+        st->inflight = 0;
+        return;
+    }
+    st->inflight = 0;
+    favo_info("egress: cell %#" PRIx64 ": the kernel's count does not match: closing",
+              (uint64_t)r->cell);
+    rs_gone(E, r, false);
 }
 
 /* Map a cell this process has no slot for (START, or any event after a
@@ -740,14 +794,16 @@ static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
             rs_retry_later(E, r);
     }
     rs_link_conn(E, i);
-    if (resume && st->inflight) {
-        /* the previous egress died with a send in flight: how much of it
-         * reached the client is unknown, so the stream cannot go on */
+    if (resume && st->inflight && !(st->flags & EGR_SF_KBASE)) {
+        /* the previous egress died with a send in flight and no record of
+         * the kernel's count: how much reached the client is unknown */
         st->inflight = 0;
         favo_info("egress: cell %#" PRIx64 " had a send in flight: closing its connection",
                   (uint64_t)cell);
         rs_gone(E, r, false);
     }
+    if (resume && r->conn != NONE)
+        rs_fix_inflight(E, r);
     if (resume && r->conn == NONE && !(st->flags & EGR_SF_GONE)) {
         r->wait_since = E->now; /* ingress re-sends the socket (header: restart) */
         E->n_waiting++;
@@ -806,6 +862,8 @@ static void rs_resume_conn(struct egr *E, uint64_t key)
         E->n_waiting--;
         rs_link_conn(E, i);
         if (r->conn != NONE)
+            rs_fix_inflight(E, r);
+        if (r->conn != NONE)
             rs_progress(E, i);
     }
 }
@@ -859,6 +917,9 @@ static void conn_kick(struct egr *E, struct conn *c)
     n = r->st->resp.pending;
     if (!n)
         return;
+    if (!(r->st->flags & EGR_SF_KBASE) && r->st->sent == 0 &&
+        k_written(c->fd, &r->st->kbase) == 0)
+        r->st->flags |= EGR_SF_KBASE; /* for a restarted egress (rs_fix_inflight) */
     sqe = sqe_get(E);
     io_uring_prep_send(sqe, c->fd, r->area, n, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, (uint32_t)(c - E->conns), c->gen));
@@ -932,10 +993,11 @@ static void rs_complete(struct egr *E, uint32_t i)
     struct egr_stage_state *st = r->st;
     const struct shm_req *q = r->req;
     bool gone = st->flags & EGR_SF_GONE;
-    bool close_it = gone || (st->flags & EGR_SF_CLOSE);
+    struct conn *c = r->conn != NONE ? &E->conns[r->conn] : NULL;
+    bool close_it = gone || (st->flags & EGR_SF_CLOSE) || (c && c->orphan && c->head == i &&
+                                                            r->cnext == NONE);
     struct shm_conn_msg m = { .conn = q->conn, .what = close_it ? SHM_CONN_CLOSED : SHM_CONN_KEEP };
     unsigned w = q->worker, status;
-    struct conn *c = r->conn != NONE ? &E->conns[r->conn] : NULL;
     shm_cell_ref_t cell = r->cell;
     struct shm_conn_msg *slot = NULL;
     int rc;
@@ -972,7 +1034,8 @@ static void rs_complete(struct egr *E, uint32_t i)
     }
 
     rs_unlink(E, i);
-    egr_scrub(&st->resp, r->area, r->cap);
+    /* the state only: shm_cell_free scrubs the whole cell, area included */
+    egr_scrub(&st->resp, NULL, 0);
     rc = shm_cell_free(&E->pool, cell, SHM_CELL_EGRESS);
     if (rc < 0)
         favo_warn("egress: freeing cell %#" PRIx64 ": %s", (uint64_t)cell, strerror(-rc));
@@ -1021,8 +1084,6 @@ static void on_event(struct egr *E, const struct shm_ev *ev)
     case SHM_EV_START:
         if (!st->start_ns)
             st->start_ns = ev->t_ns ? ev->t_ns : E->now;
-        if (st->start_ns > r->req->recv_ns && E->cfg->stats_w && !(st->flags & EGR_SF_STARTED))
-            st_obs(E, SHM_H_QUEUE, st->start_ns - r->req->recv_ns);
         rs_start(E, r);
         break;
     case SHM_EV_TOKENS:
@@ -1337,6 +1398,7 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
     arm_fdpass(E);
     arm_tick(E);
     fdpass_drain(E);
+    E->now = favo_now_ns(); /* the resume grace counts from here, not from a slow setup */
     if ((rc = (int)rs_scan_cells(E)) > 0)
         favo_info("egress: took over %d responses from the cells", rc);
     rc = 0;

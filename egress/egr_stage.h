@@ -168,6 +168,7 @@ enum egr_stage_flag {
     EGR_SF_ERROR = 1u << 5,       /* an error response replaced the 200 */
     EGR_SF_TIMEOUT = 1u << 6,     /* gone because a write timed out */
     EGR_SF_CLOSE = 1u << 7,       /* close the connection after this response */
+    EGR_SF_KBASE = 1u << 8,       /* kbase is recorded */
 };
 
 /* Written by egress only, at cell + resp_off + SHM_PIPE_REQ_COPY. */
@@ -182,13 +183,17 @@ struct egr_stage_state {
     uint32_t n_gen;               /* the highest n_gen seen (clipped to max_tokens) */
     uint32_t inflight;            /* bytes of the send in flight (0: none); a
                                      restarted egress that finds it non-zero
-                                     cannot know how much left: it closes */
+                                     asks the kernel how much of it left
+                                     (kbase), or closes when it cannot */
     uint32_t pad_;
     uint64_t ev_id;               /* the batcher's handle (START), for cancels */
     uint64_t start_ns;            /* START's t_ns (admission) */
     uint64_t first_ns;            /* first text byte handed to the socket */
     uint64_t last_ns;             /* last TOKENS event (inter-token latency) */
     uint64_t sent;                /* bytes the socket took */
+    uint64_t kbase;               /* the kernel's count of bytes written on the
+                                     connection (TCP_INFO bytes_acked + SIOCOUTQ)
+                                     before this response's first send */
     struct egr_resp resp;
 };
 

@@ -994,6 +994,10 @@ int ing_loop_run(const struct ing_cfg *cfg)
     L->reload_seen = cfg->reload ? *cfg->reload : 0;
     if (getrandom(&L->reqid_salt, sizeof(L->reqid_salt), 0) != sizeof(L->reqid_salt))
         L->reqid_salt = favo_now_ns() ^ (uint64_t)getpid() << 32;
+    /* Connection generations start at a random point, so a restarted
+     * ingress never hands egress a key (worker, slot, generation) that its
+     * predecessor's live connections still use. */
+    L->reqid_seq = (L->reqid_salt >> 17) & 0xffffffu;
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_stop_signal; /* no SA_RESTART: the wait returns -EINTR */

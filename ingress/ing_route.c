@@ -649,7 +649,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         shm_bell_ec_ring(&L->bat_bell);
     if (L->cfg.stats_w)
         shm_stats_add(L->cfg.stats_w, SHM_C_PROMPT_TOKENS, 0); /* batcher counts prefill */
-    favo_info("ingress: req %s: %s %lld prompt tokens, max_tokens %u -> batcher", L->reqid,
+    favo_debug("ingress: req %s: %s %lld prompt tokens, max_tokens %u -> batcher", L->reqid,
               route == ING_OAI_CHAT ? "chat" : "completion", (long long)n, max_tokens);
     c->parked = true;
     c->parked_cell = cell;

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Chaos: kill -9 each pipeline stage in turn under steady streaming load.
+
+Clients stream greedy completions of fixed prompts over and over; the
+greedy text of each prompt is known beforehand (the same request alone), so
+a missing, repeated or changed token shows as a text that differs. While
+they run, ingress, batcher, engine and egress are killed with SIGKILL in
+turn, ROUNDS times each; the supervisor restarts them. Every request must
+finish with 200 and exactly its reference text. The restart times the
+supervisor logs are reported (p50, max).
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import http.client
+
+FAVO = os.path.join(os.environ.get("FAVO_BUILD", "build"), "favo")
+MODEL = os.path.join(os.environ.get("FAVO_MODELS", "models"), "SmolLM2-135M-Instruct.Q4_1.gguf")
+ROUNDS = int(os.environ.get("FAVO_CHAOS_ROUNDS", "2"))
+CLIENTS = 6
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+if not os.path.exists(MODEL):
+    print(f"SKIP: {MODEL} missing")
+    sys.exit(77)
+
+PROMPTS = ["The history of the printing press", "A recipe for bread starts with",
+           "The rules of chess say that", "In the year 1900 the city of",
+           "The best way to learn a language is", "Rivers flow towards the sea because"]
+MAXTOK = 40
+
+
+def stream(port, prompt, timeout=120):
+    """One streaming completion over a fresh connection: (status, text, finish)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    body = json.dumps({"model": "SmolLM2-135M-Instruct.Q4_1", "prompt": prompt,
+                       "max_tokens": MAXTOK, "temperature": 0, "stream": True})
+    c.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        return r.status, r.read()[:200].decode(errors="replace"), None
+    text, fin, done = [], None, False
+    for line in r:
+        line = line.strip()
+        if not line.startswith(b"data: "):
+            continue
+        if line == b"data: [DONE]":
+            done = True
+            break
+        ch = json.loads(line[6:])
+        text.append(ch["choices"][0]["text"])
+        fin = ch["choices"][0]["finish_reason"] or fin
+    c.close()
+    return (200 if done else 599), "".join(text), fin
+
+
+def ready(port):
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/ready")
+        ok = c.getresponse().status == 200
+        c.close()
+        return ok
+    except OSError:
+        return False
+
+
+def main():
+    log = tempfile.NamedTemporaryFile(prefix="favo-chaos-", suffix=".log", delete=False)
+    inst = f"chaos{os.getpid()}"
+    p = subprocess.Popen([FAVO, "serve", "--model", MODEL, "--port", "0", "--instance", inst,
+                          "--kv-cache-mb", "512", "--max-seqs", "16", "--max-batch-tokens", "256",
+                          "--threads", "2"], stdout=log, stderr=subprocess.STDOUT)
+    port = None
+    for _ in range(2400):
+        m = re.search(r"on http://127\.0\.0\.1:(\d+) .*ready in", open(log.name).read())
+        if m:
+            port = int(m.group(1))
+            break
+        time.sleep(0.05)
+    if not port:
+        print(open(log.name).read()[-3000:])
+        sys.exit(1)
+    ref = {pr: stream(port, pr)[1] for pr in PROMPTS}
+    stop = threading.Event()
+    results = []
+    lock = threading.Lock()
+
+    def client(i):
+        k = 0
+        while not stop.is_set():
+            pr = PROMPTS[(i + k) % len(PROMPTS)]
+            k += 1
+            t0 = time.time()
+            try:
+                st, text, fin = stream(port, pr)
+            except Exception as e:  # noqa: BLE001
+                st, text, fin = -1, repr(e), None
+            with lock:
+                results.append((st, text == ref[pr], text if text != ref[pr] else "", pr, t0))
+
+    th = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in th:
+        t.start()
+    time.sleep(2)
+    stages = {}
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    kills = []
+    for rnd in range(ROUNDS):
+        for name in ("ingress", "batcher", "engine", "egress"):
+            out = subprocess.run(["pgrep", "-f", f"^favo: {name}$", "-P", str(p.pid)],
+                                 capture_output=True, text=True).stdout.split()
+            if not out:
+                check(False, f"round {rnd}: stage {name} is running")
+                continue
+            pid = int(out[0])
+            os.kill(pid, signal.SIGKILL)
+            kills.append((name, time.time()))
+            # one failure at a time: the next kill waits until every stage
+            # is up again (/ready), then lets the load run a little
+            t0 = time.time()
+            while time.time() - t0 < 60 and not ready(port):
+                time.sleep(0.05)
+            time.sleep(1.5)
+    time.sleep(3)
+    stop.set()
+    for t in th:
+        t.join()
+    p.send_signal(signal.SIGTERM)
+    p.wait(60)
+    logtext = open(log.name).read()
+    lat = [float(x) for x in re.findall(r"restarted as pid \d+, ([\d.]+) ms after its exit", logtext)]
+    bad = [r for r in results if r[0] != 200 or not r[1]]
+    print(f"{len(results)} requests, {len(bad)} bad, {len(kills)} kills")
+    for b in bad[:20]:
+        after = [k for k in kills if k[1] <= b[4]]
+        print("  bad:", b[0], repr(b[2][:80]), "prompt", b[3][:20], "last kill before:",
+              after[-1][0] if after else None)
+    lat.sort()
+    if lat:
+        print(f"restart latency: n={len(lat)} p50={lat[len(lat)//2]:.2f} ms max={lat[-1]:.2f} ms")
+    check(len(lat) == len(kills), f"every kill was followed by a restart ({len(lat)}/{len(kills)})")
+    check(not bad, f"every request completed with 200 and its exact greedy text ({len(bad)} bad)")
+    check(p.returncode == 0, f"drain after chaos exits 0 ({p.returncode})")
+
+
+if __name__ == "__main__":
+    main()
+    print(f"{len(failures)} failures")
+    sys.exit(1 if failures else 0)
