@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""The pipeline benchmarks run end to end (briefly) and say something sane,
+so they cannot rot between recorded runs. No speed is asserted here: speed
+goals live in perf/RESULTS.md, measured on a quiet machine.
+
+bench-egress: the real egress stage over real sockets; p50 > 0, p99 >= p50,
+no token missed. bench-ingress: favo serve --backend null and nginx under
+wrk; both answered, no errors (skips with 77 when wrk or nginx is missing).
+"""
+import json
+import os
+import subprocess
+import sys
+
+BUILD = os.environ.get("FAVO_BUILD", "build")
+MODEL = os.path.join(os.environ.get("FAVO_MODELS", "models"), "SmolLM2-135M-Instruct.Q4_1.gguf")
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def run(args, timeout=180):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    try:
+        return p.returncode, json.loads(p.stdout)
+    except ValueError:
+        return p.returncode, {"_out": p.stdout[-800:], "_err": p.stderr[-800:]}
+
+
+if not os.path.exists(MODEL):
+    print(f"SKIP: {MODEL} missing")
+    sys.exit(77)
+
+rc, j = run([os.path.join(BUILD, "perf", "bench-egress"), "--duration", "1", "--streams", "8",
+             "--tokens", "8", "--model", MODEL, "--json"])
+check(rc == 0, f"bench-egress runs ({rc} {str(j)[:300]})")
+if rc == 0:
+    check(j.get("egress_us_p50", 0) > 0 and j.get("egress_us_p99", 0) >= j["egress_us_p50"],
+          f"bench-egress percentiles ({j.get('egress_us_p50')}, {j.get('egress_us_p99')})")
+    check(j.get("missed", 0) == 0, f"bench-egress missed no token ({j.get('missed')})")
+
+rc, j = run([os.path.join(BUILD, "perf", "bench-ingress"), "--duration", "1", "--rounds", "1",
+             "--warmup", "0", "--model", MODEL, "--favo", os.path.join(BUILD, "favo"), "--json"])
+if rc == 77:
+    print("SKIP: bench-ingress needs wrk and nginx")
+else:
+    check(rc == 0, f"bench-ingress runs ({rc} {str(j)[:300]})")
+    if rc == 0:
+        check(j.get("favo_rps", 0) > 0 and j.get("nginx_rps", 0) > 0,
+              f"both servers answered ({j.get('favo_rps')}, {j.get('nginx_rps')})")
+        check(j.get("errors_all_rounds", 1) == 0, f"no errors ({j.get('errors_all_rounds')})")
+
+print(f"{len(failures)} failures")
+sys.exit(1 if failures else 0)
