@@ -88,8 +88,11 @@ MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
 failures = []
 
 
+T0 = time.time()
+
+
 def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    print(("ok   " if cond else "FAIL ") + what + f"  [{time.time() - T0:.1f} s]", flush=True)
     if not cond:
         failures.append(what)
 
@@ -221,6 +224,18 @@ class Marker:
         self.idbytes = struct.pack(f"<{len(self.ids)}i", *self.ids)
 
 
+class Canary:
+    """A word the tokenizer's vocabulary holds, so it is in the memory of
+    every process that loaded the tokenizer: the self-check that the
+    process scan (maps, pagemap, mem) finds text where it is."""
+
+    def __init__(self, text):
+        self.case = "canary"
+        self.text = text
+        self.ids = []
+        self.idbytes = b""
+
+
 # ------------------------------------------------------------ the scanner
 
 BIG = 4 << 30
@@ -298,9 +313,41 @@ class Needles:
                           base + s))
 
 
-def scan_stream(read_at, size, needles, where, hits):
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def present_runs(pm, lo, hi):
+    """[a, b) runs of the pages of [lo, hi) that are in memory or in swap
+    (/proc/PID/pagemap bits 63 and 62): a page never touched reads as
+    zeros, so only these can hold anything. Without pagemap: all of it."""
+    if pm is None:
+        return [(lo, hi)]
+    runs = []
+    step = 1 << 30
+    for s0 in range(lo, hi, step):
+        s1 = min(hi, s0 + step)
+        try:
+            pm.seek(s0 // PAGE * 8)
+            ent = np.frombuffer(pm.read((s1 - s0) // PAGE * 8), dtype=np.uint64)
+        except OSError:
+            return [(lo, hi)]
+        if ent.size != (s1 - s0) // PAGE:
+            return [(lo, hi)]
+        inmem = ((ent >> np.uint64(62)) != 0).view(np.int8) if ent.size else ent
+        d = np.diff(inmem, prepend=np.int8(0), append=np.int8(0))
+        for a, b in zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()):
+            a, b = s0 + a * PAGE, s0 + b * PAGE
+            if runs and runs[-1][1] == a:
+                runs[-1] = (runs[-1][0], b)
+            else:
+                runs.append((a, b))
+    return runs
+
+
+def scan_stream(read_at, size, needles, where, hits, base=0):
     """Search a region read in chunks that overlap, so nothing is missed at
-    a chunk's edge; returns the bytes read."""
+    a chunk's edge; returns the bytes read. Offsets reported are base +
+    the offset in the region."""
     off = 0
     seen = 0
     while off < size:
@@ -311,7 +358,7 @@ def scan_stream(read_at, size, needles, where, hits):
             break
         if not buf:
             break
-        needles.scan(buf, where, off, hits)
+        needles.scan(buf, where, base + off, hits)
         seen += len(buf)
         if off + len(buf) >= size or len(buf) <= OVERLAP:
             break
@@ -389,6 +436,10 @@ class Scan:
             except OSError as e:
                 self.errors.append(f"{name}: {e}")
                 continue
+            try:
+                pm = open(f"/proc/{pid}/pagemap", "rb", buffering=0)
+            except OSError:
+                pm = None
             with mem:
                 for line in maps:
                     parts = line.split(None, 5)
@@ -408,8 +459,12 @@ class Scan:
                     def rd(off, n, lo=lo):
                         mem.seek(lo + off)
                         return mem.read(n)
-                    self.bytes[name] += scan_stream(rd, hi - lo, self.needles,
-                                                    f"{name} {label} {parts[0]}", self.hits)
+                    for a, b in present_runs(pm, lo, hi):
+                        self.bytes[name] += scan_stream(
+                            lambda off, n, a=a: rd(a - lo + off, n), b - a, self.needles,
+                            f"{name} {label} {parts[0]}", self.hits, base=a - lo)
+            if pm:
+                pm.close()
         # 4. the log output
         lg = S.logtext()
         self.bytes["log"] = len(lg)
@@ -503,7 +558,9 @@ def run(S, M):
             break
         time.sleep(0.05)
     check(running == 1, f"the stats see the long stream running ({running})")
-    live = Scan(S, [M["disconnect"]])
+    canary = Canary("understanding")
+    live = Scan(S, [M["disconnect"], canary])
+    procs = [k for k in live.bytes if ":" in k]
     if live.errors and not any(v for k, v in live.bytes.items() if ":" in k):
         print("SKIP: cannot read /proc/PID/mem of the stages: " + "; ".join(live.errors))
         s.close()
@@ -513,10 +570,14 @@ def run(S, M):
           "self-check: the live request's marker text is found in the data segment")
     check(any(h[2] == "data segment" and h[1].startswith("ids(") for h in hm),
           "self-check: the live request's marker ids are found in the data segment")
-    procs = [k for k in live.bytes if ":" in k]
     check(len(procs) >= 5 and all(live.bytes[k] > 0 for k in procs),
           f"self-check: memory of all {len(procs)} favo processes read "
           f"({', '.join(f'{k} {live.bytes[k] >> 20} MiB' for k in procs)})")
+    seen = sorted({k.split(":", 1)[1] for k in procs for h in live.of(canary)
+                   if h[2].startswith(k + " ")})
+    check("favo: ingress" in seen and "favo: egress" in seen,
+          f"self-check: a vocabulary word is found in the processes holding the tokenizer "
+          f"({seen})")
     check(live.data_size > 0, f"self-check: data segment read ({live.data_size >> 20} MiB)")
     check("stats" in live.bytes, "self-check: stats segment read")
     print(f"     live scan: {len(hm)} hits", flush=True)
@@ -570,7 +631,7 @@ def run(S, M):
     # tokenizer's 2 KiB word-cache threshold, with escapes (yajl decodes
     # those strings into its own buffer)
     mb = M["big"].text
-    big = "Notes:\n" + "\n".join(f"{mb} \"caf\u00e9\"" for i in range(90))
+    big = "Notes:\n" + "\n".join(f"{mb}{' ' * 48}\"caf\u00e9\"" for i in range(32))
     pad = " ".join(f"{mb}\t\"{i}\"" for i in range(600))
     body = json.dumps({"model": MODEL_ID, "prompt": big, "max_tokens": 4, "temperature": 0,
                        "user": pad})
