@@ -22,9 +22,11 @@ so the tokenizer gives it the same ids as ` marker` alone):
   ids             a completion whose prompt is the marker's token ids
 
 Each marker is searched as text AND as its token ids (int32 little-endian,
-from `favo tokenize`), since cells, rings and engine buffers hold ids. Also
-searched: the middle 10 letters of each marker (a fragment of a marker
-split over stream chunks) and every window of 3 consecutive ids.
+at any byte alignment, from `favo tokenize`), since cells, rings and engine
+buffers hold ids; and in pieces: every run of 10 letters of a marker (a
+marker split over stream chunks, or partly overwritten by an allocator's
+free-list words) and every window of 3 consecutive ids. Shorter pieces
+(one token's text, one or two ids) are not told apart from chance.
 
 Where we look, once every response is read and the running and waiting
 gauges (favo stat --json) are back to 0:
@@ -34,15 +36,24 @@ gauges (favo stat --json) are back to 0:
   - the stats segment /dev/shm/favo.<instance>;
   - the writable memory of every favo process (supervisor and the four
     stages): every rw mapping of /proc/PID/maps read through /proc/PID/mem:
-    heap, anonymous mappings (jemalloc arenas, ingress's private cell
-    pool, io_uring rings), thread stacks, .data/.bss;
+    heap, anonymous mappings (jemalloc arenas and freed chunks, ingress's
+    private cell pool, io_uring rings), thread stacks, .data/.bss; only
+    the pages /proc/PID/pagemap says are in memory or swap (a page never
+    touched reads as zeros);
   - all log output (the supervisor's and stages' stdout and stderr, where
     the access log goes by default).
 
 Self-check (the test can fail): while the `disconnect` stream is still
 generating, the same scan must find its marker in the data segment, as text
-and as ids; after the client left and the sequence is cancelled it must be
-gone.
+and as ids, and a vocabulary word in the memory of ingress and egress (the
+process scan works); after the client left and the sequence is cancelled
+the marker must be gone. Also at least two responses must carry their
+marker in the generated text (the completions' prompts repeat it, and the
+model goes on repeating), so generated text is searched too, not only
+prompts. The leaks this test found when it was written (tokenizer
+scratch, yajl's lexer buffer on ingress's stack, the stop match in
+egress's stack buffer, /tokenize's yajl tree in freed heap under ASan)
+each failed it.
 
 What this test cannot see:
   - kernel memory: socket send/receive buffers, pipe and io_uring buffers
