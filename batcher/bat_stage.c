@@ -32,6 +32,7 @@ struct bst {
     int32_t eng_pid[SHM_PIPE_MAX_RANKS]; /* engine incarnation whose KV we plan for */
     uint64_t last_preempt, last_hb;
     bool stalled;                      /* last step produced nothing to run */
+    bool slot_wait;                    /* the next plan's slot is still named by a message */
 };
 
 static uint64_t mix64(uint64_t z)
@@ -125,20 +126,29 @@ static bool ev_prepare(struct bst *b, const struct bat_event *e)
  * Returns the number of events handled. */
 static int publish(struct bst *b, uint64_t now)
 {
-    uint32_t n, k = 0, sent = 0;
+    uint32_t n, k = 0, sent = 0, room;
     const struct bat_event *pend = bat_sched_ob_peek(&b->s, &n);
 
+    if (!n)
+        return 0;
+    /* One slot always stays free: the slot before p_tail then keeps the
+     * last COMMITTED event even if we die with a reservation in flight
+     * (a full-ring reservation would wrap onto it), which ob_dedupe reads
+     * after a restart. */
+    room = b->ev.capacity - 1 - FAVO_MIN(shm_ring_count(&b->ev), b->ev.capacity - 1);
     while (k < n) {
         const struct bat_event *e = &pend[k];
         struct shm_ev *slot;
 
+        if (sent == room)
+            break; /* ring full: egress drains it; the rest waits */
         if (!ev_prepare(b, e)) {
             k++;
             continue;
         }
         slot = shm_ring_reserve(&b->ev);
         if (!slot)
-            break; /* ring full: egress drains it; the rest waits */
+            break;
         ev_of(&b->s, e, slot, now);
         k++;
         sent++;
@@ -164,7 +174,8 @@ static void ob_dedupe(struct bst *b)
     if (!n)
         return;
     /* The producer handle's index is p_tail; the slot before it keeps the
-     * last message ever enqueued until the next enqueue overwrites it. */
+     * last message committed (publish never lets a reservation reach it:
+     * one slot stays free). */
     last = (const struct shm_ev *)(b->ev.slots +
                                    (size_t)((b->ev.local - 1) & b->ev.mask) * b->ev.slot_size);
     for (uint32_t x = 0; x < n; x++) {
@@ -394,6 +405,21 @@ static void copy_plan(struct bat_plan *dst, const struct bat_plan *src)
     memcpy(d, s, sizeof(*src)); /* header last */
 }
 
+/* May plan slot `slot` be written? Not while a rank has not released a
+ * message naming it: after plans were voided (engine restart) an older
+ * message can still wait in a ring, and its engine would read the slot. In
+ * steady state the only unreleased message is the last plan's, which names
+ * the other slot, so this never waits. */
+static bool slot_free(struct bst *b, unsigned slot)
+{
+    for (unsigned r = 0; r < b->n_ranks; r++) {
+        uint32_t u = shm_ring_count(&b->plan[r]);
+        if (u > 1 || (u == 1 && b->sent[r] % SHM_PIPE_PLAN_SLOTS == slot))
+            return false;
+    }
+    return true;
+}
+
 static int do_step(struct bst *b, uint64_t now)
 {
     struct bat_sched_info in;
@@ -403,6 +429,9 @@ static int do_step(struct bst *b, uint64_t now)
 
     bat_sched_info(&b->s, &in);
     slot = (unsigned)((in.step + 1) % SHM_PIPE_PLAN_SLOTS);
+    b->slot_wait = !slot_free(b, slot);
+    if (b->slot_wait)
+        return 0; /* the loop looks again within 1 ms */
     p = shm_pipe_plan(b->pipe, 0, slot);
     rc = bat_sched_step_ob(&b->s, now, p);
     if (rc < 0) {
@@ -787,8 +816,8 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
         /* A full ev ring is not signalled by egress: look again soon. So
          * are queue timeouts and requests waiting for KV (1 ms). */
         shm_bell_ec_wait(&b.bell, seen,
-                         (in.n_outbox || (in.n_waiting && !in.n_running) ? 1 : BST_SLEEP_MS) *
-                             1000000ll);
+                         (in.n_outbox || (in.n_waiting && !in.n_running) || b.slot_wait
+                              ? 1 : BST_SLEEP_MS) * 1000000ll);
         idle_since = 0;
     }
     shm_pipe_set_up(b.pipe, SHM_PIPE_BATCHER, 0, 0);
