@@ -29,7 +29,8 @@
  *      (scrubbed, return ring SHM_PIPE_RET_BATCHER) and a warning logged.
  *      CANCEL finds the request by cell and cancels it (unknown: ignored).
  *   4. ctl ring: egress's cancels, by handle (by cell when stale).
- *   5. no plan in flight and work: bat_sched_step_ob into rank 0's slot,
+ *   5. no plan in flight, work, and the next slot named by no unreleased
+ *      plan message (only after voided plans): bat_sched_step_ob into rank 0's slot,
  *      copied to the other ranks, shm_plan_msg on each plan ring, engine
  *      bells rung. An empty plan (only cancels/timeouts) is completed at
  *      once without the engines.
@@ -54,7 +55,8 @@
  *   - The arena is re-attached (bat_sched_attach) and the loop carries on.
  *   - Events computed but not published are in the outbox; the last ev
  *     ring slot tells which of them the dead batcher already enqueued, so
- *     none is sent twice. A FINISH whose cell was given but whose event was
+ *     none is sent twice (publish keeps one ev slot free so that slot
+ *     always holds the last COMMITTED event, never a cut reservation). A FINISH whose cell was given but whose event was
  *     not enqueued is sent (give says -EPERM: egress owns it already); a
  *     FINISH whose cell egress already freed (-ESTALE) is dropped.
  *   - A plan in flight (arena step > done_step) stays in its slot (slots
