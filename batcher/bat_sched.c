@@ -517,7 +517,7 @@ static uint32_t emit(struct bat_event *ev, uint32_t *n, uint32_t cap, struct bat
 
 static void stat_finish(struct bat_sched *s, enum bat_finish why)
 {
-    if (!s->stats)
+    if (!s->stats || s->no_outcomes)
         return;
     switch (why) {
     case BAT_FIN_STOP:

@@ -184,6 +184,9 @@ struct bat_arena;
 struct bat_sched {
     struct bat_arena *a;
     struct shm_stats_writer *stats;  /* may be NULL */
+    bool no_outcomes;                /* do not count favo_requests_total{status}: in the
+                                        serving pipeline egress counts each request once,
+                                        with its final HTTP outcome */
 };
 
 /* Fill zero fields of cfg with the defaults. -EINVAL if n_blocks is 0. */

@@ -66,6 +66,7 @@ static void ev_of(const struct bat_sched *s, const struct bat_event *e, struct s
         break;
     case BAT_EV_TOKEN:
         o->kind = SHM_EV_TOKENS;
+        o->t_ns = now; /* egress times its part from here (SHM_H_EGRESS) */
         break;
     case BAT_EV_FINISH:
         if (e->reason == BAT_FIN_STOP || e->reason == BAT_FIN_LENGTH ||
@@ -447,6 +448,8 @@ static int do_step(struct bst *b, uint64_t now)
         return 1;
     }
     b->stalled = false;
+    if (b->cfg->stats_w)
+        shm_stats_add(b->cfg->stats_w, SHM_C_BATCH_STEPS, 1);
     send_plan(b, p->step);
     return 1;
 }
@@ -656,6 +659,7 @@ static int attach_all(struct bst *b)
         return rc;
     }
     b->s.stats = b->cfg->stats_w;
+    b->s.no_outcomes = true; /* egress counts each request's final status */
     bat_sched_cfg_get(&b->s, &b->sc);
     if (bat_sched_plan_size(&b->sc) > h->cfg.plan_bytes || b->sc.max_seqs > h->cfg.max_seqs ||
         h->cfg.result_size != sizeof(struct bat_result)) {

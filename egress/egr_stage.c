@@ -58,6 +58,7 @@ struct rs {
     uint8_t first_pending;         /* text released, not yet handed to the socket */
     uint8_t retry;                 /* a ctl or conn message waits for ring room */
     uint64_t wait_since;           /* resumed, waiting for ingress to re-send its socket */
+    uint64_t tok_ns;               /* oldest TOKENS t_ns not yet handed to the socket */
 };
 
 struct conn {
@@ -68,6 +69,7 @@ struct conn {
     uint32_t hnext;                /* hash chain / free list */
     uint32_t sending;              /* bytes of the send in flight; 0: none */
     uint64_t send_ns;
+    uint64_t send_tok_ns;          /* the send in flight carries tokens published then */
     uint8_t shut;                  /* shutdown() done */
     uint8_t timed_out;
     uint8_t mapped;                /* in the (worker, slot) map */
@@ -926,6 +928,8 @@ static void conn_kick(struct egr *E, struct conn *c)
     r->st->inflight = n; /* for a restarted egress (rs_adopt) */
     c->sending = n;
     c->send_ns = E->now;
+    c->send_tok_ns = r->tok_ns;
+    r->tok_ns = 0;
     E->n_sending++;
     if (r->first_pending) {
         r->st->first_ns = E->now;
@@ -936,10 +940,12 @@ static void conn_kick(struct egr *E, struct conn *c)
 static void on_send(struct egr *E, struct conn *c, int res)
 {
     uint32_t i = c->head, n = c->sending;
+    uint64_t tok_ns = c->send_tok_ns;
     struct rs *r;
 
     FAVO_ASSERT(n && i != NONE); /* inv 2: a send is always the head's */
     c->sending = 0;
+    c->send_tok_ns = 0;
     E->n_sending--;
     r = &E->rs[i];
     r->st->inflight = 0;
@@ -952,6 +958,12 @@ static void on_send(struct egr *E, struct conn *c, int res)
         FAVO_ASSERT((uint32_t)res <= n);
         egr_resp_consume(&r->st->resp, r->area, (size_t)res);
         r->st->sent += (uint64_t)res;
+        if (tok_ns && E->cfg->stats_w) {
+            uint64_t now = favo_now_ns(); /* vDSO: the completion's time, not the tick's */
+
+            if (now > tok_ns)
+                st_obs(E, SHM_H_EGRESS, now - tok_ns);
+        }
     }
     rs_progress(E, i);
 }
@@ -1099,6 +1111,8 @@ static void on_event(struct egr *E, const struct shm_ev *ev)
                     st_obs(E, SHM_H_ITL, (E->now - st->last_ns) / k);
             st->last_ns = E->now;
             st->n_gen = n;
+            if (ev->t_ns && !r->tok_ns) /* SHM_H_EGRESS: the oldest unsent token */
+                r->tok_ns = ev->t_ns;
         }
         if (ev->kind == SHM_EV_FINISH && !(st->flags & EGR_SF_FINAL)) {
             st->fin_reason = ev->reason;

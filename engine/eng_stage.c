@@ -63,6 +63,7 @@ struct stage {
 
     /* Metadata counters, logged at exit (no stats table entry yet). */
     uint64_t n_steps, n_tokens, n_refused, n_missing, step_ns, max_ns;
+    uint64_t st_steps, st_tokens, st_refused, st_missing; /* published to the stats */
     uint64_t last_beat;
 };
 
@@ -566,6 +567,20 @@ static void plan_handle(struct stage *s, const struct shm_plan_msg *msg)
     t0 = favo_now_ns() - t0;
     s->step_ns += t0;
     s->max_ns = FAVO_MAX(s->max_ns, t0);
+    if (s->cfg->stats_w) {
+        struct shm_stats_writer *w = s->cfg->stats_w;
+        shm_stats_begin(w);
+        shm_stats_add(w, SHM_C_ENGINE_STEPS, s->n_steps - s->st_steps);
+        shm_stats_add(w, SHM_C_ENGINE_TOKENS, s->n_tokens - s->st_tokens);
+        shm_stats_add(w, SHM_C_ENGINE_PLANS_REFUSED, s->n_refused - s->st_refused);
+        shm_stats_add(w, SHM_C_ENGINE_KV_MISSING, s->n_missing - s->st_missing);
+        shm_stats_observe(w, SHM_H_ENGINE_STEP, t0);
+        shm_stats_end(w);
+        s->st_steps = s->n_steps;
+        s->st_tokens = s->n_tokens;
+        s->st_refused = s->n_refused;
+        s->st_missing = s->n_missing;
+    }
 }
 
 /* ------------------------------------------------------------ the loop */

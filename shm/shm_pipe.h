@@ -158,7 +158,8 @@ struct shm_ev {
     uint16_t reason;         /* FINISH: enum shm_ev_reason */
     uint16_t status;         /* ERROR: 413, 503, 500 */
     uint32_t retry_after;    /* ERROR 503: seconds */
-    uint64_t t_ns;           /* START: admission time (queue time = t - recv_ns) */
+    uint64_t t_ns;           /* START: admission time (queue time = t - recv_ns);
+                                TOKENS: publication time (egress latency) */
 };
 
 /* egress -> batcher: stop a sequence (stop string matched, client gone,

@@ -63,7 +63,17 @@
     C(RESPONSE_CACHE_MISSES, "favo_response_cache_misses_total", "", "cache_miss",        \
       "Cacheable requests not found in the response cache.")                              \
     C(PREEMPTIONS, "favo_preemptions_total", "", "preempt",                                \
-      "Sequences preempted by recompute (KV blocks exhausted).")
+      "Sequences preempted by recompute (KV blocks exhausted).")                          \
+    C(BATCH_STEPS, "favo_batch_steps_total", "", "steps",                                  \
+      "Engine steps the batcher planned.")                                                \
+    C(ENGINE_STEPS, "favo_engine_steps_total", "", "eng_steps",                           \
+      "Engine steps run.")                                                                \
+    C(ENGINE_TOKENS, "favo_engine_tokens_total", "", "eng_tok",                           \
+      "Tokens computed by engine steps.")                                                 \
+    C(ENGINE_PLANS_REFUSED, "favo_engine_plans_refused_total", "", "eng_refused",         \
+      "Malformed plans the engine answered with -1.")                                     \
+    C(ENGINE_KV_MISSING, "favo_engine_kv_missing_total", "", "eng_kv_miss",               \
+      "Sequences answered -1 because their KV is not in this engine (it restarted).")
 
 #define SHM_STATS_GAUGES(G)                                                                \
     G(REQUESTS_RUNNING, "favo_requests_running", "", "running", SUM,                       \
@@ -81,6 +91,10 @@
     H(E2E, "favo_e2e_request_latency_seconds", "e2e",                                      \
       "Time from request received to last byte sent.")                                    \
     H(QUEUE, "favo_request_queue_time_seconds", "queue",                                   \
-      "Time from admission to the first scheduled step.")
+      "Time from admission to the first scheduled step.")                                 \
+    H(EGRESS, "favo_egress_token_latency_seconds", "egress",                               \
+      "Time from the batcher publishing a step's tokens to their bytes on the socket.")   \
+    H(ENGINE_STEP, "favo_engine_step_seconds", "eng_step",                                 \
+      "One engine step, plan received to results published.")
 
 #endif /* SHM_STATS_TABLE_H */
