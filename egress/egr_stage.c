@@ -73,6 +73,7 @@ struct conn {
     uint8_t shut;                  /* shutdown() done */
     uint8_t timed_out;
     uint8_t mapped;                /* in the (worker, slot) map */
+    int32_t ing_pid;               /* the ingress process that handed it over */
     uint8_t orphan;                /* its slot went to a newer connection (an
                                       ingress restart reuses slots of live
                                       connections): finish its answers, close */
@@ -86,6 +87,7 @@ struct egr {
     struct shm_cell_pool pool;
     shm_ring_t ev, ctl, conn_ring[SHM_PIPE_MAX_INGRESS];
     unsigned n_ingress;
+    int32_t ing_seen[SHM_PIPE_MAX_INGRESS]; /* ingress pids, to notice a restart */
     shm_bell_efd_t bell, ing_bell[SHM_PIPE_MAX_INGRESS];
     bool ing_bell_ok[SHM_PIPE_MAX_INGRESS], ring_ing[SHM_PIPE_MAX_INGRESS];
     shm_bell_ec_t bat_bell;
@@ -202,6 +204,15 @@ static void rs_gone(struct egr *E, struct rs *r, bool timeout);
 static void conn_fail(struct egr *E, struct conn *c, bool timeout);
 static void rs_resume_conn(struct egr *E, uint64_t key);
 
+static int32_t ing_pid_of(const struct egr *E, uint64_t key)
+{
+    unsigned w = (unsigned)(key >> 48) & 0xffu;
+
+    if (w >= SHM_PIPE_MAX_INGRESS)
+        return 0;
+    return (int32_t)ck_pr_load_32((const uint32_t *)&E->pipe->hdr->up_pid[SHM_PIPE_INGRESS][w]);
+}
+
 /* A connection slot of ingress was reused, or the same key came again. */
 static void conn_add(struct egr *E, uint64_t key, int fd)
 {
@@ -237,6 +248,7 @@ static void conn_add(struct egr *E, uint64_t key, int fd)
     c->head = c->tail = NONE;
     c->sending = 0;
     c->shut = c->timed_out = c->orphan = 0;
+    c->ing_pid = ing_pid_of(E, key);
     c->hnext = E->conn_hash[hash64(key >> 24) & E->conn_mask];
     E->conn_hash[hash64(key >> 24) & E->conn_mask] = i;
     c->mapped = 1;
@@ -1173,9 +1185,44 @@ static void ring_bells(struct egr *E)
 
 /* ------------------------------------------------------------------ tick */
 
+/* An ingress worker restarted: the connections its predecessor handed
+ * over are unknown to the new one (it would never read their next
+ * request), so each closes once its answers are out (idle ones now). */
+static void ingress_check(struct egr *E)
+{
+    for (unsigned w = 0; w < E->n_ingress; w++) {
+        int32_t pid = (int32_t)ck_pr_load_32(
+            (const uint32_t *)&E->pipe->hdr->up_pid[SHM_PIPE_INGRESS][w]);
+        unsigned n = 0;
+
+        if (pid == E->ing_seen[w] || pid == 0)
+            continue;
+        E->ing_seen[w] = pid;
+        for (uint32_t i = 0; i < MAX_CONNS; i++) {
+            struct conn *c = &E->conns[i];
+            if (!c->key || c->fd < 0 || ((c->key >> 48) & 0xffu) != w || c->ing_pid == pid ||
+                c->orphan)
+                continue;
+            n++;
+            if (c->head == NONE && !c->sending) {
+                conn_unmap(E, c);
+                conn_shut(c);
+                conn_release(E, c);
+            } else {
+                c->orphan = 1;
+            }
+        }
+        if (n)
+            favo_info("egress: ingress worker %u restarted: %u of its connections close after "
+                      "their answers", w, n);
+    }
+}
+
 static void on_tick(struct egr *E)
 {
     const struct egr_stage_cfg *cfg = E->cfg;
+
+    ingress_check(E);
 
     for (uint32_t i = 0; i < MAX_CONNS && E->n_sending; i++) {
         struct conn *c = &E->conns[i];
@@ -1257,6 +1304,8 @@ static int setup(struct egr *E, const struct egr_stage_cfg *cfg)
     E->cfg = cfg;
     E->pipe = p;
     E->n_ingress = h->cfg.n_ingress;
+    for (unsigned w = 0; w < E->n_ingress && w < SHM_PIPE_MAX_INGRESS; w++)
+        E->ing_seen[w] = (int32_t)ck_pr_load_32((const uint32_t *)&h->up_pid[SHM_PIPE_INGRESS][w]);
     E->write_timeout_ns = (uint64_t)(cfg->write_timeout_ms ? cfg->write_timeout_ms : 30000) *
                           1000000ull;
     E->model_id = cfg->model_id && *cfg->model_id ? cfg->model_id
