@@ -339,6 +339,7 @@ static int finish(struct egr_resp *r, char *area, size_t cap, int reason, bool s
         if (rc < 0)
             return rc;
         rc = put_text(r, area, cap, raw, n);
+        explicit_bzero(raw, n); /* invariant 5 */
         FAVO_ASSERT(!r->stream || rc != -EAGAIN);   /* invariant 1 */
         if (rc < 0)
             return rc;
@@ -509,6 +510,9 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const stru
             }
         }
         FAVO_ASSERT(!r->stream || rc != -EAGAIN);   /* invariant 1: covered by the need check */
+        explicit_bzero(raw, n); /* invariant 5: no text left on the stack */
+        if (with_lp)
+            explicit_bzero(lpbuf, lw.n);
         if (rc < 0)
             return rc;
     }

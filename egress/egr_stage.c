@@ -88,6 +88,7 @@ struct egr {
     shm_ring_t ev, ctl, conn_ring[SHM_PIPE_MAX_INGRESS];
     unsigned n_ingress;
     int32_t ing_seen[SHM_PIPE_MAX_INGRESS]; /* ingress pids, to notice a restart */
+    uint64_t *scan_keys;             /* MAX_CONNS: ingress_check's scratch */
     shm_bell_efd_t bell, ing_bell[SHM_PIPE_MAX_INGRESS];
     bool ing_bell_ok[SHM_PIPE_MAX_INGRESS], ring_ing[SHM_PIPE_MAX_INGRESS];
     shm_bell_ec_t bat_bell;
@@ -1185,9 +1186,39 @@ static void ring_bells(struct egr *E)
 
 /* ------------------------------------------------------------------ tick */
 
+/* Keys of worker w's connections with a request somewhere in the
+ * pipeline (a live cell the batcher or egress owns): up to cap of them. */
+static unsigned keys_in_flight(struct egr *E, unsigned w, uint64_t *keys, unsigned cap)
+{
+    const struct shm_cell_pool_hdr *ph = E->pool.hdr;
+    unsigned n = 0;
+
+    for (unsigned k = 0; k < ph->nclasses; k++) {
+        const struct shm_cell_class *cl = &ph->classes[k];
+        for (uint32_t idx = 0; idx < cl->ncells && n < cap; idx++) {
+            const struct shm_cell_desc *d =
+                (const struct shm_cell_desc *)(E->pool.base + cl->desc_off) + idx;
+            uint32_t owner = ck_pr_load_32(&d->owner);
+            shm_cell_ref_t ref = shm_cell_ref(ck_pr_load_32(&d->gen), k, idx);
+            const struct shm_req *q;
+            size_t size;
+            void *data;
+
+            if ((owner != SHM_CELL_BATCHER && owner != SHM_CELL_EGRESS) ||
+                shm_cell_bytes(&E->pool, ref, &data, &size) < 0 ||
+                !(q = req_find(E, ref, data, size)) || q->worker != w)
+                continue;
+            keys[n++] = q->conn;
+        }
+    }
+    return n;
+}
+
 /* An ingress worker restarted: the connections its predecessor handed
  * over are unknown to the new one (it would never read their next
- * request), so each closes once its answers are out (idle ones now). */
+ * request), so each closes once its answers are out; one with no request
+ * anywhere in the pipeline (idle keep-alive) closes now. Rare: a scan of
+ * the cells is fine here. */
 static void ingress_check(struct egr *E)
 {
     for (unsigned w = 0; w < E->n_ingress; w++) {
@@ -1198,13 +1229,17 @@ static void ingress_check(struct egr *E)
         if (pid == E->ing_seen[w] || pid == 0)
             continue;
         E->ing_seen[w] = pid;
+        unsigned nk = keys_in_flight(E, w, E->scan_keys, MAX_CONNS);
         for (uint32_t i = 0; i < MAX_CONNS; i++) {
             struct conn *c = &E->conns[i];
+            bool busy = c->head != NONE || c->sending;
             if (!c->key || c->fd < 0 || ((c->key >> 48) & 0xffu) != w || c->ing_pid == pid ||
                 c->orphan)
                 continue;
             n++;
-            if (c->head == NONE && !c->sending) {
+            for (unsigned k = 0; k < nk && !busy; k++)
+                busy = E->scan_keys[k] == c->key;
+            if (!busy) {
                 conn_unmap(E, c);
                 conn_shut(c);
                 conn_release(E, c);
@@ -1358,8 +1393,9 @@ static int setup(struct egr *E, const struct egr_stage_cfg *cfg)
     E->rs = calloc(n, sizeof(*E->rs));
     E->rs_hash = malloc(E->rs_mask * sizeof(uint32_t));
     E->conns = calloc(MAX_CONNS, sizeof(*E->conns));
+    E->scan_keys = calloc(MAX_CONNS, sizeof(*E->scan_keys));
     E->conn_hash = malloc(E->conn_mask * sizeof(uint32_t));
-    if (!E->rs || !E->rs_hash || !E->conns || !E->conn_hash)
+    if (!E->rs || !E->rs_hash || !E->conns || !E->conn_hash || !E->scan_keys)
         return -ENOMEM;
     memset(E->rs_hash, 0xff, E->rs_mask * sizeof(uint32_t));
     memset(E->conn_hash, 0xff, E->conn_mask * sizeof(uint32_t));
@@ -1387,6 +1423,7 @@ static void teardown(struct egr *E)
     free(E->rs);
     free(E->rs_hash);
     free(E->conns);
+    free(E->scan_keys);
     free(E->conn_hash);
 }
 

@@ -220,7 +220,6 @@ static bool need_model(struct ing_loop *L, struct ing_conn *c)
 /* A NUL-ended copy of the body for yajl_tree (small routes only). */
 static yajl_val body_tree(struct ing_loop *L, struct ing_conn *c)
 {
-    char err[128];
     char *s = malloc((size_t)c->req.body.len + 1);
     yajl_val v;
 
@@ -230,14 +229,14 @@ static yajl_val body_tree(struct ing_loop *L, struct ing_conn *c)
     }
     memcpy(s, c->buf + c->req.body.off, c->req.body.len);
     s[c->req.body.len] = 0;
-    v = yajl_tree_parse(s, err, sizeof(err));
+    v = yajl_tree_parse(s, NULL, 0); /* no verbose error: it quotes the body */
     explicit_bzero(s, c->req.body.len);
     free(s);
     if (!v || !YAJL_IS_OBJECT(v)) {
         ing_conn_error(L, c, 400, "the request body is not a JSON object", NULL, "invalid_json",
                        NULL);
         if (v)
-            yajl_tree_free(v);
+            ing_oai_tree_free(v);
         return NULL;
     }
     return v;
@@ -348,7 +347,7 @@ static void route_tokenize(struct ing_loop *L, struct ing_conn *c)
         add_special = false;
     if ((x = obj_get(v, "add_generation_prompt")) && YAJL_IS_FALSE(x))
         add_gen = false;
-    yajl_tree_free(v);
+    ing_oai_tree_free(v);
     if (route == ING_OAI_CHAT && !L->chat_ok) {
         ing_conn_error(L, c, 400, "this model has no chat template", "messages", NULL, NULL);
         return;
@@ -400,7 +399,7 @@ static void route_detokenize(struct ing_loop *L, struct ing_conn *c)
         return;
     t = obj_get(v, "tokens");
     if (!t || !YAJL_IS_ARRAY(t)) {
-        yajl_tree_free(v);
+        ing_oai_tree_free(v);
         ing_conn_error(L, c, 400, "'tokens' is required: an array of token ids", "tokens",
                        t ? "invalid_type" : "missing_required_parameter", NULL);
         return;
@@ -408,7 +407,7 @@ static void route_detokenize(struct ing_loop *L, struct ing_conn *c)
     n = t->u.array.len;
     ids = malloc((n + 1) * 4);
     if (!ids) {
-        yajl_tree_free(v);
+        ing_oai_tree_free(v);
         ing_conn_error(L, c, 500, "out of memory", NULL, NULL, NULL);
         return;
     }
@@ -420,14 +419,15 @@ static void route_detokenize(struct ing_loop *L, struct ing_conn *c)
             snprintf(msg, sizeof(msg), "'tokens[%zu]' must be a token id between 0 and %u", i,
                      eng_tok_n_vocab(L->tok) - 1);
             snprintf(param, sizeof(param), "tokens[%zu]", i);
-            yajl_tree_free(v);
+            ing_oai_tree_free(v);
+            explicit_bzero(ids, i * 4);
             free(ids);
             ing_conn_error(L, c, 400, msg, param, "invalid_value", NULL);
             return;
         }
         ids[i] = (int32_t)YAJL_GET_INTEGER(e);
     }
-    yajl_tree_free(v);
+    ing_oai_tree_free(v);
     unsigned fl = ENG_TOK_SHOW_SPECIAL | ENG_TOK_STRIP_SPACE;
     len = eng_tok_decode(L->tok, ids, n, fl, NULL, 0);
     text = len >= 0 ? malloc((size_t)len + 1) : NULL;
@@ -457,10 +457,11 @@ static bool pipeline_running(struct ing_loop *L)
 
     if (!p)
         return L->cfg.batcher_up && *L->cfg.batcher_up;
-    for (unsigned k = 0; k < p->hdr->cfg.n_ranks; k++)
-        if (!shm_pipe_stage_up(p, SHM_PIPE_ENGINE, k))
-            return false;
-    return shm_pipe_stage_up(p, SHM_PIPE_BATCHER, 0) && shm_pipe_stage_up(p, SHM_PIPE_EGRESS, 0);
+    /* Under the supervisor a stage that is down is being restarted (or
+     * the whole instance is about to exit): the request waits in the
+     * rings and its cell for the new process rather than failing. The
+     * ring having room is what bounds it (checked by the caller). */
+    return true;
 }
 
 static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
