@@ -887,10 +887,15 @@ static void rs_resume_conn(struct egr *E, uint64_t key)
  * (a valid EGR_STAGE_MAGIC in a cell the batcher or egress owns). Their
  * events that the dead egress had not released are replayed by the ev
  * ring; those it had released are already applied in the cell. */
-static unsigned rs_scan_cells(struct egr *E)
+/* Call fn for every live request cell (owner batcher or egress) whose
+ * request copy checks out; stops when fn returns false. A scan of the
+ * descriptors: for restarts only, never per token. */
+static void cells_each(struct egr *E,
+                       bool (*fn)(struct egr *E, shm_cell_ref_t ref, char *data,
+                                  const struct shm_req *q, void *arg),
+                       void *arg)
 {
     const struct shm_cell_pool_hdr *ph = E->pool.hdr;
-    unsigned n = 0;
 
     for (unsigned k = 0; k < ph->nclasses; k++) {
         const struct shm_cell_class *cl = &ph->classes[k];
@@ -907,13 +912,30 @@ static unsigned rs_scan_cells(struct egr *E)
                 shm_cell_bytes(&E->pool, ref, &data, &size) < 0 ||
                 !(q = req_find(E, ref, data, size)))
                 continue;
-            if (((const struct egr_stage_state *)((const char *)data + q->resp_off +
-                                                  SHM_PIPE_REQ_COPY))->magic != EGR_STAGE_MAGIC)
-                continue; /* not started here yet: its events will come */
-            if (rs_find(E, ref) == NONE && rs_adopt(E, ref, 0) != NONE)
-                n++;
+            if (!fn(E, ref, data, q, arg))
+                return;
         }
     }
+}
+
+static bool scan_adopt(struct egr *E, shm_cell_ref_t ref, char *data, const struct shm_req *q,
+                       void *arg)
+{
+    unsigned *n = arg;
+
+    if (((const struct egr_stage_state *)(data + q->resp_off + SHM_PIPE_REQ_COPY))->magic !=
+        EGR_STAGE_MAGIC)
+        return true; /* not started here yet: its events will come */
+    if (rs_find(E, ref) == NONE && rs_adopt(E, ref, 0) != NONE)
+        (*n)++;
+    return true;
+}
+
+static unsigned rs_scan_cells(struct egr *E)
+{
+    unsigned n = 0;
+
+    cells_each(E, scan_adopt, &n);
     return n;
 }
 
@@ -1188,30 +1210,28 @@ static void ring_bells(struct egr *E)
 
 /* Keys of worker w's connections with a request somewhere in the
  * pipeline (a live cell the batcher or egress owns): up to cap of them. */
+struct keys_scan {
+    unsigned w, n, cap;
+    uint64_t *keys;
+};
+
+static bool scan_key(struct egr *E, shm_cell_ref_t ref, char *data, const struct shm_req *q,
+                     void *arg)
+{
+    struct keys_scan *k = arg;
+
+    (void)E, (void)ref, (void)data;
+    if (q->worker == k->w)
+        k->keys[k->n++] = q->conn;
+    return k->n < k->cap;
+}
+
 static unsigned keys_in_flight(struct egr *E, unsigned w, uint64_t *keys, unsigned cap)
 {
-    const struct shm_cell_pool_hdr *ph = E->pool.hdr;
-    unsigned n = 0;
+    struct keys_scan k = { w, 0, cap, keys };
 
-    for (unsigned k = 0; k < ph->nclasses; k++) {
-        const struct shm_cell_class *cl = &ph->classes[k];
-        for (uint32_t idx = 0; idx < cl->ncells && n < cap; idx++) {
-            const struct shm_cell_desc *d =
-                (const struct shm_cell_desc *)(E->pool.base + cl->desc_off) + idx;
-            uint32_t owner = ck_pr_load_32(&d->owner);
-            shm_cell_ref_t ref = shm_cell_ref(ck_pr_load_32(&d->gen), k, idx);
-            const struct shm_req *q;
-            size_t size;
-            void *data;
-
-            if ((owner != SHM_CELL_BATCHER && owner != SHM_CELL_EGRESS) ||
-                shm_cell_bytes(&E->pool, ref, &data, &size) < 0 ||
-                !(q = req_find(E, ref, data, size)) || q->worker != w)
-                continue;
-            keys[n++] = q->conn;
-        }
-    }
-    return n;
+    cells_each(E, scan_key, &k);
+    return k.n;
 }
 
 /* An ingress worker restarted: the connections its predecessor handed
