@@ -1,0 +1,733 @@
+/*
+ * bench-serve.c - favo serve against llama.cpp's OpenAI-compatible server,
+ * both measured by `favo bench` on the same model file, threads and load
+ * (issue #10 "Results").
+ *
+ *   build/perf/bench-serve [--json] [--model FILE] [--threads N]
+ *                          [--rates R1,R2,..] [--duration S] [--scale F]
+ *                          [--common-rate R] [--slo-ms MS] [--timeout S]
+ *                          [--no-llamacpp] [--out DIR]
+ *
+ * For each server: start it on a free port, run
+ *   favo bench --sweep RATES --slo ttft_p99_ms=MS --profile mix --scale F
+ * (open-loop Poisson arrivals, streaming, latency from the intended send
+ * time), stop it, and read the sweep's JSON. Reported per server:
+ *   max_rate_slo   highest swept rate meeting p99 TTFT <= MS (and at most
+ *                  1% failed requests), null when none does
+ *   ttft_p99_ms    p99 time to first token at the common rate
+ *   output_tps     output tokens/s at the common rate
+ * The common rate is --common-rate, else the lowest swept rate.
+ *
+ * Paths: favo is FAVO_BIN, else ../favo next to this executable; the
+ * model defaults to $FAVO_MODELS (or models/)/SmolLM2-135M-Instruct.Q4_1.gguf;
+ * python is FAVO_VENV_PY, else .venv/bin/python3 (run from the source root).
+ * llama.cpp's server is `python -m llama_cpp.server` (PyPI llama-cpp-python
+ * with the [server] extras); when it cannot start, the reason is printed and
+ * the llamacpp_* figures are null.
+ *
+ * Every child (servers, favo bench) runs in its own process group and is
+ * killed on exit, on error and on SIGINT/SIGTERM/SIGHUP.
+ */
+#include "perf_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <yajl/yajl_tree.h>
+
+#define MAX_KIDS 8
+
+static volatile pid_t kids[MAX_KIDS];
+
+static void kids_add(pid_t p)
+{
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (!kids[i]) {
+            kids[i] = p;
+            return;
+        }
+}
+
+static void kids_del(pid_t p)
+{
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (kids[i] == p)
+            kids[i] = 0;
+}
+
+/* Async-signal-safe: SIGKILL every live child's process group. */
+static void kids_kill_all(void)
+{
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (kids[i] > 0)
+            kill(-kids[i], SIGKILL);
+}
+
+static void on_signal(int sig)
+{
+    static const char msg[] = "bench-serve: interrupted, killing children\n";
+
+    kids_kill_all();
+    if (write(2, msg, sizeof(msg) - 1) < 0) {
+        /* nothing to do */
+    }
+    _exit(128 + sig);
+}
+
+static void on_exit_kill(void)
+{
+    kids_kill_all();
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* fork+exec argv in a new process group, stdout+stderr to log (or inherited
+ * when log is NULL). Returns the pid or -errno. */
+static pid_t spawn(char *const argv[], const char *log)
+{
+    pid_t p = fork();
+
+    if (p < 0)
+        return -errno;
+    if (p == 0) {
+        setpgid(0, 0);
+        if (log) {
+            int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+            if (fd < 0)
+                _exit(126);
+            dup2(fd, 1);
+            dup2(fd, 2);
+        } else {
+            dup2(2, 1); /* keep our stdout for the table / JSON */
+        }
+        execv(argv[0], argv);
+        fprintf(stderr, "bench-serve: exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(p, p);
+    kids_add(p);
+    return p;
+}
+
+/* Wait for p up to timeout_s; returns its wait status, or -ETIMEDOUT. */
+static int wait_for(pid_t p, double timeout_s)
+{
+    double t0 = mono_s();
+    int st;
+
+    for (;;) {
+        pid_t r = waitpid(p, &st, WNOHANG);
+
+        if (r == p) {
+            kids_del(p);
+            return st;
+        }
+        if (r < 0 && errno != EINTR)
+            return -errno;
+        if (timeout_s >= 0 && mono_s() - t0 > timeout_s)
+            return -ETIMEDOUT;
+        usleep(20000);
+    }
+}
+
+/* SIGTERM the group, then SIGKILL after grace_s. */
+static void stop_child(pid_t p, double grace_s)
+{
+    if (p <= 0)
+        return;
+    kill(-p, SIGTERM);
+    if (wait_for(p, grace_s) == -ETIMEDOUT) {
+        kill(-p, SIGKILL);
+        wait_for(p, -1);
+    }
+    kill(-p, SIGKILL); /* grandchildren left in the group */
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+
+    if (!f)
+        return NULL;
+    for (;;) {
+        if (cap - n < 4096) {
+            char *nb = realloc(buf, cap ? cap * 2 : 65536);
+
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+            cap = cap ? cap * 2 : 65536;
+        }
+        size_t k = fread(buf + n, 1, cap - n - 1, f);
+
+        if (!k)
+            break;
+        n += k;
+    }
+    fclose(f);
+    buf[n] = 0;
+    if (len)
+        *len = n;
+    return buf;
+}
+
+/* Last `lines` lines of a log to stderr, for a server that failed. */
+static void tail_log(const char *path, int lines)
+{
+    size_t n = 0;
+    char *b = read_file(path, &n);
+    size_t i = n;
+    int seen = 0;
+
+    if (!b)
+        return;
+    while (i > 0 && seen <= lines)
+        if (b[--i] == '\n')
+            seen++;
+    fprintf(stderr, "---- %s (tail) ----\n%s\n----\n", path, b + i);
+    free(b);
+}
+
+static int free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
+
+    if (fd < 0)
+        return -errno;
+    if (!bind(fd, (struct sockaddr *)&a, sizeof(a)) && !getsockname(fd, (struct sockaddr *)&a, &al))
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static bool tcp_open(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool ok;
+
+    if (fd < 0)
+        return false;
+    ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+struct opts {
+    const char *model, *rates, *out, *favo, *py;
+    int threads;
+    double duration, scale, common_rate, slo_ms, timeout;
+    bool json, llamacpp;
+};
+
+/* What one server's sweep gave. NAN = null. */
+struct side {
+    bool ran;
+    char why[PATH_MAX + 256]; /* why it did not run */
+    double max_rate, ttft_p99, tps, rps, e2e_p99, itl_p50;
+    long ok, errors;
+    double wall_s; /* whole sweep */
+};
+
+static yajl_val num_at(yajl_val v, const char *k1, const char *k2)
+{
+    const char *path[3] = {k1, k2, NULL};
+    yajl_val x = yajl_tree_get(v, path, yajl_t_any);
+
+    return x && YAJL_IS_NUMBER(x) ? x : NULL;
+}
+
+static double num_or_nan(yajl_val v, const char *k1, const char *k2)
+{
+    yajl_val x = num_at(v, k1, k2);
+
+    return x ? YAJL_GET_DOUBLE(x) : NAN;
+}
+
+/* Parse favo bench --sweep JSON into s for the common rate. */
+static int parse_sweep(const char *path, double common, struct side *s)
+{
+    char err[256];
+    char *txt = read_file(path, NULL);
+    yajl_val root, runs, best;
+    const char *p_best[] = {"best_rate", NULL}, *p_runs[] = {"runs", NULL};
+
+    if (!txt) {
+        snprintf(s->why, sizeof(s->why), "favo bench wrote no JSON to %s", path);
+        return -ENOENT;
+    }
+    root = yajl_tree_parse(txt, err, sizeof(err));
+    free(txt);
+    if (!root) {
+        snprintf(s->why, sizeof(s->why), "favo bench JSON %s: %.200s", path, err);
+        return -EINVAL;
+    }
+    best = yajl_tree_get(root, p_best, yajl_t_any);
+    s->max_rate = best && YAJL_IS_NUMBER(best) ? YAJL_GET_DOUBLE(best) : NAN;
+    runs = yajl_tree_get(root, p_runs, yajl_t_array);
+    if (runs) {
+        for (size_t i = 0; i < runs->u.array.len; i++) {
+            yajl_val r = runs->u.array.values[i];
+            double rate = num_or_nan(r, "offered_rate", NULL);
+
+            s->ok += (long)num_or_nan(r, "ok", NULL);
+            s->errors += (long)num_or_nan(r, "errors", NULL);
+            if (fabs(rate - common) > 1e-9)
+                continue;
+            s->ttft_p99 = num_or_nan(r, "ttft_ms", "p99");
+            s->e2e_p99 = num_or_nan(r, "e2e_ms", "p99");
+            s->itl_p50 = num_or_nan(r, "itl_ms", "p50");
+            s->tps = num_or_nan(r, "output_tokens_per_s", NULL);
+            s->rps = num_or_nan(r, "requests_per_s", NULL);
+        }
+    }
+    yajl_tree_free(root);
+    return 0;
+}
+
+/* favo bench --sweep against url; its own table goes to stderr. */
+static int run_bench(const struct opts *o, const char *url, const char *tag, struct side *s)
+{
+    char jpath[PATH_MAX], svg[PATH_MAX], dur[32], scale[32], slo[64], tmo[32];
+    pid_t p;
+    int st;
+
+    snprintf(jpath, sizeof(jpath), "%s/%s.json", o->out, tag);
+    snprintf(svg, sizeof(svg), "%s/%s.svg", o->out, tag);
+    snprintf(dur, sizeof(dur), "%g", o->duration);
+    snprintf(scale, sizeof(scale), "%g", o->scale);
+    snprintf(slo, sizeof(slo), "ttft_p99_ms=%g", o->slo_ms);
+    snprintf(tmo, sizeof(tmo), "%g", o->timeout);
+    unlink(jpath);
+    {
+        char *argv[] = {(char *)o->favo, "bench", "-u", (char *)url, "--profile", "mix",
+                        "--scale", scale, "--sweep", (char *)o->rates, "--slo", slo,
+                        "-d", dur, "--timeout", tmo, "--json", jpath, "--svg", svg, "-q",
+                        NULL};
+
+        fprintf(stderr, "bench-serve: %s: favo bench --sweep %s -d %s --scale %s (%s)\n", tag,
+                o->rates, dur, scale, url);
+        p = spawn(argv, NULL);
+    }
+    if (p < 0) {
+        snprintf(s->why, sizeof(s->why), "cannot start favo bench: %s", strerror(-p));
+        return p;
+    }
+    st = wait_for(p, -1);
+    if (st < 0 || !WIFEXITED(st)) {
+        snprintf(s->why, sizeof(s->why), "favo bench did not exit normally");
+        return -EIO;
+    }
+    /* favo bench exits non-zero when no rate meets the SLO; the JSON says. */
+    if (parse_sweep(jpath, o->common_rate, s))
+        return -EIO;
+    s->ran = true;
+    return 0;
+}
+
+/* Poll log for favo serve's "on http://127.0.0.1:PORT ... ready in" line. */
+static int favo_ready_port(const char *log, pid_t p, double timeout_s)
+{
+    double t0 = mono_s();
+
+    while (mono_s() - t0 < timeout_s) {
+        char *b = read_file(log, NULL);
+        int st;
+
+        if (b) {
+            char *m = strstr(b, "on http://127.0.0.1:");
+            int port = 0;
+
+            if (m && strstr(m, "ready in"))
+                port = atoi(m + strlen("on http://127.0.0.1:"));
+            free(b);
+            if (port > 0)
+                return port;
+        }
+        if (waitpid(p, &st, WNOHANG) == p) {
+            kids_del(p);
+            return -ECHILD;
+        }
+        usleep(50000);
+    }
+    return -ETIMEDOUT;
+}
+
+static void run_favo(const struct opts *o, struct side *s)
+{
+    char log[PATH_MAX], inst[64], thr[16], url[64];
+    pid_t p;
+    int port;
+    double t0 = mono_s();
+
+    snprintf(log, sizeof(log), "%s/favo-serve.log", o->out);
+    snprintf(inst, sizeof(inst), "bsrv%ld", (long)getpid());
+    snprintf(thr, sizeof(thr), "%d", o->threads);
+    {
+        /* 2 cores shared by 4 stages: blocking waits (favo serve says so). */
+        char *argv[] = {(char *)o->favo, "serve", "--model", (char *)o->model, "--port", "0",
+                        "--instance", inst, "--threads", thr, "--poll", "block", NULL};
+
+        p = spawn(argv, log);
+    }
+    if (p < 0) {
+        snprintf(s->why, sizeof(s->why), "cannot start favo serve: %s", strerror(-p));
+        return;
+    }
+    port = favo_ready_port(log, p, 120);
+    if (port < 0) {
+        snprintf(s->why, sizeof(s->why), "favo serve %s (log %s)",
+                 port == -ECHILD ? "exited before ready" : "not ready in 120 s", log);
+        tail_log(log, 15);
+        stop_child(p, 5);
+        return;
+    }
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
+    run_bench(o, url, "favo", s);
+    stop_child(p, 30);
+    s->wall_s = mono_s() - t0;
+}
+
+static void run_llamacpp(const struct opts *o, struct side *s)
+{
+    char log[PATH_MAX], thr[16], pstr[16], url[64];
+    double t0 = mono_s();
+    pid_t p;
+    int port = free_port(), st;
+    bool up = false;
+
+    snprintf(log, sizeof(log), "%s/llamacpp-server.log", o->out);
+    if (access(o->py, X_OK)) {
+        snprintf(s->why, sizeof(s->why), "python %s not found (set FAVO_VENV_PY)", o->py);
+        return;
+    }
+    if (port < 0) {
+        snprintf(s->why, sizeof(s->why), "no free port");
+        return;
+    }
+    snprintf(thr, sizeof(thr), "%d", o->threads);
+    snprintf(pstr, sizeof(pstr), "%d", port);
+    {
+        char *argv[] = {(char *)o->py, "-m", "llama_cpp.server", "--model", (char *)o->model,
+                        "--host", "127.0.0.1", "--port", pstr, "--n_threads", thr,
+                        "--n_threads_batch", thr, "--n_ctx", "4096", NULL};
+
+        p = spawn(argv, log);
+    }
+    if (p < 0) {
+        snprintf(s->why, sizeof(s->why), "cannot start python: %s", strerror(-p));
+        return;
+    }
+    while (mono_s() - t0 < 120) {
+        if (waitpid(p, &st, WNOHANG) == p) {
+            kids_del(p);
+            p = 0;
+            break;
+        }
+        if (tcp_open(port)) {
+            up = true;
+            break;
+        }
+        usleep(100000);
+    }
+    if (!up) {
+        char *b = read_file(log, NULL);
+        const char *why = "not listening after 120 s";
+
+        if (b && strstr(b, "ModuleNotFoundError"))
+            why = "a Python module is missing (pip install 'llama-cpp-python[server]')";
+        else if (!p)
+            why = "exited before listening";
+        free(b);
+        snprintf(s->why, sizeof(s->why), "llama_cpp.server %s (log %s)", why, log);
+        tail_log(log, 8);
+        if (p)
+            stop_child(p, 5);
+        return;
+    }
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
+    run_bench(o, url, "llamacpp", s);
+    stop_child(p, 10);
+    s->wall_s = mono_s() - t0;
+}
+
+static void jnum(FILE *f, bool *first, const char *k, double v)
+{
+    fprintf(f, "%s\"%s\":", *first ? "" : ",", k);
+    if (isnan(v) || isinf(v))
+        fputs("null", f);
+    else
+        fprintf(f, "%.6g", v);
+    *first = false;
+}
+
+static void jstr(FILE *f, bool *first, const char *k, const char *v)
+{
+    fprintf(f, "%s\"%s\":", *first ? "" : ",", k);
+    if (!v) {
+        fputs("null", f);
+    } else {
+        fputc('"', f);
+        for (const char *c = v; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                fprintf(f, "\\%c", *c);
+            else if ((unsigned char)*c < 0x20)
+                fprintf(f, "\\u%04x", *c);
+            else
+                fputc(*c, f);
+        }
+        fputc('"', f);
+    }
+    *first = false;
+}
+
+static void side_json(FILE *f, bool *first, const char *pre, const struct side *s)
+{
+    char k[64];
+
+#define K(name) (snprintf(k, sizeof(k), "%s_%s", pre, name), k)
+    jnum(f, first, K("max_rate_slo"), s->ran ? s->max_rate : NAN);
+    jnum(f, first, K("ttft_p99_ms"), s->ran ? s->ttft_p99 : NAN);
+    jnum(f, first, K("output_tps"), s->ran ? s->tps : NAN);
+    jnum(f, first, K("requests_per_s"), s->ran ? s->rps : NAN);
+    jnum(f, first, K("e2e_p99_ms"), s->ran ? s->e2e_p99 : NAN);
+    jnum(f, first, K("itl_p50_ms"), s->ran ? s->itl_p50 : NAN);
+    jnum(f, first, K("ok"), s->ran ? (double)s->ok : NAN);
+    jnum(f, first, K("errors"), s->ran ? (double)s->errors : NAN);
+    jstr(f, first, K("error"), s->ran ? NULL : s->why);
+#undef K
+}
+
+static void fmt(char *b, size_t n, double v, const char *f)
+{
+    if (isnan(v))
+        snprintf(b, n, "-");
+    else
+        snprintf(b, n, f, v);
+}
+
+static void side_row(const char *name, const struct side *s)
+{
+    char a[32], b[32], c[32], d[32], e[32];
+
+    if (!s->ran) {
+        printf("%-10s not run: %s\n", name, s->why);
+        return;
+    }
+    fmt(a, sizeof(a), s->max_rate, "%.2f");
+    fmt(b, sizeof(b), s->ttft_p99, "%.1f");
+    fmt(c, sizeof(c), s->tps, "%.1f");
+    fmt(d, sizeof(d), s->e2e_p99, "%.1f");
+    fmt(e, sizeof(e), s->itl_p50, "%.2f");
+    printf("%-10s %14s %14s %12s %12s %10s %8ld %8ld\n", name, a, b, c, d, e, s->ok, s->errors);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: bench-serve [--json] [--model FILE] [--threads N] [--rates R1,R2,..]\n"
+            "                   [--duration S] [--scale F] [--common-rate R] [--slo-ms MS]\n"
+            "                   [--timeout S] [--no-llamacpp] [--out DIR]\n"
+            "favo serve vs python -m llama_cpp.server under favo bench --profile mix --sweep.\n"
+            "defaults: --threads 2 --rates 0.25,0.5,1,2 --duration 15 --scale 0.1\n"
+            "          --slo-ms 300 --timeout 60, common rate = lowest swept rate\n");
+}
+
+static bool arg_val(int argc, char **argv, int *i, const char *name, const char **v)
+{
+    if (strcmp(argv[*i], name))
+        return false;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "bench-serve: %s needs a value\n", name);
+        exit(2);
+    }
+    *v = argv[++*i];
+    return true;
+}
+
+static double parse_pos(const char *name, const char *v)
+{
+    char *end;
+    double d = strtod(v, &end);
+
+    if (*end || !(d > 0)) {
+        fprintf(stderr, "bench-serve: %s: '%s' is not a positive number\n", name, v);
+        exit(2);
+    }
+    return d;
+}
+
+int main(int argc, char **argv)
+{
+    static char favo_path[PATH_MAX], model_path[PATH_MAX], out_tmpl[] = "/tmp/bench-serve-XXXXXX";
+    struct opts o = {.threads = 2, .rates = "0.25,0.5,1,2", .duration = 15, .scale = 0.1,
+                     .common_rate = NAN, .slo_ms = 300, .timeout = 60, .llamacpp = true};
+    struct side fv = {.max_rate = NAN, .ttft_p99 = NAN, .tps = NAN, .rps = NAN,
+                      .e2e_p99 = NAN, .itl_p50 = NAN};
+    struct side lc = fv;
+    const char *v;
+    char machine[256];
+    struct sigaction sa = {.sa_handler = on_signal};
+
+    o.json = perf_want_json(argc, argv);
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--no-llamacpp")) {
+            o.llamacpp = false;
+        } else if (arg_val(argc, argv, &i, "--model", &o.model) ||
+                   arg_val(argc, argv, &i, "--rates", &o.rates) ||
+                   arg_val(argc, argv, &i, "--out", &o.out)) {
+        } else if (arg_val(argc, argv, &i, "--threads", &v)) {
+            o.threads = (int)parse_pos("--threads", v);
+        } else if (arg_val(argc, argv, &i, "--duration", &v)) {
+            o.duration = parse_pos("--duration", v);
+        } else if (arg_val(argc, argv, &i, "--scale", &v)) {
+            o.scale = parse_pos("--scale", v);
+        } else if (arg_val(argc, argv, &i, "--common-rate", &v)) {
+            o.common_rate = parse_pos("--common-rate", v);
+        } else if (arg_val(argc, argv, &i, "--slo-ms", &v)) {
+            o.slo_ms = parse_pos("--slo-ms", v);
+        } else if (arg_val(argc, argv, &i, "--timeout", &v)) {
+            o.timeout = parse_pos("--timeout", v);
+        } else {
+            fprintf(stderr, "bench-serve: unknown option '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    /* The sweep's rates: a comma list (favo bench also takes A:B:STEP, but
+     * the common rate then needs --common-rate). */
+    if (isnan(o.common_rate)) {
+        char *end;
+
+        o.common_rate = strtod(o.rates, &end);
+        if (end == o.rates || !(o.common_rate > 0) || (*end && *end != ',')) {
+            fprintf(stderr, "bench-serve: give --common-rate with --rates '%s'\n", o.rates);
+            return 2;
+        }
+        for (const char *c = o.rates; (c = strchr(c, ',')); c++) {
+            double r = strtod(c + 1, NULL);
+
+            if (r > 0 && r < o.common_rate)
+                o.common_rate = r;
+        }
+    }
+    if ((v = getenv("FAVO_BIN")) && *v) {
+        snprintf(favo_path, sizeof(favo_path), "%s", v);
+    } else {
+        ssize_t n = readlink("/proc/self/exe", favo_path, sizeof(favo_path) - 16);
+        char *slash;
+
+        if (n <= 0) {
+            fprintf(stderr, "bench-serve: cannot find myself; set FAVO_BIN\n");
+            return 2;
+        }
+        favo_path[n] = 0;
+        if ((slash = strrchr(favo_path, '/')))
+            *slash = 0; /* .../build/perf */
+        if ((slash = strrchr(favo_path, '/')))
+            strcpy(slash, "/favo");
+    }
+    o.favo = favo_path;
+    if (!o.model) {
+        v = getenv("FAVO_MODELS");
+        snprintf(model_path, sizeof(model_path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 v && *v ? v : "models");
+        o.model = model_path;
+    }
+    o.py = (v = getenv("FAVO_VENV_PY")) && *v ? v : ".venv/bin/python3";
+    if (access(o.favo, X_OK)) {
+        fprintf(stderr, "bench-serve: %s is not executable (set FAVO_BIN)\n", o.favo);
+        return 2;
+    }
+    if (access(o.model, R_OK)) {
+        fprintf(stderr, "bench-serve: model %s: %s (--model FILE)\n", o.model, strerror(errno));
+        return 2;
+    }
+    if (!o.out) {
+        if (!mkdtemp(out_tmpl)) {
+            fprintf(stderr, "bench-serve: mkdtemp: %s\n", strerror(errno));
+            return 2;
+        }
+        o.out = out_tmpl;
+    } else if (mkdir(o.out, 0700) && errno != EEXIST) {
+        fprintf(stderr, "bench-serve: --out %s: %s\n", o.out, strerror(errno));
+        return 2;
+    }
+
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    atexit(on_exit_kill);
+
+    run_favo(&o, &fv);
+    if (o.llamacpp)
+        run_llamacpp(&o, &lc);
+    else
+        snprintf(lc.why, sizeof(lc.why), "--no-llamacpp");
+
+    perf_machine(machine, sizeof(machine));
+    if (o.json) {
+        bool first = true;
+
+        printf("{");
+        jstr(stdout, &first, "bench", "serve");
+        jstr(stdout, &first, "machine", machine);
+        jstr(stdout, &first, "model", o.model);
+        jnum(stdout, &first, "threads", o.threads);
+        jstr(stdout, &first, "profile", "mix");
+        jnum(stdout, &first, "scale", o.scale);
+        jstr(stdout, &first, "rates", o.rates);
+        jnum(stdout, &first, "duration_s", o.duration);
+        jnum(stdout, &first, "slo_ttft_p99_ms", o.slo_ms);
+        jnum(stdout, &first, "common_rate", o.common_rate);
+        side_json(stdout, &first, "favo", &fv);
+        side_json(stdout, &first, "llamacpp", &lc);
+        jstr(stdout, &first, "out_dir", o.out);
+        printf("}\n");
+    } else {
+        printf("bench-serve: %s\n", machine);
+        printf("model %s, %d threads, --profile mix --scale %g, rates %s, %g s each\n", o.model,
+               o.threads, o.scale, o.rates, o.duration);
+        printf("SLO p99 TTFT <= %g ms; columns after max rate are at the common rate %g/s\n",
+               o.slo_ms, o.common_rate);
+        printf("%-10s %14s %14s %12s %12s %10s %8s %8s\n", "server", "max rate/s SLO",
+               "TTFT p99 ms", "out tok/s", "E2E p99 ms", "ITL p50", "ok", "errors");
+        side_row("favo", &fv);
+        side_row("llama.cpp", &lc);
+        printf("(ok/errors: whole sweep) favo bench JSON, SVG and server logs in %s\n", o.out);
+    }
+    return fv.ran ? 0 : 1;
+}
