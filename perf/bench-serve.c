@@ -11,7 +11,8 @@
  * For each server: start it on a free port, run
  *   favo bench --sweep RATES --slo ttft_p99_ms=MS --profile mix --scale F
  * (open-loop Poisson arrivals, streaming, latency from the intended send
- * time), stop it, and read the sweep's JSON. Reported per server:
+ * time) after two unmeasured warm-up requests, stop it, and read the
+ * sweep's JSON. Reported per server:
  *   max_rate_slo   highest swept rate meeting p99 TTFT <= MS (and at most
  *                  1% failed requests), null when none does
  *   ttft_p99_ms    p99 time to first token at the common rate
@@ -327,6 +328,17 @@ static int run_bench(const struct opts *o, const char *url, const char *tag, str
     snprintf(slo, sizeof(slo), "ttft_p99_ms=%g", o->slo_ms);
     snprintf(tmo, sizeof(tmo), "%g", o->timeout);
     unlink(jpath);
+    {
+        /* Warm-up (not measured): two short requests, one at a time, so
+         * neither server's first-request costs land in the sweep. */
+        char *argv[] = {(char *)o->favo, "bench", "-u", (char *)url, "-c", "1", "-n", "2",
+                        "--input-tokens", "16", "--output-tokens", "4", "--timeout", tmo,
+                        "-q", NULL};
+
+        p = spawn(argv, "/dev/null");
+        if (p > 0)
+            wait_for(p, -1);
+    }
     {
         char *argv[] = {(char *)o->favo, "bench", "-u", (char *)url, "--profile", "mix",
                         "--scale", scale, "--sweep", (char *)o->rates, "--slo", slo,
