@@ -547,6 +547,13 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         if (L->cfg.max_tokens_default)
             max_tokens = FAVO_MIN(max_tokens, L->cfg.max_tokens_default);
     }
+    if (L->oai.logprobs && L->cfg.pipe) {
+        /* The engine computes them, but the pipeline does not carry them to
+         * egress yet: refuse rather than answer made-up numbers. */
+        ing_conn_error(L, c, 400, "logprobs are not supported by this server yet", "logprobs",
+                       "unsupported_parameter", NULL);
+        goto fail;
+    }
     if (L->rl_n && ing_route_ratelimit(L, c, (uint64_t)n + max_tokens))
         goto fail;
     shm_ring_t *to = L->cfg.pipe ? &L->req_ring : L->cfg.to_batcher;
