@@ -26,8 +26,10 @@
  * with the [server] extras); when it cannot start, the reason is printed and
  * the llamacpp_* figures are null.
  *
- * Every child (servers, favo bench) runs in its own process group and is
- * killed on exit, on error and on SIGINT/SIGTERM/SIGHUP.
+ * Every child (servers, favo bench) runs in its own process group. On
+ * SIGINT/SIGTERM/SIGHUP each group gets SIGTERM (favo serve drains and
+ * removes its stats segment), SIGKILL after 20 s; a second signal SIGKILLs
+ * at once. At exit any group still alive is SIGKILLed.
  */
 #include "perf_util.h"
 
@@ -41,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -77,15 +80,47 @@ static void kids_kill_all(void)
             kill(-kids[i], SIGKILL);
 }
 
+static volatile sig_atomic_t g_sig;
+static char g_shm[96]; /* favo serve's stats segment, unlinked if it dies hard */
+
+/* First signal: noted, and the wait loops stop everything gracefully
+ * (check_sig). A second one: SIGKILL every child group at once. */
 static void on_signal(int sig)
 {
-    static const char msg[] = "bench-serve: interrupted, killing children\n";
+    static const char msg[] = "bench-serve: interrupted twice, killing children\n";
 
+    if (!g_sig) {
+        g_sig = sig;
+        return;
+    }
     kids_kill_all();
     if (write(2, msg, sizeof(msg) - 1) < 0) {
         /* nothing to do */
     }
     _exit(128 + sig);
+}
+
+static void stop_child(pid_t p, double grace_s);
+
+/* Called from the wait loops: after a signal, SIGTERM every child (favo serve
+ * drains and removes its segment), SIGKILL what is left, exit. */
+static void check_sig(void)
+{
+    static bool stopping;
+
+    if (!g_sig || stopping)
+        return;
+    stopping = true;
+    fprintf(stderr, "bench-serve: interrupted, stopping children\n");
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (kids[i] > 0)
+            kill(-kids[i], SIGTERM);
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (kids[i] > 0)
+            stop_child(kids[i], 20);
+    if (g_shm[0])
+        shm_unlink(g_shm);
+    _exit(128 + g_sig);
 }
 
 static void on_exit_kill(void)
@@ -147,6 +182,8 @@ static int wait_for(pid_t p, double timeout_s)
             return -errno;
         if (timeout_s >= 0 && mono_s() - t0 > timeout_s)
             return -ETIMEDOUT;
+        if (timeout_s < 0)
+            check_sig(); /* a bounded wait may be check_sig's own */
         usleep(20000);
     }
 }
@@ -388,6 +425,7 @@ static int favo_ready_port(const char *log, pid_t p, double timeout_s)
             kids_del(p);
             return -ECHILD;
         }
+        check_sig();
         usleep(50000);
     }
     return -ETIMEDOUT;
@@ -402,6 +440,7 @@ static void run_favo(const struct opts *o, struct side *s)
 
     snprintf(log, sizeof(log), "%s/favo-serve.log", o->out);
     snprintf(inst, sizeof(inst), "bsrv%ld", (long)getpid());
+    snprintf(g_shm, sizeof(g_shm), "/favo.%s", inst);
     snprintf(thr, sizeof(thr), "%d", o->threads);
     {
         /* 2 cores shared by 4 stages: blocking waits (favo serve says so). */
@@ -420,11 +459,15 @@ static void run_favo(const struct opts *o, struct side *s)
                  port == -ECHILD ? "exited before ready" : "not ready in 120 s", log);
         tail_log(log, 15);
         stop_child(p, 5);
+        shm_unlink(g_shm);
+        g_shm[0] = 0;
         return;
     }
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
     run_bench(o, url, "favo", s);
     stop_child(p, 30);
+    shm_unlink(g_shm); /* gone already unless it had to be SIGKILLed */
+    g_shm[0] = 0;
     s->wall_s = mono_s() - t0;
 }
 
@@ -468,6 +511,7 @@ static void run_llamacpp(const struct opts *o, struct side *s)
             up = true;
             break;
         }
+        check_sig();
         usleep(100000);
     }
     if (!up) {
