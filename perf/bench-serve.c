@@ -6,7 +6,7 @@
  *   build/perf/bench-serve [--json] [--model FILE] [--threads N]
  *                          [--rates R1,R2,..] [--duration S] [--scale F]
  *                          [--common-rate R] [--slo-ms MS] [--timeout S]
- *                          [--no-llamacpp] [--out DIR]
+ *                          [--no-llamacpp] [--llamacpp-queue] [--out DIR]
  *
  * For each server: start it on a free port, run
  *   favo bench --sweep RATES --slo ttft_p99_ms=MS --profile mix --scale F
@@ -23,8 +23,11 @@
  * model defaults to $FAVO_MODELS (or models/)/SmolLM2-135M-Instruct.Q4_1.gguf;
  * python is FAVO_VENV_PY, else .venv/bin/python3 (run from the source root).
  * llama.cpp's server is `python -m llama_cpp.server` (PyPI llama-cpp-python
- * with the [server] extras); when it cannot start, the reason is printed and
- * the llamacpp_* figures are null.
+ * with the [server] extras) with its defaults: a new request interrupts the
+ * running stream (that request then counts as an error);
+ * --llamacpp-queue passes --interrupt_requests False so requests queue
+ * instead. When it cannot start, the reason is printed and the llamacpp_*
+ * figures are null.
  *
  * Every child (servers, favo bench) runs in its own process group. On
  * SIGINT/SIGTERM/SIGHUP each group gets SIGTERM (favo serve drains and
@@ -283,7 +286,7 @@ struct opts {
     const char *model, *rates, *out, *favo, *py;
     int threads;
     double duration, scale, common_rate, slo_ms, timeout;
-    bool json, llamacpp;
+    bool json, llamacpp, lc_queue;
 };
 
 /* What one server's sweep gave. NAN = null. */
@@ -493,7 +496,8 @@ static void run_llamacpp(const struct opts *o, struct side *s)
     {
         char *argv[] = {(char *)o->py, "-m", "llama_cpp.server", "--model", (char *)o->model,
                         "--host", "127.0.0.1", "--port", pstr, "--n_threads", thr,
-                        "--n_threads_batch", thr, "--n_ctx", "4096", NULL};
+                        "--n_threads_batch", thr, "--n_ctx", "4096",
+                        "--interrupt_requests", o->lc_queue ? "False" : "True", NULL};
 
         p = spawn(argv, log);
     }
@@ -611,7 +615,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: bench-serve [--json] [--model FILE] [--threads N] [--rates R1,R2,..]\n"
             "                   [--duration S] [--scale F] [--common-rate R] [--slo-ms MS]\n"
-            "                   [--timeout S] [--no-llamacpp] [--out DIR]\n"
+            "                   [--timeout S] [--no-llamacpp] [--llamacpp-queue] [--out DIR]\n"
             "favo serve vs python -m llama_cpp.server under favo bench --profile mix --sweep.\n"
             "defaults: --threads 2 --rates 0.25,0.5,1,2 --duration 15 --scale 0.1\n"
             "          --slo-ms 300 --timeout 60, common rate = lowest swept rate\n");
@@ -659,6 +663,8 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(argv[i], "--llamacpp-queue")) {
+            o.lc_queue = true;
         } else if (!strcmp(argv[i], "--no-llamacpp")) {
             o.llamacpp = false;
         } else if (arg_val(argc, argv, &i, "--model", &o.model) ||
@@ -771,6 +777,7 @@ int main(int argc, char **argv)
         jnum(stdout, &first, "common_rate", o.common_rate);
         side_json(stdout, &first, "favo", &fv);
         side_json(stdout, &first, "llamacpp", &lc);
+        jnum(stdout, &first, "llamacpp_interrupt_requests", o.lc_queue ? 0 : 1);
         jstr(stdout, &first, "out_dir", o.out);
         printf("}\n");
     } else {
