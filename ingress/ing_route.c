@@ -662,6 +662,10 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     c->parked = true;
     c->parked_cell = cell;
     c->cancel_sent = false;
+    /* "Connection: close" travels as SHM_REQ_F_CLOSE: egress answers with
+     * it, shuts the socket down and says CLOSED. Closing here would cut
+     * the socket egress is about to answer on. */
+    c->closing = false;
     return;
 fail:
     shm_cell_free(L->pool, cell, SHM_CELL_INGRESS); /* scrubs: cell inv 2 */

@@ -259,6 +259,16 @@ def run_main(S):
     conn.close()
     check(oks == 3, f"three completions on one keep-alive connection ({oks}/3)")
 
+    # Connection: close is answered, then the connection closes
+    out = subprocess.run(["curl", "-sS", "-m", "60", "-H", "Connection: close", "-D", "-",
+                          S.base + "/v1/completions", "-H", "Content-Type: application/json",
+                          "-d", json.dumps({"model": model, "prompt": "Hi", "max_tokens": 3})],
+                         capture_output=True, text=True)
+    check(out.returncode == 0 and "HTTP/1.1 200" in out.stdout and
+          "connection: close" in out.stdout.lower() and '"text_completion"' in out.stdout,
+          f"a 'Connection: close' request is answered and closed ({out.stdout[:120]!r} "
+          f"{out.stderr[:120]!r})")
+
     # curl, non-streaming
     out = subprocess.run(["curl", "-sS", "-m", "60", S.base + "/v1/completions",
                           "-H", "Content-Type: application/json",
