@@ -76,6 +76,14 @@ if [ "$MODE" = test ] && ! .venv/bin/python3 -c 'import llama_cpp' 2>/dev/null; 
     CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="$ggml" .venv/bin/pip install -q --disable-pip-version-check llama-cpp-python==0.3.36 \
         || say "WARNING: llama-cpp-python could not be installed; llama.cpp comparisons will skip"
 fi
+# llama.cpp's OpenAI-compatible server (python -m llama_cpp.server) for
+# build/perf/bench-serve: its optional dependencies, test mode only.
+if [ "$MODE" = test ] && .venv/bin/python3 -c 'import llama_cpp' 2>/dev/null &&
+    ! .venv/bin/python3 -c 'import fastapi, uvicorn, sse_starlette, starlette_context, pydantic_settings' 2>/dev/null; then
+    say "installing llama_cpp.server's dependencies (bench-serve baseline)"
+    .venv/bin/pip install -q --disable-pip-version-check fastapi uvicorn sse-starlette starlette-context pydantic-settings \
+        || say "WARNING: llama_cpp.server's dependencies could not be installed; bench-serve skips llama.cpp"
+fi
 
 mkdir -p models
 SITE=$(.venv/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
