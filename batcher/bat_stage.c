@@ -769,6 +769,8 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
     b.pipe = cfg->pipe;
     if ((rc = attach_all(&b)))
         return rc;
+    if (cfg->on_ready)
+        cfg->on_ready(cfg->on_ready_arg);
     shm_pipe_set_up(b.pipe, SHM_PIPE_BATCHER, 0, (int32_t)getpid());
 
     for (;;) {

@@ -107,6 +107,11 @@ struct shm_stats_writer;
 
 struct bat_stage_cfg {
     const struct shm_pipe *pipe;     /* attached by the caller */
+    /* Called once, right before the stage reports itself up: start-up is
+     * over (files opened, memory mapped, threads started). favo serve
+     * installs the stage's seccomp profile here. NULL: nothing. */
+    void (*on_ready)(void *arg);
+    void *on_ready_arg;
     struct bat_sched_cfg sched;      /* used when the arena is fresh */
     int egr_bell_efd;                /* egress's eventfd: we ring it */
     int poll;                        /* 0 block, 1 adaptive, 2 spin */

@@ -29,7 +29,9 @@ static const char *const engine_calls[] = {
 };
 static const char *const egress_calls[] = {
     "sendmsg", "sendto", "recvmsg", "recvfrom", "shutdown", "io_uring_enter",
-    "io_uring_register", NULL,
+    "io_uring_register",
+    "getsockopt", "ioctl", /* TCP_INFO and SIOCOUTQ: where a resumed stream goes on */
+    NULL,
 };
 static const char *const ingress_calls[] = {
     "socket", "bind", "listen", "accept4", "setsockopt", "getsockopt",
@@ -86,9 +88,15 @@ int dp_sandbox_install(const char *profile)
     ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
     if (!ctx)
         return -ENOMEM;
-    rc = allow_list(ctx, base_calls);
+    /* every thread of the stage (the engine's pool started before this) */
+    rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+    if (!rc)
+        rc = allow_list(ctx, base_calls);
     if (!rc)
         rc = allow_list(ctx, extra);
+    /* kill(pid, 0) only: is a stats writer alive (ingress's /metrics) */
+    if (!rc && !strcmp(profile, "ingress"))
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1, SCMP_A1(SCMP_CMP_EQ, 0));
     if (!rc)
         rc = seccomp_load(ctx); /* sets no_new_privs itself */
     seccomp_release(ctx);

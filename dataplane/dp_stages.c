@@ -8,10 +8,11 @@
  * line naming what failed; the supervisor restarts it with backoff.
  *
  * Every stage is hardened first (dp_sandbox_harden: RLIMIT_CORE 0, not
- * dumpable). The seccomp profiles (dp_sandbox.h) are not installed yet:
- * they must go in after each stage's start-up (model and tokenizer files
- * opened, io_uring set up), which needs a hook in the stages' run
- * functions; until then a stage can make any system call.
+ * dumpable), and installs its seccomp profile (dp_sandbox.h) through its
+ * run function's on_ready hook, once start-up is over (model and tokenizer
+ * opened, io_uring set up, threads started): the engine then has no
+ * network calls, egress cannot open files. A forbidden call kills the
+ * stage (SIGSYS) and the supervisor restarts it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bat_stage.h"
@@ -122,6 +124,7 @@ static int env_open(struct stage_env *E, const char *stage, const struct kv *kv,
     struct sigaction sa;
 
     memset(E, 0, sizeof(*E));
+    tzset(); /* read /etc/localtime now: the seccomp profiles allow no open later */
     /* every stage holds request content: no core dumps, not dumpable
      * (invariant 5), before the segment is even mapped */
     if ((rc = dp_sandbox_harden()) != 0) {
@@ -168,6 +171,31 @@ static int env_open(struct stage_env *E, const char *stage, const struct kv *kv,
     return 0;
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define STAGE_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(undefined_behavior_sanitizer)
+#define STAGE_SANITIZER 1
+#endif
+#endif
+
+/* The stage's run function calls this once its start-up is done: from
+ * here on it may make only the system calls of its profile (dp_sandbox.h).
+ * Not in sanitizer builds, whose runtimes make calls of their own when
+ * they report. */
+static void sandbox_ready(void *arg)
+{
+#ifdef STAGE_SANITIZER
+    (void)arg;
+#else
+    const char *profile = arg;
+
+    if (dp_sandbox_install(profile) < 0)
+        favo_warn("%s: running without its seccomp profile", profile);
+#endif
+}
+
 static void env_close(struct stage_env *E)
 {
     if (E->have_stats) {
@@ -207,6 +235,8 @@ int dp_stage_ingress(int argc, char **argv)
         return 1;
     memset(&c, 0, sizeof(c));
     c.pipe = &E.pipe;
+    c.on_ready = sandbox_ready;
+    c.on_ready_arg = (void *)"ingress";
     c.listen_fd = fd_arg(&kv, "--listen-fd");
     c.bell_efd = fd_arg(&kv, "--bell-fd");
     c.egress_sock = fd_arg(&kv, "--fdpass-fd");
@@ -262,6 +292,8 @@ int dp_stage_batcher(int argc, char **argv)
         return 1;
     memset(&c, 0, sizeof(c));
     c.pipe = &E.pipe;
+    c.on_ready = sandbox_ready;
+    c.on_ready_arg = (void *)"batcher";
     c.egr_bell_efd = fd_arg(&kv, "--egr-bell-fd");
     c.sched.n_blocks = (uint32_t)kv_int(&kv, "--n-blocks", 0);
     c.sched.max_batch_tokens = (uint32_t)kv_int(&kv, "--max-batch-tokens", 0);
@@ -297,6 +329,8 @@ int dp_stage_engine(int argc, char **argv)
         return 1;
     memset(&c, 0, sizeof(c));
     c.pipe = &E.pipe;
+    c.on_ready = sandbox_ready;
+    c.on_ready_arg = (void *)"engine";
     c.rank = (unsigned)kv_int(&kv, "--rank", 0);
     c.model_path = kv_str(&kv, "--model");
     c.backend = kv_str(&kv, "--backend") ? kv_str(&kv, "--backend") : "cpu";
@@ -334,6 +368,8 @@ int dp_stage_egress(int argc, char **argv)
         return 1;
     memset(&c, 0, sizeof(c));
     c.pipe = &E.pipe;
+    c.on_ready = sandbox_ready;
+    c.on_ready_arg = (void *)"egress";
     c.fdpass_sock = fd_arg(&kv, "--fdpass-fd");
     c.bell_efd = fd_arg(&kv, "--bell-fd");
     for (unsigned w = 0; w < SHM_PIPE_MAX_INGRESS; w++)

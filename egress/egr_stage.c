@@ -89,6 +89,8 @@ struct egr {
     unsigned n_ingress;
     int32_t ing_seen[SHM_PIPE_MAX_INGRESS]; /* ingress pids, to notice a restart */
     uint64_t *scan_keys;             /* MAX_CONNS: ingress_check's scratch */
+    uint64_t up_ns;                  /* when this process started serving */
+    bool restarted;                  /* a previous egress served this pipe */
     shm_bell_efd_t bell, ing_bell[SHM_PIPE_MAX_INGRESS];
     bool ing_bell_ok[SHM_PIPE_MAX_INGRESS], ring_ing[SHM_PIPE_MAX_INGRESS];
     shm_bell_ec_t bat_bell;
@@ -819,8 +821,11 @@ static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
     }
     if (resume && r->conn != NONE)
         rs_fix_inflight(E, r);
-    if (resume && r->conn == NONE && !(st->flags & EGR_SF_GONE)) {
-        r->wait_since = E->now; /* ingress re-sends the socket (header: restart) */
+    if ((resume || (E->restarted && E->now - E->up_ns < RESUME_GRACE_NS)) && r->conn == NONE &&
+        !(st->flags & EGR_SF_GONE)) {
+        /* ingress re-sends the socket (header: restart): a resumed answer,
+         * or a new one whose socket the previous egress had received */
+        r->wait_since = E->now;
         E->n_waiting++;
     } else if (r->conn == NONE && !(st->flags & EGR_SF_GONE)) {
         favo_info("egress: no socket for conn %#" PRIx64 ": treating the client as gone",
@@ -1519,9 +1524,14 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
     arm_tick(E);
     fdpass_drain(E);
     E->now = favo_now_ns(); /* the resume grace counts from here, not from a slow setup */
+    E->up_ns = E->now;
+    /* a predecessor reported itself up (its word outlives it): a restart */
+    E->restarted = ck_pr_load_32((const uint32_t *)&cfg->pipe->hdr->up_pid[SHM_PIPE_EGRESS][0]) != 0;
     if ((rc = (int)rs_scan_cells(E)) > 0)
         favo_info("egress: took over %d responses from the cells", rc);
     rc = 0;
+    if (cfg->on_ready)
+        cfg->on_ready(cfg->on_ready_arg);
     shm_pipe_set_up(cfg->pipe, SHM_PIPE_EGRESS, 0, getpid());
     favo_info("egress: up (model %s, %u response slots)", E->model_id, E->n_rs);
 

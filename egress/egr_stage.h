@@ -136,6 +136,11 @@
 
 struct egr_stage_cfg {
     const struct shm_pipe *pipe;             /* attached by the caller */
+    /* Called once, right before the stage reports itself up: start-up is
+     * over (files opened, memory mapped, threads started). favo serve
+     * installs the stage's seccomp profile here. NULL: nothing. */
+    void (*on_ready)(void *arg);
+    void *on_ready_arg;
     int fdpass_sock;                         /* receiving end of the ingress socket handoff */
     int bell_efd;                            /* egress's eventfd (this stage consumes it) */
     int ing_bell_efd[SHM_PIPE_MAX_INGRESS];  /* ingress workers' eventfds (rung here); -1: none */

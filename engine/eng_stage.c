@@ -668,6 +668,8 @@ int eng_stage_run(const struct eng_stage_cfg *cfg)
     favo_info("engine stage: rank %u up (%s backend, %u KV blocks, %u tokens / %u seqs per "
               "step, n_ctx %u)", cfg->rank, s.null ? "null" : "cpu", s.n_blocks, s.max_tokens,
               s.max_seqs, s.n_ctx);
+    if (cfg->on_ready)
+        cfg->on_ready(cfg->on_ready_arg);
     shm_pipe_set_up(s.pipe, SHM_PIPE_ENGINE, cfg->rank, (int32_t)getpid());
     rc = stage_loop(&s);
     shm_pipe_set_up(s.pipe, SHM_PIPE_ENGINE, cfg->rank, 0);

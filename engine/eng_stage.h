@@ -115,6 +115,11 @@ struct shm_stats_writer;
 
 struct eng_stage_cfg {
     const struct shm_pipe *pipe;     /* attached by the caller */
+    /* Called once, right before the stage reports itself up: start-up is
+     * over (files opened, memory mapped, threads started). favo serve
+     * installs the stage's seccomp profile here. NULL: nothing. */
+    void (*on_ready)(void *arg);
+    void *on_ready_arg;
     unsigned rank;                   /* 0 writes results and the done ring */
     const char *model_path;
     const char *backend;             /* "cpu" or "null" */

@@ -1062,6 +1062,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
                   cfg->host ? cfg->host : "127.0.0.1", L->port);
     arm_accept(L);
     arm_tick(L);
+    if (cfg->on_ready)
+        cfg->on_ready(cfg->on_ready_arg);
     if (cfg->pipe)
         shm_pipe_set_up(cfg->pipe, SHM_PIPE_INGRESS, cfg->worker, getpid());
     rc = 0;

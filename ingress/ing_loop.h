@@ -106,6 +106,11 @@ struct ing_cfg {
      * eventfd bell (bell_efd) - and /ready is shm_pipe_ready(). The
      * fields below (cells, to_batcher, batcher_up) are then ignored. */
     const struct shm_pipe *pipe;
+    /* Called once, right before the stage reports itself up: start-up is
+     * over (files opened, memory mapped, threads started). favo serve
+     * installs the stage's seccomp profile here. NULL: nothing. */
+    void (*on_ready)(void *arg);
+    void *on_ready_arg;
     int bell_efd;                /* with pipe: this worker's eventfd */
     int listen_fd;               /* > 0: an inherited listening socket (the
                                     supervisor keeps its copy: invariant 6) */
