@@ -78,6 +78,14 @@ static uint64_t layout(const struct shm_pipe_cfg *c, struct shm_pipe_hdr *h)
     TAKE(off_ctl, h->len_ctl);
     TAKE(off_bell_bat, sizeof(struct shm_bell_ec));
     TAKE(off_bell_egr, sizeof(struct shm_bell_efd));
+    h->len_tls_out = shm_ring_region_size(c->conn_ring, sizeof(struct shm_tls_out));
+    h->len_tls_ack = shm_ring_region_size(c->conn_ring, sizeof(struct shm_tls_ack));
+    if (!h->len_tls_out || !h->len_tls_ack)
+        return 0;
+    for (unsigned w = 0; w < c->n_ingress; w++) {
+        TAKE(off_tls_out[w], h->len_tls_out);
+        TAKE(off_tls_ack[w], h->len_tls_ack);
+    }
     TAKE(off_results, (uint64_t)SHM_PIPE_PLAN_SLOTS * c->max_seqs * c->result_size);
     off = align_up(off, 4096);
     TAKE(off_plans, (uint64_t)c->n_ranks * SHM_PIPE_PLAN_SLOTS * align_up(c->plan_bytes, 64));
@@ -151,6 +159,12 @@ int shm_pipe_init(struct shm_pipe *p, void *mem, size_t len, const struct shm_pi
         (rc = shm_bell_efd_init(shm_pipe_at(p, h->off_bell_egr), generation)) ||
         (rc = shm_cell_pool_init(p->base + h->off_cells, h->len_cells, &c.cells, generation)))
         return rc;
+    for (unsigned w = 0; w < c.n_ingress; w++)
+        if ((rc = shm_ring_init(p->base + h->off_tls_out[w], h->len_tls_out, c.conn_ring,
+                                sizeof(struct shm_tls_out), generation)) ||
+            (rc = shm_ring_init(p->base + h->off_tls_ack[w], h->len_tls_ack, c.conn_ring,
+                                sizeof(struct shm_tls_ack), generation)))
+            return rc;
     ck_pr_fence_store();
     ck_pr_store_64(&h->magic, SHM_PIPE_MAGIC);
     return 0;
@@ -260,6 +274,24 @@ int shm_pipe_ring_ev(const struct shm_pipe *p, enum shm_ring_role role, shm_ring
 int shm_pipe_ring_ctl(const struct shm_pipe *p, enum shm_ring_role role, shm_ring_t *r)
 {
     return ring(p, p->hdr->off_ctl, p->hdr->len_ctl, sizeof(struct shm_ctl), role, r);
+}
+
+int shm_pipe_ring_tls_out(const struct shm_pipe *p, unsigned w, enum shm_ring_role role,
+                          shm_ring_t *r)
+{
+    if (w >= p->hdr->cfg.n_ingress)
+        return -EINVAL;
+    return ring(p, p->hdr->off_tls_out[w], p->hdr->len_tls_out, sizeof(struct shm_tls_out),
+                role, r);
+}
+
+int shm_pipe_ring_tls_ack(const struct shm_pipe *p, unsigned w, enum shm_ring_role role,
+                          shm_ring_t *r)
+{
+    if (w >= p->hdr->cfg.n_ingress)
+        return -EINVAL;
+    return ring(p, p->hdr->off_tls_ack[w], p->hdr->len_tls_ack, sizeof(struct shm_tls_ack),
+                role, r);
 }
 
 int shm_pipe_bell_bat(const struct shm_pipe *p, shm_bell_ec_t *b)

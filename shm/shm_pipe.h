@@ -180,6 +180,39 @@ struct shm_conn_msg {
     uint32_t pad_;
 };
 
+/*
+ * TLS, userspace path (h23; ingress/ing_tls.h, ARCHITECTURE.md "TLS"). A
+ * TLS connection whose socket cannot encrypt by itself (no kernel TLS
+ * transmit) never goes to egress: ingress owns the SSL keys. Its conn key
+ * carries SHM_CONN_F_TLS; egress formats the response in the cell as for
+ * any connection but, instead of sending, puts a shm_tls_out on
+ * tls_out[w] and rings ingress w's bell; ingress encrypts those cell
+ * bytes (copying them out at once: it never touches the cell after the
+ * message), sends the records with io_uring and answers exactly ONE
+ * shm_tls_ack per message on tls_ack[w] (res = len once every record of
+ * it left; < 0: the connection is gone, nothing more will leave), then
+ * rings egress's bell. One message in flight per connection (egress's one
+ * send). seq = response bytes already acknowledged before this chunk:
+ * (cell, seq) names a chunk, so a chunk re-sent by a restarted egress is
+ * recognised by ingress (acked again, never encrypted twice) and a
+ * replayed ack by egress. SHM_CONN_ABORT on conn[w]: egress gave up on the
+ * connection (write timeout): ingress closes it now. A kernel-TLS
+ * connection has no flag: egress gets the socket and writes plaintext.
+ */
+#define SHM_CONN_F_TLS (1ull << 63)   /* in shm_req.conn / shm_conn_msg.conn */
+enum { SHM_CONN_ABORT = 3 };          /* shm_conn_msg.what, TLS only */
+struct shm_tls_out {                  /* egress -> ingress w */
+    uint64_t conn;
+    uint64_t cell;                    /* shm_cell_ref_t */
+    uint64_t seq;                     /* response bytes acknowledged before this chunk */
+    uint32_t off, len;                /* the chunk: cell bytes [off, off + len) */
+};
+struct shm_tls_ack {                  /* ingress w -> egress */
+    uint64_t conn, cell, seq;         /* as in the shm_tls_out */
+    int32_t res;                      /* len: all of it left; < 0: -errno, gone */
+    uint32_t pad_;
+};
+
 /* ------------------------------------------------------------ layout */
 
 struct shm_pipe_cfg {
@@ -216,6 +249,9 @@ struct shm_pipe_hdr {
     uint32_t draining FAVO_ALIGNED_CL;                                        /* supervisor */
     uint32_t n_vocab, n_ctx;         /* supervisor, from the model, before publish */
     char model_id[128];              /* supervisor: /v1/models id and "model" field */
+    /* TLS userspace path (see above; capacity cfg.conn_ring each) */
+    uint64_t off_tls_out[SHM_PIPE_MAX_INGRESS], off_tls_ack[SHM_PIPE_MAX_INGRESS];
+    uint64_t len_tls_out, len_tls_ack;
 } FAVO_ALIGNED_CL;
 
 /* Process-local view of an attached pipe. */
@@ -254,6 +290,11 @@ int shm_pipe_ring_plan(const struct shm_pipe *p, unsigned rank, enum shm_ring_ro
 int shm_pipe_ring_done(const struct shm_pipe *p, enum shm_ring_role role, shm_ring_t *r);
 int shm_pipe_ring_ev(const struct shm_pipe *p, enum shm_ring_role role, shm_ring_t *r);
 int shm_pipe_ring_ctl(const struct shm_pipe *p, enum shm_ring_role role, shm_ring_t *r);
+/* TLS userspace path: tls_out[w] egress -> ingress w, tls_ack[w] back. */
+int shm_pipe_ring_tls_out(const struct shm_pipe *p, unsigned worker, enum shm_ring_role role,
+                          shm_ring_t *r);
+int shm_pipe_ring_tls_ack(const struct shm_pipe *p, unsigned worker, enum shm_ring_role role,
+                          shm_ring_t *r);
 
 /* Bells. The eventfd ones need this process's eventfd number. */
 int shm_pipe_bell_bat(const struct shm_pipe *p, shm_bell_ec_t *b);
