@@ -18,37 +18,23 @@ Egress handing such sockets back to the new ingress would close that gap.)
 Skipped in sanitizer builds: restarts there take seconds, and the stages'
 code runs under ASan in the other serve tests.
 """
+import http.client
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-import http.client
 
-FAVO = os.path.join(os.environ.get("FAVO_BUILD", "build"), "favo")
-MODEL = os.path.join(os.environ.get("FAVO_MODELS", "models"), "SmolLM2-135M-Instruct.Q4_1.gguf")
+from serve_util import MODEL_ID, Serve, check, finish, require_model, sanitizer_build, skip
+
 ROUNDS = int(os.environ.get("FAVO_CHAOS_ROUNDS", "2"))
 CLIENTS = 6
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
-if not os.path.exists(MODEL):
-    print(f"SKIP: {MODEL} missing")
-    sys.exit(77)
-if "sanitizer" in subprocess.run([FAVO, "--version"], capture_output=True, text=True).stdout:
-    print("SKIP: a sanitizer build (restarts take seconds there); the chaos test runs in the "
-          "release build")
-    sys.exit(77)
+require_model()
+if sanitizer_build():
+    skip("a sanitizer build (restarts take seconds there); the chaos test runs in the "
+         "release build")
 
 PROMPTS = ["The history of the printing press", "A recipe for bread starts with",
            "The rules of chess say that", "In the year 1900 the city of",
@@ -59,7 +45,7 @@ MAXTOK = 40
 def stream(port, prompt, timeout=120):
     """One streaming completion over a fresh connection: (status, text, finish)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    body = json.dumps({"model": "SmolLM2-135M-Instruct.Q4_1", "prompt": prompt,
+    body = json.dumps({"model": MODEL_ID, "prompt": prompt,
                        "max_tokens": MAXTOK, "temperature": 0, "stream": True})
     c.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
     r = c.getresponse()
@@ -80,33 +66,10 @@ def stream(port, prompt, timeout=120):
     return (200 if done else 599), "".join(text), fin
 
 
-def ready(port):
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        c.request("GET", "/ready")
-        ok = c.getresponse().status == 200
-        c.close()
-        return ok
-    except OSError:
-        return False
-
-
 def main():
-    log = tempfile.NamedTemporaryFile(prefix="favo-chaos-", suffix=".log", delete=False)
-    inst = f"chaos{os.getpid()}"
-    p = subprocess.Popen([FAVO, "serve", "--model", MODEL, "--port", "0", "--instance", inst,
-                          "--kv-cache-mb", "512", "--max-seqs", "16", "--max-batch-tokens", "256",
-                          "--threads", "2"], stdout=log, stderr=subprocess.STDOUT)
-    port = None
-    for _ in range(2400):
-        m = re.search(r"on http://127\.0\.0\.1:(\d+) .*ready in", open(log.name).read())
-        if m:
-            port = int(m.group(1))
-            break
-        time.sleep(0.05)
-    if not port:
-        print(open(log.name).read()[-3000:])
-        sys.exit(1)
+    S = Serve(defaults=("--kv-cache-mb", "512", "--max-seqs", "16", "--max-batch-tokens",
+                        "256", "--threads", "2"), prefix="chaos")
+    p, port = S.p, S.port
     ref = {pr: stream(port, pr)[1] for pr in PROMPTS}
     stop = threading.Event()
     results = []
@@ -133,8 +96,6 @@ def main():
     for t in th:
         t.start()
     time.sleep(2)
-    stages = {}
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     kills = []
     for rnd in range(ROUNDS):
         for name in ("ingress", "batcher", "engine", "egress"):
@@ -149,7 +110,7 @@ def main():
             # one failure at a time: the next kill waits until every stage
             # is up again (/ready), then lets the load run a little
             t0 = time.time()
-            while time.time() - t0 < 60 and not ready(port):
+            while time.time() - t0 < 60 and not S.ready():
                 time.sleep(0.05)
             while time.time() - t0 < 120:
                 with lock:
@@ -163,7 +124,7 @@ def main():
         t.join()
     p.send_signal(signal.SIGTERM)
     p.wait(60)
-    logtext = open(log.name).read()
+    logtext = S.logtext()
     lat = [float(x) for x in re.findall(r"restarted as pid \d+, ([\d.]+) ms after its exit", logtext)]
     bad = [r for r in results if r[0] != 200 or not r[1]]
     print(f"{len(results)} requests, {len(bad)} bad, {len(kills)} kills")
@@ -181,5 +142,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    print(f"{len(failures)} failures")
-    sys.exit(1 if failures else 0)
+    finish()

@@ -26,106 +26,13 @@ import tempfile
 import threading
 import time
 
-FAVO = os.path.join(os.environ.get("FAVO_BUILD", "build"), "favo")
-MODELS = os.environ.get("FAVO_MODELS", "models")
-MODEL = os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
+from serve_util import FAVO, Serve, check, failures, gauge, require_model, skip
 
 try:
     import openai
 except ImportError:
-    print("SKIP: the openai package is not installed in the project venv")
-    sys.exit(77)
-if not os.path.exists(MODEL):
-    print(f"SKIP: {MODEL} is missing (./setup.sh installs it)")
-    sys.exit(77)
-
-
-class Serve:
-    """favo serve on a free port with its own instance name."""
-
-    def __init__(self, *extra, env=None):
-        self.inst = f"t{os.getpid()}x{int(time.time() * 1000) % 100000}"
-        self.log = tempfile.NamedTemporaryFile(prefix="favo-serve-", suffix=".log", delete=False)
-        args = [FAVO, "serve", "--model", MODEL, "--port", "0", "--instance", self.inst,
-                "--kv-cache-mb", "512", "--max-seqs", "32", "--max-batch-tokens", "512",
-                "--threads", "2", "--drain-timeout", "20", *extra]
-        e = dict(os.environ)
-        e.update(env or {})
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e)
-        self.port = None
-        t0 = time.time()
-        while time.time() - t0 < 120:
-            text = open(self.log.name, errors="replace").read()
-            m = re.search(r"on http://127\.0\.0\.1:(\d+) .*ready in", text)
-            if m:
-                self.port = int(m.group(1))
-                break
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not self.port:
-            print(open(self.log.name, errors="replace").read()[-4000:])
-            raise SystemExit("FAIL: favo serve did not become ready")
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def client(self, key="none", **kw):
-        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0,
-                             timeout=120, **kw)
-
-    def get(self, path, headers=None):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        c.request("GET", path, headers=headers or {})
-        r = c.getresponse()
-        body = r.read()
-        c.close()
-        return r.status, body
-
-    def post(self, path, obj, headers=None):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        h = {"Content-Type": "application/json"}
-        h.update(headers or {})
-        c.request("POST", path, body=json.dumps(obj), headers=h)
-        r = c.getresponse()
-        body = r.read()
-        c.close()
-        return r.status, body
-
-    def stat(self):
-        out = subprocess.run([FAVO, "stat", "--instance", self.inst, "--json"],
-                             capture_output=True, text=True, timeout=30)
-        return json.loads(out.stdout) if out.returncode == 0 else None
-
-    def stop(self, sig=signal.SIGTERM, timeout=60):
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        return self.p.returncode
-
-    def logtext(self):
-        return open(self.log.name, errors="replace").read()
-
-
-def gauge(snap, name):
-    """A gauge's value from `favo stat --json`, wherever the view puts it."""
-    if snap is None:
-        return None
-    for sect in ("gauges", "gauge"):
-        if isinstance(snap.get(sect), dict) and name in snap[sect]:
-            v = snap[sect][name]
-            return v.get("value") if isinstance(v, dict) else v
-    return None
+    skip("the openai package is not installed in the project venv")
+require_model()
 
 
 PROMPTS = ["Name three colours.", "What is the capital of France?", "Count from one to five.",

@@ -12,60 +12,26 @@ Skips (77) when nginx or the model is missing.
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-FAVO = os.path.join(os.environ.get("FAVO_BUILD", "build"), "favo")
-MODEL = os.path.join(os.environ.get("FAVO_MODELS", "models"), "SmolLM2-135M-Instruct.Q4_1.gguf")
+from serve_util import MODEL_ID, Serve, check, finish, free_port, require_model, skip
+
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
 if not NGINX:
-    print("SKIP: nginx is not installed (./setup.sh test installs it)")
-    sys.exit(77)
-if not os.path.exists(MODEL):
-    print(f"SKIP: {MODEL} missing")
-    sys.exit(77)
+    skip("nginx is not installed (./setup.sh test installs it)")
+require_model()
 
 
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-class Replica:
-    def __init__(self, name, port):
-        self.log = tempfile.NamedTemporaryFile(prefix=f"favo-{name}-", suffix=".log", delete=False)
-        self.p = subprocess.Popen(
-            [FAVO, "serve", "--model", MODEL, "--port", str(port), "--instance",
-             f"rep{os.getpid()}{name}", "--kv-cache-mb", "256", "--ctx-size", "2048", "--max-seqs", "16",
-             "--max-batch-tokens", "256", "--threads", "1", "--drain-timeout", "20"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(2400):
-            if "ready in" in open(self.log.name, errors="replace").read():
-                return
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        print(open(self.log.name, errors="replace").read()[-3000:])
-        raise SystemExit(f"FAIL: replica {name} did not start")
+def Replica(name, port):
+    """One whole favo instance in its own process group (killpg kills it all)."""
+    return Serve(defaults=("--kv-cache-mb", "256", "--ctx-size", "2048", "--max-seqs", "16",
+                           "--max-batch-tokens", "256", "--threads", "1", "--drain-timeout", "20"),
+                 port=port, prefix="rep" + name, new_session=True)
 
 
 def nginx_start(d, port, ups):
@@ -118,7 +84,7 @@ http {{
 
 def request(port):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    body = json.dumps({"model": "SmolLM2-135M-Instruct.Q4_1", "prompt": "Tell me about rivers.",
+    body = json.dumps({"model": MODEL_ID, "prompt": "Tell me about rivers.",
                        "max_tokens": 12, "temperature": 0})
     try:
         c.request("POST", "/v1/completions", body=body,
@@ -177,7 +143,7 @@ def main():
         os.killpg(A.p.pid, signal.SIGKILL)
         A.p.wait()
         try:  # a killed supervisor cannot remove its stats segment: the test does
-            os.unlink(f"/dev/shm/favo.rep{os.getpid()}a2")
+            os.unlink(f"/dev/shm/favo.{A.inst}")
         except OSError:
             pass
         time.sleep(3)
@@ -209,5 +175,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    print(f"{len(failures)} failures")
-    sys.exit(1 if failures else 0)
+    finish()
