@@ -97,6 +97,12 @@ static uint64_t layout(const struct shm_pipe_cfg *c, struct shm_pipe_hdr *h)
         return 0;
     h->len_cells = r;
     TAKE(off_cells, r);
+    TAKE(off_spec, shm_spec_region_size());
+    if (c->cache_bytes) {
+        off = align_up(off, 4096);
+        h->len_cache = align_up(c->cache_bytes, 64);
+        TAKE(off_cache, h->len_cache);
+    }
 #undef TAKE
     return off;
 }
@@ -157,7 +163,8 @@ int shm_pipe_init(struct shm_pipe *p, void *mem, size_t len, const struct shm_pi
                             sizeof(struct shm_ctl), generation)) ||
         (rc = shm_bell_ec_init(shm_pipe_at(p, h->off_bell_bat), generation, 0)) ||
         (rc = shm_bell_efd_init(shm_pipe_at(p, h->off_bell_egr), generation)) ||
-        (rc = shm_cell_pool_init(p->base + h->off_cells, h->len_cells, &c.cells, generation)))
+        (rc = shm_cell_pool_init(p->base + h->off_cells, h->len_cells, &c.cells, generation)) ||
+        (rc = shm_spec_init(shm_pipe_spec(p))))
         return rc;
     for (unsigned w = 0; w < c.n_ingress; w++)
         if ((rc = shm_ring_init(p->base + h->off_tls_out[w], h->len_tls_out, c.conn_ring,
@@ -228,6 +235,18 @@ void *shm_pipe_results(const struct shm_pipe *p, unsigned slot)
 
     FAVO_ASSERT(slot < SHM_PIPE_PLAN_SLOTS);
     return p->base + p->hdr->off_results + (uint64_t)slot * c->max_seqs * c->result_size;
+}
+
+struct shm_spec_region *shm_pipe_spec(const struct shm_pipe *p)
+{
+    return (struct shm_spec_region *)(p->base + p->hdr->off_spec);
+}
+
+void *shm_pipe_cache(const struct shm_pipe *p, size_t *len)
+{
+    if (len)
+        *len = p->hdr->len_cache;
+    return p->hdr->len_cache ? p->base + p->hdr->off_cache : NULL;
 }
 
 static int ring(const struct shm_pipe *p, uint64_t off, uint64_t len, uint32_t slot,

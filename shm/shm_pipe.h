@@ -73,9 +73,10 @@
 #include "shm_bell.h"
 #include "shm_cell.h"
 #include "shm_ring.h"
+#include "shm_spec.h"
 
 #define SHM_PIPE_MAGIC 0x3145504950564146ull /* "FAVPIPE1" */
-#define SHM_PIPE_VERSION 1u
+#define SHM_PIPE_VERSION 2u  /* 2: specialist table, response cache, shm_req.cache_ttl/spec */
 #define SHM_PIPE_MAX_INGRESS 8
 #define SHM_PIPE_MAX_RANKS 8
 #define SHM_PIPE_PLAN_SLOTS 2      /* per rank: step N and N+1 */
@@ -132,6 +133,12 @@ struct shm_req {
     struct shm_span stop[SHM_REQ_NSTOP];
     char reqid[SHM_REQ_ID_MAX];       /* not NUL-terminated: reqid_len */
     char tenant_name[SHM_REQ_TENANT_MAX]; /* NUL-terminated, "" when open */
+    /* The specialist the request named (shm_spec.h), applied by ingress:
+     * its name ("" = the loaded model itself), for the cache key and the
+     * response's "model"; its response cache TTL (0 = not cached). */
+    uint32_t cache_ttl;                   /* seconds */
+    uint32_t spec_pad_;
+    char spec[SHM_SPEC_NAME_MAX];         /* NUL-terminated */
 };
 
 /* batcher <-> engine: which plan slot holds step `step`. */
@@ -224,6 +231,7 @@ struct shm_pipe_cfg {
     uint32_t max_seqs;               /* results per plan slot */
     uint32_t result_size;            /* sizeof(struct bat_result) */
     struct shm_cell_cfg cells;       /* nreturn forced to SHM_PIPE_NRET */
+    uint64_t cache_bytes;            /* response cache region (bat_cache.h); 0: none */
 };
 
 struct shm_pipe_hdr {
@@ -242,6 +250,8 @@ struct shm_pipe_hdr {
     uint64_t off_results; /* [slot] max_seqs * result_size each (rank 0 writes) */
     uint64_t off_bell_bat, off_bell_eng[SHM_PIPE_MAX_RANKS], off_bell_egr;
     uint64_t off_bell_ing[SHM_PIPE_MAX_INGRESS];
+    uint64_t off_spec;               /* struct shm_spec_region (supervisor writes) */
+    uint64_t off_cache, len_cache;   /* the batcher's response cache; len 0: off */
 
     /* control words (one writer each; see the top of the file) */
     int32_t sup_pid[SHM_PIPE_NSTAGES][SHM_PIPE_MAX_INGRESS] FAVO_ALIGNED_CL; /* supervisor */
@@ -279,6 +289,11 @@ void *shm_pipe_cells(const struct shm_pipe *p, size_t *len);
 void *shm_pipe_sched(const struct shm_pipe *p, size_t *len);
 void *shm_pipe_plan(const struct shm_pipe *p, unsigned rank, unsigned slot);
 void *shm_pipe_results(const struct shm_pipe *p, unsigned slot);
+/* The specialist table (formatted by shm_pipe_init) and the response cache
+ * region (zeroed by shm_pipe_init; the batcher formats it: NULL, *len 0
+ * when cfg.cache_bytes was 0). */
+struct shm_spec_region *shm_pipe_spec(const struct shm_pipe *p);
+void *shm_pipe_cache(const struct shm_pipe *p, size_t *len);
 
 /* Ring handles: role SHM_RING_PRODUCER / CONSUMER as drawn above. */
 int shm_pipe_ring_req(const struct shm_pipe *p, unsigned worker, enum shm_ring_role role,
