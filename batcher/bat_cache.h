@@ -3,7 +3,7 @@
  * requests, kept in the data segment, answered without touching the engine.
  *
  * Off by default; a specialist enables it with cache_ttl (1..86400 s,
- * bat_spec.h). Only deterministic requests are cached: temperature 0
+ * shm_spec.h). Only deterministic requests are cached: temperature 0
  * (greedy), or a seed given (counter-based sampling makes a seeded
  * request reproducible, eng_sample.h). bat_cache_deterministic() decides.
  *

@@ -4,9 +4,11 @@
 #include "bat_stage.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "bat_cache.h"
 #include "favo_base.h"
 #include "shm_stats.h"
 
@@ -15,6 +17,17 @@
 #define BST_HB_NS 100000000ull
 #define BST_OB_ROOM 8u      /* outbox slots kept free before taking a request */
 #define BST_USER_ENG 0      /* bat_sched_user words [0, n_ranks): engine pids */
+#define BST_CACHE_IDS 2048u /* longest answer the cache keeps (ids) */
+#define BST_CACHE_EXTRA 2048u /* key bytes beyond the ids: tenant name, stop strings */
+#define BST_EXPIRE_NS 1000000000ull
+
+/* A cacheable request that missed, until its FINISH (process-local: a
+ * restart forgets it, and its answer is then not cached). */
+struct bst_pend {
+    uint64_t cell;
+    uint32_t ttl, tok_off, ntok, max_tokens;
+    uint8_t key[BAT_CACHE_KEY];
+};
 
 struct bst {
     const struct bat_stage_cfg *cfg;
@@ -33,6 +46,15 @@ struct bst {
     uint64_t last_preempt, last_hb;
     bool stalled;                      /* last step produced nothing to run */
     bool slot_wait;                    /* the next plan's slot is still named by a message */
+    /* response cache (bat_stage.h) */
+    struct bat_cache cache;
+    bool cache_on;
+    struct bst_pend *pend;
+    uint32_t n_pend, cap_pend;
+    uint8_t *cbuf;                     /* one value: reason, n, ids; scrubbed after use */
+    uint32_t cbuf_cap;
+    uint64_t last_expire;
+    uint32_t reload_seen;
 };
 
 static uint64_t mix64(uint64_t z)
@@ -50,6 +72,8 @@ static bool stopping(const struct bst *b)
 }
 
 /* ------------------------------------------------------------ outbox -> ev */
+
+static void cache_finish(struct bst *b, const struct bat_event *e, uint64_t now);
 
 /* What a bat_event becomes on the ev ring (no side effects). */
 static void ev_of(const struct bat_sched *s, const struct bat_event *e, struct shm_ev *o,
@@ -143,6 +167,8 @@ static int publish(struct bst *b, uint64_t now)
 
         if (sent == room)
             break; /* ring full: egress drains it; the rest waits */
+        if (b->n_pend && (e->kind == BAT_EV_FINISH || e->kind == BAT_EV_ERROR))
+            cache_finish(b, e, now); /* before the cell goes to egress */
         if (!ev_prepare(b, e)) {
             k++;
             continue;
@@ -207,13 +233,16 @@ static void push_error(struct bst *b, uint64_t cell, uint16_t status, uint32_t r
     }
 }
 
-static bool error_pending(const struct bst *b, uint64_t cell)
+/* Is an event for cell waiting in the outbox (an ERROR we pushed, or the
+ * answer of a cache hit)? */
+static bool event_pending(const struct bst *b, uint64_t cell)
 {
     uint32_t n;
     const struct bat_event *pend = bat_sched_ob_peek(&b->s, &n);
 
     for (uint32_t i = 0; i < n; i++)
-        if (pend[i].kind == BAT_EV_ERROR && pend[i].cell == cell)
+        if ((pend[i].kind == BAT_EV_ERROR || pend[i].kind == BAT_EV_FINISH) &&
+            pend[i].cell == cell)
             return true;
     return false;
 }
@@ -227,6 +256,133 @@ static void cancel_cell(struct bst *b, uint64_t id, uint64_t cell)
     if (bat_sched_find(&b->s, cell, &h) == 0)
         bat_sched_cancel(&b->s, h);
     /* unknown (finished, refused, stale): nothing to do */
+}
+
+/* ------------------------------------------------------------ response cache */
+
+/* The cache key of a request (bat_stage.h). -E2BIG: stop strings too long
+ * to key (not cached); -EINVAL: spans outside the cell. */
+static int cache_key_of(struct bst *b, const struct shm_req *r, const char *data, size_t size,
+                        const struct eng_sample_params *sp, uint8_t key[BAT_CACHE_KEY])
+{
+    uint8_t extra[BST_CACHE_EXTRA];
+    char model[SHM_SPEC_NAME_MAX];
+    size_t at = 0, tl = strnlen(r->tenant_name, sizeof(r->tenant_name));
+    struct bat_cache_key_in in;
+    int rc;
+
+    if (r->nstop > SHM_REQ_NSTOP)
+        return -EINVAL;
+    memcpy(extra, &tl, sizeof(tl));
+    memcpy(extra + sizeof(tl), r->tenant_name, tl);
+    at = sizeof(tl) + tl;
+    for (unsigned i = 0; i < r->nstop; i++) {
+        uint64_t l = r->stop[i].len;
+        if ((uint64_t)r->stop[i].off + l > size)
+            return -EINVAL;
+        if (at + sizeof(l) + l > sizeof(extra)) {
+            explicit_bzero(extra, at);
+            return -E2BIG;
+        }
+        memcpy(extra + at, &l, sizeof(l));
+        memcpy(extra + at + sizeof(l), data + r->stop[i].off, l);
+        at += sizeof(l) + l;
+    }
+    memcpy(model, r->spec, sizeof(model));
+    model[sizeof(model) - 1] = 0;
+    memset(&in, 0, sizeof(in));
+    in.tenant = r->tenant;
+    in.model = model[0] ? model : b->pipe->hdr->model_id;
+    in.tokens = (const int32_t *)(const void *)(data + r->tok_off);
+    in.n_tokens = r->ntok;
+    in.sp = sp;
+    in.has_seed = (r->flags & SHM_REQ_F_SEED) != 0;
+    in.max_tokens = r->max_tokens;
+    in.extra = extra;
+    in.extra_len = at;
+    rc = bat_cache_key(&b->cache, &in, key);
+    explicit_bzero(extra, at); /* stop strings are content */
+    return rc;
+}
+
+/* A hit: the cached ids into the cell, START, TOKEN (all of them) and
+ * FINISH into the outbox (room checked before the message was taken). */
+static bool cache_hit(struct bst *b, const struct shm_req *r, char *data,
+                      const uint8_t key[BAT_CACHE_KEY], uint64_t now)
+{
+    int n = bat_cache_get(&b->cache, key, now, b->cbuf, b->cbuf_cap);
+    uint32_t reason, cnt, at = r->tok_off + 4u * r->ntok;
+    int32_t last;
+
+    if (n < 8)
+        return false; /* -ENOENT: a miss */
+    memcpy(&reason, b->cbuf, 4);
+    memcpy(&cnt, b->cbuf + 4, 4);
+    if (cnt == 0 || cnt > r->max_tokens || (size_t)n != 8 + 4ull * cnt ||
+        (reason != BAT_FIN_STOP && reason != BAT_FIN_LENGTH)) {
+        explicit_bzero(b->cbuf, (size_t)n);
+        return false; /* cannot be: the key covers max_tokens */
+    }
+    /* The ids fit: submit checked tok_off + 4 * (ntok + max_tokens) <= resp_off. */
+    memcpy(data + at, b->cbuf + 8, 4ull * cnt);
+    memcpy(&last, b->cbuf + 8 + 4ull * (cnt - 1), 4);
+    explicit_bzero(b->cbuf, (size_t)n);
+    struct bat_event ev[3] = {
+        { .cell = r->cell, .kind = BAT_EV_START },
+        { .cell = r->cell, .kind = BAT_EV_TOKEN, .token = last, .n_gen = cnt,
+          .at = at + 4 * (cnt - 1) },
+        { .cell = r->cell, .kind = BAT_EV_FINISH, .reason = (uint16_t)reason, .n_gen = cnt },
+    };
+    for (int i = 0; i < 3; i++)
+        FAVO_ASSERT(bat_sched_ob_push(&b->s, &ev[i]) == 0); /* BST_OB_ROOM */
+    explicit_bzero(&ev, sizeof(ev));
+    return true;
+}
+
+static void pend_add(struct bst *b, const struct shm_req *r, const uint8_t key[BAT_CACHE_KEY])
+{
+    struct bst_pend *p;
+
+    if (b->n_pend >= b->cap_pend)
+        return; /* more misses in flight than requests the scheduler holds: not cached */
+    p = &b->pend[b->n_pend++];
+    p->cell = r->cell;
+    p->ttl = r->cache_ttl;
+    p->tok_off = r->tok_off;
+    p->ntok = r->ntok;
+    p->max_tokens = r->max_tokens;
+    memcpy(p->key, key, BAT_CACHE_KEY);
+}
+
+/* Before a FINISH or ERROR is published: a remembered miss that ended
+ * complete (STOP, LENGTH) goes into the cache, read from its cell. */
+static void cache_finish(struct bst *b, const struct bat_event *e, uint64_t now)
+{
+    struct bst_pend *p = NULL;
+    void *data;
+    size_t size;
+
+    for (uint32_t i = 0; i < b->n_pend; i++)
+        if (b->pend[i].cell == e->cell) {
+            p = &b->pend[i];
+            break;
+        }
+    if (!p)
+        return;
+    if (e->kind == BAT_EV_FINISH && (e->reason == BAT_FIN_STOP || e->reason == BAT_FIN_LENGTH) &&
+        e->n_gen > 0 && e->n_gen <= p->max_tokens && 8 + 4ull * e->n_gen <= b->cbuf_cap &&
+        shm_cell_bytes(&b->pool, e->cell, &data, &size) == 0 &&
+        (uint64_t)p->tok_off + 4ull * ((uint64_t)p->ntok + e->n_gen) <= size) {
+        uint32_t reason = e->reason, n = e->n_gen;
+        memcpy(b->cbuf, &reason, 4);
+        memcpy(b->cbuf + 4, &n, 4);
+        memcpy(b->cbuf + 8, (char *)data + p->tok_off + 4ull * p->ntok, 4ull * n);
+        (void)bat_cache_put(&b->cache, p->key, now, p->ttl, b->cbuf, 8 + 4ull * n);
+        explicit_bzero(b->cbuf, 8 + 4ull * n);
+    }
+    explicit_bzero(p, sizeof(*p));
+    *p = b->pend[--b->n_pend];
+    explicit_bzero(&b->pend[b->n_pend], sizeof(*p));
 }
 
 static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t now,
@@ -248,7 +404,7 @@ static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t 
     }
     /* Messages are released one by one after handling, so only the first
      * one after a restart can be a replay: look it up (O(slots)) then only. */
-    if (replay && (bat_sched_find(&b->s, r->cell, NULL) == 0 || error_pending(b, r->cell)))
+    if (replay && (bat_sched_find(&b->s, r->cell, NULL) == 0 || event_pending(b, r->cell)))
         return; /* taken before the restart */
     if ((r->resp_off & 63u) || (uint64_t)r->resp_off + SHM_PIPE_REQ_COPY > size) {
         favo_warn("batcher: req[%u] resp_off %u outside the cell (%zu bytes): cell freed "
@@ -280,7 +436,23 @@ static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t 
     q.sp.presence_penalty = r->presence_penalty;
     q.sp.seed = (r->flags & SHM_REQ_F_SEED) ? (uint64_t)r->seed : mix64(r->recv_ns ^ r->cell);
     q.sp.n_logprobs = r->logprobs ? FAVO_MIN(r->top_logprobs, 20u) : 0;
+    uint8_t key[BAT_CACHE_KEY];
+    bool cacheable = b->cache_on && r->cache_ttl > 0 && r->cache_ttl <= BAT_CACHE_TTL_MAX &&
+                     r->max_tokens <= BST_CACHE_IDS &&
+                     bat_cache_deterministic(&q.sp, (r->flags & SHM_REQ_F_SEED) != 0) &&
+                     cache_key_of(b, r, data, size, &q.sp, key) == 0;
+    if (cacheable) {
+        if (cache_hit(b, r, data, key, now)) {
+            explicit_bzero(key, sizeof(key));
+            return;
+        }
+        if (b->cfg->stats_w)
+            shm_stats_add(b->cfg->stats_w, SHM_C_RESPONSE_CACHE_MISSES, 1);
+    }
     rc = bat_sched_submit(&b->s, &q, now, &id, &retry);
+    if (cacheable && rc == 0)
+        pend_add(b, r, key);
+    explicit_bzero(key, sizeof(key));
     if (rc == 0)
         return;
     if (rc == -EBUSY)
@@ -630,6 +802,74 @@ static int salvage(struct bst *b, void *mem, size_t len)
     return 0;
 }
 
+/* The response cache region: re-attach, or format a fresh (or broken)
+ * one; the pending-miss table and the value buffer (allocated once). */
+static int cache_attach(struct bst *b)
+{
+    size_t len;
+    void *mem = shm_pipe_cache(b->pipe, &len);
+    int rc;
+
+    if (!mem)
+        return 0; /* --cache-mb 0 */
+    rc = bat_cache_attach(&b->cache, mem, len);
+    if (rc == -EBADMSG)
+        favo_warn("batcher: the response cache was left inconsistent (a crash inside an "
+                  "update): scrubbed and laid out afresh");
+    if (rc == -EPROTO || rc == -EBADMSG)
+        rc = bat_cache_init(&b->cache, mem, len, 8 + 4 * BST_CACHE_IDS);
+    if (rc) {
+        favo_err("batcher: response cache region of %zu bytes: %d; caching off", len, rc);
+        return 0;
+    }
+    b->cache.stats = b->cfg->stats_w;
+    b->cap_pend = b->sc.max_queue + b->sc.max_seqs + 64;
+    b->pend = calloc(b->cap_pend, sizeof(*b->pend));
+    b->cbuf_cap = 8 + 4 * BST_CACHE_IDS;
+    b->cbuf = calloc(1, b->cbuf_cap);
+    if (!b->pend || !b->cbuf)
+        return -ENOMEM;
+    struct bat_cache_stats cs;
+    bat_cache_get_stats(&b->cache, &cs);
+    favo_info("batcher: response cache: %u entries of up to %u ids, %u live",
+              cs.n_ent, BST_CACHE_IDS, cs.n_live);
+    b->cache_on = true;
+    return 0;
+}
+
+static void cache_close(struct bst *b)
+{
+    if (b->cache_on)
+        bat_cache_close(&b->cache);
+    if (b->pend)
+        explicit_bzero(b->pend, (size_t)b->cap_pend * sizeof(*b->pend));
+    if (b->cbuf)
+        explicit_bzero(b->cbuf, b->cbuf_cap);
+    free(b->pend);
+    free(b->cbuf);
+    b->pend = NULL;
+    b->cbuf = NULL;
+    b->cache_on = false;
+}
+
+/* Once a second: scrub expired cache entries; relay SIGHUPs to the
+ * supervisor (shm_spec.h: hup has one writer, us). */
+static void housekeeping(struct bst *b, uint64_t now)
+{
+    if (b->cache_on && now - b->last_expire >= BST_EXPIRE_NS) {
+        b->last_expire = now;
+        bat_cache_expire(&b->cache, now);
+    }
+    if (b->cfg->reload && *b->cfg->reload != b->reload_seen) {
+        struct shm_spec_region *r = shm_pipe_spec(b->pipe);
+        b->reload_seen = *b->cfg->reload;
+        if (shm_spec_check(r) == 0) {
+            __atomic_store_n(&r->hup, r->hup + 1, __ATOMIC_RELEASE);
+            favo_info("batcher: reload requested: relayed to the supervisor");
+        }
+    }
+}
+
 static int attach_all(struct bst *b)
 {
     const struct shm_pipe *p = b->pipe;
@@ -714,6 +954,8 @@ static int attach_all(struct bst *b)
         (rc = shm_pipe_bell_bat(p, &b->bell)) ||
         (rc = shm_pipe_bell_egr(p, b->cfg->egr_bell_efd, false, &b->egr)))
         return rc;
+    if ((rc = cache_attach(b)))
+        return rc;
     ob_dedupe(b);
     b->last_preempt = in.n_preempt;
     /* The engine incarnations the arena's KV state belongs to, as the
@@ -767,8 +1009,11 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
     memset(&b, 0, sizeof(b));
     b.cfg = cfg;
     b.pipe = cfg->pipe;
-    if ((rc = attach_all(&b)))
+    b.reload_seen = cfg->reload ? *cfg->reload : 0;
+    if ((rc = attach_all(&b))) {
+        cache_close(&b);
         return rc;
+    }
     if (cfg->on_ready)
         cfg->on_ready(cfg->on_ready_arg);
     shm_pipe_set_up(b.pipe, SHM_PIPE_BATCHER, 0, (int32_t)getpid());
@@ -793,6 +1038,7 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
             work += do_step(&b, now);
         }
         work += publish(&b, now);
+        housekeeping(&b, now);
         if (now - b.last_hb >= BST_HB_NS)
             heartbeat(&b, now);
         if (work) {
@@ -827,6 +1073,7 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
         idle_since = 0;
     }
     shm_pipe_set_up(b.pipe, SHM_PIPE_BATCHER, 0, 0);
+    cache_close(&b);
     heartbeat(&b, favo_now_ns());
     favo_info("batcher: drained, exiting");
     return 0;

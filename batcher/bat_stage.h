@@ -92,6 +92,31 @@
  *     had started with that error); other cells we own are freed. Cost: a
  *     scan of the cell descriptors and of each held cell (64-byte steps).
  *
+ * Response cache (bat_cache.h; the pipe's cache region, cfg.cache_bytes
+ * from serve's --cache-mb; none: off). Formatted at the first start
+ * (bat_cache_init), re-attached after a restart (bat_cache_attach; a
+ * region a crash left inconsistent is scrubbed and laid out afresh).
+ *   - SUBMIT with shm_req.cache_ttl > 0 and a deterministic request
+ *     (temperature 0, or a seed given): key = SHA-256 over the tenant
+ *     (number and name), the specialist name (or the model id), the
+ *     prompt ids in the cell, every generation parameter, max_tokens and
+ *     the stop strings' bytes. A hit writes the cached generated ids into
+ *     the cell and pushes START, TOKEN (n_gen = all of them) and FINISH
+ *     (the cached reason) into the outbox: egress answers it as any other
+ *     request, the engine never sees it. A miss is submitted and
+ *     remembered (cell -> key, process-local table): when its FINISH is
+ *     published with STOP or LENGTH, its ids go into the cache before the
+ *     cell is given to egress. CANCELLED (a client gone, a stop string
+ *     matched in egress) and errors are never cached.
+ *   - Hits and misses are counted (favo_response_cache_{hits,misses}_total);
+ *     entries expire once a second from the loop (scrubbed); nothing of a
+ *     key or value is logged.
+ *   - A batcher restart forgets the misses in flight (their answers are
+ *     not cached); the cached entries survive it.
+ *
+ * SIGHUP (cfg.reload): counted into the specialist region's hup word,
+ * which the supervisor watches to re-read its config (dp_cmd_serve.c).
+ *
  * Errors: bat_stage_run returns 0 after a drain, -EINVAL for a bad cfg or
  * a pipe whose sizes do not fit the scheduler, or the attach errors.
  * Metadata only in logs (invariant 5): counts, steps, errno values.
@@ -119,6 +144,9 @@ struct bat_stage_cfg {
     struct shm_stats *stats;         /* may be NULL (tests) */
     struct shm_stats_writer *stats_w;/* may be NULL */
     unsigned stats_row;              /* our row in the stage table */
+    /* SIGHUPs the wrapper saw (may be NULL): each one is relayed to the
+     * supervisor through the specialist region's hup word (shm_spec.h). */
+    const volatile uint32_t *reload;
 };
 
 int bat_stage_run(const struct bat_stage_cfg *cfg);

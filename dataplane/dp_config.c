@@ -114,21 +114,66 @@ static int cfg_specialist(struct cfg_ctx *c, const char *sec, const char *key, c
     if (!strcmp(key, "priority")) {
         if (cfg_long(val, &s->priority) < 0)
             return cfg_fail(c, -EINVAL, sec, key, "wants an integer");
+        s->given |= SHM_SPEC_PRIORITY;
         return 1;
     }
     if (!strcmp(key, "cache_ttl")) {
-        if (cfg_double(val, &s->cache_ttl) < 0 || s->cache_ttl < 0)
-            return cfg_fail(c, -EINVAL, sec, key, "wants seconds >= 0");
+        if (cfg_double(val, &s->cache_ttl) < 0 || s->cache_ttl < 0 ||
+            s->cache_ttl > SHM_SPEC_TTL_MAX)
+            return cfg_fail(c, -EINVAL, sec, key, "wants seconds in [0, 86400]");
         return 1;
     }
     if (!strcmp(key, "temperature")) {
         if (cfg_double(val, &s->temperature) < 0 || s->temperature < 0 || s->temperature > 2)
             return cfg_fail(c, -EINVAL, sec, key, "wants a number in [0, 2]");
+        s->given |= SHM_SPEC_TEMPERATURE;
+        return 1;
+    }
+    if (!strcmp(key, "top_p")) {
+        if (cfg_double(val, &s->top_p) < 0 || s->top_p <= 0 || s->top_p > 1)
+            return cfg_fail(c, -EINVAL, sec, key, "wants a number in (0, 1]");
+        s->given |= SHM_SPEC_TOP_P;
+        return 1;
+    }
+    if (!strcmp(key, "min_p")) {
+        if (cfg_double(val, &s->min_p) < 0 || s->min_p < 0 || s->min_p > 1)
+            return cfg_fail(c, -EINVAL, sec, key, "wants a number in [0, 1]");
+        s->given |= SHM_SPEC_MIN_P;
+        return 1;
+    }
+    if (!strcmp(key, "frequency_penalty") || !strcmp(key, "presence_penalty")) {
+        double *d = key[0] == 'f' ? &s->frequency_penalty : &s->presence_penalty;
+        if (cfg_double(val, d) < 0 || *d < -2 || *d > 2)
+            return cfg_fail(c, -EINVAL, sec, key, "wants a number in [-2, 2]");
+        s->given |= key[0] == 'f' ? SHM_SPEC_FREQ : SHM_SPEC_PRESENCE;
+        return 1;
+    }
+    if (!strcmp(key, "top_k")) {
+        if (cfg_long(val, &s->top_k) < 0 || s->top_k < 0 || s->top_k > 1000000)
+            return cfg_fail(c, -EINVAL, sec, key, "wants an integer >= 0 (0 = off)");
+        s->given |= SHM_SPEC_TOP_K;
+        return 1;
+    }
+    if (!strcmp(key, "default_max_tokens")) {
+        if (cfg_long(val, &s->default_max_tokens) < 0 || s->default_max_tokens < 1 ||
+            s->default_max_tokens > 1000000)
+            return cfg_fail(c, -EINVAL, sec, key, "wants an integer >= 1");
+        s->given |= SHM_SPEC_MAX_TOKENS;
+        return 1;
+    }
+    if (!strcmp(key, "seed")) {
+        char *end;
+        errno = 0;
+        s->seed = strtoll(val, &end, 0);
+        if (errno || end == val || *end)
+            return cfg_fail(c, -EINVAL, sec, key, "wants an integer");
+        s->given |= SHM_SPEC_SEED;
         return 1;
     }
     return cfg_fail(c, -ENOENT, sec, key,
-                    "unknown key (model, system_prompt, max_tokens, priority, cache_ttl, "
-                    "temperature)");
+                    "unknown key (model, system_prompt, max_tokens, default_max_tokens, "
+                    "priority, cache_ttl, temperature, top_p, top_k, min_p, "
+                    "frequency_penalty, presence_penalty, seed)");
 }
 
 static int cfg_handler(void *user, const char *sec, const char *key, const char *val)
@@ -178,6 +223,76 @@ void dp_config_free(struct dp_config *cfg)
         free(cfg->strs[i]);
     free(cfg->strs);
     memset(cfg, 0, sizeof(*cfg));
+}
+
+/* Does a specialist's `model` name the server's model? */
+static bool names_model(const char *m, const char *model_id, const char *model_path)
+{
+    const char *base = strrchr(model_path, '/');
+
+    base = base ? base + 1 : model_path;
+    return !strcmp(m, model_id) || !strcmp(m, model_path) || !strcmp(m, base);
+}
+
+int dp_config_spec_table(const struct dp_config *cfg, const char *cfg_path, const char *model_id,
+                         const char *model_path, struct shm_spec_table *t, char *err,
+                         size_t errlen)
+{
+    char why[400];
+    int rc;
+
+    memset(t, 0, sizeof(*t));
+    for (unsigned i = 0; i < cfg->nspec; i++) {
+        const struct dp_specialist *d = &cfg->spec[i];
+        struct shm_spec s;
+
+        shm_spec_clear(&s);
+        if (strlen(d->name) >= sizeof(s.name)) {
+            snprintf(err, errlen, "%s: specialist '%.40s...': name: longer than 63 bytes",
+                     cfg_path, d->name);
+            return -EINVAL;
+        }
+        snprintf(s.name, sizeof(s.name), "%s", d->name);
+        if (!strcmp(d->name, model_id)) {
+            snprintf(err, errlen, "%s: specialist '%s': name: the served model's own name",
+                     cfg_path, d->name);
+            return -EINVAL;
+        }
+        if (d->model && !names_model(d->model, model_id, model_path)) {
+            snprintf(err, errlen, "%s: specialist '%s': model: '%s' is not loaded (this server "
+                     "runs '%s')", cfg_path, d->name, d->model, model_id);
+            return -EINVAL;
+        }
+        if (d->system_prompt && strlen(d->system_prompt) >= sizeof(s.system_prompt)) {
+            snprintf(err, errlen, "%s: specialist '%s': system_prompt: longer than 4095 bytes",
+                     cfg_path, d->name);
+            return -EINVAL;
+        }
+        snprintf(s.model, sizeof(s.model), "%s", model_id);
+        if (d->system_prompt)
+            snprintf(s.system_prompt, sizeof(s.system_prompt), "%s", d->system_prompt);
+        s.set = d->given;
+        s.temperature = (float)d->temperature;
+        s.top_p = (float)d->top_p;
+        s.min_p = (float)d->min_p;
+        s.frequency_penalty = (float)d->frequency_penalty;
+        s.presence_penalty = (float)d->presence_penalty;
+        s.top_k = (int32_t)d->top_k;
+        s.seed = d->seed;
+        s.default_max_tokens = (uint32_t)d->default_max_tokens;
+        s.max_tokens_cap = d->max_tokens > 0 && d->max_tokens <= UINT32_MAX
+                               ? (uint32_t)d->max_tokens : 0;
+        s.priority = d->priority >= 0 && d->priority <= 255 ? (uint32_t)d->priority : 255;
+        s.cache_ttl = (uint32_t)d->cache_ttl;
+        if (d->cache_ttl > 0 && s.cache_ttl == 0)
+            s.cache_ttl = 1; /* a fraction of a second is the smallest TTL: one second */
+        rc = shm_spec_add(t, &s, why, sizeof(why));
+        if (rc) {
+            snprintf(err, errlen, "%s: %s", cfg_path, why);
+            return rc;
+        }
+    }
+    return 0;
 }
 
 const struct dp_specialist *dp_config_specialist(const struct dp_config *cfg, const char *name)

@@ -1,17 +1,16 @@
 /*
- * test-batcher-cache.c - the response cache and the specialist table:
+ * test-batcher-cache.c - the response cache:
  * SHA-256 keys separate every input (tenant, model, tokens, each
  * generation parameter, extra bytes), only deterministic requests are
  * cacheable, TTL expiry, the LRU bound with the least recently used entry
  * evicted, every evicted/expired/replaced entry scrubbed (no value byte
- * left in the region), hits and misses counted, re-attach; specialists
- * validated with the field named, lookup by name, defaults and caps.
+ * left in the region), hits and misses counted, re-attach (the specialist
+ * table is tested in test-shm-spec.c).
  */
 #include "t_util.h"
 
 #include "bat_cache.h"
 #include "bat_sched.h"
-#include "bat_spec.h"
 
 #include <errno.h>
 #include <setjmp.h>
@@ -226,94 +225,6 @@ static void test_random_ops(void **state)
     bat_cache_close(&c);
 }
 
-static struct bat_spec spec_ok(const char *name)
-{
-    struct bat_spec s;
-
-    memset(&s, 0, sizeof(s));
-    snprintf(s.name, sizeof(s.name), "%s", name);
-    snprintf(s.model, sizeof(s.model), "SmolLM2-135M-Instruct");
-    snprintf(s.system_prompt, sizeof(s.system_prompt), "You classify support tickets.");
-    s.params.temperature = 0;
-    s.params.top_p = 1;
-    s.params.top_k = 0;
-    s.default_max_tokens = 16;
-    s.max_tokens_cap = 32;
-    s.prio = 1;
-    s.cache_ttl_s = 600;
-    return s;
-}
-
-static void test_specialists(void **state)
-{
-    static struct bat_spec_table t;
-    struct bat_spec s;
-    char err[256];
-
-    (void)state;
-    s = spec_ok("classify");
-    assert_int_equal(bat_spec_add(&t, &s, err, sizeof(err)), 0);
-    assert_int_equal(bat_spec_add(&t, &s, err, sizeof(err)), -EEXIST);
-    assert_non_null(strstr(err, "defined twice"));
-#define REJECTS(field, mutate)                                                   \
-    do {                                                                         \
-        s = spec_ok("x");                                                        \
-        mutate;                                                                  \
-        assert_int_equal(bat_spec_validate(&s, err, sizeof(err)), -EINVAL);      \
-        assert_non_null(strstr(err, field));                                     \
-    } while (0)
-    REJECTS("cache_ttl", s.cache_ttl_s = 86401);
-    REJECTS("priority", s.prio = BAT_PRIO_N);
-    REJECTS("name", s.name[0] = 0);
-    REJECTS("name", s.name[0] = ' ');
-    REJECTS("model", s.model[0] = 0);
-    REJECTS("temperature", s.params.temperature = -1);
-    REJECTS("top_p", s.params.top_p = 0);
-    REJECTS("max_tokens", s.max_tokens_cap = 0);
-    REJECTS("default_max_tokens", s.default_max_tokens = 33);
-    REJECTS("system_prompt", memset(s.system_prompt, 'a', sizeof(s.system_prompt)));
-    s = spec_ok("x");
-    s.cache_ttl_s = 86400;
-    assert_int_equal(bat_spec_validate(&s, err, sizeof(err)), 0);
-    s = spec_ok("code");
-    s.params.temperature = 0.2f;
-    s.prio = 0;
-    s.cache_ttl_s = 0;
-    assert_int_equal(bat_spec_add(&t, &s, err, sizeof(err)), 0);
-
-    assert_null(bat_spec_find(&t, "class", 5));
-    assert_null(bat_spec_find(&t, "classifyx", 9));
-    const struct bat_spec *f = bat_spec_find(&t, "classify-with-tail", 8);
-    assert_non_null(f);
-    assert_string_equal(f->name, "classify");
-
-    struct bat_gen g = { 0 };
-    g.sp.temperature = 0.9f;
-    g.set = BAT_GEN_TEMPERATURE;
-    bat_spec_apply(f, &g);
-    assert_true(g.sp.temperature == 0.9f); /* the request's own value */
-    assert_int_equal(g.max_tokens, 16);    /* default */
-    assert_int_equal(g.prio, 1);
-    assert_int_equal(g.cache_ttl_s, 600);
-    g.max_tokens = 1000;
-    g.set |= BAT_GEN_MAX_TOKENS;
-    bat_spec_apply(f, &g);
-    assert_int_equal(g.max_tokens, 32);    /* capped */
-    f = bat_spec_find(&t, "code", 4);
-    memset(&g, 0, sizeof(g));
-    bat_spec_apply(f, &g);
-    assert_true(g.sp.temperature == 0.2f);
-    assert_int_equal(g.cache_ttl_s, 0);    /* cache off */
-    for (int i = 2; i < BAT_SPEC_MAX; i++) {
-        char nm[16];
-        snprintf(nm, sizeof(nm), "s%d", i);
-        s = spec_ok(nm);
-        assert_int_equal(bat_spec_add(&t, &s, err, sizeof(err)), 0);
-    }
-    s = spec_ok("one-too-many");
-    assert_int_equal(bat_spec_add(&t, &s, err, sizeof(err)), -ENOSPC);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -321,7 +232,6 @@ int main(void)
         cmocka_unit_test(test_deterministic_only),
         cmocka_unit_test(test_ttl_lru_scrub),
         cmocka_unit_test(test_random_ops),
-        cmocka_unit_test(test_specialists),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
