@@ -66,6 +66,11 @@ struct serve {
     int lfd, efd_ing, efd_egr, fdp[2];
     uint64_t t0;
     char summary[512];
+    /* specialists (shm_spec.h): published at start and again when the
+     * batcher relays a SIGHUP (shm_spec_region.hup, see spec_hup) */
+    const char *cfg_path, *model_path;
+    char model_id[128];
+    uint64_t hup_seen;
     /* argument strings of the stages (dp_sup keeps pointers) */
     char argbuf[ST_N][DP_SUP_MAX_ARGS][1024];
 };
@@ -94,6 +99,7 @@ static struct dp_opt serve_opts[] = {
     { "write-timeout", 0, DP_OPT_DOUBLE, "SECONDS", "30", "A client that reads nothing for this long is cut off and its sequence cancelled." },
     { "access-log", 0, DP_OPT_STR, "FILE", "-", "Access log, one JSON line per response (metadata only); '-' is standard error." },
     { "drain-timeout", 0, DP_OPT_DOUBLE, "SECONDS", "30", "How long SIGTERM waits for requests in flight." },
+    { "cache-mb", 0, DP_OPT_INT, "MIB", "64", "Response cache for specialists with cache_ttl (entries in the data segment, LRU, scrubbed on eviction and expiry); 0: off." },
     { "chat-template", 0, DP_OPT_STR, "NAME", NULL, "Chat format (chatml, llama2, llama3, mistral-v1/v3/v7, gemma, phi3); default: detected from the model's tokenizer.chat_template." },
     DP_OPT_END
 };
@@ -120,9 +126,62 @@ static void hook_drain(void *arg)
     }
 }
 
+/* Build the specialist table from a loaded config and publish it (the
+ * supervisor is the table's only writer, shm_spec.h). */
+static int spec_publish(struct serve *S, const struct dp_config *conf, char *err, size_t n)
+{
+    struct shm_spec_table *t = malloc(sizeof(*t));
+    int rc;
+
+    if (!t) {
+        snprintf(err, n, "out of memory");
+        return -ENOMEM;
+    }
+    rc = dp_config_spec_table(conf, S->cfg_path ? S->cfg_path : "(no config)", S->model_id,
+                              S->model_path, t, err, n);
+    if (rc == 0) {
+        shm_spec_publish(shm_pipe_spec(&S->pipe), t);
+        favo_info("specialists: %u loaded", t->n);
+    }
+    free(t);
+    return rc;
+}
+
+/* SIGHUP: dp_sup forwards it to the stages and has no hook for us, so the
+ * batcher relays it through the hup word of the specialist region (its
+ * only writer). Re-read the config file; a bad one keeps the old table.
+ * Only the specialists are taken from it: [serve] values need a restart. */
+static void spec_hup(struct serve *S)
+{
+    struct shm_spec_region *r = shm_pipe_spec(&S->pipe);
+    uint64_t h = ck_pr_load_64(&r->hup);
+    struct dp_opt *o;
+    struct dp_config conf;
+    char err[512];
+
+    if (h == S->hup_seen)
+        return;
+    S->hup_seen = h;
+    if (!S->cfg_path) {
+        favo_info("reload: no --config file, no specialists to reload");
+        return;
+    }
+    o = malloc(sizeof(serve_opts));
+    if (!o)
+        return;
+    memcpy(o, serve_opts, sizeof(serve_opts)); /* [serve] keys land in the copy */
+    if (dp_config_load(S->cfg_path, o, &conf, err, sizeof(err)) ||
+        spec_publish(S, &conf, err, sizeof(err)))
+        favo_err("reload: %s; keeping the specialists in use", err);
+    dp_config_free(&conf);
+    free(o);
+}
+
 static int hook_tick(void *arg)
 {
     struct serve *S = arg;
+
+    spec_hup(S);
 
     if (!shm_pipe_ready(&S->pipe))
         return 0;
@@ -350,6 +409,12 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
     pc.cells.classes[2].ncells = 64;
     pc.cells.classes[3].cell_size = 9u << 20;
     pc.cells.classes[3].ncells = 4;
+    long long cache_mb = dp_opt_int(o, "cache-mb");
+    if (cache_mb < 0 || cache_mb > 4095) {
+        fprintf(stderr, "favo serve: --cache-mb must be 0..4095\n");
+        goto out;
+    }
+    pc.cache_bytes = (uint64_t)cache_mb << 20;
     struct shm_seg_spec spec = { "pipe", shm_pipe_size(&pc), 4096 };
     if (!spec.size) {
         fprintf(stderr, "favo serve: internal: the pipeline layout was refused\n");
@@ -378,6 +443,13 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
     S->pipe.hdr->n_vocab = mi.n_vocab;
     S->pipe.hdr->n_ctx = n_ctx;
     snprintf(S->pipe.hdr->model_id, sizeof(S->pipe.hdr->model_id), "%s", model_id);
+    S->cfg_path = dp_opt_str(o, "config");
+    S->model_path = model;
+    snprintf(S->model_id, sizeof(S->model_id), "%s", model_id);
+    if (spec_publish(S, &conf, err, sizeof(err))) {
+        fprintf(stderr, "favo serve: %s\n", err);
+        goto out;
+    }
     shm_seg_publish(&S->data);
 
     uint16_t bound = 0;
