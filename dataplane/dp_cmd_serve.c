@@ -43,6 +43,7 @@
 #include "dp_sup.h"
 #include "eng_stage.h"
 #include "favo_base.h"
+#include "ing_tls.h"
 #include "shm_bell.h"
 #include "shm_fdpass.h"
 #include "shm_pipe.h"
@@ -83,7 +84,7 @@ static struct dp_opt serve_opts[] = {
     { "keys", 0, DP_OPT_STR, "FILE", NULL, "API keys file (see 'favo keys'). Without it the server is open." },
     { "instance", 0, DP_OPT_STR, "NAME", "default", "Instance name: the stats segment is /favo.NAME ('favo stat --instance NAME')." },
     { "backend", 0, DP_OPT_STR, "cpu|cuda|null", "cpu", "Engine backend. null returns tokens without computing them (data-plane measurement only)." },
-    { "tls-cert", 0, DP_OPT_STR, "FILE", NULL, "PEM certificate chain; enables TLS 1.3 (not in this build yet: refused)." },
+    { "tls-cert", 0, DP_OPT_STR, "FILE", NULL, "PEM certificate chain (leaf first); enables TLS 1.3 only, ALPN http/1.1." },
     { "tls-key", 0, DP_OPT_STR, "FILE", NULL, "PEM private key for --tls-cert." },
     { "cores", 0, DP_OPT_STR, "SPEC", "auto", "Core layout, e.g. ingress=2,batcher=3,engine=4-7,egress=8; auto shares cores when there are fewer than stages." },
     { "poll", 0, DP_OPT_STR, "spin|adaptive|block", NULL, "How stages wait for work (default: adaptive, or block when stages share cores)." },
@@ -310,10 +311,21 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
                 backend);
         goto out;
     }
-    if (dp_opt_str(o, "tls-cert") || dp_opt_str(o, "tls-key")) {
-        fprintf(stderr, "favo serve: TLS (--tls-cert/--tls-key) is not wired into ingress yet; "
-                        "terminate TLS in front of favo for now\n");
+    if (!dp_opt_str(o, "tls-cert") != !dp_opt_str(o, "tls-key")) {
+        fprintf(stderr, "favo serve: --tls-cert and --tls-key go together\n");
         goto out;
+    }
+    if (dp_opt_str(o, "tls-cert")) {
+        /* load and check both files now (ingress loads them again at its
+         * start): a bad certificate, a key that does not match it or an
+         * encrypted key stops serve here, naming the file */
+        ing_tls_ctx_t *tls = NULL;
+        if (ing_tls_ctx_new(&tls, dp_opt_str(o, "tls-cert"), dp_opt_str(o, "tls-key"), 0, err,
+                            sizeof(err)) < 0) {
+            fprintf(stderr, "favo serve: %s\n", err);
+            goto out;
+        }
+        ing_tls_ctx_free(tls);
     }
     if (max_seqs < 1 || max_seqs > 4096 || mbt < 1 || mbt > 65536 || mbt < max_seqs) {
         fprintf(stderr, "favo serve: --max-seqs must be 1..4096 and --max-batch-tokens "
@@ -498,6 +510,13 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
         arg(in, S, ST_INGRESS, "--keys", "%s", dp_opt_str(o, "keys"));
     if (dp_opt_str(o, "chat-template"))
         arg(in, S, ST_INGRESS, "--chat-template", "%s", dp_opt_str(o, "chat-template"));
+    if (dp_opt_str(o, "tls-cert")) {
+        arg(in, S, ST_INGRESS, "--tls-cert", "%s", dp_opt_str(o, "tls-cert"));
+        arg(in, S, ST_INGRESS, "--tls-key", "%s", dp_opt_str(o, "tls-key"));
+        /* ingress answers egress's TLS chunks and rings egress's bell */
+        in->keep_fds[in->nkeep++] = S->efd_egr;
+        arg(in, S, ST_INGRESS, "--egr-bell-fd", "%d", S->efd_egr);
+    }
 
     ba->keep_fds[ba->nkeep++] = S->efd_egr;
     arg(ba, S, ST_BATCHER, "--egr-bell-fd", "%d", S->efd_egr);
@@ -531,8 +550,9 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
 
     snprintf(S->summary, sizeof(S->summary),
              "serving %s (%s, %u positions, %u KV blocks) with the %s backend on "
-             "http://%s:%u (instance %s)",
-             model_id, mi.arch, n_ctx, sc.n_blocks, backend, dp_opt_str(o, "host"), bound, inst);
+             "%s://%s:%u (instance %s)",
+             model_id, mi.arch, n_ctx, sc.n_blocks, backend,
+             dp_opt_str(o, "tls-cert") ? "https" : "http", dp_opt_str(o, "host"), bound, inst);
     favo_info("starting: model %s, %u stages, poll %s", model, ST_N, pollname[poll]);
     ret = dp_sup_run(&sup);
 out:

@@ -221,7 +221,8 @@ int dp_stage_ingress(int argc, char **argv)
 {
     static const char *const known[] = { STAGE_COMMON, "--listen-fd", "--bell-fd",
                                           "--fdpass-fd", "--model", "--model-id", "--max-conns",
-                                          "--drain-ms", "--keys", "--chat-template", NULL };
+                                          "--drain-ms", "--keys", "--chat-template",
+                                          "--tls-cert", "--tls-key", "--egr-bell-fd", NULL };
     struct stage_env E;
     struct ing_cfg c;
     struct ing_keys keys;
@@ -244,6 +245,9 @@ int dp_stage_ingress(int argc, char **argv)
     c.model_path = kv_str(&kv, "--model");
     c.model_id = kv_str(&kv, "--model-id");
     c.chat_template = kv_str(&kv, "--chat-template");
+    c.tls_cert = kv_str(&kv, "--tls-cert"); /* both or neither: serve checked them */
+    c.tls_key = kv_str(&kv, "--tls-key");
+    c.egr_bell_efd = kv_str(&kv, "--egr-bell-fd") ? fd_arg(&kv, "--egr-bell-fd") : -1;
     c.max_conns = (unsigned)kv_int(&kv, "--max-conns", 1024);
     c.drain_ms = (unsigned)kv_int(&kv, "--drain-ms", 30000);
     c.stop = (const volatile uint32_t *)&stage_stop;

@@ -284,8 +284,8 @@ void ing_body_reset(struct ing_loop *L)
 
 uint64_t ing_conn_key(const struct ing_loop *L, const struct ing_conn *c)
 {
-    return ((uint64_t)L->cfg.worker << 48) | ((uint64_t)(c - L->conns) << 24) |
-           (c->gen & 0xffffffu);
+    return (c->tls_user ? SHM_CONN_F_TLS : 0) | ((uint64_t)L->cfg.worker << 48) |
+           ((uint64_t)(c - L->conns) << 24) | (c->gen & 0xffffffu);
 }
 
 static int conn_cell(struct ing_loop *L, size_t need, shm_cell_ref_t *ref, uint8_t **buf,
@@ -392,8 +392,16 @@ static void conn_cancel(struct ing_loop *L, struct ing_conn *c)
     }
 }
 
+static void chunk_finish(struct ing_loop *L, struct ing_conn *c, int32_t res);
+
 static void conn_free(struct ing_loop *L, struct ing_conn *c)
 {
+    if (c->tls) {
+        if (c->chunk_busy)
+            chunk_finish(L, c, -EPIPE); /* egress waits for an answer to its chunk */
+        ing_tls_conn_free(c->tls);
+        c->tls = NULL;
+    }
     if (c->fd_sent) {
         /* egress holds a copy of the socket: shutdown() ends the
          * connection for both, close() alone would not */
@@ -420,12 +428,92 @@ static void conn_free(struct ing_loop *L, struct ing_conn *c)
     L->nconns--;
 }
 
+/* ------------------------------------------------------------------ TLS */
+
+/* One TLS record and change: what one recv takes (ing_tls.h "RECV"). */
+#define TLS_IN_BYTES (16u * 1024u + 512u)
+
+/* Answer egress's chunk (shm_tls_out) on tls_ack; when the ring is full
+ * the answer waits in the slot (chunk_ack_due) and the loop retries. */
+static void chunk_finish(struct ing_loop *L, struct ing_conn *c, int32_t res)
+{
+    struct shm_tls_ack *a;
+
+    c->chunk_busy = false;
+    c->chunk_res = res;
+    a = shm_ring_reserve(&L->tls_ack_ring);
+    if (!a) {
+        c->chunk_ack_due = true;
+        L->ack_retry = true;
+        return;
+    }
+    memset(a, 0, sizeof(*a));
+    a->conn = c->chunk_conn;
+    a->cell = c->chunk_cell;
+    a->seq = c->chunk_seq;
+    a->res = res;
+    shm_ring_commit(&L->tls_ack_ring);
+    c->chunk_ack_due = false;
+    L->ring_egr = true;
+}
+
+static void chunk_retry(struct ing_loop *L)
+{
+    if (!L->ack_retry)
+        return;
+    L->ack_retry = false;
+    for (unsigned i = 0; i < L->max_conns; i++)
+        if (L->conns[i].chunk_ack_due)
+            chunk_finish(L, &L->conns[i], L->conns[i].chunk_res); /* full again: stays due */
+}
+
+/* A TLS connection's output: ingress's own answers (c->out) go through
+ * ing_tls_conn_write into the TLS queue, which holds handshake records,
+ * alerts, egress's chunks and close_notify; one SEND of the queue's
+ * oldest region at a time (loop inv 1, tls inv 1). */
+static void tls_kick_send(struct ing_loop *L, struct ing_conn *c)
+{
+    uint32_t slot = (uint32_t)(c - L->conns);
+    const uint8_t *p;
+    size_t n;
+
+    if (c->out_len > c->out_sent) {
+        ssize_t w = c->tls_dead ? -EPIPE
+                                : ing_tls_conn_write(c->tls, c->out + c->out_sent,
+                                                     c->out_len - c->out_sent);
+        if (w > 0)
+            c->out_sent += (size_t)w;
+        else if (w != -EAGAIN || c->closing)
+            c->out_sent = c->out_len; /* no session to answer on (or no handshake) */
+        if (c->out_sent == c->out_len) {
+            explicit_bzero(c->out, c->out_len);
+            c->out_len = c->out_sent = 0;
+        }
+    }
+    if (c->closing && !c->tls_shut && !c->tls_dead && !c->chunk_busy && !c->out_len) {
+        c->tls_shut = true;
+        (void)ing_tls_conn_shutdown(c->tls); /* close_notify after the last answer */
+    }
+    if (c->send_inflight)
+        return;
+    if (!c->tls_dead && ing_tls_conn_pending(c->tls, &p, &n)) {
+        struct io_uring_sqe *sqe = get_sqe(L);
+        io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, slot, c->gen));
+        c->send_inflight = 1;
+    } else if (c->chunk_busy) {
+        chunk_finish(L, c, c->tls_dead ? -EPIPE : (int32_t)c->chunk_len); /* all of it left */
+    }
+}
+
 /* Submit what the connection needs next, or free it when it is done. */
 static void conn_kick(struct ing_loop *L, struct ing_conn *c)
 {
     uint32_t slot = (uint32_t)(c - L->conns);
 
-    if (c->out_len > c->out_sent && !c->send_inflight) {
+    if (c->tls)
+        tls_kick_send(L, c);
+    else if (c->out_len > c->out_sent && !c->send_inflight) {
         struct io_uring_sqe *sqe = get_sqe(L);
         io_uring_prep_send(sqe, c->fd, c->out + c->out_sent, c->out_len - c->out_sent,
                            MSG_NOSIGNAL);
@@ -445,6 +533,17 @@ static void conn_kick(struct ing_loop *L, struct ing_conn *c)
         conn_free(L, c);
         return;
     }
+    if (c->tls) {
+        /* ciphertext goes to the staging buffer once all before it is fed */
+        if (!c->recv_inflight && !c->tls_eof && c->tls_in_off == c->tls_in_len) {
+            struct io_uring_sqe *sqe = get_sqe(L);
+            c->tls_in_off = c->tls_in_len = 0;
+            io_uring_prep_recv(sqe, c->fd, c->tls_in, TLS_IN_BYTES, 0);
+            io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, slot, c->gen));
+            c->recv_inflight = 1;
+        }
+        return;
+    }
     if (!c->recv_inflight && c->len < c->cap) {
         struct io_uring_sqe *sqe = get_sqe(L);
         io_uring_prep_recv(sqe, c->fd, c->buf + c->len, c->cap - c->len, 0);
@@ -460,7 +559,8 @@ static void conn_open(struct ing_loop *L, int fd)
 
     if (L->nconns < L->max_conns)
         for (unsigned i = 0; i < L->max_conns; i++)
-            if (L->conns[i].fd < 0 && !L->conns[i].recv_inflight && !L->conns[i].send_inflight) {
+            if (L->conns[i].fd < 0 && !L->conns[i].recv_inflight && !L->conns[i].send_inflight &&
+                !L->conns[i].chunk_ack_due) {
                 c = &L->conns[i];
                 break;
             }
@@ -474,7 +574,7 @@ static void conn_open(struct ing_loop *L, int fd)
                          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                          "Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
                          n, body);
-        if (write(fd, msg, (size_t)m) < 0)
+        if (!L->tls_ctx && write(fd, msg, (size_t)m) < 0) /* TLS: no session to say it in */
             favo_debug("ingress: 503 to an extra connection: %s", strerror(errno));
         close(fd);
         if (L->cfg.stats_w)
@@ -484,11 +584,27 @@ static void conn_open(struct ing_loop *L, int fd)
     memset(c, 0, offsetof(struct ing_conn, req));
     c->fd = fd;
     c->gen = (uint32_t)(++L->reqid_seq) | 1u;
+    c->tls = NULL;
+    c->tls_in_off = c->tls_in_len = 0;
+    c->tls_open = c->tls_user = c->tls_eof = c->tls_shut = c->tls_dead = false;
+    c->chunk_busy = c->chunk_ack_due = false;
+    c->chunk_cell = SHM_CELL_REF_NONE;
+    c->chunk_seq = c->chunk_len = 0;
+    if (L->tls_ctx && ((!c->tls_in && !(c->tls_in = malloc(TLS_IN_BYTES))) ||
+                       ing_tls_conn_new(L->tls_ctx, fd, &c->tls) < 0)) {
+        favo_warn("ingress: TLS state for a new connection: out of memory");
+        close(fd);
+        c->fd = -1;
+        return;
+    }
     if (conn_cell(L, 1, &c->cell, &c->buf, &c->cap)) {
         static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                                    "Retry-After: 1\r\nConnection: close\r\n\r\n";
-        if (write(fd, busy, sizeof(busy) - 1) < 0)
+        if (!c->tls && write(fd, busy, sizeof(busy) - 1) < 0)
             favo_debug("ingress: 503 (no cell): %s", strerror(errno));
+        if (c->tls)
+            ing_tls_conn_free(c->tls);
+        c->tls = NULL;
         close(fd);
         c->fd = -1;
         return;
@@ -594,9 +710,113 @@ static void conn_process(struct ing_loop *L, struct ing_conn *c)
     }
 }
 
+/* The handshake just finished: how this connection's answers leave. */
+static void tls_opened(struct ing_loop *L, struct ing_conn *c)
+{
+    struct ing_tls_info ti;
+
+    c->tls_open = true;
+    c->tls_user = !ing_tls_conn_ktls_tx(c->tls);
+    /* userspace path: the socket never goes to egress (it could not
+     * encrypt); egress hands its bytes back on tls_out. With kernel TLS
+     * transmit, egress gets the socket and writes plaintext. */
+    if (c->tls_user)
+        c->fd_sent = true;
+    if (ing_tls_conn_info(c->tls, &ti) == 0)
+        favo_debug("ingress: conn %u: %s %s alpn '%s', kernel TLS transmit %s",
+                   (unsigned)(c - L->conns), ti.version, ti.cipher, ti.alpn, ti.ktls_note);
+}
+
+/* The client's side ended (EOF, reset, close_notify, TLS failure). */
+static void conn_eof(struct ing_loop *L, struct ing_conn *c, bool error)
+{
+    if (c->parked)
+        conn_cancel(L, c);
+    c->closing = true;
+    /* EOF may be a half-close after the last request: its answers still
+     * go out. An error means nobody reads them. */
+    if (error && !c->send_inflight)
+        c->out_sent = c->out_len;
+}
+
+/* Feed the staged ciphertext, decrypt into the cell at its fill offset
+ * (invariant 4: the request's plaintext is written once, there), parse
+ * and route what is complete; again while that made room. */
+static void tls_input(struct ing_loop *L, struct ing_conn *c)
+{
+    for (unsigned round = 0; round < 64 && !c->closing; round++) {
+        ssize_t n = -EAGAIN;
+        bool got = false;
+
+        for (;;) {
+            size_t fed = 0;
+            if (c->tls_in_off < c->tls_in_len) {
+                fed = ing_tls_conn_feed(c->tls, c->tls_in + c->tls_in_off,
+                                        c->tls_in_len - c->tls_in_off);
+                c->tls_in_off += (uint32_t)fed;
+            }
+            if (c->len >= c->cap) {
+                n = -EAGAIN; /* the cell is full: parse (and grow) first */
+                break;
+            }
+            n = ing_tls_conn_read(c->tls, c->buf + c->len, c->cap - c->len);
+            if (n > 0) {
+                c->len += (uint32_t)n;
+                got = true;
+                continue;
+            }
+            if (n == -EAGAIN && fed && c->tls_in_off < c->tls_in_len)
+                continue;
+            break;
+        }
+        if (!c->tls_open && ing_tls_conn_state(c->tls) != ING_TLS_HANDSHAKE &&
+            ing_tls_conn_state(c->tls) != ING_TLS_FAILED)
+            tls_opened(L, c);
+        if (got) {
+            c->last_ns = favo_now_ns();
+            if (!c->parked)
+                conn_process(L, c);
+        }
+        if (n == 0) {
+            conn_eof(L, c, false); /* close_notify: no more requests */
+        } else if (n < 0 && n != -EAGAIN) {
+            int alert = ing_tls_conn_alert_sent(c->tls);
+            if (n == -ECONNRESET)
+                favo_debug("ingress: conn %u: TCP closed without close_notify",
+                           (unsigned)(c - L->conns));
+            else
+                favo_info("ingress: conn %u: TLS failed: %s (alert %d)", (unsigned)(c - L->conns),
+                          ing_tls_conn_error(c->tls), alert);
+            conn_eof(L, c, true); /* a queued alert still goes out */
+        }
+        if (!got || c->parked || c->closing || c->len >= c->cap)
+            break;
+    }
+}
+
 static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
 {
     c->recv_inflight = 0;
+    if (c->tls) {
+        if (res <= 0) {
+            c->tls_eof = true;
+            ing_tls_conn_feed_eof(c->tls);
+            if (res < 0 || c->closing) {
+                conn_eof(L, c, res < 0);
+                conn_kick(L, c);
+                return;
+            }
+        } else {
+            c->tls_in_off = 0;
+            c->tls_in_len = (uint32_t)res;
+            c->last_ns = favo_now_ns();
+        }
+        tls_input(L, c); /* EOF: read says close_notify (0) or truncation */
+        if (res == 0 && !c->closing)
+            conn_eof(L, c, false);
+        conn_kick(L, c);
+        return;
+    }
     if (c->recv_cancel) {
         c->recv_cancel = false;
         if (res == -ECANCELED) { /* taken back after an unpark: parse what is here */
@@ -636,6 +856,19 @@ static void on_send(struct ing_loop *L, struct ing_conn *c, int res)
 {
     c->send_inflight = 0;
     out_old_free(c);
+    if (c->tls) {
+        if (res <= 0) {
+            ing_tls_conn_sent(c->tls, 0);
+            c->tls_dead = true;
+            c->closing = true;
+            c->out_sent = c->out_len;
+        } else {
+            ing_tls_conn_sent(c->tls, (size_t)res);
+            c->last_ns = favo_now_ns();
+        }
+        conn_kick(L, c);
+        return;
+    }
     if (res <= 0) {
         c->closing = true;
         c->out_sent = c->out_len;
@@ -771,10 +1004,16 @@ static int pipe_attach(struct ing_loop *L)
         (rc = shm_pipe_ring_req(p, L->cfg.worker, SHM_RING_PRODUCER, &L->req_ring)) ||
         (rc = shm_pipe_ring_conn(p, L->cfg.worker, SHM_RING_CONSUMER, &L->conn_ring)) ||
         (rc = shm_pipe_bell_bat(p, &L->bat_bell)) ||
-        (rc = shm_pipe_bell_ing(p, L->cfg.worker, L->cfg.bell_efd, true, &L->bell))) {
+        (rc = shm_pipe_bell_ing(p, L->cfg.worker, L->cfg.bell_efd, true, &L->bell)) ||
+        (L->tls_ctx &&
+         ((rc = shm_pipe_ring_tls_out(p, L->cfg.worker, SHM_RING_CONSUMER, &L->tls_out_ring)) ||
+          (rc = shm_pipe_ring_tls_ack(p, L->cfg.worker, SHM_RING_PRODUCER, &L->tls_ack_ring))))) {
         favo_err("ingress: attaching the pipeline: %s", strerror(-rc));
         return rc;
     }
+    if (L->tls_ctx && L->cfg.egr_bell_efd > 0 &&
+        shm_pipe_bell_egr(p, L->cfg.egr_bell_efd, false, &L->egr_bell) == 0)
+        L->egr_bell_ok = true;
     L->pool = &L->pipe_pool;
     return 0;
 }
@@ -809,8 +1048,8 @@ static void egress_check(struct ing_loop *L)
                   (int)pid);
         for (unsigned i = 0; i < L->max_conns; i++) {
             struct ing_conn *c = &L->conns[i];
-            if (c->fd < 0 || !c->fd_sent)
-                continue;
+            if (c->fd < 0 || !c->fd_sent || c->tls_user)
+                continue; /* a userspace-TLS socket was never egress's */
             c->fd_sent = false;
             if (!c->parked || c->closing)
                 continue;
@@ -887,6 +1126,22 @@ static void conn_msgs(struct ing_loop *L)
         uint32_t gen = (uint32_t)m->conn & 0xffffffu;
         struct ing_conn *c = slot < L->max_conns ? &L->conns[slot] : NULL;
 
+        if (m->what == SHM_CONN_ABORT) {
+            /* egress gave up on a TLS connection (write timeout): close
+             * it now; the chunk in flight is answered -EPIPE */
+            if (c && c->fd >= 0 && (c->gen & 0xffffffu) == gen && c->tls) {
+                c->closing = true;
+                c->tls_dead = true;
+                c->out_sent = c->out_len;
+                if (!c->shut) {
+                    shutdown(c->fd, SHUT_RDWR); /* ends the SEND and recv in flight */
+                    c->shut = true;
+                }
+                conn_kick(L, c);
+            }
+            shm_ring_release(&L->conn_ring, 1);
+            continue;
+        }
         /* a message for a connection that is gone, or replayed after a
          * restart, finds no parked connection: ignored (invariant 3) */
         if (c && c->fd >= 0 && (c->gen & 0xffffffu) == gen && c->parked) {
@@ -896,6 +1151,12 @@ static void conn_msgs(struct ing_loop *L)
             if (m->what != SHM_CONN_KEEP || L->draining) {
                 c->closing = true;
                 c->out_sent = c->out_len;
+            } else if (c->tls) {
+                /* the recv goes to the staging buffer, never the cell: the
+                 * next request may be decrypted already, or still staged */
+                c->first_ns = c->len ? c->last_ns : 0;
+                conn_process(L, c);
+                tls_input(L, c);
             } else if (c->recv_inflight) {
                 /* The armed recv writes into the current cell, which the
                  * next request's detach would hand on: take it back first;
@@ -914,6 +1175,83 @@ static void conn_msgs(struct ing_loop *L)
         }
         shm_ring_release(&L->conn_ring, 1);
     }
+}
+
+/* egress's TLS chunks (shm_pipe.h "TLS"): encrypt each into its
+ * connection's TLS queue (the bytes leave the cell here, at once), send,
+ * and answer every message exactly once on tls_ack. */
+static void tls_msgs(struct ing_loop *L)
+{
+    const struct shm_tls_out *p;
+
+    while ((p = shm_ring_peek_one(&L->tls_out_ring)) != NULL) {
+        struct shm_tls_out m = *p;
+        uint32_t slot = (uint32_t)(m.conn >> 24) & 0xffffffu;
+        uint32_t gen = (uint32_t)m.conn & 0xffffffu;
+        struct ing_conn *c = slot < L->max_conns ? &L->conns[slot] : NULL;
+        int32_t res = -EPIPE;
+        bool same;
+
+        if (shm_ring_count(&L->tls_ack_ring) >= L->tls_ack_ring.capacity)
+            break; /* room for the answer first; egress drains it */
+        if (!c || c->fd < 0 || (c->gen & 0xffffffu) != gen || !c->tls || !c->tls_user) {
+            c = NULL; /* gone (or a restarted ingress's stranger): -EPIPE */
+        } else {
+            same = m.cell == c->chunk_cell && m.seq == c->chunk_seq && m.len == c->chunk_len;
+            if (same && (c->chunk_busy || c->chunk_ack_due)) {
+                /* re-sent by a restarted egress: the answer will come */
+                shm_ring_release(&L->tls_out_ring, 1);
+                continue;
+            }
+            if (same) {
+                res = c->chunk_res; /* re-sent after it was answered: same answer */
+            } else if (!c->chunk_busy && !c->closing && !c->tls_dead) {
+                void *data;
+                size_t size;
+                ssize_t w = -EINVAL;
+                if (shm_cell_bytes(L->pool, m.cell, &data, &size) == 0 && m.len &&
+                    m.off <= size && m.len <= size - m.off)
+                    w = ing_tls_conn_write(c->tls, (uint8_t *)data + m.off, m.len);
+                if (w == (ssize_t)m.len) {
+                    c->chunk_busy = true;
+                    c->chunk_ack_due = false;
+                    c->chunk_conn = m.conn;
+                    c->chunk_cell = m.cell;
+                    c->chunk_seq = m.seq;
+                    c->chunk_len = m.len;
+                    shm_ring_release(&L->tls_out_ring, 1);
+                    conn_kick(L, c);
+                    continue;
+                }
+                favo_info("ingress: conn %u: an answer from egress could not be encrypted (%s)",
+                          slot, strerror(w < 0 ? (int)-w : EIO));
+                res = w < 0 ? (int32_t)w : -EIO;
+                c->closing = true;
+                c->tls_dead = true;
+                c->out_sent = c->out_len;
+                conn_kick(L, c);
+            } else {
+                res = -EPIPE;
+            }
+        }
+        struct shm_tls_ack *a = shm_ring_reserve(&L->tls_ack_ring);
+        FAVO_ASSERT(a != NULL); /* room checked above; one producer */
+        memset(a, 0, sizeof(*a));
+        a->conn = m.conn;
+        a->cell = m.cell;
+        a->seq = m.seq;
+        a->res = res;
+        shm_ring_commit(&L->tls_ack_ring);
+        L->ring_egr = true;
+        shm_ring_release(&L->tls_out_ring, 1);
+    }
+}
+
+static void egr_bell_ring(struct ing_loop *L)
+{
+    if (L->ring_egr && L->egr_bell_ok)
+        shm_bell_efd_ring(&L->egr_bell);
+    L->ring_egr = false;
 }
 
 static int ring_init(struct ing_loop *L)
@@ -1023,6 +1361,18 @@ int ing_loop_run(const struct ing_cfg *cfg)
         }
         L->pool = &L->own_pool;
     }
+    if (cfg->tls_cert || cfg->tls_key) {
+        char err[512];
+        rc = ing_tls_ctx_new(&L->tls_ctx, cfg->tls_cert ? cfg->tls_cert : "",
+                             cfg->tls_key ? cfg->tls_key : "", cfg->tls_flags, err, sizeof(err));
+        if (rc < 0) {
+            favo_err("ingress: %s", err);
+            goto out;
+        }
+        favo_info("ingress: TLS 1.3 on; kernel TLS transmit %s", ing_tls_ktls_available()
+                  ? "available (egress writes plaintext on such connections)"
+                  : "not available on this host (egress's answers are encrypted by ingress)");
+    }
     if (cfg->model_path && (rc = ing_route_model_load(L)) != 0)
         goto out;
     if (cfg->rl && cfg->keys && cfg->worker == 0) {
@@ -1087,9 +1437,15 @@ int ing_loop_run(const struct ing_cfg *cfg)
              * are none (shm_bell.h: prepare, look again, then wait) */
             egress_check(L);
             conn_msgs(L);
+            if (L->tls_ctx) {
+                tls_msgs(L);
+                chunk_retry(L);
+                egr_bell_ring(L);
+            }
             bell_arm(L);
             shm_bell_efd_prepare(&L->bell);
-            if (shm_ring_available(&L->conn_ring)) {
+            if (shm_ring_available(&L->conn_ring) ||
+                (L->tls_ctx && shm_ring_available(&L->tls_out_ring))) {
                 shm_bell_efd_cancel(&L->bell);
                 continue;
             }
@@ -1126,6 +1482,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
             }
         }
         io_uring_cq_advance(&L->ring, n);
+        if (L->tls_ctx && cfg->pipe)
+            egr_bell_ring(L); /* chunks answered by SEND completions */
     }
     favo_info("ingress: worker %u stopping (%u connections open)", cfg->worker, L->nconns);
     if (cfg->pipe)
@@ -1134,6 +1492,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
     for (unsigned i = 0; i < L->max_conns; i++)
         if (L->conns[i].fd >= 0)
             conn_free(L, &L->conns[i]);
+    if (L->tls_ctx && cfg->pipe)
+        egr_bell_ring(L);
 out_listen:
     if (L->lfd >= 0)
         close(L->lfd);
@@ -1150,6 +1510,10 @@ out:
         free(L->scratch);
     }
     free(L->snap);
+    if (L->conns)
+        for (unsigned i = 0; i < L->max_conns; i++)
+            free(L->conns[i].tls_in); /* ciphertext only */
+    ing_tls_ctx_free(L->tls_ctx);
     free(L->conns);
     /* the private pool stays mapped: freed cells were scrubbed already */
     free(L);

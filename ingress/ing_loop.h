@@ -148,6 +148,14 @@ struct ing_cfg {
                 size_t cap);
     void *auth_arg;
 
+    /* TLS 1.3 (ing_tls.h): both set: every connection is TLS; the files
+     * are loaded at start (an error stops the worker, naming the file).
+     * tls_flags: ING_TLS_NO_KTLS etc. */
+    const char *tls_cert, *tls_key;
+    unsigned tls_flags;
+    int egr_bell_efd;            /* > 0, with pipe and TLS: egress's eventfd, rung
+                                  after acknowledging its TLS chunks */
+
     const volatile uint32_t *stop; /* non-zero: drain, then leave the loop */
     unsigned drain_ms;           /* 0: 30000; answers in progress finish within it */
 };

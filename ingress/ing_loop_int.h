@@ -14,6 +14,7 @@
 #include "ing_http.h"
 #include "ing_loop.h"
 #include "ing_openai.h"
+#include "ing_tls.h"
 #include "../shm/shm_bell.h"
 #include "../engine/eng_chat.h"
 #include "../engine/eng_gguf.h"
@@ -43,6 +44,23 @@ struct ing_conn {
     char *out_old;           /* the buffer an in-flight SEND reads, when out
                                 grew under it; freed when that SEND completes */
     size_t out_old_cap;
+
+    /* TLS (cfg.tls_cert; ing_loop.h "TLS"); tls is NULL on a plain
+     * connection. Not cleared by conn_open's memset: reset there. */
+    ing_tls_conn_t *tls;
+    uint8_t *tls_in;           /* ciphertext received (the slot's, kept): [off, len) not fed yet */
+    uint32_t tls_in_off, tls_in_len;
+    bool tls_open;             /* the handshake finished */
+    bool tls_user;             /* ...without kernel TLS transmit: egress's answers come
+                                  back on tls_out (conn key has SHM_CONN_F_TLS) */
+    bool tls_eof;              /* the client's TCP side closed */
+    bool tls_shut;             /* our close_notify is queued */
+    bool tls_dead;             /* the socket failed: nothing more is sent */
+    /* egress's chunk (shm_tls_out): being sent, then the last one answered */
+    bool chunk_busy, chunk_ack_due;
+    int32_t chunk_res;
+    uint32_t chunk_len;
+    uint64_t chunk_conn, chunk_cell, chunk_seq;
 };
 
 struct ing_loop {
@@ -88,6 +106,12 @@ struct ing_loop {
     char *scratch;           /* response body being built */
     size_t scratch_len, scratch_cap;
     struct shm_stats_snap *snap;
+
+    /* TLS (cfg.tls_cert) and its egress path (shm_pipe.h "TLS") */
+    ing_tls_ctx_t *tls_ctx;
+    shm_ring_t tls_out_ring, tls_ack_ring;
+    shm_bell_efd_t egr_bell;
+    bool egr_bell_ok, ring_egr, ack_retry;
 
     /* the current request's key buckets and x-ratelimit-* lines */
     uint32_t rl_buckets[3];
