@@ -17,6 +17,24 @@
  *   Unknown path: 404. Known path, other method: 405 with Allow. Every
  *   error body is OpenAI's shape (ing_oai_error_body).
  *
+ *   Specialists (shm/shm_spec.h; the supervisor publishes the table in the
+ *   data segment, ingress reads it per request): `model` names the loaded
+ *   model, a specialist, or nothing (the loaded model); any other name is
+ *   404 model_not_found, as before specialists. A specialist's system
+ *   prompt comes first: for chat it is a system message put before the
+ *   request's messages (a request's own system message follows it), then
+ *   the chat template; for /v1/completions its text is tokenized on its
+ *   own with the model's BOS and put before the prompt's ids (tokenized
+ *   without BOS), as llama.cpp's server did with its system_prompt; a
+ *   token-id prompt gets the same ids in front. /tokenize with `model`
+ *   naming a specialist counts the same ids. Parameters the request did
+ *   not give take the specialist's defaults; max_tokens is lowered to
+ *   its cap (and, not given, is its default_max_tokens, else the server's
+ *   choice within the cap); its priority replaces the key's when it sets
+ *   one; the shm_req carries its name and cache TTL to the batcher.
+ *   /v1/models lists the model, then every specialist ("parent": the
+ *   model, as vLLM lists LoRA adapters).
+ *
  *   Order of checks on a request: route (404) -> method (405) -> API key
  *   (401; all but /health, /ready, /metrics) -> rate limit (429; the
  *   generation routes after tokenization, when the token cost is known)
@@ -38,6 +56,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "shm_fdpass.h"
+#include "shm_spec.h"
 #include "../shm/favo_base.h"
 
 enum route_id {
@@ -194,6 +213,21 @@ static void route_models(struct ing_loop *L, struct ing_conn *c)
         ing_body_printf(L, ",\"object\":\"model\",\"created\":%llu,\"owned_by\":\"favo\","
                            "\"max_model_len\":%u}",
                         (unsigned long long)L->created, L->n_ctx);
+        if (L->cfg.pipe) {
+            char names[SHM_SPEC_MAX][SHM_SPEC_NAME_MAX];
+            uint32_t n = shm_spec_names(shm_pipe_spec(L->cfg.pipe), names, SHM_SPEC_MAX);
+            for (uint32_t i = 0; i < n; i++) {
+                ing_body_printf(L, ",{\"id\":");
+                ing_body_json_str(L, names[i], strlen(names[i]));
+                ing_body_printf(L, ",\"object\":\"model\",\"created\":%llu,"
+                                   "\"owned_by\":\"favo\",\"root\":",
+                                (unsigned long long)L->created);
+                ing_body_json_str(L, L->model_id, strlen(L->model_id));
+                ing_body_printf(L, ",\"parent\":");
+                ing_body_json_str(L, L->model_id, strlen(L->model_id));
+                ing_body_printf(L, ",\"max_model_len\":%u}", L->n_ctx);
+            }
+        }
     }
     ing_body_printf(L, "]}");
     respond_scratch(L, c, 200, "application/json");
@@ -294,18 +328,25 @@ static int chat_msgs(struct ing_loop *L, const uint8_t *buf, struct eng_chat_msg
  * template, text prompts with BOS/EOS as the model asks. Returns the
  * count (may exceed cap) or -errno. */
 static int64_t encode_prompt(struct ing_loop *L, const uint8_t *buf, int route, bool add_special,
-                             bool add_gen, int32_t *ids, size_t cap)
+                             bool add_gen, const char *system, int32_t *ids, size_t cap)
 {
     if (route == ING_OAI_CHAT) {
-        struct eng_chat_msg *m = calloc(L->oai.nmsg ? L->oai.nmsg : 1, sizeof(*m));
+        size_t k = system && system[0] ? 1 : 0; /* the specialist's system message */
+        struct eng_chat_msg *m = calloc(L->oai.nmsg + k ? L->oai.nmsg + k : 1, sizeof(*m));
         char *joined;
         size_t jl;
         int64_t n;
-        if (!m || chat_msgs(L, buf, m, &joined, &jl)) {
+        if (!m || chat_msgs(L, buf, m + k, &joined, &jl)) {
             free(m);
             return -ENOMEM;
         }
-        n = eng_chat_encode(&L->chat, L->tok, m, L->oai.nmsg, add_gen, ids, cap);
+        if (k) {
+            m[0].role = "system";
+            m[0].role_len = 6;
+            m[0].content = system;
+            m[0].content_len = strlen(system);
+        }
+        n = eng_chat_encode(&L->chat, L->tok, m, L->oai.nmsg + k, add_gen, ids, cap);
         if (joined) {
             explicit_bzero(joined, jl);
             free(joined);
@@ -313,8 +354,47 @@ static int64_t encode_prompt(struct ing_loop *L, const uint8_t *buf, int route, 
         free(m);
         return n;
     }
+    if (system && system[0]) {
+        /* completions: the system text on its own (with BOS), then the
+         * prompt without BOS (ing_route.c's top) */
+        int64_t ns = eng_tok_encode(L->tok, system, strlen(system),
+                                    add_special ? ENG_TOK_ADD_SPECIAL | ENG_TOK_PARSE_SPECIAL
+                                                : ENG_TOK_PARSE_SPECIAL, ids, cap);
+        if (ns < 0)
+            return ns;
+        size_t at = (size_t)ns < cap ? (size_t)ns : cap;
+        int64_t np = eng_tok_encode(L->tok, (const char *)buf + L->oai.prompt.off,
+                                    L->oai.prompt.len, add_special ? ENG_TOK_PARSE_SPECIAL : 0,
+                                    ids ? ids + at : NULL, cap - at);
+        return np < 0 ? np : ns + np;
+    }
     return eng_tok_encode(L->tok, (const char *)buf + L->oai.prompt.off, L->oai.prompt.len,
                           add_special ? ENG_TOK_ADD_SPECIAL | ENG_TOK_PARSE_SPECIAL : 0, ids, cap);
+}
+
+/* The specialist the decoded request's `model` names (a pipe only), into
+ * *out. 1: found; 0: no model, or the loaded model; -ENOENT: unknown. */
+static int find_spec(struct ing_loop *L, const uint8_t *buf, struct shm_spec *out)
+{
+    struct ing_span m = L->oai.model;
+
+    if (!(L->oai.set & ING_OAI_SET_MODEL))
+        return 0;
+    if (m.len == strlen(L->model_id) && !memcmp(buf + m.off, L->model_id, m.len))
+        return 0;
+    if (L->cfg.pipe &&
+        shm_spec_find(shm_pipe_spec(L->cfg.pipe), (const char *)buf + m.off, m.len, out) == 0)
+        return 1;
+    return -ENOENT;
+}
+
+static void model_not_found(struct ing_loop *L, struct ing_conn *c)
+{
+    char msg[240];
+
+    snprintf(msg, sizeof(msg), "The model does not exist; this server serves '%s'%s",
+             L->model_id, L->cfg.pipe ? " and the specialists /v1/models lists" : "");
+    ing_conn_error(L, c, 404, msg, "model", "model_not_found", NULL);
 }
 
 static void oai_err(struct ing_loop *L, struct ing_conn *c, const struct ing_oai_err *e)
@@ -361,15 +441,37 @@ static void route_tokenize(struct ing_loop *L, struct ing_conn *c)
         oai_err(L, c, &e);
         goto scrub;
     }
+    struct shm_spec *spec = calloc(1, sizeof(*spec));
+    int has_spec = spec ? find_spec(L, c->buf, spec) : -ENOMEM;
+    const char *sys = has_spec == 1 ? spec->system_prompt : NULL;
+    if (has_spec == -ENOENT) {
+        model_not_found(L, c);
+        free(spec);
+        goto scrub;
+    }
     if (route == ING_OAI_COMPLETIONS && L->oai.prompt_kind == ING_OAI_PROMPT_TOKENS) {
-        ids = malloc(((size_t)L->oai.prompt_ntok + 1) * 4);
-        if (ids)
-            memcpy(ids, c->buf + toff, (size_t)L->oai.prompt_ntok * 4);
-        n = L->oai.prompt_ntok;
+        int64_t ns = 0;
+        if (sys && sys[0])
+            ns = eng_tok_encode(L->tok, sys, strlen(sys),
+                                add_special ? ENG_TOK_ADD_SPECIAL | ENG_TOK_PARSE_SPECIAL
+                                            : ENG_TOK_PARSE_SPECIAL, NULL, 0);
+        ids = ns >= 0 ? malloc(((size_t)L->oai.prompt_ntok + (size_t)ns + 1) * 4) : NULL;
+        if (ids) {
+            if (ns > 0)
+                eng_tok_encode(L->tok, sys, strlen(sys),
+                               add_special ? ENG_TOK_ADD_SPECIAL | ENG_TOK_PARSE_SPECIAL
+                                           : ENG_TOK_PARSE_SPECIAL, ids, (size_t)ns);
+            memcpy(ids + ns, c->buf + toff, (size_t)L->oai.prompt_ntok * 4);
+        }
+        n = L->oai.prompt_ntok + ns;
     } else {
-        n = encode_prompt(L, c->buf, route, add_special, add_gen, NULL, 0);
+        n = encode_prompt(L, c->buf, route, add_special, add_gen, sys, NULL, 0);
         if (n >= 0 && (ids = malloc(((size_t)n + 1) * 4)) != NULL)
-            n = encode_prompt(L, c->buf, route, add_special, add_gen, ids, (size_t)n);
+            n = encode_prompt(L, c->buf, route, add_special, add_gen, sys, ids, (size_t)n);
+    }
+    if (spec) {
+        explicit_bzero(spec, sizeof(*spec));
+        free(spec);
     }
     if (n < 0 || !ids) {
         ing_conn_error(L, c, 500, "tokenization failed", NULL, NULL, NULL);
@@ -497,18 +599,26 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         oai_err(L, c, &e);
         goto fail;
     }
-    if (L->oai.set & ING_OAI_SET_MODEL) {
-        struct ing_span m = L->oai.model;
-        if (m.len != strlen(L->model_id) || memcmp(buf + m.off, L->model_id, m.len)) {
-            char msg[200];
-            snprintf(msg, sizeof(msg), "The model does not exist; this server serves '%s'",
-                     L->model_id);
-            ing_conn_error(L, c, 404, msg, "model", "model_not_found", NULL);
-            goto fail;
-        }
+    /* The specialist `model` names (ing_route.c's top), copied out of the
+     * table once: a reload meanwhile does not change this request. */
+    struct shm_spec spec;
+    int has_spec = find_spec(L, buf, &spec);
+    if (has_spec < 0) {
+        model_not_found(L, c);
+        goto fail;
     }
+    const char *sys = has_spec ? spec.system_prompt : NULL;
     if (route == ING_OAI_COMPLETIONS && L->oai.prompt_kind == ING_OAI_PROMPT_TOKENS) {
         n = L->oai.prompt_ntok;
+        int64_t ns = sys && sys[0] ? eng_tok_encode(L->tok, sys, strlen(sys),
+                                                    ENG_TOK_ADD_SPECIAL | ENG_TOK_PARSE_SPECIAL,
+                                                    NULL, 0) : 0;
+        if (ns < 0 || (uint64_t)n + (uint64_t)ns > tcap) {
+            ing_conn_error(L, c, ns < 0 ? 500 : 413, ns < 0 ? "tokenization failed"
+                           : "the prompt's tokens do not fit the request buffer", what, NULL,
+                           NULL);
+            goto fail;
+        }
         for (int64_t i = 0; i < n; i++)
             if ((uint32_t)ids[i] >= eng_tok_n_vocab(L->tok)) {
                 char msg[128], param[40];
@@ -518,14 +628,42 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
                 ing_conn_error(L, c, 400, msg, param, "invalid_value", NULL);
                 goto fail;
             }
+        if (ns > 0) { /* the specialist's system ids in front */
+            memmove(ids + ns, ids, (size_t)n * 4);
+            eng_tok_encode(L->tok, sys, strlen(sys), ENG_TOK_ADD_SPECIAL | ENG_TOK_PARSE_SPECIAL,
+                           ids, (size_t)ns);
+            n += ns;
+        }
     } else {
-        n = encode_prompt(L, buf, route, true, true, ids, tcap);
+        n = encode_prompt(L, buf, route, true, true, sys, ids, tcap);
         if (n < 0) {
             ing_conn_error(L, c, 500, "tokenization failed", NULL, NULL, NULL);
             goto fail;
         }
     }
-    uint32_t max_tokens = L->oai.max_tokens;
+    /* Generation parameters: the request's, the specialist's defaults for
+     * what it did not give, its cap and priority (shm_spec_apply). */
+    struct shm_spec_gen g = {
+        .temperature = (float)L->oai.temperature, .top_p = (float)L->oai.top_p,
+        .min_p = (float)L->oai.min_p, .frequency_penalty = (float)L->oai.frequency_penalty,
+        .presence_penalty = (float)L->oai.presence_penalty, .top_k = L->oai.top_k,
+        .seed = L->oai.seed, .has_seed = (L->oai.set & ING_OAI_SET_SEED) != 0,
+        .max_tokens = L->oai.max_tokens,
+        .prio = L->key ? (uint8_t)(3 - FAVO_MIN(L->key->priority, 3u)) : 3,
+    };
+    if (has_spec) {
+        uint32_t o = L->oai.set, given =
+            ((o & ING_OAI_SET_TEMPERATURE) ? SHM_SPEC_TEMPERATURE : 0) |
+            ((o & ING_OAI_SET_TOP_K) ? SHM_SPEC_TOP_K : 0) |
+            ((o & ING_OAI_SET_TOP_P) ? SHM_SPEC_TOP_P : 0) |
+            ((o & ING_OAI_SET_MIN_P) ? SHM_SPEC_MIN_P : 0) |
+            ((o & ING_OAI_SET_FREQUENCY_PENALTY) ? SHM_SPEC_FREQ : 0) |
+            ((o & ING_OAI_SET_PRESENCE_PENALTY) ? SHM_SPEC_PRESENCE : 0) |
+            ((o & ING_OAI_SET_SEED) ? SHM_SPEC_SEED : 0) |
+            ((o & ING_OAI_SET_MAX_TOKENS) ? SHM_SPEC_MAX_TOKENS : 0);
+        shm_spec_apply(&spec, given, &g);
+    }
+    uint32_t max_tokens = g.max_tokens;
     if ((uint64_t)n + (max_tokens ? max_tokens : 1) > L->n_ctx) {
         char msg[320];
         snprintf(msg, sizeof(msg),
@@ -546,6 +684,8 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         max_tokens = L->n_ctx - (uint32_t)n;
         if (L->cfg.max_tokens_default)
             max_tokens = FAVO_MIN(max_tokens, L->cfg.max_tokens_default);
+        if (has_spec)
+            max_tokens = shm_spec_cap(&spec, max_tokens);
     }
     if (L->oai.logprobs && L->cfg.pipe) {
         /* The engine computes them, but the pipeline does not carry them to
@@ -601,7 +741,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     d.route = route == ING_OAI_CHAT ? SHM_REQ_CHAT : SHM_REQ_COMPLETIONS;
     d.flags = (L->oai.stream ? SHM_REQ_F_STREAM : 0) |
               (L->oai.include_usage ? SHM_REQ_F_USAGE : 0) |
-              ((L->oai.set & ING_OAI_SET_SEED) ? SHM_REQ_F_SEED : 0) |
+              (g.has_seed ? SHM_REQ_F_SEED : 0) |
               (c->closing ? SHM_REQ_F_CLOSE : 0);
     d.worker = (uint8_t)L->cfg.worker;
     d.cell = cell;
@@ -617,18 +757,20 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         for (const char *t = L->key->tenant; *t; t++)
             h = (h ^ (uint8_t)*t) * 16777619u;
         d.tenant = h ? h : 1;
-        d.prio = (uint8_t)(3 - FAVO_MIN(L->key->priority, 3u)); /* larger serves first */
         snprintf(d.tenant_name, sizeof(d.tenant_name), "%s", L->key->tenant);
-    } else {
-        d.prio = 3;
     }
-    d.top_k = L->oai.top_k;
-    d.seed = L->oai.seed;
-    d.temperature = (float)L->oai.temperature;
-    d.top_p = (float)L->oai.top_p;
-    d.min_p = (float)L->oai.min_p;
-    d.frequency_penalty = (float)L->oai.frequency_penalty;
-    d.presence_penalty = (float)L->oai.presence_penalty;
+    d.prio = (uint8_t)g.prio; /* the key's (larger serves first), or the specialist's */
+    d.top_k = g.top_k;
+    d.seed = g.seed;
+    d.temperature = g.temperature;
+    d.top_p = g.top_p;
+    d.min_p = g.min_p;
+    d.frequency_penalty = g.frequency_penalty;
+    d.presence_penalty = g.presence_penalty;
+    if (has_spec) {
+        d.cache_ttl = spec.cache_ttl;
+        snprintf(d.spec, sizeof(d.spec), "%s", spec.name);
+    }
     d.logprobs = L->oai.logprobs;
     d.top_logprobs = L->oai.top_logprobs;
     d.nstop = L->oai.nstop;
