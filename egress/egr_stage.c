@@ -77,6 +77,9 @@ struct conn {
     uint8_t orphan;                /* its slot went to a newer connection (an
                                       ingress restart reuses slots of live
                                       connections): finish its answers, close */
+    uint8_t tls;                   /* SHM_CONN_F_TLS: no socket here; each chunk
+                                      goes to ingress on tls_out (shm_pipe.h) */
+    uint8_t abort_due;             /* TLS: SHM_CONN_ABORT waits for conn ring room */
 };
 
 struct egr {
@@ -86,6 +89,7 @@ struct egr {
     size_t text_max;
     struct shm_cell_pool pool;
     shm_ring_t ev, ctl, conn_ring[SHM_PIPE_MAX_INGRESS];
+    shm_ring_t tls_out[SHM_PIPE_MAX_INGRESS], tls_ack[SHM_PIPE_MAX_INGRESS];
     unsigned n_ingress;
     int32_t ing_seen[SHM_PIPE_MAX_INGRESS]; /* ingress pids, to notice a restart */
     uint64_t *scan_keys;             /* MAX_CONNS: ingress_check's scratch */
@@ -178,8 +182,38 @@ static void conn_unmap(struct egr *E, struct conn *c)
     c->mapped = 0;
 }
 
-static void conn_shut(struct conn *c)
+/* TLS: ask ingress to close the connection now (it holds the socket and
+ * the chunk in flight, which it then answers -EPIPE). */
+static void conn_abort(struct egr *E, struct conn *c)
 {
+    unsigned w = (unsigned)(c->key >> 48) & 0xffu;
+    struct shm_conn_msg *m;
+
+    c->abort_due = 0;
+    if (w >= E->n_ingress)
+        return;
+    if (!(m = shm_ring_reserve(&E->conn_ring[w]))) {
+        c->abort_due = 1; /* retried on the tick */
+        E->retry_pending = true;
+        return;
+    }
+    memset(m, 0, sizeof(*m));
+    m->conn = c->key;
+    m->what = SHM_CONN_ABORT;
+    shm_ring_commit(&E->conn_ring[w]);
+    E->ring_ing[w] = true;
+}
+
+static void conn_shut(struct egr *E, struct conn *c)
+{
+    if (c->tls && !c->shut) {
+        /* no socket here: ingress stops a chunk in flight; otherwise the
+         * CLOSED message after the last response closes it */
+        c->shut = 1;
+        if (c->sending)
+            conn_abort(E, c);
+        return;
+    }
     if (!c->shut && c->fd >= 0) {
         /* Ends the connection for ingress too (same socket): a send in
          * flight completes with an error, a parked recv sees EOF. */
@@ -223,7 +257,8 @@ static void conn_add(struct egr *E, uint64_t key, int fd)
     uint32_t i;
 
     if (c && c->key == key) {
-        close(fd); /* the same socket again (a re-send): keep ours */
+        if (fd >= 0)
+            close(fd); /* the same socket again (a re-send): keep ours */
         return;
     }
     if (c) {
@@ -239,7 +274,8 @@ static void conn_add(struct egr *E, uint64_t key, int fd)
     }
     if (E->conn_free == NONE) {
         favo_warn("egress: connection table full (%u): refusing a socket", MAX_CONNS);
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         return;
     }
     i = E->conn_free;
@@ -250,7 +286,8 @@ static void conn_add(struct egr *E, uint64_t key, int fd)
     c->fd = fd;
     c->head = c->tail = NONE;
     c->sending = 0;
-    c->shut = c->timed_out = c->orphan = 0;
+    c->shut = c->timed_out = c->orphan = c->abort_due = 0;
+    c->tls = (key & SHM_CONN_F_TLS) != 0; /* fd is -1: ingress encrypts and sends */
     c->ing_pid = ing_pid_of(E, key);
     c->hnext = E->conn_hash[hash64(key >> 24) & E->conn_mask];
     E->conn_hash[hash64(key >> 24) & E->conn_mask] = i;
@@ -384,7 +421,7 @@ static void conn_fail(struct egr *E, struct conn *c, bool timeout)
 {
     if (c->shut)
         return;
-    conn_shut(c);
+    conn_shut(E, c);
     for (uint32_t i = c->head; i != NONE; i = E->rs[i].cnext)
         rs_gone(E, &E->rs[i], timeout);
 }
@@ -719,6 +756,11 @@ static void rs_link_conn(struct egr *E, uint32_t i)
         fdpass_drain(E);
         c = conn_find(E, r->req->conn);
     }
+    if ((!c || c->key != r->req->conn) && (r->req->conn & SHM_CONN_F_TLS)) {
+        /* TLS without kernel TLS: no socket ever comes; ingress sends */
+        conn_add(E, r->req->conn, -1);
+        c = conn_find(E, r->req->conn);
+    }
     if (!c || c->key != r->req->conn || c->shut) {
         r->conn = NONE;
         return;
@@ -811,6 +853,12 @@ static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
             rs_retry_later(E, r);
     }
     rs_link_conn(E, i);
+    if (resume && st->inflight && (q->conn & SHM_CONN_F_TLS)) {
+        /* a TLS chunk was with ingress: nothing was consumed for it, so
+         * it is sent again under the same (cell, seq); ingress answers a
+         * chunk it knows without encrypting it twice (shm_pipe.h "TLS") */
+        st->inflight = 0;
+    }
     if (resume && st->inflight && !(st->flags & EGR_SF_KBASE)) {
         /* the previous egress died with a send in flight and no record of
          * the kernel's count: how much reached the client is unknown */
@@ -959,13 +1007,35 @@ static void conn_kick(struct egr *E, struct conn *c)
     n = r->st->resp.pending;
     if (!n)
         return;
-    if (!(r->st->flags & EGR_SF_KBASE) && r->st->sent == 0 &&
-        k_written(c->fd, &r->st->kbase) == 0)
-        r->st->flags |= EGR_SF_KBASE; /* for a restarted egress (rs_fix_inflight) */
-    sqe = sqe_get(E);
-    io_uring_prep_send(sqe, c->fd, r->area, n, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, (uint32_t)(c - E->conns), c->gen));
-    r->st->inflight = n; /* for a restarted egress (rs_adopt) */
+    if (c->tls) {
+        /* ingress encrypts and sends; its ack is this send's completion */
+        unsigned w = (unsigned)(c->key >> 48) & 0xffu;
+        struct shm_tls_out *m = w < E->n_ingress ? shm_ring_reserve(&E->tls_out[w]) : NULL;
+
+        if (!m) {
+            if (w < E->n_ingress)
+                rs_retry_later(E, r); /* ring full: the tick tries again */
+            else
+                rs_gone(E, r, false);
+            return;
+        }
+        r->st->inflight = n; /* before the message: a restart sends it again */
+        m->conn = c->key;
+        m->cell = r->cell;
+        m->seq = r->st->sent;
+        m->off = (uint32_t)(r->area - r->cellp);
+        m->len = n;
+        shm_ring_commit(&E->tls_out[w]);
+        E->ring_ing[w] = true;
+    } else {
+        if (!(r->st->flags & EGR_SF_KBASE) && r->st->sent == 0 &&
+            k_written(c->fd, &r->st->kbase) == 0)
+            r->st->flags |= EGR_SF_KBASE; /* for a restarted egress (rs_fix_inflight) */
+        sqe = sqe_get(E);
+        io_uring_prep_send(sqe, c->fd, r->area, n, MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, (uint32_t)(c - E->conns), c->gen));
+        r->st->inflight = n; /* for a restarted egress (rs_adopt) */
+    }
     c->sending = n;
     c->send_ns = E->now;
     c->send_tok_ns = r->tok_ns;
@@ -1198,6 +1268,42 @@ static unsigned drain_events(struct egr *E)
     return n;
 }
 
+/* Ingress's answers to our TLS chunks: each is the completion of that
+ * connection's one "send" (inv 2). Applied, then released; a replayed or
+ * stale one (its (cell, seq) is not the head's chunk in flight) changes
+ * nothing. */
+static unsigned drain_acks(struct egr *E)
+{
+    const struct shm_tls_ack *a;
+    unsigned n = 0;
+
+    for (unsigned w = 0; w < E->n_ingress; w++) {
+        while ((a = shm_ring_peek_one(&E->tls_ack[w])) != NULL) {
+            struct shm_tls_ack m = *a;
+            struct conn *c = conn_find(E, m.conn);
+
+            E->now = favo_now_ns();
+            if (c && c->key == m.conn && c->tls && c->sending && c->head != NONE &&
+                E->rs[c->head].cell == m.cell && E->rs[c->head].st->sent == m.seq) {
+                on_send(E, c, m.res >= 0 ? FAVO_MIN(m.res, (int32_t)c->sending) : m.res);
+                if (c->key && c->shut && c->head == NONE && !c->sending)
+                    conn_release(E, c); /* closed and no response left */
+            }
+            shm_ring_release(&E->tls_ack[w], 1);
+            n++;
+        }
+    }
+    return n;
+}
+
+static bool acks_waiting(struct egr *E)
+{
+    for (unsigned w = 0; w < E->n_ingress; w++)
+        if (shm_ring_available(&E->tls_ack[w]))
+            return true;
+    return false;
+}
+
 static void ring_bells(struct egr *E)
 {
     if (E->ring_bat) {
@@ -1258,15 +1364,37 @@ static void ingress_check(struct egr *E)
         for (uint32_t i = 0; i < MAX_CONNS; i++) {
             struct conn *c = &E->conns[i];
             bool busy = c->head != NONE || c->sending;
-            if (!c->key || c->fd < 0 || ((c->key >> 48) & 0xffu) != w || c->ing_pid == pid ||
-                c->orphan)
+            if (!c->key || (c->fd < 0 && !c->tls) || ((c->key >> 48) & 0xffu) != w ||
+                c->ing_pid == pid || c->orphan)
                 continue;
             n++;
+            if (c->tls) {
+                /* the TLS keys died with that ingress, and the socket with
+                 * them: every answer on it is lost; a chunk it held is
+                 * never answered */
+                conn_unmap(E, c);
+                c->shut = 1;
+                c->orphan = 1;
+                if (c->sending)
+                    on_send(E, c, -ECONNRESET);
+                conn_fail(E, c, false);
+                for (uint32_t j = c->head; j != NONE; j = E->rs[j].cnext)
+                    rs_gone(E, &E->rs[j], false);
+                if (c->key && c->head == NONE && !c->sending)
+                    conn_release(E, c);
+                else
+                    for (uint32_t j = c->head; j != NONE;) {
+                        uint32_t nx = E->rs[j].cnext;
+                        rs_progress(E, j);
+                        j = nx;
+                    }
+                continue;
+            }
             for (unsigned k = 0; k < nk && !busy; k++)
                 busy = E->scan_keys[k] == c->key;
             if (!busy) {
                 conn_unmap(E, c);
-                conn_shut(c);
+                conn_shut(E, c);
                 conn_release(E, c);
             } else {
                 c->orphan = 1;
@@ -1290,6 +1418,17 @@ static void on_tick(struct egr *E)
             favo_info("egress: write timeout on conn %#" PRIx64, (uint64_t)c->key);
             c->timed_out = 1;
             conn_fail(E, c, true); /* the send in flight completes with an error */
+        } else if (c->key && c->tls && c->sending && c->shut && c->abort_due) {
+            conn_abort(E, c);
+        } else if (c->key && c->tls && c->sending && c->shut &&
+                   E->now - c->send_ns > 2 * E->write_timeout_ns + 5000000000ull) {
+            /* ingress never answered the chunk, not even after the abort:
+             * it is wedged (a dead one is seen by ingress_check) */
+            favo_warn("egress: ingress never answered a TLS chunk on conn %#" PRIx64,
+                      (uint64_t)c->key);
+            on_send(E, c, -ETIMEDOUT);
+            if (c->key && c->head == NONE && !c->sending)
+                conn_release(E, c);
         }
     }
     for (uint32_t i = 0; i < E->n_rs && E->n_waiting; i++) {
@@ -1392,8 +1531,10 @@ static int setup(struct egr *E, const struct egr_stage_cfg *cfg)
         return rc;
     }
     for (unsigned w = 0; w < E->n_ingress; w++) {
-        if ((rc = shm_pipe_ring_conn(p, w, SHM_RING_PRODUCER, &E->conn_ring[w]))) {
-            favo_err("egress: conn ring %u: %s", w, strerror(-rc));
+        if ((rc = shm_pipe_ring_conn(p, w, SHM_RING_PRODUCER, &E->conn_ring[w])) ||
+            (rc = shm_pipe_ring_tls_out(p, w, SHM_RING_PRODUCER, &E->tls_out[w])) ||
+            (rc = shm_pipe_ring_tls_ack(p, w, SHM_RING_CONSUMER, &E->tls_ack[w]))) {
+            favo_err("egress: conn/tls rings %u: %s", w, strerror(-rc));
             return rc;
         }
         if (cfg->ing_bell_efd[w] >= 0 &&
@@ -1541,6 +1682,7 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
 
         E->now = favo_now_ns();
         got = drain_events(E);
+        got += drain_acks(E);
         ring_bells(E);
         if (want_exit(E))
             break;
@@ -1566,7 +1708,7 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
         /* sleep: announce it, look at the ring again, then wait (the tick
          * bounds the wait; shm_bell.h "eventfd in an io_uring loop") */
         shm_bell_efd_prepare(&E->bell);
-        if (shm_ring_available(&E->ev) > 0) {
+        if (shm_ring_available(&E->ev) > 0 || acks_waiting(E)) {
             shm_bell_efd_cancel(&E->bell);
             continue;
         }
