@@ -27,6 +27,9 @@ const struct shm_stats_desc shm_stats_hist_desc[SHM_H__COUNT] = {
 
 #define NNAMES (SHM_C__COUNT + SHM_G__COUNT + SHM_H__COUNT)
 
+const double shm_stats_win_q[SHM_STATS_NQ] = { 0.5, 0.9, 0.95, 0.99 };
+const uint64_t shm_stats_win_len_ns[SHM_STATS_NWIN] = { 10000000000ull, 60000000000ull };
+
 uint64_t shm_hist_lower(unsigned b)
 {
     unsigned p, sub;
@@ -124,7 +127,12 @@ int shm_stats_create(struct shm_stats *st, const char *instance, unsigned nwrite
         { "names", NNAMES * sizeof(uint64_t), 0 },
         { "writers", (size_t)nwriters * sizeof(struct shm_stats_block), 0 },
         { "stages", (size_t)nstages * sizeof(struct shm_stats_stage), 0 },
+        { "info", sizeof(struct shm_stats_info), 0 },
+        { "windows", sizeof(struct shm_stats_wins), 0 },
+        { "tenants", sizeof(struct shm_stats_tenants), 0 },
     };
+    struct shm_stats_wins *wins;
+    struct shm_stats_tenants *ten;
     struct shm_stats_meta *m;
     uint64_t *names;
     int rc;
@@ -146,9 +154,24 @@ int shm_stats_create(struct shm_stats *st, const char *instance, unsigned nwrite
     st->names = names;
     st->blocks = shm_seg_region(&st->seg, "writers", NULL);
     st->stages = shm_seg_region(&st->seg, "stages", NULL);
+    st->info = shm_seg_region(&st->seg, "info", NULL);
+    st->wins = wins = shm_seg_region(&st->seg, "windows", NULL);
+    st->tenants = ten = shm_seg_region(&st->seg, "tenants", NULL);
     st->nc = SHM_C__COUNT;
     st->ng = SHM_G__COUNT;
     st->nh = SHM_H__COUNT;
+    wins->nwin = SHM_STATS_NWIN;
+    wins->win_size = sizeof(struct shm_stats_win);
+    wins->ncounters = SHM_C__COUNT;
+    wins->counters_off = offsetof(struct shm_stats_win, counters);
+    wins->nhists = SHM_H__COUNT;
+    wins->hists_off = offsetof(struct shm_stats_win, hist);
+    wins->hist_size = sizeof(struct shm_stats_win_hist);
+    wins->nq = SHM_STATS_NQ;
+    for (unsigned i = 0; i < SHM_STATS_NWIN; i++)
+        wins->win[i].len_ns = shm_stats_win_len_ns[i];
+    ten->nrows = SHM_STATS_TENANTS;
+    ten->row_size = sizeof(struct shm_stats_tenant);
     /* ftruncate gave zeros: every sequence is 0 (even), every row EMPTY. */
     shm_seg_publish(&st->seg);
     return 0;
@@ -212,6 +235,34 @@ static int stats_check_meta(struct shm_stats *st, size_t meta_sz, size_t names_s
     return 0;
 }
 
+/* The regions a segment of an older build may lack, each checked before
+ * anything in it is followed (seg inv 3): absent or malformed -> NULL. */
+static void stats_open_optional(struct shm_stats *st)
+{
+    size_t sz = 0;
+    struct shm_stats_info *info = shm_seg_region(&st->seg, "info", &sz);
+    struct shm_stats_wins *w;
+    struct shm_stats_tenants *t;
+
+    st->info = info && sz >= sizeof(*info) ? info : NULL;
+    w = shm_seg_region(&st->seg, "windows", &sz);
+    st->wins = NULL;
+    if (w && sz >= offsetof(struct shm_stats_wins, win) && w->nwin >= 1 && w->nwin <= 16 &&
+        w->nq == SHM_STATS_NQ && w->hist_size >= sizeof(struct shm_stats_win_hist) &&
+        w->win_size % 8 == 0 && w->counters_off % 8 == 0 && w->hists_off % 8 == 0 &&
+        w->hist_size % 8 == 0 &&
+        offsetof(struct shm_stats_wins, win) + (uint64_t)w->nwin * w->win_size <= sz &&
+        (uint64_t)w->counters_off + 8ull * w->ncounters <= w->win_size &&
+        (uint64_t)w->hists_off + (uint64_t)w->hist_size * w->nhists <= w->win_size)
+        st->wins = w;
+    t = shm_seg_region(&st->seg, "tenants", &sz);
+    st->tenants = NULL;
+    if (t && sz >= offsetof(struct shm_stats_tenants, row) && t->nrows >= 1 && t->nrows <= 4096 &&
+        t->row_size >= sizeof(struct shm_stats_tenant) && t->row_size % 8 == 0 &&
+        offsetof(struct shm_stats_tenants, row) + (uint64_t)t->nrows * t->row_size <= sz)
+        st->tenants = t;
+}
+
 int shm_stats_open(struct shm_stats *st, const char *instance, bool writable)
 {
     size_t msz = 0, nsz = 0, wsz = 0, ssz = 0;
@@ -233,6 +284,7 @@ int shm_stats_open(struct shm_stats *st, const char *instance, bool writable)
     rc = stats_check_meta(st, msz, nsz, wsz, ssz);
     if (rc)
         goto out;
+    stats_open_optional(st);
     return 0;
 out:
     shm_seg_close(&st->seg);
@@ -281,6 +333,8 @@ int shm_stats_writer_init(struct shm_stats *st, unsigned slot, enum shm_stage_ki
     unsigned seq;
 
     memset(w, 0, sizeof(*w));
+    w->st = st;
+    w->slot = slot;
     if (!st->seg.writable)
         return st_fail(st, -EACCES, "stats segment %s: opened read-only, cannot write",
                        st->seg.path);
@@ -405,7 +459,114 @@ int shm_stats_stage_set(struct shm_stats *st, unsigned row, const struct shm_sta
     for (unsigned i = 0; i < FAVO_ARRAY_SIZE(s->cores); i++)
         ck_pr_store_64(&s->cores[i], info->cores[i]);
     ck_pr_store_64(&s->started_ns, info->started_ns);
+    ck_pr_store_64(&s->last_restart_ns, info->last_restart_ns);
+    ck_pr_store_64(&s->max_restart_ns, info->max_restart_ns);
+    ck_pr_store_64(&s->exit_ns, info->exit_ns);
     ck_sequence_write_end(&s->seq);
+    return 0;
+}
+
+int shm_stats_set_info(struct shm_stats *st, const char *version, int32_t sup_pid)
+{
+    char v[SHM_STATS_VERSION_MAX] = { 0 };
+
+    if (!st->seg.writable)
+        return -EACCES;
+    if (!st->info)
+        return -ENOENT;
+    snprintf(v, sizeof(v), "%s", version);
+    /* written before the stages start; readers copy it with plain loads
+     * of words that never change afterwards */
+    for (unsigned i = 0; i < sizeof(v); i += 8) {
+        uint64_t x;
+
+        memcpy(&x, v + i, 8);
+        ck_pr_store_64((uint64_t *)(void *)(st->info->version + i), x);
+    }
+    ck_pr_store_32((uint32_t *)&st->info->sup_pid, (uint32_t)sup_pid);
+    return 0;
+}
+
+/* Names are copied a word at a time with ck_pr (a writer and a reader
+ * never share a plain access, so TSan has nothing to misread). */
+static void name_store(char *dst, const char *src, size_t n)
+{
+    char tmp[SHM_STATS_TENANT_NAME] = { 0 };
+
+    memcpy(tmp, src, FAVO_MIN(n, sizeof(tmp) - 1));
+    for (unsigned i = 0; i < sizeof(tmp); i += 8) {
+        uint64_t x;
+
+        memcpy(&x, tmp + i, 8);
+        ck_pr_store_64((uint64_t *)(void *)(dst + i), x);
+    }
+}
+
+/* n: a multiple of 8; dst gets a NUL in its last byte. */
+static void name_load(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        uint64_t x = ck_pr_load_64((const uint64_t *)(const void *)(src + i));
+
+        memcpy(dst + i, &x, 8);
+    }
+    dst[n - 1] = 0;
+}
+
+static struct shm_stats_tenant *tenant_row(const struct shm_stats_tenants *t, unsigned r)
+{
+    return (struct shm_stats_tenant *)((char *)(uintptr_t)t->row + (size_t)r * t->row_size);
+}
+
+int shm_stats_tenant_count(struct shm_stats_writer *w, const char *name, size_t name_max,
+                           uint64_t prompt_tok, uint64_t gen_tok, unsigned status)
+{
+    struct shm_stats_tenants *t = w->st ? w->st->tenants : NULL;
+    char key[SHM_STATS_TENANT_NAME] = { 0 }, cur[SHM_STATS_TENANT_NAME];
+    struct shm_stats_tenant *row = NULL;
+    uint32_t owner;
+    size_t n;
+
+    if (!t)
+        return -ENOENT;
+    owner = ck_pr_load_32(&t->owner);
+    if (owner == 0)
+        ck_pr_store_32(&t->owner, w->slot + 1);
+    else if (owner != w->slot + 1)
+        return -EBUSY; /* stats inv 5 */
+    n = strnlen(name, FAVO_MIN(name_max, sizeof(key) - 1));
+    memcpy(key, name, n);
+    for (unsigned r = 0; r + 1 < t->nrows && !row; r++) {
+        struct shm_stats_tenant *x = tenant_row(t, r);
+
+        if (!ck_pr_load_32(&x->used)) {
+            ck_sequence_write_begin(&x->seq);
+            name_store(x->name, key, n);
+            ck_pr_store_32(&x->used, 1);
+            ck_sequence_write_end(&x->seq);
+            row = x;
+            break;
+        }
+        name_load(cur, x->name, sizeof(cur));
+        if (!memcmp(cur, key, sizeof(key)))
+            row = x;
+    }
+    if (!row) { /* the table is full: "other" */
+        row = tenant_row(t, t->nrows - 1);
+        if (!ck_pr_load_32(&row->used)) {
+            ck_sequence_write_begin(&row->seq);
+            name_store(row->name, "other", 5);
+            ck_pr_store_32(&row->used, 1);
+            ck_sequence_write_end(&row->seq);
+        }
+    }
+    ck_sequence_write_begin(&row->seq);
+    ck_pr_store_64(&row->requests, row->requests + 1);
+    if (status >= 400)
+        ck_pr_store_64(&row->errors, row->errors + 1);
+    ck_pr_store_64(&row->prompt_tokens, row->prompt_tokens + prompt_tok);
+    ck_pr_store_64(&row->gen_tokens, row->gen_tokens + gen_tok);
+    ck_sequence_write_end(&row->seq);
     return 0;
 }
 
@@ -521,6 +682,75 @@ static void block_read(const struct shm_stats *st, const char *b, struct block_c
     }
 }
 
+/* The windows, under the region's sequence (the supervisor writes them
+ * once a second, so a retry is rare). */
+static void wins_read(const struct shm_stats *st, struct shm_stats_snap *snap)
+{
+    const struct shm_stats_wins *w = st->wins;
+    unsigned nwin = FAVO_MIN(w->nwin, (unsigned)SHM_STATS_NWIN);
+    unsigned nc = FAVO_MIN(w->ncounters, st->nc), nh = FAVO_MIN(w->nhists, st->nh);
+    unsigned tries = 0, v = 0;
+
+    for (;;) {
+        bool stable = seq_begin(&w->seq, NULL, &v);
+
+        for (unsigned i = 0; i < nwin; i++) {
+            const char *b = (const char *)w + offsetof(struct shm_stats_wins, win) +
+                            (size_t)i * w->win_size;
+            struct shm_stats_win_snap *o = &snap->win[i];
+
+            o->len_ns = ck_pr_load_64((const uint64_t *)(const void *)b);
+            o->span_ns = ck_pr_load_64((const uint64_t *)(const void *)(b + 8));
+            for (unsigned c = 0; c < nc; c++)
+                o->counters[c] = ck_pr_load_64((const uint64_t *)(const void *)
+                                               (b + w->counters_off) + c);
+            for (unsigned h = 0; h < nh; h++) {
+                const uint64_t *hp = (const uint64_t *)(const void *)(b + w->hists_off +
+                                                                      (size_t)h * w->hist_size);
+
+                o->hist[h].count = ck_pr_load_64(&hp[0]);
+                o->hist[h].sum_ns = ck_pr_load_64(&hp[1]);
+                for (unsigned q = 0; q < SHM_STATS_NQ; q++)
+                    o->hist[h].q_ns[q] = ck_pr_load_64(&hp[2 + q]);
+            }
+        }
+        if (!stable || !seq_retry(&w->seq, v) || ++tries >= SHM_STATS_READ_TRIES)
+            break;
+    }
+    snap->nwin = nwin;
+}
+
+static void tenants_read(const struct shm_stats_tenants *t, struct shm_stats_snap *snap)
+{
+    unsigned nrows = FAVO_MIN(t->nrows, (unsigned)SHM_STATS_TENANTS);
+
+    snap->ntenants = 0;
+    for (unsigned r = 0; r < nrows; r++) {
+        const struct shm_stats_tenant *x =
+            (const struct shm_stats_tenant *)((const char *)t->row + (size_t)r * t->row_size);
+        struct shm_stats_tenant_snap *o = &snap->tenants[snap->ntenants];
+        unsigned tries = 0, v = 0;
+        bool used = false;
+
+        for (;;) {
+            bool stable = seq_begin(&x->seq, NULL, &v);
+
+            used = ck_pr_load_32(&x->used) != 0;
+            name_load(o->name, x->name, sizeof(o->name));
+            o->requests = ck_pr_load_64(&x->requests);
+            o->errors = ck_pr_load_64(&x->errors);
+            o->prompt_tokens = ck_pr_load_64(&x->prompt_tokens);
+            o->gen_tokens = ck_pr_load_64(&x->gen_tokens);
+            if (!stable || !seq_retry(&x->seq, v) || ++tries >= SHM_STATS_READ_TRIES)
+                break;
+        }
+        if (!used)
+            continue;
+        o->other = r == t->nrows - 1;
+        snap->ntenants++;
+    }
+}
+
 int shm_stats_snapshot(const struct shm_stats *st, struct shm_stats_snap *snap)
 {
     const struct shm_stats_meta *m = st->meta;
@@ -585,11 +815,27 @@ int shm_stats_snapshot(const struct shm_stats *st, struct shm_stats_snap *snap)
             for (unsigned i = 0; i < FAVO_ARRAY_SIZE(s->cores); i++)
                 o->info.cores[i] = ck_pr_load_64(&s->cores[i]);
             o->info.started_ns = ck_pr_load_64(&s->started_ns);
+            if (st->meta->stage_size >= offsetof(struct shm_stats_stage, exit_ns) + 8) {
+                o->info.last_restart_ns = ck_pr_load_64(&s->last_restart_ns);
+                o->info.max_restart_ns = ck_pr_load_64(&s->max_restart_ns);
+                o->info.exit_ns = ck_pr_load_64(&s->exit_ns);
+            }
             if (!stable || !seq_retry(&s->seq, v) || ++tries >= SHM_STATS_READ_TRIES)
                 break;
         }
         o->heartbeat_ns = ck_pr_load_64(&s->heartbeat_ns);
+        o->cpu_s = o->cpu_pct = -1;
     }
+    snap->created_wall_ns = shm_seg_hdr(&st->seg)->created_ns;
+    snap->taken_wall_ns = favo_wall_ns();
+    if (st->info) {
+        name_load(snap->version, st->info->version, sizeof(snap->version));
+        snap->sup_pid = (int32_t)ck_pr_load_32((const uint32_t *)&st->info->sup_pid);
+    }
+    if (st->wins)
+        wins_read(st, snap);
+    if (st->tenants)
+        tenants_read(st->tenants, snap);
     return 0;
 }
 
@@ -620,5 +866,121 @@ uint64_t shm_stats_hist_quantile(const struct shm_stats_hist_snap *h, double q)
             return lo + (hi - lo) / 2;
         }
     }
+    return 0;
+}
+
+/* ------------------------------------------------------------- windows */
+
+#define WIN_FINE 11   /* a second apart: the 10 s window */
+#define WIN_COARSE 7  /* ten seconds apart: the 60 s window */
+#define WIN_SLACK_NS 500000000ull /* a tick late is still "10 s ago" */
+
+struct win_entry {
+    uint64_t t;
+    uint64_t counters[SHM_C__COUNT];
+    struct shm_stats_hist_snap hist[SHM_H__COUNT];
+};
+
+struct shm_stats_windower {
+    struct win_entry fine[WIN_FINE], coarse[WIN_COARSE];
+    unsigned nfine, ncoarse;     /* pushed so far */
+    uint64_t generation;
+    struct shm_stats_hist_snap diff;
+    struct shm_stats_win out;
+};
+
+int shm_stats_win_new(struct shm_stats_windower **wp)
+{
+    *wp = calloc(1, sizeof(**wp));
+    return *wp ? 0 : -ENOMEM;
+}
+
+void shm_stats_win_free(struct shm_stats_windower *w)
+{
+    free(w);
+}
+
+static void win_push(struct win_entry *e, const struct shm_stats_snap *snap)
+{
+    e->t = snap->taken_ns;
+    memcpy(e->counters, snap->counters, sizeof(e->counters));
+    memcpy(e->hist, snap->hist, sizeof(e->hist));
+}
+
+/* The oldest kept entry at most len (+ slack) before now, or NULL. */
+static const struct win_entry *win_base(const struct shm_stats_windower *w, uint64_t now,
+                                        uint64_t len)
+{
+    const struct win_entry *best = NULL;
+    const struct win_entry *sets[2] = { w->fine, w->coarse };
+    unsigned ns[2] = { FAVO_MIN(w->nfine, (unsigned)WIN_FINE),
+                       FAVO_MIN(w->ncoarse, (unsigned)WIN_COARSE) };
+
+    for (unsigned k = 0; k < 2; k++)
+        for (unsigned i = 0; i < ns[k]; i++) {
+            const struct win_entry *e = &sets[k][i];
+
+            if (e->t >= now || now - e->t > len + WIN_SLACK_NS)
+                continue;
+            if (!best || e->t < best->t)
+                best = e;
+        }
+    return best;
+}
+
+int shm_stats_win_update(struct shm_stats *st, struct shm_stats_windower *w,
+                         const struct shm_stats_snap *snap)
+{
+    struct shm_stats_wins *r = st->wins;
+    uint64_t now = snap->taken_ns;
+
+    if (!r)
+        return -ENOENT;
+    if (!st->seg.writable)
+        return -EACCES;
+    if (w->generation != snap->generation) {
+        w->nfine = w->ncoarse = 0;
+        w->generation = snap->generation;
+    }
+    for (unsigned i = 0; i < SHM_STATS_NWIN; i++) {
+        const struct win_entry *b = win_base(w, now, shm_stats_win_len_ns[i]);
+        struct shm_stats_win *o = &w->out;
+
+        memset(o, 0, sizeof(*o));
+        o->len_ns = shm_stats_win_len_ns[i];
+        if (b) {
+            o->span_ns = now - b->t;
+            for (unsigned c = 0; c < SHM_C__COUNT; c++)
+                o->counters[c] = snap->counters[c] - FAVO_MIN(b->counters[c], snap->counters[c]);
+            for (unsigned h = 0; h < SHM_H__COUNT; h++) {
+                const struct shm_stats_hist_snap *cur = &snap->hist[h], *old = &b->hist[h];
+                uint64_t n = 0;
+
+                for (unsigned k = 0; k < SHM_HIST_NBUCKETS; k++) {
+                    w->diff.buckets[k] = cur->buckets[k] - FAVO_MIN(old->buckets[k],
+                                                                    cur->buckets[k]);
+                    n += w->diff.buckets[k];
+                }
+                o->hist[h].count = n;
+                o->hist[h].sum_ns = cur->sum_ns - FAVO_MIN(old->sum_ns, cur->sum_ns);
+                for (unsigned q = 0; q < SHM_STATS_NQ && n; q++)
+                    o->hist[h].q_ns[q] = shm_stats_hist_quantile(&w->diff, shm_stats_win_q[q]);
+            }
+        }
+        /* stats inv 5: the supervisor is this region's only writer */
+        ck_sequence_write_begin(&r->seq);
+        for (unsigned k = 0; k < sizeof(*o) / 8; k++) {
+            uint64_t x;
+
+            memcpy(&x, (const char *)o + 8 * k, 8);
+            ck_pr_store_64((uint64_t *)(void *)((char *)&r->win[i] + 8 * k), x);
+        }
+        ck_pr_store_64(&r->updated_ns, now);
+        ck_sequence_write_end(&r->seq);
+    }
+    win_push(&w->fine[w->nfine++ % WIN_FINE], snap);
+    if (w->ncoarse == 0 ||
+        now - w->coarse[(w->ncoarse - 1) % WIN_COARSE].t + WIN_SLACK_NS >= 10000000000ull)
+        win_push(&w->coarse[w->ncoarse++ % WIN_COARSE], snap);
     return 0;
 }

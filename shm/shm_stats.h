@@ -26,7 +26,26 @@
  *
  *   "stages"   nstages x struct shm_stats_stage, two cache lines each:
  *              seq, kind, index, state, pid, restarts, cores, started_ns
- *              (supervisor) | heartbeat_ns (the stage)
+ *              (supervisor) | heartbeat_ns (the stage), then last_restart_ns,
+ *              max_restart_ns, exit_ns (supervisor, under its seq)
+ *   "info"     struct shm_stats_info: favo's version and the supervisor's
+ *              pid (supervisor, once, before the stages start)
+ *   "windows"  struct shm_stats_wins: the last 10 s and 60 s - counter
+ *              deltas and histogram count/sum/quantiles (supervisor, once a
+ *              second, from its own snapshots: shm_stats_win_update)
+ *   "tenants"  struct shm_stats_tenants: SHM_STATS_TENANTS rows of per-tenant
+ *              request and token counts, the last row "other" (one writer:
+ *              the stage that counts finished requests, egress)
+ *
+ * Windows: the stage blocks hold cumulative histograms only. The supervisor
+ * snapshots the segment once a second and keeps (in its own memory) the
+ * last 11 snapshots a second apart and the last 7 ten seconds apart; a
+ * window is the difference between now and the oldest kept snapshot at
+ * most its length old (span_ns says how long it really is: less while the
+ * instance is younger than the window, 50..60 s for the minute). Its
+ * quantiles are computed from the difference of the fine histograms, so
+ * they are as exact as the since-start ones. One-shot `favo stat` shows all
+ * three windows without diffing anything itself.
  *
  * Histograms are log-linear (HDR style) over nanoseconds: every power of two
  * from 2^9 ns (512 ns) to 2^37 ns (137 s) is split into 128 linear buckets,
@@ -69,7 +88,13 @@
  *   3. Writers check at attach that the segment's layout is exactly their
  *      build's (same binary as the supervisor); readers accept appended
  *      entries (they read the common prefix of every table).
- *   4. Numbers only: nothing a request supplies is ever stored here.
+ *   4. Numbers only: nothing a request supplies is ever stored here. The
+ *      one kind of name is a tenant's, from the operator's keys file (the
+ *      key a request presents selects it; the request cannot spell it).
+ *   5. The "windows" and "info" regions and the stage rows (except the
+ *      heartbeat) have one writer, the supervisor; the "tenants" region
+ *      has one writer slot (the first to count a tenant claims it, a
+ *      restarted stage in the same slot continues it).
  *
  * Errors: 0 or -errno; the open/create functions leave a message in
  * st->seg.err (see shm_seg.h for the codes). -ERANGE: a slot out of range.
@@ -182,6 +207,9 @@ struct shm_stage_info {
     uint32_t restarts;
     uint64_t cores[SHM_STATS_MAX_CORES / 64]; /* CPU mask */
     uint64_t started_ns;     /* CLOCK_MONOTONIC */
+    uint64_t last_restart_ns; /* exit -> replacement up of the last restart; 0: none */
+    uint64_t max_restart_ns;  /* the longest so far */
+    uint64_t exit_ns;        /* CLOCK_MONOTONIC of the last exit; 0: none */
 };
 
 /* ------------------------------------------------------ in shared memory */
@@ -223,7 +251,65 @@ struct shm_stats_stage {
     uint64_t cores[SHM_STATS_MAX_CORES / 64];
     uint64_t started_ns;
     FAVO_ALIGNED_CL uint64_t heartbeat_ns; /* the stage itself, CLOCK_MONOTONIC */
+    /* appended (supervisor, under seq): readers of older builds ignore them */
+    uint64_t last_restart_ns, max_restart_ns, exit_ns;
 } FAVO_ALIGNED_CL;
+
+/* "info" region (supervisor, once). */
+#define SHM_STATS_VERSION_MAX 48
+struct shm_stats_info {
+    char version[SHM_STATS_VERSION_MAX]; /* favo's, NUL-terminated */
+    int32_t sup_pid;
+    uint32_t reserved;
+};
+
+/* "windows" region (supervisor): window w covers the span_ns before
+ * updated_ns. Readers walk it with the header's sizes and offsets. */
+#define SHM_STATS_NWIN 2             /* 10 s, 60 s */
+#define SHM_STATS_NQ 4               /* p50, p90, p95, p99 */
+extern const double shm_stats_win_q[SHM_STATS_NQ];
+extern const uint64_t shm_stats_win_len_ns[SHM_STATS_NWIN];
+
+struct shm_stats_win_hist {
+    uint64_t count, sum_ns;
+    uint64_t q_ns[SHM_STATS_NQ];
+};
+
+struct shm_stats_win {
+    uint64_t len_ns;         /* nominal: 10 s or 60 s */
+    uint64_t span_ns;        /* what it really covers; 0: no history yet */
+    uint64_t counters[SHM_C__COUNT];      /* increase over the span */
+    struct shm_stats_win_hist hist[SHM_H__COUNT];
+};
+
+struct shm_stats_wins {
+    ck_sequence_t seq;
+    uint32_t nwin, win_size, ncounters, counters_off;
+    uint32_t nhists, hists_off, hist_size, nq;
+    uint64_t updated_ns;     /* CLOCK_MONOTONIC */
+    FAVO_ALIGNED_CL struct shm_stats_win win[SHM_STATS_NWIN];
+};
+
+/* "tenants" region. Row SHM_STATS_TENANTS - 1 is "other": every tenant
+ * that found the table full. A row's name is written once, when it is
+ * claimed (used 0 -> 1), under the row's sequence. */
+#define SHM_STATS_TENANTS 32
+#define SHM_STATS_TENANT_NAME 64
+struct shm_stats_tenant {
+    ck_sequence_t seq;
+    uint32_t used;
+    char name[SHM_STATS_TENANT_NAME]; /* NUL-terminated; "" = no key (open server) */
+    uint64_t requests;       /* finished, any status */
+    uint64_t errors;         /* of which status >= 400 (499: client gone) */
+    uint64_t prompt_tokens, gen_tokens;
+} FAVO_ALIGNED_CL;
+
+struct shm_stats_tenants {
+    uint32_t nrows, row_size;
+    uint32_t owner;          /* writer slot + 1 that claimed the table; 0: none */
+    uint32_t reserved;
+    FAVO_ALIGNED_CL struct shm_stats_tenant row[SHM_STATS_TENANTS];
+};
 
 /* ------------------------------------------------------ process handles */
 
@@ -234,6 +320,10 @@ struct shm_stats {
     char *blocks;            /* meta->nwriters blocks of meta->block_size */
     char *stages;            /* meta->nstages rows of meta->stage_size */
     unsigned nc, ng, nh;     /* entries common to the segment and this build */
+    /* optional regions: NULL in a segment of a build without them */
+    struct shm_stats_info *info;
+    struct shm_stats_wins *wins;
+    struct shm_stats_tenants *tenants;
 };
 
 #define SHM_STATS_FLUSH_NS 1000000ull /* default publication interval */
@@ -254,6 +344,8 @@ struct shm_stats_local {
 };
 
 struct shm_stats_writer {
+    struct shm_stats *st;        /* the segment it writes */
+    unsigned slot;
     struct shm_stats_block *b;   /* in the segment */
     struct shm_stats_local *loc; /* malloc'd by shm_stats_writer_init */
     uint64_t flush_ns;
@@ -343,6 +435,32 @@ static inline void shm_stats_observe(struct shm_stats_writer *w, enum shm_stats_
 
 /* Supervisor: write row `row` of the stage table (its own sequence lock). */
 int shm_stats_stage_set(struct shm_stats *st, unsigned row, const struct shm_stage_info *info);
+/* Supervisor: favo's version and its pid into the "info" region. */
+int shm_stats_set_info(struct shm_stats *st, const char *version, int32_t sup_pid);
+
+/*
+ * Count one finished request of tenant `name` (at most name_max bytes, NUL
+ * or not; "" for a server without keys) in the "tenants" region: requests
+ * +1, errors +1 when status >= 400, and its prompt and generated tokens.
+ * Cold path (once per request; a linear scan of at most 32 names). The
+ * first writer slot to call it owns the table (stats inv 5): another slot
+ * gets -EBUSY. -ENOENT: the segment has no tenants region.
+ */
+int shm_stats_tenant_count(struct shm_stats_writer *w, const char *name, size_t name_max,
+                           uint64_t prompt_tok, uint64_t gen_tok, unsigned status);
+
+/*
+ * Supervisor: the 10 s and 60 s windows. Allocate the history once
+ * (about 3.6 MiB, process-local), then call shm_stats_win_update with a
+ * fresh snapshot of the same segment about once a second; it writes the
+ * "windows" region. Returns 0, -ENOENT (no windows region) or -ENOMEM.
+ */
+struct shm_stats_windower;
+struct shm_stats_snap;
+int shm_stats_win_new(struct shm_stats_windower **wp);
+void shm_stats_win_free(struct shm_stats_windower *w);
+int shm_stats_win_update(struct shm_stats *st, struct shm_stats_windower *w,
+                         const struct shm_stats_snap *snap);
 /* Stage: "I am alive" in its row, CLOCK_MONOTONIC now. */
 int shm_stats_heartbeat(struct shm_stats *st, unsigned row);
 
@@ -361,6 +479,22 @@ struct shm_stats_hist_snap {
 struct shm_stage_snap {
     struct shm_stage_info info;
     uint64_t heartbeat_ns;   /* 0: never */
+    /* filled by the reader's caller when it can (favo stat reads
+     * /proc/PID/stat): CPU seconds used by the stage process, and its CPU
+     * use in percent of one core over the last interval (-1: unknown) */
+    double cpu_s, cpu_pct;
+};
+
+struct shm_stats_win_snap {
+    uint64_t len_ns, span_ns;    /* span 0: no data */
+    uint64_t counters[SHM_C__COUNT];
+    struct shm_stats_win_hist hist[SHM_H__COUNT];
+};
+
+struct shm_stats_tenant_snap {
+    char name[SHM_STATS_TENANT_NAME];
+    bool other;                  /* the overflow row */
+    uint64_t requests, errors, prompt_tokens, gen_tokens;
 };
 
 /* A consistent (per block) copy of the whole segment, summed over writers.
@@ -375,6 +509,17 @@ struct shm_stats_snap {
     struct shm_stats_hist_snap hist[SHM_H__COUNT];
     unsigned nstages;        /* rows copied (at most SHM_STATS_SNAP_STAGES) */
     struct shm_stage_snap stages[SHM_STATS_SNAP_STAGES];
+    /* "info": "" when the segment has none */
+    char version[SHM_STATS_VERSION_MAX];
+    int32_t sup_pid;
+    uint64_t created_wall_ns;    /* the segment's creation (uptime = now - this) */
+    uint64_t taken_wall_ns;      /* wall clock when the snapshot was taken */
+    /* "windows": nwin 0 when the segment has none */
+    unsigned nwin;
+    struct shm_stats_win_snap win[SHM_STATS_NWIN];
+    /* "tenants": rows in use */
+    unsigned ntenants;
+    struct shm_stats_tenant_snap tenants[SHM_STATS_TENANTS];
 };
 
 /* Take a snapshot. Lock-free, never blocks a writer; returns 0, or -ESTALE

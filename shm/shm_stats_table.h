@@ -26,7 +26,11 @@
  *       exported in seconds
  *
  * favo_stage_restarts_total{stage} is not here: it comes from the stage
- * table (shm_stats.h), written by the supervisor, one row per stage.
+ * table (shm_stats.h), written by the supervisor, one row per stage; nor
+ * are the per-tenant counts (the "tenants" region) and the 10 s / 60 s
+ * windows (the "windows" region). The supervisor writes the ring entries
+ * (dp_pipe_stats.c) and the restart histogram (dp_sup.c) with its own
+ * writer block.
  */
 #ifndef SHM_STATS_TABLE_H
 #define SHM_STATS_TABLE_H
@@ -73,7 +77,19 @@
     C(ENGINE_PLANS_REFUSED, "favo_engine_plans_refused_total", "", "eng_refused",         \
       "Malformed plans the engine answered with -1.")                                     \
     C(ENGINE_KV_MISSING, "favo_engine_kv_missing_total", "", "eng_kv_miss",               \
-      "Sequences answered -1 because their KV is not in this engine (it restarted).")
+      "Sequences answered -1 because their KV is not in this engine (it restarted).")      \
+    C(RING_REQ_MSGS, "favo_ring_messages_total", "ring=\"req\"", "req_msgs",               \
+      "Messages through each pipeline ring (supervisor, from the ring indices).")          \
+    C(RING_PLAN_MSGS, "favo_ring_messages_total", "ring=\"plan\"", "plan_msgs",            \
+      "Messages through each pipeline ring (supervisor, from the ring indices).")          \
+    C(RING_DONE_MSGS, "favo_ring_messages_total", "ring=\"done\"", "done_msgs",            \
+      "Messages through each pipeline ring (supervisor, from the ring indices).")          \
+    C(RING_EV_MSGS, "favo_ring_messages_total", "ring=\"ev\"", "ev_msgs",                  \
+      "Messages through each pipeline ring (supervisor, from the ring indices).")          \
+    C(RING_CTL_MSGS, "favo_ring_messages_total", "ring=\"ctl\"", "ctl_msgs",               \
+      "Messages through each pipeline ring (supervisor, from the ring indices).")          \
+    C(RING_CONN_MSGS, "favo_ring_messages_total", "ring=\"conn\"", "conn_msgs",            \
+      "Messages through each pipeline ring (supervisor, from the ring indices).")
 
 #define SHM_STATS_GAUGES(G)                                                                \
     G(REQUESTS_RUNNING, "favo_requests_running", "", "running", SUM,                       \
@@ -81,7 +97,31 @@
     G(REQUESTS_WAITING, "favo_requests_waiting", "", "waiting", SUM,                       \
       "Requests admitted and queued, not yet running.")                                   \
     G(KV_CACHE_USAGE, "favo_kv_cache_usage_ratio", "", "kv_use", MAX,                      \
-      "Fraction of KV cache blocks in use (0..1).")
+      "Fraction of KV cache blocks in use (0..1).")                                        \
+    G(RING_REQ_DEPTH, "favo_ring_depth", "ring=\"req\"", "req_depth", SUM,                 \
+      "Messages waiting in each pipeline ring (supervisor, every 100 ms).")                \
+    G(RING_PLAN_DEPTH, "favo_ring_depth", "ring=\"plan\"", "plan_depth", SUM,              \
+      "Messages waiting in each pipeline ring (supervisor, every 100 ms).")                \
+    G(RING_DONE_DEPTH, "favo_ring_depth", "ring=\"done\"", "done_depth", SUM,              \
+      "Messages waiting in each pipeline ring (supervisor, every 100 ms).")                \
+    G(RING_EV_DEPTH, "favo_ring_depth", "ring=\"ev\"", "ev_depth", SUM,                    \
+      "Messages waiting in each pipeline ring (supervisor, every 100 ms).")                \
+    G(RING_CTL_DEPTH, "favo_ring_depth", "ring=\"ctl\"", "ctl_depth", SUM,                 \
+      "Messages waiting in each pipeline ring (supervisor, every 100 ms).")                \
+    G(RING_CONN_DEPTH, "favo_ring_depth", "ring=\"conn\"", "conn_depth", SUM,              \
+      "Messages waiting in each pipeline ring (supervisor, every 100 ms).")                \
+    G(RING_REQ_CAP, "favo_ring_capacity", "ring=\"req\"", "req_cap", SUM,                  \
+      "Slots of each pipeline ring (all workers or ranks together).")                      \
+    G(RING_PLAN_CAP, "favo_ring_capacity", "ring=\"plan\"", "plan_cap", SUM,               \
+      "Slots of each pipeline ring (all workers or ranks together).")                      \
+    G(RING_DONE_CAP, "favo_ring_capacity", "ring=\"done\"", "done_cap", SUM,               \
+      "Slots of each pipeline ring (all workers or ranks together).")                      \
+    G(RING_EV_CAP, "favo_ring_capacity", "ring=\"ev\"", "ev_cap", SUM,                     \
+      "Slots of each pipeline ring (all workers or ranks together).")                      \
+    G(RING_CTL_CAP, "favo_ring_capacity", "ring=\"ctl\"", "ctl_cap", SUM,                  \
+      "Slots of each pipeline ring (all workers or ranks together).")                      \
+    G(RING_CONN_CAP, "favo_ring_capacity", "ring=\"conn\"", "conn_cap", SUM,               \
+      "Slots of each pipeline ring (all workers or ranks together).")
 
 #define SHM_STATS_HISTS(H)                                                                 \
     H(TTFT, "favo_time_to_first_token_seconds", "ttft",                                    \
@@ -95,6 +135,8 @@
     H(EGRESS, "favo_egress_token_latency_seconds", "egress",                               \
       "Time from the batcher publishing a step's tokens to their bytes on the socket.")   \
     H(ENGINE_STEP, "favo_engine_step_seconds", "eng_step",                                 \
-      "One engine step, plan received to results published.")
+      "One engine step, plan received to results published.")                              \
+    H(STAGE_RESTART, "favo_stage_restart_seconds", "restart",                              \
+      "Time from a stage's exit to its replacement being up (supervisor).")
 
 #endif /* SHM_STATS_TABLE_H */

@@ -727,7 +727,12 @@ static void test_prometheus(void **state)
         for (int c = 0; c < SHM_C__COUNT; c++)
             names += c == 0 || strcmp(shm_stats_counter_desc[c].prom,
                                       shm_stats_counter_desc[c - 1].prom) != 0;
-        assert_int_equal(ntypes, names + SHM_G__COUNT + SHM_H__COUNT + 1);
+        for (int g = 0; g < SHM_G__COUNT; g++)
+            names += g == 0 || strcmp(shm_stats_gauge_desc[g].prom,
+                                      shm_stats_gauge_desc[g - 1].prom) != 0;
+        /* + favo_stage_restarts_total, favo_stage_last_restart_seconds,
+         * favo_start_time_seconds */
+        assert_int_equal(ntypes, names + SHM_H__COUNT + 3);
     }
     assert_true(nsamples > 50);
     shm_stats_writer_free(&w);
