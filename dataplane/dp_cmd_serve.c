@@ -183,6 +183,7 @@ static int hook_tick(void *arg)
     struct serve *S = arg;
 
     spec_hup(S);
+    dp_pipe_stats_tick(&S->pipe); /* ring gauges; restarted stages up (dp_sup.h) */
 
     if (!shm_pipe_ready(&S->pipe))
         return 0;

@@ -37,6 +37,10 @@ struct sup_stage {
     uint64_t fails[16];        /* ring of failure times for the breaker */
     unsigned nfails;
     unsigned restarts;
+    uint64_t spawn_ns;         /* when the running pid was forked */
+    bool pending_up;           /* spawned, not seen up yet (row STARTING) */
+    bool restarting;           /* ... and it replaces one that exited */
+    uint64_t last_restart_ns, max_restart_ns; /* exit -> replacement up */
 };
 
 struct sup {
@@ -50,7 +54,24 @@ struct sup {
     bool ready_sent;
     unsigned breaker_fails;
     uint64_t breaker_window, backoff_base, backoff_max;
+    /* the supervisor's own stats: its writer slot (ring gauges, restart
+     * histogram) and the 10 s / 60 s windows it computes once a second */
+    struct shm_stats_writer w;
+    bool have_w;
+    struct shm_stats_snap *snap;
+    struct shm_stats_windower *win;
+    uint64_t win_next;
 };
+
+static void sup_event(struct sup *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The supervisor running in this process (dp_sup_run is single-threaded
+ * and runs once per process): dp_sup_writer and dp_sup_stage_up use it. */
+static struct sup *sup_cur;
+
+#define SUP_UP_POLL_NS 1000000ull       /* a replacement's up word: every 1 ms */
+#define SUP_HB_POLL_NS 10000000ull      /* its heartbeat (no tick hook): every 10 ms */
+#define SUP_WIN_NS 1000000000ull        /* windows: once a second */
 
 /* Tag values for epoll: stage index, or these. */
 #define TAG_SIG 100u
@@ -98,8 +119,134 @@ static void sup_row(struct sup *s, unsigned i, enum shm_stage_state state)
     for (int c = 0; c < CPU_SETSIZE && c < SHM_STATS_MAX_CORES; c++)
         if (st->cfg->pin ? CPU_ISSET(c, &st->cfg->cpus) : false)
             info.cores[c / 64] |= 1ull << (c % 64);
-    info.started_ns = favo_now_ns();
+    info.started_ns = st->spawn_ns;
+    info.last_restart_ns = st->last_restart_ns;
+    info.max_restart_ns = st->max_restart_ns;
+    info.exit_ns = st->exit_seen;
     shm_stats_stage_set(s->cfg->stats, i, &info);
+}
+
+/* Stage i's replacement is up at `up_ns`: a restart's time is exit -> up. */
+static void sup_mark_up(struct sup *s, unsigned i, uint64_t up_ns)
+{
+    struct sup_stage *st = &s->st[i];
+
+    if (!st->pending_up)
+        return;
+    st->pending_up = false;
+    if (st->restarting) {
+        uint64_t t = up_ns > st->exit_seen ? up_ns - st->exit_seen : 0;
+
+        st->restarting = false;
+        st->last_restart_ns = t ? t : 1;
+        if (t > st->max_restart_ns)
+            st->max_restart_ns = t;
+        if (s->have_w) {
+            shm_stats_observe(&s->w, SHM_H_STAGE_RESTART, t);
+            shm_stats_flush(&s->w);
+        }
+        sup_event(s, "up %s %d %llu", st->cfg->name, (int)st->pid, (unsigned long long)t);
+        favo_info("stage %s up again as pid %d, %.3f ms after its exit", st->cfg->name,
+                  (int)st->pid, (double)t / 1e6);
+    }
+    sup_row(s, i, s->draining ? SHM_STAGE_DRAINING : SHM_STAGE_RUNNING);
+}
+
+/* Without a tick hook nobody reports up words: a stage is up at its first
+ * heartbeat after its spawn (the heartbeat's own time is the up time). */
+static void sup_check_heartbeats(struct sup *s)
+{
+    if (s->cfg->hooks.tick || !s->cfg->stats)
+        return;
+    for (unsigned i = 0; i < s->cfg->nstages; i++) {
+        struct sup_stage *st = &s->st[i];
+        const struct shm_stats_stage *row;
+
+        if (!st->pending_up || i >= s->cfg->stats->meta->nstages)
+            continue;
+        row = (const struct shm_stats_stage *)(s->cfg->stats->stages +
+                                               (size_t)i * s->cfg->stats->meta->stage_size);
+        uint64_t hb = ck_pr_load_64(&row->heartbeat_ns);
+        if (hb >= st->spawn_ns)
+            sup_mark_up(s, i, hb);
+    }
+}
+
+static bool sup_any_pending(const struct sup *s, bool restarts_only)
+{
+    for (unsigned i = 0; i < s->cfg->nstages; i++)
+        if (s->st[i].pending_up && s->st[i].pidfd >= 0 && (!restarts_only || s->st[i].restarting))
+            return true;
+    return false;
+}
+
+void dp_sup_stage_up(enum shm_stage_kind kind, unsigned index, pid_t pid)
+{
+    struct sup *s = sup_cur;
+
+    if (!s || pid <= 0)
+        return;
+    for (unsigned i = 0; i < s->cfg->nstages; i++) {
+        struct sup_stage *st = &s->st[i];
+
+        if (st->cfg && st->cfg->kind == kind && st->cfg->index == index && st->pid == pid)
+            sup_mark_up(s, i, favo_now_ns());
+    }
+}
+
+struct shm_stats_writer *dp_sup_writer(void)
+{
+    return sup_cur && sup_cur->have_w ? &sup_cur->w : NULL;
+}
+
+/* Once a second: publish our own block, snapshot, recompute the windows. */
+static void sup_windows(struct sup *s, uint64_t now)
+{
+    if (!s->win || now < s->win_next)
+        return;
+    s->win_next = now + SUP_WIN_NS;
+    if (s->have_w)
+        shm_stats_flush(&s->w);
+    if (shm_stats_snapshot(s->cfg->stats, s->snap) == 0)
+        shm_stats_win_update(s->cfg->stats, s->win, s->snap);
+}
+
+static void sup_stats_open(struct sup *s)
+{
+    struct shm_stats *st = s->cfg->stats;
+
+    if (!st || !st->seg.writable)
+        return;
+    shm_stats_set_info(st, FAVO_VERSION, (int32_t)getpid());
+    /* favo serve makes one writer slot more than stages: the last is ours
+     * (stages take slot = row) */
+    if (st->meta->nwriters > s->cfg->nstages &&
+        shm_stats_writer_init(st, s->cfg->nstages, SHM_STAGE_SUPERVISOR, 0, SHM_STATS_FLUSH_NS,
+                              &s->w) == 0)
+        s->have_w = true;
+    if (st->wins) {
+        s->snap = malloc(sizeof(*s->snap));
+        if (!s->snap || shm_stats_win_new(&s->win)) {
+            favo_warn("supervisor: no memory for the 10 s / 60 s windows; favo stat shows "
+                      "totals only");
+            free(s->snap);
+            s->snap = NULL;
+            s->win = NULL;
+        } else {
+            s->win_next = favo_now_ns() + SUP_WIN_NS;
+        }
+    }
+}
+
+static void sup_stats_close(struct sup *s)
+{
+    if (s->have_w)
+        shm_stats_writer_free(&s->w);
+    s->have_w = false;
+    shm_stats_win_free(s->win);
+    free(s->snap);
+    s->win = NULL;
+    s->snap = NULL;
 }
 
 static void sup_event(struct sup *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -196,9 +343,11 @@ static int sup_spawn(struct sup *s, unsigned i)
     st->pid = pid;
     st->pidfd = fd;
     st->state = ST_RUNNING;
+    st->spawn_ns = favo_now_ns();
+    st->pending_up = true;
     if (s->cfg->hooks.pid)
         s->cfg->hooks.pid(s->cfg->hooks.arg, i, pid);
-    sup_row(s, i, SHM_STAGE_RUNNING);
+    sup_row(s, i, SHM_STAGE_STARTING);
     sup_event(s, "spawn %s %d", st->cfg->name, (int)pid);
     return 0;
 }
@@ -264,6 +413,16 @@ static void sup_arm_timer(struct sup *s)
         next = s->wd_next;
     if (s->tick_next && s->tick_next < next)
         next = s->tick_next;
+    if (s->win && s->win_next < next)
+        next = s->win_next;
+    /* a replacement coming up: look for its up word (tick hook) or its
+     * heartbeat often, so the restart time is measured, not the poll */
+    if (sup_any_pending(s, s->cfg->hooks.tick != NULL)) {
+        uint64_t soon = favo_now_ns() + (s->cfg->hooks.tick ? SUP_UP_POLL_NS : SUP_HB_POLL_NS);
+
+        if (soon < next)
+            next = soon;
+    }
     if (next != UINT64_MAX) {
         if (next == 0)
             next = 1;
@@ -303,6 +462,7 @@ static int sup_on_exit(struct sup *s, unsigned i)
     sup_event(s, "exit %s %d %s", st->cfg->name, (int)st->pid, how);
     st->pid = 0;
     st->exit_seen = now;
+    st->pending_up = st->restarting = false;
     if (s->draining) { /* invariant 2 */
         st->state = ST_DONE;
         sup_row(s, i, SHM_STAGE_STOPPED);
@@ -343,6 +503,7 @@ static int sup_restart_due(struct sup *s)
         if (st->state != ST_BACKOFF || st->restart_at > now)
             continue;
         st->restarts++;
+        st->restarting = true; /* sup_spawn's row shows the new count */
         int rc = sup_spawn(s, i);
         if (rc < 0) {
             favo_err("restart of stage %s: %s", st->cfg->name, strerror(-rc));
@@ -433,6 +594,8 @@ int dp_sup_run(const struct dp_sup_cfg *cfg)
         favo_err("supervisor setup: %s", strerror(-rc));
         goto out;
     }
+    sup_cur = &s;
+    sup_stats_open(&s);
     for (unsigned i = 0; i < cfg->nstages; i++) {
         s.st[i].cfg = &cfg->stages[i];
         rc = sup_spawn(&s, i);
@@ -490,13 +653,19 @@ int dp_sup_run(const struct dp_sup_cfg *cfg)
             }
         }
         uint64_t now = favo_now_ns();
-        if (s.tick_next && now >= s.tick_next) {
+        bool due = s.tick_next && now >= s.tick_next;
+        if (s.tick_next && (due || sup_any_pending(&s, true))) {
+            /* also between ticks while a restarted stage comes up: the
+             * hook's caller reports up words (dp_sup_stage_up) */
             if (cfg->hooks.tick(cfg->hooks.arg) == 1 && !s.ready_sent && !s.draining) {
                 dp_notify_ready();
                 s.ready_sent = true;
             }
-            s.tick_next = now + (cfg->hooks.tick_ns ? cfg->hooks.tick_ns : 50000000ull);
+            if (due)
+                s.tick_next = now + (cfg->hooks.tick_ns ? cfg->hooks.tick_ns : 50000000ull);
         }
+        sup_check_heartbeats(&s);
+        sup_windows(&s, now);
         if (s.wd_interval && now >= s.wd_next) {
             dp_notify_watchdog();
             s.wd_next = now + s.wd_interval;
@@ -530,6 +699,8 @@ out:
         close(s.sfd);
     if (s.tfd >= 0)
         close(s.tfd);
+    sup_stats_close(&s);
+    sup_cur = NULL;
     sigprocmask(SIG_SETMASK, &old, NULL);
     return ret;
 }

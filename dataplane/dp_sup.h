@@ -34,8 +34,22 @@
  *
  * Events: when cfg.event_fd >= 0 the supervisor writes one metadata line
  * per event ("spawn NAME PID", "exit NAME PID STATUS", "restart NAME PID
- * LATENCY_NS", "breaker NAME", "drained"): tests and `favo stat` style
+ * LATENCY_NS" = exit -> respawned, "up NAME PID LATENCY_NS" = exit -> the
+ * replacement up, "breaker NAME", "drained"): tests and `favo stat` style
  * tools read it; it never carries request content (invariant 5).
+ *
+ * Stats (cfg.stats): row i of the stage table is stage i: STARTING from
+ * spawn until the stage is up, then RUNNING (BACKOFF, FAILED, DRAINING,
+ * STOPPED as drawn in shm_stats.h), its pid, cores, restarts, and the time
+ * of its last and longest restart, exit -> replacement up. "Up" is
+ * reported by the tick hook's caller through dp_sup_stage_up() (favo
+ * serve: the stage's up word in the pipe, polled every 1 ms while a
+ * replacement comes up); without a tick hook it is the stage's first
+ * heartbeat after its spawn. When the segment has a writer slot more than
+ * there are stages, the supervisor writes with the last one: the restart
+ * histogram (favo_stage_restart_seconds) and the pipeline ring gauges
+ * (dp_pipe_stats_tick); and once a second it computes the 10 s and 60 s
+ * windows (shm_stats_win_update) from a snapshot.
  */
 #ifndef DP_SUP_H
 #define DP_SUP_H
@@ -104,5 +118,23 @@ int dp_sup_add(struct dp_sup_cfg *cfg, const char *name, const char *const *args
  * threaded process.
  */
 int dp_sup_run(const struct dp_sup_cfg *cfg);
+
+/* From the tick hook: the stage of kind/index with pid is up (ready to
+ * serve). Ignored unless that pid is the supervisor's current child there
+ * and was not up yet. */
+void dp_sup_stage_up(enum shm_stage_kind kind, unsigned index, pid_t pid);
+/* The running supervisor's stats writer (its own slot), NULL if none. */
+struct shm_stats_writer *dp_sup_writer(void);
+
+/*
+ * dp_pipe_stats.c - the pipeline seen from the supervisor, called from
+ * favo serve's tick: reports stages whose up word is set (dp_sup_stage_up)
+ * on every call, and every 100 ms copies each ring's depth and capacity,
+ * and the messages it has carried, into the supervisor's stats writer
+ * (favo_ring_depth/capacity/messages_total{ring}). Only reads the rings'
+ * indices; favo stat itself never attaches the data segment.
+ */
+struct shm_pipe;
+void dp_pipe_stats_tick(const struct shm_pipe *pipe);
 
 #endif /* DP_SUP_H */
