@@ -1139,6 +1139,8 @@ static void rs_complete(struct egr *E, uint32_t i)
     access_log(E, r, status);
     if (E->cfg->stats_w) {
         shm_stats_begin(E->cfg->stats_w);
+        shm_stats_tenant_count(E->cfg->stats_w, q->tenant_name, sizeof(q->tenant_name), q->ntok,
+                               (st->flags & EGR_SF_STARTED) ? st->resp.completion_tokens : 0, status);
         if (st->flags & EGR_SF_TIMEOUT)
             st_add(E, SHM_C_REQ_TIMEOUT);
         else if (gone)
