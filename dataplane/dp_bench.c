@@ -76,6 +76,7 @@ void dp_bench_res_free(struct dp_bench_res *res)
     free(res->ttft.v);
     free(res->itl.v);
     free(res->e2e.v);
+    free(res->rec);
     memset(res, 0, sizeof(*res));
 }
 
@@ -357,7 +358,7 @@ enum chunk_state { K_SIZE, K_SIZE_EXT, K_DATA, K_DATA_CR, K_TRAILER, K_DONE };
 struct conn {
     enum conn_state st;
     int fd;
-    uint64_t intended, last_tok;
+    uint64_t intended, last_tok, t_start, t_sent, t_first;
     char *req;
     size_t req_len, sent;
     /* response */
@@ -445,6 +446,43 @@ static struct io_uring_sqe *get_sqe(struct run *r)
     return sqe;
 }
 
+static double rel_ms(const struct run *r, uint64_t t)
+{
+    return t ? (double)(int64_t)(t - r->t0) / 1e6 : NAN;
+}
+
+/* The timeline of a finished request (cfg->keep_records). */
+static int rec_add(struct run *r, const struct conn *c, int kind, uint64_t t)
+{
+    struct dp_bench_res *res = r->res;
+    struct dp_bench_rec *x;
+
+    if (res->nrec == res->rec_cap) {
+        size_t cap = res->rec_cap ? res->rec_cap * 2 : 256;
+        struct dp_bench_rec *nr = realloc(res->rec, cap * sizeof(*nr));
+
+        if (!nr)
+            return -ENOMEM;
+        res->rec = nr;
+        res->rec_cap = cap;
+    }
+    x = &res->rec[res->nrec++];
+    x->intended_ms = rel_ms(r, c->intended);
+    x->start_ms = rel_ms(r, c->t_start);
+    x->sent_ms = rel_ms(r, c->t_sent);
+    x->first_ms = c->got_tok ? rel_ms(r, c->t_first) : NAN;
+    x->last_ms = c->got_tok ? rel_ms(r, c->last_tok) : NAN;
+    x->end_ms = rel_ms(r, t);
+    x->tokens = c->ntok;
+    x->status = c->status;
+    x->outcome = kind == 0 ? (c->status != 200 ? DP_BENCH_HTTP
+                              : r->cfg->stream && !c->got_tok ? DP_BENCH_PROTO : DP_BENCH_OK)
+               : kind == 1 ? DP_BENCH_CONN
+               : kind == 2 ? DP_BENCH_PROTO
+                           : DP_BENCH_TIMEOUT;
+    return 0;
+}
+
 static void conn_finish(struct run *r, struct conn *c, int kind)
 {
     struct dp_bench_res *res = r->res;
@@ -475,6 +513,8 @@ static void conn_finish(struct run *r, struct conn *c, int kind)
         res->timeouts++;
         break;
     }
+    if (r->cfg->keep_records && rec_add(r, c, kind, t))
+        r->err = -ENOMEM;
     if (c->fd >= 0)
         close(c->fd);
     free(c->req);
@@ -495,6 +535,7 @@ static void conn_start(struct run *r, struct conn *c, uint64_t intended)
 
     memset(c, 0, offsetof(struct conn, rbuf));
     c->intended = intended;
+    c->t_start = now_ns();
     c->fd = -1;
     c->st = C_CONNECT;
     r->active++;
@@ -583,6 +624,7 @@ static void sse_line(struct run *r, struct conn *c, char *l, size_t n, uint64_t 
         return;
     if (!c->got_tok) {
         c->got_tok = true;
+        c->t_first = t;
         if (samples_add(&r->res->ttft, (double)(t - c->intended) / 1e6))
             r->err = -ENOMEM;
     } else if (samples_add(&r->res->itl, (double)(t - c->last_tok) / 1e6)) {
@@ -846,10 +888,12 @@ static void on_cqe(struct run *r, struct io_uring_cqe *cqe)
             return;
         }
         c->sent += (size_t)res;
-        if (c->sent < c->req_len)
+        if (c->sent < c->req_len) {
             submit_send(r, c);
-        else
+        } else {
+            c->t_sent = now_ns();
             submit_recv(r, c);
+        }
         return;
     case C_RECV:
         if (res < 0) {
@@ -1088,6 +1132,30 @@ static void json_num(FILE *f, double v)
         fprintf(f, "%.6g", v);
     else
         fputs("null", f);
+}
+
+int dp_bench_records_jsonl(FILE *f, const struct dp_bench_res *res)
+{
+    static const char *const outcome[] = { "ok", "http", "connection", "protocol", "timeout" };
+
+    for (size_t i = 0; i < res->nrec; i++) {
+        const struct dp_bench_rec *x = &res->rec[i];
+        const double v[] = { x->intended_ms, x->start_ms, x->sent_ms,
+                             x->first_ms,    x->last_ms,  x->end_ms };
+        const char *const k[] = { "intended_ms", "start_ms", "sent_ms",
+                                  "first_ms",    "last_ms",  "end_ms" };
+
+        for (unsigned j = 0; j < 6; j++) {
+            fprintf(f, "%s\"%s\":", j ? "," : "{", k[j]);
+            if (isfinite(v[j]))
+                fprintf(f, "%.4f", v[j]); /* 0.1 us: ms with enough digits for long runs */
+            else
+                fputs("null", f);
+        }
+        fprintf(f, ",\"tokens\":%ld,\"status\":%d,\"outcome\":\"%s\"}\n", x->tokens, x->status,
+                outcome[x->outcome]);
+    }
+    return ferror(f) ? -EIO : 0;
 }
 
 void dp_bench_json_run(FILE *f, struct dp_bench_res *res)

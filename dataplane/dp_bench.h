@@ -83,6 +83,7 @@ struct dp_bench_cfg {
     uint64_t seed;
     const struct dp_bench_work *work;
     int nwork;
+    bool keep_records;   /* fill res->rec: one timing record per request */
 };
 
 struct dp_bench_samples {
@@ -90,8 +91,27 @@ struct dp_bench_samples {
     size_t n, cap;
 };
 
+/* One request's timeline, in ms since the run's start (NAN: not reached).
+ * Numbers only (invariant 3). Lets another tool's definitions be applied
+ * to the same requests, e.g. TTFT from the actual send instead of the
+ * intended time, or E2E to the last token instead of the end of the body. */
+enum dp_bench_outcome { DP_BENCH_OK, DP_BENCH_HTTP, DP_BENCH_CONN, DP_BENCH_PROTO, DP_BENCH_TIMEOUT };
+struct dp_bench_rec {
+    double intended_ms;  /* from the schedule (open loop) or the previous end */
+    double start_ms;     /* socket created, connect submitted */
+    double sent_ms;      /* last request byte accepted by the kernel */
+    double first_ms;     /* first data event with text (TTFT's end) */
+    double last_ms;      /* last data event with text */
+    double end_ms;       /* body complete or error (E2E's end) */
+    long tokens;
+    int status;          /* HTTP status, 0 when none was read */
+    int outcome;         /* enum dp_bench_outcome */
+};
+
 struct dp_bench_res {
     struct dp_bench_samples ttft, itl, e2e;
+    struct dp_bench_rec *rec; /* cfg->keep_records: one per finished request */
+    size_t nrec, rec_cap;
     long scheduled, ok, http_err, conn_err, proto_err, timeouts;
     long by_status[600];
     long out_tokens;
@@ -119,6 +139,9 @@ double dp_bench_pct(struct dp_bench_samples *s, double p);
 int dp_bench_metric(struct dp_bench_res *res, const char *name, double *v);
 
 void dp_bench_table(FILE *f, struct dp_bench_res *res);
+/* res->rec as JSON lines, one object per request (keys as in struct
+ * dp_bench_rec, null for NAN). Returns 0 or -EIO. */
+int dp_bench_records_jsonl(FILE *f, const struct dp_bench_res *res);
 /* One JSON object for one run (no trailing newline). */
 void dp_bench_json_run(FILE *f, struct dp_bench_res *res);
 /* Latency-percentile chart: x = percentile on a "nines" scale

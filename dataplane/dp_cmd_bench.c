@@ -4,7 +4,10 @@
  *
  * A sweep runs one open-loop test per rate, in the order given, and reports
  * the highest rate whose run met every --slo bound (metric<=value) with no
- * more than --max-error-rate errors. The reports hold numbers only.
+ * more than --max-error-rate errors; with --stop-after-misses N it stops
+ * after N rates in a row missed (rates are taken to be in rising order, so
+ * a server past its knee is not driven further for nothing). The reports
+ * hold numbers only.
  */
 #include "dp.h"
 
@@ -114,6 +117,8 @@ int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
         { "sweep", 0, DP_OPT_STR, "R1,R2,..|A:B:STEP", NULL, "Run once per open-loop rate and report the highest that meets --slo." },
         { "slo", 0, DP_OPT_STR, "M=V,..", NULL, "Bounds for --sweep, e.g. ttft_p99_ms=300,e2e_p50_ms=2000 (metrics ttft|itl|e2e _pN_ms or _max_ms)." },
         { "max-error-rate", 0, DP_OPT_DOUBLE, "F", "0.01", "Sweep: a rate fails when more than this fraction of requests fail." },
+        { "stop-after-misses", 0, DP_OPT_INT, "N", "0", "Sweep: stop after N rates in a row missed the SLO (0: run every rate)." },
+        { "records", 0, DP_OPT_STR, "FILE", NULL, "Write each request's timeline (intended, start, sent, first and last token, end; ms) as JSON lines (not with --sweep)." },
         { "json", 0, DP_OPT_STR, "FILE", NULL, "Write every figure as JSON ('-' for stdout)." },
         { "svg", 0, DP_OPT_STR, "FILE", NULL, "Write a latency-percentile chart (last run of a sweep)." },
         { "quiet", 'q', DP_OPT_FLAG, NULL, NULL, "No progress line on stderr." },
@@ -125,7 +130,7 @@ int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
     double rates[MAX_RATES], scale, max_err;
     struct slo slo[MAX_SLO];
     int npos, rc = dp_opt_parse(cmd, opts, argc, argv, &npos), nrates = 0, nslo = 0, nfile = 0;
-    int ret = 2, best = -1;
+    int ret = 2, best = -1, misses = 0, stop_misses;
     const char *s;
     char err[512];
     FILE *jf = NULL;
@@ -165,6 +170,8 @@ int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
     cfg.seed = (uint64_t)dp_opt_int(opts, "seed");
     scale = dp_opt_double(opts, "scale");
     max_err = dp_opt_double(opts, "max-error-rate");
+    stop_misses = (int)dp_opt_int(opts, "stop-after-misses");
+    cfg.keep_records = dp_opt_find(opts, "records")->val != NULL;
     if (dp_opt_find(opts, "sweep")->val) {
         nrates = parse_rates(dp_opt_str(opts, "sweep"), rates);
         if (nrates <= 0) {
@@ -185,7 +192,11 @@ int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
         fprintf(stderr, "favo bench: give one of --rate, --concurrency, --sweep\n");
         return 2;
     }
-    if (cfg.rate < 0 || !isfinite(cfg.rate) || cfg.concurrency < 0 || cfg.max_conns < 1 ||
+    if (cfg.keep_records && nrates) {
+        fprintf(stderr, "favo bench: --records takes one run: give --rate or --concurrency, not --sweep\n");
+        return 2;
+    }
+    if (cfg.rate < 0 || !isfinite(cfg.rate) || stop_misses < 0 || cfg.concurrency < 0 || cfg.max_conns < 1 ||
         cfg.max_conns > 65536 || cfg.duration < 0 || cfg.requests < 0 || cfg.timeout_s <= 0 ||
         !(scale > 0) || max_err < 0) {
         fprintf(stderr, "favo bench: a numeric option is out of range (rate, concurrency, max-connections 1..65536, duration, requests, timeout, scale must be >= 0 / > 0); see --help\n");
@@ -256,6 +267,12 @@ int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
             printf("rate %.3g/s: %s\n\n", rates[i], ok ? "meets the SLO" : "misses the SLO");
             if (ok && (best < 0 || rates[i] > rates[best]))
                 best = i;
+            misses = ok ? 0 : misses + 1;
+            if (stop_misses && misses >= stop_misses && i + 1 < nrates) {
+                printf("stopping the sweep: %d rate%s in a row missed the SLO\n\n", misses,
+                       misses > 1 ? "s" : "");
+                nrates = i + 1;
+            }
         }
         fflush(stdout);
     }
@@ -299,6 +316,21 @@ int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
         }
         if (jf != stdout && fclose(jf)) {
             fprintf(stderr, "favo bench: --json %s: %s\n", s, strerror(errno));
+            goto out;
+        }
+    }
+    if (cfg.keep_records) {
+        FILE *rf;
+
+        s = dp_opt_str(opts, "records");
+        rf = fopen(s, "w");
+        if (!rf) {
+            fprintf(stderr, "favo bench: --records %s: %s\n", s, strerror(errno));
+            goto out;
+        }
+        rc = dp_bench_records_jsonl(rf, &res[0]);
+        if (fclose(rf) || rc) {
+            fprintf(stderr, "favo bench: --records %s: write failed\n", s);
             goto out;
         }
     }

@@ -6,10 +6,13 @@
  *   build/perf/bench-serve [--json] [--model FILE] [--threads N]
  *                          [--rates R1,R2,..] [--duration S] [--scale F]
  *                          [--common-rate R] [--slo-ms MS] [--timeout S]
- *                          [--no-llamacpp] [--llamacpp-queue] [--out DIR]
+ *                          [--repeat N] [--ctx N] [--max-seqs N]
+ *                          [--stop-after-misses N] [--no-llamacpp]
+ *                          [--llamacpp-interrupt] [--out DIR]
  *
  * For each server: start it on a free port, run
  *   favo bench --sweep RATES --slo ttft_p99_ms=MS --profile mix --scale F
+ *              --stop-after-misses N
  * (open-loop Poisson arrivals, streaming, latency from the intended send
  * time) after two unmeasured warm-up requests, stop it, and read the
  * sweep's JSON. Reported per server:
@@ -17,17 +20,39 @@
  *                  1% failed requests), null when none does
  *   ttft_p99_ms    p99 time to first token at the common rate
  *   output_tps     output tokens/s at the common rate
- * The common rate is --common-rate, else the lowest swept rate.
+ * The common rate is --common-rate, else the lowest swept rate. With
+ * --repeat N the two servers take turns N times (favo, llama.cpp, favo, ...,
+ * so a drifting background load hits both alike) and every figure is the
+ * median of the N runs (a rate meeting no SLO counts as the lowest); the
+ * 1-minute load average is read from /proc/loadavg before and after each
+ * sweep and reported beside it, because the machine may be shared.
+ *
+ * Both servers get their best configuration for this load, on the same
+ * model file, threads and context:
+ *   favo serve  --threads T --ctx-size C --max-seqs S --poll block
+ *               (continuous batching of up to S sequences; blocking waits
+ *               because 4 stages share the cores)
+ *   llama.cpp   python -m llama_cpp.server --n_threads T --n_threads_batch T
+ *               --n_ctx C --n_batch 512 --n_ubatch 512 --logits_all False
+ *               --interrupt_requests False --verbose False
+ *               interrupt_requests False: a new request waits for the
+ *               running one instead of cutting its stream (the default,
+ *               True, made most requests fail: --llamacpp-interrupt
+ *               restores it). logits_all False: the server's default
+ *               computes the vocabulary projection for every prompt token,
+ *               which only logprobs of the prompt need. llama-cpp-python's
+ *               server runs one sequence at a time (one Llama object behind
+ *               a lock): it has no parallel-slots or continuous-batching
+ *               setting that could match --max-seqs; llama.cpp's C++
+ *               llama-server (-np N, continuous batching) would, but it is
+ *               not part of the PyPI package.
  *
  * Paths: favo is FAVO_BIN, else ../favo next to this executable; the
  * model defaults to $FAVO_MODELS (or models/)/SmolLM2-135M-Instruct.Q4_1.gguf;
  * python is FAVO_VENV_PY, else .venv/bin/python3 (run from the source root).
  * llama.cpp's server is `python -m llama_cpp.server` (PyPI llama-cpp-python
- * with the [server] extras) with its defaults: a new request interrupts the
- * running stream (that request then counts as an error);
- * --llamacpp-queue passes --interrupt_requests False so requests queue
- * instead. When it cannot start, the reason is printed and the llamacpp_*
- * figures are null.
+ * with the [server] extras). When it cannot start, the reason is printed
+ * and the llamacpp_* figures are null.
  *
  * Every child (servers, favo bench) runs in its own process group. On
  * SIGINT/SIGTERM/SIGHUP each group gets SIGTERM (favo serve drains and
@@ -282,11 +307,14 @@ static bool tcp_open(int port)
     return ok;
 }
 
+#define MAX_REPEAT 9
+
 struct opts {
     const char *model, *rates, *out, *favo, *py;
-    int threads;
+    int threads, repeat, ctx, max_seqs, stop_misses;
     double duration, scale, common_rate, slo_ms, timeout;
-    bool json, llamacpp, lc_queue;
+    bool json, llamacpp, lc_interrupt;
+    char favo_set[256], lc_set[512]; /* the servers' settings, for the report */
 };
 
 /* What one server's sweep gave. NAN = null. */
@@ -296,7 +324,21 @@ struct side {
     double max_rate, ttft_p99, tps, rps, e2e_p99, itl_p50;
     long ok, errors;
     double wall_s; /* whole sweep */
+    double load0, load1; /* 1-minute load average before / after the sweep */
 };
+
+static double loadavg1(void)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+    double l = NAN;
+
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = NAN;
+        fclose(f);
+    }
+    return l;
+}
 
 static yajl_val num_at(yajl_val v, const char *k1, const char *k2)
 {
@@ -357,7 +399,7 @@ static int parse_sweep(const char *path, double common, struct side *s)
 /* favo bench --sweep against url; its own table goes to stderr. */
 static int run_bench(const struct opts *o, const char *url, const char *tag, struct side *s)
 {
-    char jpath[PATH_MAX], svg[PATH_MAX], dur[32], scale[32], slo[64], tmo[32];
+    char jpath[PATH_MAX], svg[PATH_MAX], dur[32], scale[32], slo[64], tmo[32], miss[16];
     pid_t p;
     int st;
 
@@ -367,6 +409,7 @@ static int run_bench(const struct opts *o, const char *url, const char *tag, str
     snprintf(scale, sizeof(scale), "%g", o->scale);
     snprintf(slo, sizeof(slo), "ttft_p99_ms=%g", o->slo_ms);
     snprintf(tmo, sizeof(tmo), "%g", o->timeout);
+    snprintf(miss, sizeof(miss), "%d", o->stop_misses);
     unlink(jpath);
     {
         /* Warm-up (not measured): two short requests, one at a time, so
@@ -382,8 +425,8 @@ static int run_bench(const struct opts *o, const char *url, const char *tag, str
     {
         char *argv[] = {(char *)o->favo, "bench", "-u", (char *)url, "--profile", "mix",
                         "--scale", scale, "--sweep", (char *)o->rates, "--slo", slo,
-                        "-d", dur, "--timeout", tmo, "--json", jpath, "--svg", svg, "-q",
-                        NULL};
+                        "-d", dur, "--timeout", tmo, "--stop-after-misses", miss,
+                        "--json", jpath, "--svg", svg, "-q", NULL};
 
         fprintf(stderr, "bench-serve: %s: favo bench --sweep %s -d %s --scale %s (%s)\n", tag,
                 o->rates, dur, scale, url);
@@ -393,7 +436,9 @@ static int run_bench(const struct opts *o, const char *url, const char *tag, str
         snprintf(s->why, sizeof(s->why), "cannot start favo bench: %s", strerror(-p));
         return p;
     }
+    s->load0 = loadavg1();
     st = wait_for(p, -1);
+    s->load1 = loadavg1();
     if (st < 0 || !WIFEXITED(st)) {
         snprintf(s->why, sizeof(s->why), "favo bench did not exit normally");
         return -EIO;
@@ -434,21 +479,24 @@ static int favo_ready_port(const char *log, pid_t p, double timeout_s)
     return -ETIMEDOUT;
 }
 
-static void run_favo(const struct opts *o, struct side *s)
+static void run_favo(const struct opts *o, const char *tag, struct side *s)
 {
-    char log[PATH_MAX], inst[64], thr[16], url[64];
+    char log[PATH_MAX], inst[64], thr[16], url[64], ctx[16], seqs[16];
     pid_t p;
     int port;
     double t0 = mono_s();
 
-    snprintf(log, sizeof(log), "%s/favo-serve.log", o->out);
+    snprintf(log, sizeof(log), "%s/%s-serve.log", o->out, tag);
     snprintf(inst, sizeof(inst), "bsrv%ld", (long)getpid());
     snprintf(g_shm, sizeof(g_shm), "/favo.%s", inst);
     snprintf(thr, sizeof(thr), "%d", o->threads);
+    snprintf(ctx, sizeof(ctx), "%d", o->ctx);
+    snprintf(seqs, sizeof(seqs), "%d", o->max_seqs);
     {
         /* 2 cores shared by 4 stages: blocking waits (favo serve says so). */
         char *argv[] = {(char *)o->favo, "serve", "--model", (char *)o->model, "--port", "0",
-                        "--instance", inst, "--threads", thr, "--poll", "block", NULL};
+                        "--instance", inst, "--threads", thr, "--ctx-size", ctx,
+                        "--max-seqs", seqs, "--poll", "block", NULL};
 
         p = spawn(argv, log);
     }
@@ -467,22 +515,22 @@ static void run_favo(const struct opts *o, struct side *s)
         return;
     }
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
-    run_bench(o, url, "favo", s);
+    run_bench(o, url, tag, s);
     stop_child(p, 30);
     shm_unlink(g_shm); /* gone already unless it had to be SIGKILLed */
     g_shm[0] = 0;
     s->wall_s = mono_s() - t0;
 }
 
-static void run_llamacpp(const struct opts *o, struct side *s)
+static void run_llamacpp(const struct opts *o, const char *tag, struct side *s)
 {
-    char log[PATH_MAX], thr[16], pstr[16], url[64];
+    char log[PATH_MAX], thr[16], pstr[16], url[64], ctx[16];
     double t0 = mono_s();
     pid_t p;
     int port = free_port(), st;
     bool up = false;
 
-    snprintf(log, sizeof(log), "%s/llamacpp-server.log", o->out);
+    snprintf(log, sizeof(log), "%s/%s-server.log", o->out, tag);
     if (access(o->py, X_OK)) {
         snprintf(s->why, sizeof(s->why), "python %s not found (set FAVO_VENV_PY)", o->py);
         return;
@@ -493,11 +541,14 @@ static void run_llamacpp(const struct opts *o, struct side *s)
     }
     snprintf(thr, sizeof(thr), "%d", o->threads);
     snprintf(pstr, sizeof(pstr), "%d", port);
+    snprintf(ctx, sizeof(ctx), "%d", o->ctx);
     {
+        /* the settings are explained at the top of this file */
         char *argv[] = {(char *)o->py, "-m", "llama_cpp.server", "--model", (char *)o->model,
                         "--host", "127.0.0.1", "--port", pstr, "--n_threads", thr,
-                        "--n_threads_batch", thr, "--n_ctx", "4096",
-                        "--interrupt_requests", o->lc_queue ? "False" : "True", NULL};
+                        "--n_threads_batch", thr, "--n_ctx", ctx, "--n_batch", "512",
+                        "--n_ubatch", "512", "--logits_all", "False", "--verbose", "False",
+                        "--interrupt_requests", o->lc_interrupt ? "True" : "False", NULL};
 
         p = spawn(argv, log);
     }
@@ -534,7 +585,7 @@ static void run_llamacpp(const struct opts *o, struct side *s)
         return;
     }
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
-    run_bench(o, url, "llamacpp", s);
+    run_bench(o, url, tag, s);
     stop_child(p, 10);
     s->wall_s = mono_s() - t0;
 }
@@ -586,6 +637,83 @@ static void side_json(FILE *f, bool *first, const char *pre, const struct side *
 #undef K
 }
 
+/* Each repeat's figures, for the JSON: [{"max_rate_slo":..,...},...]. */
+static void runs_json(FILE *f, bool *first, const char *pre, const struct side *r, int n)
+{
+    fprintf(f, "%s\"%s_runs\":[", *first ? "" : ",", pre);
+    for (int i = 0; i < n; i++) {
+        bool f2 = true;
+
+        fputs(i ? ",{" : "{", f);
+        jnum(f, &f2, "max_rate_slo", r[i].ran ? r[i].max_rate : NAN);
+        jnum(f, &f2, "ttft_p99_ms", r[i].ran ? r[i].ttft_p99 : NAN);
+        jnum(f, &f2, "output_tps", r[i].ran ? r[i].tps : NAN);
+        jnum(f, &f2, "e2e_p99_ms", r[i].ran ? r[i].e2e_p99 : NAN);
+        jnum(f, &f2, "ok", r[i].ran ? (double)r[i].ok : NAN);
+        jnum(f, &f2, "errors", r[i].ran ? (double)r[i].errors : NAN);
+        jnum(f, &f2, "load1_before", r[i].load0);
+        jnum(f, &f2, "load1_after", r[i].load1);
+        jnum(f, &f2, "wall_s", r[i].wall_s);
+        fputc('}', f);
+    }
+    fputc(']', f);
+    *first = false;
+}
+
+static int cmp_nan_low(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    if (isnan(x) || isnan(y))
+        return isnan(y) - isnan(x); /* NAN (no rate met the SLO) sorts lowest */
+    return (x > y) - (x < y);
+}
+
+/* Median of n values (the lower middle one for even n); NAN sorts lowest. */
+static double median(double *v, int n)
+{
+    if (n < 1)
+        return NAN;
+    qsort(v, (size_t)n, sizeof(*v), cmp_nan_low);
+    return v[(n - 1) / 2];
+}
+
+/* The median side of n repeats; ran when any run ran. */
+static void side_median(const struct side *r, int n, struct side *m)
+{
+    double v[MAX_REPEAT];
+    int k = 0;
+
+#define MED(field)                                                                                 \
+    do {                                                                                           \
+        k = 0;                                                                                     \
+        for (int i = 0; i < n; i++)                                                                \
+            if (r[i].ran)                                                                          \
+                v[k++] = (double)r[i].field;                                                       \
+        m->field = (__typeof__(m->field))median(v, k);                                             \
+    } while (0)
+    *m = r[n - 1];
+    for (int i = 0; i < n; i++)
+        if (r[i].ran) {
+            m->ran = true;
+            break;
+        }
+    if (!m->ran)
+        return;
+    MED(max_rate);
+    MED(ttft_p99);
+    MED(tps);
+    MED(rps);
+    MED(e2e_p99);
+    MED(itl_p50);
+    MED(wall_s);
+    MED(load0);
+    MED(load1);
+    MED(ok);
+    MED(errors);
+#undef MED
+}
+
 static void fmt(char *b, size_t n, double v, const char *f)
 {
     if (isnan(v))
@@ -596,10 +724,10 @@ static void fmt(char *b, size_t n, double v, const char *f)
 
 static void side_row(const char *name, const struct side *s)
 {
-    char a[32], b[32], c[32], d[32], e[32];
+    char a[32], b[32], c[32], d[32], e[32], l0[16], l1[16];
 
     if (!s->ran) {
-        printf("%-10s not run: %s\n", name, s->why);
+        printf("%-12s not run: %s\n", name, s->why);
         return;
     }
     fmt(a, sizeof(a), s->max_rate, "%.2f");
@@ -607,7 +735,10 @@ static void side_row(const char *name, const struct side *s)
     fmt(c, sizeof(c), s->tps, "%.1f");
     fmt(d, sizeof(d), s->e2e_p99, "%.1f");
     fmt(e, sizeof(e), s->itl_p50, "%.2f");
-    printf("%-10s %14s %14s %12s %12s %10s %8ld %8ld\n", name, a, b, c, d, e, s->ok, s->errors);
+    fmt(l0, sizeof(l0), s->load0, "%.2f");
+    fmt(l1, sizeof(l1), s->load1, "%.2f");
+    printf("%-12s %14s %14s %12s %12s %10s %8ld %8ld %5s/%-5s\n", name, a, b, c, d, e, s->ok,
+           s->errors, l0, l1);
 }
 
 static void usage(FILE *f)
@@ -615,10 +746,15 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: bench-serve [--json] [--model FILE] [--threads N] [--rates R1,R2,..]\n"
             "                   [--duration S] [--scale F] [--common-rate R] [--slo-ms MS]\n"
-            "                   [--timeout S] [--no-llamacpp] [--llamacpp-queue] [--out DIR]\n"
+            "                   [--timeout S] [--repeat N] [--ctx N] [--max-seqs N]\n"
+            "                   [--stop-after-misses N] [--no-llamacpp] [--llamacpp-interrupt]\n"
+            "                   [--out DIR]\n"
             "favo serve vs python -m llama_cpp.server under favo bench --profile mix --sweep.\n"
             "defaults: --threads 2 --rates 0.25,0.5,1,2 --duration 15 --scale 0.1\n"
-            "          --slo-ms 300 --timeout 60, common rate = lowest swept rate\n");
+            "          --slo-ms 300 --timeout 60 --repeat 1 --ctx 8192 --max-seqs 256\n"
+            "          --stop-after-misses 1, common rate = lowest swept rate\n"
+            "llama.cpp runs queued (--interrupt_requests False), with --logits_all False;\n"
+            "--llamacpp-interrupt gives it its default (a new request cuts the running stream).\n");
 }
 
 static bool arg_val(int argc, char **argv, int *i, const char *name, const char **v)
@@ -649,10 +785,11 @@ int main(int argc, char **argv)
 {
     static char favo_path[PATH_MAX], model_path[PATH_MAX], out_tmpl[] = "/tmp/bench-serve-XXXXXX";
     struct opts o = {.threads = 2, .rates = "0.25,0.5,1,2", .duration = 15, .scale = 0.1,
-                     .common_rate = NAN, .slo_ms = 300, .timeout = 60, .llamacpp = true};
-    struct side fv = {.max_rate = NAN, .ttft_p99 = NAN, .tps = NAN, .rps = NAN,
-                      .e2e_p99 = NAN, .itl_p50 = NAN};
-    struct side lc = fv;
+                     .common_rate = NAN, .slo_ms = 300, .timeout = 60, .llamacpp = true,
+                     .repeat = 1, .ctx = 8192, .max_seqs = 256, .stop_misses = 1};
+    struct side none = {.max_rate = NAN, .ttft_p99 = NAN, .tps = NAN, .rps = NAN,
+                        .e2e_p99 = NAN, .itl_p50 = NAN, .load0 = NAN, .load1 = NAN};
+    struct side fvr[MAX_REPEAT], lcr[MAX_REPEAT], fv, lc;
     const char *v;
     char machine[256];
     struct sigaction sa = {.sa_handler = on_signal};
@@ -664,7 +801,9 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         } else if (!strcmp(argv[i], "--llamacpp-queue")) {
-            o.lc_queue = true;
+            /* the default now; kept so older command lines still run */
+        } else if (!strcmp(argv[i], "--llamacpp-interrupt")) {
+            o.lc_interrupt = true;
         } else if (!strcmp(argv[i], "--no-llamacpp")) {
             o.llamacpp = false;
         } else if (arg_val(argc, argv, &i, "--model", &o.model) ||
@@ -672,6 +811,22 @@ int main(int argc, char **argv)
                    arg_val(argc, argv, &i, "--out", &o.out)) {
         } else if (arg_val(argc, argv, &i, "--threads", &v)) {
             o.threads = (int)parse_pos("--threads", v);
+        } else if (arg_val(argc, argv, &i, "--repeat", &v)) {
+            o.repeat = (int)parse_pos("--repeat", v);
+            if (o.repeat > MAX_REPEAT) {
+                fprintf(stderr, "bench-serve: --repeat %d: at most %d\n", o.repeat, MAX_REPEAT);
+                return 2;
+            }
+        } else if (arg_val(argc, argv, &i, "--ctx", &v)) {
+            o.ctx = (int)parse_pos("--ctx", v);
+        } else if (arg_val(argc, argv, &i, "--max-seqs", &v)) {
+            o.max_seqs = (int)parse_pos("--max-seqs", v);
+        } else if (arg_val(argc, argv, &i, "--stop-after-misses", &v)) {
+            o.stop_misses = atoi(v);
+            if (o.stop_misses < 0) {
+                fprintf(stderr, "bench-serve: --stop-after-misses %s: give 0 (never) or more\n", v);
+                return 2;
+            }
         } else if (arg_val(argc, argv, &i, "--duration", &v)) {
             o.duration = parse_pos("--duration", v);
         } else if (arg_val(argc, argv, &i, "--scale", &v)) {
@@ -747,6 +902,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-serve: --out %s: %s\n", o.out, strerror(errno));
         return 2;
     }
+    snprintf(o.favo_set, sizeof(o.favo_set),
+             "favo serve --threads %d --ctx-size %d --max-seqs %d --poll block", o.threads, o.ctx,
+             o.max_seqs);
+    snprintf(o.lc_set, sizeof(o.lc_set),
+             "llama_cpp.server --n_threads %d --n_threads_batch %d --n_ctx %d --n_batch 512 "
+             "--n_ubatch 512 --logits_all False --verbose False --interrupt_requests %s "
+             "(one sequence at a time: no continuous batching in llama-cpp-python's server)",
+             o.threads, o.threads, o.ctx, o.lc_interrupt ? "True" : "False");
 
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
@@ -754,11 +917,22 @@ int main(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     atexit(on_exit_kill);
 
-    run_favo(&o, &fv);
-    if (o.llamacpp)
-        run_llamacpp(&o, &lc);
-    else
-        snprintf(lc.why, sizeof(lc.why), "--no-llamacpp");
+    for (int r = 0; r < o.repeat; r++) {
+        char tag[32];
+
+        fvr[r] = none;
+        lcr[r] = none;
+        snprintf(tag, sizeof(tag), o.repeat > 1 ? "favo-%d" : "favo", r + 1);
+        run_favo(&o, tag, &fvr[r]);
+        if (o.llamacpp) {
+            snprintf(tag, sizeof(tag), o.repeat > 1 ? "llamacpp-%d" : "llamacpp", r + 1);
+            run_llamacpp(&o, tag, &lcr[r]);
+        } else {
+            snprintf(lcr[r].why, sizeof(lcr[r].why), "--no-llamacpp");
+        }
+    }
+    side_median(fvr, o.repeat, &fv);
+    side_median(lcr, o.repeat, &lc);
 
     perf_machine(machine, sizeof(machine));
     if (o.json) {
@@ -775,22 +949,39 @@ int main(int argc, char **argv)
         jnum(stdout, &first, "duration_s", o.duration);
         jnum(stdout, &first, "slo_ttft_p99_ms", o.slo_ms);
         jnum(stdout, &first, "common_rate", o.common_rate);
+        jnum(stdout, &first, "repeat", o.repeat);
         side_json(stdout, &first, "favo", &fv);
         side_json(stdout, &first, "llamacpp", &lc);
-        jnum(stdout, &first, "llamacpp_interrupt_requests", o.lc_queue ? 0 : 1);
+        jnum(stdout, &first, "llamacpp_interrupt_requests", o.lc_interrupt ? 1 : 0);
+        jstr(stdout, &first, "favo_settings", o.favo_set);
+        jstr(stdout, &first, "llamacpp_settings", o.lc_set);
+        runs_json(stdout, &first, "favo", fvr, o.repeat);
+        runs_json(stdout, &first, "llamacpp", lcr, o.repeat);
         jstr(stdout, &first, "out_dir", o.out);
         printf("}\n");
     } else {
         printf("bench-serve: %s\n", machine);
         printf("model %s, %d threads, --profile mix --scale %g, rates %s, %g s each\n", o.model,
                o.threads, o.scale, o.rates, o.duration);
+        printf("favo:      %s\nllama.cpp: %s\n", o.favo_set, o.lc_set);
         printf("SLO p99 TTFT <= %g ms; columns after max rate are at the common rate %g/s\n",
                o.slo_ms, o.common_rate);
-        printf("%-10s %14s %14s %12s %12s %10s %8s %8s\n", "server", "max rate/s SLO",
-               "TTFT p99 ms", "out tok/s", "E2E p99 ms", "ITL p50", "ok", "errors");
-        side_row("favo", &fv);
-        side_row("llama.cpp", &lc);
-        printf("(ok/errors: whole sweep) favo bench JSON, SVG and server logs in %s\n", o.out);
+        if (o.repeat > 1)
+            printf("each row: %d runs taking turns; the run rows, then their medians\n", o.repeat);
+        printf("%-12s %14s %14s %12s %12s %10s %8s %8s %11s\n", "server", "max rate/s SLO",
+               "TTFT p99 ms", "out tok/s", "E2E p99 ms", "ITL p50", "ok", "errors", "load1 b/a");
+        for (int r = 0; o.repeat > 1 && r < o.repeat; r++) {
+            char n1[32], n2[32];
+
+            snprintf(n1, sizeof(n1), "favo #%d", r + 1);
+            snprintf(n2, sizeof(n2), "llama.cpp #%d", r + 1);
+            side_row(n1, &fvr[r]);
+            side_row(n2, &lcr[r]);
+        }
+        side_row(o.repeat > 1 ? "favo med" : "favo", &fv);
+        side_row(o.repeat > 1 ? "llama.cpp med" : "llama.cpp", &lc);
+        printf("(ok/errors: whole sweep; load1 b/a: 1-minute load average before/after it)\n"
+               "favo bench JSON, SVG and server logs in %s\n", o.out);
     }
     return fv.ran ? 0 : 1;
 }
