@@ -125,6 +125,72 @@ int main(void)
     CHECK(load("[serve]\nport 8080\n", err, sizeof(err)) == -EINVAL);
     CHECK(strstr(err, ":2: syntax error"));
 
+    /* The specialist table built from a config (shm_spec.h). */
+    {
+        static struct shm_spec_table t;
+        const char *p2 = write_ini("spec.ini",
+                                   "[specialist.classify]\n"
+                                   "model = m.gguf\n"
+                                   "system_prompt = Be brief.\n"
+                                   "max_tokens = 16\n"
+                                   "default_max_tokens = 8\n"
+                                   "priority = 3\n"
+                                   "cache_ttl = 0.5\n"
+                                   "temperature = 0\n"
+                                   "top_p = 0.9\n"
+                                   "top_k = 40\n"
+                                   "min_p = 0.05\n"
+                                   "frequency_penalty = 0.5\n"
+                                   "presence_penalty = -0.5\n"
+                                   "seed = 7\n"
+                                   "[specialist.chat]\n"
+                                   "cache_ttl = 0\n"); /* (inih sees sections by their keys) */
+        opts_init(o);
+        char *a0[] = { "serve", NULL };
+        CHECK(dp_opt_parse(&cmd, o, 1, a0, &npos) == 0);
+        CHECK(dp_config_load(p2, o, &cfg, err, sizeof(err)) == 0);
+        CHECK(dp_config_spec_table(&cfg, p2, "m", "/models/m.gguf", &t, err, sizeof(err)) == 0);
+        CHECK(t.n == 2);
+        const struct shm_spec *c = shm_spec_table_find(&t, "classify", 8);
+        CHECK(c && !strcmp(c->system_prompt, "Be brief.") && c->max_tokens_cap == 16 &&
+              c->default_max_tokens == 8 && c->priority == 3 && c->cache_ttl == 1 &&
+              c->temperature == 0 && c->top_k == 40 && c->seed == 7 &&
+              c->set == (SHM_SPEC_TEMPERATURE | SHM_SPEC_TOP_P | SHM_SPEC_TOP_K | SHM_SPEC_MIN_P |
+                         SHM_SPEC_FREQ | SHM_SPEC_PRESENCE | SHM_SPEC_SEED |
+                         SHM_SPEC_MAX_TOKENS | SHM_SPEC_PRIORITY));
+        c = shm_spec_table_find(&t, "chat", 4);
+        CHECK(c && c->set == 0 && c->cache_ttl == 0 && c->max_tokens_cap == 0);
+        /* another model than the one served */
+        CHECK(dp_config_spec_table(&cfg, p2, "other", "/models/other.gguf", &t, err,
+                                   sizeof(err)) == -EINVAL);
+        CHECK(strstr(err, "spec.ini: specialist 'classify': model: 'm.gguf' is not loaded"));
+        /* a specialist named like the model */
+        CHECK(dp_config_spec_table(&cfg, p2, "chat", "/models/m.gguf", &t, err, sizeof(err)) ==
+              -EINVAL);
+        CHECK(strstr(err, "specialist 'chat': name: the served model's own name"));
+        dp_config_free(&cfg);
+        /* cross-field checks name the field */
+        p2 = write_ini("spec2.ini", "[specialist.x]\nmax_tokens = 4\ndefault_max_tokens = 9\n");
+        opts_init(o);
+        CHECK(dp_opt_parse(&cmd, o, 1, a0, &npos) == 0);
+        CHECK(dp_config_load(p2, o, &cfg, err, sizeof(err)) == 0);
+        CHECK(dp_config_spec_table(&cfg, p2, "m", "m.gguf", &t, err, sizeof(err)) == -EINVAL);
+        CHECK(strstr(err, "specialist 'x': default_max_tokens: above the max_tokens cap"));
+        dp_config_free(&cfg);
+        p2 = write_ini("spec3.ini", "[specialist.x]\npriority = 9\n");
+        opts_init(o);
+        CHECK(dp_opt_parse(&cmd, o, 1, a0, &npos) == 0);
+        CHECK(dp_config_load(p2, o, &cfg, err, sizeof(err)) == 0);
+        CHECK(dp_config_spec_table(&cfg, p2, "m", "m.gguf", &t, err, sizeof(err)) == -EINVAL);
+        CHECK(strstr(err, "specialist 'x': priority"));
+        dp_config_free(&cfg);
+    }
+    CHECK(load("[specialist.a]\ncache_ttl = 90000\n", err, sizeof(err)) == -EINVAL);
+    CHECK(strstr(err, ":2: [specialist.a] cache_ttl: wants seconds in [0, 86400]"));
+    CHECK(load("[specialist.a]\ntop_p = 0\n", err, sizeof(err)) == -EINVAL);
+    CHECK(strstr(err, ":2: [specialist.a] top_p: wants a number in (0, 1]"));
+    CHECK(load("[specialist.a]\nseed = x\n", err, sizeof(err)) == -EINVAL);
+
     opts_init(o);
     char *a1[] = { "serve", NULL };
     CHECK(dp_opt_parse(&cmd, o, 1, a1, &npos) == 0);
