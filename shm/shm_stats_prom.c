@@ -87,8 +87,8 @@ static void tenants_prom(struct out *o, const struct shm_stats_snap *snap)
                                         "favo_tenant_prompt_tokens_total",
                                         "favo_tenant_generation_tokens_total" };
     static const char *const help[] = {
-        "Requests finished, by tenant (the last row, tenant=\"other\", holds every tenant "
-        "beyond the table).",
+        ("Requests finished, by tenant (the last row, tenant=\"other\", holds every tenant "
+         "beyond the table)."),
         "Requests finished with a status >= 400, by tenant.",
         "Prompt tokens of finished requests, by tenant.",
         "Tokens generated for finished requests, by tenant."
