@@ -66,6 +66,8 @@ struct bat_arena {
     uint32_t free_head, n_free_slots, n_tfree, n_flows;
     uint32_t n_waiting, n_waiting_tokens, n_running, n_cancels, n_pending;
     uint32_t rr_cur[BAT_PRIO_N];
+    uint32_t rr_new[BAT_PRIO_N];   /* last of the new flows [rr_cur .. rr_new] not yet
+                                      passed by the cursor, or NIL (rr_insert) */
     uint32_t res_head[BAT_PRIO_N], res_tail[BAT_PRIO_N];
     uint64_t step, admit_seq, n_preempt, n_admitted, n_finished;
     uint64_t last_complete_ns;
@@ -213,7 +215,7 @@ int bat_sched_init(struct bat_sched *s, void *mem, size_t size, const struct bat
         f->prio = (uint8_t)p;
         f->tenant = UINT32_MAX;
         f->head = f->tail = BAT_NIL;
-        a->rr_cur[p] = a->res_head[p] = a->res_tail[p] = BAT_NIL;
+        a->rr_cur[p] = a->rr_new[p] = a->res_head[p] = a->res_tail[p] = BAT_NIL;
     }
     a->n_flows = BAT_PRIO_N;
     memset(hasht(a), 0xff, (size_t)a->hcap * 4);
@@ -346,22 +348,41 @@ static void rr_insert(struct bat_arena *a, uint32_t fi)
     struct bat_flow *f = &flows(a)[fi];
     uint32_t *cur = &a->rr_cur[f->prio];
 
-    /* A flow that becomes active starts with one quantum of credit, so a
-     * light tenant's request is served at its first visit (DRR as in
-     * Shreedhar & Varghese, credit granted on entry). */
+    /* A flow that becomes active starts with one quantum of credit and is
+     * visited NEXT (the cursor moves to it), as fq_codel serves new flows
+     * before old ones: a light tenant's request is not queued behind the
+     * rest of a heavy flow's visit, which may start a quantum's worth of
+     * small requests - more than a whole step's sequence slots. Bounded:
+     * a flow is new again only after its queue emptied, and it brings one
+     * quantum each time (DRR as in Shreedhar & Varghese, credit on entry). */
     f->active = 1;
     f->deficit = a->cfg.quantum;
+    uint32_t *nw = &a->rr_new[f->prio];
     if (*cur == BAT_NIL) {
         f->rr_next = f->rr_prev = fi;
-        *cur = fi;
+        *cur = *nw = fi;
         return;
     }
-    /* Insert just before the cursor: served last in this round. */
-    struct bat_flow *c = &flows(a)[*cur];
-    f->rr_next = *cur;
-    f->rr_prev = c->rr_prev;
-    flows(a)[c->rr_prev].rr_next = fi;
-    c->rr_prev = fi;
+    /* New flows form the segment [cursor .. rr_new], in activation order
+     * (FIFO among new flows): insert after the last of them, or, when
+     * there is none, just before the cursor and move the cursor to it. */
+    uint32_t after = *nw != BAT_NIL ? *nw : flows(a)[*cur].rr_prev;
+    struct bat_flow *p = &flows(a)[after];
+    f->rr_prev = after;
+    f->rr_next = p->rr_next;
+    flows(a)[p->rr_next].rr_prev = fi;
+    p->rr_next = fi;
+    if (*nw == BAT_NIL)
+        *cur = fi;
+    *nw = fi;
+}
+
+/* The cursor of class p moves on by one flow. */
+static void rr_advance(struct bat_arena *a, uint32_t p)
+{
+    if (a->rr_cur[p] == a->rr_new[p])
+        a->rr_new[p] = BAT_NIL; /* past the last new flow */
+    a->rr_cur[p] = flows(a)[a->rr_cur[p]].rr_next;
 }
 
 static void rr_remove(struct bat_arena *a, uint32_t fi)
@@ -369,9 +390,15 @@ static void rr_remove(struct bat_arena *a, uint32_t fi)
     struct bat_flow *f = &flows(a)[fi];
     uint32_t *cur = &a->rr_cur[f->prio];
 
+    uint32_t *nw = &a->rr_new[f->prio];
+
     if (f->rr_next == fi) {
-        *cur = BAT_NIL;
+        *cur = *nw = BAT_NIL;
     } else {
+        /* The new segment [cur .. nw] loses fi: it ends one earlier, or is
+         * empty when fi was its only member. */
+        if (*nw == fi)
+            *nw = *cur == fi ? BAT_NIL : f->rr_prev;
         flows(a)[f->rr_prev].rr_next = f->rr_next;
         flows(a)[f->rr_next].rr_prev = f->rr_prev;
         if (*cur == fi)
@@ -654,10 +681,15 @@ static void ob_commit(struct bat_arena *a, uint32_t n)
 
 /* ---- the step -------------------------------------------------------- */
 
+#define FAIR_MAX 8      /* fairness preemptions (and reserved starts) per step */
+#define FAIR_TENANTS 64 /* distinct tenants tallied; more: no fairness preemption */
+
 struct step_ctx {
     struct bat_plan *p;
     struct bat_plan_seq *ps;
     uint32_t tok_left, seq_left;
+    uint32_t n_fair;               /* flows whose head starts first (fair_preempt) */
+    uint32_t fair[FAIR_MAX];
 };
 
 /* Add sequence si (n_new tokens from n_computed) to the plan. Its blocks
@@ -710,6 +742,118 @@ static void preempt_at(struct bat_arena *a, uint32_t i)
     a->n_waiting++;
     a->n_waiting_tokens += q->n_prompt;
     a->n_preempt++;
+}
+
+static bool can_start(struct bat_arena *a, const struct bat_slot *q);
+
+/* Fairness preemption: running[i] loses its blocks and waits at the HEAD of
+ * its own (tenant, class) flow, so it competes again through DRR with its
+ * tenant's credit (not ahead of everyone through the resume queue). It has
+ * started: it keeps its admission rank and never times out. */
+static void fair_requeue(struct bat_arena *a, uint32_t i)
+{
+    uint32_t si = running(a)[i];
+    struct bat_slot *q = &slots(a)[si];
+
+    run_remove_at(a, i);
+    q->state = ST_WAITING;
+    q->in_resume = 0;
+    q->flow = flow_get(a, q->tenant, q->prio);
+    struct bat_flow *f = &flows(a)[q->flow];
+    link_head(a, &f->head, &f->tail, si);
+    f->n++;
+    if (!f->active)
+        rr_insert(a, q->flow);
+    a->n_waiting++;
+    a->n_waiting_tokens += q->n_prompt;
+    a->n_preempt++;
+}
+
+struct fair_tally {
+    uint32_t n;
+    uint32_t tenant[FAIR_TENANTS], count[FAIR_TENANTS];
+};
+
+static uint32_t tally_at(struct fair_tally *t, uint32_t tenant, bool add)
+{
+    for (uint32_t k = 0; k < t->n; k++)
+        if (t->tenant[k] == tenant)
+            return k;
+    if (!add || t->n == FAIR_TENANTS)
+        return BAT_NIL;
+    t->tenant[t->n] = tenant;
+    t->count[t->n] = 0;
+    return t->n++;
+}
+
+/* Per-tenant fair share of the running set. When the head of a waiting
+ * (tenant, class) flow cannot start (no free sequence slot or KV room)
+ * while another tenant runs at least two more sequences than it does, the
+ * newest running sequence of that tenant (same or lower class) is
+ * preempted by recompute and the waiting flow's head is reserved to start
+ * in this step's admission. Without it, a tenant that floods holds every
+ * slot and a newcomer waits for one of its sequences to FINISH (tens of
+ * steps), however fair the queue order; with it, the newcomer starts in
+ * the next step, and the running set converges to equal shares (the
+ * condition "two more" leaves no pair of tenants to swap back and forth).
+ * Runs before the decode pass, so no victim is in the plan being built.
+ * O(n_running * tenants) only while some flow waits with the set full. */
+static void fair_preempt(struct bat_arena *a, struct step_ctx *c)
+{
+    struct fair_tally t;
+    bool stuck = false;
+
+    /* Cheap test first: does any waiting flow's head fail to start? */
+    for (uint32_t p = 0; p < BAT_PRIO_N && !stuck; p++) {
+        uint32_t fi0 = a->rr_cur[p], fi = fi0, seen = 0;
+        if (fi0 == BAT_NIL)
+            continue;
+        do {
+            stuck = fi >= BAT_PRIO_N && !can_start(a, &slots(a)[flows(a)[fi].head]);
+            fi = flows(a)[fi].rr_next;
+        } while (!stuck && fi != fi0 && ++seen < FAIR_TENANTS);
+    }
+    if (!stuck)
+        return;
+    t.n = 0;
+    for (uint32_t i = 0; i < a->n_running; i++) {
+        uint32_t k = tally_at(&t, slots(a)[running(a)[i]].tenant, true);
+        if (k == BAT_NIL)
+            return; /* very many tenants: shares are small anyway */
+        t.count[k]++;
+    }
+    for (uint32_t p = 0; p < BAT_PRIO_N && c->n_fair < FAIR_MAX; p++) {
+        uint32_t fi0 = a->rr_cur[p], fi = fi0, seen = 0;
+        if (fi0 == BAT_NIL || a->res_head[p] != BAT_NIL)
+            continue; /* preempted sequences of the class go first anyway */
+        do {
+            struct bat_flow *f = &flows(a)[fi];
+            uint32_t next = f->rr_next;
+            if (fi >= BAT_PRIO_N && f->head != BAT_NIL && !can_start(a, &slots(a)[f->head])) {
+                uint32_t own = tally_at(&t, f->tenant, true), top = BAT_NIL;
+                uint32_t mine = own == BAT_NIL ? 0 : t.count[own];
+                for (uint32_t k = 0; k < t.n; k++)
+                    if (k != own && (top == BAT_NIL || t.count[k] > t.count[top]))
+                        top = k;
+                uint32_t v = BAT_NIL;
+                if (own != BAT_NIL && top != BAT_NIL && t.count[top] >= mine + 2)
+                    for (uint32_t j = a->n_running; j-- > 0;) {
+                        const struct bat_slot *r = &slots(a)[running(a)[j]];
+                        if (r->tenant == t.tenant[top] && r->prio >= p) {
+                            v = j;
+                            break;
+                        }
+                    }
+                if (v != BAT_NIL) {
+                    fair_requeue(a, v);
+                    t.count[top]--;
+                    t.count[own]++;
+                    c->fair[c->n_fair++] = fi;
+                }
+            }
+            fi = next;
+        } while (fi != fi0 && ++seen < FAIR_TENANTS && c->n_fair < FAIR_MAX);
+    }
 }
 
 /* The last-ranked running sequence after index i not in this plan, or NIL. */
@@ -811,10 +955,69 @@ static void admit_aged(struct bat_sched *s, struct step_ctx *c, uint64_t now)
     start(s, c, si, now);
 }
 
+/* The flow heads fair_preempt made room for start first. */
+static void admit_fair(struct bat_sched *s, struct step_ctx *c, uint64_t now)
+{
+    struct bat_arena *a = s->a;
+
+    for (uint32_t k = 0; k < c->n_fair && c->tok_left && c->seq_left; k++) {
+        struct bat_flow *f = &flows(a)[c->fair[k]];
+        if (!f->active || !can_start(a, &slots(a)[f->head]))
+            continue;
+        f->deficit -= slots(a)[f->head].n_prompt;
+        start(s, c, f->head, now);
+    }
+}
+
+/* New requests of class p: DRR over the class's tenants. A visit lasts at
+ * most one step: a flow that started requests in this step hands the
+ * cursor on (keeping its remaining credit), so with small requests one
+ * tenant's quantum cannot hold every sequence slot for several steps in a
+ * row. False when admission must stop (budget spent, or strict classes:
+ * the head cannot start). */
+static bool admit_drr(struct bat_sched *s, struct step_ctx *c, uint32_t p, uint64_t now)
+{
+    struct bat_arena *a = s->a;
+    uint32_t spins = 0, served = BAT_NIL;
+    bool go = true;
+
+    while (a->rr_cur[p] != BAT_NIL) {
+        uint32_t fi = a->rr_cur[p];
+        struct bat_flow *f = &flows(a)[fi];
+        uint32_t si = f->head;
+        struct bat_slot *q = &slots(a)[si];
+
+        if (!c->tok_left || !c->seq_left) {
+            go = false;
+            break;
+        }
+        if (f->deficit < (int64_t)q->n_prompt) {
+            /* Not enough credit: top up and move on. When every flow
+             * is short, one pass adds a quantum to each; bounded by
+             * max_ctx / quantum passes. */
+            f->deficit += a->cfg.quantum;
+            rr_advance(a, p);
+            FAVO_ASSERT(++spins < (1u << 30));
+            continue;
+        }
+        if (!can_start(a, q)) {
+            go = false;
+            break;
+        }
+        f->deficit -= q->n_prompt;
+        served = fi;
+        start(s, c, si, now); /* may remove the flow from the ring */
+    }
+    if (served != BAT_NIL && a->rr_cur[p] == served)
+        rr_advance(a, p);
+    return go;
+}
+
 static void admit(struct bat_sched *s, struct step_ctx *c, uint64_t now)
 {
     struct bat_arena *a = s->a;
 
+    admit_fair(s, c, now);
     admit_aged(s, c, now);
     for (uint32_t p = 0; p < BAT_PRIO_N; p++) {
         /* Preempted sequences of this class first, oldest rank first. */
@@ -824,30 +1027,8 @@ static void admit(struct bat_sched *s, struct step_ctx *c, uint64_t now)
                 return;
             start(s, c, si, now);
         }
-        /* Then new requests, DRR over the class's tenants. */
-        uint32_t spins = 0;
-        while (a->rr_cur[p] != BAT_NIL) {
-            uint32_t fi = a->rr_cur[p];
-            struct bat_flow *f = &flows(a)[fi];
-            uint32_t si = f->head;
-            struct bat_slot *q = &slots(a)[si];
-
-            if (!c->tok_left || !c->seq_left)
-                return;
-            if (f->deficit < (int64_t)q->n_prompt) {
-                /* Not enough credit: top up and move on. When every flow
-                 * is short, one pass adds a quantum to each; bounded by
-                 * max_ctx / quantum passes. */
-                f->deficit += a->cfg.quantum;
-                a->rr_cur[p] = f->rr_next;
-                FAVO_ASSERT(++spins < (1u << 30));
-                continue;
-            }
-            if (!can_start(a, q))
-                return; /* strict classes: nothing below passes */
-            f->deficit -= q->n_prompt;
-            start(s, c, si, now); /* may remove the flow from the ring */
-        }
+        if (!admit_drr(s, c, p, now))
+            return;
     }
 }
 
@@ -863,11 +1044,13 @@ static void drop_cancels_timeouts(struct bat_sched *s, uint64_t now, struct bat_
     }
     a->n_cancels = 0;
     /* Queue timeouts: each flow FIFO is in enqueue order, so only heads
-     * need looking at (O(flows)). Preempted sequences (resume queues) have
-     * started and never time out. */
+     * need looking at (O(flows)). Preempted sequences (resume queues, or
+     * a flow's head after a fairness preemption) have started and never
+     * time out. */
     for (uint32_t fi = 0; fi < a->n_flows; fi++) {
         struct bat_flow *f = &flows(a)[fi];
-        while (f->head != BAT_NIL && now >= slots(a)[f->head].enq_ns &&
+        while (f->head != BAT_NIL && !slots(a)[f->head].started &&
+               now >= slots(a)[f->head].enq_ns &&
                now - slots(a)[f->head].enq_ns >= a->cfg.queue_timeout_ns)
             finish(s, f->head, BAT_FIN_TIMEOUT, ev, n, cap);
     }
@@ -894,6 +1077,11 @@ static int step_impl(struct bat_sched *s, uint64_t now, struct bat_plan *p, stru
     c.ps = bat_plan_seqs(p);
     c.tok_left = a->cfg.max_batch_tokens;
     c.seq_left = a->cfg.max_seqs;
+    c.n_fair = 0;
+
+    /* Pass 0: fairness preemption, only while the running set is full. */
+    if (a->n_waiting > 0 && a->n_running > 1)
+        fair_preempt(a, &c);
 
     /* Pass 1: decodes, in rank order. */
     for (uint32_t i = 0; i < a->n_running && c.tok_left && c.seq_left;) {
@@ -1238,5 +1426,17 @@ int bat_sched_check(const struct bat_sched *s)
     for (uint32_t i = 1; i < a->n_running; i++)
         if (rank_before(&slots(a)[running(a)[i]], &slots(a)[running(a)[i - 1]]))
             return -EBADMSG;
+    /* The new-flow segment [rr_cur .. rr_new] lies on its class's ring. */
+    for (uint32_t p = 0; p < BAT_PRIO_N; p++) {
+        uint32_t fi = a->rr_cur[p], n = 0;
+        if (a->rr_new[p] == BAT_NIL)
+            continue;
+        if (fi == BAT_NIL)
+            return -EBADMSG;
+        while (fi != a->rr_new[p] && n++ < a->n_flows)
+            fi = flows(a)[fi].rr_next;
+        if (fi != a->rr_new[p] || !flows(a)[fi].active || flows(a)[fi].prio != p)
+            return -EBADMSG;
+    }
     return 0;
 }

@@ -18,6 +18,15 @@
  *      request (no blocks) blocks the classes below it this step. Aging
  *      keeps the lower classes from starving: once per step, the oldest
  *      request of a lower class that has waited aging_ns goes first.
+ *      A DRR visit lasts at most one step, and a tenant that becomes
+ *      active is visited next (new flows first, in arrival order).
+ *   0. (before 2) FAIR SHARE: when a waiting tenant's next request cannot
+ *      start (every sequence slot or the KV pool taken) while another
+ *      tenant runs at least two more sequences, that tenant's newest
+ *      sequence is preempted by recompute (back to the head of its own
+ *      queue) and the waiting request starts in this step. A flood thus
+ *      delays a newcomer's start by one step, not until the flood's
+ *      sequences finish, and running sets settle at equal shares.
  *
  * so a long prompt never delays anyone's next token, and no tenant's burst
  * starves another tenant of the same class.
@@ -104,7 +113,7 @@
 
 #define BAT_PRIO_N 4            /* priority classes, 0 = highest */
 #define BAT_SCHED_MAGIC 0x44484353u /* "SCHD" */
-#define BAT_SCHED_VERSION 1u
+#define BAT_SCHED_VERSION 2u
 #define BAT_NIL UINT32_MAX
 #define BAT_OB_EXTRA 256        /* outbox room for the stage's pushed ERRORs */
 

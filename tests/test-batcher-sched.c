@@ -510,6 +510,96 @@ static void test_fairness_flood(void **state)
     assert_true(loaded <= 2 * alone);
 }
 
+/* Fair share of the running set: A holds every sequence slot with long
+ * generations and more waiting; B's single request starts in the very
+ * next step (A's newest sequence is preempted by recompute), not when one
+ * of A's finishes. With both backlogged, the running set settles at equal
+ * shares without swapping back and forth, and every request still ends
+ * with all its tokens exactly once. */
+static void test_fair_share_preempt(void **state)
+{
+    struct bat_sched_cfg c = cfg_small();
+    struct bat_sched_info in;
+    struct sim m;
+    uint32_t per[3];
+
+    (void)state;
+    c.max_seqs = 8;
+    c.max_batch_tokens = 256;
+    sim_init(&m, c, 64, 3);
+    for (int i = 0; i < 30; i++)
+        assert_true(sim_submit(&m, 1, 1, 20, 100, NULL) >= 0);
+    for (int i = 0; i < 10; i++)
+        sim_step(&m);
+    assert_int_equal(m.plan->n_seqs, 8); /* A holds every slot */
+    int b = sim_submit(&m, 2, 1, 20, 5, NULL);
+    assert_true(b >= 0);
+    sim_step(&m);
+    assert_true(m.t_first[b] > 0);
+    assert_true(m.t_first[b] - m.t_submit[b] <= 1); /* next step, not ~90 steps later */
+    bat_sched_info(&m.s, &in);
+    assert_int_equal(in.n_preempt, 1);
+    for (int i = 0; i < 20; i++) /* now B is backlogged too */
+        assert_true(sim_submit(&m, 2, 1, 20, 100, NULL) >= 0);
+    for (int i = 0; i < 40; i++)
+        sim_step(&m);
+    memset(per, 0, sizeof(per));
+    for (uint32_t k = 0; k < m.plan->n_seqs; k++)
+        per[m.tenant[bat_plan_seqs(m.plan)[k].cell]]++;
+    assert_int_equal(per[1], 4);
+    assert_int_equal(per[2], 4);
+    bat_sched_info(&m.s, &in);
+    assert_true(in.n_preempt <= 5); /* B's first + three to reach 4/4: no thrashing */
+    for (int i = 0; i < 2000; i++) {
+        uint32_t done = 0;
+        for (uint32_t r = 0; r < m.n_req; r++)
+            done += m.fin[r] != 0;
+        if (done == m.n_req)
+            break;
+        sim_step(&m);
+    }
+    for (uint32_t r = 0; r < m.n_req; r++) {
+        assert_int_equal(m.fin[r], BAT_FIN_LENGTH);
+        assert_int_equal(m.ntok[r], m.max_tokens[r]);
+    }
+    sim_step(&m);
+    assert_int_equal(kv_used(&m), 0);
+    assert_int_equal(bat_sched_check(&m.s), 0);
+    sim_free(&m);
+}
+
+/* New flows first: A keeps a deep backlog of tiny one-token requests, so
+ * one DRR visit of A (a quantum of 512 tokens) could start ~50 of them,
+ * many steps' worth of the 4 sequence slots. A tenant that arrives is
+ * served at the next step all the same, and two newcomers in the order
+ * they arrived. */
+static void test_new_flow_first(void **state)
+{
+    struct bat_sched_cfg c = cfg_small();
+    struct sim m;
+
+    (void)state;
+    c.max_seqs = 4;
+    sim_init(&m, c, 400, 5);
+    for (int i = 0; i < 200; i++) /* max_queue_tenant: 256 */
+        assert_true(sim_submit(&m, 1, 1, 10, 1, NULL) >= 0);
+    for (int i = 0; i < 3; i++)
+        sim_step(&m);
+    int b = sim_submit(&m, 2, 1, 10, 1, NULL);
+    sim_step(&m);
+    assert_true(m.fin[b] != 0); /* started and finished in the next step */
+    int cc = sim_submit(&m, 3, 1, 10, 1, NULL), d = sim_submit(&m, 4, 1, 10, 1, NULL);
+    sim_step(&m);
+    int at_c = -1, at_d = -1;
+    for (uint32_t k = 0; k < m.plan->n_seqs; k++) {
+        if (bat_plan_seqs(m.plan)[k].cell == (uint64_t)cc) at_c = (int)k;
+        if (bat_plan_seqs(m.plan)[k].cell == (uint64_t)d) at_d = (int)k;
+    }
+    assert_true(at_c >= 0 && at_d > at_c); /* both at once, in arrival order */
+    assert_int_equal(bat_sched_check(&m.s), 0);
+    sim_free(&m);
+}
+
 /* DRR is on tokens, not requests: a tenant of 1000-token prompts and one
  * of 10-token prompts, both always backlogged, get prompt tokens admitted
  * at about the same rate, and neither starves. */
@@ -760,6 +850,8 @@ int main(void)
         cmocka_unit_test(test_attach_resume),
         cmocka_unit_test(test_fairness_flood),
         cmocka_unit_test(test_drr_tokens_no_starvation),
+        cmocka_unit_test(test_fair_share_preempt),
+        cmocka_unit_test(test_new_flow_first),
         cmocka_unit_test(test_stats),
         cmocka_unit_test(test_flow_reclaim),
         cmocka_unit_test(test_aging_no_class_starvation),
