@@ -979,8 +979,17 @@ static bool scan_adopt(struct egr *E, shm_cell_ref_t ref, char *data, const stru
     if (((const struct egr_stage_state *)(data + q->resp_off + SHM_PIPE_REQ_COPY))->magic !=
         EGR_STAGE_MAGIC)
         return true; /* not started here yet: its events will come */
-    if (rs_find(E, ref) == NONE && rs_adopt(E, ref, 0) != NONE)
-        (*n)++;
+    if (rs_find(E, ref) == NONE) {
+        uint32_t i = rs_adopt(E, ref, 0);
+        if (i != NONE) {
+            (*n)++;
+            /* a connection known already (a TLS one, or a socket taken
+             * before the scan) goes on now, not at the next event: a TLS
+             * chunk that was in flight is sent again */
+            if (E->rs[i].conn != NONE)
+                rs_progress(E, i);
+        }
+    }
     return true;
 }
 

@@ -5,6 +5,8 @@
  *   ingress  real TCP connections (listen, connect, accept), the accepted
  *            socket handed over with shm_fdpass_send, request cells with the
  *            shm_req copy; reads conn[0] (KEEP / CLOSED)
+ *            and, for a TLS connection without kernel TLS, ingress's side of
+ *            tls_out / tls_ack (the chunks it would encrypt and send)
  *   batcher  START / TOKENS / FINISH / ERROR events with real SmolLM2 ids
  *            written into the cells; reads ctl (cancels)
  *   client   reads the HTTP response and checks it: chunked framing, SSE
@@ -58,6 +60,7 @@ static struct {
     struct shm_pipe p;
     struct shm_cell_pool pool;     /* the test is the allocator (ingress) */
     shm_ring_t ev, ctl, conn;
+    shm_ring_t tls_out, tls_ack;   /* ingress's TLS side (shm_pipe.h "TLS") */
     shm_bell_efd_t egr_bell;
     int egr_efd, ing_efd, sv[2], lfd, log_fd;
     uint16_t port;
@@ -1205,6 +1208,234 @@ static int t_restart(void)
     return 0;
 }
 
+/* ----------------------------------------------------------------- TLS */
+
+/* A TLS connection without kernel TLS (shm_pipe.h "TLS"): no socket goes
+ * to egress; the test plays ingress's TLS side - it takes each chunk from
+ * tls_out, checks it (its conn, a seq equal to the bytes acknowledged so
+ * far, inside the cell), writes its bytes to one end of a socketpair (the
+ * "decrypted" stream the client end reads with read_resp) and acks it. */
+static uint64_t tls_key(void)
+{
+    H.next_slot++;
+    return SHM_CONN_F_TLS | ((uint64_t)H.next_slot << 24) | ((H.next_slot * 7u + 1u) & 0xffffffu);
+}
+
+/* The next chunk within ms: 0, or 1 when none came. */
+static int tls_take(struct shm_tls_out *m, unsigned ms)
+{
+    uint64_t t0 = now_ms();
+
+    while (shm_ring_dequeue_burst(&H.tls_out, m, 1) != 1) {
+        if (now_ms() - t0 >= ms)
+            return 1;
+        usleep(200);
+    }
+    return 0;
+}
+
+static int tls_ack(const struct shm_tls_out *m, int32_t res)
+{
+    struct shm_tls_ack a = { .conn = m->conn, .cell = m->cell, .seq = m->seq, .res = res };
+
+    CHECK(shm_ring_enqueue(&H.tls_ack, &a) == 0, "tls_ack ring full");
+    shm_bell_efd_ring(&H.egr_bell);
+    return 0;
+}
+
+/* Take chunks of rq until none comes for idle_ms: bytes to wfd, each
+ * acked in full. *seq: the bytes acknowledged so far on this response. */
+static int tls_pump(const struct req *rq, uint64_t key, int wfd, uint64_t *seq, unsigned idle_ms)
+{
+    struct shm_tls_out m;
+    size_t size;
+    void *d;
+
+    while (tls_take(&m, idle_ms) == 0) {
+        CHECK(m.conn == key && m.cell == rq->cell, "chunk of another connection %#llx",
+              (unsigned long long)m.conn);
+        CHECK(m.seq == *seq, "chunk seq %llu, want %llu", (unsigned long long)m.seq,
+              (unsigned long long)*seq);
+        CHECK(shm_cell_bytes(&H.pool, m.cell, &d, &size) == 0 && m.len > 0 && m.off <= size &&
+              m.len <= size - m.off, "chunk inside its cell");
+        CHECK(write(wfd, (char *)d + m.off, m.len) == (ssize_t)m.len, "socketpair write");
+        *seq += m.len;
+        if (tls_ack(&m, (int32_t)m.len))
+            return -1;
+    }
+    return 0;
+}
+
+static int t_tls_stream(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    char want[4096], got[4096];
+    struct shm_conn_msg m;
+    struct req rq, rq2;
+    uint64_t key = tls_key(), seq = 0;
+    int sp[2];
+    struct timeval tv = { 5, 0 };
+
+    ids[n++] = H.eog;
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0, "socketpair");
+    setsockopt(sp[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM | SHM_REQ_F_USAGE, 512, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, 3) ||
+        tls_pump(&rq, key, sp[0], &seq, 300) || tokens(&rq, ids, 3, n / 2) ||
+        tokens(&rq, ids, n / 2, n) || ev_send(&rq, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_STOP, 0, 0) ||
+        tls_pump(&rq, key, sp[0], &seq, 300))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(sp[1], &R))
+        return -1;
+    CHECK(R.status == 200 && R.chunked && R.keep_alive, "head: %s", R.head);
+    CHECK(expect_text(ids, n - 1, SIZE_MAX, want, sizeof(want)) == 0, "expect");
+    collect(R.body, R.body_len, "content", got, sizeof(got));
+    CHECK(!strcmp(got, want), "text\n got: %s\nwant: %s", got, want);
+    CHECK(R.body_len > 16 && !strcmp(R.body + R.body_len - 14, "data: [DONE]\n\n"), "[DONE] last");
+    if (conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "conn msg %#llx %u", (unsigned long long)m.conn,
+          m.what);
+    if (cell_freed(&rq))
+        return -1;
+    /* keep-alive: a second response on the same TLS connection */
+    seq = 0;
+    if (req_make(&rq2, key, SHM_REQ_COMPLETIONS, 0, 64, NULL) ||
+        ev_send(&rq2, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq2, ids, 0, 20) ||
+        ev_send(&rq2, SHM_EV_FINISH, 20, SHM_FIN_LENGTH, 0, 0) ||
+        tls_pump(&rq2, key, sp[0], &seq, 300) || read_resp(sp[1], &R))
+        return -1;
+    CHECK(R.status == 200 && !R.chunked && strstr(R.body, "\"finish_reason\":\"length\""),
+          "second response: %.200s", R.body);
+    if (conn_msg(&m) || cell_freed(&rq2))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "second conn msg");
+    close(sp[0]);
+    close(sp[1]);
+    return 0;
+}
+
+/* Ingress never answers a chunk (the client stopped reading): after the
+ * write timeout egress cancels the sequence and asks ingress to abort the
+ * connection; ingress then answers the chunk -EPIPE; FINISH CANCELLED
+ * frees the cell and ingress gets CLOSED. */
+static int t_tls_write_timeout(void)
+{
+    int32_t ids[256];
+    (void)encode(TEXT, ids, 250);
+    struct shm_tls_out out, more;
+    struct shm_conn_msg m;
+    struct shm_ctl c;
+    struct req rq;
+    uint64_t key = tls_key(), t0;
+
+    if (req_make(&rq, key, SHM_REQ_COMPLETIONS, SHM_REQ_F_STREAM, 200, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, 40))
+        return -1;
+    CHECK(tls_take(&out, 3000) == 0 && out.conn == key && out.seq == 0, "first chunk");
+    t0 = now_ms();
+    CHECK(tls_take(&more, 300) == 1, "a second chunk while the first is unanswered (inv 2)");
+    CHECK(ctl_msg(&c, 6000) == 0 && c.cell == rq.cell, "cancel after the write timeout");
+    if (conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_ABORT, "abort asked (%u) after %llu ms", m.what,
+          (unsigned long long)(now_ms() - t0));
+    if (tls_ack(&out, -EPIPE) || ev_send(&rq, SHM_EV_FINISH, 40, SHM_FIN_CANCELLED, 0, 0) ||
+        conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_CLOSED, "conn msg CLOSED (%u)", m.what);
+    if (cell_freed(&rq))
+        return -1;
+    CHECK(tls_take(&more, 200) == 1, "nothing more for the aborted connection");
+    return 0;
+}
+
+/* The client went (ingress's send failed): ingress answers the chunk
+ * -ECONNRESET; egress cancels once and frees the cell after FINISH. */
+static int t_tls_client_gone(void)
+{
+    int32_t ids[256];
+    (void)encode(TEXT, ids, 250);
+    struct shm_tls_out out;
+    struct shm_conn_msg m;
+    struct shm_ctl c;
+    struct req rq;
+    uint64_t key = tls_key();
+
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM, 200, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, 10))
+        return -1;
+    CHECK(tls_take(&out, 3000) == 0, "first chunk");
+    if (tls_ack(&out, -ECONNRESET))
+        return -1;
+    CHECK(ctl_msg(&c, 3000) == 0 && c.cell == rq.cell, "cancel");
+    if (ev_send(&rq, SHM_EV_FINISH, 10, SHM_FIN_CANCELLED, 0, 0) || conn_msg(&m))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_CLOSED, "conn msg CLOSED (%u)", m.what);
+    return cell_freed(&rq);
+}
+
+/* egress dies with a chunk unanswered: the new one sends the same chunk
+ * again (same cell and seq) and the stream completes, byte-exact. A
+ * replayed ack for it is harmless. */
+static int t_tls_restart(void)
+{
+    int32_t ids[256];
+    size_t n = encode(TEXT, ids, 250);
+    char want[4096], got[4096];
+    struct shm_tls_out out, again;
+    struct shm_conn_msg m;
+    struct req rq;
+    uint64_t key = tls_key(), seq = 0;
+    int sp[2], st;
+    struct timeval tv = { 5, 0 };
+    size_t size;
+    void *d;
+
+    ids[n++] = H.eog;
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0, "socketpair");
+    setsockopt(sp[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (req_make(&rq, key, SHM_REQ_CHAT, SHM_REQ_F_STREAM, 512, NULL) ||
+        ev_send(&rq, SHM_EV_START, 0, 0, 0, 0) || tokens(&rq, ids, 0, 3) ||
+        tls_pump(&rq, key, sp[0], &seq, 300) || tokens(&rq, ids, 3, (uint32_t)n / 2))
+        return -1;
+    CHECK(tls_take(&out, 3000) == 0 && out.seq == seq, "a chunk in flight");
+    kill(H.pid, SIGKILL);
+    CHECK(waitpid(H.pid, &st, 0) == H.pid && WIFSIGNALED(st), "kill");
+    shm_pipe_set_sup(&H.p, SHM_PIPE_EGRESS, 0, 0);
+    close(H.sv[0]);
+    CHECK(shm_fdpass_pair(H.sv) == 0, "new handoff socket");
+    if (spawn() || wait_up())
+        FAIL("restart");
+    /* the new egress re-sends the same chunk; ingress has it already */
+    CHECK(tls_take(&again, 3000) == 0 && again.cell == out.cell && again.seq == out.seq &&
+          again.len == out.len && again.off == out.off, "the chunk re-sent under its (cell, seq)");
+    CHECK(shm_cell_bytes(&H.pool, out.cell, &d, &size) == 0, "cell");
+    CHECK(write(sp[0], (char *)d + out.off, out.len) == (ssize_t)out.len, "write");
+    seq += out.len;
+    if (tls_ack(&out, (int32_t)out.len) || tls_ack(&again, (int32_t)again.len) /* replay */ ||
+        tokens(&rq, ids, (uint32_t)n / 2, (uint32_t)n) ||
+        ev_send(&rq, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_STOP, 0, 0) ||
+        tls_pump(&rq, key, sp[0], &seq, 300))
+        return -1;
+    memset(&R, 0, offsetof(struct resp, buf));
+    if (read_resp(sp[1], &R))
+        return -1;
+    CHECK(R.status == 200 && R.chunked, "head");
+    CHECK(expect_text(ids, n - 1, SIZE_MAX, want, sizeof(want)) == 0, "expect");
+    collect(R.body, R.body_len, "content", got, sizeof(got));
+    CHECK(!strcmp(got, want), "text\n got: %s\nwant: %s", got, want);
+    CHECK(strstr(R.body, "data: [DONE]") == strrchr(R.body, '[') - 6, "one [DONE], last");
+    if (conn_msg(&m) || cell_freed(&rq))
+        return -1;
+    CHECK(m.conn == key && m.what == SHM_CONN_KEEP, "conn msg KEEP (%u)", m.what);
+    close(sp[0]);
+    close(sp[1]);
+    return 0;
+}
+
 /* ------------------------------------------------------------- harness */
 
 /* Fork an egress on H.sv[1] (closed here afterwards) and name it in the
@@ -1318,6 +1549,8 @@ static int setup(const char *model)
         shm_pipe_ring_ev(&H.p, SHM_RING_PRODUCER, &H.ev) ||
         shm_pipe_ring_ctl(&H.p, SHM_RING_CONSUMER, &H.ctl) ||
         shm_pipe_ring_conn(&H.p, 0, SHM_RING_CONSUMER, &H.conn) ||
+        shm_pipe_ring_tls_out(&H.p, 0, SHM_RING_CONSUMER, &H.tls_out) ||
+        shm_pipe_ring_tls_ack(&H.p, 0, SHM_RING_PRODUCER, &H.tls_ack) ||
         shm_pipe_bell_egr(&H.p, H.egr_efd, false, &H.egr_bell))
         return -1;
     H.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1374,6 +1607,10 @@ int main(void)
         { "slot_reuse", t_slot_reuse },
         { "bench", t_bench },
         { "restart", t_restart },
+        { "tls_stream", t_tls_stream },
+        { "tls_client_gone", t_tls_client_gone },
+        { "tls_write_timeout", t_tls_write_timeout },
+        { "tls_restart", t_tls_restart },
     };
 
     snprintf(model, sizeof(model), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", models);
