@@ -6,8 +6,14 @@
  * Block layout: one block holds every layer's keys and values for its 16
  * positions, contiguous, so freeing zeroes one range:
  *
- *   block b: [layer 0: K[head][16][head_dim] V[head][16][head_dim_v]]
+ *   block b: [layer 0: K[head][head_dim][16] V[head][16][head_dim_v]]
  *            [layer 1: ...] ... [layer n_layer-1: ...]
+ *
+ * Keys are stored transposed (dimension-major: K[d][slot]) so that one
+ * 16-float vector holds one dimension of the block's 16 positions and a
+ * query's 16 scores are head_dim fused multiply-adds with no horizontal
+ * sums; values are position-major (V[slot][d]), as the weighted sum over
+ * positions reads them. eng_kv_k_at() gives a key element's address.
  *
  * Keys and values are f32, exactly what the forward pass computed (the CPU
  * backend is the reference the CUDA one is compared with).
@@ -68,12 +74,20 @@ void eng_kv_block_release(struct eng_kv *kv, int32_t b);
  * batcher allocates in shared memory, bat_kv.h) and for scratch blocks. */
 void eng_kv_block_zero(struct eng_kv *kv, int32_t b);
 
-/* Keys of (block, layer, kv head): ENG_KV_BLOCK rows of head_dim floats. */
+/* Keys of (block, layer, kv head): head_dim rows of ENG_KV_BLOCK floats
+ * (transposed: element (slot, d) at [d * ENG_KV_BLOCK + slot]). */
 static inline float *eng_kv_k(const struct eng_kv *kv, int32_t b, uint32_t layer, uint32_t h)
 {
     return kv->mem + (size_t)b * (kv->block_bytes / sizeof(float)) + layer * kv->layer_floats +
            (size_t)h * ENG_KV_BLOCK * kv->head_dim;
 }
+/* Key dimension d of position slot in (block, layer, kv head). */
+static inline float *eng_kv_k_at(const struct eng_kv *kv, int32_t b, uint32_t layer, uint32_t h,
+                                 uint32_t slot, uint32_t d)
+{
+    return eng_kv_k(kv, b, layer, h) + (size_t)d * ENG_KV_BLOCK + slot;
+}
+
 /* Values of (block, layer, kv head): ENG_KV_BLOCK rows of head_dim_v floats. */
 static inline float *eng_kv_v(const struct eng_kv *kv, int32_t b, uint32_t layer, uint32_t h)
 {

@@ -10,6 +10,8 @@
  */
 #include "eng_sample.h"
 
+#include "eng_ops.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,11 +134,8 @@ int32_t eng_sample(float *logits, uint32_t n_vocab, const struct eng_sample_para
             }
         }
     }
-    for (uint32_t i = 0; i < n_vocab; i++)
-        if (logits[i] > maxl) {
-            maxl = logits[i];
-            best = (int32_t)i;
-        }
+    best = (int32_t)eng_ops_argmax(logits, n_vocab);   /* vectorized: the greedy path's pass */
+    maxl = logits[best] > -INFINITY ? logits[best] : -INFINITY;
     if (!(temp > 0.0f) || sp->top_k == 1) {
         tok = best;
         goto done;

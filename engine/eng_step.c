@@ -68,6 +68,9 @@ struct eng_ctx {
     uint32_t k_max;
     uint8_t exact;
     uint8_t attn_fast;            /* eng_attn_fast for both head sizes */
+    uint8_t profile;              /* opts.profile */
+    uint64_t *prof;               /* [nth][PROF_STRIDE]: ns per eng_prof_op, then barriers */
+    uint64_t prof_steps, prof_tokens, prof_wall;
     char *sample_scratch;         /* [nth][sample_scratch_bytes], zeroed */
     size_t sample_scratch_bytes;
     float *inv_freq[2];           /* [rope_dim/2] global and SWA bases */
@@ -88,9 +91,14 @@ struct eng_ctx {
     unsigned n_bufs;
 };
 
+#define PROF_STRIDE 16        /* two cache lines per thread */
+_Static_assert(ENG_PROF_COUNT + 1 <= PROF_STRIDE, "profile slots");
+
 struct thr {
     struct eng_ctx *c;
     unsigned ith, nth;
+    uint64_t *acc;                /* this thread's profile slots, NULL: not profiling */
+    uint64_t t_last;              /* when the last phase ended */
     const void *q_src;            /* which rows xq holds, and in which type */
     uint32_t q_type, q_k;
 };
@@ -101,9 +109,26 @@ static void range(uint32_t n, unsigned ith, unsigned nth, uint32_t *lo, uint32_t
     *hi = (uint32_t)((uint64_t)n * (ith + 1) / nth);
 }
 
+/* The time since the last mark was spent on op. */
+static inline void mark(struct thr *t, enum eng_prof_op op)
+{
+    if (t->acc) {
+        uint64_t now = favo_now_ns();
+
+        t->acc[op] += now - t->t_last;
+        t->t_last = now;
+    }
+}
+
+/* Callers mark their phase first: the time from the last mark on is
+ * counted as waiting. */
 static void barrier(struct thr *t)
 {
     eng_pool_barrier(t->c->pool);
+    if (t->acc) {
+        mark(t, ENG_PROF_BARRIER);
+        t->acc[ENG_PROF_COUNT]++;
+    }
 }
 
 /*
@@ -132,8 +157,9 @@ static void act_quant(const struct eng_tensor *w, const void *wp, const float *r
         (void)eng_quant_row(eng_vec_dot_type(w->type), row, dst, (int64_t)w->ne0);
 }
 
-static void matmul(struct thr *t, const struct eng_tensor *w, const void *wp, const float *src,
-                   uint32_t ld, uint32_t m, float *y, uint32_t ldy, int sync)
+static void matmul(struct thr *t, enum eng_prof_op op, const struct eng_tensor *w,
+                   const void *wp, const float *src, uint32_t ld, uint32_t m, float *y,
+                   uint32_t ldy, int sync)
 {
     struct eng_ctx *c = t->c;
     uint32_t at = act_type(w, wp);
@@ -152,6 +178,7 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const void *wp, co
             for (uint32_t j = 0; j < m; j++)
                 y[(size_t)j * ldy + r] = c->ops->dot(wr, src + (size_t)j * ld, (uint32_t)w->ne0);
         }
+        mark(t, op);
         if (sync)
             barrier(t);
         return;
@@ -163,6 +190,7 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const void *wp, co
         t->q_src = src;
         t->q_type = at;
         t->q_k = (uint32_t)w->ne0;
+        mark(t, ENG_PROF_QUANT);
         barrier(t);
     }
     blocks = (rows + MM_ROW_ALIGN - 1) / MM_ROW_ALIGN;
@@ -174,6 +202,7 @@ static void matmul(struct thr *t, const struct eng_tensor *w, const void *wp, co
     else if (lo < hi)
         eng_matmul(w->type, w->data, w->row_bytes, (int64_t)w->ne0, lo, hi, c->xq, xrb, m, y,
                    ldy);
+    mark(t, op);
     if (sync)
         barrier(t);
 }
@@ -199,7 +228,9 @@ static void prequant(struct thr *t, const struct eng_tensor *w, const void *wp, 
 
     if (c->exact)
         return;
+    mark(t, ENG_PROF_NORM);
     act_quant(w, wp, row, (char *)c->xq + j * act_rsize(w, wp));
+    mark(t, ENG_PROF_QUANT);
 }
 
 static void prequant_done(struct thr *t, const struct eng_tensor *w, const void *wp,
@@ -221,23 +252,14 @@ static void attention_fast(struct eng_ctx *c, uint32_t il, const struct eng_seq 
 {
     const struct eng_hparams *hp = &c->m->hp;
     uint32_t hd = hp->head_dim, hdv = hp->head_dim_v, j, n;
-    float mx = -INFINITY, sum = 0;
 
     for (j = p0; j <= p; j += n) {
         n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
-        eng_attn_avx512_scores(scores + (j - p0),
-                               q, eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
-                                      (size_t)(j % ENG_KV_BLOCK) * hd,
-                               n, hd, hp->attn_scale);
+        eng_attn_avx512_scores(scores + (j - p0), q,
+                               eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g),
+                               j % ENG_KV_BLOCK, n, hd, hp->attn_scale);
     }
-    for (j = 0; j <= p - p0; j++)
-        mx = scores[j] > mx ? scores[j] : mx;
-    for (j = 0; j <= p - p0; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
-    }
-    for (j = 0; j <= p - p0; j++)
-        scores[j] = scores[j] / sum;
+    (void)eng_vmath_avx512_softmax(scores, p - p0 + 1);
     memset(o, 0, hdv * sizeof(float));
     for (j = p0; j <= p; j += n) {
         n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
@@ -274,9 +296,13 @@ static void attention(struct thr *t, uint32_t il)
             continue;
         }
         for (uint32_t j = p0; j <= p; j++) {
-            const float *kr = eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
-                              (size_t)(j % ENG_KV_BLOCK) * hd;
-            float sc = ops->dot(q, kr, hd) * hp->attn_scale;
+            const float *kr = eng_kv_k_at(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g,
+                                          j % ENG_KV_BLOCK, 0);
+            float sc = 0;
+
+            for (uint32_t d = 0; d < hd; d++)      /* keys transposed (eng_kv.h) */
+                sc += q[d] * kr[(size_t)d * ENG_KV_BLOCK];
+            sc *= hp->attn_scale;
 
             scores[j - p0] = sc;
             mx = sc > mx ? sc : mx;
@@ -293,6 +319,7 @@ static void attention(struct thr *t, uint32_t il)
             ops->axpy(o, scores[j - p0] / sum, vr, hdv);
         }
     }
+    mark(t, ENG_PROF_ATTN);
     barrier(t);
 }
 
@@ -322,10 +349,13 @@ static void layer(struct thr *t, uint32_t il)
         prequant(t, &L->wq, pk[0], c->h + (size_t)i * E, i);
     }
     prequant_done(t, &L->wq, pk[0], c->h);
+    mark(t, ENG_PROF_NORM);
     barrier(t);
-    matmul(t, &L->wq, pk[0], c->h, E, T, c->q, nq, !same_act(&L->wq, pk[0], &L->wk, pk[1]));
-    matmul(t, &L->wk, pk[1], c->h, E, T, c->k, nk, !same_act(&L->wk, pk[1], &L->wv, pk[2]));
-    matmul(t, &L->wv, pk[2], c->h, E, T, c->v, nv, 1);
+    matmul(t, ENG_PROF_MM_QKV, &L->wq, pk[0], c->h, E, T, c->q, nq,
+           !same_act(&L->wq, pk[0], &L->wk, pk[1]));
+    matmul(t, ENG_PROF_MM_QKV, &L->wk, pk[1], c->h, E, T, c->k, nk,
+           !same_act(&L->wk, pk[1], &L->wv, pk[2]));
+    matmul(t, ENG_PROF_MM_QKV, &L->wv, pk[2], c->h, E, T, c->v, nv, 1);
 
     /* Per token: biases, Q/K norms, RoPE, KV write. */
     for (uint32_t i = lo; i < hi; i++) {
@@ -349,15 +379,18 @@ static void layer(struct thr *t, uint32_t il)
             if (L->k_norm.data)
                 ops->rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->eps);
             eng_ops_rope(k + h * hd, cs, cs + half, hp->rope_dim, m->ai->rope_neox);
-            memcpy(eng_kv_k(c->kv, blk, il, h) + (size_t)(p % ENG_KV_BLOCK) * hd, k + h * hd,
-                   hd * sizeof(float));
+            float *kb = eng_kv_k_at(c->kv, blk, il, h, p % ENG_KV_BLOCK, 0);
+
+            for (uint32_t d = 0; d < hd; d++)      /* keys transposed (eng_kv.h) */
+                kb[(size_t)d * ENG_KV_BLOCK] = k[h * hd + d];
             memcpy(eng_kv_v(c->kv, blk, il, h) + (size_t)(p % ENG_KV_BLOCK) * hdv,
                    v + h * hdv, hdv * sizeof(float));
         }
     }
+    mark(t, ENG_PROF_ROPE);
     barrier(t);
     attention(t, il);
-    matmul(t, &L->wo, pk[3], c->att, no, T, c->h, E, 1);
+    matmul(t, ENG_PROF_MM_O, &L->wo, pk[3], c->att, no, T, c->h, E, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
 
@@ -369,9 +402,11 @@ static void layer(struct thr *t, uint32_t il)
         prequant(t, &L->gate, pk[4], o, i);
     }
     prequant_done(t, &L->gate, pk[4], c->h);
+    mark(t, ENG_PROF_NORM);
     barrier(t);
-    matmul(t, &L->gate, pk[4], c->h, E, T, c->g, F, !same_act(&L->gate, pk[4], &L->up, pk[5]));
-    matmul(t, &L->up, pk[5], c->h, E, T, c->u, F, 1);
+    matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
+           !same_act(&L->gate, pk[4], &L->up, pk[5]));
+    matmul(t, ENG_PROF_MM_UP, &L->up, pk[5], c->h, E, T, c->u, F, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *g = c->g + (size_t)i * F, *u = c->u + (size_t)i * F;
 
@@ -382,8 +417,9 @@ static void layer(struct thr *t, uint32_t il)
         prequant(t, &L->down, pk[6], g, i);
     }
     prequant_done(t, &L->down, pk[6], c->g);
+    mark(t, ENG_PROF_NORM);
     barrier(t);
-    matmul(t, &L->down, pk[6], c->g, F, T, c->h, E, 1);
+    matmul(t, ENG_PROF_MM_DOWN, &L->down, pk[6], c->g, F, T, c->h, E, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
 
@@ -392,6 +428,7 @@ static void layer(struct thr *t, uint32_t il)
         for (uint32_t e = 0; e < E; e++)
             x[e] += o[e];
     }
+    mark(t, ENG_PROF_NORM);
     /* No barrier: the next layer starts with the same per-token split, so
      * each thread reads only the rows of x it has just written, and every
      * other thread is past the down matmul (the last reader of xq and h
@@ -403,10 +440,13 @@ static void forward(void *arg, unsigned ith, unsigned nth)
     struct eng_ctx *c = arg;
     const struct eng_model *m = c->m;
     const struct eng_hparams *hp = &m->hp;
-    struct thr t = { .c = c, .ith = ith, .nth = nth };
+    struct thr t = { .c = c, .ith = ith, .nth = nth,
+                     .acc = c->profile ? c->prof + (size_t)ith * PROF_STRIDE : NULL };
     uint32_t E = hp->n_embd, half = hp->rope_dim / 2, lo, hi;
     const void *pko = c->pk[(size_t)hp->n_layer * PK_PER_LAYER];
 
+    if (t.acc)
+        t.t_last = favo_now_ns();   /* from here: a worker's wake-up is not counted */
     /* Embeddings and each token's RoPE cos/sin for both bases. */
     range(c->n_tok, ith, nth, &lo, &hi);
     for (uint32_t i = lo; i < hi; i++) {
@@ -431,6 +471,7 @@ static void forward(void *arg, unsigned ith, unsigned nth)
             }
         }
     }
+    mark(&t, ENG_PROF_EMBD);
     barrier(&t);
     for (uint32_t il = 0; il < hp->n_layer; il++)
         layer(&t, il);
@@ -444,8 +485,9 @@ static void forward(void *arg, unsigned ith, unsigned nth)
         prequant(&t, &m->output, pko, c->h + (size_t)j * E, j);
     }
     prequant_done(&t, &m->output, pko, c->h);
+    mark(&t, ENG_PROF_NORM);
     barrier(&t);
-    matmul(&t, &m->output, pko, c->h, E, c->n_out, c->logits, hp->n_vocab, 1);
+    matmul(&t, ENG_PROF_MM_OUT, &m->output, pko, c->h, E, c->n_out, c->logits, hp->n_vocab, 1);
     range(c->n_out, ith, nth, &lo, &hi);
     for (uint32_t j = lo; j < hi; j++) {
         const struct eng_seq *s = &c->b->seqs[c->out_seq[j]];
@@ -461,6 +503,7 @@ static void forward(void *arg, unsigned ith, unsigned nth)
                    c->sample_scratch + (size_t)ith * c->sample_scratch_bytes,
                    &c->out[c->out_seq[j]]);
     }
+    mark(&t, ENG_PROF_SAMPLE);
 }
 
 int eng_step_check(const eng_ctx_t *c, const struct eng_batch *b, char *err, size_t errlen)
@@ -535,9 +578,59 @@ int eng_step(eng_ctx_t *c, const struct eng_batch *b, struct eng_sample_out *out
     c->logits_out = logits;
     c->n_tok = n;
     c->n_out = n_out;
-    eng_pool_run(c->pool, forward, c);
+    if (c->profile) {
+        uint64_t t0 = favo_now_ns();
+
+        eng_pool_run(c->pool, forward, c);
+        c->prof_wall += favo_now_ns() - t0;
+        c->prof_steps++;
+        c->prof_tokens += n;
+    } else {
+        eng_pool_run(c->pool, forward, c);
+    }
     c->b = NULL;
     return 0;
+}
+
+const char *eng_prof_name(enum eng_prof_op op)
+{
+    static const char *const names[ENG_PROF_COUNT] = {
+        [ENG_PROF_EMBD] = "embd",       [ENG_PROF_NORM] = "norm",
+        [ENG_PROF_QUANT] = "quant",     [ENG_PROF_MM_QKV] = "mm_qkv",
+        [ENG_PROF_MM_O] = "mm_o",       [ENG_PROF_MM_UP] = "mm_gate_up",
+        [ENG_PROF_MM_DOWN] = "mm_down", [ENG_PROF_MM_OUT] = "mm_output",
+        [ENG_PROF_ROPE] = "rope_kv",    [ENG_PROF_ATTN] = "attention",
+        [ENG_PROF_SAMPLE] = "sample",   [ENG_PROF_BARRIER] = "barrier",
+    };
+
+    return (unsigned)op < ENG_PROF_COUNT ? names[op] : "?";
+}
+
+void eng_ctx_prof(const eng_ctx_t *c, struct eng_step_prof *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->n_threads = c->nth;
+    if (!c->profile)
+        return;
+    out->steps = c->prof_steps;
+    out->tokens = c->prof_tokens;
+    out->wall_ns = c->prof_wall;
+    for (unsigned i = 0; i < c->nth; i++) {
+        const uint64_t *a = c->prof + (size_t)i * PROF_STRIDE;
+
+        for (unsigned op = 0; op < ENG_PROF_COUNT; op++)
+            out->ns[op] += a[op];
+        if (i == 0)
+            out->barriers = a[ENG_PROF_COUNT];
+    }
+}
+
+void eng_ctx_prof_reset(eng_ctx_t *c)
+{
+    if (!c->profile)
+        return;
+    memset(c->prof, 0, (size_t)c->nth * PROF_STRIDE * sizeof(uint64_t));
+    c->prof_steps = c->prof_tokens = c->prof_wall = 0;
 }
 
 /*
@@ -712,9 +805,11 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
     c->sample_scratch = ctx_alloc(c, c->nth * c->sample_scratch_bytes);
     c->inv_freq[0] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
     c->inv_freq[1] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
+    c->profile = o && o->profile;
+    c->prof = ctx_alloc(c, (size_t)c->nth * PROF_STRIDE * sizeof(uint64_t));
     if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq ||
         !c->rope_cs || !c->tok_seq || !c->tok_pos || !c->out_tok || !c->out_seq ||
-        !c->logits || !c->scores || !c->wrow || !c->sample_scratch || !c->inv_freq[0] || !c->inv_freq[1]) {
+        !c->logits || !c->scores || !c->wrow || !c->sample_scratch || !c->inv_freq[0] || !c->inv_freq[1] || !c->prof) {
         rc = -ENOMEM;
         goto fail;
     }

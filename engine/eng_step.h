@@ -72,7 +72,43 @@ struct eng_ctx_opts {
     uint8_t exact;                 /* reference mode: dequantize weight rows and dot
                                       with f32 activations (no activation quantization);
                                       slower, for checking against an f32/f64 oracle */
+    uint8_t profile;               /* time each phase of the step (eng_ctx_prof) */
 };
+
+/*
+ * Where a step's time goes (opts.profile): nanoseconds per phase summed
+ * over the threads, so that sum(ns) = threads x wall time of the steps.
+ * BARRIER is time spent waiting at barriers (load imbalance plus the
+ * barrier itself); barriers counts them per thread. Timestamps are read
+ * with the vDSO clock, about 20 ns each; without opts.profile nothing is
+ * timed. Metadata only (invariant 5): times and counts.
+ */
+enum eng_prof_op {
+    ENG_PROF_EMBD = 0,   /* embedding rows, RoPE tables */
+    ENG_PROF_NORM,       /* RMSNorms, residual adds, activation function */
+    ENG_PROF_QUANT,      /* activation rows quantized for the matmuls */
+    ENG_PROF_MM_QKV,     /* Wq Wk Wv */
+    ENG_PROF_MM_O,       /* Wo */
+    ENG_PROF_MM_UP,      /* Wgate Wup */
+    ENG_PROF_MM_DOWN,    /* Wdown */
+    ENG_PROF_MM_OUT,     /* output (logits) */
+    ENG_PROF_ROPE,       /* biases, Q/K norms, RoPE, KV writes */
+    ENG_PROF_ATTN,       /* attention over the KV blocks */
+    ENG_PROF_SAMPLE,     /* softcap, logits copy, sampling */
+    ENG_PROF_BARRIER,    /* waiting at barriers */
+    ENG_PROF_COUNT
+};
+
+struct eng_step_prof {
+    uint64_t steps, tokens;        /* steps run and tokens computed since the reset */
+    uint64_t barriers;             /* barriers per thread since the reset */
+    uint64_t wall_ns;              /* eng_step time */
+    uint32_t n_threads;
+    uint64_t ns[ENG_PROF_COUNT];   /* summed over threads */
+};
+
+/* Name of a phase ("mm_qkv", ...). */
+const char *eng_prof_name(enum eng_prof_op op);
 
 typedef struct eng_ctx eng_ctx_t;
 
@@ -81,6 +117,9 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
 void eng_ctx_free(eng_ctx_t *c);
 uint32_t eng_ctx_max_tokens(const eng_ctx_t *c);
 uint32_t eng_ctx_n_ctx(const eng_ctx_t *c);
+/* The profile since the last reset (zeros without opts.profile). */
+void eng_ctx_prof(const eng_ctx_t *c, struct eng_step_prof *out);
+void eng_ctx_prof_reset(eng_ctx_t *c);
 
 /* Check a batch; 0 or -EINVAL / -E2BIG with the reason in err. */
 int eng_step_check(const eng_ctx_t *c, const struct eng_batch *b, char *err, size_t errlen);

@@ -5,12 +5,18 @@
  * roofline it implies (bandwidth / weight bytes read per token).
  *
  *   bench-engine [--json] [--threads N] [--decode N] [--llama-1b] [--mmap]
+ *                [--only NAME] [--profile]
  *
  * Models: `tiny` (q8_0, generated), the real models in FAVO_MODELS (or
  * ./models) when present, and with --llama-1b the llama-1b preset in q8_0,
  * q4_0 and q4_k (generated into $TMPDIR; ~1.3 GB each, slow on 2 cores).
  * --mmap adds batch-1 decode with the weights read through the file
  * mapping (ENG_MODEL_USE_MMAP) beside the anonymous copy.
+ * --only runs the models whose name contains NAME. --profile adds, per
+ * model, where one decode step's time goes at batch 1, 8 and 32 and in
+ * the 512-token prefill (eng_ctx_prof: per phase, microseconds per step
+ * averaged over the threads, and the share of the step), measured in
+ * separate runs with the engine's profiling on.
  *
  * JSON keys: mem_bw_gbs, threads, and per model M (e.g. smollm2_q4_1):
  * M_prefill_tps, M_decode_b1_tps, M_decode_b8_tps, M_decode_b32_tps,
@@ -122,6 +128,7 @@ static double decode_tps(eng_ctx_t *c, struct eng_kv *kv, uint32_t nv, uint32_t 
     }
     if (eng_step(c, &b, out, NULL))
         return 0;
+    eng_ctx_prof_reset(c);
     t0 = favo_now_ns();
     for (uint32_t st = 0; st < steps; st++) {
         for (uint32_t i = 0; i < nseq; i++) {
@@ -155,6 +162,7 @@ static double prefill_tps(eng_ctx_t *c, struct eng_kv *kv, uint32_t nv)
         toks[j] = (int32_t)((j * 7919 + 3) % nv);
     for (uint32_t j = 0; j < PREFILL / ENG_KV_BLOCK; j++)
         blocks[j] = eng_kv_block_alloc(kv);
+    eng_ctx_prof_reset(c);
     t0 = favo_now_ns();
     rc = eng_step(c, &b, &out, NULL);
     for (uint32_t j = 0; j < PREFILL / ENG_KV_BLOCK; j++)
@@ -185,8 +193,55 @@ static double run_decode_b1(const char *path, unsigned flags, unsigned nth, uint
     return r;
 }
 
+/* One row of the phase table: us per step per thread and % of the step. */
+static void prof_print(const char *model, const char *what, eng_ctx_t *c)
+{
+    struct eng_step_prof p;
+    double per, tot = 0, idle;
+
+    eng_ctx_prof(c, &p);
+    if (!p.steps)
+        return;
+    per = (double)p.steps * p.n_threads * 1e3;   /* ns summed -> us per step per thread */
+    for (unsigned op = 0; op < ENG_PROF_COUNT; op++)
+        tot += (double)p.ns[op];
+    idle = (double)p.wall_ns * p.n_threads - tot;   /* wake-up and the final wait */
+    fprintf(stderr, "%-20s %-8s step %8.1f us, %4.1f barriers/step, tok/s %8.1f\n", model, what,
+           (double)p.wall_ns / p.steps / 1e3, (double)p.barriers / p.steps,
+           (double)p.tokens / ((double)p.wall_ns / 1e9));
+    for (unsigned op = 0; op < ENG_PROF_COUNT; op++)
+        if (p.ns[op])
+            fprintf(stderr, "    %-12s %9.1f us %5.1f%%\n", eng_prof_name(op), (double)p.ns[op] / per,
+                   100.0 * (double)p.ns[op] / ((double)p.wall_ns * p.n_threads));
+    fprintf(stderr, "    %-12s %9.1f us %5.1f%%\n", "idle", idle / per,
+           100.0 * idle / ((double)p.wall_ns * p.n_threads));
+}
+
+/* Per-phase split of prefill and decode at batch 1, 8, 32 (--profile). */
+static void profile_model(const char *name, struct eng_model *m, struct eng_kv *kv,
+                          unsigned nth, uint32_t steps)
+{
+    eng_ctx_t *c;
+    struct eng_ctx_opts o = { .n_threads = nth, .max_tokens = PREFILL, .max_seqs = 32,
+                              .n_ctx = 1024, .profile = 1 };
+    static const uint32_t bs[] = { 1, 8, 32 };
+
+    if (eng_ctx_init(&c, m, kv, &o))
+        return;
+    (void)prefill_tps(c, kv, m->hp.n_vocab);
+    prof_print(name, "prefill", c);
+    for (unsigned i = 0; i < FAVO_ARRAY_SIZE(bs); i++) {
+        char what[16];
+
+        snprintf(what, sizeof(what), "b%u", bs[i]);
+        (void)decode_tps(c, kv, m->hp.n_vocab, bs[i], steps);
+        prof_print(name, what, c);
+    }
+    eng_ctx_free(c);
+}
+
 static int bench_model(const char *name, const char *path, unsigned nth, uint32_t steps,
-                       double bw, int with_mmap, struct result *r)
+                       double bw, int with_mmap, int profile, struct result *r)
 {
     char err[256] = "";
     struct eng_model *m;
@@ -221,6 +276,8 @@ static int bench_model(const char *name, const char *path, unsigned nth, uint32_
     r->b32 = decode_tps(c, &kv, m->hp.n_vocab, 32, steps);
     r->roof = bw * 1e9 / (double)read_bytes;
     eng_ctx_free(c);
+    if (profile)
+        profile_model(name, m, &kv, nth, steps);
     eng_kv_destroy(&kv);
     eng_model_free(m);
     if (with_mmap)
@@ -233,7 +290,8 @@ int main(int argc, char **argv)
     bool json = perf_want_json(argc, argv);
     unsigned nth = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     uint32_t steps = 128;
-    int llama1b = 0, with_mmap = 0, n = 0;
+    int llama1b = 0, with_mmap = 0, profile = 0, n = 0;
+    const char *only = NULL;
     struct result res[16];
     char machine[256], *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     const char *models = getenv("FAVO_MODELS") ? getenv("FAVO_MODELS") : "models";
@@ -249,9 +307,13 @@ int main(int argc, char **argv)
             llama1b = 1;
         else if (!strcmp(argv[i], "--mmap"))
             with_mmap = 1;
+        else if (!strcmp(argv[i], "--profile"))
+            profile = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
         else if (strcmp(argv[i], "--json")) {
             fprintf(stderr, "usage: bench-engine [--json] [--threads N] [--decode N] "
-                            "[--llama-1b] [--mmap]\n");
+                            "[--llama-1b] [--mmap] [--only NAME] [--profile]\n");
             return 2;
         }
     }
@@ -276,20 +338,22 @@ int main(int argc, char **argv)
 
             if (i > 0 && !llama1b)
                 break;
+            if (only && !strstr(gen[i].name, only))
+                continue;
             snprintf(path, sizeof(path), "%s/favo-bench-%s.gguf", tmp, gen[i].name);
             mo.out = path;
             if (access(path, R_OK) && eng_model_make(&mo, err, sizeof(err))) {
                 fprintf(stderr, "bench-engine: make %s: %s\n", gen[i].name, err);
                 continue;
             }
-            if (!bench_model(gen[i].name, path, nth, steps, bw, with_mmap, &res[n]))
+            if (!bench_model(gen[i].name, path, nth, steps, bw, with_mmap, profile, &res[n]))
                 n++;
         }
         for (unsigned i = 0; i < sizeof(real) / sizeof(real[0]); i++) {
             snprintf(path, sizeof(path), "%s/%s", models, real[i].file);
-            if (access(path, R_OK))
+            if (access(path, R_OK) || (only && !strstr(real[i].name, only)))
                 continue;
-            if (!bench_model(real[i].name, path, nth, steps, bw, with_mmap, &res[n]))
+            if (!bench_model(real[i].name, path, nth, steps, bw, with_mmap, profile, &res[n]))
                 n++;
         }
     }

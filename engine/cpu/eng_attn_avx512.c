@@ -1,9 +1,9 @@
 /*
  * eng_attn_avx512.c - the attention inner loops (eng_ops.h eng_attn_*)
- * with AVX-512 F for head sizes 32, 64, 128 and 256: the head's query or
- * output row stays in registers while the keys / values of one KV block
- * stream past, four keys at a time for the scores. Reached only after
- * eng_attn_fast() checked the CPU and the head size.
+ * with AVX-512 F for head sizes 32, 64, 128 and 256: the scores of a
+ * block's 16 positions at once from its transposed keys (eng_kv.h), and
+ * the output row in registers while the block's values stream past.
+ * Reached only after eng_attn_fast() checked the CPU and the head size.
  *
  * The order of every sum depends only on the head size and on which KV
  * block a position lies in, never on the batch (eng_step.h S1).
@@ -14,39 +14,20 @@
 
 #define AI static inline __attribute__((always_inline))
 
-AI void scores_nc(const int NC, float *sc, const float *q, const float *k, uint32_t n,
-                  float scale)
+/* The block's 16 scores: keys transposed (eng_kv.h), so dimension d of
+ * all 16 positions is one vector; four accumulators (d mod 4) summed as
+ * (0+1)+(2+3), an order fixed by hd alone. */
+AI __m512 scores16(const float *q, const float *kt, uint32_t hd)
 {
-    __m512 qv[16];
-    uint32_t i = 0;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 
-    for (int c = 0; c < NC; c++)
-        qv[c] = _mm512_loadu_ps(q + 16 * c);
-    for (; i + 4 <= n; i += 4) {
-        const float *k0 = k + (size_t)i * 16 * NC;
-        __m512 a[4][2];
-
-        for (int r = 0; r < 4; r++)
-            a[r][0] = a[r][1] = _mm512_setzero_ps();
-        for (int c = 0; c < NC; c++)
-            for (int r = 0; r < 4; r++)
-                a[r][c & 1] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + (size_t)r * 16 * NC + 16 * c),
-                                              a[r][c & 1]);
-        for (int r = 0; r < 4; r++)
-            sc[i + r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1])) * scale;
+    for (uint32_t d = 0; d < hd; d += 4) {
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(kt + 16 * d), a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 1]), _mm512_loadu_ps(kt + 16 * (d + 1)), a1);
+        a2 = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 2]), _mm512_loadu_ps(kt + 16 * (d + 2)), a2);
+        a3 = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 3]), _mm512_loadu_ps(kt + 16 * (d + 3)), a3);
     }
-    for (; i < n; i++) {
-        const float *k0 = k + (size_t)i * 16 * NC;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-
-        for (int c = 0; c < NC; c++) {
-            if (c & 1)
-                a1 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + 16 * c), a1);
-            else
-                a0 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + 16 * c), a0);
-        }
-        sc[i] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * scale;
-    }
+    return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
 }
 
 AI void accum_nc(const int NC, float *o, const float *p, const float *v, uint32_t n)
@@ -84,15 +65,13 @@ AI void accum_nc(const int NC, float *o, const float *p, const float *v, uint32_
     }
 }
 
-void eng_attn_avx512_scores(float *sc, const float *q, const float *k, uint32_t n, uint32_t hd,
-                            float scale)
+void eng_attn_avx512_scores(float *sc, const float *q, const float *kt, uint32_t slot0,
+                            uint32_t n, uint32_t hd, float scale)
 {
-    switch (hd) {
-    case 32: scores_nc(2, sc, q, k, n, scale); break;
-    case 64: scores_nc(4, sc, q, k, n, scale); break;
-    case 128: scores_nc(8, sc, q, k, n, scale); break;
-    default: scores_nc(16, sc, q, k, n, scale); break;
-    }
+    __m512 v = _mm512_mul_ps(scores16(q, kt, hd), _mm512_set1_ps(scale));
+    __mmask16 m = (__mmask16)(((1u << n) - 1) << slot0);
+
+    _mm512_mask_storeu_ps(sc, (__mmask16)((1u << n) - 1), _mm512_maskz_compress_ps(m, v));
 }
 
 void eng_attn_avx512_accum(float *o, const float *p, const float *v, uint32_t n, uint32_t hd)

@@ -79,13 +79,52 @@ int eng_attn_fast(uint32_t hd)
            (hd == 32 || hd == 64 || hd == 128 || hd == 256);
 }
 
+int eng_vmath_fast(void)
+{
+    return (eng_cpu_features() & ENG_CPU_AVX512) != 0;
+}
+
 void eng_ops_silu_mul(float *y, const float *g, const float *u, uint32_t n)
+{
+    if (eng_vmath_fast())
+        eng_vmath_avx512_silu_mul(y, g, u, n);
+    else
+        eng_ops_silu_mul_scalar(y, g, u, n);
+}
+
+void eng_ops_gelu_mul(float *y, const float *g, const float *u, uint32_t n)
+{
+    if (eng_vmath_fast())
+        eng_vmath_avx512_gelu_mul(y, g, u, n);
+    else
+        eng_ops_gelu_mul_scalar(y, g, u, n);
+}
+
+uint32_t eng_ops_argmax_scalar(const float *x, uint32_t n)
+{
+    float m = -INFINITY;
+    uint32_t best = 0;
+
+    for (uint32_t i = 0; i < n; i++)
+        if (x[i] > m) {
+            m = x[i];
+            best = i;
+        }
+    return best;
+}
+
+uint32_t eng_ops_argmax(const float *x, uint32_t n)
+{
+    return eng_vmath_fast() ? eng_vmath_avx512_argmax(x, n) : eng_ops_argmax_scalar(x, n);
+}
+
+void eng_ops_silu_mul_scalar(float *y, const float *g, const float *u, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
         y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-void eng_ops_gelu_mul(float *y, const float *g, const float *u, uint32_t n)
+void eng_ops_gelu_mul_scalar(float *y, const float *g, const float *u, uint32_t n)
 {
     const float c = 0.7978845608028654f; /* sqrt(2/pi) */
 
