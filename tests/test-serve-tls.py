@@ -12,8 +12,11 @@ requests, generation included, on one TLS connection); `openssl s_client
 accepted with ALPN http/1.1, and a client offering only h2 refused; a
 client that disconnects mid-stream over TLS has its sequence cancelled
 (running gauge back to 0); plain HTTP to the TLS port is closed at once,
-not left hanging; the server is still healthy after all that and exits 0
-on SIGTERM; no prompt text in the log.
+not left hanging; kill -9 of egress mid-stream: the TLS stream resumes
+byte-exact; kill -9 of ingress mid-stream: the TLS client's connection ends
+promptly (the keys died with ingress), its sequence is cancelled, and the
+server serves TLS again; the server exits 0 on SIGTERM; no prompt text in
+the log.
 
 This host has no kernel `tls` module, so every answer from egress takes the
 userspace path (egress -> ingress -> OpenSSL -> socket); the log line says
@@ -280,6 +283,104 @@ def run(S):
                              if "req" in k}, flush=True)
 
 
+def stage_pid(S, name):
+    out = subprocess.run(["pgrep", "-f", f"^favo: {name}$", "-P", str(S.p.pid)],
+                         capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def tls_ready(S, secs=60):
+    t0 = time.time()
+    while time.time() - t0 < secs:
+        try:
+            c = https_conn(S, timeout=5)
+            c.request("GET", "/ready")
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def restarts(S):
+    """kill -9 of egress mid-stream: the TLS stream resumes byte-exact (its
+    chunks come back to ingress from the new egress). kill -9 of ingress
+    mid-stream: the TLS keys are gone, so the client sees its connection
+    close promptly; its sequence is cancelled and nothing hangs."""
+    body = {"model": MODEL_ID, "prompt": "The history of the bicycle", "max_tokens": 60,
+            "temperature": 0, "stream": True}
+    c = https_conn(S)
+    c.request("POST", "/v1/completions", body=json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    ref = "".join(e["choices"][0]["text"] for e in sse_events(c.getresponse()) if e)
+    c.close()
+
+    c = https_conn(S)
+    c.request("POST", "/v1/completions", body=json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    resp = c.getresponse()
+    it = sse_events(resp)
+    text = [next(it)["choices"][0]["text"]]
+    pid = stage_pid(S, "egress")
+    check(pid is not None, "egress stage found")
+    if pid:
+        os.kill(pid, 9)
+    done = False
+    try:
+        for e in it:
+            if e is None:
+                done = True
+                break
+            text.append(e["choices"][0]["text"])
+    except (OSError, http.client.HTTPException) as ex:
+        text.append(f"<{ex!r}>")
+    c.close()
+    check(done and "".join(text) == ref,
+          f"kill -9 of egress mid-stream: the TLS stream completes byte-exact ({done}, "
+          f"{''.join(text)[-40:]!r} vs {ref[-40:]!r})")
+    check(tls_ready(S), "ready again over TLS after the egress restart")
+
+    body["max_tokens"] = 2000
+    body["temperature"] = 0.8
+    c = https_conn(S, timeout=30)
+    c.request("POST", "/v1/completions", body=json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    resp = c.getresponse()
+    first = resp.readline()
+    pid = stage_pid(S, "ingress")
+    check(first.startswith(b"data: ") and pid is not None, "a TLS stream runs; ingress found")
+    t0 = time.time()
+    if pid:
+        os.kill(pid, 9)
+    closed = False
+    try:
+        while time.time() - t0 < 20:
+            if not resp.readline():
+                closed = True
+                break
+    except (OSError, http.client.HTTPException, ssl.SSLError):
+        closed = True
+    dt = time.time() - t0
+    c.close()
+    check(closed and dt < 10, f"kill -9 of ingress: the TLS client sees its connection end "
+          f"({closed}, {dt:.2f} s)")
+    running = None
+    while time.time() - t0 < 30:
+        running = gauge(S.stat(), "running")
+        if running == 0:
+            break
+        time.sleep(0.05)
+    check(running == 0, f"...its sequence is cancelled (running {running})")
+    check(tls_ready(S), "ready again over TLS after the ingress restart")
+    rc, tail, out, _ = curl(S, "/v1/completions", {"model": MODEL_ID, "prompt": "Hi",
+                                                    "max_tokens": 4})
+    check(rc == 0 and tail.startswith("200"), "a new TLS request is answered after both restarts")
+
+
 def main():
     make_certs()
     bad_configs()
@@ -287,6 +388,7 @@ def main():
     try:
         check("https://127.0.0.1:" in S.logtext(), "serve says https:// in its ready line")
         run(S)
+        restarts(S)
     finally:
         rc = S.stop()
         check(rc == 0, f"favo serve exits 0 after SIGTERM (got {rc})")
