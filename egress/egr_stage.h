@@ -68,6 +68,22 @@
  *   5. Metadata only leaves the cell: the access log and stats carry ids,
  *      counts, status and times, never text or token ids.
  *
+ * TLS connections without kernel TLS (shm_pipe.h "TLS"; the conn key has
+ * SHM_CONN_F_TLS): no socket comes; the connection slot has fd -1 and is
+ * made when the first response names it. conn_kick puts the chunk on
+ * tls_out[worker] (conn, cell, seq = bytes sent so far, offset, length)
+ * instead of an io_uring SEND and rings ingress; ingress's ack on
+ * tls_ack[worker] is that send's completion (on_send), applied only when
+ * it names the head response's cell and seq (a replayed or stale ack
+ * changes nothing). Write timeout: cancel as ever, and SHM_CONN_ABORT on
+ * conn[worker] (ingress then closes the socket and acks the chunk
+ * -EPIPE); an ingress that never acks even then is treated as wedged
+ * after twice the timeout. An ingress restart ends every TLS connection
+ * of that worker at once (ingress_check: the keys and sockets died with
+ * it). A restarted egress sends the chunk that was in flight again under
+ * the same (cell, seq): ingress answers it without encrypting it twice,
+ * so the stream resumes byte-exact (test-egress-stage "tls_restart").
+ *
  * Decisions worth knowing:
  *   - shm_ev names only the cell, not where its request copy is: egress
  *     reads resp_off from the cell descriptor's len (ingress sets it to

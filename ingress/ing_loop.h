@@ -56,6 +56,49 @@
  *      bytes after it move to the connection's next cell and are scrubbed
  *      from the handed one first.
  *
+ * TLS (cfg->tls_cert / tls_key; ing_tls.h has the policy). Every
+ * connection of the worker is TLS 1.3; the loop does all socket I/O:
+ *   - recv goes to a per-slot staging buffer (one record and change), is
+ *     fed to OpenSSL and decrypted straight into the cell at its fill
+ *     offset (invariant 4), then parsed and routed exactly as plaintext;
+ *     a staging buffer still holding ciphertext is not re-armed (the cell
+ *     bounds what one connection holds, as for plaintext);
+ *   - what the loop answers itself (errors, /health, /metrics, 100
+ *     Continue) is appended to c->out as ever and goes through
+ *     ing_tls_conn_write into the TLS queue, which also holds handshake
+ *     records, alerts and close_notify; one SEND of its oldest region at a
+ *     time (loop inv 1);
+ *   - the handshake needs no timer of its own: the header timeout covers
+ *     it (a connection that never finishes it is closed, without a 408 it
+ *     could not read). A client speaking plain HTTP to the port fails the
+ *     handshake and is closed at once (OpenSSL has no alert for it).
+ *   - answers from egress: when kernel TLS transmit is on for the socket
+ *     (ing_tls_conn_ktls_tx), the socket goes to egress as for plaintext
+ *     and egress writes plaintext (the kernel encrypts). Otherwise (this
+ *     is the path on hosts without the `tls` module) the socket never
+ *     leaves ingress: the conn key carries SHM_CONN_F_TLS, egress puts
+ *     each chunk of the answer on tls_out[worker] (shm_pipe.h "TLS"), the
+ *     loop encrypts it at once into the connection's TLS queue (it never
+ *     touches the cell afterwards), sends it, and answers the chunk on
+ *     tls_ack with its length once every record of it left (or -EPIPE
+ *     when the connection failed or is gone), ringing egress's bell
+ *     (cfg->egr_bell_efd). One chunk per connection at a time; a chunk
+ *     egress sends again after its restart (same cell and seq) is answered
+ *     again, never encrypted twice. SHM_CONN_ABORT from egress (its write
+ *     timeout) shuts the connection down at once. No malloc and no syscall
+ *     per chunk besides io_uring and the bell (the TLS queue keeps its
+ *     buffer).
+ *   - cancellation: a client gone (EOF, reset, close_notify, a failed
+ *     record) while egress answers sends CANCEL as for plaintext; egress
+ *     learns it from the chunk answered -EPIPE.
+ *   - what a restart costs: egress's restart costs nothing (the chunk in
+ *     flight is re-sent under its (cell, seq)); an INGRESS restart loses
+ *     every TLS session of the worker (the keys live in this process
+ *     only): the kernel closes their sockets with the process (egress
+ *     never held them), egress sees the new ingress pid and ends their
+ *     answers (cancel, cells freed), clients reconnect. A kernel-TLS
+ *     connection's in-flight answer completes from egress, then closes.
+ *
  * Drain (SIGTERM / SIGINT / *cfg->stop): /ready answers 503 at once, the
  * listener closes (new connections wait in the supervisor's backlog for
  * the next worker), idle connections close, requests being read and
