@@ -810,6 +810,8 @@ static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
             c->tls_in_off = 0;
             c->tls_in_len = (uint32_t)res;
             c->last_ns = favo_now_ns();
+            if (!c->tls_open && !c->first_ns)
+                c->first_ns = c->last_ns; /* the header timeout covers the handshake */
         }
         tls_input(L, c); /* EOF: read says close_notify (0) or truncation */
         if (res == 0 && !c->closing)
