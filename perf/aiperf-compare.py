@@ -15,7 +15,8 @@ What it does:
   2. gives aiperf a tokenizer without any network: the model's GGUF
      tokenizer (read with the `gguf` package of the interpreter running this
      script) is converted to a Hugging Face tokenizer directory by
-     transformers' own GGUF converter inside aiperf's venv (--tokenizer DIR
+     transformers' own GGUF converter inside aiperf's venv, and kept beside
+     that venv (favo-tokenizers/MODEL) for the next run (--tokenizer DIR
      skips this). aiperf is passed the directory's absolute path and run
      WITHOUT HF_HUB_OFFLINE: in offline mode aiperf 0.13 looks a local path
      up in the hub cache and fails; with a path it never asks the hub.
@@ -71,8 +72,11 @@ SRC = os.path.dirname(HERE)
 BOUNDS = {"p50": 5.0, "p99": 10.0}  # issue #10: % difference allowed
 
 
+T0 = time.time()
+
+
 def log(*a):
-    print("aiperf-compare:", *a, file=sys.stderr, flush=True)
+    print(f"aiperf-compare: [{time.time() - T0:6.1f}s]", *a, file=sys.stderr, flush=True)
 
 
 def nearest_rank(v, p):
@@ -132,6 +136,9 @@ _SPECIAL = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
 
 
 def export_tokenizer(model, aiperf, out):
+    done = os.path.join(out, "tokenizer.json")
+    if os.path.exists(done) and os.path.getmtime(done) >= os.path.getmtime(model):
+        return out
     try:
         from gguf import GGUFReader
     except ImportError:
@@ -226,6 +233,8 @@ def run_aiperf(a, aiperf, tok, model, url, out):
            "--no-server-metrics", "--no-gpu-telemetry", "--ui", "none", "--artifact-dir", art]
     cmd += (["--request-rate", str(a.rate), "--arrival-pattern", a.arrivals] if a.rate else
             ["--concurrency", str(a.concurrency)])
+    if a.aiperf_workers:
+        cmd += ["--workers-max", str(a.aiperf_workers), "--record-processors", str(a.aiperf_workers)]
     env = dict(os.environ)
     for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # see the top of this file
         env.pop(k, None)
@@ -352,6 +361,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=120, help="per request, both tools")
     ap.add_argument("--aiperf", help="the aiperf executable (default: see the top of this file)")
     ap.add_argument("--tokenizer", help="a Hugging Face tokenizer directory for aiperf")
+    ap.add_argument("--aiperf-workers", type=int, default=0,
+                    help="aiperf --workers-max and --record-processors (default: aiperf's choice)")
     ap.add_argument("--out", help="directory for both tools' outputs (default: a new temporary one)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = ap.parse_args()
@@ -373,17 +384,26 @@ def main():
         sys.exit("aiperf-compare: no favo binary (set FAVO_BIN or FAVO_BUILD)")
     out = os.path.abspath(a.out or tempfile.mkdtemp(prefix="aiperf-compare-"))
     os.makedirs(out, exist_ok=True)
-    tok = os.path.abspath(a.tokenizer) if a.tokenizer else export_tokenizer(a.model, aiperf, os.path.join(out, "tokenizer"))
+    if a.tokenizer:
+        tok = os.path.abspath(a.tokenizer)
+    else:
+        cache = os.path.join(os.path.dirname(os.path.dirname(aiperf)), "favo-tokenizers")
+        if not os.access(os.path.dirname(cache), os.W_OK):
+            cache = out
+        tok = export_tokenizer(a.model, aiperf, os.path.join(cache, os.path.basename(a.model)))
+    log(f"tokenizer {tok}")
 
     srv = None
     if not a.url:
         srv = Serve(favo, a.model, a.threads, os.path.join(out, "favo-serve.log"))
         a.url = srv.url
+        log(f"favo serve on {a.url}")
     try:
         mid = model_id(a.url)
         subprocess.run([favo, "bench", "-u", a.url, "-c", "1", "-n", "2", "--input-tokens", "16",
                         "--output-tokens", "4", "-q"], capture_output=True, timeout=120)  # warm-up
         load0 = os.getloadavg()[0]
+        log(f"warmed up; {a.mode} runs, load average {load0:.2f}")
         cmds = {}
         if a.mode == "sequential":
             cmds["favo_bench"] = run_favo_bench(a, favo, a.url, out)
@@ -411,6 +431,7 @@ def main():
             if errs:
                 raise errs[0]
         load1 = os.getloadavg()[0]
+        log("runs done")
     finally:
         if srv:
             srv.stop()

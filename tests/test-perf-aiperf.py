@@ -36,7 +36,7 @@ def main():
         return 77
     cmd = [sys.executable, os.path.join(SRC, "perf", "aiperf-compare.py"), "--mode", "concurrent",
            "--rate", "2", "--requests", "12", "--input-tokens", "24", "--output-tokens", "12",
-           "--model", MODEL, "--timeout", "60", "--json"]
+           "--model", MODEL, "--timeout", "60", "--aiperf-workers", "1", "--json"]
     env = dict(os.environ, FAVO_BUILD=BUILD)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if p.returncode == 77:
