@@ -63,7 +63,9 @@ double dp_bench_pct(struct dp_bench_samples *s, double p)
     qsort(s->v, s->n, sizeof(*s->v), cmp_double);
     if (p <= 0)
         return s->v[0];
-    k = (size_t)ceil(p / 100.0 * (double)s->n);
+    /* nearest rank; the 1e-9 keeps binary rounding from adding a rank
+     * (99.9 / 100 * 1000 is 999.0000000000001, whose ceil would be 1000) */
+    k = (size_t)ceil(p / 100.0 * (double)s->n - 1e-9);
     if (k < 1)
         k = 1;
     if (k > s->n)
