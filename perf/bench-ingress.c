@@ -27,8 +27,14 @@
  * reported, as bench-ring does; the worst round's requests/s is reported
  * too, so the spread is visible.
  *
+ * --tls: both over TLS 1.3 with keep-alive (a P-256 certificate made here
+ * with the openssl CLI; favo --tls-cert/--tls-key, nginx `ssl_protocols
+ * TLSv1.3`, session tickets and cache off on both, as favo has them);
+ * wrk speaks https. On a host without the kernel `tls` module favo's
+ * answers go egress -> ingress (encrypt) -> socket.
+ *
  * usage: bench-ingress [--json] [--duration S] [--rounds N] [--connections N]
- *                      [--threads N] [--max-tokens N] [--warmup S]
+ *                      [--threads N] [--max-tokens N] [--warmup S] [--tls]
  *                      [--favo PATH] [--model GGUF] [--keep-dir]
  * favo: --favo, else $FAVO_BIN, else ../favo next to this executable.
  * Exits 77 when wrk or nginx is missing (Debian: wrk, nginx-light).
@@ -59,7 +65,7 @@ static const char prompt[] = "Say hello to the benchmark.";
 
 struct opts {
     int duration, rounds, connections, threads, max_tokens, warmup;
-    bool json, keep_dir;
+    bool json, keep_dir, tls;
     char favo[PATH_MAX], model[PATH_MAX];
 };
 
@@ -264,6 +270,50 @@ out:
     return status;
 }
 
+/* The same probe over https with curl (--tls): status, body and header
+ * bytes of one answer. */
+static int probe_tls(uint16_t port, int max_tokens, long *body_len, long *head_len)
+{
+    char body[256], cmd[PATH_MAX + 512], out[256];
+    int status = -1;
+    FILE *f;
+
+    body_text(body, sizeof(body), max_tokens);
+    snprintf(cmd, sizeof(cmd),
+             "curl -s --max-time 10 --cacert '%s/cert.pem' -o /dev/null "
+             "-H 'Content-Type: application/json' -d '%s' "
+             "-w '%%{http_code} %%{size_download} %%{size_header}' "
+             "https://127.0.0.1:%u/v1/completions",
+             tmpdir, body, port);
+    f = popen(cmd, "r");
+    if (!f)
+        return -errno;
+    if (!fgets(out, sizeof(out), f) || sscanf(out, "%d %ld %ld", &status, body_len, head_len) != 3)
+        status = -1;
+    pclose(f);
+    return status;
+}
+
+static int probe_any(const struct opts *o, uint16_t port, long *body_len, long *head_len)
+{
+    return o->tls ? probe_tls(port, o->max_tokens, body_len, head_len)
+                  : probe(port, o->max_tokens, body_len, head_len);
+}
+
+/* A P-256 certificate for 127.0.0.1 in tmpdir (--tls). */
+static void make_cert(void)
+{
+    char cmd[PATH_MAX + 512];
+
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+             "-nodes -keyout key.pem -out cert.pem -days 2 -subj /CN=localhost "
+             "-addext subjectAltName=IP:127.0.0.1 >openssl.out 2>&1",
+             tmpdir);
+    if (system(cmd) != 0)
+        die("openssl could not make the test certificate (see %s/openssl.out)", tmpdir);
+}
+
 /* ------------------------------------------------------------ servers */
 
 static int start_favo(const struct opts *o, struct server *s)
@@ -274,12 +324,23 @@ static int start_favo(const struct opts *o, struct server *s)
     snprintf(inst, sizeof(inst), "bench-ingress-%d", (int)getpid());
     snprintf(log, sizeof(log), "%s/favo.log", tmpdir);
     snprintf(acc, sizeof(acc), "%s/favo-access.log", tmpdir);
+    char cert[PATH_MAX], key[PATH_MAX];
     char *argv[] = { (char *)o->favo, "serve", "--backend", "null", "--port", "0",
-                     "--instance", inst, "--access-log", acc, NULL, NULL, NULL };
+                     "--instance", inst, "--access-log", acc, NULL, NULL, NULL, NULL, NULL,
+                     NULL, NULL };
+    int k = 10;
 
     if (o->model[0]) { /* the null backend still reads the tokenizer from it */
-        argv[10] = "--model";
-        argv[11] = (char *)o->model;
+        argv[k++] = "--model";
+        argv[k++] = (char *)o->model;
+    }
+    if (o->tls) {
+        snprintf(cert, sizeof(cert), "%s/cert.pem", tmpdir);
+        snprintf(key, sizeof(key), "%s/key.pem", tmpdir);
+        argv[k++] = "--tls-cert";
+        argv[k++] = cert;
+        argv[k++] = "--tls-key";
+        argv[k++] = key;
     }
     s->pid = spawn(argv, log);
     while (now_s() - t0 < 60) {
@@ -288,8 +349,8 @@ static int start_favo(const struct opts *o, struct server *s)
         free(text);
         text = read_file(log);
         if (text && strstr(text, "ready in") &&
-            (m = strstr(text, "on http://127.0.0.1:")) != NULL) {
-            s->port = (uint16_t)atoi(m + 20);
+            (m = strstr(text, o->tls ? "on https://127.0.0.1:" : "on http://127.0.0.1:")) != NULL) {
+            s->port = (uint16_t)atoi(m + (o->tls ? 21 : 20));
             free(text);
             return 0;
         }
@@ -305,8 +366,9 @@ static int start_favo(const struct opts *o, struct server *s)
     return -1;
 }
 
-static int start_nginx(const char *nginx, long body_len, struct server *s)
+static int start_nginx(const char *nginx, long body_len, bool tls, struct server *s)
 {
+    char ssl[PATH_MAX * 2 + 256] = "";
     char conf[PATH_MAX], log[PATH_MAX], errlog[PATH_MAX], *cfg, *body;
     size_t cap = (size_t)body_len + 8192;
     double t0 = now_s();
@@ -334,6 +396,14 @@ static int start_nginx(const char *nginx, long body_len, struct server *s)
     snprintf(conf, sizeof(conf), "%s/nginx.conf", tmpdir);
     snprintf(log, sizeof(log), "%s/nginx.out", tmpdir);
     snprintf(errlog, sizeof(errlog), "%s/nginx-error.log", tmpdir);
+    if (tls) /* TLS 1.3 only, no resumption: what favo does */
+        snprintf(ssl, sizeof(ssl),
+                 "    ssl_certificate %s/cert.pem;\n"
+                 "    ssl_certificate_key %s/key.pem;\n"
+                 "    ssl_protocols TLSv1.3;\n"
+                 "    ssl_session_tickets off;\n"
+                 "    ssl_session_cache off;\n",
+                 tmpdir, tmpdir);
     /* worker_processes auto: one per core, nginx's own recommendation.
      * keepalive_requests: favo does not close keep-alive connections after
      * N requests, so neither does nginx here. */
@@ -355,7 +425,8 @@ static int start_nginx(const char *nginx, long body_len, struct server *s)
              "  keepalive_requests 100000000;\n"
              "  keepalive_timeout 75s;\n"
              "  server {\n"
-             "    listen 127.0.0.1:%u;\n"
+             "    listen 127.0.0.1:%u%s;\n"
+             "%s"
              "    location = /v1/completions {\n"
              "      default_type application/json;\n"
              "      return 200 '%s';\n"
@@ -363,7 +434,7 @@ static int start_nginx(const char *nginx, long body_len, struct server *s)
              "  }\n"
              "}\n",
              geteuid() == 0 ? "user root;\n" : "", tmpdir, errlog, tmpdir, tmpdir, tmpdir,
-             tmpdir, tmpdir, tmpdir, s->port, body);
+             tmpdir, tmpdir, tmpdir, s->port, tls ? " ssl" : "", ssl, body);
     write_file(conf, cfg);
     free(cfg);
     free(body);
@@ -612,7 +683,8 @@ static char *wrk_run(const char *wrk, const char *lua, const struct opts *o, uin
     snprintf(t, sizeof(t), "-t%d", o->threads);
     snprintf(c, sizeof(c), "-c%d", o->connections);
     snprintf(d, sizeof(d), "-d%ds", secs);
-    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/completions", port);
+    snprintf(url, sizeof(url), "%s://127.0.0.1:%u/v1/completions", o->tls ? "https" : "http",
+             port);
     snprintf(out, sizeof(out), "%s/wrk.out", tmpdir);
     char *argv[] = { (char *)wrk, t, c, d, "--latency", "--timeout", "10s", "-s",
                      (char *)lua, url, NULL };
@@ -651,7 +723,7 @@ static void usage(void)
     fputs("usage: bench-ingress [--json] [--duration S] [--rounds N] [--connections N]\n"
           "                     [--threads N]\n"
           "                     [--max-tokens N] [--warmup S] [--favo PATH] [--model GGUF]\n"
-          "                     [--keep-dir]\n",
+          "                     [--keep-dir] [--tls]\n",
           stderr);
     exit(2);
 }
@@ -719,6 +791,8 @@ int main(int argc, char **argv)
             o.json = true;
         else if (!strcmp(a, "--keep-dir"))
             o.keep_dir = true;
+        else if (!strcmp(a, "--tls"))
+            o.tls = true;
         else if (!strcmp(a, "--duration") && v)
             o.duration = atoi(argv[++i]);
         else if (!strcmp(a, "--rounds") && v)
@@ -780,6 +854,8 @@ int main(int argc, char **argv)
              "wrk.headers[\"Content-Type\"] = \"application/json\"\n",
              body);
     write_file(lua, script);
+    if (o.tls)
+        make_cert();
 
     start_favo(&o, &favo_srv);
     /* The null backend's tokens differ per request, so favo's answer
@@ -788,15 +864,15 @@ int main(int argc, char **argv)
         long sum = 0;
 
         for (int i = 0; i < 16; i++) {
-            status = probe(favo_srv.port, o.max_tokens, &body_len, &head_len);
+            status = probe_any(&o, favo_srv.port, &body_len, &head_len);
             if (status != 200)
                 die("favo answered probe request %d with status %d", i, status);
             sum += body_len;
         }
         body_len = (sum + 8) / 16;
     }
-    start_nginx(nginx, body_len, &nginx_srv);
-    status = probe(nginx_srv.port, o.max_tokens, &nginx_body, &nginx_head);
+    start_nginx(nginx, body_len, o.tls, &nginx_srv);
+    status = probe_any(&o, nginx_srv.port, &nginx_body, &nginx_head);
     if (status != 200 || nginx_body != body_len)
         die("nginx answered the probe with status %d, %ld bytes (want 200, %ld)", status,
             nginx_body, body_len);
@@ -871,6 +947,7 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "threads", o.threads);
         perf_json_num(stdout, "max_tokens", o.max_tokens);
         perf_json_str(stdout, "backend", "null");
+        perf_json_str(stdout, "transport", o.tls ? "tls1.3" : "http");
         perf_json_str(stdout, "machine", machine);
         perf_json_str(stdout, "loadavg_after", load);
         perf_json_end(stdout);
@@ -879,8 +956,9 @@ int main(int argc, char **argv)
                "headers: favo %ld, nginx %ld bytes), keep-alive\n",
                o.max_tokens, body_len, head_len, nginx_head);
         printf("wrk -t%d -c%d -d%ds --latency, %d alternating rounds, best round shown; "
-               "favo --backend null, nginx `return 200` (worker_processes auto)\n",
-               o.threads, o.connections, o.duration, o.rounds);
+               "favo --backend null, nginx `return 200` (worker_processes auto)%s\n",
+               o.threads, o.connections, o.duration, o.rounds,
+               o.tls ? "; both over TLS 1.3 (no resumption)" : "");
         printf("machine: %s; load average after: %s\n\n", machine, load);
         printf("%-6s %12s %9s %9s %9s %9s %10s %7s\n", "server", "requests/s", "p50 ms",
                "p90 ms", "p99 ms", "avg ms", "requests", "errors");
