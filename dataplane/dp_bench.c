@@ -1200,25 +1200,43 @@ void dp_bench_json_run(FILE *f, struct dp_bench_res *res)
     fputc('}', f);
 }
 
+/* y position of v ms on the log axis [lo, hi] (decades). */
+static double svg_y(double v, double lo, double hi, double top, double bottom)
+{
+    double l = log10(v > lo ? v : lo);
+
+    return bottom - (bottom - top) * (l - log10(lo)) / (log10(hi) - log10(lo));
+}
+
 int dp_bench_svg(FILE *f, struct dp_bench_res *res, const char *title)
 {
     struct dp_bench_samples *s[] = { &res->ttft, &res->itl, &res->e2e };
     const char *nm[] = { "TTFT", "ITL", "E2E" }, *col[] = { "#1f77b4", "#2ca02c", "#d62728" };
     const double W = 800, H = 500, L = 80, R = 130, T = 50, B = 70, xmax = 4; /* 99.99 */
     const double xt[] = { 0, 90, 99, 99.9, 99.99 };
-    double ymax = 0, step;
+    double lo = INFINITY, hi = 0;
 
+    /* y: log scale over whole decades, so TTFT and ITL (ms) stay readable
+     * beside E2E (seconds); values below the lowest decade sit on it */
     for (int i = 0; i < 3; i++)
-        if (s[i]->n && dp_bench_pct(s[i], 100) > ymax)
-            ymax = dp_bench_pct(s[i], 100);
-    if (ymax <= 0)
-        ymax = 1;
-    step = pow(10, floor(log10(ymax)));
-    if (ymax / step < 2)
-        step /= 5;
-    else if (ymax / step < 5)
-        step /= 2;
-    ymax = ceil(ymax / step) * step;
+        if (s[i]->n) {
+            double a = dp_bench_pct(s[i], 0), b = dp_bench_pct(s[i], 100);
+
+            if (a > 0 && a < lo)
+                lo = a;
+            if (b > hi)
+                hi = b;
+        }
+    if (!(hi > 0))
+        hi = 1;
+    if (!isfinite(lo) || lo > hi)
+        lo = hi;
+    lo = pow(10, floor(log10(lo)));
+    hi = pow(10, ceil(log10(hi)));
+    if (hi <= lo)
+        hi = lo * 10;
+    if (lo < hi * 1e-6) /* at most six decades */
+        lo = hi * 1e-6;
     fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
                "font-family=\"sans-serif\" font-size=\"12\">\n"
@@ -1236,20 +1254,24 @@ int dp_bench_svg(FILE *f, struct dp_bench_res *res, const char *title)
                    "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%g%%</text>\n",
                 x, T, x, H - B, x, H - B + 18, xt[i]);
     }
-    for (double y = 0; y <= ymax + step / 2; y += step) {
-        double py = H - B - (H - T - B) * y / ymax;
+    for (double d = lo; d <= hi * 1.0001; d *= 10) {
+        for (int m = 1; m < 10 && d * m <= hi * 1.0001; m++) {
+            double py = svg_y(d * m, lo, hi, T, H - B);
 
-        fprintf(f, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n"
-                   "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n",
-                L, py, W - R, py, L - 6, py + 4, y);
+            if (m == 1 || m == 2 || m == 5) /* decades labelled, 2 and 5 light */
+                fprintf(f, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"%s\"/>\n"
+                           "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\"%s>%g</text>\n",
+                        L, py, W - R, py, m == 1 ? "#ccc" : "#eee", L - 6, py + 4,
+                        m == 1 ? "" : " fill=\"#888\" font-size=\"10\"", d * m);
+        }
     }
     fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n"
                "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n"
                "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">percentile (log scale of nines)</text>\n"
-               "<text x=\"20\" y=\"%.0f\" text-anchor=\"middle\" transform=\"rotate(-90 20 %.0f)\">latency (ms)</text>\n",
+               "<text x=\"20\" y=\"%.0f\" text-anchor=\"middle\" transform=\"rotate(-90 20 %.0f)\">latency (ms, log scale)</text>\n",
             L, H - B, W - R, H - B, L, T, L, H - B, (L + W - R) / 2, H - 25, (T + H - B) / 2,
             (T + H - B) / 2);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0, row = 0; i < 3; i++) {
         if (!s[i]->n)
             continue;
         fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", col[i]);
@@ -1257,11 +1279,14 @@ int dp_bench_svg(FILE *f, struct dp_bench_res *res, const char *title)
             double nines = xmax * k / 200.0, p = 100 * (1 - pow(10, -nines));
             double v = dp_bench_pct(s[i], p);
 
-            fprintf(f, "%.1f,%.1f ", L + (W - L - R) * nines / xmax,
-                    H - B - (H - T - B) * v / ymax);
+            fprintf(f, "%.1f,%.1f ", L + (W - L - R) * nines / xmax, svg_y(v, lo, hi, T, H - B));
         }
-        fprintf(f, "\"/>\n<text x=\"%.0f\" y=\"%.0f\" fill=\"%s\">%s (%zu)</text>\n", W - R + 10,
-                T + 20 + 20 * i, col[i], nm[i], s[i]->n);
+        /* legend: name, samples, and the two figures people look for */
+        fprintf(f, "\"/>\n<text x=\"%.0f\" y=\"%.0f\" fill=\"%s\">%s (%zu)</text>\n"
+                   "<text x=\"%.0f\" y=\"%.0f\" fill=\"%s\" font-size=\"10\">p50 %.3g p99 %.3g ms</text>\n",
+                W - R + 10, T + 20 + 40 * row, col[i], nm[i], s[i]->n, W - R + 10,
+                T + 34 + 40 * row, col[i], dp_bench_pct(s[i], 50), dp_bench_pct(s[i], 99));
+        row++;
     }
     fprintf(f, "</svg>\n");
     return ferror(f) ? -EIO : 0;

@@ -145,7 +145,8 @@ int dp_bench_records_jsonl(FILE *f, const struct dp_bench_res *res);
 /* One JSON object for one run (no trailing newline). */
 void dp_bench_json_run(FILE *f, struct dp_bench_res *res);
 /* Latency-percentile chart: x = percentile on a "nines" scale
- * (-log10(1 - p/100), 0..99.99), y = ms, one line per metric. */
+ * (-log10(1 - p/100), 0..99.99), y = ms on a log scale over whole decades
+ * (at most six), one line per metric, its p50 and p99 in the legend. */
 int dp_bench_svg(FILE *f, struct dp_bench_res *res, const char *title);
 
 /* The response parser on its own, for tests and fuzzing: feed buf[0..n) in

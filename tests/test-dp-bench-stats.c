@@ -172,6 +172,10 @@ static void t_svg(void **state)
     assert_non_null(strstr(s, "t &lt;&amp;&gt; x")); /* the title is escaped */
     assert_non_null(strstr(s, ">99.9%</text>"));    /* the tail's ticks */
     assert_non_null(strstr(s, ">TTFT (1000)</text>"));
+    assert_non_null(strstr(s, ">p50 50 p99 99 ms</text>")); /* TTFT 0.1..100: */
+    assert_non_null(strstr(s, ">0.01</text>"));   /* decades from ITL's 0.01 ms */
+    assert_non_null(strstr(s, ">10000</text>"));  /* to E2E's 3000 ms */
+    assert_null(strstr(s, ">100000</text>"));
     for (p = s; (p = strstr(p, "points=\"")); lines++) {
         double x, y, px = -1, py = 1e9;
         int k, pts = 0;
