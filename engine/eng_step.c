@@ -63,7 +63,7 @@ struct eng_ctx {
     int32_t *out_seq;
     float *logits;
     /* per-thread */
-    float *scores;                /* [nth][n_ctx] */
+    float *scores;                /* [nth][n_head / n_head_kv][n_ctx] */
     float *wrow;                  /* [nth][k_max]: exact mode's dequantized weight row */
     uint32_t k_max;
     uint8_t exact;
@@ -242,31 +242,43 @@ static void prequant_done(struct thr *t, const struct eng_tensor *w, const void 
 }
 
 /*
- * One (token, head) of attention with the AVX-512 loops (eng_attn_*), a
- * KV block at a time: the same scores, softmax and weights as the loop
- * in attention() below, summed in another (fixed) order.
+ * Heads h..h+nh-1 of one token, all of KV head g, with the AVX-512 loops
+ * (eng_attn_*), a KV block at a time: the same scores, softmax and
+ * weights as the loop in attention() below, summed in another (fixed)
+ * order. The heads of a GQA group go through each KV block together, so
+ * the block is read from L2 once and reused from L1 (prefill reads a
+ * sequence's keys and values once per token otherwise, nh times over);
+ * every head's own operations are the same whatever nh (S1).
+ * q, o: head h's rows, the others follow (hd / hdv apart); scores: nh
+ * rows of n_ctx floats.
  */
 static void attention_fast(struct eng_ctx *c, uint32_t il, const struct eng_seq *s,
-                           uint32_t g, const float *q, float *o, uint32_t p0, uint32_t p,
-                           float *scores)
+                           uint32_t g, uint32_t nh, const float *q, float *o, uint32_t p0,
+                           uint32_t p, float *scores)
 {
     const struct eng_hparams *hp = &c->m->hp;
     uint32_t hd = hp->head_dim, hdv = hp->head_dim_v, j, n;
 
     for (j = p0; j <= p; j += n) {
+        const float *kb = eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g);
+
         n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
-        eng_attn_avx512_scores(scores + (j - p0), q,
-                               eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g),
-                               j % ENG_KV_BLOCK, n, hd, hp->attn_scale);
+        for (uint32_t i = 0; i < nh; i++)
+            eng_attn_avx512_scores(scores + (size_t)i * c->n_ctx + (j - p0), q + (size_t)i * hd,
+                                   kb, j % ENG_KV_BLOCK, n, hd, hp->attn_scale);
     }
-    (void)eng_vmath_avx512_softmax(scores, p - p0 + 1);
-    memset(o, 0, hdv * sizeof(float));
+    for (uint32_t i = 0; i < nh; i++) {
+        (void)eng_vmath_avx512_softmax(scores + (size_t)i * c->n_ctx, p - p0 + 1);
+        memset(o + (size_t)i * hdv, 0, hdv * sizeof(float));
+    }
     for (j = p0; j <= p; j += n) {
+        const float *vb = eng_kv_v(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
+                          (size_t)(j % ENG_KV_BLOCK) * hdv;
+
         n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
-        eng_attn_avx512_accum(o, scores + (j - p0),
-                              eng_kv_v(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
-                                  (size_t)(j % ENG_KV_BLOCK) * hdv,
-                              n, hdv);
+        for (uint32_t i = 0; i < nh; i++)
+            eng_attn_avx512_accum(o + (size_t)i * hdv, scores + (size_t)i * c->n_ctx + (j - p0),
+                                  vb, n, hdv);
     }
 }
 
@@ -278,10 +290,10 @@ static void attention(struct thr *t, uint32_t il)
     const struct eng_ops *ops = c->ops;
     uint32_t hd = hp->head_dim, hdv = hp->head_dim_v, grp = hp->n_head / hp->n_head_kv;
     uint32_t n_work = c->n_tok * hp->n_head, lo, hi;
-    float *scores = c->scores + (size_t)t->ith * c->n_ctx;
+    float *scores = c->scores + (size_t)t->ith * grp * c->n_ctx;
 
     range(n_work, t->ith, t->nth, &lo, &hi);
-    for (uint32_t w = lo; w < hi; w++) {
+    for (uint32_t w = lo, nh = 1; w < hi; w += nh) {
         uint32_t ti = w / hp->n_head, h = w % hp->n_head, g = h / grp;
         const struct eng_seq *s = &c->b->seqs[c->tok_seq[ti]];
         uint32_t p = c->tok_pos[ti], p0 = 0;
@@ -291,8 +303,11 @@ static void attention(struct thr *t, uint32_t il)
 
         if (L->swa && hp->n_swa && p + 1 > hp->n_swa)
             p0 = p + 1 - hp->n_swa;
+        nh = 1;
         if (c->attn_fast) {
-            attention_fast(c, il, s, g, q, o, p0, p, scores);
+            /* this thread's heads of the same token and KV head, together */
+            nh = FAVO_MIN((g + 1) * grp - h, hi - w);
+            attention_fast(c, il, s, g, nh, q, o, p0, p, scores);
             continue;
         }
         for (uint32_t j = p0; j <= p; j++) {
@@ -800,7 +815,8 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
     c->out_tok = ctx_alloc(c, S * sizeof(uint32_t));
     c->out_seq = ctx_alloc(c, S * sizeof(int32_t));
     c->logits = ctx_alloc(c, (size_t)S * hp->n_vocab * sizeof(float));
-    c->scores = ctx_alloc(c, (size_t)c->nth * c->n_ctx * sizeof(float));
+    c->scores = ctx_alloc(c, (size_t)c->nth * (hp->n_head / hp->n_head_kv) * c->n_ctx *
+                                 sizeof(float));
     c->sample_scratch_bytes = (eng_sample_scratch_size(hp->n_vocab) + 63) & ~(size_t)63;
     c->sample_scratch = ctx_alloc(c, c->nth * c->sample_scratch_bytes);
     c->inv_freq[0] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
