@@ -554,6 +554,12 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
              "%s://%s:%u (instance %s)",
              model_id, mi.arch, n_ctx, sc.n_blocks, backend,
              dp_opt_str(o, "tls-cert") ? "https" : "http", dp_opt_str(o, "host"), bound, inst);
+    /* The stages resolve every symbol at exec, not at its first call: the
+     * lazy binder saves the vector registers on the stack
+     * (_dl_runtime_resolve_xsave), and the last SIMD memcpy of request
+     * content was in them (invariant 5; found by test-serve-retention's
+     * cache case). Linking with -Wl,-z,now would do it for every binary. */
+    setenv("LD_BIND_NOW", "1", 1);
     favo_info("starting: model %s, %u stages, poll %s", model, ST_N, pollname[poll]);
     ret = dp_sup_run(&sup);
 out:
