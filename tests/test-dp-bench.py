@@ -39,7 +39,7 @@ def near(v, known, what, hi=HI):
 
 class Server:
     def __init__(self, ttft=0.05, itl=0.02, slow_every=0, slow_extra=0.0, err_every=0,
-                 freeze_at=None, freeze_len=1.0, key=None, prompts=None):
+                 freeze_at=None, freeze_len=1.0, key=None, prompts=None, role_first=False):
         self.__dict__.update(locals())
         self.n = 0
         self.t_first = None
@@ -105,13 +105,24 @@ class Server:
             wr.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                      b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
             await wr.drain()
+            if self.role_first:  # as OpenAI and vLLM stream chat: a role-only delta at once
+                ev = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+                wr.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                await wr.drain()
             await asyncio.sleep(delay)
             for i in range(ntok):
                 if i:
                     await asyncio.sleep(self.itl)
                 await self.unfrozen()
-                ev = b'data: {"choices":[{"text":"t"}]}\n\n'
+                ev = (b'data: {"choices":[{"index":0,"delta":{"content":"t"}}]}\n\n' if self.role_first
+                      else b'data: {"choices":[{"text":"t"}]}\n\n')
                 wr.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                await wr.drain()
+            if self.role_first:  # finish-only and usage-only chunks, after a gap
+                await asyncio.sleep(self.itl)
+                for ev in (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n',
+                           b'data: {"choices":[],"usage":{"completion_tokens":%d}}\n\n' % ntok):
+                    wr.write(b"%x\r\n%s\r\n" % (len(ev), ev))
                 await wr.drain()
             ev = b"data: [DONE]\n\n"
             wr.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ev), ev))
@@ -231,6 +242,22 @@ def main():
     s.stop()
     check(j["run"]["ok"] == 20 and j["run"]["e2e_ms"]["max"] >= 220 - LO,
           f"E waiting for a connection counts: e2e max {j['run']['e2e_ms']['max']} >= 220")
+    check(j["run"]["ttft_ms"]["max"] >= 220 - LO,
+          f"E ... in TTFT too: ttft max {j['run']['ttft_ms']['max']} >= 220")
+    # G: chat streamed as OpenAI does: a role-only delta at once, text after
+    # 80 ms, 20 ms gaps, then finish-only and usage-only chunks 20 ms later.
+    # TTFT is the first TEXT (80 ms, not ~0), 4 tokens, 3 gaps of 20 ms, and
+    # E2E runs to the end of the body (80 + 3*20 + 20 ms).
+    s = Server(ttft=0.08, itl=0.02, role_first=True)
+    j = bench(s, "--concurrency", "1", "--requests", "6", "--endpoint", "chat",
+              "--input-tokens", "5", "--output-tokens", "4")
+    s.stop()
+    r = j["run"]
+    check(r["ok"] == 6 and r["output_tokens"] == 24, f"G 6 ok, 24 text tokens ({r['ok']}, {r['output_tokens']})")
+    near(r["ttft_ms"]["p50"], 80, "G ttft p50 (role-only delta not a token)")
+    near(r["itl_ms"]["p50"], 20, "G itl p50")
+    check(r["itl_ms"]["samples"] == 6 * 3, f"G itl samples {r['itl_ms']['samples']} (3 a request)")
+    near(r["e2e_ms"]["p50"], 160, "G e2e p50 (to the end of the body)")
     # F: a server that never answers: per-request --timeout
     s = Server(ttft=30.0)
     j = bench(s, "--concurrency", "1", "--requests", "2", "--timeout", "0.3",
