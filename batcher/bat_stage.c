@@ -260,6 +260,17 @@ static void cancel_cell(struct bst *b, uint64_t id, uint64_t cell)
 
 /* ------------------------------------------------------------ response cache */
 
+/* Zero the stack below the caller's frame, where the digest's frames lay
+ * (SHA-256 implementations keep message words on the stack): no prompt
+ * ids left behind (invariant 5). Per cacheable request, not per token. */
+static __attribute__((noinline)) void stack_scrub(void)
+{
+    unsigned char pad[8 * 1024];
+
+    explicit_bzero(pad, sizeof(pad));
+    __asm__ volatile("" : : "r"(pad) : "memory");
+}
+
 /* The cache key of a request (bat_stage.h). -E2BIG: stop strings too long
  * to key (not cached); -EINVAL: spans outside the cell. */
 static int cache_key_of(struct bst *b, const struct shm_req *r, const char *data, size_t size,
@@ -302,6 +313,7 @@ static int cache_key_of(struct bst *b, const struct shm_req *r, const char *data
     in.extra_len = at;
     rc = bat_cache_key(&b->cache, &in, key);
     explicit_bzero(extra, at); /* stop strings are content */
+    stack_scrub();
     return rc;
 }
 

@@ -136,6 +136,11 @@ static __attribute__((noinline)) void stack_scrub(void)
     __asm__ volatile("" : : "r"(pad) : "memory");
 }
 
+void ing_oai_stack_scrub(void)
+{
+    stack_scrub();
+}
+
 /* ---- decoder state ---- */
 
 enum st {

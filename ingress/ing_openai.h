@@ -158,4 +158,12 @@ int ing_oai_err_body(char *out, size_t cap, const struct ing_oai_err *e);
 struct yajl_val_s;
 void ing_oai_tree_free(struct yajl_val_s *v);
 
+/*
+ * Zero 16 KiB of stack below the caller's frame: where the frames of the
+ * calls it just made lay (the tokenizer's and detokenizer's piece buffers,
+ * yajl). Call it after work on content whose callees may leave it on the
+ * stack (invariant 5); noinline, never optimised away.
+ */
+void ing_oai_stack_scrub(void);
+
 #endif /* ING_OPENAI_H */

@@ -473,6 +473,7 @@ static void route_tokenize(struct ing_loop *L, struct ing_conn *c)
         explicit_bzero(spec, sizeof(*spec));
         free(spec);
     }
+    ing_oai_stack_scrub(); /* the tokenizer's frames held pieces of the text */
     if (n < 0 || !ids) {
         ing_conn_error(L, c, 500, "tokenization failed", NULL, NULL, NULL);
         goto scrub;
@@ -533,7 +534,9 @@ static void route_detokenize(struct ing_loop *L, struct ing_conn *c)
     unsigned fl = ENG_TOK_SHOW_SPECIAL | ENG_TOK_STRIP_SPACE;
     len = eng_tok_decode(L->tok, ids, n, fl, NULL, 0);
     text = len >= 0 ? malloc((size_t)len + 1) : NULL;
-    if (text && eng_tok_decode(L->tok, ids, n, fl, text, (size_t)len) == len) {
+    bool decoded = text && eng_tok_decode(L->tok, ids, n, fl, text, (size_t)len) == len;
+    ing_oai_stack_scrub(); /* the decoder's piece buffers held the text */
+    if (decoded) {
         ing_body_printf(L, "{\"prompt\":");
         ing_body_json_str(L, text, (size_t)len);
         ing_body_printf(L, "}");

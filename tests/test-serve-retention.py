@@ -20,6 +20,8 @@ so the tokenizer gives it the same ids as ` marker` alone):
                   tokenizer's word cache)
   parts           chat content given as several text parts (joined)
   ids             a completion whose prompt is the marker's token ids
+  cache           a completion to the caching specialist `cached` (greedy,
+                  cache_ttl 3 s, --config): see "The response cache" below
 
 Each marker is searched as text AND as its token ids (int32 little-endian,
 at any byte alignment, from `favo tokenize`), since cells, rings and engine
@@ -65,12 +67,23 @@ What this test cannot see:
   - floating-point activations, logits and KV entries: derived from the
     prompt but not searchable for a marker (the KV blocks are zeroed when
     freed by the batcher, which test-batcher-* checks).
-  - the response cache: favo serve has no option for it yet, so the
-    issue's "found only in live cache entries, nowhere after their TTL"
-    case is not run here.
   - reserved mappings larger than 4 GiB (ASan's shadow and allocator
     reservations): they are skipped and listed; the ASan heap itself is
     in smaller rw mappings and is read.
+The response cache (issue 8: "found only in live cache entries, nowhere
+after their TTL"). The cache keeps generated token ids (never text, and
+the prompt only as a SHA-256 key), so the `cache` case is searched as
+ids: right after its answer the cache region of the data segment (found
+by its magic; layout of batcher/bat_cache.c) holds exactly one live entry,
+whose ids detokenize to the answer's text; that exact id sequence occurs
+in the data segment only inside that entry, and the prompt marker's ids
+not in the cache region at all. Once the TTL passed (the batcher expires
+entries once a second), the region has no live entry and every key and
+value byte is zero, and the final scan (data segment, stats, every
+process, the log) finds neither the marker nor the answer's id sequence
+anywhere. (While the entry lives only the data segment is searched for
+the answer's ids: a full process scan takes longer than the TTL.)
+
 Needs /proc/PID/mem of the stages, which are not dumpable
 (PR_SET_DUMPABLE 0): root or CAP_SYS_PTRACE. Without it: skip (77).
 """
@@ -496,6 +509,91 @@ class Scan:
 
 # ------------------------------------------------------------ the requests
 
+# ------------------------------------------------------------ the response cache
+
+CACHE_TTL = 3
+CACHE_CONFIG = f"[specialist.cached]\ntemperature = 0\ncache_ttl = {CACHE_TTL}\n"
+
+
+def cache_region(S):
+    """(offset in the data segment, entries) of the batcher's response
+    cache: entries = [(live, key bytes, value bytes)] (bat_cache.c's
+    layout: a 64-byte header, 64-byte entries, values of val_cap bytes)."""
+    path = data_fd(S.p.pid)
+    if not path:
+        return None, None, b""
+    with open(path, "rb") as f:
+        seg = f.read()
+    at = seg.find(b"BCCH\x01\x00\x00\x00")
+    while at >= 0 and at % 64:
+        at = seg.find(b"BCCH\x01\x00\x00\x00", at + 1)
+    if at < 0:
+        return None, None, seg
+    size, n_ent, val_cap = struct.unpack_from("<QII", seg, at + 8)
+    off_ent, off_bucket, off_val = struct.unpack_from("<III", seg, at + 48)
+    ents = []
+    for i in range(n_ent):
+        e = at + off_ent + 64 * i
+        ln, live = struct.unpack_from("<IB", seg, e + 52)
+        ents.append((live, seg[e:e + 32], seg[at + off_val + i * val_cap:
+                                              at + off_val + (i + 1) * val_cap], ln))
+    return (at, at + size), ents, seg
+
+
+def cache_live_check(S, m, text):
+    """Right after the cached answer: one live entry holding its ids (only
+    there); returns a pseudo-marker of those ids for the final scan."""
+    rng, ents, seg = cache_region(S)
+    check(rng is not None, "the response cache region is found in the data segment")
+    if rng is None:
+        return None
+    live = [e for e in ents if e[0]]
+    check(len(live) == 1, f"one live cache entry after the cached answer ({len(live)})")
+    if len(live) != 1:
+        return None
+    _, key, val, ln = live[0]
+    reason, n = struct.unpack_from("<II", val, 0)
+    ids = list(struct.unpack_from(f"<{n}i", val, 8)) if 8 + 4 * n <= len(val) else []
+    st, b = S.post("/detokenize", {"model": MODEL_ID, "tokens": ids})
+    detok = json.loads(b).get("prompt", "") if st == 200 else ""
+    check(ln == 8 + 4 * n and n >= WIN and text.strip() and text.strip() in detok,
+          f"the live entry holds the answer's {n} ids (they detokenize to its text)")
+    idbytes = struct.pack(f"<{n}i", *ids)
+    where = []
+    at = seg.find(idbytes)
+    while at >= 0:
+        where.append(at)
+        at = seg.find(idbytes, at + 1)
+    inside = [w for w in where if rng[0] <= w < rng[1]]
+    check(len(inside) == 1 and len(where) == 1,
+          f"the answer's ids are in the data segment only inside the live cache entry "
+          f"({len(inside)} inside, {len(where) - len(inside)} elsewhere)")
+    # (the answer may repeat the marker's ids: those are the answer's)
+    check(m.text.encode() not in seg[rng[0]:rng[1]],
+          "the marker's text is not in the cache region (ids only, the key a SHA-256)")
+
+    class Resp:
+        case = "cache answer ids"
+        text = ""
+    r = Resp()
+    r.ids, r.idbytes = ids, idbytes
+    return r
+
+
+def cache_expired_check(S):
+    t0 = time.time()
+    while True:
+        rng, ents, _ = cache_region(S)
+        live = [e for e in ents or [] if e[0]]
+        if not live or time.time() - t0 > 10:
+            break
+        time.sleep(0.2)
+    check(rng is not None and not live, f"no live cache entry after the {CACHE_TTL} s TTL")
+    dirty = [i for i, e in enumerate(ents or []) if any(e[1]) or any(e[2])]
+    check(rng is not None and not dirty,
+          f"every cache key and value byte is zero after expiry ({len(dirty)} entries not)")
+
+
 def chat(S, m, stream):
     body = {"model": MODEL_ID, "max_tokens": 24, "temperature": 0, "stream": stream,
             "messages": [{"role": "system", "content": "You repeat words. Code word " + m.text},
@@ -545,11 +643,14 @@ def start_stream(S, m):
 def main():
     rng = random.Random(os.urandom(16))
     cases = ["chat", "chat_stream", "compl", "compl_stream", "stop", "disconnect",
-             "early400", "badjson", "tokenize", "keepalive", "big", "parts", "ids"]
+             "early400", "badjson", "tokenize", "keepalive", "big", "parts", "ids", "cache"]
     M = {c: Marker(c, rng) for c in cases}
     for m in M.values():
         print(f"     marker {m.case:<12} {len(m.text)} letters, {len(m.ids)} ids", flush=True)
-    S = Serve()
+    cfg = tempfile.NamedTemporaryFile("w", prefix="favo-retention-", suffix=".ini", delete=False)
+    cfg.write(CACHE_CONFIG)
+    cfg.close()
+    S = Serve("--config", cfg.name, "--cache-mb", "8")
     try:
         run(S, M)
     finally:
@@ -559,6 +660,7 @@ def main():
         leaked = [m.case for m in M.values() if m.text.encode() in lg]
         check(not leaked, f"no marker in the log after shutdown ({leaked})")
         os.unlink(S.log.name)
+        os.unlink(cfg.name)
 
 
 def run(S, M):
@@ -599,6 +701,15 @@ def run(S, M):
     # the client leaves mid-stream
     s.recv(4096)
     s.close()
+
+    # the response cache: the answer lives only in its entry, until the TTL
+    mc = M["cache"]
+    st, b = S.post("/v1/completions", {"model": "cached", "prompt": " ".join([mc.text] * 4),
+                                       "max_tokens": 12})
+    check(st == 200, f"cached completion 200 ({st})")
+    ctext = json.loads(b)["choices"][0]["text"] if st == 200 else ""
+    time.sleep(0.2)
+    cache_resp = cache_live_check(S, mc, ctext)
 
     echoed = []
     st, b = chat(S, M["chat"], False)
@@ -674,14 +785,20 @@ def run(S, M):
     check(r == 0 and w in (0, None), f"running and waiting gauges back to 0 ({r}, {w})")
     time.sleep(0.3)  # egress writes its access line and returns the cell
 
+    cache_expired_check(S)
     t0 = time.time()
-    final = Scan(S, list(M.values()))
+    final = Scan(S, list(M.values()) + ([cache_resp] if cache_resp else []))
     print(f"     final scan: {sum(final.bytes.values()) >> 20} MiB read in "
           f"{time.time() - t0:.1f} s; skipped: "
           f"{final.skipped or 'none'}", flush=True)
     for m in M.values():
         hm = final.of(m)
         check(not hm, f"marker of '{m.case}' found nowhere ({len(hm)} hits)")
+        final.report(hm)
+    if cache_resp:
+        # the whole id sequence (its windows of 3 common ids occur by chance)
+        hm = [h for h in final.of(cache_resp) if h[1].startswith("ids(")]
+        check(not hm, f"the cached answer's ids found nowhere after the TTL ({len(hm)} hits)")
         final.report(hm)
 
 
