@@ -1196,8 +1196,12 @@ static void tls_msgs(struct ing_loop *L)
 
         if (shm_ring_count(&L->tls_ack_ring) >= L->tls_ack_ring.capacity)
             break; /* room for the answer first; egress drains it */
-        if (!c || c->fd < 0 || (c->gen & 0xffffffu) != gen || !c->tls || !c->tls_user) {
-            c = NULL; /* gone (or a restarted ingress's stranger): -EPIPE */
+        if (!c || c->fd < 0 || (c->gen & 0xffffffu) != gen || !c->tls || !c->tls_user ||
+            !c->parked || c->parked_cell != m.cell) {
+            /* gone, or a message for a previous ingress's connection: the
+             * chunk must be the answer to the request we parked there, or
+             * its cell is never read: -EPIPE */
+            c = NULL;
         } else {
             same = m.cell == c->chunk_cell && m.seq == c->chunk_seq && m.len == c->chunk_len;
             if (same && (c->chunk_busy || c->chunk_ack_due)) {
