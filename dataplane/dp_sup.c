@@ -130,26 +130,29 @@ static void sup_row(struct sup *s, unsigned i, enum shm_stage_state state)
 static void sup_mark_up(struct sup *s, unsigned i, uint64_t up_ns)
 {
     struct sup_stage *st = &s->st[i];
+    bool restart = st->restarting;
+    uint64_t t = 0;
 
     if (!st->pending_up)
         return;
-    st->pending_up = false;
-    if (st->restarting) {
-        uint64_t t = up_ns > st->exit_seen ? up_ns - st->exit_seen : 0;
-
-        st->restarting = false;
-        st->last_restart_ns = t ? t : 1;
+    st->pending_up = st->restarting = false;
+    if (restart) {
+        t = up_ns > st->exit_seen ? up_ns - st->exit_seen : 1;
+        st->last_restart_ns = t;
         if (t > st->max_restart_ns)
             st->max_restart_ns = t;
         if (s->have_w) {
             shm_stats_observe(&s->w, SHM_H_STAGE_RESTART, t);
             shm_stats_flush(&s->w);
         }
+    }
+    /* the row first: whoever reads the event finds the row up already */
+    sup_row(s, i, s->draining ? SHM_STAGE_DRAINING : SHM_STAGE_RUNNING);
+    if (restart) {
         sup_event(s, "up %s %d %llu", st->cfg->name, (int)st->pid, (unsigned long long)t);
         favo_info("stage %s up again as pid %d, %.3f ms after its exit", st->cfg->name,
                   (int)st->pid, (double)t / 1e6);
     }
-    sup_row(s, i, s->draining ? SHM_STAGE_DRAINING : SHM_STAGE_RUNNING);
 }
 
 /* Without a tick hook nobody reports up words: a stage is up at its first
@@ -233,7 +236,7 @@ static void sup_stats_open(struct sup *s)
             s->snap = NULL;
             s->win = NULL;
         } else {
-            s->win_next = favo_now_ns() + SUP_WIN_NS;
+            s->win_next = favo_now_ns(); /* the first snapshot is every window's base */
         }
     }
 }
