@@ -13,7 +13,9 @@
  * LENGTH, EOG STOP, cancel from ingress and from egress, queue full (503 +
  * Retry-After), too large (413), bad descriptors (400, cell freed), a
  * full event ring, drain, and kill -9 of the batcher mid-stream followed
- * by restarts that lose and repeat nothing.
+ * by restarts that lose and repeat nothing; the response cache (a hit
+ * answered without a plan, only deterministic requests, a cancelled one
+ * never cached, entries surviving a batcher restart, TTL expiry).
  */
 #include "t_util.h"
 #include "bat_stage.h"
@@ -42,6 +44,9 @@ struct rq {
     shm_cell_ref_t cell;
     uint32_t tok_off, ntok, max_tokens, eos_at; /* eos_at: 1-based generated index, 0 = never */
     uint32_t seen;                     /* n_gen egress has seen */
+    unsigned as;                       /* the request whose prompt, parameters and
+                                          generated ids this one has (itself, unless
+                                          h->as is set at submit: cache tests) */
     uint64_t id;
     int started, finished, reason, status, retry, live;
 };
@@ -77,7 +82,11 @@ struct h {
     int refuse_rq;                     /* this request is always answered -1 (-1: none) */
     uint64_t rng;
     unsigned n_lost;
+    int as;                            /* >= 0: the next submit is a copy of request `as` */
+    uint32_t cache_ttl;                /* shm_req.cache_ttl of the next submits */
 };
+
+static uint64_t g_cache_bytes;         /* the pipe's response cache region (h_init) */
 
 static pid_t g_pid; /* the batcher child, killed by teardown after a failure */
 
@@ -127,6 +136,7 @@ static void h_init(struct h *h, const struct bat_sched_cfg *sc, uint32_t ev_ring
     c.cells.nclasses = 1;
     c.cells.classes[0].cell_size = 65536;
     c.cells.classes[0].ncells = MAXR;
+    c.cache_bytes = g_cache_bytes;
     struct shm_seg_spec spec = { "pipe", shm_pipe_size(&c), 4096 };
     assert_true(spec.size > 0);
     assert_int_equal(shm_seg_create_data(&h->seg, &spec, 1), 0);
@@ -153,6 +163,7 @@ static void h_init(struct h *h, const struct bat_sched_cfg *sc, uint32_t ev_ring
     shm_pipe_set_up(&h->p, SHM_PIPE_INGRESS, 0, getpid());
     h->engine_on = 1;
     h->refuse_rq = -1;
+    h->as = -1;
     h->rng = 99;
     h->stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     assert_true(h->stop != MAP_FAILED);
@@ -218,16 +229,17 @@ static struct rq *h_find(struct h *h, shm_cell_ref_t cell)
 static unsigned h_submit(struct h *h, uint32_t ntok, uint32_t max_tokens, uint32_t eos_at,
                          uint32_t tenant, unsigned flags)
 {
-    unsigned i = h->nrq++;
-    struct rq *q = &h->rq[i];
+    unsigned self = h->nrq++, i = h->as >= 0 ? (unsigned)h->as : self;
+    struct rq *q = &h->rq[self];
     struct shm_req r;
     shm_cell_ref_t ref;
     void *data;
     size_t size;
     uint32_t tok_off = TOK_OFF + ((flags & 1) ? 2 : 0);
 
-    assert_true(i < MAXR);
+    assert_true(self < MAXR);
     memset(q, 0, sizeof(*q));
+    q->as = i;
     assert_int_equal(shm_cell_alloc(&h->alloc, shm_pipe_cell_need(tok_off, ntok, max_tokens, true),
                                     &ref), 0);
     assert_int_equal(shm_cell_get(&h->alloc, ref, SHM_CELL_INGRESS, &data, &size), 0);
@@ -241,8 +253,9 @@ static unsigned h_submit(struct h *h, uint32_t ntok, uint32_t max_tokens, uint32
     r.route = SHM_REQ_COMPLETIONS;
     r.flags = SHM_REQ_F_STREAM;
     r.cell = ref;
-    r.conn = 1000 + i;
+    r.conn = 1000 + self;
     r.recv_ns = favo_now_ns();
+    r.cache_ttl = h->cache_ttl;
     r.tok_off = tok_off;
     r.ntok = ntok;
     r.max_tokens = max_tokens;
@@ -273,7 +286,7 @@ static unsigned h_submit(struct h *h, uint32_t ntok, uint32_t max_tokens, uint32
     assert_int_equal(shm_cell_give(&h->alloc, ref, SHM_CELL_INGRESS, SHM_CELL_BATCHER), 0);
     assert_int_equal(shm_ring_enqueue(&h->req, &r), 0);
     shm_bell_ec_ring(&h->bat_bell);
-    return i;
+    return self;
 }
 
 static void h_cancel_ingress(struct h *h, unsigned i)
@@ -299,7 +312,7 @@ static void h_cancel_egress(struct h *h, unsigned i)
 /* The ids of request q in its cell, [from, to) of the whole sequence. */
 static void check_ids(struct h *h, struct rq *q, const char *data, uint32_t from, uint32_t to)
 {
-    unsigned i = (unsigned)(q - h->rq);
+    unsigned i = q->as;
 
     for (uint32_t k = from; k < to; k++) {
         int32_t id;
@@ -378,7 +391,7 @@ static int h_engine(struct h *h)
             assert_int_equal(ps[k].tok_off, q->tok_off);
             assert_int_equal(ps[k].n_prompt, q->ntok);
             {
-                unsigned i = (unsigned)(q - h->rq);
+                unsigned i = q->as;
                 const struct eng_sample_params *sp = &ps[k].sp;
                 assert_true(sp->temperature == 0.1f * (float)(i % 10));
                 assert_int_equal(sp->top_k, i % 50);
@@ -397,7 +410,7 @@ static int h_engine(struct h *h)
                 check_ids(h, q, data, 0, q->ntok + ps[k].n_history);
             if (!ps[k].no_sample) {
                 assert_int_equal(ps[k].pos + ps[k].n_new, q->ntok + ps[k].n_history);
-                res[k].token = (int32_t)gtok((unsigned)(q - h->rq), ps[k].n_history);
+                res[k].token = (int32_t)gtok(q->as, ps[k].n_history);
                 res[k].eos = (uint8_t)(q->eos_at && ps[k].n_history + 1 == q->eos_at);
                 if (stale) /* computed without the KV: garbage */
                     res[k].token += 5;
@@ -954,6 +967,99 @@ static void t_restart(void **state)
     free(h);
 }
 
+/* The response cache: requests that copy request `as` (same prompt,
+ * parameters, max_tokens) with a cache TTL. */
+static unsigned h_copy(struct h *h, int as, uint32_t ntok, uint32_t max_tokens, uint32_t eos_at)
+{
+    h->as = as;
+    unsigned i = h_submit(h, ntok, max_tokens, eos_at, 3, 0);
+    h->as = -1;
+    h_run(h, all_done, NULL, 5000);
+    return i;
+}
+
+static void t_cache(void **state)
+{
+    (void)state;
+    struct bat_sched_cfg sc = sc_default();
+    struct h *h = calloc(1, sizeof(*h));
+    uint64_t s0;
+    unsigned a, b;
+
+    g_cache_bytes = 1u << 20;
+    h_init(h, &sc, 64);
+    g_cache_bytes = 0;
+    h_stats_on(h);
+    h_spawn(h, 0);
+    h->cache_ttl = 60;
+    /* request 0 is greedy (temperature 0): a miss, then hits without a plan */
+    a = h_copy(h, 0, 20, 8, 0);
+    assert_int_equal(h->rq[a].seen, 8);
+    assert_int_equal(h->rq[a].reason, SHM_FIN_LENGTH);
+    s0 = h->steps;
+    b = h_copy(h, 0, 20, 8, 0);
+    assert_int_equal(h->steps, s0); /* the engine never saw it */
+    assert_true(h->rq[b].started && h->rq[b].finished);
+    assert_int_equal(h->rq[b].seen, 8); /* check_ids: request 0's ids, in b's cell */
+    assert_int_equal(h->rq[b].reason, SHM_FIN_LENGTH);
+    /* the same prompt with another max_tokens is another entry: a STOP is cached as STOP */
+    a = h_copy(h, 0, 20, 12, 5);
+    assert_int_equal(h->rq[a].reason, SHM_FIN_STOP);
+    s0 = h->steps;
+    b = h_copy(h, 0, 20, 12, 5);
+    assert_int_equal(h->steps, s0);
+    assert_int_equal(h->rq[b].reason, SHM_FIN_STOP);
+    assert_int_equal(h->rq[b].seen, 5);
+    /* request 1 is seeded (temperature 0.1): cached too */
+    h_copy(h, 1, 9, 6, 0);
+    s0 = h->steps;
+    h_copy(h, 1, 9, 6, 0);
+    assert_int_equal(h->steps, s0);
+    /* request 2 has temperature 0.2 and no seed: never cached */
+    h_copy(h, 2, 9, 6, 0);
+    s0 = h->steps;
+    h_copy(h, 2, 9, 6, 0);
+    assert_true(h->steps > s0);
+    /* a cancelled answer (a stop string matched in egress) is not cached */
+    h->as = 10;
+    a = h_submit(h, 7, 40, 0, 3, 0);
+    h->as = -1;
+    uint32_t w[2] = { a, 3 };
+    h_run(h, seen_at_least, w, 5000);
+    h_cancel_egress(h, a);
+    h_run(h, all_done, NULL, 5000);
+    assert_int_equal(h->rq[a].reason, SHM_FIN_CANCELLED);
+    s0 = h->steps;
+    b = h_copy(h, 10, 7, 40, 0);
+    assert_true(h->steps > s0);
+    assert_int_equal(h->rq[b].seen, 40);
+    /* entries survive a batcher restart (re-attached, not re-formatted) */
+    h_kill9(h);
+    h_spawn(h, 0);
+    s0 = h->steps;
+    b = h_copy(h, 0, 20, 8, 0);
+    assert_int_equal(h->steps, s0);
+    assert_int_equal(h->rq[b].seen, 8);
+    /* TTL: a 1 s entry is gone (scrubbed by the once-a-second expiry) after 2.2 s */
+    h->cache_ttl = 1;
+    h_copy(h, 20, 11, 4, 0);
+    s0 = h->steps;
+    h_copy(h, 20, 11, 4, 0);
+    assert_int_equal(h->steps, s0);
+    usleep(2200000);
+    h_copy(h, 20, 11, 4, 0);
+    assert_true(h->steps > s0);
+    h_drain(h);
+    struct shm_stats_snap *st = h_snap(h);
+    /* hits: b(8), b(stop), seeded, after restart, TTL 1st = 5; misses:
+     * 0/8, 0/12, seeded, 10 cancelled, 10 again, 20 first, 20 expired = 7 */
+    assert_int_equal(st->counters[SHM_C_RESPONSE_CACHE_HITS], 5);
+    assert_int_equal(st->counters[SHM_C_RESPONSE_CACHE_MISSES], 7);
+    free(st);
+    h_free(h);
+    free(h);
+}
+
 /* By hand (T_BAT_BENCH=N requests of 200 tokens, 64 at a time): the
  * batcher child's CPU time per generated token and per step, with the fake
  * engine and egress in this process. Not in the suite. */
@@ -1028,6 +1134,7 @@ int main(void)
         cmocka_unit_test_teardown(t_restart, teardown),
         cmocka_unit_test_teardown(t_engine_restart, teardown),
         cmocka_unit_test_teardown(t_salvage, teardown),
+        cmocka_unit_test_teardown(t_cache, teardown),
         cmocka_unit_test_teardown(t_bench, teardown),
     };
     favo_log_init("test");
