@@ -17,6 +17,8 @@
 #define BST_HB_NS 100000000ull
 #define BST_OB_ROOM 8u      /* outbox slots kept free before taking a request */
 #define BST_USER_ENG 0      /* bat_sched_user words [0, n_ranks): engine pids */
+#define BST_USER_HIT 14     /* the cell of the cache hit being answered, 0: none */
+#define BST_USER_HITV 15    /* its TOKEN offset | n << 32 | reason << 48 */
 #define BST_CACHE_IDS 2048u /* longest answer the cache keeps (ids) */
 #define BST_CACHE_EXTRA 2048u /* key bytes beyond the ids: tenant name, stop strings */
 #define BST_EXPIRE_NS 1000000000ull
@@ -317,6 +319,59 @@ static int cache_key_of(struct bst *b, const struct shm_req *r, const char *data
     return rc;
 }
 
+/* The events of a hit (START, TOKEN, FINISH), from the first not yet in
+ * the outbox: a restart in the middle of them completes them (hit_resume). */
+static void hit_push(struct bst *b, uint64_t cell, uint64_t v, unsigned from)
+{
+    uint32_t at = (uint32_t)v, cnt = (uint32_t)(v >> 32) & 0xffffu;
+    uint16_t reason = (uint16_t)(v >> 48);
+    int32_t last = 0;
+    void *data;
+    size_t size;
+
+    if (shm_cell_bytes(&b->pool, cell, &data, &size) == 0 && (uint64_t)at + 4 <= size)
+        memcpy(&last, (char *)data + at, 4);
+    struct bat_event ev[3] = {
+        { .cell = cell, .kind = BAT_EV_START },
+        { .cell = cell, .kind = BAT_EV_TOKEN, .token = last, .n_gen = cnt, .at = at },
+        { .cell = cell, .kind = BAT_EV_FINISH, .reason = reason, .n_gen = cnt },
+    };
+    for (unsigned i = from; i < 3; i++)
+        FAVO_ASSERT(bat_sched_ob_push(&b->s, &ev[i]) == 0); /* BST_OB_ROOM */
+    explicit_bzero(&ev, sizeof(ev));
+    last = 0;
+}
+
+/* After a restart, before anything is published: a hit whose events the
+ * dead batcher had only partly pushed (they are all still in the outbox:
+ * nothing is published between them) gets the rest. The replayed SUBMIT
+ * then finds its FINISH pending and is skipped. */
+static void hit_resume(struct bst *b)
+{
+    uint64_t *user = bat_sched_user(&b->s);
+    uint64_t cell = user[BST_USER_HIT];
+    const struct bat_event *pend;
+    unsigned have = 0;
+    uint32_t n;
+
+    if (!cell)
+        return;
+    pend = bat_sched_ob_peek(&b->s, &n);
+    for (uint32_t i = 0; i < n; i++)
+        if (pend[i].cell == cell && (pend[i].kind == BAT_EV_START ||
+                                     pend[i].kind == BAT_EV_TOKEN ||
+                                     pend[i].kind == BAT_EV_FINISH))
+            have++;
+    void *data;
+    size_t size;
+    if (have < 3 && shm_cell_get(&b->pool, cell, SHM_CELL_BATCHER, &data, &size) == 0) {
+        favo_info("batcher: a cache hit was cut by the restart: %u of its 3 events added",
+                  3 - have);
+        hit_push(b, cell, user[BST_USER_HITV], have);
+    }
+    user[BST_USER_HIT] = 0;
+}
+
 /* A hit: the cached ids into the cell, START, TOKEN (all of them) and
  * FINISH into the outbox (room checked before the message was taken). */
 static bool cache_hit(struct bst *b, const struct shm_req *r, char *data,
@@ -324,7 +379,6 @@ static bool cache_hit(struct bst *b, const struct shm_req *r, char *data,
 {
     int n = bat_cache_get(&b->cache, key, now, b->cbuf, b->cbuf_cap);
     uint32_t reason, cnt, at = r->tok_off + 4u * r->ntok;
-    int32_t last;
 
     if (n < 8)
         return false; /* -ENOENT: a miss */
@@ -337,17 +391,12 @@ static bool cache_hit(struct bst *b, const struct shm_req *r, char *data,
     }
     /* The ids fit: submit checked tok_off + 4 * (ntok + max_tokens) <= resp_off. */
     memcpy(data + at, b->cbuf + 8, 4ull * cnt);
-    memcpy(&last, b->cbuf + 8 + 4ull * (cnt - 1), 4);
     explicit_bzero(b->cbuf, (size_t)n);
-    struct bat_event ev[3] = {
-        { .cell = r->cell, .kind = BAT_EV_START },
-        { .cell = r->cell, .kind = BAT_EV_TOKEN, .token = last, .n_gen = cnt,
-          .at = at + 4 * (cnt - 1) },
-        { .cell = r->cell, .kind = BAT_EV_FINISH, .reason = (uint16_t)reason, .n_gen = cnt },
-    };
-    for (int i = 0; i < 3; i++)
-        FAVO_ASSERT(bat_sched_ob_push(&b->s, &ev[i]) == 0); /* BST_OB_ROOM */
-    explicit_bzero(&ev, sizeof(ev));
+    /* Remembered in the arena before the events: see hit_resume. */
+    uint64_t *user = bat_sched_user(&b->s);
+    user[BST_USER_HITV] = (at + 4ull * (cnt - 1)) | (uint64_t)cnt << 32 | (uint64_t)reason << 48;
+    user[BST_USER_HIT] = r->cell;
+    hit_push(b, r->cell, user[BST_USER_HITV], 0);
     return true;
 }
 
@@ -506,6 +555,7 @@ static int drain_req(struct bst *b, uint64_t now)
             else
                 favo_warn("batcher: req[%u] unknown kind %u: ignored", w, r.kind);
             shm_ring_release(&b->req[w], 1); /* consume, then release */
+            bat_sched_user(&b->s)[BST_USER_HIT] = 0; /* a hit's events are all in */
             got++;
         }
     }
@@ -969,6 +1019,7 @@ static int attach_all(struct bst *b)
     if ((rc = cache_attach(b)))
         return rc;
     ob_dedupe(b);
+    hit_resume(b);
     b->last_preempt = in.n_preempt;
     /* The engine incarnations the arena's KV state belongs to, as the
      * previous batcher recorded them: one that restarted while we were

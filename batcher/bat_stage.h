@@ -112,7 +112,11 @@
  *     entries expire once a second from the loop (scrubbed); nothing of a
  *     key or value is logged.
  *   - A batcher restart forgets the misses in flight (their answers are
- *     not cached); the cached entries survive it.
+ *     not cached); the cached entries survive it. A hit's three events
+ *     are pushed one by one: the arena's user words (bat_sched_user 14,
+ *     15) name the hit and its ids' extent first, so a restart between
+ *     them adds the missing ones (hit_resume, before anything is
+ *     published) and the replayed SUBMIT finds its FINISH pending.
  *
  * SIGHUP (cfg.reload): counted into the specialist region's hup word,
  * which the supervisor watches to re-read its config (dp_cmd_serve.c).

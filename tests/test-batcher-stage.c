@@ -1040,6 +1040,37 @@ static void t_cache(void **state)
     b = h_copy(h, 0, 20, 8, 0);
     assert_int_equal(h->steps, s0);
     assert_int_equal(h->rq[b].seen, 8);
+    /* a restart in the middle of a hit's three events: the dead batcher had
+     * written the ids and pushed START only (played here on its arena);
+     * the new one adds TOKEN and FINISH, and skips the replayed SUBMIT */
+    h_kill9(h);
+    h->as = 0;
+    a = h_submit(h, 20, 8, 0, 3, 0);
+    h->as = -1;
+    {
+        struct bat_sched probe;
+        size_t len;
+        void *mem = shm_pipe_sched(&h->p, &len), *data;
+        size_t size;
+        struct rq *q = &h->rq[a];
+        assert_int_equal(bat_sched_attach(&probe, mem, len), 0);
+        assert_int_equal(shm_cell_get(&h->alloc, q->cell, SHM_CELL_BATCHER, &data, &size), 0);
+        for (uint32_t k = 0; k < 8; k++) {
+            int32_t id = (int32_t)gtok(0, k);
+            memcpy((char *)data + q->tok_off + 4 * (q->ntok + k), &id, 4);
+        }
+        struct bat_event ev = { .cell = q->cell, .kind = BAT_EV_START };
+        assert_int_equal(bat_sched_ob_push(&probe, &ev), 0);
+        uint64_t *user = bat_sched_user(&probe);
+        user[15] = (q->tok_off + 4ull * (q->ntok + 7)) | 8ull << 32 | (uint64_t)BAT_FIN_LENGTH << 48;
+        user[14] = q->cell;
+    }
+    s0 = h->steps;
+    h_spawn(h, 0);
+    h_run(h, all_done, NULL, 5000);
+    assert_int_equal(h->steps, s0);
+    assert_int_equal(h->rq[a].seen, 8);
+    assert_int_equal(h->rq[a].reason, SHM_FIN_LENGTH);
     /* TTL: a 1 s entry is gone (scrubbed by the once-a-second expiry) after 2.2 s */
     h->cache_ttl = 1;
     h_copy(h, 20, 11, 4, 0);
