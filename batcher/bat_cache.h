@@ -89,7 +89,8 @@ static inline bool bat_cache_deterministic(const struct eng_sample_params *sp, b
 /* Lay out a cache over mem[0..size) (64-aligned) with values of at most
  * val_cap bytes each; uses the whole region. 0 or -EINVAL (too small). */
 int bat_cache_init(struct bat_cache *c, void *mem, size_t size, uint32_t val_cap);
-/* Re-attach after a restart. 0, -EPROTO or -EBADMSG. */
+/* Re-attach after a restart: the lists and hash chains are checked
+ * (O(n_ent), values are not re-read). 0, -EPROTO or -EBADMSG. */
 int bat_cache_attach(struct bat_cache *c, void *mem, size_t size);
 /* Free the handle's OpenSSL objects (the region stays). */
 void bat_cache_close(struct bat_cache *c);
