@@ -537,13 +537,25 @@ size_t shm_stats_prom(const struct shm_stats_snap *snap, char *buf, size_t len);
 
 /* One JSON object for `favo stat --json`, keyed by the table's favo stat
  * columns (same return convention as shm_stats_prom):
- *   {"generation":1,"writers":3,"torn":0,
+ *   {"generation":1,"writers":3,"torn":0,"version":"0.1.0",
+ *    "supervisor_pid":800,"uptime_s":61.2,
  *    "counters":{"prompt_tok":120,...},"gauges":{"running":2,...},
  *    "histograms":{"ttft":{"count":9,"sum_s":0.8,"p50_s":...,"p90_s":...,
- *                  "p99_s":...},...},
+ *                  "p95_s":...,"p99_s":...},...},          (since start)
  *    "stages":[{"stage":"engine","index":0,"state":"running","pid":812,
- *               "restarts":1,"cores":"2-3","heartbeat_age_s":0.004},...]}
- * Heartbeat ages are taken against snap->taken_ns; -1 when never. */
+ *               "restarts":1,"cores":"2-3","last_restart_s":0.21,
+ *               "max_restart_s":0.21,"cpu_s":3.5,"cpu_pct":40.2,
+ *               "heartbeat_age_s":0.004},...],
+ *    "rings":{"req":{"depth":0,"capacity":1024,"messages":18,
+ *             "per_s_10s":1.1,"per_s_60s":0.6},...},
+ *    "windows":{"10s":{"span_s":10.0,"counters":{...},"per_s":{...},
+ *               "tokens_per_step":12.5,"histograms":{"ttft":{"count":5,
+ *               "sum_s":..,"p50_s":..,"p90_s":..,"p95_s":..,"p99_s":..},...}},
+ *               "60s":{...}},
+ *    "tenants":[{"tenant":"acme","other":false,"requests":3,"errors":0,
+ *                "prompt_tokens":30,"gen_tokens":90},...]}
+ * Heartbeat ages are taken against snap->taken_ns; -1 when never. cpu_s
+ * and cpu_pct are -1 unless the caller filled them (favo stat does). */
 size_t shm_stats_json(const struct shm_stats_snap *snap, char *buf, size_t len);
 
 /* The human view of `favo stat`: counters (with a per-second rate against

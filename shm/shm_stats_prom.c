@@ -364,7 +364,12 @@ size_t shm_stats_json(const struct shm_stats_snap *snap, char *buf, size_t len)
             out_printf(&o, "%s\"%s\":", c ? "," : "", shm_stats_counter_desc[c].column);
             out_json_double(&o, win_rate(ws, c));
         }
-        out_printf(&o, "},\"histograms\":{");
+        out_printf(&o, "},\"tokens_per_step\":");
+        out_json_double(&o, ws->counters[SHM_C_ENGINE_STEPS]
+                                ? (double)ws->counters[SHM_C_ENGINE_TOKENS] /
+                                      (double)ws->counters[SHM_C_ENGINE_STEPS]
+                                : 0.0);
+        out_printf(&o, ",\"histograms\":{");
         for (unsigned h = 0; h < SHM_H__COUNT; h++) {
             const struct shm_stats_win_hist *wh = &ws->hist[h];
 
@@ -481,6 +486,24 @@ size_t shm_stats_text(const struct shm_stats_snap *snap, const struct shm_stats_
                            ? (double)(snap->taken_ns - st->heartbeat_ns) / 1e6
                            : 0.0);
     }
+
+    /* the instance at a glance: load per window, then the gauges */
+    for (unsigned w = 0; w < snap->nwin; w++) {
+        const struct shm_stats_win_snap *ws = &snap->win[w];
+        uint64_t steps = ws->counters[SHM_C_ENGINE_STEPS];
+
+        out_printf(&o, "%s%-4s %7.2f req/s, prompt %9.1f tok/s, generated %8.1f tok/s, %6.1f "
+                   "tokens/step", w ? "" : "\n", win_name[w],
+                   win_rate(ws, SHM_C_REQ_OK) + win_rate(ws, SHM_C_REQ_ERROR) +
+                       win_rate(ws, SHM_C_REQ_CANCELLED) + win_rate(ws, SHM_C_REQ_TIMEOUT),
+                   win_rate(ws, SHM_C_PROMPT_TOKENS), win_rate(ws, SHM_C_GENERATION_TOKENS),
+                   steps ? (double)ws->counters[SHM_C_ENGINE_TOKENS] / (double)steps : 0.0);
+        out_printf(&o, ", cache hits %llu\n",
+                   (unsigned long long)ws->counters[SHM_C_RESPONSE_CACHE_HITS]);
+    }
+    out_printf(&o, "now  running %.0f, waiting %.0f, KV cache %.1f%% used\n",
+               snap->gauges[SHM_G_REQUESTS_RUNNING], snap->gauges[SHM_G_REQUESTS_WAITING],
+               100.0 * snap->gauges[SHM_G_KV_CACHE_USAGE]);
 
     /* latency over the three windows */
     out_printf(&o, "\n%-12s", "latency ms");
