@@ -7,7 +7,8 @@ Covers: serve refuses a bad certificate, a key that does not match, an
 encrypted key and a missing file with a message naming the file; curl
 --cacert: /health, chat non-streaming and streaming; the OpenAI Python SDK
 over https (httpx verifying against the CA file); keep-alive (several
-requests, generation included, on one TLS connection); `openssl s_client
+requests, generation included, on one TLS connection); three requests
+pipelined in one TLS record answered in order; `openssl s_client
 -tls1_2` refused (protocol_version alert), `-tls1_3 -alpn http/1.1`
 accepted with ALPN http/1.1, and a client offering only h2 refused; a
 client that disconnects mid-stream over TLS has its sequence cancelled
@@ -25,6 +26,7 @@ which path the server uses.
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -207,6 +209,31 @@ def run(S):
           f"keep-alive: 5 requests (2 generated, 1 streamed) on one TLS connection ({statuses}, "
           f"{len(socks)} socket)")
     c.close()
+
+    # pipelining inside TLS: three requests in one write (one record), the
+    # generation in the middle; answers in order on the same session
+    raw = tls_ctx().wrap_socket(socket.create_connection(("127.0.0.1", S.port), timeout=60),
+                                server_hostname="localhost")
+    gen = json.dumps({"model": MODEL_ID, "prompt": "Hello", "max_tokens": 5})
+    raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" +
+                f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(gen)}\r\n\r\n{gen}".encode() +
+                b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    buf = b""
+    try:
+        while True:
+            b = raw.recv(65536)
+            if not b:
+                break
+            buf += b
+    except (OSError, ssl.SSLError):
+        pass
+    raw.close()
+    heads = [m.start() for m in re.finditer(rb"HTTP/1\.1 200 OK", buf)]
+    order = [buf.find(b'"status":"ok"'), buf.find(b'"text_completion"'), buf.find(b'"object":"list"')]
+    check(len(heads) == 3 and all(x >= 0 for x in order) and order == sorted(order),
+          f"three pipelined requests in one TLS record: answered in order ({len(heads)} answers, "
+          f"{order})")
 
     # openssl s_client: TLS 1.2 refused, TLS 1.3 + ALPN http/1.1 served
     rc, out = s_client(S, "-tls1_2")
