@@ -7,6 +7,9 @@
  * activation rows per call, the row range and the column offset (batch
  * invariance, eng_step.h S1). Rows not a multiple of 16 exercise the
  * padded last panel; a NaN activation block poisons exactly its row.
+ * With 37 activation rows a call runs 16-row AMX tiles where the CPU has
+ * AMX-INT8 (32-block types) and the VNNI kernel for the rest and for the
+ * one-row calls: the bitwise checks hold the two kernels to the same bits.
  * Skips (77) on CPUs without AVX-512 VNNI.
  */
 #include "t_util.h"
@@ -24,7 +27,7 @@
 
 #define ROWS 37
 #define K 512
-#define M 11
+#define M 37             /* > 2 x 16: AMX tiles (where the CPU has them) and a VNNI tail */
 
 static uint64_t seed = 42;
 
@@ -139,6 +142,7 @@ int main(void)
         fprintf(stderr, "unsupported shapes accepted\n");
         fails++;
     }
+    printf("AMX tiles: %s\n", eng_pack_amx_enable() ? "on" : "off");
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         int f = check_type(types[i]);
 

@@ -1,7 +1,9 @@
 /*
  * eng_cpu_features.c - which SIMD kernels this CPU can run, read once by
  * CPUID; kernels are chosen from it at run time. FAVO_CPU=scalar|avx2
- * caps the choice (for tests and benchmarks of the slower paths).
+ * caps the choice (for tests and benchmarks of the slower paths); any
+ * FAVO_CPU value (e.g. avx512) also keeps the packed kernels off AMX
+ * (eng_pack.c).
  */
 #include "eng_cpu.h"
 

@@ -22,8 +22,13 @@
  */
 #include "eng_quant_int.h"
 
+#include <cpuid.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "eng_cpu.h"
 #include "eng_fp16.h"
@@ -49,6 +54,38 @@ static size_t pblock_bytes(uint32_t t)
 static int64_t blck(uint32_t t)
 {
     return t == ENG_TYPE_Q4_K || t == ENG_TYPE_Q6_K ? ENG_QK_K : ENG_QK;
+}
+
+/* ---- AMX permission (eng_quant_int.h) ---- */
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+static int amx_on;
+
+static void amx_init(void)
+{
+    unsigned a, b, c, d, f = eng_cpu_features();
+    const char *cap = getenv("FAVO_CPU");
+    int on = 0;
+
+    /* CPUID.(7,0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8 */
+    if ((f & ENG_CPU_AVX512) && (f & ENG_CPU_AVX512VNNI) && !(cap && *cap) &&
+        __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1))
+        on = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    __atomic_store_n(&amx_on, on, __ATOMIC_RELEASE);
+}
+
+int eng_pack_amx_enable(void)
+{
+    pthread_once(&amx_once, amx_init);
+    return eng_pack_amx_on();
+}
+
+int eng_pack_amx_on(void)
+{
+    return __atomic_load_n(&amx_on, __ATOMIC_ACQUIRE);
 }
 
 bool eng_pack_supported(uint32_t wtype)
@@ -198,6 +235,7 @@ int eng_pack(uint32_t wtype, const void *w, size_t w_row_bytes, int64_t k, int64
 
     if (!eng_pack_size(wtype, k, rows) || !ti)
         return -EINVAL;
+    (void)eng_pack_amx_enable();   /* while setting up, before any seccomp filter */
     nb = k / blck(wtype);
     ng = (rows + G - 1) / G;
     for (int64_t g = 0; g < ng; g++)

@@ -138,6 +138,16 @@ _Static_assert(sizeof(struct eng_bq8_kp) == 352, "q8_kp layout");
 #define ENG_PACK_ACT_32 0x100u
 #define ENG_PACK_ACT_K 0x101u
 
+/* AMX for the packed kernels (eng_pack_avx512.c): eng_pack_amx_enable asks
+ * the kernel for the process's permission to use AMX tile state (Linux
+ * arch_prctl ARCH_REQ_XCOMP_PERM), once, where the CPU has AMX-TILE and
+ * AMX-INT8 and FAVO_CPU does not cap it (FAVO_CPU=avx512: no AMX). Called
+ * while packing weights (context set-up, before a stage installs its
+ * seccomp filter); the kernels never make the syscall themselves, they
+ * only read eng_pack_amx_on(). 1 when AMX is on. */
+int eng_pack_amx_enable(void);
+int eng_pack_amx_on(void);
+
 /* One panel of ENG_PACK_ROWS rows: y[c*ldy + i] for i < nvalid, c < m. */
 void eng_pack_avx512_panels(uint32_t wtype, const uint8_t *wp, size_t panel_bytes,
                             int64_t nb, int64_t g0, int64_t g1, int64_t rows,
