@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #define MM_ROW_ALIGN 16   /* matmul row ranges start on multiples of this */
 #define PK_PER_LAYER 7    /* wq wk wv wo gate up down */
@@ -109,11 +110,23 @@ static void range(uint32_t n, unsigned ith, unsigned nth, uint32_t *lo, uint32_t
     *hi = (uint32_t)((uint64_t)n * (ith + 1) / nth);
 }
 
+/* The profile's clock: wall time, or this thread's CPU time (a syscall
+ * per reading; profiling only) with ENG_PROF_CPU. */
+static uint64_t prof_now(const struct eng_ctx *c)
+{
+    struct timespec ts;
+
+    if (c->profile != ENG_PROF_CPU)
+        return favo_now_ns();
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* The time since the last mark was spent on op. */
 static inline void mark(struct thr *t, enum eng_prof_op op)
 {
     if (t->acc) {
-        uint64_t now = favo_now_ns();
+        uint64_t now = prof_now(t->c);
 
         t->acc[op] += now - t->t_last;
         t->t_last = now;
@@ -461,7 +474,7 @@ static void forward(void *arg, unsigned ith, unsigned nth)
     const void *pko = c->pk[(size_t)hp->n_layer * PK_PER_LAYER];
 
     if (t.acc)
-        t.t_last = favo_now_ns();   /* from here: a worker's wake-up is not counted */
+        t.t_last = prof_now(c);     /* from here: a worker's wake-up is not counted */
     /* Embeddings and each token's RoPE cos/sin for both bases. */
     range(c->n_tok, ith, nth, &lo, &hi);
     for (uint32_t i = lo; i < hi; i++) {
@@ -821,7 +834,7 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
     c->sample_scratch = ctx_alloc(c, c->nth * c->sample_scratch_bytes);
     c->inv_freq[0] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
     c->inv_freq[1] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
-    c->profile = o && o->profile;
+    c->profile = o ? o->profile : 0;
     c->prof = ctx_alloc(c, (size_t)c->nth * PROF_STRIDE * sizeof(uint64_t));
     if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq ||
         !c->rope_cs || !c->tok_seq || !c->tok_pos || !c->out_tok || !c->out_seq ||

@@ -72,17 +72,23 @@ struct eng_ctx_opts {
     uint8_t exact;                 /* reference mode: dequantize weight rows and dot
                                       with f32 activations (no activation quantization);
                                       slower, for checking against an f32/f64 oracle */
-    uint8_t profile;               /* time each phase of the step (eng_ctx_prof) */
+    uint8_t profile;               /* time each phase of the step (eng_ctx_prof):
+                                      ENG_PROF_WALL or ENG_PROF_CPU; 0: off */
 };
 
 /*
  * Where a step's time goes (opts.profile): nanoseconds per phase summed
  * over the threads, so that sum(ns) = threads x wall time of the steps.
  * BARRIER is time spent waiting at barriers (load imbalance plus the
- * barrier itself); barriers counts them per thread. Timestamps are read
- * with the vDSO clock, about 20 ns each; without opts.profile nothing is
- * timed. Metadata only (invariant 5): times and counts.
+ * barrier itself); barriers counts them per thread. ENG_PROF_WALL reads
+ * the vDSO clock, about 20 ns a reading; ENG_PROF_CPU each thread's CPU
+ * time (a clock_gettime syscall a reading, a few percent of a step), for
+ * a machine shared with other work: time a thread spends preempted is
+ * then not counted anywhere, wall_ns still is. Without opts.profile
+ * nothing is timed. Metadata only (invariant 5): times and counts.
  */
+enum { ENG_PROF_WALL = 1, ENG_PROF_CPU = 2 };
+
 enum eng_prof_op {
     ENG_PROF_EMBD = 0,   /* embedding rows, RoPE tables */
     ENG_PROF_NORM,       /* RMSNorms, residual adds, activation function */

@@ -5,7 +5,7 @@
  * roofline it implies (bandwidth / weight bytes read per token).
  *
  *   bench-engine [--json] [--threads N] [--decode N] [--llama-1b] [--mmap]
- *                [--only NAME] [--profile]
+ *                [--only NAME] [--profile] [--cpu]
  *
  * Models: `tiny` (q8_0, generated), the real models in FAVO_MODELS (or
  * ./models) when present, and with --llama-1b the llama-1b preset in q8_0,
@@ -16,7 +16,8 @@
  * model, where one decode step's time goes at batch 1, 8 and 32 and in
  * the 512-token prefill (eng_ctx_prof: per phase, microseconds per step
  * averaged over the threads, and the share of the step), measured in
- * separate runs with the engine's profiling on.
+ * separate runs with the engine's profiling on. --cpu divides by the
+ * process's CPU time instead of wall time (see bench_now).
  *
  * JSON keys: mem_bw_gbs, threads, and per model M (e.g. smollm2_q4_1):
  * M_prefill_tps, M_decode_b1_tps, M_decode_b8_tps, M_decode_b32_tps,
@@ -38,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PREFILL 512
@@ -106,6 +108,22 @@ struct result {
     double prefill, b1, b8, b32, b1_mmap, roof, weight_mb;
 };
 
+/* --cpu: time the runs in CPU seconds of the whole process (every
+ * engine thread, spinning included) instead of wall seconds, so that
+ * figures taken on a loaded machine compare (a thread that waits for a
+ * core costs nothing; one that spins at a barrier does). */
+static int use_cpu;
+
+static uint64_t bench_now(void)
+{
+    struct timespec ts;
+
+    if (!use_cpu)
+        return favo_now_ns();
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* Decode tokens/s with nseq sequences, each after a CTX_PROMPT prefill. */
 static double decode_tps(eng_ctx_t *c, struct eng_kv *kv, uint32_t nv, uint32_t nseq,
                          uint32_t steps)
@@ -129,7 +147,7 @@ static double decode_tps(eng_ctx_t *c, struct eng_kv *kv, uint32_t nv, uint32_t 
     if (eng_step(c, &b, out, NULL))
         return 0;
     eng_ctx_prof_reset(c);
-    t0 = favo_now_ns();
+    t0 = bench_now();
     for (uint32_t st = 0; st < steps; st++) {
         for (uint32_t i = 0; i < nseq; i++) {
             last[i] = out[i].token;
@@ -140,7 +158,7 @@ static double decode_tps(eng_ctx_t *c, struct eng_kv *kv, uint32_t nv, uint32_t 
         if (eng_step(c, &b, out, NULL))
             return 0;
     }
-    tps = (double)nseq * steps / ((double)(favo_now_ns() - t0) / 1e9);
+    tps = (double)nseq * steps / ((double)(bench_now() - t0) / 1e9);
     for (uint32_t i = 0; i < nseq; i++)
         for (uint32_t j = 0; j < nb; j++)
             eng_kv_block_release(kv, blocks[i][j]);
@@ -163,11 +181,11 @@ static double prefill_tps(eng_ctx_t *c, struct eng_kv *kv, uint32_t nv)
     for (uint32_t j = 0; j < PREFILL / ENG_KV_BLOCK; j++)
         blocks[j] = eng_kv_block_alloc(kv);
     eng_ctx_prof_reset(c);
-    t0 = favo_now_ns();
+    t0 = bench_now();
     rc = eng_step(c, &b, &out, NULL);
     for (uint32_t j = 0; j < PREFILL / ENG_KV_BLOCK; j++)
         eng_kv_block_release(kv, blocks[j]);
-    return rc ? 0 : PREFILL / ((double)(favo_now_ns() - t0) / 1e9);
+    return rc ? 0 : PREFILL / ((double)(bench_now() - t0) / 1e9);
 }
 
 static double run_decode_b1(const char *path, unsigned flags, unsigned nth, uint32_t steps)
@@ -193,11 +211,13 @@ static double run_decode_b1(const char *path, unsigned flags, unsigned nth, uint
     return r;
 }
 
-/* One row of the phase table: us per step per thread and % of the step. */
+/* The phase table of one run: per phase, us per step per thread and its
+ * share of the time spent in phases; then the time in no phase (pool
+ * wake-up, the wait at the end; with --cpu, also time spent preempted). */
 static void prof_print(const char *model, const char *what, eng_ctx_t *c)
 {
     struct eng_step_prof p;
-    double per, tot = 0, idle;
+    double per, tot = 0;
 
     eng_ctx_prof(c, &p);
     if (!p.steps)
@@ -205,16 +225,16 @@ static void prof_print(const char *model, const char *what, eng_ctx_t *c)
     per = (double)p.steps * p.n_threads * 1e3;   /* ns summed -> us per step per thread */
     for (unsigned op = 0; op < ENG_PROF_COUNT; op++)
         tot += (double)p.ns[op];
-    idle = (double)p.wall_ns * p.n_threads - tot;   /* wake-up and the final wait */
-    fprintf(stderr, "%-20s %-8s step %8.1f us, %4.1f barriers/step, tok/s %8.1f\n", model, what,
-           (double)p.wall_ns / p.steps / 1e3, (double)p.barriers / p.steps,
-           (double)p.tokens / ((double)p.wall_ns / 1e9));
+    fprintf(stderr, "%-20s %-8s wall %8.1f us/step, in phases %8.1f us/step/thread (%s), "
+                    "%.1f barriers/step\n",
+            model, what, (double)p.wall_ns / p.steps / 1e3, tot / per,
+            use_cpu ? "CPU time" : "wall time", (double)p.barriers / p.steps);
     for (unsigned op = 0; op < ENG_PROF_COUNT; op++)
         if (p.ns[op])
-            fprintf(stderr, "    %-12s %9.1f us %5.1f%%\n", eng_prof_name(op), (double)p.ns[op] / per,
-                   100.0 * (double)p.ns[op] / ((double)p.wall_ns * p.n_threads));
-    fprintf(stderr, "    %-12s %9.1f us %5.1f%%\n", "idle", idle / per,
-           100.0 * idle / ((double)p.wall_ns * p.n_threads));
+            fprintf(stderr, "    %-12s %9.1f us %5.1f%%\n", eng_prof_name(op),
+                    (double)p.ns[op] / per, 100.0 * (double)p.ns[op] / tot);
+    fprintf(stderr, "    %-12s %9.1f us\n", "(no phase)",
+            ((double)p.wall_ns * p.n_threads - tot) / per);
 }
 
 /* Per-phase split of prefill and decode at batch 1, 8, 32 (--profile). */
@@ -223,7 +243,8 @@ static void profile_model(const char *name, struct eng_model *m, struct eng_kv *
 {
     eng_ctx_t *c;
     struct eng_ctx_opts o = { .n_threads = nth, .max_tokens = PREFILL, .max_seqs = 32,
-                              .n_ctx = 1024, .profile = 1 };
+                              .n_ctx = 1024,
+                              .profile = use_cpu ? ENG_PROF_CPU : ENG_PROF_WALL };
     static const uint32_t bs[] = { 1, 8, 32 };
 
     if (eng_ctx_init(&c, m, kv, &o))
@@ -307,13 +328,15 @@ int main(int argc, char **argv)
             llama1b = 1;
         else if (!strcmp(argv[i], "--mmap"))
             with_mmap = 1;
+        else if (!strcmp(argv[i], "--cpu"))
+            use_cpu = 1;
         else if (!strcmp(argv[i], "--profile"))
             profile = 1;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
         else if (strcmp(argv[i], "--json")) {
             fprintf(stderr, "usage: bench-engine [--json] [--threads N] [--decode N] "
-                            "[--llama-1b] [--mmap] [--only NAME] [--profile]\n");
+                            "[--llama-1b] [--mmap] [--only NAME] [--profile] [--cpu]\n");
             return 2;
         }
     }
@@ -365,6 +388,7 @@ int main(int argc, char **argv)
         perf_json_str(stdout, "machine", machine);
         perf_json_num(stdout, "threads", nth);
         perf_json_num(stdout, "mem_bw_gbs", bw);
+        perf_json_str(stdout, "timing", use_cpu ? "cpu" : "wall");
         for (int i = 0; i < n; i++) {
 #define K(suffix, v)                                                    \
     do {                                                                \
@@ -386,7 +410,8 @@ int main(int argc, char **argv)
         return 0;
     }
     printf("bench-engine: %s, %u threads, decode %u steps\n", machine, nth, steps);
-    printf("memory read bandwidth: %.1f GB/s\n\n", bw);
+    printf("memory read bandwidth: %.1f GB/s%s\n\n", bw,
+           use_cpu ? "; tok/s per CPU second of the process (--cpu)" : "");
     printf("%-20s %9s %10s %10s %10s %10s %9s %9s%s\n", "model", "weights", "prefill",
            "decode b1", "decode b8", "decode b32", "roofline", "fraction",
            with_mmap ? "  b1 (mmap)" : "");
