@@ -10,7 +10,8 @@
  * With 37 activation rows a call runs 16-row AMX tiles where the CPU has
  * AMX-INT8 (32-block types) and the VNNI kernel for the rest and for the
  * one-row calls: the bitwise checks hold the two kernels to the same bits.
- * Skips (77) on CPUs without AVX-512 VNNI.
+ * The 32-block types' activation rows are the q8_1 row plus -sum(codes),
+ * byte for byte. Skips (77) on CPUs without AVX-512 VNNI.
  */
 #include "t_util.h"
 
@@ -82,6 +83,23 @@ static int check_type(uint32_t wt)
         xf[i] = frand() * 3.0f;
     for (int j = 0; j < M; j++)
         CHECK(eng_pack_act_row(wt, xf + j * K, x + j * xs, K) == 0);
+    /* 32-block activation rows: the q8_1 row widened with -sum(codes) */
+    if (wt != ENG_TYPE_Q4_K && wt != ENG_TYPE_Q6_K)
+        for (int j = 0; j < M; j++) {
+            struct eng_bq8_1 q[K / 32];
+            struct eng_bq8_p e[K / 32];
+
+            memset(e, 0, sizeof(e));
+            CHECK(eng_quant_row(ENG_TYPE_Q8_1, xf + j * K, q, K) == 0);
+            for (int b = 0; b < K / 32; b++) {
+                e[b].d = q[b].d;
+                e[b].s = q[b].s;
+                for (int i = 0; i < 32; i++)
+                    e[b].nsum -= q[b].qs[i];
+                memcpy(e[b].qs, q[b].qs, 32);
+            }
+            CHECK(!memcmp(e, x + j * xs, sizeof(e)));
+        }
     CHECK(eng_pack(wt, w, rb, K, ROWS, wp) == 0);
     memset(y, 0, sizeof(float) * ROWS * M);
     eng_matmul_packed(wt, wp, K, ROWS, 0, ROWS, x, xs, M, y, ROWS);

@@ -300,8 +300,11 @@ int eng_pack_act_row(uint32_t wtype, const float *src, void *dst, int64_t k)
         }
         return rc;
     }
-    /* q8_1 row first (AVX2 where available), then widen block by block,
-     * back to front so the wider blocks never overwrite unread ones */
+    /* one AVX2 pass where the CPU has it (always, with the packed kernels) */
+    if (eng_cpu_features() & ENG_CPU_AVX2)
+        return eng_quant_avx2_act(ENG_PACK_ACT_32, src, dst, k);
+    /* else the q8_1 row first, then widen block by block, back to front
+     * so the wider blocks never overwrite unread ones */
     {
         int64_t nb = k / ENG_QK;
         struct eng_bq8_1 *q = dst;

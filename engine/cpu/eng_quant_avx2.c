@@ -514,6 +514,34 @@ int eng_quant_avx2_act(uint32_t type, const float *x, void *dst, int64_t n)
         }
         return rc;
     }
+    case ENG_PACK_ACT_32: {
+        /* the packed kernels' q8_1 with the code sum: q8_32's sum is
+         * exactly the sum of the codes it wrote, so one pass does it */
+        struct eng_bq8_p *b = dst;
+        for (int64_t i = 0; i < n / ENG_QK; i++, x += ENG_QK) {
+            float amax = amax_or_bad(x, ENG_QK);
+            int sum;
+            if (amax < 0) {
+                struct eng_bq8_1 t;
+
+                rc = eng_quant_ref_quant(ENG_TYPE_Q8_1, x, &t, ENG_QK);
+                sum = 0;
+                for (int j = 0; j < ENG_QK; j++)
+                    sum += t.qs[j];
+                b[i].d = t.d;
+                b[i].s = t.s;
+                memcpy(b[i].qs, t.qs, ENG_QK);
+            } else {
+                float d = amax / 127;
+                sum = q8_32(x, inv_or_zero(d), b[i].qs);
+                b[i].d = d;
+                b[i].s = d * (float)sum;
+            }
+            b[i].nsum = -sum;
+            b[i].pad = 0;
+        }
+        return rc;
+    }
     case ENG_TYPE_Q8_K: {
         struct eng_bq8_k *b = dst;
         for (int64_t i = 0; i < n / ENG_QK_K; i++, x += ENG_QK_K) {

@@ -93,8 +93,10 @@ void eng_matmul_kern(const struct eng_quant_kern *kn, uint32_t wtype,
                      float *y, int64_t ldy);
 
 /* Activation quantizers for q8_0 / q8_1 / q8_k with AVX2 (n a multiple
- * of the block), bit-identical to eng_quant_ref_quant; -ENOTSUP for other
- * types. Only with ENG_CPU_AVX2. */
+ * of the block), bit-identical to eng_quant_ref_quant, and for
+ * ENG_PACK_ACT_32 (struct eng_bq8_p: the same bytes as q8_1 widened by
+ * eng_pack_act_row, in one pass); -ENOTSUP for other types. Only with
+ * ENG_CPU_AVX2. */
 int eng_quant_avx2_act(uint32_t type, const float *src, void *dst, int64_t n);
 
 /* Scalar reference pieces (eng_quant_ref.c). */
