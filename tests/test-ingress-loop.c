@@ -9,6 +9,12 @@
  * prompt tokens in the cell, and the client socket received by "egress"
  * over SCM_RIGHTS and answered through.
  *
+ * TLS (t_tls, a second loop with --tls-cert/--tls-key from a certificate
+ * made with the openssl CLI, no model): keep-alive and pipelined requests
+ * in one session, a 100 KB body over many records (the cell grows), TLS
+ * 1.2 refused, plain HTTP closed at once, a silent client closed by the
+ * header timeout, and a drain that ends an idle session with close_notify.
+ *
  * Model routes need models/SmolLM2-135M-Instruct.Q4_1.gguf (FAVO_MODELS);
  * without it those checks are skipped and the rest still run.
  */
@@ -26,6 +32,10 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/time.h>
 
 #include "eng_chat.h"
 #include "eng_gguf.h"
@@ -721,6 +731,230 @@ static void t_handoff(volatile uint32_t *batcher_up, shm_ring_t *ring,
     *batcher_up = 0;
 }
 
+/* ------------------------------------------------------------------ TLS */
+
+/* A client session on a fresh connection (verifying against the test's
+ * self-signed certificate); NULL when the handshake failed. */
+static SSL *tls_open(SSL_CTX *cx, int *fdp)
+{
+    struct timeval tv = { 3, 0 };
+    int fd = conn_new();
+    SSL *s = SSL_new(cx);
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    SSL_set_fd(s, fd);
+    if (SSL_connect(s) != 1) {
+        ERR_clear_error();
+        SSL_free(s);
+        close(fd);
+        return NULL;
+    }
+    *fdp = fd;
+    return s;
+}
+
+static const char HEALTH[] = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+static void tls_close(SSL *s, int fd)
+{
+    SSL_free(s);
+    close(fd);
+}
+
+static void tls_send(SSL *s, const char *p, size_t n)
+{
+    size_t w;
+
+    while (n && SSL_write_ex(s, p, n, &w) == 1) {
+        p += w;
+        n -= w;
+    }
+}
+
+/* Read n complete responses (or until EOF / 3 s of silence). *eof: the
+ * session ended (close_notify or TCP). malloc'd. */
+static char *tls_resp(SSL *s, int n, bool *eof, bool *notify)
+{
+    size_t cap = 1u << 20, len = 0, at = 0, got;
+    char *buf = malloc(cap + 1);
+    int k = 0;
+
+    *eof = false;
+    if (notify)
+        *notify = false;
+    while (k < n) {
+        size_t r;
+        while (k < n && (r = resp_len(buf + at, len - at)) > 0) {
+            at += r;
+            k++;
+        }
+        if (k >= n)
+            break;
+        if (SSL_read_ex(s, buf + len, cap - len, &got) != 1) {
+            int e = SSL_get_error(s, 0);
+            if (notify)
+                *notify = e == SSL_ERROR_ZERO_RETURN;
+            *eof = true;
+            ERR_clear_error();
+            break;
+        }
+        len += got;
+    }
+    buf[len] = 0;
+    return buf;
+}
+
+static int count_of(const char *s, const char *what)
+{
+    int n = 0;
+
+    for (const char *p = s; (p = strstr(p, what)) != NULL; p++)
+        n++;
+    return n;
+}
+
+static void t_tls(void)
+{
+    char *dir = t_tmpdir(), cmd[1024], cert[600], key[600], pbuf[16] = { 0 }, *r;
+    SSL_CTX *cx = NULL, *cx12 = NULL;
+    int pfd[2], fd, status = 0;
+    bool eof, notify;
+    pid_t pid;
+    SSL *s;
+
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+             "-nodes -keyout key.pem -out cert.pem -days 2 -subj /CN=localhost "
+             "-addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1",
+             dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "note: openssl CLI could not make a certificate: TLS not checked\n");
+        free(dir);
+        return;
+    }
+    snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+    snprintf(key, sizeof(key), "%s/key.pem", dir);
+    if (pipe(pfd))
+        return;
+    pid = fork();
+    if (pid == 0) {
+        struct ing_cfg cfg = { 0 };
+        close(pfd[0]);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        cfg.port_fd = pfd[1];
+        cfg.lim = ing_http_default_limits;
+        cfg.max_conns = 8;
+        cfg.header_timeout_ms = 600;
+        cfg.idle_timeout_ms = 5000;
+        cfg.drain_ms = 2000;
+        cfg.egress_sock = -1;
+        cfg.tls_cert = cert;
+        cfg.tls_key = key;
+        exit(ing_loop_run(&cfg) ? 2 : 0);
+    }
+    close(pfd[1]);
+    if (read(pfd[0], pbuf, sizeof(pbuf) - 1) <= 0) {
+        fprintf(stderr, "the TLS loop did not start\n");
+        fails++;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return;
+    }
+    close(pfd[0]);
+    uint16_t plain_port = port;
+    port = (uint16_t)atoi(pbuf);
+
+    cx = SSL_CTX_new(TLS_client_method());
+    cx12 = SSL_CTX_new(TLS_client_method());
+    CHECK(cx && cx12 && SSL_CTX_load_verify_locations(cx, cert, NULL) == 1);
+    SSL_CTX_set_verify(cx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_max_proto_version(cx12, TLS1_2_VERSION);
+
+    /* keep-alive and pipelining in one session */
+    s = tls_open(cx, &fd);
+    CHECK(s != NULL);
+    if (s) {
+        static const char two[] = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        CHECK(!strcmp(SSL_get_version(s), "TLSv1.3"));
+        tls_send(s, HEALTH, strlen(HEALTH));
+        r = tls_resp(s, 1, &eof, NULL);
+        CHECK(!strncmp(r, "HTTP/1.1 200", 12) && strstr(r, "\"ok\""));
+        free(r);
+        tls_send(s, two, sizeof(two) - 1);
+        r = tls_resp(s, 2, &eof, NULL);
+        CHECK(count_of(r, "HTTP/1.1 200 OK") == 2 && !eof);
+        free(r);
+        /* a 100 KB body: many records, the request moves to a larger cell */
+        size_t bl = 100000;
+        char *big = malloc(bl + 256);
+        int h = snprintf(big, 256, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                                   "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                         bl);
+        memcpy(big + h, "{\"prompt\":\"", 11);
+        memset(big + h + 11, 'a', bl - 13);
+        memcpy(big + h + bl - 2, "\"}", 2);
+        tls_send(s, big, (size_t)h + bl);
+        free(big);
+        tls_send(s, HEALTH, strlen(HEALTH));
+        r = tls_resp(s, 2, &eof, NULL);
+        CHECK(!strncmp(r, "HTTP/1.1 ", 9) && count_of(r, "HTTP/1.1 ") == 2 &&
+              strstr(r, "\"status\":\"ok\"") && !eof); /* the body was read whole */
+        free(r);
+        tls_close(s, fd);
+    }
+
+    /* TLS 1.2 only: refused */
+    s = tls_open(cx12, &fd);
+    CHECK(s == NULL);
+    if (s)
+        tls_close(s, fd);
+
+    /* plain HTTP to the TLS port: closed at once, never answered in clear */
+    port = (uint16_t)atoi(pbuf);
+    fd = conn_new();
+    send_str(fd, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_resp(fd, 1, 2000, &eof);
+    CHECK(eof && !strstr(r, "HTTP/1.1"));
+    free(r);
+    close(fd);
+
+    /* a client that never says anything: closed by the header timeout */
+    {
+        uint64_t t0 = (uint64_t)time(NULL);
+        fd = conn_new();
+        r = read_resp(fd, 1, 4000, &eof);
+        CHECK(eof && r[0] == 0 && (uint64_t)time(NULL) - t0 <= 3);
+        free(r);
+        close(fd);
+    }
+
+    /* drain: an idle session ends with close_notify, the loop exits 0 */
+    s = tls_open(cx, &fd);
+    CHECK(s != NULL);
+    if (s) {
+        tls_send(s, HEALTH, strlen(HEALTH));
+        r = tls_resp(s, 1, &eof, NULL);
+        free(r);
+        kill(pid, SIGTERM);
+        r = tls_resp(s, 1, &eof, &notify);
+        CHECK(eof && notify && r[0] == 0);
+        free(r);
+        tls_close(s, fd);
+    } else {
+        kill(pid, SIGTERM);
+    }
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    SSL_CTX_free(cx);
+    SSL_CTX_free(cx12);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "note: could not remove %s\n", dir);
+    free(dir);
+    port = plain_port;
+}
+
 int main(void)
 {
     struct shm_cell_cfg cc = { .nclasses = 2, .nreturn = 1 };
@@ -842,6 +1076,7 @@ int main(void)
     kill(pid, SIGTERM);
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    t_tls();
     shm_stats_destroy(&st);
     /* no cell leaked: a fresh allocator finds every cell free */
     {
