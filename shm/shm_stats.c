@@ -580,6 +580,11 @@ int shm_stats_heartbeat(struct shm_stats *st, unsigned row)
     return 0;
 }
 
+int shm_stats_writer_heartbeat(struct shm_stats_writer *w)
+{
+    return w->st ? shm_stats_heartbeat(w->st, w->slot) : -EINVAL;
+}
+
 /* ---------------------------------------------------------------- reader */
 
 static bool pid_dead(int32_t pid)

@@ -463,6 +463,9 @@ int shm_stats_win_update(struct shm_stats *st, struct shm_stats_windower *w,
                          const struct shm_stats_snap *snap);
 /* Stage: "I am alive" in its row, CLOCK_MONOTONIC now. */
 int shm_stats_heartbeat(struct shm_stats *st, unsigned row);
+/* The same through a writer, for a stage whose row is its writer slot (as
+ * favo serve assigns them) and that holds only the writer. */
+int shm_stats_writer_heartbeat(struct shm_stats_writer *w);
 
 /* ---------------------------------------------------------------- reader */
 

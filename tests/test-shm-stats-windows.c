@@ -220,6 +220,13 @@ static void test_info_and_restart_fields(void **state)
     assert_int_equal(shm_stats_set_info(&st, "9.8.7-a-rather-long-version-string-cut-short-here",
                                         4242), 0);
     assert_int_equal(shm_stats_stage_set(&st, 1, &in), 0);
+    {
+        struct shm_stats_writer w;
+
+        assert_int_equal(shm_stats_writer_init(&st, 0, SHM_STAGE_BATCHER, 0, 0, &w), 0);
+        assert_int_equal(shm_stats_writer_heartbeat(&w), 0); /* row 0 = slot 0 */
+        shm_stats_writer_free(&w);
+    }
     assert_int_equal(shm_stats_open(&rd, inst, false), 0);
     assert_int_equal(shm_stats_set_info(&rd, "x", 1), -EACCES);
     assert_int_equal(shm_stats_snapshot(&rd, snap), 0);
@@ -227,6 +234,7 @@ static void test_info_and_restart_fields(void **state)
     assert_int_equal(strncmp(snap->version, "9.8.7-a-rather", 14), 0);
     assert_int_equal(snap->sup_pid, 4242);
     assert_true(snap->created_wall_ns > 0 && snap->taken_wall_ns >= snap->created_wall_ns);
+    assert_true(snap->stages[0].heartbeat_ns > 0 && snap->stages[1].heartbeat_ns == 0);
     assert_int_equal(snap->stages[1].info.last_restart_ns, 7000000);
     assert_int_equal(snap->stages[1].info.max_restart_ns, 9000000);
     assert_int_equal(snap->stages[1].info.exit_ns, 42);
