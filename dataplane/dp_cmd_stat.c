@@ -149,8 +149,8 @@ int dp_cmd_stat(const struct dp_cmd *cmd, int argc, char **argv)
         else
             shm_stats_text(snap[cur], have_prev ? snap[cur ^ 1] : NULL, buf, cap);
         if (watch && !json) {
-            if (tty)
-                fputs("\033[H\033[2J", stdout); /* home, clear: like top */
+            if (tty) /* like top: home, redraw, clear what the last frame left below */
+                fputs(have_prev ? "\033[H" : "\033[H\033[2J", stdout);
             else if (have_prev)
                 fputs("\n----\n", stdout);   /* a log, not a screen */
         }
@@ -158,6 +158,8 @@ int dp_cmd_stat(const struct dp_cmd *cmd, int argc, char **argv)
         if (!json && snap[cur]->version[0] && strcmp(snap[cur]->version, FAVO_VERSION))
             printf("\n(this favo stat is version %s, the instance runs %s)\n", FAVO_VERSION,
                    snap[cur]->version);
+        if (watch && !json && tty)
+            fputs("\033[J", stdout);
         if (json)
             fputc('\n', stdout);
         fflush(stdout);
