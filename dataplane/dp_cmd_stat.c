@@ -154,7 +154,18 @@ int dp_cmd_stat(const struct dp_cmd *cmd, int argc, char **argv)
             else if (have_prev)
                 fputs("\n----\n", stdout);   /* a log, not a screen */
         }
-        fputs(buf, stdout);
+        if (watch && !json && tty) { /* each line cleared to its end: frames differ */
+            for (char *l = buf, *nl; *l; l = nl + 1) {
+                if (!(nl = strchr(l, '\n'))) {
+                    fputs(l, stdout);
+                    break;
+                }
+                fwrite(l, 1, (size_t)(nl - l), stdout);
+                fputs("\033[K\n", stdout);
+            }
+        } else {
+            fputs(buf, stdout);
+        }
         if (!json && snap[cur]->version[0] && strcmp(snap[cur]->version, FAVO_VERSION))
             printf("\n(this favo stat is version %s, the instance runs %s)\n", FAVO_VERSION,
                    snap[cur]->version);
