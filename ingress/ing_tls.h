@@ -104,7 +104,12 @@
  *     client retries.
  *   In both cases the restarted ingress cannot adopt the connection; the
  *   handoff must mark TLS connections so egress closes them (kTLS: after
- *   the in-flight response; userspace path: at once).
+ *   the in-flight response; userspace path: at once). How the pipeline
+ *   does it: a userspace-path connection's conn key carries
+ *   SHM_CONN_F_TLS and its socket never leaves ingress (shm_pipe.h "TLS",
+ *   ing_loop.h "TLS"), so it dies with ingress; egress's ingress-restart
+ *   check ends its answers at once. A kTLS connection is an ordinary
+ *   handed-over socket to egress: its answer completes, then it closes.
  *
  * Connection lifecycle (ing_tls_conn_state; function making each
  * transition):
