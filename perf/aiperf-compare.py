@@ -374,6 +374,8 @@ def main():
             or a.requests < 1 or a.input_tokens < 1 or a.output_tokens < 1:
         ap.error("--rate, --concurrency, --requests and the token counts must be positive")
 
+    if not a.url and not os.path.exists(a.model):
+        sys.exit(f"aiperf-compare: model {a.model} not found (--model FILE)")
     aiperf = find_aiperf(a.aiperf)
     if not aiperf:
         print("SKIP: aiperf is not installed (pip install aiperf into build/aiperf-venv, "
