@@ -17,7 +17,8 @@ not left hanging; kill -9 of egress mid-stream: the TLS stream resumes
 byte-exact; kill -9 of ingress mid-stream: the TLS client's connection ends
 promptly (the keys died with ingress), its sequence is cancelled, and the
 server serves TLS again; the server exits 0 on SIGTERM; no prompt text in
-the log.
+the log; a TLS client that stops reading is cut off by the write timeout
+(egress -> ingress abort), counted, and the server serves on.
 
 This host has no kernel `tls` module, so every answer from egress takes the
 userspace path (egress -> ingress -> OpenSSL -> socket); the log line says
@@ -408,6 +409,64 @@ def restarts(S):
     check(rc == 0 and tail.startswith("200"), "a new TLS request is answered after both restarts")
 
 
+def write_timeout():
+    """A TLS client that stops reading: egress's write timeout (1 s here)
+    reaches ingress, which holds the socket and the keys (SHM_CONN_ABORT):
+    the connection is cut, the sequence cancelled and counted as a
+    timeout, and the server goes on serving. The null backend fills the
+    socket buffers fast; six long answers are pipelined, since one answer
+    alone fits the kernel's send buffer (up to tcp_wmem's 4 MiB)."""
+    S = Serve("--tls-cert", CERT, "--tls-key", KEY, "--backend", "null", "--write-timeout", "1",
+              prefix="tlswt")
+    try:
+        base = (S.stat() or {}).get("counters", {}).get("req_tmo", 0)
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(30)
+        raw.connect(("127.0.0.1", S.port))
+        c = tls_ctx().wrap_socket(raw, server_hostname="localhost")
+        body = json.dumps({"model": MODEL_ID, "prompt": "Hi", "max_tokens": 8000,
+                           "stream": True})
+        one = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               f"application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+        # six long answers pipelined: more than the kernel's largest send
+        # buffer (tcp_wmem, 4 MiB) takes while nobody reads
+        c.sendall(one * 6)
+        c.recv(100)  # the answer started; then nothing is read
+        t0, tmo = time.time(), base
+        while time.time() - t0 < 15:
+            tmo = (S.stat() or {}).get("counters", {}).get("req_tmo", 0)
+            if tmo > base:
+                break
+            time.sleep(0.1)
+        dt = time.time() - t0
+        check(tmo == base + 1 and dt < 10,
+              f"a TLS client that stops reading is cut off by the write timeout ({base} -> {tmo}, "
+              f"{dt:.1f} s)")
+        ended = False
+        try:
+            c.settimeout(10)
+            while c.recv(65536):
+                pass
+            ended = True
+        except (OSError, ssl.SSLError):
+            ended = True
+        c.close()
+        check(ended, "...its connection ends")
+        running = None
+        for _ in range(100):
+            running = gauge(S.stat(), "running")
+            if running == 0:
+                break
+            time.sleep(0.05)
+        check(running == 0, f"...its sequence is no longer running ({running})")
+        rc, tail, out, _ = curl(S, "/v1/completions", {"model": MODEL_ID, "prompt": "Hi",
+                                                        "max_tokens": 4})
+        check(rc == 0 and tail.startswith("200"), "the server serves TLS after the timeout")
+    finally:
+        check(S.stop() == 0, "the write-timeout server exits 0")
+
+
 def main():
     make_certs()
     bad_configs()
@@ -421,6 +480,9 @@ def main():
         check(rc == 0, f"favo serve exits 0 after SIGTERM (got {rc})")
         log = S.logtext()
         check(PROMPT not in log and "lighthouse" not in log, "no prompt text in the log")
+    try:
+        write_timeout()
+    finally:
         shutil.rmtree(D, ignore_errors=True)
     finish()
 
