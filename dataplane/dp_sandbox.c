@@ -19,7 +19,7 @@ static const char *const base_calls[] = {
     "nanosleep", "gettimeofday", "getpid", "gettid", "tgkill", "rt_sigaction",
     "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "sigaltstack", "exit",
     "exit_group", "restart_syscall", "epoll_wait", "epoll_pwait", "epoll_ctl",
-    "poll", "ppoll", "sched_yield", "sched_getaffinity", "getrandom",
+    "poll", "ppoll", "sched_yield", "sched_getaffinity", "getrandom", "mincore",
     "timerfd_settime", "timerfd_gettime", "eventfd2", "rseq", "membarrier",
     NULL,
 };
