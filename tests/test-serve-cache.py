@@ -229,7 +229,7 @@ def run(S, cfg):
 
     # SIGHUP while a stream on `plain` is in flight: adds fresh, removes plain
     stream = cl.completions.create(model="plain", prompt="Once upon a time, in a kingdom",
-                                   max_tokens=200, stream=True)
+                                   max_tokens=100, stream=True)
     it = iter(stream)
     first = next(it)
     check(first.choices and first.choices[0].finish_reason is None,
