@@ -241,9 +241,7 @@ static void prequant(struct thr *t, const struct eng_tensor *w, const void *wp, 
 
     if (c->exact)
         return;
-    mark(t, ENG_PROF_NORM);
     act_quant(w, wp, row, (char *)c->xq + j * act_rsize(w, wp));
-    mark(t, ENG_PROF_QUANT);
 }
 
 static void prequant_done(struct thr *t, const struct eng_tensor *w, const void *wp,
@@ -372,12 +370,13 @@ static void layer(struct thr *t, uint32_t il)
     const void *const *pk = c->pk + (size_t)il * PK_PER_LAYER;
 
     range(T, t->ith, t->nth, &lo, &hi);
-    for (uint32_t i = lo; i < hi; i++) {
+    for (uint32_t i = lo; i < hi; i++)
         ops->rmsnorm(c->h + (size_t)i * E, c->x + (size_t)i * E, L->attn_norm.data, E, hp->eps);
-        prequant(t, &L->wq, pk[0], c->h + (size_t)i * E, i);
-    }
-    prequant_done(t, &L->wq, pk[0], c->h);
     mark(t, ENG_PROF_NORM);
+    for (uint32_t i = lo; i < hi; i++)
+        prequant(t, &L->wq, pk[0], c->h + (size_t)i * E, i);
+    prequant_done(t, &L->wq, pk[0], c->h);
+    mark(t, ENG_PROF_QUANT);
     barrier(t);
     matmul(t, ENG_PROF_MM_QKV, &L->wq, pk[0], c->h, E, T, c->q, nq,
            !same_act(&L->wq, pk[0], &L->wk, pk[1]));
@@ -427,10 +426,12 @@ static void layer(struct thr *t, uint32_t il)
         for (uint32_t e = 0; e < E; e++)
             x[e] += o[e];
         ops->rmsnorm(o, x, L->ffn_norm.data, E, hp->eps);
-        prequant(t, &L->gate, pk[4], o, i);
     }
-    prequant_done(t, &L->gate, pk[4], c->h);
     mark(t, ENG_PROF_NORM);
+    for (uint32_t i = lo; i < hi; i++)
+        prequant(t, &L->gate, pk[4], c->h + (size_t)i * E, i);
+    prequant_done(t, &L->gate, pk[4], c->h);
+    mark(t, ENG_PROF_QUANT);
     barrier(t);
     matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
            !same_act(&L->gate, pk[4], &L->up, pk[5]));
@@ -442,10 +443,12 @@ static void layer(struct thr *t, uint32_t il)
             eng_ops_gelu_mul(g, g, u, F);
         else
             eng_ops_silu_mul(g, g, u, F);
-        prequant(t, &L->down, pk[6], g, i);
     }
-    prequant_done(t, &L->down, pk[6], c->g);
     mark(t, ENG_PROF_NORM);
+    for (uint32_t i = lo; i < hi; i++)
+        prequant(t, &L->down, pk[6], c->g + (size_t)i * F, i);
+    prequant_done(t, &L->down, pk[6], c->g);
+    mark(t, ENG_PROF_QUANT);
     barrier(t);
     matmul(t, ENG_PROF_MM_DOWN, &L->down, pk[6], c->g, F, T, c->h, E, 1);
     for (uint32_t i = lo; i < hi; i++) {
@@ -507,13 +510,14 @@ static void forward(void *arg, unsigned ith, unsigned nth)
 
     /* Final norm of each sampling sequence's last token, logits, sampling. */
     range(c->n_out, ith, nth, &lo, &hi);
-    for (uint32_t j = lo; j < hi; j++) {
+    for (uint32_t j = lo; j < hi; j++)
         c->ops->rmsnorm(c->h + (size_t)j * E, c->x + (size_t)c->out_tok[j] * E,
                         m->output_norm.data, E, hp->eps);
-        prequant(&t, &m->output, pko, c->h + (size_t)j * E, j);
-    }
-    prequant_done(&t, &m->output, pko, c->h);
     mark(&t, ENG_PROF_NORM);
+    for (uint32_t j = lo; j < hi; j++)
+        prequant(&t, &m->output, pko, c->h + (size_t)j * E, j);
+    prequant_done(&t, &m->output, pko, c->h);
+    mark(&t, ENG_PROF_QUANT);
     barrier(&t);
     matmul(&t, ENG_PROF_MM_OUT, &m->output, pko, c->h, E, c->n_out, c->logits, hp->n_vocab, 1);
     range(c->n_out, ith, nth, &lo, &hi);
