@@ -7,9 +7,11 @@
  * activation rows per call, the row range and the column offset (batch
  * invariance, eng_step.h S1). Rows not a multiple of 16 exercise the
  * padded last panel; a NaN activation block poisons exactly its row.
- * With 37 activation rows a call runs 16-row AMX tiles where the CPU has
- * AMX-INT8 (32-block types) and the VNNI kernel for the rest and for the
- * one-row calls: the bitwise checks hold the two kernels to the same bits.
+ * Calls on 1..64 activation rows run 16-row AMX tiles where the CPU has
+ * AMX-INT8 (32-block types) and the VNNI kernel for the rest, the
+ * 70-row call and the one-row calls VNNI only: the bitwise checks hold
+ * the two kernels to the same bits, for an even and an odd number of
+ * blocks per row.
  * The 32-block types' activation rows are the q8_1 row plus -sum(codes),
  * byte for byte. Skips (77) on CPUs without AVX-512 VNNI.
  */
@@ -27,8 +29,7 @@
 #include <string.h>
 
 #define ROWS 37
-#define K 512
-#define M 37             /* > 2 x 16: AMX tiles (where the CPU has them) and a VNNI tail */
+#define M 70             /* > 64: VNNI only; the calls on 1..64 of them: AMX + VNNI tails */
 
 static uint64_t seed = 42;
 
@@ -56,7 +57,7 @@ static double act_val(uint32_t wt, const uint8_t *xr, int i)
     return (double)b->d * b->qs[i % 32];
 }
 
-static int check_type(uint32_t wt)
+static int check_type(uint32_t wt, int K)
 {
     const struct eng_type_info *ti = eng_type_get(wt);
     size_t rb = eng_type_row_size(wt, K), xs = eng_pack_act_row_size(wt, K);
@@ -89,7 +90,7 @@ static int check_type(uint32_t wt)
             struct eng_bq8_1 q[K / 32];
             struct eng_bq8_p e[K / 32];
 
-            memset(e, 0, sizeof(e));
+            memset(e, 0, sizeof(struct eng_bq8_p) * (size_t)(K / 32));
             CHECK(eng_quant_row(ENG_TYPE_Q8_1, xf + j * K, q, K) == 0);
             for (int b = 0; b < K / 32; b++) {
                 e[b].d = q[b].d;
@@ -98,7 +99,7 @@ static int check_type(uint32_t wt)
                     e[b].nsum -= q[b].qs[i];
                 memcpy(e[b].qs, q[b].qs, 32);
             }
-            CHECK(!memcmp(e, x + j * xs, sizeof(e)));
+            CHECK(!memcmp(e, x + j * xs, sizeof(struct eng_bq8_p) * (size_t)(K / 32)));
         }
     CHECK(eng_pack(wt, w, rb, K, ROWS, wp) == 0);
     memset(y, 0, sizeof(float) * ROWS * M);
@@ -113,8 +114,8 @@ static int check_type(uint32_t wt)
                 mag += fabs(p);
             }
             if (!(fabs(y[j * ROWS + r] - ref) <= 1e-5 * mag + 1e-30)) {
-                fprintf(stderr, "%s row %d col %d: %.9g vs f64 %.9g (mag %g)\n", ti->name, r,
-                        j, y[j * ROWS + r], ref, mag);
+                fprintf(stderr, "%s K=%d row %d col %d: %.9g vs f64 %.9g (mag %g)\n", ti->name,
+                        K, r, j, y[j * ROWS + r], ref, mag);
                 fails++;
                 goto out;
             }
@@ -126,6 +127,17 @@ static int check_type(uint32_t wt)
         eng_matmul_packed(wt, wp, K, ROWS, 16, ROWS, x + j * xs, xs, 1, y1 + j * ROWS, ROWS);
     }
     CHECK(!memcmp(y, y1, sizeof(float) * ROWS * M));
+    /* every batch size 1..64 on the first columns (AMX for whole groups of
+     * 16 where the CPU has it, VNNI for the rest): the same bits as the
+     * VNNI-only call on all M */
+    for (int m = 1; m <= 64 && !fails; m++) {
+        memset(y1, 0, sizeof(float) * ROWS * M);
+        eng_matmul_packed(wt, wp, K, ROWS, 0, ROWS, x, xs, m, y1, ROWS);
+        if (memcmp(y, y1, sizeof(float) * ROWS * (size_t)m)) {
+            fprintf(stderr, "%s K=%d: %d columns in one call differ\n", ti->name, K, m);
+            fails++;
+        }
+    }
     /* columns 3.. in a call of their own (other column groupings) */
     memset(y1, 0, sizeof(float) * ROWS * M);
     eng_matmul_packed(wt, wp, K, ROWS, 0, ROWS, x + 3 * xs, xs, M - 3, y1 + 3 * ROWS, ROWS);
@@ -139,7 +151,7 @@ static int check_type(uint32_t wt)
         CHECK(y1[r] == y[r] && y1[5 * ROWS + r] == y[5 * ROWS + r]);
     }
     if (fails)
-        fprintf(stderr, "%s: %d checks failed\n", ti->name, fails);
+        fprintf(stderr, "%s K=%d: %d checks failed\n", ti->name, K, fails);
 out:
     free(wf), free(xf), free(w), free(wp), free(x), free(y), free(y1), free(wd), free(deq);
     return fails;
@@ -162,7 +174,10 @@ int main(void)
     }
     printf("AMX tiles: %s\n", eng_pack_amx_enable() ? "on" : "off");
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
-        int f = check_type(types[i]);
+        int kq = types[i] == ENG_TYPE_Q4_K || types[i] == ENG_TYPE_Q6_K;
+        /* an even and an odd number of blocks per row (the AMX loop takes
+         * blocks in pairs) */
+        int f = check_type(types[i], 512) + check_type(types[i], kq ? 768 : 96);
 
         printf("%-5s %s\n", eng_type_get(types[i])->name, f ? "FAIL" : "ok");
         fails += f;
