@@ -654,6 +654,9 @@ static void rs_feed(struct egr *E, struct rs *r)
         else if (!st->first_ns && p->text_off)
             r->first_pending = 1;
     }
+    if (p->state == RESP_DONE && !st->first_ns)
+        r->first_pending = 1; /* no text at all (the first token ended it):
+                                 the first output is the finishing chunk */
 }
 
 static void conn_kick(struct egr *E, struct conn *c);

@@ -920,6 +920,8 @@ static void on_tick(struct ing_loop *L)
             conn_kick(L, c);
         }
     }
+    if (L->cfg.stats_w)
+        shm_stats_writer_heartbeat(L->cfg.stats_w); /* favo stat's heartbeat age */
     if (L->cfg.stats && L->cfg.stats_w)
         shm_stats_flush(L->cfg.stats_w);
     if (L->cfg.rl && L->cfg.worker == 0)

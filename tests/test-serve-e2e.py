@@ -188,6 +188,25 @@ def run_main(S):
     except (ValueError, KeyError):
         check(False, f"curl gets a completion: {out.stdout[:200]!r} {out.stderr[:200]!r}")
 
+    # the access log: one JSON line per request, with a time to first
+    # output even when the first token ended the answer (no text at all)
+    st, body = S.post("/v1/completions", {"model": model, "max_tokens": 8, "temperature": 0,
+                                          "prompt": "Tell me a short fact about the number 3."},
+                      headers={"X-Request-Id": "e2e-ttft-1"})
+    rec = None
+    for _ in range(100):
+        for line in S.logtext().splitlines():
+            if '"request_id":"e2e-ttft-1"' in line:
+                rec = json.loads(line[line.index("{"):])
+        if rec:
+            break
+        time.sleep(0.02)
+    check(st == 200 and rec is not None and rec["status"] == 200 and
+          rec["completion_tokens"] == json.loads(body)["usage"]["completion_tokens"] and
+          0 < rec["ttft_ms"] <= rec["total_ms"],
+          f"the access log line has the request's counts and a TTFT even for an answer "
+          f"without text ({rec})")
+
     # /metrics from the same stats segment: promtool accepts it, and it
     # counts what this test did
     st, body = S.get("/metrics")
