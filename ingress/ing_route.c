@@ -373,7 +373,8 @@ static int64_t encode_prompt(struct ing_loop *L, const uint8_t *buf, int route, 
 }
 
 /* The specialist the decoded request's `model` names (a pipe only), into
- * *out. 1: found; 0: no model, or the loaded model; -ENOENT: unknown. */
+ * *out. 1: found; 0: no model, or the loaded model; -ENOENT: unknown;
+ * -EAGAIN: the table is unreadable (its writer died inside a publish). */
 static int find_spec(struct ing_loop *L, const uint8_t *buf, struct shm_spec *out)
 {
     struct ing_span m = L->oai.model;
@@ -382,9 +383,13 @@ static int find_spec(struct ing_loop *L, const uint8_t *buf, struct shm_spec *ou
         return 0;
     if (m.len == strlen(L->model_id) && !memcmp(buf + m.off, L->model_id, m.len))
         return 0;
-    if (L->cfg.pipe &&
-        shm_spec_find(shm_pipe_spec(L->cfg.pipe), (const char *)buf + m.off, m.len, out) == 0)
-        return 1;
+    if (L->cfg.pipe) {
+        int rc = shm_spec_find(shm_pipe_spec(L->cfg.pipe), (const char *)buf + m.off, m.len, out);
+        if (rc == 0)
+            return 1;
+        if (rc == -EAGAIN) /* the table's writer died mid-publish: going down */
+            return -EAGAIN;
+    }
     return -ENOENT;
 }
 
@@ -444,8 +449,12 @@ static void route_tokenize(struct ing_loop *L, struct ing_conn *c)
     struct shm_spec *spec = calloc(1, sizeof(*spec));
     int has_spec = spec ? find_spec(L, c->buf, spec) : -ENOMEM;
     const char *sys = has_spec == 1 ? spec->system_prompt : NULL;
-    if (has_spec == -ENOENT) {
-        model_not_found(L, c);
+    if (has_spec == -ENOENT || has_spec == -EAGAIN) {
+        if (has_spec == -EAGAIN)
+            ing_conn_error(L, c, 503, "the specialist table is unavailable; retry later",
+                           "model", NULL, "Retry-After: 1\r\n");
+        else
+            model_not_found(L, c);
         free(spec);
         goto scrub;
     }
@@ -606,6 +615,11 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
      * table once: a reload meanwhile does not change this request. */
     struct shm_spec spec;
     int has_spec = find_spec(L, buf, &spec);
+    if (has_spec == -EAGAIN) {
+        ing_conn_error(L, c, 503, "the specialist table is unavailable; retry later", "model",
+                       NULL, "Retry-After: 1\r\n");
+        goto fail;
+    }
     if (has_spec < 0) {
         model_not_found(L, c);
         goto fail;

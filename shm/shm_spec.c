@@ -139,9 +139,16 @@ uint64_t shm_spec_seq(const struct shm_spec_region *r)
 }
 
 /* Run body over a consistent view of the current table; body copies out
- * what it needs and may run again (a writer reused the buffer meanwhile). */
-#define SPEC_READ(r, view, body)                                                              \
-    for (;;) {                                                                               \
+ * what it needs and may run again (a writer reused the buffer meanwhile).
+ * A writer that never finishes (the supervisor died inside a publish: the
+ * instance is going down) is given up on after SPEC_TRIES rounds: *gaveup. */
+#define SPEC_TRIES (1u << 20)
+#define SPEC_READ(r, view, gaveup, body)                                                      \
+    for (uint32_t t_ = 0;; t_++) {                                                           \
+        if (t_ >= SPEC_TRIES) {                                                              \
+            *(gaveup) = true;                                                                \
+            break;                                                                           \
+        }                                                                                    \
         uint64_t s_ = ck_pr_load_64(&(r)->seq);                                              \
         ck_pr_fence_load();                                                                  \
         const __typeof__((r)->buf[0]) *b_ = &(r)->buf[s_ & 1];                               \
@@ -162,10 +169,11 @@ int shm_spec_find(const struct shm_spec_region *r, const char *name, size_t len,
                   struct shm_spec *out)
 {
     int rc = -ENOENT;
+    bool gaveup = false;
 
     if (shm_spec_check(r) || !name || len == 0 || len >= SHM_SPEC_NAME_MAX)
         return -ENOENT;
-    SPEC_READ(r, t, {
+    SPEC_READ(r, t, &gaveup, {
         uint32_t n = FAVO_MIN(ck_pr_load_32(&t->n), (uint32_t)SHM_SPEC_MAX);
         rc = -ENOENT;
         for (uint32_t i = 0; i < n; i++) {
@@ -177,6 +185,8 @@ int shm_spec_find(const struct shm_spec_region *r, const char *name, size_t len,
             }
         }
     });
+    if (gaveup)
+        return -EAGAIN;
     if (rc == 0) {
         /* A torn copy cannot pass the check above; NUL-end anyway so a
          * reader never runs off a string. */
@@ -191,10 +201,11 @@ uint32_t shm_spec_names(const struct shm_spec_region *r, char names[][SHM_SPEC_N
                         uint32_t max)
 {
     uint32_t k = 0;
+    bool gaveup = false;
 
     if (shm_spec_check(r))
         return 0;
-    SPEC_READ(r, t, {
+    SPEC_READ(r, t, &gaveup, {
         uint32_t n = FAVO_MIN(ck_pr_load_32(&t->n), (uint32_t)SHM_SPEC_MAX);
         k = FAVO_MIN(n, max);
         for (uint32_t i = 0; i < k; i++) {
@@ -202,7 +213,7 @@ uint32_t shm_spec_names(const struct shm_spec_region *r, char names[][SHM_SPEC_N
             names[i][SHM_SPEC_NAME_MAX - 1] = 0;
         }
     });
-    return k;
+    return gaveup ? 0 : k;
 }
 
 /* ------------------------------------------------------------ apply */

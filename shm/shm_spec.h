@@ -44,7 +44,8 @@
  *
  * Errors: -EINVAL with a message in err ("specialist 'x': field: why"),
  * -EEXIST (name already in the table), -ENOSPC (table full), -ENOENT (no
- * such specialist), -EPROTO (not a specialist region).
+ * such specialist), -EPROTO (not a specialist region), -EAGAIN (a reader
+ * gave up on a buffer whose writer never finished: a dead supervisor).
  */
 #ifndef SHM_SPEC_H
 #define SHM_SPEC_H
@@ -143,7 +144,8 @@ int shm_spec_check(const struct shm_spec_region *r);
 /* Supervisor: publish t (every entry must be valid: spec inv 1). Returns
  * the new sequence number. */
 uint64_t shm_spec_publish(struct shm_spec_region *r, const struct shm_spec_table *t);
-/* Reader: copy the specialist named name[0..len) into *out. 0, -ENOENT. */
+/* Reader: copy the specialist named name[0..len) into *out. 0, -ENOENT;
+ * -EAGAIN when a publish never finished (the supervisor died inside it). */
 int shm_spec_find(const struct shm_spec_region *r, const char *name, size_t len,
                   struct shm_spec *out);
 /* Reader: the names of the current table, in order (at most max); the count. */

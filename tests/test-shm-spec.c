@@ -154,6 +154,15 @@ static void test_region(void)
             "swap");
     T_CHECK(shm_spec_names(r, names, SHM_SPEC_MAX) == 5 && !strcmp(names[4], "B4"), "names");
 
+    /* A writer that died inside a publish (its buffer's generation left
+     * odd) is given up on: -EAGAIN, no names, never a hang. */
+    uint64_t *g = &r->buf[shm_spec_seq(r) & 1].gen;
+    (*g)++;
+    T_CHECK(shm_spec_find(r, "B4", 2, &out) == -EAGAIN, "a dead writer: -EAGAIN");
+    T_CHECK(shm_spec_names(r, names, SHM_SPEC_MAX) == 0, "a dead writer: no names");
+    (*g)++;
+    T_CHECK(shm_spec_find(r, "B4", 2, &out) == 0, "readable again");
+
     /* A reader process against a writer publishing A and B in turn. */
     pid_t pid = fork();
     if (pid == 0) {
