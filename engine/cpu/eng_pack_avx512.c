@@ -288,18 +288,17 @@ AMXT static void amx_config(void)
     _tile_loadconfig(&cfg);
 }
 
-/* The B tile of panel block p: 8 rows of 64 bytes, as panel32 unpacks. */
-AI void unpack32(const uint32_t T, const uint8_t *p, uint8_t *bt)
+/* The B tile of panel block p: 8 rows of 64 bytes, as panel32 unpacks,
+ * in bt; q8_0's codes are that tile already, in the panel itself. */
+AI const uint8_t *unpack32(const uint32_t T, const uint8_t *p, uint8_t *bt)
 {
     const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
     const int has_h = T == ENG_TYPE_Q5_0 || T == ENG_TYPE_Q5_1;
     const __m512i m4 = _mm512_set1_epi8(0x0f), x10 = _mm512_set1_epi8(0x10);
     __m512i U[8];
 
-    if (T == ENG_TYPE_Q8_0) {
-        memcpy(bt, p + 2 * G, 512);
-        return;
-    }
+    if (T == ENG_TYPE_Q8_0)
+        return p + 2 * G;
     const uint8_t *qh = p + 2 * G + (has_m ? 2 * G : 0);
     const uint8_t *nib = qh + (has_h ? 64 : 0);
 
@@ -316,6 +315,7 @@ AI void unpack32(const uint32_t T, const uint8_t *p, uint8_t *bt)
         }
     for (int s = 0; s < 8; s++)
         _mm512_store_si512((void *)(bt + 64 * s), U[s]);
+    return bt;
 }
 
 /* Block b's integer sums (in ct) into the 16 columns' accumulators, with
@@ -356,8 +356,7 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
         for (int c = 0; c < 16; c++)                                                        \
             acc[c] = _mm512_setzero_ps();                                                   \
         for (; b + 2 <= nb; b += 2) {                                                       \
-            unpack32(T, p + (size_t)b * pb, bt[0]);                                         \
-            _tile_loadd(4, bt[0], 64);                                                      \
+            _tile_loadd(4, unpack32(T, p + (size_t)b * pb, bt[0]), 64);                    \
             _tile_loadd(2, xq + (size_t)b * sizeof(struct eng_bq8_p), (long)xs);           \
             _tile_zero(0);                                                                  \
             _tile_dpbsud(0, 2, 4);                                                          \
@@ -365,8 +364,7 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
                 _tile_stored(1, ct, 64);                                                    \
                 finish32(T, p + (size_t)(b - 1) * pb, ct, x, xs, b - 1, acc);               \
             }                                                                               \
-            unpack32(T, p + (size_t)(b + 1) * pb, bt[1]);                                   \
-            _tile_loadd(5, bt[1], 64);                                                      \
+            _tile_loadd(5, unpack32(T, p + (size_t)(b + 1) * pb, bt[1]), 64);               \
             _tile_loadd(3, xq + (size_t)(b + 1) * sizeof(struct eng_bq8_p), (long)xs);     \
             _tile_zero(1);                                                                  \
             _tile_dpbsud(1, 3, 5);                                                          \
@@ -378,8 +376,7 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
             finish32(T, p + (size_t)(b - 1) * pb, ct, x, xs, b - 1, acc);                   \
         }                                                                                   \
         if (b < nb) {                                                                       \
-            unpack32(T, p + (size_t)b * pb, bt[0]);                                         \
-            _tile_loadd(4, bt[0], 64);                                                      \
+            _tile_loadd(4, unpack32(T, p + (size_t)b * pb, bt[0]), 64);                    \
             _tile_loadd(2, xq + (size_t)b * sizeof(struct eng_bq8_p), (long)xs);           \
             _tile_zero(0);                                                                  \
             _tile_dpbsud(0, 2, 4);                                                          \
