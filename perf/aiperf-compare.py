@@ -28,7 +28,11 @@ What it does:
      each sees the server alone, but aiperf's own CPU use - about a dozen
      Python processes - shares this machine's cores with the server) or both
      at once (concurrent: both sample the same server state; the server gets
-     twice the rate).
+     twice the rate). Concurrent open loop defaults to Poisson arrivals:
+     two constant-rate schedules lock in phase, and whichever tool's requests
+     come just after the other's always wait behind them (measured: TTFT p50
+     461 vs 233 ms at 0.25/s each); Poisson arrivals see the server's time
+     average (PASTA), the same for both tools.
   4. prints a table and (--json) one JSON object: TTFT and E2E p50/p99 of
      each tool as each reports it (favo bench: nearest rank; aiperf: numpy's
      linear interpolation), the difference in %, whether it is within the
@@ -315,6 +319,43 @@ def figures(out):
     return f
 
 
+def add_server(f, out, n, mode):
+    sv = server_side(out, n, mode)
+    f["server_log"] = sv
+    if sv:
+        for tool in ("favo_bench", "aiperf"):
+            sv[tool + "_minus_server"] = {m: (f[tool][m] - sv[tool][m]) if f[tool][m] is not None else None
+                                          for m in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99")}
+
+
+def server_side(out, n, mode):
+    """favo serve's own access log (metadata: ttft_ms, total_ms per request)
+    as a third observer. Sequential runs only, where its lines split by
+    order: 2 warm-up requests, then favo bench's n, then aiperf's n. Each
+    tool's percentile minus the server's for the same requests is what the
+    client adds (connect, loopback, its own scheduling); that difference
+    does not move with the machine's load the way the raw figures do."""
+    path = os.path.join(out, "favo-serve.log")
+    if mode != "sequential" or not os.path.exists(path):
+        return None
+    recs = []
+    for l in open(path):
+        if l.startswith('{"time"'):
+            try:
+                recs.append(json.loads(l))
+            except ValueError:
+                pass
+    if len(recs) != 2 + 2 * n:
+        return None
+    res = {}
+    for tool, part in (("favo_bench", recs[2:2 + n]), ("aiperf", recs[2 + n:])):
+        res[tool] = {"ttft_p50": nearest_rank([r["ttft_ms"] for r in part], 50),
+                     "ttft_p99": nearest_rank([r["ttft_ms"] for r in part], 99),
+                     "e2e_p50": nearest_rank([r["total_ms"] for r in part], 50),
+                     "e2e_p99": nearest_rank([r["total_ms"] for r in part], 99)}
+    return res
+
+
 def fmt(v, p=1):
     return "-" if v is None else f"{v:.{p}f}"
 
@@ -338,6 +379,13 @@ def table(f, a, load):
     print(f"send lag (scheduled -> request start) p50/p99 ms: favo bench "
           f"{fmt(al['favo_bench_from_send']['send_lag_p50'], 2)}/{fmt(al['favo_bench_from_send']['send_lag_p99'], 2)}, "
           f"aiperf {fmt(ap['send_lag_p50'], 2)}/{fmt(ap['send_lag_p99'], 2)}")
+    sv = f.get("server_log")
+    if sv:
+        print("favo serve's access log for each tool's requests, and what each tool adds to it (ms):")
+        print(f"{'ms':10s} {'server|fb':>11s} {'server|ap':>11s} {'fb-server':>11s} {'ap-server':>11s}")
+        for m in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99"):
+            print(f"{m:10s} {fmt(sv['favo_bench'][m]):>11s} {fmt(sv['aiperf'][m]):>11s} "
+                  f"{fmt(sv['favo_bench_minus_server'][m]):>11s} {fmt(sv['aiperf_minus_server'][m]):>11s}")
     print(f"ok/errors: favo bench {fb['ok']}/{fb['errors']}, aiperf {ap['ok']}/{ap['errors']}; "
           f"output tokens per request: favo bench {fmt(fb['output_tokens_per_request'])} (events), "
           f"aiperf {fmt(ap['output_tokens_per_request'])} (re-tokenized text)")
@@ -352,7 +400,8 @@ def main():
                                                     "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--rate", type=float, default=None, help="open-loop arrivals per second")
     ap.add_argument("--concurrency", type=int, default=None, help="closed loop instead of --rate")
-    ap.add_argument("--arrivals", choices=("constant", "poisson"), default="constant")
+    ap.add_argument("--arrivals", choices=("constant", "poisson"), default=None,
+                    help="default: constant (sequential), poisson (concurrent)")
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--input-tokens", type=int, default=64)
     ap.add_argument("--output-tokens", type=int, default=32)
@@ -368,6 +417,8 @@ def main():
     a = ap.parse_args()
     if a.rate is None and a.concurrency is None:
         a.rate = 1.0
+    if a.arrivals is None:
+        a.arrivals = "poisson" if a.mode == "concurrent" else "constant"
     if (a.rate is not None) == (a.concurrency is not None):
         ap.error("give one of --rate, --concurrency")
     if (a.rate is not None and a.rate <= 0) or (a.concurrency is not None and a.concurrency < 1) \
@@ -438,6 +489,8 @@ def main():
         if srv:
             srv.stop()
     f = figures(out)
+    if srv:
+        add_server(f, out, a.requests, a.mode)
     f.update({"mode": a.mode, "rate": a.rate, "arrivals": a.arrivals if a.rate else None,
               "concurrency": a.concurrency, "requests": a.requests, "input_tokens": a.input_tokens,
               "output_tokens": a.output_tokens, "url": a.url, "model": os.path.basename(a.model),

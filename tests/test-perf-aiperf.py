@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """perf/aiperf-compare.py runs end to end, briefly: favo bench and aiperf
-measure the same favo serve at the same time (--mode concurrent, so both
-sample the same server state even on a busy machine), and their figures are
+measure the same favo serve at the same time (--mode concurrent, each a
+closed loop of one request: the two clients are alike, so both sample the same
+server state even on a busy machine), and their figures are
 sane and of the same size. Skips (77) when aiperf is not installed (it lives
 in its own venv, $FAVO_BUILD/aiperf-venv, build/aiperf-venv or FAVO_AIPERF),
 and in sanitizer builds: it compares timings, which a sanitizer distorts,
@@ -44,7 +45,7 @@ def main():
         print("SKIP: a sanitizer build (timings are what this test compares)")
         return 77
     cmd = [sys.executable, os.path.join(SRC, "perf", "aiperf-compare.py"), "--mode", "concurrent",
-           "--rate", "2", "--requests", "12", "--input-tokens", "24", "--output-tokens", "12",
+           "--concurrency", "1", "--requests", "12", "--input-tokens", "24", "--output-tokens", "12",
            "--model", MODEL, "--timeout", "60", "--aiperf-workers", "1", "--json"]
     env = dict(os.environ, FAVO_BUILD=BUILD)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
