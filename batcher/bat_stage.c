@@ -56,7 +56,6 @@ struct bst {
     uint8_t *cbuf;                     /* one value: reason, n, ids; scrubbed after use */
     uint32_t cbuf_cap;
     uint64_t last_expire;
-    uint32_t reload_seen;
 };
 
 static uint64_t mix64(uint64_t z)
@@ -914,21 +913,12 @@ static void cache_close(struct bst *b)
     b->cache_on = false;
 }
 
-/* Once a second: scrub expired cache entries; relay SIGHUPs to the
- * supervisor (shm_spec.h: hup has one writer, us). */
+/* Once a second: scrub expired cache entries. */
 static void housekeeping(struct bst *b, uint64_t now)
 {
     if (b->cache_on && now - b->last_expire >= BST_EXPIRE_NS) {
         b->last_expire = now;
         bat_cache_expire(&b->cache, now);
-    }
-    if (b->cfg->reload && *b->cfg->reload != b->reload_seen) {
-        struct shm_spec_region *r = shm_pipe_spec(b->pipe);
-        b->reload_seen = *b->cfg->reload;
-        if (shm_spec_check(r) == 0) {
-            __atomic_store_n(&r->hup, r->hup + 1, __ATOMIC_RELEASE);
-            favo_info("batcher: reload requested: relayed to the supervisor");
-        }
     }
 }
 
@@ -1072,7 +1062,6 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
     memset(&b, 0, sizeof(b));
     b.cfg = cfg;
     b.pipe = cfg->pipe;
-    b.reload_seen = cfg->reload ? *cfg->reload : 0;
     if ((rc = attach_all(&b))) {
         cache_close(&b);
         return rc;

@@ -117,10 +117,7 @@
  *     15) name the hit and its ids' extent first, so a restart between
  *     them adds the missing ones (hit_resume, before anything is
  *     published) and the replayed SUBMIT finds its FINISH pending.
- *
- * SIGHUP (cfg.reload): counted into the specialist region's hup word,
- * which the supervisor watches to re-read its config (dp_cmd_serve.c).
- *
+ * *
  * Errors: bat_stage_run returns 0 after a drain, -EINVAL for a bad cfg or
  * a pipe whose sizes do not fit the scheduler, or the attach errors.
  * Metadata only in logs (invariant 5): counts, steps, errno values.
@@ -148,9 +145,6 @@ struct bat_stage_cfg {
     struct shm_stats *stats;         /* may be NULL (tests) */
     struct shm_stats_writer *stats_w;/* may be NULL */
     unsigned stats_row;              /* our row in the stage table */
-    /* SIGHUPs the wrapper saw (may be NULL): each one is relayed to the
-     * supervisor through the specialist region's hup word (shm_spec.h). */
-    const volatile uint32_t *reload;
 };
 
 int bat_stage_run(const struct bat_stage_cfg *cfg);

@@ -67,11 +67,10 @@ struct serve {
     int lfd, efd_ing, efd_egr, fdp[2];
     uint64_t t0;
     char summary[512];
-    /* specialists (shm_spec.h): published at start and again when the
-     * batcher relays a SIGHUP (shm_spec_region.hup, see spec_hup) */
+    /* specialists (shm_spec.h): published at start and again on SIGHUP
+     * (hook_reload) */
     const char *cfg_path, *model_path;
     char model_id[128];
-    uint64_t hup_seen;
     /* argument strings of the stages (dp_sup keeps pointers) */
     char argbuf[ST_N][DP_SUP_MAX_ARGS][1024];
 };
@@ -148,21 +147,16 @@ static int spec_publish(struct serve *S, const struct dp_config *conf, char *err
     return rc;
 }
 
-/* SIGHUP: dp_sup forwards it to the stages and has no hook for us, so the
- * batcher relays it through the hup word of the specialist region (its
- * only writer). Re-read the config file; a bad one keeps the old table.
- * Only the specialists are taken from it: [serve] values need a restart. */
-static void spec_hup(struct serve *S)
+/* SIGHUP (dp_sup's reload hook, before the stages get it): re-read the
+ * config file; a bad one keeps the old table. Only the specialists are
+ * taken from it: [serve] values need a restart. */
+static void hook_reload(void *arg)
 {
-    struct shm_spec_region *r = shm_pipe_spec(&S->pipe);
-    uint64_t h = ck_pr_load_64(&r->hup);
+    struct serve *S = arg;
     struct dp_opt *o;
     struct dp_config conf;
     char err[512];
 
-    if (h == S->hup_seen)
-        return;
-    S->hup_seen = h;
     if (!S->cfg_path) {
         favo_info("reload: no --config file, no specialists to reload");
         return;
@@ -182,7 +176,6 @@ static int hook_tick(void *arg)
 {
     struct serve *S = arg;
 
-    spec_hup(S);
     dp_pipe_stats_tick(&S->pipe); /* ring gauges; restarted stages up (dp_sup.h) */
 
     if (!shm_pipe_ready(&S->pipe))
@@ -480,7 +473,8 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
     sup.data_fd = S->data.fd;
     sup.stats = &S->stats;
     sup.drain_timeout_s = dto > 0 ? dto : 30;
-    sup.hooks = (struct dp_sup_hooks){ S, hook_pid, hook_drain, hook_tick, 20000000ull };
+    sup.hooks = (struct dp_sup_hooks){ S, hook_pid, hook_drain, hook_tick, 20000000ull,
+                                       hook_reload };
     const char *pollname[] = { "block", "adaptive", "spin" };
     for (unsigned i = 0; i < ST_N; i++) {
         int k = dp_sup_add(&sup, stage_names[i], NULL);

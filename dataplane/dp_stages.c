@@ -308,7 +308,6 @@ int dp_stage_batcher(int argc, char **argv)
     c.sched.queue_timeout_ns = (uint64_t)kv_int(&kv, "--queue-timeout-ms", 0) * 1000000ull;
     c.poll = E.poll;
     c.stop = &stage_stop;
-    c.reload = &stage_reload; /* relayed to the supervisor: specialists reload */
     if (E.have_stats) {
         c.stats = &E.stats;
         c.stats_w = &E.w;

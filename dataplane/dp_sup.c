@@ -637,6 +637,8 @@ int dp_sup_run(const struct dp_sup_cfg *cfg)
                 struct signalfd_siginfo ssi;
                 while (read(s.sfd, &ssi, sizeof(ssi)) == (ssize_t)sizeof(ssi)) {
                     if (ssi.ssi_signo == SIGHUP) {
+                        if (cfg->hooks.reload)
+                            cfg->hooks.reload(cfg->hooks.arg);
                         favo_info("SIGHUP: forwarding reload to the stages");
                         sup_kill_all(&s, SIGHUP);
                     } else if (s.draining) {

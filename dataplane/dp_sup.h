@@ -89,6 +89,9 @@ struct dp_sup_hooks {
      * (sd_notify READY=1 is sent then, not at spawn) */
     int (*tick)(void *arg);
     uint64_t tick_ns;
+    /* SIGHUP, before it is forwarded to the stages (reload what the
+     * supervisor publishes: favo serve's specialist table) */
+    void (*reload)(void *arg);
 };
 
 struct dp_sup_cfg {

@@ -13,14 +13,13 @@
  * Nothing in it is a pointer (invariant 1).
  *
  * Who writes what (invariant 2, one writer per word):
- *   - the supervisor: everything in struct shm_spec_region but hup;
- *   - the batcher stage: hup (a count of the SIGHUPs it was forwarded, the
- *     supervisor's cue to re-read the config: see dp_cmd_serve.c).
+ *   - the supervisor: everything in struct shm_spec_region (it re-reads
+ *     the config on SIGHUP and publishes: dp_cmd_serve.c);
  *   Readers (ingress, the batcher) never write the table.
  *
  * Double buffering (SIGHUP swaps the table atomically):
  *
- *   region: seq | hup | gen[0] tab[0] | gen[1] tab[1]
+ *   region: seq | gen[0] tab[0] | gen[1] tab[1]
  *   current table = tab[seq & 1]
  *
  *   publish (writer)                    read (any reader)
@@ -101,7 +100,6 @@ struct shm_spec_table {
 struct shm_spec_region {
     uint64_t magic;
     uint64_t seq FAVO_ALIGNED_CL;          /* supervisor: published buffer = seq & 1 */
-    uint64_t hup FAVO_ALIGNED_CL;          /* batcher: SIGHUPs forwarded to it */
     struct {
         uint64_t gen FAVO_ALIGNED_CL;      /* supervisor: odd while tab is written */
         struct shm_spec_table tab;

@@ -266,6 +266,14 @@ static int notify_sock(const char *path)
     return fd;
 }
 
+/* The reload hook runs in the supervisor, before the stages get SIGHUP. */
+static void t_reload(void *arg)
+{
+    (void)arg;
+    fputs("test: reload hook ran\n", stderr);
+    fflush(stderr);
+}
+
 static void test_drain_notify(void)
 {
     const char *args[] = { "--drain-ms", "100", NULL };
@@ -281,6 +289,7 @@ static void test_drain_notify(void)
     dp_sup_cfg_init(&cfg);
     CHECK(dp_sup_add(&cfg, "sleeper", args) == 0);
     CHECK(dp_sup_add(&cfg, "sleeper", args) == 1);
+    cfg.hooks.reload = t_reload;
     r.nfd = nfd;
     sup_start(&r, &cfg, errf);
     unsetenv("NOTIFY_SOCKET");
@@ -311,6 +320,8 @@ static void test_drain_notify(void)
     /* Both stages got the forwarded SIGHUP. */
     char *a = strstr(err, "reload requested");
     CHECK(a && strstr(a + 1, "reload requested"));
+    char *h = strstr(err, "test: reload hook ran");
+    CHECK(h && h < a); /* the hook first, then the stages */
     free(err);
 }
 
