@@ -527,6 +527,13 @@ static void id_for(struct egr *E, const struct shm_req *q, char *out, size_t cap
     }
 }
 
+/* The model a response names: the specialist the request asked for (as
+ * vLLM echoes the served name it was sent), else the loaded model. */
+static const char *resp_model(const struct egr *E, const struct shm_req *q)
+{
+    return q->spec[0] && memchr(q->spec, 0, sizeof(q->spec)) ? q->spec : E->model_id;
+}
+
 /* egr_resp_init from the shm_req copy (START, or adopting a cell). */
 static void rs_start(struct egr *E, struct rs *r)
 {
@@ -562,7 +569,7 @@ static void rs_start(struct egr *E, struct rs *r)
     rc.prompt_tokens = q->ntok;
     rc.created = q->created;
     rc.id = id;
-    rc.model = E->model_id;
+    rc.model = resp_model(E, q);
     rc.fingerprint = E->fp;
     if (q->reqid_len > 0 && q->reqid_len <= SHM_REQ_ID_MAX) {
         memcpy(rid, q->reqid, q->reqid_len);
@@ -1104,7 +1111,7 @@ static void access_log(struct egr *E, const struct rs *r, unsigned status)
     a.wall_ns = favo_wall_ns();
     memcpy(a.request_id, q->reqid, FAVO_MIN(q->reqid_len, (uint32_t)sizeof(a.request_id) - 1));
     snprintf(a.tenant, sizeof(a.tenant), "%.*s", (int)sizeof(q->tenant_name), q->tenant_name);
-    snprintf(a.model, sizeof(a.model), "%s", E->model_id);
+    snprintf(a.model, sizeof(a.model), "%s", resp_model(E, q));
     a.status = (uint16_t)status;
     a.finish = (st->flags & EGR_SF_STARTED) ? st->resp.finish : EGR_FIN_NONE;
     a.prompt_tokens = q->ntok;

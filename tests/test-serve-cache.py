@@ -139,7 +139,9 @@ def run(S, cfg):
     r = chat(cl, "classify", msgs[0]["content"])
     check(r.usage.prompt_tokens == n_sys, f"chat usage.prompt_tokens {r.usage.prompt_tokens} == "
           f"/tokenize with the system message {n_sys}")
+    check(r.model == "classify", f"a specialist's answer names the specialist ({r.model})")
     r0 = chat(cl, MODEL_ID, msgs[0]["content"], max_tokens=4, temperature=0)
+    check(r0.model == MODEL_ID, f"the plain model's answer names the model ({r0.model})")
     check(r0.usage.prompt_tokens == n_plain, f"the plain model's prompt gets no specialist's "
           f"system prompt ({r0.usage.prompt_tokens} == {n_plain})")
     st, bc = S.post("/tokenize", {"model": "brief", "prompt": "The capital of Italy is"})
