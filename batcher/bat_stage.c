@@ -509,7 +509,11 @@ static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t 
         if (b->cfg->stats_w)
             shm_stats_add(b->cfg->stats_w, SHM_C_RESPONSE_CACHE_MISSES, 1);
     }
-    rc = bat_sched_submit(&b->s, &q, now, &id, &retry);
+    /* Queue time (the histogram, the timeout, aging) counts from ingress's
+     * receipt of the whole request, not from our dequeue: what the client
+     * waited. The same monotonic clock in every process. */
+    uint64_t enq = r->recv_ns && r->recv_ns <= now ? r->recv_ns : now;
+    rc = bat_sched_submit(&b->s, &q, enq, &id, &retry);
     if (cacheable && rc == 0)
         pend_add(b, r, key);
     explicit_bzero(key, sizeof(key));
