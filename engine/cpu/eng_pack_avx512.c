@@ -393,9 +393,95 @@ AMX_PANEL(ENG_TYPE_Q5_0, q5_0)
 AMX_PANEL(ENG_TYPE_Q5_1, q5_1)
 AMX_PANEL(ENG_TYPE_Q8_0, q8_0)
 
+/* q4_k sub-block j of panel super-block p as a B tile, as panel_q4_k
+ * unpacks it. */
+AI const uint8_t *unpack_q4_k(const uint8_t *p, int j, uint8_t *bt)
+{
+    const uint8_t *nib = p + 4 * G + 8 * G + 8 * G;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+
+    for (int s = 0; s < 8; s++) {
+        __m512i v = _mm512_loadu_si512((const void *)(nib + ((j / 2) * 8 + s) * G * 4));
+        _mm512_store_si512((void *)(bt + 64 * s),
+                           _mm512_and_si512((j & 1) ? _mm512_srli_epi16(v, 4) : v, m4));
+    }
+    return bt;
+}
+
+/* tot[c] += (sub-block j's integer sums) * its scales, as panel_q4_k */
+AI void tot_q4_k(const uint8_t *p, int j, const int32_t *ct, int32_t *tot)
+{
+    __m512i scj = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4 * G + j * G)));
+
+    for (int c = 0; c < 16; c++) {
+        __m512i t = _mm512_load_si512((const void *)(tot + 16 * c));
+
+        t = _mm512_add_epi32(t, _mm512_mullo_epi32(_mm512_load_si512((const void *)(ct + 16 * c)),
+                                                   scj));
+        _mm512_store_si512((void *)(tot + 16 * c), t);
+    }
+}
+
+/* q4_k: one tile product per 32-element sub-block (its 6-bit scale is an
+ * integer factor per weight row, applied to the exact sum as the VNNI
+ * kernel does), then panel_q4_k's f32 operations per super-block. */
+AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs, float *y,
+                          int64_t ldy, __mmask16 vm)
+{
+    _Alignas(64) uint8_t bt[2][512];
+    _Alignas(64) int32_t ct[256], tot[256];
+    __m512 acc[16];
+
+    for (int c = 0; c < 16; c++)
+        acc[c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, p += G * 148) {
+        const uint8_t *xq = x + (size_t)b * sizeof(struct eng_bq8_kp) +
+                            offsetof(struct eng_bq8_kp, qs);
+        const uint8_t *mn = p + 4 * G + 8 * G;
+        __m512i M[4];
+
+        memset(tot, 0, sizeof(tot));
+        for (int j = 0; j < 8; j += 2) {
+            _tile_loadd(4, unpack_q4_k(p, j, bt[0]), 64);
+            _tile_loadd(2, xq + 32 * j, (long)xs);
+            _tile_zero(0);
+            _tile_dpbsud(0, 2, 4);
+            if (j) {
+                _tile_stored(1, ct, 64);
+                tot_q4_k(p, j - 1, ct, tot);
+            }
+            _tile_loadd(5, unpack_q4_k(p, j + 1, bt[1]), 64);
+            _tile_loadd(3, xq + 32 * (j + 1), (long)xs);
+            _tile_zero(1);
+            _tile_dpbsud(1, 3, 5);
+            _tile_stored(0, ct, 64);
+            tot_q4_k(p, j, ct, tot);
+        }
+        _tile_stored(1, ct, 64);
+        tot_q4_k(p, 7, ct, tot);
+        for (int q = 0; q < 4; q++)
+            M[q] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(mn + q * 2 * G)));
+        __m512 dw = h16(p), dm = h16(p + 2 * G);
+        for (int c = 0; c < 16; c++) {
+            const struct eng_bq8_kp *xa = (const struct eng_bq8_kp *)(x + (size_t)c * xs) + b;
+            __m512i mm = _mm512_setzero_si512();
+            __m512 dx = _mm512_set1_ps(xa->d);
+
+            for (int q = 0; q < 4; q++)
+                mm = _mm512_dpwssd_epi32(mm, M[q], bc4(&xa->bs32[2 * q]));
+            acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx),
+                                     _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(tot + 16 * c))),
+                                     acc[c]);
+            acc[c] = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(mm), acc[c]);
+        }
+    }
+    for (int c = 0; c < 16; c++)
+        _mm512_mask_storeu_ps(y + c * ldy, vm, acc[c]);
+}
+
 static const panel_fn amx_fns[ENG_TYPE_COUNT] = {
     [ENG_TYPE_Q4_0] = q4_0_amx, [ENG_TYPE_Q4_1] = q4_1_amx, [ENG_TYPE_Q5_0] = q5_0_amx,
-    [ENG_TYPE_Q5_1] = q5_1_amx, [ENG_TYPE_Q8_0] = q8_0_amx,
+    [ENG_TYPE_Q5_1] = q5_1_amx, [ENG_TYPE_Q8_0] = q8_0_amx, [ENG_TYPE_Q4_K] = q4_k_amx,
 };
 
 /* Panels g0..g1 against activation rows 0..m16 (a multiple of 16). */
