@@ -246,9 +246,9 @@ static const panel_fn fns[ENG_TYPE_COUNT][ENG_PACK_COLS] = {
 /*
  * ---- AMX: 16 activation rows x 16 weight rows per tile instruction ----
  *
- * For the 32-block types and calls with 16 to 64 activation rows
- * (batched decode), where the VNNI loop above is bound by vpdpbusd's
- * throughput. The tile product itself is cheap; finishing each block's
+ * For the 32-block types and q4_k (q4_k_amx below), calls with 16 to 64
+ * activation rows (batched decode), where the VNNI loop above is bound by
+ * vpdpbusd's throughput. The tile product itself is cheap; finishing each block's
  * 16 x 16 integer sums with the VNNI kernel's f32 operations is what
  * this loop spends its time on (about 1.1-1.25x the VNNI loop's rate). Per block: the panel's codes are unpacked as
  * above into eight 64-byte rows - exactly the B tile of tdpbsud (row s =
