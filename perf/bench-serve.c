@@ -23,7 +23,8 @@
  * The common rate is --common-rate, else the lowest swept rate. With
  * --repeat N the two servers take turns N times (favo, llama.cpp, favo, ...,
  * so a drifting background load hits both alike) and every figure is the
- * median of the N runs (a rate meeting no SLO counts as the lowest); the
+ * median of the N runs (a rate meeting no SLO counts as the lowest; for
+ * even N the mean of the middle two, null if one is null); the
  * 1-minute load average is read from /proc/loadavg before and after each
  * sweep and reported beside it, because the machine may be shared.
  *
@@ -669,13 +670,16 @@ static int cmp_nan_low(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Median of n values (the lower middle one for even n); NAN sorts lowest. */
+/* Median of n values; NAN sorts lowest. For even n the mean of the two
+ * middle values, or NAN when one of them is (no rate met the SLO). */
 static double median(double *v, int n)
 {
     if (n < 1)
         return NAN;
     qsort(v, (size_t)n, sizeof(*v), cmp_nan_low);
-    return v[(n - 1) / 2];
+    if (n % 2)
+        return v[n / 2];
+    return isnan(v[n / 2 - 1]) ? NAN : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* The median side of n repeats; ran when any run ran. */
