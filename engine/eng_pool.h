@@ -8,9 +8,11 @@
  *              ... eng_pool_barrier(p) ...        ... eng_pool_barrier(p) ...
  *            wait for all workers <--done------ back to waiting
  *
- * Waiting: spin briefly (pause), then yield; idle workers between runs
- * sleep on a futex (the "doorbell"), woken by the next run. No malloc and
- * no logging per run (invariant 8); one futex wake per run at most.
+ * Waiting: at a barrier and at the end of a run, spin ~30 us, then sleep
+ * on a futex (woken by the last arriver only when someone sleeps); idle
+ * workers between runs spin a little longer, then sleep on the run
+ * doorbell, woken by the next run. No malloc and no logging per run
+ * (invariant 8); no syscall while every thread has its own core.
  *
  * Invariants:
  *   P1. Runs do not overlap: eng_pool_run is called by one thread at a time
