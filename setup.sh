@@ -84,6 +84,14 @@ if [ "$MODE" = test ] && .venv/bin/python3 -c 'import llama_cpp' 2>/dev/null &&
     .venv/bin/pip install -q --disable-pip-version-check fastapi uvicorn sse-starlette starlette-context pydantic-settings \
         || say "WARNING: llama_cpp.server's dependencies could not be installed; bench-serve skips llama.cpp"
 fi
+# aiperf (PyPI) in its own venv, test mode only: perf/aiperf-compare.py and
+# test-perf-aiperf check favo bench against it (issue #10); ~1.2 GB, ~2 min.
+if [ "$MODE" = test ] && [ ! -x build/aiperf-venv/bin/aiperf ]; then
+    say "installing aiperf into build/aiperf-venv (favo bench's cross-check)"
+    { python3 -m venv build/aiperf-venv &&
+      build/aiperf-venv/bin/pip install -q --disable-pip-version-check aiperf==0.13.0; } \
+        || say "WARNING: aiperf could not be installed; test-perf-aiperf skips"
+fi
 
 mkdir -p models
 SITE=$(.venv/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
