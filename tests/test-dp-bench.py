@@ -8,7 +8,7 @@ slow requests, some 429/503 answers, and optionally a 1 s freeze.
 
 Tolerances: a measured latency can be below the server's sleep only by
 asyncio timer granularity (we allow 3 ms); above it by Python scheduling,
-loopback and the client (ASan build included) - we allow up to 60 ms on a
+loopback and the client (ASan build included) - we allow up to 90 ms on a
 loaded 2-core CI machine, which is still far below every effect we check
 (150 ms slow requests, a 1000 ms freeze).
 """
@@ -23,7 +23,7 @@ import time
 import xml.etree.ElementTree as ET
 
 FAVO = os.path.join(os.environ.get("FAVO_BUILD", "build"), "favo")
-LO, HI = 3.0, 60.0  # ms below / above a known delay
+LO, HI = 3.0, 90.0  # ms below / above a known delay
 failures = []
 
 
