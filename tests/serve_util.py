@@ -110,7 +110,7 @@ class Serve:
         self.port = None
         t0 = time.time()
         while time.time() - t0 < ready_timeout:
-            m = re.search(r"on https?://127\.0\.0\.1:(\d+) .*ready in", self.logtext())
+            m = re.search(r"on https?://127\.0\.0\.1:(\d+) .*ready in", Serve.logtext(self))
             if m:
                 self.port = int(m.group(1))
                 break
@@ -118,7 +118,7 @@ class Serve:
                 break
             time.sleep(0.05)
         if not self.port:
-            print(self.logtext()[-4000:])
+            print(Serve.logtext(self)[-4000:])
             self.stop()
             raise SystemExit("FAIL: favo serve did not become ready")
         self.base = f"http://127.0.0.1:{self.port}"
@@ -171,6 +171,9 @@ class Serve:
 
     def logtext(self):
         return open(self.log.name, errors="replace").read()
+
+    def logbytes(self):
+        return open(self.log.name, "rb").read()
 
 
 def gauge(snap, name):

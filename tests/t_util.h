@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #define T_SKIP 77
 
@@ -28,6 +29,19 @@ extern int t_failures;
             fprintf(stderr, __VA_ARGS__);                                     \
             fputc('\n', stderr);                                              \
             t_failures++;                                                     \
+        }                                                                     \
+    } while (0)
+
+/*
+ * Hard check for step-by-step tests, where what follows depends on it: on
+ * failure print file, line and the condition, and exit 1 at once.
+ */
+#define T_REQUIRE(cond)                                                       \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
+                    #cond);                                                   \
+            exit(1);                                                          \
         }                                                                     \
     } while (0)
 

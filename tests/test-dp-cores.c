@@ -12,13 +12,7 @@
 #include "dp_cores.h"
 #include "t_util.h"
 
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);  \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
+#define CHECK(c) T_REQUIRE(c)
 
 static const char *const stages[] = { "ingress", "batcher", "engine", "egress" };
 

@@ -22,13 +22,7 @@
 #include "favo_base.h"
 #include "t_util.h"
 
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);  \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
+#define CHECK(c) T_REQUIRE(c)
 
 /* Run a supervisor over one sleeper with args for ms; return its event log. */
 static char *supervise(const char *bin, const char *const *args, int ms)

@@ -24,13 +24,7 @@
 #include "favo_base.h"
 #include "t_util.h"
 
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);  \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
+#define CHECK(c) T_REQUIRE(c)
 
 static int evfd;
 static char evbuf[8192];

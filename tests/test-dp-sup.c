@@ -23,13 +23,7 @@
 #include "favo_base.h"
 #include "t_util.h"
 
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);  \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
+#define CHECK(c) T_REQUIRE(c)
 
 struct sup_run {
     pid_t pid;

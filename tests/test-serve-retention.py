@@ -87,13 +87,10 @@ the answer's ids: a full process scan takes longer than the TTL.)
 Needs /proc/PID/mem of the stages, which are not dumpable
 (PR_SET_DUMPABLE 0): root or CAP_SYS_PTRACE. Without it: skip (77).
 """
-import ctypes
 import http.client
 import json
 import os
 import random
-import re
-import signal
 import socket
 import string
 import struct
@@ -108,125 +105,18 @@ except ImportError:
     print("SKIP: numpy is not installed in the project venv")
     sys.exit(77)
 
-FAVO = os.path.join(os.environ.get("FAVO_BUILD", "build"), "favo")
-MODELS = os.environ.get("FAVO_MODELS", "models")
-MODEL = os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
-MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
-failures = []
+from serve_util import FAVO, MODEL, MODEL_ID, check, gauge, require_model, wait_idle  # noqa: E402
+from serve_util import Serve as _Serve, failures  # noqa: E402
+
+require_model()
 
 
-T0 = time.time()
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what + f"  [{time.time() - T0:.1f} s]", flush=True)
-    if not cond:
-        failures.append(what)
-
-
-if not os.path.exists(MODEL):
-    print(f"SKIP: {MODEL} is missing (./setup.sh installs it)")
-    sys.exit(77)
-if not os.path.exists(FAVO):
-    print(f"SKIP: {FAVO} is not built")
-    sys.exit(77)
-
-
-def die_with_parent():
-    """The server gets SIGTERM when this test dies (a ctest timeout)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class Serve:
-    """favo serve on a free port with its own instance name (copied from
-    test-serve-e2e.py)."""
-
-    def __init__(self, *extra, env=None):
-        self.inst = f"r{os.getpid()}x{int(time.time() * 1000) % 100000}"
-        self.log = tempfile.NamedTemporaryFile(prefix="favo-retention-", suffix=".log",
-                                               delete=False)
-        args = [FAVO, "serve", "--model", MODEL, "--port", "0", "--instance", self.inst,
-                "--kv-cache-mb", "128", "--ctx-size", "2048", "--max-seqs", "16", "--max-batch-tokens", "256",
-                "--threads", "2", "--drain-timeout", "20", *extra]
-        e = dict(os.environ)
-        e.update(env or {})
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e,
-                                  preexec_fn=die_with_parent)
-        self.port = None
-        t0 = time.time()
-        while time.time() - t0 < 120:
-            text = open(self.log.name, errors="replace").read()
-            m = re.search(r"on http://127\.0\.0\.1:(\d+) .*ready in", text)
-            if m:
-                self.port = int(m.group(1))
-                break
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not self.port:
-            print(open(self.log.name, errors="replace").read()[-4000:])
-            self.stop()
-            raise SystemExit("FAIL: favo serve did not become ready")
-
-    def request(self, method, path, body=None, headers=None, conn=None):
-        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        h = {"Content-Type": "application/json"}
-        h.update(headers or {})
-        if body is not None and not isinstance(body, (bytes, str)):
-            body = json.dumps(body)
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        data = r.read()
-        if conn is None:
-            c.close()
-        return r.status, data
-
-    def post(self, path, obj, **kw):
-        return self.request("POST", path, obj, **kw)
-
-    def stat(self):
-        out = subprocess.run([FAVO, "stat", "--instance", self.inst, "--json"],
-                             capture_output=True, text=True, timeout=30)
-        return json.loads(out.stdout) if out.returncode == 0 else None
-
-    def stop(self, sig=signal.SIGTERM, timeout=60):
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        return self.p.returncode
-
-    def logtext(self):
-        return open(self.log.name, "rb").read()
-
-
-def gauge(snap, name):
-    if snap is None:
-        return None
-    for sect in ("gauges", "gauge"):
-        if isinstance(snap.get(sect), dict) and name in snap[sect]:
-            v = snap[sect][name]
-            return v.get("value") if isinstance(v, dict) else v
-    return None
-
-
-def wait_idle(S, secs=30):
-    """Wait for running == 0 and waiting == 0; returns the last values."""
-    t0 = time.time()
-    r = w = None
-    while time.time() - t0 < secs:
-        snap = S.stat()
-        r, w = gauge(snap, "running"), gauge(snap, "waiting")
-        if r == 0 and (w in (0, None)):
-            return r, w
-        time.sleep(0.05)
-    return r, w
+def Serve(*extra, env=None):
+    """favo serve with a small KV pool (the scans read all of it)."""
+    return _Serve(*extra, env=env, prefix="retention",
+                  defaults=("--kv-cache-mb", "128", "--ctx-size", "2048", "--max-seqs", "16",
+                            "--max-batch-tokens", "256", "--threads", "2", "--drain-timeout",
+                            "20"))
 
 
 # ------------------------------------------------------------ the markers
@@ -493,7 +383,7 @@ class Scan:
             if pm:
                 pm.close()
         # 4. the log output
-        lg = S.logtext()
+        lg = S.logbytes()
         self.bytes["log"] = len(lg)
         self.needles.scan(lg, "log output", 0, self.hits)
 
@@ -656,7 +546,7 @@ def main():
     finally:
         rc = S.stop()
         check(rc == 0, f"favo serve exits 0 after SIGTERM (got {rc})")
-        lg = S.logtext()
+        lg = S.logbytes()
         leaked = [m.case for m in M.values() if m.text.encode() in lg]
         check(not leaked, f"no marker in the log after shutdown ({leaked})")
         os.unlink(S.log.name)
