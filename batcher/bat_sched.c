@@ -729,45 +729,34 @@ static void plan_add(struct bat_arena *a, struct step_ctx *c, uint32_t si, uint3
 }
 
 /* Preempt by recompute: running[i] loses its blocks and waits at the head
- * of its class's resume queue. */
-static void preempt_at(struct bat_arena *a, uint32_t i)
+ * of its class's resume queue - or, for a fairness preemption (to_flow),
+ * at the HEAD of its own (tenant, class) flow, so it competes again through
+ * DRR with its tenant's credit (not ahead of everyone through the resume
+ * queue). It has started: it keeps its admission rank and never times out. */
+static void preempt_at(struct bat_arena *a, uint32_t i, bool to_flow)
 {
     uint32_t si = running(a)[i];
     struct bat_slot *q = &slots(a)[si];
 
     run_remove_at(a, i);
     q->state = ST_WAITING;
-    q->in_resume = 1;
-    link_head(a, &a->res_head[q->prio], &a->res_tail[q->prio], si);
+    q->in_resume = !to_flow;
+    if (to_flow) {
+        q->flow = flow_get(a, q->tenant, q->prio);
+        struct bat_flow *f = &flows(a)[q->flow];
+        link_head(a, &f->head, &f->tail, si);
+        f->n++;
+        if (!f->active)
+            rr_insert(a, q->flow);
+    } else {
+        link_head(a, &a->res_head[q->prio], &a->res_tail[q->prio], si);
+    }
     a->n_waiting++;
     a->n_waiting_tokens += q->n_prompt;
     a->n_preempt++;
 }
 
 static bool can_start(struct bat_arena *a, const struct bat_slot *q);
-
-/* Fairness preemption: running[i] loses its blocks and waits at the HEAD of
- * its own (tenant, class) flow, so it competes again through DRR with its
- * tenant's credit (not ahead of everyone through the resume queue). It has
- * started: it keeps its admission rank and never times out. */
-static void fair_requeue(struct bat_arena *a, uint32_t i)
-{
-    uint32_t si = running(a)[i];
-    struct bat_slot *q = &slots(a)[si];
-
-    run_remove_at(a, i);
-    q->state = ST_WAITING;
-    q->in_resume = 0;
-    q->flow = flow_get(a, q->tenant, q->prio);
-    struct bat_flow *f = &flows(a)[q->flow];
-    link_head(a, &f->head, &f->tail, si);
-    f->n++;
-    if (!f->active)
-        rr_insert(a, q->flow);
-    a->n_waiting++;
-    a->n_waiting_tokens += q->n_prompt;
-    a->n_preempt++;
-}
 
 struct fair_tally {
     uint32_t n;
@@ -845,7 +834,7 @@ static void fair_preempt(struct bat_arena *a, struct step_ctx *c)
                         }
                     }
                 if (v != BAT_NIL) {
-                    fair_requeue(a, v);
+                    preempt_at(a, v, true);
                     t.count[top]--;
                     t.count[own]++;
                     c->fair[c->n_fair++] = fi;
@@ -883,11 +872,11 @@ static uint32_t grow(struct bat_arena *a, uint32_t i, uint32_t upto, bool may_se
         }
         uint32_t v = victim_after(a, i);
         if (v != BAT_NIL) {
-            preempt_at(a, v);
+            preempt_at(a, v, false);
             continue;
         }
         if (may_self && q->n_blocks * BAT_KV_BLOCK <= q->n_computed) {
-            preempt_at(a, i);
+            preempt_at(a, i, false);
             return BAT_NIL;
         }
         break;
@@ -1195,7 +1184,7 @@ static int complete_impl(struct bat_sched *s, const struct bat_plan *p,
                 finish(s, si, BAT_FIN_ENGINE, ev, &n, ev_cap);
                 continue;
             }
-            preempt_at(a, run_find(a, si));
+            preempt_at(a, run_find(a, si), false);
             continue;
         }
         q->n_computed += ps[k].n_new;
@@ -1290,7 +1279,7 @@ int bat_sched_reset_kv(struct bat_sched *s)
     /* Last-ranked first, each to the head of its class's resume queue: the
      * queues end up in rank order. */
     while (a->n_running)
-        preempt_at(a, a->n_running - 1);
+        preempt_at(a, a->n_running - 1, false);
     a->busy = 0;
     return (int)n;
 }

@@ -93,6 +93,27 @@ static bool meets(struct dp_bench_res *res, const struct slo *slo, int nslo, dou
     return true;
 }
 
+/* The file of output option --name, opened for writing; NULL (said why). */
+static FILE *out_open(struct dp_opt *opts, const char *name)
+{
+    const char *path = dp_opt_str(opts, name);
+    FILE *f = fopen(path, "w");
+
+    if (!f)
+        fprintf(stderr, "favo bench: --%s %s: %s\n", name, path, strerror(errno));
+    return f;
+}
+
+/* Close it; non-zero (said why) when writing (rc) or closing failed. */
+static int out_close(struct dp_opt *opts, FILE *f, const char *name, int rc)
+{
+    if (fclose(f) || rc) {
+        fprintf(stderr, "favo bench: --%s %s: write failed\n", name, dp_opt_str(opts, name));
+        return -1;
+    }
+    return 0;
+}
+
 int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
 {
     struct dp_opt opts[] = {
@@ -320,39 +341,27 @@ int dp_cmd_bench(const struct dp_cmd *cmd, int argc, char **argv)
         }
     }
     if (cfg.keep_records) {
-        FILE *rf;
+        FILE *rf = out_open(opts, "records");
 
-        s = dp_opt_str(opts, "records");
-        rf = fopen(s, "w");
-        if (!rf) {
-            fprintf(stderr, "favo bench: --records %s: %s\n", s, strerror(errno));
+        if (!rf)
             goto out;
-        }
         rc = dp_bench_records_jsonl(rf, &res[0]);
-        if (fclose(rf) || rc) {
-            fprintf(stderr, "favo bench: --records %s: write failed\n", s);
+        if (out_close(opts, rf, "records", rc))
             goto out;
-        }
     }
     if (dp_opt_find(opts, "svg")->val) {
         char title[128];
-        FILE *sf;
+        FILE *sf = out_open(opts, "svg");
 
-        s = dp_opt_str(opts, "svg");
-        sf = fopen(s, "w");
-        if (!sf) {
-            fprintf(stderr, "favo bench: --svg %s: %s\n", s, strerror(errno));
+        if (!sf)
             goto out;
-        }
         if (cfg.concurrency)
             snprintf(title, sizeof(title), "favo bench: latency by percentile, concurrency %d", cfg.concurrency);
         else
             snprintf(title, sizeof(title), "favo bench: latency by percentile, %.3g requests/s", cfg.rate);
         rc = dp_bench_svg(sf, &res[nrates - 1], title);
-        if (fclose(sf) || rc) {
-            fprintf(stderr, "favo bench: --svg %s: write failed\n", s);
+        if (out_close(opts, sf, "svg", rc))
             goto out;
-        }
     }
     ret = 0;
 out:

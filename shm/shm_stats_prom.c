@@ -110,10 +110,34 @@ static void tenants_prom(struct out *o, const struct shm_stats_snap *snap)
     }
 }
 
+/* One per-stage family: HELP and TYPE once, then a sample per stage row in
+ * use (the restart count, or the last restart time in seconds). */
+static void stage_family(struct out *o, const struct shm_stats_snap *snap, const char *name,
+                         const char *help, const char *type, bool restart_time)
+{
+    bool any = false;
+
+    for (unsigned r = 0; r < snap->nstages; r++) {
+        const struct shm_stage_snap *s = &snap->stages[r];
+
+        if (s->info.kind == SHM_STAGE_NONE)
+            continue;
+        if (!any)
+            out_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+        any = true;
+        out_printf(o, "%s{stage=\"%s\",index=\"%u\"} ", name, shm_stage_kind_name(s->info.kind),
+                   s->info.index);
+        if (restart_time)
+            out_double(o, (double)s->info.last_restart_ns / 1e9);
+        else
+            out_printf(o, "%u", s->info.restarts);
+        out_printf(o, "\n");
+    }
+}
+
 size_t shm_stats_prom(const struct shm_stats_snap *snap, char *buf, size_t len)
 {
     struct out o = { buf, len, 0 };
-    bool any_stage = false;
 
     if (len)
         buf[0] = 0;
@@ -156,34 +180,11 @@ size_t shm_stats_prom(const struct shm_stats_snap *snap, char *buf, size_t len)
         out_double(&o, (double)hs->sum_ns / 1e9);
         out_printf(&o, "\n%s_count %llu\n", d->prom, (unsigned long long)total);
     }
-    for (unsigned r = 0; r < snap->nstages; r++) {
-        const struct shm_stage_snap *s = &snap->stages[r];
-
-        if (s->info.kind == SHM_STAGE_NONE)
-            continue;
-        if (!any_stage)
-            out_printf(&o, "# HELP favo_stage_restarts_total Restarts of each stage process "
-                       "by the supervisor.\n# TYPE favo_stage_restarts_total counter\n");
-        any_stage = true;
-        out_printf(&o, "favo_stage_restarts_total{stage=\"%s\",index=\"%u\"} %u\n",
-                   shm_stage_kind_name(s->info.kind), s->info.index, s->info.restarts);
-    }
-    any_stage = false;
-    for (unsigned r = 0; r < snap->nstages; r++) {
-        const struct shm_stage_snap *s = &snap->stages[r];
-
-        if (s->info.kind == SHM_STAGE_NONE)
-            continue;
-        if (!any_stage)
-            out_printf(&o, "# HELP favo_stage_last_restart_seconds Time from the stage's last "
-                       "exit to its replacement being up (0: never restarted).\n"
-                       "# TYPE favo_stage_last_restart_seconds gauge\n");
-        any_stage = true;
-        out_printf(&o, "favo_stage_last_restart_seconds{stage=\"%s\",index=\"%u\"} ",
-                   shm_stage_kind_name(s->info.kind), s->info.index);
-        out_double(&o, (double)s->info.last_restart_ns / 1e9);
-        out_printf(&o, "\n");
-    }
+    stage_family(&o, snap, "favo_stage_restarts_total",
+                 "Restarts of each stage process by the supervisor.", "counter", false);
+    stage_family(&o, snap, "favo_stage_last_restart_seconds",
+                 "Time from the stage's last exit to its replacement being up (0: never "
+                 "restarted).", "gauge", true);
     tenants_prom(&o, snap);
     if (snap->version[0]) {
         out_printf(&o, "# HELP favo_build_info The favo version serving (always 1).\n"

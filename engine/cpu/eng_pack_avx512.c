@@ -39,15 +39,43 @@ AI __m512 h16(const uint8_t *p)
 
 /* ---- 32-block types ---- */
 
+/* A panel block's codes (after its d[16] and m[16]) as 8 registers of
+ * 16 rows x 4 bytes: low then high nibbles, plus the 5th bit of q5_*
+ * types; q8_0's codes are stored that way already. */
+AI void codes32(const uint32_t T, const uint8_t *p, __m512i U[8])
+{
+    const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
+    const int has_h = T == ENG_TYPE_Q5_0 || T == ENG_TYPE_Q5_1;
+    const __m512i m4 = _mm512_set1_epi8(0x0f), x10 = _mm512_set1_epi8(0x10);
+
+    if (T == ENG_TYPE_Q8_0) {
+        for (int s = 0; s < 8; s++)
+            U[s] = _mm512_loadu_si512((const void *)(p + 2 * G + 64 * s));
+        return;
+    }
+    const uint8_t *qh = p + 2 * G + (has_m ? 2 * G : 0);
+    const uint8_t *nib = qh + (has_h ? 64 : 0);
+
+    for (int s = 0; s < 4; s++) {
+        __m512i v = _mm512_loadu_si512((const void *)(nib + 64 * s));
+        U[s] = _mm512_and_si512(v, m4);
+        U[s + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    }
+    if (has_h)
+        for (int s = 0; s < 8; s++) {
+            uint64_t h;
+            memcpy(&h, qh + 8 * s, 8);
+            U[s] = _mm512_mask_add_epi8(U[s], _cvtu64_mask64(h), U[s], x10);
+        }
+}
+
 AI void panel32(const uint32_t T, const int NC, const uint8_t *p, int64_t nb, const uint8_t *x,
                 size_t xs, float *y, int64_t ldy, __mmask16 vm)
 {
     const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
-    const int has_h = T == ENG_TYPE_Q5_0 || T == ENG_TYPE_Q5_1;
     const size_t pb = T == ENG_TYPE_Q4_0 ? G * 18 : T == ENG_TYPE_Q4_1 ? G * 20
                     : T == ENG_TYPE_Q5_0 ? G * 22 : T == ENG_TYPE_Q5_1 ? G * 24 : G * 34;
     const int sh = T == ENG_TYPE_Q4_0 ? 3 : T == ENG_TYPE_Q5_0 ? 4 : 7;
-    const __m512i m4 = _mm512_set1_epi8(0x0f), x10 = _mm512_set1_epi8(0x10);
     __m512 acc[ENG_PACK_COLS];
 
     for (int c = 0; c < NC; c++)
@@ -56,27 +84,9 @@ AI void panel32(const uint32_t T, const int NC, const uint8_t *p, int64_t nb, co
         __m512i U[8];
         __m512 dw = h16(p), mw = _mm512_setzero_ps();
 
-        if (T == ENG_TYPE_Q8_0) {
-            for (int s = 0; s < 8; s++)
-                U[s] = _mm512_loadu_si512((const void *)(p + 2 * G + 64 * s));
-        } else {
-            const uint8_t *qh = p + 2 * G + (has_m ? 2 * G : 0);
-            const uint8_t *nib = qh + (has_h ? 64 : 0);
-
-            if (has_m)
-                mw = h16(p + 2 * G);
-            for (int s = 0; s < 4; s++) {
-                __m512i v = _mm512_loadu_si512((const void *)(nib + 64 * s));
-                U[s] = _mm512_and_si512(v, m4);
-                U[s + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-            }
-            if (has_h)
-                for (int s = 0; s < 8; s++) {
-                    uint64_t h;
-                    memcpy(&h, qh + 8 * s, 8);
-                    U[s] = _mm512_mask_add_epi8(U[s], _cvtu64_mask64(h), U[s], x10);
-                }
-        }
+        if (has_m)
+            mw = h16(p + 2 * G);
+        codes32(T, p, U);
         for (int c = 0; c < NC; c++) {
             const struct eng_bq8_p *xa = (const struct eng_bq8_p *)(x + (size_t)c * xs) + b;
             __m512i s = has_m ? _mm512_setzero_si512()
@@ -292,27 +302,11 @@ AMXT static void amx_config(void)
  * in bt; q8_0's codes are that tile already, in the panel itself. */
 AI const uint8_t *unpack32(const uint32_t T, const uint8_t *p, uint8_t *bt)
 {
-    const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
-    const int has_h = T == ENG_TYPE_Q5_0 || T == ENG_TYPE_Q5_1;
-    const __m512i m4 = _mm512_set1_epi8(0x0f), x10 = _mm512_set1_epi8(0x10);
     __m512i U[8];
 
     if (T == ENG_TYPE_Q8_0)
         return p + 2 * G;
-    const uint8_t *qh = p + 2 * G + (has_m ? 2 * G : 0);
-    const uint8_t *nib = qh + (has_h ? 64 : 0);
-
-    for (int s = 0; s < 4; s++) {
-        __m512i v = _mm512_loadu_si512((const void *)(nib + 64 * s));
-        U[s] = _mm512_and_si512(v, m4);
-        U[s + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-    }
-    if (has_h)
-        for (int s = 0; s < 8; s++) {
-            uint64_t h;
-            memcpy(&h, qh + 8 * s, 8);
-            U[s] = _mm512_mask_add_epi8(U[s], _cvtu64_mask64(h), U[s], x10);
-        }
+    codes32(T, p, U);
     for (int s = 0; s < 8; s++)
         _mm512_store_si512((void *)(bt + 64 * s), U[s]);
     return bt;
