@@ -51,7 +51,9 @@ struct dp_config {
     unsigned nstrs;
 };
 
-/* 0, or -EINVAL / -ENOENT / -ENOMEM with "FILE:LINE: why" in err. */
+/* 0, or -EINVAL / -ENOENT / -ENOMEM with "FILE:LINE: why" in err. cfg holds
+ * what was read either way (options set from the file point into it):
+ * dp_config_free it after a failure too. */
 int dp_config_load(const char *path, struct dp_opt *opts, struct dp_config *cfg, char *err,
                    size_t errlen);
 void dp_config_free(struct dp_config *cfg);
