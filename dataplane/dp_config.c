@@ -13,7 +13,7 @@
 struct cfg_ctx {
     struct dp_opt *opts;
     struct dp_config *cfg;
-    char why[200];  /* the first error; inih gives its line number */
+    char why[512];  /* the first error; inih gives its line number */
     int rc;
 };
 
@@ -80,28 +80,43 @@ static int cfg_str(struct cfg_ctx *c, const char *sec, const char *key, const ch
     return *dst ? 1 : cfg_fail(c, -ENOMEM, sec, key, "out of memory");
 }
 
-static int cfg_specialist(struct cfg_ctx *c, const char *sec, const char *key, const char *val)
+/* The specialist of section sec ("specialist.NAME"), made on first sight;
+ * NULL after cfg_fail. */
+static struct dp_specialist *spec_of(struct cfg_ctx *c, const char *sec, const char *key)
 {
     const char *name = sec + strlen("specialist.");
     struct dp_config *cfg = c->cfg;
-    struct dp_specialist *s = NULL;
+    struct dp_specialist *s;
 
-    if (!*name)
-        return cfg_fail(c, -EINVAL, sec, key, "a specialist section needs a name");
+    if (!*name) {
+        cfg_fail(c, -EINVAL, sec, key, "a specialist section needs a name");
+        return NULL;
+    }
     for (unsigned i = 0; i < cfg->nspec; i++)
         if (!strcmp(cfg->spec[i].name, name))
-            s = &cfg->spec[i];
-    if (!s) {
-        if (cfg->nspec >= DP_CONFIG_MAX_SPECIALISTS)
-            return cfg_fail(c, -EINVAL, sec, key, "too many specialists (64 at most)");
-        s = &cfg->spec[cfg->nspec];
-        memset(s, 0, sizeof(*s));
-        s->temperature = -1.0;
-        s->name = strdup(name);
-        if (!s->name)
-            return cfg_fail(c, -ENOMEM, sec, key, "out of memory");
-        cfg->nspec++;
+            return &cfg->spec[i];
+    if (cfg->nspec >= DP_CONFIG_MAX_SPECIALISTS) {
+        cfg_fail(c, -EINVAL, sec, key, "too many specialists (64 at most)");
+        return NULL;
     }
+    s = &cfg->spec[cfg->nspec];
+    memset(s, 0, sizeof(*s));
+    s->temperature = -1.0;
+    s->name = strdup(name);
+    if (!s->name) {
+        cfg_fail(c, -ENOMEM, sec, key, "out of memory");
+        return NULL;
+    }
+    cfg->nspec++;
+    return s;
+}
+
+static int cfg_specialist(struct cfg_ctx *c, const char *sec, const char *key, const char *val)
+{
+    struct dp_specialist *s = spec_of(c, sec, key);
+
+    if (!s)
+        return 0;
     if (!strcmp(key, "model"))
         return cfg_str(c, sec, key, val, &s->model);
     if (!strcmp(key, "system_prompt"))
@@ -189,17 +204,64 @@ static int cfg_handler(void *user, const char *sec, const char *key, const char 
     return cfg_fail(c, -ENOENT, sec, key, "unknown section (serve, specialist.NAME)");
 }
 
+/*
+ * inih calls the handler for keys only, so a section without keys would
+ * vanish: "[specialist.echo]" alone, a specialist with every default, would
+ * be silently absent from /v1/models, and a misspelt empty "[srve]" would
+ * pass unseen. The reader hands inih its lines as fgets() would and, on the
+ * way, looks at every section header (inih's rule: after leading blanks,
+ * '[' then the name up to the first ']'): it makes the specialist of a
+ * "[specialist.NAME]" and refuses an unknown section, remembering the line.
+ */
+struct cfg_reader {
+    FILE *f;
+    struct cfg_ctx *c;
+    int line, err_line;
+};
+
+static char *cfg_read_line(char *str, int num, void *stream)
+{
+    struct cfg_reader *r = stream;
+    char *line = fgets(str, num, r->f), *p, *end;
+    char sec[256];
+
+    if (!line || r->c->rc)
+        return line;
+    r->line++;
+    for (p = line; *p == ' ' || *p == '\t'; p++)
+        ;
+    if (*p != '[' || !(end = strchr(p + 1, ']')))
+        return line;
+    snprintf(sec, sizeof(sec), "%.*s", (int)(end - p - 1), p + 1);
+    if (!strncmp(sec, "specialist.", strlen("specialist.")))
+        spec_of(r->c, sec, "(section)");
+    else if (strcmp(sec, "serve"))
+        cfg_fail(r->c, -ENOENT, sec, "(section)", "unknown section (serve, specialist.NAME)");
+    if (r->c->rc)
+        r->err_line = r->line;
+    return line;
+}
+
 int dp_config_load(const char *path, struct dp_opt *opts, struct dp_config *cfg, char *err,
                    size_t errlen)
 {
     struct cfg_ctx c = { .opts = opts, .cfg = cfg };
+    struct cfg_reader r = { .f = fopen(path, "r"), .c = &c };
+    int line;
 
     memset(cfg, 0, sizeof(*cfg));
-    int line = ini_parse(path, cfg_handler, &c);
-    if (line < 0) {
-        snprintf(err, errlen, "%s: cannot %s", path, line == -1 ? "open the file" : "parse");
-        return line == -1 ? -ENOENT : -ENOMEM;
+    if (!r.f) {
+        snprintf(err, errlen, "%s: cannot open the file: %s", path, strerror(errno));
+        return -ENOENT;
     }
+    line = ini_parse_stream(cfg_read_line, &r, cfg_handler, &c);
+    fclose(r.f);
+    if (line < 0) {
+        snprintf(err, errlen, "%s: cannot parse (out of memory)", path);
+        return -ENOMEM;
+    }
+    if (r.err_line && (!line || r.err_line < line))
+        line = r.err_line; /* the reader's refusal came first */
     if (line > 0) {
         /* inih reports the first failing line: ours, or a syntax error. */
         if (c.rc)

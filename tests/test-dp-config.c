@@ -109,12 +109,16 @@ int main(void)
     CHECK(load("[serve]\ndrain-timeout = 1s\n", err, sizeof(err)) == -EINVAL);
     CHECK(strstr(err, ":2: [serve] drain-timeout: wants a number"));
     CHECK(load("[srve]\nport = 1\n", err, sizeof(err)) == -ENOENT);
-    CHECK(strstr(err, ":2: [srve] port: unknown section"));
+    CHECK(strstr(err, ":1: [srve] (section): unknown section"));
+    /* a section without keys is still seen (inih alone would skip it) */
+    CHECK(load("[serve]\nport = 1\n  [srve]\n", err, sizeof(err)) == -ENOENT);
+    CHECK(strstr(err, "bad.ini:3: [srve] (section): unknown section"));
     CHECK(load("[specialist.a]\nmodel = x\ntemprature = 1\n", err, sizeof(err)) == -ENOENT);
     CHECK(strstr(err, ":3: [specialist.a] temprature: unknown key"));
     CHECK(load("[specialist.a]\ntemperature = 7\n", err, sizeof(err)) == -EINVAL);
     CHECK(strstr(err, ":2: [specialist.a] temperature: wants a number in [0, 2]"));
     CHECK(load("[specialist.]\nmodel = x\n", err, sizeof(err)) == -EINVAL);
+    CHECK(strstr(err, ":1: [specialist.] (section): a specialist section needs a name"));
     CHECK(load("[serve]\nconfig = other.ini\n", err, sizeof(err)) == -EINVAL);
     CHECK(load("[serve]\nport 8080\n", err, sizeof(err)) == -EINVAL);
     CHECK(strstr(err, ":2: syntax error"));
@@ -122,29 +126,33 @@ int main(void)
     /* The specialist table built from a config (shm_spec.h). */
     {
         static struct shm_spec_table t;
-        const char *p2 = write_ini("spec.ini",
-                                   "[specialist.classify]\n"
-                                   "model = m.gguf\n"
-                                   "system_prompt = Be brief.\n"
-                                   "max_tokens = 16\n"
-                                   "default_max_tokens = 8\n"
-                                   "priority = 3\n"
-                                   "cache_ttl = 0.5\n"
-                                   "temperature = 0\n"
-                                   "top_p = 0.9\n"
-                                   "top_k = 40\n"
-                                   "min_p = 0.05\n"
-                                   "frequency_penalty = 0.5\n"
-                                   "presence_penalty = -0.5\n"
-                                   "seed = 7\n"
-                                   "[specialist.chat]\n"
-                                   "cache_ttl = 0\n"); /* (inih sees sections by their keys) */
+        const struct shm_spec *c0;
+        static const char spec_ini[] =
+            "[specialist.classify]\n"
+            "model = m.gguf\n"
+            "system_prompt = Be brief.\n"
+            "max_tokens = 16\n"
+            "default_max_tokens = 8\n"
+            "priority = 3\n"
+            "cache_ttl = 0.5\n"
+            "temperature = 0\n"
+            "top_p = 0.9\n"
+            "top_k = 40\n"
+            "min_p = 0.05\n"
+            "frequency_penalty = 0.5\n"
+            "presence_penalty = -0.5\n"
+            "seed = 7\n"
+            "[specialist.echo] ; every default\n"
+            "[specialist.chat]\n"
+            "cache_ttl = 0\n";
+        const char *p2 = write_ini("spec.ini", spec_ini);
         opts_init(o);
         char *a0[] = { "serve", NULL };
         CHECK(dp_opt_parse(&cmd, o, 1, a0, &npos) == 0);
         CHECK(dp_config_load(p2, o, &cfg, err, sizeof(err)) == 0);
         CHECK(dp_config_spec_table(&cfg, p2, "m", "/models/m.gguf", &t, err, sizeof(err)) == 0);
-        CHECK(t.n == 2);
+        CHECK(t.n == 3);
+        CHECK((c0 = shm_spec_table_find(&t, "echo", 4)) && c0->set == 0 && !c0->system_prompt[0]);
         const struct shm_spec *c = shm_spec_table_find(&t, "classify", 8);
         CHECK(c && !strcmp(c->system_prompt, "Be brief.") && c->max_tokens_cap == 16 &&
               c->default_max_tokens == 8 && c->priority == 3 && c->cache_ttl == 1 &&
@@ -154,6 +162,18 @@ int main(void)
                          SHM_SPEC_MAX_TOKENS | SHM_SPEC_PRIORITY));
         c = shm_spec_table_find(&t, "chat", 4);
         CHECK(c && c->set == 0 && c->cache_ttl == 0 && c->max_tokens_cap == 0);
+        dp_config_free(&cfg);
+        /* a file of one empty specialist section */
+        opts_init(o);
+        CHECK(dp_opt_parse(&cmd, o, 1, a0, &npos) == 0);
+        CHECK(dp_config_load(write_ini("spec-empty.ini", "[specialist.only]\n"), o, &cfg, err,
+                             sizeof(err)) == 0);
+        CHECK(cfg.nspec == 1 && dp_config_specialist(&cfg, "only"));
+        dp_config_free(&cfg);
+        opts_init(o);
+        CHECK(dp_opt_parse(&cmd, o, 1, a0, &npos) == 0);
+        CHECK(dp_config_load(p2 = write_ini("spec.ini", spec_ini), o, &cfg, err,
+                             sizeof(err)) == 0);
         /* another model than the one served */
         CHECK(dp_config_spec_table(&cfg, p2, "other", "/models/other.gguf", &t, err,
                                    sizeof(err)) == -EINVAL);
