@@ -18,6 +18,9 @@
  *            + seqs[i].n_blocks)  ->  eng_seq.block_table, n_blocks
  *                                     (== bat_kv_blocks_for(pos + n_new))
  *     seqs[i].no_sample, sp       ->  eng_seq.no_sample, sp
+ *     seqs[i].feed, feed_src      ->  tokens[0] (and the last history id) =
+ *                                     the engine's own answer to entry
+ *                                     feed_src of plan step - 1 (overlap)
  *     freed[0 .. n_freed)         ->  eng_kv: explicit_bzero each block
  *                                     BEFORE running any sequence (bat_kv.h)
  *
@@ -54,7 +57,15 @@ struct bat_plan_seq {
     uint32_t n_prompt;
     uint32_t n_history;   /* generated tokens so far */
     uint8_t no_sample;    /* a prefill chunk short of the last known token */
-    uint8_t pad_[7];
+    uint8_t feed;         /* overlap (bat_sched.h "Overlap"): the input token, id
+                             n_prompt + n_history - 1 at position pos (n_new == 1),
+                             is what this sequence samples in plan step - 1, entry
+                             feed_src: not in the cell yet; the engine takes it
+                             from its own answer to that plan (the last history id
+                             too). A rank that cannot (it did not run that plan,
+                             or answered -1 there) answers -1 */
+    uint8_t pad_[2];
+    uint32_t feed_src;    /* feed: index of this sequence in plan step - 1 */
     struct eng_sample_params sp;
 };
 
