@@ -99,11 +99,20 @@ static inline int32_t *bat_plan_freed(struct bat_plan *p)
     return (int32_t *)((char *)p + p->off_freed);
 }
 
-/* The engine's answer for one plan sequence. */
+/* The engine's answer for one plan sequence. Logprobs only when the
+ * entry's sp.n_logprobs asked (has_lp): the batcher copies them into the
+ * cell's logprob records (shm_pipe.h) before the token's event. A fixed
+ * array: result_size is sizeof, and the results area is small (max_seqs
+ * per plan slot). */
+struct bat_lp { int32_t id; float logprob; };   /* = struct shm_lp_rec */
 struct bat_result {
     int32_t token;
     uint8_t eos;          /* the token ends generation (model EOG set) */
-    uint8_t pad_[3];
+    uint8_t has_lp;       /* logprob and top[0, n_top) are filled */
+    uint8_t n_top;        /* <= ENG_SAMPLE_MAX_LOGPROBS, best first */
+    uint8_t pad_;
+    float logprob;        /* of token (eng_sample_out.logprob) */
+    struct bat_lp top[ENG_SAMPLE_MAX_LOGPROBS];
 };
 
 /* Bytes a plan needs for max_seqs sequences, max_blocks_per_seq blocks each

@@ -33,13 +33,23 @@
  *            engine reads prompt + generated ids from here (never writes)
  *   resp_off (64-aligned) a copy of the request's struct shm_req (written
  *            by ingress before the handoff, read-only after), then
- *            egress's response area up to the end of the cell: its
- *            per-response state and the bytes it sends from
+ *            egress's response area up to the end of the cell (or up to
+ *            the logprob records): its per-response state and the bytes
+ *            it sends from
+ *   size - shm_pipe_lp_bytes()   logprob records, only when shm_req.logprobs:
+ *            generated id k's record (shm_pipe_lp_stride() struct shm_lp_rec:
+ *            the sampled id and its logprob, then the alternatives, best
+ *            first, id -1 where the engine gave fewer) at shm_pipe_lp_at(
+ *            size, n_alt, k), counted BACKWARDS from the end of the cell.
+ *            Written by the batcher with the id (pipe inv 2), read by egress.
+ *            Backwards from the end because the batcher's plan entries know
+ *            the cell, its size and k but not max_tokens: this place needs
+ *            nothing else (the end after the ids would)
  *
  * Ownership (cell inv 1, refined by byte range): the owner word says who
  * FREES the cell (ingress -> batcher -> egress). While the batcher owns it,
  * egress writes only its response area (after the shm_req copy) and the
- * batcher writes only generated ids: disjoint words, one writer each
+ * batcher writes only generated ids and logprob records: disjoint words, one writer each
  * (invariant 2). Both use shm_cell_bytes() (generation-checked, not
  * owner-checked) for those accesses.
  *
@@ -76,7 +86,9 @@
 #include "shm_spec.h"
 
 #define SHM_PIPE_MAGIC 0x3145504950564146ull /* "FAVPIPE1" */
-#define SHM_PIPE_VERSION 2u  /* 2: specialist table, response cache, shm_req.cache_ttl/spec */
+#define SHM_PIPE_VERSION 3u  /* 2: specialist table, response cache, shm_req.cache_ttl/spec;
+                                3: logprob records at the end of a cell (shm_pipe_lp_at),
+                                   bat_result carries logprobs (result_size grew) */
 #define SHM_PIPE_MAX_INGRESS 8
 #define SHM_PIPE_MAX_RANKS 8
 #define SHM_PIPE_PLAN_SLOTS 2      /* per rank: step N and N+1 */
@@ -341,6 +353,57 @@ static inline uint64_t shm_pipe_cell_need(uint32_t tok_off, uint32_t ntok, uint3
 {
     return shm_pipe_resp_off(tok_off, ntok, max_tokens) + SHM_PIPE_REQ_COPY +
            SHM_PIPE_AREA_STREAM + (stream ? 0 : (uint64_t)SHM_PIPE_AREA_PER_TOKEN * max_tokens);
+}
+
+/*
+ * Logprob records (the cell layout at the top). n_alt, alternatives per
+ * generated id, is shm_pipe_lp_alts(shm_req.logprobs, top_logprobs): the
+ * batcher asks the engine for that many (eng_sample_params.n_logprobs) and
+ * egress shows top_logprobs of them. At least 1, so that "logprobs with no
+ * alternatives" (n_logprobs 0 means none at all to the engine) still gets
+ * the sampled token's logprob; 0 when logprobs were not asked. Egress's
+ * response area then ends shm_pipe_lp_bytes() before the end of the cell;
+ * a response with logprobs also needs more area (SHM_PIPE_AREA_LP_*), all
+ * reserved by ingress through shm_pipe_cell_need_lp().
+ */
+struct shm_lp_rec {
+    int32_t id;                      /* -1: no such alternative */
+    float logprob;
+};
+#define SHM_PIPE_LP_MAX_ALTS 20u
+#define SHM_PIPE_AREA_LP_STREAM (32u * 1024u)  /* one event's worst case (20 alternatives) */
+#define SHM_PIPE_AREA_LP_PER_ENTRY 144u         /* body: a rendered entry (token, logprob,
+                                                   bytes) + its binary copy, per
+                                                   (token, alternative shown) */
+static inline uint32_t shm_pipe_lp_alts(uint8_t logprobs, uint8_t top_logprobs)
+{
+    uint32_t n = top_logprobs < SHM_PIPE_LP_MAX_ALTS ? top_logprobs : SHM_PIPE_LP_MAX_ALTS;
+
+    return logprobs ? (n ? n : 1u) : 0u;
+}
+static inline uint32_t shm_pipe_lp_stride(uint32_t n_alt) { return n_alt ? 1u + n_alt : 0u; }
+static inline uint64_t shm_pipe_lp_bytes(uint32_t max_tokens, uint32_t n_alt)
+{
+    return (uint64_t)sizeof(struct shm_lp_rec) * shm_pipe_lp_stride(n_alt) * max_tokens;
+}
+/* Byte offset of generated id k's record in a cell of `size` bytes. */
+static inline uint64_t shm_pipe_lp_at(uint64_t size, uint32_t n_alt, uint32_t k)
+{
+    return size - (uint64_t)sizeof(struct shm_lp_rec) * shm_pipe_lp_stride(n_alt) * (k + 1ull);
+}
+/* shm_pipe_cell_need for a request with n_alt logprob alternatives (0:
+ * none, the same as shm_pipe_cell_need): the records, and the area a
+ * logprob event (stream) or the logprob entries (body) take. */
+static inline uint64_t shm_pipe_cell_need_lp(uint32_t tok_off, uint32_t ntok, uint32_t max_tokens,
+                                             bool stream, uint32_t n_alt)
+{
+    uint64_t need = shm_pipe_cell_need(tok_off, ntok, max_tokens, stream);
+
+    if (!n_alt)
+        return need;
+    return need + shm_pipe_lp_bytes(max_tokens, n_alt) +
+           (stream ? SHM_PIPE_AREA_LP_STREAM
+                   : (uint64_t)SHM_PIPE_AREA_LP_PER_ENTRY * (1u + n_alt) * max_tokens);
 }
 
 #endif /* SHM_PIPE_H */
