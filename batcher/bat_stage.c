@@ -495,7 +495,14 @@ static void submit(struct bst *b, unsigned w, const struct shm_req *r, uint64_t 
     q.sp.freq_penalty = r->frequency_penalty;
     q.sp.presence_penalty = r->presence_penalty;
     q.sp.seed = (r->flags & SHM_REQ_F_SEED) ? (uint64_t)r->seed : mix64(r->recv_ns ^ r->cell);
-    q.sp.n_logprobs = r->logprobs ? FAVO_MIN(r->top_logprobs, 20u) : 0;
+    q.sp.n_logprobs = shm_pipe_lp_alts(r->logprobs, r->top_logprobs);
+    if (q.sp.n_logprobs && (uint64_t)r->resp_off + SHM_PIPE_REQ_COPY +
+                               shm_pipe_lp_bytes(r->max_tokens, q.sp.n_logprobs) > size) {
+        /* the records would overlap egress's area: ingress did not reserve them */
+        favo_warn("batcher: req[%u] logprob records do not fit the cell: 413", w);
+        push_error(b, r->cell, 413, 0);
+        return;
+    }
     uint8_t key[BAT_CACHE_KEY];
     bool cacheable = b->cache_on && r->cache_ttl > 0 && r->cache_ttl <= BAT_CACHE_TTL_MAX &&
                      r->max_tokens <= BST_CACHE_IDS &&
@@ -770,6 +777,41 @@ static bool plan_unsent(struct bst *b, uint64_t step)
     return false;
 }
 
+/* Logprob records of a completed plan (shm_pipe.h): entry i's sample is
+ * generated id n_history, its record goes to the end of the cell. Written
+ * before bat_sched_complete_ob makes the TOKEN events (pipe inv 2) and
+ * only into cells the batcher still owns; an entry the scheduler then
+ * drops (cancelled) leaves a record egress never reads. */
+static void lp_write(struct bst *b, struct bat_plan *p, const struct bat_result *res)
+{
+    const struct bat_plan_seq *ps = bat_plan_seqs(p);
+
+    for (uint32_t i = 0; i < p->n_seqs && i < b->sc.max_seqs; i++) {
+        uint32_t n_alt = ps[i].sp.n_logprobs, k = ps[i].n_history;
+        struct shm_lp_rec rec[1 + SHM_PIPE_LP_MAX_ALTS];
+        void *data;
+        size_t size;
+
+        if (!n_alt || ps[i].no_sample || res[i].token < 0 || n_alt > SHM_PIPE_LP_MAX_ALTS ||
+            shm_cell_get(&b->pool, ps[i].cell, SHM_CELL_BATCHER, &data, &size))
+            continue;
+        /* submit checked resp_off + the records <= size; the ids end lower */
+        uint64_t at = shm_pipe_lp_at(size, n_alt, k);
+        if ((uint64_t)ps[i].tok_off + 4ull * ((uint64_t)ps[i].n_prompt + k + 1) > at ||
+            at > size)
+            continue;
+        /* the null backend computes no logprobs: 0 and no alternatives */
+        rec[0] = (struct shm_lp_rec){ res[i].token, res[i].has_lp ? res[i].logprob : 0.0f };
+        for (uint32_t j = 0; j < n_alt; j++)
+            rec[1 + j] = res[i].has_lp && j < res[i].n_top
+                             ? (struct shm_lp_rec){ res[i].top[j].id, res[i].top[j].logprob }
+                             : (struct shm_lp_rec){ -1, 0.0f };
+        /* plain stores: the ev ring's release orders them before the event */
+        memcpy((char *)data + at, rec, sizeof(rec[0]) * (1 + n_alt));
+        explicit_bzero(rec, sizeof(rec[0]) * (1 + n_alt)); /* ids are content */
+    }
+}
+
 static int drain_done(struct bst *b, uint64_t now)
 {
     const struct shm_plan_msg *m;
@@ -792,6 +834,7 @@ static int drain_done(struct bst *b, uint64_t now)
         bat_sched_info(&b->s, &in);
         if (m->slot < SHM_PIPE_PLAN_SLOTS && m->step == in.step && in.step > in.done_step &&
             m->step % SHM_PIPE_PLAN_SLOTS == m->slot) {
+            lp_write(b, shm_pipe_plan(b->pipe, 0, m->slot), shm_pipe_results(b->pipe, m->slot));
             int rc = bat_sched_complete_ob(&b->s, shm_pipe_plan(b->pipe, 0, m->slot),
                                            shm_pipe_results(b->pipe, m->slot), now);
             if (rc < 0)

@@ -53,6 +53,7 @@ struct stage {
     uint32_t *es_of;             /* plan index of es[i] */
     struct eng_sample_out *out;  /* max_seqs */
     int32_t *answer;             /* max_seqs: token per plan seq (-1: not computed) */
+    uint32_t *ans_out;           /* max_seqs: its out[] entry (logprobs), UINT32_MAX: none */
     uint8_t *filled;             /* n_blocks: positions computed since the last zeroing */
     uint64_t *stamp;             /* n_blocks: plan that last named the block (plan inv 2) */
     uint64_t plans;
@@ -144,6 +145,7 @@ static void stage_free(struct stage *s)
     free(s->es_of);
     free(s->out);
     free(s->answer);
+    free(s->ans_out);
     free(s->filled);
     free(s->stamp);
     free(s->ordinary);
@@ -216,6 +218,9 @@ static int stage_buffers(struct stage *s)
     s->es_of = calloc(s->max_seqs, sizeof(*s->es_of));
     s->out = calloc(s->max_seqs, sizeof(*s->out));
     s->answer = calloc(s->max_seqs, sizeof(*s->answer));
+    s->ans_out = calloc(s->max_seqs, sizeof(*s->ans_out));
+    if (!s->ans_out)
+        return -ENOMEM;
     s->filled = calloc(s->n_blocks, 1);
     s->stamp = calloc(s->n_blocks, sizeof(*s->stamp));
     if (!s->seqs || !s->tables || !s->freed || !s->es || !s->es_of || !s->out || !s->answer ||
@@ -425,7 +430,7 @@ static void kv_mark(struct stage *s, const struct bat_plan_seq *q)
 static void answer_none(struct stage *s, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
-        s->answer[i] = -1;
+        s->answer[i] = -1, s->ans_out[i] = UINT32_MAX;
 }
 
 /* Run the validated plan: fills s->answer[0 .. n_seqs). */
@@ -442,6 +447,7 @@ static int plan_run(struct stage *s, const struct bat_plan *h)
         const int32_t *ids;
 
         s->answer[i] = -1;
+        s->ans_out[i] = UINT32_MAX;
         if (s->null) {
             if (!q->no_sample)
                 s->answer[i] = s->ordinary[null_pick(q->sp.seed, (uint64_t)q->pos + q->n_new,
@@ -482,7 +488,7 @@ static int plan_run(struct stage *s, const struct bat_plan *h)
         uint32_t i = s->es_of[k];
         kv_mark(s, &s->seqs[i]);
         if (!s->seqs[i].no_sample)
-            s->answer[i] = s->out[k].token;
+            s->answer[i] = s->out[k].token, s->ans_out[i] = k;
     }
     return 0;
 }
@@ -504,6 +510,17 @@ static void plan_answer(struct stage *s, const struct shm_plan_msg *msg, uint32_
         int32_t t = s->answer[i];
         res[i] = (struct bat_result){ .token = t,
                                       .eos = t >= 0 && eng_tok_is_eog(s->tok, t) ? 1 : 0 };
+        /* logprobs: copied from the sampler's output when the entry asked
+         * (bat_plan.h); the batcher puts them into the cell */
+        const struct eng_sample_out *o = s->ans_out[i] < s->max_seqs && t >= 0 &&
+                                         s->seqs[i].sp.n_logprobs ? &s->out[s->ans_out[i]] : NULL;
+        if (o && o->token == t) {
+            res[i].has_lp = 1;
+            res[i].logprob = o->logprob;
+            res[i].n_top = (uint8_t)FAVO_MIN(o->n_top, (uint32_t)ENG_SAMPLE_MAX_LOGPROBS);
+            for (uint32_t j = 0; j < res[i].n_top; j++)
+                res[i].top[j] = (struct bat_lp){ o->top_tokens[j], o->top_logprobs[j] };
+        }
     }
     /* The done ring has room for every plan the batcher can have in
      * flight; a full ring means the batcher is down or behind: wait. */
