@@ -5,7 +5,8 @@
  * Off by default; a specialist enables it with cache_ttl (1..86400 s,
  * shm_spec.h). Only deterministic requests are cached: temperature 0
  * (greedy), or a seed given (counter-based sampling makes a seeded
- * request reproducible, eng_sample.h). bat_cache_deterministic() decides.
+ * request reproducible, eng_sample.h), without logprobs (a value holds
+ * ids only). bat_cache_deterministic() decides.
  *
  * Key: SHA-256 (OpenSSL EVP) over a domain tag, the tenant, the model or
  * specialist name, the prompt token ids and every generation parameter
@@ -80,10 +81,13 @@ struct bat_cache_stats {
     uint32_t n_live, n_ent, val_cap;
 };
 
-/* True when a request's output is a pure function of its key. */
+/* True when a request's output is a pure function of its key and the
+ * cache can answer it: not when it asked for logprobs (n_logprobs > 0), as
+ * a value holds the ids only and a hit could not answer them (the key
+ * includes n_logprobs anyway). */
 static inline bool bat_cache_deterministic(const struct eng_sample_params *sp, bool has_seed)
 {
-    return sp->temperature <= 0.0f || has_seed;
+    return (sp->temperature <= 0.0f || has_seed) && !sp->n_logprobs;
 }
 
 /* Lay out a cache over mem[0..size) (64-aligned) with values of at most
