@@ -59,7 +59,9 @@
 #define ING_OAI_MAX_STOP_BYTES 256
 #define ING_OAI_MAX_DEPTH 32
 #define ING_OAI_MAX_TOP_LOGPROBS 20
-#define ING_OAI_MAX_LOGPROBS_COMPLETIONS 5
+/* OpenAI's legacy completions API takes 0..5; favo takes up to 20, as
+ * chat's top_logprobs (the engine reports 20). */
+#define ING_OAI_MAX_LOGPROBS_COMPLETIONS 20
 
 enum ing_oai_route { ING_OAI_COMPLETIONS = 1, ING_OAI_CHAT = 2 };
 
@@ -92,7 +94,8 @@ struct ing_oai_req {
     uint8_t prompt_kind;    /* enum ing_oai_prompt (completions) */
     uint8_t stream;
     uint8_t include_usage;  /* stream_options.include_usage */
-    uint8_t logprobs;       /* chat: 0/1; completions: 0..5 alternatives */
+    uint8_t logprobs;       /* chat: 0/1; completions: 0..20 alternatives
+                               (asked when set has ING_OAI_SET_LOGPROBS) */
     uint8_t top_logprobs;   /* 0..20 */
     uint8_t nstop;
     uint32_t set;           /* ING_OAI_SET_* */

@@ -704,13 +704,13 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         if (has_spec)
             max_tokens = shm_spec_cap(&spec, max_tokens);
     }
-    if (L->oai.logprobs && L->cfg.pipe) {
-        /* The engine computes them, but the pipeline does not carry them to
-         * egress yet: refuse rather than answer made-up numbers. */
-        ing_conn_error(L, c, 400, "logprobs are not supported by this server yet", "logprobs",
-                       "unsupported_parameter", NULL);
-        goto fail;
-    }
+    /* Logprobs (shm_req.logprobs / top_logprobs): chat says logprobs true
+     * and top_logprobs alternatives; completions gives the alternatives as
+     * `logprobs` itself (0 asks for the sampled tokens' alone). */
+    uint8_t lp_on = route == ING_OAI_CHAT ? L->oai.logprobs
+                                          : (L->oai.set & ING_OAI_SET_LOGPROBS) != 0;
+    uint8_t lp_top = route == ING_OAI_CHAT ? L->oai.top_logprobs : L->oai.logprobs;
+    uint32_t lp_alts = shm_pipe_lp_alts(lp_on, lp_top);
     if (L->rl_n && ing_route_ratelimit(L, c, (uint64_t)n + max_tokens))
         goto fail;
     shm_ring_t *to = L->cfg.pipe ? &L->req_ring : L->cfg.to_batcher;
@@ -727,7 +727,15 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     /* The cell must hold the ids to come and egress's response area
      * (shm_pipe.h): a request that needs more moves once into a cell of a
      * larger class. */
-    uint64_t need = shm_pipe_cell_need(toff, (uint32_t)n, max_tokens, L->oai.stream);
+    uint64_t need = shm_pipe_cell_need_lp(toff, (uint32_t)n, max_tokens, L->oai.stream, lp_alts);
+    if (lp_alts && need > L->pool->hdr->classes[L->pool->hdr->nclasses - 1].cell_size) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "max_tokens %u with %u logprob alternatives per token "
+                 "does not fit this server's response buffers; lower max_tokens or "
+                 "top_logprobs", max_tokens, (unsigned)lp_top);
+        ing_conn_error(L, c, 413, msg, "max_tokens", NULL, NULL);
+        goto fail;
+    }
     if (need > size) {
         shm_cell_ref_t big;
         void *nb;
@@ -788,8 +796,8 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         d.cache_ttl = spec.cache_ttl;
         snprintf(d.spec, sizeof(d.spec), "%s", spec.name);
     }
-    d.logprobs = L->oai.logprobs;
-    d.top_logprobs = L->oai.top_logprobs;
+    d.logprobs = lp_on;
+    d.top_logprobs = lp_top;
     d.nstop = L->oai.nstop;
     _Static_assert(sizeof(d.stop) == sizeof(L->oai.stop), "stop spans");
     memcpy(d.stop, L->oai.stop, sizeof(d.stop));
