@@ -37,15 +37,22 @@ enum { ST_FREE = 0, ST_WAITING = 1, ST_RUNNING = 2 };
 struct bat_slot {
     uint32_t gen;
     uint8_t state, prio, cancel, started;
-    uint8_t in_resume, n_lost, pad_[2]; /* n_lost: results in a row not computed */
+    uint8_t in_resume, n_lost;     /* n_lost: results in a row not computed */
+    uint8_t drop;                  /* overlap: leaves once no plan in flight holds it
+                                      (enum bat_finish, or DROP_PREEMPT) */
+    uint8_t fl_gen;                /* sampling entries in plans in flight */
     uint32_t tenant, flow, tok_off;
     uint64_t cell;
     uint32_t prev, next;           /* queue links (free list: next) */
     uint32_t n_prompt, n_gen, n_computed, max_tokens;
     uint32_t table, n_blocks;      /* running: table index, blocks held */
-    uint64_t enq_ns, admit_seq, plan_step;
+    uint64_t enq_ns, admit_seq, plan_step; /* plan_step: last plan holding it */
+    uint32_t fl_pos;               /* positions in plans in flight (not completed) */
+    uint32_t fl_idx;               /* its index in plan plan_step */
     struct eng_sample_params sp;
 };
+
+#define DROP_PREEMPT 0xff          /* bat_slot.drop: preempt by recompute */
 
 struct bat_flow {
     uint32_t tenant;
@@ -79,6 +86,7 @@ struct bat_arena {
     uint64_t done_step;            /* last step complete() applied: a replay is a no-op */
     uint32_t ob_n, ob_next;        /* outbox: [ob_next, ob_n) not yet published */
     uint32_t ob_cap, off_outbox;
+    uint32_t n_drop, pad3_;        /* running slots with drop set */
     uint64_t user[BAT_SCHED_USER_WORDS]; /* the caller's restart state (bat_sched_user) */
 };
 
@@ -458,6 +466,20 @@ static uint64_t handle(struct bat_arena *a, uint32_t si)
     return (uint64_t)slots(a)[si].gen << 32 | si;
 }
 
+/* A plan holding q has not been completed (the one being built counts). */
+static inline bool in_flight(const struct bat_arena *a, const struct bat_slot *q)
+{
+    return q->plan_step > a->done_step;
+}
+
+/* q leaves once no plan in flight holds it (sched inv 7). */
+static void set_drop(struct bat_arena *a, struct bat_slot *q, uint8_t why)
+{
+    if (!q->drop)
+        a->n_drop++;
+    q->drop = why;
+}
+
 static void slot_free(struct bat_arena *a, uint32_t si)
 {
     struct bat_slot *q = &slots(a)[si];
@@ -476,6 +498,7 @@ static void seq_release_blocks(struct bat_arena *a, struct bat_slot *q)
 {
     int32_t *t = table(a, q->table);
 
+    FAVO_ASSERT(!in_flight(a, q)); /* sched inv 6: no plan in flight writes them */
     for (uint32_t i = 0; i < q->n_blocks; i++) {
         bat_kv_free(kvm(a), t[i]);
         FAVO_ASSERT(a->n_pending < a->cfg.n_blocks); /* kv inv 1 */
@@ -483,6 +506,8 @@ static void seq_release_blocks(struct bat_arena *a, struct bat_slot *q)
     }
     q->n_blocks = 0;
     q->n_computed = 0;
+    q->fl_pos = 0;
+    q->fl_gen = 0;
 }
 
 static uint32_t run_find(struct bat_arena *a, uint32_t si)
@@ -499,6 +524,10 @@ static void run_remove_at(struct bat_arena *a, uint32_t i)
     struct bat_slot *q = &slots(a)[running(a)[i]];
 
     seq_release_blocks(a, q);
+    if (q->drop) {
+        a->n_drop--;
+        q->drop = 0;
+    }
     tfree(a)[a->n_tfree++] = q->table;
     q->table = BAT_NIL;
     memmove(&running(a)[i], &running(a)[i + 1], (a->n_running - i - 1) * 4);
@@ -699,23 +728,34 @@ static void plan_add(struct bat_arena *a, struct step_ctx *c, uint32_t si, uint3
     struct bat_slot *q = &slots(a)[si];
     struct bat_plan *p = c->p;
     struct bat_plan_seq *e = &c->ps[p->n_seqs];
-    uint32_t known = q->n_prompt + q->n_gen;
+    uint32_t comp = q->n_computed + q->fl_pos, known = q->n_prompt + q->n_gen + q->fl_gen;
 
     FAVO_ASSERT(n_new >= 1 && n_new <= c->tok_left && c->seq_left > 0); /* sched inv 1 */
-    FAVO_ASSERT(q->n_blocks == bat_kv_blocks_for(q->n_computed + n_new));
+    FAVO_ASSERT(q->n_blocks == bat_kv_blocks_for(comp + n_new));
+    FAVO_ASSERT(!q->drop); /* sched inv 7 */
     FAVO_ASSERT(q->plan_step != a->step + 1); /* plan inv 3 */
     FAVO_ASSERT(p->n_tables + q->n_blocks <= p->cap_tables);
     e->id = handle(a, si);
     e->slot = si;
     e->cell = q->cell;
     e->tok_off = q->tok_off;
-    e->pos = q->n_computed;
+    e->pos = comp;
     e->n_new = n_new;
     e->table_off = p->n_tables;
     e->n_blocks = q->n_blocks;
     e->n_prompt = q->n_prompt;
-    e->n_history = q->n_gen;
-    e->no_sample = q->n_computed + n_new < known;
+    e->n_history = q->n_gen + q->fl_gen;
+    e->no_sample = comp + n_new < known;
+    e->feed = 0;
+    e->feed_src = 0;
+    if (q->fl_gen) {
+        /* Its last known token is sampled by the plan in flight (sched
+         * inv 9): the engine feeds it in. */
+        FAVO_ASSERT(q->fl_gen == 1 && n_new == 1 && comp + 1 == known &&
+                    q->plan_step == a->step && a->done_step + 1 == a->step);
+        e->feed = 1;
+        e->feed_src = q->fl_idx;
+    }
     e->sp = q->sp;
     memcpy(bat_plan_tables(p) + p->n_tables, table(a, q->table), (size_t)q->n_blocks * 4);
     p->n_tables += q->n_blocks;
@@ -725,6 +765,9 @@ static void plan_add(struct bat_arena *a, struct step_ctx *c, uint32_t si, uint3
         p->n_decode++;
     c->tok_left -= n_new;
     c->seq_left--;
+    q->fl_pos += n_new;
+    q->fl_gen += !e->no_sample;
+    q->fl_idx = p->n_seqs - 1;
     q->plan_step = a->step + 1;
 }
 
@@ -787,10 +830,11 @@ static uint32_t tally_at(struct fair_tally *t, uint32_t tenant, bool add)
  * condition "two more" leaves no pair of tenants to swap back and forth).
  * Runs before the decode pass, so no victim is in the plan being built.
  * O(n_running * tenants) only while some flow waits with the set full. */
-static void fair_preempt(struct bat_arena *a, struct step_ctx *c)
+static bool fair_preempt(struct bat_arena *a, struct step_ctx *c, bool dry)
 {
     struct fair_tally t;
     bool stuck = false;
+    uint32_t n_fair = 0;
 
     /* Cheap test first: does any waiting flow's head fail to start? */
     for (uint32_t p = 0; p < BAT_PRIO_N && !stuck; p++) {
@@ -803,15 +847,15 @@ static void fair_preempt(struct bat_arena *a, struct step_ctx *c)
         } while (!stuck && fi != fi0 && ++seen < FAIR_TENANTS);
     }
     if (!stuck)
-        return;
+        return false;
     t.n = 0;
     for (uint32_t i = 0; i < a->n_running; i++) {
         uint32_t k = tally_at(&t, slots(a)[running(a)[i]].tenant, true);
         if (k == BAT_NIL)
-            return; /* very many tenants: shares are small anyway */
+            return false; /* very many tenants: shares are small anyway */
         t.count[k]++;
     }
-    for (uint32_t p = 0; p < BAT_PRIO_N && c->n_fair < FAIR_MAX; p++) {
+    for (uint32_t p = 0; p < BAT_PRIO_N && n_fair < FAIR_MAX; p++) {
         uint32_t fi0 = a->rr_cur[p], fi = fi0, seen = 0;
         if (fi0 == BAT_NIL || a->res_head[p] != BAT_NIL)
             continue; /* preempted sequences of the class go first anyway */
@@ -828,28 +872,35 @@ static void fair_preempt(struct bat_arena *a, struct step_ctx *c)
                 if (own != BAT_NIL && top != BAT_NIL && t.count[top] >= mine + 2)
                     for (uint32_t j = a->n_running; j-- > 0;) {
                         const struct bat_slot *r = &slots(a)[running(a)[j]];
-                        if (r->tenant == t.tenant[top] && r->prio >= p) {
+                        /* sched inv 6: never one a plan in flight holds (dry:
+                         * what a step with none in flight would do) */
+                        if (r->tenant == t.tenant[top] && r->prio >= p && !r->drop &&
+                            (dry || !in_flight(a, r))) {
                             v = j;
                             break;
                         }
                     }
                 if (v != BAT_NIL) {
+                    if (dry)
+                        return true;
                     preempt_at(a, v, true);
                     t.count[top]--;
                     t.count[own]++;
                     c->fair[c->n_fair++] = fi;
+                    n_fair++;
                 }
             }
             fi = next;
-        } while (fi != fi0 && ++seen < FAIR_TENANTS && c->n_fair < FAIR_MAX);
+        } while (fi != fi0 && ++seen < FAIR_TENANTS && n_fair < FAIR_MAX);
     }
+    return n_fair > 0;
 }
 
 /* The last-ranked running sequence after index i not in this plan, or NIL. */
 static uint32_t victim_after(struct bat_arena *a, uint32_t i)
 {
     for (uint32_t j = a->n_running; j-- > i + 1;)
-        if (slots(a)[running(a)[j]].plan_step != a->step + 1)
+        if (!in_flight(a, &slots(a)[running(a)[j]])) /* nor in this plan (sched inv 6) */
             return j;
     return BAT_NIL;
 }
@@ -875,7 +926,7 @@ static uint32_t grow(struct bat_arena *a, uint32_t i, uint32_t upto, bool may_se
             preempt_at(a, v, false);
             continue;
         }
-        if (may_self && q->n_blocks * BAT_KV_BLOCK <= q->n_computed) {
+        if (may_self && !in_flight(a, q) && q->n_blocks * BAT_KV_BLOCK <= q->n_computed) {
             preempt_at(a, i, false);
             return BAT_NIL;
         }
@@ -899,6 +950,7 @@ static void start(struct bat_sched *s, struct step_ctx *c, uint32_t si, uint64_t
     struct bat_slot *q = &slots(a)[si];
     uint32_t known, i, upto;
 
+    FAVO_ASSERT(!in_flight(a, q) && !q->fl_pos && !q->drop); /* sched inv 6 */
     wait_unlink(a, si);
     if (!q->started) {
         q->started = 1;
@@ -1021,6 +1073,22 @@ static void admit(struct bat_sched *s, struct step_ctx *c, uint64_t now)
     }
 }
 
+/* A running sequence with drop set that no plan in flight holds any more
+ * leaves now: preempted by recompute, or finished with its reason. */
+static void apply_drop(struct bat_sched *s, uint32_t si, struct bat_event *ev, uint32_t *n,
+                       uint32_t cap)
+{
+    struct bat_arena *a = s->a;
+    struct bat_slot *q = &slots(a)[si];
+    uint8_t why = q->drop;
+
+    FAVO_ASSERT(q->state == ST_RUNNING && why && !in_flight(a, q)); /* sched inv 7 */
+    if (why == DROP_PREEMPT)
+        preempt_at(a, run_find(a, si), false);
+    else
+        finish(s, si, (enum bat_finish)why, ev, n, cap);
+}
+
 static void drop_cancels_timeouts(struct bat_sched *s, uint64_t now, struct bat_event *ev,
                                   uint32_t *n, uint32_t cap)
 {
@@ -1028,10 +1096,26 @@ static void drop_cancels_timeouts(struct bat_sched *s, uint64_t now, struct bat_
 
     for (uint32_t k = 0; k < a->n_cancels; k++) {
         uint32_t si = cancels(a)[k];
-        if (slots(a)[si].state != ST_FREE && slots(a)[si].cancel)
-            finish(s, si, BAT_FIN_CANCELLED, ev, n, cap);
+        struct bat_slot *q = &slots(a)[si];
+        if (q->state == ST_FREE || !q->cancel)
+            continue;
+        if (q->state == ST_RUNNING && in_flight(a, q)) {
+            /* sched inv 7: leaves when its last plan completes (a finish
+             * reason it already has wins: it ended first) */
+            if (!q->drop || q->drop == DROP_PREEMPT)
+                set_drop(a, q, BAT_FIN_CANCELLED);
+            continue;
+        }
+        finish(s, si, BAT_FIN_CANCELLED, ev, n, cap);
     }
     a->n_cancels = 0;
+    /* Sequences left waiting for their plans in flight (a restart of the
+     * engines voided those plans: bat_sched_reset_kv). */
+    for (uint32_t i = a->n_running; a->n_drop && i-- > 0;) {
+        uint32_t si = running(a)[i];
+        if (slots(a)[si].drop && !in_flight(a, &slots(a)[si]))
+            apply_drop(s, si, ev, n, cap);
+    }
     /* Queue timeouts: each flow FIFO is in enqueue order, so only heads
      * need looking at (O(flows)). Preempted sequences (resume queues, or
      * a flow's head after a fairness preemption) have started and never
@@ -1057,6 +1141,8 @@ static int step_impl(struct bat_sched *s, uint64_t now, struct bat_plan *p, stru
         p->cap_seqs < a->cfg.max_seqs || p->cap_freed < a->cfg.n_blocks ||
         p->cap_tables < a->cfg.max_seqs * a->mbps)
         return -EINVAL;
+    if (a->step > a->done_step + 1)
+        return -EBUSY; /* sched inv 5: two plans in flight, complete the older first */
     a->busy = 1;
     drop_cancels_timeouts(s, now, ev, &n, ev_cap);
 
@@ -1070,20 +1156,23 @@ static int step_impl(struct bat_sched *s, uint64_t now, struct bat_plan *p, stru
 
     /* Pass 0: fairness preemption, only while the running set is full. */
     if (a->n_waiting > 0 && a->n_running > 1)
-        fair_preempt(a, &c);
+        fair_preempt(a, &c, false);
 
-    /* Pass 1: decodes, in rank order. */
+    /* Pass 1: decodes, in rank order. With a plan in flight (overlap),
+     * positions and samples it holds count as done (fl_pos, fl_gen). */
     for (uint32_t i = 0; i < a->n_running && c.tok_left && c.seq_left;) {
         uint32_t si = running(a)[i];
         struct bat_slot *q = &slots(a)[si];
-        if (q->n_prompt + q->n_gen - q->n_computed != 1) {
-            i++;
+        uint32_t comp = q->n_computed + q->fl_pos, gen = q->n_gen + q->fl_gen;
+        if (q->drop || q->n_prompt + gen - comp != 1 ||
+            (q->fl_gen && (gen >= q->max_tokens || q->n_prompt + gen >= a->cfg.max_ctx))) {
+            i++; /* leaving, prefilling, or ends by length in flight (sched inv 8) */
             continue;
         }
-        uint32_t got = grow(a, i, q->n_computed + 1, true);
+        uint32_t got = grow(a, i, comp + 1, true);
         if (got == BAT_NIL)
             continue; /* preempted itself: running[i] is the next one */
-        if (got > q->n_computed)
+        if (got > comp)
             plan_add(a, &c, si, 1);
         i++;
     }
@@ -1091,13 +1180,14 @@ static int step_impl(struct bat_sched *s, uint64_t now, struct bat_plan *p, stru
     for (uint32_t i = 0; i < a->n_running && c.tok_left && c.seq_left; i++) {
         uint32_t si = running(a)[i];
         struct bat_slot *q = &slots(a)[si];
-        uint32_t known = q->n_prompt + q->n_gen;
-        if (q->plan_step == a->step + 1 || known - q->n_computed <= 1)
+        uint32_t comp = q->n_computed + q->fl_pos;
+        uint32_t known = q->n_prompt + q->n_gen + q->fl_gen;
+        if (q->drop || q->plan_step == a->step + 1 || known - comp <= 1)
             continue;
-        uint32_t upto = q->n_computed + FAVO_MIN(known - q->n_computed, c.tok_left);
+        uint32_t upto = comp + FAVO_MIN(known - comp, c.tok_left);
         uint32_t got = grow(a, i, upto, false);
-        if (got > q->n_computed)
-            plan_add(a, &c, si, got - q->n_computed);
+        if (got > comp)
+            plan_add(a, &c, si, got - comp);
     }
     /* Pass 3: admission. */
     admit(s, &c, now);
@@ -1150,7 +1240,7 @@ int bat_sched_step_ob(struct bat_sched *s, uint64_t now, struct bat_plan *p)
 static bool completed_already(const struct bat_arena *a, const struct bat_plan *p)
 {
     return p && p->magic == BAT_PLAN_MAGIC && p->generation == a->generation &&
-           p->step == a->step && a->done_step == a->step;
+           p->step <= a->done_step;
 }
 
 static int complete_impl(struct bat_sched *s, const struct bat_plan *p,
@@ -1164,27 +1254,52 @@ static int complete_impl(struct bat_sched *s, const struct bat_plan *p,
 
     if (completed_already(a, p))
         return 0; /* a replayed done message (restart): applied once */
-    if (!p || p->magic != BAT_PLAN_MAGIC || p->step != a->step ||
+    /* The oldest plan in flight only (sched inv 5). */
+    if (!p || p->magic != BAT_PLAN_MAGIC || p->step != a->done_step + 1 || p->step > a->step ||
         p->generation != a->generation || ev_cap < bat_sched_ev_cap(s) || (p->n_seqs && !res))
         return -EINVAL;
     a->busy = 1;
+    /* From here p's blocks are no longer written by anyone: a sequence
+     * whose last plan is p may be preempted or finished (sched inv 6). */
+    a->done_step = p->step;
     ps = (const struct bat_plan_seq *)((const char *)p + p->off_seqs);
     for (uint32_t k = 0; k < p->n_seqs; k++) {
         uint32_t si = ps[k].slot;
         struct bat_slot *q = &slots(a)[si];
+        bool sample = !ps[k].no_sample;
 
-        if (handle(a, si) != ps[k].id || q->state != ST_RUNNING || q->cancel)
-            continue; /* cancelled meanwhile: dropped at the next step */
+        /* sched inv 6: a sequence in a plan in flight is neither freed,
+         * nor preempted, nor finished before that plan completes */
+        FAVO_ASSERT(handle(a, si) == ps[k].id && q->state == ST_RUNNING &&
+                    q->fl_pos >= ps[k].n_new && q->fl_gen >= sample);
+        q->fl_pos -= ps[k].n_new;
+        q->fl_gen -= sample;
+        bool later = in_flight(a, q); /* also in the newer plan in flight */
+        if (q->drop || q->cancel) {
+            /* Leaving (sched inv 7): the result is dropped; it goes once
+             * its last plan is back (a cancel at the next step). */
+            if (q->drop && !later)
+                apply_drop(s, si, ev, &n, ev_cap);
+            continue;
+        }
         FAVO_ASSERT(q->n_computed == ps[k].pos); /* sched inv 2 */
-        if (!ps[k].no_sample && res[k].token < 0) {
+        if (sample && res[k].token < 0) {
             /* Not computed (eng_stage.h: the engine lacks this sequence's
              * KV - it restarted - or refused the plan): preempt by
-             * recompute. An engine that keeps refusing it ends it. */
+             * recompute. An engine that keeps refusing it ends it. Its
+             * entry in a newer plan in flight fails too (the engine cannot
+             * feed it a token): it leaves after that one (sched inv 7). */
             if (++q->n_lost >= BAT_MAX_LOST) {
-                finish(s, si, BAT_FIN_ENGINE, ev, &n, ev_cap);
+                if (later)
+                    set_drop(a, q, BAT_FIN_ENGINE);
+                else
+                    finish(s, si, BAT_FIN_ENGINE, ev, &n, ev_cap);
                 continue;
             }
-            preempt_at(a, run_find(a, si), false);
+            if (later)
+                set_drop(a, q, DROP_PREEMPT);
+            else
+                preempt_at(a, run_find(a, si), false);
             continue;
         }
         q->n_computed += ps[k].n_new;
@@ -1196,10 +1311,15 @@ static int complete_impl(struct bat_sched *s, const struct bat_plan *p,
         q->n_lost = 0;
         gen_tok++;
         emit(ev, &n, ev_cap, a, si, BAT_EV_TOKEN, 0, res[k].token);
-        if (res[k].eos)
-            finish(s, si, BAT_FIN_STOP, ev, &n, ev_cap);
-        else if (q->n_gen >= q->max_tokens || q->n_prompt + q->n_gen >= a->cfg.max_ctx)
+        if (res[k].eos) {
+            if (later)
+                set_drop(a, q, BAT_FIN_STOP); /* sched inv 7 */
+            else
+                finish(s, si, BAT_FIN_STOP, ev, &n, ev_cap);
+        } else if (q->n_gen >= q->max_tokens || q->n_prompt + q->n_gen >= a->cfg.max_ctx) {
+            FAVO_ASSERT(!later); /* sched inv 8 */
             finish(s, si, BAT_FIN_LENGTH, ev, &n, ev_cap);
+        }
     }
     /* Drain rate: tokens per second over steps, EWMA (alpha 1/8). */
     if (a->last_complete_ns && now > a->last_complete_ns) {
@@ -1215,7 +1335,6 @@ static int complete_impl(struct bat_sched *s, const struct bat_plan *p,
     }
     if (ob)
         ob_commit(a, n);
-    a->done_step = a->step;
     a->busy = 0;
     return (int)n;
 }
@@ -1266,20 +1385,56 @@ int bat_sched_salvage(struct bat_sched *s, void *mem, size_t size,
     return 0;
 }
 
+bool bat_sched_ahead_ok(const struct bat_sched *s)
+{
+    struct bat_arena *a = s->a;
+    uint32_t need = 0;
+
+    if (a->step != a->done_step + 1 || a->busy)
+        return false;
+    /* KV: every decode planned ahead gets its block without preempting
+     * (the watermark kept, as admission keeps it). */
+    for (uint32_t i = 0; i < a->n_running; i++) {
+        const struct bat_slot *q = &slots(a)[running(a)[i]];
+        uint32_t comp = q->n_computed + q->fl_pos, gen = q->n_gen + q->fl_gen;
+        if (!q->drop && q->n_prompt + gen - comp == 1)
+            need += bat_kv_blocks_for(comp + 1) > q->n_blocks;
+    }
+    if (need && kvm(a)->n_free < need + a->cfg.kv_watermark)
+        return false;
+    /* Fairness: a step that would preempt for a waiting tenant's share
+     * runs with nothing in flight, where every sequence may be chosen. */
+    if (a->n_waiting > 0 && a->n_running > 1 && fair_preempt(a, NULL, true))
+        return false;
+    return true;
+}
+
 int bat_sched_reset_kv(struct bat_sched *s)
 {
     struct bat_arena *a = s->a;
     uint32_t n = a->n_running;
 
     a->busy = 1;
-    /* The plan in flight is void: a done message for it is a replay now.
-     * Its sequences' state is what it was before the plan (complete() was
-     * not applied), so they lose nothing but the KV. */
+    /* The plans in flight (one, or two with overlap) are void: a done
+     * message for them is a replay now. Their sequences' state is what it
+     * was before them (complete() was not applied), so they lose nothing
+     * but the KV. */
     a->done_step = a->step;
     /* Last-ranked first, each to the head of its class's resume queue: the
-     * queues end up in rank order. */
-    while (a->n_running)
-        preempt_at(a, a->n_running - 1, false);
+     * queues end up in rank order. A sequence that already ended (drop
+     * holds its reason, sched inv 7) only loses its blocks: its FINISH is
+     * written by the next step(). */
+    for (uint32_t i = a->n_running; i-- > 0;) {
+        struct bat_slot *q = &slots(a)[running(a)[i]];
+        q->fl_pos = 0;
+        q->fl_gen = 0;
+        if (q->drop && q->drop != DROP_PREEMPT) {
+            seq_release_blocks(a, q);
+            n--;
+            continue;
+        }
+        preempt_at(a, i, false);
+    }
     a->busy = 0;
     return (int)n;
 }
@@ -1368,9 +1523,9 @@ void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *o)
 int bat_sched_check(const struct bat_sched *s)
 {
     struct bat_arena *a = s->a;
-    uint32_t nw = 0, nwt = 0, nr = 0, nfree = 0, blocks = 0;
+    uint32_t nw = 0, nwt = 0, nr = 0, nfree = 0, blocks = 0, ndrop = 0;
 
-    if (bat_kv_check(kvm(a)))
+    if (bat_kv_check(kvm(a)) || a->step > a->done_step + 2)
         return -EBADMSG;
     for (uint32_t i = 0; i < a->n_slots; i++) {
         struct bat_slot *q = &slots(a)[i];
@@ -1381,19 +1536,21 @@ int bat_sched_check(const struct bat_sched *s)
         } else if (q->state == ST_WAITING) {
             nw++;
             nwt += q->n_prompt;
-            if (q->n_blocks)
+            if (q->n_blocks || q->fl_pos || q->fl_gen || q->drop)
                 return -EBADMSG;
         } else if (q->state == ST_RUNNING) {
             nr++;
             blocks += q->n_blocks;
-            if (q->n_blocks < bat_kv_blocks_for(q->n_computed))
+            ndrop += q->drop != 0;
+            if (q->n_blocks < bat_kv_blocks_for(q->n_computed + q->fl_pos) ||
+                (!in_flight(a, q) && (q->fl_pos || q->fl_gen)))
                 return -EBADMSG;
         } else {
             return -EBADMSG;
         }
     }
     if (nw != a->n_waiting || nwt != a->n_waiting_tokens || nr != a->n_running ||
-        nfree != a->n_free_slots || blocks != bat_kv_used(kvm(a)) ||
+        nfree != a->n_free_slots || blocks != bat_kv_used(kvm(a)) || ndrop != a->n_drop ||
         a->n_tfree + a->n_running != a->cfg.max_seqs)
         return -EBADMSG;
     /* Every named flow is reachable from its home slot; waiting counts agree. */

@@ -78,10 +78,33 @@
  * which keep their events in the arena until published (see "outbox"
  * below), and bat_sched_reset_kv / bat_sched_salvage for restarts.
  *
- * Not yet (issue #7): preparing plan N+1 while step N runs (the engine
- * feeding step N's tokens into N+1's decodes). The API is strictly
- * step -> engine -> complete; complete() refuses a plan that is not the
- * latest.
+ * Overlap (issue #7): plan N+1 is prepared while step N runs, so the
+ * scheduling time hides behind the engine's. step() may be called with one
+ * plan in flight (never two: -EBUSY); complete() takes the plans in order.
+ *
+ *   step(N) -> engine runs N ......... done(N) -> complete(N)
+ *        step(N+1) -> engine queues N+1 ....... runs N+1 ... complete(N+1)
+ *
+ * With N in flight, a sequence's positions and samples in N count as done
+ * for planning (slot fl_pos, fl_gen). A sequence decoding in N gets its
+ * next decode in N+1 with feed = 1, feed_src = its index in N (bat_plan.h):
+ * its input token is what it samples in N, which the engine takes from its
+ * own answer to N. Its KV slot for that position is allocated now. A
+ * sequence that ends by length at N is not planned in N+1. Prefill chunk
+ * continuations and new sequences go in as usual; budgets, ranks and DRR
+ * are unchanged. What cannot be decided before N completes is deferred to
+ * the plan's completion (drop): a sequence in a plan in flight that ends
+ * at complete(N) (STOP; -1 "not computed": preempt or, after BAT_MAX_LOST,
+ * ENGINE) or is cancelled gets its TOKEN at once, its result in N+1 is
+ * dropped, and it leaves (FINISH, or back to the resume queue) and frees
+ * its blocks at complete(N+1). Victims of preemption (KV, fairness) are
+ * chosen among sequences in no plan in flight; bat_sched_ahead_ok() says
+ * whether a step now could need another one (KV short for the decodes, or
+ * a fairness preemption due): the caller then completes N first.
+ *
+ * Restart with plans in flight: bat_sched_reset_kv voids both; a crash in
+ * step/complete is salvaged as before; a restarted caller re-sends what
+ * the engines lack and completes in order (bat_stage.h).
  *
  * Invariants (cited by FAVO_ASSERT as "sched inv N"):
  *   1. Every plan respects max_batch_tokens and max_seqs (plan inv 1).
@@ -92,6 +115,24 @@
  *      in those states (checked by bat_sched_check).
  *   4. A request handle (slot | generation << 32) names a slot only while
  *      that generation lives; stale handles are ignored.
+ *   5. At most two plans are in flight (step - done_step <= 2); step()
+ *      runs with at most one in flight; complete() applies the oldest one
+ *      (done_step + 1) only, so results are applied in plan order.
+ *   6. A sequence held by a plan in flight (plan_step > done_step) is not
+ *      preempted, finished or freed, and its blocks are neither freed nor
+ *      listed in freed[] (so no block a queued or running step writes is
+ *      zeroed or handed to another sequence) until that plan completes.
+ *      Its positions and samples in flight are fl_pos / fl_gen; a WAITING
+ *      or FREE slot has none.
+ *   7. A sequence that must leave while a plan in flight holds it (drop:
+ *      STOP, CANCELLED, ENGINE, or preempt) is put in no further plan, its
+ *      results in those plans are dropped, and it leaves - FINISH event,
+ *      blocks freed, slot reused - at the completion of its last plan.
+ *   8. A sequence whose samples in flight reach max_tokens or max_ctx is
+ *      not planned again: it finishes by LENGTH at that completion.
+ *   9. A feed entry (bat_plan.h) is a single decode of a sequence whose
+ *      one sample in flight is in the plan just before (step - 1) at
+ *      index feed_src; its position is that sample's.
  *
  * Errors: -EINVAL (bad config or request), -E2BIG (request can never fit:
  * prompt + max_tokens over max_ctx or over the KV pool; answer 413),
@@ -113,7 +154,7 @@
 
 #define BAT_PRIO_N 4            /* priority classes, 0 = highest */
 #define BAT_SCHED_MAGIC 0x44484353u /* "SCHD" */
-#define BAT_SCHED_VERSION 2u
+#define BAT_SCHED_VERSION 3u
 #define BAT_NIL UINT32_MAX
 #define BAT_OB_EXTRA 256        /* outbox room for the stage's pushed ERRORs */
 
@@ -241,8 +282,8 @@ struct bat_sched_info {
                               because max_flows tenants were all waiting */
     uint64_t n_aged;       /* requests started ahead of higher classes by aging */
     double drain_tok_per_s;
-    uint64_t done_step;    /* last step complete() applied; step > done_step:
-                              a plan is in flight */
+    uint64_t done_step;    /* last step complete() applied; step - done_step
+                              plans are in flight (0, 1 or 2) */
     uint32_t n_outbox;     /* outbox events not yet published */
 };
 void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *out);
@@ -286,8 +327,14 @@ int bat_sched_salvage(struct bat_sched *s, void *mem, size_t size,
  * `step`, after admission, with the arena marked busy. 0: off. */
 void bat_sched_test_abort_in_step(uint64_t step);
 
-/* The engines lost their KV cache (an engine rank restarted): the plan in
- * flight, if any, is void (complete() of it becomes a no-op, so a result
+/* Overlap: may step() be called now, with one plan in flight, without
+ * needing a sequence that plan holds (sched inv 6)? False when none is in
+ * flight, when the decodes it would plan lack KV blocks (watermark kept),
+ * or when a fairness preemption is due: complete the plan first. */
+bool bat_sched_ahead_ok(const struct bat_sched *s);
+
+/* The engines lost their KV cache (an engine rank restarted): the plans in
+ * flight, if any, are void (complete() of it becomes a no-op, so a result
  * computed without the KV is never applied), and every running sequence is
  * preempted by recompute - blocks freed and listed in the next plan's
  * freed[], back to its class's resume queue in rank order, to re-prefill

@@ -12,6 +12,15 @@
  * block tables cover [0, pos + n_new), no block in two sequences, freed
  * blocks are zeroed before use, and the KV of positions before pos was
  * written by the same sequence (recompute restarts at 0).
+ *
+ * Overlap (bat_sched.h "Overlap"): the same checks with plan N+1 made while
+ * N is in flight (sim_step_ov plays the batcher stage's order: step, step
+ * ahead when bat_sched_ahead_ok, run the oldest, complete it), plus: a
+ * feed entry names its sequence's sampling entry in the plan run just
+ * before, at the next position; no block in plan N+1's freed[] is in plan
+ * N's tables; with a deterministic engine (token and end-of-generation a
+ * function of request and position) every request's output is the same
+ * with and without overlap, preemptions and all.
  */
 #include "t_util.h"
 
@@ -48,6 +57,16 @@ struct sim {
     uint32_t *ntok, *fin, *max_tokens, *tenant;
     uint64_t *t_submit, *t_first;   /* in steps */
     uint64_t steps;
+    /* overlap (sim_step_ov) */
+    struct bat_plan *plans[2];
+    struct bat_result *resb[2];
+    bool det;                 /* token, eos = f(cell, position) */
+    uint64_t *thash;          /* per request: hash of its tokens */
+    uint64_t prev_step;       /* last plan run, and its sampling entries */
+    uint64_t *prev_id;
+    uint32_t *prev_end, prev_n;
+    uint8_t *prev_samp;
+    uint64_t n_feed, n_ahead;
 };
 
 static void sim_init(struct sim *m, struct bat_sched_cfg cfg, uint32_t cap_req, uint64_t seed)
@@ -79,6 +98,17 @@ static void sim_init(struct sim *m, struct bat_sched_cfg cfg, uint32_t cap_req, 
     m->tenant = calloc(cap_req, 4);
     m->t_submit = calloc(cap_req, 8);
     m->t_first = calloc(cap_req, 8);
+    m->thash = calloc(cap_req, 8);
+    m->plans[0] = m->plan;
+    m->plans[1] = aligned_alloc(64, (psz + 63) & ~(size_t)63);
+    assert_non_null(m->plans[1]);
+    assert_int_equal(bat_plan_init(m->plans[1], psz, cfg.max_seqs,
+                                   bat_kv_blocks_for(cfg.max_ctx), cfg.n_blocks), 0);
+    m->resb[0] = m->res;
+    m->resb[1] = calloc(cfg.max_seqs, sizeof(*m->res));
+    m->prev_id = calloc(cfg.max_seqs, 8);
+    m->prev_end = calloc(cfg.max_seqs, 4);
+    m->prev_samp = calloc(cfg.max_seqs, 1);
     m->rng = seed;
     m->now = 1000 * MS;
 }
@@ -87,7 +117,8 @@ static void sim_free(struct sim *m)
 {
     free(m->mem); free(m->plan); free(m->ev); free(m->res); free(m->owner);
     free(m->id); free(m->ntok); free(m->fin); free(m->max_tokens); free(m->tenant);
-    free(m->t_submit); free(m->t_first);
+    free(m->t_submit); free(m->t_first); free(m->thash); free(m->plans[1]);
+    free(m->resb[1]); free(m->prev_id); free(m->prev_end); free(m->prev_samp);
 }
 
 /* Submit; returns the test index, or -errno. */
@@ -118,6 +149,7 @@ static void sim_events(struct sim *m, int n)
         assert_true(m->id[e->cell] == e->id);
         assert_int_equal(m->fin[e->cell], 0); /* nothing after FINISH */
         if (e->kind == BAT_EV_TOKEN) {
+            m->thash[e->cell] = (m->thash[e->cell] ^ (uint32_t)e->token) * 0x100000001b3ull;
             m->ntok[e->cell]++;
             assert_int_equal(e->n_gen, m->ntok[e->cell]); /* none lost or repeated */
             assert_true(m->ntok[e->cell] <= m->max_tokens[e->cell]);
@@ -133,17 +165,19 @@ static void sim_events(struct sim *m, int n)
     }
 }
 
-/* Check the plan as the engine would, run it, complete it. */
-static void sim_step(struct sim *m)
+static uint64_t mixh(uint64_t z)
 {
-    struct bat_plan *p = m->plan;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Check plan p as the engine would and run it into res. */
+static void sim_run(struct sim *m, struct bat_plan *p, struct bat_result *res)
+{
     struct bat_plan_seq *ps;
     int32_t *tab, *fr;
-    int n;
 
-    n = bat_sched_step(&m->s, m->now, p, m->ev, m->ev_cap);
-    assert_true(n >= 0);
-    sim_events(m, n);
     assert_true(p->n_tokens <= m->cfg.max_batch_tokens);
     assert_true(p->n_seqs <= m->cfg.max_seqs);
     ps = bat_plan_seqs(p);
@@ -170,15 +204,97 @@ static void sim_step(struct sim *m)
         }
         for (uint32_t b = 0; b < e->n_blocks; b++)
             m->owner[tab[e->table_off + b]] = e->id;
-        m->res[i].token = (int32_t)(t_rand(&m->rng) % 32000);
-        m->res[i].eos = (uint8_t)(t_rand(&m->rng) % 1000 < m->eos_per_mille);
+        if (e->feed) {
+            /* Its input is its own sample in the plan run just before
+             * (sched inv 9), at the next position. */
+            assert_true(p->step == m->prev_step + 1 && e->feed_src < m->prev_n);
+            assert_true(m->prev_id[e->feed_src] == e->id && m->prev_samp[e->feed_src]);
+            assert_int_equal(m->prev_end[e->feed_src], e->pos);
+            assert_int_equal(e->n_new, 1);
+            assert_false(e->no_sample);
+            m->n_feed++;
+        }
+        if (m->det) {
+            uint64_t h = mixh(e->cell * 0x9e3779b97f4a7c15ull + e->pos + e->n_new);
+            res[i].token = (int32_t)(h % 32000);
+            res[i].eos = (uint8_t)((h >> 32) % 1000 < m->eos_per_mille);
+        } else {
+            res[i].token = (int32_t)(t_rand(&m->rng) % 32000);
+            res[i].eos = (uint8_t)(t_rand(&m->rng) % 1000 < m->eos_per_mille);
+        }
     }
     assert_int_equal(tok, p->n_tokens);
+    m->prev_step = p->step;
+    m->prev_n = p->n_seqs;
+    for (uint32_t i = 0; i < p->n_seqs; i++) {
+        m->prev_id[i] = ps[i].id;
+        m->prev_end[i] = ps[i].pos + ps[i].n_new;
+        m->prev_samp[i] = !ps[i].no_sample;
+    }
+}
+
+/* Step, check and run the plan, complete it (no overlap). */
+static void sim_step(struct sim *m)
+{
+    struct bat_plan *p = m->plan;
+    int n;
+
+    n = bat_sched_step(&m->s, m->now, p, m->ev, m->ev_cap);
+    assert_true(n >= 0);
+    sim_events(m, n);
+    sim_run(m, p, m->res);
     m->now += 10 * MS;
     n = bat_sched_complete(&m->s, p, m->res, m->now, m->ev, m->ev_cap);
     assert_true(n >= 0);
     m->steps++;
     sim_events(m, n);
+}
+
+/* One engine step with overlap, in the batcher stage's order: with no plan
+ * in flight, step; with one, step ahead if bat_sched_ahead_ok; then the
+ * engine runs the oldest plan and it is completed. */
+static void sim_step_ov(struct sim *m)
+{
+    struct bat_sched_info in;
+    int n;
+
+    bat_sched_info(&m->s, &in);
+    if (in.step == in.done_step) {
+        n = bat_sched_step(&m->s, m->now, m->plans[(in.step + 1) % 2], m->ev, m->ev_cap);
+        assert_true(n >= 0);
+        sim_events(m, n);
+        bat_sched_info(&m->s, &in);
+    }
+    assert_int_equal(in.step, in.done_step + 1);
+    if (bat_sched_ahead_ok(&m->s)) {
+        struct bat_plan *cur = m->plans[in.step % 2], *nx = m->plans[(in.step + 1) % 2];
+        n = bat_sched_step(&m->s, m->now, nx, m->ev, m->ev_cap);
+        assert_true(n >= 0);
+        sim_events(m, n);
+        /* Two in flight: a third step is refused (sched inv 5). */
+        assert_int_equal(bat_sched_step(&m->s, m->now, cur, m->ev, m->ev_cap), -EBUSY);
+        /* No block of the plan in flight is freed by the next one (inv 6). */
+        for (uint32_t k = 0; k < nx->n_freed; k++)
+            for (uint32_t j = 0; j < cur->n_tables; j++)
+                assert_true(bat_plan_freed(nx)[k] != bat_plan_tables(cur)[j]);
+        m->n_ahead++;
+    }
+    bat_sched_info(&m->s, &in);
+    struct bat_plan *p = m->plans[(in.done_step + 1) % 2];
+    struct bat_result *res = m->resb[(in.done_step + 1) % 2];
+    assert_true(p->step == in.done_step + 1);
+    sim_run(m, p, res);
+    m->now += 10 * MS;
+    /* Only the oldest plan in flight completes (sched inv 5). */
+    if (in.step > in.done_step + 1)
+        assert_int_equal(bat_sched_complete(&m->s, m->plans[in.step % 2], m->resb[in.step % 2],
+                                            m->now, m->ev, m->ev_cap), -EINVAL);
+    n = bat_sched_complete(&m->s, p, res, m->now, m->ev, m->ev_cap);
+    assert_true(n >= 0);
+    m->steps++;
+    sim_events(m, n);
+    /* A replayed done is a no-op. */
+    assert_int_equal(bat_sched_complete(&m->s, p, res, m->now, m->ev, m->ev_cap), 0);
 }
 
 static uint32_t kv_used(struct sim *m)
@@ -768,7 +884,10 @@ static void test_flow_reclaim(void **state)
 
 /* Property test: random arrivals, sizes, tenants, classes, cancels and
  * timeouts over a pool that forces preemption. */
-static void prop_run(uint64_t seed, uint32_t n_total)
+/* A random arrival trace. ov: overlap. same: a deterministic engine, no
+ * cancels, no queue limits or timeouts (for comparing outputs: each
+ * request's token count, finish reason and tokens' hash go to out[3 * i]). */
+static void prop_run2(uint64_t seed, uint32_t n_total, bool ov, bool same, uint64_t *out)
 {
     struct bat_sched_cfg c = { 0 };
     struct sim m;
@@ -782,8 +901,13 @@ static void prop_run(uint64_t seed, uint32_t n_total)
     c.max_flows = 8; /* overflow flows get used */
     c.quantum = 64 + (uint32_t)(t_rand(&r) % 512);
     c.queue_timeout_ns = 2000 * MS;
+    if (same) {
+        c.max_queue = 4 * n_total;
+        c.queue_timeout_ns = 1000000000 * MS;
+    }
     sim_init(&m, c, n_total, seed);
     m.eos_per_mille = 8;
+    m.det = same;
     uint32_t sent = 0;
     while (sent < n_total || 1) {
         uint32_t arrivals = (uint32_t)(t_rand(&r) % 4);
@@ -793,14 +917,18 @@ static void prop_run(uint64_t seed, uint32_t n_total)
             int rc = sim_submit(&m, (uint32_t)(t_rand(&r) % 12), (uint32_t)(t_rand(&r) % 4),
                                 np, mt, NULL);
             assert_true(rc >= 0 || rc == -EBUSY || rc == -E2BIG);
+            assert_true(!same || rc >= 0);
         }
-        if (m.n_req && t_rand(&r) % 8 == 0) {
+        if (!same && m.n_req && t_rand(&r) % 8 == 0) {
             uint32_t v = (uint32_t)(t_rand(&r) % m.n_req);
             int rc = bat_sched_cancel(&m.s, m.id[v]);
             assert_true(rc == 0 || rc == -ENOENT);
             assert_true(rc == -ENOENT || m.fin[v] == 0);
         }
-        sim_step(&m);
+        if (ov)
+            sim_step_ov(&m);
+        else
+            sim_step(&m);
         if (m.steps % 64 == 0)
             assert_int_equal(bat_sched_check(&m.s), 0);
         if (sent == n_total) {
@@ -811,7 +939,22 @@ static void prop_run(uint64_t seed, uint32_t n_total)
         }
         assert_true(m.steps < 200000);
     }
-    sim_step(&m); /* hands the last freed blocks to the engine */
+    if (ov) {
+        sim_step_ov(&m);
+        /* The plan planned ahead last: run and complete it. */
+        struct bat_sched_info fl;
+        bat_sched_info(&m.s, &fl);
+        if (fl.step > fl.done_step) {
+            assert_int_equal(fl.step, fl.done_step + 1);
+            sim_run(&m, m.plans[fl.step % 2], m.resb[fl.step % 2]);
+            int n = bat_sched_complete(&m.s, m.plans[fl.step % 2], m.resb[fl.step % 2], m.now,
+                                       m.ev, m.ev_cap);
+            assert_true(n >= 0);
+            sim_events(&m, n);
+        }
+    } else {
+        sim_step(&m); /* hands the last freed blocks to the engine */
+    }
     uint32_t why[8] = { 0 };
     for (uint32_t i = 0; i < m.n_req; i++) {
         assert_true(m.fin[i] != 0); /* every admitted request finished */
@@ -819,15 +962,64 @@ static void prop_run(uint64_t seed, uint32_t n_total)
     }
     struct bat_sched_info in;
     bat_sched_info(&m.s, &in);
-    printf("# seed %llx: %u admitted of %u, %llu steps, %llu preemptions, "
-           "stop %u length %u cancel %u timeout %u\n", (unsigned long long)seed, m.n_req,
+    printf("# seed %llx%s: %u admitted of %u, %llu steps, %llu preemptions, "
+           "stop %u length %u cancel %u timeout %u, %llu planned ahead, %llu fed\n",
+           (unsigned long long)seed, ov ? " overlap" : "", m.n_req,
            n_total, (unsigned long long)m.steps, (unsigned long long)in.n_preempt,
-           why[BAT_FIN_STOP], why[BAT_FIN_LENGTH], why[BAT_FIN_CANCELLED], why[BAT_FIN_TIMEOUT]);
+           why[BAT_FIN_STOP], why[BAT_FIN_LENGTH], why[BAT_FIN_CANCELLED], why[BAT_FIN_TIMEOUT],
+           (unsigned long long)m.n_ahead, (unsigned long long)m.n_feed);
     assert_int_equal(why[BAT_FIN_NO_KV], 0);
     assert_int_equal(kv_used(&m), 0);
-    assert_int_equal(m.plan->n_seqs, 0);
+    assert_int_equal(in.step, in.done_step); /* nothing left in flight */
+    assert_int_equal(in.n_running + in.n_waiting, 0);
+    assert_int_equal(m.plans[in.step % 2]->n_seqs, 0);
     assert_int_equal(bat_sched_check(&m.s), 0);
+    if (ov)
+        assert_true(m.n_ahead > m.steps / 2 && m.n_feed > 0); /* it did overlap */
+    if (out) {
+        assert_int_equal(m.n_req, n_total);
+        for (uint32_t i = 0; i < m.n_req; i++) {
+            out[3 * i] = m.ntok[i];
+            out[3 * i + 1] = m.fin[i];
+            out[3 * i + 2] = m.thash[i];
+        }
+    }
     sim_free(&m);
+}
+
+static void prop_run(uint64_t seed, uint32_t n_total)
+{
+    prop_run2(seed, n_total, false, false, NULL);
+}
+
+/* Overlap: every admitted request finishes or is cancelled, KV back to
+ * zero, no block freed while a plan holds it (sim_step_ov), feeds right. */
+static void test_overlap_property(void **state)
+{
+    (void)state;
+    uint32_t n = getenv("FAVO_LONG") ? 20000 : 1500;
+    for (uint64_t seed = 1; seed <= 3; seed++)
+        prop_run2(seed * 0x7654321ull, n, true, false, NULL);
+}
+
+/* Overlap changes when things are computed, never what: with a
+ * deterministic engine each request's output (tokens, count, finish
+ * reason) is the same with and without it, preemptions included. */
+static void test_overlap_same_outputs(void **state)
+{
+    (void)state;
+    uint32_t n = 600;
+    uint64_t *a = calloc(3 * n, 8), *b = calloc(3 * n, 8);
+    assert_non_null(a);
+    assert_non_null(b);
+    for (uint64_t seed = 1; seed <= 3; seed++) {
+        prop_run2(seed * 0x2468aceull, n, false, true, a);
+        prop_run2(seed * 0x2468aceull, n, true, true, b);
+        for (uint32_t i = 0; i < 3 * n; i++)
+            assert_true(a[i] == b[i]);
+    }
+    free(a);
+    free(b);
 }
 
 static void test_property_traces(void **state)
@@ -856,6 +1048,8 @@ int main(void)
         cmocka_unit_test(test_flow_reclaim),
         cmocka_unit_test(test_aging_no_class_starvation),
         cmocka_unit_test(test_property_traces),
+        cmocka_unit_test(test_overlap_property),
+        cmocka_unit_test(test_overlap_same_outputs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
