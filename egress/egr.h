@@ -50,11 +50,20 @@
  *                [{"token","logprob","bytes"}..]}]}; streaming: one chunk
  *                per token (content "" while text is held back), carrying
  *                that token's entry; non-streaming: all entries.
- *   completions: {"tokens","token_logprobs","top_logprobs","text_offset"},
- *                streaming only (one token per chunk); text_offset is the
- *                byte offset of the completion text released before the
- *                token's chunk. Non-streaming completions with logprobs
- *                are refused at init (-EOPNOTSUPP): not built yet.
+ *   completions: {"tokens","token_logprobs","top_logprobs","text_offset"};
+ *                top_logprobs a list of {piece: logprob} objects, null
+ *                with 0 alternatives; streaming: one token per chunk.
+ *                text_offset is the token's offset in the completion text
+ *                in characters: the characters of the earlier tokens'
+ *                pieces (a piece that ends inside a UTF-8 sequence counts
+ *                the sequence where it starts).
+ *   "token" is the token's own piece (the sampled token's, not the text it
+ *   released), "bytes" its bytes (partial UTF-8 included), special tokens
+ *   shown. The end-of-generation token that ends a response has no entry.
+ *   A body keeps each token's data as a binary record at the end of the
+ *   area and renders the JSON at the end, so finishing a body with
+ *   logprobs needs the tokenizer: egr_resp_finish_tok (egr_resp_finish
+ *   answers -EINVAL for it).
  *   A logprob that is not finite is written as -9999.0 (JSON has no -inf).
  * Left out: n > 1.
  */
@@ -157,7 +166,10 @@ struct egr_resp {
     uint32_t head_extra_len;
     uint8_t logprobs, top_logprobs;
     uint32_t text_off;          /* bytes of completion text released so far */
-    uint32_t lp_len;            /* non-stream chat: entries at area[cap/2, +lp_len) */
+    uint32_t lp_n;              /* non-stream: binary logprob records at the end of
+                                   the area (egr_resp.c), rendered at the end */
+    uint32_t char_off;          /* characters of the sampled tokens' pieces so far
+                                   (completions' text_offset) */
     char id[EGR_ID_MAX], model[EGR_MODEL_MAX], fp[EGR_FP_MAX], request_id[EGR_ID_MAX];
     char head_extra[256];
     struct eng_detok detok;
@@ -192,6 +204,10 @@ int egr_resp_bytes(struct egr_resp *r, const char *p, size_t len, bool eog, char
 /* End it now with reason (EGR_FIN_STOP or EGR_FIN_LENGTH), e.g. when the
  * context is full. Returns EGR_DONE, or -EAGAIN / -ENOBUFS as above. */
 int egr_resp_finish(struct egr_resp *r, int reason, char *area, size_t cap);
+/* The same with the tokenizer, which a body with logprobs needs (tok may
+ * be NULL otherwise). */
+int egr_resp_finish_tok(struct egr_resp *r, const eng_tok_t *tok, int reason, char *area,
+                        size_t cap);
 
 /* Bytes ready to send: area[0, egr_resp_pending(r)). */
 static inline size_t egr_resp_pending(const struct egr_resp *r) { return r->pending; }

@@ -204,8 +204,6 @@ int egr_resp_init(struct egr_resp *r, const struct egr_resp_cfg *cfg, char *area
     r->top_logprobs = cfg->logprobs ? cfg->top_logprobs : 0;
     if (r->top_logprobs > EGR_TOP_MAX)
         return -EINVAL;
-    if (r->logprobs && !r->stream && r->route == EGR_COMPLETIONS)
-        return -EOPNOTSUPP;
     if (copy_str(r->id, sizeof(r->id), cfg->id, true) < 0 ||
         copy_str(r->model, sizeof(r->model), cfg->model, true) < 0 ||
         copy_str(r->fp, sizeof(r->fp), cfg->fingerprint, true) < 0 ||
@@ -252,13 +250,21 @@ size_t egr_resp_need(const struct egr_resp *r, size_t text_max)
     return 6 * (text_max + ENG_DETOK_STOP_MAX + 8) + 4 * ev + 16 + (r->logprobs ? LP_MAX : 0);
 }
 
+/* Non-stream logprobs: one binary record per token at the END of the
+ * area, record i at cap - (i + 1) * lp_recsz: id, logprob, text offset
+ * (characters), number of alternatives, then (id, logprob) pairs. Text
+ * grows from the front; the JSON is rendered from the records at the end
+ * (finish_body), when the tokenizer is at hand and the sizes are known. */
+static size_t lp_recsz(const struct egr_resp *r) { return 16 + 8 * (size_t)r->top_logprobs; }
+static size_t lp_bin(const struct egr_resp *r) { return (size_t)r->lp_n * lp_recsz(r); }
+
 /* Non-stream: append escaped text at area[text_len). */
 static int keep_text(struct egr_resp *r, char *area, size_t cap, const char *s, size_t len)
 {
-    size_t lim = r->logprobs ? cap / 2 : cap - FIN_RESERVE;
+    size_t lim = cap - FIN_RESERVE - lp_bin(r);
     int n;
 
-    if (cap < 2 * FIN_RESERVE || r->text_len > lim)
+    if (cap < 2 * FIN_RESERVE + lp_bin(r) || r->text_len > lim)
         return -ENOBUFS;
     n = egr_json_str(area + r->text_len, lim - r->text_len, s, len);
     if (n < 0)
@@ -277,27 +283,45 @@ static int put_text(struct egr_resp *r, char *area, size_t cap, const char *s, s
     return emit(r, area, cap, EV_TEXT, s, len, NULL, 0);
 }
 
-/* Non-stream end: head + {.. "content":" + text + "}, "logprobs":
- * {"content":[ + entries + ]} ..} in place. */
-static int finish_body(struct egr_resp *r, char *area, size_t cap)
+static int put_tok(struct w *w, const eng_tok_t *tok, int32_t id, float lp);
+static void put_num(struct w *w, float v);
+static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const char *area,
+                          size_t cap, struct w *w);
+
+/* Non-stream end: head + {.. "content":" + text + "}, "logprobs": + the
+ * logprobs rendered from the records (or null) + ..} in place. The
+ * logprobs are rendered first, past the text and room for what goes
+ * before it, then everything is moved into place. */
+static int finish_body(struct egr_resp *r, const eng_tok_t *tok, char *area, size_t cap)
 {
     char pre[1024], mid[128], suf[512], head[512];
     struct w wp = {pre, sizeof(pre), 0, 0}, wm = {mid, sizeof(mid), 0, 0},
              ws = {suf, sizeof(suf), 0, 0};
-    bool chat = r->route == EGR_CHAT, lp = r->logprobs && chat;
-    size_t t = r->text_len, l = lp ? r->lp_len : 0, lp_at = cap / 2;
-    int hn;
+    bool chat = r->route == EGR_CHAT, lp = r->logprobs;
+    size_t t = r->text_len, l = 0, lp_at = t + sizeof(pre) + sizeof(mid) + sizeof(head);
+    int hn, rc;
 
     put_prefix(&wp, r, chat ? "chat.completion" : "text_completion");
     if (chat) {
         puts_(&wp, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
-        puts_(&wm, lp ? "\"},\"logprobs\":{\"content\":[" : "\"},\"logprobs\":null");
+        puts_(&wm, lp ? "\"},\"logprobs\":" : "\"},\"logprobs\":null");
     } else {
         puts_(&wp, "\"choices\":[{\"text\":\"");
-        puts_(&wm, "\",\"index\":0,\"logprobs\":null");
+        puts_(&wm, lp ? "\",\"index\":0,\"logprobs\":" : "\",\"index\":0,\"logprobs\":null");
     }
-    if (lp)
-        puts_(&ws, "]}");
+    if (lp) {
+        struct w wl;
+
+        if (r->lp_n && !tok)
+            return -EINVAL; /* egr_resp_finish without the tokenizer (egr.h) */
+        if (lp_at + lp_bin(r) > cap)
+            return -ENOBUFS;
+        wl = (struct w){area + lp_at, cap - lp_bin(r) - lp_at, 0, 0};
+        rc = render_body_lp(r, tok, area, cap, &wl);
+        if (rc < 0)
+            return rc == -E2BIG ? -ENOBUFS : rc;
+        l = wl.n;
+    }
     puts_(&ws, ",\"finish_reason\":");
     puts_(&ws, fin_name(r->finish));
     puts_(&ws, "}],");
@@ -314,8 +338,9 @@ static int finish_body(struct egr_resp *r, char *area, size_t cap)
     size_t hp = (size_t)hn + wp.n;
     if (hp + body - wp.n > cap)
         return -ENOBUFS;
-    /* entries first: their place is past the text's, and the text's
-     * source [0, t) lies before both destinations */
+    /* logprobs first: their place (left of lp_at: hp + wm.n < lp_at - t)
+     * is past the text's, and the text's source [0, t) lies before both
+     * destinations */
     memmove(area + hp + t + wm.n, area + lp_at, l);
     memmove(area + hp, area, t);
     memcpy(area, head, (size_t)hn);
@@ -327,7 +352,8 @@ static int finish_body(struct egr_resp *r, char *area, size_t cap)
 }
 
 /* Flushes what detok holds (unless a stop ended it) and writes the end. */
-static int finish(struct egr_resp *r, char *area, size_t cap, int reason, bool stopped)
+static int finish(struct egr_resp *r, const eng_tok_t *tok, char *area, size_t cap, int reason,
+                  bool stopped)
 {
     char raw[ENG_DETOK_STOP_MAX + 8];
     size_t n = 0;
@@ -346,7 +372,7 @@ static int finish(struct egr_resp *r, char *area, size_t cap, int reason, bool s
     }
     r->state = ST_DONE;
     if (!r->stream)
-        return finish_body(r, area, cap);
+        return finish_body(r, tok, area, cap);
     /* invariant 1: the caller checked egr_resp_need before any state
      * changed, which covers every event below; a failure here is a bug in
      * that bound, and going on would send a truncated stream */
@@ -451,9 +477,157 @@ static int render_lp(const struct egr_resp *r, const eng_tok_t *tok, int32_t id,
         puts_(w, "null");
     }
     puts_(w, ",\"text_offset\":[");
-    putu(w, r->text_off);
+    putu(w, r->char_off);
     puts_(w, "]}");
     return w->err ? -E2BIG : 0;
+}
+
+/* A record's fields (lp_recsz layout). */
+static const char *lp_rec(const struct egr_resp *r, const char *area, size_t cap, uint32_t i,
+                          int32_t *id, float *lp, uint32_t *off, uint32_t *n)
+{
+    const char *p = area + cap - (size_t)(i + 1) * lp_recsz(r);
+
+    memcpy(id, p, 4);
+    memcpy(lp, p + 4, 4);
+    memcpy(off, p + 8, 4);
+    memcpy(n, p + 12, 4);
+    return p + 16;
+}
+
+static void lp_alt(const char *alts, uint32_t j, int32_t *id, float *lp)
+{
+    memcpy(id, alts + 8 * (size_t)j, 4);
+    memcpy(lp, alts + 8 * (size_t)j + 4, 4);
+}
+
+/* A body's logprobs from the records: chat {"content":[entries]}, or
+ * completions {"tokens","token_logprobs","top_logprobs","text_offset"}
+ * (one pass over the records per array). -E2BIG when w is too small,
+ * -EINVAL for an id the tokenizer does not know (checked at keep_lp). */
+static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const char *area,
+                          size_t cap, struct w *w)
+{
+    int32_t id, aid;
+    float lp, alp;
+    uint32_t off, n;
+    const char *alts, *p;
+    size_t pn;
+
+    if (r->route == EGR_CHAT) {
+        puts_(w, "{\"content\":[");
+        for (uint32_t i = 0; i < r->lp_n; i++) {
+            alts = lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+            if (i)
+                puts_(w, ",");
+            if (put_tok(w, tok, id, lp) < 0)
+                return -EINVAL;
+            puts_(w, ",\"top_logprobs\":[");
+            for (uint32_t j = 0; j < n; j++) {
+                lp_alt(alts, j, &aid, &alp);
+                if (j)
+                    puts_(w, ",");
+                if (put_tok(w, tok, aid, alp) < 0)
+                    return -EINVAL;
+                puts_(w, "}");
+            }
+            puts_(w, "]}");
+        }
+        puts_(w, "]}");
+        return w->err ? -E2BIG : 0;
+    }
+    puts_(w, "{\"tokens\":[");
+    for (uint32_t i = 0; i < r->lp_n; i++) {
+        lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+        if (eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &pn) < 0)
+            return -EINVAL;
+        puts_(w, i ? ",\"" : "\"");
+        putjs(w, p, pn);
+        puts_(w, "\"");
+    }
+    puts_(w, "],\"token_logprobs\":[");
+    for (uint32_t i = 0; i < r->lp_n; i++) {
+        lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+        if (i)
+            puts_(w, ",");
+        put_num(w, lp);
+    }
+    puts_(w, "],\"top_logprobs\":");
+    if (r->top_logprobs) {
+        puts_(w, "[");
+        for (uint32_t i = 0; i < r->lp_n; i++) {
+            alts = lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+            puts_(w, i ? ",{" : "{");
+            for (uint32_t j = 0; j < n; j++) {
+                lp_alt(alts, j, &aid, &alp);
+                if (eng_tok_piece(tok, aid, ENG_TOK_SHOW_SPECIAL, &p, &pn) < 0)
+                    return -EINVAL;
+                puts_(w, j ? ",\"" : "\"");
+                putjs(w, p, pn);
+                puts_(w, "\":");
+                put_num(w, alp);
+            }
+            puts_(w, "}");
+        }
+        puts_(w, "]");
+    } else {
+        puts_(w, "null");
+    }
+    puts_(w, ",\"text_offset\":[");
+    for (uint32_t i = 0; i < r->lp_n; i++) {
+        lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+        if (i)
+            puts_(w, ",");
+        putu(w, off);
+    }
+    puts_(w, "]}");
+    return w->err ? -E2BIG : 0;
+}
+
+/* Non-stream: the token's record (lp_recsz layout) in front of the
+ * earlier ones. Every id is checked here, so rendering cannot fail on one. */
+static int keep_lp(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const struct egr_lp *lp,
+                   uint32_t off, char *area, size_t cap)
+{
+    static const struct egr_lp none;
+    size_t sz = lp_recsz(r), at;
+    uint32_t n;
+    char *p;
+
+    if (!lp)
+        lp = &none;
+    n = FAVO_MIN(lp->n_top, r->top_logprobs);
+    for (uint32_t j = 0; j < n; j++)
+        if (lp->top_id[j] < 0 || (uint32_t)lp->top_id[j] >= eng_tok_n_vocab(tok))
+            return -EINVAL;
+    if ((size_t)r->text_len + FIN_RESERVE + lp_bin(r) + sz > cap)
+        return -ENOBUFS;
+    at = cap - lp_bin(r) - sz;
+    p = area + at;
+    memcpy(p, &id, 4);
+    memcpy(p + 4, &lp->logprob, 4);
+    memcpy(p + 8, &off, 4);
+    memcpy(p + 12, &n, 4);
+    for (uint32_t j = 0; j < n; j++) {
+        memcpy(p + 16 + 8 * (size_t)j, &lp->top_id[j], 4);
+        memcpy(p + 20 + 8 * (size_t)j, &lp->top_lp[j], 4);
+    }
+    r->lp_n++;
+    return 0;
+}
+
+/* Characters (UTF-8 sequences started) in a token's piece: text_offset. */
+static uint32_t piece_chars(const eng_tok_t *tok, int32_t id)
+{
+    const char *p;
+    size_t n;
+    uint32_t c = 0;
+
+    if (eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &n) < 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)p[i] & 0xc0) != 0x80;
+    return c;
 }
 
 /* Common path; push is either a token id (tok != NULL) or raw bytes. */
@@ -483,8 +657,16 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const stru
     if (r->stream && cap - r->pending < egr_resp_need(r, text_max))
         return r->pending ? -EAGAIN : -ENOBUFS;
     with_lp = r->logprobs && tok && !eog;
-    if (with_lp && (rc = render_lp(r, tok, id, lp, &lw)) < 0)
+    if (with_lp && r->stream && (rc = render_lp(r, tok, id, lp, &lw)) < 0)
         return rc;
+    if (with_lp && !r->stream && lp) {
+        for (unsigned j = 0; j < FAVO_MIN(lp->n_top, r->top_logprobs); j++)
+            if (lp->top_id[j] < 0 || (uint32_t)lp->top_id[j] >= eng_tok_n_vocab(tok))
+                return -EINVAL; /* refused before any state changes */
+    }
+    uint32_t coff = r->char_off;
+    if (with_lp)
+        r->char_off += piece_chars(tok, id);
 
     r->completion_tokens++;
     if (!eog) {
@@ -499,15 +681,8 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const stru
             rc = emit(r, area, cap, EV_TEXT, raw, n, lpbuf, lw.n);
         } else {
             rc = put_text(r, area, cap, raw, n);
-            if (rc == 0 && with_lp && r->route == EGR_CHAT) {
-                size_t at = cap / 2 + r->lp_len;
-                if (at + lw.n + 1 > cap - FIN_RESERVE)
-                    return -ENOBUFS;
-                if (r->lp_len)
-                    area[at++] = ',', r->lp_len++;
-                memcpy(area + at, lpbuf, lw.n);
-                r->lp_len += (uint32_t)lw.n;
-            }
+            if (rc == 0 && with_lp)
+                rc = keep_lp(r, tok, id, lp, coff, area, cap);
         }
         FAVO_ASSERT(!r->stream || rc != -EAGAIN);   /* invariant 1: covered by the need check */
         explicit_bzero(raw, n); /* invariant 5: no text left on the stack */
@@ -518,11 +693,11 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const stru
     }
     if (stopped) {
         out = EGR_CANCEL;
-        rc = finish(r, area, cap, EGR_FIN_STOP, true);
+        rc = finish(r, tok, area, cap, EGR_FIN_STOP, true);
     } else if (eog) {
-        rc = finish(r, area, cap, EGR_FIN_STOP, false);
+        rc = finish(r, tok, area, cap, EGR_FIN_STOP, false);
     } else if (r->max_tokens && r->completion_tokens >= r->max_tokens) {
-        rc = finish(r, area, cap, EGR_FIN_LENGTH, false);
+        rc = finish(r, tok, area, cap, EGR_FIN_LENGTH, false);
     } else {
         return 0;
     }
@@ -548,6 +723,12 @@ int egr_resp_bytes(struct egr_resp *r, const char *p, size_t len, bool eog, char
 
 int egr_resp_finish(struct egr_resp *r, int reason, char *area, size_t cap)
 {
+    return egr_resp_finish_tok(r, NULL, reason, area, cap);
+}
+
+int egr_resp_finish_tok(struct egr_resp *r, const eng_tok_t *tok, int reason, char *area,
+                        size_t cap)
+{
     int rc;
 
     FAVO_ASSERT(r->magic == EGR_RESP_MAGIC);
@@ -557,7 +738,7 @@ int egr_resp_finish(struct egr_resp *r, int reason, char *area, size_t cap)
         return -EINVAL;
     if (r->stream && cap - r->pending < egr_resp_need(r, 0))
         return r->pending ? -EAGAIN : -ENOBUFS;
-    rc = finish(r, area, cap, reason, false);
+    rc = finish(r, tok, area, cap, reason, false);
     return rc < 0 ? rc : EGR_DONE;
 }
 

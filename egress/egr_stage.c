@@ -59,6 +59,8 @@ struct rs {
     uint8_t retry;                 /* a ctl or conn message waits for ring room */
     uint64_t wait_since;           /* resumed, waiting for ingress to re-send its socket */
     uint64_t tok_ns;               /* oldest TOKENS t_ns not yet handed to the socket */
+    const char *lp_end;            /* logprobs: the cell's end, records below it
+                                      (shm_pipe.h); NULL: none asked */
 };
 
 struct conn {
@@ -594,17 +596,8 @@ static void rs_start(struct egr *E, struct rs *r)
         rc.extra_head = NULL;
         n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
     }
-    if (n >= 0 && rc.logprobs && rc.stream &&
-        r->cap < egr_resp_need(&st->resp, E->text_max)) {
-        rc.logprobs = 0; /* the area cannot hold logprob events: see the header */
-        rc.top_logprobs = 0;
-        n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
-    }
-    if (n == -EOPNOTSUPP && rc.logprobs) {
-        rc.logprobs = 0; /* non-stream completions with logprobs: null */
-        rc.top_logprobs = 0;
-        n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
-    }
+    if (n >= 0 && rc.logprobs && !r->lp_end)
+        n = -ENOBUFS; /* no room for the records: the batcher answers 413 */
     if (n < 0) {
         favo_warn("egress: starting the response for cell %#" PRIx64 ": %s",
                   (uint64_t)r->cell, strerror(-n));
@@ -616,6 +609,32 @@ static void rs_start(struct egr *E, struct rs *r)
     st->status = 200;
     if (!rc.keep_alive)
         st->flags |= EGR_SF_CLOSE;
+}
+
+/* Generated id k's logprob data from the cell's records (shm_pipe.h),
+ * which the batcher wrote before the event that counted k (pipe inv 2).
+ * -EPROTO when the record does not name id k (never written): the
+ * response is lost rather than answered with made-up numbers. */
+static int rs_lp(const struct rs *r, uint32_t k, int32_t id, struct egr_lp *lp)
+{
+    const struct shm_req *q = r->req;
+    uint32_t n_alt = shm_pipe_lp_alts(q->logprobs, q->top_logprobs);
+    struct shm_lp_rec rec[1 + SHM_PIPE_LP_MAX_ALTS];
+
+    if (!r->lp_end || k >= q->max_tokens)
+        return -EPROTO;
+    memcpy(rec, r->lp_end - shm_pipe_lp_bytes(k + 1, n_alt), sizeof(rec[0]) * (1 + n_alt));
+    if (rec[0].id != id)
+        return -EPROTO;
+    lp->logprob = rec[0].logprob;
+    lp->n_top = 0;
+    for (uint32_t j = 0; j < n_alt && j < EGR_TOP_MAX && rec[1 + j].id >= 0; j++) {
+        lp->top_id[j] = rec[1 + j].id;
+        lp->top_lp[j] = rec[1 + j].logprob;
+        lp->n_top++;
+    }
+    explicit_bzero(rec, sizeof(rec[0]) * (1 + n_alt)); /* ids are content */
+    return 0;
 }
 
 /* Feed ids [consumed, n_gen) while the area has room; end the response
@@ -631,7 +650,15 @@ static void rs_feed(struct egr *E, struct rs *r)
     while (st->consumed < st->n_gen && p->state != RESP_DONE) {
         uint32_t before = p->text_off;
 
-        rc = egr_resp_token_lp(p, E->tok, r->ids[st->consumed], NULL, r->area, r->cap);
+        struct egr_lp lp;
+        int32_t id = r->ids[st->consumed];
+        if (p->logprobs && (rc = rs_lp(r, st->consumed, id, &lp)) < 0) {
+            rs_lost(E, r, rc);
+            return;
+        }
+        rc = egr_resp_token_lp(p, E->tok, id, p->logprobs ? &lp : NULL, r->area, r->cap);
+        if (p->logprobs)
+            explicit_bzero(&lp, sizeof(lp));
         if (rc == -EAGAIN)
             return; /* the send completion comes back here */
         if (rc < 0) {
@@ -652,8 +679,9 @@ static void rs_feed(struct egr *E, struct rs *r)
             rs_gone(E, r, false);
             return;
         }
-        rc = egr_resp_finish(p, st->fin_reason == SHM_FIN_LENGTH ? EGR_FIN_LENGTH : EGR_FIN_STOP,
-                             r->area, r->cap);
+        rc = egr_resp_finish_tok(p, E->tok,
+                                 st->fin_reason == SHM_FIN_LENGTH ? EGR_FIN_LENGTH : EGR_FIN_STOP,
+                                 r->area, r->cap);
         if (rc == -EAGAIN)
             return;
         if (rc < 0)
@@ -848,6 +876,12 @@ static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
     r->st = st = (struct egr_stage_state *)(r->cellp + q->resp_off + SHM_PIPE_REQ_COPY);
     r->area = r->cellp + q->resp_off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES;
     r->cap = size - (q->resp_off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES);
+    /* logprob records at the end of the cell (shm_pipe.h): not ours */
+    uint64_t lpb = shm_pipe_lp_bytes(q->max_tokens, shm_pipe_lp_alts(q->logprobs, q->top_logprobs));
+    if (lpb && lpb + 4096 <= r->cap) {
+        r->cap -= lpb;
+        r->lp_end = r->cellp + size;
+    }
     h = hash64(cell) & E->rs_mask;
     r->hnext = E->rs_hash[h];
     E->rs_hash[h] = i;
