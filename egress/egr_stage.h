@@ -99,13 +99,17 @@
  *     gets CLOSED.
  *   - FINISH CANCELLED that we did not cause (ingress saw the client go) is
  *     handled as a client gone: shutdown, CLOSED.
- *   - logprobs: the batcher sends no logprob data yet, so tokens go through
- *     egr_resp_token_lp with a NULL lp (logprob 0, no alternatives). Two
- *     cases fall back to "logprobs":null instead of refusing: non-stream
- *     completions (egr refuses them, -EOPNOTSUPP) and a stream whose area
- *     (SHM_PIPE_AREA_STREAM) is smaller than egr_resp_need with logprobs
- *     (it adds 32 KiB; shm_pipe.h would need SHM_PIPE_AREA_STREAM + 32 KiB
- *     for such requests).
+ *   - logprobs: the batcher writes each generated id's logprob record at
+ *     the end of the cell (shm_pipe.h, shm_pipe_lp_at) before the event
+ *     that counts it; the response area then ends where the records begin
+ *     (rs_adopt). rs_feed reads record k with id k and hands it to
+ *     egr_resp_token_lp; a record that does not name id k (never written)
+ *     loses the response (500, or closed once bytes left) instead of
+ *     answering made-up numbers. Ingress reserves the records and the
+ *     area logprobs need (shm_pipe_cell_need_lp: SHM_PIPE_AREA_LP_STREAM
+ *     for a stream's largest event, SHM_PIPE_AREA_LP_PER_ENTRY per entry
+ *     of a body), so there is no "logprobs":null fallback; a cell without
+ *     room for the records is refused by the batcher (413).
  *   - A response egr cannot hold (-ENOBUFS: a body that outgrew its area)
  *     is answered 500 when nothing was sent yet, otherwise closed.
  *   - The access log status is the one sent in the head (200 or the
