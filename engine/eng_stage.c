@@ -62,6 +62,19 @@ struct stage {
     uint64_t gen;
     bool have_gen;
 
+    /* Overlap (bat_plan.h feed): this rank's answers to the last plan it
+     * ran, to feed into the next plan's decodes. */
+    uint64_t prev_step;          /* 0: none (a fresh process feeds nothing) */
+    uint32_t prev_n;
+    uint64_t *prev_id;           /* max_seqs: plan seq ids */
+    int32_t *prev_tok;           /* max_seqs: answers (-1: none) */
+    int32_t *feed;               /* max_seqs: fed input token per plan seq */
+    int32_t *hist;               /* max_seqs * n_ctx: a fed sequence's history when
+                                    it has penalties (scrubbed after the step) */
+    uint64_t n_fed, n_unfed;
+    /* Idle gap: from answering plan N to starting plan N + 1 (log2 us buckets). */
+    uint64_t t_answered, last_step, gap_n, gap_ns, gap_hist[32];
+
     /* Metadata counters, logged at exit (no stats table entry yet). */
     uint64_t n_steps, n_tokens, n_refused, n_missing, step_ns, max_ns;
     uint64_t st_steps, st_tokens, st_refused, st_missing; /* published to the stats */
@@ -149,6 +162,14 @@ static void stage_free(struct stage *s)
     free(s->filled);
     free(s->stamp);
     free(s->ordinary);
+    if (s->prev_tok)
+        explicit_bzero(s->prev_tok, s->max_seqs * sizeof(*s->prev_tok));
+    if (s->feed)
+        explicit_bzero(s->feed, s->max_seqs * sizeof(*s->feed));
+    free(s->prev_id);
+    free(s->prev_tok);
+    free(s->feed);
+    free(s->hist); /* scrubbed after each use */
 }
 
 static int stage_load(struct stage *s)
@@ -223,6 +244,12 @@ static int stage_buffers(struct stage *s)
         return -ENOMEM;
     s->filled = calloc(s->n_blocks, 1);
     s->stamp = calloc(s->n_blocks, sizeof(*s->stamp));
+    s->prev_id = calloc(s->max_seqs, sizeof(*s->prev_id));
+    s->prev_tok = calloc(s->max_seqs, sizeof(*s->prev_tok));
+    s->feed = calloc(s->max_seqs, sizeof(*s->feed));
+    s->hist = calloc((size_t)s->max_seqs * s->n_ctx, sizeof(*s->hist)); /* pages on use */
+    if (!s->prev_id || !s->prev_tok || !s->feed || !s->hist)
+        return -ENOMEM;
     if (!s->seqs || !s->tables || !s->freed || !s->es || !s->es_of || !s->out || !s->answer ||
         !s->filled || !s->stamp)
         return -ENOMEM;
@@ -397,6 +424,9 @@ static const char *plan_load(struct stage *s, const struct shm_plan_msg *msg,
         known = FAVO_MAX(end, (uint64_t)q->n_prompt + q->n_history);
         if (q->tok_off % 4 || q->tok_off > csize || known > (csize - q->tok_off) / 4)
             return "ids outside the cell";
+        if (q->feed && (q->n_new != 1 || q->no_sample || !q->n_history ||
+                        end != (uint64_t)q->n_prompt + q->n_history || q->feed_src >= s->max_seqs))
+            return "feed entry";
     }
     if (sum != h->n_tokens)
         return "n_tokens differs from the sum";
@@ -448,6 +478,17 @@ static int plan_run(struct stage *s, const struct bat_plan *h)
 
         s->answer[i] = -1;
         s->ans_out[i] = UINT32_MAX;
+        if (q->feed) {
+            /* Its input is our own answer to it in the plan just before
+             * (every rank runs every plan alike, so each feeds its own). */
+            if (s->prev_step + 1 != h->step || q->feed_src >= s->prev_n ||
+                s->prev_id[q->feed_src] != q->id || s->prev_tok[q->feed_src] < 0) {
+                s->n_unfed++;
+                continue; /* -1: the batcher recomputes it */
+            }
+            s->feed[i] = s->prev_tok[q->feed_src];
+            s->n_fed++;
+        }
         if (s->null) {
             if (!q->no_sample)
                 s->answer[i] = s->ordinary[null_pick(q->sp.seed, (uint64_t)q->pos + q->n_new,
@@ -470,6 +511,21 @@ static int plan_run(struct stage *s, const struct bat_plan *h)
         e->n_blocks = q->n_blocks;
         e->history = ids + q->n_prompt;
         e->n_history = q->n_history;
+        if (q->feed) {
+            /* The fed id is not in the cell yet (the batcher writes it when
+             * it completes the previous plan): the input from feed[], and
+             * the history ends with it - copied only where penalties read
+             * the history (eng_sample), else the ids in the cell suffice. */
+            e->tokens = &s->feed[i];
+            e->n_history = q->n_history - 1;
+            if (q->sp.freq_penalty != 0.0f || q->sp.presence_penalty != 0.0f) {
+                int32_t *hb = s->hist + (size_t)n * s->n_ctx;
+                memcpy(hb, ids + q->n_prompt, (size_t)(q->n_history - 1) * sizeof(*hb));
+                hb[q->n_history - 1] = s->feed[i];
+                e->history = hb;
+                e->n_history = q->n_history;
+            }
+        }
         e->no_sample = q->no_sample;
         e->sp = q->sp;
         s->es_of[n++] = i;
@@ -482,7 +538,12 @@ static int plan_run(struct stage *s, const struct bat_plan *h)
                  (unsigned long long)h->step, err);
         return rc;
     }
-    if ((rc = eng_step(s->ctx, &b, s->out, NULL)))
+    rc = eng_step(s->ctx, &b, s->out, NULL);
+    for (uint32_t k = 0; k < n; k++)
+        if (s->es[k].history >= s->hist &&
+            s->es[k].history < s->hist + (size_t)s->max_seqs * s->n_ctx)
+            explicit_bzero((void *)s->es[k].history, s->es[k].n_history * sizeof(int32_t));
+    if (rc)
         return rc;
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = s->es_of[k];
@@ -540,6 +601,19 @@ static void plan_handle(struct stage *s, const struct shm_plan_msg *msg)
     uint64_t t0 = favo_now_ns();
     const char *bad = plan_load(s, msg, &h, &n_freed, &n_seqs);
 
+    if (s->last_step && msg->step == s->last_step + 1 && t0 >= s->t_answered) {
+        /* idle gap between consecutive plans, as this engine sees it */
+        uint64_t g = t0 - s->t_answered, us = g / 1000;
+        unsigned bkt = 0;
+        while (us && bkt < 31) {
+            us >>= 1;
+            bkt++;
+        }
+        s->gap_hist[bkt]++;
+        s->gap_n++;
+        s->gap_ns += g;
+    }
+
     /* Zero freed blocks BEFORE running anything (K1; bat_plan.h). */
     for (uint32_t k = 0; k < n_freed; k++)
         zero_block(s, s->freed[k]);
@@ -550,6 +624,7 @@ static void plan_handle(struct stage *s, const struct shm_plan_msg *msg)
                       (unsigned long long)h.generation, (unsigned long long)s->gen);
             zero_all(s);
         }
+        s->prev_step = 0; /* nothing of another arena is fed */
         s->gen = h.generation;
         s->have_gen = true;
         /* freed[] holds up to the scheduler's pool size (bat_plan_init):
@@ -580,8 +655,17 @@ static void plan_handle(struct stage *s, const struct shm_plan_msg *msg)
         s->n_steps++;
         s->n_tokens += h.n_tokens;
     }
+    /* What the next plan's feed entries take (none from a refused plan). */
+    s->prev_step = msg->step;
+    s->prev_n = bad ? 0 : FAVO_MIN(h.n_seqs, s->max_seqs);
+    for (uint32_t i = 0; i < s->prev_n; i++) {
+        s->prev_id[i] = s->seqs[i].id;
+        s->prev_tok[i] = s->answer[i];
+    }
     plan_answer(s, msg, n_seqs);
-    t0 = favo_now_ns() - t0;
+    s->last_step = msg->step;
+    s->t_answered = favo_now_ns();
+    t0 = s->t_answered - t0;
     s->step_ns += t0;
     s->max_ns = FAVO_MAX(s->max_ns, t0);
     if (s->cfg->stats_w) {
@@ -696,6 +780,22 @@ int eng_stage_run(const struct eng_stage_cfg *cfg)
               (unsigned long long)s.n_refused, (unsigned long long)s.n_missing,
               s.n_steps ? (double)s.step_ns / 1e6 / (double)s.n_steps : 0.0,
               (double)s.max_ns / 1e6);
+    if (s.gap_n) {
+        /* percentiles as the upper edge of a log2 microsecond bucket */
+        uint64_t p50 = 0, p99 = 0, acc = 0;
+        for (unsigned k = 0; k < 32; k++) {
+            acc += s.gap_hist[k];
+            if (!p50 && acc * 2 >= s.gap_n)
+                p50 = k ? 1ull << k : 1;
+            if (!p99 && acc * 100 >= s.gap_n * 99)
+                p99 = k ? 1ull << k : 1;
+        }
+        favo_info("engine stage: rank %u idle gap between consecutive plans: %llu gaps, "
+                  "mean %.1f us, p50 <= %llu us, p99 <= %llu us; %llu decodes fed, %llu not",
+                  cfg->rank, (unsigned long long)s.gap_n, (double)s.gap_ns / 1e3 / (double)s.gap_n,
+                  (unsigned long long)p50, (unsigned long long)p99, (unsigned long long)s.n_fed,
+                  (unsigned long long)s.n_unfed);
+    }
 out:
     if (s.cfg->stats_w)
         shm_stats_flush(s.cfg->stats_w);
