@@ -76,14 +76,41 @@ static void bell_wake64(const struct ck_ec_ops *ops, const uint64_t *addr)
 }
 
 /* ck_ec's defaults (2 ms first sleep, x8 per step, infinite after 1 s of
- * waiting). Only single-producer bells use the steps (see bell_pred). */
+ * waiting). Only single-producer bells use the steps (see bell_pred).
+ *
+ * The spin before sleeping: ck_ec spins busy_loop_iter pauses before it
+ * sets the flag and as many again after (0 means its default, 100). A
+ * pause is ~140 cycles on this hardware, so the default burnt ~10 us of
+ * CPU per sleep, and favo's stages share two cores: that was 35-50% of
+ * the batcher's and the engine's CPU under wrk (perf, bench-ingress,
+ * --backend null). A stage that wants to spin does so in its own loop
+ * (`--poll adaptive`); the bell itself only looks again once.
+ * Multi-producer bells: 1 iteration (the flag cannot be overwritten, the
+ * spin after it serves nothing). Single-producer bells keep a short spin
+ * after the flag (BELL_SP_SPIN pauses, ~1 us): it lets an in-flight `incl`
+ * that may have overwritten the flag retire, so that the 2 ms backstop
+ * (shm_bell.h) stays the rare exception it was. */
+#define BELL_SP_SPIN 8u
+
 static const struct ck_ec_ops bell_ops = {
     .gettime = bell_gettime,
     .wait32 = bell_wait32,
     .wait64 = bell_wait64,
     .wake32 = bell_wake32,
     .wake64 = bell_wake64,
-    .busy_loop_iter = 100,
+    .busy_loop_iter = 1,
+    .initial_wait_ns = 2000000u,
+    .wait_scale_factor = 8,
+    .wait_shift_count = 0,
+};
+
+static const struct ck_ec_ops bell_ops_sp = {
+    .gettime = bell_gettime,
+    .wait32 = bell_wait32,
+    .wait64 = bell_wait64,
+    .wake32 = bell_wake32,
+    .wake64 = bell_wake64,
+    .busy_loop_iter = BELL_SP_SPIN,
     .initial_wait_ns = 2000000u,
     .wait_scale_factor = 8,
     .wait_shift_count = 0,
@@ -142,7 +169,7 @@ int shm_bell_ec_attach(shm_bell_ec_t *h, struct shm_bell_ec *b, uint32_t generat
         return -EPROTO;
     h->hdr = b;
     h->mode.single_producer = (b->flags & SHM_BELL_EC_SP) != 0;
-    h->mode.ops = &bell_ops;
+    h->mode.ops = h->mode.single_producer ? &bell_ops_sp : &bell_ops;
     return 0;
 }
 

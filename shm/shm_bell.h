@@ -19,7 +19,7 @@
  *        look at the rings                       shm_bell_ec_ring():
  *        if empty:                                 counter += 1, and only if
  *          shm_bell_ec_wait(v):                    the waiter flag (bit 31)
- *            spin ~100 x, then CAS flag bit        was set: clear it and
+ *            look once more, CAS flag bit          was set: clear it and
  *            into the counter; futex_wait          futex_wake (syscall)
  *            while counter == v|flag
  *
@@ -34,7 +34,7 @@
  *    Single-producer mode (SHM_BELL_EC_SP) uses ck_ec's non-atomic `incl`,
  *    which is x86-TSO specific: an increment racing the consumer's flag CAS
  *    can overwrite the flag. ck_ec therefore keeps a backstop: after the
- *    flag it spins ~100 pauses, then sleeps with timeouts of 2 ms, 16 ms,
+ *    flag it spins a few pauses (~1 us), then sleeps with timeouts of 2 ms, 16 ms,
  *    128 ms, ... re-reading the counter each time, and only after 1 s sleeps
  *    without a timeout (by then the in-flight increment has certainly
  *    retired and seen the flag). A wake-up can so be late, rarely, by up to
@@ -71,6 +71,9 @@
  *
  * Usage
  * -----
+ *   The bell does not spin before sleeping (a few pauses at most, see
+ *   shm_bell.c: the stages share cores); a consumer that wants to spin
+ *   does it in its own loop, as below.
  *   futex (batcher, engine), `--poll adaptive`:
  *       for (;;) {
  *           uint32_t seen = shm_bell_ec_value(&bell);   // BEFORE looking
