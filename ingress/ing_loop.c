@@ -387,7 +387,7 @@ static void conn_cancel(struct ing_loop *L, struct ing_conn *c)
     m.conn = ing_conn_key(L, c);
     m.cell = c->parked_cell;
     if (shm_ring_enqueue(&L->req_ring, &m) == 0) {
-        shm_bell_ec_ring(&L->bat_bell);
+        ing_bat_bell(L);
         c->cancel_sent = true;
     }
 }
@@ -1441,6 +1441,11 @@ int ing_loop_run(const struct ing_cfg *cfg)
                 keys_reload(L);
         }
         if (cfg->pipe) {
+            /* the requests of the last burst of completions: one ring */
+            if (L->ring_bat) {
+                L->ring_bat = false;
+                shm_bell_ec_ring(&L->bat_bell);
+            }
             /* egress's messages first; sleep on the bell only when there
              * are none (shm_bell.h: prepare, look again, then wait) */
             egress_check(L);
@@ -1493,6 +1498,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
         if (L->tls_ctx && cfg->pipe)
             egr_bell_ring(L); /* chunks answered by SEND completions */
     }
+    if (L->ring_bat)
+        shm_bell_ec_ring(&L->bat_bell);
     favo_info("ingress: worker %u stopping (%u connections open)", cfg->worker, L->nconns);
     if (cfg->pipe)
         shm_pipe_set_up(cfg->pipe, SHM_PIPE_INGRESS, cfg->worker, 0);

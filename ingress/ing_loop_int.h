@@ -69,6 +69,8 @@ struct ing_loop {
     struct shm_cell_pool pipe_pool;
     shm_ring_t req_ring, conn_ring;
     shm_bell_ec_t bat_bell;
+    bool ring_bat;             /* req[worker] got messages: ring bat_bell once
+                                  before the loop next waits (ing_bat_bell) */
     shm_bell_efd_t bell;
     bool bell_armed;
     uint64_t bell_buf;
@@ -139,6 +141,10 @@ int ing_conn_error(struct ing_loop *L, struct ing_conn *c, int status, const cha
 int ing_conn_detach(struct ing_loop *L, struct ing_conn *c, shm_cell_ref_t *old,
                     uint8_t **buf, size_t *size);
 uint64_t ing_conn_key(const struct ing_loop *L, const struct ing_conn *c);
+/* After enqueueing on req[worker]: the batcher's bell rings once per loop
+ * iteration (before the loop waits again), not once per message - one
+ * futex wake covers every request of a burst of completions. */
+static inline void ing_bat_bell(struct ing_loop *L) { L->ring_bat = true; }
 
 /* Response-body scratch: printf-append, reset (scrubbed: it may hold
  * token ids or text). Return 0 or -ENOMEM. */

@@ -821,7 +821,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     /* the ring's release orders the cell bytes and owner before the batcher's get */
     FAVO_ASSERT(shm_ring_enqueue(to, &d) == 0); /* room checked above */
     if (L->cfg.pipe)
-        shm_bell_ec_ring(&L->bat_bell);
+        ing_bat_bell(L); /* rung once before the loop waits again */
     if (L->cfg.stats_w)
         shm_stats_add(L->cfg.stats_w, SHM_C_PROMPT_TOKENS, 0); /* batcher counts prefill */
     favo_debug("ingress: req %s: %s %lld prompt tokens, max_tokens %u -> batcher", L->reqid,
