@@ -48,6 +48,8 @@ struct bst {
     uint64_t last_preempt, last_hb;
     bool stalled;                      /* last step produced nothing to run */
     bool slot_wait;                    /* the next plan's slot is still named by a message */
+    bool overlap;                      /* plan N+1 while N runs (bat_stage.h) */
+    uint64_t done_seen;                /* highest step rank 0 answered: it loaded that plan */
     /* response cache (bat_stage.h) */
     struct bat_cache cache;
     bool cache_on;
@@ -614,26 +616,46 @@ static void stats_after_step(struct bst *b, const struct bat_sched_info *in)
 
 static void copy_plan(struct bat_plan *dst, const struct bat_plan *src);
 
-/* Send the plan in flight to every rank that has not got it: rank 0's slot
- * holds it (step() wrote it there); the others get a copy first - again
- * after a restart, which may have cut the first copy short. A rank that has
- * not been sent the step does not read that slot, so the copy is safe. */
-static void send_plan(struct bst *b, uint64_t step)
+/* Does plan p need the engines? Sequences to run, or blocks to zero: a
+ * plan with only freed[] (the last sequences cancelled) goes too, or those
+ * blocks would keep their KV until reused (invariant 5). */
+static bool plan_for_engines(const struct bat_plan *p)
 {
-    unsigned slot = (unsigned)(step % SHM_PIPE_PLAN_SLOTS);
-    struct bat_plan *p = shm_pipe_plan(b->pipe, 0, slot);
-    struct shm_plan_msg m = { .slot = slot, .n_seqs = p->n_seqs, .step = step };
+    return p->n_seqs || p->n_freed;
+}
 
-    for (unsigned r = 0; r < b->n_ranks; r++) {
-        if (b->sent[r] == step)
-            continue;
-        if (r > 0)
-            copy_plan(shm_pipe_plan(b->pipe, r, slot), p);
-        if (shm_ring_enqueue(&b->plan[r], &m) == 0) {
+/* Send plans [from, to] (those still in their slots that need the
+ * engines) to every rank that has not got them, in step order: rank 0's
+ * slot holds each (step() wrote it there); the others get a copy first -
+ * again after a restart, which may have cut the first copy short. A rank
+ * that has not been sent the step does not read that slot, so the copy is
+ * safe. A full ring stops that rank's sending (the rest later, in order). */
+static void send_flight(struct bst *b, uint64_t from, uint64_t to)
+{
+    for (unsigned r = 0; r < b->n_ranks; r++)
+        for (uint64_t step = from ? from : 1; step <= to; step++) {
+            unsigned slot = (unsigned)(step % SHM_PIPE_PLAN_SLOTS);
+            struct bat_plan *p = shm_pipe_plan(b->pipe, 0, slot);
+            struct shm_plan_msg m = { .slot = slot, .n_seqs = p->n_seqs, .step = step };
+
+            if (p->step != step || !plan_for_engines(p) || b->sent[r] >= step)
+                continue;
+            if (r > 0)
+                copy_plan(shm_pipe_plan(b->pipe, r, slot), p);
+            if (shm_ring_enqueue(&b->plan[r], &m))
+                break;
             b->sent[r] = step;
             shm_bell_ec_ring(&b->eng[r]);
         }
-    }
+}
+
+/* Has every rank been sent plan `step`? */
+static bool sent_all(const struct bst *b, uint64_t step)
+{
+    for (unsigned r = 0; r < b->n_ranks; r++)
+        if (b->sent[r] < step)
+            return false;
+    return true;
 }
 
 static void copy_plan(struct bat_plan *dst, const struct bat_plan *src)
@@ -652,15 +674,25 @@ static void copy_plan(struct bat_plan *dst, const struct bat_plan *src)
 
 /* May plan slot `slot` be written? Not while a rank has not released a
  * message naming it: after plans were voided (engine restart) an older
- * message can still wait in a ring, and its engine would read the slot. In
- * steady state the only unreleased message is the last plan's, which names
- * the other slot, so this never waits. */
+ * message can still wait in a ring, and its engine would read the slot -
+ * unless it is rank 0's message for a step it answered already (it copied
+ * the plan before running it; a replay after its restart finds a newer
+ * step there and drops the message as stale). That exception is what lets
+ * overlap plan N+1 into N-1's slot right after done(N-1), before rank 0
+ * released N-1's message. Other ranks do not answer: their messages count
+ * until released, so a lagging rank holds the batcher back. */
 static bool slot_free(struct bst *b, unsigned slot)
 {
     for (unsigned r = 0; r < b->n_ranks; r++) {
-        uint32_t u = shm_ring_count(&b->plan[r]);
-        if (u > 1 || (u == 1 && b->sent[r] % SHM_PIPE_PLAN_SLOTS == slot))
-            return false;
+        const shm_ring_t *q = &b->plan[r];
+        uint32_t u = shm_ring_count(q);
+        for (uint32_t k = 1; k <= u && k <= q->mask + 1; k++) {
+            const struct shm_plan_msg *m =
+                (const struct shm_plan_msg *)(q->slots +
+                                              (size_t)((q->local - k) & q->mask) * q->slot_size);
+            if (m->slot == slot && !(r == 0 && m->step <= b->done_seen))
+                return false;
+        }
     }
     return true;
 }
@@ -686,30 +718,32 @@ static int do_step(struct bst *b, uint64_t now)
     bat_sched_info(&b->s, &in);
     stats_after_step(b, &in);
     if (p->n_seqs == 0) {
-        /* Only cancels/timeouts (or nothing could start): no engine work;
-         * the loop completes it once its events are out (in_flight). */
+        /* Only cancels/timeouts (or nothing could start): no engine work
+         * but zeroing freed blocks; the loop completes it once its events
+         * are out and it is the oldest in flight (in_flight). */
         b->stalled = true;
+        if (p->n_freed)
+            send_flight(b, in.done_step + 1, p->step);
         return 1;
     }
     b->stalled = false;
     if (b->cfg->stats_w)
         shm_stats_add(b->cfg->stats_w, SHM_C_BATCH_STEPS, 1);
-    send_plan(b, p->step);
+    send_flight(b, in.done_step + 1, p->step);
     return 1;
 }
 
-/* The plan in flight: an empty one is completed here, without the
- * engines, once the outbox is out; any other goes to every rank that has
- * not got it (its ring was full, or we restarted). */
+/* The plans in flight (one, or two with overlap) go to every rank that
+ * has not got them (its ring was full, or we restarted). The oldest, when
+ * it needs no engine, is completed here once the outbox is out. */
 static int in_flight(struct bst *b, const struct bat_sched_info *in, uint64_t now)
 {
-    unsigned slot = (unsigned)(in->step % SHM_PIPE_PLAN_SLOTS);
-    struct bat_plan *p = shm_pipe_plan(b->pipe, 0, slot);
+    uint64_t oldest = in->done_step + 1;
+    struct bat_plan *p = shm_pipe_plan(b->pipe, 0, (unsigned)(oldest % SHM_PIPE_PLAN_SLOTS));
 
-    if (p->n_seqs) {
-        send_plan(b, in->step);
-        return 0;
-    }
+    send_flight(b, oldest, in->step);
+    if (plan_for_engines(p))
+        return 0; /* its done message completes it */
     if (in->n_outbox)
         return 0;
     int rc = bat_sched_complete_ob(&b->s, p, NULL, now);
@@ -767,13 +801,13 @@ static void check_engines(struct bst *b)
  * some of them got. */
 static bool plan_unsent(struct bst *b, uint64_t step)
 {
-    const struct bat_plan *p = shm_pipe_plan(b->pipe, 0, (unsigned)(step % SHM_PIPE_PLAN_SLOTS));
-
-    if (!step || p->step != step || !p->n_seqs)
-        return false;
-    for (unsigned r = 0; r < b->n_ranks; r++)
-        if (b->sent[r] != step)
+    /* Overlap voids two plans: the one before too. */
+    for (uint64_t st = step > 1 ? step - 1 : 1; st <= step; st++) {
+        const struct bat_plan *p =
+            shm_pipe_plan(b->pipe, 0, (unsigned)(st % SHM_PIPE_PLAN_SLOTS));
+        if (p->step == st && plan_for_engines(p) && !sent_all(b, st))
             return true;
+    }
     return false;
 }
 
@@ -832,7 +866,10 @@ static int drain_done(struct bst *b, uint64_t now)
          * (checking only before the peek races with the restart). */
         check_engines(b);
         bat_sched_info(&b->s, &in);
-        if (m->slot < SHM_PIPE_PLAN_SLOTS && m->step == in.step && in.step > in.done_step &&
+        if (m->step <= in.step && m->step > b->done_seen)
+            b->done_seen = m->step; /* rank 0 has loaded that plan (slot_free) */
+        /* The oldest plan in flight (plans complete in order, sched inv 5). */
+        if (m->slot < SHM_PIPE_PLAN_SLOTS && m->step == in.done_step + 1 && m->step <= in.step &&
             m->step % SHM_PIPE_PLAN_SLOTS == m->slot) {
             lp_write(b, shm_pipe_plan(b->pipe, 0, m->slot), shm_pipe_results(b->pipe, m->slot));
             int rc = bat_sched_complete_ob(&b->s, shm_pipe_plan(b->pipe, 0, m->slot),
@@ -1011,6 +1048,8 @@ static int attach_all(struct bst *b)
     b->n_ingress = h->cfg.n_ingress;
     b->n_ranks = h->cfg.n_ranks;
     bat_sched_info(&b->s, &in);
+    b->overlap = !b->cfg->no_overlap;
+    b->done_seen = in.done_step;
     mbps = bat_kv_blocks_for(b->sc.max_ctx);
     /* Lay out the plan slots, but leave one already laid out for this
      * scheduler alone: after a restart it may hold the plan in flight, or
@@ -1079,6 +1118,22 @@ static bool rings_have_work(struct bst *b)
     return shm_ring_available(&b->ctl) || shm_ring_available(&b->done);
 }
 
+/* May the next plan be made now? With none in flight (and every voided
+ * one sent); with overlap also with one in flight that every rank has
+ * been sent, when the scheduler needs none of its sequences
+ * (bat_sched_ahead_ok). */
+static bool step_now(struct bst *b, const struct bat_sched_info *in)
+{
+    if (in->step == in->done_step)
+        return !plan_unsent(b, in->step);
+    if (!b->overlap || in->step != in->done_step + 1)
+        return false;
+    const struct bat_plan *p =
+        shm_pipe_plan(b->pipe, 0, (unsigned)(in->step % SHM_PIPE_PLAN_SLOTS));
+    return p->step == in->step && p->n_seqs && sent_all(b, in->step) &&
+           bat_sched_ahead_ok(&b->s);
+}
+
 static bool drained(struct bst *b, const struct bat_sched_info *in)
 {
     if (in->n_waiting || in->n_running || in->step > in->done_step || in->n_outbox)
@@ -1129,13 +1184,14 @@ int bat_stage_run(const struct bat_stage_cfg *cfg)
         work += drain_req(&b, now);
         work += drain_ctl(&b);
         bat_sched_info(&b.s, &in);
-        if (in.step > in.done_step) {
+        if (in.step > in.done_step)
             work += in_flight(&b, &in, now);
-        } else if (plan_unsent(&b, in.step)) {
-            send_plan(&b, in.step);
-        } else if (!in.n_outbox && (in.n_waiting || in.n_running) && (work || !b.stalled)) {
+        else if (plan_unsent(&b, in.step))
+            send_flight(&b, in.step > 1 ? in.step - 1 : 1, in.step);
+        bat_sched_info(&b.s, &in);
+        if (!in.n_outbox && (in.n_waiting || in.n_running) && (work || !b.stalled) &&
+            step_now(&b, &in))
             work += do_step(&b, now);
-        }
         work += publish(&b, now);
         housekeeping(&b, now);
         if (now - b.last_hb >= BST_HB_NS)

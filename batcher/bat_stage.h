@@ -11,8 +11,10 @@
  *                         |  outbox -> ev ring  | --ev--> egress
  *                         +---------------------+  (START, TOKENS, FINISH, ERROR)
  *
- * One loop, one plan in flight at a time (plan N+1 while N runs is issue
- * #7; both slots are laid out for it):
+ * One loop; up to two plans in flight (overlap, bat_sched.h "Overlap":
+ * plan N+1 is made and sent while the engines run N, so the scheduling
+ * time hides behind the step; cfg.no_overlap turns it off - one plan in
+ * flight, done(N) before N+1 is planned):
  *
  *   1. publish the outbox (below): write each TOKEN's id into its cell, give
  *      the cell to egress for FINISH/ERROR, enqueue shm_ev; ring egress's
@@ -29,11 +31,14 @@
  *      (scrubbed, return ring SHM_PIPE_RET_BATCHER) and a warning logged.
  *      CANCEL finds the request by cell and cancels it (unknown: ignored).
  *   4. ctl ring: egress's cancels, by handle (by cell when stale).
- *   5. no plan in flight, work, and the next slot named by no unreleased
- *      plan message (only after voided plans): bat_sched_step_ob into rank 0's slot,
- *      copied to the other ranks, shm_plan_msg on each plan ring, engine
- *      bells rung. An empty plan (only cancels/timeouts) is completed at
- *      once without the engines.
+ *   5. work, and either no plan in flight, or (overlap) one that every
+ *      rank has been sent and bat_sched_ahead_ok; the next slot named by
+ *      no unreleased plan message (rank 0's answered ones excepted, see
+ *      slot_free): bat_sched_step_ob into rank 0's slot, copied to the
+ *      other ranks, shm_plan_msg on each plan ring (in step order), engine
+ *      bells rung. A plan with no sequence and no freed block is completed
+ *      without the engines once it is the oldest in flight; one with only
+ *      freed blocks goes to the engines (they zero them).
  *
  * Event mapping (bat_event -> shm_ev): START -> START (t_ns = publication
  * time); TOKEN -> TOKENS (n_gen = total; the id is written first, pipe
@@ -59,11 +64,12 @@
  *     always holds the last COMMITTED event, never a cut reservation). A FINISH whose cell was given but whose event was
  *     not enqueued is sent (give says -EPERM: egress owns it already); a
  *     FINISH whose cell egress already freed (-ESTALE) is dropped.
- *   - A plan in flight (arena step > done_step) stays in its slot (slots
- *     already laid out are never re-formatted); the last message on each
- *     plan ring says whether it reached that rank; the ranks that lack it
- *     get a fresh copy of rank 0's slot and the message, and its done
- *     message is awaited.
+ *   - Plans in flight (arena done_step < step, one or two) stay in their
+ *     slots (slots already laid out are never re-formatted); the last
+ *     message on each plan ring says which reached that rank; the ranks
+ *     that lack them get fresh copies of rank 0's slots and the messages,
+ *     in step order, and their done messages are awaited and applied in
+ *     order (a done for any other step is a replay or ignored).
  *   - done messages are released after complete_ob; a replayed one (the
  *     step already applied) is a no-op.
  *   - A replayed SUBMIT (dead between submit and release) is recognised:
@@ -141,6 +147,7 @@ struct bat_stage_cfg {
     struct bat_sched_cfg sched;      /* used when the arena is fresh */
     int egr_bell_efd;                /* egress's eventfd: we ring it */
     int poll;                        /* 0 block, 1 adaptive, 2 spin */
+    int no_overlap;                  /* 1: plan N+1 only after done(N) (for comparison) */
     const volatile int *stop;        /* non-zero: drain (may be NULL) */
     struct shm_stats *stats;         /* may be NULL (tests) */
     struct shm_stats_writer *stats_w;/* may be NULL */

@@ -76,6 +76,11 @@ struct h {
     struct shm_stats stats;
     uint32_t kv_pos[MAXR];
     unsigned stale_plans;
+    /* overlap: the fake engine's answers to the last plan it ran (feeds) */
+    uint64_t prev_step, prev_id[MAXR];
+    int32_t prev_tok[MAXR];
+    uint32_t prev_n;
+    uint64_t n_fed, n_unfed;
     volatile int *stop;                /* shared with the child: the wrapper's stop word */
     int light;                         /* bench: the engine skips re-reading every id */
     unsigned lose_per_mille;           /* sampled results answered -1 ("not computed") */
@@ -399,16 +404,35 @@ static int h_engine(struct h *h)
                 assert_true(sp->min_p == 0.001f * (float)(i % 7));
                 assert_true(sp->freq_penalty == 0.1f * (float)(i % 3));
                 assert_true(sp->presence_penalty == 0.2f * (float)(i % 4));
-                assert_int_equal(sp->n_logprobs, (i % 2) ? i % 5 : 0);
+                assert_int_equal(sp->n_logprobs, shm_pipe_lp_alts((uint8_t)(i % 2), (uint8_t)(i % 5)));
                 if (i % 2)
                     assert_int_equal(sp->seed, 1000 + i);
                 else
                     assert_true(sp->seed != 0); /* picked by the batcher */
             }
             assert_true(ps[k].pos + ps[k].n_new <= q->ntok + ps[k].n_history);
+            bool unfed = false;
+            if (ps[k].feed) {
+                /* overlap: its input is our answer to it in the plan just
+                 * before, not in the cell yet (bat_plan.h) */
+                assert_int_equal(ps[k].n_new, 1);
+                assert_int_equal(ps[k].pos + 1, q->ntok + ps[k].n_history);
+                if (h->prev_step + 1 != msg.step || ps[k].feed_src >= h->prev_n ||
+                    h->prev_id[ps[k].feed_src] != ps[k].id || h->prev_tok[ps[k].feed_src] < 0) {
+                    unfed = true; /* like the engine after a restart: -1 */
+                    h->n_unfed++;
+                } else {
+                    int32_t want = (int32_t)gtok(q->as, ps[k].n_history - 1);
+                    assert_true(h->prev_tok[ps[k].feed_src] == want || h->kv_lax);
+                    h->n_fed++;
+                }
+            }
             if (!h->light)
-                check_ids(h, q, data, 0, q->ntok + ps[k].n_history);
-            if (!ps[k].no_sample) {
+                check_ids(h, q, data, 0, q->ntok + ps[k].n_history - (ps[k].feed ? 1 : 0));
+            if (unfed) {
+                res[k].token = -1;
+                res[k].eos = 0;
+            } else if (!ps[k].no_sample) {
                 assert_int_equal(ps[k].pos + ps[k].n_new, q->ntok + ps[k].n_history);
                 res[k].token = (int32_t)gtok(q->as, ps[k].n_history);
                 res[k].eos = (uint8_t)(q->eos_at && ps[k].n_history + 1 == q->eos_at);
@@ -421,8 +445,15 @@ static int h_engine(struct h *h)
                     h->n_lost++;
                 }
             }
-            if (!stale)
+            if (!stale && !unfed)
                 h->kv_pos[q - h->rq] = ps[k].pos + ps[k].n_new;
+        }
+        assert_true(p->n_seqs <= MAXR);
+        h->prev_step = msg.step;
+        h->prev_n = p->n_seqs;
+        for (uint32_t k = 0; k < p->n_seqs; k++) {
+            h->prev_id[k] = ps[k].id;
+            h->prev_tok[k] = ps[k].no_sample ? -1 : res[k].token;
         }
         assert_int_equal(shm_ring_enqueue(&h->done, &msg), 0);
         shm_bell_ec_ring(&h->bat_bell);
@@ -634,6 +665,10 @@ static void t_many(void **state)
     assert_int_equal(st->hist[SHM_H_QUEUE].count, h->nrq);
     assert_true(st->gauges[SHM_G_REQUESTS_RUNNING] == 0 && st->gauges[SHM_G_REQUESTS_WAITING] == 0);
     assert_true(st->gauges[SHM_G_KV_CACHE_USAGE] == 0);
+    /* overlap is on: decodes were planned while their previous step ran */
+    printf("# %llu decodes fed from the previous plan, %llu not\n",
+           (unsigned long long)h->n_fed, (unsigned long long)h->n_unfed);
+    assert_true(h->n_fed > 0);
     free(st);
     h_free(h);
     free(h);
@@ -831,6 +866,7 @@ static void h_engine_restart(struct h *h, int32_t pid, bool mid_plan, bool pause
         assert_int_equal(shm_pipe_ring_plan(&h->p, r, SHM_RING_CONSUMER, &h->plan[r]), 0);
     memset(h->kv_pos, 0, sizeof(h->kv_pos));
     h->last_step = 0;
+    h->prev_step = 0; /* a new engine feeds nothing */
     h->kv_lax = 1;
     h_engine_up(h, pid);
     shm_bell_ec_ring(&h->bat_bell);
