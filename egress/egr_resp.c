@@ -736,6 +736,8 @@ int egr_resp_finish_tok(struct egr_resp *r, const eng_tok_t *tok, int reason, ch
         return EGR_DONE;
     if (reason != EGR_FIN_STOP && reason != EGR_FIN_LENGTH)
         return -EINVAL;
+    if (!r->stream && r->lp_n && !tok)
+        return -EINVAL; /* the body's logprobs need the tokenizer; nothing changed */
     if (r->stream && cap - r->pending < egr_resp_need(r, 0))
         return r->pending ? -EAGAIN : -ENOBUFS;
     rc = finish(r, tok, area, cap, reason, false);

@@ -645,9 +645,99 @@ static void test_logprobs(void)
     T_CHECK(l > 0 && sse_check(body, (size_t)l, 0, text, &tl, fin, sizeof(fin)) == (int)n + 2,
           "lp cmpl: one chunk per token + final + [DONE]");
 
-    /* not built: completions body with logprobs */
-    T_CHECK(lp_script(tok, EGR_COMPLETIONS, 0, 0, area, sizeof(area), &o, ids, &n) == -EOPNOTSUPP,
-          "completions body logprobs refused");
+    /* completions body: the four arrays from the records, rendered at the
+     * end; tokens spell the text, text_offset counts characters */
+    for (int top = 0; top <= 3; top += 3) {
+        rc = lp_script(tok, EGR_COMPLETIONS, 0, top, area, sizeof(area), &o, ids, &n);
+        T_CHECK(rc == EGR_DONE, "lp cmpl body rc %d", rc);
+        js = memmem(o.buf, o.len, "\r\n\r\n", 4);
+        T_CHECK(js != NULL, "lp cmpl body head");
+        if (!js)
+            continue;
+        size_t jl = o.len - (size_t)(js + 4 - o.buf);
+        memmove(body, js + 4, jl);
+        body[jl] = 0;
+        yajl_val v = yajl_tree_parse(body, eb, sizeof(eb));
+        T_CHECK(v, "lp cmpl body: %s", eb);
+        if (!v)
+            continue;
+        yajl_val c0 = YAJL_GET_ARRAY(jget(v, "choices", NULL, NULL))->values[0];
+        yajl_val tks = jget(c0, "logprobs", "tokens", NULL),
+                 tlp = jget(c0, "logprobs", "token_logprobs", NULL),
+                 tops = jget(c0, "logprobs", "top_logprobs", NULL),
+                 offs = jget(c0, "logprobs", "text_offset", NULL),
+                 txt = jget(c0, "text", NULL, NULL);
+        T_CHECK(tks && YAJL_IS_ARRAY(tks) && (int64_t)YAJL_GET_ARRAY(tks)->len == n, "cmpl tokens");
+        T_CHECK(tlp && YAJL_IS_ARRAY(tlp) && (int64_t)YAJL_GET_ARRAY(tlp)->len == n,
+                "cmpl token_logprobs");
+        T_CHECK(offs && YAJL_IS_ARRAY(offs) && (int64_t)YAJL_GET_ARRAY(offs)->len == n,
+                "cmpl text_offset");
+        const char *ts = txt && YAJL_IS_STRING(txt) ? YAJL_GET_STRING(txt) : NULL;
+        T_CHECK(ts && !strcmp(ts, lp_text), "cmpl text");
+        if (top)
+            T_CHECK(tops && YAJL_IS_ARRAY(tops) && (int64_t)YAJL_GET_ARRAY(tops)->len == n,
+                    "cmpl top_logprobs list");
+        else
+            T_CHECK(tops && YAJL_IS_NULL(tops), "cmpl top_logprobs null without alternatives");
+        if (tks && tlp && offs && YAJL_IS_ARRAY(tks) && (int64_t)YAJL_GET_ARRAY(tks)->len == n &&
+            (int64_t)YAJL_GET_ARRAY(tlp)->len == n && (int64_t)YAJL_GET_ARRAY(offs)->len == n) {
+            char cat[256] = "";
+            long chars = 0;
+            for (int64_t j = 0; j < n; j++) {
+                double want = j == 3 ? -9999.0 : -0.25 * (double)j;
+                T_CHECK(YAJL_GET_DOUBLE(YAJL_GET_ARRAY(tlp)->values[j]) == want, "cmpl lp %lld",
+                        (long long)j);
+                T_CHECK(YAJL_GET_INTEGER(YAJL_GET_ARRAY(offs)->values[j]) == chars,
+                        "cmpl text_offset %lld", (long long)j);
+                /* the raw pieces spell the text; a piece that is not
+                 * valid UTF-8 alone (a split character) shows U+FFFD */
+                const char *t = YAJL_GET_STRING(YAJL_GET_ARRAY(tks)->values[j]), *pc;
+                size_t pn;
+                T_CHECK(eng_tok_piece(tok, ids[j], ENG_TOK_SHOW_SPECIAL, &pc, &pn) == 0, "piece");
+                strncat(cat, pc, FAVO_MIN(pn, sizeof(cat) - strlen(cat) - 1));
+                for (size_t q = 0; q < pn; q++)
+                    chars += ((unsigned char)pc[q] & 0xc0) != 0x80;
+                T_CHECK(t && (strlen(t) == pn ? !memcmp(t, pc, pn) : strstr(t, "\xef\xbf\xbd") != NULL),
+                        "cmpl token %lld is its piece", (long long)j);
+                if (top) {
+                    yajl_val d = YAJL_GET_ARRAY(tops)->values[j];
+                    T_CHECK(YAJL_IS_OBJECT(d) && d->u.object.len >= 1 && d->u.object.len <= 3,
+                            "cmpl top dict %lld", (long long)j);
+                }
+            }
+            T_CHECK(!strcmp(cat, lp_text), "cmpl tokens spell the text: %s", cat);
+        }
+        yajl_tree_free(v);
+    }
+
+    /* a body with logprobs cannot be finished without the tokenizer */
+    {
+        struct egr_resp_cfg cfg = base_cfg(EGR_CHAT, 0, 0);
+        struct egr_resp r;
+        struct egr_lp lp = {.logprob = -1.0f};
+
+        cfg.logprobs = 1;
+        T_CHECK(egr_resp_init(&r, &cfg, area, sizeof(area)) == 0, "lp init");
+        T_CHECK(egr_resp_token_lp(&r, tok, ids[0], &lp, area, sizeof(area)) == 0, "lp token");
+        T_CHECK(egr_resp_finish(&r, EGR_FIN_LENGTH, area, sizeof(area)) == -EINVAL,
+                "lp finish without the tokenizer");
+        T_CHECK(egr_resp_finish_tok(&r, tok, EGR_FIN_LENGTH, area, sizeof(area)) == EGR_DONE,
+                "lp finish with it");
+        T_CHECK(memmem(area, egr_resp_pending(&r), "\"logprob\":-1,", 13) != NULL,
+                "lp finish renders the entry: %.*s", (int)egr_resp_pending(&r), area);
+    }
+    /* an alternative id out of range: refused before any state changes */
+    {
+        struct egr_resp_cfg cfg = base_cfg(EGR_COMPLETIONS, 0, 0);
+        struct egr_resp r;
+        struct egr_lp lp = {.logprob = -1.0f, .n_top = 1, .top_id = {-5}};
+
+        cfg.logprobs = 1, cfg.top_logprobs = 1;
+        T_CHECK(egr_resp_init(&r, &cfg, area, sizeof(area)) == 0, "lp init 2");
+        T_CHECK(egr_resp_token_lp(&r, tok, ids[0], &lp, area, sizeof(area)) == -EINVAL,
+                "bad alternative refused");
+        T_CHECK(r.completion_tokens == 0 && r.lp_n == 0, "nothing changed");
+    }
     eng_tok_free(tok);
 }
 

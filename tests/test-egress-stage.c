@@ -129,6 +129,11 @@ static int client_open_ex(uint64_t *key, int sndbuf, int *keep)
     return c;
 }
 
+/* Logprobs the next req_make asks for (shm_req.logprobs, top_logprobs). */
+static uint8_t g_lp_on, g_lp_top;
+/* tokens() leaves this generated id's logprob record unwritten. */
+static uint32_t g_lp_hole = UINT32_MAX;
+
 /* A request cell as ingress leaves it: request bytes (with the stop
  * strings in them), prompt ids, the shm_req copy. */
 static int req_make(struct req *r, uint64_t key, int route, unsigned flags, uint32_t max_tokens,
@@ -139,7 +144,8 @@ static int req_make(struct req *r, uint64_t key, int route, unsigned flags, uint
                      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n{\"stop\":[\"%s\"]}",
                      stop ? stop : "");
     uint32_t tok_off = ((uint32_t)n + 63u) & ~63u, ntok = 5;
-    size_t need = shm_pipe_cell_need(tok_off, ntok, max_tokens, flags & SHM_REQ_F_STREAM);
+    size_t need = shm_pipe_cell_need_lp(tok_off, ntok, max_tokens, flags & SHM_REQ_F_STREAM,
+                                        shm_pipe_lp_alts(g_lp_on, g_lp_top));
     struct shm_req d;
     size_t size;
     void *data;
@@ -167,6 +173,8 @@ static int req_make(struct req *r, uint64_t key, int route, unsigned flags, uint
     d.ntok = ntok;
     d.max_tokens = max_tokens;
     d.resp_off = (uint32_t)shm_pipe_resp_off(tok_off, ntok, max_tokens);
+    d.logprobs = g_lp_on;
+    d.top_logprobs = g_lp_top;
     if (stop) {
         const char *at = strstr(body, "[\"") + 2;
         d.nstop = 1;
@@ -206,12 +214,31 @@ static int ev_send(const struct req *r, unsigned kind, uint32_t n_gen, unsigned 
 }
 
 /* Write ids [from, to) into the cell, then TOKENS n_gen = to (pipe inv 2). */
+/* Generated id k's logprob record as the batcher would write it:
+ * logprob -0.125 k, alternative j = id + j with -0.125 k - j. */
+static void lp_write(const struct req *r, uint32_t k, int32_t id)
+{
+    uint32_t n_alt = shm_pipe_lp_alts(r->q->logprobs, r->q->top_logprobs);
+    struct shm_lp_rec rec[1 + SHM_PIPE_LP_MAX_ALTS];
+    size_t size;
+    void *data;
+
+    if (!n_alt || k == g_lp_hole || shm_cell_bytes(&H.pool, r->cell, &data, &size))
+        return;
+    rec[0] = (struct shm_lp_rec){ id, -0.125f * (float)k };
+    for (uint32_t j = 0; j < n_alt; j++)
+        rec[1 + j] = (struct shm_lp_rec){ id + (int32_t)j, -0.125f * (float)k - (float)j };
+    memcpy((char *)data + shm_pipe_lp_at(size, n_alt, k), rec, sizeof(rec[0]) * (1 + n_alt));
+}
+
 static int tokens(const struct req *r, const int32_t *ids, uint32_t from, uint32_t to)
 {
     int32_t *gen = (int32_t *)(r->data + r->q->tok_off) + r->q->ntok;
 
-    for (uint32_t k = from; k < to; k++)
+    for (uint32_t k = from; k < to; k++) {
         gen[k] = ids[k];
+        lp_write(r, k, ids[k]);
+    }
     return ev_send(r, SHM_EV_TOKENS, to, 0, 0, 0);
 }
 
@@ -1053,60 +1080,85 @@ static int t_bench(void)
     return 0;
 }
 
-/* logprobs requested: the batcher sends no logprob data yet, so a body
- * carries entries with logprob 0 and no alternatives; a stream (whose area
- * cannot hold logprob events) answers "logprobs":null. Nothing refused. */
+/* logprobs: the records the batcher writes at the end of the cell reach
+ * the client in every shape (chat and completions, body and stream, 20
+ * alternatives), and a missing record loses the response (500) rather
+ * than answering made-up numbers. */
 static int t_logprobs(void)
 {
     int32_t ids[256];
-    size_t n = encode("Tiny text.", ids, 250);
+    size_t n = encode("Tiny text, and more of it.", ids, 250);
     struct shm_conn_msg m;
     struct req a, b;
     uint64_t key;
+    char want[64];
     int fd;
 
+    CHECK(n >= 4, "encode");
     CHECK((fd = client_open(&key)) >= 0, "client");
-    if (req_make(&a, key, SHM_REQ_CHAT, 0, (uint32_t)n, NULL))
-        return -1;
-    a.q->logprobs = 1;
-    a.q->top_logprobs = 2;
-    if (ev_send(&a, SHM_EV_START, 0, 0, 0, 0) || tokens(&a, ids, 0, n) ||
+    /* chat body, 2 alternatives */
+    g_lp_on = 1, g_lp_top = 2;
+    int rc = req_make(&a, key, SHM_REQ_CHAT, 0, (uint32_t)n, NULL);
+    g_lp_on = 0, g_lp_top = 0;
+    if (rc || ev_send(&a, SHM_EV_START, 0, 0, 0, 0) || tokens(&a, ids, 0, 2) ||
+        tokens(&a, ids, 2, (uint32_t)n) ||
         ev_send(&a, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
         return -1;
     memset(&R, 0, offsetof(struct resp, buf));
     if (read_resp(fd, &R) || conn_msg(&m))
         return -1;
     CHECK(R.status == 200 && strstr(R.body, "\"logprobs\":{\"content\":[{\"token\":") &&
-              strstr(R.body, "\"logprob\":0,") && strstr(R.body, "\"top_logprobs\":[]"),
+              strstr(R.body, "\"logprob\":0,") && strstr(R.body, "\"logprob\":-0.125,") &&
+              strstr(R.body, "\"logprob\":-1.125,"),
           "body logprobs: %s", R.body);
+    snprintf(want, sizeof(want), "\"logprob\":%g,", -0.125 * (double)(n - 1) - 1.0);
+    CHECK(strstr(R.body, want) && !strstr(R.body, "\"logprob\":-2.125,"),
+          "body: the last token's second alternative, no third: %s", want);
     if (cell_freed(&a))
         return -1;
-    /* a stream in a cell with room for logprob events (64 KiB class) */
-    if (req_make(&b, key, SHM_REQ_COMPLETIONS, SHM_REQ_F_STREAM, (uint32_t)n, NULL))
-        return -1;
-    b.q->logprobs = 1;
-    if (ev_send(&b, SHM_EV_START, 0, 0, 0, 0) || tokens(&b, ids, 0, n) ||
+    /* completions stream, 20 alternatives */
+    g_lp_on = 1, g_lp_top = 20;
+    rc = req_make(&b, key, SHM_REQ_COMPLETIONS, SHM_REQ_F_STREAM, (uint32_t)n, NULL);
+    g_lp_on = 0, g_lp_top = 0;
+    if (rc || ev_send(&b, SHM_EV_START, 0, 0, 0, 0) || tokens(&b, ids, 0, (uint32_t)n) ||
         ev_send(&b, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
         return -1;
     if (read_resp(fd, &R) || conn_msg(&m))
         return -1;
-    CHECK(R.status == 200 && R.chunked && strstr(R.body, "\"token_logprobs\":[0]"),
-          "stream logprobs");
+    CHECK(R.status == 200 && R.chunked && strstr(R.body, "\"token_logprobs\":[0]") &&
+              strstr(R.body, "\"token_logprobs\":[-0.125]") && strstr(R.body, ":-19.125"),
+          "stream logprobs, 20 alternatives");
     if (cell_freed(&b))
         return -1;
-    /* ...and one whose area is just SHM_PIPE_AREA_STREAM (ids fill the rest) */
-    if (req_make(&b, key, SHM_REQ_COMPLETIONS, SHM_REQ_F_STREAM, 9000, NULL))
-        return -1;
-    CHECK(65536 - (b.q->resp_off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES) < 32768, "tight area");
-    b.q->logprobs = 1;
-    if (ev_send(&b, SHM_EV_START, 0, 0, 0, 0) || tokens(&b, ids, 0, n) ||
+    /* completions body, logprobs 0: the sampled tokens' alone */
+    g_lp_on = 1, g_lp_top = 0;
+    rc = req_make(&b, key, SHM_REQ_COMPLETIONS, 0, (uint32_t)n, NULL);
+    g_lp_on = 0;
+    if (rc || ev_send(&b, SHM_EV_START, 0, 0, 0, 0) || tokens(&b, ids, 0, (uint32_t)n) ||
         ev_send(&b, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
         return -1;
     if (read_resp(fd, &R) || conn_msg(&m))
         return -1;
-    CHECK(R.status == 200 && R.chunked && strstr(R.body, "\"logprobs\":null") &&
-              !strstr(R.body, "token_logprobs") && strstr(R.body, "\"finish_reason\":\"length\""),
-          "stream logprobs fallback");
+    CHECK(R.status == 200 && strstr(R.body, "\"token_logprobs\":[0,-0.125,-0.25,") &&
+              strstr(R.body, "\"top_logprobs\":null,\"text_offset\":[0,"),
+          "completions body logprobs: %s", R.body);
+    if (cell_freed(&b))
+        return -1;
+    /* a record the batcher never wrote: 500, nothing made up */
+    g_lp_on = 1, g_lp_top = 1;
+    rc = req_make(&b, key, SHM_REQ_CHAT, 0, (uint32_t)n, NULL);
+    g_lp_on = 0, g_lp_top = 0;
+    g_lp_hole = 2;
+    if (rc || ev_send(&b, SHM_EV_START, 0, 0, 0, 0) || tokens(&b, ids, 0, (uint32_t)n))
+        return -1;
+    g_lp_hole = UINT32_MAX;
+    if (ev_send(&b, SHM_EV_FINISH, (uint32_t)n, SHM_FIN_LENGTH, 0, 0))
+        return -1;
+    if (read_resp(fd, &R) || conn_msg(&m))
+        return -1;
+    CHECK(R.status == 500 && !strstr(R.body, "logprob"), "missing record: %d", R.status);
+    struct shm_ctl c;
+    CHECK(ctl_msg(&c, 3000) == 0 && c.cell == b.cell, "missing record: the sequence is cancelled");
     if (cell_freed(&b))
         return -1;
     close(fd);
