@@ -1048,7 +1048,10 @@ static int attach_all(struct bst *b)
     b->n_ingress = h->cfg.n_ingress;
     b->n_ranks = h->cfg.n_ranks;
     bat_sched_info(&b->s, &in);
-    b->overlap = !b->cfg->no_overlap;
+    /* FAVO_NO_OVERLAP=1 in the environment too, as favo's options read
+     * FAVO_<NAME> (for comparisons until serve passes --no-overlap). */
+    const char *env = getenv("FAVO_NO_OVERLAP");
+    b->overlap = !b->cfg->no_overlap && !(env && *env && strcmp(env, "0"));
     b->done_seen = in.done_step;
     mbps = bat_kv_blocks_for(b->sc.max_ctx);
     /* Lay out the plan slots, but leave one already laid out for this
@@ -1103,9 +1106,9 @@ static int attach_all(struct bst *b)
     for (unsigned r = 0; r < b->n_ranks; r++)
         b->eng_pid[r] = (int32_t)bat_sched_user(&b->s)[BST_USER_ENG + r];
     favo_info("batcher: %s at step %llu: %u waiting, %u running, %u events unpublished, "
-              "plan in flight: %s", in.step ? "resumed" : "started",
+              "plans in flight: %llu, overlap %s", in.step ? "resumed" : "started",
               (unsigned long long)in.step, in.n_waiting, in.n_running, in.n_outbox,
-              in.step > in.done_step ? "yes" : "no");
+              (unsigned long long)(in.step - in.done_step), b->overlap ? "on" : "off");
     return 0;
 }
 
