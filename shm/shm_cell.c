@@ -7,6 +7,7 @@
 
 #include <ck_pr.h>
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 
 SHM_RING_TYPED(shm_cell_ret_ring, shm_cell_ref_t)
@@ -434,7 +435,38 @@ int shm_cell_give(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_own
     return 0;
 }
 
-int shm_cell_free(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me)
+/* cell inv 6: [lo, hi) of a cell freed by span still holds the zeros of
+ * its allocation. The line after lo and the line before hi always (an
+ * overrun of the caller's mark lands there first), every byte in poison
+ * (debug) mode. Names class, index and offset, never the bytes. */
+static void span_verify(const struct shm_cell_pool *p, const unsigned char *data, unsigned cls,
+                        uint32_t idx, size_t lo, size_t hi)
+{
+    size_t a = lo, b = hi;
+
+    if (!(p->hdr->flags & SHM_CELL_F_POISON) && hi - lo > 128) {
+        /* the first 64 bytes from lo, the last 64 before hi */
+        for (size_t i = lo; i < lo + 64; i++)
+            if (favo_unlikely(data[i])) {
+                a = i;
+                goto bad;
+            }
+        a = hi - 64;
+    }
+    for (size_t i = a; i < b; i++)
+        if (favo_unlikely(data[i])) {
+            a = i;
+            goto bad;
+        }
+    return;
+bad:
+    favo_err("cell pool: class %u cell %u was written at offset %zu, inside the span "
+             "[%zu, %zu) its freer said was never written", cls, idx, a, lo, hi);
+    FAVO_ASSERT(!"cell inv 6: write beyond the freer's high-water mark");
+}
+
+static int cell_free(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me,
+                     size_t lo, size_t hi)
 {
     const struct shm_cell_class *k;
     struct shm_cell_desc *d;
@@ -447,9 +479,17 @@ int shm_cell_free(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_own
     rc = ref_check(p, ref, me, &k, &d);
     if (rc)
         return rc;
+    if (hi == SIZE_MAX)
+        lo = hi = k->cell_size; /* shm_cell_free: all of it */
+    if (lo > hi || hi > k->cell_size)
+        return -EINVAL;
     data = data_of(p->base, k, shm_cell_ref_index(ref));
-    /* cell inv 2: no request byte survives its request. */
-    explicit_bzero(data, k->cell_size);
+    /* cell inv 2: no request byte survives its request (inv 6: the bytes
+     * in [lo, hi) are zero already; checked, not assumed). */
+    if (lo < hi)
+        span_verify(p, data, shm_cell_ref_class(ref), shm_cell_ref_index(ref), lo, hi);
+    explicit_bzero(data, lo);
+    explicit_bzero(data + hi, k->cell_size - hi);
     if (p->hdr->flags & SHM_CELL_F_POISON)
         memset(data, SHM_CELL_POISON, k->cell_size);
     gen = d->gen + 1;
@@ -471,6 +511,19 @@ int shm_cell_free(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_own
                                                                    shm_cell_ref_index(ref)) });
     FAVO_ASSERT(rc == 0);
     return 0;
+}
+
+int shm_cell_free(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me)
+{
+    return cell_free(p, ref, me, 0, SIZE_MAX);
+}
+
+int shm_cell_free_span(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me,
+                       size_t lo, size_t hi)
+{
+    if (hi == SIZE_MAX)
+        return -EINVAL;
+    return cell_free(p, ref, me, lo, hi);
 }
 
 unsigned shm_cell_free_count(const struct shm_cell_pool *p, unsigned cls)

@@ -58,8 +58,9 @@
  *      descriptor or the bytes; it names the next owner before handing the
  *      reference on, and never touches the cell afterwards.
  *   2. No retention: a cell's bytes are scrubbed (explicit_bzero, all
- *      cell_size bytes) by whoever frees it, before anyone else can get it;
- *      a newly allocated cell reads back as zeros.
+ *      cell_size bytes, or all that were written: inv 6) by whoever frees
+ *      it, before anyone else can get it; a newly allocated cell reads back
+ *      as zeros.
  *   3. A reference is valid only while its generation equals desc.gen;
  *      freeing bumps desc.gen, so every older reference is stale.
  *   4. The allocator's free stack and the return rings together hold each
@@ -69,6 +70,12 @@
  *      SHM_CELL_POISON after the scrub and verified on allocation; a write
  *      to a freed cell aborts, naming class, index and offset (never the
  *      bytes).
+ *   6. High-water marks: shm_cell_free_span(lo, hi) scrubs only [0, lo)
+ *      and [hi, size); its caller vouches that nobody wrote [lo, hi) since
+ *      the allocation (which handed out zeros, inv 2). Checked on every
+ *      such free: the 64 bytes after lo and the 64 before hi must be zero
+ *      (an overrun of the mark lands there first), all of [lo, hi) in
+ *      debug mode (inv 5); a violation aborts, naming the offset.
  *
  * Errors: 0 or -errno. -EAGAIN: no free cell (the caller answers 503 with
  * Retry-After); -EMSGSIZE: larger than the largest class; -ESTALE: stale
@@ -203,6 +210,16 @@ int shm_cell_give(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_own
 /* Owner: scrub, retire the reference, return the cell to the allocator
  * (its own stack when the caller is the allocator, else the return ring). */
 int shm_cell_free(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me);
+/* Owner: shm_cell_free for a caller that knows which bytes it and the
+ * owners before it wrote since the allocation: [0, lo) and [hi,
+ * cell_size) only (hi = cell_size: nothing at the end). Those are
+ * scrubbed; [lo, hi) still reads as the allocation's zeros, so cell inv 2
+ * holds without writing it (cell inv 6, checked). A 64 KiB cell of which
+ * a request used 2 KiB costs a 2 KiB scrub instead of 64 (the pipeline's
+ * per-request cost: egress frees every request's cell). -EINVAL when lo >
+ * hi or hi > cell_size (nothing freed). */
+int shm_cell_free_span(struct shm_cell_pool *p, shm_cell_ref_t ref, enum shm_cell_owner me,
+                       size_t lo, size_t hi);
 /* Allocator: move returned cells onto its stack; returns how many. */
 int shm_cell_drain(struct shm_cell_pool *p);
 /* Cells on the allocator's stack for a class (not counting the rings). */
