@@ -140,18 +140,27 @@ int egr_head(char *out, size_t cap, const struct egr_head *h)
 
 int egr_chunk(char *out, size_t cap, const char *data, size_t len)
 {
-    char hdr[EGR_CHUNK_PAD + 1];
-    int h;
+    static const char hex[] = "0123456789abcdef";
+    char hdr[EGR_CHUNK_PAD];
+    size_t h = sizeof(hdr) - 2;
 
     if (len == 0)
         return 0;
-    h = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
-    if (h < 0 || (size_t)h + len + 2 > cap)
+    if (len > 0xffffffffu)
         return -ENOSPC;
-    memmove(out + h, data, len);      /* data may overlap out (in place) */
-    memcpy(out, hdr, (size_t)h);
-    memcpy(out + h + len, "\r\n", 2);
-    return (int)((size_t)h + len + 2);
+    /* the size in hex by hand, right to left: once per streamed token,
+     * where snprintf was a seventh of the formatting (bench-egress-fmt) */
+    hdr[h] = '\r';
+    hdr[h + 1] = '\n';
+    for (size_t v = len; v; v >>= 4)
+        hdr[--h] = hex[v & 15];
+    size_t hl = sizeof(hdr) - h;
+    if (hl + len + 2 > cap)
+        return -ENOSPC;
+    memmove(out + hl, data, len);     /* data may overlap out (in place) */
+    memcpy(out, hdr + h, hl);
+    memcpy(out + hl + len, "\r\n", 2);
+    return (int)(hl + len + 2);
 }
 
 int egr_chunk_end(char *out, size_t cap)

@@ -280,6 +280,26 @@ static void test_head(void)
     n = egr_chunk(c, sizeof(c), c + EGR_CHUNK_PAD, 5);
     T_CHECK(n == 10 && !memcmp(c, "5\r\nhello\r\n", 10), "chunk in place");
     T_CHECK(egr_chunk(c, 9, "hello", 5) == -ENOSPC, "chunk small");
+    T_CHECK(egr_chunk(c, 10, "hello", 5) == 10, "chunk exactly fits");
+    T_CHECK(egr_chunk(c, sizeof(c), "", 0) == 0, "empty chunk writes nothing");
+
+    /* the hand-written hex size against printf's, at every digit count
+     * and around each boundary, formatted in place */
+    static char big[EGR_CHUNK_PAD + 0x10000 + 2], hexw[16];
+    static const size_t lens[] = { 1, 9, 10, 15, 16, 17, 255, 256, 4095, 4096, 0xabc, 0xffff, 0x10000 };
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        size_t len = lens[i];
+        int wl = snprintf(hexw, sizeof(hexw), "%zx\r\n", len);
+
+        memset(big + EGR_CHUNK_PAD, 'a' + (int)(i % 26), len);
+        n = egr_chunk(big, sizeof(big), big + EGR_CHUNK_PAD, len);
+        T_CHECK(n == wl + (int)len + 2 && !memcmp(big, hexw, (size_t)wl) &&
+                    big[wl] == 'a' + (int)(i % 26) && big[wl + len - 1] == 'a' + (int)(i % 26) &&
+                    !memcmp(big + wl + len, "\r\n", 2),
+                "chunk of %zu bytes: %d, head %.*s", len, n, wl, big);
+        T_CHECK(egr_chunk(big, (size_t)wl + len + 1, big + EGR_CHUNK_PAD, len) == -ENOSPC,
+                "chunk of %zu bytes, one byte short", len);
+    }
 }
 
 static const struct piece chat_script[] = {{"Hel", 0}, {"lo \"x\"\n", 0}, {"", 1}};
