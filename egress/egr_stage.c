@@ -63,6 +63,18 @@ struct rs {
                                       (shm_pipe.h); NULL: none asked */
 };
 
+/* FAVO_EGR_TRACE=FILE: one record per burst of events (times only, no
+ * content), written to FILE as text at exit; perf/bench-egress --trace
+ * reads it. Off (the default): one well-predicted branch per burst. */
+struct egr_tr {
+    uint64_t pub;                  /* oldest TOKENS t_ns of the burst */
+    uint64_t wake;                 /* the wait returned (0: no sleep before the burst) */
+    uint64_t d0, d1;               /* drain_events began / ended */
+    uint64_t s1;                   /* the last submit of the burst returned */
+    uint32_t nev, nsend;           /* events applied, sends prepared */
+};
+#define TR_CAP (1u << 17)
+
 struct conn {
     uint64_t key;                  /* ingress's conn key; 0: free */
     int fd;
@@ -117,6 +129,10 @@ struct egr {
     uint64_t now;
     uint64_t id_seq, id_salt;
     char logbuf[1024];
+
+    struct egr_tr *tr, tr_cur;     /* FAVO_EGR_TRACE; NULL: off */
+    uint32_t tr_n;
+    const char *tr_path;
 };
 
 static inline uint64_t ud_make(unsigned op, uint32_t idx, uint32_t gen)
@@ -1091,6 +1107,8 @@ static void conn_kick(struct egr *E, struct conn *c)
     }
     c->sending = n;
     c->send_ns = E->now;
+    if (E->tr)
+        E->tr_cur.nsend++;
     c->send_tok_ns = r->tok_ns;
     r->tok_ns = 0;
     E->n_sending++;
@@ -1316,6 +1334,9 @@ static unsigned drain_events(struct egr *E)
         /* the clock after the peek: an event is never older than "now"
          * (vDSO, no syscall; once per event, not per token) */
         E->now = favo_now_ns();
+        if (E->tr && copy.t_ns && copy.kind != SHM_EV_START &&
+            (!E->tr_cur.pub || copy.t_ns < E->tr_cur.pub))
+            E->tr_cur.pub = copy.t_ns;
         on_event(E, &copy);
         shm_ring_release(&E->ev, 1);
         n++;
@@ -1648,6 +1669,55 @@ static void teardown(struct egr *E)
     free(E->conn_hash);
 }
 
+/* ----------------------------------------------------------------- trace */
+
+static void tr_open(struct egr *E)
+{
+    const char *p = getenv("FAVO_EGR_TRACE");
+
+    if (!p || !*p)
+        return;
+    E->tr = calloc(TR_CAP, sizeof(*E->tr));
+    E->tr_path = p;
+    if (!E->tr)
+        favo_warn("egress: no memory for FAVO_EGR_TRACE; tracing off");
+}
+
+/* A burst ended (its sends submitted): keep its record. */
+static void tr_burst(struct egr *E, uint64_t d0, uint64_t d1, unsigned nev)
+{
+    struct egr_tr *t = &E->tr_cur;
+
+    t->d0 = d0;
+    t->d1 = d1;
+    t->s1 = favo_now_ns();
+    t->nev = nev;
+    if (E->tr_n < TR_CAP)
+        E->tr[E->tr_n++] = *t;
+    memset(t, 0, sizeof(*t));
+}
+
+static void tr_close(struct egr *E)
+{
+    FILE *f;
+
+    if (!E->tr)
+        return;
+    if ((f = fopen(E->tr_path, "w")) != NULL) {
+        fprintf(f, "# pub wake d0 d1 s1 nev nsend (ns, CLOCK_MONOTONIC)\n");
+        for (uint32_t i = 0; i < E->tr_n; i++) {
+            const struct egr_tr *t = &E->tr[i];
+            fprintf(f, "%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %u %u\n",
+                    t->pub, t->wake, t->d0, t->d1, t->s1, t->nev, t->nsend);
+        }
+        fclose(f);
+    } else {
+        favo_warn("egress: FAVO_EGR_TRACE: cannot write %s", E->tr_path);
+    }
+    free(E->tr);
+    E->tr = NULL;
+}
+
 /* ------------------------------------------------------------------ loop */
 
 static void reap(struct egr *E)
@@ -1715,6 +1785,7 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
         free(E);
         return rc;
     }
+    tr_open(E);
     arm_bell(E);
     arm_fdpass(E);
     arm_tick(E);
@@ -1734,10 +1805,13 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
     uint64_t idle_since = 0;
     for (;;) {
         unsigned got;
+        uint64_t d0, d1 = 0;
 
-        E->now = favo_now_ns();
+        E->now = d0 = favo_now_ns();
         got = drain_events(E);
         got += drain_acks(E);
+        if (E->tr && got)
+            d1 = favo_now_ns();
         ring_bells(E);
         if (want_exit(E))
             break;
@@ -1745,6 +1819,8 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
             /* submit and run completions without waiting (DEFER_TASKRUN
              * runs task work only inside a GETEVENTS enter) */
             io_uring_submit_and_get_events(&E->ring);
+            if (E->tr)
+                tr_burst(E, d0, d1, got);
             reap(E);
             ring_bells(E);
             idle_since = 0;
@@ -1770,6 +1846,8 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
         if (cfg->stats_w)
             shm_stats_flush(cfg->stats_w);
         rc = io_uring_submit_and_wait(&E->ring, 1);
+        if (E->tr)
+            E->tr_cur.wake = favo_now_ns();
         shm_bell_efd_woke(&E->bell);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {
             favo_err("egress: io_uring_submit_and_wait: %s", strerror(-rc));
@@ -1779,6 +1857,7 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
         ring_bells(E);
     }
     favo_info("egress: stopping (%u connections open)", E->n_conns);
+    tr_close(E);
     shm_pipe_set_up(cfg->pipe, SHM_PIPE_EGRESS, 0, 0);
     if (cfg->stats_w)
         shm_stats_flush(cfg->stats_w);
