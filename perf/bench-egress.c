@@ -36,7 +36,20 @@
  *
  * usage: bench-egress [--json] [--streams S] [--tokens T] [--duration S]
  *                     [--step-us US] [--poll block|adaptive|spin]
- *                     [--model GGUF]
+ *                     [--model GGUF] [--trace] [--fifo]
+ *
+ * A reference row follows: the same connections and bytes per event sent
+ * by this program alone, one io_uring submit per step (run_floor): the
+ * kernel's part, which no change in egress removes.
+ *
+ * --fifo: egress runs at SCHED_FIFO priority 1 (root or CAP_SYS_NICE), as
+ * the change proposed for favo serve's stages sharing cores would run it;
+ * it also keeps other programs on a shared machine from preempting it.
+ *
+ * --trace: egress records its phases per burst of events (FAVO_EGR_TRACE,
+ * egr_stage.c) and the bench adds where the time of a step went: the
+ * batcher's publication -> egress awake -> every event of the burst
+ * formatted -> every send submitted (they run inline in the submit).
  *        bench-egress --pipeline [--backend cpu|null] [--favo PATH] [--json]
  *                     [--streams S] [--tokens T] [--duration S] [--model GGUF]
  *
@@ -63,10 +76,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <libgen.h>
+#include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -85,7 +101,7 @@
 struct opts {
     unsigned streams, tokens, step_us, duration;
     int poll;
-    bool json, pipeline;
+    bool json, pipeline, trace, fifo;
     const char *backend;
     char model[1024], favo[1024];
 };
@@ -120,6 +136,8 @@ static struct {
     int poll;
     uint64_t next_id;
     int64_t mono_minus_real; /* CLOCK_MONOTONIC - CLOCK_REALTIME, ns */
+    char trace[64];          /* FAVO_EGR_TRACE file; "": off */
+    bool fifo;               /* egress at SCHED_FIFO 1 */
 } H;
 
 static struct stream S[MAX_STREAMS];
@@ -188,6 +206,8 @@ static uint64_t child_cpu_ns(void)
 
 static void spawn(void)
 {
+    if (H.trace[0] && setenv("FAVO_EGR_TRACE", H.trace, 1))
+        die("setenv: %s", strerror(errno));
     H.pid = fork();
     if (H.pid < 0)
         die("fork: %s", strerror(errno));
@@ -197,6 +217,12 @@ static void spawn(void)
 
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         close(H.sv[0]);
+        if (H.fifo) {
+            struct sched_param sp = { .sched_priority = 1 };
+
+            if (sched_setscheduler(0, SCHED_FIFO, &sp))
+                fprintf(stderr, "bench-egress: SCHED_FIFO: %s\n", strerror(errno));
+        }
         ec.pipe = &H.p;
         ec.fdpass_sock = H.sv[1];
         ec.bell_efd = H.egr_efd;
@@ -440,24 +466,25 @@ static bool tail_is(const struct stream *s, const char *end)
 /* Read every stream until its data for this step ends with `end` (an SSE
  * event in a chunk: "\n\n\r\n"; the stream's end: "0\r\n\r\n"). Streams
  * that produce nothing within timeout_ms are left (returns how many). */
-static unsigned client_collect(unsigned ns, const char *end, unsigned timeout_ms)
+static unsigned client_collect(struct stream *ss, unsigned ns, const char *end,
+                               unsigned timeout_ms)
 {
     struct pollfd pf[MAX_STREAMS];
     uint64_t t0 = favo_now_ns();
     unsigned left = ns;
 
     for (unsigned i = 0; i < ns; i++) {
-        S[i].done = false;
-        S[i].nbytes = 0;
+        ss[i].done = false;
+        ss[i].nbytes = 0;
     }
     while (left) {
         unsigned np = 0;
         int idx[MAX_STREAMS];
 
         for (unsigned i = 0; i < ns; i++) {
-            if (S[i].done)
+            if (ss[i].done)
                 continue;
-            pf[np].fd = S[i].fd;
+            pf[np].fd = ss[i].fd;
             pf[np].events = POLLIN;
             idx[np++] = (int)i;
         }
@@ -466,7 +493,7 @@ static unsigned client_collect(unsigned ns, const char *end, unsigned timeout_ms
         if (r < 0 && errno != EINTR)
             die("poll: %s", strerror(errno));
         for (unsigned k = 0; k < np && r > 0; k++) {
-            struct stream *s = &S[idx[k]];
+            struct stream *s = &ss[idx[k]];
 
             if (!(pf[k].revents & (POLLIN | POLLHUP | POLLERR)))
                 continue;
@@ -481,6 +508,86 @@ static unsigned client_collect(unsigned ns, const char *end, unsigned timeout_ms
             break;
     }
     return left;
+}
+
+/* ------------------------------------------------------------- floor */
+
+/*
+ * The kernel's part, for reference: the same S loopback connections and
+ * bytes per event (a chunk-framed SSE event of --floor-bytes), written by
+ * this program alone in one io_uring submit per step, as egress submits a
+ * burst - no events, no formatting, no wake-up. What is left above this
+ * in egress_us is egress's own.
+ */
+static void run_floor(unsigned ns, unsigned steps, unsigned step_us, size_t bytes, uint64_t *lat,
+                      size_t *nlat, uint64_t *span, size_t *nspan)
+{
+    static struct stream F[MAX_STREAMS];
+    static char ev[4096];
+    int srv[MAX_STREAMS], one = 1;
+    struct io_uring ring;
+    struct io_uring_params p;
+
+    if (bytes < 16 || bytes > sizeof(ev))
+        die("floor: bad event size %zu", bytes);
+    memset(ev, 'x', bytes);
+    memcpy(ev, "ff\r\ndata: ", 10);
+    memcpy(ev + bytes - 4, "\n\n\r\n", 4);
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    if (io_uring_queue_init_params(MAX_STREAMS, &ring, &p) < 0 &&
+        io_uring_queue_init(MAX_STREAMS, &ring, 0) < 0)
+        die("floor: io_uring set-up failed");
+    for (unsigned i = 0; i < ns; i++) {
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(H.port) };
+
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        F[i].fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (F[i].fd < 0 || connect(F[i].fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+            setsockopt(F[i].fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)))
+            die("floor: connect: %s", strerror(errno));
+        srv[i] = accept4(H.lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (srv[i] < 0)
+            die("floor: accept: %s", strerror(errno));
+        setsockopt(srv[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    for (unsigned k = 0; k < steps; k++) {
+        struct io_uring_cqe *cqe;
+        uint64_t t_pub, last = 0;
+        unsigned head, n = 0;
+
+        usleep(step_us);
+        t_pub = favo_now_ns();
+        for (unsigned i = 0; i < ns; i++) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+
+            io_uring_prep_send(sqe, srv[i], ev, bytes, MSG_NOSIGNAL);
+        }
+        io_uring_submit_and_get_events(&ring);
+        io_uring_for_each_cqe(&ring, head, cqe) {
+            if (cqe->res != (int)bytes)
+                die("floor: send returned %d", cqe->res);
+            n++;
+        }
+        io_uring_cq_advance(&ring, n);
+        if (n != ns)
+            die("floor: %u of %u sends completed inline", n, ns);
+        if (client_collect(F, ns, "\n\n\r\n", 2000))
+            die("floor: a stream missed a step");
+        for (unsigned i = 0; i < ns; i++) {
+            uint64_t t = F[i].t_sock;
+
+            if (t > last)
+                last = t;
+            lat[(*nlat)++] = t > t_pub ? t - t_pub : 0;
+        }
+        span[(*nspan)++] = last > t_pub ? last - t_pub : 0;
+    }
+    io_uring_queue_exit(&ring);
+    for (unsigned i = 0; i < ns; i++) {
+        close(F[i].fd);
+        close(srv[i]);
+    }
 }
 
 /* ---------------------------------------------------------------- main */
@@ -503,6 +610,79 @@ static double q_us(uint64_t *v, size_t n, double q)
     return (double)v[i] / 1000.0;
 }
 
+/* --trace: egress's per-burst phase records (egr_stage.c, FAVO_EGR_TRACE)
+ * turned into quantiles: where the time between the batcher's publication
+ * and the last send of its burst went. */
+enum { TR_WAKE, TR_START, TR_FMT_EV, TR_FMT, TR_SEND_EV, TR_SEND, TR_SPAN, TR__N };
+static const char *const tr_name[TR__N] = {
+    "publish -> egress awake (after a sleep)",
+    "publish -> first event applied",
+    "applying an event (format + prepare send)",
+    "burst: applying all its events",
+    "send, per send (inline in the submit)",
+    "burst: submitting all its sends",
+    "publish -> burst's last send returned",
+};
+static const char *const tr_key[TR__N] = { "wake", "start", "apply_event", "apply_burst",
+                                           "send_each", "send_burst", "span" };
+
+static void trace_report(const struct opts *o)
+{
+    FILE *f = fopen(H.trace, "r");
+    uint64_t *v[TR__N], pub, wake, d0, d1, s1;
+    size_t n[TR__N] = { 0 }, cap = 1u << 17, bursts = 0, evs = 0;
+    unsigned nev, nsend;
+    char line[256];
+
+    if (!f) {
+        fprintf(stderr, "bench-egress: no trace from egress (%s)\n", H.trace);
+        return;
+    }
+    for (int k = 0; k < TR__N; k++)
+        if (!(v[k] = malloc(cap * sizeof(uint64_t))))
+            die("out of memory");
+    while (fgets(line, sizeof(line), f)) {
+        if (line[0] == '#' ||
+            sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %u %u", &pub, &wake, &d0, &d1, &s1, &nev,
+                   &nsend) != 7 || !pub || !nev || n[TR_SPAN] >= cap)
+            continue;
+        bursts++;
+        evs += nev;
+        if (wake > pub)
+            v[TR_WAKE][n[TR_WAKE]++] = wake - pub;
+        v[TR_START][n[TR_START]++] = d0 > pub ? d0 - pub : 0;
+        v[TR_FMT_EV][n[TR_FMT_EV]++] = (d1 - d0) / nev;
+        v[TR_FMT][n[TR_FMT]++] = d1 - d0;
+        if (nsend)
+            v[TR_SEND_EV][n[TR_SEND_EV]++] = (s1 - d1) / nsend;
+        v[TR_SEND][n[TR_SEND]++] = s1 - d1;
+        v[TR_SPAN][n[TR_SPAN]++] = s1 > pub ? s1 - pub : 0;
+    }
+    fclose(f);
+    unlink(H.trace);
+    for (int k = 0; k < TR__N; k++)
+        qsort(v[k], n[k], sizeof(uint64_t), cmp_u64);
+    if (o->json) {
+        char key[64];
+
+        for (int k = 0; k < TR__N; k++) {
+            snprintf(key, sizeof(key), "trace_%s_us_p50", tr_key[k]);
+            perf_json_num(stdout, key, q_us(v[k], n[k], 0.5));
+            snprintf(key, sizeof(key), "trace_%s_us_p99", tr_key[k]);
+            perf_json_num(stdout, key, q_us(v[k], n[k], 0.99));
+        }
+        perf_json_num(stdout, "trace_bursts", (double)bursts);
+    } else {
+        printf("\negress phases (--trace: %zu bursts of token events, %.1f events each)\n",
+               bursts, bursts ? (double)evs / (double)bursts : 0);
+        printf("%-44s %9s %9s %9s %9s\n", "per burst (us)", "p50", "p90", "p99", "max");
+        for (int k = 0; k < TR__N; k++)
+            printf("%-44s %9.2f %9.2f %9.2f %9.2f\n", tr_name[k], q_us(v[k], n[k], 0.5),
+                   q_us(v[k], n[k], 0.9), q_us(v[k], n[k], 0.99), q_us(v[k], n[k], 1.0));
+    }
+    for (int k = 0; k < TR__N; k++)
+        free(v[k]);
+}
 
 static void loadavg(char *buf, size_t n)
 {
@@ -745,6 +925,7 @@ static void usage(void)
 {
     fputs("usage: bench-egress [--json] [--streams S] [--tokens T] [--duration S]\n"
           "                    [--step-us US] [--poll block|adaptive|spin] [--model GGUF]\n"
+          "                    [--trace] [--fifo]\n"
           "       bench-egress --pipeline [--backend cpu|null] [--favo PATH] [--json]\n"
           "                    [--streams S] [--tokens T] [--duration S] [--model GGUF]\n",
           stderr);
@@ -761,7 +942,8 @@ int main(int argc, char **argv)
     int32_t ids[512];
     int64_t nids;
     uint64_t *lat, *lat_user, *span, t_start, cpu0, cpu1;
-    size_t nlat = 0, nspan = 0, cap, missed = 0;
+    size_t nlat = 0, nspan = 0, cap, missed = 0, nflat = 0, nfspan = 0, ev_bytes = 0, n_ev = 0;
+    uint64_t *flat, *fspan;
     unsigned rounds = 0;
     static const char text[] =
         " the quick brown fox jumps over the lazy dog while a small model streams"
@@ -776,6 +958,10 @@ int main(int argc, char **argv)
             o.json = true;
         else if (!strcmp(a, "--pipeline"))
             o.pipeline = true;
+        else if (!strcmp(a, "--trace"))
+            o.trace = true;
+        else if (!strcmp(a, "--fifo"))
+            o.fifo = true;
         else if (!strcmp(a, "--backend") && v)
             o.backend = argv[++i];
         else if (!strcmp(a, "--favo") && v)
@@ -855,6 +1041,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     H.model = o.model;
     H.poll = o.poll;
+    H.fifo = o.fifo;
+    if (o.trace)
+        snprintf(H.trace, sizeof(H.trace), "/tmp/favo-bench-egress-trace-%d", (int)getpid());
     setup(o.streams);
     for (unsigned i = 0; i < o.streams; i++)
         client_open(&S[i], i);
@@ -880,7 +1069,7 @@ int main(int argc, char **argv)
             ev_push(&S[i], SHM_EV_START, 0, 0, favo_now_ns());
         }
         shm_bell_efd_ring(&H.egr_bell);
-        if (client_collect(o.streams, "\n\n\r\n", 5000)) /* head + role chunk */
+        if (client_collect(S, o.streams, "\n\n\r\n", 5000)) /* head + role chunk */
             die("a stream did not start");
         for (unsigned k = 1; k <= o.tokens; k++) {
             uint64_t t_pub, last = 0;
@@ -897,10 +1086,14 @@ int main(int argc, char **argv)
                 ev_push(&S[i], fin ? SHM_EV_FINISH : SHM_EV_TOKENS, k,
                         fin ? SHM_FIN_LENGTH : 0, t_pub);
             shm_bell_efd_ring(&H.egr_bell);
-            missed += client_collect(o.streams, fin ? "0\r\n\r\n" : "\n\n\r\n", 2000);
+            missed += client_collect(S, o.streams, fin ? "0\r\n\r\n" : "\n\n\r\n", 2000);
             for (unsigned i = 0; i < o.streams; i++) {
                 if (!S[i].done || !S[i].t_sock)
                     continue;
+                if (!fin) {
+                    ev_bytes += S[i].nbytes;
+                    n_ev++;
+                }
                 /* the last step's figure holds the final chunk + [DONE] + end */
                 if (S[i].t_sock > last)
                     last = S[i].t_sock;
@@ -934,6 +1127,16 @@ int main(int argc, char **argv)
     }
     cpu1 = child_cpu_ns();
     finish();
+    /* the reference: the kernel's part of the same sends (run_floor) */
+    unsigned fsteps = 1024;
+    flat = malloc((size_t)fsteps * o.streams * sizeof(*flat));
+    fspan = malloc(fsteps * sizeof(*fspan));
+    if (!flat || !fspan)
+        die("out of memory");
+    run_floor(o.streams, fsteps, o.step_us, n_ev ? ev_bytes / n_ev : 250, flat, &nflat, fspan,
+              &nfspan);
+    qsort(flat, nflat, sizeof(*flat), cmp_u64);
+    qsort(fspan, nfspan, sizeof(*fspan), cmp_u64);
     for (unsigned i = 0; i < o.streams; i++)
         close(S[i].fd);
 
@@ -954,6 +1157,12 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "egress_user_us_p99", q_us(lat_user, nlat, 0.99));
         perf_json_num(stdout, "step_span_us_p50", q_us(span, nspan, 0.50));
         perf_json_num(stdout, "step_span_us_p99", q_us(span, nspan, 0.99));
+        perf_json_num(stdout, "floor_us_p50", q_us(flat, nflat, 0.50));
+        perf_json_num(stdout, "floor_us_p99", q_us(flat, nflat, 0.99));
+        perf_json_num(stdout, "floor_span_us_p50", q_us(fspan, nfspan, 0.50));
+        perf_json_num(stdout, "floor_span_us_p99", q_us(fspan, nfspan, 0.99));
+        perf_json_num(stdout, "floor_event_bytes", n_ev ? (double)(ev_bytes / n_ev) : 250);
+        perf_json_str(stdout, "egress_sched", o.fifo ? "fifo" : "other");
         perf_json_num(stdout, "egress_cpu_us_per_token", cpu_us_tok);
         perf_json_num(stdout, "samples", (double)nlat);
         perf_json_num(stdout, "missed", (double)missed);
@@ -965,12 +1174,15 @@ int main(int argc, char **argv)
         perf_json_str(stdout, "source", "bench as batcher (no engine)");
         perf_json_str(stdout, "machine", machine);
         perf_json_str(stdout, "loadavg_after", load);
+        if (o.trace)
+            trace_report(&o);
         perf_json_end(stdout);
     } else {
         printf("bench-egress: %u concurrent streams x %u tokens, %u rounds, a step every "
-               "%u us + delivery, egress poll %s\n",
+               "%u us + delivery, egress poll %s%s\n",
                o.streams, o.tokens, rounds, o.step_us,
-               o.poll == 0 ? "block" : o.poll == 1 ? "adaptive" : "spin");
+               o.poll == 0 ? "block" : o.poll == 1 ? "adaptive" : "spin",
+               o.fifo ? ", SCHED_FIFO 1" : "");
         printf("token source: this program as the batcher (TOKENS published, bell rung); "
                "t_sock: kernel receive stamp\n");
         printf("machine: %s; load average after: %s\n\n", machine, load);
@@ -984,11 +1196,23 @@ int main(int argc, char **argv)
         printf("%-44s %9.1f %9.1f %9.1f %9.1f\n", "per step: publish -> last stream's bytes",
                q_us(span, nspan, 0.5), q_us(span, nspan, 0.9), q_us(span, nspan, 0.99),
                q_us(span, nspan, 1.0));
+        printf("reference, %u bare sends of %zu B per step in one submit, no egress:\n",
+               o.streams, n_ev ? ev_bytes / n_ev : 250);
+        printf("%-44s %9.1f %9.1f %9.1f %9.1f\n", "  submit -> bytes on the socket",
+               q_us(flat, nflat, 0.5), q_us(flat, nflat, 0.9), q_us(flat, nflat, 0.99),
+               q_us(flat, nflat, 1.0));
+        printf("%-44s %9.1f %9.1f %9.1f %9.1f\n", "  per step: submit -> last stream's bytes",
+               q_us(fspan, nfspan, 0.5), q_us(fspan, nfspan, 0.9), q_us(fspan, nfspan, 0.99),
+               q_us(fspan, nfspan, 1.0));
         printf("\negress CPU per token: %.2f us (%zu tokens, %zu missed)\n", cpu_us_tok, nlat,
                missed);
+        if (o.trace)
+            trace_report(&o);
     }
     free(lat);
     free(lat_user);
     free(span);
+    free(flat);
+    free(fspan);
     return missed && !nlat ? 1 : 0;
 }
