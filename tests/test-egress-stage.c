@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -480,6 +481,7 @@ static const char *TEXT = "Hello world! The quick brown fox jumps over the lazy 
 static struct resp R; /* large: static */
 static int spawn(void);
 static int wait_up(void);
+static int finish(void);
 
 /* A stream: the role chunk, then the content, finish "stop", usage,
  * [DONE], chunk end; KEEP; the cell freed. */
@@ -1260,6 +1262,55 @@ static int t_restart(void)
     return 0;
 }
 
+/* FAVO_EGR_TRACE (egr_stage.c): a traced egress writes one record per
+ * burst at exit - times and counts in order, nothing else. The stage
+ * running so far drains and exits; a traced one serves a stream and
+ * drains; a plain one is started again for the cases after this one. */
+static int respawn(bool traced, const char *path)
+{
+    int rc;
+
+    *H.stop = 0;
+    close(H.sv[0]);
+    CHECK(shm_fdpass_pair(H.sv) == 0, "new handoff socket");
+    if (traced && setenv("FAVO_EGR_TRACE", path, 1))
+        FAIL("setenv");
+    rc = spawn();
+    unsetenv("FAVO_EGR_TRACE");
+    CHECK(rc == 0 && wait_up() == 0, "egress %s", traced ? "traced" : "again");
+    return 0;
+}
+
+static int t_trace(void)
+{
+    char path[64], line[256];
+    uint64_t pub, wake, d0, d1, s1, ev = 0;
+    unsigned nev, nsend, nrec = 0, bad = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/tmp/test-egress-trace-%d", (int)getpid());
+    if (finish() || respawn(true, path) || t_stream_chat() || finish())
+        return -1;
+    CHECK((f = fopen(path, "r")) != NULL, "no trace written at %s", path);
+    while (fgets(line, sizeof(line), f)) {
+        if (line[0] == '#')
+            continue;
+        if (strspn(line, "0123456789 \n") != strlen(line) ||
+            sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %u %u",
+                   &pub, &wake, &d0, &d1, &s1, &nev, &nsend) != 7 ||
+            !nev || d0 > d1 || d1 > s1 || (pub && pub > d1) || (wake && wake > d0))
+            bad++;
+        nrec++;
+        ev += nev;
+    }
+    fclose(f);
+    unlink(path);
+    CHECK(!bad, "%u of %u trace records out of order or not numbers", bad, nrec);
+    /* the stream: START, 4 TOKENS (one a replay), FINISH */
+    CHECK(nrec >= 1 && ev >= 6, "%u records holding %" PRIu64 " events", nrec, ev);
+    return respawn(false, NULL);
+}
+
 /* ----------------------------------------------------------------- TLS */
 
 /* A TLS connection without kernel TLS (shm_pipe.h "TLS"): no socket goes
@@ -1659,6 +1710,7 @@ int main(void)
         { "slot_reuse", t_slot_reuse },
         { "bench", t_bench },
         { "restart", t_restart },
+        { "trace", t_trace },
         { "tls_stream", t_tls_stream },
         { "tls_client_gone", t_tls_client_gone },
         { "tls_write_timeout", t_tls_write_timeout },
