@@ -877,6 +877,10 @@ static int drain_done(struct bst *b, uint64_t now)
             if (rc < 0)
                 favo_err("batcher: complete of step %llu failed (%d)",
                          (unsigned long long)m->step, rc);
+            /* the results (sampled ids, logprob alternatives) are in the
+             * cells and events now: none stays behind (invariant 5) */
+            explicit_bzero(shm_pipe_results(b->pipe, m->slot),
+                           (size_t)FAVO_MIN(m->n_seqs, b->sc.max_seqs) * sizeof(struct bat_result));
             stats_gauges(b);
         } else if (m->step > in.step) {
             favo_warn("batcher: done for step %llu, never planned (at %llu): ignored",

@@ -22,6 +22,9 @@ so the tokenizer gives it the same ids as ` marker` alone):
   ids             a completion whose prompt is the marker's token ids
   cache           a completion to the caching specialist `cached` (greedy,
                   cache_ttl 3 s, --config): see "The response cache" below
+  logprobs        a completion with logprobs 5 and a chat stream with
+                  top_logprobs 5 (logprob records at the end of the cell,
+                  the engine's results area)
 
 Each marker is searched as text AND as its token ids (int32 little-endian,
 at any byte alignment, from `favo tokenize`), since cells, rings and engine
@@ -537,7 +540,8 @@ def start_stream(S, m):
 def main():
     rng = random.Random(os.urandom(16))
     cases = ["chat", "chat_stream", "compl", "compl_stream", "stop", "disconnect",
-             "early400", "badjson", "tokenize", "keepalive", "big", "parts", "ids", "cache"]
+             "early400", "badjson", "tokenize", "keepalive", "big", "parts", "ids", "cache",
+             "logprobs"]
     M = {c: Marker(c, rng) for c in cases}
     cfg = tempfile.NamedTemporaryFile("w", prefix="favo-retention-", suffix=".ini", delete=False)
     cfg.write(CACHE_CONFIG)
@@ -636,6 +640,14 @@ def run(S, M):
     st, b = compl(S, M["compl_stream"], True)
     check(st == 200 and b.rstrip().endswith(b"[DONE]"), f"completion stream 200 ({st})")
     echoed += ["compl_stream"] if M["compl_stream"].text.encode() in sse_text(b) else []
+    st, b = compl(S, M["logprobs"], False, logprobs=5)
+    check(st == 200 and b'"token_logprobs"' in b, f"completion with logprobs 200 ({st})")
+    echoed += ["logprobs"] if M["logprobs"].text.encode() in b else []
+    lp_chat = {"model": MODEL_ID, "max_tokens": 24, "temperature": 0, "stream": True,
+               "logprobs": True, "top_logprobs": 5,
+               "messages": [{"role": "user", "content": "Repeat this word: " + M["logprobs"].text}]}
+    st, b = S.post("/v1/chat/completions", lp_chat)
+    check(st == 200 and b'"top_logprobs"' in b, f"chat stream with logprobs 200 ({st})")
     # the model echoes the marker, so the stop string matches in the
     # generated text: egress held a growing prefix of it, then cut it
     st, b = compl(S, M["stop"], True, stop=[M["stop"].text, "\n"])
