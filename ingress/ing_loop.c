@@ -330,7 +330,7 @@ int ing_conn_detach(struct ing_loop *L, struct ing_conn *c, shm_cell_ref_t *old,
     c->buf = nbuf;
     c->cap = ncap;
     c->len = rest;
-    c->first_ns = rest ? favo_now_ns() : 0;
+    c->first_ns = rest ? ing_now(L) : 0;
     ing_http_init(&c->req, &L->cfg.lim, 0);
     c->req.next = 0;
     return 0;
@@ -612,7 +612,7 @@ static void conn_open(struct ing_loop *L, int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->out = NULL;
     c->out_len = c->out_cap = c->out_sent = 0;
-    c->last_ns = favo_now_ns();
+    c->last_ns = ing_now(L);
     ing_http_init(&c->req, &L->cfg.lim, 0);
     L->nconns++;
     conn_kick(L, c);
@@ -654,7 +654,7 @@ static void conn_process(struct ing_loop *L, struct ing_conn *c)
 
         if (rc == -EAGAIN) {
             if (c->len > c->req.start && !c->first_ns)
-                c->first_ns = favo_now_ns();
+                c->first_ns = ing_now(L);
             if (ing_http_want_continue(&c->req) && !c->cont_sent) {
                 static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 if (!out_reserve(c, sizeof(cont) - 1)) {
@@ -705,7 +705,7 @@ static void conn_process(struct ing_loop *L, struct ing_conn *c)
         explicit_bzero(c->buf + rest, next);
         c->len = rest;
         c->cont_sent = false;
-        c->first_ns = rest ? favo_now_ns() : 0;
+        c->first_ns = rest ? ing_now(L) : 0;
         ing_http_init(&c->req, &L->cfg.lim, 0);
     }
 }
@@ -773,7 +773,7 @@ static void tls_input(struct ing_loop *L, struct ing_conn *c)
             ing_tls_conn_state(c->tls) != ING_TLS_FAILED)
             tls_opened(L, c);
         if (got) {
-            c->last_ns = favo_now_ns();
+            c->last_ns = ing_now(L);
             if (!c->parked)
                 conn_process(L, c);
         }
@@ -809,7 +809,7 @@ static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
         } else {
             c->tls_in_off = 0;
             c->tls_in_len = (uint32_t)res;
-            c->last_ns = favo_now_ns();
+            c->last_ns = ing_now(L);
             if (!c->tls_open && !c->first_ns)
                 c->first_ns = c->last_ns; /* the header timeout covers the handshake */
         }
@@ -840,7 +840,7 @@ static void on_recv(struct ing_loop *L, struct ing_conn *c, int res)
         return;
     }
     c->len += (uint32_t)res;
-    c->last_ns = favo_now_ns();
+    c->last_ns = ing_now(L);
     conn_process(L, c);
     conn_kick(L, c);
 }
@@ -866,7 +866,7 @@ static void on_send(struct ing_loop *L, struct ing_conn *c, int res)
             c->out_sent = c->out_len;
         } else {
             ing_tls_conn_sent(c->tls, (size_t)res);
-            c->last_ns = favo_now_ns();
+            c->last_ns = ing_now(L);
         }
         conn_kick(L, c);
         return;
@@ -879,7 +879,7 @@ static void on_send(struct ing_loop *L, struct ing_conn *c, int res)
         if (c->out_sent == c->out_len) {
             explicit_bzero(c->out, c->out_len);
             c->out_len = c->out_sent = 0;
-            c->last_ns = favo_now_ns();
+            c->last_ns = ing_now(L);
         }
     }
     conn_kick(L, c);
@@ -888,6 +888,9 @@ static void on_send(struct ing_loop *L, struct ing_conn *c, int res)
 static void on_tick(struct ing_loop *L)
 {
     uint64_t now = favo_now_ns();
+
+    L->now = now;
+    L->wall_off = (int64_t)(favo_wall_ns() - now);
     uint64_t hdr = (uint64_t)L->cfg.header_timeout_ms * 1000000ull;
     uint64_t idle = (uint64_t)L->cfg.idle_timeout_ms * 1000000ull;
 
@@ -1151,7 +1154,7 @@ static void conn_msgs(struct ing_loop *L)
         if (c && c->fd >= 0 && (c->gen & 0xffffffu) == gen && c->parked) {
             c->parked = false;
             c->parked_cell = SHM_CELL_REF_NONE;
-            c->last_ns = favo_now_ns();
+            c->last_ns = ing_now(L);
             if (m->what != SHM_CONN_KEEP || L->draining) {
                 c->closing = true;
                 c->out_sent = c->out_len;
@@ -1432,6 +1435,8 @@ int ing_loop_run(const struct ing_cfg *cfg)
         shm_pipe_set_up(cfg->pipe, SHM_PIPE_INGRESS, cfg->worker, getpid());
     rc = 0;
     uint64_t drain_end = 0;
+    L->now = favo_now_ns();
+    L->wall_off = (int64_t)(favo_wall_ns() - L->now);
     for (;;) {
         if (!L->draining && (ing_sig_stop || (cfg->stop && *cfg->stop)))
             drain_begin(L, &drain_end);
@@ -1472,6 +1477,7 @@ int ing_loop_run(const struct ing_cfg *cfg)
         w = io_uring_submit_and_wait(&L->ring, 1);
         if (cfg->pipe)
             shm_bell_efd_woke(&L->bell);
+        L->now = favo_now_ns(); /* for every completion of this burst */
 
         if (w < 0 && w != -EINTR && w != -EAGAIN && w != -EBUSY) {
             favo_err("ingress: io_uring_submit_and_wait: %s", strerror(-w));

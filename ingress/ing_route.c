@@ -762,7 +762,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     memset(&d, 0, sizeof(d));
     d.magic = SHM_REQ_MAGIC;
     d.kind = SHM_REQ_SUBMIT;
-    d.created = (uint64_t)(favo_wall_ns() / 1000000000ull);
+    d.created = ing_wall_s(L);
     d.route = route == ING_OAI_CHAT ? SHM_REQ_CHAT : SHM_REQ_COMPLETIONS;
     d.flags = (L->oai.stream ? SHM_REQ_F_STREAM : 0) |
               (L->oai.include_usage ? SHM_REQ_F_USAGE : 0) |
@@ -771,7 +771,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     d.worker = (uint8_t)L->cfg.worker;
     d.cell = cell;
     d.conn = ing_conn_key(L, c);
-    d.recv_ns = favo_now_ns();
+    d.recv_ns = ing_now(L); /* the loop's clock: this burst's wake-up */
     d.tok_off = toff;
     d.ntok = (uint32_t)n;
     d.max_tokens = max_tokens;
