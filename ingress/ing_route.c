@@ -149,8 +149,16 @@ static void take_reqid(struct ing_loop *L, struct ing_conn *c)
         /* Generated: not guessable across restarts, unique per worker. */
         uint64_t x = (++L->reqid_seq) * 0x9e3779b97f4a7c15ull ^ L->reqid_salt;
         x ^= x >> 31;
-        L->reqid_len = (unsigned)snprintf(L->reqid, sizeof(L->reqid), "req-%02x%016llx",
-                                          L->cfg.worker & 0xff, (unsigned long long)x);
+        /* "req-%02x%016llx" (worker, x), by hand: once per request */
+        static const char hex[] = "0123456789abcdef";
+        unsigned wk = L->cfg.worker & 0xff;
+        _Static_assert(sizeof(L->reqid) >= 23, "req- + 18 hex digits + NUL");
+        memcpy(L->reqid, "req-", 4);
+        L->reqid[4] = hex[wk >> 4];
+        L->reqid[5] = hex[wk & 15];
+        for (int k = 0; k < 16; k++)
+            L->reqid[6 + k] = hex[(x >> (60 - 4 * k)) & 15];
+        L->reqid_len = 22;
     }
     L->reqid[L->reqid_len] = 0;
 }
