@@ -37,6 +37,10 @@ AI __m512 h16(const uint8_t *p)
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 
+/* Bytes the VNNI loops prefetch ahead of the block they work on (a
+ * prefetch past the matrix never faults). */
+#define VNNI_AHEAD 4096
+
 /* ---- 32-block types ---- */
 
 /* A panel block's codes (after its d[16] and m[16]) as 8 registers of
@@ -86,6 +90,8 @@ AI void panel32(const uint32_t T, const int NC, const uint8_t *p, int64_t nb, co
 
         if (has_m)
             mw = h16(p + 2 * G);
+        for (size_t o = 0; o < pb; o += 64)
+            _mm_prefetch((const char *)p + VNNI_AHEAD + o, _MM_HINT_T0);
         codes32(T, p, U);
         for (int c = 0; c < NC; c++) {
             const struct eng_bq8_p *xa = (const struct eng_bq8_p *)(x + (size_t)c * xs) + b;
@@ -130,6 +136,8 @@ AI void panel_q4_k(const int NC, const uint8_t *p, int64_t nb, const uint8_t *x,
             __m512i U[8];
             __m512i scj = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(sc + j * G)));
 
+            for (int o = j * 296; o < (j + 1) * 296; o += 64)
+                _mm_prefetch((const char *)p + 2 * G * 148 + o, _MM_HINT_T0);
             for (int s = 0; s < 8; s++) {
                 __m512i v = _mm512_loadu_si512((const void *)(nib + ((j / 2) * 8 + s) * G * 4));
                 U[s] = _mm512_and_si512((j & 1) ? _mm512_srli_epi16(v, 4) : v, m4);
@@ -188,6 +196,8 @@ AI void panel_q6_k(const int NC, const uint8_t *p, int64_t nb, const uint8_t *x,
             __m512i U[4];
             __m512i scu = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(sc + u * G)));
 
+            for (int o = u * 210; o < (u + 1) * 210; o += 64)
+                _mm_prefetch((const char *)p + 2 * G * 210 + o, _MM_HINT_T0);
             U[0] = _mm512_ternarylogic_epi32(A, m4, _mm512_and_si512(_mm512_slli_epi16(H, 4), m30), 0xea);
             U[1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(A, 4), m4,
                                              _mm512_and_si512(_mm512_slli_epi16(H, 2), m30), 0xea);
@@ -256,27 +266,42 @@ static const panel_fn fns[ENG_TYPE_COUNT][ENG_PACK_COLS] = {
 /*
  * ---- AMX: 16 activation rows x 16 weight rows per tile instruction ----
  *
- * For the 32-block types and q4_k (q4_k_amx below), calls with 16 to 64
- * activation rows (batched decode), where the VNNI loop above is bound by
- * vpdpbusd's throughput. The tile product itself is cheap; finishing each block's
- * 16 x 16 integer sums with the VNNI kernel's f32 operations is what
- * this loop spends its time on (about 1.1-1.25x the VNNI loop's rate). Per block: the panel's codes are unpacked as
- * above into eight 64-byte rows - exactly the B tile of tdpbsud (row s =
- * step s: four codes of each of the 16 weight rows, unsigned) - while the
- * A tile is read straight from 16 activation rows' codes (signed, 32
- * bytes each, x_row_bytes apart); C[c][r] is the exact integer block sum
- * of activation row c and weight row r. It is then stored and finished
- * with the same f32 operations, in the same order, as the VNNI kernel
- * (offset added in integer, one multiply, fused multiply-adds), so both
- * give the same bits and batch invariance (eng_step.h S1) holds whichever
- * kernel a row goes through. Two sets of tiles alternate between even
- * and odd blocks so that one block's tile product runs while the
- * previous block is finished.
+ * For the 32-block types and q4_k, calls with 16 to 64 activation rows
+ * (batched decode), where the VNNI loop above is bound by vpdpbusd's
+ * throughput. The tile product itself is cheap; what costs is getting the
+ * codes into B tiles and finishing each block's 16 x 16 integer sums
+ * with the VNNI kernel's f32 operations, so both are kept lean:
  *
- * Tiles: 0/1 C (16 x 16 int32), 2/3 A (16 x 32 s8), 4/5 B (8 x 64 u8).
+ *   - a panel's blocks are unpacked once per call, AMX_CHUNK blocks at a
+ *     time, into a buffer of B tiles (row s = step s: four codes of each
+ *     of the 16 weight rows, exactly what panel32 holds in U[s]) that
+ *     every group of 16 activation rows then reuses; the tile loads read
+ *     stores made long before (a tile load right after the vector stores
+ *     that fill it waits for them to reach the cache);
+ *   - the 32-block types' codes go in signed, their offset already
+ *     subtracted (q4_0 - 8, q5_0 - 16, q8_0 stored as q + 128), so
+ *     tdpbssd's sum is the VNNI kernel's integer sum with its nsum << sh
+ *     start included, and the finish is one convert, one multiply and one
+ *     (q4_1, q5_1: two) fused multiply-add per activation row;
+ *   - the A tile is read straight from 16 activation rows' codes (32
+ *     bytes each, x_row_bytes apart); the accumulators stay in registers
+ *     for a whole chunk (and go through y, exactly, between chunks).
+ *
+ * C[c][r] is the exact integer block sum of activation row c and weight
+ * row r; it is finished with the same f32 operations, in the same order,
+ * as the VNNI kernel (one multiply, fused multiply-adds, block after
+ * block), so both give the same bits and batch invariance (eng_step.h
+ * S1) holds whichever kernel a row goes through. Two sets of tiles
+ * alternate between even and odd blocks so that one block's tile product
+ * runs while the previous block is finished.
+ *
+ * Tiles: 0/1 C (16 x 16 int32), 2/3 A (16 x 32 s8), 4/5 B (8 x 64 s8/u8).
  * Needs the process's permission for AMX state (eng_pack_amx_enable).
  */
 #define AMXT __attribute__((target("amx-tile,amx-int8")))
+#define AMXI AMXT static inline __attribute__((always_inline))
+#define AMX_CHUNK 32      /* 32-block types: blocks of B tiles per chunk (16 KiB) */
+#define AMX_CHUNK_K 4     /* q4_k: super-blocks per chunk (32 sub-block tiles, 16 KiB) */
 
 struct amx_cfg {
     uint8_t palette, start_row, rsv[14];
@@ -298,35 +323,45 @@ AMXT static void amx_config(void)
     _tile_loadconfig(&cfg);
 }
 
-/* The B tile of panel block p: 8 rows of 64 bytes, as panel32 unpacks,
- * in bt; q8_0's codes are that tile already, in the panel itself. */
-AI const uint8_t *unpack32(const uint32_t T, const uint8_t *p, uint8_t *bt)
+AI size_t pbytes32(const uint32_t T)
 {
-    __m512i U[8];
-
-    if (T == ENG_TYPE_Q8_0)
-        return p + 2 * G;
-    codes32(T, p, U);
-    for (int s = 0; s < 8; s++)
-        _mm512_store_si512((void *)(bt + 64 * s), U[s]);
-    return bt;
+    return T == ENG_TYPE_Q4_0 ? G * 18 : T == ENG_TYPE_Q4_1 ? G * 20
+         : T == ENG_TYPE_Q5_0 ? G * 22 : T == ENG_TYPE_Q5_1 ? G * 24 : G * 34;
 }
 
-/* Block b's integer sums (in ct) into the 16 columns' accumulators, with
- * panel32's f32 operations. */
-AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const uint8_t *x,
-                 size_t xs, int64_t b, __m512 *acc)
+/* The signed B tiles of n panel blocks from p into bt (512 bytes each). */
+AI void unpack32(const uint32_t T, const uint8_t *p, int64_t n, uint8_t *bt)
+{
+    const int off = T == ENG_TYPE_Q4_0 ? 8 : T == ENG_TYPE_Q5_0 ? 16 : T == ENG_TYPE_Q8_0 ? 128 : 0;
+    const __m512i vo = _mm512_set1_epi8((char)off);
+
+    for (int64_t i = 0; i < n; i++, p += pbytes32(T), bt += 512) {
+        __m512i U[8];
+
+        codes32(T, p, U);
+        for (int s = 0; s < 8; s++)
+            _mm512_store_si512((void *)(bt + 64 * s), off ? _mm512_sub_epi8(U[s], vo) : U[s]);
+    }
+}
+
+/* Block sums ct of panel block p into the 16 rows' accumulators (xb:
+ * activation row 0's block, the others xs apart), as panel32 does; and a
+ * prefetch of the block `ahead` bytes on (one chunk: the next chunk's or
+ * panel's, or past the matrix: a prefetch never faults), so that the next unpack
+ * does not wait on memory. */
+AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const uint8_t *xb,
+                 size_t xs, __m512 *acc, size_t ahead)
 {
     const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
-    const int sh = T == ENG_TYPE_Q4_0 ? 3 : T == ENG_TYPE_Q5_0 ? 4 : 7;
     __m512 dw = h16(p), mw = has_m ? h16(p + 2 * G) : _mm512_setzero_ps();
 
+    for (size_t o = 0; o < pbytes32(T); o += 64)
+        _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
+
     for (int c = 0; c < 16; c++) {
-        const struct eng_bq8_p *xa = (const struct eng_bq8_p *)(x + (size_t)c * xs) + b;
+        const struct eng_bq8_p *xa = (const struct eng_bq8_p *)(xb + (size_t)c * xs);
         __m512i s = _mm512_load_si512((const void *)(ct + 16 * c));
 
-        if (!has_m)
-            s = _mm512_add_epi32(s, _mm512_slli_epi32(_mm512_set1_epi32(xa->nsum), sh));
         acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xa->d)),
                                  _mm512_cvtepi32_ps(s), acc[c]);
         if (has_m)
@@ -334,51 +369,74 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
     }
 }
 
-/* One panel against 16 activation rows (x: row 0's first block). */
+/* tile set t <- B tile i of bt times the A tile of 16 activation rows at
+ * xq (xs apart), with signed (ss) or unsigned (su) weight codes */
+#define AMX_ISSUE_(tc, ta, tb, bt, xq, xs, dp)                                              \
+    do {                                                                                    \
+        _tile_loadd(tb, (bt), 64);                                                          \
+        _tile_loadd(ta, (xq), (long)(xs));                                                  \
+        _tile_zero(tc);                                                                     \
+        dp(tc, ta, tb);                                                                     \
+    } while (0)
+#define AMX_ISSUE0(bt, xq, xs, dp) AMX_ISSUE_(0, 2, 4, bt, xq, xs, dp)
+#define AMX_ISSUE1(bt, xq, xs, dp) AMX_ISSUE_(1, 3, 5, bt, xq, xs, dp)
+
+/* One panel (p, nb blocks) against m16 activation rows (a multiple of 16). */
+AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint8_t *x,
+                      size_t xs, int64_t m16, float *y, int64_t ldy, __mmask16 vm)
+{
+    const size_t pb = pbytes32(T), xbs = sizeof(struct eng_bq8_p);
+    _Alignas(64) uint8_t bt[AMX_CHUNK * 512];
+    _Alignas(64) int32_t ct[4][256];
+
+    for (int64_t b0 = 0; b0 < nb; b0 += AMX_CHUNK) {
+        int64_t n = nb - b0 < AMX_CHUNK ? nb - b0 : AMX_CHUNK;
+        const uint8_t *pc = p + (size_t)b0 * pb;
+        const size_t ahead = (size_t)n * pb;
+
+        unpack32(T, pc, n, bt);
+        for (int64_t j = 0; j < m16; j += 16) {
+            const uint8_t *xb = x + (size_t)j * xs + (size_t)b0 * xbs;
+            const uint8_t *xq = xb + offsetof(struct eng_bq8_p, qs);
+            float *yj = y + j * ldy;
+            __m512 acc[16];
+
+            for (int c = 0; c < 16; c++)
+                acc[c] = b0 ? _mm512_maskz_loadu_ps(vm, yj + c * ldy) : _mm512_setzero_ps();
+            /* block i's product is issued one block ahead, stored at i
+             * and finished two blocks later, in block order: vector loads
+             * wait for a tile store to reach the cache, so its sums are
+             * read only once the next block's store has been issued */
+            AMX_ISSUE0(bt, xq, xs, _tile_dpbssd);
+            for (int64_t i = 0; i < n; i += 2) {
+                if (i + 1 < n)
+                    AMX_ISSUE1(bt + (i + 1) * 512, xq + (i + 1) * xbs, xs, _tile_dpbssd);
+                _tile_stored(0, ct[i & 3], 64);
+                if (i >= 2)
+                    finish32(T, pc + (i - 2) * pb, ct[(i - 2) & 3], xb + (i - 2) * xbs, xs,
+                             acc, ahead);
+                if (i + 1 >= n)
+                    break;
+                if (i + 2 < n)
+                    AMX_ISSUE0(bt + (i + 2) * 512, xq + (i + 2) * xbs, xs, _tile_dpbssd);
+                _tile_stored(1, ct[(i + 1) & 3], 64);
+                if (i >= 2)
+                    finish32(T, pc + (i - 1) * pb, ct[(i - 1) & 3], xb + (i - 1) * xbs, xs,
+                             acc, ahead);
+            }
+            for (int64_t i = n >= 2 ? n - 2 : 0; i < n; i++)
+                finish32(T, pc + i * pb, ct[i & 3], xb + i * xbs, xs, acc, ahead);
+            for (int c = 0; c < 16; c++)
+                _mm512_mask_storeu_ps(yj + c * ldy, vm, acc[c]);
+        }
+    }
+}
+
 #define AMX_PANEL(T, name)                                                                  \
     AMXT static void name##_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs,   \
-                                float *y, int64_t ldy, __mmask16 vm)                        \
+                                int64_t m16, float *y, int64_t ldy, __mmask16 vm)           \
     {                                                                                       \
-        const size_t pb = T == ENG_TYPE_Q4_0 ? G * 18 : T == ENG_TYPE_Q4_1 ? G * 20         \
-                        : T == ENG_TYPE_Q5_0 ? G * 22 : T == ENG_TYPE_Q5_1 ? G * 24 : G * 34; \
-        _Alignas(64) uint8_t bt[2][512];                                                    \
-        _Alignas(64) int32_t ct[256];                                                       \
-        __m512 acc[16];                                                                     \
-        const uint8_t *xq = x + offsetof(struct eng_bq8_p, qs);                             \
-        int64_t b = 0;                                                                      \
-                                                                                            \
-        for (int c = 0; c < 16; c++)                                                        \
-            acc[c] = _mm512_setzero_ps();                                                   \
-        for (; b + 2 <= nb; b += 2) {                                                       \
-            _tile_loadd(4, unpack32(T, p + (size_t)b * pb, bt[0]), 64);                    \
-            _tile_loadd(2, xq + (size_t)b * sizeof(struct eng_bq8_p), (long)xs);           \
-            _tile_zero(0);                                                                  \
-            _tile_dpbsud(0, 2, 4);                                                          \
-            if (b) {                                                                        \
-                _tile_stored(1, ct, 64);                                                    \
-                finish32(T, p + (size_t)(b - 1) * pb, ct, x, xs, b - 1, acc);               \
-            }                                                                               \
-            _tile_loadd(5, unpack32(T, p + (size_t)(b + 1) * pb, bt[1]), 64);               \
-            _tile_loadd(3, xq + (size_t)(b + 1) * sizeof(struct eng_bq8_p), (long)xs);     \
-            _tile_zero(1);                                                                  \
-            _tile_dpbsud(1, 3, 5);                                                          \
-            _tile_stored(0, ct, 64);                                                        \
-            finish32(T, p + (size_t)b * pb, ct, x, xs, b, acc);                             \
-        }                                                                                   \
-        if (b) {                                                                            \
-            _tile_stored(1, ct, 64);                                                        \
-            finish32(T, p + (size_t)(b - 1) * pb, ct, x, xs, b - 1, acc);                   \
-        }                                                                                   \
-        if (b < nb) {                                                                       \
-            _tile_loadd(4, unpack32(T, p + (size_t)b * pb, bt[0]), 64);                    \
-            _tile_loadd(2, xq + (size_t)b * sizeof(struct eng_bq8_p), (long)xs);           \
-            _tile_zero(0);                                                                  \
-            _tile_dpbsud(0, 2, 4);                                                          \
-            _tile_stored(0, ct, 64);                                                        \
-            finish32(T, p + (size_t)b * pb, ct, x, xs, b, acc);                             \
-        }                                                                                   \
-        for (int c = 0; c < 16; c++)                                                        \
-            _mm512_mask_storeu_ps(y + c * ldy, vm, acc[c]);                                 \
+        amx_panel32(T, p, nb, x, xs, m16, y, ldy, vm);                                      \
     }
 
 AMX_PANEL(ENG_TYPE_Q4_0, q4_0)
@@ -387,99 +445,126 @@ AMX_PANEL(ENG_TYPE_Q5_0, q5_0)
 AMX_PANEL(ENG_TYPE_Q5_1, q5_1)
 AMX_PANEL(ENG_TYPE_Q8_0, q8_0)
 
-/* q4_k sub-block j of panel super-block p as a B tile, as panel_q4_k
- * unpacks it. */
-AI const uint8_t *unpack_q4_k(const uint8_t *p, int j, uint8_t *bt)
+/* The B tiles of n q4_k panel super-blocks from p: sub-block j of
+ * super-block i at bt + (8i + j) * 512, unsigned codes as panel_q4_k
+ * unpacks them. */
+AI void unpack_q4_k(const uint8_t *p, int64_t n, uint8_t *bt)
 {
-    const uint8_t *nib = p + 4 * G + 8 * G + 8 * G;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
 
-    for (int s = 0; s < 8; s++) {
-        __m512i v = _mm512_loadu_si512((const void *)(nib + ((j / 2) * 8 + s) * G * 4));
-        _mm512_store_si512((void *)(bt + 64 * s),
-                           _mm512_and_si512((j & 1) ? _mm512_srli_epi16(v, 4) : v, m4));
+    for (int64_t i = 0; i < n; i++, p += G * 148, bt += 8 * 512) {
+        const uint8_t *nib = p + 4 * G + 8 * G + 8 * G;
+
+        for (int q = 0; q < 4; q++)
+            for (int s = 0; s < 8; s++) {
+                __m512i v = _mm512_loadu_si512((const void *)(nib + (q * 8 + s) * G * 4));
+
+                _mm512_store_si512((void *)(bt + (2 * q) * 512 + 64 * s), _mm512_and_si512(v, m4));
+                _mm512_store_si512((void *)(bt + (2 * q + 1) * 512 + 64 * s),
+                                   _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            }
     }
-    return bt;
 }
 
-/* tot[c] += (sub-block j's integer sums) * its scales, as panel_q4_k */
-AI void tot_q4_k(const uint8_t *p, int j, const int32_t *ct, int32_t *tot)
+/* tot[c] += sub-block j's integer sums * its scales (panel super-block
+ * p); and a prefetch of an eighth of the super-block `ahead` bytes on
+ * (see finish32) */
+AI void tot_q4_k(const uint8_t *p, int j, const int32_t *ct, __m512i *tot, size_t ahead)
 {
     __m512i scj = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4 * G + j * G)));
 
-    for (int c = 0; c < 16; c++) {
-        __m512i t = _mm512_load_si512((const void *)(tot + 16 * c));
+    for (int o = j * 296; o < (j + 1) * 296; o += 64)
+        _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
 
-        t = _mm512_add_epi32(t, _mm512_mullo_epi32(_mm512_load_si512((const void *)(ct + 16 * c)),
-                                                   scj));
-        _mm512_store_si512((void *)(tot + 16 * c), t);
+    for (int c = 0; c < 16; c++)
+        tot[c] = _mm512_add_epi32(tot[c], _mm512_mullo_epi32(
+                                              _mm512_load_si512((const void *)(ct + 16 * c)), scj));
+}
+
+/* Super-block p's totals and mins into the 16 rows' sums in y, with
+ * panel_q4_k's f32 operations (first: y not read). */
+AI void fin_q4_k(const uint8_t *p, const __m512i *tot, const uint8_t *xb, size_t xs, float *y,
+                 int64_t ldy, __mmask16 vm, int first)
+{
+    const uint8_t *mn = p + 4 * G + 8 * G;
+    __m512 dw = h16(p), dm = h16(p + 2 * G);
+    __m512i M[4];
+
+    for (int q = 0; q < 4; q++)
+        M[q] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(mn + q * 2 * G)));
+    for (int c = 0; c < 16; c++) {
+        const struct eng_bq8_kp *xa = (const struct eng_bq8_kp *)(xb + (size_t)c * xs);
+        __m512i mm = _mm512_setzero_si512();
+        __m512 dx = _mm512_set1_ps(xa->d);
+        __m512 acc = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(vm, y + c * ldy);
+
+        for (int q = 0; q < 4; q++)
+            mm = _mm512_dpwssd_epi32(mm, M[q], bc4(&xa->bs32[2 * q]));
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(tot[c]), acc);
+        acc = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(mm), acc);
+        _mm512_mask_storeu_ps(y + c * ldy, vm, acc);
     }
 }
 
 /* q4_k: one tile product per 32-element sub-block (its 6-bit scale is an
  * integer factor per weight row, applied to the exact sum as the VNNI
- * kernel does), then panel_q4_k's f32 operations per super-block. */
-AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs, float *y,
-                          int64_t ldy, __mmask16 vm)
+ * kernel does), then panel_q4_k's f32 operations per super-block, the
+ * running sums kept in y between super-blocks (exactly). */
+AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs,
+                          int64_t m16, float *y, int64_t ldy, __mmask16 vm)
 {
-    _Alignas(64) uint8_t bt[2][512];
-    _Alignas(64) int32_t ct[256], tot[256];
-    __m512 acc[16];
+    const size_t xbs = sizeof(struct eng_bq8_kp);
+    _Alignas(64) uint8_t bt[AMX_CHUNK_K * 8 * 512];
+    _Alignas(64) int32_t ct[2][256];
 
-    for (int c = 0; c < 16; c++)
-        acc[c] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, p += G * 148) {
-        const uint8_t *xq = x + (size_t)b * sizeof(struct eng_bq8_kp) +
-                            offsetof(struct eng_bq8_kp, qs);
-        const uint8_t *mn = p + 4 * G + 8 * G;
-        __m512i M[4];
+    for (int64_t b0 = 0; b0 < nb; b0 += AMX_CHUNK_K) {
+        int64_t n = nb - b0 < AMX_CHUNK_K ? nb - b0 : AMX_CHUNK_K;
+        const uint8_t *pc = p + (size_t)b0 * G * 148;
+        const size_t ahead = (size_t)n * G * 148;
 
-        memset(tot, 0, sizeof(tot));
-        for (int j = 0; j < 8; j += 2) {
-            _tile_loadd(4, unpack_q4_k(p, j, bt[0]), 64);
-            _tile_loadd(2, xq + 32 * j, (long)xs);
-            _tile_zero(0);
-            _tile_dpbsud(0, 2, 4);
-            if (j) {
-                _tile_stored(1, ct, 64);
-                tot_q4_k(p, j - 1, ct, tot);
+        unpack_q4_k(pc, n, bt);
+        for (int64_t j = 0; j < m16; j += 16) {
+            const uint8_t *xb = x + (size_t)j * xs + (size_t)b0 * xbs;
+            const uint8_t *xq = xb + offsetof(struct eng_bq8_kp, qs);
+            float *yj = y + j * ldy;
+
+            /* sub-block k = 8 * super-block + j, all n * 8 of them in turn */
+            AMX_ISSUE0(bt, xq, xs, _tile_dpbsud);
+            for (int64_t i = 0; i < n; i++) {
+                const uint8_t *pi = pc + (size_t)i * G * 148;
+                __m512i tot[16];
+
+                for (int c = 0; c < 16; c++)
+                    tot[c] = _mm512_setzero_si512();
+                for (int k = 0; k < 8; k += 2) {
+                    int64_t s = 8 * i + k;
+
+                    AMX_ISSUE1(bt + (s + 1) * 512, xq + i * xbs + 32 * (k + 1), xs,
+                              _tile_dpbsud);
+                    _tile_stored(0, ct[0], 64);
+                    tot_q4_k(pi, k, ct[0], tot, ahead);
+                    if (s + 2 < 8 * n)
+                        AMX_ISSUE0(bt + (s + 2) * 512,
+                                  xq + ((s + 2) / 8) * xbs + 32 * ((s + 2) % 8), xs, _tile_dpbsud);
+                    _tile_stored(1, ct[1], 64);
+                    tot_q4_k(pi, k + 1, ct[1], tot, ahead);
+                }
+                fin_q4_k(pi, tot, xb + i * xbs, xs, yj, ldy, vm, b0 + i == 0);
             }
-            _tile_loadd(5, unpack_q4_k(p, j + 1, bt[1]), 64);
-            _tile_loadd(3, xq + 32 * (j + 1), (long)xs);
-            _tile_zero(1);
-            _tile_dpbsud(1, 3, 5);
-            _tile_stored(0, ct, 64);
-            tot_q4_k(p, j, ct, tot);
-        }
-        _tile_stored(1, ct, 64);
-        tot_q4_k(p, 7, ct, tot);
-        for (int q = 0; q < 4; q++)
-            M[q] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(mn + q * 2 * G)));
-        __m512 dw = h16(p), dm = h16(p + 2 * G);
-        for (int c = 0; c < 16; c++) {
-            const struct eng_bq8_kp *xa = (const struct eng_bq8_kp *)(x + (size_t)c * xs) + b;
-            __m512i mm = _mm512_setzero_si512();
-            __m512 dx = _mm512_set1_ps(xa->d);
-
-            for (int q = 0; q < 4; q++)
-                mm = _mm512_dpwssd_epi32(mm, M[q], bc4(&xa->bs32[2 * q]));
-            acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx),
-                                     _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(tot + 16 * c))),
-                                     acc[c]);
-            acc[c] = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(mm), acc[c]);
         }
     }
-    for (int c = 0; c < 16; c++)
-        _mm512_mask_storeu_ps(y + c * ldy, vm, acc[c]);
 }
 
-static const panel_fn amx_fns[ENG_TYPE_COUNT] = {
+typedef void (*amx_fn)(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs, int64_t m16,
+                       float *y, int64_t ldy, __mmask16 vm);
+
+static const amx_fn amx_fns[ENG_TYPE_COUNT] = {
     [ENG_TYPE_Q4_0] = q4_0_amx, [ENG_TYPE_Q4_1] = q4_1_amx, [ENG_TYPE_Q5_0] = q5_0_amx,
     [ENG_TYPE_Q5_1] = q5_1_amx, [ENG_TYPE_Q8_0] = q8_0_amx, [ENG_TYPE_Q4_K] = q4_k_amx,
 };
 
 /* Panels g0..g1 against activation rows 0..m16 (a multiple of 16). */
-AMXT static void amx_panels(panel_fn f, const uint8_t *wp, size_t panel_bytes, int64_t nb,
+AMXT static void amx_panels(amx_fn f, const uint8_t *wp, size_t panel_bytes, int64_t nb,
                             int64_t g0, int64_t g1, int64_t rows, const uint8_t *x, size_t xs,
                             int64_t m16, float *y, int64_t ldy)
 {
@@ -488,8 +573,7 @@ AMXT static void amx_panels(panel_fn f, const uint8_t *wp, size_t panel_bytes, i
         int64_t r = g * G, nv = rows - r;
         __mmask16 vm = nv >= G ? (__mmask16)0xffff : (__mmask16)((1u << nv) - 1);
 
-        for (int64_t j = 0; j < m16; j += 16)
-            f(wp + (size_t)g * panel_bytes, nb, x + (size_t)j * xs, xs, y + j * ldy + r, ldy, vm);
+        f(wp + (size_t)g * panel_bytes, nb, x, xs, m16, y + r, ldy, vm);
     }
     _tile_release();
 }
