@@ -11,7 +11,8 @@
  * AMX-INT8 (32-block types) and the VNNI kernel for the rest, the
  * 70-row call and the one-row calls VNNI only: the bitwise checks hold
  * the two kernels to the same bits, for an even and an odd number of
- * blocks per row.
+ * blocks per row, and for more blocks than the AMX kernels unpack at a
+ * time.
  * The 32-block types' activation rows are the q8_1 row plus -sum(codes),
  * byte for byte. Skips (77) on CPUs without AVX-512 VNNI.
  */
@@ -176,8 +177,10 @@ int main(void)
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         int kq = types[i] == ENG_TYPE_Q4_K || types[i] == ENG_TYPE_Q6_K;
         /* an even and an odd number of blocks per row (the AMX loop takes
-         * blocks in pairs) */
-        int f = check_type(types[i], 512) + check_type(types[i], kq ? 768 : 96);
+         * blocks in pairs), and more blocks than one AMX chunk (32 blocks,
+         * 4 q4_k super-blocks: the sums go through y between chunks) */
+        int f = check_type(types[i], 512) + check_type(types[i], kq ? 768 : 96) +
+                check_type(types[i], kq ? 1280 : 1312);
 
         printf("%-5s %s\n", eng_type_get(types[i])->name, f ? "FAIL" : "ok");
         fails += f;
