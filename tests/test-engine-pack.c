@@ -8,8 +8,9 @@
  * invariance, eng_step.h S1). Rows not a multiple of 16 exercise the
  * padded last panel; a NaN activation block poisons exactly its row.
  * Calls on 1..64 activation rows run 16-row AMX tiles where the CPU has
- * AMX-INT8 (32-block types) and the VNNI kernel for the rest, the
- * 70-row call and the one-row calls VNNI only: the bitwise checks hold
+ * AMX-INT8 (32-block types and q4_k; the 70-row call too, its last 6
+ * rows VNNI) and the VNNI kernel for the rest, the one-row calls and
+ * those under 16 rows VNNI only: the bitwise checks hold
  * the two kernels to the same bits, for an even and an odd number of
  * blocks per row, and for more blocks than the AMX kernels unpack at a
  * time.
@@ -30,7 +31,7 @@
 #include <string.h>
 
 #define ROWS 37
-#define M 70             /* > 64: VNNI only; the calls on 1..64 of them: AMX + VNNI tails */
+#define M 70             /* 64 rows in AMX tiles + a VNNI tail; the calls on 1..64 of them too */
 
 static uint64_t seed = 42;
 
