@@ -19,6 +19,12 @@
  *                                 500-token prompt + lookup + copy of a
  *                                 2 KiB response (32 MiB cache, full)
  *   cache_put_us_p50              insert with LRU eviction
+ *   ahead_us_p50 / ahead_us_p99   overlap (bat_sched.h): the same load with
+ *                                 plan N+1 made while N is in flight -
+ *                                 bat_sched_ahead_ok + bat_sched_step, the
+ *                                 time the engine no longer waits for
+ *   ahead_frac                    steps planned ahead (the rest waited for
+ *                                 their predecessor: KV short, fairness)
  *
  * Usage: bench-batcher [--json] [--steps N]
  */
@@ -82,6 +88,87 @@ static int bench_cache(double out[3])
     bat_cache_close(&c);
     free(th);
     free(tp);
+    free(mem);
+    return 0;
+}
+
+/* The main load with overlap: figures in out[0..2] (ahead p50, p99 us,
+ * fraction of steps planned ahead). */
+static int bench_overlap(const struct bat_sched_cfg *cfg, uint32_t steps, double out[3])
+{
+    struct bat_sched s;
+    uint64_t seed = 42, now = 1000000000ull;
+    size_t sz = (bat_sched_size(cfg) + 63) & ~(size_t)63;
+    size_t psz = (bat_sched_plan_size(cfg) + 63) & ~(size_t)63;
+    void *mem = aligned_alloc(64, sz);
+    struct bat_plan *plans[2] = { aligned_alloc(64, psz), aligned_alloc(64, psz) };
+    struct bat_result *res[2] = { calloc(cfg->max_seqs, sizeof(struct bat_result)),
+                                  calloc(cfg->max_seqs, sizeof(struct bat_result)) };
+    double *t = calloc(steps, sizeof(double));
+    uint64_t *ids = calloc(4096, 8);
+    uint32_t n_ids = 0, n_t = 0, warm = 500;
+
+    if (!mem || !plans[0] || !plans[1] || !res[0] || !res[1] || !t || !ids)
+        return 1;
+    memset(mem, 0, sz);
+    if (bat_sched_init(&s, mem, sz, cfg, 1))
+        return 1;
+    for (int k = 0; k < 2; k++)
+        if (bat_plan_init(plans[k], psz, cfg->max_seqs, bat_kv_blocks_for(cfg->max_ctx),
+                          cfg->n_blocks))
+            return 1;
+    uint32_t ev_cap = bat_sched_ev_cap(&s);
+    struct bat_event *ev = calloc(ev_cap, sizeof(*ev));
+    if (!ev)
+        return 1;
+    for (uint32_t st = 0; st < steps + warm; st++) {
+        struct bat_sched_info in;
+        bat_sched_info(&s, &in);
+        while (in.n_running + in.n_waiting < 256 + 64) {
+            struct bat_req r = { .tenant = (uint32_t)(rnd(&seed) % 16),
+                                 .prio = (uint32_t)(rnd(&seed) % 2),
+                                 .n_prompt = 16 + (uint32_t)(rnd(&seed) % 1008),
+                                 .max_tokens = 32 + (uint32_t)(rnd(&seed) % 480) };
+            uint64_t id;
+            r.cell = n_ids;
+            if (bat_sched_submit(&s, &r, now, &id, NULL))
+                break;
+            ids[n_ids++ % 4096] = id;
+            in.n_waiting++;
+        }
+        for (uint32_t k = 0; k < in.n_running / 100; k++)
+            (void)bat_sched_cancel(&s, ids[rnd(&seed) % (n_ids < 4096 ? n_ids : 4096)]);
+        if (in.step == in.done_step &&
+            bat_sched_step(&s, now, plans[(in.step + 1) % 2], ev, ev_cap) < 0)
+            return 1;
+        /* N is in flight: plan N+1 now (timed) */
+        uint64_t t0 = favo_now_ns();
+        bool ahead = bat_sched_ahead_ok(&s);
+        if (ahead) {
+            bat_sched_info(&s, &in);
+            if (bat_sched_step(&s, now, plans[(in.step + 1) % 2], ev, ev_cap) < 0)
+                return 1;
+        }
+        uint64_t t1 = favo_now_ns();
+        if (st >= warm && ahead)
+            t[n_t++] = (double)(t1 - t0) / 1e3;
+        bat_sched_info(&s, &in);
+        struct bat_plan *p = plans[(in.done_step + 1) % 2];
+        struct bat_result *rs = res[(in.done_step + 1) % 2];
+        for (uint32_t i = 0; i < p->n_seqs; i++) {
+            rs[i].token = (int32_t)(rnd(&seed) % 32000);
+            rs[i].eos = 0;
+        }
+        now += 20000000ull;
+        if (bat_sched_complete(&s, p, rs, now, ev, ev_cap) < 0)
+            return 1;
+    }
+    if (bat_sched_check(&s))
+        return 1;
+    out[0] = n_t ? perf_quantile(t, n_t, 0.5) : 0;
+    out[1] = n_t ? perf_quantile(t, n_t, 0.99) : 0;
+    out[2] = (double)n_t / steps;
+    free(ev); free(ids); free(t); free(res[0]); free(res[1]); free(plans[0]); free(plans[1]);
     free(mem);
     return 0;
 }
@@ -178,6 +265,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-batcher: cache bench failed\n");
         return 1;
     }
+    double ov[3];
+    if (bench_overlap(&cfg, steps, ov)) {
+        fprintf(stderr, "bench-batcher: overlap bench failed\n");
+        return 1;
+    }
     if (json) {
         perf_json_begin(stdout);
         perf_json_num(stdout, "sched_us_p50", p50);
@@ -191,6 +283,9 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "cache_hit_us_p50", cache[0]);
         perf_json_num(stdout, "cache_hit_us_p99", cache[1]);
         perf_json_num(stdout, "cache_put_us_p50", cache[2]);
+        perf_json_num(stdout, "ahead_us_p50", ov[0]);
+        perf_json_num(stdout, "ahead_us_p99", ov[1]);
+        perf_json_num(stdout, "ahead_frac", ov[2]);
         perf_json_str(stdout, "machine", mach);
         perf_json_end(stdout);
     } else {
@@ -202,6 +297,8 @@ int main(int argc, char **argv)
         printf("  %-28s %10.2f %10.2f\n", "step alone", sp50, sp99);
         printf("  %-28s %10.2f %10.2f\n", "cache hit (key+get, 2 KiB)", cache[0], cache[1]);
         printf("  %-28s %10.2f %10s\n", "cache put (evicting)", cache[2], "");
+        printf("  %-28s %10.2f %10.2f   (%.0f%% of steps planned ahead)\n",
+               "overlap: ahead_ok + step", ov[0], ov[1], 100.0 * ov[2]);
     }
     free(ev); free(ids); free(res); free(t_all); free(t_step); free(plan); free(mem);
     return 0;
