@@ -67,6 +67,20 @@
  * is gone (bat_sched_reset_kv: void the plan in flight, preempt every
  * running sequence). The -1 answers are the second line of defence.
  *
+ * Overlap (bat_plan.h feed, bat_sched.h "Overlap"): the batcher sends
+ * plan N+1 while this stage runs N, so the next plan is usually waiting
+ * when N is answered. A decode entry with feed set takes its input id from
+ * this rank's own answer to entry feed_src of plan step - 1 (every rank
+ * keeps its last plan's ids and answers: they run the same plans and
+ * sample alike); the batcher writes that id into the cell only after it
+ * completes N, so it is never read from the cell. The sampler's history
+ * ends with it: when penalties read the history, it is copied with the fed
+ * id into a per-step buffer, scrubbed after the step. A feed this process
+ * cannot resolve (it did not run plan step - 1 - a restart - or answered
+ * -1 there, or the entry names another sequence) is answered -1, like
+ * missing KV. The gap between answering plan N and starting N + 1 is
+ * tallied (log2 us buckets) and logged at drain with the fed counts.
+ *
  * Re-running a plan in the same process (a batcher that resends a step)
  * is harmless: eng_step writes the KV of exactly the positions it computes
  * (eng_step.h S2), with the same values.
