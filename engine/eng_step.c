@@ -55,7 +55,7 @@ struct eng_ctx {
     size_t act_row_max;           /* bytes of the largest quantized activation row */
     /* per-token buffers, [max_tokens][...] */
     float *x, *h, *q, *k, *v, *att, *g, *u;
-    void *xq;
+    void *xq, *xq2;
     float *rope_cs;               /* [max_tokens][2 bases][cos rope_dim/2, sin rope_dim/2] */
     int32_t *tok_seq;             /* token -> index of its sequence in the batch */
     uint32_t *tok_pos;
@@ -102,6 +102,9 @@ struct thr {
     uint64_t t_last;              /* when the last phase ended */
     const void *q_src;            /* which rows xq holds, and in which type */
     uint32_t q_type, q_k;
+    void *xq;                     /* the activation buffer matmul uses: c->xq, or
+                                     c->xq2 for a down projection fed by ffn_fused */
+    uint32_t align;               /* matmul row ranges start on multiples of this */
 };
 
 static void range(uint32_t n, unsigned ith, unsigned nth, uint32_t *lo, uint32_t *hi)
@@ -162,12 +165,30 @@ static size_t act_rsize(const struct eng_tensor *w, const void *wp)
               : eng_quant_act_row_size(w->type, (int64_t)w->ne0);
 }
 
-static void act_quant(const struct eng_tensor *w, const void *wp, const float *row, void *dst)
+/* n elements (whole activation blocks) of an activation row for w */
+static void act_quant_n(const struct eng_tensor *w, const void *wp, const float *row, void *dst,
+                        uint32_t n)
 {
     if (wp)
-        (void)eng_pack_act_row(w->type, row, dst, (int64_t)w->ne0);
+        (void)eng_pack_act_row(w->type, row, dst, (int64_t)n);
     else
-        (void)eng_quant_row(eng_vec_dot_type(w->type), row, dst, (int64_t)w->ne0);
+        (void)eng_quant_row(eng_vec_dot_type(w->type), row, dst, (int64_t)n);
+}
+
+static void act_quant(const struct eng_tensor *w, const void *wp, const float *row, void *dst)
+{
+    act_quant_n(w, wp, row, dst, (uint32_t)w->ne0);
+}
+
+/* This thread's rows of a rows-row matmul: whole multiples of t->align
+ * (the last range ends at rows). */
+static void mm_range(const struct thr *t, uint32_t rows, uint32_t *lo, uint32_t *hi)
+{
+    uint32_t blocks = (rows + t->align - 1) / t->align;
+
+    range(blocks, t->ith, t->nth, lo, hi);
+    *lo *= t->align;
+    *hi = FAVO_MIN(*hi * t->align, rows);
 }
 
 static void matmul(struct thr *t, enum eng_prof_op op, const struct eng_tensor *w,
@@ -177,15 +198,13 @@ static void matmul(struct thr *t, enum eng_prof_op op, const struct eng_tensor *
     struct eng_ctx *c = t->c;
     uint32_t at = act_type(w, wp);
     size_t xrb = act_rsize(w, wp);
-    uint32_t lo, hi, rows = (uint32_t)w->ne1, blocks;
+    uint32_t lo, hi, rows = (uint32_t)w->ne1;
 
     if (c->exact) {
         float *wr = c->wrow + (size_t)t->ith * c->k_max;
 
-        blocks = (rows + MM_ROW_ALIGN - 1) / MM_ROW_ALIGN;
-        range(blocks, t->ith, t->nth, &lo, &hi);
-        hi = FAVO_MIN(hi * MM_ROW_ALIGN, rows);
-        for (uint32_t r = lo * MM_ROW_ALIGN; r < hi; r++) {
+        mm_range(t, rows, &lo, &hi);
+        for (uint32_t r = lo; r < hi; r++) {
             (void)eng_dequant_row(w->type, (const char *)w->data + (size_t)r * w->row_bytes, wr,
                                   (int64_t)w->ne0);
             for (uint32_t j = 0; j < m; j++)
@@ -199,21 +218,18 @@ static void matmul(struct thr *t, enum eng_prof_op op, const struct eng_tensor *
     if (t->q_src != src || t->q_type != at || t->q_k != w->ne0) {
         range(m, t->ith, t->nth, &lo, &hi);
         for (uint32_t j = lo; j < hi; j++)
-            act_quant(w, wp, src + (size_t)j * ld, (char *)c->xq + j * xrb);
+            act_quant(w, wp, src + (size_t)j * ld, (char *)t->xq + j * xrb);
         t->q_src = src;
         t->q_type = at;
         t->q_k = (uint32_t)w->ne0;
         mark(t, ENG_PROF_QUANT);
         barrier(t);
     }
-    blocks = (rows + MM_ROW_ALIGN - 1) / MM_ROW_ALIGN;
-    range(blocks, t->ith, t->nth, &lo, &hi);
-    lo *= MM_ROW_ALIGN;
-    hi = FAVO_MIN(hi * MM_ROW_ALIGN, rows);
+    mm_range(t, rows, &lo, &hi);
     if (lo < hi && wp)
-        eng_matmul_packed(w->type, wp, (int64_t)w->ne0, rows, lo, hi, c->xq, xrb, m, y, ldy);
+        eng_matmul_packed(w->type, wp, (int64_t)w->ne0, rows, lo, hi, t->xq, xrb, m, y, ldy);
     else if (lo < hi)
-        eng_matmul(w->type, w->data, w->row_bytes, (int64_t)w->ne0, lo, hi, c->xq, xrb, m, y,
+        eng_matmul(w->type, w->data, w->row_bytes, (int64_t)w->ne0, lo, hi, t->xq, xrb, m, y,
                    ldy);
     mark(t, op);
     if (sync)
@@ -241,7 +257,7 @@ static void prequant(struct thr *t, const struct eng_tensor *w, const void *wp, 
 
     if (c->exact)
         return;
-    act_quant(w, wp, row, (char *)c->xq + j * act_rsize(w, wp));
+    act_quant(w, wp, row, (char *)t->xq + j * act_rsize(w, wp));
 }
 
 static void prequant_done(struct thr *t, const struct eng_tensor *w, const void *wp,
@@ -250,6 +266,12 @@ static void prequant_done(struct thr *t, const struct eng_tensor *w, const void 
     t->q_src = src;
     t->q_type = act_type(w, wp);
     t->q_k = (uint32_t)w->ne0;
+}
+
+static inline void prefetch(const void *p, size_t bytes)
+{
+    for (size_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch((const char *)p + o);
 }
 
 /*
@@ -271,9 +293,18 @@ static void attention_fast(struct eng_ctx *c, uint32_t il, const struct eng_seq 
     uint32_t hd = hp->head_dim, hdv = hp->head_dim_v, j, n;
 
     for (j = p0; j <= p; j += n) {
-        const float *kb = eng_kv_k(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g);
+        uint32_t bi = j / ENG_KV_BLOCK;
+        const float *kb = eng_kv_k(c->kv, s->block_table[bi], il, g);
 
         n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
+        /* the next block's keys and this block's values on their way
+         * while these scores are computed (each is a 4 KiB page of its
+         * own for head_dim 64, where the hardware prefetcher restarts) */
+        if ((bi + 1) * ENG_KV_BLOCK <= p)
+            prefetch(eng_kv_k(c->kv, s->block_table[bi + 1], il, g),
+                     (size_t)hd * ENG_KV_BLOCK * sizeof(float));
+        prefetch(eng_kv_v(c->kv, s->block_table[bi], il, g) + (size_t)(j % ENG_KV_BLOCK) * hdv,
+                 (size_t)n * hdv * sizeof(float));
         for (uint32_t i = 0; i < nh; i++)
             eng_attn_avx512_scores(scores + (size_t)i * c->n_ctx + (j - p0), q + (size_t)i * hd,
                                    kb, j % ENG_KV_BLOCK, n, hd, hp->attn_scale);
@@ -357,6 +388,102 @@ static void add_bias(float *y, const struct eng_tensor *b, uint32_t n)
         y[i] += bd[i];
 }
 
+/* gate, up, the activation function per token, down (exact mode, or a
+ * down input whose blocks do not divide n_ff). */
+static void ffn_mm(struct thr *t, const struct eng_layer *L, const void *const *pk, uint32_t lo,
+                   uint32_t hi)
+{
+    struct eng_ctx *c = t->c;
+    const struct eng_model *m = c->m;
+    uint32_t E = m->hp.n_embd, T = c->n_tok, F = m->hp.n_ff;
+
+    matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
+           !same_act(&L->gate, pk[4], &L->up, pk[5]));
+    matmul(t, ENG_PROF_MM_UP, &L->up, pk[5], c->h, E, T, c->u, F, 1);
+    for (uint32_t i = lo; i < hi; i++) {
+        float *g = c->g + (size_t)i * F, *u = c->u + (size_t)i * F;
+
+        if (m->ai->gelu)
+            eng_ops_gelu_mul(g, g, u, F);
+        else
+            eng_ops_silu_mul(g, g, u, F);
+    }
+    mark(t, ENG_PROF_NORM);
+    for (uint32_t i = lo; i < hi; i++)
+        prequant(t, &L->down, pk[6], c->g + (size_t)i * F, i);
+    prequant_done(t, &L->down, pk[6], c->g);
+    mark(t, ENG_PROF_QUANT);
+    barrier(t);
+    matmul(t, ENG_PROF_MM_DOWN, &L->down, pk[6], c->g, F, T, c->h, E, 1);
+}
+
+/* Elements per block of w's activation rows (blocks quantize
+ * independently of each other), at least MM_ROW_ALIGN. */
+static uint32_t act_blk(const struct eng_tensor *w)
+{
+    const struct eng_type_info *ti = eng_type_get(w->type);
+    uint32_t b = ti ? ti->blck : 0;
+
+    return b > MM_ROW_ALIGN ? b : MM_ROW_ALIGN;
+}
+
+/* Whether the FFN can run with the activation function and the down
+ * input's quantization on each thread's own gate/up columns. */
+static int ffn_fused(const struct eng_ctx *c, const struct eng_layer *L, const void *down_pk)
+{
+    uint32_t blk = act_blk(&L->down), F = c->m->hp.n_ff;
+
+    return !c->exact && blk % MM_ROW_ALIGN == 0 && F % blk == 0 &&
+           act_rsize(&L->down, down_pk) % (F / blk) == 0;
+}
+
+/*
+ * The FFN with one barrier fewer: gate and up on row ranges of whole
+ * blocks of the down projection's activation rows, so that each thread
+ * applies the activation function to its own columns of g and u (element
+ * by element) and quantizes those blocks of every token's down input
+ * itself (each block on its own values only: the same bytes as a whole
+ * row's quantization). They go to the second buffer xq2, since the other
+ * thread may still be reading xq in gate/up; down reads xq2 after the
+ * barrier. Results are bit for bit those of ffn_mm (S1).
+ */
+static void ffn_fused_mm(struct thr *t, const struct eng_layer *L, const void *const *pk)
+{
+    struct eng_ctx *c = t->c;
+    const struct eng_model *m = c->m;
+    uint32_t E = m->hp.n_embd, T = c->n_tok, F = m->hp.n_ff, e0, e1;
+    size_t xrb = act_rsize(&L->down, pk[6]);
+    size_t bb = xrb / (F / act_blk(&L->down));      /* bytes per activation block */
+
+    t->align = act_blk(&L->down);
+    matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
+           !same_act(&L->gate, pk[4], &L->up, pk[5]));
+    matmul(t, ENG_PROF_MM_UP, &L->up, pk[5], c->h, E, T, c->u, F, 0);
+    mm_range(t, F, &e0, &e1);
+    t->align = MM_ROW_ALIGN;
+    if (e0 < e1) {
+        for (uint32_t i = 0; i < T; i++) {
+            float *g = c->g + (size_t)i * F + e0, *u = c->u + (size_t)i * F + e0;
+
+            if (m->ai->gelu)
+                eng_ops_gelu_mul(g, g, u, e1 - e0);
+            else
+                eng_ops_silu_mul(g, g, u, e1 - e0);
+        }
+        mark(t, ENG_PROF_NORM);
+        for (uint32_t i = 0; i < T; i++)
+            act_quant_n(&L->down, pk[6], c->g + (size_t)i * F + e0,
+                        (char *)c->xq2 + i * xrb + (size_t)(e0 / act_blk(&L->down)) * bb, e1 - e0);
+        mark(t, ENG_PROF_QUANT);
+    }
+    barrier(t);
+    t->xq = c->xq2;
+    prequant_done(t, &L->down, pk[6], c->g);
+    matmul(t, ENG_PROF_MM_DOWN, &L->down, pk[6], c->g, F, T, c->h, E, 1);
+    t->xq = c->xq;
+    t->q_src = NULL;     /* xq holds neither g nor anything prequant_done said */
+}
+
 static void layer(struct thr *t, uint32_t il)
 {
     struct eng_ctx *c = t->c;
@@ -366,7 +493,7 @@ static void layer(struct thr *t, uint32_t il)
     const struct eng_ops *ops = c->ops;
     uint32_t E = hp->n_embd, T = c->n_tok, hd = hp->head_dim, hdv = hp->head_dim_v;
     uint32_t nq = hp->n_head * hd, nk = hp->n_head_kv * hd, nv = hp->n_head_kv * hdv;
-    uint32_t no = hp->n_head * hdv, F = hp->n_ff, half = hp->rope_dim / 2, lo, hi;
+    uint32_t no = hp->n_head * hdv, half = hp->rope_dim / 2, lo, hi;
     const void *const *pk = c->pk + (size_t)il * PK_PER_LAYER;
 
     range(T, t->ith, t->nth, &lo, &hi);
@@ -433,24 +560,10 @@ static void layer(struct thr *t, uint32_t il)
     prequant_done(t, &L->gate, pk[4], c->h);
     mark(t, ENG_PROF_QUANT);
     barrier(t);
-    matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
-           !same_act(&L->gate, pk[4], &L->up, pk[5]));
-    matmul(t, ENG_PROF_MM_UP, &L->up, pk[5], c->h, E, T, c->u, F, 1);
-    for (uint32_t i = lo; i < hi; i++) {
-        float *g = c->g + (size_t)i * F, *u = c->u + (size_t)i * F;
-
-        if (m->ai->gelu)
-            eng_ops_gelu_mul(g, g, u, F);
-        else
-            eng_ops_silu_mul(g, g, u, F);
-    }
-    mark(t, ENG_PROF_NORM);
-    for (uint32_t i = lo; i < hi; i++)
-        prequant(t, &L->down, pk[6], c->g + (size_t)i * F, i);
-    prequant_done(t, &L->down, pk[6], c->g);
-    mark(t, ENG_PROF_QUANT);
-    barrier(t);
-    matmul(t, ENG_PROF_MM_DOWN, &L->down, pk[6], c->g, F, T, c->h, E, 1);
+    if (ffn_fused(c, L, pk[6]))
+        ffn_fused_mm(t, L, pk);
+    else
+        ffn_mm(t, L, pk, lo, hi);
     for (uint32_t i = lo; i < hi; i++) {
         float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
 
@@ -471,7 +584,7 @@ static void forward(void *arg, unsigned ith, unsigned nth)
     struct eng_ctx *c = arg;
     const struct eng_model *m = c->m;
     const struct eng_hparams *hp = &m->hp;
-    struct thr t = { .c = c, .ith = ith, .nth = nth,
+    struct thr t = { .c = c, .ith = ith, .nth = nth, .xq = c->xq, .align = MM_ROW_ALIGN,
                      .acc = c->profile ? c->prof + (size_t)ith * PROF_STRIDE : NULL };
     uint32_t E = hp->n_embd, half = hp->rope_dim / 2, lo, hi;
     const void *pko = c->pk[(size_t)hp->n_layer * PK_PER_LAYER];
@@ -826,6 +939,7 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
     c->g = ctx_alloc(c, T * F * sizeof(float));
     c->u = ctx_alloc(c, T * F * sizeof(float));
     c->xq = ctx_alloc(c, (size_t)T * c->act_row_max);
+    c->xq2 = ctx_alloc(c, (size_t)T * c->act_row_max);
     c->rope_cs = ctx_alloc(c, (size_t)T * 4 * FAVO_MAX(half, 1) * sizeof(float));
     c->tok_seq = ctx_alloc(c, T * sizeof(int32_t));
     c->tok_pos = ctx_alloc(c, T * sizeof(uint32_t));
@@ -840,7 +954,7 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
     c->inv_freq[1] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
     c->profile = o ? o->profile : 0;
     c->prof = ctx_alloc(c, (size_t)c->nth * PROF_STRIDE * sizeof(uint64_t));
-    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq ||
+    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq || !c->xq2 ||
         !c->rope_cs || !c->tok_seq || !c->tok_pos || !c->out_tok || !c->out_seq ||
         !c->logits || !c->scores || !c->wrow || !c->sample_scratch || !c->inv_freq[0] || !c->inv_freq[1] || !c->prof) {
         rc = -ENOMEM;
