@@ -69,6 +69,10 @@ struct eng_ctx {
     uint32_t k_max;
     uint8_t exact;
     uint8_t attn_fast;            /* eng_attn_fast for both head sizes */
+    uint8_t decode_split;         /* this step: every sequence decodes one token, and
+                                     there are enough of them to split by token:
+                                     RoPE, attention and Wo's input per token, one
+                                     barrier (layer()) */
     uint8_t profile;              /* opts.profile */
     uint64_t *prof;               /* [nth][PROF_STRIDE]: ns per eng_prof_op, then barriers */
     uint64_t prof_steps, prof_tokens, prof_wall;
@@ -324,17 +328,17 @@ static void attention_fast(struct eng_ctx *c, uint32_t il, const struct eng_seq 
     }
 }
 
-static void attention(struct thr *t, uint32_t il)
+/* Attention of the (token, head) work units lo..hi-1 (unit w: token
+ * w / n_head, head w % n_head). */
+static void attention_units(struct thr *t, uint32_t il, uint32_t lo, uint32_t hi)
 {
     struct eng_ctx *c = t->c;
     const struct eng_hparams *hp = &c->m->hp;
     const struct eng_layer *L = &c->m->layers[il];
     const struct eng_ops *ops = c->ops;
     uint32_t hd = hp->head_dim, hdv = hp->head_dim_v, grp = hp->n_head / hp->n_head_kv;
-    uint32_t n_work = c->n_tok * hp->n_head, lo, hi;
     float *scores = c->scores + (size_t)t->ith * grp * c->n_ctx;
 
-    range(n_work, t->ith, t->nth, &lo, &hi);
     for (uint32_t w = lo, nh = 1; w < hi; w += nh) {
         uint32_t ti = w / hp->n_head, h = w % hp->n_head, g = h / grp;
         const struct eng_seq *s = &c->b->seqs[c->tok_seq[ti]];
@@ -376,6 +380,15 @@ static void attention(struct thr *t, uint32_t il)
             ops->axpy(o, scores[j - p0] / sum, vr, hdv);
         }
     }
+}
+
+/* Attention, the (token, head) units split evenly between the threads. */
+static void attention(struct thr *t, uint32_t il)
+{
+    uint32_t lo, hi;
+
+    range(t->c->n_tok * t->c->m->hp.n_head, t->ith, t->nth, &lo, &hi);
+    attention_units(t, il, lo, hi);
     mark(t, ENG_PROF_ATTN);
     barrier(t);
 }
@@ -542,8 +555,22 @@ static void layer(struct thr *t, uint32_t il)
         }
     }
     mark(t, ENG_PROF_ROPE);
-    barrier(t);
-    attention(t, il);
+    if (c->decode_split) {
+        /* Decode only (c->decode_split): a token attends to earlier steps'
+         * positions and to its own, whose keys and values this thread has
+         * just written - no barrier before its attention, and the thread
+         * quantizes its tokens' outputs for Wo itself. */
+        attention_units(t, il, lo * hp->n_head, hi * hp->n_head);
+        mark(t, ENG_PROF_ATTN);
+        for (uint32_t i = lo; i < hi; i++)
+            prequant(t, &L->wo, pk[3], c->att + (size_t)i * no, i);
+        prequant_done(t, &L->wo, pk[3], c->att);
+        mark(t, ENG_PROF_QUANT);
+        barrier(t);
+    } else {
+        barrier(t);
+        attention(t, il);
+    }
     matmul(t, ENG_PROF_MM_O, &L->wo, pk[3], c->att, no, T, c->h, E, 1);
     for (uint32_t i = lo; i < hi; i++) {
         float *o = c->h + (size_t)i * E, *x = c->x + (size_t)i * E;
@@ -699,7 +726,7 @@ int eng_step_check(const eng_ctx_t *c, const struct eng_batch *b, char *err, siz
 int eng_step(eng_ctx_t *c, const struct eng_batch *b, struct eng_sample_out *out,
              float *logits)
 {
-    uint32_t n = 0, n_out = 0;
+    uint32_t n = 0, n_out = 0, decode = 1;
     int rc = eng_step_check(c, b, NULL, 0);
 
     if (rc)
@@ -711,6 +738,7 @@ int eng_step(eng_ctx_t *c, const struct eng_batch *b, struct eng_sample_out *out
             c->tok_seq[n] = (int32_t)i;
             c->tok_pos[n] = s->pos + j;
         }
+        decode &= s->n_new == 1;
         if (!s->no_sample) {
             c->out_tok[n_out] = n - 1;
             c->out_seq[n_out++] = (int32_t)i;
@@ -723,6 +751,9 @@ int eng_step(eng_ctx_t *c, const struct eng_batch *b, struct eng_sample_out *out
     c->logits_out = logits;
     c->n_tok = n;
     c->n_out = n_out;
+    /* at least 4 tokens a thread: fewer (batch 1) keep the finer
+     * (token, head) split of attention */
+    c->decode_split = decode && n >= 4 * c->nth;
     if (c->profile) {
         uint64_t t0 = favo_now_ns();
 

@@ -2,7 +2,8 @@
  * test-engine-batch.c - batch invariance (eng_step.h S1): a sequence's
  * greedy tokens and logits are the same alone and inside a batch of 32
  * sequences (16 for SmolLM2, to keep the suite's time) mixing prefill chunks and single-token decodes, whatever the
- * thread count; sampled (temperature) tokens reproduce when recomputed.
+ * thread count, and inside batches where all 32 decode (the engine splits
+ * those by token); sampled (temperature) tokens reproduce when recomputed.
  * Logits are compared bit for bit for every weight type: each matmul
  * kernel (packed VNNI GEMM or row kernels) keeps a per-row order that does
  * not depend on how many activation rows a call carries.
@@ -81,8 +82,10 @@ static void ensure_blocks(struct eng_kv *kv, struct seq *s, uint32_t end)
 
 /*
  * Run all sequences to NGEN tokens. chunk: prefill chunk size (0: whole
- * prompt); batched: all sequences in the same steps (staggered starts, so
- * prefills and decodes mix), else one sequence per step.
+ * prompt); batched 1: all sequences in the same steps (staggered starts, so
+ * prefills and decodes mix); batched 2: the prompts one per step, then
+ * every sequence in each step, decoding only (the engine's per-token
+ * split of decode steps); else one sequence per step.
  */
 static void run(eng_ctx_t *c, struct eng_kv *kv, struct seq *s, uint32_t n_vocab,
                 uint32_t chunk, int batched, float temp)
@@ -96,8 +99,10 @@ static void run(eng_ctx_t *c, struct eng_kv *kv, struct seq *s, uint32_t n_vocab
     assert_non_null(lg);
     for (;;) {
         struct eng_batch b = { 0, es };
-        int active = 0;
+        int active = 0, prefilling = 0;
 
+        for (int i = 0; i < nseq; i++)
+            prefilling |= s[i].n_gen < NGEN && s[i].pos < s[i].n_prompt;
         for (int i = 0; i < nseq; i++) {
             struct seq *q = &s[i];
             struct eng_seq *e;
@@ -105,7 +110,9 @@ static void run(eng_ctx_t *c, struct eng_kv *kv, struct seq *s, uint32_t n_vocab
             if (q->n_gen == NGEN)
                 continue;
             active++;
-            if (batched && i > step)      /* staggered arrivals */
+            if (batched == 1 && i > step)      /* staggered arrivals */
+                continue;
+            if (batched == 2 && prefilling && (q->pos >= q->n_prompt || b.n_seqs))
                 continue;
             if (!batched && b.n_seqs)
                 continue;
@@ -190,7 +197,7 @@ static void check_model(const char *path, uint32_t n_threads_b, int bitwise, int
     run(c1, &kv, a, nv, 0, 0, 0.0f);          /* alone, whole prompts, 1 thread */
     run(c2, &kv, b, nv, 7, 1, 0.0f);          /* batched, 7-token chunks, N threads */
     if (full)
-        run(c2, &kv, d, nv, 0, 1, 0.0f);      /* batched, whole prompts */
+        run(c2, &kv, d, nv, 0, 2, 0.0f);      /* prompts, then all decoding together */
     else
         memcpy(d, a, sizeof(a));              /* (real models: the chunked run only) */
     for (int i = 0; i < nseq; i++) {
