@@ -228,10 +228,10 @@ def run_main(S):
         check(True, "unknown model raises NotFoundError")
     try:
         cl.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
-                                   max_tokens=2, logprobs=True)
-        check(False, "logprobs (not carried through the pipeline yet) raise BadRequestError")
+                                   max_tokens=2, logprobs=True, top_logprobs=21)
+        check(False, "top_logprobs 21 raises BadRequestError")
     except openai.BadRequestError:
-        check(True, "logprobs (not carried through the pipeline yet) raise BadRequestError")
+        check(True, "top_logprobs 21 raises BadRequestError")
     try:
         cl.completions.create(model=model, prompt="x", max_tokens=2, temperature=-3)
         check(False, "temperature -3 raises BadRequestError")
