@@ -1056,7 +1056,9 @@ static int attach_all(struct bst *b)
      * FAVO_<NAME> (for comparisons until serve passes --no-overlap). */
     const char *env = getenv("FAVO_NO_OVERLAP");
     b->overlap = !b->cfg->no_overlap && !(env && *env && strcmp(env, "0"));
-    b->done_seen = in.done_step;
+    /* Only done messages we see ourselves count (a step the arena says is
+     * done may have been voided unseen by the engine: bat_sched_reset_kv). */
+    b->done_seen = 0;
     mbps = bat_kv_blocks_for(b->sc.max_ctx);
     /* Lay out the plan slots, but leave one already laid out for this
      * scheduler alone: after a restart it may hold the plan in flight, or
