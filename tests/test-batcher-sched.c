@@ -1002,6 +1002,36 @@ static void test_overlap_property(void **state)
         prop_run2(seed * 0x7654321ull, n, true, false, NULL);
 }
 
+/* Overlap: a cancel of a sequence in both plans in flight ends it
+ * CANCELLED within two completions; its blocks are freed then. */
+static void test_overlap_cancel(void **state)
+{
+    (void)state;
+    struct sim m;
+    sim_init(&m, cfg_small(), 8, 1);
+    int a = sim_submit(&m, 1, 0, 10, 50, NULL), b = sim_submit(&m, 2, 0, 20, 50, NULL);
+    assert_true(a >= 0 && b >= 0);
+    while (m.ntok[a] < 3)
+        sim_step_ov(&m);
+    struct bat_sched_info in;
+    bat_sched_info(&m.s, &in);
+    assert_int_equal(in.step, in.done_step + 1); /* planned ahead once more */
+    assert_int_equal(bat_sched_cancel(&m.s, m.id[a]), 0);
+    uint32_t before = m.ntok[a];
+    for (int k = 0; k < 3 && !m.fin[a]; k++)
+        sim_step_ov(&m);
+    assert_int_equal(m.fin[a], BAT_FIN_CANCELLED);
+    assert_true(m.ntok[a] <= before + 1);
+    assert_int_equal(m.fin[b], 0);
+    while (!m.fin[b])
+        sim_step_ov(&m);
+    assert_int_equal(m.fin[b], BAT_FIN_LENGTH);
+    sim_step_ov(&m);
+    assert_int_equal(kv_used(&m), 0);
+    assert_int_equal(bat_sched_check(&m.s), 0);
+    sim_free(&m);
+}
+
 /* Overlap changes when things are computed, never what: with a
  * deterministic engine each request's output (tokens, count, finish
  * reason) is the same with and without it, preemptions included. */
@@ -1050,6 +1080,7 @@ int main(void)
         cmocka_unit_test(test_property_traces),
         cmocka_unit_test(test_overlap_property),
         cmocka_unit_test(test_overlap_same_outputs),
+        cmocka_unit_test(test_overlap_cancel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -337,7 +337,10 @@ static int h_engine(struct h *h)
 
     if (!h->engine_on)
         return 0;
-    while ((m = shm_ring_peek_one(&h->plan[0]))) {
+    /* At most two plans a call: with overlap the next plan is always there
+     * when one is answered, and the callers' conditions must get a look
+     * in between (as a real engine's steps take time). */
+    while (got < 2 && (m = shm_ring_peek_one(&h->plan[0]))) {
         struct shm_plan_msg msg = *m;
         const struct shm_plan_msg *m1;
         uint64_t end = favo_now_ns() + 2000000000ull;
