@@ -265,11 +265,14 @@ int bat_sched_cancel(struct bat_sched *s, uint64_t id);
 
 /* Build the next plan into p (from bat_plan_init with this cfg's bounds).
  * Writes FINISH events (cancels, timeouts) to ev; returns their count,
- * or -EINVAL (ev_cap < bat_sched_ev_cap). */
+ * -EINVAL (ev_cap < bat_sched_ev_cap), or -EBUSY (two plans in flight:
+ * complete the older first, sched inv 5). With one plan in flight it
+ * plans ahead (Overlap above): call bat_sched_ahead_ok first. */
 int bat_sched_step(struct bat_sched *s, uint64_t now, struct bat_plan *p,
                    struct bat_event *ev, uint32_t ev_cap);
-/* Apply the engine's results for plan p (one per plan sequence). Writes
- * TOKEN and FINISH events; returns their count, or -EINVAL. */
+/* Apply the engine's results for plan p (one per plan sequence), the
+ * oldest plan in flight. Writes TOKEN and FINISH events; returns their
+ * count, 0 for a plan already applied (or voided), or -EINVAL. */
 int bat_sched_complete(struct bat_sched *s, const struct bat_plan *p,
                        const struct bat_result *res, uint64_t now,
                        struct bat_event *ev, uint32_t ev_cap);
