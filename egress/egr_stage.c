@@ -132,7 +132,7 @@ struct egr {
 
     struct egr_tr *tr, tr_cur;     /* FAVO_EGR_TRACE; NULL: off */
     uint32_t tr_n;
-    const char *tr_path;
+    int tr_fd;
 };
 
 static inline uint64_t ud_make(unsigned op, uint32_t idx, uint32_t gen)
@@ -1671,16 +1671,24 @@ static void teardown(struct egr *E)
 
 /* ----------------------------------------------------------------- trace */
 
+/* The file is opened here, at start-up: favo serve's sandbox (installed
+ * once the stage is up) allows no new files, only writes. */
 static void tr_open(struct egr *E)
 {
     const char *p = getenv("FAVO_EGR_TRACE");
 
+    E->tr_fd = -1;
     if (!p || !*p)
         return;
-    E->tr = calloc(TR_CAP, sizeof(*E->tr));
-    E->tr_path = p;
-    if (!E->tr)
-        favo_warn("egress: no memory for FAVO_EGR_TRACE; tracing off");
+    E->tr_fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    E->tr = E->tr_fd >= 0 ? calloc(TR_CAP, sizeof(*E->tr)) : NULL;
+    if (!E->tr) {
+        favo_warn("egress: FAVO_EGR_TRACE %s: %s; tracing off", p,
+                  E->tr_fd < 0 ? strerror(errno) : "no memory");
+        if (E->tr_fd >= 0)
+            close(E->tr_fd);
+        E->tr_fd = -1;
+    }
 }
 
 /* A burst ended (its sends submitted): keep its record. */
@@ -1699,21 +1707,30 @@ static void tr_burst(struct egr *E, uint64_t d0, uint64_t d1, unsigned nev)
 
 static void tr_close(struct egr *E)
 {
-    FILE *f;
+    char buf[4096];
+    size_t n;
+    bool ok = true;
 
     if (!E->tr)
         return;
-    if ((f = fopen(E->tr_path, "w")) != NULL) {
-        fprintf(f, "# pub wake d0 d1 s1 nev nsend (ns, CLOCK_MONOTONIC)\n");
-        for (uint32_t i = 0; i < E->tr_n; i++) {
-            const struct egr_tr *t = &E->tr[i];
-            fprintf(f, "%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %u %u\n",
-                    t->pub, t->wake, t->d0, t->d1, t->s1, t->nev, t->nsend);
+    n = (size_t)snprintf(buf, sizeof(buf), "# pub wake d0 d1 s1 nev nsend (ns, CLOCK_MONOTONIC)\n");
+    for (uint32_t i = 0; i <= E->tr_n && ok; i++) {
+        if (i == E->tr_n || n > sizeof(buf) - 160) { /* a record is < 120 bytes */
+            ok = write(E->tr_fd, buf, n) == (ssize_t)n;
+            n = 0;
         }
-        fclose(f);
-    } else {
-        favo_warn("egress: FAVO_EGR_TRACE: cannot write %s", E->tr_path);
+        if (i < E->tr_n) {
+            const struct egr_tr *t = &E->tr[i];
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n,
+                                  "%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
+                                  " %u %u\n",
+                                  t->pub, t->wake, t->d0, t->d1, t->s1, t->nev, t->nsend);
+        }
     }
+    if (!ok)
+        favo_warn("egress: FAVO_EGR_TRACE: write failed");
+    close(E->tr_fd);
+    E->tr_fd = -1;
     free(E->tr);
     E->tr = NULL;
 }
