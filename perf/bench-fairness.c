@@ -1,0 +1,1095 @@
+/*
+ * bench-fairness.c - tenant fairness through the real pipeline (issue #7):
+ * "tenant A floods at several times capacity while tenant B sends its
+ * usual rate; B's p99 time-to-first-token stays within 2 times its unloaded
+ * value".
+ *
+ *   build/perf/bench-fairness [--json] [--model FILE] [--threads N]
+ *                             [--b-rate R] [--flood C] [--duration S]
+ *                             [--repeat N] [--max-seqs N]
+ *                             [--max-batch-tokens N]
+ *                             [--input-tokens N --output-tokens M]
+ *                             [--out DIR]
+ *
+ * Makes a keys file with `favo keys add` for tenants A and B (same
+ * priority, no rate limits), starts `favo serve --keys FILE --access-log
+ * FILE` on a free port with its own instance name, waits for "ready" and
+ * /ready, warms up both keys, then alternates two phases --repeat times:
+ *
+ *   unloaded  B alone: favo bench --api-key B -r R -d S (open loop,
+ *             Poisson, streaming, latency from the intended send time)
+ *   flood     A first: favo bench --api-key A -c C (closed loop, C =
+ *             --flood, default 4 x --max-seqs, so 3 x max-seqs wait all the
+ *             time); once the server runs --max-seqs sequences (favo stat),
+ *             B as in the unloaded phase; A is stopped when B ends and the
+ *             server drains before the next phase.
+ *
+ * Per phase: B's TTFT p50/p99 (favo bench, client side); B's queue time
+ * and server-side TTFT from the access log (queue_ms: ingress has the
+ * whole request -> first step that includes it; ttft_ms: -> first token
+ * sent); the engine's mean step time and tokens per step, and each
+ * tenant's generated tokens/s, from `favo stat --json` snapshots taken
+ * right before and after B's run (deltas of the eng_step histogram's
+ * count and sum, of eng_steps / eng_tok and of the tenant rows). The
+ * ratio is B's p99 TTFT in the flood over B's p99 TTFT unloaded; with
+ * --repeat every figure is the median over the repeats (even N: mean of
+ * the middle two). The 1-minute load average is read before and after.
+ *
+ * Physics: under the flood every engine step is a full batch (--max-seqs
+ * decodes plus prefill chunks up to --max-batch-tokens), while unloaded a
+ * step holds B's one or two sequences. B's first token needs at least the
+ * step it is prefilled in; with the batcher's overlap (plan N+1 is planned
+ * while step N runs) a request arriving during step N joins plan N+2 at
+ * the earliest, so even a perfect scheduler gives B a TTFT of about 1.5 to
+ * 2.5 full steps under the flood, against about one small step unloaded.
+ * The table therefore prints the mean step time of both phases and B's
+ * TTFT in flood steps, so scheduling delay can be told from compute.
+ *
+ * Paths: favo is FAVO_BIN, else ../favo next to this executable; the model
+ * defaults to $FAVO_MODELS (or models/)/SmolLM2-135M-Instruct.Q4_1.gguf.
+ * Every child runs in its own process group; on SIGINT/SIGTERM/SIGHUP
+ * every group gets SIGTERM (SIGKILL after 20 s), a second signal SIGKILLs
+ * at once, and at exit any group still alive is SIGKILLed.
+ */
+#include "perf_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <yajl/yajl_tree.h>
+
+#define MAX_KIDS 8
+#define MAX_REPEAT 9
+#define MAX_LOG_ROWS 65536
+
+static volatile pid_t kids[MAX_KIDS];
+static volatile sig_atomic_t g_sig;
+static char g_shm[96]; /* favo serve's stats segment, unlinked if it dies hard */
+
+static void kids_add(pid_t p)
+{
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (!kids[i]) {
+            kids[i] = p;
+            return;
+        }
+}
+
+static void kids_del(pid_t p)
+{
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (kids[i] == p)
+            kids[i] = 0;
+}
+
+static void kids_kill_all(void)
+{
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (kids[i] > 0)
+            kill(-kids[i], SIGKILL);
+}
+
+static void on_signal(int sig)
+{
+    static const char msg[] = "bench-fairness: interrupted twice, killing children\n";
+
+    if (!g_sig) {
+        g_sig = sig;
+        return;
+    }
+    kids_kill_all();
+    if (write(2, msg, sizeof(msg) - 1) < 0) {
+        /* nothing to do */
+    }
+    _exit(128 + sig);
+}
+
+static void on_exit_kill(void)
+{
+    kids_kill_all();
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void stop_child(pid_t p, double grace_s);
+
+/* From the wait loops: after a signal stop every child gracefully, exit. */
+static void check_sig(void)
+{
+    static bool stopping;
+
+    if (!g_sig || stopping)
+        return;
+    stopping = true;
+    fprintf(stderr, "bench-fairness: interrupted, stopping children\n");
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (kids[i] > 0)
+            kill(-kids[i], SIGTERM);
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (kids[i] > 0)
+            stop_child(kids[i], 20);
+    if (g_shm[0])
+        shm_unlink(g_shm);
+    _exit(128 + g_sig);
+}
+
+/* fork+exec argv in a new process group; stdout to out (inherited stderr
+ * when NULL), stderr to out too when merge, else to /dev/null when quiet.
+ * Returns the pid or -errno. */
+static pid_t spawn(char *const argv[], const char *out, bool merge)
+{
+    pid_t p = fork();
+
+    if (p < 0)
+        return -errno;
+    if (p == 0) {
+        setpgid(0, 0);
+        if (out) {
+            int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+            if (fd < 0)
+                _exit(126);
+            dup2(fd, 1);
+            if (merge) {
+                dup2(fd, 2);
+            } else {
+                int nul = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+                if (nul >= 0)
+                    dup2(nul, 2);
+            }
+        } else {
+            dup2(2, 1); /* keep our stdout for the table / JSON */
+        }
+        execv(argv[0], argv);
+        fprintf(stderr, "bench-fairness: exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(p, p);
+    kids_add(p);
+    return p;
+}
+
+/* Wait for p up to timeout_s (< 0: forever); its status, or -ETIMEDOUT. */
+static int wait_for(pid_t p, double timeout_s)
+{
+    double t0 = mono_s();
+    int st;
+
+    for (;;) {
+        pid_t r = waitpid(p, &st, WNOHANG);
+
+        if (r == p) {
+            kids_del(p);
+            return st;
+        }
+        if (r < 0 && errno != EINTR)
+            return -errno;
+        if (timeout_s >= 0 && mono_s() - t0 > timeout_s)
+            return -ETIMEDOUT;
+        if (timeout_s < 0)
+            check_sig();
+        usleep(20000);
+    }
+}
+
+static void stop_child(pid_t p, double grace_s)
+{
+    if (p <= 0)
+        return;
+    kill(-p, SIGTERM);
+    if (wait_for(p, grace_s) == -ETIMEDOUT) {
+        kill(-p, SIGKILL);
+        wait_for(p, -1);
+    }
+    kill(-p, SIGKILL); /* grandchildren left in the group */
+}
+
+/* Run argv to completion, stdout to out; the exit status or -errno. */
+static int run_to_end(char *const argv[], const char *out, double timeout_s)
+{
+    pid_t p = spawn(argv, out, false);
+    int st;
+
+    if (p < 0)
+        return p;
+    st = wait_for(p, timeout_s);
+    if (st == -ETIMEDOUT) {
+        stop_child(p, 5);
+        return st;
+    }
+    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -EIO;
+}
+
+static char *slurp(const char *path, long from, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+
+    if (!f)
+        return NULL;
+    if (from > 0 && fseek(f, from, SEEK_SET)) {
+        fclose(f);
+        return NULL;
+    }
+    for (;;) {
+        if (cap - n < 4096) {
+            char *nb = realloc(buf, cap ? cap * 2 : 65536);
+
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+            cap = cap ? cap * 2 : 65536;
+        }
+        size_t k = fread(buf + n, 1, cap - n - 1, f);
+
+        if (!k)
+            break;
+        n += k;
+    }
+    fclose(f);
+    buf[n] = 0;
+    if (len)
+        *len = n;
+    return buf;
+}
+
+static long file_size(const char *path)
+{
+    struct stat sb;
+
+    return stat(path, &sb) ? 0 : (long)sb.st_size;
+}
+
+static void tail_log(const char *path, int lines)
+{
+    size_t n = 0;
+    char *b = slurp(path, 0, &n);
+    size_t i = n;
+    int seen = 0;
+
+    if (!b)
+        return;
+    while (i > 0 && seen <= lines)
+        if (b[--i] == '\n')
+            seen++;
+    fprintf(stderr, "---- %s (tail) ----\n%s\n----\n", path, b + i);
+    free(b);
+}
+
+static double loadavg1(void)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+    double l = NAN;
+
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = NAN;
+        fclose(f);
+    }
+    return l;
+}
+
+/* GET /ready on 127.0.0.1:port; true on a 200. */
+static bool http_ready(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons((uint16_t)port)};
+    static const char req[] = "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    struct timeval tv = {.tv_sec = 5};
+    char buf[64] = {0};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool ok = false;
+
+    if (fd < 0)
+        return false;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (!connect(fd, (struct sockaddr *)&a, sizeof(a)) &&
+        write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1) &&
+        read(fd, buf, sizeof(buf) - 1) > 12)
+        ok = !strncmp(buf + 9, "200", 3);
+    close(fd);
+    return ok;
+}
+
+/* ------------------------------------------------------------ options */
+
+struct opts {
+    const char *model, *favo, *out;
+    int threads, repeat, max_seqs, max_batch_tokens, flood, in_tok, out_tok;
+    double b_rate, duration;
+    bool json;
+};
+
+static struct opts O;
+static char g_url[64], g_inst[64], g_keys[PATH_MAX], g_alog[PATH_MAX];
+static char g_key_a[128], g_key_b[128];
+
+/* ----------------------------------------------------- favo stat deltas */
+
+/* The numbers of one `favo stat --json` snapshot this benchmark uses. */
+struct snap {
+    bool ok;
+    double t;                       /* mono_s() when taken */
+    double steps, eng_tok, step_n, step_sum_s, running, waiting, preempt;
+    double gen[2], req[2];           /* tenants A, B: gen_tokens, requests */
+};
+
+static double jget(yajl_val v, const char *k1, const char *k2)
+{
+    const char *path[3] = {k1, k2, NULL};
+    yajl_val x = yajl_tree_get(v, path, yajl_t_any);
+
+    return x && YAJL_IS_NUMBER(x) ? YAJL_GET_DOUBLE(x) : NAN;
+}
+
+static struct snap take_snap(void)
+{
+    char path[PATH_MAX], err[256];
+    char *argv[] = {(char *)O.favo, "stat", "--instance", g_inst, "--json", NULL};
+    struct snap s = {.t = mono_s()};
+    const char *p_tn[] = {"tenants", NULL}, *p_step[] = {"histograms", "eng_step", NULL};
+    yajl_val root, tn, h;
+    char *txt;
+
+    snprintf(path, sizeof(path), "%s/stat.json", O.out);
+    if (run_to_end(argv, path, 30) != 0)
+        return s;
+    txt = slurp(path, 0, NULL);
+    root = txt ? yajl_tree_parse(txt, err, sizeof(err)) : NULL;
+    free(txt);
+    if (!root)
+        return s;
+    s.steps = jget(root, "counters", "eng_steps");
+    s.eng_tok = jget(root, "counters", "eng_tok");
+    s.preempt = jget(root, "counters", "preempt");
+    s.running = jget(root, "gauges", "running");
+    s.waiting = jget(root, "gauges", "waiting");
+    h = yajl_tree_get(root, p_step, yajl_t_object);
+    s.step_n = h ? jget(h, "count", NULL) : NAN;
+    s.step_sum_s = h ? jget(h, "sum_s", NULL) : NAN;
+    tn = yajl_tree_get(root, p_tn, yajl_t_array);
+    for (size_t i = 0; tn && i < tn->u.array.len; i++) {
+        const char *p_name[] = {"tenant", NULL};
+        yajl_val row = tn->u.array.values[i], nm = yajl_tree_get(row, p_name, yajl_t_string);
+        const char *name = nm ? YAJL_GET_STRING(nm) : NULL;
+        int w = -1;
+
+        if (name && !strcmp(name, "A"))
+            w = 0;
+        else if (name && !strcmp(name, "B"))
+            w = 1;
+        if (w >= 0) {
+            s.gen[w] = jget(row, "gen_tokens", NULL);
+            s.req[w] = jget(row, "requests", NULL);
+        }
+    }
+    s.ok = !isnan(s.steps) && !isnan(s.step_n);
+    yajl_tree_free(root);
+    return s;
+}
+
+/* ---------------------------------------------------------- access log */
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* Quantiles of queue_ms and ttft_ms of tenant's 200 answers in the access
+ * log between byte offsets [from, to). Returns the count. */
+static int alog_quant(long from, long to, const char *tenant, double q[4])
+{
+    static double qv[MAX_LOG_ROWS], tv[MAX_LOG_ROWS];
+    char want[64], *txt = slurp(g_alog, from, NULL), *line, *save = NULL;
+    int n = 0;
+
+    q[0] = q[1] = q[2] = q[3] = NAN;
+    if (!txt)
+        return 0;
+    if (to >= from && (size_t)(to - from) < strlen(txt))
+        txt[to - from] = 0;
+    snprintf(want, sizeof(want), "\"tenant\":\"%s\"", tenant);
+    for (line = strtok_r(txt, "\n", &save); line && n < MAX_LOG_ROWS;
+         line = strtok_r(NULL, "\n", &save)) {
+        char *qm = strstr(line, "\"queue_ms\":"), *tm = strstr(line, "\"ttft_ms\":");
+
+        if (line[0] != '{' || !strstr(line, want) || !strstr(line, "\"status\":200") || !qm ||
+            !tm)
+            continue;
+        qv[n] = strtod(qm + strlen("\"queue_ms\":"), NULL);
+        tv[n] = strtod(tm + strlen("\"ttft_ms\":"), NULL);
+        n++;
+    }
+    free(txt);
+    if (n) {
+        q[0] = perf_quantile(qv, (size_t)n, 0.50);
+        q[1] = perf_quantile(qv, (size_t)n, 0.99);
+        q[2] = perf_quantile(tv, (size_t)n, 0.50);
+        q[3] = perf_quantile(tv, (size_t)n, 0.99);
+    }
+    return n;
+}
+
+/* -------------------------------------------------------------- phases */
+
+/* One phase's figures; NAN = not measured. */
+struct phase {
+    bool ran;
+    char why[256];
+    double ttft_p50, ttft_p99, ok, errors;        /* B, client side */
+    double q_p50, q_p99, sttft_p50, sttft_p99;    /* B, access log */
+    double a_q_p50, a_q_p99;                      /* A, access log */
+    double step_ms, tok_per_step, steps_per_s;    /* engine, stat deltas */
+    double a_tps, b_tps, preempt;                 /* stat deltas */
+    double window_s, load0, load1;
+};
+
+static const struct phase PHASE_NONE = {
+    .ttft_p50 = NAN, .ttft_p99 = NAN, .ok = NAN, .errors = NAN, .q_p50 = NAN, .q_p99 = NAN,
+    .sttft_p50 = NAN, .sttft_p99 = NAN, .a_q_p50 = NAN, .a_q_p99 = NAN, .step_ms = NAN,
+    .tok_per_step = NAN, .steps_per_s = NAN, .a_tps = NAN, .b_tps = NAN, .preempt = NAN,
+    .window_s = NAN, .load0 = NAN, .load1 = NAN};
+
+static pid_t start_bench(const char *key, const char *mode, const char *val, double dur,
+                         const char *seed, const char *json)
+{
+    char d[32], in[16], out[16];
+    char *argv[] = {(char *)O.favo, "bench", "-u", g_url, "--api-key", (char *)key,
+                    (char *)mode, (char *)val, "-d", d, "--input-tokens", in,
+                    "--output-tokens", out, "--seed", (char *)seed, "--timeout", "120",
+                    "--json", (char *)json, "-q", NULL};
+
+    snprintf(d, sizeof(d), "%g", dur);
+    snprintf(in, sizeof(in), "%d", O.in_tok);
+    snprintf(out, sizeof(out), "%d", O.out_tok);
+    unlink(json);
+    return spawn(argv, "/dev/null", false);
+}
+
+/* B's run: favo bench's JSON into ph; stat and access-log deltas. */
+static void finish_b(struct phase *ph, const char *json, const struct snap *s0,
+                     const struct snap *s1, long off0, long off1)
+{
+    char err[256], *txt = slurp(json, 0, NULL);
+    yajl_val root = txt ? yajl_tree_parse(txt, err, sizeof(err)) : NULL;
+    double q[4], dt = s1->t - s0->t;
+
+    free(txt);
+    if (!root) {
+        snprintf(ph->why, sizeof(ph->why), "favo bench as B wrote no JSON (%s)", json);
+        return;
+    }
+    {
+        /* favo bench --json: {"url":..,"run":{"ok":..,"ttft_ms":{"p99":..}}} */
+        const char *p_run[] = {"run", NULL};
+        yajl_val run = yajl_tree_get(root, p_run, yajl_t_object);
+
+        if (run) {
+            ph->ttft_p50 = jget(run, "ttft_ms", "p50");
+            ph->ttft_p99 = jget(run, "ttft_ms", "p99");
+            ph->ok = jget(run, "ok", NULL);
+            ph->errors = jget(run, "errors", NULL);
+        }
+    }
+    yajl_tree_free(root);
+    if (s0->ok && s1->ok && dt > 0) {
+        double n = s1->step_n - s0->step_n, st = s1->steps - s0->steps;
+
+        ph->step_ms = n > 0 ? (s1->step_sum_s - s0->step_sum_s) / n * 1e3 : NAN;
+        ph->tok_per_step = st > 0 ? (s1->eng_tok - s0->eng_tok) / st : NAN;
+        ph->steps_per_s = st / dt;
+        ph->a_tps = (s1->gen[0] - s0->gen[0]) / dt;
+        ph->b_tps = (s1->gen[1] - s0->gen[1]) / dt;
+        ph->preempt = s1->preempt - s0->preempt;
+        ph->window_s = dt;
+    }
+    alog_quant(off0, off1, "B", q);
+    ph->q_p50 = q[0];
+    ph->q_p99 = q[1];
+    ph->sttft_p50 = q[2];
+    ph->sttft_p99 = q[3];
+    alog_quant(off0, off1, "A", q);
+    ph->a_q_p50 = q[0];
+    ph->a_q_p99 = q[1];
+    ph->ran = !isnan(ph->ttft_p99);
+    if (!ph->ran)
+        snprintf(ph->why, sizeof(ph->why), "B got no first token");
+}
+
+/* Wait for the server to hold nothing (running and waiting 0), up to t s. */
+static void wait_idle(double t)
+{
+    double t0 = mono_s();
+
+    while (mono_s() - t0 < t) {
+        struct snap s = take_snap();
+
+        if (s.ok && s.running == 0 && s.waiting == 0)
+            return;
+        check_sig();
+        usleep(200000);
+    }
+    fprintf(stderr, "bench-fairness: server not idle after %g s\n", t);
+}
+
+static void run_unloaded(int r, struct phase *ph)
+{
+    char json[PATH_MAX], seed[16];
+    struct snap s0, s1;
+    long off0, off1;
+    pid_t b;
+
+    snprintf(json, sizeof(json), "%s/b-unloaded-%d.json", O.out, r + 1);
+    snprintf(seed, sizeof(seed), "%d", 1000 + r);
+    fprintf(stderr, "bench-fairness: #%d unloaded: B at %g/s for %g s\n", r + 1, O.b_rate,
+            O.duration);
+    wait_idle(60);
+    ph->load0 = loadavg1();
+    off0 = file_size(g_alog);
+    s0 = take_snap();
+    {
+        char rate[32];
+
+        snprintf(rate, sizeof(rate), "%g", O.b_rate);
+        b = start_bench(g_key_b, "-r", rate, O.duration, seed, json);
+    }
+    if (b < 0) {
+        snprintf(ph->why, sizeof(ph->why), "cannot start favo bench: %s", strerror(-b));
+        return;
+    }
+    wait_for(b, -1);
+    s1 = take_snap();
+    usleep(300000); /* egress writes the access-log line after the last byte */
+    off1 = file_size(g_alog);
+    ph->load1 = loadavg1();
+    finish_b(ph, json, &s0, &s1, off0, off1);
+}
+
+static void run_flood(int r, struct phase *ph)
+{
+    char json[PATH_MAX], ajson[PATH_MAX], seed[16], aseed[16], conc[16], rate[32];
+    struct snap s0, s1;
+    long off0, off1;
+    double t0;
+    pid_t a, b;
+
+    snprintf(json, sizeof(json), "%s/b-flood-%d.json", O.out, r + 1);
+    snprintf(ajson, sizeof(ajson), "%s/a-flood-%d.json", O.out, r + 1);
+    snprintf(seed, sizeof(seed), "%d", 2000 + r);
+    snprintf(aseed, sizeof(aseed), "%d", 3000 + r);
+    snprintf(conc, sizeof(conc), "%d", O.flood);
+    snprintf(rate, sizeof(rate), "%g", O.b_rate);
+    fprintf(stderr, "bench-fairness: #%d flood: A at concurrency %d, then B at %g/s for %g s\n",
+            r + 1, O.flood, O.b_rate, O.duration);
+    wait_idle(60);
+    ph->load0 = loadavg1();
+    /* A runs until stopped: far longer than B's part */
+    a = start_bench(g_key_a, "-c", conc, O.duration * 4 + 120, aseed, ajson);
+    if (a < 0) {
+        snprintf(ph->why, sizeof(ph->why), "cannot start favo bench: %s", strerror(-a));
+        return;
+    }
+    /* the flood holds every slot and a queue behind them (or 30 s passed) */
+    t0 = mono_s();
+    for (;;) {
+        struct snap s = take_snap();
+
+        if (s.ok && s.running >= O.max_seqs && s.waiting > 0)
+            break;
+        if (mono_s() - t0 > 30) {
+            fprintf(stderr, "bench-fairness: the flood did not fill %d slots in 30 s\n",
+                    O.max_seqs);
+            break;
+        }
+        check_sig();
+        usleep(200000);
+    }
+    sleep(1); /* past the first wave of prefills: steady decode + prefill mix */
+    off0 = file_size(g_alog);
+    s0 = take_snap();
+    b = start_bench(g_key_b, "-r", rate, O.duration, seed, json);
+    if (b < 0) {
+        snprintf(ph->why, sizeof(ph->why), "cannot start favo bench: %s", strerror(-b));
+        stop_child(a, 20);
+        return;
+    }
+    wait_for(b, -1);
+    s1 = take_snap();
+    usleep(300000);
+    off1 = file_size(g_alog);
+    ph->load1 = loadavg1();
+    stop_child(a, 20); /* its connections close: the server cancels A's requests */
+    finish_b(ph, json, &s0, &s1, off0, off1);
+}
+
+/* ---------------------------------------------------------- the server */
+
+static int add_key(const char *tenant, char *key, size_t cap)
+{
+    char out[PATH_MAX], *txt, *p;
+    char *argv[] = {(char *)O.favo, "keys", "add", "--keys", g_keys, "--tenant", (char *)tenant,
+                    "--name", (char *)tenant, "--rpm", "0", "--tpm", "0", NULL};
+    size_t n;
+
+    snprintf(out, sizeof(out), "%s/key-%s.txt", O.out, tenant);
+    if (run_to_end(argv, out, 30) != 0)
+        return -EIO;
+    txt = slurp(out, 0, &n);
+    if (!txt)
+        return -EIO;
+    while (n && (txt[n - 1] == '\n' || txt[n - 1] == ' '))
+        txt[--n] = 0;
+    p = strrchr(txt, ' ');
+    p = p ? p + 1 : txt;
+    if (!*p || strlen(p) >= cap) {
+        free(txt);
+        return -EIO;
+    }
+    strcpy(key, p);
+    unlink(out); /* the key is a secret: not left in the results folder */
+    free(txt);
+    return 0;
+}
+
+static pid_t start_server(char *why, size_t wn)
+{
+    char log[PATH_MAX], thr[16], seqs[16], mbt[16];
+    double t0 = mono_s();
+    int port = 0;
+    pid_t p;
+
+    snprintf(log, sizeof(log), "%s/serve.log", O.out);
+    snprintf(thr, sizeof(thr), "%d", O.threads);
+    snprintf(seqs, sizeof(seqs), "%d", O.max_seqs);
+    snprintf(mbt, sizeof(mbt), "%d", O.max_batch_tokens);
+    {
+        char *argv[] = {(char *)O.favo, "serve", "--model", (char *)O.model, "--port", "0",
+                        "--instance", g_inst, "--keys", g_keys, "--access-log", g_alog,
+                        "--threads", thr, "--max-seqs", seqs, "--max-batch-tokens", mbt,
+                        "--ctx-size", "2048", "--kv-cache-mb", "512", "--poll", "block", NULL};
+
+        p = spawn(argv, log, true);
+    }
+    if (p < 0) {
+        snprintf(why, wn, "cannot start favo serve: %s", strerror(-p));
+        return p;
+    }
+    while (mono_s() - t0 < 120 && port <= 0) {
+        char *b = slurp(log, 0, NULL);
+        int st;
+
+        if (b) {
+            char *m = strstr(b, "on http://127.0.0.1:");
+
+            if (m && strstr(m, "ready in"))
+                port = atoi(m + strlen("on http://127.0.0.1:"));
+            free(b);
+        }
+        if (port <= 0 && waitpid(p, &st, WNOHANG) == p) {
+            kids_del(p);
+            snprintf(why, wn, "favo serve exited before ready (log %s)", log);
+            tail_log(log, 15);
+            return -ECHILD;
+        }
+        check_sig();
+        usleep(50000);
+    }
+    while (port > 0 && mono_s() - t0 < 120 && !http_ready(port))
+        usleep(100000);
+    if (port <= 0 || !http_ready(port)) {
+        snprintf(why, wn, "favo serve not ready in 120 s (log %s)", log);
+        tail_log(log, 15);
+        stop_child(p, 5);
+        return -ETIMEDOUT;
+    }
+    snprintf(g_url, sizeof(g_url), "http://127.0.0.1:%d", port);
+    return p;
+}
+
+static void warm_up(void)
+{
+    const char *keys[] = {g_key_a, g_key_b};
+
+    for (int i = 0; i < 2; i++) {
+        char *argv[] = {(char *)O.favo, "bench", "-u", g_url, "--api-key", (char *)keys[i],
+                        "-c", "1", "-n", "2", "--input-tokens", "16", "--output-tokens", "4",
+                        "-q", NULL};
+
+        run_to_end(argv, "/dev/null", 120);
+    }
+}
+
+/* ------------------------------------------------------------- results */
+
+static double median(double *v, int n)
+{
+    int k = 0;
+
+    for (int i = 0; i < n; i++)
+        if (!isnan(v[i]))
+            v[k++] = v[i];
+    if (!k)
+        return NAN;
+    qsort(v, (size_t)k, sizeof(*v), cmp_dbl);
+    return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+}
+
+#define PHASE_FIELDS(X)                                                                            \
+    X(ttft_p50) X(ttft_p99) X(ok) X(errors) X(q_p50) X(q_p99) X(sttft_p50) X(sttft_p99)           \
+    X(a_q_p50) X(a_q_p99) X(step_ms) X(tok_per_step) X(steps_per_s) X(a_tps) X(b_tps)            \
+    X(preempt) X(window_s) X(load0) X(load1)
+
+static void phase_median(const struct phase *r, int n, struct phase *m)
+{
+    double v[MAX_REPEAT];
+
+    *m = PHASE_NONE;
+    for (int i = 0; i < n; i++)
+        m->ran |= r[i].ran;
+    if (!m->ran) {
+        snprintf(m->why, sizeof(m->why), "%s", r[n - 1].why);
+        return;
+    }
+#define MED(f)                                                                                     \
+    {                                                                                              \
+        int k = 0;                                                                                 \
+        for (int i = 0; i < n; i++)                                                                \
+            if (r[i].ran)                                                                          \
+                v[k++] = r[i].f;                                                                   \
+        m->f = median(v, k);                                                                       \
+    }
+    PHASE_FIELDS(MED)
+#undef MED
+}
+
+static void phase_json(FILE *f, const char *pre, const struct phase *p)
+{
+    char k[96];
+
+#define J(field)                                                                                   \
+    snprintf(k, sizeof(k), "%s%s", pre, #field);                                                   \
+    perf_json_num(f, k, p->field);
+    PHASE_FIELDS(J)
+#undef J
+    snprintf(k, sizeof(k), "%serror", pre);
+    if (!p->ran)
+        perf_json_str(f, k, p->why);
+}
+
+static void fmtd(char *b, size_t n, double v, const char *f)
+{
+    if (isnan(v))
+        snprintf(b, n, "-");
+    else
+        snprintf(b, n, f, v);
+}
+
+static void phase_row(const char *name, const struct phase *p)
+{
+    char c[14][24];
+
+    if (!p->ran) {
+        printf("%-14s not run: %s\n", name, p->why);
+        return;
+    }
+    fmtd(c[0], 24, p->ttft_p50, "%.1f");
+    fmtd(c[1], 24, p->ttft_p99, "%.1f");
+    fmtd(c[2], 24, p->q_p50, "%.1f");
+    fmtd(c[3], 24, p->q_p99, "%.1f");
+    fmtd(c[4], 24, p->sttft_p99, "%.1f");
+    fmtd(c[5], 24, p->step_ms, "%.1f");
+    fmtd(c[6], 24, p->tok_per_step, "%.1f");
+    fmtd(c[7], 24, p->a_tps, "%.1f");
+    fmtd(c[8], 24, p->b_tps, "%.1f");
+    fmtd(c[9], 24, p->ttft_p99 / p->step_ms, "%.1f");
+    fmtd(c[10], 24, p->load0, "%.1f");
+    fmtd(c[11], 24, p->load1, "%.1f");
+    fmtd(c[12], 24, p->ok, "%.0f");
+    fmtd(c[13], 24, p->errors, "%.0f");
+    printf("%-14s %8s %8s %8s %8s %9s %8s %8s %8s %8s %9s %5s/%-5s %5s/%s\n", name, c[0], c[1],
+           c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[12], c[13], c[10], c[11]);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: bench-fairness [--json] [--model FILE] [--threads N] [--b-rate R]\n"
+            "                      [--flood C] [--duration S] [--repeat N] [--max-seqs N]\n"
+            "                      [--max-batch-tokens N] [--input-tokens N --output-tokens M]\n"
+            "                      [--out DIR]\n"
+            "Tenant B's TTFT alone and while tenant A floods (closed loop, C streams),\n"
+            "through favo serve; ratio = B p99 TTFT flood / unloaded (issue #7 goal <= 2).\n"
+            "defaults: --threads 2 --b-rate 1 --flood 4 x max-seqs --duration 20 --repeat 1\n"
+            "          --max-seqs 16 --max-batch-tokens 512 --input-tokens 64\n"
+            "          --output-tokens 32\n");
+}
+
+static bool arg_val(int argc, char **argv, int *i, const char *name, const char **v)
+{
+    if (strcmp(argv[*i], name))
+        return false;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "bench-fairness: %s needs a value\n", name);
+        exit(2);
+    }
+    *v = argv[++*i];
+    return true;
+}
+
+static double parse_pos(const char *name, const char *v)
+{
+    char *end;
+    double d = strtod(v, &end);
+
+    if (*end || !(d > 0) || d > 1e9) {
+        fprintf(stderr, "bench-fairness: %s: '%s' is not a positive number\n", name, v);
+        exit(2);
+    }
+    return d;
+}
+
+int main(int argc, char **argv)
+{
+    static char favo_path[PATH_MAX], model_path[PATH_MAX], out_tmpl[] = "/tmp/bench-fair-XXXXXX";
+    static struct phase un[MAX_REPEAT], fl[MAX_REPEAT];
+    struct phase mu, mf;
+    struct sigaction sa = {.sa_handler = on_signal};
+    double ratios[MAX_REPEAT], ratio, load0, load1;
+    char machine[256], why[PATH_MAX + 64] = "";
+    const char *v;
+    pid_t srv;
+
+    O = (struct opts){.threads = 2, .repeat = 1, .max_seqs = 16, .max_batch_tokens = 512,
+                      .in_tok = 64, .out_tok = 32, .b_rate = 1, .duration = 20};
+    O.json = perf_want_json(argc, argv);
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (arg_val(argc, argv, &i, "--model", &O.model) ||
+                   arg_val(argc, argv, &i, "--out", &O.out)) {
+        } else if (arg_val(argc, argv, &i, "--threads", &v)) {
+            O.threads = (int)parse_pos("--threads", v);
+        } else if (arg_val(argc, argv, &i, "--b-rate", &v)) {
+            O.b_rate = parse_pos("--b-rate", v);
+        } else if (arg_val(argc, argv, &i, "--flood", &v)) {
+            O.flood = (int)parse_pos("--flood", v);
+        } else if (arg_val(argc, argv, &i, "--duration", &v)) {
+            O.duration = parse_pos("--duration", v);
+        } else if (arg_val(argc, argv, &i, "--repeat", &v)) {
+            O.repeat = (int)parse_pos("--repeat", v);
+        } else if (arg_val(argc, argv, &i, "--max-seqs", &v)) {
+            O.max_seqs = (int)parse_pos("--max-seqs", v);
+        } else if (arg_val(argc, argv, &i, "--max-batch-tokens", &v)) {
+            O.max_batch_tokens = (int)parse_pos("--max-batch-tokens", v);
+        } else if (arg_val(argc, argv, &i, "--input-tokens", &v)) {
+            O.in_tok = (int)parse_pos("--input-tokens", v);
+        } else if (arg_val(argc, argv, &i, "--output-tokens", &v)) {
+            O.out_tok = (int)parse_pos("--output-tokens", v);
+        } else {
+            fprintf(stderr, "bench-fairness: unknown option '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (O.repeat > MAX_REPEAT) {
+        fprintf(stderr, "bench-fairness: --repeat %d: at most %d\n", O.repeat, MAX_REPEAT);
+        return 2;
+    }
+    if (!O.flood)
+        O.flood = 4 * O.max_seqs;
+    if ((v = getenv("FAVO_BIN")) && *v) {
+        snprintf(favo_path, sizeof(favo_path), "%s", v);
+    } else {
+        ssize_t n = readlink("/proc/self/exe", favo_path, sizeof(favo_path) - 16);
+        char *slash;
+
+        if (n <= 0) {
+            fprintf(stderr, "bench-fairness: cannot find myself; set FAVO_BIN\n");
+            return 2;
+        }
+        favo_path[n] = 0;
+        if ((slash = strrchr(favo_path, '/')))
+            *slash = 0; /* .../build/perf */
+        if ((slash = strrchr(favo_path, '/')))
+            strcpy(slash, "/favo");
+    }
+    O.favo = favo_path;
+    if (!O.model) {
+        v = getenv("FAVO_MODELS");
+        snprintf(model_path, sizeof(model_path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 v && *v ? v : "models");
+        O.model = model_path;
+    }
+    if (access(O.favo, X_OK)) {
+        fprintf(stderr, "bench-fairness: %s is not executable (set FAVO_BIN)\n", O.favo);
+        return 2;
+    }
+    if (access(O.model, R_OK)) {
+        fprintf(stderr, "bench-fairness: model %s: %s (--model FILE)\n", O.model,
+                strerror(errno));
+        return 2;
+    }
+    if (!O.out) {
+        if (!mkdtemp(out_tmpl)) {
+            fprintf(stderr, "bench-fairness: mkdtemp: %s\n", strerror(errno));
+            return 2;
+        }
+        O.out = out_tmpl;
+    } else if (mkdir(O.out, 0700) && errno != EEXIST) {
+        fprintf(stderr, "bench-fairness: --out %s: %s\n", O.out, strerror(errno));
+        return 2;
+    }
+    snprintf(g_keys, sizeof(g_keys), "%s/keys.conf", O.out);
+    snprintf(g_alog, sizeof(g_alog), "%s/access.log", O.out);
+    snprintf(g_inst, sizeof(g_inst), "bfair%ld", (long)getpid());
+    snprintf(g_shm, sizeof(g_shm), "/favo.%s", g_inst);
+    unlink(g_keys);
+
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    atexit(on_exit_kill);
+
+    for (int r = 0; r < O.repeat; r++) {
+        un[r] = PHASE_NONE;
+        fl[r] = PHASE_NONE;
+    }
+    load0 = loadavg1();
+    srv = -1;
+    if (add_key("A", g_key_a, sizeof(g_key_a)) || add_key("B", g_key_b, sizeof(g_key_b)))
+        snprintf(why, sizeof(why), "favo keys add failed (keys file %s)", g_keys);
+    else
+        srv = start_server(why, sizeof(why));
+    if (srv > 0) {
+        warm_up();
+        for (int r = 0; r < O.repeat; r++) {
+            run_unloaded(r, &un[r]);
+            run_flood(r, &fl[r]);
+        }
+        stop_child(srv, 30);
+        shm_unlink(g_shm); /* gone already unless it had to be SIGKILLed */
+        g_shm[0] = 0;
+    }
+    load1 = loadavg1();
+    for (int r = 0; r < O.repeat; r++) {
+        if (!why[0] && !un[r].ran)
+            snprintf(why, sizeof(why), "%s", un[r].why);
+        if (!why[0] && !fl[r].ran)
+            snprintf(why, sizeof(why), "%s", fl[r].why);
+    }
+    for (int r = 0; r < O.repeat; r++)
+        ratios[r] = un[r].ran && fl[r].ran ? fl[r].ttft_p99 / un[r].ttft_p99 : NAN;
+    phase_median(un, O.repeat, &mu);
+    phase_median(fl, O.repeat, &mf);
+    ratio = median(ratios, O.repeat); /* median of the per-repeat ratios */
+
+    perf_machine(machine, sizeof(machine));
+    if (O.json) {
+        char k[64];
+
+        perf_json_begin(stdout);
+        perf_json_str(stdout, "bench", "fairness");
+        perf_json_str(stdout, "machine", machine);
+        perf_json_str(stdout, "model", O.model);
+        perf_json_num(stdout, "threads", O.threads);
+        perf_json_num(stdout, "max_seqs", O.max_seqs);
+        perf_json_num(stdout, "max_batch_tokens", O.max_batch_tokens);
+        perf_json_num(stdout, "flood_concurrency", O.flood);
+        perf_json_num(stdout, "b_rate", O.b_rate);
+        perf_json_num(stdout, "duration_s", O.duration);
+        perf_json_num(stdout, "input_tokens", O.in_tok);
+        perf_json_num(stdout, "output_tokens", O.out_tok);
+        perf_json_num(stdout, "repeat", O.repeat);
+        perf_json_num(stdout, "b_ttft_p99_unloaded_ms", mu.ttft_p99);
+        perf_json_num(stdout, "b_ttft_p99_flood_ms", mf.ttft_p99);
+        perf_json_num(stdout, "b_ttft_p99_ratio", ratio);
+        perf_json_num(stdout, "b_ttft_p50_unloaded_ms", mu.ttft_p50);
+        perf_json_num(stdout, "b_ttft_p50_flood_ms", mf.ttft_p50);
+        perf_json_num(stdout, "a_output_tps", mf.a_tps);
+        perf_json_num(stdout, "step_ms_unloaded", mu.step_ms);
+        perf_json_num(stdout, "step_ms_flood", mf.step_ms);
+        perf_json_num(stdout, "b_ttft_p99_flood_steps", mf.ttft_p99 / mf.step_ms);
+        perf_json_num(stdout, "load_before", load0);
+        perf_json_num(stdout, "load_after", load1);
+        phase_json(stdout, "unloaded_", &mu);
+        phase_json(stdout, "flood_", &mf);
+        for (int r = 0; O.repeat > 1 && r < O.repeat; r++) {
+            snprintf(k, sizeof(k), "run%d_", r + 1);
+            perf_json_num(stdout, strcat(k, "ratio"), ratios[r]);
+            snprintf(k, sizeof(k), "run%d_unloaded_", r + 1);
+            phase_json(stdout, k, &un[r]);
+            snprintf(k, sizeof(k), "run%d_flood_", r + 1);
+            phase_json(stdout, k, &fl[r]);
+        }
+        if (why[0])
+            perf_json_str(stdout, "error", why);
+        perf_json_str(stdout, "out_dir", O.out);
+        perf_json_end(stdout);
+    } else {
+        char rs[32];
+
+        printf("bench-fairness: %s\n", machine);
+        printf("favo serve --threads %d --max-seqs %d --max-batch-tokens %d --poll block; "
+               "%d -> %d tokens, streaming\n",
+               O.threads, O.max_seqs, O.max_batch_tokens, O.in_tok, O.out_tok);
+        printf("B: Poisson %g/s for %g s; flood: A closed loop, concurrency %d\n", O.b_rate,
+               O.duration, O.flood);
+        if (why[0])
+            printf("error: %s\n", why);
+        printf("%-14s %8s %8s %8s %8s %9s %8s %8s %8s %8s %9s %11s %s\n", "phase", "B TTFT50",
+               "B TTFT99", "B q50", "B q99", "B sTTFT99", "step ms", "tok/step", "A tok/s",
+               "B tok/s", "B99/steps", "B ok/err", "load b/a");
+        for (int r = 0; O.repeat > 1 && r < O.repeat; r++) {
+            char n1[32], n2[32];
+
+            snprintf(n1, sizeof(n1), "unloaded #%d", r + 1);
+            snprintf(n2, sizeof(n2), "flood #%d", r + 1);
+            phase_row(n1, &un[r]);
+            phase_row(n2, &fl[r]);
+        }
+        phase_row(O.repeat > 1 ? "unloaded med" : "unloaded", &mu);
+        phase_row(O.repeat > 1 ? "flood med" : "flood", &mf);
+        fmtd(rs, sizeof(rs), ratio, "%.2f");
+        printf("ratio B p99 TTFT flood / unloaded: %s (goal <= 2)%s\n", rs,
+               O.repeat > 1 ? ", median of the runs' ratios" : "");
+        printf("(ms; TTFT: favo bench from the intended send; q / sTTFT: access log queue_ms /\n"
+               " ttft_ms, server side; step ms: mean engine step in the window, tok/step:\n"
+               " tokens computed per step; B99/steps: B's p99 TTFT in mean steps of that phase.\n"
+               " Under the flood every step is a full batch and a request arriving during step\n"
+               " N joins plan N+2 at the earliest (overlap), so ~1.5-2.5 full steps is the\n"
+               " floor a perfect scheduler leaves.)\n"
+               "favo bench JSON, access log and server log in %s\n",
+               O.out);
+    }
+    return mu.ran && mf.ran ? 0 : 1;
+}
