@@ -422,15 +422,16 @@ static int cmp_dbl(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Quantiles of queue_ms and ttft_ms of tenant's 200 answers in the access
- * log between byte offsets [from, to). Returns the count. */
-static int alog_quant(long from, long to, const char *tenant, double q[4])
+/* Quantiles (p50, p99) of queue_ms, ttft_ms and ttft_ms - queue_ms of
+ * tenant's 200 answers in the access log between byte offsets [from, to):
+ * q[0..1], q[2..3], q[4..5]. Returns the count. */
+static int alog_quant(long from, long to, const char *tenant, double q[6])
 {
-    static double qv[MAX_LOG_ROWS], tv[MAX_LOG_ROWS];
+    static double qv[MAX_LOG_ROWS], tv[MAX_LOG_ROWS], rv[MAX_LOG_ROWS];
     char want[64], *txt = slurp(g_alog, from, NULL), *line, *save = NULL;
     int n = 0;
 
-    q[0] = q[1] = q[2] = q[3] = NAN;
+    q[0] = q[1] = q[2] = q[3] = q[4] = q[5] = NAN;
     if (!txt)
         return 0;
     if (to >= from && (size_t)(to - from) < strlen(txt))
@@ -445,6 +446,7 @@ static int alog_quant(long from, long to, const char *tenant, double q[4])
             continue;
         qv[n] = strtod(qm + strlen("\"queue_ms\":"), NULL);
         tv[n] = strtod(tm + strlen("\"ttft_ms\":"), NULL);
+        rv[n] = tv[n] - qv[n];
         n++;
     }
     free(txt);
@@ -453,6 +455,8 @@ static int alog_quant(long from, long to, const char *tenant, double q[4])
         q[1] = perf_quantile(qv, (size_t)n, 0.99);
         q[2] = perf_quantile(tv, (size_t)n, 0.50);
         q[3] = perf_quantile(tv, (size_t)n, 0.99);
+        q[4] = perf_quantile(rv, (size_t)n, 0.50);
+        q[5] = perf_quantile(rv, (size_t)n, 0.99);
     }
     return n;
 }
@@ -465,6 +469,8 @@ struct phase {
     char why[256];
     double ttft_p50, ttft_p99, ok, errors;        /* B, client side */
     double q_p50, q_p99, sttft_p50, sttft_p99;    /* B, access log */
+    double run_p50, run_p99;                      /* B: ttft_ms - queue_ms */
+    double e2e_mean, demand;                      /* B: e2e; rate x e2e = seqs */
     double a_q_p50, a_q_p99;                      /* A, access log */
     double step_ms, tok_per_step, steps_per_s;    /* engine, stat deltas */
     double a_tps, b_tps, preempt;                 /* stat deltas */
@@ -473,7 +479,8 @@ struct phase {
 
 static const struct phase PHASE_NONE = {
     .ttft_p50 = NAN, .ttft_p99 = NAN, .ok = NAN, .errors = NAN, .q_p50 = NAN, .q_p99 = NAN,
-    .sttft_p50 = NAN, .sttft_p99 = NAN, .a_q_p50 = NAN, .a_q_p99 = NAN, .step_ms = NAN,
+    .sttft_p50 = NAN, .sttft_p99 = NAN, .run_p50 = NAN, .run_p99 = NAN, .e2e_mean = NAN,
+    .demand = NAN, .a_q_p50 = NAN, .a_q_p99 = NAN, .step_ms = NAN,
     .tok_per_step = NAN, .steps_per_s = NAN, .a_tps = NAN, .b_tps = NAN, .preempt = NAN,
     .window_s = NAN, .load0 = NAN, .load1 = NAN};
 
@@ -499,7 +506,7 @@ static void finish_b(struct phase *ph, const char *json, const struct snap *s0,
 {
     char err[256], *txt = slurp(json, 0, NULL);
     yajl_val root = txt ? yajl_tree_parse(txt, err, sizeof(err)) : NULL;
-    double q[4], dt = s1->t - s0->t;
+    double q[6], dt = s1->t - s0->t;
 
     free(txt);
     if (!root) {
@@ -516,6 +523,9 @@ static void finish_b(struct phase *ph, const char *json, const struct snap *s0,
             ph->ttft_p99 = jget(run, "ttft_ms", "p99");
             ph->ok = jget(run, "ok", NULL);
             ph->errors = jget(run, "errors", NULL);
+            ph->e2e_mean = jget(run, "e2e_ms", "mean");
+            /* Little's law: B's sequences in the server on average */
+            ph->demand = O.b_rate * ph->e2e_mean / 1e3;
         }
     }
     yajl_tree_free(root);
@@ -535,6 +545,8 @@ static void finish_b(struct phase *ph, const char *json, const struct snap *s0,
     ph->q_p99 = q[1];
     ph->sttft_p50 = q[2];
     ph->sttft_p99 = q[3];
+    ph->run_p50 = q[4];
+    ph->run_p99 = q[5];
     alog_quant(off0, off1, "A", q);
     ph->a_q_p50 = q[0];
     ph->a_q_p99 = q[1];
@@ -763,6 +775,7 @@ static double median(double *v, int n)
 
 #define PHASE_FIELDS(X)                                                                            \
     X(ttft_p50) X(ttft_p99) X(ok) X(errors) X(q_p50) X(q_p99) X(sttft_p50) X(sttft_p99)           \
+    X(run_p50) X(run_p99) X(e2e_mean) X(demand)                                                    \
     X(a_q_p50) X(a_q_p99) X(step_ms) X(tok_per_step) X(steps_per_s) X(a_tps) X(b_tps)            \
     X(preempt) X(window_s) X(load0) X(load1)
 
@@ -823,11 +836,11 @@ static void phase_row(const char *name, const struct phase *p)
     fmtd(c[1], 24, p->ttft_p99, "%.1f");
     fmtd(c[2], 24, p->q_p50, "%.1f");
     fmtd(c[3], 24, p->q_p99, "%.1f");
-    fmtd(c[4], 24, p->sttft_p99, "%.1f");
+    fmtd(c[4], 24, p->run_p99, "%.1f");
     fmtd(c[5], 24, p->step_ms, "%.1f");
     fmtd(c[6], 24, p->tok_per_step, "%.1f");
     fmtd(c[7], 24, p->a_tps, "%.1f");
-    fmtd(c[8], 24, p->b_tps, "%.1f");
+    fmtd(c[8], 24, p->demand, "%.1f");
     fmtd(c[9], 24, p->ttft_p99 / p->step_ms, "%.1f");
     fmtd(c[10], 24, p->load0, "%.1f");
     fmtd(c[11], 24, p->load1, "%.1f");
@@ -1067,8 +1080,8 @@ int main(int argc, char **argv)
         if (why[0])
             printf("error: %s\n", why);
         printf("%-14s %8s %8s %8s %8s %9s %8s %8s %8s %8s %9s %11s %s\n", "phase", "B TTFT50",
-               "B TTFT99", "B q50", "B q99", "B sTTFT99", "step ms", "tok/step", "A tok/s",
-               "B tok/s", "B99/steps", "B ok/err", "load b/a");
+               "B TTFT99", "B q50", "B q99", "B run99", "step ms", "tok/step", "A tok/s",
+               "B seqs", "B99/steps", "B ok/err", "load b/a");
         for (int r = 0; O.repeat > 1 && r < O.repeat; r++) {
             char n1[32], n2[32];
 
@@ -1082,9 +1095,17 @@ int main(int argc, char **argv)
         fmtd(rs, sizeof(rs), ratio, "%.2f");
         printf("ratio B p99 TTFT flood / unloaded: %s (goal <= 2)%s\n", rs,
                O.repeat > 1 ? ", median of the runs' ratios" : "");
-        printf("(ms; TTFT: favo bench from the intended send; q / sTTFT: access log queue_ms /\n"
-               " ttft_ms, server side; step ms: mean engine step in the window, tok/step:\n"
-               " tokens computed per step; B99/steps: B's p99 TTFT in mean steps of that phase.\n"
+        if (mf.ran && mf.demand > O.max_seqs / 2.0)
+            printf("note: B needs %.1f sequences at once under the flood (rate x mean E2E),\n"
+                   " more than its fair share of %d slots: B overloads its own share, so its\n"
+                   " requests queue behind each other; lower --b-rate for the issue's test.\n",
+                   mf.demand, O.max_seqs / 2);
+        printf("(ms; TTFT: favo bench, from the intended send; B q: access log queue_ms, the\n"
+               " server has the request -> the step that starts it is planned; B run99: p99 of\n"
+               " ttft_ms - queue_ms, planned -> first token sent (the step in flight + its own\n"
+               " step); step ms: mean engine step in B's window, tok/step: tokens computed per\n"
+               " step; B seqs: B's mean sequences in the server (rate x mean E2E), against its\n"
+               " fair share of max-seqs / 2; B99/steps: B's p99 TTFT in mean steps of the phase.\n"
                " Under the flood every step is a full batch and a request arriving during step\n"
                " N joins plan N+2 at the earliest (overlap), so ~1.5-2.5 full steps is the\n"
                " floor a perfect scheduler leaves.)\n"
