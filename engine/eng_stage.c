@@ -728,6 +728,13 @@ static int stage_loop(struct stage *s)
             continue;
         }
         beat(s, now);
+        if (s->prev_n && now - s->t_answered > 1000000000ull) {
+            /* Idle for a second: no plan made while the last one ran can
+             * still come; its sampled ids need not stay (invariant 5). */
+            explicit_bzero(s->prev_tok, s->max_seqs * sizeof(*s->prev_tok));
+            explicit_bzero(s->feed, s->max_seqs * sizeof(*s->feed));
+            s->prev_n = 0;
+        }
         (void)shm_bell_ec_wait(&s->bell, seen, (int64_t)ENG_STAGE_SLEEP_NS);
         idle_since = 0;
     }
