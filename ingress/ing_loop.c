@@ -583,7 +583,15 @@ static void conn_open(struct ing_loop *L, int fd)
     }
     memset(c, 0, offsetof(struct ing_conn, req));
     c->fd = fd;
-    c->gen = (uint32_t)(++L->reqid_seq) | 1u;
+    /* loop inv 2 and the conn key: a new value on every open. "| 1" gave
+     * two consecutive opens the same gen (2k and 2k+1 both became 2k+1),
+     * so a slot reused at once kept its key: egress answered the new
+     * connection on the old, closed socket (499), and a stale completion
+     * of the old connection passed the gen check. Never 0 in the key's
+     * 24 bits (key 0 names no connection). */
+    do
+        c->gen = (uint32_t)++L->reqid_seq;
+    while (!(c->gen & 0xffffffu));
     c->tls = NULL;
     c->tls_in_off = c->tls_in_len = 0;
     c->tls_open = c->tls_user = c->tls_eof = c->tls_shut = c->tls_dead = false;
@@ -1452,11 +1460,6 @@ int ing_loop_run(const struct ing_cfg *cfg)
                 keys_reload(L);
         }
         if (cfg->pipe) {
-            /* the requests of the last burst of completions: one ring */
-            if (L->ring_bat) {
-                L->ring_bat = false;
-                shm_bell_ec_ring(&L->bat_bell);
-            }
             /* egress's messages first; sleep on the bell only when there
              * are none (shm_bell.h: prepare, look again, then wait) */
             egress_check(L);
@@ -1465,6 +1468,12 @@ int ing_loop_run(const struct ing_cfg *cfg)
                 tls_msgs(L);
                 chunk_retry(L);
                 egr_bell_ring(L);
+            }
+            /* the requests of the last burst of completions and of the
+             * connections egress just gave back: one ring, before waiting */
+            if (L->ring_bat) {
+                L->ring_bat = false;
+                shm_bell_ec_ring(&L->bat_bell);
             }
             bell_arm(L);
             shm_bell_efd_prepare(&L->bell);
