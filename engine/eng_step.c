@@ -400,6 +400,27 @@ static void attention(struct thr *t, uint32_t il)
     barrier(t);
 }
 
+/* Token i's KV slots in layer il, for writing: a key is one float in each
+ * of head_dim cache lines (keys transposed, eng_kv.h), lines last written
+ * a step ago and long out of this core's caches - asked for while the
+ * token before is computed. */
+static void kv_prefetch_w(const struct eng_ctx *c, uint32_t il, uint32_t i)
+{
+    const struct eng_hparams *hp = &c->m->hp;
+    const struct eng_seq *s = &c->b->seqs[c->tok_seq[i]];
+    uint32_t p = c->tok_pos[i], slot = p % ENG_KV_BLOCK;
+    int32_t blk = s->block_table[p / ENG_KV_BLOCK];
+
+    for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+        const float *v = eng_kv_v(c->kv, blk, il, h) + (size_t)slot * hp->head_dim_v;
+
+        for (uint32_t d = 0; d < hp->head_dim; d++)
+            __builtin_prefetch(eng_kv_k_at(c->kv, blk, il, h, slot, d), 1);
+        for (uint32_t d = 0; d < hp->head_dim_v; d += 16)
+            __builtin_prefetch(v + d, 1);
+    }
+}
+
 static void add_bias(float *y, const struct eng_tensor *b, uint32_t n)
 {
     const float *bd = b->data;
@@ -539,6 +560,8 @@ static void layer(struct thr *t, uint32_t il)
         uint32_t p = c->tok_pos[i];
         int32_t blk = s->block_table[p / ENG_KV_BLOCK];
 
+        if (i + 1 < hi)
+            kv_prefetch_w(c, il, i + 1);
         if (L->bq.data) {
             add_bias(q, &L->bq, nq);
             add_bias(k, &L->bk, nk);
