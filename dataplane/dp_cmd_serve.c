@@ -93,6 +93,7 @@ static struct dp_opt serve_opts[] = {
     { "max-queue", 0, DP_OPT_INT, "N", "1024", "Requests waiting for a place in the batch; beyond it 503 with Retry-After." },
     { "max-queue-tokens", 0, DP_OPT_INT, "N", "1048576", "Prompt tokens waiting; beyond it 503 with Retry-After." },
     { "queue-timeout", 0, DP_OPT_DOUBLE, "SECONDS", "30", "A request still waiting this long gets 503." },
+    { "no-overlap", 0, DP_OPT_FLAG, NULL, NULL, "Plan each engine step only after the previous one is back (overlap off, for comparison)." },
     { "kv-cache-mb", 0, DP_OPT_INT, "MIB", "2048", "Memory for the paged KV cache (16-position blocks)." },
     { "ctx-size", 0, DP_OPT_INT, "N", "8192", "Positions per sequence at most (capped by the model's context)." },
     { "max-conns", 0, DP_OPT_INT, "N", "1024", "Open client connections per ingress worker; beyond it 503 and close." },
@@ -523,6 +524,7 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
     arg(ba, S, ST_BATCHER, "--max-ctx", "%u", sc.max_ctx);
     arg(ba, S, ST_BATCHER, "--queue-timeout-ms", "%llu",
         (unsigned long long)(sc.queue_timeout_ns / 1000000ull));
+    arg(ba, S, ST_BATCHER, "--no-overlap", "%d", dp_opt_flag(o, "no-overlap") ? 1 : 0);
 
     arg(en, S, ST_ENGINE, "--model", "%s", model);
     arg(en, S, ST_ENGINE, "--backend", "%s", backend);

@@ -285,7 +285,7 @@ int dp_stage_batcher(int argc, char **argv)
     static const char *const known[] = { STAGE_COMMON, "--egr-bell-fd", "--n-blocks",
                                           "--max-batch-tokens", "--max-seqs", "--max-queue",
                                           "--max-queue-tokens", "--max-ctx",
-                                          "--queue-timeout-ms", NULL };
+                                          "--queue-timeout-ms", "--no-overlap", NULL };
     struct stage_env E;
     struct bat_stage_cfg c;
     struct kv kv;
@@ -306,6 +306,7 @@ int dp_stage_batcher(int argc, char **argv)
     c.sched.max_queue_tokens = (uint32_t)kv_int(&kv, "--max-queue-tokens", 0);
     c.sched.max_ctx = (uint32_t)kv_int(&kv, "--max-ctx", 0);
     c.sched.queue_timeout_ns = (uint64_t)kv_int(&kv, "--queue-timeout-ms", 0) * 1000000ull;
+    c.no_overlap = (int)kv_int(&kv, "--no-overlap", 0);
     c.poll = E.poll;
     c.stop = &stage_stop;
     if (E.have_stats) {
