@@ -336,6 +336,77 @@ static bool http_ready(int port)
     return ok;
 }
 
+/* GET path from 127.0.0.1:port into buf (NUL-terminated, headers
+ * included); the length read, or -errno. */
+static ssize_t http_get(int port, const char *path, char *buf, size_t cap)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons((uint16_t)port)};
+    struct timeval tv = {.tv_sec = 10};
+    char req[256];
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), n;
+    size_t got = 0;
+
+    if (fd < 0)
+        return -errno;
+    n = snprintf(req, sizeof(req),
+                 "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) || write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -EIO;
+    }
+    while (got + 1 < cap) {
+        ssize_t k = read(fd, buf + got, cap - got - 1);
+
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+    }
+    buf[got] = 0;
+    close(fd);
+    return (ssize_t)got;
+}
+
+/* One flat JSON object like perf_util's writer, but NAN/inf -> null. */
+static bool jw_first;
+
+static void jw_begin(FILE *f)
+{
+    fputc('{', f);
+    jw_first = true;
+}
+
+static void jw_num(FILE *f, const char *k, double v)
+{
+    fprintf(f, "%s\"%s\":", jw_first ? "" : ",", k);
+    if (isfinite(v))
+        fprintf(f, "%.6g", v);
+    else
+        fputs("null", f);
+    jw_first = false;
+}
+
+static void jw_str(FILE *f, const char *k, const char *v)
+{
+    fprintf(f, "%s\"%s\":\"", jw_first ? "" : ",", k);
+    for (const char *c = v; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            fprintf(f, "\\%c", *c);
+        else if ((unsigned char)*c < 0x20)
+            fprintf(f, "\\u%04x", *c);
+        else
+            fputc(*c, f);
+    }
+    fputc('"', f);
+    jw_first = false;
+}
+
+static void jw_end(FILE *f)
+{
+    fputs("}\n", f);
+}
+
 /* ------------------------------------------------------------ options */
 
 struct opts {
@@ -357,7 +428,50 @@ struct snap {
     double t;                       /* mono_s() when taken */
     double steps, eng_tok, step_n, step_sum_s, running, waiting, preempt;
     double gen[2], req[2];           /* tenants A, B: gen_tokens, requests */
+    int nb;                          /* /metrics favo_engine_step_seconds buckets */
+    double le[32], cum[32];
 };
+
+static int g_port;
+
+/* The engine step histogram's cumulative buckets from /metrics. */
+static void step_buckets(struct snap *s)
+{
+    static char buf[1 << 20];
+    static const char key[] = "favo_engine_step_seconds_bucket{le=\"";
+    char *p = buf;
+
+    s->nb = 0;
+    if (http_get(g_port, "/metrics", buf, sizeof(buf)) <= 0)
+        return;
+    while ((p = strstr(p, key)) && s->nb < 32) {
+        char *q = p + strlen(key), *e;
+
+        s->le[s->nb] = strncmp(q, "+Inf", 4) ? strtod(q, NULL) : INFINITY;
+        e = strstr(q, "} ");
+        if (!e)
+            break;
+        s->cum[s->nb++] = strtod(e + 2, NULL);
+        p = e;
+    }
+}
+
+/* The smallest bucket bound holding quantile q of the steps between two
+ * snapshots (seconds), NAN when none or the buckets differ. */
+static double step_quant_le(const struct snap *s0, const struct snap *s1, double q)
+{
+    double tot;
+
+    if (!s0->nb || s0->nb != s1->nb)
+        return NAN;
+    tot = s1->cum[s1->nb - 1] - s0->cum[s0->nb - 1];
+    if (tot <= 0)
+        return NAN;
+    for (int i = 0; i < s1->nb; i++)
+        if (s1->cum[i] - s0->cum[i] >= q * tot)
+            return s1->le[i];
+    return NAN;
+}
 
 static double jget(yajl_val v, const char *k1, const char *k2)
 {
@@ -410,6 +524,7 @@ static struct snap take_snap(void)
     }
     s.ok = !isnan(s.steps) && !isnan(s.step_n);
     yajl_tree_free(root);
+    step_buckets(&s);
     return s;
 }
 
@@ -473,6 +588,7 @@ struct phase {
     double e2e_mean, demand;                      /* B: e2e; rate x e2e = seqs */
     double a_q_p50, a_q_p99;                      /* A, access log */
     double step_ms, tok_per_step, steps_per_s;    /* engine, stat deltas */
+    double step_p50_le_ms, step_p99_le_ms;        /* /metrics bucket bounds */
     double a_tps, b_tps, preempt;                 /* stat deltas */
     double window_s, load0, load1;
 };
@@ -481,7 +597,7 @@ static const struct phase PHASE_NONE = {
     .ttft_p50 = NAN, .ttft_p99 = NAN, .ok = NAN, .errors = NAN, .q_p50 = NAN, .q_p99 = NAN,
     .sttft_p50 = NAN, .sttft_p99 = NAN, .run_p50 = NAN, .run_p99 = NAN, .e2e_mean = NAN,
     .demand = NAN, .a_q_p50 = NAN, .a_q_p99 = NAN, .step_ms = NAN,
-    .tok_per_step = NAN, .steps_per_s = NAN, .a_tps = NAN, .b_tps = NAN, .preempt = NAN,
+    .tok_per_step = NAN, .step_p50_le_ms = NAN, .step_p99_le_ms = NAN, .steps_per_s = NAN, .a_tps = NAN, .b_tps = NAN, .preempt = NAN,
     .window_s = NAN, .load0 = NAN, .load1 = NAN};
 
 static pid_t start_bench(const char *key, const char *mode, const char *val, double dur,
@@ -539,6 +655,8 @@ static void finish_b(struct phase *ph, const char *json, const struct snap *s0,
         ph->b_tps = (s1->gen[1] - s0->gen[1]) / dt;
         ph->preempt = s1->preempt - s0->preempt;
         ph->window_s = dt;
+        ph->step_p50_le_ms = step_quant_le(s0, s1, 0.50) * 1e3;
+        ph->step_p99_le_ms = step_quant_le(s0, s1, 0.99) * 1e3;
     }
     alog_quant(off0, off1, "B", q);
     ph->q_p50 = q[0];
@@ -742,6 +860,7 @@ static pid_t start_server(char *why, size_t wn)
         return -ETIMEDOUT;
     }
     snprintf(g_url, sizeof(g_url), "http://127.0.0.1:%d", port);
+    g_port = port;
     return p;
 }
 
@@ -776,7 +895,8 @@ static double median(double *v, int n)
 #define PHASE_FIELDS(X)                                                                            \
     X(ttft_p50) X(ttft_p99) X(ok) X(errors) X(q_p50) X(q_p99) X(sttft_p50) X(sttft_p99)           \
     X(run_p50) X(run_p99) X(e2e_mean) X(demand)                                                    \
-    X(a_q_p50) X(a_q_p99) X(step_ms) X(tok_per_step) X(steps_per_s) X(a_tps) X(b_tps)            \
+    X(a_q_p50) X(a_q_p99) X(step_ms) X(step_p50_le_ms) X(step_p99_le_ms) X(tok_per_step)          \
+    X(steps_per_s) X(a_tps) X(b_tps)                                                               \
     X(preempt) X(window_s) X(load0) X(load1)
 
 static void phase_median(const struct phase *r, int n, struct phase *m)
@@ -808,12 +928,12 @@ static void phase_json(FILE *f, const char *pre, const struct phase *p)
 
 #define J(field)                                                                                   \
     snprintf(k, sizeof(k), "%s%s", pre, #field);                                                   \
-    perf_json_num(f, k, p->field);
+    jw_num(f, k, p->field);
     PHASE_FIELDS(J)
 #undef J
     snprintf(k, sizeof(k), "%serror", pre);
     if (!p->ran)
-        perf_json_str(f, k, p->why);
+        jw_str(f, k, p->why);
 }
 
 static void fmtd(char *b, size_t n, double v, const char *f)
@@ -826,7 +946,7 @@ static void fmtd(char *b, size_t n, double v, const char *f)
 
 static void phase_row(const char *name, const struct phase *p)
 {
-    char c[14][24];
+    char c[15][24];
 
     if (!p->ran) {
         printf("%-14s not run: %s\n", name, p->why);
@@ -846,8 +966,10 @@ static void phase_row(const char *name, const struct phase *p)
     fmtd(c[11], 24, p->load1, "%.1f");
     fmtd(c[12], 24, p->ok, "%.0f");
     fmtd(c[13], 24, p->errors, "%.0f");
-    printf("%-14s %8s %8s %8s %8s %9s %8s %8s %8s %8s %9s %5s/%-5s %5s/%s\n", name, c[0], c[1],
-           c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[12], c[13], c[10], c[11]);
+    fmtd(c[14], 24, p->step_p99_le_ms, "%.0f");
+    printf("%-14s %8s %8s %8s %8s %8s %8s %8s %8s %8s %6s %9s %5s/%-5s %5s/%s\n", name, c[0],
+           c[1], c[2], c[3], c[4], c[5], c[14], c[6], c[7], c[8], c[9], c[12], c[13], c[10],
+           c[11]);
 }
 
 static void usage(FILE *f)
@@ -859,7 +981,7 @@ static void usage(FILE *f)
             "                      [--out DIR]\n"
             "Tenant B's TTFT alone and while tenant A floods (closed loop, C streams),\n"
             "through favo serve; ratio = B p99 TTFT flood / unloaded (issue #7 goal <= 2).\n"
-            "defaults: --threads 2 --b-rate 1 --flood 4 x max-seqs --duration 20 --repeat 1\n"
+            "defaults: --threads 2 --b-rate 0.5 --flood 4 x max-seqs --duration 30 --repeat 1\n"
             "          --max-seqs 16 --max-batch-tokens 512 --input-tokens 64\n"
             "          --output-tokens 32\n");
 }
@@ -900,7 +1022,7 @@ int main(int argc, char **argv)
     pid_t srv;
 
     O = (struct opts){.threads = 2, .repeat = 1, .max_seqs = 16, .max_batch_tokens = 512,
-                      .in_tok = 64, .out_tok = 32, .b_rate = 1, .duration = 20};
+                      .in_tok = 64, .out_tok = 32, .b_rate = 0.5, .duration = 30};
     O.json = perf_want_json(argc, argv);
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) {
@@ -1030,44 +1152,44 @@ int main(int argc, char **argv)
     if (O.json) {
         char k[64];
 
-        perf_json_begin(stdout);
-        perf_json_str(stdout, "bench", "fairness");
-        perf_json_str(stdout, "machine", machine);
-        perf_json_str(stdout, "model", O.model);
-        perf_json_num(stdout, "threads", O.threads);
-        perf_json_num(stdout, "max_seqs", O.max_seqs);
-        perf_json_num(stdout, "max_batch_tokens", O.max_batch_tokens);
-        perf_json_num(stdout, "flood_concurrency", O.flood);
-        perf_json_num(stdout, "b_rate", O.b_rate);
-        perf_json_num(stdout, "duration_s", O.duration);
-        perf_json_num(stdout, "input_tokens", O.in_tok);
-        perf_json_num(stdout, "output_tokens", O.out_tok);
-        perf_json_num(stdout, "repeat", O.repeat);
-        perf_json_num(stdout, "b_ttft_p99_unloaded_ms", mu.ttft_p99);
-        perf_json_num(stdout, "b_ttft_p99_flood_ms", mf.ttft_p99);
-        perf_json_num(stdout, "b_ttft_p99_ratio", ratio);
-        perf_json_num(stdout, "b_ttft_p50_unloaded_ms", mu.ttft_p50);
-        perf_json_num(stdout, "b_ttft_p50_flood_ms", mf.ttft_p50);
-        perf_json_num(stdout, "a_output_tps", mf.a_tps);
-        perf_json_num(stdout, "step_ms_unloaded", mu.step_ms);
-        perf_json_num(stdout, "step_ms_flood", mf.step_ms);
-        perf_json_num(stdout, "b_ttft_p99_flood_steps", mf.ttft_p99 / mf.step_ms);
-        perf_json_num(stdout, "load_before", load0);
-        perf_json_num(stdout, "load_after", load1);
+        jw_begin(stdout);
+        jw_str(stdout, "bench", "fairness");
+        jw_str(stdout, "machine", machine);
+        jw_str(stdout, "model", O.model);
+        jw_num(stdout, "threads", O.threads);
+        jw_num(stdout, "max_seqs", O.max_seqs);
+        jw_num(stdout, "max_batch_tokens", O.max_batch_tokens);
+        jw_num(stdout, "flood_concurrency", O.flood);
+        jw_num(stdout, "b_rate", O.b_rate);
+        jw_num(stdout, "duration_s", O.duration);
+        jw_num(stdout, "input_tokens", O.in_tok);
+        jw_num(stdout, "output_tokens", O.out_tok);
+        jw_num(stdout, "repeat", O.repeat);
+        jw_num(stdout, "b_ttft_p99_unloaded_ms", mu.ttft_p99);
+        jw_num(stdout, "b_ttft_p99_flood_ms", mf.ttft_p99);
+        jw_num(stdout, "b_ttft_p99_ratio", ratio);
+        jw_num(stdout, "b_ttft_p50_unloaded_ms", mu.ttft_p50);
+        jw_num(stdout, "b_ttft_p50_flood_ms", mf.ttft_p50);
+        jw_num(stdout, "a_output_tps", mf.a_tps);
+        jw_num(stdout, "step_ms_unloaded", mu.step_ms);
+        jw_num(stdout, "step_ms_flood", mf.step_ms);
+        jw_num(stdout, "b_ttft_p99_flood_steps", mf.ttft_p99 / mf.step_ms);
+        jw_num(stdout, "load_before", load0);
+        jw_num(stdout, "load_after", load1);
         phase_json(stdout, "unloaded_", &mu);
         phase_json(stdout, "flood_", &mf);
         for (int r = 0; O.repeat > 1 && r < O.repeat; r++) {
             snprintf(k, sizeof(k), "run%d_", r + 1);
-            perf_json_num(stdout, strcat(k, "ratio"), ratios[r]);
+            jw_num(stdout, strcat(k, "ratio"), ratios[r]);
             snprintf(k, sizeof(k), "run%d_unloaded_", r + 1);
             phase_json(stdout, k, &un[r]);
             snprintf(k, sizeof(k), "run%d_flood_", r + 1);
             phase_json(stdout, k, &fl[r]);
         }
         if (why[0])
-            perf_json_str(stdout, "error", why);
-        perf_json_str(stdout, "out_dir", O.out);
-        perf_json_end(stdout);
+            jw_str(stdout, "error", why);
+        jw_str(stdout, "out_dir", O.out);
+        jw_end(stdout);
     } else {
         char rs[32];
 
@@ -1079,9 +1201,9 @@ int main(int argc, char **argv)
                O.duration, O.flood);
         if (why[0])
             printf("error: %s\n", why);
-        printf("%-14s %8s %8s %8s %8s %9s %8s %8s %8s %8s %9s %11s %s\n", "phase", "B TTFT50",
-               "B TTFT99", "B q50", "B q99", "B run99", "step ms", "tok/step", "A tok/s",
-               "B seqs", "B99/steps", "B ok/err", "load b/a");
+        printf("%-14s %8s %8s %8s %8s %8s %8s %8s %8s %8s %6s %9s %11s %s\n", "phase",
+               "B TTFT50", "B TTFT99", "B q50", "B q99", "B run99", "step ms", "step99<=",
+               "tok/step", "A tok/s", "B seqs", "B99/steps", "B ok/err", "load b/a");
         for (int r = 0; O.repeat > 1 && r < O.repeat; r++) {
             char n1[32], n2[32];
 
@@ -1103,7 +1225,8 @@ int main(int argc, char **argv)
         printf("(ms; TTFT: favo bench, from the intended send; B q: access log queue_ms, the\n"
                " server has the request -> the step that starts it is planned; B run99: p99 of\n"
                " ttft_ms - queue_ms, planned -> first token sent (the step in flight + its own\n"
-               " step); step ms: mean engine step in B's window, tok/step: tokens computed per\n"
+               " step); step ms: mean engine step in B's window, step99<=: the /metrics bucket\n"
+               " bound holding its p99; tok/step: tokens computed per\n"
                " step; B seqs: B's mean sequences in the server (rate x mean E2E), against its\n"
                " fair share of max-seqs / 2; B99/steps: B's p99 TTFT in mean steps of the phase.\n"
                " Under the flood every step is a full batch and a request arriving during step\n"
