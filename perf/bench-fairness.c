@@ -597,7 +597,8 @@ static const struct phase PHASE_NONE = {
     .ttft_p50 = NAN, .ttft_p99 = NAN, .ok = NAN, .errors = NAN, .q_p50 = NAN, .q_p99 = NAN,
     .sttft_p50 = NAN, .sttft_p99 = NAN, .run_p50 = NAN, .run_p99 = NAN, .e2e_mean = NAN,
     .demand = NAN, .a_q_p50 = NAN, .a_q_p99 = NAN, .step_ms = NAN,
-    .tok_per_step = NAN, .step_p50_le_ms = NAN, .step_p99_le_ms = NAN, .steps_per_s = NAN, .a_tps = NAN, .b_tps = NAN, .preempt = NAN,
+    .tok_per_step = NAN, .step_p50_le_ms = NAN, .step_p99_le_ms = NAN, .steps_per_s = NAN,
+    .a_tps = NAN, .b_tps = NAN, .preempt = NAN,
     .window_s = NAN, .load0 = NAN, .load1 = NAN};
 
 static pid_t start_bench(const char *key, const char *mode, const char *val, double dur,

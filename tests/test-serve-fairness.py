@@ -166,9 +166,10 @@ def main():
     if rb:
         print(f"     B queue_ms {rb[0].get('queue_ms')} ttft_ms {rb[0].get('ttft_ms')}; A "
               f"total_ms {[r.get('total_ms') for r in ra]}")
+    ends = [(r.get("status"), r.get("finish_reason"), r.get("completion_tokens")) for r in ra]
     check(len(ra) == N_SLOTS and all(r.get("finish_reason") != "length" for r in ra),
           f"access log: A's {N_SLOTS} requests ended by our cancel, none ran to its length "
-          f"({[(r.get('status'), r.get('finish_reason'), r.get('completion_tokens')) for r in ra]})")
+          f"({ends})")
     check(S.stop() == 0, "favo serve drains and exits 0")
     finish()
 
