@@ -50,7 +50,7 @@
  * egr_stage.c) and the bench adds where the time of a step went: the
  * batcher's publication -> egress awake -> every event of the burst
  * formatted -> every send submitted (they run inline in the submit).
- *        bench-egress --pipeline [--backend cpu|null] [--favo PATH] [--json]
+ *        bench-egress --pipeline [--backend cpu|null] [--favo PATH] [--json] [--trace]
  *                     [--streams S] [--tokens T] [--duration S] [--model GGUF]
  *
  * --pipeline: the whole `favo serve` with the CPU engine (default; null
@@ -793,6 +793,8 @@ static int run_pipeline(const struct opts *o)
     snprintf(log, sizeof(log), "%s/favo.log", dir);
     snprintf(acc, sizeof(acc), "%s/access.log", dir);
     snprintf(inst, sizeof(inst), "bench-egress-%d", (int)getpid());
+    if (H.trace[0] && setenv("FAVO_EGR_TRACE", H.trace, 1)) /* favo serve's egress */
+        die("setenv: %s", strerror(errno));
     serve_pid = fork();
     if (serve_pid < 0)
         die("fork: %s", strerror(errno));
@@ -903,6 +905,8 @@ static int run_pipeline(const struct opts *o)
         perf_json_str(stdout, "backend", o->backend);
         perf_json_str(stdout, "machine", machine);
         perf_json_str(stdout, "loadavg_after", load);
+        if (o->trace)
+            trace_report(o);
         perf_json_end(stdout);
     } else {
         printf("bench-egress --pipeline: favo serve --backend %s, %u concurrent streams x "
@@ -916,6 +920,8 @@ static int run_pipeline(const struct opts *o)
                p99, count > 0 ? sum * 1e6 / count : 0);
         printf("\n%.0f tokens; inter-token latency p50 %.2f ms\n", count,
                json_hist(json, "itl", "p50_s") * 1e3);
+        if (o->trace)
+            trace_report(o);
     }
     free(json);
     return 0;
@@ -926,7 +932,7 @@ static void usage(void)
     fputs("usage: bench-egress [--json] [--streams S] [--tokens T] [--duration S]\n"
           "                    [--step-us US] [--poll block|adaptive|spin] [--model GGUF]\n"
           "                    [--trace] [--fifo]\n"
-          "       bench-egress --pipeline [--backend cpu|null] [--favo PATH] [--json]\n"
+          "       bench-egress --pipeline [--backend cpu|null] [--favo PATH] [--json] [--trace]\n"
           "                    [--streams S] [--tokens T] [--duration S] [--model GGUF]\n",
           stderr);
     exit(2);
@@ -1028,6 +1034,8 @@ int main(int argc, char **argv)
         }
         if (access(o.favo, X_OK))
             die("favo binary not found at '%s' (--favo PATH or FAVO_BIN)", o.favo);
+        if (o.trace)
+            snprintf(H.trace, sizeof(H.trace), "/tmp/favo-bench-egress-trace-%d", (int)getpid());
         signal(SIGPIPE, SIG_IGN);
         return run_pipeline(&o);
     }
