@@ -76,6 +76,7 @@ struct eng_ctx {
     uint32_t k_max;
     uint8_t exact;
     uint8_t attn_fast;            /* eng_attn_fast for both head sizes */
+    uint8_t decode_only;          /* this step: every sequence decodes one token */
     uint8_t decode_split;         /* this step: every sequence decodes one token, and
                                      there are enough of them to split by token:
                                      RoPE, attention and Wo's input per token, one
@@ -308,14 +309,19 @@ static void attention_fast(struct eng_ctx *c, uint32_t il, const struct eng_seq 
         const float *kb = eng_kv_k(c->kv, s->block_table[bi], il, g);
 
         n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
-        /* the next block's keys and this block's values on their way
-         * while these scores are computed (each is a 4 KiB page of its
-         * own for head_dim 64, where the hardware prefetcher restarts) */
-        if ((bi + 1) * ENG_KV_BLOCK <= p)
-            prefetch(eng_kv_k(c->kv, s->block_table[bi + 1], il, g),
-                     (size_t)hd * ENG_KV_BLOCK * sizeof(float));
-        prefetch(eng_kv_v(c->kv, s->block_table[bi], il, g) + (size_t)(j % ENG_KV_BLOCK) * hdv,
-                 (size_t)n * hdv * sizeof(float));
+        /* decode: the next block's keys and this block's values on
+         * their way while these scores are computed (each is a 4 KiB page
+         * of its own for head_dim 64, where the hardware prefetcher
+         * restarts); a prefill's blocks are in cache from its earlier
+         * tokens, and the prefetches would only cost */
+        if (c->decode_only) {
+            if ((bi + 1) * ENG_KV_BLOCK <= p)
+                prefetch(eng_kv_k(c->kv, s->block_table[bi + 1], il, g),
+                         (size_t)hd * ENG_KV_BLOCK * sizeof(float));
+            prefetch(eng_kv_v(c->kv, s->block_table[bi], il, g) +
+                         (size_t)(j % ENG_KV_BLOCK) * hdv,
+                     (size_t)n * hdv * sizeof(float));
+        }
         for (uint32_t i = 0; i < nh; i++)
             eng_attn_avx512_scores(scores + (size_t)i * c->n_ctx + (j - p0), q + (size_t)i * hd,
                                    kb, j % ENG_KV_BLOCK, n, hd, hp->attn_scale);
@@ -560,7 +566,7 @@ static void layer(struct thr *t, uint32_t il)
         uint32_t p = c->tok_pos[i];
         int32_t blk = s->block_table[p / ENG_KV_BLOCK];
 
-        if (i + 1 < hi)
+        if (c->decode_only && i + 1 < hi)
             kv_prefetch_w(c, il, i + 1);
         if (L->bq.data) {
             add_bias(q, &L->bq, nq);
@@ -783,6 +789,7 @@ int eng_step(eng_ctx_t *c, const struct eng_batch *b, struct eng_sample_out *out
     c->n_out = n_out;
     /* at least 4 tokens a thread: fewer (batch 1) keep the finer
      * (token, head) split of attention */
+    c->decode_only = (uint8_t)decode;
     c->decode_split = decode && n >= 4 * c->nth;
     if (c->profile) {
         uint64_t t0 = favo_now_ns();
