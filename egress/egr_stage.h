@@ -115,6 +115,14 @@
  *   - The access log status is the one sent in the head (200 or the
  *     error's); 499 when the client was gone before the end.
  *
+ * Tracing: FAVO_EGR_TRACE=FILE (opened at start, before the sandbox)
+ * records each burst's phases - publication, wake-up, events applied,
+ * sends submitted: times and counts only, never content - and writes them
+ * at exit (bench-egress --trace reads them). Off: one branch per burst.
+ * Scheduling: dp_stages.c runs egress at SCHED_FIFO 1 when stages share
+ * cores (--poll block), so a token does not wait out an engine thread's
+ * time slice.
+ *
  * Crash-restart (tested: test-egress-stage "restart", kill -9 mid-stream):
  *   - Kept in the cells: every response's progress (egr_resp with the
  *     detokenizer, ids consumed, n_gen, bytes sent, flags, times). At start
