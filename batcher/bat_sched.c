@@ -39,7 +39,7 @@ struct bat_slot {
     uint8_t state, prio, cancel, started;
     uint8_t in_resume, n_lost;     /* n_lost: results in a row not computed */
     uint8_t drop;                  /* overlap: leaves once no plan in flight holds it
-                                      (enum bat_finish, or DROP_PREEMPT) */
+                                      (enum bat_finish, DROP_PREEMPT or DROP_FAIR) */
     uint8_t fl_gen;                /* sampling entries in plans in flight */
     uint32_t tenant, flow, tok_off;
     uint64_t cell;
@@ -53,6 +53,13 @@ struct bat_slot {
 };
 
 #define DROP_PREEMPT 0xff          /* bat_slot.drop: preempt by recompute */
+#define DROP_FAIR 0xfe             /* ... for a waiting tenant's share (to its own flow) */
+#define FAIR_MAX 8                 /* fairness preemptions (and reserved starts) per step */
+
+static inline bool drop_preempts(uint8_t why)
+{
+    return why == DROP_PREEMPT || why == DROP_FAIR;
+}
 
 struct bat_flow {
     uint32_t tenant;
@@ -87,6 +94,13 @@ struct bat_arena {
     uint32_t ob_n, ob_next;        /* outbox: [ob_next, ob_n) not yet published */
     uint32_t ob_cap, off_outbox;
     uint32_t n_drop, pad3_;        /* running slots with drop set */
+    /* Fairness with a plan in flight (sched inv 10): flows whose head starts
+     * first in the next step, their victims leaving at their plan's
+     * completion (DROP_FAIR). fair_next_tenant: the tenant the flow had. */
+    uint32_t n_fair_next, pad4_;
+    uint32_t fair_next[FAIR_MAX], fair_next_tenant[FAIR_MAX];
+    uint64_t n_ahead;              /* steps planned with a plan in flight */
+    uint64_t n_fair_defer;         /* fairness victims deferred to their plan's completion */
     uint64_t user[BAT_SCHED_USER_WORDS]; /* the caller's restart state (bat_sched_user) */
 };
 
@@ -710,7 +724,6 @@ static void ob_commit(struct bat_arena *a, uint32_t n)
 
 /* ---- the step -------------------------------------------------------- */
 
-#define FAIR_MAX 8      /* fairness preemptions (and reserved starts) per step */
 #define FAIR_TENANTS 64 /* distinct tenants tallied; more: no fairness preemption */
 
 struct step_ctx {
@@ -718,7 +731,7 @@ struct step_ctx {
     struct bat_plan_seq *ps;
     uint32_t tok_left, seq_left;
     uint32_t n_fair;               /* flows whose head starts first (fair_preempt) */
-    uint32_t fair[FAIR_MAX];
+    uint32_t fair[2 * FAIR_MAX];   /* carried from the last step (a->fair_next), then new */
 };
 
 /* Add sequence si (n_new tokens from n_computed) to the plan. Its blocks
@@ -801,6 +814,32 @@ static void preempt_at(struct bat_arena *a, uint32_t i, bool to_flow)
 
 static bool can_start(struct bat_arena *a, const struct bat_slot *q);
 
+/* Slot and blocks of running sequences that leave when the plan in flight
+ * completes, before the next step could start anything: the ones with drop
+ * set and the ones ending by length in it (sched inv 8). Without overlap
+ * they would be gone already, so fairness counts them as free. */
+struct fair_soon {
+    uint32_t slots, blocks;
+};
+
+static bool leaving(const struct bat_arena *a, const struct bat_slot *q)
+{
+    uint32_t gen = q->n_gen + q->fl_gen;
+
+    return q->drop || (q->fl_gen && in_flight(a, q) &&
+                       (gen >= q->max_tokens || q->n_prompt + gen >= a->cfg.max_ctx));
+}
+
+/* can_start, with what leaves at the plan in flight's completion freed. */
+static bool can_start_soon(struct bat_arena *a, const struct bat_slot *q,
+                           const struct fair_soon *lv)
+{
+    uint32_t need = bat_kv_blocks_for(q->n_prompt + q->n_gen + 1);
+    uint32_t wm = a->n_running ? a->cfg.kv_watermark : 0;
+
+    return a->n_tfree + lv->slots > 0 && kvm(a)->n_free + lv->blocks >= need + wm;
+}
+
 struct fair_tally {
     uint32_t n;
     uint32_t tenant[FAIR_TENANTS], count[FAIR_TENANTS];
@@ -829,20 +868,42 @@ static uint32_t tally_at(struct fair_tally *t, uint32_t tenant, bool add)
  * the next step, and the running set converges to equal shares (the
  * condition "two more" leaves no pair of tenants to swap back and forth).
  * Runs before the decode pass, so no victim is in the plan being built.
- * O(n_running * tenants) only while some flow waits with the set full. */
-static bool fair_preempt(struct bat_arena *a, struct step_ctx *c, bool dry)
+ * O(n_running * tenants) only while some flow waits with the set full.
+ *
+ * With a plan in flight (sched inv 10) the victim is that tenant's newest
+ * sequence in no plan in flight; when every one of them is in the plan in
+ * flight, its newest leaves at that plan's completion instead (DROP_FAIR:
+ * not planned again, its result dropped, back to its flow's head) and the
+ * waiting flow's head is reserved for the step after (a->fair_next), when
+ * the victim's slot and blocks are free. So step() never waits for the
+ * plan in flight because of fairness. What leaves at that completion
+ * anyway (drop, or ending by length in it) counts as free, as it would
+ * be without overlap: no victim is taken for a slot about to free itself
+ * (that nearly doubled the preemptions under bench-batcher's load), and those
+ * sequences count for no tenant; flows reserved by the last step count
+ * for theirs (c->fair[0 .. carried)). */
+static bool fair_preempt(struct bat_arena *a, struct step_ctx *c, uint32_t carried)
 {
     struct fair_tally t;
+    struct fair_soon lv = { 0, 0 };
     bool stuck = false;
     uint32_t n_fair = 0;
 
+    if (a->step == a->done_step + 1) /* a plan in flight */
+        for (uint32_t i = 0; i < a->n_running; i++) {
+            const struct bat_slot *r = &slots(a)[running(a)[i]];
+            if (leaving(a, r)) {
+                lv.slots++;
+                lv.blocks += r->n_blocks;
+            }
+        }
     /* Cheap test first: does any waiting flow's head fail to start? */
     for (uint32_t p = 0; p < BAT_PRIO_N && !stuck; p++) {
         uint32_t fi0 = a->rr_cur[p], fi = fi0, seen = 0;
         if (fi0 == BAT_NIL)
             continue;
         do {
-            stuck = fi >= BAT_PRIO_N && !can_start(a, &slots(a)[flows(a)[fi].head]);
+            stuck = fi >= BAT_PRIO_N && !can_start_soon(a, &slots(a)[flows(a)[fi].head], &lv);
             fi = flows(a)[fi].rr_next;
         } while (!stuck && fi != fi0 && ++seen < FAIR_TENANTS);
     }
@@ -850,10 +911,19 @@ static bool fair_preempt(struct bat_arena *a, struct step_ctx *c, bool dry)
         return false;
     t.n = 0;
     for (uint32_t i = 0; i < a->n_running; i++) {
-        uint32_t k = tally_at(&t, slots(a)[running(a)[i]].tenant, true);
+        const struct bat_slot *r = &slots(a)[running(a)[i]];
+        if (lv.slots && leaving(a, r))
+            continue;
+        uint32_t k = tally_at(&t, r->tenant, true);
         if (k == BAT_NIL)
             return false; /* very many tenants: shares are small anyway */
         t.count[k]++;
+    }
+    for (uint32_t k = 0; k < carried; k++) { /* about to start */
+        uint32_t j = tally_at(&t, flows(a)[c->fair[k]].tenant, true);
+        if (j == BAT_NIL)
+            return false;
+        t.count[j]++;
     }
     for (uint32_t p = 0; p < BAT_PRIO_N && n_fair < FAIR_MAX; p++) {
         uint32_t fi0 = a->rr_cur[p], fi = fi0, seen = 0;
@@ -862,31 +932,45 @@ static bool fair_preempt(struct bat_arena *a, struct step_ctx *c, bool dry)
         do {
             struct bat_flow *f = &flows(a)[fi];
             uint32_t next = f->rr_next;
-            if (fi >= BAT_PRIO_N && f->head != BAT_NIL && !can_start(a, &slots(a)[f->head])) {
+            if (fi >= BAT_PRIO_N && f->head != BAT_NIL &&
+                !can_start_soon(a, &slots(a)[f->head], &lv)) {
                 uint32_t own = tally_at(&t, f->tenant, true), top = BAT_NIL;
                 uint32_t mine = own == BAT_NIL ? 0 : t.count[own];
                 for (uint32_t k = 0; k < t.n; k++)
                     if (k != own && (top == BAT_NIL || t.count[k] > t.count[top]))
                         top = k;
-                uint32_t v = BAT_NIL;
+                uint32_t v = BAT_NIL, vf = BAT_NIL; /* newest not in flight / in flight */
                 if (own != BAT_NIL && top != BAT_NIL && t.count[top] >= mine + 2)
                     for (uint32_t j = a->n_running; j-- > 0;) {
                         const struct bat_slot *r = &slots(a)[running(a)[j]];
-                        /* sched inv 6: never one a plan in flight holds (dry:
-                         * what a step with none in flight would do) */
-                        if (r->tenant == t.tenant[top] && r->prio >= p && !r->drop &&
-                            (dry || !in_flight(a, r))) {
+                        if (r->tenant != t.tenant[top] || r->prio < p || r->drop ||
+                            (lv.slots && leaving(a, r)))
+                            continue;
+                        if (!in_flight(a, r)) {
                             v = j;
                             break;
                         }
+                        if (vf == BAT_NIL)
+                            vf = j;
                     }
                 if (v != BAT_NIL) {
-                    if (dry)
-                        return true;
                     preempt_at(a, v, true);
+                    c->fair[c->n_fair++] = fi;
+                } else if (vf != BAT_NIL && a->n_fair_next < FAIR_MAX) {
+                    /* sched inv 6, 10: it leaves when its plan completes;
+                     * the waiting head starts in the step after */
+                    const struct bat_slot *r = &slots(a)[running(a)[vf]];
+                    set_drop(a, &slots(a)[running(a)[vf]], DROP_FAIR);
+                    lv.slots++; /* it leaves at completion: counted free */
+                    lv.blocks += r->n_blocks;
+                    a->fair_next[a->n_fair_next] = fi;
+                    a->fair_next_tenant[a->n_fair_next++] = f->tenant;
+                    a->n_fair_defer++;
+                    v = vf;
+                }
+                if (v != BAT_NIL) {
                     t.count[top]--;
                     t.count[own]++;
-                    c->fair[c->n_fair++] = fi;
                     n_fair++;
                 }
             }
@@ -1083,8 +1167,8 @@ static void apply_drop(struct bat_sched *s, uint32_t si, struct bat_event *ev, u
     uint8_t why = q->drop;
 
     FAVO_ASSERT(q->state == ST_RUNNING && why && !in_flight(a, q)); /* sched inv 7 */
-    if (why == DROP_PREEMPT)
-        preempt_at(a, run_find(a, si), false);
+    if (drop_preempts(why))
+        preempt_at(a, run_find(a, si), why == DROP_FAIR);
     else
         finish(s, si, (enum bat_finish)why, ev, n, cap);
 }
@@ -1102,7 +1186,7 @@ static void drop_cancels_timeouts(struct bat_sched *s, uint64_t now, struct bat_
         if (q->state == ST_RUNNING && in_flight(a, q)) {
             /* sched inv 7: leaves when its last plan completes (a finish
              * reason it already has wins: it ended first) */
-            if (!q->drop || q->drop == DROP_PREEMPT)
+            if (!q->drop || drop_preempts(q->drop))
                 set_drop(a, q, BAT_FIN_CANCELLED);
             continue;
         }
@@ -1153,10 +1237,24 @@ static int step_impl(struct bat_sched *s, uint64_t now, struct bat_plan *p, stru
     c.tok_left = a->cfg.max_batch_tokens;
     c.seq_left = a->cfg.max_seqs;
     c.n_fair = 0;
+    if (a->step == a->done_step + 1)
+        a->n_ahead++;
 
-    /* Pass 0: fairness preemption, only while the running set is full. */
+    /* Pass 0: fairness preemption, only while the running set is full.
+     * Flows reserved by the last step (their victims left when its plan in
+     * flight completed, sched inv 10) start first, if they still wait
+     * (a flow reused for another tenant has lost its reservation). */
+    if (favo_unlikely(a->n_fair_next))
+        for (uint32_t i = 0; i < a->n_running; i++) /* sched inv 10: the victims left */
+            FAVO_ASSERT(slots(a)[running(a)[i]].drop != DROP_FAIR);
+    for (uint32_t k = 0; k < a->n_fair_next; k++) {
+        struct bat_flow *f = &flows(a)[a->fair_next[k]];
+        if (f->active && f->tenant == a->fair_next_tenant[k])
+            c.fair[c.n_fair++] = a->fair_next[k];
+    }
+    a->n_fair_next = 0;
     if (a->n_waiting > 0 && a->n_running > 1)
-        fair_preempt(a, &c, false);
+        fair_preempt(a, &c, c.n_fair);
 
     /* Pass 1: decodes, in rank order. With a plan in flight (overlap),
      * positions and samples it holds count as done (fl_pos, fl_gen). */
@@ -1400,13 +1498,11 @@ bool bat_sched_ahead_ok(const struct bat_sched *s)
         if (!q->drop && q->n_prompt + gen - comp == 1)
             need += bat_kv_blocks_for(comp + 1) > q->n_blocks;
     }
-    if (need && kvm(a)->n_free < need + a->cfg.kv_watermark)
-        return false;
-    /* Fairness: a step that would preempt for a waiting tenant's share
-     * runs with nothing in flight, where every sequence may be chosen. */
-    if (a->n_waiting > 0 && a->n_running > 1 && fair_preempt(a, NULL, true))
-        return false;
-    return true;
+    /* A KV victim must be in no plan in flight (its blocks are being
+     * written), and deferring one (drop) frees nothing before the plan
+     * completes, so the decode would still lack its block: wait. Fairness
+     * never waits (sched inv 10: victims in flight leave at completion). */
+    return !need || kvm(a)->n_free >= need + a->cfg.kv_watermark;
 }
 
 int bat_sched_reset_kv(struct bat_sched *s)
@@ -1428,7 +1524,7 @@ int bat_sched_reset_kv(struct bat_sched *s)
         struct bat_slot *q = &slots(a)[running(a)[i]];
         q->fl_pos = 0;
         q->fl_gen = 0;
-        if (q->drop && q->drop != DROP_PREEMPT) {
+        if (q->drop && !drop_preempts(q->drop)) {
             seq_release_blocks(a, q);
             n--;
             continue;
@@ -1518,6 +1614,8 @@ void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *o)
     o->n_aged = a->n_aged;
     o->done_step = a->done_step;
     o->n_outbox = a->ob_n - a->ob_next;
+    o->n_ahead = a->n_ahead;
+    o->n_fair_defer = a->n_fair_defer;
 }
 
 int bat_sched_check(const struct bat_sched *s)
@@ -1525,8 +1623,11 @@ int bat_sched_check(const struct bat_sched *s)
     struct bat_arena *a = s->a;
     uint32_t nw = 0, nwt = 0, nr = 0, nfree = 0, blocks = 0, ndrop = 0;
 
-    if (bat_kv_check(kvm(a)) || a->step > a->done_step + 2)
+    if (bat_kv_check(kvm(a)) || a->step > a->done_step + 2 || a->n_fair_next > FAIR_MAX)
         return -EBADMSG;
+    for (uint32_t k = 0; k < a->n_fair_next; k++)
+        if (a->fair_next[k] >= a->n_flows) /* sched inv 10 */
+            return -EBADMSG;
     for (uint32_t i = 0; i < a->n_slots; i++) {
         struct bat_slot *q = &slots(a)[i];
         if (q->state == ST_FREE) {

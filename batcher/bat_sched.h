@@ -24,9 +24,11 @@
  *      start (every sequence slot or the KV pool taken) while another
  *      tenant runs at least two more sequences, that tenant's newest
  *      sequence is preempted by recompute (back to the head of its own
- *      queue) and the waiting request starts in this step. A flood thus
- *      delays a newcomer's start by one step, not until the flood's
- *      sequences finish, and running sets settle at equal shares.
+ *      queue) and the waiting request starts in this step (or, with a
+ *      plan in flight holding the victim, in the next: Overlap, inv 10).
+ *      A flood thus delays a newcomer's start by a step or two, not until
+ *      the flood's sequences finish, and running sets settle at equal
+ *      shares.
  *
  * so a long prompt never delays anyone's next token, and no tenant's burst
  * starves another tenant of the same class.
@@ -97,10 +99,18 @@
  * at complete(N) (STOP; -1 "not computed": preempt or, after BAT_MAX_LOST,
  * ENGINE) or is cancelled gets its TOKEN at once, its result in N+1 is
  * dropped, and it leaves (FINISH, or back to the resume queue) and frees
- * its blocks at complete(N+1). Victims of preemption (KV, fairness) are
- * chosen among sequences in no plan in flight; bat_sched_ahead_ok() says
- * whether a step now could need another one (KV short for the decodes, or
- * a fairness preemption due): the caller then completes N first.
+ * its blocks at complete(N+1). KV victims are chosen among sequences in
+ * no plan in flight; bat_sched_ahead_ok() says whether a step now could
+ * need another one (KV short for the decodes): the caller then completes
+ * N first. A fairness preemption due with N in flight does not wait
+ * (inv 10): its victim is the tenant's newest sequence in no plan in
+ * flight if there is one (the waiting head starts in N+1, as without
+ * overlap); else its newest one in N leaves at complete(N) (drop, back to
+ * its flow's head) and the waiting head is reserved to start first in
+ * N+2, once the slot and blocks are free. Under a multi-tenant flood
+ * (running set full, every step a share to restore) nearly every step is
+ * thus planned ahead, at the price of a newcomer's start one step later
+ * in step count (not in time: N+1 no longer waits for N).
  *
  * Restart with plans in flight: bat_sched_reset_kv voids both; a crash in
  * step/complete is salvaged as before; a restarted caller re-sends what
@@ -133,6 +143,13 @@
  *   9. A feed entry (bat_plan.h) is a single decode of a sequence whose
  *      one sample in flight is in the plan just before (step - 1) at
  *      index feed_src; its position is that sample's.
+ *  10. A fairness victim held by the plan in flight (drop, preempt kind)
+ *      leaves at that plan's completion, which comes before the next
+ *      step(); the flow it made room for (at most FAIR_MAX per step,
+ *      kept in the arena with its tenant) starts first in that next
+ *      step, ahead of every other admission, if it still waits. A
+ *      sequence leaving does not count in its tenant's share, a reserved
+ *      flow counts in its tenant's.
  *
  * Errors: -EINVAL (bad config or request), -E2BIG (request can never fit:
  * prompt + max_tokens over max_ctx or over the KV pool; answer 413),
@@ -154,7 +171,7 @@
 
 #define BAT_PRIO_N 4            /* priority classes, 0 = highest */
 #define BAT_SCHED_MAGIC 0x44484353u /* "SCHD" */
-#define BAT_SCHED_VERSION 3u
+#define BAT_SCHED_VERSION 4u
 #define BAT_NIL UINT32_MAX
 #define BAT_OB_EXTRA 256        /* outbox room for the stage's pushed ERRORs */
 
@@ -288,6 +305,9 @@ struct bat_sched_info {
     uint64_t done_step;    /* last step complete() applied; step - done_step
                               plans are in flight (0, 1 or 2) */
     uint32_t n_outbox;     /* outbox events not yet published */
+    uint64_t n_ahead;      /* steps planned with a plan in flight (overlap) */
+    uint64_t n_fair_defer; /* fairness victims in a plan in flight that left at
+                              its completion (sched inv 10) */
 };
 void bat_sched_info(const struct bat_sched *s, struct bat_sched_info *out);
 /*
@@ -332,8 +352,9 @@ void bat_sched_test_abort_in_step(uint64_t step);
 
 /* Overlap: may step() be called now, with one plan in flight, without
  * needing a sequence that plan holds (sched inv 6)? False when none is in
- * flight, when the decodes it would plan lack KV blocks (watermark kept),
- * or when a fairness preemption is due: complete the plan first. */
+ * flight, or when the decodes it would plan lack KV blocks (watermark
+ * kept): complete the plan first. A fairness preemption due is no reason
+ * to wait (sched inv 10). */
 bool bat_sched_ahead_ok(const struct bat_sched *s);
 
 /* The engines lost their KV cache (an engine rank restarted): the plans in

@@ -24,7 +24,12 @@
  *                                 bat_sched_ahead_ok + bat_sched_step, the
  *                                 time the engine no longer waits for
  *   ahead_frac                    steps planned ahead (the rest waited for
- *                                 their predecessor: KV short, fairness)
+ *                                 their predecessor: KV short), counted by
+ *                                 the scheduler (bat_sched_info n_ahead)
+ *   ahead_preempt_per_step        preemptions per step in that run
+ *   ahead_fair_defer_per_step     of which fairness victims in the plan in
+ *                                 flight, left at its completion (sched
+ *                                 inv 10)
  *
  * Usage: bench-batcher [--json] [--steps N]
  */
@@ -92,9 +97,10 @@ static int bench_cache(double out[3])
     return 0;
 }
 
-/* The main load with overlap: figures in out[0..2] (ahead p50, p99 us,
- * fraction of steps planned ahead). */
-static int bench_overlap(const struct bat_sched_cfg *cfg, uint32_t steps, double out[3])
+/* The main load with overlap: figures in out[0..4] (ahead p50, p99 us,
+ * fraction of steps planned ahead, preemptions and deferred fairness
+ * victims per step), after the warm-up. */
+static int bench_overlap(const struct bat_sched_cfg *cfg, uint32_t steps, double out[5])
 {
     struct bat_sched s;
     uint64_t seed = 42, now = 1000000000ull;
@@ -107,6 +113,7 @@ static int bench_overlap(const struct bat_sched_cfg *cfg, uint32_t steps, double
     double *t = calloc(steps, sizeof(double));
     uint64_t *ids = calloc(4096, 8);
     uint32_t n_ids = 0, n_t = 0, warm = 500;
+    struct bat_sched_info i0 = { 0 };
 
     if (!mem || !plans[0] || !plans[1] || !res[0] || !res[1] || !t || !ids)
         return 1;
@@ -124,6 +131,8 @@ static int bench_overlap(const struct bat_sched_cfg *cfg, uint32_t steps, double
     for (uint32_t st = 0; st < steps + warm; st++) {
         struct bat_sched_info in;
         bat_sched_info(&s, &in);
+        if (st == warm)
+            i0 = in;
         while (in.n_running + in.n_waiting < 256 + 64) {
             struct bat_req r = { .tenant = (uint32_t)(rnd(&seed) % 16),
                                  .prio = (uint32_t)(rnd(&seed) % 2),
@@ -165,9 +174,15 @@ static int bench_overlap(const struct bat_sched_cfg *cfg, uint32_t steps, double
     }
     if (bat_sched_check(&s))
         return 1;
+    struct bat_sched_info i1;
+    bat_sched_info(&s, &i1);
+    if (i1.n_ahead - i0.n_ahead != n_t)
+        return 1; /* the scheduler counts what happened */
     out[0] = n_t ? perf_quantile(t, n_t, 0.5) : 0;
     out[1] = n_t ? perf_quantile(t, n_t, 0.99) : 0;
     out[2] = (double)n_t / steps;
+    out[3] = (double)(i1.n_preempt - i0.n_preempt) / steps;
+    out[4] = (double)(i1.n_fair_defer - i0.n_fair_defer) / steps;
     free(ev); free(ids); free(t); free(res[0]); free(res[1]); free(plans[0]); free(plans[1]);
     free(mem);
     return 0;
@@ -265,7 +280,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-batcher: cache bench failed\n");
         return 1;
     }
-    double ov[3];
+    double ov[5];
     if (bench_overlap(&cfg, steps, ov)) {
         fprintf(stderr, "bench-batcher: overlap bench failed\n");
         return 1;
@@ -286,6 +301,8 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "ahead_us_p50", ov[0]);
         perf_json_num(stdout, "ahead_us_p99", ov[1]);
         perf_json_num(stdout, "ahead_frac", ov[2]);
+        perf_json_num(stdout, "ahead_preempt_per_step", ov[3]);
+        perf_json_num(stdout, "ahead_fair_defer_per_step", ov[4]);
         perf_json_str(stdout, "machine", mach);
         perf_json_end(stdout);
     } else {
@@ -299,6 +316,8 @@ int main(int argc, char **argv)
         printf("  %-28s %10.2f %10s\n", "cache put (evicting)", cache[2], "");
         printf("  %-28s %10.2f %10.2f   (%.0f%% of steps planned ahead)\n",
                "overlap: ahead_ok + step", ov[0], ov[1], 100.0 * ov[2]);
+        printf("  overlap: %.3f preemptions/step, %.3f fairness victims deferred/step\n",
+               ov[3], ov[4]);
     }
     free(ev); free(ids); free(res); free(t_all); free(t_step); free(plan); free(mem);
     return 0;
