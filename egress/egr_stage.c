@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "egr_stage.h"
+#include "egr_scrub.h"
 #include "favo_base.h"
 #include "shm_fdpass.h"
 
@@ -52,6 +53,8 @@ struct rs {
     const int32_t *ids;            /* generated ids */
     char *area;
     size_t cap;
+    size_t hwm;                    /* area bytes that may have been written
+                                      (egr_scrub.h); cap: unknown */
     uint32_t conn;                 /* conns[] index, NONE: no socket */
     uint32_t cnext;                /* next response on the same connection */
     uint32_t hnext;                /* hash chain / free list */
@@ -503,6 +506,7 @@ static void rs_error(struct egr *E, struct rs *r, unsigned status, uint32_t retr
         e.extra = NULL;
         n = egr_error_response(r->area, r->cap, &e);
     }
+    egr_scrub_mark(&r->hwm, &st->resp, n < 0 ? n : 0, r->cap);
     if (n < 0) {
         favo_warn("egress: cannot write a %u response: %s", status, strerror(-n));
         rs_gone(E, r, false);
@@ -511,6 +515,7 @@ static void rs_error(struct egr *E, struct rs *r, unsigned status, uint32_t retr
     /* the area now holds the error instead of whatever was pending (the
      * resp struct is only used for its pending count from here on) */
     st->resp.pending = (uint32_t)n;
+    egr_scrub_mark(&r->hwm, &st->resp, 0, r->cap);
     if (!e.keep_alive)
         st->flags |= EGR_SF_CLOSE;
     rs_cancel(E, r);
@@ -607,10 +612,12 @@ static void rs_start(struct egr *E, struct rs *r)
     rc.logprobs = q->logprobs;
     rc.top_logprobs = (uint8_t)FAVO_MIN(q->top_logprobs, EGR_TOP_MAX);
     n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
+    egr_scrub_mark(&r->hwm, &st->resp, n < 0 ? n : 0, r->cap);
     if (n == -EINVAL && (rc.request_id || rc.extra_head)) {
         rc.request_id = NULL; /* an id egr_head refuses: answer without the echo */
         rc.extra_head = NULL;
         n = egr_resp_init(&st->resp, &rc, r->area, r->cap);
+        egr_scrub_mark(&r->hwm, &st->resp, n < 0 ? n : 0, r->cap);
     }
     if (n >= 0 && rc.logprobs && !r->lp_end)
         n = -ENOBUFS; /* no room for the records: the batcher answers 413 */
@@ -673,6 +680,7 @@ static void rs_feed(struct egr *E, struct rs *r)
             return;
         }
         rc = egr_resp_token_lp(p, E->tok, id, p->logprobs ? &lp : NULL, r->area, r->cap);
+        egr_scrub_mark(&r->hwm, p, rc < 0 ? rc : 0, r->cap);
         if (p->logprobs)
             explicit_bzero(&lp, sizeof(lp));
         if (rc == -EAGAIN)
@@ -698,6 +706,7 @@ static void rs_feed(struct egr *E, struct rs *r)
         rc = egr_resp_finish_tok(p, E->tok,
                                  st->fin_reason == SHM_FIN_LENGTH ? EGR_FIN_LENGTH : EGR_FIN_STOP,
                                  r->area, r->cap);
+        egr_scrub_mark(&r->hwm, p, rc < 0 ? rc : 0, r->cap);
         if (rc == -EAGAIN)
             return;
         if (rc < 0)
@@ -903,6 +912,7 @@ static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
     E->rs_hash[h] = i;
     E->rs_active++;
     resume = st->magic == EGR_STAGE_MAGIC;
+    r->hwm = resume ? r->cap : 0; /* a fresh area is all zero (cell inv 2) */
     if (!resume) {
         memset(st, 0, sizeof(*st));
         st->magic = EGR_STAGE_MAGIC;
@@ -1190,6 +1200,8 @@ static void rs_complete(struct egr *E, uint32_t i)
     struct shm_conn_msg m = { .conn = q->conn, .what = close_it ? SHM_CONN_CLOSED : SHM_CONN_KEEP };
     unsigned w = q->worker, status;
     shm_cell_ref_t cell = r->cell;
+    size_t area_off = (size_t)(r->area - r->cellp), hwm = r->hwm;
+    size_t size = r->lp_end ? (size_t)(r->lp_end - r->cellp) : area_off + r->cap;
     struct shm_conn_msg *slot = NULL;
     int rc;
 
@@ -1227,9 +1239,8 @@ static void rs_complete(struct egr *E, uint32_t i)
     }
 
     rs_unlink(E, i);
-    /* the state only: shm_cell_free scrubs the whole cell, area included */
-    egr_scrub(&st->resp, NULL, 0);
-    rc = shm_cell_free(&E->pool, cell, SHM_CELL_EGRESS);
+    /* the state, then what the request wrote of the cell (egr_scrub.h) */
+    rc = egr_scrub_free(&E->pool, cell, q, size, area_off, hwm, &st->resp);
     if (rc < 0)
         favo_warn("egress: freeing cell %#" PRIx64 ": %s", (uint64_t)cell, strerror(-rc));
     if (slot) {
