@@ -1022,7 +1022,8 @@ int eng_ctx_init(eng_ctx_t **out, const struct eng_model *m, struct eng_kv *kv,
     c->inv_freq[1] = ctx_alloc(c, FAVO_MAX(half, 1) * sizeof(float));
     c->profile = o ? o->profile : 0;
     c->prof = ctx_alloc(c, (size_t)c->nth * PROF_STRIDE * sizeof(uint64_t));
-    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq || !c->xq2 ||
+    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->g || !c->u || !c->xq ||
+        !c->xq2 ||
         !c->rope_cs || !c->tok_seq || !c->tok_pos || !c->out_tok || !c->out_seq ||
         !c->logits || !c->scores || !c->wrow || !c->sample_scratch || !c->inv_freq[0] || !c->inv_freq[1] || !c->prof) {
         rc = -ENOMEM;
