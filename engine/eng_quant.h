@@ -156,7 +156,7 @@ const char *eng_quant_impl(uint32_t wtype);
  * multiply-adds in block order. Bound against the f64 value of the same
  * quantized operands: tests/test-engine-pack.c.
  *
- * Where the CPU has AMX-INT8, calls with 16-64 activation rows run whole
+ * Where the CPU has AMX-INT8, calls with 16 or more activation rows run whole
  * 16-row groups through AMX tiles (32-block types and q4_k) with the VNNI
  * kernel's bits; eng_pack asks the kernel for the tile permission once
  * (arch_prctl, before a stage's seccomp filter); FAVO_CPU=avx512 keeps
