@@ -40,6 +40,12 @@ AI __m512 h16(const uint8_t *p)
 /* Bytes the VNNI loops prefetch ahead of the block they work on (a
  * prefetch past the matrix never faults). */
 #define VNNI_AHEAD 4096
+/* The k-quant loops prefetch only with this many activation columns or
+ * more: a batch-1 decode of a k-quant matrix from DRAM ran slower with it
+ * (llama-1b q4_k batch 1: 28 tok/s with, 33-34 without; Gemma 3 from L3
+ * 110-115 either way; quiet 2-core runs). The 32-block loop keeps it at
+ * batch 1 (SmolLM2 q4_1 from L3: 250 -> 380 tok/s; llama-1b q8_0 no loss). */
+#define VNNI_PF_COLS 2
 
 /* ---- 32-block types ---- */
 
@@ -136,7 +142,7 @@ AI void panel_q4_k(const int NC, const uint8_t *p, int64_t nb, const uint8_t *x,
             __m512i U[8];
             __m512i scj = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(sc + j * G)));
 
-            for (int o = j * 296; o < (j + 1) * 296; o += 64)
+            for (int o = j * 296; NC >= VNNI_PF_COLS && o < (j + 1) * 296; o += 64)
                 _mm_prefetch((const char *)p + 2 * G * 148 + o, _MM_HINT_T0);
             for (int s = 0; s < 8; s++) {
                 __m512i v = _mm512_loadu_si512((const void *)(nib + ((j / 2) * 8 + s) * G * 4));
@@ -196,7 +202,7 @@ AI void panel_q6_k(const int NC, const uint8_t *p, int64_t nb, const uint8_t *x,
             __m512i U[4];
             __m512i scu = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(sc + u * G)));
 
-            for (int o = u * 210; o < (u + 1) * 210; o += 64)
+            for (int o = u * 210; NC >= VNNI_PF_COLS && o < (u + 1) * 210; o += 64)
                 _mm_prefetch((const char *)p + 2 * G * 210 + o, _MM_HINT_T0);
             U[0] = _mm512_ternarylogic_epi32(A, m4, _mm512_and_si512(_mm512_slli_epi16(H, 4), m30), 0xea);
             U[1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(A, 4), m4,
