@@ -6,6 +6,8 @@ goals live in perf/RESULTS.md, measured on a quiet machine.
 bench-egress: the real egress stage over real sockets; p50 > 0, p99 >= p50,
 no token missed. bench-ingress: favo serve --backend null and nginx under
 wrk; both answered, no errors (skips with 77 when wrk or nginx is missing).
+bench-fairness: tenant B alone and under tenant A's flood through favo
+serve; both phases measured a TTFT and A produced tokens.
 """
 import json
 import os
@@ -53,6 +55,12 @@ else:
         check(j.get("favo_rps", 0) > 0 and j.get("nginx_rps", 0) > 0,
               f"both servers answered ({j.get('favo_rps')}, {j.get('nginx_rps')})")
         check(j.get("errors_all_rounds", 1) == 0, f"no errors ({j.get('errors_all_rounds')})")
+
+rc, j = run([os.path.join(BUILD, "perf", "bench-fairness"), "--duration", "3", "--max-seqs", "2",
+             "--flood", "6", "--b-rate", "2", "--input-tokens", "16", "--output-tokens", "4",
+             "--model", MODEL, "--json"], timeout=240)
+check(rc == 0 and j.get("b_ttft_p99_unloaded_ms", 0) > 0 and j.get("b_ttft_p99_flood_ms", 0) > 0
+      and j.get("a_output_tps", 0) > 0, f"bench-fairness runs ({rc} {str(j)[:300]})")
 
 print(f"{len(failures)} failures")
 sys.exit(1 if failures else 0)
