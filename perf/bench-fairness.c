@@ -79,246 +79,14 @@
 #include <unistd.h>
 #include <yajl/yajl_tree.h>
 
-#define MAX_KIDS 8
 #define MAX_REPEAT 9
 #define MAX_LOG_ROWS 65536
-
-static volatile pid_t kids[MAX_KIDS];
-static volatile sig_atomic_t g_sig;
-static char g_shm[96]; /* favo serve's stats segment, unlinked if it dies hard */
-
-static void kids_add(pid_t p)
-{
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (!kids[i]) {
-            kids[i] = p;
-            return;
-        }
-}
-
-static void kids_del(pid_t p)
-{
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (kids[i] == p)
-            kids[i] = 0;
-}
-
-static void kids_kill_all(void)
-{
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (kids[i] > 0)
-            kill(-kids[i], SIGKILL);
-}
-
-static void on_signal(int sig)
-{
-    static const char msg[] = "bench-fairness: interrupted twice, killing children\n";
-
-    if (!g_sig) {
-        g_sig = sig;
-        return;
-    }
-    kids_kill_all();
-    if (write(2, msg, sizeof(msg) - 1) < 0) {
-        /* nothing to do */
-    }
-    _exit(128 + sig);
-}
-
-static void on_exit_kill(void)
-{
-    kids_kill_all();
-}
-
-static double mono_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void stop_child(pid_t p, double grace_s);
-
-/* From the wait loops: after a signal stop every child gracefully, exit. */
-static void check_sig(void)
-{
-    static bool stopping;
-
-    if (!g_sig || stopping)
-        return;
-    stopping = true;
-    fprintf(stderr, "bench-fairness: interrupted, stopping children\n");
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (kids[i] > 0)
-            kill(-kids[i], SIGTERM);
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (kids[i] > 0)
-            stop_child(kids[i], 20);
-    if (g_shm[0])
-        shm_unlink(g_shm);
-    _exit(128 + g_sig);
-}
-
-/* fork+exec argv in a new process group; stdout to out (inherited stderr
- * when NULL), stderr to out too when merge, else to /dev/null when quiet.
- * Returns the pid or -errno. */
-static pid_t spawn(char *const argv[], const char *out, bool merge)
-{
-    pid_t p = fork();
-
-    if (p < 0)
-        return -errno;
-    if (p == 0) {
-        setpgid(0, 0);
-        if (out) {
-            int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-            if (fd < 0)
-                _exit(126);
-            dup2(fd, 1);
-            if (merge) {
-                dup2(fd, 2);
-            } else {
-                int nul = open("/dev/null", O_WRONLY | O_CLOEXEC);
-
-                if (nul >= 0)
-                    dup2(nul, 2);
-            }
-        } else {
-            dup2(2, 1); /* keep our stdout for the table / JSON */
-        }
-        execv(argv[0], argv);
-        fprintf(stderr, "bench-fairness: exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    setpgid(p, p);
-    kids_add(p);
-    return p;
-}
-
-/* Wait for p up to timeout_s (< 0: forever); its status, or -ETIMEDOUT. */
-static int wait_for(pid_t p, double timeout_s)
-{
-    double t0 = mono_s();
-    int st;
-
-    for (;;) {
-        pid_t r = waitpid(p, &st, WNOHANG);
-
-        if (r == p) {
-            kids_del(p);
-            return st;
-        }
-        if (r < 0 && errno != EINTR)
-            return -errno;
-        if (timeout_s >= 0 && mono_s() - t0 > timeout_s)
-            return -ETIMEDOUT;
-        if (timeout_s < 0)
-            check_sig();
-        usleep(20000);
-    }
-}
-
-static void stop_child(pid_t p, double grace_s)
-{
-    if (p <= 0)
-        return;
-    kill(-p, SIGTERM);
-    if (wait_for(p, grace_s) == -ETIMEDOUT) {
-        kill(-p, SIGKILL);
-        wait_for(p, -1);
-    }
-    kill(-p, SIGKILL); /* grandchildren left in the group */
-}
-
-/* Run argv to completion, stdout to out; the exit status or -errno. */
-static int run_to_end(char *const argv[], const char *out, double timeout_s)
-{
-    pid_t p = spawn(argv, out, false);
-    int st;
-
-    if (p < 0)
-        return p;
-    st = wait_for(p, timeout_s);
-    if (st == -ETIMEDOUT) {
-        stop_child(p, 5);
-        return st;
-    }
-    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -EIO;
-}
-
-static char *slurp(const char *path, long from, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-
-    if (!f)
-        return NULL;
-    if (from > 0 && fseek(f, from, SEEK_SET)) {
-        fclose(f);
-        return NULL;
-    }
-    for (;;) {
-        if (cap - n < 4096) {
-            char *nb = realloc(buf, cap ? cap * 2 : 65536);
-
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-            cap = cap ? cap * 2 : 65536;
-        }
-        size_t k = fread(buf + n, 1, cap - n - 1, f);
-
-        if (!k)
-            break;
-        n += k;
-    }
-    fclose(f);
-    buf[n] = 0;
-    if (len)
-        *len = n;
-    return buf;
-}
 
 static long file_size(const char *path)
 {
     struct stat sb;
 
     return stat(path, &sb) ? 0 : (long)sb.st_size;
-}
-
-static void tail_log(const char *path, int lines)
-{
-    size_t n = 0;
-    char *b = slurp(path, 0, &n);
-    size_t i = n;
-    int seen = 0;
-
-    if (!b)
-        return;
-    while (i > 0 && seen <= lines)
-        if (b[--i] == '\n')
-            seen++;
-    fprintf(stderr, "---- %s (tail) ----\n%s\n----\n", path, b + i);
-    free(b);
-}
-
-static double loadavg1(void)
-{
-    FILE *f = fopen("/proc/loadavg", "r");
-    double l = NAN;
-
-    if (f) {
-        if (fscanf(f, "%lf", &l) != 1)
-            l = NAN;
-        fclose(f);
-    }
-    return l;
 }
 
 /* GET /ready on 127.0.0.1:port; true on a 200. */
@@ -375,45 +143,6 @@ static ssize_t http_get(int port, const char *path, char *buf, size_t cap)
     return (ssize_t)got;
 }
 
-/* One flat JSON object like perf_util's writer, but NAN/inf -> null. */
-static bool jw_first;
-
-static void jw_begin(FILE *f)
-{
-    fputc('{', f);
-    jw_first = true;
-}
-
-static void jw_num(FILE *f, const char *k, double v)
-{
-    fprintf(f, "%s\"%s\":", jw_first ? "" : ",", k);
-    if (isfinite(v))
-        fprintf(f, "%.6g", v);
-    else
-        fputs("null", f);
-    jw_first = false;
-}
-
-static void jw_str(FILE *f, const char *k, const char *v)
-{
-    fprintf(f, "%s\"%s\":\"", jw_first ? "" : ",", k);
-    for (const char *c = v; *c; c++) {
-        if (*c == '"' || *c == '\\')
-            fprintf(f, "\\%c", *c);
-        else if ((unsigned char)*c < 0x20)
-            fprintf(f, "\\u%04x", *c);
-        else
-            fputc(*c, f);
-    }
-    fputc('"', f);
-    jw_first = false;
-}
-
-static void jw_end(FILE *f)
-{
-    fputs("}\n", f);
-}
-
 /* ------------------------------------------------------------ options */
 
 struct opts {
@@ -432,7 +161,7 @@ static char g_key_a[128], g_key_b[128];
 /* The numbers of one `favo stat --json` snapshot this benchmark uses. */
 struct snap {
     bool ok;
-    double t;                       /* mono_s() when taken */
+    double t;                       /* perf_mono_s() when taken */
     double steps, eng_tok, step_n, step_sum_s, running, waiting, preempt;
     double gen[2], req[2];           /* tenants A, B: gen_tokens, requests */
     int nb;                          /* /metrics favo_engine_step_seconds buckets */
@@ -492,15 +221,15 @@ static struct snap take_snap(void)
 {
     char path[PATH_MAX], err[256];
     char *argv[] = {(char *)O.favo, "stat", "--instance", g_inst, "--json", NULL};
-    struct snap s = {.t = mono_s()};
+    struct snap s = {.t = perf_mono_s()};
     const char *p_tn[] = {"tenants", NULL}, *p_step[] = {"histograms", "eng_step", NULL};
     yajl_val root, tn, h;
     char *txt;
 
     snprintf(path, sizeof(path), "%s/stat.json", O.out);
-    if (run_to_end(argv, path, 30) != 0)
+    if (perf_run_to_end(argv, path, 30) != 0)
         return s;
-    txt = slurp(path, 0, NULL);
+    txt = perf_slurp(path, 0, NULL);
     root = txt ? yajl_tree_parse(txt, err, sizeof(err)) : NULL;
     free(txt);
     if (!root)
@@ -537,20 +266,13 @@ static struct snap take_snap(void)
 
 /* ---------------------------------------------------------- access log */
 
-static int cmp_dbl(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return (x > y) - (x < y);
-}
-
 /* Quantiles (p50, p99) of queue_ms, ttft_ms and ttft_ms - queue_ms of
  * tenant's 200 answers in the access log between byte offsets [from, to):
  * q[0..1], q[2..3], q[4..5]. Returns the count. */
 static int alog_quant(long from, long to, const char *tenant, double q[6])
 {
     static double qv[MAX_LOG_ROWS], tv[MAX_LOG_ROWS], rv[MAX_LOG_ROWS];
-    char want[64], *txt = slurp(g_alog, from, NULL), *line, *save = NULL;
+    char want[64], *txt = perf_slurp(g_alog, from, NULL), *line, *save = NULL;
     int n = 0;
 
     q[0] = q[1] = q[2] = q[3] = q[4] = q[5] = NAN;
@@ -621,14 +343,14 @@ static pid_t start_bench(const char *key, const char *mode, const char *val, dou
     snprintf(in, sizeof(in), "%d", O.in_tok);
     snprintf(out, sizeof(out), "%d", O.out_tok);
     unlink(json);
-    return spawn(argv, "/dev/null", false);
+    return perf_spawn(argv, "/dev/null", false);
 }
 
 /* B's run: favo bench's JSON into ph; stat and access-log deltas. */
 static void finish_b(struct phase *ph, const char *json, const struct snap *s0,
                      const struct snap *s1, long off0, long off1)
 {
-    char err[256], *txt = slurp(json, 0, NULL);
+    char err[256], *txt = perf_slurp(json, 0, NULL);
     yajl_val root = txt ? yajl_tree_parse(txt, err, sizeof(err)) : NULL;
     double q[6], dt = s1->t - s0->t;
 
@@ -684,14 +406,14 @@ static void finish_b(struct phase *ph, const char *json, const struct snap *s0,
 /* Wait for the server to hold nothing (running and waiting 0), up to t s. */
 static void wait_idle(double t)
 {
-    double t0 = mono_s();
+    double t0 = perf_mono_s();
 
-    while (mono_s() - t0 < t) {
+    while (perf_mono_s() - t0 < t) {
         struct snap s = take_snap();
 
         if (s.ok && s.running == 0 && s.waiting == 0)
             return;
-        check_sig();
+        perf_check_sig();
         usleep(200000);
     }
     fprintf(stderr, "bench-fairness: server not idle after %g s\n", t);
@@ -709,7 +431,7 @@ static void run_unloaded(int r, struct phase *ph)
     fprintf(stderr, "bench-fairness: #%d unloaded: B at %g/s for %g s\n", r + 1, O.b_rate,
             O.duration);
     wait_idle(60);
-    ph->load0 = loadavg1();
+    ph->load0 = perf_loadavg1();
     off0 = file_size(g_alog);
     s0 = take_snap();
     {
@@ -722,11 +444,11 @@ static void run_unloaded(int r, struct phase *ph)
         snprintf(ph->why, sizeof(ph->why), "cannot start favo bench: %s", strerror(-b));
         return;
     }
-    wait_for(b, -1);
+    perf_wait_for(b, -1);
     s1 = take_snap();
     usleep(300000); /* egress writes the access-log line after the last byte */
     off1 = file_size(g_alog);
-    ph->load1 = loadavg1();
+    ph->load1 = perf_loadavg1();
     finish_b(ph, json, &s0, &s1, off0, off1);
 }
 
@@ -747,7 +469,7 @@ static void run_flood(int r, struct phase *ph)
     fprintf(stderr, "bench-fairness: #%d flood: A at concurrency %d, then B at %g/s for %g s\n",
             r + 1, O.flood, O.b_rate, O.duration);
     wait_idle(60);
-    ph->load0 = loadavg1();
+    ph->load0 = perf_loadavg1();
     /* A runs until stopped: far longer than B's part */
     a = start_bench(g_key_a, "-c", conc, O.duration * 4 + 120, aseed, ajson);
     if (a < 0) {
@@ -755,18 +477,18 @@ static void run_flood(int r, struct phase *ph)
         return;
     }
     /* the flood holds every slot and a queue behind them (or 30 s passed) */
-    t0 = mono_s();
+    t0 = perf_mono_s();
     for (;;) {
         struct snap s = take_snap();
 
         if (s.ok && s.running >= O.max_seqs && s.waiting > 0)
             break;
-        if (mono_s() - t0 > 30) {
+        if (perf_mono_s() - t0 > 30) {
             fprintf(stderr, "bench-fairness: the flood did not fill %d slots in 30 s\n",
                     O.max_seqs);
             break;
         }
-        check_sig();
+        perf_check_sig();
         usleep(200000);
     }
     sleep(1); /* past the first wave of prefills: steady decode + prefill mix */
@@ -775,15 +497,15 @@ static void run_flood(int r, struct phase *ph)
     b = start_bench(g_key_b, "-r", rate, O.duration, seed, json);
     if (b < 0) {
         snprintf(ph->why, sizeof(ph->why), "cannot start favo bench: %s", strerror(-b));
-        stop_child(a, 20);
+        perf_stop_child(a, 20);
         return;
     }
-    wait_for(b, -1);
+    perf_wait_for(b, -1);
     s1 = take_snap();
     usleep(300000);
     off1 = file_size(g_alog);
-    ph->load1 = loadavg1();
-    stop_child(a, 20); /* its connections close: the server cancels A's requests */
+    ph->load1 = perf_loadavg1();
+    perf_stop_child(a, 20); /* its connections close: the server cancels A's requests */
     finish_b(ph, json, &s0, &s1, off0, off1);
 }
 
@@ -797,9 +519,9 @@ static int add_key(const char *tenant, char *key, size_t cap)
     size_t n;
 
     snprintf(out, sizeof(out), "%s/key-%s.txt", O.out, tenant);
-    if (run_to_end(argv, out, 30) != 0)
+    if (perf_run_to_end(argv, out, 30) != 0)
         return -EIO;
-    txt = slurp(out, 0, &n);
+    txt = perf_slurp(out, 0, &n);
     if (!txt)
         return -EIO;
     while (n && (txt[n - 1] == '\n' || txt[n - 1] == ' '))
@@ -819,8 +541,8 @@ static int add_key(const char *tenant, char *key, size_t cap)
 static pid_t start_server(char *why, size_t wn)
 {
     char log[PATH_MAX], thr[16], seqs[16], mbt[16];
-    double t0 = mono_s();
-    int port = 0;
+    double t0 = perf_mono_s();
+    int port;
     pid_t p;
 
     snprintf(log, sizeof(log), "%s/serve.log", O.out);
@@ -833,38 +555,24 @@ static pid_t start_server(char *why, size_t wn)
                         "--threads", thr, "--max-seqs", seqs, "--max-batch-tokens", mbt,
                         "--ctx-size", "2048", "--kv-cache-mb", "512", "--poll", "block", NULL};
 
-        p = spawn(argv, log, true);
+        p = perf_spawn(argv, log, true);
     }
     if (p < 0) {
         snprintf(why, wn, "cannot start favo serve: %s", strerror(-p));
         return p;
     }
-    while (mono_s() - t0 < 120 && port <= 0) {
-        char *b = slurp(log, 0, NULL);
-        int st;
-
-        if (b) {
-            char *m = strstr(b, "on http://127.0.0.1:");
-
-            if (m && strstr(m, "ready in"))
-                port = atoi(m + strlen("on http://127.0.0.1:"));
-            free(b);
-        }
-        if (port <= 0 && waitpid(p, &st, WNOHANG) == p) {
-            kids_del(p);
-            snprintf(why, wn, "favo serve exited before ready (log %s)", log);
-            tail_log(log, 15);
-            return -ECHILD;
-        }
-        check_sig();
-        usleep(50000);
+    port = perf_favo_ready_port(log, p, 120);
+    if (port == -ECHILD) {
+        snprintf(why, wn, "favo serve exited before ready (log %s)", log);
+        perf_tail_log(log, 15);
+        return -ECHILD;
     }
-    while (port > 0 && mono_s() - t0 < 120 && !http_ready(port))
+    while (port > 0 && perf_mono_s() - t0 < 120 && !http_ready(port))
         usleep(100000);
     if (port <= 0 || !http_ready(port)) {
         snprintf(why, wn, "favo serve not ready in 120 s (log %s)", log);
-        tail_log(log, 15);
-        stop_child(p, 5);
+        perf_tail_log(log, 15);
+        perf_stop_child(p, 5);
         return -ETIMEDOUT;
     }
     snprintf(g_url, sizeof(g_url), "http://127.0.0.1:%d", port);
@@ -881,24 +589,11 @@ static void warm_up(void)
                         "-c", "1", "-n", "2", "--input-tokens", "16", "--output-tokens", "4",
                         "-q", NULL};
 
-        run_to_end(argv, "/dev/null", 120);
+        perf_run_to_end(argv, "/dev/null", 120);
     }
 }
 
 /* ------------------------------------------------------------- results */
-
-static double median(double *v, int n)
-{
-    int k = 0;
-
-    for (int i = 0; i < n; i++)
-        if (!isnan(v[i]))
-            v[k++] = v[i];
-    if (!k)
-        return NAN;
-    qsort(v, (size_t)k, sizeof(*v), cmp_dbl);
-    return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
-}
 
 #define PHASE_FIELDS(X)                                                                            \
     X(ttft_p50) X(ttft_p99) X(ok) X(errors) X(q_p50) X(q_p99) X(sttft_p50) X(sttft_p99)           \
@@ -924,57 +619,50 @@ static void phase_median(const struct phase *r, int n, struct phase *m)
         for (int i = 0; i < n; i++)                                                                \
             if (r[i].ran)                                                                          \
                 v[k++] = r[i].f;                                                                   \
-        m->f = median(v, k);                                                                       \
+        m->f = perf_median(v, k, true);                                                            \
     }
     PHASE_FIELDS(MED)
 #undef MED
 }
 
-static void phase_json(FILE *f, const char *pre, const struct phase *p)
+static void phase_json(FILE *f, bool *first, const char *pre, const struct phase *p)
 {
     char k[96];
 
 #define J(field)                                                                                   \
     snprintf(k, sizeof(k), "%s%s", pre, #field);                                                   \
-    jw_num(f, k, p->field);
+    perf_jnum(f, first, k, p->field);
     PHASE_FIELDS(J)
 #undef J
     snprintf(k, sizeof(k), "%serror", pre);
     if (!p->ran)
-        jw_str(f, k, p->why);
+        perf_jstr(f, first, k, p->why);
 }
 
-static void fmtd(char *b, size_t n, double v, const char *f)
+static void phase_row(const char *name, const void *side)
 {
-    if (isnan(v))
-        snprintf(b, n, "-");
-    else
-        snprintf(b, n, f, v);
-}
-
-static void phase_row(const char *name, const struct phase *p)
-{
+    const struct phase *p = side;
     char c[15][24];
 
     if (!p->ran) {
         printf("%-14s not run: %s\n", name, p->why);
         return;
     }
-    fmtd(c[0], 24, p->ttft_p50, "%.1f");
-    fmtd(c[1], 24, p->ttft_p99, "%.1f");
-    fmtd(c[2], 24, p->q_p50, "%.1f");
-    fmtd(c[3], 24, p->q_p99, "%.1f");
-    fmtd(c[4], 24, p->run_p99, "%.1f");
-    fmtd(c[5], 24, p->step_ms, "%.1f");
-    fmtd(c[6], 24, p->tok_per_step, "%.1f");
-    fmtd(c[7], 24, p->a_tps, "%.1f");
-    fmtd(c[8], 24, p->demand, "%.1f");
-    fmtd(c[9], 24, p->ttft_p99 / p->step_ms, "%.1f");
-    fmtd(c[10], 24, p->load0, "%.1f");
-    fmtd(c[11], 24, p->load1, "%.1f");
-    fmtd(c[12], 24, p->ok, "%.0f");
-    fmtd(c[13], 24, p->errors, "%.0f");
-    fmtd(c[14], 24, p->step_p99_le_ms, "%.0f");
+    perf_fmt(c[0], 24, p->ttft_p50, "%.1f");
+    perf_fmt(c[1], 24, p->ttft_p99, "%.1f");
+    perf_fmt(c[2], 24, p->q_p50, "%.1f");
+    perf_fmt(c[3], 24, p->q_p99, "%.1f");
+    perf_fmt(c[4], 24, p->run_p99, "%.1f");
+    perf_fmt(c[5], 24, p->step_ms, "%.1f");
+    perf_fmt(c[6], 24, p->tok_per_step, "%.1f");
+    perf_fmt(c[7], 24, p->a_tps, "%.1f");
+    perf_fmt(c[8], 24, p->demand, "%.1f");
+    perf_fmt(c[9], 24, p->ttft_p99 / p->step_ms, "%.1f");
+    perf_fmt(c[10], 24, p->load0, "%.1f");
+    perf_fmt(c[11], 24, p->load1, "%.1f");
+    perf_fmt(c[12], 24, p->ok, "%.0f");
+    perf_fmt(c[13], 24, p->errors, "%.0f");
+    perf_fmt(c[14], 24, p->step_p99_le_ms, "%.0f");
     printf("%-14s %8s %8s %8s %8s %8s %8s %8s %8s %8s %6s %9s %5s/%-5s %5s/%s\n", name, c[0],
            c[1], c[2], c[3], c[4], c[5], c[14], c[6], c[7], c[8], c[9], c[12], c[13], c[10],
            c[11]);
@@ -994,69 +682,41 @@ static void usage(FILE *f)
             "          --output-tokens 16\n");
 }
 
-static bool arg_val(int argc, char **argv, int *i, const char *name, const char **v)
-{
-    if (strcmp(argv[*i], name))
-        return false;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "bench-fairness: %s needs a value\n", name);
-        exit(2);
-    }
-    *v = argv[++*i];
-    return true;
-}
-
-static double parse_pos(const char *name, const char *v)
-{
-    char *end;
-    double d = strtod(v, &end);
-
-    if (*end || !(d > 0) || d > 1e9) {
-        fprintf(stderr, "bench-fairness: %s: '%s' is not a positive number\n", name, v);
-        exit(2);
-    }
-    return d;
-}
-
 int main(int argc, char **argv)
 {
-    static char favo_path[PATH_MAX], model_path[PATH_MAX], out_tmpl[] = "/tmp/bench-fair-XXXXXX";
     static struct phase un[MAX_REPEAT], fl[MAX_REPEAT];
     struct phase mu, mf;
-    struct sigaction sa = {.sa_handler = on_signal};
     double ratios[MAX_REPEAT], ratio, load0, load1;
-    char machine[256], why[PATH_MAX + 64] = "";
+    char machine[256], why[PATH_MAX + 64] = "", shm[96];
     const char *v;
     pid_t srv;
 
     O = (struct opts){.threads = 2, .repeat = 1, .max_seqs = 16, .max_batch_tokens = 512,
                       .in_tok = 64, .out_tok = 16, .b_rate = 0.5, .duration = 60};
+    perf_prog("bench-fairness");
     O.json = perf_want_json(argc, argv);
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) {
-        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (arg_val(argc, argv, &i, "--model", &O.model) ||
-                   arg_val(argc, argv, &i, "--out", &O.out)) {
-        } else if (arg_val(argc, argv, &i, "--threads", &v)) {
-            O.threads = (int)parse_pos("--threads", v);
-        } else if (arg_val(argc, argv, &i, "--b-rate", &v)) {
-            O.b_rate = parse_pos("--b-rate", v);
-        } else if (arg_val(argc, argv, &i, "--flood", &v)) {
-            O.flood = (int)parse_pos("--flood", v);
-        } else if (arg_val(argc, argv, &i, "--duration", &v)) {
-            O.duration = parse_pos("--duration", v);
-        } else if (arg_val(argc, argv, &i, "--repeat", &v)) {
-            O.repeat = (int)parse_pos("--repeat", v);
-        } else if (arg_val(argc, argv, &i, "--max-seqs", &v)) {
-            O.max_seqs = (int)parse_pos("--max-seqs", v);
-        } else if (arg_val(argc, argv, &i, "--max-batch-tokens", &v)) {
-            O.max_batch_tokens = (int)parse_pos("--max-batch-tokens", v);
-        } else if (arg_val(argc, argv, &i, "--input-tokens", &v)) {
-            O.in_tok = (int)parse_pos("--input-tokens", v);
-        } else if (arg_val(argc, argv, &i, "--output-tokens", &v)) {
-            O.out_tok = (int)parse_pos("--output-tokens", v);
+        if (perf_std_opt(argv[i], usage)) {
+        } else if (perf_arg_val(argc, argv, &i, "--model", &O.model) ||
+                   perf_arg_val(argc, argv, &i, "--out", &O.out)) {
+        } else if (perf_arg_val(argc, argv, &i, "--threads", &v)) {
+            O.threads = (int)perf_parse_pos("--threads", v, 1e9);
+        } else if (perf_arg_val(argc, argv, &i, "--b-rate", &v)) {
+            O.b_rate = perf_parse_pos("--b-rate", v, 1e9);
+        } else if (perf_arg_val(argc, argv, &i, "--flood", &v)) {
+            O.flood = (int)perf_parse_pos("--flood", v, 1e9);
+        } else if (perf_arg_val(argc, argv, &i, "--duration", &v)) {
+            O.duration = perf_parse_pos("--duration", v, 1e9);
+        } else if (perf_arg_val(argc, argv, &i, "--repeat", &v)) {
+            O.repeat = (int)perf_parse_pos("--repeat", v, 1e9);
+        } else if (perf_arg_val(argc, argv, &i, "--max-seqs", &v)) {
+            O.max_seqs = (int)perf_parse_pos("--max-seqs", v, 1e9);
+        } else if (perf_arg_val(argc, argv, &i, "--max-batch-tokens", &v)) {
+            O.max_batch_tokens = (int)perf_parse_pos("--max-batch-tokens", v, 1e9);
+        } else if (perf_arg_val(argc, argv, &i, "--input-tokens", &v)) {
+            O.in_tok = (int)perf_parse_pos("--input-tokens", v, 1e9);
+        } else if (perf_arg_val(argc, argv, &i, "--output-tokens", &v)) {
+            O.out_tok = (int)perf_parse_pos("--output-tokens", v, 1e9);
         } else {
             fprintf(stderr, "bench-fairness: unknown option '%s'\n", argv[i]);
             usage(stderr);
@@ -1069,65 +729,22 @@ int main(int argc, char **argv)
     }
     if (!O.flood)
         O.flood = 4 * O.max_seqs;
-    if ((v = getenv("FAVO_BIN")) && *v) {
-        snprintf(favo_path, sizeof(favo_path), "%s", v);
-    } else {
-        ssize_t n = readlink("/proc/self/exe", favo_path, sizeof(favo_path) - 16);
-        char *slash;
-
-        if (n <= 0) {
-            fprintf(stderr, "bench-fairness: cannot find myself; set FAVO_BIN\n");
-            return 2;
-        }
-        favo_path[n] = 0;
-        if ((slash = strrchr(favo_path, '/')))
-            *slash = 0; /* .../build/perf */
-        if ((slash = strrchr(favo_path, '/')))
-            strcpy(slash, "/favo");
-    }
-    O.favo = favo_path;
-    if (!O.model) {
-        v = getenv("FAVO_MODELS");
-        snprintf(model_path, sizeof(model_path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 v && *v ? v : "models");
-        O.model = model_path;
-    }
-    if (access(O.favo, X_OK)) {
-        fprintf(stderr, "bench-fairness: %s is not executable (set FAVO_BIN)\n", O.favo);
+    if (perf_favo_setup(&O.favo, &O.model, &O.out, "bench-fair"))
         return 2;
-    }
-    if (access(O.model, R_OK)) {
-        fprintf(stderr, "bench-fairness: model %s: %s (--model FILE)\n", O.model,
-                strerror(errno));
-        return 2;
-    }
-    if (!O.out) {
-        if (!mkdtemp(out_tmpl)) {
-            fprintf(stderr, "bench-fairness: mkdtemp: %s\n", strerror(errno));
-            return 2;
-        }
-        O.out = out_tmpl;
-    } else if (mkdir(O.out, 0700) && errno != EEXIST) {
-        fprintf(stderr, "bench-fairness: --out %s: %s\n", O.out, strerror(errno));
-        return 2;
-    }
     snprintf(g_keys, sizeof(g_keys), "%s/keys.conf", O.out);
     snprintf(g_alog, sizeof(g_alog), "%s/access.log", O.out);
     snprintf(g_inst, sizeof(g_inst), "bfair%ld", (long)getpid());
-    snprintf(g_shm, sizeof(g_shm), "/favo.%s", g_inst);
+    snprintf(shm, sizeof(shm), "/favo.%s", g_inst);
+    perf_set_shm(shm); /* favo serve's stats segment, unlinked if it dies hard */
     unlink(g_keys);
 
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    atexit(on_exit_kill);
+    perf_signals_install();
 
     for (int r = 0; r < O.repeat; r++) {
         un[r] = PHASE_NONE;
         fl[r] = PHASE_NONE;
     }
-    load0 = loadavg1();
+    load0 = perf_loadavg1();
     srv = -1;
     if (add_key("A", g_key_a, sizeof(g_key_a)) || add_key("B", g_key_b, sizeof(g_key_b)))
         snprintf(why, sizeof(why), "favo keys add failed (keys file %s)", g_keys);
@@ -1139,11 +756,11 @@ int main(int argc, char **argv)
             run_unloaded(r, &un[r]);
             run_flood(r, &fl[r]);
         }
-        stop_child(srv, 30);
-        shm_unlink(g_shm); /* gone already unless it had to be SIGKILLed */
-        g_shm[0] = 0;
+        perf_stop_child(srv, 30);
+        shm_unlink(shm); /* gone already unless it had to be SIGKILLed */
+        perf_set_shm(NULL);
     }
-    load1 = loadavg1();
+    load1 = perf_loadavg1();
     for (int r = 0; r < O.repeat; r++) {
         if (!why[0] && !un[r].ran)
             snprintf(why, sizeof(why), "%s", un[r].why);
@@ -1154,50 +771,58 @@ int main(int argc, char **argv)
         ratios[r] = un[r].ran && fl[r].ran ? fl[r].ttft_p99 / un[r].ttft_p99 : NAN;
     phase_median(un, O.repeat, &mu);
     phase_median(fl, O.repeat, &mf);
-    ratio = median(ratios, O.repeat); /* median of the per-repeat ratios */
+    ratio = perf_median(ratios, O.repeat, true); /* median of the per-repeat ratios */
 
     perf_machine(machine, sizeof(machine));
     if (O.json) {
         char k[64];
+        bool first = true;
+        const struct {
+            const char *key;
+            double v;
+        } nums[] = {
+            {"threads", O.threads},
+            {"max_seqs", O.max_seqs},
+            {"max_batch_tokens", O.max_batch_tokens},
+            {"flood_concurrency", O.flood},
+            {"b_rate", O.b_rate},
+            {"duration_s", O.duration},
+            {"input_tokens", O.in_tok},
+            {"output_tokens", O.out_tok},
+            {"repeat", O.repeat},
+            {"b_ttft_p99_unloaded_ms", mu.ttft_p99},
+            {"b_ttft_p99_flood_ms", mf.ttft_p99},
+            {"b_ttft_p99_ratio", ratio},
+            {"b_ttft_p50_unloaded_ms", mu.ttft_p50},
+            {"b_ttft_p50_flood_ms", mf.ttft_p50},
+            {"a_output_tps", mf.a_tps},
+            {"step_ms_unloaded", mu.step_ms},
+            {"step_ms_flood", mf.step_ms},
+            {"b_ttft_p99_flood_steps", mf.ttft_p99 / mf.step_ms},
+            {"load_before", load0},
+            {"load_after", load1},
+        };
 
-        jw_begin(stdout);
-        jw_str(stdout, "bench", "fairness");
-        jw_str(stdout, "machine", machine);
-        jw_str(stdout, "model", O.model);
-        jw_num(stdout, "threads", O.threads);
-        jw_num(stdout, "max_seqs", O.max_seqs);
-        jw_num(stdout, "max_batch_tokens", O.max_batch_tokens);
-        jw_num(stdout, "flood_concurrency", O.flood);
-        jw_num(stdout, "b_rate", O.b_rate);
-        jw_num(stdout, "duration_s", O.duration);
-        jw_num(stdout, "input_tokens", O.in_tok);
-        jw_num(stdout, "output_tokens", O.out_tok);
-        jw_num(stdout, "repeat", O.repeat);
-        jw_num(stdout, "b_ttft_p99_unloaded_ms", mu.ttft_p99);
-        jw_num(stdout, "b_ttft_p99_flood_ms", mf.ttft_p99);
-        jw_num(stdout, "b_ttft_p99_ratio", ratio);
-        jw_num(stdout, "b_ttft_p50_unloaded_ms", mu.ttft_p50);
-        jw_num(stdout, "b_ttft_p50_flood_ms", mf.ttft_p50);
-        jw_num(stdout, "a_output_tps", mf.a_tps);
-        jw_num(stdout, "step_ms_unloaded", mu.step_ms);
-        jw_num(stdout, "step_ms_flood", mf.step_ms);
-        jw_num(stdout, "b_ttft_p99_flood_steps", mf.ttft_p99 / mf.step_ms);
-        jw_num(stdout, "load_before", load0);
-        jw_num(stdout, "load_after", load1);
-        phase_json(stdout, "unloaded_", &mu);
-        phase_json(stdout, "flood_", &mf);
+        fputc('{', stdout);
+        perf_jstr(stdout, &first, "bench", "fairness");
+        perf_jstr(stdout, &first, "machine", machine);
+        perf_jstr(stdout, &first, "model", O.model);
+        for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++)
+            perf_jnum(stdout, &first, nums[i].key, nums[i].v);
+        phase_json(stdout, &first, "unloaded_", &mu);
+        phase_json(stdout, &first, "flood_", &mf);
         for (int r = 0; O.repeat > 1 && r < O.repeat; r++) {
             snprintf(k, sizeof(k), "run%d_", r + 1);
-            jw_num(stdout, strcat(k, "ratio"), ratios[r]);
+            perf_jnum(stdout, &first, strcat(k, "ratio"), ratios[r]);
             snprintf(k, sizeof(k), "run%d_unloaded_", r + 1);
-            phase_json(stdout, k, &un[r]);
+            phase_json(stdout, &first, k, &un[r]);
             snprintf(k, sizeof(k), "run%d_flood_", r + 1);
-            phase_json(stdout, k, &fl[r]);
+            phase_json(stdout, &first, k, &fl[r]);
         }
         if (why[0])
-            jw_str(stdout, "error", why);
-        jw_str(stdout, "out_dir", O.out);
-        jw_end(stdout);
+            perf_jstr(stdout, &first, "error", why);
+        perf_jstr(stdout, &first, "out_dir", O.out);
+        fputs("}\n", stdout);
     } else {
         char rs[32];
 
@@ -1212,17 +837,8 @@ int main(int argc, char **argv)
         printf("%-14s %8s %8s %8s %8s %8s %8s %8s %8s %8s %6s %9s %11s %s\n", "phase",
                "B TTFT50", "B TTFT99", "B q50", "B q99", "B run99", "step ms", "step99<=",
                "tok/step", "A tok/s", "B seqs", "B99/steps", "B ok/err", "load b/a");
-        for (int r = 0; O.repeat > 1 && r < O.repeat; r++) {
-            char n1[32], n2[32];
-
-            snprintf(n1, sizeof(n1), "unloaded #%d", r + 1);
-            snprintf(n2, sizeof(n2), "flood #%d", r + 1);
-            phase_row(n1, &un[r]);
-            phase_row(n2, &fl[r]);
-        }
-        phase_row(O.repeat > 1 ? "unloaded med" : "unloaded", &mu);
-        phase_row(O.repeat > 1 ? "flood med" : "flood", &mf);
-        fmtd(rs, sizeof(rs), ratio, "%.2f");
+        perf_turn_rows(O.repeat, "unloaded", "flood", phase_row, un, fl, sizeof(un[0]), &mu, &mf);
+        perf_fmt(rs, sizeof(rs), ratio, "%.2f");
         printf("ratio B p99 TTFT flood / unloaded: %s (goal <= 2)%s\n", rs,
                O.repeat > 1 ? ", median of the runs' ratios" : "");
         if (mf.ran && mf.demand > O.max_seqs / 2.0)

@@ -81,205 +81,6 @@
 #include <unistd.h>
 #include <yajl/yajl_tree.h>
 
-#define MAX_KIDS 8
-
-static volatile pid_t kids[MAX_KIDS];
-
-static void kids_add(pid_t p)
-{
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (!kids[i]) {
-            kids[i] = p;
-            return;
-        }
-}
-
-static void kids_del(pid_t p)
-{
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (kids[i] == p)
-            kids[i] = 0;
-}
-
-/* Async-signal-safe: SIGKILL every live child's process group. */
-static void kids_kill_all(void)
-{
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (kids[i] > 0)
-            kill(-kids[i], SIGKILL);
-}
-
-static volatile sig_atomic_t g_sig;
-static char g_shm[96]; /* favo serve's stats segment, unlinked if it dies hard */
-
-/* First signal: noted, and the wait loops stop everything gracefully
- * (check_sig). A second one: SIGKILL every child group at once. */
-static void on_signal(int sig)
-{
-    static const char msg[] = "bench-serve: interrupted twice, killing children\n";
-
-    if (!g_sig) {
-        g_sig = sig;
-        return;
-    }
-    kids_kill_all();
-    if (write(2, msg, sizeof(msg) - 1) < 0) {
-        /* nothing to do */
-    }
-    _exit(128 + sig);
-}
-
-static void stop_child(pid_t p, double grace_s);
-
-/* Called from the wait loops: after a signal, SIGTERM every child (favo serve
- * drains and removes its segment), SIGKILL what is left, exit. */
-static void check_sig(void)
-{
-    static bool stopping;
-
-    if (!g_sig || stopping)
-        return;
-    stopping = true;
-    fprintf(stderr, "bench-serve: interrupted, stopping children\n");
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (kids[i] > 0)
-            kill(-kids[i], SIGTERM);
-    for (int i = 0; i < MAX_KIDS; i++)
-        if (kids[i] > 0)
-            stop_child(kids[i], 20);
-    if (g_shm[0])
-        shm_unlink(g_shm);
-    _exit(128 + g_sig);
-}
-
-static void on_exit_kill(void)
-{
-    kids_kill_all();
-}
-
-static double mono_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* fork+exec argv in a new process group, stdout+stderr to log (or inherited
- * when log is NULL). Returns the pid or -errno. */
-static pid_t spawn(char *const argv[], const char *log)
-{
-    pid_t p = fork();
-
-    if (p < 0)
-        return -errno;
-    if (p == 0) {
-        setpgid(0, 0);
-        if (log) {
-            int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-            if (fd < 0)
-                _exit(126);
-            dup2(fd, 1);
-            dup2(fd, 2);
-        } else {
-            dup2(2, 1); /* keep our stdout for the table / JSON */
-        }
-        execv(argv[0], argv);
-        fprintf(stderr, "bench-serve: exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    setpgid(p, p);
-    kids_add(p);
-    return p;
-}
-
-/* Wait for p up to timeout_s; returns its wait status, or -ETIMEDOUT. */
-static int wait_for(pid_t p, double timeout_s)
-{
-    double t0 = mono_s();
-    int st;
-
-    for (;;) {
-        pid_t r = waitpid(p, &st, WNOHANG);
-
-        if (r == p) {
-            kids_del(p);
-            return st;
-        }
-        if (r < 0 && errno != EINTR)
-            return -errno;
-        if (timeout_s >= 0 && mono_s() - t0 > timeout_s)
-            return -ETIMEDOUT;
-        if (timeout_s < 0)
-            check_sig(); /* a bounded wait may be check_sig's own */
-        usleep(20000);
-    }
-}
-
-/* SIGTERM the group, then SIGKILL after grace_s. */
-static void stop_child(pid_t p, double grace_s)
-{
-    if (p <= 0)
-        return;
-    kill(-p, SIGTERM);
-    if (wait_for(p, grace_s) == -ETIMEDOUT) {
-        kill(-p, SIGKILL);
-        wait_for(p, -1);
-    }
-    kill(-p, SIGKILL); /* grandchildren left in the group */
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-
-    if (!f)
-        return NULL;
-    for (;;) {
-        if (cap - n < 4096) {
-            char *nb = realloc(buf, cap ? cap * 2 : 65536);
-
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-            cap = cap ? cap * 2 : 65536;
-        }
-        size_t k = fread(buf + n, 1, cap - n - 1, f);
-
-        if (!k)
-            break;
-        n += k;
-    }
-    fclose(f);
-    buf[n] = 0;
-    if (len)
-        *len = n;
-    return buf;
-}
-
-/* Last `lines` lines of a log to stderr, for a server that failed. */
-static void tail_log(const char *path, int lines)
-{
-    size_t n = 0;
-    char *b = read_file(path, &n);
-    size_t i = n;
-    int seen = 0;
-
-    if (!b)
-        return;
-    while (i > 0 && seen <= lines)
-        if (b[--i] == '\n')
-            seen++;
-    fprintf(stderr, "---- %s (tail) ----\n%s\n----\n", path, b + i);
-    free(b);
-}
-
 static int free_port(void)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -328,19 +129,6 @@ struct side {
     double load0, load1; /* 1-minute load average before / after the sweep */
 };
 
-static double loadavg1(void)
-{
-    FILE *f = fopen("/proc/loadavg", "r");
-    double l = NAN;
-
-    if (f) {
-        if (fscanf(f, "%lf", &l) != 1)
-            l = NAN;
-        fclose(f);
-    }
-    return l;
-}
-
 static yajl_val num_at(yajl_val v, const char *k1, const char *k2)
 {
     const char *path[3] = {k1, k2, NULL};
@@ -360,7 +148,7 @@ static double num_or_nan(yajl_val v, const char *k1, const char *k2)
 static int parse_sweep(const char *path, double common, struct side *s)
 {
     char err[256];
-    char *txt = read_file(path, NULL);
+    char *txt = perf_slurp(path, 0, NULL);
     yajl_val root, runs, best;
     const char *p_best[] = {"best_rate", NULL}, *p_runs[] = {"runs", NULL};
 
@@ -419,9 +207,9 @@ static int run_bench(const struct opts *o, const char *url, const char *tag, str
                         "--input-tokens", "16", "--output-tokens", "4", "--timeout", tmo,
                         "-q", NULL};
 
-        p = spawn(argv, "/dev/null");
+        p = perf_spawn(argv, "/dev/null", true);
         if (p > 0)
-            wait_for(p, -1);
+            perf_wait_for(p, -1);
     }
     {
         char *argv[] = {(char *)o->favo, "bench", "-u", (char *)url, "--profile", "mix",
@@ -431,15 +219,15 @@ static int run_bench(const struct opts *o, const char *url, const char *tag, str
 
         fprintf(stderr, "bench-serve: %s: favo bench --sweep %s -d %s --scale %s (%s)\n", tag,
                 o->rates, dur, scale, url);
-        p = spawn(argv, NULL);
+        p = perf_spawn(argv, NULL, true);
     }
     if (p < 0) {
         snprintf(s->why, sizeof(s->why), "cannot start favo bench: %s", strerror(-p));
         return p;
     }
-    s->load0 = loadavg1();
-    st = wait_for(p, -1);
-    s->load1 = loadavg1();
+    s->load0 = perf_loadavg1();
+    st = perf_wait_for(p, -1);
+    s->load1 = perf_loadavg1();
     if (st < 0 || !WIFEXITED(st)) {
         snprintf(s->why, sizeof(s->why), "favo bench did not exit normally");
         return -EIO;
@@ -451,45 +239,17 @@ static int run_bench(const struct opts *o, const char *url, const char *tag, str
     return 0;
 }
 
-/* Poll log for favo serve's "on http://127.0.0.1:PORT ... ready in" line. */
-static int favo_ready_port(const char *log, pid_t p, double timeout_s)
-{
-    double t0 = mono_s();
-
-    while (mono_s() - t0 < timeout_s) {
-        char *b = read_file(log, NULL);
-        int st;
-
-        if (b) {
-            char *m = strstr(b, "on http://127.0.0.1:");
-            int port = 0;
-
-            if (m && strstr(m, "ready in"))
-                port = atoi(m + strlen("on http://127.0.0.1:"));
-            free(b);
-            if (port > 0)
-                return port;
-        }
-        if (waitpid(p, &st, WNOHANG) == p) {
-            kids_del(p);
-            return -ECHILD;
-        }
-        check_sig();
-        usleep(50000);
-    }
-    return -ETIMEDOUT;
-}
-
 static void run_favo(const struct opts *o, const char *tag, struct side *s)
 {
-    char log[PATH_MAX], inst[64], thr[16], url[64], ctx[16], seqs[16];
+    char log[PATH_MAX], inst[64], shm[96], thr[16], url[64], ctx[16], seqs[16];
     pid_t p;
     int port;
-    double t0 = mono_s();
+    double t0 = perf_mono_s();
 
     snprintf(log, sizeof(log), "%s/%s-serve.log", o->out, tag);
     snprintf(inst, sizeof(inst), "bsrv%ld", (long)getpid());
-    snprintf(g_shm, sizeof(g_shm), "/favo.%s", inst);
+    snprintf(shm, sizeof(shm), "/favo.%s", inst);
+    perf_set_shm(shm); /* unlinked if serve dies hard */
     snprintf(thr, sizeof(thr), "%d", o->threads);
     snprintf(ctx, sizeof(ctx), "%d", o->ctx);
     snprintf(seqs, sizeof(seqs), "%d", o->max_seqs);
@@ -499,34 +259,34 @@ static void run_favo(const struct opts *o, const char *tag, struct side *s)
                         "--instance", inst, "--threads", thr, "--ctx-size", ctx,
                         "--max-seqs", seqs, "--poll", "block", NULL};
 
-        p = spawn(argv, log);
+        p = perf_spawn(argv, log, true);
     }
     if (p < 0) {
         snprintf(s->why, sizeof(s->why), "cannot start favo serve: %s", strerror(-p));
         return;
     }
-    port = favo_ready_port(log, p, 120);
+    port = perf_favo_ready_port(log, p, 120);
     if (port < 0) {
         snprintf(s->why, sizeof(s->why), "favo serve %s (log %s)",
                  port == -ECHILD ? "exited before ready" : "not ready in 120 s", log);
-        tail_log(log, 15);
-        stop_child(p, 5);
-        shm_unlink(g_shm);
-        g_shm[0] = 0;
+        perf_tail_log(log, 15);
+        perf_stop_child(p, 5);
+        shm_unlink(shm);
+        perf_set_shm(NULL);
         return;
     }
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
     run_bench(o, url, tag, s);
-    stop_child(p, 30);
-    shm_unlink(g_shm); /* gone already unless it had to be SIGKILLed */
-    g_shm[0] = 0;
-    s->wall_s = mono_s() - t0;
+    perf_stop_child(p, 30);
+    shm_unlink(shm); /* gone already unless it had to be SIGKILLed */
+    perf_set_shm(NULL);
+    s->wall_s = perf_mono_s() - t0;
 }
 
 static void run_llamacpp(const struct opts *o, const char *tag, struct side *s)
 {
     char log[PATH_MAX], thr[16], pstr[16], url[64], ctx[16];
-    double t0 = mono_s();
+    double t0 = perf_mono_s();
     pid_t p;
     int port = free_port(), st;
     bool up = false;
@@ -551,15 +311,15 @@ static void run_llamacpp(const struct opts *o, const char *tag, struct side *s)
                         "--n_ubatch", "512", "--logits_all", "False", "--verbose", "False",
                         "--interrupt_requests", o->lc_interrupt ? "True" : "False", NULL};
 
-        p = spawn(argv, log);
+        p = perf_spawn(argv, log, true);
     }
     if (p < 0) {
         snprintf(s->why, sizeof(s->why), "cannot start python: %s", strerror(-p));
         return;
     }
-    while (mono_s() - t0 < 120) {
+    while (perf_mono_s() - t0 < 120) {
         if (waitpid(p, &st, WNOHANG) == p) {
-            kids_del(p);
+            perf_kids_del(p);
             p = 0;
             break;
         }
@@ -567,11 +327,11 @@ static void run_llamacpp(const struct opts *o, const char *tag, struct side *s)
             up = true;
             break;
         }
-        check_sig();
+        perf_check_sig();
         usleep(100000);
     }
     if (!up) {
-        char *b = read_file(log, NULL);
+        char *b = perf_slurp(log, 0, NULL);
         const char *why = "not listening after 120 s";
 
         if (b && strstr(b, "ModuleNotFoundError"))
@@ -580,45 +340,15 @@ static void run_llamacpp(const struct opts *o, const char *tag, struct side *s)
             why = "exited before listening";
         free(b);
         snprintf(s->why, sizeof(s->why), "llama_cpp.server %s (log %s)", why, log);
-        tail_log(log, 8);
+        perf_tail_log(log, 8);
         if (p)
-            stop_child(p, 5);
+            perf_stop_child(p, 5);
         return;
     }
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
     run_bench(o, url, tag, s);
-    stop_child(p, 10);
-    s->wall_s = mono_s() - t0;
-}
-
-static void jnum(FILE *f, bool *first, const char *k, double v)
-{
-    fprintf(f, "%s\"%s\":", *first ? "" : ",", k);
-    if (isnan(v) || isinf(v))
-        fputs("null", f);
-    else
-        fprintf(f, "%.6g", v);
-    *first = false;
-}
-
-static void jstr(FILE *f, bool *first, const char *k, const char *v)
-{
-    fprintf(f, "%s\"%s\":", *first ? "" : ",", k);
-    if (!v) {
-        fputs("null", f);
-    } else {
-        fputc('"', f);
-        for (const char *c = v; *c; c++) {
-            if (*c == '"' || *c == '\\')
-                fprintf(f, "\\%c", *c);
-            else if ((unsigned char)*c < 0x20)
-                fprintf(f, "\\u%04x", *c);
-            else
-                fputc(*c, f);
-        }
-        fputc('"', f);
-    }
-    *first = false;
+    perf_stop_child(p, 10);
+    s->wall_s = perf_mono_s() - t0;
 }
 
 static void side_json(FILE *f, bool *first, const char *pre, const struct side *s)
@@ -626,15 +356,15 @@ static void side_json(FILE *f, bool *first, const char *pre, const struct side *
     char k[64];
 
 #define K(name) (snprintf(k, sizeof(k), "%s_%s", pre, name), k)
-    jnum(f, first, K("max_rate_slo"), s->ran ? s->max_rate : NAN);
-    jnum(f, first, K("ttft_p99_ms"), s->ran ? s->ttft_p99 : NAN);
-    jnum(f, first, K("output_tps"), s->ran ? s->tps : NAN);
-    jnum(f, first, K("requests_per_s"), s->ran ? s->rps : NAN);
-    jnum(f, first, K("e2e_p99_ms"), s->ran ? s->e2e_p99 : NAN);
-    jnum(f, first, K("itl_p50_ms"), s->ran ? s->itl_p50 : NAN);
-    jnum(f, first, K("ok"), s->ran ? (double)s->ok : NAN);
-    jnum(f, first, K("errors"), s->ran ? (double)s->errors : NAN);
-    jstr(f, first, K("error"), s->ran ? NULL : s->why);
+    perf_jnum(f, first, K("max_rate_slo"), s->ran ? s->max_rate : NAN);
+    perf_jnum(f, first, K("ttft_p99_ms"), s->ran ? s->ttft_p99 : NAN);
+    perf_jnum(f, first, K("output_tps"), s->ran ? s->tps : NAN);
+    perf_jnum(f, first, K("requests_per_s"), s->ran ? s->rps : NAN);
+    perf_jnum(f, first, K("e2e_p99_ms"), s->ran ? s->e2e_p99 : NAN);
+    perf_jnum(f, first, K("itl_p50_ms"), s->ran ? s->itl_p50 : NAN);
+    perf_jnum(f, first, K("ok"), s->ran ? (double)s->ok : NAN);
+    perf_jnum(f, first, K("errors"), s->ran ? (double)s->errors : NAN);
+    perf_jstr(f, first, K("error"), s->ran ? NULL : s->why);
 #undef K
 }
 
@@ -646,40 +376,19 @@ static void runs_json(FILE *f, bool *first, const char *pre, const struct side *
         bool f2 = true;
 
         fputs(i ? ",{" : "{", f);
-        jnum(f, &f2, "max_rate_slo", r[i].ran ? r[i].max_rate : NAN);
-        jnum(f, &f2, "ttft_p99_ms", r[i].ran ? r[i].ttft_p99 : NAN);
-        jnum(f, &f2, "output_tps", r[i].ran ? r[i].tps : NAN);
-        jnum(f, &f2, "e2e_p99_ms", r[i].ran ? r[i].e2e_p99 : NAN);
-        jnum(f, &f2, "ok", r[i].ran ? (double)r[i].ok : NAN);
-        jnum(f, &f2, "errors", r[i].ran ? (double)r[i].errors : NAN);
-        jnum(f, &f2, "load1_before", r[i].load0);
-        jnum(f, &f2, "load1_after", r[i].load1);
-        jnum(f, &f2, "wall_s", r[i].wall_s);
+        perf_jnum(f, &f2, "max_rate_slo", r[i].ran ? r[i].max_rate : NAN);
+        perf_jnum(f, &f2, "ttft_p99_ms", r[i].ran ? r[i].ttft_p99 : NAN);
+        perf_jnum(f, &f2, "output_tps", r[i].ran ? r[i].tps : NAN);
+        perf_jnum(f, &f2, "e2e_p99_ms", r[i].ran ? r[i].e2e_p99 : NAN);
+        perf_jnum(f, &f2, "ok", r[i].ran ? (double)r[i].ok : NAN);
+        perf_jnum(f, &f2, "errors", r[i].ran ? (double)r[i].errors : NAN);
+        perf_jnum(f, &f2, "load1_before", r[i].load0);
+        perf_jnum(f, &f2, "load1_after", r[i].load1);
+        perf_jnum(f, &f2, "wall_s", r[i].wall_s);
         fputc('}', f);
     }
     fputc(']', f);
     *first = false;
-}
-
-static int cmp_nan_low(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    if (isnan(x) || isnan(y))
-        return isnan(y) - isnan(x); /* NAN (no rate met the SLO) sorts lowest */
-    return (x > y) - (x < y);
-}
-
-/* Median of n values; NAN sorts lowest. For even n the mean of the two
- * middle values, or NAN when one of them is (no rate met the SLO). */
-static double median(double *v, int n)
-{
-    if (n < 1)
-        return NAN;
-    qsort(v, (size_t)n, sizeof(*v), cmp_nan_low);
-    if (n % 2)
-        return v[n / 2];
-    return isnan(v[n / 2 - 1]) ? NAN : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* The median side of n repeats; ran when any run ran. */
@@ -694,7 +403,7 @@ static void side_median(const struct side *r, int n, struct side *m)
         for (int i = 0; i < n; i++)                                                                \
             if (r[i].ran)                                                                          \
                 v[k++] = (double)r[i].field;                                                       \
-        m->field = (__typeof__(m->field))median(v, k);                                             \
+        m->field = (__typeof__(m->field))perf_median(v, k, false);                                 \
     } while (0)
     *m = r[n - 1];
     for (int i = 0; i < n; i++)
@@ -718,29 +427,22 @@ static void side_median(const struct side *r, int n, struct side *m)
 #undef MED
 }
 
-static void fmt(char *b, size_t n, double v, const char *f)
+static void side_row(const char *name, const void *side)
 {
-    if (isnan(v))
-        snprintf(b, n, "-");
-    else
-        snprintf(b, n, f, v);
-}
-
-static void side_row(const char *name, const struct side *s)
-{
+    const struct side *s = side;
     char a[32], b[32], c[32], d[32], e[32], l0[16], l1[16];
 
     if (!s->ran) {
         printf("%-12s not run: %s\n", name, s->why);
         return;
     }
-    fmt(a, sizeof(a), s->max_rate, "%.2f");
-    fmt(b, sizeof(b), s->ttft_p99, "%.1f");
-    fmt(c, sizeof(c), s->tps, "%.1f");
-    fmt(d, sizeof(d), s->e2e_p99, "%.1f");
-    fmt(e, sizeof(e), s->itl_p50, "%.2f");
-    fmt(l0, sizeof(l0), s->load0, "%.2f");
-    fmt(l1, sizeof(l1), s->load1, "%.2f");
+    perf_fmt(a, sizeof(a), s->max_rate, "%.2f");
+    perf_fmt(b, sizeof(b), s->ttft_p99, "%.1f");
+    perf_fmt(c, sizeof(c), s->tps, "%.1f");
+    perf_fmt(d, sizeof(d), s->e2e_p99, "%.1f");
+    perf_fmt(e, sizeof(e), s->itl_p50, "%.2f");
+    perf_fmt(l0, sizeof(l0), s->load0, "%.2f");
+    perf_fmt(l1, sizeof(l1), s->load1, "%.2f");
     printf("%-12s %14s %14s %12s %12s %10s %8ld %8ld %5s/%-5s\n", name, a, b, c, d, e, s->ok,
            s->errors, l0, l1);
 }
@@ -761,33 +463,8 @@ static void usage(FILE *f)
             "--llamacpp-interrupt gives it its default (a new request cuts the running stream).\n");
 }
 
-static bool arg_val(int argc, char **argv, int *i, const char *name, const char **v)
-{
-    if (strcmp(argv[*i], name))
-        return false;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "bench-serve: %s needs a value\n", name);
-        exit(2);
-    }
-    *v = argv[++*i];
-    return true;
-}
-
-static double parse_pos(const char *name, const char *v)
-{
-    char *end;
-    double d = strtod(v, &end);
-
-    if (*end || !(d > 0)) {
-        fprintf(stderr, "bench-serve: %s: '%s' is not a positive number\n", name, v);
-        exit(2);
-    }
-    return d;
-}
-
 int main(int argc, char **argv)
 {
-    static char favo_path[PATH_MAX], model_path[PATH_MAX], out_tmpl[] = "/tmp/bench-serve-XXXXXX";
     struct opts o = {.threads = 2, .rates = "0.25,0.5,1,2", .duration = 15, .scale = 0.1,
                      .common_rate = NAN, .slo_ms = 300, .timeout = 60, .llamacpp = true,
                      .repeat = 1, .ctx = 8192, .max_seqs = 256, .stop_misses = 1};
@@ -796,51 +473,48 @@ int main(int argc, char **argv)
     struct side fvr[MAX_REPEAT], lcr[MAX_REPEAT], fv, lc;
     const char *v;
     char machine[256];
-    struct sigaction sa = {.sa_handler = on_signal};
 
+    perf_prog("bench-serve");
     o.json = perf_want_json(argc, argv);
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) {
-        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage(stdout);
-            return 0;
+        if (perf_std_opt(argv[i], usage)) {
         } else if (!strcmp(argv[i], "--llamacpp-queue")) {
             /* the default now; kept so older command lines still run */
         } else if (!strcmp(argv[i], "--llamacpp-interrupt")) {
             o.lc_interrupt = true;
         } else if (!strcmp(argv[i], "--no-llamacpp")) {
             o.llamacpp = false;
-        } else if (arg_val(argc, argv, &i, "--model", &o.model) ||
-                   arg_val(argc, argv, &i, "--rates", &o.rates) ||
-                   arg_val(argc, argv, &i, "--out", &o.out)) {
-        } else if (arg_val(argc, argv, &i, "--threads", &v)) {
-            o.threads = (int)parse_pos("--threads", v);
-        } else if (arg_val(argc, argv, &i, "--repeat", &v)) {
-            o.repeat = (int)parse_pos("--repeat", v);
+        } else if (perf_arg_val(argc, argv, &i, "--model", &o.model) ||
+                   perf_arg_val(argc, argv, &i, "--rates", &o.rates) ||
+                   perf_arg_val(argc, argv, &i, "--out", &o.out)) {
+        } else if (perf_arg_val(argc, argv, &i, "--threads", &v)) {
+            o.threads = (int)perf_parse_pos("--threads", v, INFINITY);
+        } else if (perf_arg_val(argc, argv, &i, "--repeat", &v)) {
+            o.repeat = (int)perf_parse_pos("--repeat", v, INFINITY);
             if (o.repeat > MAX_REPEAT) {
                 fprintf(stderr, "bench-serve: --repeat %d: at most %d\n", o.repeat, MAX_REPEAT);
                 return 2;
             }
-        } else if (arg_val(argc, argv, &i, "--ctx", &v)) {
-            o.ctx = (int)parse_pos("--ctx", v);
-        } else if (arg_val(argc, argv, &i, "--max-seqs", &v)) {
-            o.max_seqs = (int)parse_pos("--max-seqs", v);
-        } else if (arg_val(argc, argv, &i, "--stop-after-misses", &v)) {
+        } else if (perf_arg_val(argc, argv, &i, "--ctx", &v)) {
+            o.ctx = (int)perf_parse_pos("--ctx", v, INFINITY);
+        } else if (perf_arg_val(argc, argv, &i, "--max-seqs", &v)) {
+            o.max_seqs = (int)perf_parse_pos("--max-seqs", v, INFINITY);
+        } else if (perf_arg_val(argc, argv, &i, "--stop-after-misses", &v)) {
             o.stop_misses = atoi(v);
             if (o.stop_misses < 0) {
                 fprintf(stderr, "bench-serve: --stop-after-misses %s: give 0 (never) or more\n", v);
                 return 2;
             }
-        } else if (arg_val(argc, argv, &i, "--duration", &v)) {
-            o.duration = parse_pos("--duration", v);
-        } else if (arg_val(argc, argv, &i, "--scale", &v)) {
-            o.scale = parse_pos("--scale", v);
-        } else if (arg_val(argc, argv, &i, "--common-rate", &v)) {
-            o.common_rate = parse_pos("--common-rate", v);
-        } else if (arg_val(argc, argv, &i, "--slo-ms", &v)) {
-            o.slo_ms = parse_pos("--slo-ms", v);
-        } else if (arg_val(argc, argv, &i, "--timeout", &v)) {
-            o.timeout = parse_pos("--timeout", v);
+        } else if (perf_arg_val(argc, argv, &i, "--duration", &v)) {
+            o.duration = perf_parse_pos("--duration", v, INFINITY);
+        } else if (perf_arg_val(argc, argv, &i, "--scale", &v)) {
+            o.scale = perf_parse_pos("--scale", v, INFINITY);
+        } else if (perf_arg_val(argc, argv, &i, "--common-rate", &v)) {
+            o.common_rate = perf_parse_pos("--common-rate", v, INFINITY);
+        } else if (perf_arg_val(argc, argv, &i, "--slo-ms", &v)) {
+            o.slo_ms = perf_parse_pos("--slo-ms", v, INFINITY);
+        } else if (perf_arg_val(argc, argv, &i, "--timeout", &v)) {
+            o.timeout = perf_parse_pos("--timeout", v, INFINITY);
         } else {
             fprintf(stderr, "bench-serve: unknown option '%s'\n", argv[i]);
             usage(stderr);
@@ -864,48 +538,9 @@ int main(int argc, char **argv)
                 o.common_rate = r;
         }
     }
-    if ((v = getenv("FAVO_BIN")) && *v) {
-        snprintf(favo_path, sizeof(favo_path), "%s", v);
-    } else {
-        ssize_t n = readlink("/proc/self/exe", favo_path, sizeof(favo_path) - 16);
-        char *slash;
-
-        if (n <= 0) {
-            fprintf(stderr, "bench-serve: cannot find myself; set FAVO_BIN\n");
-            return 2;
-        }
-        favo_path[n] = 0;
-        if ((slash = strrchr(favo_path, '/')))
-            *slash = 0; /* .../build/perf */
-        if ((slash = strrchr(favo_path, '/')))
-            strcpy(slash, "/favo");
-    }
-    o.favo = favo_path;
-    if (!o.model) {
-        v = getenv("FAVO_MODELS");
-        snprintf(model_path, sizeof(model_path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 v && *v ? v : "models");
-        o.model = model_path;
-    }
+    if (perf_favo_setup(&o.favo, &o.model, &o.out, "bench-serve"))
+        return 2;
     o.py = (v = getenv("FAVO_VENV_PY")) && *v ? v : ".venv/bin/python3";
-    if (access(o.favo, X_OK)) {
-        fprintf(stderr, "bench-serve: %s is not executable (set FAVO_BIN)\n", o.favo);
-        return 2;
-    }
-    if (access(o.model, R_OK)) {
-        fprintf(stderr, "bench-serve: model %s: %s (--model FILE)\n", o.model, strerror(errno));
-        return 2;
-    }
-    if (!o.out) {
-        if (!mkdtemp(out_tmpl)) {
-            fprintf(stderr, "bench-serve: mkdtemp: %s\n", strerror(errno));
-            return 2;
-        }
-        o.out = out_tmpl;
-    } else if (mkdir(o.out, 0700) && errno != EEXIST) {
-        fprintf(stderr, "bench-serve: --out %s: %s\n", o.out, strerror(errno));
-        return 2;
-    }
     snprintf(o.favo_set, sizeof(o.favo_set),
              "favo serve --threads %d --ctx-size %d --max-seqs %d --poll block", o.threads, o.ctx,
              o.max_seqs);
@@ -915,11 +550,7 @@ int main(int argc, char **argv)
              "(one sequence at a time: no continuous batching in llama-cpp-python's server)",
              o.threads, o.threads, o.ctx, o.lc_interrupt ? "True" : "False");
 
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    atexit(on_exit_kill);
+    perf_signals_install();
 
     for (int r = 0; r < o.repeat; r++) {
         char tag[32];
@@ -943,25 +574,25 @@ int main(int argc, char **argv)
         bool first = true;
 
         printf("{");
-        jstr(stdout, &first, "bench", "serve");
-        jstr(stdout, &first, "machine", machine);
-        jstr(stdout, &first, "model", o.model);
-        jnum(stdout, &first, "threads", o.threads);
-        jstr(stdout, &first, "profile", "mix");
-        jnum(stdout, &first, "scale", o.scale);
-        jstr(stdout, &first, "rates", o.rates);
-        jnum(stdout, &first, "duration_s", o.duration);
-        jnum(stdout, &first, "slo_ttft_p99_ms", o.slo_ms);
-        jnum(stdout, &first, "common_rate", o.common_rate);
-        jnum(stdout, &first, "repeat", o.repeat);
+        perf_jstr(stdout, &first, "bench", "serve");
+        perf_jstr(stdout, &first, "machine", machine);
+        perf_jstr(stdout, &first, "model", o.model);
+        perf_jnum(stdout, &first, "threads", o.threads);
+        perf_jstr(stdout, &first, "profile", "mix");
+        perf_jnum(stdout, &first, "scale", o.scale);
+        perf_jstr(stdout, &first, "rates", o.rates);
+        perf_jnum(stdout, &first, "duration_s", o.duration);
+        perf_jnum(stdout, &first, "slo_ttft_p99_ms", o.slo_ms);
+        perf_jnum(stdout, &first, "common_rate", o.common_rate);
+        perf_jnum(stdout, &first, "repeat", o.repeat);
         side_json(stdout, &first, "favo", &fv);
         side_json(stdout, &first, "llamacpp", &lc);
-        jnum(stdout, &first, "llamacpp_interrupt_requests", o.lc_interrupt ? 1 : 0);
-        jstr(stdout, &first, "favo_settings", o.favo_set);
-        jstr(stdout, &first, "llamacpp_settings", o.lc_set);
+        perf_jnum(stdout, &first, "llamacpp_interrupt_requests", o.lc_interrupt ? 1 : 0);
+        perf_jstr(stdout, &first, "favo_settings", o.favo_set);
+        perf_jstr(stdout, &first, "llamacpp_settings", o.lc_set);
         runs_json(stdout, &first, "favo", fvr, o.repeat);
         runs_json(stdout, &first, "llamacpp", lcr, o.repeat);
-        jstr(stdout, &first, "out_dir", o.out);
+        perf_jstr(stdout, &first, "out_dir", o.out);
         printf("}\n");
     } else {
         printf("bench-serve: %s\n", machine);
@@ -974,16 +605,7 @@ int main(int argc, char **argv)
             printf("each row: %d runs taking turns; the run rows, then their medians\n", o.repeat);
         printf("%-12s %14s %14s %12s %12s %10s %8s %8s %11s\n", "server", "max rate/s SLO",
                "TTFT p99 ms", "out tok/s", "E2E p99 ms", "ITL p50", "ok", "errors", "load1 b/a");
-        for (int r = 0; o.repeat > 1 && r < o.repeat; r++) {
-            char n1[32], n2[32];
-
-            snprintf(n1, sizeof(n1), "favo #%d", r + 1);
-            snprintf(n2, sizeof(n2), "llama.cpp #%d", r + 1);
-            side_row(n1, &fvr[r]);
-            side_row(n2, &lcr[r]);
-        }
-        side_row(o.repeat > 1 ? "favo med" : "favo", &fv);
-        side_row(o.repeat > 1 ? "llama.cpp med" : "llama.cpp", &lc);
+        perf_turn_rows(o.repeat, "favo", "llama.cpp", side_row, fvr, lcr, sizeof(fvr[0]), &fv, &lc);
         printf("(ok/errors: whole sweep; load1 b/a: 1-minute load average before/after it)\n"
                "favo bench JSON, SVG and server logs in %s\n", o.out);
     }
