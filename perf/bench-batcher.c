@@ -53,6 +53,30 @@ static uint64_t rnd(uint64_t *s)
 }
 
 /* Cache hit and put cost; figures in us into out[0..2]. */
+/* The load both runs keep up: 256 running + 64 waiting requests from 16
+ * tenants in 2 classes (prompts 16..1023, 32..511 new tokens), and about
+ * 1% of the running ones cancelled each step. */
+static void offer_load(struct bat_sched *s, const struct bat_sched_info *in0, uint64_t *seed,
+                       uint64_t now, uint64_t ids[4096], uint32_t *n_ids)
+{
+    uint32_t n_waiting = in0->n_waiting;
+
+    while (in0->n_running + n_waiting < 256 + 64) {
+        struct bat_req r = { .tenant = (uint32_t)(rnd(seed) % 16),
+                             .prio = (uint32_t)(rnd(seed) % 2),
+                             .n_prompt = 16 + (uint32_t)(rnd(seed) % 1008),
+                             .max_tokens = 32 + (uint32_t)(rnd(seed) % 480) };
+        uint64_t id;
+        r.cell = *n_ids;
+        if (bat_sched_submit(s, &r, now, &id, NULL))
+            break;
+        ids[(*n_ids)++ % 4096] = id;
+        n_waiting++;
+    }
+    for (uint32_t k = 0; k < in0->n_running / 100; k++)
+        (void)bat_sched_cancel(s, ids[rnd(seed) % (*n_ids < 4096 ? *n_ids : 4096)]);
+}
+
 static int bench_cache(double out[3])
 {
     const size_t region = 32u << 20; /* ~15k entries: every timed put evicts */
@@ -133,20 +157,7 @@ static int bench_overlap(const struct bat_sched_cfg *cfg, uint32_t steps, double
         bat_sched_info(&s, &in);
         if (st == warm)
             i0 = in;
-        while (in.n_running + in.n_waiting < 256 + 64) {
-            struct bat_req r = { .tenant = (uint32_t)(rnd(&seed) % 16),
-                                 .prio = (uint32_t)(rnd(&seed) % 2),
-                                 .n_prompt = 16 + (uint32_t)(rnd(&seed) % 1008),
-                                 .max_tokens = 32 + (uint32_t)(rnd(&seed) % 480) };
-            uint64_t id;
-            r.cell = n_ids;
-            if (bat_sched_submit(&s, &r, now, &id, NULL))
-                break;
-            ids[n_ids++ % 4096] = id;
-            in.n_waiting++;
-        }
-        for (uint32_t k = 0; k < in.n_running / 100; k++)
-            (void)bat_sched_cancel(&s, ids[rnd(&seed) % (n_ids < 4096 ? n_ids : 4096)]);
+        offer_load(&s, &in, &seed, now, ids, &n_ids);
         if (in.step == in.done_step &&
             bat_sched_step(&s, now, plans[(in.step + 1) % 2], ev, ev_cap) < 0)
             return 1;
@@ -228,20 +239,7 @@ int main(int argc, char **argv)
     for (uint32_t st = 0; st < steps + warm; st++) {
         struct bat_sched_info in;
         bat_sched_info(&s, &in);
-        while (in.n_running + in.n_waiting < 256 + 64) {
-            struct bat_req r = { .tenant = (uint32_t)(rnd(&seed) % 16),
-                                 .prio = (uint32_t)(rnd(&seed) % 2),
-                                 .n_prompt = 16 + (uint32_t)(rnd(&seed) % 1008),
-                                 .max_tokens = 32 + (uint32_t)(rnd(&seed) % 480) };
-            uint64_t id;
-            r.cell = n_ids;
-            if (bat_sched_submit(&s, &r, now, &id, NULL))
-                break;
-            ids[n_ids++ % 4096] = id;
-            in.n_waiting++;
-        }
-        for (uint32_t k = 0; k < in.n_running / 100; k++)
-            (void)bat_sched_cancel(&s, ids[rnd(&seed) % (n_ids < 4096 ? n_ids : 4096)]);
+        offer_load(&s, &in, &seed, now, ids, &n_ids);
 
         uint64_t t0 = favo_now_ns();
         int n = bat_sched_step(&s, now, plan, ev, ev_cap);

@@ -304,6 +304,28 @@ static uint32_t kv_used(struct sim *m)
     return in.kv_used;
 }
 
+/* Step until every request has ended (at most 2000 steps); each must have
+ * ended by length with all its tokens, and one more step leaves no KV in
+ * use and a consistent arena. */
+static void run_all_by_length(struct sim *m, void (*step)(struct sim *))
+{
+    for (int i = 0; i < 2000; i++) {
+        uint32_t done = 0;
+        for (uint32_t r = 0; r < m->n_req; r++)
+            done += m->fin[r] != 0;
+        if (done == m->n_req)
+            break;
+        step(m);
+    }
+    for (uint32_t r = 0; r < m->n_req; r++) {
+        assert_int_equal(m->fin[r], BAT_FIN_LENGTH);
+        assert_int_equal(m->ntok[r], m->max_tokens[r]);
+    }
+    step(m);
+    assert_int_equal(kv_used(m), 0);
+    assert_int_equal(bat_sched_check(&m->s), 0);
+}
+
 static struct bat_sched_cfg cfg_small(void)
 {
     struct bat_sched_cfg c = { 0 };
@@ -677,21 +699,7 @@ static void test_fair_share_preempt(void **state)
     assert_int_equal(per[2], 4);
     bat_sched_info(&m.s, &in);
     assert_true(in.n_preempt <= 5); /* B's first + three to reach 4/4: no thrashing */
-    for (int i = 0; i < 2000; i++) {
-        uint32_t done = 0;
-        for (uint32_t r = 0; r < m.n_req; r++)
-            done += m.fin[r] != 0;
-        if (done == m.n_req)
-            break;
-        sim_step(&m);
-    }
-    for (uint32_t r = 0; r < m.n_req; r++) {
-        assert_int_equal(m.fin[r], BAT_FIN_LENGTH);
-        assert_int_equal(m.ntok[r], m.max_tokens[r]);
-    }
-    sim_step(&m);
-    assert_int_equal(kv_used(&m), 0);
-    assert_int_equal(bat_sched_check(&m.s), 0);
+    run_all_by_length(&m, sim_step);
     sim_free(&m);
 }
 
@@ -1208,21 +1216,7 @@ static void test_overlap_fair_defer(void **state)
         assert_int_equal(per[1], 4);
         assert_int_equal(per[2], 4);
         assert_true(in.n_preempt <= (lose_kv ? 13u : 5u)); /* no thrashing */
-        for (int i = 0; i < 2000; i++) {
-            uint32_t done = 0;
-            for (uint32_t r = 0; r < m.n_req; r++)
-                done += m.fin[r] != 0;
-            if (done == m.n_req)
-                break;
-            sim_step_ov(&m);
-        }
-        for (uint32_t r = 0; r < m.n_req; r++) {
-            assert_int_equal(m.fin[r], BAT_FIN_LENGTH);
-            assert_int_equal(m.ntok[r], m.max_tokens[r]);
-        }
-        sim_step_ov(&m);
-        assert_int_equal(kv_used(&m), 0);
-        assert_int_equal(bat_sched_check(&m.s), 0);
+        run_all_by_length(&m, sim_step_ov);
         sim_free(&m);
     }
 }
