@@ -110,8 +110,8 @@ static void top_logprobs(const float *logits, uint32_t n_vocab, float lse, uint3
 }
 
 int32_t eng_sample(float *logits, uint32_t n_vocab, const struct eng_sample_params *sp,
-                   const int32_t *history, uint32_t n_history, uint64_t pos, void *scratch,
-                   struct eng_sample_out *out)
+                   const int32_t *history, uint32_t n_history, int32_t extra, uint64_t pos,
+                   void *scratch, struct eng_sample_out *out)
 {
     uint32_t *counts = scratch;
     struct cand *c = (struct cand *)(counts + n_vocab);
@@ -121,12 +121,17 @@ int32_t eng_sample(float *logits, uint32_t n_vocab, const struct eng_sample_para
     double sum, acc, u;
 
     /* Penalties: count, apply once per distinct token, reset the counts. */
-    if (history && (sp->freq_penalty != 0.0f || sp->presence_penalty != 0.0f)) {
-        for (uint32_t i = 0; i < n_history; i++)
-            if ((uint32_t)history[i] < n_vocab)
-                counts[history[i]]++;
-        for (uint32_t i = 0; i < n_history; i++) {
-            uint32_t t = (uint32_t)history[i];
+    if ((history || extra >= 0) && (sp->freq_penalty != 0.0f || sp->presence_penalty != 0.0f)) {
+        uint32_t nh = (history ? n_history : 0) + (extra >= 0);
+
+        for (uint32_t i = 0; i < nh; i++) {
+            uint32_t t = (uint32_t)(i < n_history && history ? history[i] : extra);
+
+            if (t < n_vocab)
+                counts[t]++;
+        }
+        for (uint32_t i = 0; i < nh; i++) {
+            uint32_t t = (uint32_t)(i < n_history && history ? history[i] : extra);
 
             if (t < n_vocab && counts[t]) {
                 logits[t] -= (float)counts[t] * sp->freq_penalty + sp->presence_penalty;

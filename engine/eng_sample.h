@@ -51,14 +51,17 @@ double eng_sample_uniform(uint64_t seed, uint64_t pos);
 
 /*
  * Sample from logits[0..n_vocab) (modified in place). history/n_history:
- * the tokens generated so far, for the penalties (may be NULL/0). pos: the
+ * the tokens generated so far, for the penalties (may be NULL/0); extra:
+ * one more generated token after them (>= 0), or -1 - a decode fed with
+ * a token not yet stored behind the history (eng_step.h). pos: the
  * position the sampled token will take (keys the RNG). scratch: at least
  * eng_sample_scratch_size(n_vocab) bytes, ZEROED once when allocated
  * (the penalty counts live there and are left zero after each call). Returns the token
  * (also in out->token when out is not NULL).
  */
 int32_t eng_sample(float *logits, uint32_t n_vocab, const struct eng_sample_params *sp,
-                   const int32_t *history, uint32_t n_history, uint64_t pos, void *scratch,
+                   const int32_t *history, uint32_t n_history, int32_t extra, uint64_t pos,
+                   void *scratch,
                    struct eng_sample_out *out);
 
 #endif /* ENG_SAMPLE_H */

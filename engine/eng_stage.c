@@ -69,8 +69,6 @@ struct stage {
     uint64_t *prev_id;           /* max_seqs: plan seq ids */
     int32_t *prev_tok;           /* max_seqs: answers (-1: none) */
     int32_t *feed;               /* max_seqs: fed input token per plan seq */
-    int32_t *hist;               /* max_seqs * n_ctx: a fed sequence's history when
-                                    it has penalties (scrubbed after the step) */
     uint64_t n_fed, n_unfed;
     /* Idle gap: from answering plan N to starting plan N + 1 (log2 us buckets). */
     uint64_t t_answered, last_step, gap_n, gap_ns, gap_hist[32];
@@ -169,7 +167,6 @@ static void stage_free(struct stage *s)
     free(s->prev_id);
     free(s->prev_tok);
     free(s->feed);
-    free(s->hist); /* scrubbed after each use */
 }
 
 static int stage_load(struct stage *s)
@@ -247,8 +244,7 @@ static int stage_buffers(struct stage *s)
     s->prev_id = calloc(s->max_seqs, sizeof(*s->prev_id));
     s->prev_tok = calloc(s->max_seqs, sizeof(*s->prev_tok));
     s->feed = calloc(s->max_seqs, sizeof(*s->feed));
-    s->hist = calloc((size_t)s->max_seqs * s->n_ctx, sizeof(*s->hist)); /* pages on use */
-    if (!s->prev_id || !s->prev_tok || !s->feed || !s->hist)
+    if (!s->prev_id || !s->prev_tok || !s->feed)
         return -ENOMEM;
     if (!s->seqs || !s->tables || !s->freed || !s->es || !s->es_of || !s->out || !s->answer ||
         !s->filled || !s->stamp)
@@ -514,17 +510,10 @@ static int plan_run(struct stage *s, const struct bat_plan *h)
         if (q->feed) {
             /* The fed id is not in the cell yet (the batcher writes it when
              * it completes the previous plan): the input from feed[], and
-             * the history ends with it - copied only where penalties read
-             * the history (eng_sample), else the ids in the cell suffice. */
+             * the history, for the penalties, is the cell's ids then it. */
             e->tokens = &s->feed[i];
             e->n_history = q->n_history - 1;
-            if (q->sp.freq_penalty != 0.0f || q->sp.presence_penalty != 0.0f) {
-                int32_t *hb = s->hist + (size_t)n * s->n_ctx;
-                memcpy(hb, ids + q->n_prompt, (size_t)(q->n_history - 1) * sizeof(*hb));
-                hb[q->n_history - 1] = s->feed[i];
-                e->history = hb;
-                e->n_history = q->n_history;
-            }
+            e->history_then_input = 1;
         }
         e->no_sample = q->no_sample;
         e->sp = q->sp;
@@ -539,10 +528,6 @@ static int plan_run(struct stage *s, const struct bat_plan *h)
         return rc;
     }
     rc = eng_step(s->ctx, &b, s->out, NULL);
-    for (uint32_t k = 0; k < n; k++)
-        if (s->es[k].history >= s->hist &&
-            s->es[k].history < s->hist + (size_t)s->max_seqs * s->n_ctx)
-            explicit_bzero((void *)s->es[k].history, s->es[k].n_history * sizeof(int32_t));
     if (rc)
         return rc;
     for (uint32_t k = 0; k < n; k++) {

@@ -74,8 +74,8 @@
  * keeps its last plan's ids and answers: they run the same plans and
  * sample alike); the batcher writes that id into the cell only after it
  * completes N, so it is never read from the cell. The sampler's history
- * ends with it: when penalties read the history, it is copied with the fed
- * id into a per-step buffer, scrubbed after the step. A feed this process
+ * (penalties) is the cell's ids then it (eng_seq.history_then_input): no
+ * copy. A feed this process
  * cannot resolve (it did not run plan step - 1 - a restart - or answered
  * -1 there, or the entry names another sequence) is answered -1, like
  * missing KV. The gap between answering plan N and starting N + 1 is

@@ -499,10 +499,11 @@ static void ffn_fused_mm(struct thr *t, const struct eng_layer *L, const void *c
     struct eng_ctx *c = t->c;
     const struct eng_model *m = c->m;
     uint32_t E = m->hp.n_embd, T = c->n_tok, F = m->hp.n_ff, e0, e1;
+    const uint32_t blk = act_blk(&L->down);
     size_t xrb = act_rsize(&L->down, pk[6]);
-    size_t bb = xrb / (F / act_blk(&L->down));      /* bytes per activation block */
+    size_t bb = xrb / (F / blk);                    /* bytes per activation block */
 
-    t->align = act_blk(&L->down);
+    t->align = blk;
     matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
            !same_act(&L->gate, pk[4], &L->up, pk[5]));
     matmul(t, ENG_PROF_MM_UP, &L->up, pk[5], c->h, E, T, c->u, F, 0);
@@ -518,9 +519,10 @@ static void ffn_fused_mm(struct thr *t, const struct eng_layer *L, const void *c
                 eng_ops_silu_mul(g, g, u, e1 - e0);
         }
         mark(t, ENG_PROF_NORM);
+        char *dst0 = (char *)c->xq2 + (size_t)(e0 / blk) * bb;
+
         for (uint32_t i = 0; i < T; i++)
-            act_quant_n(&L->down, pk[6], c->g + (size_t)i * F + e0,
-                        (char *)c->xq2 + i * xrb + (size_t)(e0 / act_blk(&L->down)) * bb, e1 - e0);
+            act_quant_n(&L->down, pk[6], c->g + (size_t)i * F + e0, dst0 + i * xrb, e1 - e0);
         mark(t, ENG_PROF_QUANT);
     }
     barrier(t);
@@ -707,7 +709,8 @@ static void forward(void *arg, unsigned ith, unsigned nth)
         if (c->logits_out)
             memcpy(c->logits_out + (size_t)c->out_seq[j] * hp->n_vocab, lg,
                    hp->n_vocab * sizeof(float));
-        eng_sample(lg, hp->n_vocab, &s->sp, s->history, s->n_history, s->pos + s->n_new,
+        eng_sample(lg, hp->n_vocab, &s->sp, s->history, s->n_history,
+                   s->history_then_input ? s->tokens[s->n_new - 1] : -1, s->pos + s->n_new,
                    c->sample_scratch + (size_t)ith * c->sample_scratch_bytes,
                    &c->out[c->out_seq[j]]);
     }

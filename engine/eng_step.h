@@ -55,6 +55,8 @@ struct eng_seq {
     uint32_t n_blocks;
     const int32_t *history;        /* generated tokens so far, for penalties */
     uint32_t n_history;
+    uint8_t history_then_input;    /* the history goes on with tokens[n_new - 1] (a
+                                      decode fed an id not stored behind it yet) */
     uint8_t no_sample;             /* a prefill chunk that is not the last: no output */
     struct eng_sample_params sp;
 };

@@ -32,7 +32,7 @@ static int32_t draw(const float *src, const struct eng_sample_params *sp, const 
     float l[NV];
 
     memcpy(l, src, sizeof(l));
-    return eng_sample(l, NV, sp, hist, nh, pos, scratch, out);
+    return eng_sample(l, NV, sp, hist, nh, -1, pos, scratch, out);
 }
 
 static void test_greedy(void **state)
@@ -145,7 +145,7 @@ static void test_penalties(void **state)
     l[8] = 3.5f;
     memcpy(w, l, sizeof(w));
     /* 7: 5 - 3*0.5 - 0.25 = 3.25; 9: 4 - 0.5 - 0.25 = 3.25; 8 stays 3.5 */
-    assert_int_equal(eng_sample(w, NV, &sp, hist, 6, 0, scratch, NULL), 8);
+    assert_int_equal(eng_sample(w, NV, &sp, hist, 6, -1, 0, scratch, NULL), 8);
     assert_true(fabsf(w[7] - 3.25f) < 1e-6f && fabsf(w[9] - 3.25f) < 1e-6f);
     for (int i = 0; i < NV; i++)
         assert_int_equal(counts[i], 0);    /* scratch left clean */
