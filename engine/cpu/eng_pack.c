@@ -36,21 +36,6 @@
 
 #define G ENG_PACK_ROWS
 
-/* Bytes of one panel block (G rows x one block of the type). */
-static size_t pblock_bytes(uint32_t t)
-{
-    switch (t) {
-    case ENG_TYPE_Q4_0: return G * 18;
-    case ENG_TYPE_Q4_1: return G * 20;
-    case ENG_TYPE_Q5_0: return G * 22;
-    case ENG_TYPE_Q5_1: return G * 24;
-    case ENG_TYPE_Q8_0: return G * 34;
-    case ENG_TYPE_Q4_K: return G * 148;
-    case ENG_TYPE_Q6_K: return G * 210;
-    default: return 0;
-    }
-}
-
 static int64_t blck(uint32_t t)
 {
     return t == ENG_TYPE_Q4_K || t == ENG_TYPE_Q6_K ? ENG_QK_K : ENG_QK;
@@ -92,14 +77,14 @@ bool eng_pack_supported(uint32_t wtype)
 {
     unsigned f = eng_cpu_features();
 
-    return pblock_bytes(wtype) && (f & ENG_CPU_AVX512) && (f & ENG_CPU_AVX512VNNI);
+    return eng_pack_pblock_bytes(wtype) && (f & ENG_CPU_AVX512) && (f & ENG_CPU_AVX512VNNI);
 }
 
 size_t eng_pack_size(uint32_t wtype, int64_t k, int64_t rows)
 {
     if (!eng_pack_supported(wtype) || k <= 0 || rows <= 0 || k % blck(wtype))
         return 0;
-    return (size_t)((rows + G - 1) / G) * (size_t)(k / blck(wtype)) * pblock_bytes(wtype);
+    return (size_t)((rows + G - 1) / G) * (size_t)(k / blck(wtype)) * eng_pack_pblock_bytes(wtype);
 }
 
 /* ---- packing, one panel block at a time; row r NULL = padding ---- */
@@ -136,7 +121,7 @@ static void pack32(uint32_t t, uint8_t *o, const uint8_t *src[G])
     int has_h = t == ENG_TYPE_Q5_0 || t == ENG_TYPE_Q5_1;
     uint8_t *m = o + 2 * G, *qh = m + (has_m ? 2 * G : 0), *nib = qh + (has_h ? 64 : 0);
 
-    memset(o, 0, pblock_bytes(t));
+    memset(o, 0, eng_pack_pblock_bytes(t));
     for (int r = 0; r < G; r++) {
         const uint8_t *b = src[r];
         uint16_t d, mm;
@@ -166,7 +151,7 @@ static void pack_q4_k(uint8_t *o, const struct eng_bq4_k *src[G])
 {
     uint8_t *dmin = o + 2 * G, *sc = o + 4 * G, *mn = sc + 8 * G, *nib = mn + 8 * G;
 
-    memset(o, 0, pblock_bytes(ENG_TYPE_Q4_K));
+    memset(o, 0, eng_pack_pblock_bytes(ENG_TYPE_Q4_K));
     for (int r = 0; r < G; r++) {
         const struct eng_bq4_k *b = src[r];
 
@@ -203,7 +188,7 @@ static void pack_q6_k(uint8_t *o, const struct eng_bq6_k *src[G])
     int8_t *sc = (int8_t *)o + 2 * G;
     uint8_t *ql = o + 2 * G + 16 * G, *qh = ql + 16 * 2 * G * 4;
 
-    memset(o, 0, pblock_bytes(ENG_TYPE_Q6_K));
+    memset(o, 0, eng_pack_pblock_bytes(ENG_TYPE_Q6_K));
     for (int r = 0; r < G; r++) {
         const struct eng_bq6_k *b = src[r];
 
@@ -229,7 +214,7 @@ int eng_pack(uint32_t wtype, const void *w, size_t w_row_bytes, int64_t k, int64
              void *dst)
 {
     const struct eng_type_info *ti = eng_type_get(wtype);
-    size_t pb = pblock_bytes(wtype);
+    size_t pb = eng_pack_pblock_bytes(wtype);
     int64_t nb, ng;
     uint8_t *o = dst;
 
@@ -262,14 +247,14 @@ int eng_pack(uint32_t wtype, const void *w, size_t w_row_bytes, int64_t k, int64
 
 uint32_t eng_pack_act_type(uint32_t wtype)
 {
-    if (!pblock_bytes(wtype))
+    if (!eng_pack_pblock_bytes(wtype))
         return ENG_TYPE_COUNT;
     return blck(wtype) == ENG_QK_K ? ENG_PACK_ACT_K : ENG_PACK_ACT_32;
 }
 
 size_t eng_pack_act_row_size(uint32_t wtype, int64_t k)
 {
-    if (!pblock_bytes(wtype) || k <= 0 || k % blck(wtype))
+    if (!eng_pack_pblock_bytes(wtype) || k <= 0 || k % blck(wtype))
         return 0;
     if (blck(wtype) == ENG_QK_K)
         return (size_t)(k / ENG_QK_K) * sizeof(struct eng_bq8_kp);
@@ -336,6 +321,6 @@ void eng_matmul_packed(uint32_t wtype, const void *wp, int64_t k, int64_t rows, 
     FAVO_ASSERT(eng_pack_supported(wtype) && r0 % G == 0 && r1 <= rows);
     if (r0 >= r1 || m <= 0)
         return;
-    eng_pack_avx512_panels(wtype, wp, (size_t)nb * pblock_bytes(wtype), nb, r0 / G,
+    eng_pack_avx512_panels(wtype, wp, (size_t)nb * eng_pack_pblock_bytes(wtype), nb, r0 / G,
                            (r1 + G - 1) / G, r1, x, x_row_bytes, m, y, ldy);
 }

@@ -83,8 +83,7 @@ AI void panel32(const uint32_t T, const int NC, const uint8_t *p, int64_t nb, co
                 size_t xs, float *y, int64_t ldy, __mmask16 vm)
 {
     const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
-    const size_t pb = T == ENG_TYPE_Q4_0 ? G * 18 : T == ENG_TYPE_Q4_1 ? G * 20
-                    : T == ENG_TYPE_Q5_0 ? G * 22 : T == ENG_TYPE_Q5_1 ? G * 24 : G * 34;
+    const size_t pb = eng_pack_pblock_bytes(T);
     const int sh = T == ENG_TYPE_Q4_0 ? 3 : T == ENG_TYPE_Q5_0 ? 4 : 7;
     __m512 acc[ENG_PACK_COLS];
 
@@ -329,19 +328,13 @@ AMXT static void amx_config(void)
     _tile_loadconfig(&cfg);
 }
 
-AI size_t pbytes32(const uint32_t T)
-{
-    return T == ENG_TYPE_Q4_0 ? G * 18 : T == ENG_TYPE_Q4_1 ? G * 20
-         : T == ENG_TYPE_Q5_0 ? G * 22 : T == ENG_TYPE_Q5_1 ? G * 24 : G * 34;
-}
-
 /* The signed B tiles of n panel blocks from p into bt (512 bytes each). */
 AI void unpack32(const uint32_t T, const uint8_t *p, int64_t n, uint8_t *bt)
 {
     const int off = T == ENG_TYPE_Q4_0 ? 8 : T == ENG_TYPE_Q5_0 ? 16 : T == ENG_TYPE_Q8_0 ? 128 : 0;
     const __m512i vo = _mm512_set1_epi8((char)off);
 
-    for (int64_t i = 0; i < n; i++, p += pbytes32(T), bt += 512) {
+    for (int64_t i = 0; i < n; i++, p += eng_pack_pblock_bytes(T), bt += 512) {
         __m512i U[8];
 
         codes32(T, p, U);
@@ -361,7 +354,7 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
     const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
     __m512 dw = h16(p), mw = has_m ? h16(p + 2 * G) : _mm512_setzero_ps();
 
-    for (size_t o = 0; o < pbytes32(T); o += 64)
+    for (size_t o = 0; o < eng_pack_pblock_bytes(T); o += 64)
         _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
 
     for (int c = 0; c < 16; c++) {
@@ -391,7 +384,7 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
 AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint8_t *x,
                       size_t xs, int64_t m16, float *y, int64_t ldy, __mmask16 vm)
 {
-    const size_t pb = pbytes32(T), xbs = sizeof(struct eng_bq8_p);
+    const size_t pb = eng_pack_pblock_bytes(T), xbs = sizeof(struct eng_bq8_p);
     _Alignas(64) uint8_t bt[AMX_CHUNK * 512];
     _Alignas(64) int32_t ct[4][256];
 

@@ -21,6 +21,22 @@
 #define ENG_K_SCALE_SIZE 12
 #define ENG_QUANT_NR 4 /* weight rows per dot_rows call */
 
+/* Bytes of one packed panel block (eng_pack: ENG_PACK_ROWS rows x one
+ * block of the type); 0 for a type eng_pack does not pack. */
+static inline size_t eng_pack_pblock_bytes(uint32_t t)
+{
+    switch (t) {
+    case ENG_TYPE_Q4_0: return ENG_PACK_ROWS * 18;
+    case ENG_TYPE_Q4_1: return ENG_PACK_ROWS * 20;
+    case ENG_TYPE_Q5_0: return ENG_PACK_ROWS * 22;
+    case ENG_TYPE_Q5_1: return ENG_PACK_ROWS * 24;
+    case ENG_TYPE_Q8_0: return ENG_PACK_ROWS * 34;
+    case ENG_TYPE_Q4_K: return ENG_PACK_ROWS * 148;
+    case ENG_TYPE_Q6_K: return ENG_PACK_ROWS * 210;
+    default: return 0;
+    }
+}
+
 struct eng_bq4_0 { uint16_t d; uint8_t qs[ENG_QK / 2]; };
 struct eng_bq4_1 { uint16_t d, m; uint8_t qs[ENG_QK / 2]; };
 struct eng_bq5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[ENG_QK / 2]; };
