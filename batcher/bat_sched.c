@@ -812,8 +812,6 @@ static void preempt_at(struct bat_arena *a, uint32_t i, bool to_flow)
     a->n_preempt++;
 }
 
-static bool can_start(struct bat_arena *a, const struct bat_slot *q);
-
 /* Slot and blocks of running sequences that leave when the plan in flight
  * completes, before the next step could start anything: the ones with drop
  * set and the ones ending by length in it (sched inv 8). Without overlap
@@ -1019,12 +1017,13 @@ static uint32_t grow(struct bat_arena *a, uint32_t i, uint32_t upto, bool may_se
     return FAVO_MIN(upto, q->n_blocks * BAT_KV_BLOCK);
 }
 
+/* A slot and the blocks of its prompt + generated ids + 1 (the watermark
+ * kept while others run). */
 static bool can_start(struct bat_arena *a, const struct bat_slot *q)
 {
-    uint32_t need = bat_kv_blocks_for(q->n_prompt + q->n_gen + 1);
-    uint32_t wm = a->n_running ? a->cfg.kv_watermark : 0;
+    static const struct fair_soon none;
 
-    return a->n_tfree > 0 && kvm(a)->n_free >= need + wm;
+    return can_start_soon(a, q, &none);
 }
 
 /* Start waiting slot si and put its first chunk into the plan. */

@@ -687,9 +687,7 @@ static bool slot_free(struct bst *b, unsigned slot)
         const shm_ring_t *q = &b->plan[r];
         uint32_t u = shm_ring_count(q);
         for (uint32_t k = 1; k <= u && k <= q->mask + 1; k++) {
-            const struct shm_plan_msg *m =
-                (const struct shm_plan_msg *)(q->slots +
-                                              (size_t)((q->local - k) & q->mask) * q->slot_size);
+            const struct shm_plan_msg *m = _shm_ring_slot(q, q->local - k, q->slot_size);
             if (m->slot == slot && !(r == 0 && m->step <= b->done_seen))
                 return false;
         }
@@ -822,7 +820,7 @@ static void lp_write(struct bst *b, struct bat_plan *p, const struct bat_result 
 
     for (uint32_t i = 0; i < p->n_seqs && i < b->sc.max_seqs; i++) {
         uint32_t n_alt = ps[i].sp.n_logprobs, k = ps[i].n_history;
-        struct shm_lp_rec rec[1 + SHM_PIPE_LP_MAX_ALTS];
+        struct shm_lp_rec *rec;
         void *data;
         size_t size;
 
@@ -834,15 +832,15 @@ static void lp_write(struct bst *b, struct bat_plan *p, const struct bat_result 
         if ((uint64_t)ps[i].tok_off + 4ull * ((uint64_t)ps[i].n_prompt + k + 1) > at ||
             at > size)
             continue;
-        /* the null backend computes no logprobs: 0 and no alternatives */
+        /* Straight into the cell (at is 8-aligned: the records end the
+         * cell), plain stores: the ev ring's release orders them before the
+         * event. The null backend computes no logprobs: 0, no alternatives. */
+        rec = (struct shm_lp_rec *)((char *)data + at);
         rec[0] = (struct shm_lp_rec){ res[i].token, res[i].has_lp ? res[i].logprob : 0.0f };
         for (uint32_t j = 0; j < n_alt; j++)
             rec[1 + j] = res[i].has_lp && j < res[i].n_top
                              ? (struct shm_lp_rec){ res[i].top[j].id, res[i].top[j].logprob }
                              : (struct shm_lp_rec){ -1, 0.0f };
-        /* plain stores: the ev ring's release orders them before the event */
-        memcpy((char *)data + at, rec, sizeof(rec[0]) * (1 + n_alt));
-        explicit_bzero(rec, sizeof(rec[0]) * (1 + n_alt)); /* ids are content */
     }
 }
 
@@ -1052,10 +1050,7 @@ static int attach_all(struct bst *b)
     b->n_ingress = h->cfg.n_ingress;
     b->n_ranks = h->cfg.n_ranks;
     bat_sched_info(&b->s, &in);
-    /* FAVO_NO_OVERLAP=1 in the environment too, as favo's options read
-     * FAVO_<NAME> (for comparisons until serve passes --no-overlap). */
-    const char *env = getenv("FAVO_NO_OVERLAP");
-    b->overlap = !b->cfg->no_overlap && !(env && *env && strcmp(env, "0"));
+    b->overlap = !b->cfg->no_overlap; /* serve: --no-overlap / FAVO_NO_OVERLAP */
     /* Only done messages we see ourselves count (a step the arena says is
      * done may have been voided unseen by the engine: bat_sched_reset_kv). */
     b->done_seen = 0;

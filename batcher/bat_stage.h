@@ -147,8 +147,8 @@ struct bat_stage_cfg {
     struct bat_sched_cfg sched;      /* used when the arena is fresh */
     int egr_bell_efd;                /* egress's eventfd: we ring it */
     int poll;                        /* 0 block, 1 adaptive, 2 spin */
-    int no_overlap;                  /* 1: plan N+1 only after done(N) (for comparison);
-                                        also FAVO_NO_OVERLAP=1 in the environment */
+    int no_overlap;                  /* 1: plan N+1 only after done(N) (for comparison:
+                                        favo serve --no-overlap / FAVO_NO_OVERLAP=1) */
     const volatile int *stop;        /* non-zero: drain (may be NULL) */
     struct shm_stats *stats;         /* may be NULL (tests) */
     struct shm_stats_writer *stats_w;/* may be NULL */
