@@ -504,7 +504,7 @@ static void lp_alt(const char *alts, uint32_t j, int32_t *id, float *lp)
 /* A body's logprobs from the records: chat {"content":[entries]}, or
  * completions {"tokens","token_logprobs","top_logprobs","text_offset"}
  * (one pass over the records per array). -E2BIG when w is too small,
- * -EINVAL for an id the tokenizer does not know (checked at keep_lp). */
+ * -EINVAL for an id the tokenizer does not know (checked by step). */
 static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const char *area,
                           size_t cap, struct w *w)
 {
@@ -585,7 +585,8 @@ static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const 
 }
 
 /* Non-stream: the token's record (lp_recsz layout) in front of the
- * earlier ones. Every id is checked here, so rendering cannot fail on one. */
+ * earlier ones. step checked every alternative id before any state
+ * changed, so rendering cannot fail on one. */
 static int keep_lp(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const struct egr_lp *lp,
                    uint32_t off, char *area, size_t cap)
 {
@@ -597,9 +598,6 @@ static int keep_lp(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const s
     if (!lp)
         lp = &none;
     n = FAVO_MIN(lp->n_top, r->top_logprobs);
-    for (uint32_t j = 0; j < n; j++)
-        if (lp->top_id[j] < 0 || (uint32_t)lp->top_id[j] >= eng_tok_n_vocab(tok))
-            return -EINVAL;
     if ((size_t)r->text_len + FIN_RESERVE + lp_bin(r) + sz > cap)
         return -ENOBUFS;
     at = cap - lp_bin(r) - sz;

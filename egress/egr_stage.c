@@ -648,11 +648,13 @@ static int rs_lp(const struct rs *r, uint32_t k, int32_t id, struct egr_lp *lp)
 {
     const struct shm_req *q = r->req;
     uint32_t n_alt = shm_pipe_lp_alts(q->logprobs, q->top_logprobs);
-    struct shm_lp_rec rec[1 + SHM_PIPE_LP_MAX_ALTS];
+    const struct shm_lp_rec *rec;
 
     if (!r->lp_end || k >= q->max_tokens)
         return -EPROTO;
-    memcpy(rec, r->lp_end - shm_pipe_lp_bytes(k + 1, n_alt), sizeof(rec[0]) * (1 + n_alt));
+    /* read in place (8-aligned: the records end the cell; no stack copy
+     * holding ids to scrub) */
+    rec = (const struct shm_lp_rec *)(r->lp_end - shm_pipe_lp_bytes(k + 1, n_alt));
     if (rec[0].id != id)
         return -EPROTO;
     lp->logprob = rec[0].logprob;
@@ -662,7 +664,6 @@ static int rs_lp(const struct rs *r, uint32_t k, int32_t id, struct egr_lp *lp)
         lp->top_lp[j] = rec[1 + j].logprob;
         lp->n_top++;
     }
-    explicit_bzero(rec, sizeof(rec[0]) * (1 + n_alt)); /* ids are content */
     return 0;
 }
 

@@ -92,29 +92,15 @@ static void bell_wake64(const struct ck_ec_ops *ops, const uint64_t *addr)
  * (shm_bell.h) stays the rare exception it was. */
 #define BELL_SP_SPIN 8u
 
-static const struct ck_ec_ops bell_ops = {
-    .gettime = bell_gettime,
-    .wait32 = bell_wait32,
-    .wait64 = bell_wait64,
-    .wake32 = bell_wake32,
-    .wake64 = bell_wake64,
-    .busy_loop_iter = 1,
-    .initial_wait_ns = 2000000u,
-    .wait_scale_factor = 8,
-    .wait_shift_count = 0,
-};
-
-static const struct ck_ec_ops bell_ops_sp = {
-    .gettime = bell_gettime,
-    .wait32 = bell_wait32,
-    .wait64 = bell_wait64,
-    .wake32 = bell_wake32,
-    .wake64 = bell_wake64,
-    .busy_loop_iter = BELL_SP_SPIN,
-    .initial_wait_ns = 2000000u,
-    .wait_scale_factor = 8,
-    .wait_shift_count = 0,
-};
+/* ck_ec's operations with `spin` pauses around setting the flag. */
+#define BELL_OPS(spin)                                                                    \
+    {                                                                                     \
+        .gettime = bell_gettime, .wait32 = bell_wait32, .wait64 = bell_wait64,            \
+        .wake32 = bell_wake32, .wake64 = bell_wake64, .busy_loop_iter = (spin),           \
+        .initial_wait_ns = 2000000u, .wait_scale_factor = 8, .wait_shift_count = 0,       \
+    }
+static const struct ck_ec_ops bell_ops = BELL_OPS(1);
+static const struct ck_ec_ops bell_ops_sp = BELL_OPS(BELL_SP_SPIN);
 
 #define BELL_TIME_MAX ((time_t)INT64_MAX) /* ck_ec's "no deadline" */
 
