@@ -5,7 +5,7 @@
  * roofline it implies (bandwidth / weight bytes read per token).
  *
  *   bench-engine [--json] [--threads N] [--decode N] [--llama-1b] [--mmap]
- *                [--only NAME] [--profile] [--cpu]
+ *                [--only NAME] [--profile] [--cpu] [--no-llamacpp]
  *
  * Models: `tiny` (q8_0, generated), the real models in FAVO_MODELS (or
  * ./models) when present, and with --llama-1b the llama-1b preset in q8_0,
@@ -22,8 +22,15 @@
  * JSON keys: mem_bw_gbs, threads, and per model M (e.g. smollm2_q4_1):
  * M_prefill_tps, M_decode_b1_tps, M_decode_b8_tps, M_decode_b32_tps,
  * M_roofline_tps, M_roofline_fraction, M_weight_mb [, M_decode_b1_mmap_tps].
- * llamacpp_* keys are absent: this binary does not drive llama.cpp; measure
- * it beside this run with llama-cpp-python (perf/RESULTS.md has the recipe).
+ * M_llamacpp_prefill_tps, M_llamacpp_decode_b1_tps, M_b1_vs_llamacpp.
+ *
+ * llama.cpp: right after favo's figures for a model, the same file is run
+ * through llama.cpp with the same thread count, prefill length, prompt and
+ * decode steps (perf/llamacpp-baseline.py under the project's python:
+ * $FAVO_VENV_PY or .venv/bin/python3; the script under $FAVO_SRC or ./),
+ * weights read into memory as favo's are. Where llama-cpp-python is not
+ * installed, or llama.cpp refuses the file, its keys are absent and the
+ * table says why. --no-llamacpp skips it.
  */
 #include "perf_util.h"
 
@@ -34,6 +41,7 @@
 #include "eng_types.h"
 #include "favo_base.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +114,8 @@ static double mem_bw(unsigned nth)
 struct result {
     char name[64];
     double prefill, b1, b8, b32, b1_mmap, roof, weight_mb;
+    double lc_prefill, lc_b1;   /* llama.cpp's; 0: not measured, lc_why says why */
+    const char *lc_why;
 };
 
 /* --cpu: time the runs in CPU seconds of the whole process (every
@@ -306,12 +316,101 @@ static int bench_model(const char *name, const char *path, unsigned nth, uint32_
     return 0;
 }
 
+/* Pull "key": number out of a JSON line; 0 when absent. */
+static double json_num(const char *line, const char *key)
+{
+    char k[64];
+    const char *p;
+
+    snprintf(k, sizeof(k), "\"%s\":", key);
+    p = strstr(line, k);
+    return p ? strtod(p + strlen(k), NULL) : 0;
+}
+
+/* llama.cpp on the file at path, nth threads, steps decode steps: fills
+ * r->lc_prefill and r->lc_b1. 0; 77 when llama-cpp-python is missing;
+ * else another exit code or -errno (why: a few words). */
+static int llamacpp_run(const char *path, unsigned nth, uint32_t steps, struct result *r,
+                        const char **why)
+{
+    const char *py = getenv("FAVO_VENV_PY"), *src = getenv("FAVO_SRC");
+    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char script[1024], out[1024], nths[16], nsteps[16], npre[16], nprompt[16];
+    char *argv[16], *b;
+    int fd, rc;
+
+    py = py && *py ? py : ".venv/bin/python3";
+    snprintf(script, sizeof(script), "%s/perf/llamacpp-baseline.py", src && *src ? src : ".");
+    if (access(py, X_OK) || access(script, R_OK)) {
+        *why = "no project python or perf/llamacpp-baseline.py (set FAVO_VENV_PY, FAVO_SRC)";
+        return -ENOENT;
+    }
+    snprintf(out, sizeof(out), "%s/favo-bench-llamacpp-XXXXXX", tmp);
+    if ((fd = mkstemp(out)) < 0) {
+        *why = "no temporary file";
+        return -errno;
+    }
+    close(fd);
+    snprintf(nths, sizeof(nths), "%u", nth);
+    snprintf(nsteps, sizeof(nsteps), "%u", steps);
+    snprintf(npre, sizeof(npre), "%d", PREFILL);
+    snprintf(nprompt, sizeof(nprompt), "%d", CTX_PROMPT);
+    argv[0] = (char *)py;
+    argv[1] = script;
+    argv[2] = "--json";
+    argv[3] = "--model";
+    argv[4] = (char *)path;
+    argv[5] = "--threads";
+    argv[6] = nths;
+    argv[7] = "--decode";
+    argv[8] = nsteps;
+    argv[9] = "--prefill";
+    argv[10] = npre;
+    argv[11] = "--prompt";
+    argv[12] = nprompt;
+    argv[13] = NULL;
+    rc = perf_run_to_end(argv, out, 600);
+    b = perf_slurp(out, 0, NULL);
+    unlink(out);
+    if (rc == 0 && b) {
+        r->lc_prefill = json_num(b, "prefill_tps");
+        r->lc_b1 = json_num(b, "decode_b1_tps");
+        if (!(r->lc_prefill > 0 && r->lc_b1 > 0))
+            rc = -EPROTO;
+    }
+    free(b);
+    *why = rc == 77 ? "llama-cpp-python not installed (./setup.sh test installs it)"
+         : rc == -ETIMEDOUT ? "llama.cpp took over 600 s"
+         : rc ? "llama.cpp failed on the file (run perf/llamacpp-baseline.py to see why)" : "";
+    if (rc)
+        r->lc_prefill = r->lc_b1 = 0;
+    return rc;
+}
+
+/* llama.cpp's figures for the model just measured, while *on; the first
+ * "not installed" (or --cpu, whose CPU seconds llama.cpp's wall-clock
+ * figures cannot be compared with) turns it off for the rest of the run. */
+static void with_llamacpp(int *on, const char **why, const char *path, unsigned nth,
+                          uint32_t steps, struct result *r)
+{
+    if (*on && use_cpu) {
+        *why = "not with --cpu (llama.cpp is timed in wall seconds)";
+        *on = 0;
+    }
+    if (*on && llamacpp_run(path, nth, steps, r, why) == 77)
+        *on = 0;
+    else if (*on && **why)
+        fprintf(stderr, "bench-engine: %s: %s\n", path, *why);
+    r->lc_why = **why ? *why : "not measured (--no-llamacpp)";
+}
+
 int main(int argc, char **argv)
 {
     bool json = perf_want_json(argc, argv);
     unsigned nth = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     uint32_t steps = 128;
-    int llama1b = 0, with_mmap = 0, profile = 0, n = 0;
+    int llama1b = 0, with_mmap = 0, profile = 0, n = 0, llamacpp = 1;
+    const char *lc_why = "";
     const char *only = NULL;
     struct result res[16];
     char machine[256], *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -334,9 +433,12 @@ int main(int argc, char **argv)
             profile = 1;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
+        else if (!strcmp(argv[i], "--no-llamacpp"))
+            llamacpp = 0;
         else if (strcmp(argv[i], "--json")) {
             fprintf(stderr, "usage: bench-engine [--json] [--threads N] [--decode N] "
-                            "[--llama-1b] [--mmap] [--only NAME] [--profile] [--cpu]\n");
+                            "[--llama-1b] [--mmap] [--only NAME] [--profile] [--cpu] "
+                            "[--no-llamacpp]\n");
             return 2;
         }
     }
@@ -370,14 +472,14 @@ int main(int argc, char **argv)
                 continue;
             }
             if (!bench_model(gen[i].name, path, nth, steps, bw, with_mmap, profile, &res[n]))
-                n++;
+                with_llamacpp(&llamacpp, &lc_why, path, nth, steps, &res[n++]);
         }
         for (unsigned i = 0; i < sizeof(real) / sizeof(real[0]); i++) {
             snprintf(path, sizeof(path), "%s/%s", models, real[i].file);
             if (access(path, R_OK) || (only && !strstr(real[i].name, only)))
                 continue;
             if (!bench_model(real[i].name, path, nth, steps, bw, with_mmap, profile, &res[n]))
-                n++;
+                with_llamacpp(&llamacpp, &lc_why, path, nth, steps, &res[n++]);
         }
     }
     perf_machine(machine, sizeof(machine));
@@ -404,6 +506,12 @@ int main(int argc, char **argv)
             K("weight_mb", res[i].weight_mb);
             if (with_mmap)
                 K("decode_b1_mmap_tps", res[i].b1_mmap);
+            if (res[i].lc_b1 > 0) {
+                K("llamacpp_prefill_tps", res[i].lc_prefill);
+                K("llamacpp_decode_b1_tps", res[i].lc_b1);
+                K("b1_vs_llamacpp", res[i].b1 / res[i].lc_b1);
+                K("prefill_vs_llamacpp", res[i].prefill / res[i].lc_prefill);
+            }
 #undef K
         }
         perf_json_end(stdout);
@@ -425,6 +533,15 @@ int main(int argc, char **argv)
             printf(" %11.1f", res[i].b1_mmap);
         printf("\n");
     }
-    printf("\nllama.cpp columns: not measured by this binary (run llama-cpp-python beside it).\n");
+    printf("\n%-20s %10s %10s %12s %12s\n", "llama.cpp, same run", "prefill", "decode b1",
+           "favo/llama.cpp", "favo/llama.cpp");
+    printf("%-20s %10s %10s %12s %12s\n", "", "tok/s", "tok/s", "prefill", "decode b1");
+    for (int i = 0; i < n; i++) {
+        if (res[i].lc_b1 > 0)
+            printf("%-20s %10.1f %10.1f %12.2f %12.2f\n", res[i].name, res[i].lc_prefill,
+                   res[i].lc_b1, res[i].prefill / res[i].lc_prefill, res[i].b1 / res[i].lc_b1);
+        else
+            printf("%-20s %s\n", res[i].name, res[i].lc_why);
+    }
     return 0;
 }

@@ -7,12 +7,15 @@ bench-egress: the real egress stage over real sockets; p50 > 0, p99 >= p50,
 no token missed. bench-ingress: favo serve --backend null and nginx under
 wrk; both answered, no errors (skips with 77 when wrk or nginx is missing).
 bench-fairness: tenant B alone and under tenant A's flood through favo
-serve; both phases measured a TTFT and A produced tokens.
+serve; both phases measured a TTFT and A produced tokens. bench-engine: the
+generated tiny model, every contract key, and llama.cpp's columns beside
+favo's where llama-cpp-python is installed in the project's venv.
 """
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 BUILD = os.environ.get("FAVO_BUILD", "build")
 MODEL = os.path.join(os.environ.get("FAVO_MODELS", "models"), "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -61,6 +64,30 @@ rc, j = run([os.path.join(BUILD, "perf", "bench-fairness"), "--duration", "3", "
              "--model", MODEL, "--json"], timeout=240)
 check(rc == 0 and j.get("b_ttft_p99_unloaded_ms", 0) > 0 and j.get("b_ttft_p99_flood_ms", 0) > 0
       and j.get("a_output_tps", 0) > 0, f"bench-fairness runs ({rc} {str(j)[:300]})")
+
+with tempfile.TemporaryDirectory() as tmp:
+    env = dict(os.environ, TMPDIR=tmp)
+    p = subprocess.run([os.path.join(BUILD, "perf", "bench-engine"), "--only", "tiny",
+                        "--decode", "8", "--json"], capture_output=True, text=True, timeout=300,
+                       env=env)
+    try:
+        j = json.loads(p.stdout)
+    except ValueError:
+        j = {}
+    check(p.returncode == 0 and j, f"bench-engine runs ({p.returncode} {p.stderr[-300:]})")
+    keys = ["mem_bw_gbs"] + ["tiny_q8_0_" + k for k in
+                             ("prefill_tps", "decode_b1_tps", "decode_b8_tps", "decode_b32_tps",
+                              "roofline_fraction")]
+    check(all(j.get(k, 0) > 0 for k in keys), f"bench-engine keys {[(k, j.get(k)) for k in keys]}")
+    py = os.environ.get("FAVO_VENV_PY", ".venv/bin/python3")
+    has_llamacpp = subprocess.run([py, "-c", "import llama_cpp"], capture_output=True).returncode == 0
+    if has_llamacpp:
+        lk = ["tiny_q8_0_llamacpp_prefill_tps", "tiny_q8_0_llamacpp_decode_b1_tps"]
+        check(all(j.get(k, 0) > 0 for k in lk),
+              f"bench-engine measured llama.cpp beside favo {[(k, j.get(k)) for k in lk]} "
+              f"{p.stderr[-300:]}")
+    else:
+        print("SKIP: llama.cpp columns (llama-cpp-python not installed)")
 
 print(f"{len(failures)} failures")
 sys.exit(1 if failures else 0)
