@@ -64,4 +64,31 @@ static inline size_t eng_utf8_lead_len(unsigned char c)
     return t[c >> 4];
 }
 
+/*
+ * The stack eng_tok_encode_ex scrubs before it returns (invariant 5 of
+ * ARCHITECTURE.md: the frames of the calls it made held the text): the
+ * encoder's measured high-water mark below its caller's frame, with room
+ * to spare. The deepest part is PCRE2's JIT machine stack (32 KiB on the
+ * C stack, pcre2_jit_match without a JIT stack of its own) and the JIT
+ * code's frame below it; the BPE merge and the word cache live on the
+ * heap. tests/test-engine-tok-stack.c measures the encoder's real depth
+ * (every pre-tokenizer regex, both models, texts that make the regexes
+ * work hardest) and fails when it reaches this bound. Sanitizer builds
+ * have larger frames and keep the former 64 KiB.
+ */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define ENG_TOK_STACK_SCRUB (64u * 1024u)
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
+#define ENG_TOK_STACK_SCRUB (64u * 1024u)
+#endif
+#endif
+#ifndef ENG_TOK_STACK_SCRUB
+#define ENG_TOK_STACK_SCRUB (40u * 1024u)
+#endif
+/* Tests only (test-engine-tok-stack): true skips the scrub so that the
+ * encoder's real stack depth can be measured. Never set it elsewhere. */
+extern bool eng_tok_test_no_scrub;
+
 #endif /* ENG_TOK_INT_H */
