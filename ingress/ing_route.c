@@ -410,6 +410,35 @@ static void model_not_found(struct ing_loop *L, struct ing_conn *c)
     ing_conn_error(L, c, 404, msg, "model", "model_not_found", NULL);
 }
 
+/* 503s that more than one route gives, worded once. */
+static void spec_unavailable(struct ing_loop *L, struct ing_conn *c)
+{
+    ing_conn_error(L, c, 503, "the specialist table is unavailable; retry later", "model", NULL,
+                   "Retry-After: 1\r\n");
+}
+
+static void pipeline_down(struct ing_loop *L, struct ing_conn *c)
+{
+    ing_conn_error(L, c, 503, "the generation pipeline is not running", NULL, NULL,
+                   "Retry-After: 1\r\n");
+}
+
+/* 413 naming max_tokens: the ids to come and the response (with lp_top
+ * logprob alternatives per token; -1: no logprobs) fit no cell. */
+static void too_large(struct ing_loop *L, struct ing_conn *c, uint32_t max_tokens, int lp_top)
+{
+    char msg[256];
+
+    if (lp_top >= 0)
+        snprintf(msg, sizeof(msg), "max_tokens %u with %d logprob alternatives per token "
+                 "does not fit this server's response buffers; lower max_tokens or "
+                 "top_logprobs", max_tokens, lp_top);
+    else
+        snprintf(msg, sizeof(msg), "max_tokens %u does not fit this server's response "
+                 "buffers; lower max_tokens", max_tokens);
+    ing_conn_error(L, c, 413, msg, "max_tokens", NULL, NULL);
+}
+
 static void oai_err(struct ing_loop *L, struct ing_conn *c, const struct ing_oai_err *e)
 {
     char body[1024];
@@ -459,8 +488,7 @@ static void route_tokenize(struct ing_loop *L, struct ing_conn *c)
     const char *sys = has_spec == 1 ? spec->system_prompt : NULL;
     if (has_spec == -ENOENT || has_spec == -EAGAIN) {
         if (has_spec == -EAGAIN)
-            ing_conn_error(L, c, 503, "the specialist table is unavailable; retry later",
-                           "model", NULL, "Retry-After: 1\r\n");
+            spec_unavailable(L, c);
         else
             model_not_found(L, c);
         free(spec);
@@ -624,8 +652,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     struct shm_spec spec;
     int has_spec = find_spec(L, buf, &spec);
     if (has_spec == -EAGAIN) {
-        ing_conn_error(L, c, 503, "the specialist table is unavailable; retry later", "model",
-                       NULL, "Retry-After: 1\r\n");
+        spec_unavailable(L, c);
         goto fail;
     }
     if (has_spec < 0) {
@@ -723,8 +750,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         goto fail;
     shm_ring_t *to = L->cfg.pipe ? &L->req_ring : L->cfg.to_batcher;
     if (!pipeline_running(L) || !to) {
-        ing_conn_error(L, c, 503, "the generation pipeline is not running", NULL, NULL,
-                       "Retry-After: 1\r\n");
+        pipeline_down(L, c);
         goto fail;
     }
     if (shm_ring_count(to) >= to->capacity) {
@@ -736,23 +762,21 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
      * (shm_pipe.h): a request that needs more moves once into a cell of a
      * larger class. */
     uint64_t need = shm_pipe_cell_need_lp(toff, (uint32_t)n, max_tokens, L->oai.stream, lp_alts);
-    if (lp_alts && need > L->pool->hdr->classes[L->pool->hdr->nclasses - 1].cell_size) {
-        char msg[256];
-        snprintf(msg, sizeof(msg), "max_tokens %u with %u logprob alternatives per token "
-                 "does not fit this server's response buffers; lower max_tokens or "
-                 "top_logprobs", max_tokens, (unsigned)lp_top);
-        ing_conn_error(L, c, 413, msg, "max_tokens", NULL, NULL);
+    /* One answer for a request no cell can hold, logprobs or not: 413
+     * naming max_tokens, as the pipeline answers -E2BIG. */
+    if (need > L->pool->hdr->classes[L->pool->hdr->nclasses - 1].cell_size ||
+        need > UINT32_MAX) {
+        too_large(L, c, max_tokens, lp_alts ? lp_top : -1);
         goto fail;
     }
     if (need > size) {
         shm_cell_ref_t big;
         void *nb;
         size_t nsize;
-        int arc = need > UINT32_MAX ? -EMSGSIZE : shm_cell_alloc(L->pool, need, &big);
+        int arc = shm_cell_alloc(L->pool, need, &big);
         if (arc) {
             if (arc == -EMSGSIZE)
-                ing_conn_error(L, c, 400, "max_tokens is too large for this server's response "
-                               "buffers; lower max_tokens", "max_tokens", "invalid_value", NULL);
+                too_large(L, c, max_tokens, lp_alts ? lp_top : -1);
             else
                 ing_conn_error(L, c, 503, "no free response buffer; retry later", NULL, NULL,
                                "Retry-After: 1\r\n");
@@ -818,8 +842,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
         int rc = shm_fdpass_send(L->cfg.egress_sock, c->fd, &d.conn, sizeof(d.conn));
         if (rc) {
             favo_warn("ingress: handing conn to egress: %s", strerror(-rc));
-            ing_conn_error(L, c, 503, "the generation pipeline is not running", NULL, NULL,
-                           "Retry-After: 1\r\n");
+            pipeline_down(L, c);
             goto fail;
         }
         c->fd_sent = true;

@@ -728,6 +728,24 @@ static void t_handoff(volatile uint32_t *batcher_up, shm_ring_t *ring,
     if (cfd >= 0)
         close(cfd);
     close(fd);
+
+    /* A request no cell can hold (the largest class is 256 KiB here): one
+     * answer, 413 naming max_tokens, with logprobs or without (the second
+     * was a 400 from the cell allocator's -EMSGSIZE); nothing enqueued. */
+    r = post("/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":8000}", NULL);
+    CHECK(status_of(r) == 413 && strstr(r, "\"param\":\"max_tokens\"") &&
+          strstr(r, "max_tokens 8000 does not fit"));
+    free(r);
+    r = post("/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":1000,\"logprobs\":5}", NULL);
+    CHECK(status_of(r) == 413 && strstr(r, "\"param\":\"max_tokens\"") &&
+          strstr(r, "with 5 logprob alternatives"));
+    free(r);
+    r = post("/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+             "\"max_tokens\":2000,\"logprobs\":true,\"top_logprobs\":20}", NULL);
+    CHECK(status_of(r) == 413 && strstr(r, "\"param\":\"max_tokens\"") &&
+          strstr(r, "with 20 logprob alternatives"));
+    free(r);
+    CHECK(shm_ring_peek_one(ring) == NULL);
     *batcher_up = 0;
 }
 
@@ -967,7 +985,7 @@ int main(void)
 
     cc.classes[0].cell_size = 64u << 10;
     cc.classes[0].ncells = 16;
-    cc.classes[1].cell_size = 1u << 20;
+    cc.classes[1].cell_size = 256u << 10; /* t_handoff: max_tokens 8000 fits no cell */
     cc.classes[1].ncells = 2;
     plen = (shm_cell_pool_size(&cc) + 4095) & ~(size_t)4095;
     rlen = shm_ring_region_size(64, sizeof(struct shm_req));
