@@ -543,7 +543,7 @@ static int parse_line(struct ing_keys *ks, const char *path, uint32_t lineno, co
     if ((kind_len == 4 && !memcmp(kind, "user", 4)) || (kind_len == 3 && !memcmp(kind, "org", 3))) {
         bool user = kind_len == 4;
         char name[ING_KEYS_NAME_MAX];
-        uint32_t id, rpm, tpm;
+        uint32_t id, rpm = 0, tpm = 0; /* = 0: gcc -O3 thinks parse_num may leave them */
         struct ing_keys_group *g;
 
         for (int r = F_SHA; r < F_N; r++) {
