@@ -163,7 +163,8 @@ static int publish(struct bst *b, uint64_t now)
      * last COMMITTED event even if we die with a reservation in flight
      * (a full-ring reservation would wrap onto it), which ob_dedupe reads
      * after a restart. */
-    room = b->ev.capacity - 1 - FAVO_MIN(shm_ring_count(&b->ev), b->ev.capacity - 1);
+    room = _shm_ring_free(&b->ev, n + 1); /* egress's c_head re-read only when short */
+    room = room ? room - 1 : 0;
     while (k < n) {
         const struct bat_event *e = &pend[k];
         struct shm_ev *slot;
