@@ -1259,6 +1259,16 @@ static __attribute__((noinline)) void stack_scrub(void)
     __asm__ volatile("" : : "r"(pad) : "memory");
 }
 
+static __attribute__((noinline)) void stack_scrub_spm(void)
+{
+    unsigned char pad[ENG_TOK_STACK_SCRUB_SPM];
+
+    if (eng_tok_test_no_scrub)
+        return;
+    explicit_bzero(pad, sizeof(pad));
+    __asm__ volatile("" : : "r"(pad) : "memory");
+}
+
 /* A min-heap keyed by (k1, k2), where a smaller k1 wins, then smaller left. */
 struct heap_ent {
     uint64_t key;    /* primary << 32 | left */
@@ -1812,7 +1822,10 @@ out:
     free(e.scratch);
     wc_free(e.wc);
     eng_tok_pre_md_free(e.md);
-    stack_scrub();
+    if (t->kind == ENG_TOK_SPM)
+        stack_scrub_spm();
+    else
+        stack_scrub();
     if (rc)
         return rc;
     return (int64_t)e.n;

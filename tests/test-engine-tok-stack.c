@@ -5,7 +5,8 @@
  *   - the stack below this frame is painted, one call runs, and the
  *     deepest byte it changed is found: with the scrub off
  *     (eng_tok_test_no_scrub) that is the encoder's real high-water mark,
- *     which must stay below ENG_TOK_STACK_SCRUB (eng_tok_int.h), for every
+ *     which must stay below ENG_TOK_STACK_SCRUB (eng_tok_int.h;
+ *     ENG_TOK_STACK_SCRUB_SPM for a SentencePiece model), for every
  *     pre-tokenizer regex (eng_tok_pre_split alone) and for
  *     eng_tok_encode with both models (texts that make the regexes
  *     backtrack and repeat the most: long runs of letters, digits,
@@ -67,14 +68,14 @@ static __attribute__((noinline)) size_t deepest(void)
     return 0;
 }
 
-/* Bytes at depths [SLACK, ENG_TOK_STACK_SCRUB) below paint_hi that are
- * neither 0 nor paint (deeper: the scrub's own call of explicit_bzero). */
-static __attribute__((noinline)) size_t unscrubbed(void)
+/* Bytes at depths [SLACK, bound) below paint_hi that are neither 0 nor
+ * paint (deeper: the scrub's own call of explicit_bzero). */
+static __attribute__((noinline)) size_t unscrubbed(size_t bound)
 {
     const volatile unsigned char *p = (const volatile unsigned char *)paint_lo;
     size_t n = 0;
 
-    for (size_t i = REGION - ENG_TOK_STACK_SCRUB; i < REGION - SLACK; i++)
+    for (size_t i = REGION - bound; i < REGION - SLACK; i++)
         n += p[i] != 0 && p[i] != PAINT;
     return n;
 }
@@ -153,7 +154,8 @@ static __attribute__((noinline)) size_t encode_depth(const eng_tok_t *tok, const
     paint();
     int64_t n = eng_tok_encode(tok, s, strlen(s), flags, ids, max);
     size_t d = deepest();
-    *dirty = unscrubbed();
+    *dirty = unscrubbed(eng_tok_kind(tok) == ENG_TOK_SPM ? ENG_TOK_STACK_SCRUB_SPM
+                                                         : ENG_TOK_STACK_SCRUB);
     *left = marker_left();
     T_CHECK(n > 0, "encode failed (%lld)", (long long)n);
     return d;
@@ -161,18 +163,18 @@ static __attribute__((noinline)) size_t encode_depth(const eng_tok_t *tok, const
 
 static size_t worst;
 
-static void check_depth(const char *what, size_t d)
+static void check_depth(const char *what, size_t d, size_t bound)
 {
     if (d > worst)
         worst = d;
     if (SANITIZED) {
-        if (d >= ENG_TOK_STACK_SCRUB)
+        if (d >= bound)
             fprintf(stderr, "note: %s: %zu bytes of stack (sanitizer build, not checked)\n",
                     what, d);
         return;
     }
-    T_CHECK(d < ENG_TOK_STACK_SCRUB, "%s: the encoder used %zu bytes of stack, the scrub covers %u",
-            what, d, ENG_TOK_STACK_SCRUB);
+    T_CHECK(d < bound, "%s: the encoder used %zu bytes of stack, the scrub covers %zu", what, d,
+            bound);
 }
 
 static void models(int32_t *ids, size_t max)
@@ -209,7 +211,8 @@ static void models(int32_t *ids, size_t max)
                 eng_tok_test_no_scrub = true;
                 size_t d = encode_depth(tok, texts[i], flags, ids, max, &left, &dirty);
                 snprintf(what, sizeof(what), "%s text %zu flags %u", files[m], i, flags);
-                check_depth(what, d);
+                check_depth(what, d, eng_tok_kind(tok) == ENG_TOK_SPM ? ENG_TOK_STACK_SCRUB_SPM
+                                                                      : ENG_TOK_STACK_SCRUB);
                 if (d > mdepth)
                     mdepth = d;
                 if (i == 0 && !f)
@@ -223,7 +226,7 @@ static void models(int32_t *ids, size_t max)
             }
         }
         printf("%s: encoder stack high-water %zu bytes (scrub %u)\n", files[m], mdepth,
-               ENG_TOK_STACK_SCRUB);
+               eng_tok_kind(tok) == ENG_TOK_SPM ? ENG_TOK_STACK_SCRUB_SPM : ENG_TOK_STACK_SCRUB);
         eng_tok_free(tok);
         eng_gguf_close(g);
     }
@@ -255,7 +258,7 @@ int main(void)
             char what[128];
             size_t dd = split_depth(&p, md, texts[i]);
             snprintf(what, sizeof(what), "pre-tokenizer %s text %zu", names[k], i);
-            check_depth(what, dd);
+            check_depth(what, dd, ENG_TOK_STACK_SCRUB);
             if (dd > split_worst)
                 split_worst = dd;
         }
