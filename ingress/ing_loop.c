@@ -547,6 +547,10 @@ static void conn_kick(struct ing_loop *L, struct ing_conn *c)
     if (!c->recv_inflight && c->len < c->cap) {
         struct io_uring_sqe *sqe = get_sqe(L);
         io_uring_prep_recv(sqe, c->fd, c->buf + c->len, c->cap - c->len, 0);
+        /* Armed right after a request is parked, before its client has its
+         * answer: the next request is almost never there yet, so go
+         * straight to waiting (data already there completes at once). */
+        sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
         io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, slot, c->gen));
         c->recv_inflight = 1;
     }
