@@ -313,6 +313,125 @@ static void test_matches_reference(void **state)
     region_free(&r);
 }
 
+/* The printf rendering ing_rl_headers had before it formatted by hand: the
+ * reference it must match byte for byte (and in when it says -ENOSPC). */
+static int ref_duration(uint64_t ms, char *out, size_t cap)
+{
+    uint64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, f = ms % 1000;
+    char sec[32];
+    int n;
+
+    if (ms == 0)
+        n = snprintf(out, cap, "0s");
+    else if (ms < 1000)
+        n = snprintf(out, cap, "%llums", (unsigned long long)ms);
+    else {
+        if (f) {
+            int fl = f % 100 == 0 ? 1 : f % 10 == 0 ? 2 : 3;
+            uint64_t fv = fl == 1 ? f / 100 : fl == 2 ? f / 10 : f;
+
+            snprintf(sec, sizeof(sec), "%llu.%0*llus", (unsigned long long)s, fl,
+                     (unsigned long long)fv);
+        } else {
+            snprintf(sec, sizeof(sec), "%llus", (unsigned long long)s);
+        }
+        if (h)
+            n = snprintf(out, cap, "%lluh%llum%s", (unsigned long long)h,
+                         (unsigned long long)m, sec);
+        else if (m)
+            n = snprintf(out, cap, "%llum%s", (unsigned long long)m, sec);
+        else
+            n = snprintf(out, cap, "%s", sec);
+    }
+    return n < 0 || (size_t)n >= cap ? -ENOSPC : n;
+}
+
+static int ref_headers(const struct ing_rl_decision *d, char *buf, size_t cap)
+{
+    char rr[32], rt[32];
+    size_t o = 0;
+    int n;
+
+    if (!cap)
+        return -ENOSPC;
+    buf[0] = 0;
+    if (d->has_req) {
+        if (ref_duration(d->reset_req_ms, rr, sizeof(rr)) < 0)
+            return -ENOSPC;
+        n = snprintf(buf + o, cap - o,
+                     "x-ratelimit-limit-requests: %llu\r\n"
+                     "x-ratelimit-remaining-requests: %llu\r\n"
+                     "x-ratelimit-reset-requests: %s\r\n",
+                     (unsigned long long)d->limit_req, (unsigned long long)d->remaining_req, rr);
+        if (n < 0 || (size_t)n >= cap - o)
+            return -ENOSPC;
+        o += (size_t)n;
+    }
+    if (d->has_tok) {
+        if (ref_duration(d->reset_tok_ms, rt, sizeof(rt)) < 0)
+            return -ENOSPC;
+        n = snprintf(buf + o, cap - o,
+                     "x-ratelimit-limit-tokens: %llu\r\n"
+                     "x-ratelimit-remaining-tokens: %llu\r\n"
+                     "x-ratelimit-reset-tokens: %s\r\n",
+                     (unsigned long long)d->limit_tok, (unsigned long long)d->remaining_tok, rt);
+        if (n < 0 || (size_t)n >= cap - o)
+            return -ENOSPC;
+        o += (size_t)n;
+    }
+    if (!d->allowed && d->retry_after_s) {
+        n = snprintf(buf + o, cap - o, "retry-after: %u\r\n", d->retry_after_s);
+        if (n < 0 || (size_t)n >= cap - o)
+            return -ENOSPC;
+        o += (size_t)n;
+    }
+    return (int)o;
+}
+
+/* Random decisions and durations (every magnitude, every fraction shape)
+ * render as the printf reference does, and every buffer size too small by
+ * any amount gives -ENOSPC exactly where the reference did. */
+static void test_headers_match_printf(void **state)
+{
+    uint64_t seed = 0x6a09e667f3bcc908ull;
+    char a[512], b[512];
+
+    (void)state;
+    for (int i = 0; i < 20000; i++) {
+        struct ing_rl_decision d;
+        uint64_t r = t_rand(&seed);
+        unsigned mag = (unsigned)(r % 64);
+        uint64_t v = mag == 63 ? UINT64_MAX : (t_rand(&seed) >> (63 - mag));
+
+        memset(&d, 0, sizeof(d));
+        d.allowed = (r >> 8) & 1;
+        d.has_req = (r >> 9) & 1;
+        d.has_tok = (r >> 10) & 1;
+        d.limit_req = t_rand(&seed) >> (t_rand(&seed) % 64);
+        d.remaining_req = t_rand(&seed) % 100000;
+        d.reset_req_ms = v;
+        d.limit_tok = t_rand(&seed) >> (t_rand(&seed) % 64);
+        d.remaining_tok = t_rand(&seed) >> (t_rand(&seed) % 64);
+        d.reset_tok_ms = (r >> 16) % 3 ? (r >> 20) % 100000000
+                                       : (r >> 20) % 1000 * 1000 + (r >> 40) % 10 * 100;
+        d.retry_after_s = (uint32_t)((r >> 32) % 5 ? (r >> 32) % 4000 : 0);
+        int na = ing_rl_headers(&d, a, sizeof(a)), nb = ref_headers(&d, b, sizeof(b));
+        assert_int_equal(na, nb);
+        if (na >= 0)
+            assert_string_equal(a, b);
+        int da = ing_rl_fmt_duration(v, a, sizeof(a)), db = ref_duration(v, b, sizeof(b));
+        assert_int_equal(da, db);
+        if (da >= 0)
+            assert_string_equal(a, b);
+        if (i % 50 == 0 && na > 0)
+            for (size_t cap = 0; cap <= (size_t)na + 1; cap++)
+                assert_int_equal(ing_rl_headers(&d, a, cap) < 0, ref_headers(&d, b, cap) < 0);
+        if (i % 50 == 0 && da > 0)
+            for (size_t cap = 0; cap <= (size_t)da + 1; cap++)
+                assert_int_equal(ing_rl_fmt_duration(v, a, cap), ref_duration(v, b, cap));
+    }
+}
+
 static void test_durations_and_headers(void **state)
 {
     static const struct {
@@ -472,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_attach_repair),
         cmocka_unit_test(test_matches_reference),
         cmocka_unit_test(test_durations_and_headers),
+        cmocka_unit_test(test_headers_match_printf),
         cmocka_unit_test(test_forked_workers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
