@@ -422,66 +422,6 @@ static int put_tok(struct w *w, const eng_tok_t *tok, int32_t id, float lp)
     return 0;
 }
 
-/* One token's logprobs: a chat "content" entry, or a completions
- * fragment {"tokens":[..],"token_logprobs":[..],"top_logprobs":[..],
- * "text_offset":[..]}. */
-static int render_lp(const struct egr_resp *r, const eng_tok_t *tok, int32_t id,
-                     const struct egr_lp *lp, struct w *w)
-{
-    static const struct egr_lp none;
-    unsigned ntop;
-    const char *p;
-    size_t n;
-
-    if (!lp)
-        lp = &none;
-    ntop = FAVO_MIN(lp->n_top, r->top_logprobs);
-    if (r->route == EGR_CHAT) {
-        if (r->stream)
-            puts_(w, "{\"content\":[");     /* a body's entries are wrapped at the end */
-        if (put_tok(w, tok, id, lp->logprob) < 0)
-            return -EINVAL;
-        puts_(w, ",\"top_logprobs\":[");
-        for (unsigned i = 0; i < ntop; i++) {
-            if (i)
-                puts_(w, ",");
-            if (put_tok(w, tok, lp->top_id[i], lp->top_lp[i]) < 0)
-                return -EINVAL;
-            puts_(w, "}");
-        }
-        puts_(w, "]}");
-        if (r->stream)
-            puts_(w, "]}");
-        return w->err ? -E2BIG : 0;
-    }
-    if (eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &n) < 0)
-        return -EINVAL;
-    puts_(w, "{\"tokens\":[\"");
-    putjs(w, p, n);
-    puts_(w, "\"],\"token_logprobs\":[");
-    put_num(w, lp->logprob);
-    puts_(w, "],\"top_logprobs\":");
-    if (r->top_logprobs) {
-        puts_(w, "[{");
-        for (unsigned i = 0; i < ntop; i++) {
-            if (lp->top_id[i] < 0 || (uint32_t)lp->top_id[i] >= eng_tok_n_vocab(tok) ||
-                eng_tok_piece(tok, lp->top_id[i], ENG_TOK_SHOW_SPECIAL, &p, &n) < 0)
-                return -EINVAL;
-            puts_(w, i ? ",\"" : "\"");
-            putjs(w, p, n);
-            puts_(w, "\":");
-            put_num(w, lp->top_lp[i]);
-        }
-        puts_(w, "}]");
-    } else {
-        puts_(w, "null");
-    }
-    puts_(w, ",\"text_offset\":[");
-    putu(w, r->char_off);
-    puts_(w, "]}");
-    return w->err ? -E2BIG : 0;
-}
-
 /* A record's fields (lp_recsz layout). */
 static const char *lp_rec(const struct egr_resp *r, const char *area, size_t cap, uint32_t i,
                           int32_t *id, float *lp, uint32_t *off, uint32_t *n)
@@ -501,30 +441,69 @@ static void lp_alt(const char *alts, uint32_t j, int32_t *id, float *lp)
     memcpy(lp, alts + 8 * (size_t)j + 4, 4);
 }
 
-/* A body's logprobs from the records: chat {"content":[entries]}, or
- * completions {"tokens","token_logprobs","top_logprobs","text_offset"}
- * (one pass over the records per array). -E2BIG when w is too small,
- * -EINVAL for an id the tokenizer does not know (checked by step). */
-static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const char *area,
-                          size_t cap, struct w *w)
+/* Where rendered logprobs come from: the records in the area (a body), or
+ * one token's struct egr_lp (a stream chunk, one = its alternatives). */
+struct lp_src {
+    const struct egr_resp *r;
+    const char *area;             /* records: area and cap (lp_rec) */
+    size_t cap;
+    const struct egr_lp *one;     /* non-NULL: the single token id/off/one */
+    int32_t id;
+    uint32_t off;
+};
+
+static uint32_t src_n(const struct lp_src *s) { return s->one ? 1 : s->r->lp_n; }
+
+/* Entry i: its id, logprob, text offset and number of alternatives; the
+ * return value is what src_alt reads them from. */
+static const char *src_rec(const struct lp_src *s, uint32_t i, int32_t *id, float *lp,
+                           uint32_t *off, uint32_t *n)
 {
+    if (!s->one)
+        return lp_rec(s->r, s->area, s->cap, i, id, lp, off, n);
+    *id = s->id;
+    *lp = s->one->logprob;
+    *off = s->off;
+    *n = FAVO_MIN(s->one->n_top, s->r->top_logprobs);
+    return NULL;
+}
+
+static void src_alt(const struct lp_src *s, const char *alts, uint32_t j, int32_t *id,
+                    float *lp)
+{
+    if (!s->one) {
+        lp_alt(alts, j, id, lp);
+        return;
+    }
+    *id = s->one->top_id[j];
+    *lp = s->one->top_lp[j];
+}
+
+/* Logprobs of every entry of s: chat {"content":[entries]}, or completions
+ * {"tokens","token_logprobs","top_logprobs","text_offset"} (one pass over
+ * the entries per array). A body renders all its records, a stream chunk
+ * its one token. -E2BIG when w is too small, -EINVAL for an id the
+ * tokenizer does not know (checked by step). */
+static int render_lps(const struct lp_src *s, const eng_tok_t *tok, struct w *w)
+{
+    const struct egr_resp *r = s->r;
+    uint32_t cnt = src_n(s), off, n;
     int32_t id, aid;
     float lp, alp;
-    uint32_t off, n;
     const char *alts, *p;
     size_t pn;
 
     if (r->route == EGR_CHAT) {
         puts_(w, "{\"content\":[");
-        for (uint32_t i = 0; i < r->lp_n; i++) {
-            alts = lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+        for (uint32_t i = 0; i < cnt; i++) {
+            alts = src_rec(s, i, &id, &lp, &off, &n);
             if (i)
                 puts_(w, ",");
             if (put_tok(w, tok, id, lp) < 0)
                 return -EINVAL;
             puts_(w, ",\"top_logprobs\":[");
             for (uint32_t j = 0; j < n; j++) {
-                lp_alt(alts, j, &aid, &alp);
+                src_alt(s, alts, j, &aid, &alp);
                 if (j)
                     puts_(w, ",");
                 if (put_tok(w, tok, aid, alp) < 0)
@@ -537,8 +516,8 @@ static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const 
         return w->err ? -E2BIG : 0;
     }
     puts_(w, "{\"tokens\":[");
-    for (uint32_t i = 0; i < r->lp_n; i++) {
-        lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+    for (uint32_t i = 0; i < cnt; i++) {
+        src_rec(s, i, &id, &lp, &off, &n);
         if (eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &pn) < 0)
             return -EINVAL;
         puts_(w, i ? ",\"" : "\"");
@@ -546,8 +525,8 @@ static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const 
         puts_(w, "\"");
     }
     puts_(w, "],\"token_logprobs\":[");
-    for (uint32_t i = 0; i < r->lp_n; i++) {
-        lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+    for (uint32_t i = 0; i < cnt; i++) {
+        src_rec(s, i, &id, &lp, &off, &n);
         if (i)
             puts_(w, ",");
         put_num(w, lp);
@@ -555,12 +534,13 @@ static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const 
     puts_(w, "],\"top_logprobs\":");
     if (r->top_logprobs) {
         puts_(w, "[");
-        for (uint32_t i = 0; i < r->lp_n; i++) {
-            alts = lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+        for (uint32_t i = 0; i < cnt; i++) {
+            alts = src_rec(s, i, &id, &lp, &off, &n);
             puts_(w, i ? ",{" : "{");
             for (uint32_t j = 0; j < n; j++) {
-                lp_alt(alts, j, &aid, &alp);
-                if (eng_tok_piece(tok, aid, ENG_TOK_SHOW_SPECIAL, &p, &pn) < 0)
+                src_alt(s, alts, j, &aid, &alp);
+                if (aid < 0 || (uint32_t)aid >= eng_tok_n_vocab(tok) ||
+                    eng_tok_piece(tok, aid, ENG_TOK_SHOW_SPECIAL, &p, &pn) < 0)
                     return -EINVAL;
                 puts_(w, j ? ",\"" : "\"");
                 putjs(w, p, pn);
@@ -574,14 +554,34 @@ static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const 
         puts_(w, "null");
     }
     puts_(w, ",\"text_offset\":[");
-    for (uint32_t i = 0; i < r->lp_n; i++) {
-        lp_rec(r, area, cap, i, &id, &lp, &off, &n);
+    for (uint32_t i = 0; i < cnt; i++) {
+        src_rec(s, i, &id, &lp, &off, &n);
         if (i)
             puts_(w, ",");
         putu(w, off);
     }
     puts_(w, "]}");
     return w->err ? -E2BIG : 0;
+}
+
+/* One stream token's logprobs (lp NULL: none known): the same shape as a
+ * body's, with one entry. */
+static int render_lp(const struct egr_resp *r, const eng_tok_t *tok, int32_t id,
+                     const struct egr_lp *lp, struct w *w)
+{
+    static const struct egr_lp none;
+    struct lp_src s = {.r = r, .one = lp ? lp : &none, .id = id, .off = r->char_off};
+
+    return render_lps(&s, tok, w);
+}
+
+/* A body's logprobs from the records. */
+static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const char *area,
+                          size_t cap, struct w *w)
+{
+    struct lp_src s = {.r = r, .area = area, .cap = cap};
+
+    return render_lps(&s, tok, w);
 }
 
 /* Non-stream: the token's record (lp_recsz layout) in front of the
