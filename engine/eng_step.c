@@ -203,6 +203,43 @@ static void mm_range(const struct thr *t, uint32_t rows, uint32_t *lo, uint32_t 
     *hi = FAVO_MIN(*hi * t->align, rows);
 }
 
+/*
+ * Per-token phases quantize the rows they produce for the matmul that
+ * follows (prequant), and record it (prequant_done, identically on every
+ * thread) so that matmul skips its own quantization pass and barrier. The
+ * rows a thread quantizes are the same token range matmul would give it.
+ */
+static void prequant(struct thr *t, const struct eng_tensor *w, const void *wp, const float *row,
+                     uint32_t j)
+{
+    struct eng_ctx *c = t->c;
+
+    if (c->exact)
+        return;
+    act_quant(w, wp, row, (char *)t->xq + j * act_rsize(w, wp));
+}
+
+static void prequant_done(struct thr *t, const struct eng_tensor *w, const void *wp,
+                          const float *src)
+{
+    t->q_src = src;
+    t->q_type = act_type(w, wp);
+    t->q_k = (uint32_t)w->ne0;
+}
+
+/* Rows lo..hi-1 of src (ld floats apart) quantized for w into xq (prequant),
+ * recorded (prequant_done), timed as ENG_PROF_QUANT; then a barrier, after
+ * which every thread's matmul on w reads all of xq. */
+static void prequant_rows(struct thr *t, const struct eng_tensor *w, const void *wp,
+                          const float *src, uint32_t ld, uint32_t lo, uint32_t hi)
+{
+    for (uint32_t i = lo; i < hi; i++)
+        prequant(t, w, wp, src + (size_t)i * ld, i);
+    prequant_done(t, w, wp, src);
+    mark(t, ENG_PROF_QUANT);
+    barrier(t);
+}
+
 static void matmul(struct thr *t, enum eng_prof_op op, const struct eng_tensor *w,
                    const void *wp, const float *src, uint32_t ld, uint32_t m, float *y,
                    uint32_t ldy, int sync)
@@ -229,13 +266,7 @@ static void matmul(struct thr *t, enum eng_prof_op op, const struct eng_tensor *
     }
     if (t->q_src != src || t->q_type != at || t->q_k != w->ne0) {
         range(m, t->ith, t->nth, &lo, &hi);
-        for (uint32_t j = lo; j < hi; j++)
-            act_quant(w, wp, src + (size_t)j * ld, (char *)t->xq + j * xrb);
-        t->q_src = src;
-        t->q_type = at;
-        t->q_k = (uint32_t)w->ne0;
-        mark(t, ENG_PROF_QUANT);
-        barrier(t);
+        prequant_rows(t, w, wp, src, ld, lo, hi);
     }
     mm_range(t, rows, &lo, &hi);
     if (lo < hi && wp)
@@ -254,30 +285,6 @@ static int same_act(const struct eng_tensor *a, const void *ap, const struct eng
                     const void *bp)
 {
     return act_type(a, ap) == act_type(b, bp) && a->ne0 == b->ne0;
-}
-
-/*
- * Per-token phases quantize the rows they produce for the matmul that
- * follows (prequant), and record it (prequant_done, identically on every
- * thread) so that matmul skips its own quantization pass and barrier. The
- * rows a thread quantizes are the same token range matmul would give it.
- */
-static void prequant(struct thr *t, const struct eng_tensor *w, const void *wp, const float *row,
-                     uint32_t j)
-{
-    struct eng_ctx *c = t->c;
-
-    if (c->exact)
-        return;
-    act_quant(w, wp, row, (char *)t->xq + j * act_rsize(w, wp));
-}
-
-static void prequant_done(struct thr *t, const struct eng_tensor *w, const void *wp,
-                          const float *src)
-{
-    t->q_src = src;
-    t->q_type = act_type(w, wp);
-    t->q_k = (uint32_t)w->ne0;
 }
 
 static inline void prefetch(const void *p, size_t bytes)
@@ -437,6 +444,28 @@ static void add_bias(float *y, const struct eng_tensor *b, uint32_t n)
 
 /* gate, up, the activation function per token, down (exact mode, or a
  * down input whose blocks do not divide n_ff). */
+/* g = gate(h), u = up(h) for every token (one barrier between them only
+ * when their activations differ); a barrier after up only if sync_up. */
+static void ffn_gate_up(struct thr *t, const struct eng_layer *L, const void *const *pk,
+                        int sync_up)
+{
+    struct eng_ctx *c = t->c;
+    uint32_t E = c->m->hp.n_embd, T = c->n_tok, F = c->m->hp.n_ff;
+
+    matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
+           !same_act(&L->gate, pk[4], &L->up, pk[5]));
+    matmul(t, ENG_PROF_MM_UP, &L->up, pk[5], c->h, E, T, c->u, F, sync_up);
+}
+
+/* g[e] = act(g[e]) * u[e] for n elements (GELU or SiLU, per the arch) */
+static void ffn_act(const struct eng_model *m, float *g, const float *u, uint32_t n)
+{
+    if (m->ai->gelu)
+        eng_ops_gelu_mul(g, g, u, n);
+    else
+        eng_ops_silu_mul(g, g, u, n);
+}
+
 static void ffn_mm(struct thr *t, const struct eng_layer *L, const void *const *pk, uint32_t lo,
                    uint32_t hi)
 {
@@ -444,23 +473,11 @@ static void ffn_mm(struct thr *t, const struct eng_layer *L, const void *const *
     const struct eng_model *m = c->m;
     uint32_t E = m->hp.n_embd, T = c->n_tok, F = m->hp.n_ff;
 
-    matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
-           !same_act(&L->gate, pk[4], &L->up, pk[5]));
-    matmul(t, ENG_PROF_MM_UP, &L->up, pk[5], c->h, E, T, c->u, F, 1);
-    for (uint32_t i = lo; i < hi; i++) {
-        float *g = c->g + (size_t)i * F, *u = c->u + (size_t)i * F;
-
-        if (m->ai->gelu)
-            eng_ops_gelu_mul(g, g, u, F);
-        else
-            eng_ops_silu_mul(g, g, u, F);
-    }
-    mark(t, ENG_PROF_NORM);
+    ffn_gate_up(t, L, pk, 1);
     for (uint32_t i = lo; i < hi; i++)
-        prequant(t, &L->down, pk[6], c->g + (size_t)i * F, i);
-    prequant_done(t, &L->down, pk[6], c->g);
-    mark(t, ENG_PROF_QUANT);
-    barrier(t);
+        ffn_act(m, c->g + (size_t)i * F, c->u + (size_t)i * F, F);
+    mark(t, ENG_PROF_NORM);
+    prequant_rows(t, &L->down, pk[6], c->g, F, lo, hi);
     matmul(t, ENG_PROF_MM_DOWN, &L->down, pk[6], c->g, F, T, c->h, E, 1);
 }
 
@@ -504,20 +521,12 @@ static void ffn_fused_mm(struct thr *t, const struct eng_layer *L, const void *c
     size_t bb = xrb / (F / blk);                    /* bytes per activation block */
 
     t->align = blk;
-    matmul(t, ENG_PROF_MM_UP, &L->gate, pk[4], c->h, E, T, c->g, F,
-           !same_act(&L->gate, pk[4], &L->up, pk[5]));
-    matmul(t, ENG_PROF_MM_UP, &L->up, pk[5], c->h, E, T, c->u, F, 0);
+    ffn_gate_up(t, L, pk, 0);
     mm_range(t, F, &e0, &e1);
     t->align = MM_ROW_ALIGN;
     if (e0 < e1) {
-        for (uint32_t i = 0; i < T; i++) {
-            float *g = c->g + (size_t)i * F + e0, *u = c->u + (size_t)i * F + e0;
-
-            if (m->ai->gelu)
-                eng_ops_gelu_mul(g, g, u, e1 - e0);
-            else
-                eng_ops_silu_mul(g, g, u, e1 - e0);
-        }
+        for (uint32_t i = 0; i < T; i++)
+            ffn_act(m, c->g + (size_t)i * F + e0, c->u + (size_t)i * F + e0, e1 - e0);
         mark(t, ENG_PROF_NORM);
         char *dst0 = (char *)c->xq2 + (size_t)(e0 / blk) * bb;
 
@@ -549,11 +558,7 @@ static void layer(struct thr *t, uint32_t il)
     for (uint32_t i = lo; i < hi; i++)
         ops->rmsnorm(c->h + (size_t)i * E, c->x + (size_t)i * E, L->attn_norm.data, E, hp->eps);
     mark(t, ENG_PROF_NORM);
-    for (uint32_t i = lo; i < hi; i++)
-        prequant(t, &L->wq, pk[0], c->h + (size_t)i * E, i);
-    prequant_done(t, &L->wq, pk[0], c->h);
-    mark(t, ENG_PROF_QUANT);
-    barrier(t);
+    prequant_rows(t, &L->wq, pk[0], c->h, E, lo, hi);
     matmul(t, ENG_PROF_MM_QKV, &L->wq, pk[0], c->h, E, T, c->q, nq,
            !same_act(&L->wq, pk[0], &L->wk, pk[1]));
     matmul(t, ENG_PROF_MM_QKV, &L->wk, pk[1], c->h, E, T, c->k, nk,
@@ -600,11 +605,7 @@ static void layer(struct thr *t, uint32_t il)
          * quantizes its tokens' outputs for Wo itself. */
         attention_units(t, il, lo * hp->n_head, hi * hp->n_head);
         mark(t, ENG_PROF_ATTN);
-        for (uint32_t i = lo; i < hi; i++)
-            prequant(t, &L->wo, pk[3], c->att + (size_t)i * no, i);
-        prequant_done(t, &L->wo, pk[3], c->att);
-        mark(t, ENG_PROF_QUANT);
-        barrier(t);
+        prequant_rows(t, &L->wo, pk[3], c->att, no, lo, hi);
     } else {
         barrier(t);
         attention(t, il);
@@ -620,11 +621,7 @@ static void layer(struct thr *t, uint32_t il)
         ops->rmsnorm(o, x, L->ffn_norm.data, E, hp->eps);
     }
     mark(t, ENG_PROF_NORM);
-    for (uint32_t i = lo; i < hi; i++)
-        prequant(t, &L->gate, pk[4], c->h + (size_t)i * E, i);
-    prequant_done(t, &L->gate, pk[4], c->h);
-    mark(t, ENG_PROF_QUANT);
-    barrier(t);
+    prequant_rows(t, &L->gate, pk[4], c->h, E, lo, hi);
     if (ffn_fused(c, L, pk[6]))
         ffn_fused_mm(t, L, pk);
     else
@@ -692,11 +689,7 @@ static void forward(void *arg, unsigned ith, unsigned nth)
         c->ops->rmsnorm(c->h + (size_t)j * E, c->x + (size_t)c->out_tok[j] * E,
                         m->output_norm.data, E, hp->eps);
     mark(&t, ENG_PROF_NORM);
-    for (uint32_t j = lo; j < hi; j++)
-        prequant(&t, &m->output, pko, c->h + (size_t)j * E, j);
-    prequant_done(&t, &m->output, pko, c->h);
-    mark(&t, ENG_PROF_QUANT);
-    barrier(&t);
+    prequant_rows(&t, &m->output, pko, c->h, E, lo, hi);
     matmul(&t, ENG_PROF_MM_OUT, &m->output, pko, c->h, E, c->n_out, c->logits, hp->n_vocab, 1);
     range(c->n_out, ith, nth, &lo, &hi);
     for (uint32_t j = lo; j < hi; j++) {
