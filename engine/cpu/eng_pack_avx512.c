@@ -344,18 +344,21 @@ AI void unpack32(const uint32_t T, const uint8_t *p, int64_t n, uint8_t *bt)
 }
 
 /* Block sums ct of panel block p into the 16 rows' accumulators (xb:
- * activation row 0's block, the others xs apart), as panel32 does; and a
- * prefetch of the block `ahead` bytes on (one chunk: the next chunk's or
- * panel's, or past the matrix: a prefetch never faults), so that the next unpack
- * does not wait on memory. */
+ * activation row 0's block, the others xs apart), as panel32 does; and,
+ * unless ahead is 0, a prefetch of the block `ahead` bytes on (one chunk:
+ * the next chunk's or panel's, or past the matrix: a prefetch never
+ * faults), so that the next unpack does not wait on memory. The caller
+ * passes ahead only in a chunk's last 16-row group: one prefetch per
+ * block, as late as before (the earlier groups' were repeats). */
 AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const uint8_t *xb,
                  size_t xs, __m512 *acc, size_t ahead)
 {
     const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
     __m512 dw = h16(p), mw = has_m ? h16(p + 2 * G) : _mm512_setzero_ps();
 
-    for (size_t o = 0; o < eng_pack_pblock_bytes(T); o += 64)
-        _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
+    if (ahead)
+        for (size_t o = 0; o < eng_pack_pblock_bytes(T); o += 64)
+            _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
 
     for (int c = 0; c < 16; c++) {
         const struct eng_bq8_p *xa = (const struct eng_bq8_p *)(xb + (size_t)c * xs);
@@ -391,10 +394,10 @@ AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint
     for (int64_t b0 = 0; b0 < nb; b0 += AMX_CHUNK) {
         int64_t n = nb - b0 < AMX_CHUNK ? nb - b0 : AMX_CHUNK;
         const uint8_t *pc = p + (size_t)b0 * pb;
-        const size_t ahead = (size_t)n * pb;
 
         unpack32(T, pc, n, bt);
         for (int64_t j = 0; j < m16; j += 16) {
+            const size_t ahead = j + 16 < m16 ? 0 : (size_t)n * pb;
             const uint8_t *xb = x + (size_t)j * xs + (size_t)b0 * xbs;
             const uint8_t *xq = xb + offsetof(struct eng_bq8_p, qs);
             float *yj = y + j * ldy;
@@ -466,14 +469,15 @@ AI void unpack_q4_k(const uint8_t *p, int64_t n, uint8_t *bt)
 }
 
 /* tot[c] += sub-block j's integer sums * its scales (panel super-block
- * p); and a prefetch of an eighth of the super-block `ahead` bytes on
- * (see finish32) */
+ * p); and, unless ahead is 0, a prefetch of an eighth of the super-block
+ * `ahead` bytes on (see finish32) */
 AI void tot_q4_k(const uint8_t *p, int j, const int32_t *ct, __m512i *tot, size_t ahead)
 {
     __m512i scj = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4 * G + j * G)));
 
-    for (int o = j * 296; o < (j + 1) * 296; o += 64)
-        _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
+    if (ahead)
+        for (int o = j * 296; o < (j + 1) * 296; o += 64)
+            _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
 
     for (int c = 0; c < 16; c++)
         tot[c] = _mm512_add_epi32(tot[c], _mm512_mullo_epi32(
@@ -519,10 +523,10 @@ AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t
     for (int64_t b0 = 0; b0 < nb; b0 += AMX_CHUNK_K) {
         int64_t n = nb - b0 < AMX_CHUNK_K ? nb - b0 : AMX_CHUNK_K;
         const uint8_t *pc = p + (size_t)b0 * G * 148;
-        const size_t ahead = (size_t)n * G * 148;
 
         unpack_q4_k(pc, n, bt);
         for (int64_t j = 0; j < m16; j += 16) {
+            const size_t ahead = j + 16 < m16 ? 0 : (size_t)n * G * 148;
             const uint8_t *xb = x + (size_t)j * xs + (size_t)b0 * xbs;
             const uint8_t *xq = xb + offsetof(struct eng_bq8_kp, qs);
             float *yj = y + j * ldy;
