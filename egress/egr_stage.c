@@ -1191,14 +1191,17 @@ static void access_log(struct egr *E, const struct rs *r, unsigned status)
     const struct egr_stage_state *st = r->st;
     const struct shm_req *q = r->req;
     struct egr_access a = { 0 };
+    const char *model;
     int n;
 
     if (E->cfg->log_fd < 0)
         return;
     a.wall_ns = favo_wall_ns();
     memcpy(a.request_id, q->reqid, FAVO_MIN(q->reqid_len, (uint32_t)sizeof(a.request_id) - 1));
-    snprintf(a.tenant, sizeof(a.tenant), "%.*s", (int)sizeof(q->tenant_name), q->tenant_name);
-    snprintf(a.model, sizeof(a.model), "%s", resp_model(E, q));
+    memcpy(a.tenant, q->tenant_name,
+           strnlen(q->tenant_name, FAVO_MIN(sizeof(q->tenant_name), sizeof(a.tenant) - 1)));
+    model = resp_model(E, q);
+    memcpy(a.model, model, strnlen(model, sizeof(a.model) - 1));
     a.status = (uint16_t)status;
     a.finish = (st->flags & EGR_SF_STARTED) ? st->resp.finish : EGR_FIN_NONE;
     a.prompt_tokens = q->ntok;
