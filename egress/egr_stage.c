@@ -64,6 +64,8 @@ struct rs {
     uint64_t tok_ns;               /* oldest TOKENS t_ns not yet handed to the socket */
     const char *lp_end;            /* logprobs: the cell's end, records below it
                                       (shm_pipe.h); NULL: none asked */
+    size_t size;                   /* the cell's bytes (shm_cell_bytes) */
+    uint32_t n_alt;                /* alternatives per logprob record (shm_pipe_lp_alts) */
 };
 
 /* FAVO_EGR_TRACE=FILE: one record per burst of events (times only, no
@@ -647,14 +649,14 @@ static void rs_start(struct egr *E, struct rs *r)
 static int rs_lp(const struct rs *r, uint32_t k, int32_t id, struct egr_lp *lp)
 {
     const struct shm_req *q = r->req;
-    uint32_t n_alt = shm_pipe_lp_alts(q->logprobs, q->top_logprobs);
+    uint32_t n_alt = r->n_alt;
     const struct shm_lp_rec *rec;
 
     if (!r->lp_end || k >= q->max_tokens)
         return -EPROTO;
     /* read in place (8-aligned: the records end the cell; no stack copy
      * holding ids to scrub) */
-    rec = (const struct shm_lp_rec *)(r->lp_end - shm_pipe_lp_bytes(k + 1, n_alt));
+    rec = (const struct shm_lp_rec *)(r->cellp + shm_pipe_lp_at(r->size, n_alt, k));
     if (rec[0].id != id)
         return -EPROTO;
     lp->logprob = rec[0].logprob;
@@ -920,7 +922,9 @@ static uint32_t rs_adopt(struct egr *E, shm_cell_ref_t cell, unsigned kind)
     r->area = r->cellp + q->resp_off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES;
     r->cap = size - (q->resp_off + SHM_PIPE_REQ_COPY + EGR_STAGE_STATE_BYTES);
     /* logprob records at the end of the cell (shm_pipe.h): not ours */
-    uint64_t lpb = shm_pipe_lp_bytes(q->max_tokens, shm_pipe_lp_alts(q->logprobs, q->top_logprobs));
+    r->size = size;
+    r->n_alt = shm_pipe_lp_alts(q->logprobs, q->top_logprobs);
+    uint64_t lpb = shm_pipe_lp_bytes(q->max_tokens, r->n_alt);
     if (lpb && lpb + 4096 <= r->cap) {
         r->cap -= lpb;
         r->lp_end = r->cellp + size;
@@ -1247,7 +1251,7 @@ static void rs_complete(struct egr *E, uint32_t i)
     unsigned w = q->worker, status;
     shm_cell_ref_t cell = r->cell;
     size_t area_off = (size_t)(r->area - r->cellp), hwm = r->hwm;
-    size_t size = r->lp_end ? (size_t)(r->lp_end - r->cellp) : area_off + r->cap;
+    size_t size = r->size;
     struct shm_conn_msg *slot = NULL;
     int rc;
 
