@@ -813,20 +813,33 @@ static const struct shm_req *req_find(struct egr *E, shm_cell_ref_t cell, const 
 
 /* Bytes the application has written on a TCP socket since it opened:
  * acknowledged by the peer plus still queued (unacknowledged or unsent).
- * Two syscalls, once per response (never per token). */
+ * The two counts come from two calls, and an ACK landing between them
+ * moves bytes from one to the other: so the queue is read on both sides
+ * of TCP_INFO and the sum taken only when it did not move (no writer runs
+ * meanwhile: the caller owns the socket's output). An empty queue cannot
+ * move (nothing to acknowledge): the common case costs two syscalls, as
+ * before; once per response (never per token). */
 static int k_written(int fd, uint64_t *out)
 {
     struct tcp_info ti;
-    socklen_t len = sizeof(ti);
-    int q = 0;
+    socklen_t len;
+    int q0 = 0, q1 = 0;
 
-    memset(&ti, 0, sizeof(ti));
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
-        len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked) ||
-        ioctl(fd, SIOCOUTQ, &q) < 0 || q < 0)
-        return -errno ? -errno : -EINVAL;
-    *out = ti.tcpi_bytes_acked + (uint64_t)q;
-    return 0;
+    for (unsigned tries = 0; tries < 8; tries++) {
+        len = sizeof(ti);
+        memset(&ti, 0, sizeof(ti));
+        if (ioctl(fd, SIOCOUTQ, &q0) < 0 || q0 < 0 ||
+            getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+            len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked))
+            return -errno ? -errno : -EINVAL;
+        if (q0 && (ioctl(fd, SIOCOUTQ, &q1) < 0 || q1 < 0))
+            return -errno ? -errno : -EINVAL;
+        if (!q0 || q1 == q0) {
+            *out = ti.tcpi_bytes_acked + (uint64_t)q0;
+            return 0;
+        }
+    }
+    return -EAGAIN; /* acknowledgements kept landing: no exact count */
 }
 
 static void rs_link_conn(struct egr *E, uint32_t i)
