@@ -679,17 +679,6 @@ static void rs_feed(struct egr *E, struct rs *r)
 
     if (!(st->flags & EGR_SF_STARTED) || (st->flags & (EGR_SF_ERROR | EGR_SF_GONE)))
         return;
-    /* Touch every id's vocabulary entry and piece first: independent
-     * loads the core overlaps, where the feed below takes one miss after
-     * the other (eng_tok_piece's miss was ~8% of egress's CPU under wrk,
-     * with 4 tokens per response). */
-    for (uint32_t k = st->consumed; E->tok && k < st->n_gen && k < st->consumed + 16; k++) {
-        const char *pc;
-        size_t pn;
-
-        if (eng_tok_piece(E->tok, r->ids[k], ENG_TOK_SHOW_SPECIAL, &pc, &pn) == 0)
-            __builtin_prefetch(pc);
-    }
     while (st->consumed < st->n_gen && p->state != RESP_DONE) {
         uint32_t before = p->text_off;
 
