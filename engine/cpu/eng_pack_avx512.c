@@ -16,9 +16,13 @@
  * panel's position: batch invariance (eng_step.h S1) holds by design.
  */
 #include "eng_quant_int.h"
+#include "favo_base.h"
 
+#include <errno.h>
 #include <immintrin.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define G ENG_PACK_ROWS
@@ -288,9 +292,11 @@ static const panel_fn fns[ENG_TYPE_COUNT][ENG_PACK_COLS] = {
  *     tdpbssd's sum is the VNNI kernel's integer sum with its nsum << sh
  *     start included, and the finish is one convert, one multiply and one
  *     (q4_1, q5_1: two) fused multiply-add per activation row;
- *   - the A tile is read straight from 16 activation rows' codes (32
- *     bytes each, x_row_bytes apart); the accumulators stay in registers
- *     for a whole chunk (and go through y, exactly, between chunks).
+ *   - the 32-block types' A tiles come from the activation rows packed
+ *     once per call (apk_pack: 16 rows' codes of a block back to back,
+ *     their scales beside them); q4_k's are read straight from the rows;
+ *     the accumulators stay in registers for a whole chunk (and go
+ *     through y, exactly, between chunks).
  *
  * C[c][r] is the exact integer block sum of activation row c and weight
  * row r; it is finished with the same f32 operations, in the same order,
@@ -307,6 +313,85 @@ static const panel_fn fns[ENG_TYPE_COUNT][ENG_PACK_COLS] = {
 #define AMXI AMXT static inline __attribute__((always_inline))
 #define AMX_CHUNK 32      /* 32-block types: blocks of B tiles per chunk (16 KiB) */
 #define AMX_CHUNK_K 4     /* q4_k: super-blocks per chunk (32 sub-block tiles, 16 KiB) */
+
+/* The activation rows of a 32-block type's call, packed once per call as
+ * A tiles (apk_pack): for each group of 16 rows and each block, the 16
+ * rows' 32 codes back to back (one A tile, loaded with stride 32), then
+ * their d[16] and s[16]. Read straight from the rows (48-byte blocks, a
+ * row apart), a tile load touched 16-32 partly used lines, every panel
+ * again; packed it reads 8 whole ones (perf annotate of a llama-1b q8_0
+ * batch-32 step: ~30% of the AMX loop's samples sat after the A load).
+ * The same bytes, so the same sums and bits. Per thread, grown as needed,
+ * freed when the thread ends. */
+#define APK_D 512
+#define APK_S (512 + 64)
+#define APK (512 + 128)
+
+static pthread_key_t apk_key;
+static pthread_once_t apk_once = PTHREAD_ONCE_INIT;
+
+struct apk_buf {
+    uint8_t *p;
+    size_t cap;
+};
+
+static void apk_free(void *v)
+{
+    struct apk_buf *b = v;
+
+    free(b->p);
+    free(b);
+}
+
+static void apk_key_make(void)
+{
+    FAVO_ASSERT(pthread_key_create(&apk_key, apk_free) == 0);
+}
+
+/* This thread's buffer of at least n bytes (64-aligned), or NULL. */
+static uint8_t *apk_get(size_t n)
+{
+    struct apk_buf *b;
+
+    pthread_once(&apk_once, apk_key_make);
+    b = pthread_getspecific(apk_key);
+    if (!b) {
+        if (!(b = calloc(1, sizeof(*b))))
+            return NULL;
+        if (pthread_setspecific(apk_key, b)) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (b->cap < n) {
+        uint8_t *q = aligned_alloc(64, (n + 63) & ~(size_t)63);
+
+        if (!q)
+            return NULL;
+        free(b->p);
+        b->p = q;
+        b->cap = n;
+    }
+    return b->p;
+}
+
+/* Rows 0..m16 of x (nb blocks of struct eng_bq8_p each, xs apart) into a
+ * (apk_get(m16 / 16 * nb * APK)). */
+static void apk_pack(const uint8_t *x, size_t xs, int64_t nb, int64_t m16, uint8_t *a)
+{
+    for (int64_t r = 0; r < m16; r++) {
+        const struct eng_bq8_p *xb = (const struct eng_bq8_p *)(x + (size_t)r * xs);
+        uint8_t *g = a + (size_t)(r / 16) * (size_t)nb * APK;
+        int c = (int)(r % 16);
+
+        for (int64_t b = 0; b < nb; b++, g += APK) {
+            _mm256_store_si256((__m256i *)(g + 32 * c),
+                               _mm256_loadu_si256((const __m256i *)xb[b].qs));
+            ((float *)(g + APK_D))[c] = xb[b].d;
+            ((float *)(g + APK_S))[c] = xb[b].s;
+        }
+    }
+}
 
 struct amx_cfg {
     uint8_t palette, start_row, rsv[14];
@@ -343,17 +428,18 @@ AI void unpack32(const uint32_t T, const uint8_t *p, int64_t n, uint8_t *bt)
     }
 }
 
-/* Block sums ct of panel block p into the 16 rows' accumulators (xb:
- * activation row 0's block, the others xs apart), as panel32 does; and,
+/* Block sums ct of panel block p into the 16 rows' accumulators (xa: the
+ * rows' packed A block, apk_pack), as panel32 does; and,
  * unless ahead is 0, a prefetch of the block `ahead` bytes on (one chunk:
  * the next chunk's or panel's, or past the matrix: a prefetch never
  * faults), so that the next unpack does not wait on memory. The caller
  * passes ahead only in a chunk's last 16-row group: one prefetch per
  * block, as late as before (the earlier groups' were repeats). */
-AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const uint8_t *xb,
-                 size_t xs, __m512 *acc, size_t ahead)
+AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const uint8_t *xa,
+                 __m512 *acc, size_t ahead)
 {
     const int has_m = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
+    const float *xd = (const float *)(xa + APK_D), *xsum = (const float *)(xa + APK_S);
     __m512 dw = h16(p), mw = has_m ? h16(p + 2 * G) : _mm512_setzero_ps();
 
     if (ahead)
@@ -361,13 +447,12 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
             _mm_prefetch((const char *)p + ahead + o, _MM_HINT_T0);
 
     for (int c = 0; c < 16; c++) {
-        const struct eng_bq8_p *xa = (const struct eng_bq8_p *)(xb + (size_t)c * xs);
         __m512i s = _mm512_load_si512((const void *)(ct + 16 * c));
 
-        acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xa->d)),
+        acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xd[c])),
                                  _mm512_cvtepi32_ps(s), acc[c]);
         if (has_m)
-            acc[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xa->s), acc[c]);
+            acc[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xsum[c]), acc[c]);
     }
 }
 
@@ -383,11 +468,12 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
 #define AMX_ISSUE0(bt, xq, xs, dp) AMX_ISSUE_(0, 2, 4, bt, xq, xs, dp)
 #define AMX_ISSUE1(bt, xq, xs, dp) AMX_ISSUE_(1, 3, 5, bt, xq, xs, dp)
 
-/* One panel (p, nb blocks) against m16 activation rows (a multiple of 16). */
-AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint8_t *x,
-                      size_t xs, int64_t m16, float *y, int64_t ldy, __mmask16 vm)
+/* One panel (p, nb blocks) against m16 activation rows (a multiple of 16)
+ * packed by apk_pack at a. */
+AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint8_t *a,
+                      int64_t m16, float *y, int64_t ldy, __mmask16 vm)
 {
-    const size_t pb = eng_pack_pblock_bytes(T), xbs = sizeof(struct eng_bq8_p);
+    const size_t pb = eng_pack_pblock_bytes(T);
     _Alignas(64) uint8_t bt[AMX_CHUNK * 512];
     _Alignas(64) int32_t ct[4][256];
 
@@ -398,8 +484,7 @@ AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint
         unpack32(T, pc, n, bt);
         for (int64_t j = 0; j < m16; j += 16) {
             const size_t ahead = j + 16 < m16 ? 0 : (size_t)n * pb;
-            const uint8_t *xb = x + (size_t)j * xs + (size_t)b0 * xbs;
-            const uint8_t *xq = xb + offsetof(struct eng_bq8_p, qs);
+            const uint8_t *xa = a + ((size_t)(j / 16) * (size_t)nb + (size_t)b0) * APK;
             float *yj = y + j * ldy;
             __m512 acc[16];
 
@@ -409,25 +494,25 @@ AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint
              * and finished two blocks later, in block order: vector loads
              * wait for a tile store to reach the cache, so its sums are
              * read only once the next block's store has been issued */
-            AMX_ISSUE0(bt, xq, xs, _tile_dpbssd);
+            AMX_ISSUE0(bt, xa, 32, _tile_dpbssd);
             for (int64_t i = 0; i < n; i += 2) {
                 if (i + 1 < n)
-                    AMX_ISSUE1(bt + (i + 1) * 512, xq + (i + 1) * xbs, xs, _tile_dpbssd);
+                    AMX_ISSUE1(bt + (i + 1) * 512, xa + (i + 1) * APK, 32, _tile_dpbssd);
                 _tile_stored(0, ct[i & 3], 64);
                 if (i >= 2)
-                    finish32(T, pc + (i - 2) * pb, ct[(i - 2) & 3], xb + (i - 2) * xbs, xs,
-                             acc, ahead);
+                    finish32(T, pc + (i - 2) * pb, ct[(i - 2) & 3], xa + (i - 2) * APK, acc,
+                             ahead);
                 if (i + 1 >= n)
                     break;
                 if (i + 2 < n)
-                    AMX_ISSUE0(bt + (i + 2) * 512, xq + (i + 2) * xbs, xs, _tile_dpbssd);
+                    AMX_ISSUE0(bt + (i + 2) * 512, xa + (i + 2) * APK, 32, _tile_dpbssd);
                 _tile_stored(1, ct[(i + 1) & 3], 64);
                 if (i >= 2)
-                    finish32(T, pc + (i - 1) * pb, ct[(i - 1) & 3], xb + (i - 1) * xbs, xs,
-                             acc, ahead);
+                    finish32(T, pc + (i - 1) * pb, ct[(i - 1) & 3], xa + (i - 1) * APK, acc,
+                             ahead);
             }
             for (int64_t i = n >= 2 ? n - 2 : 0; i < n; i++)
-                finish32(T, pc + i * pb, ct[i & 3], xb + i * xbs, xs, acc, ahead);
+                finish32(T, pc + i * pb, ct[i & 3], xa + i * APK, acc, ahead);
             for (int c = 0; c < 16; c++)
                 _mm512_mask_storeu_ps(yj + c * ldy, vm, acc[c]);
         }
@@ -438,7 +523,8 @@ AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint
     AMXT static void name##_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs,   \
                                 int64_t m16, float *y, int64_t ldy, __mmask16 vm)           \
     {                                                                                       \
-        amx_panel32(T, p, nb, x, xs, m16, y, ldy, vm);                                      \
+        (void)xs;                                                                           \
+        amx_panel32(T, p, nb, x, m16, y, ldy, vm);                                          \
     }
 
 AMX_PANEL(ENG_TYPE_Q4_0, q4_0)
@@ -566,11 +652,21 @@ static const amx_fn amx_fns[ENG_TYPE_COUNT] = {
     [ENG_TYPE_Q5_1] = q5_1_amx, [ENG_TYPE_Q8_0] = q8_0_amx, [ENG_TYPE_Q4_K] = q4_k_amx,
 };
 
-/* Panels g0..g1 against activation rows 0..m16 (a multiple of 16). */
-AMXT static void amx_panels(amx_fn f, const uint8_t *wp, size_t panel_bytes, int64_t nb,
+/* Panels g0..g1 against activation rows 0..m16 (a multiple of 16): 0, or
+ * -ENOMEM (no packing buffer; nothing done: the VNNI loop does it). */
+AMXT static int amx_panels(amx_fn f, const uint8_t *wp, size_t panel_bytes, int64_t nb,
                             int64_t g0, int64_t g1, int64_t rows, const uint8_t *x, size_t xs,
                             int64_t m16, float *y, int64_t ldy)
 {
+    /* 32-block types: the rows packed as A tiles once for all panels */
+    if (f != q4_k_amx) {
+        uint8_t *a = apk_get((size_t)(m16 / 16) * (size_t)nb * APK);
+
+        if (!a)
+            return -ENOMEM;
+        apk_pack(x, xs, nb, m16, a);
+        x = a;
+    }
     amx_config();
     for (int64_t g = g0; g < g1; g++) {
         int64_t r = g * G, nv = rows - r;
@@ -579,6 +675,7 @@ AMXT static void amx_panels(amx_fn f, const uint8_t *wp, size_t panel_bytes, int
         f(wp + (size_t)g * panel_bytes, nb, x, xs, m16, y + r, ldy, vm);
     }
     _tile_release();
+    return 0;
 }
 
 void eng_pack_avx512_panels(uint32_t wtype, const uint8_t *wp, size_t panel_bytes,
@@ -593,13 +690,15 @@ void eng_pack_avx512_panels(uint32_t wtype, const uint8_t *wp, size_t panel_byte
     if (m >= 16 && amx_fns[wtype] && eng_pack_amx_on()) {
         int64_t m16 = m & ~(int64_t)15;
 
-        amx_panels(amx_fns[wtype], wp, panel_bytes, nb, g0, g1, rows, x, xs, m16, y, ldy);
+        if (amx_panels(amx_fns[wtype], wp, panel_bytes, nb, g0, g1, rows, x, xs, m16, y, ldy))
+            goto vnni;
         x += (size_t)m16 * xs;
         y += m16 * ldy;
         m -= m16;
         if (!m)
             return;
     }
+vnni:
     for (int64_t g = g0; g < g1; g++) {
         int64_t r = g * G, nv = rows - r;
         __mmask16 vm = nv >= G ? (__mmask16)0xffff : (__mmask16)((1u << nv) - 1);
