@@ -326,6 +326,11 @@ static const panel_fn fns[ENG_TYPE_COUNT][ENG_PACK_COLS] = {
 #define APK_D 512
 #define APK_S (512 + 64)
 #define APK (512 + 128)
+/* q4_k's (kpk_pack): per group of 16 rows and super-block, the 8
+ * sub-blocks' A tiles, then the rows' d[16] and bs32[16][8]. */
+#define KPK_D (8 * 512)
+#define KPK_B (8 * 512 + 64)
+#define KPK (8 * 512 + 64 + 256)
 
 static pthread_key_t apk_key;
 static pthread_once_t apk_once = PTHREAD_ONCE_INIT;
@@ -373,6 +378,25 @@ static uint8_t *apk_get(size_t n)
         b->cap = n;
     }
     return b->p;
+}
+
+/* Rows 0..m16 of x (nb super-blocks of struct eng_bq8_kp each, xs apart)
+ * into a (apk_get(m16 / 16 * nb * KPK)). */
+static void kpk_pack(const uint8_t *x, size_t xs, int64_t nb, int64_t m16, uint8_t *a)
+{
+    for (int64_t r = 0; r < m16; r++) {
+        const struct eng_bq8_kp *xb = (const struct eng_bq8_kp *)(x + (size_t)r * xs);
+        uint8_t *g = a + (size_t)(r / 16) * (size_t)nb * KPK;
+        int c = (int)(r % 16);
+
+        for (int64_t b = 0; b < nb; b++, g += KPK) {
+            for (int k = 0; k < 8; k++)
+                _mm256_store_si256((__m256i *)(g + 512 * k + 32 * c),
+                                   _mm256_loadu_si256((const __m256i *)(xb[b].qs + 32 * k)));
+            ((float *)(g + KPK_D))[c] = xb[b].d;
+            memcpy(g + KPK_B + 16 * c, xb[b].bs32, 16);
+        }
+    }
 }
 
 /* Rows 0..m16 of x (nb blocks of struct eng_bq8_p each, xs apart) into a
@@ -572,7 +596,7 @@ AI void tot_q4_k(const uint8_t *p, int j, const int32_t *ct, __m512i *tot, size_
 
 /* Super-block p's totals and mins into the 16 rows' sums in y, with
  * panel_q4_k's f32 operations (first: y not read). */
-AI void fin_q4_k(const uint8_t *p, const __m512i *tot, const uint8_t *xb, size_t xs, float *y,
+AI void fin_q4_k(const uint8_t *p, const __m512i *tot, const uint8_t *xa, float *y,
                  int64_t ldy, __mmask16 vm, int first)
 {
     const uint8_t *mn = p + 4 * G + 8 * G;
@@ -582,13 +606,13 @@ AI void fin_q4_k(const uint8_t *p, const __m512i *tot, const uint8_t *xb, size_t
     for (int q = 0; q < 4; q++)
         M[q] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(mn + q * 2 * G)));
     for (int c = 0; c < 16; c++) {
-        const struct eng_bq8_kp *xa = (const struct eng_bq8_kp *)(xb + (size_t)c * xs);
+        const int16_t *bs32 = (const int16_t *)(xa + KPK_B + 16 * c);
         __m512i mm = _mm512_setzero_si512();
-        __m512 dx = _mm512_set1_ps(xa->d);
+        __m512 dx = _mm512_set1_ps(((const float *)(xa + KPK_D))[c]);
         __m512 acc = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(vm, y + c * ldy);
 
         for (int q = 0; q < 4; q++)
-            mm = _mm512_dpwssd_epi32(mm, M[q], bc4(&xa->bs32[2 * q]));
+            mm = _mm512_dpwssd_epi32(mm, M[q], bc4(&bs32[2 * q]));
         acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(tot[c]), acc);
         acc = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(mm), acc);
         _mm512_mask_storeu_ps(y + c * ldy, vm, acc);
@@ -602,7 +626,6 @@ AI void fin_q4_k(const uint8_t *p, const __m512i *tot, const uint8_t *xb, size_t
 AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs,
                           int64_t m16, float *y, int64_t ldy, __mmask16 vm)
 {
-    const size_t xbs = sizeof(struct eng_bq8_kp);
     _Alignas(64) uint8_t bt[AMX_CHUNK_K * 8 * 512];
     _Alignas(64) int32_t ct[2][256];
 
@@ -613,12 +636,11 @@ AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t
         unpack_q4_k(pc, n, bt);
         for (int64_t j = 0; j < m16; j += 16) {
             const size_t ahead = j + 16 < m16 ? 0 : (size_t)n * G * 148;
-            const uint8_t *xb = x + (size_t)j * xs + (size_t)b0 * xbs;
-            const uint8_t *xq = xb + offsetof(struct eng_bq8_kp, qs);
+            const uint8_t *xb = x + ((size_t)(j / 16) * (size_t)nb + (size_t)b0) * KPK;
             float *yj = y + j * ldy;
 
             /* sub-block k = 8 * super-block + j, all n * 8 of them in turn */
-            AMX_ISSUE0(bt, xq, xs, _tile_dpbsud);
+            AMX_ISSUE0(bt, xb, 32, _tile_dpbsud);
             for (int64_t i = 0; i < n; i++) {
                 const uint8_t *pi = pc + (size_t)i * G * 148;
                 __m512i tot[16];
@@ -628,17 +650,17 @@ AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t
                 for (int k = 0; k < 8; k += 2) {
                     int64_t s = 8 * i + k;
 
-                    AMX_ISSUE1(bt + (s + 1) * 512, xq + i * xbs + 32 * (k + 1), xs,
+                    AMX_ISSUE1(bt + (s + 1) * 512, xb + i * KPK + 512 * (k + 1), 32,
                               _tile_dpbsud);
                     _tile_stored(0, ct[0], 64);
                     tot_q4_k(pi, k, ct[0], tot, ahead);
                     if (s + 2 < 8 * n)
                         AMX_ISSUE0(bt + (s + 2) * 512,
-                                  xq + ((s + 2) / 8) * xbs + 32 * ((s + 2) % 8), xs, _tile_dpbsud);
+                                  xb + ((s + 2) / 8) * KPK + 512 * ((s + 2) % 8), 32, _tile_dpbsud);
                     _tile_stored(1, ct[1], 64);
                     tot_q4_k(pi, k + 1, ct[1], tot, ahead);
                 }
-                fin_q4_k(pi, tot, xb + i * xbs, xs, yj, ldy, vm, b0 + i == 0);
+                fin_q4_k(pi, tot, xb + i * KPK, yj, ldy, vm, b0 + i == 0);
             }
         }
     }
@@ -658,13 +680,14 @@ AMXT static int amx_panels(amx_fn f, const uint8_t *wp, size_t panel_bytes, int6
                             int64_t g0, int64_t g1, int64_t rows, const uint8_t *x, size_t xs,
                             int64_t m16, float *y, int64_t ldy)
 {
-    /* 32-block types: the rows packed as A tiles once for all panels */
-    if (f != q4_k_amx) {
-        uint8_t *a = apk_get((size_t)(m16 / 16) * (size_t)nb * APK);
+    /* the rows packed as A tiles once for all panels */
+    {
+        const int k = f == q4_k_amx;
+        uint8_t *a = apk_get((size_t)(m16 / 16) * (size_t)nb * (k ? KPK : APK));
 
         if (!a)
             return -ENOMEM;
-        apk_pack(x, xs, nb, m16, a);
+        (k ? kpk_pack : apk_pack)(x, xs, nb, m16, a);
         x = a;
     }
     amx_config();
