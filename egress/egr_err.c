@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "egr_buf.h"
 #include "egr_stage.h"
 
 const char *egr_error_type(unsigned status)
@@ -41,56 +42,31 @@ static const char *default_code(unsigned status)
     }
 }
 
-/* A bounded appender; err latches -ENOSPC. */
-struct wb {
-    char *p;
-    size_t cap, n;
-    int err;
-};
-
-static void put(struct wb *w, const char *s, size_t len)
+/* s as a JSON string, or null */
+static void put_jstr(struct egr_buf *w, const char *s)
 {
-    if (w->err || w->cap - w->n < len) {
-        w->err = -ENOSPC;
-        return;
-    }
-    memcpy(w->p + w->n, s, len);
-    w->n += len;
-}
-
-static void put_jstr(struct wb *w, const char *s)
-{
-    int n;
-
     if (!s) {
-        put(w, "null", 4);
+        EGR_PUTS(w, "null");
         return;
     }
-    put(w, "\"", 1);
-    if (w->err)
-        return;
-    n = egr_json_str(w->p + w->n, w->cap - w->n, s, strlen(s));
-    if (n < 0) {
-        w->err = -ENOSPC;
-        return;
-    }
-    w->n += (size_t)n;
-    put(w, "\"", 1);
+    EGR_PUTS(w, "\"");
+    egr_put_js(w, s, strlen(s));
+    EGR_PUTS(w, "\"");
 }
 
 int egr_error_body(char *out, size_t cap, const struct egr_error *e)
 {
-    struct wb w = { out, cap, 0, 0 };
+    struct egr_buf w = { out, cap, 0, 0 };
 
-    put(&w, "{\"error\":{\"message\":", 20);
+    egr_put(&w, "{\"error\":{\"message\":", 20);
     put_jstr(&w, e->message ? e->message : default_message(e->status));
-    put(&w, ",\"type\":", 8);
+    egr_put(&w, ",\"type\":", 8);
     put_jstr(&w, e->type ? e->type : egr_error_type(e->status));
-    put(&w, ",\"param\":", 9);
+    egr_put(&w, ",\"param\":", 9);
     put_jstr(&w, e->param);
-    put(&w, ",\"code\":", 8);
+    egr_put(&w, ",\"code\":", 8);
     put_jstr(&w, e->code ? e->code : default_code(e->status));
-    put(&w, "}}", 2);
+    egr_put(&w, "}}", 2);
     return w.err ? w.err : (int)w.n;
 }
 
