@@ -85,6 +85,10 @@
  * holds a prefix ending on a character boundary). */
 int egr_json_str(char *out, size_t cap, const char *s, size_t len);
 
+struct favo_buf;
+/* egr_json_str appended to w (favo_buf.h; -ENOSPC latches there) */
+void egr_put_js(struct favo_buf *w, const char *s, size_t len);
+
 struct egr_head {
     uint16_t status;            /* 200, 4xx, 5xx */
     uint8_t stream;             /* text/event-stream + chunked, else JSON + length */

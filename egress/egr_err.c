@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "egr_buf.h"
+#include "favo_buf.h"
 #include "egr_stage.h"
 
 const char *egr_error_type(unsigned status)
@@ -43,30 +43,30 @@ static const char *default_code(unsigned status)
 }
 
 /* s as a JSON string, or null */
-static void put_jstr(struct egr_buf *w, const char *s)
+static void put_jstr(struct favo_buf *w, const char *s)
 {
     if (!s) {
-        EGR_PUTS(w, "null");
+        FAVO_PUTS(w, "null");
         return;
     }
-    EGR_PUTS(w, "\"");
+    FAVO_PUTS(w, "\"");
     egr_put_js(w, s, strlen(s));
-    EGR_PUTS(w, "\"");
+    FAVO_PUTS(w, "\"");
 }
 
 int egr_error_body(char *out, size_t cap, const struct egr_error *e)
 {
-    struct egr_buf w = { out, cap, 0, 0 };
+    struct favo_buf w = { out, cap, 0, 0 };
 
-    egr_put(&w, "{\"error\":{\"message\":", 20);
+    favo_put(&w, "{\"error\":{\"message\":", 20);
     put_jstr(&w, e->message ? e->message : default_message(e->status));
-    egr_put(&w, ",\"type\":", 8);
+    favo_put(&w, ",\"type\":", 8);
     put_jstr(&w, e->type ? e->type : egr_error_type(e->status));
-    egr_put(&w, ",\"param\":", 9);
+    favo_put(&w, ",\"param\":", 9);
     put_jstr(&w, e->param);
-    egr_put(&w, ",\"code\":", 8);
+    favo_put(&w, ",\"code\":", 8);
     put_jstr(&w, e->code ? e->code : default_code(e->status));
-    egr_put(&w, "}}", 2);
+    favo_put(&w, "}}", 2);
     return w.err ? w.err : (int)w.n;
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "egr.h"
+#include "favo_buf.h"
 
 /* Length of the valid UTF-8 sequence at s[0, n), or 0 if invalid
  * (overlong forms, surrogates and > U+10FFFF are invalid). */
@@ -87,6 +88,19 @@ int egr_json_str(char *out, size_t cap, const char *s, size_t len)
     return (int)o;
 }
 
+void egr_put_js(struct favo_buf *w, const char *s, size_t len)
+{
+    int n;
+
+    if (w->err)
+        return;
+    n = egr_json_str(w->p + w->n, w->cap - w->n, s, len);
+    if (n < 0)
+        w->err = n;
+    else
+        w->n += (size_t)n;
+}
+
 static const char *reason_phrase(int status)
 {
     switch (status) {
@@ -103,26 +117,14 @@ static const char *reason_phrase(int status)
     }
 }
 
-/* Appends n bytes at *o when they fit (*o past cap marks "did not fit"). */
-static void hput(char *out, size_t cap, size_t *o, const char *s, size_t n)
-{
-    if (*o <= cap && cap - *o >= n)
-        memcpy(out + *o, s, n);
-    *o += n;
-}
-
-#define HPUTS(lit) hput(out, cap, &o, lit, sizeof(lit) - 1)
-#define HPUTZ(str) hput(out, cap, &o, str, strlen(str))
-
 /* Built by hand, no snprintf: once per response (a fifth of its
  * formatting went to snprintf's format parsing). */
 int egr_head(char *out, size_t cap, const struct egr_head *h)
 {
     const char *rid = h->request_id && h->request_id[0] ? h->request_id : NULL;
     const char *extra = h->extra ? h->extra : "";
-    size_t el = strlen(extra), o = 0;
-    char num[24];
-    size_t ni = sizeof(num);
+    size_t el = strlen(extra);
+    struct favo_buf w = { out, cap, 0, 0 };
 
     /* a header value: no CR/LF (response splitting) nor other controls */
     for (const char *c = rid; c && *c; c++)
@@ -130,42 +132,34 @@ int egr_head(char *out, size_t cap, const struct egr_head *h)
             return -EINVAL;
     if (el && (el < 2 || memcmp(extra + el - 2, "\r\n", 2) != 0))
         return -EINVAL;
-    HPUTS("HTTP/1.1 ");
-    for (unsigned v = h->status; ni == sizeof(num) || v; v /= 10)
-        num[--ni] = (char)('0' + v % 10);
-    hput(out, cap, &o, num + ni, sizeof(num) - ni);
-    HPUTS(" ");
-    HPUTZ(reason_phrase(h->status));
+    FAVO_PUTS(&w, "HTTP/1.1 ");
+    favo_put_u(&w, h->status, 1);
+    FAVO_PUTS(&w, " ");
+    favo_put_z(&w, reason_phrase(h->status));
     if (h->stream) {
-        HPUTS("\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
-              "Cache-Control: no-cache\r\n"
-              "Transfer-Encoding: chunked\r\n");
+        FAVO_PUTS(&w, "\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                      "Cache-Control: no-cache\r\n"
+                      "Transfer-Encoding: chunked\r\n");
     } else {
-        HPUTS("\r\nContent-Type: application/json\r\n"
-              "Cache-Control: no-cache\r\n"
-              "Content-Length: ");
-        ni = sizeof(num);
-        for (unsigned long long v = h->content_length; ni == sizeof(num) || v; v /= 10)
-            num[--ni] = (char)('0' + v % 10);
-        hput(out, cap, &o, num + ni, sizeof(num) - ni);
-        HPUTS("\r\n");
+        FAVO_PUTS(&w, "\r\nContent-Type: application/json\r\n"
+                      "Cache-Control: no-cache\r\n"
+                      "Content-Length: ");
+        favo_put_u(&w, h->content_length, 1);
+        FAVO_PUTS(&w, "\r\n");
     }
     if (rid) {
-        HPUTS("X-Request-Id: ");
-        HPUTZ(rid);
-        HPUTS("\r\n");
+        FAVO_PUTS(&w, "X-Request-Id: ");
+        favo_put_z(&w, rid);
+        FAVO_PUTS(&w, "\r\n");
     }
     if (h->keep_alive)
-        HPUTS("Connection: keep-alive\r\n");
+        FAVO_PUTS(&w, "Connection: keep-alive\r\n");
     else
-        HPUTS("Connection: close\r\n");
-    hput(out, cap, &o, extra, el);
-    HPUTS("\r\n");
+        FAVO_PUTS(&w, "Connection: close\r\n");
+    favo_put(&w, extra, el);
+    FAVO_PUTS(&w, "\r\n");
     /* the snprintf form needed room for its NUL: so does this */
-    if (o >= cap || o > (size_t)INT32_MAX)
-        return -ENOSPC;
-    out[o] = 0;
-    return (int)o;
+    return favo_buf_end(&w);
 }
 
 int egr_chunk(char *out, size_t cap, const char *data, size_t len)

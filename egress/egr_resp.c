@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "egr.h"
-#include "egr_buf.h"
+#include "favo_buf.h"
 #include "favo_base.h"
 
 enum { ST_BODY = 1, ST_DONE = 2 };
@@ -32,30 +32,30 @@ enum { ST_BODY = 1, ST_DONE = 2 };
 static const char *fin_name(int f) { return f == EGR_FIN_LENGTH ? "\"length\"" : "\"stop\""; }
 
 /* {"id":..,"object":..,"created":..,"model":..,"system_fingerprint":.., */
-static void put_prefix(struct egr_buf *w, const struct egr_resp *r, const char *object)
+static void put_prefix(struct favo_buf *w, const struct egr_resp *r, const char *object)
 {
-    egr_put_z(w, "{\"id\":\"");
-    egr_put_z(w, r->id);
-    egr_put_z(w, "\",\"object\":\"");
-    egr_put_z(w, object);
-    egr_put_z(w, "\",\"created\":");
-    egr_put_u(w, r->created, 1);
-    egr_put_z(w, ",\"model\":\"");
-    egr_put_z(w, r->model);
-    egr_put_z(w, "\",\"system_fingerprint\":\"");
-    egr_put_z(w, r->fp);
-    egr_put_z(w, "\",");
+    favo_put_z(w, "{\"id\":\"");
+    favo_put_z(w, r->id);
+    favo_put_z(w, "\",\"object\":\"");
+    favo_put_z(w, object);
+    favo_put_z(w, "\",\"created\":");
+    favo_put_u(w, r->created, 1);
+    favo_put_z(w, ",\"model\":\"");
+    favo_put_z(w, r->model);
+    favo_put_z(w, "\",\"system_fingerprint\":\"");
+    favo_put_z(w, r->fp);
+    favo_put_z(w, "\",");
 }
 
-static void put_usage(struct egr_buf *w, const struct egr_resp *r)
+static void put_usage(struct favo_buf *w, const struct egr_resp *r)
 {
-    egr_put_z(w, "\"usage\":{\"prompt_tokens\":");
-    egr_put_u(w, r->prompt_tokens, 1);
-    egr_put_z(w, ",\"completion_tokens\":");
-    egr_put_u(w, r->completion_tokens, 1);
-    egr_put_z(w, ",\"total_tokens\":");
-    egr_put_u(w, (uint64_t)r->prompt_tokens + r->completion_tokens, 1);
-    egr_put_z(w, "}");
+    favo_put_z(w, "\"usage\":{\"prompt_tokens\":");
+    favo_put_u(w, r->prompt_tokens, 1);
+    favo_put_z(w, ",\"completion_tokens\":");
+    favo_put_u(w, r->completion_tokens, 1);
+    favo_put_z(w, ",\"total_tokens\":");
+    favo_put_u(w, (uint64_t)r->prompt_tokens + r->completion_tokens, 1);
+    favo_put_z(w, "}");
 }
 
 enum ev_kind { EV_ROLE, EV_TEXT, EV_FINAL, EV_USAGE, EV_DONE };
@@ -65,52 +65,52 @@ static int emit(struct egr_resp *r, char *area, size_t cap, enum ev_kind k, cons
                 size_t len, const char *lpjs, size_t lplen)
 {
     size_t base = r->pending;
-    struct egr_buf w;
+    struct favo_buf w;
     int n;
 
     if (cap - base < EGR_CHUNK_PAD + 8)
         return -EAGAIN;
-    w = (struct egr_buf){area + base + EGR_CHUNK_PAD, cap - base - EGR_CHUNK_PAD, 0, 0};
-    egr_put_z(&w, "data: ");
+    w = (struct favo_buf){area + base + EGR_CHUNK_PAD, cap - base - EGR_CHUNK_PAD, 0, 0};
+    favo_put_z(&w, "data: ");
     if (k == EV_DONE) {
-        egr_put_z(&w, "[DONE]");
+        favo_put_z(&w, "[DONE]");
     } else {
         bool chat = r->route == EGR_CHAT;
 
         put_prefix(&w, r, chat ? "chat.completion.chunk" : "text_completion");
         if (k == EV_USAGE) {
-            egr_put_z(&w, "\"choices\":[],");
+            favo_put_z(&w, "\"choices\":[],");
             put_usage(&w, r);
         } else {
             if (chat) {
-                egr_put_z(&w, "\"choices\":[{\"index\":0,\"delta\":");
+                favo_put_z(&w, "\"choices\":[{\"index\":0,\"delta\":");
                 if (k == EV_ROLE)
-                    egr_put_z(&w, "{\"role\":\"assistant\",\"content\":\"\"}");
+                    favo_put_z(&w, "{\"role\":\"assistant\",\"content\":\"\"}");
                 else if (k == EV_TEXT) {
-                    egr_put_z(&w, "{\"content\":\"");
+                    favo_put_z(&w, "{\"content\":\"");
                     egr_put_js(&w, text, len);
-                    egr_put_z(&w, "\"}");
+                    favo_put_z(&w, "\"}");
                 } else
-                    egr_put_z(&w, "{}");
-                egr_put_z(&w, ",\"logprobs\":");
+                    favo_put_z(&w, "{}");
+                favo_put_z(&w, ",\"logprobs\":");
             } else {
-                egr_put_z(&w, "\"choices\":[{\"text\":\"");
+                favo_put_z(&w, "\"choices\":[{\"text\":\"");
                 egr_put_js(&w, text, len);
-                egr_put_z(&w, "\",\"index\":0,\"logprobs\":");
+                favo_put_z(&w, "\",\"index\":0,\"logprobs\":");
             }
             if (lpjs)
-                egr_put(&w, lpjs, lplen);
+                favo_put(&w, lpjs, lplen);
             else
-                egr_put_z(&w, "null");
-            egr_put_z(&w, ",\"finish_reason\":");
-            egr_put_z(&w, k == EV_FINAL ? fin_name(r->finish) : "null");
-            egr_put_z(&w, "}]");
+                favo_put_z(&w, "null");
+            favo_put_z(&w, ",\"finish_reason\":");
+            favo_put_z(&w, k == EV_FINAL ? fin_name(r->finish) : "null");
+            favo_put_z(&w, "}]");
             if (r->include_usage)
-                egr_put_z(&w, ",\"usage\":null");
+                favo_put_z(&w, ",\"usage\":null");
         }
-        egr_put_z(&w, "}");
+        favo_put_z(&w, "}");
     }
-    egr_put_z(&w, "\n\n");
+    favo_put_z(&w, "\n\n");
     if (w.err)
         return -EAGAIN;
     n = egr_chunk(area + base, cap - base, w.p, w.n);
@@ -239,10 +239,10 @@ static int put_text(struct egr_resp *r, char *area, size_t cap, const char *s, s
     return emit(r, area, cap, EV_TEXT, s, len, NULL, 0);
 }
 
-static int put_tok(struct egr_buf *w, const eng_tok_t *tok, int32_t id, float lp);
-static void put_num(struct egr_buf *w, float v);
+static int put_tok(struct favo_buf *w, const eng_tok_t *tok, int32_t id, float lp);
+static void put_num(struct favo_buf *w, float v);
 static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const char *area,
-                          size_t cap, struct egr_buf *w);
+                          size_t cap, struct favo_buf *w);
 
 /* Non-stream end: head + {.. "content":" + text + "}, "logprobs": + the
  * logprobs rendered from the records (or null) + ..} in place. The
@@ -251,7 +251,7 @@ static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const 
 static int finish_body(struct egr_resp *r, const eng_tok_t *tok, char *area, size_t cap)
 {
     char pre[1024], mid[128], suf[512], head[512];
-    struct egr_buf wp = {pre, sizeof(pre), 0, 0}, wm = {mid, sizeof(mid), 0, 0},
+    struct favo_buf wp = {pre, sizeof(pre), 0, 0}, wm = {mid, sizeof(mid), 0, 0},
              ws = {suf, sizeof(suf), 0, 0};
     bool chat = r->route == EGR_CHAT, lp = r->logprobs;
     size_t t = r->text_len, l = 0, lp_at = t + sizeof(pre) + sizeof(mid) + sizeof(head);
@@ -259,30 +259,30 @@ static int finish_body(struct egr_resp *r, const eng_tok_t *tok, char *area, siz
 
     put_prefix(&wp, r, chat ? "chat.completion" : "text_completion");
     if (chat) {
-        egr_put_z(&wp, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
-        egr_put_z(&wm, lp ? "\"},\"logprobs\":" : "\"},\"logprobs\":null");
+        favo_put_z(&wp, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
+        favo_put_z(&wm, lp ? "\"},\"logprobs\":" : "\"},\"logprobs\":null");
     } else {
-        egr_put_z(&wp, "\"choices\":[{\"text\":\"");
-        egr_put_z(&wm, lp ? "\",\"index\":0,\"logprobs\":" : "\",\"index\":0,\"logprobs\":null");
+        favo_put_z(&wp, "\"choices\":[{\"text\":\"");
+        favo_put_z(&wm, lp ? "\",\"index\":0,\"logprobs\":" : "\",\"index\":0,\"logprobs\":null");
     }
     if (lp) {
-        struct egr_buf wl;
+        struct favo_buf wl;
 
         if (r->lp_n && !tok)
             return -EINVAL; /* egr_resp_finish without the tokenizer (egr.h) */
         if (lp_at + lp_bin(r) > cap)
             return -ENOBUFS;
-        wl = (struct egr_buf){area + lp_at, cap - lp_bin(r) - lp_at, 0, 0};
+        wl = (struct favo_buf){area + lp_at, cap - lp_bin(r) - lp_at, 0, 0};
         rc = render_body_lp(r, tok, area, cap, &wl);
         if (rc < 0)
             return rc == -E2BIG ? -ENOBUFS : rc;
         l = wl.n;
     }
-    egr_put_z(&ws, ",\"finish_reason\":");
-    egr_put_z(&ws, fin_name(r->finish));
-    egr_put_z(&ws, "}],");
+    favo_put_z(&ws, ",\"finish_reason\":");
+    favo_put_z(&ws, fin_name(r->finish));
+    favo_put_z(&ws, "}],");
     put_usage(&ws, r);
-    egr_put_z(&ws, "}");
+    favo_put_z(&ws, "}");
     FAVO_ASSERT(!wp.err && !wm.err && !ws.err);   /* sizes bounded by EGR_*_MAX */
 
     size_t body = wp.n + t + wm.n + l + ws.n;
@@ -341,27 +341,27 @@ static int finish(struct egr_resp *r, const eng_tok_t *tok, char *area, size_t c
     return 0;
 }
 
-static void put_num(struct egr_buf *w, float v)
+static void put_num(struct favo_buf *w, float v)
 {
     char b[32];
     int n = snprintf(b, sizeof(b), "%.9g", !isfinite(v) ? -9999.0 : v == 0 ? 0.0 : (double)v);
 
-    egr_put(w, b, (size_t)n);
+    favo_put(w, b, (size_t)n);
 }
 
-static void put_bytes(struct egr_buf *w, const char *p, size_t n)
+static void put_bytes(struct favo_buf *w, const char *p, size_t n)
 {
-    egr_put_z(w, "[");
+    favo_put_z(w, "[");
     for (size_t i = 0; i < n; i++) {
         if (i)
-            egr_put_z(w, ",");
-        egr_put_u(w, (unsigned char)p[i], 1);
+            favo_put_z(w, ",");
+        favo_put_u(w, (unsigned char)p[i], 1);
     }
-    egr_put_z(w, "]");
+    favo_put_z(w, "]");
 }
 
 /* {"token":..,"logprob":..,"bytes":[..]} without the closing brace. */
-static int put_tok(struct egr_buf *w, const eng_tok_t *tok, int32_t id, float lp)
+static int put_tok(struct favo_buf *w, const eng_tok_t *tok, int32_t id, float lp)
 {
     const char *p;
     size_t n;
@@ -369,11 +369,11 @@ static int put_tok(struct egr_buf *w, const eng_tok_t *tok, int32_t id, float lp
     if (id < 0 || (uint32_t)id >= eng_tok_n_vocab(tok) ||
         eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &n) < 0)
         return -EINVAL;
-    egr_put_z(w, "{\"token\":\"");
+    favo_put_z(w, "{\"token\":\"");
     egr_put_js(w, p, n);
-    egr_put_z(w, "\",\"logprob\":");
+    favo_put_z(w, "\",\"logprob\":");
     put_num(w, lp);
-    egr_put_z(w, ",\"bytes\":");
+    favo_put_z(w, ",\"bytes\":");
     put_bytes(w, p, n);
     return 0;
 }
@@ -440,7 +440,7 @@ static void src_alt(const struct lp_src *s, const char *alts, uint32_t j, int32_
  * the entries per array). A body renders all its records, a stream chunk
  * its one token. -E2BIG when w is too small, -EINVAL for an id the
  * tokenizer does not know (checked by step). */
-static int render_lps(const struct lp_src *s, const eng_tok_t *tok, struct egr_buf *w)
+static int render_lps(const struct lp_src *s, const eng_tok_t *tok, struct favo_buf *w)
 {
     const struct egr_resp *r = s->r;
     uint32_t cnt = src_n(s), off, n;
@@ -450,80 +450,80 @@ static int render_lps(const struct lp_src *s, const eng_tok_t *tok, struct egr_b
     size_t pn;
 
     if (r->route == EGR_CHAT) {
-        egr_put_z(w, "{\"content\":[");
+        favo_put_z(w, "{\"content\":[");
         for (uint32_t i = 0; i < cnt; i++) {
             alts = src_rec(s, i, &id, &lp, &off, &n);
             if (i)
-                egr_put_z(w, ",");
+                favo_put_z(w, ",");
             if (put_tok(w, tok, id, lp) < 0)
                 return -EINVAL;
-            egr_put_z(w, ",\"top_logprobs\":[");
+            favo_put_z(w, ",\"top_logprobs\":[");
             for (uint32_t j = 0; j < n; j++) {
                 src_alt(s, alts, j, &aid, &alp);
                 if (j)
-                    egr_put_z(w, ",");
+                    favo_put_z(w, ",");
                 if (put_tok(w, tok, aid, alp) < 0)
                     return -EINVAL;
-                egr_put_z(w, "}");
+                favo_put_z(w, "}");
             }
-            egr_put_z(w, "]}");
+            favo_put_z(w, "]}");
         }
-        egr_put_z(w, "]}");
+        favo_put_z(w, "]}");
         return w->err ? -E2BIG : 0;
     }
-    egr_put_z(w, "{\"tokens\":[");
+    favo_put_z(w, "{\"tokens\":[");
     for (uint32_t i = 0; i < cnt; i++) {
         src_rec(s, i, &id, &lp, &off, &n);
         if (eng_tok_piece(tok, id, ENG_TOK_SHOW_SPECIAL, &p, &pn) < 0)
             return -EINVAL;
-        egr_put_z(w, i ? ",\"" : "\"");
+        favo_put_z(w, i ? ",\"" : "\"");
         egr_put_js(w, p, pn);
-        egr_put_z(w, "\"");
+        favo_put_z(w, "\"");
     }
-    egr_put_z(w, "],\"token_logprobs\":[");
+    favo_put_z(w, "],\"token_logprobs\":[");
     for (uint32_t i = 0; i < cnt; i++) {
         src_rec(s, i, &id, &lp, &off, &n);
         if (i)
-            egr_put_z(w, ",");
+            favo_put_z(w, ",");
         put_num(w, lp);
     }
-    egr_put_z(w, "],\"top_logprobs\":");
+    favo_put_z(w, "],\"top_logprobs\":");
     if (r->top_logprobs) {
-        egr_put_z(w, "[");
+        favo_put_z(w, "[");
         for (uint32_t i = 0; i < cnt; i++) {
             alts = src_rec(s, i, &id, &lp, &off, &n);
-            egr_put_z(w, i ? ",{" : "{");
+            favo_put_z(w, i ? ",{" : "{");
             for (uint32_t j = 0; j < n; j++) {
                 src_alt(s, alts, j, &aid, &alp);
                 if (aid < 0 || (uint32_t)aid >= eng_tok_n_vocab(tok) ||
                     eng_tok_piece(tok, aid, ENG_TOK_SHOW_SPECIAL, &p, &pn) < 0)
                     return -EINVAL;
-                egr_put_z(w, j ? ",\"" : "\"");
+                favo_put_z(w, j ? ",\"" : "\"");
                 egr_put_js(w, p, pn);
-                egr_put_z(w, "\":");
+                favo_put_z(w, "\":");
                 put_num(w, alp);
             }
-            egr_put_z(w, "}");
+            favo_put_z(w, "}");
         }
-        egr_put_z(w, "]");
+        favo_put_z(w, "]");
     } else {
-        egr_put_z(w, "null");
+        favo_put_z(w, "null");
     }
-    egr_put_z(w, ",\"text_offset\":[");
+    favo_put_z(w, ",\"text_offset\":[");
     for (uint32_t i = 0; i < cnt; i++) {
         src_rec(s, i, &id, &lp, &off, &n);
         if (i)
-            egr_put_z(w, ",");
-        egr_put_u(w, off, 1);
+            favo_put_z(w, ",");
+        favo_put_u(w, off, 1);
     }
-    egr_put_z(w, "]}");
+    favo_put_z(w, "]}");
     return w->err ? -E2BIG : 0;
 }
 
 /* One stream token's logprobs (lp NULL: none known): the same shape as a
  * body's, with one entry. */
 static int render_lp(const struct egr_resp *r, const eng_tok_t *tok, int32_t id,
-                     const struct egr_lp *lp, struct egr_buf *w)
+                     const struct egr_lp *lp, struct favo_buf *w)
 {
     static const struct egr_lp none;
     struct lp_src s = {.r = r, .one = lp ? lp : &none, .id = id, .off = r->char_off};
@@ -533,7 +533,7 @@ static int render_lp(const struct egr_resp *r, const eng_tok_t *tok, int32_t id,
 
 /* A body's logprobs from the records. */
 static int render_body_lp(const struct egr_resp *r, const eng_tok_t *tok, const char *area,
-                          size_t cap, struct egr_buf *w)
+                          size_t cap, struct favo_buf *w)
 {
     struct lp_src s = {.r = r, .area = area, .cap = cap};
 
@@ -589,7 +589,7 @@ static int step(struct egr_resp *r, const eng_tok_t *tok, int32_t id, const stru
                 const char *p, size_t len, bool eog, char *area, size_t cap)
 {
     char raw[RAW_MAX], lpbuf[LP_MAX];
-    struct egr_buf lw = {lpbuf, sizeof(lpbuf), 0, 0};
+    struct favo_buf lw = {lpbuf, sizeof(lpbuf), 0, 0};
     size_t text_max, n = 0;
     int rc, out = 0;
     bool stopped = false, with_lp;

@@ -6,9 +6,10 @@
 #include "ing_ratelimit.h"
 
 #include <errno.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "favo_buf.h"
 
 #define NS_PER_MIN 60000000000ull
 /* Refill per ns = L * UNIT / NS_PER_MIN = L / 60000 units. */
@@ -352,109 +353,74 @@ int ing_rl_charge(struct ing_rl *rl, const uint32_t *buckets, unsigned n, uint64
 
 /* ---- headers ------------------------------------------------------------ */
 
-/* Text appended without printf: ing_rl_headers runs for every request of a
- * keyed server, and its six snprintf calls took ~290 ns. A piece that would
- * not fit with the closing NUL sets err (the snprintf rule: -ENOSPC). */
-struct app {
-    char *p;
-    size_t cap, o;
-    bool err;
-};
-
-static void app_mem(struct app *a, const char *s, size_t n)
-{
-    if (a->err || n >= a->cap - a->o) {
-        a->err = true;
-        return;
-    }
-    memcpy(a->p + a->o, s, n);
-    a->o += n;
-    a->p[a->o] = 0;
-}
-
-#define APP_LIT(a, s) app_mem((a), (s), sizeof(s) - 1)
-
-/* v in decimal, zero-padded to at least `width` digits. */
-static void app_u64(struct app *a, uint64_t v, unsigned width)
-{
-    char b[24];
-    unsigned n = 0;
-
-    do {
-        b[sizeof(b) - 1 - n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n < width && n < sizeof(b))
-        b[sizeof(b) - 1 - n++] = '0';
-    app_mem(a, b + sizeof(b) - n, n);
-}
-
-static void app_duration(struct app *a, uint64_t ms)
+/* Text appended without printf (favo_buf.h): ing_rl_headers runs for every
+ * request of a keyed server, and its six snprintf calls took ~290 ns. */
+static void app_duration(struct favo_buf *a, uint64_t ms)
 {
     uint64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, f = ms % 1000;
 
     if (ms < 1000) {
-        app_u64(a, ms, 0);
+        favo_put_u(a, ms, 0);
         if (ms)
-            APP_LIT(a, "ms");
+            FAVO_PUTS(a, "ms");
         else
-            APP_LIT(a, "s");
+            FAVO_PUTS(a, "s");
         return;
     }
     if (h) {
-        app_u64(a, h, 0);
-        APP_LIT(a, "h");
+        favo_put_u(a, h, 0);
+        FAVO_PUTS(a, "h");
     }
     if (h || m) {
-        app_u64(a, m, 0);
-        APP_LIT(a, "m");
+        favo_put_u(a, m, 0);
+        FAVO_PUTS(a, "m");
     }
-    app_u64(a, s, 0);
+    favo_put_u(a, s, 0);
     if (f) { /* Go prints the fraction without trailing zeros */
         unsigned fl = f % 100 == 0 ? 1 : f % 10 == 0 ? 2 : 3;
-        APP_LIT(a, ".");
-        app_u64(a, fl == 1 ? f / 100 : fl == 2 ? f / 10 : f, fl);
+        FAVO_PUTS(a, ".");
+        favo_put_u(a, fl == 1 ? f / 100 : fl == 2 ? f / 10 : f, fl);
     }
-    APP_LIT(a, "s");
+    FAVO_PUTS(a, "s");
 }
 
 int ing_rl_fmt_duration(uint64_t ms, char *out, size_t cap)
 {
-    struct app a = { out, cap, 0, false };
+    struct favo_buf a = { out, cap, 0, 0 };
 
     app_duration(&a, ms);
-    return a.err ? -ENOSPC : (int)a.o;
+    return favo_buf_end(&a);
 }
 
 int ing_rl_headers(const struct ing_rl_decision *d, char *buf, size_t cap)
 {
-    struct app a = { buf, cap, 0, false };
+    struct favo_buf a = { buf, cap, 0, 0 };
 
     if (!cap)
         return -ENOSPC;
     buf[0] = 0;
     if (d->has_req) {
-        APP_LIT(&a, "x-ratelimit-limit-requests: ");
-        app_u64(&a, d->limit_req, 0);
-        APP_LIT(&a, "\r\nx-ratelimit-remaining-requests: ");
-        app_u64(&a, d->remaining_req, 0);
-        APP_LIT(&a, "\r\nx-ratelimit-reset-requests: ");
+        FAVO_PUTS(&a, "x-ratelimit-limit-requests: ");
+        favo_put_u(&a, d->limit_req, 0);
+        FAVO_PUTS(&a, "\r\nx-ratelimit-remaining-requests: ");
+        favo_put_u(&a, d->remaining_req, 0);
+        FAVO_PUTS(&a, "\r\nx-ratelimit-reset-requests: ");
         app_duration(&a, d->reset_req_ms);
-        APP_LIT(&a, "\r\n");
+        FAVO_PUTS(&a, "\r\n");
     }
     if (d->has_tok) {
-        APP_LIT(&a, "x-ratelimit-limit-tokens: ");
-        app_u64(&a, d->limit_tok, 0);
-        APP_LIT(&a, "\r\nx-ratelimit-remaining-tokens: ");
-        app_u64(&a, d->remaining_tok, 0);
-        APP_LIT(&a, "\r\nx-ratelimit-reset-tokens: ");
+        FAVO_PUTS(&a, "x-ratelimit-limit-tokens: ");
+        favo_put_u(&a, d->limit_tok, 0);
+        FAVO_PUTS(&a, "\r\nx-ratelimit-remaining-tokens: ");
+        favo_put_u(&a, d->remaining_tok, 0);
+        FAVO_PUTS(&a, "\r\nx-ratelimit-reset-tokens: ");
         app_duration(&a, d->reset_tok_ms);
-        APP_LIT(&a, "\r\n");
+        FAVO_PUTS(&a, "\r\n");
     }
     if (!d->allowed && d->retry_after_s) {
-        APP_LIT(&a, "retry-after: ");
-        app_u64(&a, d->retry_after_s, 0);
-        APP_LIT(&a, "\r\n");
+        FAVO_PUTS(&a, "retry-after: ");
+        favo_put_u(&a, d->retry_after_s, 0);
+        FAVO_PUTS(&a, "\r\n");
     }
-    return a.err ? -ENOSPC : (int)a.o;
+    return favo_buf_end(&a);
 }
