@@ -21,12 +21,13 @@
  * So the BPE hot path never re-encodes bytes: a word's symbols are sids of
  * single bytes, each merge is one hash probe on two integers.
  *
- * Per call (eng_tok_encode_ex): one scratch buffer grown as needed, a PCRE2
- * match block, and for texts of 2 KiB or more a word cache (words repeat;
+ * Per call (eng_tok_encode_ex): one scratch buffer grown as needed, the
+ * calling thread's PCRE2 match block (its own JIT stack, zeroed after each
+ * call: eng_tok_int.h), and for texts of 2 KiB or more a word cache (words repeat;
  * each distinct word is merged once per call). SPM runs its merge heap per
  * segment, cut where no vocabulary token holds the two bytes that meet
  * (exactly the global result, with small heaps). Nothing is shared between
- * calls, so any number of threads may encode at once (eng_tok.h inv. 2).
+ * threads, so any number of threads may encode at once (eng_tok.h inv. 2).
  */
 #include "eng_tok.h"
 #include "eng_tok_int.h"
@@ -1244,6 +1245,7 @@ static void *scratch(struct enc *e, size_t bytes)
 }
 
 bool eng_tok_test_no_scrub;
+unsigned long eng_tok_test_deep;
 
 /* Zero the stack below the caller's frame: the frames of the calls it made
  * (PCRE2's JIT machine stack, the JIT code's frame) held the text. Only as
@@ -1252,6 +1254,16 @@ bool eng_tok_test_no_scrub;
 static __attribute__((noinline)) void stack_scrub(void)
 {
     unsigned char pad[ENG_TOK_STACK_SCRUB];
+
+    if (eng_tok_test_no_scrub)
+        return;
+    explicit_bzero(pad, sizeof(pad));
+    __asm__ volatile("" : : "r"(pad) : "memory");
+}
+
+static __attribute__((noinline)) void stack_scrub_shallow(void)
+{
+    unsigned char pad[ENG_TOK_STACK_SCRUB_SHALLOW];
 
     if (eng_tok_test_no_scrub)
         return;
@@ -1708,7 +1720,8 @@ int64_t eng_tok_encode_ex(const eng_tok_t *t, const char *text, size_t len, unsi
 
     if (parse)
         mask |= ENG_TOK_ATTR_CONTROL | ENG_TOK_ATTR_UNKNOWN;
-    if (t->kind == ENG_TOK_BPE && !(e.md = eng_tok_pre_md_new()))
+    /* the thread's match block: no allocation per call; scrubbed below */
+    if (t->kind == ENG_TOK_BPE && !(e.md = eng_tok_pre_md_thread()))
         return -ENOMEM;
     if (t->kind == ENG_TOK_BPE && len >= 2048)
         e.wc = wc_new(text, len);   /* optional: without it, every word is merged */
@@ -1821,11 +1834,15 @@ out:
     free(cov);
     free(e.scratch);
     wc_free(e.wc);
-    eng_tok_pre_md_free(e.md);
-    if (t->kind == ENG_TOK_SPM)
+    if (t->kind == ENG_TOK_SPM) {
         stack_scrub_spm();
-    else
+    } else if (eng_tok_pre_md_scrub(e.md)) {
+        /* a match ran on the C stack (eng_tok_int.h): deep */
+        __atomic_fetch_add(&eng_tok_test_deep, 1, __ATOMIC_RELAXED);
         stack_scrub();
+    } else {
+        stack_scrub_shallow();
+    }
     if (rc)
         return rc;
     return (int64_t)e.n;

@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* Regex building blocks. */
 #define R_CONTR "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
@@ -317,18 +319,192 @@ void eng_tok_pre_free(struct eng_tok_pre *p)
     memset(p, 0, sizeof(*p));
 }
 
+/*
+ * The match block: PCRE2's match data and, when it could be set up, a JIT
+ * stack of our own (see eng_tok_int.h for why and how it is scrubbed).
+ *
+ * PCRE2 gives no way to reach a JIT stack's memory, and we must zero it.
+ * pcre2_jit_stack_create mmaps it inside sljit (sljit_allocate_stack); the
+ * handle it returns is pcre2_real_jit_stack { pcre2_memctl memctl (three
+ * pointers); struct sljit_stack *stack; } and sljit's public
+ * struct sljit_stack is { top, end, start, min_start } (both unchanged
+ * since PCRE2 10.30 moved to a downward-growing stack). We read those
+ * words, and use them only after checking what we can: one mapping of
+ * exactly the size we asked for (start == min_start, since start size ==
+ * max size: the stack never moves), page aligned, top == end, mapped
+ * (mincore), and a probe match that must leave its trace inside it. Any
+ * check failing leaves the block without a stack of its own: every match
+ * then runs on the 32 KiB machine stack and the caller scrubs deep, which
+ * is the former behaviour.
+ */
+#define PRE_JIT_STACK (8u * 1024u) /* PCRE2's smallest (STACK_GROWTH_RATE) */
+
+struct pre_sljit_stack {
+    unsigned char *top, *end, *start, *min_start;
+};
+struct pre_jit_stack_hdr {
+    void *memctl[3];
+    struct pre_sljit_stack *stack;
+};
+
+struct pre_md {
+    pcre2_match_data *md;
+    pcre2_match_context *mc;  /* with js assigned; NULL: machine stack only */
+    pcre2_jit_stack *js;
+    unsigned char *js_lo;     /* the JIT stack's memory [js_lo, js_lo + js_len) */
+    size_t js_len;
+    bool js_used;             /* a match ran on it since the last eng_tok_pre_md_scrub */
+    bool deep;                /* a match ran on the C stack since then */
+};
+
+/* Does [lo, lo + len) hold a non-zero byte? */
+static bool any_set(const unsigned char *lo, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (lo[i])
+            return true;
+    return false;
+}
+
+/* Find the JIT stack's memory (see above); false: do not use it. */
+static bool js_locate(struct pre_md *pm)
+{
+    const struct pre_sljit_stack *st = ((const struct pre_jit_stack_hdr *)pm->js)->stack;
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned char vec[PRE_JIT_STACK / 4096 + 1];
+    pcre2_code *probe;
+    int ec, m;
+    PCRE2_SIZE eo;
+    bool ok;
+
+    if (!st || page <= 0 || st->end - st->min_start != (ptrdiff_t)PRE_JIT_STACK ||
+        st->start != st->min_start || st->top != st->end ||
+        ((uintptr_t)st->min_start & ((uintptr_t)page - 1)) ||
+        PRE_JIT_STACK / (size_t)page > sizeof(vec) ||
+        mincore(st->min_start, PRE_JIT_STACK, vec) != 0 || any_set(st->min_start, PRE_JIT_STACK))
+        return false;
+    /* The probe: a match that saves its backtracking points on the JIT
+     * stack (a repeated group of alternatives: 112 bytes here). */
+    probe = pcre2_compile((PCRE2_SPTR) "(?:a|bc)+x?", PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &eo,
+                          NULL);
+    if (!probe)
+        return false;
+    m = pcre2_jit_compile(probe, PCRE2_JIT_COMPLETE) == 0
+            ? pcre2_jit_match(probe, (PCRE2_SPTR) "abcabc", 6, 0, 0, pm->md, pm->mc)
+            : -1;
+    pcre2_code_free(probe);
+    ok = m > 0 && any_set(st->min_start, PRE_JIT_STACK);
+    if (ok) {
+        pm->js_lo = st->min_start;
+        pm->js_len = PRE_JIT_STACK;
+        explicit_bzero(pm->js_lo, pm->js_len);
+    }
+    return ok;
+}
+
+static void *md_new(bool own_stack)
+{
+    struct pre_md *pm = calloc(1, sizeof(*pm));
+
+    if (!pm)
+        return NULL;
+    pm->md = pcre2_match_data_create(16, NULL);
+    if (!pm->md) {
+        free(pm);
+        return NULL;
+    }
+    if (own_stack && (pm->js = pcre2_jit_stack_create(PRE_JIT_STACK, PRE_JIT_STACK, NULL)) &&
+        (pm->mc = pcre2_match_context_create(NULL))) {
+        pcre2_jit_stack_assign(pm->mc, NULL, pm->js);
+        if (js_locate(pm))
+            return pm;
+    }
+    /* no stack of our own: the machine stack, scrubbed deep */
+    if (pm->mc)
+        pcre2_match_context_free(pm->mc);
+    if (pm->js)
+        pcre2_jit_stack_free(pm->js);
+    pm->mc = NULL;
+    pm->js = NULL;
+    return pm;
+}
+
 void *eng_tok_pre_md_new(void)
 {
-    return pcre2_match_data_create(16, NULL);
+    return md_new(true);
+}
+
+void *eng_tok_pre_md_new_machine(void)
+{
+    return md_new(false);
 }
 
 void eng_tok_pre_md_free(void *md)
 {
-    if (md)
-        pcre2_match_data_free((pcre2_match_data *)md);
+    struct pre_md *pm = md;
+
+    if (!pm)
+        return;
+    eng_tok_pre_md_scrub(pm);
+    pcre2_match_data_free(pm->md);
+    if (pm->mc)
+        pcre2_match_context_free(pm->mc);
+    if (pm->js)
+        pcre2_jit_stack_free(pm->js);
+    free(pm);
 }
 
-static int split_level(const struct eng_tok_pre *p, unsigned lvl, pcre2_match_data *md,
+bool eng_tok_pre_md_scrub(void *md)
+{
+    struct pre_md *pm = md;
+    bool deep = !pm->mc || pm->deep;
+
+    if (pm->js_used)
+        explicit_bzero(pm->js_lo, pm->js_len);
+    pm->js_used = false;
+    pm->deep = false;
+    return deep;
+}
+
+bool eng_tok_pre_md_stack(const void *md, const unsigned char **lo, size_t *len)
+{
+    const struct pre_md *pm = md;
+
+    *lo = pm->js_lo;
+    *len = pm->js_len;
+    return pm->mc != NULL;
+}
+
+/* One block per thread, made at the thread's first encode, freed at its
+ * exit (the main thread's lives as long as the process). */
+static pthread_key_t md_key;
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+static __thread struct pre_md *md_tls;
+
+static void md_dtor(void *md)
+{
+    md_tls = NULL;
+    eng_tok_pre_md_free(md);
+}
+
+static void md_key_init(void)
+{
+    if (pthread_key_create(&md_key, md_dtor))
+        md_key = (pthread_key_t)-1;
+}
+
+void *eng_tok_pre_md_thread(void)
+{
+    if (md_tls)
+        return md_tls;
+    pthread_once(&md_once, md_key_init);
+    md_tls = md_new(true);
+    if (md_tls && md_key != (pthread_key_t)-1)
+        pthread_setspecific(md_key, md_tls);
+    return md_tls;
+}
+
+static int split_level(const struct eng_tok_pre *p, unsigned lvl, struct pre_md *pm,
                        const char *s, size_t n, eng_tok_word_fn word, void *ctx)
 {
     const pcre2_code *code;
@@ -346,10 +522,23 @@ static int split_level(const struct eng_tok_pre *p, unsigned lvl, pcre2_match_da
         size_t ms, me;
         int m;
 
-        if (p->jit[lvl])
-            m = pcre2_jit_match(code, (PCRE2_SPTR)s, n, at, opts, md, NULL);
-        else
-            m = pcre2_match(code, (PCRE2_SPTR)s, n, at, opts | PCRE2_NO_UTF_CHECK, md, NULL);
+        if (p->jit[lvl] && pm->mc) {
+            pm->js_used = true;
+            m = pcre2_jit_match(code, (PCRE2_SPTR)s, n, at, opts, pm->md, pm->mc);
+            if (m == PCRE2_ERROR_JIT_STACKLIMIT) {
+                /* Deeper than our stack: the very call the splitter made
+                 * before it had one, on the 32 KiB machine stack - the
+                 * same result (same limit), and a deep scrub after. */
+                pm->deep = true;
+                m = pcre2_jit_match(code, (PCRE2_SPTR)s, n, at, opts, pm->md, NULL);
+            }
+        } else if (p->jit[lvl]) {
+            pm->deep = true;
+            m = pcre2_jit_match(code, (PCRE2_SPTR)s, n, at, opts, pm->md, NULL);
+        } else {
+            pm->deep = true;
+            m = pcre2_match(code, (PCRE2_SPTR)s, n, at, opts | PCRE2_NO_UTF_CHECK, pm->md, NULL);
+        }
         if (m == PCRE2_ERROR_NOMATCH) {
             if (opts) {
                 /* no non-empty match at an empty match's position: step one character */
@@ -363,12 +552,12 @@ static int split_level(const struct eng_tok_pre *p, unsigned lvl, pcre2_match_da
         }
         if (m < 0 && m != 0)
             break;   /* resource limit: leave the rest as one piece */
-        ov = pcre2_get_ovector_pointer(md);
+        ov = pcre2_get_ovector_pointer(pm->md);
         ms = ov[0];
         me = ov[1];
-        if (ms > prev && (rc = split_level(p, lvl + 1, md, s + prev, ms - prev, word, ctx)))
+        if (ms > prev && (rc = split_level(p, lvl + 1, pm, s + prev, ms - prev, word, ctx)))
             return rc;
-        if (me > ms && (rc = split_level(p, lvl + 1, md, s + ms, me - ms, word, ctx)))
+        if (me > ms && (rc = split_level(p, lvl + 1, pm, s + ms, me - ms, word, ctx)))
             return rc;
         prev = me;
         if (me == ms) {
@@ -382,14 +571,14 @@ static int split_level(const struct eng_tok_pre *p, unsigned lvl, pcre2_match_da
         }
     }
     if (prev < n)
-        return split_level(p, lvl + 1, md, s + prev, n - prev, word, ctx);
+        return split_level(p, lvl + 1, pm, s + prev, n - prev, word, ctx);
     return 0;
 }
 
 int eng_tok_pre_split(const struct eng_tok_pre *p, void *md, const char *s, size_t n,
                       eng_tok_word_fn word, void *ctx)
 {
-    return split_level(p, 0, (pcre2_match_data *)md, s, n, word, ctx);
+    return split_level(p, 0, (struct pre_md *)md, s, n, word, ctx);
 }
 
 size_t eng_utf8_valid_prefix(const unsigned char *s, size_t n)

@@ -94,13 +94,18 @@ static __attribute__((noinline)) bool marker_left(void)
 }
 
 struct split_ctx {
+    const char *s;
     size_t n;
+    uint64_t h; /* the pieces' places, in order */
 };
 
 static int on_word(void *ctx, const char *w, size_t len)
 {
-    (void)w;
-    ((struct split_ctx *)ctx)->n += len;
+    struct split_ctx *c = ctx;
+
+    c->n += len;
+    c->h = (c->h ^ (uint64_t)(w - c->s)) * 0x100000001b3ull;
+    c->h = (c->h ^ len) * 0x100000001b3ull;
     return 0;
 }
 
@@ -134,31 +139,96 @@ static void make_texts(void)
     texts[ntexts++] = rep("int main(void) { return a->b[0]; }\n", 200, MARKER);
 }
 
-/* One splitter call on a painted stack; its depth. */
+static void check_depth(const char *what, size_t d, size_t bound);
+
+/* One splitter call on a painted stack; its depth, its pieces' hash and
+ * whether a match ran on the C stack (then the deep bound applies). The
+ * block's own JIT stack is scrubbed after it and checked. */
 static __attribute__((noinline)) size_t split_depth(const struct eng_tok_pre *p, void *md,
-                                                    const char *s)
+                                                    const char *s, uint64_t *h, bool *deep)
 {
-    struct split_ctx c = { 0 };
+    struct split_ctx c = { .s = s, .h = 0xcbf29ce484222325ull };
+    const unsigned char *lo;
+    size_t len, nz = 0;
 
     paint();
     int rc = eng_tok_pre_split(p, md, s, strlen(s), on_word, &c);
     size_t d = deepest();
     T_CHECK(rc == 0 && c.n == strlen(s), "split failed (%d)", rc);
+    *h = c.h;
+    *deep = eng_tok_pre_md_scrub(md);
+    if (eng_tok_pre_md_stack(md, &lo, &len))
+        for (size_t i = 0; i < len; i++)
+            nz += lo[i] != 0;
+    T_CHECK(nz == 0, "split: %zu bytes of the JIT stack were not scrubbed", nz);
     return d;
+}
+
+/* Every text splits into the same pieces with the own JIT stack (and its
+ * fallback to the machine stack) as with the machine stack alone - the
+ * splitter as it was before it had one; returns the deep calls. */
+static unsigned split_all(const char *name, const struct eng_tok_pre *p, void *md, void *mach,
+                          char *const *tx, size_t n, size_t *worst_shallow)
+{
+    unsigned n_deep = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        char what[128];
+        uint64_t h, hm;
+        bool deep, deep_m;
+        size_t dd = split_depth(p, md, tx[i], &h, &deep);
+
+        (void)split_depth(p, mach, tx[i], &hm, &deep_m);
+        snprintf(what, sizeof(what), "pre-tokenizer %s text %zu%s", name, i,
+                 deep ? " (deep)" : "");
+        T_CHECK(h == hm, "%s: pieces differ from the machine-stack split", what);
+        T_CHECK(deep_m, "%s: a machine-stack split must ask for the deep scrub", what);
+        check_depth(what, dd, deep ? ENG_TOK_STACK_SCRUB : ENG_TOK_STACK_SCRUB_SHALLOW);
+        if (deep)
+            n_deep++;
+        else if (dd > *worst_shallow)
+            *worst_shallow = dd;
+    }
+    return n_deep;
+}
+
+/* The bound an encode call is held to: SPM's, or a BPE call's - deep when
+ * a match of that call ran on the C stack (eng_tok_test_deep moved). */
+static size_t bound_of(const eng_tok_t *tok, bool deep)
+{
+    if (eng_tok_kind(tok) == ENG_TOK_SPM)
+        return ENG_TOK_STACK_SCRUB_SPM;
+    return deep ? ENG_TOK_STACK_SCRUB : ENG_TOK_STACK_SCRUB_SHALLOW;
 }
 
 static __attribute__((noinline)) size_t encode_depth(const eng_tok_t *tok, const char *s,
                                                      unsigned flags, int32_t *ids, size_t max,
-                                                     bool *left, size_t *dirty)
+                                                     bool *left, size_t *dirty, bool *deep)
 {
+    unsigned long deep0 = eng_tok_test_deep;
+
     paint();
     int64_t n = eng_tok_encode(tok, s, strlen(s), flags, ids, max);
     size_t d = deepest();
-    *dirty = unscrubbed(eng_tok_kind(tok) == ENG_TOK_SPM ? ENG_TOK_STACK_SCRUB_SPM
-                                                         : ENG_TOK_STACK_SCRUB);
+    *deep = eng_tok_test_deep != deep0;
+    *dirty = unscrubbed(bound_of(tok, *deep));
     *left = marker_left();
     T_CHECK(n > 0, "encode failed (%lld)", (long long)n);
     return d;
+}
+
+/* After an encode: the thread's own JIT stack is all zero (the scrub
+ * covers what the match wrote there). */
+static void check_jit_stack(const char *what)
+{
+    const unsigned char *lo;
+    size_t len, nz = 0;
+
+    if (!eng_tok_pre_md_stack(eng_tok_pre_md_thread(), &lo, &len))
+        return; /* checked once in main */
+    for (size_t i = 0; i < len; i++)
+        nz += lo[i] != 0;
+    T_CHECK(nz == 0, "%s: %zu bytes of the JIT stack were not scrubbed", what, nz);
 }
 
 static size_t worst;
@@ -201,6 +271,7 @@ static void models(int32_t *ids, size_t max)
         }
         have++;
         size_t mdepth = 0;
+        unsigned n_deep = 0;
         for (size_t i = 0; i < ntexts; i++) {
             for (unsigned f = 0; f < 2; f++) {
                 unsigned flags = f ? ENG_TOK_ADD_SPECIAL | ENG_TOK_PARSE_SPECIAL : 0;
@@ -208,25 +279,31 @@ static void models(int32_t *ids, size_t max)
                 bool left;
                 size_t dirty;
 
+                bool deep;
+
                 eng_tok_test_no_scrub = true;
-                size_t d = encode_depth(tok, texts[i], flags, ids, max, &left, &dirty);
-                snprintf(what, sizeof(what), "%s text %zu flags %u", files[m], i, flags);
-                check_depth(what, d, eng_tok_kind(tok) == ENG_TOK_SPM ? ENG_TOK_STACK_SCRUB_SPM
-                                                                      : ENG_TOK_STACK_SCRUB);
-                if (d > mdepth)
+                size_t d = encode_depth(tok, texts[i], flags, ids, max, &left, &dirty, &deep);
+                snprintf(what, sizeof(what), "%s text %zu flags %u%s", files[m], i, flags,
+                         deep ? " (deep)" : "");
+                check_depth(what, d, bound_of(tok, deep));
+                if (deep)
+                    n_deep++;
+                else if (d > mdepth)
                     mdepth = d;
                 if (i == 0 && !f)
                     fprintf(stderr, "%s: scrub off: %zu bytes left below the frames\n",
                             files[m], dirty);
                 eng_tok_test_no_scrub = false;
-                (void)encode_depth(tok, texts[i], flags, ids, max, &left, &dirty);
+                (void)encode_depth(tok, texts[i], flags, ids, max, &left, &dirty, &deep);
                 T_CHECK(!left, "%s: the text's marker stayed on the stack after the scrub", what);
                 T_CHECK(dirty == 0, "%s: %zu bytes the encoder wrote stayed on the stack after "
                         "the scrub", what, dirty);
+                check_jit_stack(what);
             }
         }
-        printf("%s: encoder stack high-water %zu bytes (scrub %u)\n", files[m], mdepth,
-               eng_tok_kind(tok) == ENG_TOK_SPM ? ENG_TOK_STACK_SCRUB_SPM : ENG_TOK_STACK_SCRUB);
+        printf("%s: encoder stack high-water %zu bytes (scrub %zu), %u calls deep "
+               "(scrub %u)\n", files[m], mdepth, bound_of(tok, false), n_deep,
+               ENG_TOK_STACK_SCRUB);
         eng_tok_free(tok);
         eng_gguf_close(g);
     }
@@ -240,32 +317,61 @@ int main(void)
     size_t max = 64 * 1024;
     int32_t *ids = malloc(max * sizeof(*ids));
     size_t split_worst = 0;
+    unsigned split_deep = 0;
 
     make_texts();
+    /* The own JIT stack must be found with this PCRE2 (else every call
+     * scrubs deep, silently slower: eng_tok_pre.c). */
+    {
+        const unsigned char *lo;
+        size_t len;
+        T_CHECK(eng_tok_pre_md_stack(eng_tok_pre_md_thread(), &lo, &len) && len > 0,
+                "the splitter has no JIT stack of its own (PCRE2 layout not recognised)");
+    }
     for (int k = 0; names[k]; k++) {
         const struct eng_tok_pre_def *d = eng_tok_pre_find(names[k], strlen(names[k]));
         struct eng_tok_pre p;
         char err[256] = "";
-        void *md = eng_tok_pre_md_new();
+        void *md = eng_tok_pre_md_new(), *mach = eng_tok_pre_md_new_machine();
 
-        T_CHECK(d && md && eng_tok_pre_compile(&p, d, err, sizeof(err)) == 0, "%s: %s",
+        T_CHECK(d && md && mach && eng_tok_pre_compile(&p, d, err, sizeof(err)) == 0, "%s: %s",
                 names[k], err);
-        if (!d || !md || err[0]) {
+        if (!d || !md || !mach || err[0]) {
             eng_tok_pre_md_free(md);
+            eng_tok_pre_md_free(mach);
             continue;
         }
-        for (size_t i = 0; i < ntexts; i++) {
-            char what[128];
-            size_t dd = split_depth(&p, md, texts[i]);
-            snprintf(what, sizeof(what), "pre-tokenizer %s text %zu", names[k], i);
-            check_depth(what, dd, ENG_TOK_STACK_SCRUB);
-            if (dd > split_worst)
-                split_worst = dd;
-        }
+        split_deep += split_all(names[k], &p, md, mach, texts, ntexts, &split_worst);
         eng_tok_pre_free(&p);
         eng_tok_pre_md_free(md);
+        eng_tok_pre_md_free(mach);
     }
-    printf("pre-tokenizers: splitter stack high-water %zu bytes\n", split_worst);
+    /* A regex whose JIT backtracking outgrows the own 8 KiB stack (but not
+     * the 32 KiB machine stack), and one that outgrows both: the fallback
+     * gives the machine stack's pieces, and the deep bound holds. */
+    {
+        static const struct eng_tok_pre_def deep_def = { "test-deep", 0, { "(?:a|bc)+x?" } };
+        char *tx[2] = { rep("abc", 400, " " MARKER), rep("abc", 4000, " " MARKER) };
+        struct eng_tok_pre p;
+        char err[256] = "";
+        void *md = eng_tok_pre_md_new(), *mach = eng_tok_pre_md_new_machine();
+        size_t w = 0;
+
+        T_CHECK(md && mach && eng_tok_pre_compile(&p, &deep_def, err, sizeof(err)) == 0, "%s",
+                err);
+        if (md && mach && !err[0]) {
+            unsigned nd = split_all("test-deep", &p, md, mach, tx, 2, &w);
+            T_CHECK(nd == 2 || !p.jit[0], "test-deep: %u of 2 splits fell back to the machine "
+                    "stack", nd);
+            eng_tok_pre_free(&p);
+        }
+        eng_tok_pre_md_free(md);
+        eng_tok_pre_md_free(mach);
+        free(tx[0]);
+        free(tx[1]);
+    }
+    printf("pre-tokenizers: splitter stack high-water %zu bytes (scrub %u), %u splits deep\n",
+           split_worst, ENG_TOK_STACK_SCRUB_SHALLOW, split_deep);
     models(ids, max);
     printf("worst %zu bytes, scrub %u bytes%s\n", worst, ENG_TOK_STACK_SCRUB,
            SANITIZED ? " (sanitizer build: not asserted)" : "");
