@@ -99,7 +99,14 @@ struct conn {
     uint8_t tls;                   /* SHM_CONN_F_TLS: no socket here; each chunk
                                       goes to ingress on tls_out (shm_pipe.h) */
     uint8_t abort_due;             /* TLS: SHM_CONN_ABORT waits for conn ring room */
+    uint8_t out_state;             /* OUT_KNOWN: out is exact (egr stage inv 6);
+                                      OUT_UNKNOWN: a restarted egress has not
+                                      learnt it yet; OUT_NEVER: cannot (kTLS) */
+    uint64_t out;                  /* bytes egress's sends put on the socket
+                                      (mod 2^31 is what counts) */
 };
+
+enum { OUT_UNKNOWN = 0, OUT_KNOWN = 1, OUT_NEVER = 2 };
 
 struct egr {
     const struct egr_stage_cfg *cfg;
@@ -140,6 +147,11 @@ struct egr {
     char logbuf[16384];
     uint32_t log_len;
     uint64_t log_first_ns;
+
+    /* FAVO_EGR_KCHECK=1 (tests): every kbase is also read from the
+     * kernel and compared (egr stage inv 6); two syscalls per response */
+    bool kcheck;
+    uint64_t kcheck_ok, kcheck_bad;
 
     struct egr_tr *tr, tr_cur;     /* FAVO_EGR_TRACE; NULL: off */
     uint32_t tr_n;
@@ -317,6 +329,10 @@ static void conn_add(struct egr *E, uint64_t key, int fd)
     c->sending = 0;
     c->shut = c->timed_out = c->orphan = c->abort_due = 0;
     c->tls = (key & SHM_CONN_F_TLS) != 0; /* fd is -1: ingress encrypts and sends */
+    /* a socket that reaches a restarted egress may have carried a dead
+     * egress's answers: learnt at its first send (conn_kbase) */
+    c->out = 0;
+    c->out_state = E->restarted ? OUT_UNKNOWN : OUT_KNOWN;
     c->ing_pid = ing_pid_of(E, key);
     c->hnext = E->conn_hash[hash64(key >> 24) & E->conn_mask];
     E->conn_hash[hash64(key >> 24) & E->conn_mask] = i;
@@ -806,8 +822,9 @@ static const struct shm_req *req_find(struct egr *E, shm_cell_ref_t cell, const 
  * moves bytes from one to the other: so the queue is read on both sides
  * of TCP_INFO and the sum taken only when it did not move (no writer runs
  * meanwhile: the caller owns the socket's output). An empty queue cannot
- * move (nothing to acknowledge): the common case costs two syscalls, as
- * before; once per response (never per token). */
+ * move (nothing to acknowledge). Two or three syscalls: only a restarted
+ * egress asks (once per connection it adopts, egr stage inv 6), and
+ * FAVO_EGR_KCHECK. */
 static int k_written(int fd, uint64_t *out)
 {
     struct tcp_info ti;
@@ -859,32 +876,53 @@ static void rs_link_conn(struct egr *E, uint32_t i)
     c->tail = i;
 }
 
-/* A resumed response whose previous egress died with a send in flight:
- * the kernel's count of bytes written on the connection, minus the count
- * before this response (kbase) and what was confirmed sent, is exactly how
- * much of that send left; consume it and go on. Otherwise the client is
- * treated as gone. */
+/* Is fd a TCP socket with no upper-layer protocol (no kernel TLS, whose
+ * counts are of ciphertext)? One syscall; restart paths only. */
+static bool sock_plain(int fd)
+{
+    char ulp[16] = "";
+    socklen_t len = sizeof(ulp);
+
+    return getsockopt(fd, IPPROTO_TCP, TCP_ULP, ulp, &len) == 0 && ulp[0] == '\0';
+}
+
+/* A resumed response found its socket. A send of it was in flight when
+ * the previous egress died: the kernel's count of bytes written on the
+ * connection, minus the count before this response (kbase) and what was
+ * confirmed sent, is exactly how much of that send left (mod 2^31, inv
+ * 6); consume it and go on. When that cannot be known (no kbase, kernel
+ * TLS, a count that does not fit), the client is treated as gone. Then
+ * the connection's own count is taken from the cell, so the responses
+ * after this one need no syscall either. */
 static void rs_fix_inflight(struct egr *E, struct rs *r)
 {
     struct egr_stage_state *st = r->st;
+    struct conn *c = &E->conns[r->conn];
     uint64_t now, took;
 
-    if (!st->inflight)
-        return;
-    if (k_written(E->conns[r->conn].fd, &now) == 0 && now >= st->kbase + st->sent &&
-        (took = now - st->kbase - st->sent) <= st->inflight) {
-        favo_info("egress: cell %#" PRIx64 ": %" PRIu64 " of the %u bytes in flight at the "
-                  "restart had left; resuming after them", (uint64_t)r->cell, took,
-                  st->inflight);
-        egr_resp_consume(&st->resp, r->area, (size_t)took);
-        st->sent += took;
-        st->inflight = 0;
-        return;
+    if (c->tls)
+        return; /* ingress sends: a chunk in flight is sent again (rs_adopt) */
+    if (st->inflight) {
+        if ((st->flags & EGR_SF_KBASE) && sock_plain(c->fd) && k_written(c->fd, &now) == 0 &&
+            (took = (now - st->kbase - st->sent) & SHM_REQ_OUT_MASK) <= st->inflight) {
+            favo_info("egress: cell %#" PRIx64 ": %" PRIu64 " of the %u bytes in flight at the "
+                      "restart had left; resuming after them", (uint64_t)r->cell, took,
+                      st->inflight);
+            egr_resp_consume(&st->resp, r->area, (size_t)took);
+            st->sent += took;
+            st->inflight = 0;
+        } else {
+            st->inflight = 0;
+            favo_info("egress: cell %#" PRIx64 ": the kernel's count does not match: closing",
+                      (uint64_t)r->cell);
+            rs_gone(E, r, false);
+            return;
+        }
     }
-    st->inflight = 0;
-    favo_info("egress: cell %#" PRIx64 ": the kernel's count does not match: closing",
-              (uint64_t)r->cell);
-    rs_gone(E, r, false);
+    if ((st->flags & EGR_SF_KBASE) && c->out_state == OUT_UNKNOWN) {
+        c->out = (st->kbase - (r->req->conn_out & SHM_REQ_OUT_MASK) + st->sent) & SHM_REQ_OUT_MASK;
+        c->out_state = OUT_KNOWN;
+    }
 }
 
 /* Map a cell this process has no slot for (START, or any event after a
@@ -1095,6 +1133,55 @@ static unsigned rs_scan_cells(struct egr *E)
     return n;
 }
 
+/* FAVO_EGR_KCHECK: the kernel's count against ours (inv 6). */
+static void kcheck(struct egr *E, const struct conn *c, const struct rs *r)
+{
+    uint64_t k;
+
+    if (!sock_plain(c->fd) || k_written(c->fd, &k) < 0)
+        return;
+    if ((k & SHM_REQ_OUT_MASK) == r->st->kbase) {
+        E->kcheck_ok++;
+        return;
+    }
+    E->kcheck_bad++;
+    favo_err("egress: kernel count check: conn %#" PRIx64 ": the kernel has %" PRIu64
+             " bytes written (mod 2^31), egress counts %" PRIu64 " (ingress %u + egress %" PRIu64
+             ")", (uint64_t)c->key, k & SHM_REQ_OUT_MASK, r->st->kbase,
+             r->req->conn_out & SHM_REQ_OUT_MASK, c->out & SHM_REQ_OUT_MASK);
+}
+
+/* A response's first send on a socket: kbase, the bytes written on the
+ * connection before it, from user-space counts (egr stage inv 6): what
+ * ingress wrote (shm_req.conn_out) plus what this egress's sends put
+ * there. A restarted egress learns the latter once per connection it
+ * adopts: 0 when no earlier request on it came to egress, else the
+ * kernel's count minus ingress's (ingress does not write while its
+ * request is with egress); kernel TLS counts ciphertext: never. */
+static void conn_kbase(struct egr *E, struct conn *c, struct rs *r)
+{
+    uint32_t ing = r->req->conn_out & SHM_REQ_OUT_MASK;
+    uint64_t k;
+
+    if (c->out_state == OUT_UNKNOWN) {
+        if (!(r->req->conn_out & SHM_REQ_OUT_EGR)) {
+            c->out = 0;
+            c->out_state = OUT_KNOWN;
+        } else if (sock_plain(c->fd) && k_written(c->fd, &k) == 0) {
+            c->out = (k - ing) & SHM_REQ_OUT_MASK;
+            c->out_state = OUT_KNOWN;
+        } else {
+            c->out_state = OUT_NEVER; /* a restart mid-send closes it */
+        }
+    }
+    if (c->out_state != OUT_KNOWN)
+        return;
+    r->st->kbase = (ing + c->out) & SHM_REQ_OUT_MASK;
+    r->st->flags |= EGR_SF_KBASE;
+    if (E->kcheck)
+        kcheck(E, c, r);
+}
+
 /* Send what the first response of the connection has ready (inv 2). */
 static void conn_kick(struct egr *E, struct conn *c)
 {
@@ -1131,9 +1218,12 @@ static void conn_kick(struct egr *E, struct conn *c)
         shm_ring_commit(&E->tls_out[w]);
         E->ring_ing[w] = true;
     } else {
-        if (!(r->st->flags & EGR_SF_KBASE) && r->st->sent == 0 &&
-            k_written(c->fd, &r->st->kbase) == 0)
-            r->st->flags |= EGR_SF_KBASE; /* for a restarted egress (rs_fix_inflight) */
+        if (!(r->st->flags & EGR_SF_KBASE) && r->st->sent == 0)
+            conn_kbase(E, c, r); /* for a restarted egress (rs_fix_inflight) */
+        /* egr stage inv 6: the response's count and the connection's agree */
+        FAVO_ASSERT(!(r->st->flags & EGR_SF_KBASE) || c->out_state != OUT_KNOWN ||
+                    (((r->req->conn_out & SHM_REQ_OUT_MASK) + c->out) & SHM_REQ_OUT_MASK) ==
+                        ((r->st->kbase + r->st->sent) & SHM_REQ_OUT_MASK));
         sqe = sqe_get(E);
         io_uring_prep_send(sqe, c->fd, r->area, n, MSG_NOSIGNAL);
         io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, (uint32_t)(c - E->conns), c->gen));
@@ -1173,6 +1263,7 @@ static void on_send(struct egr *E, struct conn *c, int res)
         FAVO_ASSERT((uint32_t)res <= n);
         egr_resp_consume(&r->st->resp, r->area, (size_t)res);
         r->st->sent += (uint64_t)res;
+        c->out += (uint64_t)res; /* egr stage inv 6 (TLS: unused) */
         /* E->now: reap's clock, read after the submit in which this
          * send ran (inline), or drain_acks' for a TLS ack */
         if (tok_ns && E->now > tok_ns)
@@ -1866,14 +1957,16 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
         return rc;
     }
     tr_open(E);
+    E->kcheck = getenv("FAVO_EGR_KCHECK") && !strcmp(getenv("FAVO_EGR_KCHECK"), "1");
+    /* a predecessor reported itself up (its word outlives it): a restart
+     * (known before the first socket is taken: conn_add reads it) */
+    E->restarted = ck_pr_load_32((const uint32_t *)&cfg->pipe->hdr->up_pid[SHM_PIPE_EGRESS][0]) != 0;
     arm_bell(E);
     arm_fdpass(E);
     arm_tick(E);
     fdpass_drain(E);
     E->now = favo_now_ns(); /* the resume grace counts from here, not from a slow setup */
     E->up_ns = E->now;
-    /* a predecessor reported itself up (its word outlives it): a restart */
-    E->restarted = ck_pr_load_32((const uint32_t *)&cfg->pipe->hdr->up_pid[SHM_PIPE_EGRESS][0]) != 0;
     if ((rc = (int)rs_scan_cells(E)) > 0)
         favo_info("egress: took over %d responses from the cells", rc);
     rc = 0;
@@ -1941,6 +2034,9 @@ int egr_stage_run(const struct egr_stage_cfg *cfg)
         ring_bells(E);
     }
     favo_info("egress: stopping (%u connections open)", E->n_conns);
+    if (E->kcheck)
+        favo_info("egress: kernel count checks: %" PRIu64 " agreed, %" PRIu64 " differed",
+                  E->kcheck_ok, E->kcheck_bad);
     if (E->log_len)
         log_flush(E);
     tr_close(E);

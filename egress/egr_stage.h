@@ -67,6 +67,14 @@
  *      stale generation (shm_cell_bytes -ESTALE).
  *   5. Metadata only leaves the cell: the access log and stats carry ids,
  *      counts, status and times, never text or token ids.
+ *   6. Bytes written on a plain-TCP connection, mod 2^31: the kernel's
+ *      count (tcpi_bytes_acked + SIOCOUTQ) = shm_req.conn_out (what
+ *      ingress wrote: its answers, "100 Continue", stamped as it hands a
+ *      request on) + conn.out (what this egress's sends put there,
+ *      counted on their completions) + what the kernel has taken of the
+ *      send in flight. A response's kbase is that count at its first
+ *      send; then kbase + sent = conn_out + conn.out at every send
+ *      (asserted in conn_kick). See "Bytes written on a connection".
  *
  * TLS connections without kernel TLS (shm_pipe.h "TLS"; the conn key has
  * SHM_CONN_F_TLS): no socket comes; the connection slot has fd -1 and is
@@ -123,7 +131,39 @@
  * cores (--poll block), so a token does not wait out an engine thread's
  * time slice.
  *
- * Crash-restart (tested: test-egress-stage "restart", kill -9 mid-stream):
+ * Bytes written on a connection (issue #6; inv 6). A restarted egress
+ * must know how much of the send that was in flight when its predecessor
+ * died reached the socket: kernel count now - kbase - sent. kbase is
+ * counted in user space, no syscall in the steady state (it used to be a
+ * SIOCOUTQ ioctl + TCP_INFO getsockopt before every response's first
+ * send: ~2 of egress's ~2.1 syscalls per response under wrk):
+ *   - ingress stamps shm_req.conn_out: the bytes it has written on the
+ *     connection (sent, or queued to go out before egress's: they were
+ *     queued first), and SHM_REQ_OUT_EGR once an earlier request on it
+ *     was handed on. Ingress writes nothing on a connection while egress
+ *     answers on it (it is parked until KEEP/CLOSED).
+ *   - egress counts its own sends per connection (conn.out). That table
+ *     is process-local: the cell keeps kbase and sent, so a resumed
+ *     response gives its connection's count back (rs_fix_inflight); a
+ *     socket that reaches a restarted egress otherwise is learnt at its
+ *     first response's first send: conn.out = 0 without
+ *     SHM_REQ_OUT_EGR, else the kernel's count minus ingress's (two or
+ *     three syscalls, once per adopted connection).
+ *   - kernel TLS: the kernel counts ciphertext. The plaintext counts
+ *     still run, but a restart with a send in flight closes such a
+ *     connection (TCP_ULP checked, restart paths only); a restarted
+ *     egress never learns such a socket's count.
+ *   - Known gap: ingress answering a pipelined request and parking the
+ *     next one in the same pass queues its answer before egress's first
+ *     send can reach the socket, but does not wait for it: if egress's
+ *     send overtook it (never seen; the batcher is in between), the
+ *     bytes would be out of order anyway.
+ *   FAVO_EGR_KCHECK=1 (tests) compares every kbase with the kernel's
+ *   count (errors name both) and logs the tallies at exit.
+ *
+ * Crash-restart (tested: test-egress-stage "restart", kill -9 mid-stream;
+ * test-serve-egress-restart.py, kill -9 with a send in flight on a full
+ * socket, twice, byte-exact):
  *   - Kept in the cells: every response's progress (egr_resp with the
  *     detokenizer, ids consumed, n_gen, bytes sent, flags, times). At start
  *     egress scans the cell descriptors and takes over every cell the
@@ -133,14 +173,14 @@
  *     event for a cell not yet known is "adopted" the same way.
  *   - A resumed response waits up to 5 s (RESUME_GRACE_NS) for its socket,
  *     then counts as gone. A send that was in flight when egress died
- *     (state.inflight, stored before each submit) makes the stream
- *     unrecoverable (how much the kernel took is unknown): that connection
- *     is closed, its cell still comes back.
- *   - Missing outside egress: (a) the sockets. Ingress has to re-send every
- *     connection it had handed over, on a NEW fdpass socket (the old pair's
- *     egress end died with it): the supervisor must make a new pair for the
- *     new egress (cfg.fdpass_sock) and give ingress the other end; today
- *     ingress sends each socket once per connection and never again.
+ *     (state.inflight, stored before each submit) resumes after the bytes
+ *     the kernel took of it (inv 6, rs_fix_inflight); when that cannot be
+ *     known (no kbase, kernel TLS) the connection is closed, its cell
+ *     still comes back. A TLS chunk in flight is sent again (see TLS).
+ *   - Outside egress: (a) the sockets. Ingress notices the new egress (its
+ *     up word) and re-sends every connection with a request parked, the
+ *     others with their next request (ing_loop.c egress_check), on the
+ *     same fdpass pair (the supervisor's; it outlives egress).
  *     (b) a conn message the dead egress published for a cell it had then
  *     not yet freed is not repeated (the cell is freed before the message
  *     is committed, so the reverse cannot happen); a FINISH replayed for a
@@ -224,9 +264,10 @@ struct egr_stage_state {
     uint64_t first_ns;            /* first text byte handed to the socket */
     uint64_t last_ns;             /* last TOKENS event (inter-token latency) */
     uint64_t sent;                /* bytes the socket took */
-    uint64_t kbase;               /* the kernel's count of bytes written on the
-                                     connection (TCP_INFO bytes_acked + SIOCOUTQ)
-                                     before this response's first send */
+    uint64_t kbase;               /* bytes written on the connection before this
+                                     response's first send, mod 2^31 (inv 6:
+                                     conn_out + egress's own count, which is
+                                     the kernel's TCP_INFO bytes_acked + SIOCOUTQ) */
     struct egr_resp resp;
 };
 

@@ -888,6 +888,7 @@ static void on_send(struct ing_loop *L, struct ing_conn *c, int res)
         c->out_sent = c->out_len;
     } else {
         c->out_sent += (size_t)res;
+        c->out_total += (uint64_t)res; /* shm_req.conn_out (ing_route.c) */
         if (c->out_sent == c->out_len) {
             explicit_bzero(c->out, c->out_len);
             c->out_len = c->out_sent = 0;

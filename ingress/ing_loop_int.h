@@ -33,6 +33,9 @@ struct ing_conn {
     bool recv_cancel;        /* the armed recv is being cancelled (unparked) */
     shm_cell_ref_t parked_cell; /* the request egress is answering */
     uint32_t nreq;           /* requests completed on this connection */
+    uint64_t out_total;      /* bytes of c->out the socket took (plain TCP): with
+                                what is queued, stamped in shm_req.conn_out */
+    bool egr_used;           /* a request on it was handed on: egress wrote too */
     shm_cell_ref_t cell;
     uint8_t *buf;            /* the cell's bytes */
     uint32_t cap, len;

@@ -835,6 +835,13 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
     memcpy(d.stop, L->oai.stop, sizeof(d.stop));
     d.reqid_len = (uint8_t)L->reqid_len;
     memcpy(d.reqid, L->reqid, L->reqid_len);
+    /* what ingress wrote on the socket before egress answers (its own
+     * answers, 100 Continue: sent, or queued and sent first), for egress's
+     * exact count of the connection's bytes (egr_stage.h); TLS: ciphertext
+     * the kernel counts differently, 0 */
+    if (!c->tls)
+        d.conn_out = (uint32_t)((c->out_total + (c->out_len - c->out_sent)) & SHM_REQ_OUT_MASK) |
+                     (c->egr_used ? SHM_REQ_OUT_EGR : 0u);
     memcpy(buf + resp_off, &d, sizeof(d)); /* egress's copy (shm_pipe.h) */
 
     /* The socket goes to egress once per connection (invariant 6). */
@@ -859,6 +866,7 @@ static void route_generate(struct ing_loop *L, struct ing_conn *c, int route)
               route == ING_OAI_CHAT ? "chat" : "completion", (long long)n, max_tokens);
     c->parked = true;
     c->parked_cell = cell;
+    c->egr_used = true;
     c->cancel_sent = false;
     /* "Connection: close" travels as SHM_REQ_F_CLOSE: egress answers with
      * it, shuts the socket down and says CLOSED. Closing here would cut

@@ -113,6 +113,8 @@ enum { SHM_REQ_F_STREAM = 1u << 0, SHM_REQ_F_USAGE = 1u << 1, SHM_REQ_F_SEED = 1
 #define SHM_REQ_ID_MAX 128
 #define SHM_REQ_TENANT_MAX 64
 #define SHM_REQ_NSTOP 4
+#define SHM_REQ_OUT_MASK 0x7fffffffu  /* shm_req.conn_out: ingress's byte count, mod 2^31 */
+#define SHM_REQ_OUT_EGR (1u << 31)     /* ...an earlier request on the connection went to egress */
 
 /*
  * ingress -> batcher (one per request; also copied into the cell at
@@ -149,7 +151,13 @@ struct shm_req {
      * its name ("" = the loaded model itself), for the cache key and the
      * response's "model"; its response cache TTL (0 = not cached). */
     uint32_t cache_ttl;                   /* seconds */
-    uint32_t spec_pad_;
+    /* Ingress -> egress (egr_stage.h "Bytes written on a connection"):
+     * the bytes ingress itself has written on this connection before
+     * this request (its own answers, "100 Continue"; sent or still queued
+     * to go first), mod 2^31 (SHM_REQ_OUT_MASK); SHM_REQ_OUT_EGR when an
+     * earlier request on the connection was handed on (egress answered
+     * it). Plain TCP only: 0 on a TLS connection. */
+    uint32_t conn_out;
     char spec[SHM_SPEC_NAME_MAX];         /* NUL-terminated */
 };
 
