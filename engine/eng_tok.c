@@ -1387,6 +1387,75 @@ static size_t bpe_merge(struct enc *e, const char *w, size_t n, int32_t *dst, st
 }
 
 /*
+ * The same merge for a word of at most BPE_SMALL bytes, without the heap
+ * (tiktoken's way): the current symbols in arrays, each with the rank of
+ * the pair it starts; every round merges the lowest rank, leftmost first -
+ * exactly the heap's (rank, left position) order - closes the gap, and
+ * looks up only the two pairs that changed. For prompt-sized words the
+ * scan of <= 32 ranks costs less than the heap's pushes and pops (which
+ * were half of a short prompt's encode). Arrays in the scratch block
+ * (heap memory, scrubbed at the end of the call), not on the stack.
+ */
+#define BPE_SMALL 32u
+
+struct bsym {
+    uint32_t sid, start, len, rank, res; /* rank/res: the pair (this, next); UINT32_MAX: none */
+};
+
+static inline void bsym_pair(const struct eng_tok *t, struct bsym *b, size_t i, size_t m)
+{
+    const struct merge_slot *ms = i + 1 < m ? mmap_find(t, b[i].sid, b[i + 1].sid) : NULL;
+
+    b[i].rank = ms ? ms->rank : UINT32_MAX;
+    b[i].res = ms ? ms->res : 0;
+}
+
+static size_t bpe_merge_small(const struct eng_tok *t, const char *w, size_t n, int32_t *dst,
+                              struct bsym *b)
+{
+    size_t m = n, k = 0;
+
+    for (size_t i = 0; i < n; i++)
+        b[i] = (struct bsym){ .sid = t->byte_sid[(unsigned char)w[i]], .start = (uint32_t)i,
+                              .len = 1 };
+    for (size_t i = 0; i < n; i++)
+        bsym_pair(t, b, i, m);
+    for (;;) {
+        size_t best = 0;
+        uint32_t r = UINT32_MAX;
+
+        for (size_t i = 0; i + 1 < m; i++)
+            if (b[i].rank < r) /* strict: the leftmost of equal ranks */
+                r = b[i].rank, best = i;
+        if (r == UINT32_MAX)
+            break;
+        b[best].sid = b[best].res;
+        b[best].len += b[best + 1].len;
+        memmove(&b[best + 1], &b[best + 2], (m - best - 2) * sizeof(*b));
+        m--;
+        bsym_pair(t, b, best, m);
+        if (best > 0)
+            bsym_pair(t, b, best - 1, m);
+    }
+    for (size_t i = 0; i < m; i++) {
+        if (b[i].sid < t->n_vocab) {
+            dst[k++] = (int32_t)b[i].sid;
+        } else {
+            for (uint32_t j = 0; j < b[i].len; j++) {
+                int32_t id = t->byte_tok[(unsigned char)w[b[i].start + j]];
+                if (id >= 0)
+                    dst[k++] = id;
+            }
+        }
+    }
+    return k;
+}
+
+/* Tests only: route every word through the heap merge (the reference the
+ * small merge is compared with). */
+bool eng_tok_test_no_small;
+
+/*
  * Per-call word cache: words repeat (Zipf), and a word always tokenizes
  * the same way, so a long text merges each distinct word once. Keys point
  * into the caller's text; the cache lives for one eng_tok_encode call.
@@ -1490,13 +1559,21 @@ static int bpe_word(void *ctx, const char *w, size_t n)
     }
     if (n > INT32_MAX / 2)
         return -E2BIG;
-    /* heap first: its entries need 8-byte alignment; then symbols, ids */
-    h = scratch(e, n * (sizeof(*sy) + 3 * sizeof(*h) + sizeof(*dst)));
-    if (!h)
-        return -ENOMEM;
-    sy = (struct sym *)(h + 3 * n);
-    dst = (int32_t *)(sy + n);
-    k = bpe_merge(e, w, n, dst, sy, h);
+    if (n <= BPE_SMALL && !eng_tok_test_no_small) {
+        struct bsym *b = scratch(e, n * (sizeof(*b) + sizeof(*dst)));
+        if (!b)
+            return -ENOMEM;
+        dst = (int32_t *)(b + n);
+        k = bpe_merge_small(t, w, n, dst, b);
+    } else {
+        /* heap first: its entries need 8-byte alignment; then symbols, ids */
+        h = scratch(e, n * (sizeof(*sy) + 3 * sizeof(*h) + sizeof(*dst)));
+        if (!h)
+            return -ENOMEM;
+        sy = (struct sym *)(h + 3 * n);
+        dst = (int32_t *)(sy + n);
+        k = bpe_merge(e, w, n, dst, sy, h);
+    }
     if (c && n <= WC_MAX_WORD && c->n_ent < c->cap_ent && c->n_ids + k <= c->cap_ids) {
         c->ent[c->n_ent] = (struct wc_ent){ .off = (uint32_t)(w - c->base), .len = (uint32_t)n,
                                             .ids_off = (uint32_t)c->n_ids, .n_ids = (uint32_t)k };

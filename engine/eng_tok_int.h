@@ -133,5 +133,8 @@ extern bool eng_tok_test_no_scrub;
 /* Tests only: how many encode calls took the deep scrub (or would have,
  * with the scrub off) - which bound a call's depth is held to. */
 extern unsigned long eng_tok_test_deep;
+/* Tests only: every BPE word through the heap merge, none through the
+ * small one (eng_tok.c bpe_merge_small), for comparing the two. */
+extern bool eng_tok_test_no_small;
 
 #endif /* ENG_TOK_INT_H */
