@@ -1475,27 +1475,41 @@ static void on_event(struct egr *E, const struct shm_ev *ev)
 }
 
 /* Apply up to EV_BURST events, each released after it is applied
- * (invariant 3: consume, then release). Returns how many. */
+ * (invariant 3: consume, then release). Returns how many.
+ * The burst is copied out first and the newest generated id of every
+ * response it names is prefetched: that id was just written by the
+ * batcher on another core, and loading it in rs_feed was most of the
+ * time spent per event (one cross-core miss each, one after another);
+ * now the burst's misses overlap. A hint only: a slot freed meanwhile
+ * costs nothing. */
 static unsigned drain_events(struct egr *E)
 {
-    const struct shm_ev *ev;
-    unsigned n = 0;
+    struct shm_ev evs[EV_BURST];
+    int got = shm_ring_peek_burst(&E->ev, evs, EV_BURST);
 
-    while (n < EV_BURST && (ev = shm_ring_peek_one(&E->ev)) != NULL) {
-        struct shm_ev copy = *ev;
+    if (got <= 0)
+        return 0;
+    for (int j = 0; j < got; j++) {
+        uint32_t i;
+        if (evs[j].kind != SHM_EV_TOKENS || !evs[j].n_gen ||
+            (i = rs_find(E, evs[j].cell)) == NONE)
+            continue;
+        __builtin_prefetch(E->rs[i].ids + (evs[j].n_gen - 1));
+    }
+    for (int j = 0; j < got; j++) {
+        const struct shm_ev *ev = &evs[j];
         /* the clock after the peek: an event is never older than "now".
          * The loop read it before the burst; read again only for an event
          * published since (a vDSO read is ~30 ns here, a burst 64 events) */
-        if (copy.t_ns > E->now)
+        if (ev->t_ns > E->now)
             E->now = favo_now_ns();
-        if (E->tr && copy.t_ns && copy.kind != SHM_EV_START &&
-            (!E->tr_cur.pub || copy.t_ns < E->tr_cur.pub))
-            E->tr_cur.pub = copy.t_ns;
-        on_event(E, &copy);
+        if (E->tr && ev->t_ns && ev->kind != SHM_EV_START &&
+            (!E->tr_cur.pub || ev->t_ns < E->tr_cur.pub))
+            E->tr_cur.pub = ev->t_ns;
+        on_event(E, ev);
         shm_ring_release(&E->ev, 1);
-        n++;
     }
-    return n;
+    return (unsigned)got;
 }
 
 /* Ingress's answers to our TLS chunks: each is the completion of that
