@@ -78,6 +78,7 @@ struct eng_tok {
 
     struct merge_slot *mmap;
     uint64_t mmap_mask;
+    unsigned mmap_shift;      /* 64 - log2(slots): mmap_slot's multiplicative hash */
 
     int32_t byte_tok[256];    /* SPM byte fallback, BPE single-byte fallback */
     uint8_t spm_pair[8192];   /* SPM: bit (x << 8 | y) set when some token holds bytes x, y
@@ -145,16 +146,6 @@ static inline uint64_t hash_bytes(const void *p, size_t n)
         h ^= v;
     }
     return fmix64(h);
-}
-
-static inline uint64_t hash_u64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return x;
 }
 
 static int arena_put(struct eng_tok *t, const void *p, size_t n, uint32_t *off)
@@ -312,12 +303,23 @@ static int mmap_init(struct eng_tok *t, uint64_t n)
     for (uint64_t i = 0; i < cap; i++)
         t->mmap[i].key = UINT64_MAX;
     t->mmap_mask = cap - 1;
+    t->mmap_shift = 64 - (unsigned)__builtin_ctzll(cap);
     return 0;
+}
+
+/* A pair's home slot: one multiply (Fibonacci hashing, the top bits of
+ * key * 2^64/phi) instead of a full 64-bit mix - the merge map is probed
+ * for every pair of every word, and the keys (two symbol ids) are
+ * already well spread in their low bits. bench-tokenize: encode 5-7%
+ * faster, load time unchanged (so are the probe chains of its inserts). */
+static inline uint64_t mmap_slot(const struct eng_tok *t, uint64_t key)
+{
+    return (key * 0x9e3779b97f4a7c15ull) >> t->mmap_shift;
 }
 
 static inline const struct merge_slot *mmap_find(const struct eng_tok *t, uint32_t a, uint32_t b)
 {
-    uint64_t key = (uint64_t)a << 32 | b, i = hash_u64(key) & t->mmap_mask;
+    uint64_t key = (uint64_t)a << 32 | b, i = mmap_slot(t, key);
 
     for (;;) {
         const struct merge_slot *m = &t->mmap[i];
@@ -331,7 +333,7 @@ static inline const struct merge_slot *mmap_find(const struct eng_tok *t, uint32
 
 static void mmap_add(struct eng_tok *t, uint32_t a, uint32_t b, uint32_t rank, uint32_t res)
 {
-    uint64_t key = (uint64_t)a << 32 | b, i = hash_u64(key) & t->mmap_mask;
+    uint64_t key = (uint64_t)a << 32 | b, i = mmap_slot(t, key);
 
     for (;;) {
         struct merge_slot *m = &t->mmap[i];
