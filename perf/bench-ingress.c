@@ -18,7 +18,10 @@
  * wrk gets a Lua script with the POST body; its --latency output is parsed.
  * Besides requests/s and latency, the CPU time each process used during
  * its run (/proc/PID/stat utime+stime, children of favo serve / the nginx
- * master) is reported in microseconds per request: where the time goes.
+ * master) is reported in microseconds per request: where the time goes;
+ * and (plain HTTP) favo's batcher steps during the run, from its
+ * /metrics: requests per step (the batcher's and engine's sleeps and
+ * wake-ups are per step).
  *
  * The host may be shared (a 2-core development machine runs other work):
  * favo and nginx take turns for --rounds rounds (default 3) of --duration
@@ -79,6 +82,7 @@ struct run {
     char pname[MAX_PROCS][32];
     double cpu_s[MAX_PROCS], csw[MAX_PROCS]; /* CPU seconds, context switches */
     double cpu_total_s, csw_total;
+    double steps; /* favo: batcher steps during the run (favo_batch_steps_total), -1: unknown */
 };
 
 /* A started server: its pid and the pids whose CPU we account. */
@@ -597,6 +601,35 @@ static void cpu_diff(const struct cpu_snap *a, const struct cpu_snap *b, struct 
 
 /* ---------------------------------------------------------------- wrk */
 
+/* One counter of favo's GET /metrics (plain HTTP only), -1 when it cannot
+ * be read. The stages flush their counters at least every 100 ms. */
+static double metric(uint16_t port, const char *name)
+{
+    static char resp[1 << 18];
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    int fd = connect_port(port);
+    size_t got = 0;
+    ssize_t n;
+    const char *p;
+
+    if (fd < 0)
+        return -1;
+    if (write(fd, req, sizeof(req) - 1) != (ssize_t)(sizeof(req) - 1)) {
+        close(fd);
+        return -1;
+    }
+    while (got + 1 < sizeof(resp) && (n = read(fd, resp + got, sizeof(resp) - 1 - got)) > 0)
+        got += (size_t)n;
+    close(fd);
+    resp[got] = 0;
+    for (p = resp; (p = strstr(p, name)) != NULL; p += strlen(name))
+        if (p[-1] == '\n' && (p[strlen(name)] == ' ' || p[strlen(name)] == '{')) {
+            p = strchr(p, ' ');
+            return p ? strtod(p, NULL) : -1;
+        }
+    return -1;
+}
+
 /* "1.86ms" / "671.00us" / "1.02s" -> ms */
 static double wrk_ms(const char *s)
 {
@@ -703,12 +736,18 @@ static void measure(const char *who, pid_t root, const char *wrk, const char *lu
 
     if (o->warmup > 0)
         free(wrk_run(wrk, lua, o, port, o->warmup));
+    bool steps = !strcmp(who, "favo") && !o->tls;
+    double s0 = steps ? metric(port, "favo_batch_steps_total") : -1, s1;
+
     cpu_take(root, &a);
     out = wrk_run(wrk, lua, o, port, o->duration);
     cpu_take(root, &b);
+    usleep(200 * 1000); /* a heartbeat's flush of the batcher's counters */
+    s1 = steps && s0 >= 0 ? metric(port, "favo_batch_steps_total") : -1;
     memset(r, 0, sizeof(*r));
     parse_wrk(out, r);
     cpu_diff(&a, &b, r);
+    r->steps = s1 >= s0 && s0 >= 0 ? s1 - s0 : -1;
     if (r->rps <= 0 || r->requests <= 0)
         die("could not read wrk's output for %s:\n%s", who, out);
     if (getenv("FAVO_BENCH_VERBOSE"))
@@ -927,6 +966,8 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "favo_cpu_us_per_req", rf.cpu_total_s * 1e6 / (double)rf.requests);
         perf_json_num(stdout, "nginx_cpu_us_per_req", rn.cpu_total_s * 1e6 / (double)rn.requests);
         perf_json_num(stdout, "favo_csw_per_req", rf.csw_total / (double)rf.requests);
+        if (rf.steps > 0)
+            perf_json_num(stdout, "favo_requests_per_step", (double)rf.requests / rf.steps);
         perf_json_num(stdout, "nginx_csw_per_req", rn.csw_total / (double)rn.requests);
         for (int i = 0; i < rf.nproc; i++) {
             char key[64], *p;
@@ -969,6 +1010,10 @@ int main(int argc, char **argv)
         printf("\nfavo / nginx requests/s: %.3f (worst rounds: favo %.0f, nginx %.0f)\n",
                rf.rps / rn.rps, favo_min, nginx_min);
         print_procs("favo", &rf);
+        if (rf.steps > 0)
+            printf("  favo   batcher steps: %.0f, %.2f requests per step (each request is in "
+                   "%d steps: its prefill and %d decodes)\n", rf.steps,
+                   (double)rf.requests / rf.steps, o.max_tokens, o.max_tokens - 1);
         print_procs("nginx", &rn);
     }
     return 0;
