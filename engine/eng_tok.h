@@ -47,7 +47,10 @@
  * Invariants:
  *   1. Every id written by eng_tok_encode is < eng_tok_n_vocab().
  *   2. An eng_tok_t is immutable after eng_tok_load: any number of threads
- *      may encode / decode with it at once, without locks.
+ *      may encode / decode with it at once, without locks. (A byte-level
+ *      BPE encode uses its thread's PCRE2 match block, made at the
+ *      thread's first encode and freed at its exit: an 8 KiB JIT stack,
+ *      zeroed after every call - eng_tok_int.h.)
  *   3. Pieces returned by eng_tok_piece point into the tokenizer's arena
  *      and live until eng_tok_free; producing one never allocates.
  *   4. Round trip: for text s without special-token texts (and, for SPM,
