@@ -67,8 +67,10 @@ def stream(port, prompt, timeout=120):
 
 
 def main():
+    # FAVO_EGR_KCHECK: egress compares each response's user-space byte count
+    # with the kernel's (egr_stage.h inv 6), across every restart here too
     S = Serve(defaults=("--kv-cache-mb", "512", "--max-seqs", "16", "--max-batch-tokens",
-                        "256", "--threads", "2"), prefix="chaos")
+                        "256", "--threads", "2"), prefix="chaos", env={"FAVO_EGR_KCHECK": "1"})
     p, port = S.p, S.port
     ref = {pr: stream(port, pr)[1] for pr in PROMPTS}
     stop = threading.Event()
@@ -137,6 +139,8 @@ def main():
         print(f"restart latency: n={len(lat)} p50={lat[len(lat)//2]:.2f} ms max={lat[-1]:.2f} ms")
     check(len(lat) == len(kills), f"every kill was followed by a restart ({len(lat)}/{len(kills)})")
     check(not bad, f"every request completed with 200 and its exact greedy text ({len(bad)} bad)")
+    kbad = logtext.count("kernel count check:")
+    check(kbad == 0, f"egress's byte counts agreed with the kernel's ({kbad} differed)")
     check(p.returncode == 0, f"drain after chaos exits 0 ({p.returncode})")
 
 
