@@ -12,7 +12,8 @@
  * frees the cell. Covered: many concurrent requests with chunked prefill,
  * LENGTH, EOG STOP, cancel from ingress and from egress, queue full (503 +
  * Retry-After), too large (413), bad descriptors (400, cell freed), a
- * full event ring, drain, and kill -9 of the batcher mid-stream followed
+ * full event ring, drain, the next plan sent before egress is woken
+ * (t_egress_after_plan), and kill -9 of the batcher mid-stream followed
  * by restarts that lose and repeat nothing; the response cache (a hit
  * answered without a plan, only deterministic requests, a cancelled one
  * never cached, entries surviving a batcher restart, TTL expiry).
@@ -22,6 +23,7 @@
 #include "shm_seg.h"
 #include "shm_stats.h"
 
+#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -90,6 +92,9 @@ struct h {
     unsigned n_lost;
     int as;                            /* >= 0: the next submit is a copy of request `as` */
     uint32_t cache_ttl;                /* shm_req.cache_ttl of the next submits */
+    int no_overlap;                    /* the child runs with one plan in flight */
+    int egr_fd_child;                  /* > 0: the child's egress "eventfd" (a pipe) */
+    int engine_max;                    /* > 0: plans h_engine answers per call (else 2) */
 };
 
 static uint64_t g_cache_bytes;         /* the pipe's response cache region (h_init) */
@@ -205,10 +210,10 @@ static void h_spawn_nowait(struct h *h, int poll)
         setrlimit(RLIMIT_CORE, &nocore);
         c.pipe = &h->p;
         c.sched = h->sc;
-        c.egr_bell_efd = h->egr_efd;
+        c.egr_bell_efd = h->egr_fd_child > 0 ? h->egr_fd_child : h->egr_efd;
         c.poll = poll;
         c.stop = h->stop;
-        c.no_overlap = no_overlap_env(); /* as `favo serve` reads FAVO_NO_OVERLAP */
+        c.no_overlap = no_overlap_env() || h->no_overlap; /* as `favo serve` reads FAVO_NO_OVERLAP */
         struct shm_stats st;
         struct shm_stats_writer w;
         if (h->stats_on) {
@@ -349,7 +354,7 @@ static int h_engine(struct h *h)
     /* At most two plans a call: with overlap the next plan is always there
      * when one is answered, and the callers' conditions must get a look
      * in between (as a real engine's steps take time). */
-    while (got < 2 && (m = shm_ring_peek_one(&h->plan[0]))) {
+    while (got < (h->engine_max > 0 ? h->engine_max : 2) && (m = shm_ring_peek_one(&h->plan[0]))) {
         struct shm_plan_msg msg = *m;
         const struct shm_plan_msg *m1;
         uint64_t end = favo_now_ns() + 2000000000ull;
@@ -833,6 +838,72 @@ static void t_drain(void **state)
     free(h);
 }
 
+/* Regression (egress woken before the next plan): when a completion's
+ * events go out, the step they made possible is planned and sent BEFORE
+ * egress's eventfd is written - egress, at SCHED_FIFO on a shared core,
+ * used to preempt the batcher for its whole burst while the engine
+ * waited for that plan (bat_stage.c, the loop). Here the batcher's
+ * "eventfd" is a pipe the test has filled, so the batcher blocks inside
+ * that write for as long as the test likes: the next plan must be out by
+ * then. One plan in flight (no overlap): only the completion of step N
+ * can make plan N+1. */
+static void t_egress_after_plan(void **state)
+{
+    (void)state;
+    struct bat_sched_cfg sc = sc_default();
+    struct h *h = calloc(1, sizeof(*h));
+    char junk[4096];
+    int pfd[2], fl;
+
+    h_init(h, &sc, 0);
+    assert_int_equal(pipe(pfd), 0);
+    h->egr_fd_child = pfd[1];
+    h->no_overlap = 1;
+    h->engine_max = 1;
+    h_spawn(h, 0);
+    for (unsigned k = 0; k < 3; k++) {
+        unsigned i = h_submit(h, 4 + k, 5, 0, k, 0);
+        uint64_t end = favo_now_ns() + 5000000000ull;
+
+        while (!shm_ring_available(&h->plan[0])) { /* its prefill */
+            h_egress(h);
+            assert_true(favo_now_ns() < end);
+            usleep(100);
+        }
+        h_egress(h); /* START */
+        /* egress asleep, its "eventfd" full: the batcher's next ring blocks */
+        fl = fcntl(pfd[1], F_GETFL);
+        assert_int_equal(fcntl(pfd[1], F_SETFL, fl | O_NONBLOCK), 0);
+        while (write(pfd[1], junk, sizeof(junk)) > 0)
+            ;
+        assert_int_equal(fcntl(pfd[1], F_SETFL, fl), 0);
+        shm_bell_efd_prepare(&h->egr_bell);
+        assert_int_equal(h_engine(h), 1); /* done(prefill): the first token */
+        /* its TOKENS event is committed, egress is rung only after the
+         * decode it made possible was sent: that plan must come while
+         * the batcher sits in the blocked write */
+        while (!shm_ring_available(&h->plan[0]) || !shm_ring_available(&h->plan[1])) {
+            if (favo_now_ns() >= end)
+                fail_msg("request %u: no next plan while egress's wake-up blocks", i);
+            usleep(100);
+        }
+        /* egress wakes: the write completes, the request runs to its end */
+        fl = fcntl(pfd[0], F_GETFL);
+        assert_int_equal(fcntl(pfd[0], F_SETFL, fl | O_NONBLOCK), 0);
+        while (read(pfd[0], junk, sizeof(junk)) > 0)
+            ;
+        shm_bell_efd_woke(&h->egr_bell);
+        h_run(h, all_done, NULL, 5000);
+        assert_int_equal(h->rq[i].reason, SHM_FIN_LENGTH);
+        assert_int_equal(h->rq[i].seen, 5);
+    }
+    h_drain(h);
+    h_free(h);
+    close(pfd[0]);
+    close(pfd[1]);
+    free(h);
+}
+
 /* Stop the batcher where its arena is between steps (a SIGKILL inside
  * bat_sched_step/complete is not survivable yet: bat_stage.h), then kill. */
 static void h_kill9(struct h *h)
@@ -1244,6 +1315,7 @@ int main(void)
         cmocka_unit_test_teardown(t_errors, teardown),
         cmocka_unit_test_teardown(t_engine_refuses, teardown),
         cmocka_unit_test_teardown(t_drain, teardown),
+        cmocka_unit_test_teardown(t_egress_after_plan, teardown),
         cmocka_unit_test_teardown(t_restart, teardown),
         cmocka_unit_test_teardown(t_restart_overlap, teardown),
         cmocka_unit_test_teardown(t_engine_restart, teardown),
