@@ -1251,37 +1251,23 @@ unsigned long eng_tok_test_deep;
 
 /* Zero the stack below the caller's frame: the frames of the calls it made
  * (PCRE2's JIT machine stack, the JIT code's frame) held the text. Only as
- * deep as the encoder reaches (ENG_TOK_STACK_SCRUB, eng_tok_int.h): the
- * former fixed 64 KiB was 13-19% of ingress's CPU per request. */
-static __attribute__((noinline)) void stack_scrub(void)
-{
-    unsigned char pad[ENG_TOK_STACK_SCRUB];
-
-    if (eng_tok_test_no_scrub)
-        return;
-    explicit_bzero(pad, sizeof(pad));
-    __asm__ volatile("" : : "r"(pad) : "memory");
-}
-
-static __attribute__((noinline)) void stack_scrub_shallow(void)
-{
-    unsigned char pad[ENG_TOK_STACK_SCRUB_SHALLOW];
-
-    if (eng_tok_test_no_scrub)
-        return;
-    explicit_bzero(pad, sizeof(pad));
-    __asm__ volatile("" : : "r"(pad) : "memory");
-}
-
-static __attribute__((noinline)) void stack_scrub_spm(void)
-{
-    unsigned char pad[ENG_TOK_STACK_SCRUB_SPM];
-
-    if (eng_tok_test_no_scrub)
-        return;
-    explicit_bzero(pad, sizeof(pad));
-    __asm__ volatile("" : : "r"(pad) : "memory");
-}
+ * deep as the encoder reaches (ENG_TOK_STACK_SCRUB*, eng_tok_int.h): the
+ * former fixed 64 KiB was 13-19% of ingress's CPU per request. One function
+ * per depth: each clears its own frame, a fixed-size array, so the depth is
+ * what the compiler lays out, never a variable-length frame. */
+#define STACK_SCRUB_FN(name, bytes)                                                         \
+    static __attribute__((noinline)) void name(void)                                        \
+    {                                                                                       \
+        unsigned char pad[bytes];                                                           \
+                                                                                            \
+        if (eng_tok_test_no_scrub)                                                          \
+            return;                                                                         \
+        explicit_bzero(pad, sizeof(pad));                                                   \
+        __asm__ volatile("" : : "r"(pad) : "memory");                                       \
+    }
+STACK_SCRUB_FN(stack_scrub, ENG_TOK_STACK_SCRUB)
+STACK_SCRUB_FN(stack_scrub_shallow, ENG_TOK_STACK_SCRUB_SHALLOW)
+STACK_SCRUB_FN(stack_scrub_spm, ENG_TOK_STACK_SCRUB_SPM)
 
 /* A min-heap keyed by (k1, k2), where a smaller k1 wins, then smaller left. */
 struct heap_ent {
