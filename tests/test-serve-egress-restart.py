@@ -166,6 +166,20 @@ def kill_egress(S, what):
           f"{what}: egress restarted ({(time.time() - t0) * 1000:.0f} ms)")
 
 
+def stream_across(conn, st, hd, ref, what):
+    """The SSE body on conn, read after a kill, must equal ref byte for byte."""
+    try:
+        got = sse_text(conn.body(hd))
+        check(st == 200 and got == ref, f"{what} is byte-exact ({got[2]} events, [DONE])")
+    except (ValueError, EOFError, OSError) as e:
+        check(False, f"{what} is byte-exact ({e!r})")
+
+
+def still_answers(conn, what):
+    st, raw = conn.request("POST", "/v1/completions", req(5, False, 8))
+    check(st == 200 and json.loads(raw)["usage"]["completion_tokens"] == 8, what)
+
+
 def stalled():
     """Let the server fill the socket: the client reads nothing more (the
     server's send buffer grows with what the client reads fast, so not even
@@ -211,12 +225,7 @@ def main():
     sta, hda = a.head()
     stalled()
     kill_egress(S, "kill 1")
-    try:
-        got = sse_text(a.body(hda))
-        check(sta == 200 and got == ref11,
-              f"A: the stream across the kill is byte-exact ({got[2]} events, [DONE])")
-    except (ValueError, EOFError, OSError) as e:
-        check(False, f"A: the stream across the kill is byte-exact ({e!r})")
+    stream_across(a, sta, hda, ref11, "A: the stream across the kill")
     try:
         stb, hdb = b.head()
         body = json.loads(b.body(hdb))
@@ -225,9 +234,7 @@ def main():
               "B: the body across the kill parses whole and equals its reference")
     except (ValueError, EOFError, OSError) as e:
         check(False, f"B: the body across the kill parses whole and equals its reference ({e!r})")
-    st, raw = a.request("POST", "/v1/completions", req(5, False, 8))
-    check(st == 200 and json.loads(raw)["usage"]["completion_tokens"] == 8,
-          "A: the connection still answers after the restart")
+    still_answers(a, "A: the connection still answers after the restart")
 
     # C again, with the new egress: it learns what the dead one wrote on C
     # (once, from the kernel), then dies with C's send in flight
@@ -237,18 +244,9 @@ def main():
     stc, hdc = c.head()
     stalled()
     kill_egress(S, "kill 2")
-    try:
-        got = sse_text(c.body(hdc))
-        check(stc == 200 and got == ref12,
-              f"C: the stream across the second kill is byte-exact ({got[2]} events)")
-    except (ValueError, EOFError, OSError) as e:
-        check(False, f"C: the stream across the second kill is byte-exact ({e!r})")
-    st, raw = c.request("POST", "/v1/completions", req(5, False, 8))
-    check(st == 200 and json.loads(raw)["usage"]["completion_tokens"] == 8,
-          "C: the connection still answers after two restarts")
-    st, raw = a.request("POST", "/v1/completions", req(5, False, 8))
-    check(st == 200 and json.loads(raw)["usage"]["completion_tokens"] == 8,
-          "A: the connection answers the third egress too")
+    stream_across(c, stc, hdc, ref12, "C: the stream across the second kill")
+    still_answers(c, "C: the connection still answers after two restarts")
+    still_answers(a, "A: the connection answers the third egress too")
     for x in (a, b, c):
         x.s.close()
 
