@@ -325,7 +325,7 @@ static char *build_req(const struct dp_bench_cfg *cfg, const struct dp_bench_wor
         json_str(&o, w->prompt ? w->prompt : prompt);
     }
     o += sprintf(o, ",\"max_tokens\":%d,\"ignore_eos\":true,\"stream\":%s}", w->out_tokens,
-                 cfg->stream ? "true" : "false");
+                 cfg->stream ? "true,\"stream_options\":{\"include_usage\":true}" : "false");
     n = snprintf(req, cap + 512,
                  "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                  "Accept: %s\r\nConnection: close\r\nContent-Length: %zu\r\n%s%s%s\r\n",
@@ -375,7 +375,9 @@ struct conn {
     int trailer_nl;
     char *line;             /* SSE line buffer (streaming) or body (non-streaming) */
     size_t line_len;
-    long ntok;
+    long ntok;              /* text events (stream) or usage.completion_tokens */
+    long usage_tok;         /* stream: the usage event's completion_tokens */
+    bool usage_seen;        /* stream: a usage event came (usage_tok is valid) */
     char rbuf[RECV_B];
 };
 
@@ -609,6 +611,29 @@ static bool event_has_text(const char *l, size_t n)
     return !seen && !memmem(l, n, "\"choices\"", 9);
 }
 
+/* The usage event (stream_options.include_usage) carries the server's own
+ * count of generated tokens. It beats counting text events: a token that
+ * completes no character (half of a UTF-8 sequence) or has no text (a special
+ * token under ignore_eos) makes no event of its own. */
+static void usage_event(struct conn *c, const char *l, size_t n)
+{
+    const char *u = memmem(l, n, "\"usage\"", 7), *e = l + n;
+    char num[24];
+    size_t k = 0;
+
+    if (!u || !(u = memmem(u, (size_t)(e - u), "\"completion_tokens\"", 19)))
+        return;
+    for (u += 19; u < e && (*u == ' ' || *u == '\t' || *u == ':'); u++)
+        ;
+    while (u < e && k < sizeof(num) - 1 && *u >= '0' && *u <= '9')
+        num[k++] = *u++;
+    if (!k || k > 18)
+        return;
+    num[k] = 0;
+    c->usage_tok = strtol(num, NULL, 10);
+    c->usage_seen = true;
+}
+
 /* An SSE line (without the newline). */
 static void sse_line(struct run *r, struct conn *c, char *l, size_t n, uint64_t t)
 {
@@ -622,6 +647,7 @@ static void sse_line(struct run *r, struct conn *c, char *l, size_t n, uint64_t 
         l++, n--;
     if (n == 6 && !strncmp(l, "[DONE]", 6))
         return;
+    usage_event(c, l, n);
     if (!event_has_text(l, n))
         return;
     if (!c->got_tok) {
@@ -826,6 +852,8 @@ static void response_tokens(struct run *r, struct conn *c)
     } else if (r->cfg->stream && c->line && c->line_len) {
         sse_line(r, c, c->line, c->line_len, now_ns()); /* last line without \n */
     }
+    if (r->cfg->stream && c->usage_seen)
+        c->ntok = c->usage_tok;
 }
 
 static void response_done(struct run *r, struct conn *c)

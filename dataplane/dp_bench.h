@@ -30,10 +30,13 @@
  * Statistics: every sample is kept (double, milliseconds). Percentile p of
  * n sorted samples is the nearest rank: x[ceil(p/100 * n) - 1] (p=0: x[0]).
  *
- * Output tokens: the count of data events that carry text (one token per
- * event, as favo, llama.cpp and vLLM stream; role-only, finish-only and
- * usage events are skipped, see event_has_text) or, non-streaming,
- * usage.completion_tokens.
+ * Output tokens: usage.completion_tokens, the server's own count. Streams
+ * ask for it (stream_options.include_usage); a server that sends no usage
+ * event is counted by its data events that carry text (one token per event,
+ * as favo, llama.cpp and vLLM stream; role-only, finish-only and usage
+ * events are skipped, see event_has_text). Events undercount: a token that
+ * ends inside a UTF-8 character or has no text (a special token under
+ * ignore_eos) sends none. Inter-token latency is always between events.
  *
  * Prompts: synthesized from common English words that are one token each in
  * GPT-2/Llama/SmolLM BPE vocabularies, so N words ~ N tokens (a request
@@ -150,8 +153,8 @@ void dp_bench_json_run(FILE *f, struct dp_bench_res *res);
 int dp_bench_svg(FILE *f, struct dp_bench_res *res, const char *title);
 
 /* The response parser on its own, for tests and fuzzing: feed buf[0..n) in
- * pieces of `piece` bytes as recv() would, then EOF. tokens: SSE data events
- * (stream) or usage.completion_tokens; complete: the body ended (terminal
+ * pieces of `piece` bytes as recv() would, then EOF. tokens:
+ * usage.completion_tokens, or without a usage event the SSE data events with text; complete: the body ended (terminal
  * chunk, Content-Length or EOF). Returns 0, or -EPROTO for malformed
  * framing (bad status line, headers over 16 KiB, bad chunk sizes). */
 struct dp_bench_parsed {

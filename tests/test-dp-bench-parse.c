@@ -81,9 +81,27 @@ static void t_sse_textless(void **state)
                  "data: {\"choices\":[{\"text\":\"\\\"\",\"finish_reason\":null}]}\n\n"
                  "data: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"length\"}]}\n\n"
                  "data: {\"choices\":[{\"delta\":{\"content\":null}}]}\n\n"
-                 "data: {\"choices\":[],\"usage\":{\"completion_tokens\":2}}\n\n"
                  "data: [DONE]\n\n",
            0, 200, 2, true); /* "Hi" and "\"" */
+}
+
+/* The usage event's count wins over the events: two tokens that make one
+ * character send one event; OpenAI's "usage":null on other chunks is no count. */
+static void t_sse_usage(void **state)
+{
+    (void)state;
+    expect(true, "HTTP/1.1 200 OK" CRLF CRLF
+                 "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\n"
+                 "data: {\"choices\":[{\"text\":\"\\u00e9\"}],\"usage\":null}\n\n"
+                 "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\": 3,"
+                 "\"total_tokens\":8}}\n\n"
+                 "data: [DONE]\n\n",
+           0, 200, 3, true);
+    /* a usage event without a number: the events count */
+    expect(true, "HTTP/1.1 200 OK" CRLF CRLF
+                 "data: {\"choices\":[{\"text\":\"a\"}]}\n\n"
+                 "data: {\"choices\":[],\"usage\":{\"completion_tokens\":x}}\n\n",
+           0, 200, 1, true);
 }
 
 static void t_plain_length(void **state)
@@ -122,6 +140,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_sse_chunked),  cmocka_unit_test(t_sse_incomplete),
         cmocka_unit_test(t_sse_eof_body), cmocka_unit_test(t_sse_textless),
+        cmocka_unit_test(t_sse_usage),
         cmocka_unit_test(t_plain_length),
         cmocka_unit_test(t_malformed),
     };
