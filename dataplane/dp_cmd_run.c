@@ -140,6 +140,7 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
         { "chat-template", 0, DP_OPT_STR, "NAME", NULL, "Chat format instead of the detected one (chatml, llama3, gemma, ...)." },
         { "mmap", 0, DP_OPT_FLAG, NULL, NULL, "Run from the file mapping instead of copying weights to anonymous memory (for measurement)." },
         { "exact", 0, DP_OPT_FLAG, NULL, NULL, "Reference mode: f32 activations against dequantized weights (slow; for checking numerics)." },
+        { "kv-cache-type", 0, DP_OPT_STR, "TYPE", "auto", "KV cache elements: f16, f32, or auto (f32 for F32-weight models and --exact, f16 otherwise)." },
         { "print-ids", 0, DP_OPT_FLAG, NULL, NULL, "Print generated token ids instead of text." },
         { "ignore-eos", 0, DP_OPT_FLAG, NULL, NULL, "Keep generating past end-of-generation tokens." },
         { "dump-logits", 0, DP_OPT_STR, "FILE", NULL, "Write each sampled step's raw logits (f32 x n_vocab) to FILE." },
@@ -255,7 +256,14 @@ int dp_cmd_run(const struct dp_cmd *cmd, int argc, char **argv)
     bo.ctx.max_seqs = 1;
     bo.ctx.max_tokens = 512;
     bo.ctx.exact = dp_opt_flag(opts, "exact");
+    bo.kv_type = dp_opt_str(opts, "kv-cache-type");
     rc = eng_cpu_backend_init(&be, m, &bo);
+    if (rc == -EINVAL && bo.kv_type && strcmp(bo.kv_type, "auto") && strcmp(bo.kv_type, "f16") &&
+        strcmp(bo.kv_type, "f32")) {
+        fprintf(stderr, "favo run: --kv-cache-type must be auto, f16 or f32 (got '%s')\n",
+                bo.kv_type);
+        goto out;
+    }
     if (rc) {
         fprintf(stderr, "favo run: engine: %s\n", strerror(-rc));
         goto out;

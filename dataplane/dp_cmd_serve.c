@@ -95,6 +95,7 @@ static struct dp_opt serve_opts[] = {
     { "queue-timeout", 0, DP_OPT_DOUBLE, "SECONDS", "30", "A request still waiting this long gets 503." },
     { "no-overlap", 0, DP_OPT_FLAG, NULL, NULL, "Plan each engine step only after the previous one is back (overlap off, for comparison)." },
     { "kv-cache-mb", 0, DP_OPT_INT, "MIB", "2048", "Memory for the paged KV cache (16-position blocks)." },
+    { "kv-cache-type", 0, DP_OPT_STR, "TYPE", "auto", "KV cache elements: f16, f32, or auto (f32 for F32-weight models, f16 otherwise: half the memory per position)." },
     { "ctx-size", 0, DP_OPT_INT, "N", "8192", "Positions per sequence at most (capped by the model's context)." },
     { "max-conns", 0, DP_OPT_INT, "N", "1024", "Open client connections per ingress worker; beyond it 503 and close." },
     { "write-timeout", 0, DP_OPT_DOUBLE, "SECONDS", "30", "A client that reads nothing for this long is cut off and its sequence cancelled." },
@@ -333,7 +334,7 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
                         "--max-conns 1..65536, --port 0..65535, timeouts > 0\n");
         goto out;
     }
-    if (eng_stage_model_info(model, &mi, err, sizeof(err))) {
+    if (eng_stage_model_info(model, dp_opt_str(o, "kv-cache-type"), &mi, err, sizeof(err))) {
         fprintf(stderr, "favo serve: %s\n", err);
         goto out;
     }
@@ -533,6 +534,9 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
     arg(en, S, ST_ENGINE, "--max-tokens", "%u", sc.max_batch_tokens);
     arg(en, S, ST_ENGINE, "--max-seqs", "%u", sc.max_seqs);
     arg(en, S, ST_ENGINE, "--n-ctx", "%u", n_ctx);
+    /* auto: the engine stage picks what eng_stage_model_info picked */
+    if (strcmp(dp_opt_str(o, "kv-cache-type"), "auto"))
+        arg(en, S, ST_ENGINE, "--kv-cache-type", "%s", mi.kv_type);
 
     eg->keep_fds[eg->nkeep++] = S->fdp[1];
     eg->keep_fds[eg->nkeep++] = S->efd_egr;
@@ -546,9 +550,9 @@ int dp_cmd_serve(const struct dp_cmd *cmd, int argc, char **argv)
     arg(eg, S, ST_EGRESS, "--access-log", "%s", dp_opt_str(o, "access-log"));
 
     snprintf(S->summary, sizeof(S->summary),
-             "serving %s (%s, %u positions, %u KV blocks) with the %s backend on "
+             "serving %s (%s, %u positions, %u KV blocks of %s) with the %s backend on "
              "%s://%s:%u (instance %s)",
-             model_id, mi.arch, n_ctx, sc.n_blocks, backend,
+             model_id, mi.arch, n_ctx, sc.n_blocks, mi.kv_type, backend,
              dp_opt_str(o, "tls-cert") ? "https" : "http", dp_opt_str(o, "host"), bound, inst);
     /* The stages resolve every symbol at exec, not at its first call: the
      * lazy binder saves the vector registers on the stack

@@ -324,7 +324,7 @@ int dp_stage_engine(int argc, char **argv)
 {
     static const char *const known[] = { STAGE_COMMON, "--rank", "--model", "--backend",
                                           "--threads", "--n-blocks", "--max-tokens",
-                                          "--max-seqs", "--n-ctx", NULL };
+                                          "--max-seqs", "--n-ctx", "--kv-cache-type", NULL };
     struct stage_env E;
     struct eng_stage_cfg c;
     struct kv kv;
@@ -345,6 +345,7 @@ int dp_stage_engine(int argc, char **argv)
     c.max_tokens = (uint32_t)kv_int(&kv, "--max-tokens", 0);
     c.max_seqs = (uint32_t)kv_int(&kv, "--max-seqs", 0);
     c.n_ctx = (uint32_t)kv_int(&kv, "--n-ctx", 0);
+    c.kv_type = kv_str(&kv, "--kv-cache-type");
     c.poll = E.poll;
     c.stop = &stage_stop;
     if (E.have_stats) {

@@ -50,6 +50,8 @@ struct eng_backend_opts {
     uint32_t n_threads;          /* CPU threads; 0: 1 */
     uint32_t device;             /* device index (GPU backends) */
     uint32_t kv_blocks;          /* KV pool size in 16-token blocks */
+    const char *kv_type;         /* "auto" / NULL, "f16", "f32" (eng_kv_type_pick; auto
+                                    is f32 in exact mode, the reference) */
     struct eng_ctx_opts ctx;     /* max tokens / seqs per step, n_ctx */
 };
 

@@ -3,6 +3,9 @@
  */
 #include "eng_kv.h"
 
+#include "eng_cpu.h"
+#include "eng_ops.h"
+#include "eng_fp16.h"
 #include "favo_base.h"
 
 #include <errno.h>
@@ -13,16 +16,59 @@
 
 int eng_kv_init(struct eng_kv *kv, const struct eng_hparams *hp, uint32_t n_blocks)
 {
-    memset(kv, 0, sizeof(*kv));
-    if (!n_blocks || n_blocks > (1u << 24))
+    return eng_kv_init_type(kv, hp, n_blocks, ENG_KV_F32);
+}
+
+const char *eng_kv_type_name(enum eng_kv_type t)
+{
+    return t == ENG_KV_F16 ? "f16" : "f32";
+}
+
+int eng_kv_type_pick(const struct eng_model *m, const char *want, enum eng_kv_type *out)
+{
+    if (want && !strcmp(want, "f32"))
+        *out = ENG_KV_F32;
+    else if (want && !strcmp(want, "f16"))
+        *out = ENG_KV_F16;
+    else if (!want || !strcmp(want, "auto"))
+        *out = m->hp.n_layer && m->layers[0].wq.type == ENG_TYPE_F32 ? ENG_KV_F32 : ENG_KV_F16;
+    else
         return -EINVAL;
+    return 0;
+}
+
+void eng_kv_put_f16(uint16_t *dst, size_t stride, const float *src, uint32_t n)
+{
+    if (eng_cpu_features() & ENG_CPU_AVX512) {
+        eng_kv_avx512_put_f16(dst, stride, src, n);
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        float f = src[i];
+
+        if (f > 65504.0f)             /* NaN compares false: stays NaN */
+            f = 65504.0f;
+        else if (f < -65504.0f)
+            f = -65504.0f;
+        dst[(size_t)i * stride] = eng_f32_to_f16(f);
+    }
+}
+
+int eng_kv_init_type(struct eng_kv *kv, const struct eng_hparams *hp, uint32_t n_blocks,
+                     enum eng_kv_type t)
+{
+    memset(kv, 0, sizeof(*kv));
+    if (!n_blocks || n_blocks > (1u << 24) || (t != ENG_KV_F32 && t != ENG_KV_F16))
+        return -EINVAL;
+    kv->type = t;
+    kv->esz = t == ENG_KV_F16 ? 2 : 4;
     kv->n_layer = hp->n_layer;
     kv->n_head_kv = hp->n_head_kv;
     kv->head_dim = hp->head_dim;
     kv->head_dim_v = hp->head_dim_v;
     kv->n_blocks = n_blocks;
     kv->layer_floats = (size_t)hp->n_head_kv * ENG_KV_BLOCK * (hp->head_dim + hp->head_dim_v);
-    kv->block_bytes = kv->layer_floats * hp->n_layer * sizeof(float);
+    kv->block_bytes = kv->layer_floats * hp->n_layer * kv->esz;
     if (kv->block_bytes > SIZE_MAX / n_blocks)
         return -EINVAL;
     kv->mem_bytes = kv->block_bytes * n_blocks;

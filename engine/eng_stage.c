@@ -114,8 +114,8 @@ int32_t eng_stage_null_token(const struct eng_tok *t, uint64_t seed, uint64_t po
 
 /* ------------------------------------------------------------ model info */
 
-int eng_stage_model_info(const char *path, struct eng_stage_model_info *out, char *err,
-                         size_t errlen)
+int eng_stage_model_info(const char *path, const char *kv_type,
+                         struct eng_stage_model_info *out, char *err, size_t errlen)
 {
     struct eng_model *m;
     const struct eng_hparams *hp;
@@ -132,9 +132,16 @@ int eng_stage_model_info(const char *path, struct eng_stage_model_info *out, cha
     out->n_ctx_train = hp->n_ctx_train;
     out->n_vocab = hp->n_vocab;
     out->n_layer = hp->n_layer;
-    /* eng_kv_init's block: every layer's K and V for 16 positions, f32. */
-    out->kv_block_bytes = (uint64_t)hp->n_head_kv * ENG_KV_BLOCK *
-                          ((uint64_t)hp->head_dim + hp->head_dim_v) * hp->n_layer * sizeof(float);
+    /* eng_kv_init_type's block: every layer's K and V for 16 positions */
+    enum eng_kv_type kt;
+
+    if (eng_kv_type_pick(m, kv_type, &kt)) {
+        snprintf(err, errlen, "--kv-cache-type must be auto, f16 or f32 (got '%s')", kv_type);
+        eng_model_free(m);
+        return -EINVAL;
+    }
+    out->kv_block_bytes = eng_kv_block_bytes_for(hp, kt);
+    snprintf(out->kv_type, sizeof(out->kv_type), "%s", eng_kv_type_name(kt));
     out->weight_bytes = m->weight_bytes;
     eng_model_free(m);
     return 0;
@@ -209,7 +216,11 @@ static int stage_load(struct stage *s)
     s->n_vocab = s->m->hp.n_vocab;
     /* One block more than the batcher's pool: the warm-up's scratch block,
      * an id no valid plan names. */
-    rc = eng_kv_init(&s->kv, &s->m->hp, s->n_blocks + 1);
+    enum eng_kv_type kt;
+
+    rc = eng_kv_type_pick(s->m, cfg->kv_type, &kt);
+    if (!rc)
+        rc = eng_kv_init_type(&s->kv, &s->m->hp, s->n_blocks + 1, kt);
     if (rc) {
         favo_err("engine stage: KV pool of %u blocks: %d", s->n_blocks + 1, rc);
         return rc;
@@ -767,9 +778,9 @@ int eng_stage_run(const struct eng_stage_cfg *cfg)
     if ((rc = stage_load(&s)) || (rc = stage_buffers(&s)) || (rc = stage_attach(&s)) ||
         (rc = stage_warmup(&s)))
         goto out;
-    favo_info("engine stage: rank %u up (%s backend, %u KV blocks, %u tokens / %u seqs per "
-              "step, n_ctx %u)", cfg->rank, s.null ? "null" : "cpu", s.n_blocks, s.max_tokens,
-              s.max_seqs, s.n_ctx);
+    favo_info("engine stage: rank %u up (%s backend, %u KV blocks of %s, %u tokens / %u seqs "
+              "per step, n_ctx %u)", cfg->rank, s.null ? "null" : "cpu", s.n_blocks,
+              s.null ? "-" : eng_kv_type_name(s.kv.type), s.max_tokens, s.max_seqs, s.n_ctx);
     if (cfg->on_ready)
         cfg->on_ready(cfg->on_ready_arg);
     shm_pipe_set_up(s.pipe, SHM_PIPE_ENGINE, cfg->rank, (int32_t)getpid());

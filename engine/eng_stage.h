@@ -141,6 +141,7 @@ struct eng_stage_cfg {
     uint32_t n_blocks;               /* KV pool blocks: the batcher's bat_sched_cfg.n_blocks */
     uint32_t max_tokens, max_seqs;   /* per step: the batcher's max_batch_tokens / max_seqs */
     uint32_t n_ctx;                  /* positions per sequence (0: min(train, 8192)) */
+    const char *kv_type;             /* --kv-cache-type: NULL / "auto", "f16", "f32" */
     int poll;                        /* 0 block, 1 adaptive, 2 spin */
     const volatile int *stop;        /* non-zero: drain (see the top) */
     struct shm_stats *stats;         /* may be NULL */
@@ -158,10 +159,11 @@ struct eng_stage_model_info {
     char arch[32];
     uint32_t n_ctx_train, n_vocab, n_layer;
     uint64_t kv_block_bytes;         /* bytes of one 16-position KV block (eng_kv) */
+    char kv_type[8];                 /* the KV element type kv_block_bytes is for */
     uint64_t weight_bytes;
 };
-int eng_stage_model_info(const char *path, struct eng_stage_model_info *out, char *err,
-                         size_t errlen);
+int eng_stage_model_info(const char *path, const char *kv_type,
+                         struct eng_stage_model_info *out, char *err, size_t errlen);
 
 /* Token the null backend answers for (seed, pos): ordinary, deterministic;
  * -1 when the vocabulary has no ordinary token. For tests. */

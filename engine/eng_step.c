@@ -36,6 +36,7 @@
 
 #include "eng_ops.h"
 #include "eng_pool.h"
+#include "eng_fp16.h"
 #include "eng_quant.h"
 #include "favo_base.h"
 
@@ -293,6 +294,13 @@ static inline void prefetch(const void *p, size_t bytes)
         __builtin_prefetch((const char *)p + o);
 }
 
+/* Element i of a KV block's keys or values at base, widened to f32. */
+static inline float kv_get(const struct eng_kv *kv, const void *base, size_t i)
+{
+    return kv->type == ENG_KV_F16 ? eng_f16_to_f32(((const uint16_t *)base)[i])
+                                  : ((const float *)base)[i];
+}
+
 /*
  * Heads h..h+nh-1 of one token, all of KV head g, with the AVX-512 loops
  * (eng_attn_*), a KV block at a time: the same scores, softmax and
@@ -309,11 +317,13 @@ static void attention_fast(struct eng_ctx *c, uint32_t il, const struct eng_seq 
                            uint32_t p, float *scores)
 {
     const struct eng_hparams *hp = &c->m->hp;
+    const int f16 = c->kv->type == ENG_KV_F16;
+    const size_t esz = c->kv->esz;
     uint32_t hd = hp->head_dim, hdv = hp->head_dim_v, j, n;
 
     for (j = p0; j <= p; j += n) {
         uint32_t bi = j / ENG_KV_BLOCK;
-        const float *kb = eng_kv_k(c->kv, s->block_table[bi], il, g);
+        const void *kb = eng_kv_kp(c->kv, s->block_table[bi], il, g);
 
         n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
         /* decode: the next block's keys and this block's values on
@@ -323,28 +333,40 @@ static void attention_fast(struct eng_ctx *c, uint32_t il, const struct eng_seq 
          * tokens, and the prefetches would only cost */
         if (c->decode_only) {
             if ((bi + 1) * ENG_KV_BLOCK <= p)
-                prefetch(eng_kv_k(c->kv, s->block_table[bi + 1], il, g),
-                         (size_t)hd * ENG_KV_BLOCK * sizeof(float));
-            prefetch(eng_kv_v(c->kv, s->block_table[bi], il, g) +
-                         (size_t)(j % ENG_KV_BLOCK) * hdv,
-                     (size_t)n * hdv * sizeof(float));
+                prefetch(eng_kv_kp(c->kv, s->block_table[bi + 1], il, g),
+                         (size_t)hd * ENG_KV_BLOCK * esz);
+            prefetch((const char *)eng_kv_vp(c->kv, s->block_table[bi], il, g) +
+                         (size_t)(j % ENG_KV_BLOCK) * hdv * esz,
+                     (size_t)n * hdv * esz);
         }
-        for (uint32_t i = 0; i < nh; i++)
-            eng_attn_avx512_scores(scores + (size_t)i * c->n_ctx + (j - p0), q + (size_t)i * hd,
-                                   kb, j % ENG_KV_BLOCK, n, hd, hp->attn_scale);
+        for (uint32_t i = 0; i < nh; i++) {
+            float *sc = scores + (size_t)i * c->n_ctx + (j - p0);
+
+            if (f16)
+                eng_attn_avx512_scores_f16(sc, q + (size_t)i * hd, kb, j % ENG_KV_BLOCK, n, hd,
+                                           hp->attn_scale);
+            else
+                eng_attn_avx512_scores(sc, q + (size_t)i * hd, kb, j % ENG_KV_BLOCK, n, hd,
+                                       hp->attn_scale);
+        }
     }
     for (uint32_t i = 0; i < nh; i++) {
         (void)eng_vmath_avx512_softmax(scores + (size_t)i * c->n_ctx, p - p0 + 1);
         memset(o + (size_t)i * hdv, 0, hdv * sizeof(float));
     }
     for (j = p0; j <= p; j += n) {
-        const float *vb = eng_kv_v(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
-                          (size_t)(j % ENG_KV_BLOCK) * hdv;
+        const char *vb = (const char *)eng_kv_vp(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
+                         (size_t)(j % ENG_KV_BLOCK) * hdv * esz;
 
         n = FAVO_MIN(ENG_KV_BLOCK - j % ENG_KV_BLOCK, p + 1 - j);
-        for (uint32_t i = 0; i < nh; i++)
-            eng_attn_avx512_accum(o + (size_t)i * hdv, scores + (size_t)i * c->n_ctx + (j - p0),
-                                  vb, n, hdv);
+        for (uint32_t i = 0; i < nh; i++) {
+            const float *pr = scores + (size_t)i * c->n_ctx + (j - p0);
+
+            if (f16)
+                eng_attn_avx512_accum_f16(o + (size_t)i * hdv, pr, (const uint16_t *)vb, n, hdv);
+            else
+                eng_attn_avx512_accum(o + (size_t)i * hdv, pr, (const float *)vb, n, hdv);
+        }
     }
 }
 
@@ -377,12 +399,12 @@ static void attention_units(struct thr *t, uint32_t il, uint32_t lo, uint32_t hi
             continue;
         }
         for (uint32_t j = p0; j <= p; j++) {
-            const float *kr = eng_kv_k_at(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g,
-                                          j % ENG_KV_BLOCK, 0);
             float sc = 0;
 
             for (uint32_t d = 0; d < hd; d++)      /* keys transposed (eng_kv.h) */
-                sc += q[d] * kr[(size_t)d * ENG_KV_BLOCK];
+                sc += q[d] * kv_get(c->kv, eng_kv_kp(c->kv, s->block_table[j / ENG_KV_BLOCK], il,
+                                                     g),
+                                    (size_t)d * ENG_KV_BLOCK + j % ENG_KV_BLOCK);
             sc *= hp->attn_scale;
 
             scores[j - p0] = sc;
@@ -394,10 +416,17 @@ static void attention_units(struct thr *t, uint32_t il, uint32_t lo, uint32_t hi
         }
         memset(o, 0, hdv * sizeof(float));
         for (uint32_t j = p0; j <= p; j++) {
-            const float *vr = eng_kv_v(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g) +
-                              (size_t)(j % ENG_KV_BLOCK) * hdv;
+            const void *vb = eng_kv_vp(c->kv, s->block_table[j / ENG_KV_BLOCK], il, g);
+            size_t r = (size_t)(j % ENG_KV_BLOCK) * hdv;
 
-            ops->axpy(o, scores[j - p0] / sum, vr, hdv);
+            if (c->kv->type == ENG_KV_F32) {
+                ops->axpy(o, scores[j - p0] / sum, (const float *)vb + r, hdv);
+            } else {
+                float a = scores[j - p0] / sum;
+
+                for (uint32_t d = 0; d < hdv; d++)
+                    o[d] += a * kv_get(c->kv, vb, r + d);
+            }
         }
     }
 }
@@ -424,12 +453,16 @@ static void kv_prefetch_w(const struct eng_ctx *c, uint32_t il, uint32_t i)
     uint32_t p = c->tok_pos[i], slot = p % ENG_KV_BLOCK;
     int32_t blk = s->block_table[p / ENG_KV_BLOCK];
 
+    const size_t esz = c->kv->esz;
+
     for (uint32_t h = 0; h < hp->n_head_kv; h++) {
-        const float *v = eng_kv_v(c->kv, blk, il, h) + (size_t)slot * hp->head_dim_v;
+        const char *k = (const char *)eng_kv_kp(c->kv, blk, il, h) + slot * esz;
+        const char *v = (const char *)eng_kv_vp(c->kv, blk, il, h) +
+                        (size_t)slot * hp->head_dim_v * esz;
 
         for (uint32_t d = 0; d < hp->head_dim; d++)
-            __builtin_prefetch(eng_kv_k_at(c->kv, blk, il, h, slot, d), 1);
-        for (uint32_t d = 0; d < hp->head_dim_v; d += 16)
+            __builtin_prefetch(k + (size_t)d * ENG_KV_BLOCK * esz, 1);
+        for (uint32_t d = 0; d < hp->head_dim_v * esz; d += 64)
             __builtin_prefetch(v + d, 1);
     }
 }
@@ -589,9 +622,17 @@ static void layer(struct thr *t, uint32_t il)
             if (L->k_norm.data)
                 ops->rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->eps);
             eng_ops_rope(k + h * hd, cs, cs + half, hp->rope_dim, m->ai->rope_neox);
+            if (c->kv->type == ENG_KV_F16) {    /* keys transposed (eng_kv.h) */
+                eng_kv_put_f16((uint16_t *)eng_kv_kp(c->kv, blk, il, h) + p % ENG_KV_BLOCK,
+                               ENG_KV_BLOCK, k + h * hd, hd);
+                eng_kv_put_f16((uint16_t *)eng_kv_vp(c->kv, blk, il, h) +
+                                   (size_t)(p % ENG_KV_BLOCK) * hdv,
+                               1, v + h * hdv, hdv);
+                continue;
+            }
             float *kb = eng_kv_k_at(c->kv, blk, il, h, p % ENG_KV_BLOCK, 0);
 
-            for (uint32_t d = 0; d < hd; d++)      /* keys transposed (eng_kv.h) */
+            for (uint32_t d = 0; d < hd; d++)
                 kb[(size_t)d * ENG_KV_BLOCK] = k[h * hd + d];
             memcpy(eng_kv_v(c->kv, blk, il, h) + (size_t)(p % ENG_KV_BLOCK) * hdv,
                    v + h * hdv, hdv * sizeof(float));

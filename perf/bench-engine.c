@@ -6,6 +6,10 @@
  *
  *   bench-engine [--json] [--threads N] [--decode N] [--llama-1b] [--mmap]
  *                [--only NAME] [--profile] [--cpu] [--no-llamacpp]
+ *                [--kv-cache-type auto|f16|f32]
+ *
+ * --kv-cache-type: the KV pool's element type, chosen as favo serve
+ * chooses it (auto: f16 for quantized models, f32 for F32 ones).
  *
  * Models: `tiny` (q8_0, generated), the real models in FAVO_MODELS (or
  * ./models) when present, and with --llama-1b the llama-1b preset in q8_0,
@@ -123,6 +127,16 @@ struct result {
  * figures taken on a loaded machine compare (a thread that waits for a
  * core costs nothing; one that spins at a barrier does). */
 static int use_cpu;
+static const char *kv_type = "auto";       /* --kv-cache-type, as favo serve's */
+
+/* The KV pool favo serve would make for m (--kv-cache-type). */
+static int kv_init(struct eng_kv *kv, const struct eng_model *m, uint32_t n_blocks)
+{
+    enum eng_kv_type t;
+    int rc = eng_kv_type_pick(m, kv_type, &t);
+
+    return rc ? rc : eng_kv_init_type(kv, &m->hp, n_blocks, t);
+}
 
 static uint64_t bench_now(void)
 {
@@ -210,7 +224,7 @@ static double run_decode_b1(const char *path, unsigned flags, unsigned nth, uint
 
     if (eng_model_load(&m, path, flags, err, sizeof(err)))
         return 0;
-    if (!eng_kv_init(&kv, &m->hp, 64)) {
+    if (!kv_init(&kv, m, 64)) {
         if (!eng_ctx_init(&c, m, &kv, &o)) {
             r = decode_tps(c, &kv, m->hp.n_vocab, 1, steps);
             eng_ctx_free(c);
@@ -295,7 +309,7 @@ static int bench_model(const char *name, const char *path, unsigned nth, uint32_
     if (m->output.data != m->tok_embd.data)
         read_bytes -= m->tok_embd.row_bytes * m->tok_embd.ne1;
     r->weight_mb = (double)read_bytes / 1e6;
-    if ((rc = eng_kv_init(&kv, &m->hp, 32 * eng_kv_blocks_for(CTX_PROMPT + steps) + 64)) ||
+    if ((rc = kv_init(&kv, m, 32 * eng_kv_blocks_for(CTX_PROMPT + steps) + 64)) ||
         (rc = eng_ctx_init(&c, m, &kv, &o))) {
         fprintf(stderr, "bench-engine: %s: engine init: %d\n", path, rc);
         eng_model_free(m);
@@ -435,10 +449,12 @@ int main(int argc, char **argv)
             only = argv[++i];
         else if (!strcmp(argv[i], "--no-llamacpp"))
             llamacpp = 0;
+        else if (!strcmp(argv[i], "--kv-cache-type") && i + 1 < argc)
+            kv_type = argv[++i];
         else if (strcmp(argv[i], "--json")) {
             fprintf(stderr, "usage: bench-engine [--json] [--threads N] [--decode N] "
                             "[--llama-1b] [--mmap] [--only NAME] [--profile] [--cpu] "
-                            "[--no-llamacpp]\n");
+                            "[--no-llamacpp] [--kv-cache-type auto|f16|f32]\n");
             return 2;
         }
     }
@@ -491,6 +507,7 @@ int main(int argc, char **argv)
         perf_json_num(stdout, "threads", nth);
         perf_json_num(stdout, "mem_bw_gbs", bw);
         perf_json_str(stdout, "timing", use_cpu ? "cpu" : "wall");
+        perf_json_str(stdout, "kv_cache_type", kv_type);
         for (int i = 0; i < n; i++) {
 #define K(suffix, v)                                                    \
     do {                                                                \
@@ -517,7 +534,8 @@ int main(int argc, char **argv)
         perf_json_end(stdout);
         return 0;
     }
-    printf("bench-engine: %s, %u threads, decode %u steps\n", machine, nth, steps);
+    printf("bench-engine: %s, %u threads, decode %u steps, KV cache %s\n", machine, nth, steps,
+           kv_type);
     printf("memory read bandwidth: %.1f GB/s%s\n\n", bw,
            use_cpu ? "; tok/s per CPU second of the process (--cpu)" : "");
     printf("%-20s %9s %10s %10s %10s %10s %9s %9s%s\n", "model", "weights", "prefill",

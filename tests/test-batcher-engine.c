@@ -155,7 +155,7 @@ static void test_plans_drive_engine(void **state)
         assert_int_equal(n, 0);
         /* The engine's side of the contract: zero freed blocks first. */
         for (uint32_t k = 0; k < p->n_freed; k++)
-            memset(kv.mem + (size_t)bat_plan_freed(p)[k] * (kv.block_bytes / sizeof(float)), 0,
+            memset((char *)kv.mem + (size_t)bat_plan_freed(p)[k] * kv.block_bytes, 0,
                    kv.block_bytes);
         struct eng_batch b = { p->n_seqs, es };
         for (uint32_t i = 0; i < p->n_seqs; i++) {

@@ -76,6 +76,15 @@ static const char *g_stage_model; /* what engine_start's stage loads: g_path by 
 static struct eng_model *g_m;
 static eng_tok_t *g_tok;
 static struct eng_kv g_kv;
+
+/* The KV pool the stage makes (--kv-cache-type auto: f16 for this q8_0
+ * model), so the reference runs on the same cache type. */
+static int kv_init_auto(struct eng_kv *kv, const struct eng_model *m, uint32_t n_blocks)
+{
+    enum eng_kv_type t;
+
+    return eng_kv_type_pick(m, NULL, &t) ? -1 : eng_kv_init_type(kv, &m->hp, n_blocks, t);
+}
 static eng_ctx_t *g_ctx;
 static volatile int g_stop;
 static uint32_t g_ranks = 1;     /* engine ranks of the next env_init */
@@ -104,7 +113,7 @@ static int group_setup(void **state)
     }
     if (eng_model_load(&g_m, g_path, 0, err, sizeof(err)) ||
         eng_tok_load(&g_tok, eng_model_gguf(g_m), err, sizeof(err)) ||
-        eng_kv_init(&g_kv, &g_m->hp, MAXTOK / 16 + 1))
+        kv_init_auto(&g_kv, g_m, MAXTOK / 16 + 1))
         return -1;
     struct eng_ctx_opts o = { .n_threads = 1, .max_tokens = MAXTOK, .max_seqs = 1,
                               .n_ctx = MAXTOK };
@@ -762,7 +771,7 @@ static void t_real_model(void **state)
 #endif
     assert_int_equal(eng_model_load(&m, path, 0, err, sizeof(err)), 0);
     assert_int_equal(eng_tok_load(&tok, eng_model_gguf(m), err, sizeof(err)), 0);
-    assert_int_equal(eng_kv_init(&kv, &m->hp, MAXTOK / 16 + 1), 0);
+    assert_int_equal(kv_init_auto(&kv, m, MAXTOK / 16 + 1), 0);
     struct eng_ctx_opts o = { .n_threads = 1, .max_tokens = MAXTOK, .max_seqs = 1,
                               .n_ctx = MAXTOK };
     assert_int_equal(eng_ctx_init(&ctx, m, &kv, &o), 0);
@@ -860,14 +869,21 @@ static void t_model_info(void **state)
     char err[256] = "";
 
     (void)state;
-    assert_int_equal(eng_stage_model_info(g_path, &mi, err, sizeof(err)), 0);
+    assert_int_equal(eng_stage_model_info(g_path, "f32", &mi, err, sizeof(err)), 0);
+    assert_string_equal(mi.kv_type, "f32");
+    assert_int_equal(mi.kv_block_bytes, (uint64_t)g_m->hp.n_layer * g_m->hp.n_head_kv * 16 *
+                                        (g_m->hp.head_dim + g_m->hp.head_dim_v) * 4);
+    assert_int_equal(eng_stage_model_info(g_path, "nope", &mi, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "--kv-cache-type"));
+    assert_int_equal(eng_stage_model_info(g_path, NULL, &mi, err, sizeof(err)), 0);
+    assert_string_equal(mi.kv_type, "f16");       /* auto, on a q8_0 model */
     assert_string_equal(mi.arch, "llama");
     assert_int_equal(mi.n_vocab, g_m->hp.n_vocab);
     assert_int_equal(mi.n_layer, g_m->hp.n_layer);
     assert_int_equal(mi.n_ctx_train, g_m->hp.n_ctx_train);
     assert_int_equal(mi.kv_block_bytes, g_kv.block_bytes);
     assert_int_equal(mi.weight_bytes, g_m->weight_bytes);
-    assert_true(eng_stage_model_info("/nonexistent.gguf", &mi, err, sizeof(err)) < 0);
+    assert_true(eng_stage_model_info("/nonexistent.gguf", NULL, &mi, err, sizeof(err)) < 0);
 }
 
 int main(void)

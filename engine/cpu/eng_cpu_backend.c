@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct cpu_be {
     struct eng_kv kv;
@@ -67,8 +68,14 @@ int eng_cpu_backend_init(struct eng_backend_i *be, const struct eng_model *m,
         return -ENOMEM;
     if (o && o->n_threads)
         co.n_threads = o->n_threads;
+    const char *want = o ? o->kv_type : NULL;
+    enum eng_kv_type kt;
+
     blocks = o && o->kv_blocks ? o->kv_blocks : 256;
-    if ((rc = eng_kv_init(&cb->kv, &m->hp, blocks)) ||
+    if (co.exact && (!want || !strcmp(want, "auto")))
+        want = "f32";                 /* the reference mode checks against f32/f64 oracles */
+    if ((rc = eng_kv_type_pick(m, want, &kt)) ||
+        (rc = eng_kv_init_type(&cb->kv, &m->hp, blocks, kt)) ||
         (rc = eng_ctx_init(&cb->ctx, m, &cb->kv, &co))) {
         cpu_free(cb);
         return rc;

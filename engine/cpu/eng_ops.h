@@ -12,6 +12,7 @@
 #ifndef ENG_OPS_H
 #define ENG_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct eng_ops {
@@ -72,5 +73,13 @@ int eng_attn_fast(uint32_t hd);
 void eng_attn_avx512_scores(float *scores, const float *q, const float *kt, uint32_t slot0,
                             uint32_t n, uint32_t hd, float scale);
 void eng_attn_avx512_accum(float *o, const float *p, const float *v, uint32_t n, uint32_t hd);
+/* The same over an f16 KV block (eng_kv.h): each element widened exactly,
+ * then the f32 loops' operations in the f32 loops' order. */
+void eng_attn_avx512_scores_f16(float *scores, const float *q, const uint16_t *kt,
+                                uint32_t slot0, uint32_t n, uint32_t hd, float scale);
+void eng_attn_avx512_accum_f16(float *o, const float *p, const uint16_t *v, uint32_t n,
+                               uint32_t hd);
+/* eng_kv_put_f16 with AVX-512 F (vcvtps2ph, nearest even). */
+void eng_kv_avx512_put_f16(uint16_t *dst, size_t stride, const float *src, uint32_t n);
 
 #endif /* ENG_OPS_H */
