@@ -10,11 +10,16 @@
  *   - argmax: the scalar loop's index on random rows, ties (first wins),
  *     NaN (never wins), all -inf / all NaN (0), odd lengths;
  *   - attention scores over transposed keys (eng_kv.h) for every slot
- *     range of a block: within 1e-6 * sum |q k| of the f64 dot.
+ *     range of a block: within 1e-6 * sum |q k| of the f64 dot;
+ *   - the f16-KV loops (scores and value sums): bit for bit the f32 loops
+ *     on the same elements widened (same operations, same order: an f16
+ *     pool changes only what is stored), and the value sums within
+ *     1e-6 * sum |p v| of the f64 sum.
  * Skips (77) on CPUs without AVX-512.
  */
 #include "t_util.h"
 
+#include "eng_fp16.h"
 #include "eng_kv.h"
 #include "eng_ops.h"
 
@@ -204,6 +209,55 @@ static void test_scores(void)
     }
 }
 
+static void test_f16(void)
+{
+    static const uint32_t hds[] = { 32, 64, 128, 256 };
+    static float q[256], kt[256 * ENG_KV_BLOCK], sa[ENG_KV_BLOCK], sb[ENG_KV_BLOCK];
+    static float p[ENG_KV_BLOCK], oa[256], ob[256];
+    static uint16_t kh[256 * ENG_KV_BLOCK];
+
+    for (unsigned h = 0; h < sizeof(hds) / sizeof(hds[0]); h++) {
+        uint32_t hd = hds[h];
+
+        if (!eng_attn_fast(hd))
+            continue;
+        for (uint32_t d = 0; d < hd; d++)
+            q[d] = frand(-2.0f, 2.0f);
+        for (uint32_t i = 0; i < hd * ENG_KV_BLOCK; i++) {
+            kh[i] = eng_f32_to_f16(frand(-3.0f, 3.0f));
+            kt[i] = eng_f16_to_f32(kh[i]);
+        }
+        for (uint32_t i = 0; i < ENG_KV_BLOCK; i++)
+            p[i] = frand(0.0f, 1.0f);
+        for (uint32_t s0 = 0; s0 < ENG_KV_BLOCK; s0++)
+            for (uint32_t n = 1; s0 + n <= ENG_KV_BLOCK; n++) {
+                eng_attn_avx512_scores(sa, q, kt, s0, n, hd, 0.125f);
+                eng_attn_avx512_scores_f16(sb, q, kh, s0, n, hd, 0.125f);
+                CHECK(!memcmp(sa, sb, n * sizeof(float)), "f16 scores hd=%u s0=%u n=%u", hd,
+                      s0, n);
+                /* values: position-major rows of hd from row s0 (kh / kt reused) */
+                for (uint32_t d = 0; d < hd; d++)
+                    oa[d] = ob[d] = frand(-1.0f, 1.0f);
+                eng_attn_avx512_accum(oa, p, kt + (size_t)s0 * hd, n, hd);
+                eng_attn_avx512_accum_f16(ob, p, kh + (size_t)s0 * hd, n, hd);
+                CHECK(!memcmp(oa, ob, hd * sizeof(float)), "f16 accum hd=%u s0=%u n=%u", hd, s0,
+                      n);
+                memset(ob, 0, sizeof(ob));
+                eng_attn_avx512_accum_f16(ob, p, kh + (size_t)s0 * hd, n, hd);
+                for (uint32_t d = 0; d < hd; d++) {
+                    double ref = 0, mag = 0;
+
+                    for (uint32_t i = 0; i < n; i++) {
+                        ref += (double)p[i] * kt[(size_t)(s0 + i) * hd + d];
+                        mag += fabs((double)p[i] * kt[(size_t)(s0 + i) * hd + d]);
+                    }
+                    CHECK(fabs(ob[d] - ref) <= 1e-6 * mag + 1e-30, "f16 accum hd=%u n=%u d=%u",
+                          hd, n, d);
+                }
+            }
+    }
+}
+
 int main(void)
 {
     if (!eng_vmath_fast()) {
@@ -215,6 +269,7 @@ int main(void)
     test_softmax();
     test_argmax();
     test_scores();
+    test_f16();
     if (fails)
         fprintf(stderr, "%d failures\n", fails);
     return fails ? 1 : 0;
