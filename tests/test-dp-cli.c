@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 static const char *favo;
@@ -51,7 +52,7 @@ static void test_serve_help_flags(void **state)
     char *argv[] = { (char *)favo, (char *)"serve", (char *)"--help", NULL };
     static const char *const flags[] = { "--model", "--host", "--port", "--config", "--keys",
                                          "--instance", "--backend", "--tls-cert", "--tls-key",
-                                         "--cores", "--poll" };
+                                         "--cores", "--poll", "--kv-cache-type" };
 
     assert_int_equal(t_run(argv, &out, &err), 0);
     for (unsigned i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
@@ -78,6 +79,31 @@ static void test_unknown(void **state)
     assert_int_equal(t_run(a3, &out, &err), 2);
     assert_non_null(strstr(err, "--rate"));
     assert_non_null(strstr(err, "'fast'"));
+    free(out);
+    free(err);
+}
+
+/* --kv-cache-type takes auto, f16 or f32; anything else is named, at
+ * once, by serve and run (exit 1, nothing started). */
+static void test_kv_cache_type_checked(void **state)
+{
+    char model[1024], *out, *err;
+
+    snprintf(model, sizeof(model), "%s/SmolLM2-135M-Instruct.Q4_1.gguf",
+             t_env("FAVO_MODELS", "models"));
+    if (access(model, R_OK))
+        skip();
+    char *a1[] = { (char *)favo, (char *)"serve", (char *)"--model", model,
+                   (char *)"--kv-cache-type", (char *)"f8", (char *)"--port", (char *)"0", NULL };
+    char *a2[] = { (char *)favo, (char *)"run", (char *)"--model", model, (char *)"--kv-cache-type",
+                   (char *)"q8", (char *)"-p", (char *)"hi", (char *)"-n", (char *)"1", NULL };
+
+    assert_int_equal(t_run(a1, &out, &err), 1);
+    assert_non_null(strstr(err, "--kv-cache-type must be auto, f16 or f32 (got 'f8')"));
+    free(out);
+    free(err);
+    assert_int_equal(t_run(a2, &out, &err), 1);
+    assert_non_null(strstr(err, "--kv-cache-type must be auto, f16 or f32 (got 'q8')"));
     free(out);
     free(err);
 }
@@ -117,6 +143,7 @@ int main(void)
         cmocka_unit_test(test_each_help),
         cmocka_unit_test(test_serve_help_flags),
         cmocka_unit_test(test_unknown),
+        cmocka_unit_test(test_kv_cache_type_checked),
         cmocka_unit_test(test_env_checked),
         cmocka_unit_test(test_version_allocator),
     };
