@@ -313,6 +313,7 @@ static const panel_fn fns[ENG_TYPE_COUNT][ENG_PACK_COLS] = {
 #define AMXI AMXT static inline __attribute__((always_inline))
 #define AMX_CHUNK 32      /* 32-block types: blocks of B tiles per chunk (16 KiB) */
 #define AMX_CHUNK_K 4     /* q4_k: super-blocks per chunk (32 sub-block tiles, 16 KiB) */
+#define AMX_NT_BYTES (8 << 20) /* a call's sums streamed past the caches above this */
 
 /* The activation rows of a 32-block type's call, packed once per call as
  * A tiles (apk_pack): for each group of 16 rows and each block, the 16
@@ -495,8 +496,12 @@ AI void finish32(const uint32_t T, const uint8_t *p, const int32_t *ct, const ui
 /* One panel (p, nb blocks) against m16 activation rows (a multiple of 16)
  * packed by apk_pack at a. */
 AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint8_t *a,
-                      int64_t m16, float *y, int64_t ldy, __mmask16 vm)
+                      int64_t m16, float *y, int64_t ldy, __mmask16 vm, int nt)
 {
+    /* nt: the sums' last store streams past the caches (whole aligned
+     * lines only; the same values) */
+    nt = nt && vm == 0xffff && !(((uintptr_t)y | (uintptr_t)ldy * 4) & 63);
+
     const size_t pb = eng_pack_pblock_bytes(T);
     _Alignas(64) uint8_t bt[AMX_CHUNK * 512];
     _Alignas(64) int32_t ct[4][256];
@@ -537,18 +542,22 @@ AMXI void amx_panel32(const uint32_t T, const uint8_t *p, int64_t nb, const uint
             }
             for (int64_t i = n >= 2 ? n - 2 : 0; i < n; i++)
                 finish32(T, pc + i * pb, ct[i & 3], xa + i * APK, acc, ahead);
-            for (int c = 0; c < 16; c++)
-                _mm512_mask_storeu_ps(yj + c * ldy, vm, acc[c]);
+            if (nt && b0 + n >= nb)
+                for (int c = 0; c < 16; c++)
+                    _mm512_stream_ps(yj + c * ldy, acc[c]);
+            else
+                for (int c = 0; c < 16; c++)
+                    _mm512_mask_storeu_ps(yj + c * ldy, vm, acc[c]);
         }
     }
 }
 
 #define AMX_PANEL(T, name)                                                                  \
     AMXT static void name##_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs,   \
-                                int64_t m16, float *y, int64_t ldy, __mmask16 vm)           \
+                                int64_t m16, float *y, int64_t ldy, __mmask16 vm, int nt)   \
     {                                                                                       \
         (void)xs;                                                                           \
-        amx_panel32(T, p, nb, x, m16, y, ldy, vm);                                          \
+        amx_panel32(T, p, nb, x, m16, y, ldy, vm, nt);                                      \
     }
 
 AMX_PANEL(ENG_TYPE_Q4_0, q4_0)
@@ -624,9 +633,10 @@ AI void fin_q4_k(const uint8_t *p, const __m512i *tot, const uint8_t *xa, float 
  * kernel does), then panel_q4_k's f32 operations per super-block, the
  * running sums kept in y between super-blocks (exactly). */
 AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs,
-                          int64_t m16, float *y, int64_t ldy, __mmask16 vm)
+                          int64_t m16, float *y, int64_t ldy, __mmask16 vm, int nt)
 {
     _Alignas(64) uint8_t bt[AMX_CHUNK_K * 8 * 512];
+    (void)nt;
     _Alignas(64) int32_t ct[2][256];
 
     for (int64_t b0 = 0; b0 < nb; b0 += AMX_CHUNK_K) {
@@ -667,7 +677,7 @@ AMXT static void q4_k_amx(const uint8_t *p, int64_t nb, const uint8_t *x, size_t
 }
 
 typedef void (*amx_fn)(const uint8_t *p, int64_t nb, const uint8_t *x, size_t xs, int64_t m16,
-                       float *y, int64_t ldy, __mmask16 vm);
+                       float *y, int64_t ldy, __mmask16 vm, int nt);
 
 static const amx_fn amx_fns[ENG_TYPE_COUNT] = {
     [ENG_TYPE_Q4_0] = q4_0_amx, [ENG_TYPE_Q4_1] = q4_1_amx, [ENG_TYPE_Q5_0] = q5_0_amx,
@@ -690,14 +700,22 @@ AMXT static int amx_panels(amx_fn f, const uint8_t *wp, size_t panel_bytes, int6
         (k ? kpk_pack : apk_pack)(x, xs, nb, m16, a);
         x = a;
     }
+    /* sums too many to stay in L2 (Gemma's 262144-row output matrix at
+     * batch 32: 32 MiB of logits) stream to memory: no read for
+     * ownership of lines about to be overwritten whole (mm_output b32
+     * on the development machine, see perf/RESULTS.md session 7) */
+    const int nt = (g1 - g0) * G * m16 * (int64_t)sizeof(float) > AMX_NT_BYTES;
+
     amx_config();
     for (int64_t g = g0; g < g1; g++) {
         int64_t r = g * G, nv = rows - r;
         __mmask16 vm = nv >= G ? (__mmask16)0xffff : (__mmask16)((1u << nv) - 1);
 
-        f(wp + (size_t)g * panel_bytes, nb, x, xs, m16, y + r, ldy, vm);
+        f(wp + (size_t)g * panel_bytes, nb, x, xs, m16, y + r, ldy, vm, nt);
     }
     _tile_release();
+    if (nt)
+        _mm_sfence(); /* the streamed stores ordered before the caller's barrier */
     return 0;
 }
 
