@@ -703,7 +703,7 @@ AMXT static int amx_panels(amx_fn f, const uint8_t *wp, size_t panel_bytes, int6
     /* sums too many to stay in L2 (Gemma's 262144-row output matrix at
      * batch 32: 32 MiB of logits) stream to memory: no read for
      * ownership of lines about to be overwritten whole (mm_output b32
-     * on the development machine, see perf/RESULTS.md session 7) */
+     * 14.7-15.4 -> 13.3-13.4 ms on the development machine; same bits) */
     const int nt = (g1 - g0) * G * m16 * (int64_t)sizeof(float) > AMX_NT_BYTES;
 
     amx_config();
